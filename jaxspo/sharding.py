@@ -18,11 +18,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-MeshAxes = str | tuple[str, ...] | None
+MeshAxes = str | list[str] | tuple[str, ...] | None
 Rules = Mapping[str, MeshAxes]
 
 DEFAULT_RULES: dict[str, MeshAxes] = {
-    "batch": ("data", "fsdp"),
+    "batch": ["data", "fsdp"],
     "length": None,
     "embed": "fsdp",
     "vocab": "tensor",

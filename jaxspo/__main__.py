@@ -1,0 +1,3 @@
+from jaxspo.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,348 @@
+"""Typed run configuration: dataclasses, YAML recipes with ``extends``, dotted CLI overrides.
+
+``load_config("configs/demo.yaml", ["trainer.steps=50", "run_dir=/tmp/r"])`` reads the YAML (and the
+files it ``extends``, merged depth-first), applies the overrides, and builds :class:`Config`. Unknown
+keys and wrong types raise :class:`ConfigError` naming the key and suggesting the closest valid one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jaxspo.data.synthetic import SyntheticTaskConfig
+from jaxspo.models.decoder import ModelConfig
+from jaxspo.sharding import DEFAULT_RULES, MESH_AXES
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong; the message names it."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where preference data comes from and its token budget."""
+
+    task: str = "synthetic"  # the built-in task; the only source for now
+    synthetic: SyntheticTaskConfig = dataclasses.field(default_factory=SyntheticTaskConfig)
+    max_length: int = 32  # tokens per prompt+response row (right-padded, static shape)
+    max_prompt_length: int = 16  # tokens per left-padded prompt for sampling
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """Preference objective: a weighted sum of registered losses (``terms``: name → weight)."""
+
+    terms: dict[str, float] = dataclasses.field(default_factory=lambda: {"dpo": 1.0})
+    beta: float = 0.1  # DPO temperature β; rewards are β·log(πθ/π_ref)
+    reference: str = "resident"  # "resident": frozen copy inside the step; "none": reference-free
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    """AdamW with linear warm-up then cosine/linear decay (or constant), and global-norm clipping."""
+
+    learning_rate: float = 5e-4
+    warmup_steps: int = 10
+    schedule: str = "cosine"  # cosine | linear | constant
+    min_lr_ratio: float = 0.1  # final learning rate as a fraction of the peak
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0  # 0 disables clipping
+
+
+@dataclasses.dataclass
+class MeshConfig:
+    """Device mesh (axes data, fsdp, tensor; one size may be -1 = all remaining devices) and rules."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    rules: dict[str, str | list[str] | None] = dataclasses.field(default_factory=lambda: dict(DEFAULT_RULES))
+
+    def shape(self) -> dict[str, int]:
+        return {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    """Phases and step counts. Batch sizes are global (pairs per optimizer step)."""
+
+    seed: int = 0
+    sft_steps: int = 300  # supervised warm start on the sft split; its result is the reference
+    sft_batch_size: int = 32
+    sft_learning_rate: float = 2e-3
+    steps: int = 200  # preference optimisation steps
+    batch_size: int = 32
+    grad_accum_steps: int = 1  # micro-batches per step (batch_size must divide by it)
+    eval_every: int = 100  # 0: only before and after
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """Held-out evaluation: pair metrics plus sampled responses scored by the gold rewards."""
+
+    num_pairs: int = 256
+    num_prompts: int = 128
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    """What is saved with Orbax."""
+
+    save_final: bool = True  # final policy params under RUN_DIR/params
+
+
+@dataclasses.dataclass
+class LoggingConfig:
+    """Metrics sinks; metrics.jsonl is always written."""
+
+    log_every: int = 10
+    tensorboard: bool = True
+    progress_bar: bool = True
+    plot: bool = True
+
+
+@dataclasses.dataclass
+class Config:
+    """A whole run."""
+
+    run_dir: str = ""  # default: runs/<config name>-<UTC timestamp>
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading YAML
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Reads one recipe, merging the file it ``extends`` (relative to it) underneath."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'extends' loops back to itself via {[str(p) for p in seen]}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(raw).__name__}")
+    base_name = raw.pop("extends", None)
+    if base_name is None:
+        return raw
+    base = _read_yaml(path.parent / str(base_name), seen + (path,))
+    return _deep_merge(base, raw)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _apply_override(tree: dict[str, Any], override: str, defaults: dict[str, Any]) -> None:
+    """Sets ``a.b.c=value`` in ``tree``; the value is parsed as YAML (``3``, ``1e-4``, ``[1,2]``).
+
+    A section missing from ``tree`` starts from its ``defaults``, so ``loss.terms.sft=0.2`` adds a
+    term to the default terms instead of replacing them.
+    """
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{override}' is not of the form key=value (e.g. trainer.steps=50)")
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    node, default = tree, defaults
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        default = default.get(part) if isinstance(default, dict) else None
+        child = node.setdefault(part, copy.deepcopy(default) if isinstance(default, dict) else {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{override}': '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+# ---------------------------------------------------------------------------------------------
+# Building typed dataclasses
+# ---------------------------------------------------------------------------------------------
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Checks ``value`` against annotation ``tp`` (builds nested dataclasses); raises ConfigError."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a section (mapping), got {value!r}")
+        return _build(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp) or (Any, Any)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {_coerce(k, key_tp, where): _coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
+    if origin in (list, tuple):
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported annotation {tp!r}")
+
+
+def _build(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}'{_suggest(str(key), names)}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where or 'config'}: {err}") from None
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    """Builds and validates a :class:`Config` from a plain nested mapping."""
+    cfg = _build(Config, tree)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Reads a YAML recipe (or none: the defaults) and applies dotted ``key=value`` overrides."""
+    tree = _read_yaml(Path(path)) if path else {}
+    defaults = to_dict(Config())
+    for override in overrides:
+        _apply_override(tree, override, defaults)
+    return config_from_dict(tree)
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks, each naming the offending key."""
+    checks = [
+        (cfg.trainer.batch_size > 0, "trainer.batch_size must be positive"),
+        (cfg.trainer.grad_accum_steps > 0, "trainer.grad_accum_steps must be positive"),
+        (
+            cfg.trainer.batch_size % cfg.trainer.grad_accum_steps == 0,
+            f"trainer.batch_size ({cfg.trainer.batch_size}) must divide by "
+            f"trainer.grad_accum_steps ({cfg.trainer.grad_accum_steps})",
+        ),
+        (cfg.trainer.steps >= 0 and cfg.trainer.sft_steps >= 0, "trainer.steps and trainer.sft_steps must be >= 0"),
+        (cfg.loss.beta > 0, "loss.beta must be positive"),
+        (bool(cfg.loss.terms), "loss.terms must name at least one loss"),
+        (cfg.loss.reference in ("resident", "none"), f"loss.reference must be 'resident' or 'none', got '{cfg.loss.reference}'"),
+        (cfg.optimizer.schedule in ("cosine", "linear", "constant"), f"optimizer.schedule must be cosine, linear or constant, got '{cfg.optimizer.schedule}'"),
+        (cfg.optimizer.learning_rate > 0, "optimizer.learning_rate must be positive"),
+        (cfg.data.task == "synthetic", f"data.task: unknown task '{cfg.data.task}'; available: synthetic"),
+        (cfg.data.max_prompt_length < cfg.data.max_length, "data.max_prompt_length must be below data.max_length"),
+        (cfg.logging.log_every > 0, "logging.log_every must be positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    from jaxspo.losses import loss_names  # late import: the registry fills as losses import
+
+    for name in cfg.loss.terms:
+        if name not in loss_names():
+            raise ConfigError(f"loss.terms: unknown loss '{name}'{_suggest(name, loss_names())}")
+    unknown_rules = set(cfg.mesh.rules) - set(DEFAULT_RULES)
+    for rule, axes in cfg.mesh.rules.items():
+        for axis in [axes] if isinstance(axes, str) or axes is None else axes:
+            if axis is not None and axis not in MESH_AXES:
+                raise ConfigError(f"mesh.rules.{rule}: unknown mesh axis '{axis}'; valid axes: {MESH_AXES}")
+    if unknown_rules:
+        key = sorted(unknown_rules)[0]
+        raise ConfigError(f"mesh.rules: unknown logical axis '{key}'{_suggest(key, list(DEFAULT_RULES))}")
+    model_to_check = dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size or 1)  # 0 = tokenizer's
+    for section in (model_to_check, cfg.data.synthetic):
+        try:
+            section.validate()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict (for writing the resolved config)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config, path: Path) -> None:
+    """Writes the resolved config, loadable again with :func:`load_config`."""
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Training: state pytree, the pure train step, evaluation and the run loop."""

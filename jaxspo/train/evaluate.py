@@ -1,0 +1,121 @@
+"""Held-out evaluation: pair metrics (accuracy, margins) and sampled-response gold rewards and KL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from jaxspo.data.encode import decode_responses
+from jaxspo.sampling import sample
+from jaxspo.sharding import activation_sharding, named_sharding
+from jaxspo.train.logprobs import forward_logits
+from jaxspo.train.step import PREFERENCE_FIELDS, pair_logps
+
+
+def _pad_rows(arrays: dict[str, np.ndarray], multiple: int) -> tuple[dict[str, np.ndarray], int]:
+    """Repeats the first rows so the row count divides by ``multiple``; returns (arrays, real rows)."""
+    n = len(next(iter(arrays.values())))
+    extra = (-n) % multiple
+    padded = {k: np.concatenate([v, v[:extra]]) if extra else v for k, v in arrays.items()}
+    return padded, n
+
+
+def sequence_kl(graphdef: nnx.GraphDef, params: Any, reference_params: Any, tokens: jax.Array, valid: jax.Array, response: jax.Array) -> jax.Array:
+    """Σ over response positions of the full-vocabulary KL(πθ ‖ π_ref) of the next-token distribution, ``[N]`` nats.
+
+    ``response[:, t]`` marks token t as generated; position t−1's distribution produced it.
+    """
+    policy = jax.nn.log_softmax(forward_logits(graphdef, params, tokens, valid)[:, :-1])  # [N, T-1, V]
+    reference = jax.nn.log_softmax(forward_logits(graphdef, reference_params, tokens, valid)[:, :-1])
+    kl = (jnp.exp(policy) * (policy - reference)).sum(-1)  # [N, T-1]
+    return (kl * response[:, 1:]).sum(-1)
+
+
+class Evaluator:
+    """Evaluates a policy against the frozen reference on held-out pairs and prompts."""
+
+    def __init__(
+        self,
+        cfg,
+        mesh: Mesh,
+        graphdef: nnx.GraphDef,
+        tokenizer,
+        pairs: dict[str, np.ndarray],
+        prompts: tuple[np.ndarray, np.ndarray, list[str]],
+        gold_rewards: Callable[[str, str], dict[str, float]],
+        dimensions: tuple[str, ...],
+    ):
+        self.cfg, self.mesh, self.graphdef, self.tokenizer = cfg, mesh, graphdef, tokenizer
+        self.gold_rewards, self.dimensions = gold_rewards, dimensions
+        self.chunk = cfg.trainer.batch_size
+        self.pairs, self.num_pairs = _pad_rows({k: pairs[k] for k in PREFERENCE_FIELDS}, self.chunk)
+        prompt_tokens, prompt_valid, self.prompt_texts = prompts
+        self.prompt_tokens, self.prompt_valid = prompt_tokens, prompt_valid
+        self._pair_fn = jax.jit(self._pair_logps)
+        self._kl_fn = jax.jit(self._kl)
+
+    def _shard_rows(self, x: np.ndarray) -> jax.Array:
+        names = ("batch",) + (None,) * (x.ndim - 1)
+        return jax.device_put(x, named_sharding(names, x.shape, self.mesh, self.cfg.mesh.rules))
+
+    def _pair_logps(self, params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        with activation_sharding(self.mesh, self.cfg.mesh.rules):
+            chosen, rejected, _, _ = pair_logps(self.graphdef, params, batch)
+        return chosen, rejected
+
+    def _kl(self, params: Any, reference_params: Any, tokens: jax.Array, valid: jax.Array, response: jax.Array) -> jax.Array:
+        with activation_sharding(self.mesh, self.cfg.mesh.rules):
+            return sequence_kl(self.graphdef, params, reference_params, tokens, valid, response)
+
+    def pair_logps(self, params: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Chosen and rejected log-probs ``[N]`` of the held-out pairs under ``params``."""
+        chosen, rejected = [], []
+        total = len(self.pairs["soft_label"])
+        for start in range(0, total, self.chunk):
+            batch = {k: self._shard_rows(v[start : start + self.chunk]) for k, v in self.pairs.items()}
+            c, r = self._pair_fn(params, batch)
+            chosen.append(np.asarray(c))
+            rejected.append(np.asarray(r))
+        return np.concatenate(chosen)[: self.num_pairs], np.concatenate(rejected)[: self.num_pairs]
+
+    def __call__(self, params: Any, reference_params: Any, rng: jax.Array) -> dict[str, float]:
+        """Metrics named ``eval/...`` (floats)."""
+        beta = self.cfg.loss.beta
+        chosen, rejected = self.pair_logps(params)
+        ref_chosen, ref_rejected = self.pair_logps(reference_params)
+        margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+        out = {
+            "eval/logps_accuracy": float(np.mean(chosen > rejected)),
+            "eval/rewards/accuracies": float(np.mean(margin > 0)),
+            "eval/rewards/margins": float(np.mean(margin)),
+            "eval/dpo_loss": float(np.mean(np.logaddexp(0.0, -margin))),
+        }
+        out.update(self.sample_metrics(params, reference_params, rng))
+        return out
+
+    def sample_metrics(self, params: Any, reference_params: Any, rng: jax.Array) -> dict[str, float]:
+        """Samples one response per held-out prompt; mean gold reward per dimension, KL, length."""
+        e = self.cfg.eval
+        tokens, valid = self._shard_rows(self.prompt_tokens), self._shard_rows(self.prompt_valid)
+        out = sample(
+            self.graphdef, params, tokens, valid, rng,
+            max_new_tokens=e.max_new_tokens, eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id,
+            temperature=e.temperature, top_k=e.top_k, top_p=e.top_p,
+        )
+        sampled, sampled_valid = np.asarray(out.tokens), np.asarray(out.valid)
+        texts = decode_responses(sampled, sampled_valid, self.tokenizer)
+        scores = [self.gold_rewards(p, r) for p, r in zip(self.prompt_texts, texts)]
+        full_tokens = np.concatenate([self.prompt_tokens, sampled], axis=1)
+        full_valid = np.concatenate([self.prompt_valid, sampled_valid], axis=1)
+        response = np.concatenate([np.zeros_like(self.prompt_valid), sampled_valid], axis=1)
+        kl = self._kl_fn(params, reference_params, *(self._shard_rows(x) for x in (full_tokens, full_valid, response)))
+        metrics = {f"eval/gold/{d}": float(np.mean([s[d] for s in scores])) for d in self.dimensions}
+        metrics["eval/kl"] = float(np.mean(np.asarray(kl)))
+        metrics["eval/response_tokens"] = float(sampled_valid.sum(1).mean())
+        return metrics

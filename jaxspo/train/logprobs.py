@@ -1,0 +1,37 @@
+"""Per-token and per-sequence log-probabilities of given tokens under a model."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def positions_from_valid(valid: jax.Array) -> jax.Array:
+    """Positions ``[B, T]`` counting only valid tokens, so left or right padding both give 0, 1, …"""
+    return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def forward_logits(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, valid: jax.Array) -> jax.Array:
+    """Logits ``[B, T, V]`` float32 for tokens ``[B, T]`` with validity mask ``[B, T]``."""
+    model = nnx.merge(graphdef, params)
+    return model(tokens, positions_from_valid(valid), valid)
+
+
+def token_logps(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """log p(tokens[:, t] | tokens[:, <t]) for t ≥ 1: ``[B, T-1]`` (no second [B, T, V] buffer)."""
+    logits = logits[:, :-1]  # [B, T-1, V] predicting tokens[:, 1:]
+    picked = jnp.take_along_axis(logits, tokens[:, 1:, None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def sequence_logps(
+    graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, valid: jax.Array, loss_mask: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Sum of log-probs over the masked tokens and their count, each ``[B]`` float32.
+
+    ``loss_mask[:, t]`` marks token t as a response token (never t = 0).
+    """
+    logps = token_logps(forward_logits(graphdef, params, tokens, valid), tokens)  # [B, T-1]
+    mask = loss_mask[:, 1:].astype(jnp.float32)
+    return (logps * mask).sum(-1), mask.sum(-1)

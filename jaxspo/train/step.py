@@ -1,0 +1,170 @@
+"""The pure, jit-sharded train step: ``(state, reference_params, batch) -> (state, metrics)``.
+
+:func:`make_train_step` is the one factory used by the training loop (and by ahead-of-time
+compilation): it returns the jitted function together with its in/out shardings and donated args.
+Two objectives share it: ``"sft"`` (token-mean NLL on completions) and ``"preference"``
+(the configured loss terms on chosen/rejected pairs, both sides in one concatenated forward).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxspo.losses import PairLogps, get_loss, preference_objective
+from jaxspo.sharding import activation_sharding, logical_to_spec
+from jaxspo.train.logprobs import sequence_logps
+from jaxspo.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, tuple[jax.Array, jax.Array]]
+# objective(params, reference_params, micro_batch) -> (loss sum, metrics as (sum, count))
+Objective = Callable[[nnx.State, Any, Batch], tuple[jax.Array, Metrics]]
+
+PREFERENCE_FIELDS = ("chosen_tokens", "chosen_valid", "chosen_loss_mask", "rejected_tokens", "rejected_valid", "rejected_loss_mask", "soft_label")
+SFT_FIELDS = ("tokens", "valid", "loss_mask")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """A compiled-on-first-call step with the shardings it was built for."""
+
+    fn: Callable[[TrainState, Any, Batch], tuple[TrainState, dict[str, jax.Array]]]
+    state_sharding: TrainState
+    reference_sharding: Any
+    batch_sharding: dict[str, NamedSharding]
+    donate_argnums: tuple[int, ...]
+
+
+def batch_shardings(fields: tuple[str, ...], ranks: dict[str, int], mesh: Mesh, rules, batch_size: int) -> dict[str, NamedSharding]:
+    """Each batch array is split along its leading (pair) axis by the ``batch`` rule."""
+    out = {}
+    for name in fields:
+        names = ("batch",) + (None,) * (ranks[name] - 1)
+        shape = (batch_size,) + (1,) * (ranks[name] - 1)
+        out[name] = NamedSharding(mesh, logical_to_spec(names, shape, mesh, rules))
+    return out
+
+
+def pair_logps(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch) -> tuple[jax.Array, ...]:
+    """Chosen and rejected sequence log-probs from ONE forward over the 2B concatenated rows.
+
+    Returns (chosen [B], rejected [B], chosen_length [B], rejected_length [B]).
+    """
+    tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]])  # [2B, T]
+    valid = jnp.concatenate([batch["chosen_valid"], batch["rejected_valid"]])
+    mask = jnp.concatenate([batch["chosen_loss_mask"], batch["rejected_loss_mask"]])
+    logps, lengths = sequence_logps(graphdef, params, tokens, valid, mask)  # [2B]
+    half = batch["chosen_tokens"].shape[0]
+    return logps[:half], logps[half:], lengths[:half], lengths[half:]
+
+
+def needs_reference(loss_cfg) -> bool:
+    """Whether any configured loss term uses reference log-probs (and a reference is configured)."""
+    return loss_cfg.reference != "none" and any(get_loss(name).needs_reference for name in loss_cfg.terms)
+
+
+def preference_objective_fn(graphdef: nnx.GraphDef, loss_cfg) -> Objective:
+    """The configured preference loss on a micro-batch of pairs."""
+    use_reference = needs_reference(loss_cfg)
+
+    def objective(params: nnx.State, reference_params: Any, batch: Batch) -> tuple[jax.Array, Metrics]:
+        with jax.named_scope("policy"):
+            chosen, rejected, chosen_len, rejected_len = pair_logps(graphdef, params, batch)
+        ref_chosen = ref_rejected = None
+        if use_reference:
+            with jax.named_scope("reference"):
+                ref = pair_logps(graphdef, reference_params, batch)
+            ref_chosen, ref_rejected = jax.lax.stop_gradient(ref[0]), jax.lax.stop_gradient(ref[1])
+        logps = PairLogps(chosen, rejected, ref_chosen, ref_rejected, chosen_len, rejected_len, batch["soft_label"])
+        loss_sum, metrics = preference_objective(logps, loss_cfg, jnp.ones_like(chosen))
+        tokens = (batch["chosen_valid"].sum() + batch["rejected_valid"].sum()).astype(jnp.float32)
+        metrics["tokens"] = (tokens, jnp.float32(1.0))
+        return loss_sum, metrics
+
+    return objective
+
+
+def sft_objective_fn(graphdef: nnx.GraphDef) -> Objective:
+    """Token-level NLL summed over completion tokens (divided by the global token count later)."""
+
+    def objective(params: nnx.State, reference_params: Any, batch: Batch) -> tuple[jax.Array, Metrics]:
+        logps, lengths = sequence_logps(graphdef, params, batch["tokens"], batch["valid"], batch["loss_mask"])
+        loss_sum = -logps.sum()
+        count = lengths.sum()
+        return loss_sum, {"loss": (loss_sum, count), "tokens": (batch["valid"].sum().astype(jnp.float32), jnp.float32(1.0))}
+
+    return objective
+
+
+def _global_count(phase: str, batch: Batch) -> jax.Array:
+    """Denominator of the step's loss: pairs for preference, completion tokens for SFT."""
+    if phase == "sft":
+        return batch["loss_mask"][:, 1:].sum().astype(jnp.float32)
+    return jnp.float32(batch["chosen_tokens"].shape[0])
+
+
+def make_train_step(
+    cfg,
+    mesh: Mesh,
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    state_sharding: TrainState,
+    phase: str,
+    batch_size: int,
+) -> TrainStep:
+    """Builds the jitted step for ``phase`` ("sft" or "preference").
+
+    Gradients are accumulated exactly over ``cfg.trainer.grad_accum_steps`` micro-batches: each
+    micro-batch contributes the gradient of its loss SUM, divided once by the global count.
+    """
+    if phase not in ("sft", "preference"):
+        raise ValueError(f"unknown phase '{phase}'")
+    rules = cfg.mesh.rules
+    objective = sft_objective_fn(graphdef) if phase == "sft" else preference_objective_fn(graphdef, cfg.loss)
+    fields = SFT_FIELDS if phase == "sft" else PREFERENCE_FIELDS
+    ranks = {name: (1 if name == "soft_label" else 2) for name in fields}
+    batch_sharding = batch_shardings(fields, ranks, mesh, rules, batch_size)
+    accum = cfg.trainer.grad_accum_steps
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def step(state: TrainState, reference_params: Any, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        with activation_sharding(mesh, rules):
+            count = _global_count(phase, batch)
+            micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
+            grad_fn = jax.value_and_grad(objective, has_aux=True)
+            (_, metrics), grads = grad_fn(state.params, reference_params, jax.tree.map(lambda x: x[0], micro))
+
+            def accumulate(carry, micro_batch):
+                (_, m), g = grad_fn(state.params, reference_params, micro_batch)
+                return jax.tree.map(jnp.add, carry, (g, m)), None
+
+            if accum > 1:
+                rest = jax.tree.map(lambda x: x[1:], micro)
+                (grads, metrics), _ = jax.lax.scan(accumulate, (grads, metrics), rest)
+            grads = jax.tree.map(lambda g: g / count, grads)
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+        out = {name: total / jnp.maximum(n, 1.0) for name, (total, n) in metrics.items()}
+        out["grad_norm"] = optax.global_norm(grads)
+        out["learning_rate"] = schedule(state.step)
+        rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), out
+
+    uses_reference = phase == "preference" and needs_reference(cfg.loss)
+    reference_sharding = state_sharding.params if uses_reference else None
+    fn = jax.jit(
+        step,
+        in_shardings=(state_sharding, reference_sharding, batch_sharding),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=(0,),
+    )
+    return TrainStep(fn, state_sharding, reference_sharding, batch_sharding, donate_argnums=(0,))
