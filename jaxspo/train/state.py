@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -32,10 +33,18 @@ def abstract_model(model_cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
     return graphdef, params
 
 
+def map_with_logical_names(fn: Callable[[Any, tuple], Any], params: nnx.State) -> Any:
+    """``fn(leaf, logical_names)`` for every parameter, returned with ``params``' tree structure."""
+    names = jax.tree.leaves(param_logical_names(params), is_leaf=lambda x: isinstance(x, tuple))
+    leaves, treedef = jax.tree.flatten(params)
+    if len(names) != len(leaves):
+        raise ValueError(f"{len(names)} logical-name entries for {len(leaves)} parameters")
+    return jax.tree.unflatten(treedef, [fn(leaf, n) for leaf, n in zip(leaves, names)])
+
+
 def param_shardings(abstract_params: nnx.State, mesh: Mesh, rules: Rules) -> Any:
     """NamedSharding per parameter, from its logical axis names and the rule table."""
-    names = param_logical_names(abstract_params)
-    return jax.tree.map(lambda p, n: named_sharding(n, p.shape, mesh, rules), abstract_params, names)
+    return map_with_logical_names(lambda p, n: named_sharding(n, p.shape, mesh, rules), abstract_params)
 
 
 def init_params(model_cfg: ModelConfig, seed: int, shardings: Any) -> nnx.State:
@@ -65,8 +74,7 @@ def learning_rate_schedule(opt, total_steps: int, peak_lr: float) -> optax.Sched
 
 def make_optimizer(opt, schedule: optax.Schedule, abstract_params: nnx.State) -> optax.GradientTransformation:
     """AdamW (weight decay skipped on norm scales) after global-norm clipping."""
-    names = param_logical_names(abstract_params)
-    decay_mask = jax.tree.map(lambda _, n: "norm" not in n, abstract_params, names)
+    decay_mask = map_with_logical_names(lambda _, n: "norm" not in n, abstract_params)
     adamw = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=decay_mask)
     if opt.max_grad_norm > 0:
         return optax.chain(optax.clip_by_global_norm(opt.max_grad_norm), adamw)

@@ -153,8 +153,9 @@ def make_train_step(
             grads = jax.tree.map(lambda g: g / count, grads)
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-        out = {name: total / jnp.maximum(n, 1.0) for name, (total, n) in metrics.items()}
-        out["grad_norm"] = optax.global_norm(grads)
+        out = {"tokens": metrics.pop("tokens")[0]}  # real (non-pad) tokens in the step: a total
+        out.update({name: total / jnp.maximum(n, 1.0) for name, (total, n) in metrics.items()})
+        out["grad_norm"] = optax.tree.norm(grads)
         out["learning_rate"] = schedule(state.step)
         rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), out
