@@ -1,0 +1,75 @@
+"""Data: the built-in synthetic task, its tokenizer, row encoding, batching, and JSONL row files.
+
+Row formats are documented in ``jaxspo.data.synthetic`` (fields) and ``jaxspo.data.encode`` (arrays).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from jaxspo.data.encode import (
+    BatchIterator,
+    decode_responses,
+    encode_preference_rows,
+    encode_prompts,
+    encode_sft_rows,
+)
+from jaxspo.data.synthetic import (
+    GOLD_DIMENSIONS,
+    SyntheticTask,
+    SyntheticTaskConfig,
+    build_synthetic_task,
+    gold_rewards,
+    labelled_reward,
+)
+from jaxspo.data.tokenizer import build_task_tokenizer
+
+__all__ = [
+    "GOLD_DIMENSIONS",
+    "BatchIterator",
+    "SyntheticTask",
+    "SyntheticTaskConfig",
+    "build_synthetic_task",
+    "build_task_tokenizer",
+    "decode_responses",
+    "encode_preference_rows",
+    "encode_prompts",
+    "encode_sft_rows",
+    "gold_rewards",
+    "labelled_reward",
+    "read_jsonl",
+    "write_jsonl",
+]
+
+
+def write_jsonl(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]) -> None:
+    """Writes one JSON object per line (UTF-8), creating parent directories; NaN/inf are rejected."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for index, row in enumerate(rows):
+            try:
+                f.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{path}: row {index} is not JSON-serialisable: {err}") from err
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Reads one JSON object per line, skipping blank lines; bad lines raise ValueError with file:line."""
+    rows = []
+    with Path(path).open(encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{line_number}: invalid JSON: {err.msg} (column {err.colno})") from err
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows

@@ -1,0 +1,275 @@
+"""Rows → fixed-shape numpy arrays for the jitted steps, a resumable batch iterator, and response decoding.
+
+Training sequences are right padded to a static length ``T = max_length`` (so XLA never recompiles)::
+
+    <bos> prompt… response… <eos> <pad> <pad> …
+
+Prompt and response are tokenised separately without special tokens and concatenated, so there is
+exactly one ``<bos>`` and one ``<eos>`` (a tokenizer without a BOS token gets none). Per position ``t``:
+
+- ``tokens[t]`` (int32): the token id; the pad id after the end of the sequence.
+- ``loss_mask[t]`` (bool): True iff token ``t`` is a response token or the closing ``<eos>`` — i.e. ``t``
+  is a prediction *target* whose log-prob ``log p(tokens[t] | tokens[<t])`` counts. Never True at ``t = 0``.
+- ``valid[t]`` (bool): True iff position ``t`` is not padding.
+
+If ``1 + len(prompt) + len(response) + 1 > max_length`` the response is cut from the right and carries no
+``<eos>``; a prompt that leaves no room for one response token raises ValueError. Bad rows raise
+ValueError naming the row index and the field.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+Layout = tuple[list[int], int]  # (token ids, number of leading context tokens, which are not targets)
+
+
+def _special_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], int, int]:
+    """(prefix, eos, pad): prefix is ``[bos]``, or ``[]`` if the tokenizer has no BOS token."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("tokenizer has no eos_token")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("tokenizer has no pad_token; set one, e.g. to its eos_token")
+    bos = tokenizer.bos_token_id
+    return ([] if bos is None else [bos]), tokenizer.eos_token_id, tokenizer.pad_token_id
+
+
+def _field(row: Any, index: int, field: str) -> Any:
+    if not isinstance(row, Mapping):
+        raise ValueError(f"row {index}: expected a dict, got {type(row).__name__}")
+    if field not in row:
+        raise ValueError(f"row {index}: missing field {field!r}")
+    return row[field]
+
+
+def _text(value: Any, where: str) -> str:
+    """``value`` if it is a non-blank str; ``where`` names it in the error (e.g. "row 3: field 'chosen'")."""
+    if not isinstance(value, str):
+        raise ValueError(f"{where} must be a str, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{where} is empty")
+    return value
+
+
+def _soft_label(row: Mapping[str, Any], index: int) -> float:
+    """The row's ``soft_label`` in [0, 1]; 1.0 when absent or None."""
+    value = row.get("soft_label")
+    if value is None:
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"row {index}: field 'soft_label' must be a number, got {type(value).__name__}")
+    if not 0.0 <= float(value) <= 1.0:  # also rejects NaN
+        raise ValueError(f"row {index}: field 'soft_label' must be in [0, 1], got {value}")
+    return float(value)
+
+
+def _token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def _sequence(
+    context: list[int], response: list[int], eos: int, max_length: int, index: int, field: str
+) -> Layout:
+    """``context + response + [eos]``, the response cut from the right (and no eos) if it does not fit."""
+    if not response:
+        raise ValueError(f"row {index}: field {field!r} has no tokens")
+    room = max_length - len(context)
+    if not context or room < 1:
+        raise ValueError(
+            f"row {index}: field 'prompt' takes {len(context)} tokens (with BOS); it needs between 1 and "
+            f"max_length - 1 = {max_length - 1} to leave room for a response"
+        )
+    body = response + [eos] if len(response) < room else response[:room]
+    return context + body, len(context)
+
+
+def _pack(sequences: list[Layout], max_length: int, pad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Right-pads sequences to ``[N, max_length]``: (tokens int32, loss_mask bool, valid bool)."""
+    tokens = np.full((len(sequences), max_length), pad, dtype=np.int32)
+    loss_mask = np.zeros((len(sequences), max_length), dtype=bool)
+    valid = np.zeros((len(sequences), max_length), dtype=bool)
+    for i, (ids, num_context) in enumerate(sequences):
+        tokens[i, : len(ids)] = ids
+        loss_mask[i, num_context : len(ids)] = True
+        valid[i, : len(ids)] = True
+    return tokens, loss_mask, valid
+
+
+def _check_inputs(items: Sequence[Any], length: int, length_name: str) -> None:
+    if not items:
+        raise ValueError("nothing to encode: the input list is empty")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ValueError(f"{length_name} must be a positive int, got {length!r}")
+
+
+def _encode_responses(
+    rows: Sequence[Mapping[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    response_fields: tuple[str, ...],
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Encodes ``prompt`` + each response field of every row: field → (tokens, loss_mask, valid)."""
+    _check_inputs(rows, max_length, "max_length")
+    prefix, eos, pad = _special_ids(tokenizer)
+    prompts = [_text(_field(row, i, "prompt"), f"row {i}: field 'prompt'") for i, row in enumerate(rows)]
+    contexts = [prefix + ids for ids in _token_ids(tokenizer, prompts)]
+    packed = {}
+    for field in response_fields:
+        texts = [_text(_field(row, i, field), f"row {i}: field {field!r}") for i, row in enumerate(rows)]
+        responses = _token_ids(tokenizer, texts)
+        sequences = [
+            _sequence(context, response, eos, max_length, i, field)
+            for i, (context, response) in enumerate(zip(contexts, responses))
+        ]
+        packed[field] = _pack(sequences, max_length, pad)
+    return packed
+
+
+def encode_preference_rows(
+    rows: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> dict[str, np.ndarray]:
+    """Preference rows (``prompt``, ``chosen``, ``rejected``, optional ``soft_label``) → arrays.
+
+    Returns ``{chosen,rejected}_{tokens,loss_mask,valid}`` ``[N, max_length]`` (int32 / bool / bool) and
+    ``soft_label`` ``[N]`` float32 (P(chosen ≻ rejected); 1.0 where the row has none).
+    """
+    packed = _encode_responses(rows, tokenizer, max_length, ("chosen", "rejected"))
+    for i, row in enumerate(rows):
+        if row["chosen"] == row["rejected"]:
+            raise ValueError(f"row {i}: field 'rejected' is identical to field 'chosen'")
+    arrays = {}
+    for field, (tokens, loss_mask, valid) in packed.items():
+        arrays |= {f"{field}_tokens": tokens, f"{field}_loss_mask": loss_mask, f"{field}_valid": valid}
+    arrays["soft_label"] = np.array([_soft_label(row, i) for i, row in enumerate(rows)], dtype=np.float32)
+    return arrays
+
+
+def encode_sft_rows(
+    rows: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> dict[str, np.ndarray]:
+    """SFT rows (``prompt``, ``completion``) → ``tokens``, ``loss_mask``, ``valid`` ``[N, max_length]``.
+
+    The loss mask covers the completion tokens and the closing ``<eos>``.
+    """
+    tokens, loss_mask, valid = _encode_responses(rows, tokenizer, max_length, ("completion",))["completion"]
+    return {"tokens": tokens, "loss_mask": loss_mask, "valid": valid}
+
+
+def encode_prompts(
+    prompts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_prompt_length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts → LEFT-padded ``(tokens [N, P] int32, valid [N, P] bool)``, ``P = max_prompt_length``.
+
+    Each row is ``<pad>… <bos> prompt…`` so that generation continues right after the last column. A
+    prompt longer than ``P`` tokens (with BOS) raises ValueError naming its index.
+    """
+    _check_inputs(prompts, max_prompt_length, "max_prompt_length")
+    prefix, _, pad = _special_ids(tokenizer)
+    texts = [_text(prompt, f"prompt {i}") for i, prompt in enumerate(prompts)]
+    width = max_prompt_length
+    tokens = np.full((len(texts), width), pad, dtype=np.int32)
+    valid = np.zeros((len(texts), width), dtype=bool)
+    for i, ids in enumerate(_token_ids(tokenizer, texts)):
+        ids = prefix + ids
+        if len(ids) > max_prompt_length:
+            raise ValueError(f"prompt {i}: {len(ids)} tokens (with BOS) exceed max_prompt_length={width}")
+        tokens[i, width - len(ids) :] = ids
+        valid[i, width - len(ids) :] = True
+    return tokens, valid
+
+
+def decode_responses(tokens: np.ndarray, valid: np.ndarray, tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Sampled responses ``[N, T]`` → N strings: valid positions before the first EOS, minus BOS/pad."""
+    tokens, valid = np.asarray(tokens), np.asarray(valid, dtype=bool)
+    if tokens.ndim != 2 or tokens.shape != valid.shape:
+        raise ValueError(f"tokens {tokens.shape} and valid {valid.shape} must both be [N, T]")
+    eos, dropped = tokenizer.eos_token_id, {tokenizer.bos_token_id, tokenizer.pad_token_id}
+    kept = []
+    for row, keep in zip(tokens, valid):
+        ids = row[keep].tolist()
+        ids = ids[: ids.index(eos)] if eos in ids else ids
+        kept.append([t for t in ids if t not in dropped])
+    return tokenizer.batch_decode(kept, skip_special_tokens=False)
+
+
+class BatchIterator:
+    """Endless, deterministic, epoch-shuffled batches over a dict of equal-length arrays.
+
+    Epoch ``e`` visits the examples in the order ``np.random.default_rng([seed, e]).permutation(N)``;
+    batches never straddle epochs. With ``drop_last`` every batch has exactly ``batch_size`` rows (the
+    ``N % batch_size`` left-over examples of an epoch are skipped, differently each epoch); without it each
+    epoch ends with one smaller batch. The position is a function of ``step`` alone, so ``state()`` /
+    ``restore()`` resume exactly.
+    """
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], batch_size: int, seed: int, drop_last: bool = True):
+        if not arrays:
+            raise ValueError("BatchIterator: arrays is empty")
+        self._arrays = {name: np.asarray(array) for name, array in arrays.items()}
+        shapes = {name: array.shape for name, array in self._arrays.items()}
+        if len({shape[:1] for shape in shapes.values()}) != 1 or () in shapes.values():
+            raise ValueError(f"BatchIterator: arrays need equal leading dimensions, got shapes {shapes}")
+        self.num_examples = len(next(iter(self._arrays.values())))
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"BatchIterator: batch_size must be a positive int, got {batch_size!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"BatchIterator: seed must be a non-negative int, got {seed!r}")
+        if self.num_examples < (batch_size if drop_last else 1):
+            raise ValueError(
+                f"BatchIterator: {self.num_examples} examples cannot fill one batch of {batch_size} "
+                f"(drop_last={drop_last})"
+            )
+        self.batch_size, self.seed, self.drop_last = batch_size, seed, drop_last
+        self.step = 0
+        self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Number of batches in one epoch."""
+        full, rest = divmod(self.num_examples, self.batch_size)
+        return full + int(rest > 0 and not self.drop_last)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next batch comes from."""
+        return self.step // self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        epoch, index = divmod(self.step, self.batches_per_epoch)
+        if epoch != self._order_epoch:
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+            self._order_epoch = epoch
+        rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        self.step += 1
+        return {name: array[rows] for name, array in self._arrays.items()}
+
+    def state(self) -> dict[str, int | bool]:
+        """A JSON-able snapshot; ``restore`` checks that the data and batching settings match."""
+        return {
+            "step": self.step,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "drop_last": self.drop_last,
+            "num_examples": self.num_examples,
+        }
+
+    def restore(self, state: Mapping[str, int | bool]) -> None:
+        """Continues from a ``state()`` snapshot: the next batch is the one that would have followed."""
+        expected = self.state()
+        for key, value in expected.items():
+            if key != "step" and state.get(key) != value:
+                raise ValueError(
+                    f"BatchIterator.restore: state[{key!r}] is {state.get(key)!r}, expected {value!r}"
+                )
+        step = state.get("step")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"BatchIterator.restore: state['step'] must be a non-negative int, got {step!r}")
+        self.step = step
