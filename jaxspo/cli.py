@@ -1,12 +1,15 @@
-"""Command line: ``jaxspo train CONFIG [key=value ...]``."""
+"""Command line: ``jaxspo train CONFIG [key=value ...]``, ``jaxspo export RUN_DIR --out DIR``,
+``jaxspo score MODEL_DIR DATA.jsonl --out OUT.jsonl``."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from jaxspo.config import ConfigError, load_config
+from jaxspo.errors import PREEMPTED_EXIT_CODE, DataError, NonFiniteError, Preempted
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -21,6 +24,33 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from jaxspo.export import export_run
+    from jaxspo.models.hf_config import CheckpointError
+
+    try:
+        out = export_run(args.run_dir, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size)
+    except CheckpointError as err:
+        print(f"jaxspo: error: {err}", file=sys.stderr)
+        return 1
+    print(f"exported {args.run_dir} to {out}")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from jaxspo.models.hf_config import CheckpointError
+    from jaxspo.score import score_file
+
+    try:
+        summary = score_file(args.model_dir, args.data, args.out, max_length=args.max_length, batch_size=args.batch_size, dtype=args.dtype)
+    except (CheckpointError, ValueError) as err:  # ValueError: a malformed data row, named by encode
+        print(f"jaxspo: error: {err}", file=sys.stderr)
+        return 1
+    print(f"scored {summary['rows']} rows ({summary['truncated']} truncated at --max-length), mean chosen-rejected "
+          f"log-prob margin {summary['mean_margin']:.4f}: {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxspo", description="Preference optimisation for causal LMs in JAX.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -28,16 +58,41 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML recipe, e.g. configs/demo.yaml")
     train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.steps=50 run_dir=runs/x")
     train.set_defaults(handler=_train)
+    export = commands.add_parser("export", help="write a finished run's policy as a Hugging Face model folder")
+    export.add_argument("run_dir", help="a run directory (holds config.yaml, params/, tokenizer/)")
+    export.add_argument("--out", required=True, help="folder to write (config.json, safetensors, tokenizer, generation_config.json)")
+    export.add_argument("--dtype", default="", help="weights dtype, e.g. bfloat16 (default: checkpoint.export_dtype, else the params' dtype)")
+    export.add_argument("--max-shard-size", default="", help="split weights into shards of this size, e.g. 5GB (default: checkpoint.export_max_shard_size)")
+    export.set_defaults(handler=_export)
+    score = commands.add_parser("score", help="log-probs of chosen and rejected responses under a Hugging Face model")
+    score.add_argument("model_dir", help="Hugging Face model folder (config.json, safetensors, tokenizer)")
+    score.add_argument("data", help="JSONL rows with prompt, chosen, rejected")
+    score.add_argument("--out", required=True, help="JSONL written: each row plus chosen_logp, rejected_logp, lengths, truncated")
+    score.add_argument("--max-length", type=int, default=1024, help="tokens per prompt+response (longer responses are cut)")
+    score.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass")
+    score.add_argument("--dtype", default="float32", help="parameter and compute dtype, e.g. bfloat16")
+    score.set_defaults(handler=_score)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("jaxspo: %(message)s"))
+    logger = logging.getLogger("jaxspo")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
         return args.handler(args)
     except ConfigError as err:
         print(f"jaxspo: config error: {err}", file=sys.stderr)
         return 2
+    except Preempted as err:
+        print(f"jaxspo: {err}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+    except (DataError, FileExistsError, NonFiniteError) as err:
+        print(f"jaxspo: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

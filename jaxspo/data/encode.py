@@ -242,12 +242,16 @@ class BatchIterator:
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self
 
-    def __next__(self) -> dict[str, np.ndarray]:
-        epoch, index = divmod(self.step, self.batches_per_epoch)
+    def rows(self, step: int) -> np.ndarray:
+        """Indices (into the arrays) of the rows in batch number ``step`` (0-based)."""
+        epoch, index = divmod(step, self.batches_per_epoch)
         if epoch != self._order_epoch:
             self._order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
             self._order_epoch = epoch
-        rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        return self._order[index * self.batch_size : (index + 1) * self.batch_size]
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        rows = self.rows(self.step)
         self.step += 1
         return {name: array[rows] for name, array in self._arrays.items()}
 

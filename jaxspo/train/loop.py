@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,15 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm import tqdm
 
+from jaxspo.checkpoint import PhaseCheckpoints
 from jaxspo.config import Config, dump_yaml
 from jaxspo.data.encode import BatchIterator, encode_preference_rows, encode_prompts, encode_sft_rows
 from jaxspo.data.synthetic import build_synthetic_task
 from jaxspo.sharding import make_mesh
 from jaxspo.train.evaluate import Evaluator
-from jaxspo.train.metrics_log import MetricsLog, plot_curves
+from jaxspo.train.metrics_log import MetricsLog, plot_curves, read_metrics
+from jaxspo.errors import NonFiniteError, Preempted
+from jaxspo.train.preemption import PreemptionGuard
 from jaxspo.train.state import (
     abstract_model,
     init_params,
@@ -30,6 +34,8 @@ from jaxspo.train.state import (
     state_shardings,
 )
 from jaxspo.train.step import PREFERENCE_FIELDS, SFT_FIELDS, make_train_step
+
+log = logging.getLogger("jaxspo")
 
 
 @dataclasses.dataclass
@@ -52,7 +58,7 @@ def resolve_run_dir(cfg: Config, config_name: str) -> Path:
 
 
 class _Phase:
-    """Runs one optimisation phase ("sft" or "preference") over an iterator of host batches."""
+    """Runs one optimisation phase ("sft" or "preference"): steps, logging, checkpoints, resume."""
 
     def __init__(self, run: "_Run", phase: str, steps: int, peak_lr: float, batch_size: int, arrays: dict[str, np.ndarray]):
         cfg = run.cfg
@@ -64,31 +70,88 @@ class _Phase:
         self.step = make_train_step(cfg, run.mesh, run.graphdef, tx, schedule, shardings, phase, batch_size)
         fields = SFT_FIELDS if phase == "sft" else PREFERENCE_FIELDS
         self.batches = BatchIterator({k: arrays[k] for k in fields}, batch_size, seed=cfg.trainer.seed)
+        self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / phase, cfg.checkpoint)
+        self.skipped = 0  # steps whose update was dropped as non-finite
 
-    def run_steps(self, reference: Any, on_step=None) -> Any:
-        """Takes ``steps`` optimizer steps; logs every ``logging.log_every``; returns final params."""
+    def _resume(self) -> int:
+        """Restores this phase's newest valid checkpoint; returns the step to continue after (0 = none)."""
+        if not self.run.cfg.checkpoint.resume:
+            return 0
+        found = self.checkpoints.restore_latest(self.state)
+        if found is None:
+            return 0
+        step, self.state, data = found
+        self.batches.restore(data["batches"])
+        self.skipped = int(data["skipped"])
+        log.info("resuming %s at step %d from %s", self.phase, step, self.checkpoints.directory)
+        return step
+
+    def _logged_before(self, row: dict[str, Any], step: int) -> bool:
+        """Whether a metrics row predates this phase's ``step`` (rows after it are logged again)."""
+        if self.phase == "sft":
+            return row["phase"] == "sft" and row["step"] <= step
+        return row["phase"] == "sft" or row["step"] <= step
+
+    def _check_finite(self, fetched: list[tuple[int, dict]]) -> None:
+        for i, metrics in fetched:
+            if not metrics["nonfinite"]:
+                continue
+            rows = self.batches.rows(i - 1).tolist()
+            where = f"non-finite loss or gradient at {self.phase} step {i} (batch {i - 1}, data rows {rows})"
+            if self.run.cfg.trainer.on_nonfinite == "stop":
+                self.checkpoints.wait()
+                last = self.checkpoints.latest_step()
+                kept = f"the last good checkpoint is step {last} in {self.checkpoints.directory}" if last else "no checkpoint was written yet"
+                raise NonFiniteError(f"{where}; the update was not applied and {kept}")
+            self.skipped += 1
+            log.warning("%s; update skipped (trainer.on_nonfinite=skip)", where)
+
+    def run_steps(self, reference: Any, guard: PreemptionGuard, on_step=None) -> Any:
+        """Takes the phase's remaining steps (resuming if possible); returns the final params.
+
+        Pending asynchronous saves are committed however the phase ends.
+        """
+        try:
+            return self._run_steps(reference, guard, on_step)
+        finally:
+            self.checkpoints.close()
+
+    def _run_steps(self, reference: Any, guard: PreemptionGuard, on_step) -> Any:
         cfg = self.run.cfg
-        bar = tqdm(total=self.steps, desc=self.phase, disable=not cfg.logging.progress_bar, dynamic_ncols=True)
-        window_start, window_tokens = time.perf_counter(), 0.0
-        pending = []
-        for i in range(1, self.steps + 1):
+        start = self._resume()
+        self.run.log.truncate(lambda r: self._logged_before(r, start))
+        bar = tqdm(total=self.steps, initial=start, desc=self.phase, disable=not cfg.logging.progress_bar, dynamic_ncols=True)
+        window_start, window_tokens, window_steps = time.perf_counter(), 0.0, 0
+        pending: list[tuple[int, dict]] = []
+        for i in range(start + 1, self.steps + 1):
             host = next(self.batches)
             batch = {k: jax.device_put(v, self.step.batch_sharding[k]) for k, v in host.items()}
             self.state, metrics = self.step.fn(self.state, reference, batch)
-            pending.append(metrics)
-            if i % cfg.logging.log_every == 0 or i == self.steps:
-                fetched = [jax.device_get(m) for m in pending]  # blocks: the window's steps are done
+            pending.append((i, metrics))
+            log_now = i % cfg.logging.log_every == 0 or i == self.steps
+            save_now = self.checkpoints.due(i) or i == self.steps or guard.requested
+            if log_now or save_now:
+                fetched = [(j, jax.device_get(m)) for j, m in pending]  # blocks until those steps ran
+                pending = []
+                self._check_finite(fetched)
+                window_tokens += sum(float(m["tokens"]) for _, m in fetched)
+                window_steps += len(fetched)
+            if log_now:
                 elapsed = time.perf_counter() - window_start
-                window_tokens = sum(float(m["tokens"]) for m in fetched)
-                last = {k: float(v) for k, v in fetched[-1].items() if k != "tokens"}
-                last["tokens_per_second"] = window_tokens / max(elapsed, 1e-9)
-                last["seconds_per_step"] = elapsed / len(fetched)
-                self.run.log.log(self.phase, i, last)
-                bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_second']:.0f}")
-                pending, window_start = [], time.perf_counter()
+                row = {k: float(v) for k, v in fetched[-1][1].items() if k not in ("tokens", "nonfinite")}
+                row |= {"tokens_per_second": window_tokens / max(elapsed, 1e-9), "seconds_per_step": elapsed / window_steps, "skipped_steps": float(self.skipped)}
+                self.run.log.log(self.phase, i, row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_second']:.0f}")
+                window_start, window_tokens, window_steps = time.perf_counter(), 0.0, 0
             bar.update(1)
             if on_step is not None:
                 on_step(i, self.state.params)
+            if save_now:
+                self.checkpoints.save(i, self.state, {"batches": self.batches.state(), "skipped": self.skipped})
+            if guard.requested:
+                self.checkpoints.wait()
+                bar.close()
+                raise Preempted(self.phase, i, guard.signum)
         bar.close()
         return self.state.params
 
@@ -119,8 +182,15 @@ class _Run:
 
 
 def train(cfg: Config, config_name: str = "run") -> RunResult:
-    """Runs SFT warm start (→ frozen reference), then preference optimisation, evaluating before/after."""
+    """SFT warm start (→ frozen reference), then preference optimisation, evaluating before and after.
+
+    Resumes from the newest valid checkpoint in the run directory; SIGTERM/SIGINT save and raise
+    :class:`Preempted`.
+    """
     run_dir = resolve_run_dir(cfg, config_name)
+    checkpoint_root = run_dir / "checkpoints"
+    if not cfg.checkpoint.resume and checkpoint_root.exists():
+        raise FileExistsError(f"{checkpoint_root} holds checkpoints of an earlier run; set checkpoint.resume=true to continue it or choose another run_dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(cfg, run_dir)
     cfg = run.cfg
@@ -128,22 +198,33 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
     run.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     splits, length = run.task.splits, cfg.data.max_length
     eval_key = jax.random.key(cfg.trainer.seed + 1)
+    reference_dir = (checkpoint_root / "reference").resolve()
+    resuming_preference = cfg.checkpoint.resume and (checkpoint_root / "preference").is_dir() and reference_dir.is_dir()
 
-    if cfg.trainer.sft_steps:
-        sft = _Phase(run, "sft", cfg.trainer.sft_steps, cfg.trainer.sft_learning_rate, cfg.trainer.sft_batch_size, encode_sft_rows(splits["sft"], run.tokenizer, length))
-        run.params = sft.run_steps(None)
-    reference = run.params
-    evaluator = run.evaluator()
-    before = evaluator(reference, reference, eval_key)
-    run.log.log("eval", 0, before)
+    with PreemptionGuard(cfg.checkpoint.preemption_grace_seconds) as guard:
+        if resuming_preference:
+            run.params = restore_params(reference_dir, run.params)
+        else:
+            if cfg.trainer.sft_steps:
+                sft = _Phase(run, "sft", cfg.trainer.sft_steps, cfg.trainer.sft_learning_rate, cfg.trainer.sft_batch_size, encode_sft_rows(splits["sft"], run.tokenizer, length))
+                run.params = sft.run_steps(None, guard)
+            save_params(run.params, reference_dir)
+        reference = run.params
+        evaluator = run.evaluator()
+        before = _logged_eval(run.log.path, 0) if resuming_preference else None
+        if before is None:
+            run.log.truncate(lambda r: r["phase"] == "sft")
+            before = evaluator(reference, reference, eval_key)
+            run.log.log("eval", 0, before)
 
-    def periodic_eval(step: int, params: Any) -> None:
-        if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < cfg.trainer.steps:
-            run.log.log("eval", step, evaluator(params, reference, eval_key))
+        def periodic_eval(step: int, params: Any) -> None:
+            if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < cfg.trainer.steps:
+                run.log.log("eval", step, evaluator(params, reference, eval_key))
 
-    preference = _Phase(run, "preference", cfg.trainer.steps, cfg.optimizer.learning_rate, cfg.trainer.batch_size, encode_preference_rows(splits["train"], run.tokenizer, length))
-    params = preference.run_steps(reference, periodic_eval)
+        preference = _Phase(run, "preference", cfg.trainer.steps, cfg.optimizer.learning_rate, cfg.trainer.batch_size, encode_preference_rows(splits["train"], run.tokenizer, length))
+        params = preference.run_steps(reference, guard, periodic_eval)
     after = evaluator(params, reference, eval_key)
+    run.log.truncate(lambda r: not (r["phase"] == "eval" and r["step"] == cfg.trainer.steps))  # logged once
     run.log.log("eval", cfg.trainer.steps, after)
     run.log.close()
     if cfg.checkpoint.save_final:
@@ -151,6 +232,21 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
     if cfg.logging.plot:
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
     return RunResult(run_dir, before, after, params, reference)
+
+
+def _logged_eval(metrics_path: Path, step: int) -> dict[str, float] | None:
+    """The evaluation logged at ``step`` by an earlier (interrupted) process of this run, if any."""
+    rows = [r for r in read_metrics(metrics_path) if r["phase"] == "eval" and r["step"] == step] if metrics_path.exists() else []
+    return {k: v for k, v in rows[-1].items() if k not in ("phase", "step")} if rows else None
+
+
+def restore_params(path: Path, target: Any) -> Any:
+    """Reads params saved by :func:`save_params` onto the shardings of ``target`` (an nnx.State)."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(target))
+    with ocp.StandardCheckpointer() as checkpointer:
+        pure = checkpointer.restore(path.resolve(), abstract)
+    nnx.replace_by_pure_dict(target, pure)
+    return target
 
 
 def save_params(params: Any, path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,13 @@ class MetricsLog:
             for name, value in metrics.items():
                 if math.isfinite(float(value)):
                     self._tb.add_scalar(f"{phase}/{name}", float(value), step)
+
+    def truncate(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Rewrites metrics.jsonl with only the rows ``keep`` accepts (used when a run resumes)."""
+        self._file.close()
+        rows = read_metrics(self.path)
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)))
+        self._file = self.path.open("a")
 
     def close(self) -> None:
         self._file.close()

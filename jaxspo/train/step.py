@@ -156,6 +156,10 @@ def make_train_step(
         out = {"tokens": metrics.pop("tokens")[0]}  # real (non-pad) tokens in the step: a total
         out.update({name: total / jnp.maximum(n, 1.0) for name, (total, n) in metrics.items()})
         out["grad_norm"] = optax.tree.norm(grads)
+        # Numerical guard: a non-finite loss or gradient never reaches the parameters or moments.
+        finite = jnp.isfinite(out["loss"]) & jnp.isfinite(out["grad_norm"])
+        params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state), (state.params, state.opt_state))
+        out["nonfinite"] = 1.0 - finite.astype(jnp.float32)
         out["learning_rate"] = schedule(state.step)
         rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), out
