@@ -111,9 +111,9 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(uninterrupted, tmp_pat
     cfg = load_config(None, TINY)
     checkpoints = PhaseCheckpoints(directory, cfg.checkpoint)
     with ocp.StandardCheckpointer() as checkpointer:
-        target_like = checkpointer.metadata((uninterrupted / "checkpoints" / "preference" / str(steps[0]) / "state").resolve())
-    # restore needs a target with shapes and shardings: the state as saved, placed on one device
-    target = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), target_like.item_metadata.tree if hasattr(target_like, "item_metadata") else target_like.tree)
+        saved = checkpointer.metadata((uninterrupted / "checkpoints" / "preference" / str(steps[0]) / "state").resolve())
+    # restore needs a target with shapes and shardings: the state as saved, placed on the default device
+    target = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), saved.item_metadata.tree)
     with caplog.at_level("WARNING", logger="jaxspo"):
         found = checkpoints.restore_latest(target)
     checkpoints.close()
