@@ -53,6 +53,10 @@ def _text(value: Any, where: str) -> str:
         raise ValueError(f"{where} must be a str, got {type(value).__name__}")
     if not value.strip():
         raise ValueError(f"{where} is empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{where} is not valid text (undecodable character at {err.start})") from None
     return value
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import logging
 import time
 from pathlib import Path
@@ -17,8 +18,12 @@ from tqdm import tqdm
 
 from jaxspo.checkpoint import PhaseCheckpoints
 from jaxspo.config import Config, dump_yaml
+from jaxspo.data.screen import DataReport, encode_screened, write_reports
 from jaxspo.data.encode import BatchIterator, encode_preference_rows, encode_prompts, encode_sft_rows
 from jaxspo.data.synthetic import build_synthetic_task
+from jaxspo.models import ModelConfig
+from jaxspo.models.hf_config import check_same_architecture, model_config_from_hf
+from jaxspo.models.hf_io import load_params, load_tokenizer, save_hf
 from jaxspo.sharding import make_mesh
 from jaxspo.train.evaluate import Evaluator
 from jaxspo.train.metrics_log import MetricsLog, plot_curves, read_metrics
@@ -156,26 +161,59 @@ class _Phase:
         return self.state.params
 
 
+def _model_and_tokenizer(model: ModelConfig, task_tokenizer: Any) -> tuple[ModelConfig, Any]:
+    """With ``model.path``: the architecture from its config.json and its tokenizer (the task's rows are
+    tokenised with it). Without: the recipe's model (vocab defaulting to the tokenizer's) and the task's."""
+    if model.path:
+        return model_config_from_hf(model.path, model), load_tokenizer(model.path)
+    return dataclasses.replace(model, vocab_size=model.vocab_size or len(task_tokenizer)), task_tokenizer
+
+
 class _Run:
     """Holds the pieces shared by both phases and the evaluator."""
 
     def __init__(self, cfg: Config, run_dir: Path):
         self.task = build_synthetic_task(cfg.data.synthetic)
-        self.tokenizer = self.task.tokenizer
-        vocab = cfg.model.vocab_size or len(self.tokenizer)
-        if vocab < len(self.tokenizer):
-            raise ValueError(f"model.vocab_size ({vocab}) is smaller than the tokenizer's {len(self.tokenizer)} tokens")
-        self.cfg = cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
+        model_cfg, self.tokenizer = _model_and_tokenizer(cfg.model, self.task.tokenizer)
+        if model_cfg.vocab_size < len(self.tokenizer):
+            raise ValueError(f"model.vocab_size ({model_cfg.vocab_size}) is smaller than the tokenizer's {len(self.tokenizer)} tokens")
+        self.cfg = cfg = dataclasses.replace(cfg, model=model_cfg)
         self.run_dir = run_dir
         self.mesh = make_mesh(cfg.mesh.shape())
         self.graphdef, self.abstract_params = abstract_model(cfg.model)
         self.param_sharding = param_shardings(self.abstract_params, self.mesh, cfg.mesh.rules)
-        self.params = init_params(cfg.model, cfg.trainer.seed, self.param_sharding)
+        if cfg.model.path:
+            self.params = load_params(cfg.model.path, cfg.model, self.abstract_params, self.param_sharding)
+        else:
+            self.params = init_params(cfg.model, cfg.trainer.seed, self.param_sharding)
+        self.reference_params = None  # None: the reference is the policy's starting point (after SFT)
+        if cfg.model.reference_path and cfg.model.reference_path != cfg.model.path:
+            check_same_architecture(cfg.model.reference_path, cfg.model)
+            self.reference_params = load_params(cfg.model.reference_path, cfg.model, self.abstract_params, self.param_sharding)
         self.log = MetricsLog(run_dir, cfg.logging.tensorboard)
+        self.data_reports: dict[str, DataReport] = {}
+
+    def encoded(self, split: str, limit: int | None = None) -> dict[str, np.ndarray]:
+        """A split (its first ``limit`` rows) as static-shape arrays; bad rows handled by ``data.on_bad_row``.
+
+        What was kept and skipped, by reason, goes to RUN_DIR/data_report.json.
+        """
+        encode = encode_sft_rows if split == "sft" else encode_preference_rows
+        arrays, report = encode_screened(
+            self.task.splits[split][:limit],
+            functools.partial(encode, tokenizer=self.tokenizer, max_length=self.cfg.data.max_length),
+            f"{self.cfg.data.task}:{split}",
+            self.cfg.data.on_bad_row,
+        )
+        self.data_reports[split] = report
+        write_reports(list(self.data_reports.values()), self.run_dir / "data_report.json")
+        if report.skipped:
+            log.warning("%s: skipped %d of %d rows: %s", report.source, report.rows - report.kept, report.rows, report.skipped)
+        return arrays
 
     def evaluator(self) -> Evaluator:
         cfg, splits = self.cfg, self.task.splits
-        pairs = encode_preference_rows(splits["eval"][: cfg.eval.num_pairs], self.tokenizer, cfg.data.max_length)
+        pairs = self.encoded("eval", cfg.eval.num_pairs)
         prompt_texts = [row["prompt"] for row in splits["eval"][: cfg.eval.num_prompts]]
         tokens, valid = encode_prompts(prompt_texts, self.tokenizer, cfg.data.max_prompt_length)
         return Evaluator(cfg, self.mesh, self.graphdef, self.tokenizer, pairs, (tokens, valid, prompt_texts), self.task.gold_rewards, self.task.dimensions)
@@ -196,20 +234,21 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
     cfg = run.cfg
     dump_yaml(cfg, run_dir / "config.yaml")
     run.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
-    splits, length = run.task.splits, cfg.data.max_length
     eval_key = jax.random.key(cfg.trainer.seed + 1)
     reference_dir = (checkpoint_root / "reference").resolve()
     resuming_preference = cfg.checkpoint.resume and (checkpoint_root / "preference").is_dir() and reference_dir.is_dir()
 
+    train_arrays = run.encoded("train")  # all data is checked before any step runs
+    sft_arrays = run.encoded("sft") if cfg.trainer.sft_steps and not resuming_preference else None
     with PreemptionGuard(cfg.checkpoint.preemption_grace_seconds) as guard:
         if resuming_preference:
             run.params = restore_params(reference_dir, run.params)
         else:
             if cfg.trainer.sft_steps:
-                sft = _Phase(run, "sft", cfg.trainer.sft_steps, cfg.trainer.sft_learning_rate, cfg.trainer.sft_batch_size, encode_sft_rows(splits["sft"], run.tokenizer, length))
+                sft = _Phase(run, "sft", cfg.trainer.sft_steps, cfg.trainer.sft_learning_rate, cfg.trainer.sft_batch_size, sft_arrays)
                 run.params = sft.run_steps(None, guard)
             save_params(run.params, reference_dir)
-        reference = run.params
+        reference = run.params if run.reference_params is None else run.reference_params
         evaluator = run.evaluator()
         before = _logged_eval(run.log.path, 0) if resuming_preference else None
         if before is None:
@@ -221,7 +260,7 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < cfg.trainer.steps:
                 run.log.log("eval", step, evaluator(params, reference, eval_key))
 
-        preference = _Phase(run, "preference", cfg.trainer.steps, cfg.optimizer.learning_rate, cfg.trainer.batch_size, encode_preference_rows(splits["train"], run.tokenizer, length))
+        preference = _Phase(run, "preference", cfg.trainer.steps, cfg.optimizer.learning_rate, cfg.trainer.batch_size, train_arrays)
         params = preference.run_steps(reference, guard, periodic_eval)
     after = evaluator(params, reference, eval_key)
     run.log.truncate(lambda r: not (r["phase"] == "eval" and r["step"] == cfg.trainer.steps))  # logged once
@@ -229,6 +268,8 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
     run.log.close()
     if cfg.checkpoint.save_final:
         save_params(params, run_dir / "params")
+    if cfg.checkpoint.export_hf_dir:
+        save_hf(params, cfg.model, run.tokenizer, cfg.checkpoint.export_hf_dir, dtype=cfg.checkpoint.export_dtype, max_shard_size=cfg.checkpoint.export_max_shard_size)
     if cfg.logging.plot:
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
     return RunResult(run_dir, before, after, params, reference)
