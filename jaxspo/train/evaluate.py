@@ -13,17 +13,9 @@ from jax.sharding import Mesh
 
 from jaxspo.data.encode import decode_responses
 from jaxspo.sampling import sample
-from jaxspo.sharding import activation_sharding, named_sharding
+from jaxspo.sharding import activation_sharding
 from jaxspo.train.logprobs import forward_logits
-from jaxspo.train.step import PREFERENCE_FIELDS, pair_logps
-
-
-def _pad_rows(arrays: dict[str, np.ndarray], multiple: int) -> tuple[dict[str, np.ndarray], int]:
-    """Repeats the first rows so the row count divides by ``multiple``; returns (arrays, real rows)."""
-    n = len(next(iter(arrays.values())))
-    extra = (-n) % multiple
-    padded = {k: np.concatenate([v, v[:extra]]) if extra else v for k, v in arrays.items()}
-    return padded, n
+from jaxspo.train.scoring import PairScorer, shard_rows
 
 
 def sequence_kl(graphdef: nnx.GraphDef, params: Any, reference_params: Any, tokens: jax.Array, valid: jax.Array, response: jax.Array) -> jax.Array:
@@ -53,42 +45,24 @@ class Evaluator:
     ):
         self.cfg, self.mesh, self.graphdef, self.tokenizer = cfg, mesh, graphdef, tokenizer
         self.gold_rewards, self.dimensions = gold_rewards, dimensions
-        self.chunk = cfg.trainer.batch_size
-        self.pairs, self.num_pairs = _pad_rows({k: pairs[k] for k in PREFERENCE_FIELDS}, self.chunk)
+        self.pairs = pairs
         prompt_tokens, prompt_valid, self.prompt_texts = prompts
         self.prompt_tokens, self.prompt_valid = prompt_tokens, prompt_valid
-        self._pair_fn = jax.jit(self._pair_logps)
+        self.scorer = PairScorer(graphdef, mesh, cfg.mesh.rules, cfg.trainer.batch_size)
         self._kl_fn = jax.jit(self._kl)
 
     def _shard_rows(self, x: np.ndarray) -> jax.Array:
-        names = ("batch",) + (None,) * (x.ndim - 1)
-        return jax.device_put(x, named_sharding(names, x.shape, self.mesh, self.cfg.mesh.rules))
-
-    def _pair_logps(self, params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        with activation_sharding(self.mesh, self.cfg.mesh.rules):
-            chosen, rejected, _, _ = pair_logps(self.graphdef, params, batch)
-        return chosen, rejected
+        return shard_rows(x, self.mesh, self.cfg.mesh.rules)
 
     def _kl(self, params: Any, reference_params: Any, tokens: jax.Array, valid: jax.Array, response: jax.Array) -> jax.Array:
         with activation_sharding(self.mesh, self.cfg.mesh.rules):
             return sequence_kl(self.graphdef, params, reference_params, tokens, valid, response)
 
-    def pair_logps(self, params: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Chosen and rejected log-probs ``[N]`` of the held-out pairs under ``params``."""
-        chosen, rejected = [], []
-        total = len(self.pairs["soft_label"])
-        for start in range(0, total, self.chunk):
-            batch = {k: self._shard_rows(v[start : start + self.chunk]) for k, v in self.pairs.items()}
-            c, r = self._pair_fn(params, batch)
-            chosen.append(np.asarray(c))
-            rejected.append(np.asarray(r))
-        return np.concatenate(chosen)[: self.num_pairs], np.concatenate(rejected)[: self.num_pairs]
-
     def __call__(self, params: Any, reference_params: Any, rng: jax.Array) -> dict[str, float]:
         """Metrics named ``eval/...`` (floats)."""
         beta = self.cfg.loss.beta
-        chosen, rejected = self.pair_logps(params)
-        ref_chosen, ref_rejected = self.pair_logps(reference_params)
+        chosen, rejected = self.scorer(params, self.pairs)
+        ref_chosen, ref_rejected = self.scorer(reference_params, self.pairs)
         margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
         out = {
             "eval/logps_accuracy": float(np.mean(chosen > rejected)),

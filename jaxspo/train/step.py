@@ -66,6 +66,18 @@ def pair_logps(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch) -> tuple
     return logps[:half], logps[half:], lengths[:half], lengths[half:]
 
 
+PRECOMPUTED_FIELDS = ("reference_chosen_logps", "reference_rejected_logps")
+
+
+def batch_fields(phase: str, loss_cfg) -> tuple[str, ...]:
+    """Names of the arrays a step of ``phase`` reads from its batch."""
+    if phase == "sft":
+        return SFT_FIELDS
+    if needs_reference(loss_cfg) and loss_cfg.reference == "precomputed":
+        return PREFERENCE_FIELDS + PRECOMPUTED_FIELDS
+    return PREFERENCE_FIELDS
+
+
 def needs_reference(loss_cfg) -> bool:
     """Whether any configured loss term uses reference log-probs (and a reference is configured)."""
     return loss_cfg.reference != "none" and any(get_loss(name).needs_reference for name in loss_cfg.terms)
@@ -79,7 +91,9 @@ def preference_objective_fn(graphdef: nnx.GraphDef, loss_cfg) -> Objective:
         with jax.named_scope("policy"):
             chosen, rejected, chosen_len, rejected_len = pair_logps(graphdef, params, batch)
         ref_chosen = ref_rejected = None
-        if use_reference:
+        if use_reference and loss_cfg.reference == "precomputed":
+            ref_chosen, ref_rejected = batch["reference_chosen_logps"], batch["reference_rejected_logps"]
+        elif use_reference:
             with jax.named_scope("reference"):
                 ref = pair_logps(graphdef, reference_params, batch)
             ref_chosen, ref_rejected = jax.lax.stop_gradient(ref[0]), jax.lax.stop_gradient(ref[1])
@@ -130,8 +144,8 @@ def make_train_step(
         raise ValueError(f"unknown phase '{phase}'")
     rules = cfg.mesh.rules
     objective = sft_objective_fn(graphdef) if phase == "sft" else preference_objective_fn(graphdef, cfg.loss)
-    fields = SFT_FIELDS if phase == "sft" else PREFERENCE_FIELDS
-    ranks = {name: (1 if name == "soft_label" else 2) for name in fields}
+    fields = batch_fields(phase, cfg.loss)
+    ranks = {name: (2 if name.endswith(("tokens", "valid", "mask")) else 1) for name in fields}
     batch_sharding = batch_shardings(fields, ranks, mesh, rules, batch_size)
     accum = cfg.trainer.grad_accum_steps
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -164,7 +178,7 @@ def make_train_step(
         rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), out
 
-    uses_reference = phase == "preference" and needs_reference(cfg.loss)
+    uses_reference = phase == "preference" and needs_reference(cfg.loss) and cfg.loss.reference == "resident"
     reference_sharding = state_sharding.params if uses_reference else None
     fn = jax.jit(
         step,
