@@ -1,5 +1,6 @@
 """Command line: ``jaxspo train CONFIG [key=value ...]``, ``jaxspo export RUN_DIR --out DIR``,
-``jaxspo score MODEL_DIR DATA.jsonl --out OUT.jsonl``."""
+``jaxspo score MODEL_DIR DATA.jsonl --out OUT.jsonl``, ``jaxspo compile CONFIG --topology v5p-128``,
+``jaxspo launch (--local N | --tpu NAME | --queued-resource NAME | --slurm | --hosts H0,H1,...) CONFIG [key=value ...]``."""
 
 from __future__ import annotations
 
@@ -8,19 +9,23 @@ import logging
 import sys
 from pathlib import Path
 
+from jaxspo import launch
 from jaxspo.config import ConfigError, load_config
-from jaxspo.errors import PREEMPTED_EXIT_CODE, DataError, NonFiniteError, Preempted
+from jaxspo.errors import PREEMPTED_EXIT_CODE, DataError, DistributedError, NonFiniteError, Preempted
 
 
 def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    from jaxspo.train.loop import train  # heavy imports only once the config is known good
+    from jaxspo import distributed  # heavy imports only once the config is known good
+    from jaxspo.train.loop import train
     from jaxspo.train.summary import summary_table
 
+    distributed.initialize()  # joins the multi-process run the environment describes, before any device use
     result = train(cfg, config_name=Path(args.config).stem)
-    table = summary_table(result.before, result.after, "+".join(cfg.loss.terms))
-    (result.run_dir / "summary.md").write_text(table + "\n")
-    print(f"\nrun directory: {result.run_dir}\n\n{table}")
+    if distributed.is_writer():
+        table = summary_table(result.before, result.after, "+".join(cfg.loss.terms))
+        (result.run_dir / "summary.md").write_text(table + "\n")
+        print(f"\nrun directory: {result.run_dir}\n\n{table}")
     return 0
 
 
@@ -38,16 +43,33 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from jaxspo.models.hf_config import CheckpointError
     from jaxspo.score import score_file
 
     try:
         summary = score_file(args.model_dir, args.data, args.out, max_length=args.max_length, batch_size=args.batch_size, dtype=args.dtype)
-    except (CheckpointError, ValueError) as err:  # ValueError: a malformed data row, named by encode
+    except ValueError as err:  # a CheckpointError, or a malformed file or row (named in the message)
         print(f"jaxspo: error: {err}", file=sys.stderr)
         return 1
     print(f"scored {summary['rows']} rows ({summary['truncated']} truncated at --max-length), mean chosen-rejected "
           f"log-prob margin {summary['mean_margin']:.4f}: {args.out}")
+    return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", args.topology)  # quiets libtpu's host probing on non-TPU machines
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # several compiles may run side by side
+    cfg = load_config(args.config, args.overrides)
+    from jaxspo.compile import fit_report, format_report, resolve_model
+
+    cfg = resolve_model(cfg)
+    report = fit_report(cfg, args.topology, find_max_batch=args.find_max_batch)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
@@ -72,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass")
     score.add_argument("--dtype", default="float32", help="parameter and compute dtype, e.g. bfloat16")
     score.set_defaults(handler=_score)
+    compile_ = commands.add_parser("compile", help="compile the real train step for a TPU slice here (no TPU needed) and report memory")
+    compile_.add_argument("config", help="YAML recipe with the model architecture (or model.path to an HF folder)")
+    compile_.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.batch_size=64")
+    compile_.add_argument("--topology", required=True, help="TPU slice name: v4-8, v5p-128, v5e-256, v6e-64, 2xv5p-128 …")
+    compile_.add_argument("--json", default="", help="also write the report as JSON to this path")
+    compile_.add_argument("--find-max-batch", action="store_true", help="search the largest per-device batch that fits")
+    compile_.set_defaults(handler=_compile)
+    launcher = commands.add_parser("launch", help="run jaxspo train as every process of a multi-host job (TPU pod slice, SLURM, hosts, or --local N)")
+    launch.add_arguments(launcher)
+    launcher.set_defaults(handler=launch.launch)
     return parser
 
 
@@ -90,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as err:
         print(f"jaxspo: {err}", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
-    except (DataError, FileExistsError, NonFiniteError) as err:
+    except (DataError, DistributedError, FileExistsError, NonFiniteError) as err:
         print(f"jaxspo: error: {err}", file=sys.stderr)
         return 1
 

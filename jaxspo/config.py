@@ -35,15 +35,29 @@ class DataConfig:
     synthetic: SyntheticTaskConfig = dataclasses.field(default_factory=SyntheticTaskConfig)
     max_length: int = 32  # tokens per prompt+response row (right-padded, static shape)
     max_prompt_length: int = 16  # tokens per left-padded prompt for sampling
+    on_bad_row: str = "error"  # a malformed data row: "error" (stop, naming it) or "skip" (count it)
 
 
 @dataclasses.dataclass
 class LossConfig:
-    """Preference objective: a weighted sum of registered losses (``terms``: name → weight)."""
+    """Preference objective: a weighted sum of registered losses (``terms``: name → weight).
+
+    A name is a built-in (see docs/losses.md), one registered with ``@register_loss``, or
+    ``"package.module:function"`` (imported when the config is validated). Each loss reads only the
+    hyper-parameters it names in its docstring; defaults follow TRL or the paper.
+    """
 
     terms: dict[str, float] = dataclasses.field(default_factory=lambda: {"dpo": 1.0})
-    beta: float = 0.1  # DPO temperature β; rewards are β·log(πθ/π_ref)
-    reference: str = "resident"  # "resident": frozen copy inside the step; "none": reference-free
+    beta: float = 0.1  # DPO temperature β (IPO's τ; SimPO's β, ~2 in its paper); rewards are β·log(πθ/π_ref)
+    reference: str = "resident"  # "resident": frozen copy inside the step; "precomputed": one cached pass; "none": reference-free (π_ref ≡ 1)
+    reference_cache_dir: str = "~/.cache/jaxspo/reference_logps"  # precomputed reference log-probs, keyed by data/weights/tokenizer hashes
+    label_smoothing: float = 0.0  # ε: cdpo, aot, aot_unpaired in [0, 1); robust flip rate in [0, 0.5); exo_pair > 0 (paper 1e-3)
+    simpo_gamma: float = 0.5  # SimPO target margin γ (TRL default)
+    cpo_lambda: float = 1.0  # CPO weight λ of the chosen NLL (TRL cpo_alpha)
+    orpo_lambda: float = 0.1  # ORPO weight λ of the odds-ratio term (TRL ORPOConfig.beta)
+    rdpo_alpha: float = 0.05  # R-DPO length coefficient α (per token of |y_w| − |y_l|)
+    ropo_alpha: float = 14.0  # ROPO / GROPO α > 0 (paper default 14)
+    discopop_tau: float = 0.05  # DiscoPOP modulation temperature τ > 0 (TRL and paper default)
 
 
 @dataclasses.dataclass
@@ -86,6 +100,7 @@ class TrainerConfig:
     batch_size: int = 32
     grad_accum_steps: int = 1  # micro-batches per step (batch_size must divide by it)
     eval_every: int = 100  # 0: only before and after
+    on_nonfinite: str = "stop"  # non-finite loss/gradient: "stop" the run or "skip" the update
 
 
 @dataclasses.dataclass
@@ -102,9 +117,19 @@ class EvalConfig:
 
 @dataclasses.dataclass
 class CheckpointConfig:
-    """What is saved with Orbax."""
+    """Orbax checkpoints of the whole train state and data position; resume and preemption."""
 
     save_final: bool = True  # final policy params under RUN_DIR/params
+    every_steps: int = 100  # save every N optimizer steps (0 = off)
+    every_seconds: float = 0.0  # and/or when this many seconds passed since the last save (0 = off)
+    keep_last: int = 2  # most recent checkpoints kept per phase
+    keep_every: int = 0  # also keep every checkpoint whose step is a multiple of this (0 = off)
+    async_save: bool = True  # write in the background while training continues
+    resume: bool = True  # continue from the latest valid checkpoint in run_dir
+    preemption_grace_seconds: float = 120.0  # after SIGTERM/SIGINT: save and exit within this time
+    export_hf_dir: str = ""  # also write the final policy here as a Hugging Face folder ("" = don't)
+    export_dtype: str = ""  # dtype of exported weights, e.g. bfloat16 ("" = the parameters' dtype)
+    export_max_shard_size: str = "5GB"  # exports above this are split into shards plus an index
 
 
 @dataclasses.dataclass
@@ -307,21 +332,21 @@ def validate(cfg: Config) -> None:
         (cfg.trainer.steps >= 0 and cfg.trainer.sft_steps >= 0, "trainer.steps and trainer.sft_steps must be >= 0"),
         (cfg.loss.beta > 0, "loss.beta must be positive"),
         (bool(cfg.loss.terms), "loss.terms must name at least one loss"),
-        (cfg.loss.reference in ("resident", "none"), f"loss.reference must be 'resident' or 'none', got '{cfg.loss.reference}'"),
+        (cfg.loss.reference in ("resident", "precomputed", "none"), f"loss.reference must be 'resident', 'precomputed' or 'none', got '{cfg.loss.reference}'"),
         (cfg.optimizer.schedule in ("cosine", "linear", "constant"), f"optimizer.schedule must be cosine, linear or constant, got '{cfg.optimizer.schedule}'"),
         (cfg.optimizer.learning_rate > 0, "optimizer.learning_rate must be positive"),
         (cfg.data.task == "synthetic", f"data.task: unknown task '{cfg.data.task}'; available: synthetic"),
         (cfg.data.max_prompt_length < cfg.data.max_length, "data.max_prompt_length must be below data.max_length"),
         (cfg.logging.log_every > 0, "logging.log_every must be positive"),
+        (cfg.trainer.on_nonfinite in ("stop", "skip"), f"trainer.on_nonfinite must be 'stop' or 'skip', got '{cfg.trainer.on_nonfinite}'"),
+        (cfg.data.on_bad_row in ("error", "skip"), f"data.on_bad_row must be 'error' or 'skip', got '{cfg.data.on_bad_row}'"),
+        (cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last must be at least 1"),
+        (cfg.checkpoint.every_steps >= 0 and cfg.checkpoint.every_seconds >= 0, "checkpoint.every_steps and every_seconds must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    from jaxspo.losses import loss_names  # late import: the registry fills as losses import
-
-    for name in cfg.loss.terms:
-        if name not in loss_names():
-            raise ConfigError(f"loss.terms: unknown loss '{name}'{_suggest(name, loss_names())}")
+    _validate_loss(cfg.loss)
     unknown_rules = set(cfg.mesh.rules) - set(DEFAULT_RULES)
     for rule, axes in cfg.mesh.rules.items():
         for axis in [axes] if isinstance(axes, str) or axes is None else axes:
@@ -336,6 +361,31 @@ def validate(cfg: Config) -> None:
             section.validate()
         except ValueError as err:
             raise ConfigError(str(err)) from None
+
+
+def _validate_loss(loss: LossConfig) -> None:
+    """Every term resolves to a loss (importing ``module:function`` names) and its hyper-parameters fit it."""
+    from jaxspo.losses import get_loss, loss_names  # late import: the registry fills as losses import
+
+    for name in loss.terms:
+        try:
+            get_loss(name)
+        except KeyError:
+            raise ConfigError(f"loss.terms: unknown loss '{name}'{_suggest(name, loss_names())}") from None
+        except ValueError as err:
+            raise ConfigError(f"loss.terms: {err}") from None
+    eps = loss.label_smoothing
+    checks = [
+        (0.0 <= eps < 1.0, f"loss.label_smoothing must be in [0, 1), got {eps}"),
+        ("robust" not in loss.terms or eps < 0.5, f"loss.label_smoothing is robust's flip rate and must be below 0.5, got {eps}"),
+        ("exo_pair" not in loss.terms or eps > 0.0, "loss.label_smoothing must be > 0 for exo_pair (the EXO paper uses 1e-3)"),
+        (loss.ropo_alpha > 0, f"loss.ropo_alpha must be positive, got {loss.ropo_alpha}"),
+        (loss.discopop_tau > 0, f"loss.discopop_tau must be positive, got {loss.discopop_tau}"),
+        (loss.cpo_lambda >= 0 and loss.orpo_lambda >= 0, "loss.cpo_lambda and loss.orpo_lambda must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

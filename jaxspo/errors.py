@@ -12,6 +12,10 @@ class DataError(ValueError):
     """A data row is malformed; the message names the source, the row and the field."""
 
 
+class DistributedError(ValueError):
+    """A launch option or multi-process environment variable is missing or wrong; the message names it."""
+
+
 class NonFiniteError(RuntimeError):
     """A step produced a non-finite loss or gradient and ``trainer.on_nonfinite`` is "stop"."""
 

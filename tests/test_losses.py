@@ -1,5 +1,6 @@
 """The spine's losses and the objective's metrics on hand-made log-probs."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -58,3 +59,85 @@ def test_user_registered_loss_is_usable_and_names_are_unique():
     np.testing.assert_allclose(loss_sum, 2.0 * get_loss("dpo").fn(logps, cfg).sum(), rtol=1e-6)
     with pytest.raises(ValueError, match="already registered"):
         register_loss("dpo")(lambda logps, cfg: logps.policy_chosen)
+
+
+# ---------------------------------------------------------------------------------------------
+# The full library (TRL parity: test_losses_trl.py; soft labels: test_losses_geometric.py)
+# ---------------------------------------------------------------------------------------------
+
+BUILT_IN = {
+    "dpo", "cdpo", "robust", "hinge", "ipo", "ipo_norm", "sigmoid_norm", "exo_pair", "discopop", "rdpo", "ropo", "aot",
+    "aot_unpaired", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down", "sft", "simpo", "cpo", "orpo",
+    "gdpo", "gipo", "gropo", "cdpo_soft", "cipo",
+}
+
+
+def margin(logps):
+    return np.asarray((logps.policy_chosen - logps.reference_chosen) - (logps.policy_rejected - logps.reference_rejected))
+
+
+def test_every_built_in_is_registered_documented_and_finite_with_finite_gradients():
+    assert BUILT_IN <= set(loss_names())
+    logps = make_logps()
+    cfg = LossConfig(label_smoothing=0.1)
+    for name in BUILT_IN:
+        spec = get_loss(name)
+        assert "arXiv" in spec.fn.__doc__ or name in ("sft", "cdpo"), name
+        assert spec.needs_reference == (name not in ("sft", "simpo", "cpo", "orpo")), name
+        assert spec.needs_soft_label == (name in ("gdpo", "gipo", "gropo", "cdpo_soft", "cipo")), name
+
+        def total(chosen):
+            result = spec.fn(logps.replace(policy_chosen=chosen), cfg)
+            return (result[0] if isinstance(result, tuple) else result).sum()
+
+        value, grad = jax.value_and_grad(total)(logps.policy_chosen)
+        assert np.isfinite(float(value)) and np.isfinite(np.asarray(grad)).all(), name
+
+
+def test_losses_trl_lacks_match_their_formulas():
+    logps = make_logps()
+    cfg = LossConfig(beta=0.2, label_smoothing=0.1, rdpo_alpha=0.05, ropo_alpha=14.0)
+    z = 0.2 * margin(logps)
+    softplus = lambda x: np.logaddexp(0.0, x)  # noqa: E731  (= −log σ(−x))
+    np.testing.assert_allclose(get_loss("cdpo").fn(logps, cfg), 0.9 * softplus(-z) + 0.1 * softplus(z), rtol=1e-5)
+    np.testing.assert_allclose(get_loss("rdpo").fn(logps, cfg), softplus(-(z + 0.05 * (5.0 - 4.0))), rtol=1e-5)
+    ropo = 4 * 14 / 225 * (softplus(-z) + 14 / (1 + np.exp(z)))
+    np.testing.assert_allclose(get_loss("ropo").fn(logps, cfg), ropo, rtol=1e-5)
+
+
+def test_reference_free_losses_ignore_the_reference_and_report_policy_rewards():
+    with_ref, without = make_logps(), make_logps(ref=False)
+    cfg = LossConfig(beta=2.0, simpo_gamma=0.5, cpo_lambda=1.0, orpo_lambda=0.1)
+    for name in ("sft", "simpo", "cpo", "orpo"):
+        a, b = get_loss(name).fn(with_ref, cfg), get_loss(name).fn(without, cfg)
+        np.testing.assert_array_equal(a[0] if isinstance(a, tuple) else a, b[0] if isinstance(b, tuple) else b)
+    _, metrics = preference_objective(with_ref, LossConfig(terms={"simpo": 1.0, "dpo": 1.0}, beta=2.0), jnp.ones(6))
+    np.testing.assert_allclose(metrics["rewards/chosen"][0], (2.0 * with_ref.policy_chosen / 5.0).sum(), rtol=1e-5)
+    _, metrics = preference_objective(with_ref, LossConfig(terms={"dpo": 1.0, "simpo": 1.0}, beta=2.0), jnp.ones(6))
+    np.testing.assert_allclose(metrics["rewards/chosen"][0], (2.0 * (with_ref.policy_chosen - with_ref.reference_chosen)).sum(), rtol=1e-5)
+
+
+def test_orpo_log_odds_are_stable_for_near_certain_responses():
+    logps = make_logps(ref=False)
+    logps = logps.replace(policy_chosen=jnp.asarray([-1e-6, -1e-3, -0.5, -3.0, -20.0, 0.0]))
+    cfg = LossConfig(terms={"orpo": 1.0})
+
+    def total(chosen):
+        return get_loss("orpo").fn(logps.replace(policy_chosen=chosen), cfg)[0].sum()
+
+    value, grad = jax.value_and_grad(total)(logps.policy_chosen)
+    assert np.isfinite(float(value)) and np.isfinite(np.asarray(grad)).all()
+    mean = np.asarray(logps.policy_chosen, np.float64)[2:5] / 5.0
+    expected = np.log(-np.expm1(mean))
+    from jaxspo.losses.reference_free import log1mexp
+
+    np.testing.assert_allclose(log1mexp(jnp.asarray(mean, jnp.float32)), expected, rtol=1e-5)
+
+
+def test_extra_metrics_are_reduced_over_real_pairs_only():
+    logps = make_logps(ref=False)
+    weight = jnp.asarray([1, 1, 1, 0, 0, 0], jnp.float32)
+    _, metrics = preference_objective(logps, LossConfig(terms={"orpo": 1.0}), weight)
+    expected_nll = (-np.asarray(logps.policy_chosen) / 5.0)[:3].sum()
+    np.testing.assert_allclose(metrics["nll_loss"][0], expected_nll, rtol=1e-5)
+    assert float(metrics["nll_loss"][1]) == 3.0 and "log_odds_chosen" in metrics

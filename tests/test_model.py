@@ -10,9 +10,12 @@ from flax import nnx
 from jax.sharding import PartitionSpec
 
 from jaxspo.models import Decoder, ModelConfig, param_logical_names
-from jaxspo.sharding import DEFAULT_RULES
+from jaxspo.models.hf_config import model_config_from_hf
+from jaxspo.models.hf_io import load_params
+from jaxspo.sharding import DEFAULT_RULES, make_mesh
+from jaxspo.train.state import abstract_model, param_shardings
 
-ALLOWED_NAMES = {"vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "norm", "layers"}
+ALLOWED_NAMES = {"vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "norm", "layers", "length"}
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -30,37 +33,18 @@ def _positions(valid: np.ndarray) -> np.ndarray:
     return np.maximum(np.cumsum(valid, axis=1) - 1, 0).astype(np.int32)
 
 
-def _decoder_from_hf(hf: transformers.LlamaForCausalLM, config: ModelConfig) -> Decoder:
-    """Copies HF Llama weights (torch ``[out, in]`` Linear layout) into a fresh Decoder."""
-    sd = {name: t.detach().numpy() for name, t in hf.state_dict().items()}
-    layers, d, h, kvh = config.num_layers, config.hidden_size, config.num_heads, config.num_kv_heads
-    hd = config.resolved_head_dim
-
-    def stacked(name: str) -> np.ndarray:  # [L, ...]
-        return np.stack([sd[f"model.layers.{i}.{name}"] for i in range(layers)])
-
-    def linear(name: str) -> np.ndarray:  # [L, in, out]
-        return stacked(name).transpose(0, 2, 1)
-
-    model = Decoder(config, rngs=nnx.Rngs(0))
-    model.embed[...] = sd["model.embed_tokens.weight"]
-    model.final_norm.weight[...] = sd["model.norm.weight"]
-    if not config.tie_embeddings:
-        model.lm_head[...] = sd["lm_head.weight"].T
-    model.layers.attn_norm.weight[...] = stacked("input_layernorm.weight")
-    model.layers.mlp_norm.weight[...] = stacked("post_attention_layernorm.weight")
-    model.layers.attn.q_proj[...] = linear("self_attn.q_proj.weight").reshape(layers, d, h, hd)
-    model.layers.attn.k_proj[...] = linear("self_attn.k_proj.weight").reshape(layers, d, kvh, hd)
-    model.layers.attn.v_proj[...] = linear("self_attn.v_proj.weight").reshape(layers, d, kvh, hd)
-    model.layers.attn.o_proj[...] = linear("self_attn.o_proj.weight").reshape(layers, h, hd, d)
-    for name in ("gate_proj", "up_proj", "down_proj"):
-        getattr(model.layers.mlp, name)[...] = linear(f"mlp.{name}.weight")
-    return model
+def _decoder_from_hf(hf: transformers.LlamaForCausalLM, folder) -> Decoder:
+    """Saves the HF model and loads it back through the real loader (:mod:`jaxspo.models.hf_io`)."""
+    hf.save_pretrained(folder)
+    config = model_config_from_hf(folder, ModelConfig())
+    graphdef, abstract = abstract_model(config)
+    shardings = param_shardings(abstract, make_mesh({"data": 1, "fsdp": 4, "tensor": 2}), DEFAULT_RULES)
+    return nnx.merge(graphdef, load_params(folder, config, abstract, shardings))
 
 
 @pytest.mark.parametrize("tie", [True, False])
 @pytest.mark.parametrize("padding", ["right", "left"])
-def test_logits_match_hf_llama(tie: bool, padding: str):
+def test_logits_match_hf_llama(tie: bool, padding: str, tmp_path):
     hf_config = transformers.LlamaConfig(
         vocab_size=64,
         hidden_size=32,
@@ -78,8 +62,8 @@ def test_logits_match_hf_llama(tie: bool, padding: str):
     with torch.no_grad():  # O(1) logits and non-trivial norm weights, so a wrong mapping shows
         for name, p in hf.named_parameters():
             p.normal_(1.0 if "norm" in name else 0.0, 0.2)
-    config = tiny_config(tie_embeddings=tie, rms_norm_eps=1e-5, rope_theta=500.0)
-    model = _decoder_from_hf(hf, config)
+    model = _decoder_from_hf(hf, tmp_path)
+    assert model.lm_head is None if tie else model.lm_head.shape == (32, 64)
 
     rng = np.random.default_rng(0)
     lengths = np.array([7, 4, 1])
@@ -115,9 +99,23 @@ def test_layers_are_scanned_not_unrolled():
     assert len(deep) < 1.1 * len(shallow)
 
 
-@pytest.mark.parametrize("tie", [True, False])
-def test_every_param_has_allowed_logical_names(tie: bool):
-    config = tiny_config(tie_embeddings=tie)
+ALL_SWITCHES = dict(
+    tie_embeddings=False, norm="layernorm", positions="learned", qkv_bias=True, out_bias=True, mlp_bias=True,
+    qk_norm=True, post_norms=True,
+)
+
+
+@pytest.mark.parametrize(
+    "overrides, total, stacked_count",
+    [
+        ({}, 11, 9),  # per layer: 4 attention + 3 MLP + 2 norm weights
+        ({"tie_embeddings": False}, 12, 9),
+        # + position table; per layer: 4 biases, q/k norms, 2 post norms, 3 MLP biases, a bias per norm
+        (ALL_SWITCHES, 31, 26),
+    ],
+)
+def test_every_param_has_allowed_logical_names(overrides, total, stacked_count):
+    config = tiny_config(**overrides)
     model = Decoder(config, rngs=nnx.Rngs(0))
     params = nnx.state(model, nnx.Param)
     names = param_logical_names(model)
@@ -128,18 +126,26 @@ def test_every_param_has_allowed_logical_names(tie: bool):
         assert isinstance(axis_names, tuple) and len(axis_names) == param.ndim
         assert set(axis_names) <= ALLOWED_NAMES and set(axis_names) <= set(DEFAULT_RULES)
         assert spec.get_value() == PartitionSpec(*axis_names)
-        stacked = param.ndim > 1 and axis_names[0] == "layers"
+        stacked = axis_names[0] == "layers"
         assert not stacked or param.shape[0] == config.num_layers
         seen.append((axis_names, stacked))
 
     jax.tree.map(check, names, params, specs, is_leaf=lambda x: isinstance(x, tuple))
-    assert len(seen) == len(jax.tree.leaves(params)) == (11 if tie else 12)
-    assert sum(stacked for _, stacked in seen) == 9  # 4 attention + 3 MLP + 2 norm weights per layer
+    assert len(seen) == len(jax.tree.leaves(params)) == total
+    assert sum(stacked for _, stacked in seen) == stacked_count
     assert param_logical_names(params) == names
 
 
-def test_kv_cache_decode_matches_full_forward():
-    graphdef, params = split_model(tiny_config())
+GEMMA2_LIKE = dict(
+    norm="gemma_rmsnorm", scale_embeddings=True, post_norms=True, attn_softcap=1.5, final_softcap=2.0,
+    layer_types=["sliding_attention", "full_attention"], sliding_window=3, activation="gelu_pytorch_tanh",
+)
+GPT2_LIKE = dict(norm="layernorm", positions="learned", max_position_embeddings=16, gated_mlp=False, qkv_bias=True, out_bias=True, mlp_bias=True, activation="gelu_new")
+
+
+@pytest.mark.parametrize("overrides", [{}, GEMMA2_LIKE, GPT2_LIKE], ids=["llama", "gemma2", "gpt2"])
+def test_kv_cache_decode_matches_full_forward(overrides):
+    graphdef, params = split_model(tiny_config(**overrides))
     rng = np.random.default_rng(1)
     prompt_len, new = 5, 4
     prompt_lengths = np.array([5, 2, 3])

@@ -1,12 +1,26 @@
-"""The per-pair inputs every loss sees, and the name → loss registry."""
+"""The per-pair inputs every loss sees, and the name → loss registry.
+
+A loss is a pure function ``fn(logps: PairLogps, cfg: LossConfig)`` returning either the per-pair
+loss ``[B]`` or ``(loss [B], extra)`` where ``extra`` maps metric names to per-pair values ``[B]``
+(reduced to (sum, count) by :func:`~jaxspo.losses.objective.preference_objective`).
+
+Two ways to add a loss without editing jaxspo:
+
+- decorate it with ``@register_loss("name")`` in a module you import before training, or
+- name it ``"package.module:function"`` in ``loss.terms``: :func:`get_loss` imports the module and
+  registers the function under that name (keeping the flags of an ``@register_loss`` decorator on
+  it; a plain function needs a reference and no soft label).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import struct
 
 
@@ -31,39 +45,86 @@ class PairLogps:
             return self.policy_chosen, self.policy_rejected
         return self.policy_chosen - self.reference_chosen, self.policy_rejected - self.reference_rejected
 
+    def margin(self) -> jax.Array:
+        """h = log πθ/π_ref(y_w) − log πθ/π_ref(y_l), ``[B]``."""
+        chosen, rejected = self.log_ratios()
+        return chosen - rejected
 
-LossFn = Callable[[PairLogps, Any], jax.Array]
+    def per_token(self, chosen: jax.Array, rejected: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``chosen / |y_w|`` and ``rejected / |y_l|`` (lengths floored at 1), ``[B]`` each."""
+        return chosen / jnp.maximum(self.chosen_length, 1.0), rejected / jnp.maximum(self.rejected_length, 1.0)
+
+    def mean_logps(self) -> tuple[jax.Array, jax.Array]:
+        """Token-mean policy log-probs (1/|y|)·log πθ(y) of chosen and rejected, ``[B]`` each."""
+        return self.per_token(self.policy_chosen, self.policy_rejected)
+
+
+PairMetrics = Mapping[str, jax.Array]  # metric name → per-pair values [B]
+LossResult = jax.Array | tuple[jax.Array, PairMetrics]
+LossFn = Callable[[PairLogps, Any], LossResult]
 
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
-    """A registered loss: the function and whether it needs reference log-probs."""
+    """A registered loss and what it needs from the data.
+
+    ``needs_reference``: uses π_ref log-probs (with ``loss.reference: none`` they are taken as 0, i.e. a
+    uniform reference). ``needs_soft_label``: reads ``PairLogps.soft_label``, so every training row must
+    carry one (see :mod:`jaxspo.data.soft_labels`).
+    """
 
     name: str
     fn: LossFn
     needs_reference: bool
+    needs_soft_label: bool
 
 
 _REGISTRY: dict[str, LossSpec] = {}
 
 
-def register_loss(name: str, *, needs_reference: bool = True) -> Callable[[LossFn], LossFn]:
-    """Decorator registering ``fn(logps: PairLogps, cfg: LossConfig) -> per-pair loss [B]``."""
+def register_loss(name: str, *, needs_reference: bool = True, needs_soft_label: bool = False) -> Callable[[LossFn], LossFn]:
+    """Decorator registering ``fn(logps: PairLogps, cfg: LossConfig) -> loss [B] | (loss [B], metrics)``."""
 
     def decorate(fn: LossFn) -> LossFn:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"loss '{name}' is already registered by {_REGISTRY[name].fn.__module__}")
-        _REGISTRY[name] = LossSpec(name, fn, needs_reference)
+        _REGISTRY[name] = LossSpec(name, fn, needs_reference, needs_soft_label)
         return fn
 
     return decorate
 
 
-def get_loss(name: str) -> LossSpec:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown loss '{name}'; registered: {', '.join(sorted(_REGISTRY))}")
+def _import_loss(name: str) -> LossSpec:
+    """Registers ``"module:function"`` by importing it; ValueError says what is wrong."""
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"loss '{name}': expected 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"loss '{name}': cannot import module '{module_name}': {err}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"loss '{name}': module '{module_name}' has no function '{attr}'")
+    decorated = next((spec for spec in _REGISTRY.values() if spec.fn is fn), None)
+    flags = {} if decorated is None else {"needs_reference": decorated.needs_reference, "needs_soft_label": decorated.needs_soft_label}
+    register_loss(name, **flags)(fn)
     return _REGISTRY[name]
+
+
+def get_loss(name: str) -> LossSpec:
+    """The registered loss ``name``; a ``"module:function"`` name is imported and registered first."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if ":" in name:
+        return _import_loss(name)
+    raise KeyError(f"unknown loss '{name}'; registered: {', '.join(sorted(_REGISTRY))}")
 
 
 def loss_names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def soft_label_losses(terms: Mapping[str, float]) -> list[str]:
+    """The configured loss names that read per-pair soft labels (so every row must carry one)."""
+    return [name for name in terms if get_loss(name).needs_soft_label]

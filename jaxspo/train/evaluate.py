@@ -12,6 +12,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxspo.data.encode import decode_responses
+from jaxspo.distributed import to_host
 from jaxspo.sampling import sample
 from jaxspo.sharding import activation_sharding
 from jaxspo.train.logprobs import forward_logits
@@ -82,7 +83,7 @@ class Evaluator:
             max_new_tokens=e.max_new_tokens, eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id,
             temperature=e.temperature, top_k=e.top_k, top_p=e.top_p,
         )
-        sampled, sampled_valid = np.asarray(out.tokens), np.asarray(out.valid)
+        sampled, sampled_valid = to_host(out.tokens), to_host(out.valid)  # the same on every process
         texts = decode_responses(sampled, sampled_valid, self.tokenizer)
         scores = [self.gold_rewards(p, r) for p, r in zip(self.prompt_texts, texts)]
         full_tokens = np.concatenate([self.prompt_tokens, sampled], axis=1)
@@ -90,6 +91,6 @@ class Evaluator:
         response = np.concatenate([np.zeros_like(self.prompt_valid), sampled_valid], axis=1)
         kl = self._kl_fn(params, reference_params, *(self._shard_rows(x) for x in (full_tokens, full_valid, response)))
         metrics = {f"eval/gold/{d}": float(np.mean([s[d] for s in scores])) for d in self.dimensions}
-        metrics["eval/kl"] = float(np.mean(np.asarray(kl)))
+        metrics["eval/kl"] = float(np.mean(to_host(kl)))
         metrics["eval/response_tokens"] = float(sampled_valid.sum(1).mean())
         return metrics

@@ -21,6 +21,7 @@ from jaxspo.config import Config, dump_yaml
 from jaxspo.data.screen import DataReport, encode_screened, write_reports
 from jaxspo.data.encode import BatchIterator, encode_preference_rows, encode_prompts, encode_sft_rows
 from jaxspo.data.synthetic import build_synthetic_task
+from jaxspo.distributed import barrier, broadcast_text, is_writer, to_global
 from jaxspo.models import ModelConfig
 from jaxspo.models.hf_config import check_same_architecture, model_config_from_hf
 from jaxspo.models.hf_io import load_params, load_tokenizer, save_hf
@@ -38,7 +39,9 @@ from jaxspo.train.state import (
     param_shardings,
     state_shardings,
 )
-from jaxspo.train.step import PREFERENCE_FIELDS, SFT_FIELDS, make_train_step
+from jaxspo.train.reference_cache import cached_reference_logps
+from jaxspo.train.scoring import PairScorer
+from jaxspo.train.step import batch_fields, make_train_step, needs_reference
 
 log = logging.getLogger("jaxspo")
 
@@ -58,7 +61,7 @@ def resolve_run_dir(cfg: Config, config_name: str) -> Path:
     """``cfg.run_dir`` or ``runs/<config name>-<UTC timestamp>`` (never reuses an old run's folder)."""
     if cfg.run_dir:
         return Path(cfg.run_dir)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+    stamp = broadcast_text(datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S"))  # process 0's clock
     return Path("runs") / f"{config_name}-{stamp}"
 
 
@@ -73,8 +76,7 @@ class _Phase:
         shardings = state_shardings(tx, run.abstract_params, run.param_sharding, run.mesh)
         self.state = init_state(tx, run.params, cfg.trainer.seed, shardings)
         self.step = make_train_step(cfg, run.mesh, run.graphdef, tx, schedule, shardings, phase, batch_size)
-        fields = SFT_FIELDS if phase == "sft" else PREFERENCE_FIELDS
-        self.batches = BatchIterator({k: arrays[k] for k in fields}, batch_size, seed=cfg.trainer.seed)
+        self.batches = BatchIterator({k: arrays[k] for k in batch_fields(phase, cfg.loss)}, batch_size, seed=cfg.trainer.seed)
         self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / phase, cfg.checkpoint)
         self.skipped = 0  # steps whose update was dropped as non-finite
 
@@ -123,14 +125,15 @@ class _Phase:
 
     def _run_steps(self, reference: Any, guard: PreemptionGuard, on_step) -> Any:
         cfg = self.run.cfg
+        reference = reference if self.step.reference_sharding is not None else None  # precomputed or none
         start = self._resume()
         self.run.log.truncate(lambda r: self._logged_before(r, start))
-        bar = tqdm(total=self.steps, initial=start, desc=self.phase, disable=not cfg.logging.progress_bar, dynamic_ncols=True)
+        bar = tqdm(total=self.steps, initial=start, desc=self.phase, disable=not (cfg.logging.progress_bar and is_writer()), dynamic_ncols=True)
         window_start, window_tokens, window_steps = time.perf_counter(), 0.0, 0
         pending: list[tuple[int, dict]] = []
         for i in range(start + 1, self.steps + 1):
             host = next(self.batches)
-            batch = {k: jax.device_put(v, self.step.batch_sharding[k]) for k, v in host.items()}
+            batch = to_global(host, self.step.batch_sharding)  # each process sends only its devices' rows
             self.state, metrics = self.step.fn(self.state, reference, batch)
             pending.append((i, metrics))
             log_now = i % cfg.logging.log_every == 0 or i == self.steps
@@ -206,7 +209,8 @@ class _Run:
             self.cfg.data.on_bad_row,
         )
         self.data_reports[split] = report
-        write_reports(list(self.data_reports.values()), self.run_dir / "data_report.json")
+        if is_writer():
+            write_reports(list(self.data_reports.values()), self.run_dir / "data_report.json")
         if report.skipped:
             log.warning("%s: skipped %d of %d rows: %s", report.source, report.rows - report.kept, report.rows, report.skipped)
         return arrays
@@ -229,11 +233,13 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
     checkpoint_root = run_dir / "checkpoints"
     if not cfg.checkpoint.resume and checkpoint_root.exists():
         raise FileExistsError(f"{checkpoint_root} holds checkpoints of an earlier run; set checkpoint.resume=true to continue it or choose another run_dir")
+    barrier("jaxspo: run directory checked")  # before any process creates checkpoints there
     run_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(cfg, run_dir)
     cfg = run.cfg
-    dump_yaml(cfg, run_dir / "config.yaml")
-    run.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+    if is_writer():
+        dump_yaml(cfg, run_dir / "config.yaml")
+        run.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     eval_key = jax.random.key(cfg.trainer.seed + 1)
     reference_dir = (checkpoint_root / "reference").resolve()
     resuming_preference = cfg.checkpoint.resume and (checkpoint_root / "preference").is_dir() and reference_dir.is_dir()
@@ -260,6 +266,10 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < cfg.trainer.steps:
                 run.log.log("eval", step, evaluator(params, reference, eval_key))
 
+        if needs_reference(cfg.loss) and cfg.loss.reference == "precomputed":
+            scorer = PairScorer(run.graphdef, run.mesh, cfg.mesh.rules, cfg.trainer.batch_size)
+            cached, _ = cached_reference_logps(cfg.loss.reference_cache_dir, scorer, reference, train_arrays, run.tokenizer)
+            train_arrays = train_arrays | cached
         preference = _Phase(run, "preference", cfg.trainer.steps, cfg.optimizer.learning_rate, cfg.trainer.batch_size, train_arrays)
         params = preference.run_steps(reference, guard, periodic_eval)
     after = evaluator(params, reference, eval_key)
@@ -270,7 +280,7 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
         save_params(params, run_dir / "params")
     if cfg.checkpoint.export_hf_dir:
         save_hf(params, cfg.model, run.tokenizer, cfg.checkpoint.export_hf_dir, dtype=cfg.checkpoint.export_dtype, max_shard_size=cfg.checkpoint.export_max_shard_size)
-    if cfg.logging.plot:
+    if cfg.logging.plot and is_writer():
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
     return RunResult(run_dir, before, after, params, reference)
 

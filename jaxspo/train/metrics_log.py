@@ -4,27 +4,36 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from jaxspo.distributed import is_writer
 
 PLOTTED = ("loss", "rewards/accuracies", "rewards/margins", "eval/gold/correctness", "eval/kl", "eval/logps_accuracy")
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors it to TensorBoard."""
+    """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors it to TensorBoard.
+
+    In a multi-process run only process 0 writes; on the others every method but reading is a no-op.
+    """
 
     def __init__(self, run_dir: Path, tensorboard: bool):
         self.path = run_dir / "metrics.jsonl"
-        self._file = self.path.open("a")
+        self.writer = is_writer()
+        self._file = self.path.open("a") if self.writer else None
         self._tb = None
-        if tensorboard:
+        if tensorboard and self.writer:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(str(run_dir / "tensorboard"))
 
     def log(self, phase: str, step: int, metrics: dict[str, float]) -> None:
         """Writes ``{"phase", "step", **metrics}``; TensorBoard tags are ``phase/metric``."""
+        if not self.writer:
+            return
         row: dict[str, Any] = {"phase": phase, "step": step}
         row.update({k: float(v) for k, v in metrics.items()})
         self._file.write(json.dumps(row) + "\n")
@@ -35,14 +44,22 @@ class MetricsLog:
                     self._tb.add_scalar(f"{phase}/{name}", float(value), step)
 
     def truncate(self, keep: Callable[[dict[str, Any]], bool]) -> None:
-        """Rewrites metrics.jsonl with only the rows ``keep`` accepts (used when a run resumes)."""
+        """Rewrites metrics.jsonl with only the rows ``keep`` accepts (used when a run resumes).
+
+        The new file replaces the old one atomically, so a reader never sees it half written.
+        """
+        if not self.writer:
+            return
         self._file.close()
         rows = read_metrics(self.path)
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)))
+        partial = self.path.with_suffix(".jsonl.tmp")
+        partial.write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)))
+        os.replace(partial, self.path)
         self._file = self.path.open("a")
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
 

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxspo.distributed import is_writer, to_host
 from jaxspo.train.scoring import PairScorer
 from jaxspo.train.step import PREFERENCE_FIELDS
 
@@ -34,7 +35,7 @@ def fingerprint(arrays: dict[str, np.ndarray], params: Any, tokenizer) -> str:
     for name in PREFERENCE_FIELDS:
         _hash_array(digest, name, arrays[name])
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        _hash_array(digest, jax.tree_util.keystr(path), np.asarray(jax.device_get(leaf)))
+        _hash_array(digest, jax.tree_util.keystr(path), to_host(leaf))
     backend = getattr(tokenizer, "backend_tokenizer", None)
     definition = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
     digest.update(definition.encode())
@@ -54,6 +55,8 @@ def cached_reference_logps(
             return {k: cached[k] for k in cached.files}, True
     chosen, rejected = scorer(params, arrays)
     out = {"reference_chosen_logps": chosen.astype(np.float32), "reference_rejected_logps": rejected.astype(np.float32)}
+    if not is_writer():  # every process computed the same numbers; process 0 stores them
+        return out, False
     directory.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(partial, **out)

@@ -9,14 +9,15 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from jaxspo.distributed import to_global, to_host
 from jaxspo.sharding import Rules, activation_sharding, named_sharding
 from jaxspo.train.step import PREFERENCE_FIELDS, pair_logps
 
 
 def shard_rows(x: np.ndarray, mesh: Mesh, rules: Rules) -> jax.Array:
-    """Places a host array on the mesh, split along its leading (row) axis by the ``batch`` rule."""
+    """Places a host array (the same on every process) on the mesh, its rows split by the ``batch`` rule."""
     names = ("batch",) + (None,) * (x.ndim - 1)
-    return jax.device_put(x, named_sharding(names, x.shape, mesh, rules))
+    return to_global(x, named_sharding(names, x.shape, mesh, rules))
 
 
 class PairScorer:
@@ -39,6 +40,6 @@ class PairScorer:
         for start in range(0, n + extra, self.chunk):
             batch = {k: shard_rows(v[start : start + self.chunk], self.mesh, self.rules) for k, v in padded.items()}
             c, r = self._fn(params, batch)
-            chosen.append(np.asarray(c))
-            rejected.append(np.asarray(r))
+            chosen.append(to_host(c))
+            rejected.append(to_host(r))
         return np.concatenate(chosen)[:n], np.concatenate(rejected)[:n]

@@ -1,0 +1,203 @@
+"""Ahead-of-time compilation of the real train step for a TPU topology, on any machine (libtpu's compiler).
+
+``jaxspo compile CONFIG --topology v5p-128`` builds the same step the training loop runs
+(:func:`jaxspo.train.step.make_train_step`, same shardings and donation) from abstract shapes, compiles it
+for the named slice and reports per-device memory, capacity, fit, FLOPs per step and compile time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxspo.sharding import make_mesh
+from jaxspo.train.state import TrainState, abstract_model, learning_rate_schedule, make_optimizer, param_shardings, state_shardings
+from jaxspo.train.step import batch_fields, make_train_step, needs_reference
+
+GiB = 1024**3
+# name → (chips per "N" in the slice name, HBM bytes per device, devices per chip); v4/v5p names count TensorCores
+# (two per chip, one megacore device), v5e/v6e names count chips.
+TPU_GENERATIONS = {
+    "v4": (0.5, 32 * GiB, 1),
+    "v5p": (0.5, 95 * GiB, 1),
+    "v5e": (1, 16 * GiB, 1),
+    "v6e": (1, 32 * GiB, 1),
+}
+_TOPOLOGY_NAME = re.compile(r"^(?:(\d+)x)?(v4|v5p|v5e|v6e)-(\d+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """A TPU slice (or several) by its Cloud name, e.g. ``v5p-128`` or ``2xv5e-256``."""
+
+    name: str
+    generation: str
+    chips: int
+    slices: int
+    hbm_bytes: int
+
+    @property
+    def chip_grid(self) -> str:
+        """libtpu topology string: 3-D torus for v4/v5p, 2-D for v5e/v6e (``v5p:4x4x8``)."""
+        if self.generation in ("v4", "v5p"):
+            dims = [1, 1, 1]
+            n, axis = self.chips, 0
+            while n > 1:  # grow x, y, z in turn: 4 chips → 2x2x1, 8 → 2x2x2, 64 → 4x4x4
+                if dims[axis] * 2 > 16 and axis == 2:
+                    raise ValueError(f"{self.name}: too many chips for one slice")
+                dims[axis] *= 2
+                n //= 2
+                axis = (axis + 1) % 3
+            return f"{self.generation}:{dims[0]}x{dims[1]}x{dims[2]}"
+        side = 2 ** (int(math.log2(self.chips)) // 2)
+        return f"{self.generation}:{side}x{self.chips // side}"
+
+
+def parse_topology(name: str) -> Topology:
+    """``v5p-128`` → 64 chips of v5p; ``2xv5e-256`` → two slices of 256 v5e chips."""
+    match = _TOPOLOGY_NAME.match(name)
+    if not match:
+        raise ValueError(f"unknown TPU topology '{name}'; use e.g. v4-8, v5p-128, v5e-256, v6e-64 or 2xv5p-128")
+    slices, generation, count = int(match.group(1) or 1), match.group(2), int(match.group(3))
+    per_name, hbm, _ = TPU_GENERATIONS[generation]
+    chips = int(count * per_name)
+    if chips < 1 or chips & (chips - 1):
+        raise ValueError(f"{name}: the chip count must be a power of two, got {chips}")
+    return Topology(name, generation, chips, slices, hbm)
+
+
+def topology_devices(topology: Topology) -> list:
+    """Abstract TPU devices of the slice(s), from libtpu (no TPU needed)."""
+    from jax.experimental import topologies
+
+    kwargs = {"num_slices": topology.slices} if topology.slices > 1 else {}
+    return list(topologies.get_topology_desc(topology_name=topology.chip_grid, platform="tpu", **kwargs).devices)
+
+
+def _abstract(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def resolve_model(cfg):
+    """The config with its model architecture read from ``model.path``'s config.json when that folder exists."""
+    if cfg.model.path and Path(cfg.model.path).is_dir():
+        from jaxspo.models.hf_config import model_config_from_hf
+
+        return dataclasses.replace(cfg, model=model_config_from_hf(cfg.model.path, cfg.model))
+    if cfg.model.vocab_size <= 0:
+        raise ValueError(f"model.path '{cfg.model.path}' is not a folder here, so the recipe must give the architecture (model.vocab_size is 0)")
+    return cfg
+
+
+def analytic_bytes(cfg, abstract_params: Any) -> dict[str, float]:
+    """Bytes of params, gradients, Adam moments and the resident reference over the whole model."""
+    n = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
+    width = jnp.dtype(cfg.model.param_dtype).itemsize
+    reference = n * width if needs_reference(cfg.loss) and cfg.loss.reference == "resident" else 0
+    return {"parameters": float(n), "params": n * width, "grads": n * width, "optimizer": 2 * n * 4, "reference": reference}
+
+
+def compile_step(cfg, devices: list, per_device_batch: int | None = None) -> dict[str, Any]:
+    """Lowers and compiles the preference train step on ``devices``; returns the report (bytes per device)."""
+    mesh = make_mesh(cfg.mesh.shape(), devices)
+    batch_axes = mesh.shape["data"] * mesh.shape["fsdp"]
+    if per_device_batch is not None:
+        batch = per_device_batch * batch_axes
+        cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, batch_size=batch))
+    batch = cfg.trainer.batch_size
+    graphdef, abstract_params = abstract_model(cfg.model)
+    p_sharding = param_shardings(abstract_params, mesh, cfg.mesh.rules)
+    schedule = learning_rate_schedule(cfg.optimizer, max(cfg.trainer.steps, 1), cfg.optimizer.learning_rate)
+    tx = make_optimizer(cfg.optimizer, schedule, abstract_params)
+    s_sharding = state_shardings(tx, abstract_params, p_sharding, mesh)
+    step = make_train_step(cfg, mesh, graphdef, tx, schedule, s_sharding, "preference", batch)
+    state = jax.eval_shape(
+        lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p), rng=jnp.zeros((2,), jnp.uint32)),
+        abstract_params,
+    )
+    length = cfg.data.max_length
+    shapes = {name: ((batch, length), jnp.int32 if name.endswith("tokens") else jnp.bool_) for name in batch_fields("preference", cfg.loss)}
+    shapes |= {name: ((batch,), jnp.float32) for name in shapes if not name.endswith(("tokens", "valid", "mask"))}
+    abstract_batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=step.batch_sharding[k]) for k, (shape, dtype) in shapes.items()}
+    reference = _abstract(abstract_params, step.reference_sharding) if step.reference_sharding is not None else None
+    start = time.perf_counter()
+    compiled = step.fn.lower(_abstract(state, s_sharding), reference, abstract_batch).compile()
+    seconds = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    peak = memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes + memory.temp_size_in_bytes
+    analytic = analytic_bytes(cfg, abstract_params)
+    model_shards = mesh.shape["fsdp"] * mesh.shape["tensor"]
+    return {
+        "devices": len(devices),
+        "mesh": dict(mesh.shape),
+        "global_batch": batch,
+        "per_device_batch": batch / batch_axes,
+        "sequence_length": length,
+        "parameters": int(analytic["parameters"]),
+        "peak_bytes_per_device": int(peak),
+        "argument_bytes_per_device": int(memory.argument_size_in_bytes),
+        "temp_bytes_per_device": int(memory.temp_size_in_bytes),
+        "analytic_state_bytes_per_device": (analytic["params"] + analytic["grads"] + analytic["optimizer"] + analytic["reference"]) / model_shards,
+        # XLA's cost analysis counts a scanned loop's body once, so it undercounts the layers;
+        # model_flops_per_step is the standard 6·N·tokens (policy) + 2·N·tokens (resident reference).
+        "xla_flops_per_step_per_device": float(cost.get("flops", float("nan"))) if cost else float("nan"),
+        "model_flops_per_step": (6 + (2 if analytic["reference"] else 0)) * analytic["parameters"] * batch * 2 * length,
+        "compile_seconds": seconds,
+    }
+
+
+def fit_report(cfg, topology_name: str, find_max_batch: bool = False) -> dict[str, Any]:
+    """Compiles for the topology; adds capacity and fit, and optionally the largest per-device batch that fits."""
+    topology = parse_topology(topology_name)
+    devices = topology_devices(topology)
+    report = {"topology": topology.name, "chip_grid": topology.chip_grid, "capacity_bytes_per_device": topology.hbm_bytes}
+    report |= compile_step(cfg, devices)
+    report["fits"] = report["peak_bytes_per_device"] <= topology.hbm_bytes
+    if find_max_batch:
+        report["max_per_device_batch"] = _max_batch(cfg, devices, topology.hbm_bytes)
+    return report
+
+
+def _max_batch(cfg, devices: list, capacity: int) -> int:
+    """Largest per-device batch whose step fits; 0 if none.
+
+    Peak memory is close to affine in the batch, so two compiles (batch 1 and 2) predict the answer and
+    one or two more confirm it (each compile of a large model takes minutes).
+    """
+    peak = lambda b: compile_step(cfg, devices, b)["peak_bytes_per_device"]  # noqa: E731
+    first = peak(1)
+    if first > capacity:
+        return 0
+    slope = peak(2) - first
+    guess = 1 + int((capacity - first) // slope) if slope > 0 else 1
+    while guess > 1 and peak(guess) > capacity:
+        guess -= 1
+    while peak(guess + 1) <= capacity:
+        guess += 1
+    return guess
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Human-readable lines for the terminal."""
+    gib = lambda b: f"{b / GiB:.2f} GiB"  # noqa: E731
+    lines = [
+        f"topology        {report['topology']} ({report['devices']} devices, {report['chip_grid']}), mesh {report['mesh']}",
+        f"model           {report['parameters'] / 1e9:.2f} B parameters; global batch {report['global_batch']} × {report['sequence_length']} tokens",
+        f"peak memory     {gib(report['peak_bytes_per_device'])} per device of {gib(report['capacity_bytes_per_device'])} → fits: {'yes' if report['fits'] else 'NO'}",
+        f"analytic state  {gib(report['analytic_state_bytes_per_device'])} per device (params + grads + Adam + reference)",
+        f"flops           {report['model_flops_per_step']:.3e} per step (6·N·tokens + 2·N·tokens for the reference); "
+        f"XLA cost analysis {report['xla_flops_per_step_per_device']:.3e} per device (scan body counted once)",
+        f"compile         {report['compile_seconds']:.1f} s",
+    ]
+    if "max_per_device_batch" in report:
+        lines.append(f"max batch       {report['max_per_device_batch']} sequences per device")
+    return "\n".join(lines)

@@ -1,0 +1,205 @@
+"""Building blocks of the decoder: norms, grouped-query attention, MLP, and the transformer layer.
+
+Shapes: B batch, T query length, S key length, D hidden, H query heads, K key/value heads, Hd head dim,
+F MLP width. Every parameter is created with logical axis names (see :mod:`jaxspo.sharding`); norm scales
+and biases carry the ``norm`` name (so the optimizer skips weight decay on them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxspo.models.config import ModelConfig
+from jaxspo.models.rope import apply_rope
+from jaxspo.sharding import with_logical_constraint
+
+AxisNames = tuple[str | None, ...]
+KV = tuple[jax.Array, jax.Array]
+
+_F32 = jnp.float32
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "silu": jax.nn.silu,
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+}
+
+
+def param(rngs: nnx.Rngs, init: Callable, shape: tuple[int, ...], names: AxisNames, dtype: str) -> nnx.Param:
+    """A parameter annotated with logical axis ``names`` (mapped to the mesh later, so no eager sharding)."""
+    init = nnx.with_partitioning(init, names, eager_sharding=False)
+    return nnx.Param(init(rngs.params(), shape, jnp.dtype(dtype)))
+
+
+def _optional(enabled: bool, rngs: nnx.Rngs, shape: tuple[int, ...], names: AxisNames, dtype: str) -> nnx.Param | None:
+    """A zero-initialised bias, or None when the switch is off."""
+    return param(rngs, nnx.initializers.zeros, shape, names, dtype) if enabled else None
+
+
+def _add(x: jax.Array, bias: nnx.Param | None) -> jax.Array:
+    return x if bias is None else x + bias[...].astype(x.dtype)
+
+
+class Norm(nnx.Module):
+    """Normalisation over the last axis, in one of the HF flavours (``config.norm``).
+
+    ``rmsnorm``: ``w · x̂`` with x̂ cast to the compute dtype first (Llama); ``gemma_rmsnorm``: ``(1 + w) · x̂``
+    in float32 (Gemma); ``layernorm``: ``w · (x - mean)/std + b`` in float32 (GPT-2).
+    """
+
+    def __init__(self, size: int, config: ModelConfig, *, rngs: nnx.Rngs):
+        ones_or_zeros = nnx.initializers.zeros if config.norm == "gemma_rmsnorm" else nnx.initializers.ones
+        self.weight = param(rngs, ones_or_zeros, (size,), ("norm",), config.param_dtype)
+        self.bias = _optional(config.norm == "layernorm", rngs, (size,), ("norm",), config.param_dtype)
+        self.kind, self.eps, self.dtype = config.norm, config.rms_norm_eps, config.dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(_F32)  # [..., D]
+        if self.kind == "layernorm":
+            x = x - jnp.mean(x, axis=-1, keepdims=True)
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+        weight = self.weight[...]
+        if self.kind == "rmsnorm":
+            return x.astype(self.dtype) * weight.astype(self.dtype)
+        if self.kind == "gemma_rmsnorm":
+            return (x * (1.0 + weight.astype(_F32))).astype(self.dtype)
+        return (x * weight.astype(_F32) + self.bias[...].astype(_F32)).astype(self.dtype)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, softcap: float) -> jax.Array:
+    """Grouped-query attention. q ``[B, T, H, Hd]``, k/v ``[B, S, K, Hd]``, mask ``[B, T, S]`` -> ``[B, T, H, Hd]``.
+
+    Query head ``h`` reads key/value head ``h // (H // K)`` (HF ``repeat_kv`` order). Scores are multiplied
+    by ``scale``, soft-capped to ``(-softcap, softcap)`` when ``softcap`` > 0, masked, softmaxed in float32.
+    """
+    b, t, h, hd = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(b, t, kv_heads, h // kv_heads, hd)  # [B, T, K, G, Hd]
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=_F32) * scale  # [B, K, G, T, S]
+    if softcap:
+        scores = softcap * jnp.tanh(scores / softcap)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(_F32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)  # [B, T, K, G, Hd]
+    return out.reshape(b, t, h, hd)
+
+
+class Attention(nnx.Module):
+    """GQA self-attention with optional biases, q/k norms, RoPE and soft-capping; reads/writes one layer's KV cache."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        d, h, kvh, hd = config.hidden_size, config.num_heads, config.num_kv_heads, config.resolved_head_dim
+        init, pdt = nnx.initializers.normal(config.init_std), config.param_dtype
+        self.q_proj = param(rngs, init, (d, h, hd), ("embed", "heads", "head_dim"), pdt)
+        self.k_proj = param(rngs, init, (d, kvh, hd), ("embed", "kv_heads", "head_dim"), pdt)
+        self.v_proj = param(rngs, init, (d, kvh, hd), ("embed", "kv_heads", "head_dim"), pdt)
+        self.o_proj = param(rngs, init, (h, hd, d), ("heads", "head_dim", "embed"), pdt)
+        self.q_bias = _optional(config.qkv_bias, rngs, (h, hd), ("heads", "head_dim"), pdt)
+        self.k_bias = _optional(config.qkv_bias, rngs, (kvh, hd), ("kv_heads", "head_dim"), pdt)
+        self.v_bias = _optional(config.qkv_bias, rngs, (kvh, hd), ("kv_heads", "head_dim"), pdt)
+        self.o_bias = _optional(config.out_bias, rngs, (d,), ("embed",), pdt)
+        self.q_norm = Norm(hd, config, rngs=rngs) if config.qk_norm else None
+        self.k_norm = Norm(hd, config, rngs=rngs) if config.qk_norm else None
+        self.scale = (config.query_pre_attn_scalar or hd) ** -0.5
+        self.softcap = config.attn_softcap
+        self.rope = config.positions == "rope"
+        self.dtype = config.dtype
+
+    def _project(self, x: jax.Array, proj: nnx.Param, bias: nnx.Param | None, norm: Norm | None) -> jax.Array:
+        """``x [B, T, D]`` -> heads ``[B, T, N, Hd]``: projection, bias, then the optional per-head norm."""
+        y = _add(jnp.einsum("btd,dhk->bthk", x, proj[...].astype(self.dtype)), bias)
+        return y if norm is None else norm(y)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        rope: tuple[jax.Array, jax.Array] | None,
+        mask: jax.Array,
+        kv: KV | None,
+        index: jax.Array | int,
+    ) -> tuple[jax.Array, KV | None]:
+        """x ``[B, T, D]``, mask ``[B, T, S]``. Without ``kv`` the T new keys are the S keys; with
+        ``kv`` (``[B, S, K, Hd]`` each) the new keys are written at slots ``index..index+T-1`` first."""
+        q = self._project(x, self.q_proj, self.q_bias, self.q_norm)  # [B, T, H, Hd]
+        k = self._project(x, self.k_proj, self.k_bias, self.k_norm)  # [B, T, K, Hd]
+        v = self._project(x, self.v_proj, self.v_bias, None)  # [B, T, K, Hd]
+        if self.rope:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q = with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
+        k = with_logical_constraint(k, ("batch", "length", "kv_heads", "head_dim"))
+        v = with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
+        if kv is not None:
+            k = jax.lax.dynamic_update_slice(kv[0], k, (0, index, 0, 0))  # [B, S, K, Hd]
+            v = jax.lax.dynamic_update_slice(kv[1], v, (0, index, 0, 0))
+            kv = (k, v)
+        out = with_logical_constraint(attend(q, k, v, mask, self.scale, self.softcap), ("batch", "length", "heads", "head_dim"))
+        return _add(jnp.einsum("bthk,hkd->btd", out, self.o_proj[...].astype(self.dtype)), self.o_bias), kv
+
+
+class MLP(nnx.Module):
+    """Gated ``down(act(gate(x)) · up(x))`` (Llama, Gemma) or plain ``down(act(up(x)))`` (GPT-2)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        d, f = config.hidden_size, config.intermediate_size
+        init, pdt, bias = nnx.initializers.normal(config.init_std), config.param_dtype, config.mlp_bias
+        self.gate_proj = param(rngs, init, (d, f), ("embed", "mlp"), pdt) if config.gated_mlp else None
+        self.up_proj = param(rngs, init, (d, f), ("embed", "mlp"), pdt)
+        self.down_proj = param(rngs, init, (f, d), ("mlp", "embed"), pdt)
+        self.gate_bias = _optional(bias and config.gated_mlp, rngs, (f,), ("mlp",), pdt)
+        self.up_bias = _optional(bias, rngs, (f,), ("mlp",), pdt)
+        self.down_bias = _optional(bias, rngs, (d,), ("embed",), pdt)
+        self.activation = config.activation
+        self.dtype = config.dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        act = _ACTIVATIONS[self.activation]
+        hidden = _add(x @ self.up_proj[...].astype(self.dtype), self.up_bias)  # [B, T, F]
+        if self.gate_proj is None:
+            hidden = act(hidden)
+        else:
+            hidden = act(_add(x @ self.gate_proj[...].astype(self.dtype), self.gate_bias)) * hidden
+        hidden = with_logical_constraint(hidden, ("batch", "length", "mlp"))
+        return _add(hidden @ self.down_proj[...].astype(self.dtype), self.down_bias)  # [B, T, D]
+
+
+class Block(nnx.Module):
+    """Pre-norm layer ``x + attn(norm(x))``, ``x + mlp(norm(x))``; with ``post_norms`` each branch output is normed too."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        d = config.hidden_size
+        self.attn_norm = Norm(d, config, rngs=rngs)
+        self.attn = Attention(config, rngs=rngs)
+        self.post_attn_norm = Norm(d, config, rngs=rngs) if config.post_norms else None
+        self.mlp_norm = Norm(d, config, rngs=rngs)
+        self.mlp = MLP(config, rngs=rngs)
+        self.post_mlp_norm = Norm(d, config, rngs=rngs) if config.post_norms else None
+
+    def __call__(
+        self,
+        x: jax.Array,
+        rope: tuple[jax.Array, jax.Array] | None,
+        mask: jax.Array,
+        kv: KV | None,
+        index: jax.Array | int,
+    ) -> tuple[jax.Array, KV | None]:
+        """See :meth:`Attention.__call__`; returns the new residual stream ``[B, T, D]`` and ``kv``."""
+        h, kv = self.attn(self.attn_norm(x), rope, mask, kv, index)
+        x = x + (h if self.post_attn_norm is None else self.post_attn_norm(h))
+        h = self.mlp(self.mlp_norm(x))
+        x = x + (h if self.post_mlp_norm is None else self.post_mlp_norm(h))
+        return with_logical_constraint(x, ("batch", "length", "embed")), kv
+
+
+def stacked_blocks(config: ModelConfig, rngs: nnx.Rngs) -> Block:
+    """``num_layers`` independently initialised blocks stacked on a leading ``layers`` axis."""
+
+    @nnx.split_rngs(splits=config.num_layers)
+    @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make(rngs: nnx.Rngs) -> Block:
+        return Block(config, rngs=rngs)
+
+    return make(rngs)
