@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     logger = logging.getLogger("jaxspo")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    propagate, logger.propagate = logger.propagate, False  # absl's root handler would print each line again
     try:
         return args.handler(args)
     except ConfigError as err:
@@ -125,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, DistributedError, FileExistsError, NonFiniteError) as err:
         print(f"jaxspo: error: {err}", file=sys.stderr)
         return 1
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 if __name__ == "__main__":

@@ -135,7 +135,10 @@ def initialize(env: Mapping[str, str] | None = None) -> Plan | None:
     elif plan.source == "slurm":
         jax.distributed.initialize(cluster_detection_method="slurm")
     else:
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize()
+        except ValueError as err:  # JAX found no cluster to take the coordinator / counts from
+            raise DistributedError(f"{MODE_VAR}=auto: JAX detected no TPU VM, SLURM, Open MPI or Kubernetes cluster ({err})") from None
     log.info("process %d of %d (%s), %d local of %d devices", jax.process_index(), jax.process_count(), plan.source, jax.local_device_count(), jax.device_count())
     return plan
 
