@@ -12,7 +12,7 @@ import pytest
 
 from jaxspo.config import ConfigError, load_config
 from jaxspo.losses import get_loss
-from test_train_step import TINY, build, random_pairs
+from tests.test_train_step import TINY, build, random_pairs
 
 USER_MODULE = "jaxspo_test_user_losses"
 USER_CODE = '''

@@ -18,6 +18,8 @@ from tqdm import tqdm
 
 from jaxspo.checkpoint import PhaseCheckpoints
 from jaxspo.config import Config, dump_yaml
+from jaxspo.data.soft_labels import orient_pairs
+from jaxspo.losses import soft_label_losses
 from jaxspo.data.screen import DataReport, encode_screened, write_reports
 from jaxspo.data.encode import BatchIterator, encode_preference_rows, encode_prompts, encode_sft_rows
 from jaxspo.data.synthetic import build_synthetic_task
@@ -201,10 +203,21 @@ class _Run:
 
         What was kept and skipped, by reason, goes to RUN_DIR/data_report.json.
         """
-        encode = encode_sft_rows if split == "sft" else encode_preference_rows
+        length = self.cfg.data.max_length
+        soft_losses = soft_label_losses(self.cfg.loss.terms)
+        if split == "sft":
+            encode = functools.partial(encode_sft_rows, tokenizer=self.tokenizer, max_length=length)
+        elif soft_losses:  # soft labels: p̂ < ½ swaps the pair; a missing p̂ is an error for the train split
+
+            def encode(rows):
+                required_by = soft_losses if split == "train" else []
+                return encode_preference_rows(orient_pairs(rows, required_by), self.tokenizer, length)
+
+        else:  # hard labels: chosen/rejected as given
+            encode = functools.partial(encode_preference_rows, tokenizer=self.tokenizer, max_length=length)
         arrays, report = encode_screened(
             self.task.splits[split][:limit],
-            functools.partial(encode, tokenizer=self.tokenizer, max_length=self.cfg.data.max_length),
+            encode,
             f"{self.cfg.data.task}:{split}",
             self.cfg.data.on_bad_row,
         )
