@@ -55,6 +55,8 @@ class Topology:
                 dims[axis] *= 2
                 n //= 2
                 axis = (axis + 1) % 3
+            if self.chips >= 8:
+                dims.sort()  # Cloud's names: v5p-16 2x2x2, v5p-64 2x4x4, v5p-256 4x4x8 (v5p-8 stays 2x2x1)
             return f"{self.generation}:{dims[0]}x{dims[1]}x{dims[2]}"
         side = 2 ** (int(math.log2(self.chips)) // 2)
         return f"{self.generation}:{side}x{self.chips // side}"
@@ -96,6 +98,16 @@ def resolve_model(cfg):
     return cfg
 
 
+@dataclasses.dataclass(frozen=True)
+class _Refused:
+    """Memory figures of a program the TPU compiler refused as too large (analytic arguments + its temporaries)."""
+
+    argument_size_in_bytes: int
+    temp_size_in_bytes: int
+    output_size_in_bytes: int = 0
+    alias_size_in_bytes: int = 0
+
+
 def analytic_bytes(cfg, abstract_params: Any) -> dict[str, float]:
     """Bytes of params, gradients, Adam moments and the resident reference over the whole model."""
     n = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
@@ -112,6 +124,8 @@ def compile_step(cfg, devices: list, per_device_batch: int | None = None) -> dic
         batch = per_device_batch * batch_axes
         cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, batch_size=batch))
     batch = cfg.trainer.batch_size
+    if batch % batch_axes:
+        raise ValueError(f"trainer.batch_size ({batch}) must divide by the mesh's batch axes data×fsdp = {batch_axes}")
     graphdef, abstract_params = abstract_model(cfg.model)
     p_sharding = param_shardings(abstract_params, mesh, cfg.mesh.rules)
     schedule = learning_rate_schedule(cfg.optimizer, max(cfg.trainer.steps, 1), cfg.optimizer.learning_rate)
@@ -127,15 +141,23 @@ def compile_step(cfg, devices: list, per_device_batch: int | None = None) -> dic
     shapes |= {name: ((batch,), jnp.float32) for name in shapes if not name.endswith(("tokens", "valid", "mask"))}
     abstract_batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=step.batch_sharding[k]) for k, (shape, dtype) in shapes.items()}
     reference = _abstract(abstract_params, step.reference_sharding) if step.reference_sharding is not None else None
-    start = time.perf_counter()
-    compiled = step.fn.lower(_abstract(state, s_sharding), reference, abstract_batch).compile()
-    seconds = time.perf_counter() - start
-    memory = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    peak = memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes + memory.temp_size_in_bytes
     analytic = analytic_bytes(cfg, abstract_params)
     model_shards = mesh.shape["fsdp"] * mesh.shape["tensor"]
+    start = time.perf_counter()
+    try:
+        compiled = step.fn.lower(_abstract(state, s_sharding), reference, abstract_batch).compile()
+    except jax.errors.JaxRuntimeError as err:  # the TPU compiler refuses programs that exceed HBM
+        needed = re.search(r"HLO temporaries \(([\d.]+)G\)", str(err))
+        if "RESOURCE_EXHAUSTED" not in str(err) or not needed:
+            raise
+        arguments = (analytic["params"] + analytic["optimizer"] + analytic["reference"]) / model_shards
+        memory = _Refused(int(arguments), int(float(needed.group(1)) * GiB))
+        compiled = None
+    seconds = time.perf_counter() - start
+    memory = compiled.memory_analysis() if compiled is not None else memory
+    cost = compiled.cost_analysis() if compiled is not None else None
+    cost = cost[0] if isinstance(cost, list) else cost
+    peak = memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes + memory.temp_size_in_bytes
     return {
         "devices": len(devices),
         "mesh": dict(mesh.shape),
@@ -152,6 +174,7 @@ def compile_step(cfg, devices: list, per_device_batch: int | None = None) -> dic
         "xla_flops_per_step_per_device": float(cost.get("flops", float("nan"))) if cost else float("nan"),
         "model_flops_per_step": (6 + (2 if analytic["reference"] else 0)) * analytic["parameters"] * batch * 2 * length,
         "compile_seconds": seconds,
+        "refused_by_compiler": compiled is None,  # out of HBM: temporaries from the compiler's message
     }
 
 
@@ -192,7 +215,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"topology        {report['topology']} ({report['devices']} devices, {report['chip_grid']}), mesh {report['mesh']}",
         f"model           {report['parameters'] / 1e9:.2f} B parameters; global batch {report['global_batch']} × {report['sequence_length']} tokens",
-        f"peak memory     {gib(report['peak_bytes_per_device'])} per device of {gib(report['capacity_bytes_per_device'])} → fits: {'yes' if report['fits'] else 'NO'}",
+        f"peak memory     {'≥ ' if report['refused_by_compiler'] else ''}{gib(report['peak_bytes_per_device'])} per device of {gib(report['capacity_bytes_per_device'])} → fits: {'yes' if report['fits'] else 'NO'}",
         f"analytic state  {gib(report['analytic_state_bytes_per_device'])} per device (params + grads + Adam + reference)",
         f"flops           {report['model_flops_per_step']:.3e} per step (6·N·tokens + 2·N·tokens for the reference); "
         f"XLA cost analysis {report['xla_flops_per_step_per_device']:.3e} per device (scan body counted once)",

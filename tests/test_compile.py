@@ -16,7 +16,7 @@ TINY = [
 
 @pytest.mark.parametrize(
     "name, chips, grid",
-    [("v5p-8", 4, "v5p:2x2x1"), ("v4-16", 8, "v4:2x2x2"), ("v5p-128", 64, "v5p:4x4x4"), ("v5e-256", 256, "v5e:16x16"),
+    [("v5p-8", 4, "v5p:2x2x1"), ("v4-16", 8, "v4:2x2x2"), ("v5p-128", 64, "v5p:4x4x4"), ("v5p-256", 128, "v5p:4x4x8"), ("v5p-64", 32, "v5p:2x4x4"), ("v5e-256", 256, "v5e:16x16"),
      ("v6e-8", 8, "v6e:2x4"), ("2xv5p-128", 64, "v5p:4x4x4")],
 )
 def test_topology_names(name, chips, grid):
@@ -51,3 +51,21 @@ def test_state_bytes_per_device_fall_as_one_over_fsdp():
         sizes[n] = compile_step(cfg, jax.devices()[:n])["argument_bytes_per_device"]
     for n in (2, 4, 8):
         assert sizes[1] / sizes[n] == pytest.approx(n, rel=0.1), sizes
+
+
+def test_a_step_too_large_for_hbm_is_reported_as_not_fitting():
+    """The TPU compiler refuses programs beyond HBM; the report says so instead of crashing."""
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5e-4")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    big = ["model.vocab_size=65536", "data.max_length=4096", "data.max_prompt_length=64", "trainer.batch_size=64"]
+    cfg = load_config("configs/demo.yaml", TINY + big + ["mesh.data=-1", "mesh.fsdp=1"])
+    report = fit_report(cfg, "v5e-4")
+    assert report["refused_by_compiler"] and not report["fits"]
+    assert report["peak_bytes_per_device"] > report["capacity_bytes_per_device"]
+
+
+def test_batch_that_does_not_split_over_the_mesh_is_an_error():
+    cfg = load_config("configs/demo.yaml", TINY + ["trainer.batch_size=6", "mesh.data=-1"])
+    with pytest.raises(ValueError, match=r"trainer.batch_size \(6\) must divide by the mesh's batch axes"):
+        compile_step(cfg, jax.devices()[:4])
