@@ -1,7 +1,5 @@
 """Ahead-of-time compilation: topology names, a real TPU compile of the train step, FSDP memory scaling."""
 
-import os
-
 import jax
 import pytest
 
@@ -30,10 +28,16 @@ def test_bad_topology_name_is_explained():
         parse_topology("v9-8")
 
 
-def test_tiny_step_compiles_for_a_tpu_slice_here():
-    os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+@pytest.fixture
+def tpu_env(monkeypatch):
+    """What `jaxspo compile` sets for libtpu on a machine without TPUs (undone after the test: JAX's
+    cluster detection would otherwise take later tests for a TPU VM)."""
+    monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5p-8")
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
+    monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+
+def test_tiny_step_compiles_for_a_tpu_slice_here(tpu_env):
     cfg = load_config("configs/demo.yaml", TINY + ["mesh.data=1", "mesh.fsdp=-1"])
     report = fit_report(cfg, "v5p-8")
     assert report["devices"] == 4 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
@@ -53,11 +57,8 @@ def test_state_bytes_per_device_fall_as_one_over_fsdp():
         assert sizes[1] / sizes[n] == pytest.approx(n, rel=0.1), sizes
 
 
-def test_a_step_too_large_for_hbm_is_reported_as_not_fitting():
+def test_a_step_too_large_for_hbm_is_reported_as_not_fitting(tpu_env):
     """The TPU compiler refuses programs beyond HBM; the report says so instead of crashing."""
-    os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5e-4")
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     big = ["model.vocab_size=65536", "data.max_length=4096", "data.max_prompt_length=64", "trainer.batch_size=64"]
     cfg = load_config("configs/demo.yaml", TINY + big + ["mesh.data=-1", "mesh.fsdp=1"])
     report = fit_report(cfg, "v5e-4")
