@@ -4,6 +4,7 @@ processes, and training on 2 × 4 and 4 × 2 local processes equal to one proces
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -61,9 +62,16 @@ def test_slurm_tpu_auto_off_and_single_process():
 
 
 def test_auto_without_a_cluster_says_so():
-    with pytest.raises(DistributedError, match="JAXSPO_DISTRIBUTED=auto: JAX detected no TPU VM, SLURM"):
-        distributed.initialize({"JAXSPO_DISTRIBUTED": "auto"})
-    assert not jax.distributed.is_initialized()
+    """In a fresh process: jax.distributed must run before anything initialises a backend."""
+    probe = (
+        "import jax\nfrom jaxspo import distributed\nfrom jaxspo.errors import DistributedError\n"
+        "try:\n    distributed.initialize({'JAXSPO_DISTRIBUTED': 'auto'})\nexcept DistributedError as err:\n"
+        "    print('ERROR', err)\nprint('INITIALIZED', jax.distributed.is_initialized())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TPU_", "SLURM_", "JAXSPO_"))}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env).stdout
+    assert "ERROR JAXSPO_DISTRIBUTED=auto: JAX detected no TPU VM, SLURM" in out, out
+    assert "INITIALIZED False" in out
 
 
 def test_single_process_helpers_are_plain_jax():
