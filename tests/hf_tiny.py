@@ -6,6 +6,8 @@ that logits are O(1) and a wrong mapping, transpose or missing switch shows up f
 
 from __future__ import annotations
 
+import copy
+
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +63,7 @@ ARCHS = tuple(CONFIGS)
 
 def build_hf(name: str, seed: int = 0) -> transformers.PreTrainedModel:
     """The tiny float32 eager-attention PyTorch model ``name`` (a key of CONFIGS) with O(1) random weights."""
-    config = CONFIGS[name]
+    config = copy.deepcopy(CONFIGS[name])  # saving in bf16/fp16 mutates a config's dtype: never share one
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").float().eval()
     gemma_norm = config.model_type in ("gemma", "gemma2")
