@@ -222,5 +222,5 @@ def format_report(report: dict[str, Any]) -> str:
         f"compile         {report['compile_seconds']:.1f} s",
     ]
     if "max_per_device_batch" in report:
-        lines.append(f"max batch       {report['max_per_device_batch']} sequences per device")
+        lines.append(f"max batch       {report['max_per_device_batch']} pairs per device (each two sequences)")
     return "\n".join(lines)
