@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from jaxspo.data.synthetic import SyntheticTaskConfig
+from jaxspo.losses.soft_spo import SoftSpoConfig
 from jaxspo.models.decoder import ModelConfig
 from jaxspo.sharding import DEFAULT_RULES, MESH_AXES
 
@@ -58,6 +59,7 @@ class LossConfig:
     rdpo_alpha: float = 0.05  # R-DPO length coefficient α (per token of |y_w| − |y_l|)
     ropo_alpha: float = 14.0  # ROPO / GROPO α > 0 (paper default 14)
     discopop_tau: float = 0.05  # DiscoPOP modulation temperature τ > 0 (TRL and paper default)
+    soft_spo: SoftSpoConfig = dataclasses.field(default_factory=SoftSpoConfig)  # α, γ and the global KL regulariser
 
 
 @dataclasses.dataclass
@@ -347,6 +349,10 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(message)
     _validate_loss(cfg.loss)
+    try:
+        cfg.loss.soft_spo.validate(cfg.loss.reference, cfg.trainer.grad_accum_steps)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     unknown_rules = set(cfg.mesh.rules) - set(DEFAULT_RULES)
     for rule, axes in cfg.mesh.rules.items():
         for axis in [axes] if isinstance(axes, str) or axes is None else axes:
@@ -386,6 +392,9 @@ def _validate_loss(loss: LossConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    layouts = {name: get_loss(name).layout for name in loss.terms}
+    if len(set(layouts.values())) > 1:
+        raise ConfigError(f"loss.terms: list losses and pair losses cannot be combined (they read different data): {layouts}")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

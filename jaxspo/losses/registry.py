@@ -77,18 +77,19 @@ class LossSpec:
     fn: LossFn
     needs_reference: bool
     needs_soft_label: bool
+    layout: str = "pair"  # "pair": fn reads PairLogps; "list": fn reads jaxspo.losses.soft_spo.ListLogps (ranked lists)
 
 
 _REGISTRY: dict[str, LossSpec] = {}
 
 
-def register_loss(name: str, *, needs_reference: bool = True, needs_soft_label: bool = False) -> Callable[[LossFn], LossFn]:
+def register_loss(name: str, *, needs_reference: bool = True, needs_soft_label: bool = False, layout: str = "pair") -> Callable[[LossFn], LossFn]:
     """Decorator registering ``fn(logps: PairLogps, cfg: LossConfig) -> loss [B] | (loss [B], metrics)``."""
 
     def decorate(fn: LossFn) -> LossFn:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"loss '{name}' is already registered by {_REGISTRY[name].fn.__module__}")
-        _REGISTRY[name] = LossSpec(name, fn, needs_reference, needs_soft_label)
+        _REGISTRY[name] = LossSpec(name, fn, needs_reference, needs_soft_label, layout)
         return fn
 
     return decorate
@@ -107,7 +108,7 @@ def _import_loss(name: str) -> LossSpec:
     if not callable(fn):
         raise ValueError(f"loss '{name}': module '{module_name}' has no function '{attr}'")
     decorated = next((spec for spec in _REGISTRY.values() if spec.fn is fn), None)
-    flags = {} if decorated is None else {"needs_reference": decorated.needs_reference, "needs_soft_label": decorated.needs_soft_label}
+    flags = {} if decorated is None else {"needs_reference": decorated.needs_reference, "needs_soft_label": decorated.needs_soft_label, "layout": decorated.layout}
     register_loss(name, **flags)(fn)
     return _REGISTRY[name]
 

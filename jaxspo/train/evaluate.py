@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
@@ -15,19 +14,8 @@ from jaxspo.data.encode import decode_responses
 from jaxspo.distributed import to_host
 from jaxspo.sampling import sample
 from jaxspo.sharding import activation_sharding
-from jaxspo.train.logprobs import forward_logits
+from jaxspo.train.logprobs import sequence_kl
 from jaxspo.train.scoring import PairScorer, shard_rows
-
-
-def sequence_kl(graphdef: nnx.GraphDef, params: Any, reference_params: Any, tokens: jax.Array, valid: jax.Array, response: jax.Array) -> jax.Array:
-    """Σ over response positions of the full-vocabulary KL(πθ ‖ π_ref) of the next-token distribution, ``[N]`` nats.
-
-    ``response[:, t]`` marks token t as generated; position t−1's distribution produced it.
-    """
-    policy = jax.nn.log_softmax(forward_logits(graphdef, params, tokens, valid)[:, :-1])  # [N, T-1, V]
-    reference = jax.nn.log_softmax(forward_logits(graphdef, reference_params, tokens, valid)[:, :-1])
-    kl = (jnp.exp(policy) * (policy - reference)).sum(-1)  # [N, T-1]
-    return (kl * response[:, 1:]).sum(-1)
 
 
 class Evaluator:
@@ -93,4 +81,5 @@ class Evaluator:
         metrics = {f"eval/gold/{d}": float(np.mean([s[d] for s in scores])) for d in self.dimensions}
         metrics["eval/kl"] = float(np.mean(to_host(kl)))
         metrics["eval/response_tokens"] = float(sampled_valid.sum(1).mean())
+        metrics["eval/response_nll"] = float(-to_host(out.logprobs).sum(1).mean())  # −log πθ(y|x) of its own samples: an entropy estimate
         return metrics

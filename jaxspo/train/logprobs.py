@@ -1,4 +1,4 @@
-"""Per-token and per-sequence log-probabilities of given tokens under a model."""
+"""Per-token and per-sequence log-probabilities of given tokens under a model, and the full-vocabulary KL."""
 
 from __future__ import annotations
 
@@ -35,3 +35,20 @@ def sequence_logps(
     logps = token_logps(forward_logits(graphdef, params, tokens, valid), tokens)  # [B, T-1]
     mask = loss_mask[:, 1:].astype(jnp.float32)
     return (logps * mask).sum(-1), mask.sum(-1)
+
+
+def full_vocab_kl(policy_logits: jax.Array, reference_logits: jax.Array) -> jax.Array:
+    """Σ_v πθ(v)(log πθ(v) − log π_ref(v)) over the last axis: ``[..., V]`` logits → ``[...]`` nats."""
+    policy = jax.nn.log_softmax(policy_logits)
+    return (jnp.exp(policy) * (policy - jax.nn.log_softmax(reference_logits))).sum(-1)
+
+
+def sequence_kl(graphdef: nnx.GraphDef, params: nnx.State, reference_params: nnx.State, tokens: jax.Array, valid: jax.Array, response: jax.Array) -> jax.Array:
+    """Σ over response positions of the full-vocabulary KL(πθ ‖ π_ref) of the next-token distribution, ``[N]`` nats.
+
+    ``response[:, t]`` marks token t as generated; position t−1's distribution produced it. The tokens
+    are data (no gradient through them); the gradient w.r.t. ``params`` flows through πθ's distributions.
+    """
+    policy = forward_logits(graphdef, params, tokens, valid)[:, :-1]  # [N, T-1, V]
+    reference = forward_logits(graphdef, reference_params, tokens, valid)[:, :-1]
+    return (full_vocab_kl(policy, reference) * response[:, 1:]).sum(-1)

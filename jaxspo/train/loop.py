@@ -44,6 +44,9 @@ from jaxspo.train.state import (
 from jaxspo.train.reference_cache import cached_reference_logps
 from jaxspo.train.scoring import PairScorer
 from jaxspo.train.step import batch_fields, make_train_step, needs_reference
+from jaxspo.train.kl_regularizer import KLSampler, kl_active, regularisation_prompts
+from jaxspo.train.list_objective import uses_lists
+from jaxspo.data.lists import encode_list_rows, rank_by_scores
 
 log = logging.getLogger("jaxspo")
 
@@ -81,6 +84,10 @@ class _Phase:
         self.batches = BatchIterator({k: arrays[k] for k in batch_fields(phase, cfg.loss)}, batch_size, seed=cfg.trainer.seed)
         self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / phase, cfg.checkpoint)
         self.skipped = 0  # steps whose update was dropped as non-finite
+        self.kl_sampler = None  # soft_spo's global KL regulariser: on-policy samples drawn before each step
+        if phase == "preference" and kl_active(cfg.loss):
+            prompts = regularisation_prompts(cfg.loss.soft_spo.kl_prompt_source, run.task.splits)
+            self.kl_sampler = KLSampler(cfg, run.mesh, run.graphdef, run.tokenizer, prompts, self.step.batch_sharding)
 
     def _resume(self) -> int:
         """Restores this phase's newest valid checkpoint; returns the step to continue after (0 = none)."""
@@ -135,7 +142,9 @@ class _Phase:
         pending: list[tuple[int, dict]] = []
         for i in range(start + 1, self.steps + 1):
             host = next(self.batches)
-            batch = to_global(host, self.step.batch_sharding)  # each process sends only its devices' rows
+            batch = to_global(host, {k: self.step.batch_sharding[k] for k in host})  # each process sends only its devices' rows
+            if self.kl_sampler is not None:
+                batch |= self.kl_sampler(i, self.state.params)
             self.state, metrics = self.step.fn(self.state, reference, batch)
             pending.append((i, metrics))
             log_now = i % cfg.logging.log_every == 0 or i == self.steps
@@ -150,6 +159,7 @@ class _Phase:
                 elapsed = time.perf_counter() - window_start
                 row = {k: float(v) for k, v in fetched[-1][1].items() if k not in ("tokens", "nonfinite")}
                 row |= {"tokens_per_second": window_tokens / max(elapsed, 1e-9), "seconds_per_step": elapsed / window_steps, "skipped_steps": float(self.skipped)}
+                row |= self.kl_sampler.drain_metrics(window_steps) if self.kl_sampler is not None else {}
                 self.run.log.log(self.phase, i, row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_second']:.0f}")
                 window_start, window_tokens, window_steps = time.perf_counter(), 0.0, 0
@@ -207,6 +217,11 @@ class _Run:
         soft_losses = soft_label_losses(self.cfg.loss.terms)
         if split == "sft":
             encode = functools.partial(encode_sft_rows, tokenizer=self.tokenizer, max_length=length)
+        elif split == "train" and uses_lists(self.cfg.loss):  # ranked lists; the built-in task's rankings come from its scores
+
+            def encode(rows):
+                need_ranking = set(self.cfg.loss.terms) != {"soft_spo_best_of_n"}  # only best-of-n makes do with 'best'
+                return encode_list_rows(rank_by_scores(rows, self.cfg.data.synthetic, self.cfg.trainer.seed), self.tokenizer, length, need_ranking)
         elif soft_losses:  # soft labels: p̂ < ½ swaps the pair; a missing p̂ is an error for the train split
 
             def encode(rows):

@@ -20,6 +20,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxspo.losses import PairLogps, get_loss, preference_objective
 from jaxspo.sharding import activation_sharding, logical_to_spec
+from jaxspo.train.kl_regularizer import KL_FIELDS, kl_active, kl_rows, with_kl_regulariser
+from jaxspo.train.list_objective import LIST_FIELDS, LIST_RANKS, list_objective_fn, uses_lists
 from jaxspo.train.logprobs import sequence_logps
 from jaxspo.train.state import TrainState
 
@@ -73,6 +75,8 @@ def batch_fields(phase: str, loss_cfg) -> tuple[str, ...]:
     """Names of the arrays a step of ``phase`` reads from its batch."""
     if phase == "sft":
         return SFT_FIELDS
+    if uses_lists(loss_cfg):
+        return LIST_FIELDS
     if needs_reference(loss_cfg) and loss_cfg.reference == "precomputed":
         return PREFERENCE_FIELDS + PRECOMPUTED_FIELDS
     return PREFERENCE_FIELDS
@@ -122,7 +126,7 @@ def _global_count(phase: str, batch: Batch) -> jax.Array:
     """Denominator of the step's loss: pairs for preference, completion tokens for SFT."""
     if phase == "sft":
         return batch["loss_mask"][:, 1:].sum().astype(jnp.float32)
-    return jnp.float32(batch["chosen_tokens"].shape[0])
+    return jnp.float32(batch["list_tokens" if "list_tokens" in batch else "chosen_tokens"].shape[0])
 
 
 def make_train_step(
@@ -143,10 +147,14 @@ def make_train_step(
     if phase not in ("sft", "preference"):
         raise ValueError(f"unknown phase '{phase}'")
     rules = cfg.mesh.rules
-    objective = sft_objective_fn(graphdef) if phase == "sft" else preference_objective_fn(graphdef, cfg.loss)
+    objective = sft_objective_fn(graphdef) if phase == "sft" else (list_objective_fn if uses_lists(cfg.loss) else preference_objective_fn)(graphdef, cfg.loss)
     fields = batch_fields(phase, cfg.loss)
-    ranks = {name: (2 if name.endswith(("tokens", "valid", "mask")) else 1) for name in fields}
+    ranks = {name: LIST_RANKS.get(name, 2 if name.endswith(("tokens", "valid", "mask", "response")) else 1) for name in fields + KL_FIELDS}
     batch_sharding = batch_shardings(fields, ranks, mesh, rules, batch_size)
+    regularised = phase == "preference" and kl_active(cfg.loss)  # samples arrive as extra batch fields
+    if regularised:
+        objective = with_kl_regulariser(objective, graphdef, cfg.loss)
+        batch_sharding |= batch_shardings(KL_FIELDS, ranks, mesh, rules, kl_rows(cfg.loss))
     accum = cfg.trainer.grad_accum_steps
     replicated = NamedSharding(mesh, PartitionSpec())
 
@@ -178,7 +186,7 @@ def make_train_step(
         rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), out
 
-    uses_reference = phase == "preference" and needs_reference(cfg.loss) and cfg.loss.reference == "resident"
+    uses_reference = (phase == "preference" and needs_reference(cfg.loss) and cfg.loss.reference == "resident") or regularised
     reference_sharding = state_sharding.params if uses_reference else None
     fn = jax.jit(
         step,

@@ -1,0 +1,109 @@
+"""Ranked lists of responses (for ``soft_spo_best_of_n`` and ``soft_spo_ranked``): row format and encoding.
+
+Row format (JSON-able dicts)::
+
+    {"prompt": str, "responses": [str, ...], "ranking": [int, ...]}   # indices into responses, best first
+    {"prompt": str, "responses": [str, ...], "best": int}             # only the best one (best-of-n)
+
+``responses`` holds ≥ 2 distinct non-blank strings; ``ranking`` is a permutation of
+``range(len(responses))``; a row with both uses ``ranking``. Best-of-n reads ``ranking[0]`` or ``best``;
+the ranked (Plackett–Luce) loss needs ``ranking``.
+
+Encoding (:func:`encode_list_rows`) reorders each row best first and pads lists to the largest
+``n`` of the rows: ``list_tokens``, ``list_valid``, ``list_loss_mask`` ``[N, n, T]`` (each sequence laid
+out as in :mod:`jaxspo.data.encode`) and ``list_mask`` ``[N, n]`` (True where a response exists).
+A missing slot repeats the row's best response (so the forward stays finite) with ``list_mask`` False.
+Bad rows raise ValueError naming the row and field.
+
+The built-in task's rows carry ``responses`` and ``response_scores``; :func:`rank_by_scores` derives
+their ``ranking`` from the labelled reward, like its pair labels.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from jaxspo.data.encode import _check_inputs, _field, _pack, _sequence, _special_ids, _text, _token_ids
+from jaxspo.data.synthetic import SyntheticTaskConfig, labelled_reward
+
+LIST_FIELDS = ("list_tokens", "list_valid", "list_loss_mask", "list_mask")
+
+
+def _index(value: Any, n: int, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= int(value) < n:
+        raise ValueError(f"{where} must be an index into 'responses' (0..{n - 1}), got {value!r}")
+    return int(value)
+
+
+def _order(row: Mapping[str, Any], index: int, n: int, need_ranking: bool) -> list[int]:
+    """Response indices best first: the ranking, or the best one followed by the others in row order."""
+    ranking = row.get("ranking")
+    if ranking is not None:
+        if not isinstance(ranking, (list, tuple)):
+            raise ValueError(f"row {index}: field 'ranking' must be a list of indices, got {type(ranking).__name__}")
+        order = [_index(v, n, f"row {index}: field 'ranking'") for v in ranking]
+        if sorted(order) != list(range(n)):
+            raise ValueError(f"row {index}: field 'ranking' must be a permutation of 0..{n - 1} (one entry per response), got {list(ranking)}")
+        return order
+    if need_ranking:
+        raise ValueError(f"row {index}: field 'ranking' is missing; the ranked loss needs every response ranked (a row with only 'best' serves best-of-n)")
+    if row.get("best") is None:
+        raise ValueError(f"row {index}: needs field 'ranking' or 'best'")
+    best = _index(row["best"], n, f"row {index}: field 'best'")
+    return [best] + [j for j in range(n) if j != best]
+
+
+def encode_list_rows(
+    rows: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, max_length: int, need_ranking: bool
+) -> dict[str, np.ndarray]:
+    """List rows → ``list_tokens/list_valid/list_loss_mask [N, n, T]`` and ``list_mask [N, n]``, best first."""
+    _check_inputs(rows, max_length, "max_length")
+    prefix, eos, pad = _special_ids(tokenizer)
+    ordered: list[list[str]] = []
+    for i, row in enumerate(rows):
+        responses = _field(row, i, "responses")
+        if not isinstance(responses, (list, tuple)) or len(responses) < 2:
+            raise ValueError(f"row {i}: field 'responses' must be a list of at least 2 responses, got {responses!r}")
+        texts = [_text(r, f"row {i}: field 'responses[{j}]'") for j, r in enumerate(responses)]
+        if len(set(texts)) < len(texts):
+            raise ValueError(f"row {i}: field 'responses' has duplicate responses")
+        ordered.append([texts[j] for j in _order(row, i, len(texts), need_ranking)])
+    prompts = [_text(_field(row, i, "prompt"), f"row {i}: field 'prompt'") for i, row in enumerate(rows)]
+    contexts = [prefix + ids for ids in _token_ids(tokenizer, prompts)]
+    width = max(map(len, ordered))
+    sequences = []
+    for i, (context, texts) in enumerate(zip(contexts, ordered)):
+        ids = _token_ids(tokenizer, texts)
+        row_sequences = [_sequence(context, r, eos, max_length, i, f"responses[{j}]") for j, r in enumerate(ids)]
+        sequences += row_sequences + [row_sequences[0]] * (width - len(row_sequences))
+    tokens, loss_mask, valid = (a.reshape(len(rows), width, max_length) for a in _pack(sequences, max_length, pad))
+    mask = np.array([[j < len(texts) for j in range(width)] for texts in ordered], dtype=bool)
+    return {"list_tokens": tokens, "list_valid": valid, "list_loss_mask": loss_mask, "list_mask": mask}
+
+
+def rank_by_scores(rows: Sequence[Mapping[str, Any]], task: SyntheticTaskConfig, seed: int) -> list[dict[str, Any]]:
+    """Copies of rows with ``ranking`` derived from ``response_scores`` (rows that have one are kept).
+
+    The labelled reward r = Σ label_weights·scores; ``hard_label: sampled`` draws a Plackett–Luce ranking
+    with weights exp(r/label_temperature) (the list analogue of the task's Bradley–Terry pair labels),
+    ``argmax`` sorts by r with ties in random order. Deterministic in ``seed``.
+    """
+    rng = np.random.default_rng([seed, 0x5350])
+    out = []
+    for row in rows:
+        if not isinstance(row, Mapping) or row.get("ranking") is not None or not isinstance(row.get("response_scores"), list):
+            out.append(row)
+            continue
+        rewards = np.array([labelled_reward(s, task.label_weights) for s in row["response_scores"]])
+        noise = rng.gumbel(size=len(rewards))  # Gumbel-max: argsort of r/τ + Gumbel is a Plackett–Luce draw
+        if task.hard_label == "sampled":
+            order = np.argsort(-(rewards / task.label_temperature + noise), kind="stable")
+        else:
+            order = np.lexsort((noise, -rewards))  # by reward, ties by the random key
+        out.append(dict(row) | {"ranking": [int(j) for j in order]})
+    return out

@@ -1,0 +1,132 @@
+"""Global KL regulariser of Soft Preference Optimization (METHODS §3): β_KL·KL(πθ ‖ π_ref) on policy samples.
+
+Outside the jitted train step, :class:`KLSampler` draws y ~ πθ(·|x) with the jitted KV-cache sampler
+(:func:`jaxspo.sampling.sample`) for ``kl_prompts`` prompts of the regularisation prompt set,
+``kl_samples_per_prompt`` each, every ``kl_refresh`` steps, sharded over the step's mesh; they enter the
+step as batch fields ``kl_tokens``, ``kl_valid``, ``kl_response`` ``[M, P + N]`` (prompt then response).
+Inside the step, :func:`with_kl_regulariser` adds β_KL times the mean over the M samples of
+Σ_t Σ_v πθ(v|·)(log πθ(v|·) − log π_ref(v|·)) over the sampled positions [D/I]: the samples are fixed
+data and the gradient flows through πθ's full next-token distributions (π_ref is the frozen resident
+reference). A refresh interval above 1 reuses samples drawn from an earlier policy; a resumed run
+draws fresh samples at its first step.
+
+Metrics: ``kl/value`` (mean KL per sampled response, nats), ``loss/preference`` (the loss without the
+regulariser; ``loss`` includes it), and from the sampler, over the logging window,
+``kl/sample_seconds_per_step``, ``kl/samples_per_second`` and ``kl/sample_tokens_per_second``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from jaxspo.data import encode_prompts, read_jsonl
+from jaxspo.distributed import to_global
+from jaxspo.sampling import sample
+from jaxspo.sharding import named_sharding
+from jaxspo.train.logprobs import sequence_kl
+
+KL_FIELDS = ("kl_tokens", "kl_valid", "kl_response")
+
+
+def kl_active(loss_cfg) -> bool:
+    """Whether the global KL regulariser is on (``loss.soft_spo.kl_beta`` > 0; any loss may use it)."""
+    return loss_cfg.soft_spo.kl_beta > 0
+
+
+def kl_rows(loss_cfg) -> int:
+    """M: sampled responses per step."""
+    return loss_cfg.soft_spo.kl_prompts * loss_cfg.soft_spo.kl_samples_per_prompt
+
+
+def with_kl_regulariser(objective, graphdef: nnx.GraphDef, loss_cfg):
+    """``objective`` plus β_KL·(count/M)·Σ_samples KL, so that after the step divides by the global
+    count (pairs or lists) the loss is preference mean + β_KL·mean KL per sampled response."""
+    beta = loss_cfg.soft_spo.kl_beta
+
+    def regularised(params: nnx.State, reference_params: Any, batch: dict[str, jax.Array]):
+        data = {k: v for k, v in batch.items() if k not in KL_FIELDS}
+        loss_sum, metrics = objective(params, reference_params, data)
+        with jax.named_scope("kl_regulariser"):
+            kl = sequence_kl(graphdef, params, jax.lax.stop_gradient(reference_params), batch["kl_tokens"], batch["kl_valid"], batch["kl_response"])  # [M]
+        preference_sum, count = metrics["loss"]
+        added = beta * kl.sum() * count / kl.shape[0]
+        metrics["loss/preference"] = (jax.lax.stop_gradient(preference_sum), count)
+        metrics["loss"] = (preference_sum + added, count)
+        metrics["kl/value"] = (jax.lax.stop_gradient(kl.sum()), jnp.float32(kl.shape[0]))
+        return loss_sum + added, metrics
+
+    return regularised
+
+
+def regularisation_prompts(source: str, splits: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Prompt texts of ``source``: a task split (``train``, ``sft``, ``eval``) or a ``.jsonl`` file of rows with ``prompt``."""
+    rows = splits[source] if source in splits else read_jsonl(source)
+    prompts = []
+    for i, row in enumerate(rows):
+        if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise ValueError(f"{source}, row {i}: field 'prompt' must be a non-empty str (loss.soft_spo.kl_prompt_source)")
+        prompts.append(row["prompt"])
+    return sorted(set(prompts), key=prompts.index)
+
+
+class KLSampler:
+    """``sampler(step, params) -> batch fields`` for step ``step`` (1-based): fresh samples every ``kl_refresh`` steps."""
+
+    def __init__(self, cfg, mesh, graphdef: nnx.GraphDef, tokenizer, prompts: list[str], shardings: dict[str, NamedSharding]):
+        spo = cfg.loss.soft_spo
+        self.cfg, self.spo, self.mesh, self.graphdef = cfg, spo, mesh, graphdef
+        self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.tokens, self.valid = encode_prompts(prompts, tokenizer, cfg.data.max_prompt_length)  # [P_all, P]
+        self.key = jax.random.key(cfg.trainer.seed + 2)
+        self._join = jax.jit(self._join_fn, out_shardings={k: shardings[k] for k in KL_FIELDS})
+        self.fields: dict[str, jax.Array] | None = None
+        self.window = {"seconds": 0.0, "samples": 0, "tokens": 0}
+
+    @staticmethod
+    def _join_fn(tokens, valid, sampled, sampled_valid):
+        return {
+            "kl_tokens": jnp.concatenate([tokens, sampled], axis=1),
+            "kl_valid": jnp.concatenate([valid, sampled_valid], axis=1),
+            "kl_response": jnp.concatenate([jnp.zeros_like(valid), sampled_valid], axis=1),
+        }
+
+    def draw(self, refresh: int, params: nnx.State) -> dict[str, jax.Array]:
+        """Samples for refresh number ``refresh``: prompts drawn without replacement (when possible) by seed and refresh."""
+        spo = self.spo
+        rng = np.random.default_rng([self.cfg.trainer.seed, refresh])
+        rows = rng.choice(len(self.tokens), spo.kl_prompts, replace=len(self.tokens) < spo.kl_prompts)
+        rows = np.repeat(rows, spo.kl_samples_per_prompt)  # [M]
+        sharding = named_sharding(("batch", None), (len(rows), self.tokens.shape[1]), self.mesh, self.cfg.mesh.rules)
+        tokens, valid = to_global((self.tokens[rows], self.valid[rows]), (sharding, sharding))
+        out = sample(
+            self.graphdef, params, tokens, valid, jax.random.fold_in(self.key, refresh),
+            max_new_tokens=spo.kl_max_new_tokens, eos_id=self.eos, pad_id=self.pad, temperature=spo.kl_temperature,
+        )
+        return self._join(tokens, valid, out.tokens, out.valid)
+
+    def __call__(self, step: int, params: nnx.State) -> dict[str, jax.Array]:
+        if self.fields is None or (step - 1) % self.spo.kl_refresh == 0:
+            start = time.perf_counter()
+            self.fields = jax.block_until_ready(self.draw((step - 1) // self.spo.kl_refresh, params))
+            self.window["seconds"] += time.perf_counter() - start
+            self.window["samples"] += kl_rows(self.cfg.loss)
+            self.window["tokens"] += int(jnp.sum(self.fields["kl_response"]))
+        return self.fields
+
+    def drain_metrics(self, steps: int) -> dict[str, float]:
+        """Sampling cost over the logging window of ``steps`` steps, then resets the window."""
+        w, seconds = self.window, max(self.window["seconds"], 1e-9)
+        out = {
+            "kl/sample_seconds_per_step": w["seconds"] / max(steps, 1),
+            "kl/samples_per_second": w["samples"] / seconds if w["samples"] else 0.0,
+            "kl/sample_tokens_per_second": w["tokens"] / seconds if w["samples"] else 0.0,
+        }
+        self.window = {"seconds": 0.0, "samples": 0, "tokens": 0}
+        return out
