@@ -1,0 +1,117 @@
+"""soft_spo in the sharded train step: one forward over B·n listed responses, the global KL regulariser
+(value, loss, exact gradient accumulation), and tiny end-to-end runs of the shipped configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxspo.config import load_config
+from jaxspo.losses.soft_spo import SoftSpoConfig
+from jaxspo.train.list_objective import list_logps
+from jaxspo.train.logprobs import sequence_kl, sequence_logps
+from jaxspo.train.loop import train
+from tests.test_run import TINY_RUN
+from tests.test_train_step import TINY, build, random_pairs, tiny_config
+
+
+def random_lists(batch: int, n: int = 3, length: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
+    """Lists of n responses to one 4-token prompt per row; row 0 has only 2 responses (padding slot)."""
+    pairs = [random_pairs(batch, length, seed + j) for j in range(n)]
+    arrays = {f"list_{k}": np.stack([p[f"chosen_{k}"] for p in pairs], axis=1) for k in ("tokens", "valid", "loss_mask")}
+    arrays["list_tokens"][:, :, :4] = arrays["list_tokens"][:, :1, :4]  # the same prompt in every slot
+    arrays["list_mask"] = np.ones((batch, n), bool)
+    arrays["list_mask"][0, -1] = False
+    return arrays
+
+
+def kl_samples(rows: int, length: int = 16, seed: int = 7) -> dict[str, np.ndarray]:
+    """Stand-ins for sampled sequences: a 4-token prompt then a response of random length."""
+    pairs = random_pairs(rows, length, seed)
+    response = pairs["chosen_loss_mask"].copy()
+    return {"kl_tokens": pairs["chosen_tokens"], "kl_valid": pairs["chosen_valid"], "kl_response": response}
+
+
+def with_soft_spo(cfg, terms: dict[str, float], **spo):
+    loss = dataclasses.replace(cfg.loss, terms=terms, soft_spo=SoftSpoConfig(**spo))
+    return dataclasses.replace(cfg, loss=loss)
+
+
+def test_one_forward_over_lists_equals_each_response_scored_alone():
+    cfg = with_soft_spo(tiny_config(), {"soft_spo_ranked": 1.0})
+    mesh, graphdef, shardings, state, reference, step = build(cfg, {"data": 2, "fsdp": 2, "tensor": 2}, 4)
+    host = random_lists(4)
+    logps = jax.jit(list_logps, static_argnums=0)(graphdef, state.params, host)
+    score = jax.jit(sequence_logps, static_argnums=0)
+    for j in range(3):
+        alone, lengths = score(graphdef, state.params, host["list_tokens"][:, j], host["list_valid"][:, j], host["list_loss_mask"][:, j])
+        np.testing.assert_allclose(logps.policy[:, j], alone, rtol=1e-5)
+        np.testing.assert_array_equal(logps.lengths[:, j], lengths)
+
+
+@pytest.mark.parametrize("terms", [{"soft_spo": 1.0}, {"soft_spo_ranked": 1.0}])
+def test_kl_regulariser_adds_beta_times_the_sampled_kl_and_accumulates_exactly(terms):
+    kl_beta = 0.5
+    host = (random_lists(8) if "soft_spo_ranked" in terms else random_pairs(8)) | kl_samples(8)
+    outs = []
+    for accum in (1, 2):
+        cfg = with_soft_spo(tiny_config(grad_accum_steps=accum), terms, kl_beta=kl_beta, kl_prompts=8)
+        mesh, graphdef, shardings, state, reference, step = build(cfg, {"data": 2, "fsdp": 2, "tensor": 2}, 8)
+        assert set(step.batch_sharding) == set(host) and step.reference_sharding is not None
+        kl = np.asarray(jax.jit(sequence_kl, static_argnums=0)(graphdef, state.params, reference, host["kl_tokens"], host["kl_valid"], host["kl_response"]))
+        batch = {k: jax.device_put(v, step.batch_sharding[k]) for k, v in host.items()}
+        new_state, metrics = step.fn(state, reference, batch)
+        metrics = jax.device_get(metrics)
+        outs.append((metrics, jax.device_get(new_state.params)))
+        assert kl.mean() > 1e-3  # policy ≠ reference
+        np.testing.assert_allclose(metrics["kl/value"], kl.mean(), rtol=1e-5)
+        np.testing.assert_allclose(metrics["loss"], metrics["loss/preference"] + kl_beta * kl.mean(), rtol=1e-5)
+    for name in ("loss", "kl/value", "grad_norm"):
+        np.testing.assert_allclose(outs[0][0][name], outs[1][0][name], rtol=1e-5, err_msg=name)
+    for a, b in zip(jax.tree.leaves(outs[0][1]), jax.tree.leaves(outs[1][1])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_kl_gradient_is_zero_when_the_policy_is_the_reference_and_pulls_back_otherwise():
+    cfg = with_soft_spo(tiny_config(), {"soft_spo": 1.0}, kl_beta=1.0, kl_prompts=8)
+    mesh, graphdef, shardings, state, reference, step = build(cfg, {"data": 2, "fsdp": 2, "tensor": 2}, 8)
+    samples = kl_samples(8)
+
+    @jax.jit
+    def kl_of(params):
+        return sequence_kl(graphdef, params, reference, samples["kl_tokens"], samples["kl_valid"], samples["kl_response"]).mean()
+
+    at_reference = jax.jit(jax.grad(kl_of))(reference)
+    assert max(float(np.abs(g).max()) for g in jax.tree.leaves(at_reference)) < 1e-6
+    value, grad = jax.jit(jax.value_and_grad(kl_of))(state.params)
+    moved = jax.tree.map(lambda p, g: p - 1e-2 * g, state.params, grad)
+    assert float(kl_of(moved)) < float(value)  # a gradient step on the KL moves the policy toward π_ref
+
+
+@pytest.fixture(scope="module", params=["soft_spo", "soft_spo_best_of_n"])
+def tiny_run(request, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp(request.param)
+    overrides = TINY_RUN + ["loss.soft_spo.kl_prompts=8", "loss.soft_spo.kl_max_new_tokens=6", "loss.soft_spo.kl_refresh=2", "logging.plot=false", f"run_dir={run_dir}"]
+    cfg = load_config(f"configs/{request.param}.yaml", overrides)
+    assert cfg.loss.soft_spo.kl_beta > 0  # the shipped recipe runs the regulariser
+    return request.param, train(cfg, "tiny")
+
+
+@pytest.mark.slow
+def test_shipped_configs_run_end_to_end_with_the_kl_regulariser(tiny_run):
+    name, result = tiny_run
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    pref = [r for r in rows if r["phase"] == "preference"]
+    assert len(pref) == 3
+    for row in pref:
+        assert np.isfinite(row["loss"]) and row["kl/value"] >= 0.0 and row["kl/samples_per_second"] > 0
+        assert row["kl/sample_seconds_per_step"] > 0 and row["kl/sample_tokens_per_second"] > 0
+        assert row["loss"] == pytest.approx(row["loss/preference"] + 0.05 * row["kl/value"], rel=1e-4)
+    assert pref[-1]["kl/value"] > 0  # the policy has moved by the last logged step
+    assert ("list/top1_accuracy" in pref[-1]) == (name == "soft_spo_best_of_n")
+    after = [r for r in rows if r["phase"] == "eval"][-1]
+    assert after["eval/response_nll"] > 0 and after["eval/kl"] > 0
