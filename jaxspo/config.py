@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from jaxspo.data.synthetic import SyntheticTaskConfig
+from jaxspo.losses.selfsup import SelfsupConfig
 from jaxspo.models.decoder import ModelConfig
 from jaxspo.sharding import DEFAULT_RULES, MESH_AXES
 
@@ -58,6 +59,7 @@ class LossConfig:
     rdpo_alpha: float = 0.05  # R-DPO length coefficient α (per token of |y_w| − |y_l|)
     ropo_alpha: float = 14.0  # ROPO / GROPO α > 0 (paper default 14)
     discopop_tau: float = 0.05  # DiscoPOP modulation temperature τ > 0 (TRL and paper default)
+    selfsup: SelfsupConfig = dataclasses.field(default_factory=SelfsupConfig)  # + λ·preference-degree loss (weight 0 = off)
 
 
 @dataclasses.dataclass
@@ -386,6 +388,10 @@ def _validate_loss(loss: LossConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    try:
+        loss.selfsup.validate()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
