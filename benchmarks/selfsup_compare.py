@@ -49,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--eval-pairs", type=int, default=256)
     parser.add_argument("--eval-prompts", type=int, default=128)
     parser.add_argument("--out", default="/tmp/selfsup_compare")
@@ -63,7 +64,7 @@ def main() -> None:
             run("configs/selfsup_dpo.yaml", seeded + ["trainer.steps=0", "loss.selfsup.weight=0", "eval.num_pairs=32", "eval.num_prompts=16",
                 f"checkpoint.export_hf_dir={sft_dir}", f"run_dir={out / f'sft-run-s{seed}'}"], "sft")
         for name, (recipe, weight) in METHODS.items():
-            overrides = seeded + evals + [f"model.path={sft_dir}", "trainer.sft_steps=0", f"trainer.steps={args.steps}", "trainer.eval_every=0",
+            overrides = seeded + evals + [f"model.path={sft_dir}", "trainer.sft_steps=0", f"trainer.steps={args.steps}", f"trainer.batch_size={args.batch_size}", "trainer.eval_every=0",
                                           f"run_dir={out / f'{name}-s{seed}'}"]
             if weight is not None:
                 overrides.append(f"loss.selfsup.weight={weight}")
@@ -78,7 +79,7 @@ def main() -> None:
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             summary[name][key] = {"per_seed": values, "mean": statistics.fmean(values), "std": spread}
     reference = {key: [runs["dpo"][s]["before"][key] for s in args.seeds] for key in METRICS if key in runs["dpo"][args.seeds[0]]["before"]}
-    print(json.dumps({"steps": args.steps, "seeds": args.seeds, "sft_reference": reference, "methods": summary}, indent=1))
+    print(json.dumps({"steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds, "sft_reference": reference, "methods": summary}, indent=1))
 
 
 if __name__ == "__main__":

@@ -62,6 +62,14 @@ def batch_fields(loss_cfg) -> tuple[str, ...]:
     return DATA_FIELDS + ((REFERENCE_FIELD,) if precomputed else ())
 
 
+def field_shapes(loss_cfg, batch: int, length: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Shape and dtype of each selfsup batch field for ``batch`` pairs of ``length`` tokens (for AOT compiles)."""
+    dims = (batch, len(sides(loss_cfg)), loss_cfg.selfsup.levels)
+    kinds = {"selfsup_tokens": (dims + (length,), jnp.int32), "selfsup_valid": (dims + (length,), jnp.bool_),
+             "selfsup_loss_mask": (dims + (length,), jnp.bool_), "selfsup_level_valid": (dims, jnp.bool_), REFERENCE_FIELD: (dims, jnp.float32)}
+    return {name: kinds[name] for name in batch_fields(loss_cfg)}
+
+
 def _flat(x: jax.Array) -> jax.Array:
     return x.reshape((-1,) + x.shape[3:])  # [B, S, K, ...] → [B·S·K, ...]
 
