@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from jaxspo.sharding import make_mesh
 from jaxspo.train.state import TrainState, abstract_model, learning_rate_schedule, make_optimizer, param_shardings, state_shardings
+from jaxspo.train import selfsup
 from jaxspo.train.step import batch_fields, make_train_step, needs_reference
 
 GiB = 1024**3
@@ -139,6 +140,7 @@ def compile_step(cfg, devices: list, per_device_batch: int | None = None) -> dic
     length = cfg.data.max_length
     shapes = {name: ((batch, length), jnp.int32 if name.endswith("tokens") else jnp.bool_) for name in batch_fields("preference", cfg.loss)}
     shapes |= {name: ((batch,), jnp.float32) for name in shapes if not name.endswith(("tokens", "valid", "mask"))}
+    shapes |= selfsup.field_shapes(cfg.loss, batch, length)  # [B, S, K, T] degraded copies (ranking mode)
     abstract_batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=step.batch_sharding[k]) for k, (shape, dtype) in shapes.items()}
     reference = _abstract(abstract_params, step.reference_sharding) if step.reference_sharding is not None else None
     analytic = analytic_bytes(cfg, abstract_params)

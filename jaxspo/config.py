@@ -20,6 +20,7 @@ import yaml
 
 from jaxspo.data.synthetic import SyntheticTaskConfig
 from jaxspo.losses.soft_spo import SoftSpoConfig
+from jaxspo.losses.selfsup import SelfsupConfig
 from jaxspo.models.decoder import ModelConfig
 from jaxspo.sharding import DEFAULT_RULES, MESH_AXES
 
@@ -60,6 +61,7 @@ class LossConfig:
     ropo_alpha: float = 14.0  # ROPO / GROPO α > 0 (paper default 14)
     discopop_tau: float = 0.05  # DiscoPOP modulation temperature τ > 0 (TRL and paper default)
     soft_spo: SoftSpoConfig = dataclasses.field(default_factory=SoftSpoConfig)  # α, γ and the global KL regulariser
+    selfsup: SelfsupConfig = dataclasses.field(default_factory=SelfsupConfig)  # + λ·preference-degree loss (weight 0 = off)
 
 
 @dataclasses.dataclass
@@ -395,6 +397,12 @@ def _validate_loss(loss: LossConfig) -> None:
     layouts = {name: get_loss(name).layout for name in loss.terms}
     if len(set(layouts.values())) > 1:
         raise ConfigError(f"loss.terms: list losses and pair losses cannot be combined (they read different data): {layouts}")
+    try:
+        loss.selfsup.validate()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if loss.selfsup.weight and "list" in layouts.values():
+        raise ConfigError("loss.selfsup.weight: the degree loss degrades pairs' responses; it cannot be combined with list losses (soft_spo_best_of_n, soft_spo_ranked)")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -39,6 +39,7 @@ class Evaluator:
         self.prompt_tokens, self.prompt_valid = prompt_tokens, prompt_valid
         self.scorer = PairScorer(graphdef, mesh, cfg.mesh.rules, cfg.trainer.batch_size)
         self._kl_fn = jax.jit(self._kl)
+        self.extra_metrics: list[Callable[[Any, Any], dict[str, float]]] = []  # (params, reference) -> more eval/... metrics
 
     def _shard_rows(self, x: np.ndarray) -> jax.Array:
         return shard_rows(x, self.mesh, self.cfg.mesh.rules)
@@ -60,6 +61,8 @@ class Evaluator:
             "eval/dpo_loss": float(np.mean(np.logaddexp(0.0, -margin))),
         }
         out.update(self.sample_metrics(params, reference_params, rng))
+        for metrics in self.extra_metrics:
+            out.update(metrics(params, reference_params))
         return out
 
     def sample_metrics(self, params: Any, reference_params: Any, rng: jax.Array) -> dict[str, float]:

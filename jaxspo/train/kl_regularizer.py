@@ -50,9 +50,9 @@ def with_kl_regulariser(objective, graphdef: nnx.GraphDef, loss_cfg):
     count (pairs or lists) the loss is preference mean + β_KL·mean KL per sampled response."""
     beta = loss_cfg.soft_spo.kl_beta
 
-    def regularised(params: nnx.State, reference_params: Any, batch: dict[str, jax.Array]):
+    def regularised(params: nnx.State, reference_params: Any, batch: dict[str, jax.Array], head_params: Any = None):
         data = {k: v for k, v in batch.items() if k not in KL_FIELDS}
-        loss_sum, metrics = objective(params, reference_params, data)
+        loss_sum, metrics = objective(params, reference_params, data, head_params)
         with jax.named_scope("kl_regulariser"):
             kl = sequence_kl(graphdef, params, jax.lax.stop_gradient(reference_params), batch["kl_tokens"], batch["kl_valid"], batch["kl_response"])  # [M]
         preference_sum, count = metrics["loss"]

@@ -28,13 +28,14 @@ def list_logps(graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, jax.A
 
 
 def list_objective_fn(graphdef: nnx.GraphDef, loss_cfg):
-    """``objective(params, reference_params, batch) -> (loss sum over lists, metrics as (sum, count))``.
+    """``objective(params, reference_params, batch, head_params) -> (loss sum over lists, metrics as (sum, count))``
+    (``head_params`` is unused: no auxiliary head reads lists).
 
     Metrics: ``loss``, ``loss/<term>`` (several terms), ``logps/best`` (best response), ``logps/rest``
     (mean over the other listed responses), and each term's extras (e.g. ``list/top1_accuracy``).
     """
 
-    def objective(params: nnx.State, reference_params, batch: dict[str, jax.Array]):
+    def objective(params: nnx.State, reference_params, batch: dict[str, jax.Array], head_params=None):
         with jax.named_scope("policy_lists"):
             logps = list_logps(graphdef, params, batch)
         count = jnp.float32(logps.policy.shape[0])

@@ -47,6 +47,8 @@ from jaxspo.train.step import batch_fields, make_train_step, needs_reference
 from jaxspo.train.kl_regularizer import KLSampler, kl_active, regularisation_prompts
 from jaxspo.train.list_objective import uses_lists
 from jaxspo.data.lists import encode_list_rows, rank_by_scores
+from jaxspo.train import selfsup
+from jaxspo.train.selfsup_data import DegreeData, LevelRewardMetrics
 
 log = logging.getLogger("jaxspo")
 
@@ -80,6 +82,8 @@ class _Phase:
         tx = make_optimizer(cfg.optimizer, schedule, run.abstract_params)
         shardings = state_shardings(tx, run.abstract_params, run.param_sharding, run.mesh)
         self.state = init_state(tx, run.params, cfg.trainer.seed, shardings)
+        if phase == "preference":  # selfsup's classify head, if configured, trains alongside the policy
+            self.state, shardings = selfsup.attach_head(self.state, shardings, cfg.loss, cfg.model.hidden_size, schedule, run.mesh)
         self.step = make_train_step(cfg, run.mesh, run.graphdef, tx, schedule, shardings, phase, batch_size)
         self.batches = BatchIterator({k: arrays[k] for k in batch_fields(phase, cfg.loss)}, batch_size, seed=cfg.trainer.seed)
         self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / phase, cfg.checkpoint)
@@ -284,6 +288,10 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
             save_params(run.params, reference_dir)
         reference = run.params if run.reference_params is None else run.reference_params
         evaluator = run.evaluator()
+        if selfsup.active(cfg.loss):  # degraded copies of the train and eval pairs (METHODS §4)
+            degree = DegreeData(cfg, run.tokenizer, run.graphdef, run.mesh, reference, train_arrays)
+            train_arrays = train_arrays | degree(train_arrays, with_reference=selfsup.REFERENCE_FIELD in batch_fields("preference", cfg.loss))
+            evaluator.extra_metrics.append(LevelRewardMetrics(degree, evaluator.pairs))
         before = _logged_eval(run.log.path, 0) if resuming_preference else None
         if before is None:
             run.log.truncate(lambda r: r["phase"] == "sft")

@@ -1,4 +1,4 @@
-"""Sequence log-probs of many pairs under one model, in sharded fixed-size chunks (one compile)."""
+"""Sequence log-probs of many pairs (or single sequences) under one model, in sharded fixed-size chunks (one compile)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from jax.sharding import Mesh
 
 from jaxspo.distributed import to_global, to_host
 from jaxspo.sharding import Rules, activation_sharding, named_sharding
+from jaxspo.train.logprobs import forward_logits, sequence_logps, token_logps
 from jaxspo.train.step import PREFERENCE_FIELDS, pair_logps
 
 
@@ -33,13 +34,48 @@ class PairScorer:
         return chosen, rejected
 
     def __call__(self, params: Any, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        n = len(arrays["chosen_tokens"])
-        extra = (-n) % self.chunk  # pad with repeated rows to whole chunks; dropped below
-        padded = {k: np.concatenate([arrays[k], arrays[k][:extra]]) if extra else arrays[k] for k in PREFERENCE_FIELDS}
-        chosen, rejected = [], []
-        for start in range(0, n + extra, self.chunk):
-            batch = {k: shard_rows(v[start : start + self.chunk], self.mesh, self.rules) for k, v in padded.items()}
-            c, r = self._fn(params, batch)
-            chosen.append(to_host(c))
-            rejected.append(to_host(r))
-        return np.concatenate(chosen)[:n], np.concatenate(rejected)[:n]
+        chosen, rejected = score_in_chunks(self._fn, params, {k: arrays[k] for k in PREFERENCE_FIELDS}, self.chunk, self.mesh, self.rules)
+        return chosen, rejected
+
+
+def score_in_chunks(fn: Any, params: Any, arrays: dict[str, np.ndarray], chunk: int, mesh: Mesh, rules: Rules) -> tuple[np.ndarray, ...]:
+    """``fn(params, batch) -> tuple of [chunk, ...] arrays`` over all rows of ``arrays`` in sharded chunks.
+
+    The last chunk is padded with repeated rows (dropped from the outputs), so ``fn`` compiles once.
+    """
+    n = len(next(iter(arrays.values())))
+    extra = (-n) % chunk
+    padded = {k: np.concatenate([v, v[:extra]]) if extra else v for k, v in arrays.items()}
+    parts = []
+    for start in range(0, n + extra, chunk):
+        batch = {k: shard_rows(v[start : start + chunk], mesh, rules) for k, v in padded.items()}
+        parts.append(tuple(to_host(x) for x in fn(params, batch)))
+    return tuple(np.concatenate(column)[:n] for column in zip(*parts))
+
+
+class SequenceScorer:
+    """Log-probs of single sequences ``tokens/valid/loss_mask [N, T]`` under a model, in sharded chunks."""
+
+    def __init__(self, graphdef: nnx.GraphDef, mesh: Mesh, rules: Rules, chunk: int):
+        self.graphdef, self.mesh, self.rules, self.chunk = graphdef, mesh, rules, chunk
+        self._sums = jax.jit(self._chunk_sums)
+        self._tokens = jax.jit(self._chunk_tokens)
+
+    def _chunk_sums(self, params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        with activation_sharding(self.mesh, self.rules):
+            return sequence_logps(self.graphdef, params, batch["tokens"], batch["valid"], batch["loss_mask"])
+
+    def _chunk_tokens(self, params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array]:
+        with activation_sharding(self.mesh, self.rules):
+            return (token_logps(forward_logits(self.graphdef, params, batch["tokens"], batch["valid"]), batch["tokens"]),)
+
+    def sums(self, params: Any, tokens: np.ndarray, valid: np.ndarray, loss_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Summed response log-probs ``[N]`` and response lengths ``[N]`` (float32 numpy)."""
+        arrays = {"tokens": tokens, "valid": valid, "loss_mask": loss_mask}
+        logps, lengths = score_in_chunks(self._sums, params, arrays, self.chunk, self.mesh, self.rules)
+        return logps, lengths
+
+    def token_logps(self, params: Any, tokens: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """log p(tokens[:, t + 1] | tokens[:, ≤ t]) ``[N, T − 1]`` (float32 numpy)."""
+        (logps,) = score_in_chunks(self._tokens, params, {"tokens": tokens, "valid": valid}, self.chunk, self.mesh, self.rules)
+        return logps

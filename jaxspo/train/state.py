@@ -24,6 +24,7 @@ class TrainState:
     params: nnx.State  # trainable policy parameters
     opt_state: optax.OptState
     rng: jax.Array  # key for stochastic parts of the step, split visibly each step
+    head: Any = None  # auxiliary trainable head with its own optimizer state (selfsup classify); never exported
 
 
 def abstract_model(model_cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:

@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxspo.losses import PairLogps, get_loss, preference_objective
 from jaxspo.sharding import activation_sharding, logical_to_spec
+from jaxspo.train import selfsup
 from jaxspo.train.kl_regularizer import KL_FIELDS, kl_active, kl_rows, with_kl_regulariser
 from jaxspo.train.list_objective import LIST_FIELDS, LIST_RANKS, list_objective_fn, uses_lists
 from jaxspo.train.logprobs import sequence_logps
@@ -27,8 +28,8 @@ from jaxspo.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
-# objective(params, reference_params, micro_batch) -> (loss sum, metrics as (sum, count))
-Objective = Callable[[nnx.State, Any, Batch], tuple[jax.Array, Metrics]]
+# objective(params, reference_params, micro_batch, head_params) -> (loss sum, metrics as (sum, count))
+Objective = Callable[[nnx.State, Any, Batch, Any], tuple[jax.Array, Metrics]]
 
 PREFERENCE_FIELDS = ("chosen_tokens", "chosen_valid", "chosen_loss_mask", "rejected_tokens", "rejected_valid", "rejected_loss_mask", "soft_label")
 SFT_FIELDS = ("tokens", "valid", "loss_mask")
@@ -78,20 +79,21 @@ def batch_fields(phase: str, loss_cfg) -> tuple[str, ...]:
     if uses_lists(loss_cfg):
         return LIST_FIELDS
     if needs_reference(loss_cfg) and loss_cfg.reference == "precomputed":
-        return PREFERENCE_FIELDS + PRECOMPUTED_FIELDS
-    return PREFERENCE_FIELDS
+        return PREFERENCE_FIELDS + PRECOMPUTED_FIELDS + selfsup.batch_fields(loss_cfg)
+    return PREFERENCE_FIELDS + selfsup.batch_fields(loss_cfg)
 
 
 def needs_reference(loss_cfg) -> bool:
     """Whether any configured loss term uses reference log-probs (and a reference is configured)."""
-    return loss_cfg.reference != "none" and any(get_loss(name).needs_reference for name in loss_cfg.terms)
+    uses = any(get_loss(name).needs_reference for name in loss_cfg.terms) or selfsup.needs_reference(loss_cfg)
+    return loss_cfg.reference != "none" and uses
 
 
 def preference_objective_fn(graphdef: nnx.GraphDef, loss_cfg) -> Objective:
     """The configured preference loss on a micro-batch of pairs."""
     use_reference = needs_reference(loss_cfg)
 
-    def objective(params: nnx.State, reference_params: Any, batch: Batch) -> tuple[jax.Array, Metrics]:
+    def objective(params: nnx.State, reference_params: Any, batch: Batch, head_params: Any = None) -> tuple[jax.Array, Metrics]:
         with jax.named_scope("policy"):
             chosen, rejected, chosen_len, rejected_len = pair_logps(graphdef, params, batch)
         ref_chosen = ref_rejected = None
@@ -103,6 +105,9 @@ def preference_objective_fn(graphdef: nnx.GraphDef, loss_cfg) -> Objective:
             ref_chosen, ref_rejected = jax.lax.stop_gradient(ref[0]), jax.lax.stop_gradient(ref[1])
         logps = PairLogps(chosen, rejected, ref_chosen, ref_rejected, chosen_len, rejected_len, batch["soft_label"])
         loss_sum, metrics = preference_objective(logps, loss_cfg, jnp.ones_like(chosen))
+        if selfsup.active(loss_cfg):  # + λ·degree loss on the degraded copies (METHODS §4)
+            degree = selfsup.degree_objective(graphdef, params, reference_params, batch, logps, loss_cfg, head_params)
+            loss_sum, metrics = selfsup.add_degree_term(loss_sum, metrics, *degree, loss_cfg.selfsup.weight)
         tokens = (batch["chosen_valid"].sum() + batch["rejected_valid"].sum()).astype(jnp.float32)
         metrics["tokens"] = (tokens, jnp.float32(1.0))
         return loss_sum, metrics
@@ -113,7 +118,7 @@ def preference_objective_fn(graphdef: nnx.GraphDef, loss_cfg) -> Objective:
 def sft_objective_fn(graphdef: nnx.GraphDef) -> Objective:
     """Token-level NLL summed over completion tokens (divided by the global token count later)."""
 
-    def objective(params: nnx.State, reference_params: Any, batch: Batch) -> tuple[jax.Array, Metrics]:
+    def objective(params: nnx.State, reference_params: Any, batch: Batch, head_params: Any = None) -> tuple[jax.Array, Metrics]:
         logps, lengths = sequence_logps(graphdef, params, batch["tokens"], batch["valid"], batch["loss_mask"])
         loss_sum = -logps.sum()
         count = lengths.sum()
@@ -149,7 +154,8 @@ def make_train_step(
     rules = cfg.mesh.rules
     objective = sft_objective_fn(graphdef) if phase == "sft" else (list_objective_fn if uses_lists(cfg.loss) else preference_objective_fn)(graphdef, cfg.loss)
     fields = batch_fields(phase, cfg.loss)
-    ranks = {name: LIST_RANKS.get(name, 2 if name.endswith(("tokens", "valid", "mask", "response")) else 1) for name in fields + KL_FIELDS}
+    special_ranks = LIST_RANKS | selfsup.FIELD_RANKS
+    ranks = {name: special_ranks.get(name, 2 if name.endswith(("tokens", "valid", "mask", "response")) else 1) for name in fields + KL_FIELDS}
     batch_sharding = batch_shardings(fields, ranks, mesh, rules, batch_size)
     regularised = phase == "preference" and kl_active(cfg.loss)  # samples arrive as extra batch fields
     if regularised:
@@ -162,29 +168,31 @@ def make_train_step(
         with activation_sharding(mesh, rules):
             count = _global_count(phase, batch)
             micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
-            grad_fn = jax.value_and_grad(objective, has_aux=True)
-            (_, metrics), grads = grad_fn(state.params, reference_params, jax.tree.map(lambda x: x[0], micro))
+            head_params = None if state.head is None else state.head["params"]  # selfsup's classify head
+            grad_fn = jax.value_and_grad(lambda p, h, r, b: objective(p, r, b, h), argnums=(0, 1), has_aux=True)
+            (_, metrics), grads = grad_fn(state.params, head_params, reference_params, jax.tree.map(lambda x: x[0], micro))
 
             def accumulate(carry, micro_batch):
-                (_, m), g = grad_fn(state.params, reference_params, micro_batch)
+                (_, m), g = grad_fn(state.params, head_params, reference_params, micro_batch)
                 return jax.tree.map(jnp.add, carry, (g, m)), None
 
             if accum > 1:
                 rest = jax.tree.map(lambda x: x[1:], micro)
                 (grads, metrics), _ = jax.lax.scan(accumulate, (grads, metrics), rest)
-            grads = jax.tree.map(lambda g: g / count, grads)
+            grads, head_grads = jax.tree.map(lambda g: g / count, grads)
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
+            head = None if state.head is None else selfsup.update_head(state.head, head_grads, schedule)
         out = {"tokens": metrics.pop("tokens")[0]}  # real (non-pad) tokens in the step: a total
         out.update({name: total / jnp.maximum(n, 1.0) for name, (total, n) in metrics.items()})
         out["grad_norm"] = optax.tree.norm(grads)
         # Numerical guard: a non-finite loss or gradient never reaches the parameters or moments.
         finite = jnp.isfinite(out["loss"]) & jnp.isfinite(out["grad_norm"])
-        params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state), (state.params, state.opt_state))
+        params, opt_state, head = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state, head), (state.params, state.opt_state, state.head))
         out["nonfinite"] = 1.0 - finite.astype(jnp.float32)
         out["learning_rate"] = schedule(state.step)
         rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), out
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng, head=head), out
 
     uses_reference = (phase == "preference" and needs_reference(cfg.loss) and cfg.loss.reference == "resident") or regularised
     reference_sharding = state_sharding.params if uses_reference else None

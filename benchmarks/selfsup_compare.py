@@ -1,0 +1,86 @@
+"""selfsup vs its base loss on the built-in task: {dpo, selfsup+dpo, simpo, selfsup+simpo} × seeds. Prints JSON.
+
+    PYTHONPATH=. python benchmarks/selfsup_compare.py [--seeds 0 1 2] [--steps 150] [--out /tmp/selfsup_compare]
+
+Per seed S (``trainer.seed=S data.synthetic.seed=S``) one SFT run (the recipes' 300 steps) is exported as a
+Hugging Face folder; the four preference runs start from it (``model.path``, no SFT of their own), so the
+four methods share the reference. The baselines are the selfsup recipes with ``loss.selfsup.weight=0``.
+Held-out metrics are those of the final evaluation (``RUN_DIR/metrics.jsonl``); the JSON gives every
+seed's value and the mean and sample standard deviation over seeds. Finished runs are reused (each writes
+``RUN_DIR/result.json``), so seeds can run in parallel processes (``--seeds 1``) and a last call with all
+seeds only summarises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from jaxspo.config import load_config
+from jaxspo.train.loop import train
+
+METHODS = {  # name → (recipe, selfsup weight)
+    "dpo": ("configs/selfsup_dpo.yaml", 0.0),
+    "selfsup+dpo": ("configs/selfsup_dpo.yaml", None),
+    "simpo": ("configs/selfsup_simpo.yaml", 0.0),
+    "selfsup+simpo": ("configs/selfsup_simpo.yaml", None),
+}
+QUIET = ["logging.progress_bar=false", "logging.plot=false", "logging.tensorboard=false", "checkpoint.every_steps=0", "checkpoint.save_final=false"]
+METRICS = ("eval/gold/correctness", "eval/gold/brevity", "eval/rewards/accuracies", "eval/logps_accuracy", "eval/kl")
+
+
+def run(recipe: str, overrides: list[str], name: str) -> dict[str, float]:
+    """One run's held-out metrics before and after; reused from ``RUN_DIR/result.json`` if it finished before."""
+    cfg = load_config(recipe, overrides + QUIET)
+    saved = Path(cfg.run_dir) / "result.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    started = time.perf_counter()
+    result = train(cfg, name)
+    out = {"before": result.before, "after": result.after, "seconds": time.perf_counter() - started}
+    saved.write_text(json.dumps(out))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--eval-pairs", type=int, default=256)
+    parser.add_argument("--eval-prompts", type=int, default=128)
+    parser.add_argument("--out", default="/tmp/selfsup_compare")
+    args = parser.parse_args()
+    out = Path(args.out)
+    evals = [f"eval.num_pairs={args.eval_pairs}", f"eval.num_prompts={args.eval_prompts}"]
+    runs: dict[str, dict[int, dict]] = {name: {} for name in METHODS}
+    for seed in args.seeds:
+        seeded = [f"trainer.seed={seed}", f"data.synthetic.seed={seed}"]
+        sft_dir = out / f"sft-s{seed}"
+        if not (sft_dir / "config.json").is_file():
+            run("configs/selfsup_dpo.yaml", seeded + ["trainer.steps=0", "loss.selfsup.weight=0", "eval.num_pairs=32", "eval.num_prompts=16",
+                f"checkpoint.export_hf_dir={sft_dir}", f"run_dir={out / f'sft-run-s{seed}'}"], "sft")
+        for name, (recipe, weight) in METHODS.items():
+            overrides = seeded + evals + [f"model.path={sft_dir}", "trainer.sft_steps=0", f"trainer.steps={args.steps}", f"trainer.batch_size={args.batch_size}", "trainer.eval_every=0",
+                                          f"run_dir={out / f'{name}-s{seed}'}"]
+            if weight is not None:
+                overrides.append(f"loss.selfsup.weight={weight}")
+            runs[name][seed] = run(recipe, overrides, name)
+            print(json.dumps({"method": name, "seed": seed, "seconds": round(runs[name][seed]["seconds"], 1)}), flush=True)
+    summary = {}
+    for name, by_seed in runs.items():
+        keys = [k for k in by_seed[args.seeds[0]]["after"] if k in METRICS or k.startswith("eval/selfsup/")]
+        summary[name] = {}
+        for key in keys:
+            values = [by_seed[s]["after"][key] for s in args.seeds if key in by_seed[s]["after"]]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            summary[name][key] = {"per_seed": values, "mean": statistics.fmean(values), "std": spread}
+    reference = {key: [runs["dpo"][s]["before"][key] for s in args.seeds] for key in METRICS if key in runs["dpo"][args.seeds[0]]["before"]}
+    print(json.dumps({"steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds, "sft_reference": reference, "methods": summary}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Self-supervised preference-degree losses (selfsup; Li et al., arXiv 2409.17791, EMNLP 2024 Findings).
+
+L = L_align + λ·L_degree (METHODS §4). From each response y the data pipeline makes copies
+ỹ^(1) … ỹ^(K) with more and more key content removed (:mod:`jaxspo.data.degrade`); ỹ^(0) = y.
+The degree losses here are pure functions of per-level values ``[..., K + 1]`` with a validity mask
+(level 0 always valid; a level that removes nothing more than the one before is invalid) [I]:
+
+- ``ranking`` / ``plackett_luce``: −(1/|terms|) Σ_k [r_k − logsumexp_{j ≥ k} r_j] over valid levels k that
+  have a valid level after them — the Plackett–Luce likelihood of the order ỹ^(0) ≻ … ≻ ỹ^(K);
+- ``ranking`` / ``pairwise``: mean over valid pairs i < j of −log σ(r_i − r_j);
+- ``classify``: cross-entropy of a head's level logits ``[..., K + 1, K + 1]`` against the level k.
+
+The rewards r are the base loss's implicit reward of each copy (:func:`level_rewards`):
+β·log πθ/π_ref (``log_ratio``), β·log πθ/|y| (``mean_logp``, SimPO's) or β·log πθ (``logp``, CPO's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jaxspo.data.degrade import KEY_SCORINGS, UNITS
+
+MODES = ("ranking", "classify")
+RANKINGS = ("plackett_luce", "pairwise")
+REWARDS = ("auto", "log_ratio", "mean_logp", "logp")
+DEGRADE_SIDES = {"chosen": ("chosen",), "rejected": ("rejected",), "both": ("chosen", "rejected")}
+
+
+@dataclasses.dataclass
+class SelfsupConfig:
+    """``loss.selfsup``: the preference-degree term added to ``loss.terms`` (weight 0 = off, no extra work)."""
+
+    weight: float = 0.0  # λ; 0 disables selfsup (no degraded data, no extra forward)
+    mode: str = "ranking"  # ranking | classify
+    ranking: str = "plackett_luce"  # plackett_luce | pairwise (mode ranking)
+    reward: str = "auto"  # auto | log_ratio | mean_logp | logp; auto: log_ratio if the first term needs π_ref, else mean_logp
+    levels: int = 3  # K degraded copies per response
+    fraction: float = 0.2  # share of the units removed per level (level k removes ceil(k·fraction·n))
+    unit: str = "word"  # token | word | sentence
+    key_scoring: str = "tfidf"  # tfidf (over the training responses) | surprisal (reference model)
+    degrade: str = "chosen"  # chosen | rejected | both
+    seed: int = 0  # tie-breaking among equally key units
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first bad ``loss.selfsup`` key."""
+        checks = [
+            (self.weight >= 0, f"loss.selfsup.weight must be >= 0, got {self.weight}"),
+            (self.mode in MODES, f"loss.selfsup.mode must be one of {MODES}, got '{self.mode}'"),
+            (self.ranking in RANKINGS, f"loss.selfsup.ranking must be one of {RANKINGS}, got '{self.ranking}'"),
+            (self.reward in REWARDS, f"loss.selfsup.reward must be one of {REWARDS}, got '{self.reward}'"),
+            (self.levels >= 1, f"loss.selfsup.levels must be >= 1, got {self.levels}"),
+            (0.0 < self.fraction <= 1.0, f"loss.selfsup.fraction must be in (0, 1], got {self.fraction}"),
+            (self.unit in UNITS, f"loss.selfsup.unit must be one of {UNITS}, got '{self.unit}'"),
+            (self.key_scoring in KEY_SCORINGS, f"loss.selfsup.key_scoring must be one of {KEY_SCORINGS}, got '{self.key_scoring}'"),
+            (self.degrade in DEGRADE_SIDES, f"loss.selfsup.degrade must be one of {tuple(DEGRADE_SIDES)}, got '{self.degrade}'"),
+            (self.seed >= 0, f"loss.selfsup.seed must be >= 0, got {self.seed}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def level_rewards(kind: str, beta: float, policy: jax.Array, reference: jax.Array | None, lengths: jax.Array) -> jax.Array:
+    """Implicit reward of sequences from their summed log-probs (any shape; ``reference`` None = π_ref ≡ 1)."""
+    if kind == "log_ratio":
+        return beta * (policy if reference is None else policy - reference)
+    if kind == "mean_logp":
+        return beta * policy / jnp.maximum(lengths, 1.0)
+    if kind == "logp":
+        return beta * policy
+    raise ValueError(f"unknown selfsup reward '{kind}'")
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    mask = mask.astype(values.dtype)
+    return jnp.where(mask > 0, values, 0.0).sum(axes) / jnp.maximum(mask.sum(axes), 1.0)
+
+
+def plackett_luce_loss(rewards: jax.Array, valid: jax.Array) -> jax.Array:
+    """−mean_k log P_PL(level k first among the valid levels ≥ k), ``rewards``/``valid`` ``[..., L]`` → ``[...]``.
+
+    Terms: valid k with a valid level after it; 0 where there is none.
+    """
+    masked = jnp.where(valid, rewards, -1e30)  # finite: no NaN gradients through the cumulative logsumexp
+    tail = jax.lax.cumlogsumexp(masked, axis=masked.ndim - 1, reverse=True)  # logsumexp over valid j ≥ k
+    later = jnp.flip(jnp.cumsum(jnp.flip(valid.astype(jnp.int32), -1), -1), -1) - valid  # valid levels after k
+    term = valid & (later > 0)
+    log_prob = jnp.where(term, rewards - jnp.where(term, tail, 0.0), 0.0)
+    return -_masked_mean(log_prob, term, (-1,))
+
+
+def pairwise_loss(rewards: jax.Array, valid: jax.Array) -> jax.Array:
+    """Mean over valid level pairs i < j of −log σ(r_i − r_j), ``[..., L]`` → ``[...]`` (0 without pairs)."""
+    levels = rewards.shape[-1]
+    upper = jnp.triu(jnp.ones((levels, levels), bool), k=1)
+    pairs = upper & valid[..., :, None] & valid[..., None, :]
+    diff = rewards[..., :, None] - rewards[..., None, :]
+    return _masked_mean(-jax.nn.log_sigmoid(diff), pairs, (-2, -1))
+
+
+def pairwise_accuracy(rewards: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(number of valid pairs i < j with r_i > r_j, number of valid pairs), each ``[...]``."""
+    levels = rewards.shape[-1]
+    pairs = jnp.triu(jnp.ones((levels, levels), bool), k=1) & valid[..., :, None] & valid[..., None, :]
+    right = pairs & (rewards[..., :, None] > rewards[..., None, :])
+    return right.sum((-2, -1)).astype(jnp.float32), pairs.sum((-2, -1)).astype(jnp.float32)
+
+
+def classify_loss(logits: jax.Array, valid: jax.Array) -> jax.Array:
+    """Mean over valid levels k of −log softmax(logits[..., k, :])[k], ``[..., L, L]`` → ``[...]``.
+
+    Rows with only level 0 valid count too (a single-level response still teaches "undegraded").
+    """
+    picked = jnp.diagonal(jax.nn.log_softmax(logits, axis=-1), axis1=-2, axis2=-1)  # [..., L]: log p(level k | copy k)
+    return -_masked_mean(picked, valid, (-1,))
+
+
+def ranking_degree_loss(rewards: jax.Array, valid: jax.Array, form: str) -> jax.Array:
+    """``plackett_luce`` or ``pairwise`` degree loss per source ``[B, S]``, averaged over sources → ``[B]``."""
+    fn = plackett_luce_loss if form == "plackett_luce" else pairwise_loss
+    return fn(rewards, valid).mean(-1)

@@ -1,0 +1,185 @@
+"""selfsup inside the train step: forwards of the degraded copies, the degree loss, the classify head.
+
+The step calls :func:`degree_objective` after the base objective when ``loss.selfsup.weight`` > 0
+(weight 0 adds no batch field, no forward and no head: the step is the base step exactly). Batch fields
+(built before training by :mod:`jaxspo.train.selfsup_data`): ``selfsup_tokens``, ``selfsup_valid``,
+``selfsup_loss_mask`` ``[B, S, K, T]``, ``selfsup_level_valid`` ``[B, S, K]`` and, with a precomputed
+reference, ``selfsup_reference_logps`` ``[B, S, K]``; S = 1 or 2 degraded sides, K levels.
+
+The ``classify`` head (a linear map of the mean-pooled last-layer hidden state to K + 1 level logits) lives
+in ``TrainState.head`` = ``{"params": {"kernel" [D, K+1], "bias" [K+1]}, "opt_state": Adam state}``: it is
+trained with its own Adam at the policy's learning-rate schedule (no clipping, no weight decay) [I],
+checkpointed with the state, and never exported (it is not part of the policy's parameters).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxspo.losses import PairLogps, get_loss
+from jaxspo.losses.selfsup import DEGRADE_SIDES, classify_loss, level_rewards, pairwise_accuracy, ranking_degree_loss
+from jaxspo.train.logprobs import positions_from_valid, sequence_logps
+
+Metrics = dict[str, tuple[jax.Array, jax.Array]]
+DATA_FIELDS = ("selfsup_tokens", "selfsup_valid", "selfsup_loss_mask", "selfsup_level_valid")
+REFERENCE_FIELD = "selfsup_reference_logps"
+FIELD_RANKS = {"selfsup_tokens": 4, "selfsup_valid": 4, "selfsup_loss_mask": 4, "selfsup_level_valid": 3, REFERENCE_FIELD: 3}
+
+
+def active(loss_cfg) -> bool:
+    """Whether the degree term is on (λ > 0)."""
+    return loss_cfg.selfsup.weight > 0
+
+
+def reward_kind(loss_cfg) -> str:
+    """The ranking reward: ``loss.selfsup.reward``, or for ``auto`` log_ratio if the first term reads π_ref, else mean_logp."""
+    kind = loss_cfg.selfsup.reward
+    if kind != "auto":
+        return kind
+    return "log_ratio" if get_loss(next(iter(loss_cfg.terms))).needs_reference else "mean_logp"
+
+
+def needs_reference(loss_cfg) -> bool:
+    """Whether the degree term needs reference log-probs (ranking on β·log πθ/π_ref with a reference)."""
+    return active(loss_cfg) and loss_cfg.selfsup.mode == "ranking" and reward_kind(loss_cfg) == "log_ratio" and loss_cfg.reference != "none"
+
+
+def sides(loss_cfg) -> tuple[str, ...]:
+    return DEGRADE_SIDES[loss_cfg.selfsup.degrade]
+
+
+def batch_fields(loss_cfg) -> tuple[str, ...]:
+    """The selfsup arrays a preference step reads (none when off)."""
+    if not active(loss_cfg):
+        return ()
+    precomputed = needs_reference(loss_cfg) and loss_cfg.reference == "precomputed"
+    return DATA_FIELDS + ((REFERENCE_FIELD,) if precomputed else ())
+
+
+def field_shapes(loss_cfg, batch: int, length: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Shape and dtype of each selfsup batch field for ``batch`` pairs of ``length`` tokens (for AOT compiles)."""
+    dims = (batch, len(sides(loss_cfg)), loss_cfg.selfsup.levels)
+    kinds = {"selfsup_tokens": (dims + (length,), jnp.int32), "selfsup_valid": (dims + (length,), jnp.bool_),
+             "selfsup_loss_mask": (dims + (length,), jnp.bool_), "selfsup_level_valid": (dims, jnp.bool_), REFERENCE_FIELD: (dims, jnp.float32)}
+    return {name: kinds[name] for name in batch_fields(loss_cfg)}
+
+
+def _flat(x: jax.Array) -> jax.Array:
+    return x.reshape((-1,) + x.shape[3:])  # [B, S, K, ...] → [B·S·K, ...]
+
+
+def _originals(logps: PairLogps, names: tuple[str, ...]) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+    """Policy, reference and length of the undegraded responses, ``[B, S]`` each."""
+    policy = jnp.stack([getattr(logps, f"policy_{s}") for s in names], 1)
+    reference = None if logps.reference_chosen is None else jnp.stack([getattr(logps, f"reference_{s}") for s in names], 1)
+    lengths = jnp.stack([getattr(logps, f"{s}_length") for s in names], 1)
+    return policy, reference, lengths
+
+
+def copy_rewards(graphdef: nnx.GraphDef, params: Any, reference_params: Any, batch: dict[str, jax.Array], logps: PairLogps, loss_cfg) -> jax.Array:
+    """Implicit rewards of levels 0…K, ``[B, S, K + 1]`` (level 0 from the base objective's log-probs)."""
+    kind, shape = reward_kind(loss_cfg), batch["selfsup_level_valid"].shape
+    tokens, valid, mask = (_flat(batch[f"selfsup_{n}"]) for n in ("tokens", "valid", "loss_mask"))
+    with jax.named_scope("selfsup_policy"):
+        policy, lengths = (x.reshape(shape) for x in sequence_logps(graphdef, params, tokens, valid, mask))
+    reference = None
+    if kind == "log_ratio" and REFERENCE_FIELD in batch:
+        reference = batch[REFERENCE_FIELD]
+    elif kind == "log_ratio" and needs_reference(loss_cfg):
+        with jax.named_scope("selfsup_reference"):
+            reference = jax.lax.stop_gradient(sequence_logps(graphdef, reference_params, tokens, valid, mask)[0].reshape(shape))
+    copies = level_rewards(kind, loss_cfg.beta, policy, reference, lengths)
+    original = level_rewards(kind, loss_cfg.beta, *_originals(logps, sides(loss_cfg)))
+    return jnp.concatenate([original[..., None], copies], -1)
+
+
+def level_logits(graphdef: nnx.GraphDef, params: Any, head_params: Any, batch: dict[str, jax.Array], loss_cfg) -> jax.Array:
+    """The head's level logits for levels 0…K of each degraded side, ``[B, S, K + 1, K + 1]``."""
+    names = sides(loss_cfg)
+
+    def with_original(field: str) -> jax.Array:  # [B, S, K + 1, T]
+        original = jnp.stack([batch[f"{s}_{field}"] for s in names], 1)[:, :, None]
+        return jnp.concatenate([original, batch[f"selfsup_{field}"]], 2)
+
+    tokens, valid, mask = (with_original(f) for f in ("tokens", "valid", "loss_mask"))
+    shape = tokens.shape[:3]
+    with jax.named_scope("selfsup_policy"):
+        model = nnx.merge(graphdef, params)
+        flat_valid = _flat(valid)
+        _, hidden = model.hidden_states(_flat(tokens), positions_from_valid(flat_valid), flat_valid)  # [L+1, N, T, D]
+    weights = _flat(mask).astype(jnp.float32)[..., None]  # pool over response positions
+    pooled = (hidden[-1].astype(jnp.float32) * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)  # [N, D]
+    logits = pooled @ head_params["kernel"] + head_params["bias"]
+    return logits.reshape(shape + logits.shape[-1:])
+
+
+def degree_objective(
+    graphdef: nnx.GraphDef, params: Any, reference_params: Any, batch: dict[str, jax.Array], logps: PairLogps, loss_cfg, head_params: Any
+) -> tuple[jax.Array, Metrics]:
+    """Per-pair degree loss ``[B]`` and metrics as (sum, count): ``selfsup/loss``, ``selfsup/accuracy``,
+    and for ranking ``selfsup/reward_level_k`` (mean implicit reward of level k over valid copies)."""
+    cfg = loss_cfg.selfsup
+    level_valid = batch["selfsup_level_valid"]
+    valid = jnp.concatenate([jnp.ones(level_valid.shape[:2] + (1,), bool), level_valid], -1)  # [B, S, K + 1]
+    metrics: Metrics = {}
+    if cfg.mode == "ranking":
+        rewards = copy_rewards(graphdef, params, reference_params, batch, logps, loss_cfg)
+        degree = ranking_degree_loss(rewards, valid, cfg.ranking)
+        right, pairs = pairwise_accuracy(jax.lax.stop_gradient(rewards), valid)
+        metrics["selfsup/accuracy"] = (right.sum(), pairs.sum())
+        for k in range(rewards.shape[-1]):
+            metrics[f"selfsup/reward_level_{k}"] = (jnp.where(valid[..., k], jax.lax.stop_gradient(rewards[..., k]), 0.0).sum(), valid[..., k].sum().astype(jnp.float32))
+    else:
+        logits = level_logits(graphdef, params, head_params, batch, loss_cfg)
+        degree = classify_loss(logits, valid).mean(-1)
+        right = (jnp.argmax(logits, -1) == jnp.arange(logits.shape[-1])) & valid
+        metrics["selfsup/accuracy"] = (right.sum().astype(jnp.float32), valid.sum().astype(jnp.float32))
+    metrics["selfsup/loss"] = (jax.lax.stop_gradient(degree).sum(), jnp.float32(degree.shape[0]))
+    return degree, metrics
+
+
+def add_degree_term(loss_sum: jax.Array, metrics: Metrics, degree: jax.Array, degree_metrics: Metrics, weight: float) -> tuple[jax.Array, Metrics]:
+    """total = base + λ·Σ_pairs degree; the ``loss`` metric becomes the total, the rest are added."""
+    extra = weight * degree.sum()
+    total, count = metrics["loss"]
+    return loss_sum + extra, metrics | degree_metrics | {"loss": (total + jax.lax.stop_gradient(extra), count)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The classify head: its own parameters and optimizer state inside TrainState.head
+# ---------------------------------------------------------------------------------------------
+
+
+def head_optimizer(schedule: optax.Schedule) -> optax.GradientTransformation:
+    return optax.adam(schedule)
+
+
+def init_head(loss_cfg, hidden_size: int, schedule: optax.Schedule) -> dict[str, Any] | None:
+    """Zero-initialised head and its Adam state for ``classify`` (None otherwise)."""
+    if not (active(loss_cfg) and loss_cfg.selfsup.mode == "classify"):
+        return None
+    classes = loss_cfg.selfsup.levels + 1
+    params = {"kernel": jnp.zeros((hidden_size, classes), jnp.float32), "bias": jnp.zeros((classes,), jnp.float32)}
+    return {"params": params, "opt_state": head_optimizer(schedule).init(params)}
+
+
+def attach_head(state: Any, shardings: Any, loss_cfg, hidden_size: int, schedule: optax.Schedule, mesh: Mesh) -> tuple[Any, Any]:
+    """``(state, shardings)`` with the classify head added (replicated); unchanged for other configs."""
+    abstract = jax.eval_shape(lambda: init_head(loss_cfg, hidden_size, schedule))
+    if abstract is None:
+        return state, shardings
+    head_sharding = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), abstract)
+    head = jax.jit(lambda: init_head(loss_cfg, hidden_size, schedule), out_shardings=head_sharding)()
+    return state.replace(head=head), shardings.replace(head=head_sharding)
+
+
+def update_head(head: dict[str, Any], grads: Any, schedule: optax.Schedule) -> dict[str, Any]:
+    """One Adam step of the head with ``grads`` (already divided by the global pair count)."""
+    updates, opt_state = head_optimizer(schedule).update(grads, head["opt_state"], head["params"])
+    return {"params": optax.apply_updates(head["params"], updates), "opt_state": opt_state}

@@ -1,0 +1,102 @@
+"""selfsup in the train step: λ = 0 is the base loss exactly, λ > 0 adds λ·degree, the classify head trains."""
+
+import dataclasses
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from jaxspo.checkpoint import PhaseCheckpoints
+from jaxspo.config import CheckpointConfig
+from jaxspo.data.degrade import Degrader, degraded_arrays, response_ids
+from jaxspo.losses.selfsup import SelfsupConfig
+from jaxspo.train import selfsup
+from jaxspo.train.state import abstract_model, learning_rate_schedule, make_optimizer, state_shardings
+from jaxspo.train.step import batch_fields, make_train_step, preference_objective_fn
+from tests.test_train_step import build, random_pairs, tiny_config
+
+MESH = {"data": 2, "fsdp": 2, "tensor": 2}
+TOKENS = types.SimpleNamespace(eos_token_id=2, pad_token_id=0)  # random_pairs' responses carry no EOS
+
+
+def pairs_with_copies(batch: int, sides=("chosen",), seed: int = 0) -> dict[str, np.ndarray]:
+    host = random_pairs(batch, seed=seed)
+    corpus = response_ids(host["chosen_tokens"], host["chosen_loss_mask"], 2)
+    degrader = Degrader(TOKENS, "token", "tfidf", levels=3, fraction=0.2, seed=0).fit(corpus)
+    return host | degraded_arrays(degrader, host, sides, host["chosen_tokens"].shape[1])
+
+
+def config(terms: dict, weight: float, **selfsup_fields):
+    cfg = tiny_config()
+    reference = "none" if "simpo" in terms else "resident"
+    loss = dataclasses.replace(cfg.loss, terms=terms, reference=reference, selfsup=SelfsupConfig(weight=weight, **selfsup_fields))
+    return dataclasses.replace(cfg, loss=loss)
+
+
+@pytest.fixture(scope="module")
+def model():
+    _, graphdef, _, state, reference, _ = build(tiny_config(), MESH, 8)
+    return graphdef, state.params, reference
+
+
+def loss_and_grads(model, cfg, host):
+    graphdef, params, reference = model
+    objective = preference_objective_fn(graphdef, cfg.loss)
+    fields = {k: host[k] for k in batch_fields("preference", cfg.loss)}
+    fn = jax.jit(jax.value_and_grad(lambda p, r, b: objective(p, r, b), has_aux=True))
+    (loss_sum, metrics), grads = fn(params, reference, fields)
+    return jax.device_get((loss_sum, metrics, grads))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("terms", [{"dpo": 1.0}, {"ipo": 1.0}, {"simpo": 1.0}, {"gdpo": 1.0}])
+def test_weight_zero_is_the_base_loss_exactly_and_weight_positive_adds_the_degree_term(model, terms):
+    host = pairs_with_copies(8)
+    host["soft_label"] = np.linspace(0.6, 1.0, 8).astype(np.float32)
+    base = loss_and_grads(model, config(terms, 0.0), host)
+    off = config(terms, 0.0, mode="classify", levels=2, degrade="both")  # every other selfsup setting changed
+    assert not any(f.startswith("selfsup") for f in batch_fields("preference", off.loss))  # no extra data or forward
+    zero = loss_and_grads(model, off, host)
+    assert float(zero[0]) == float(base[0])
+    for a, b in zip(jax.tree.leaves(zero[2]), jax.tree.leaves(base[2])):
+        np.testing.assert_array_equal(a, b)
+    on = loss_and_grads(model, config(terms, 0.5), host)
+    degree = float(on[1]["selfsup/loss"][0])
+    assert degree > 0
+    np.testing.assert_allclose(float(on[0]), float(base[0]) + 0.5 * degree, rtol=1e-5)
+    np.testing.assert_allclose(float(on[1]["loss"][0]), float(on[0]), rtol=1e-6)
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(on[2]), jax.tree.leaves(base[2])))
+
+
+def test_reward_auto_follows_the_first_term():
+    assert selfsup.reward_kind(config({"dpo": 1.0}, 1.0).loss) == "log_ratio"
+    assert selfsup.reward_kind(config({"simpo": 1.0}, 1.0).loss) == "mean_logp"
+    assert selfsup.needs_reference(config({"dpo": 1.0}, 1.0).loss)
+    assert not selfsup.needs_reference(config({"simpo": 1.0}, 1.0).loss)
+
+
+@pytest.mark.slow
+def test_classify_head_trains_in_the_state_is_checkpointed_and_kept_out_of_the_policy(tmp_path):
+    cfg = config({"dpo": 1.0}, 1.0, mode="classify", degrade="both")
+    host = pairs_with_copies(8, sides=("chosen", "rejected"))
+    mesh, graphdef, shardings, state, reference, _ = build(cfg, MESH, 8)
+
+    schedule = learning_rate_schedule(cfg.optimizer, 10, 1e-2)
+    tx = make_optimizer(cfg.optimizer, schedule, state.params)
+    st_sharding = state_shardings(tx, state.params, shardings, mesh)
+    state, st_sharding = selfsup.attach_head(state, st_sharding, cfg.loss, cfg.model.hidden_size, schedule, mesh)
+    assert state.head["params"]["kernel"].shape == (cfg.model.hidden_size, 4)
+    step = make_train_step(cfg, mesh, graphdef, tx, schedule, st_sharding, "preference", 8)
+    batch = {k: jax.device_put(host[k], step.batch_sharding[k]) for k in batch_fields("preference", cfg.loss)}
+    before = jax.device_get(state.head["params"])
+    state, metrics = step.fn(state, reference, batch)
+    after = jax.device_get(state.head["params"])
+    assert np.abs(after["kernel"] - before["kernel"]).max() > 0 and np.abs(after["bias"]).max() > 0
+    assert np.isfinite(float(metrics["selfsup/loss"])) and "selfsup/accuracy" in metrics
+    assert len(jax.tree.leaves(state.params)) == len(jax.tree.leaves(abstract_model(cfg.model)[1]))  # the head is not a policy param
+    checkpoints = PhaseCheckpoints(tmp_path / "preference", CheckpointConfig(async_save=False))
+    checkpoints.save(1, state, {"step": 1})
+    _, restored, _ = checkpoints.restore_latest(state)
+    checkpoints.close()
+    np.testing.assert_array_equal(jax.device_get(restored.head["params"]["kernel"]), after["kernel"])
