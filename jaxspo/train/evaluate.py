@@ -41,7 +41,7 @@ class Evaluator:
         tokenizer,
         pairs: dict[str, np.ndarray],
         prompts: tuple[np.ndarray, np.ndarray, list[str]],
-        gold_rewards: Callable[[str, str], dict[str, float]],
+        gold_rewards: Callable[[str, str], dict[str, float]] | None,
         dimensions: tuple[str, ...],
     ):
         self.cfg, self.mesh, self.graphdef, self.tokenizer = cfg, mesh, graphdef, tokenizer
@@ -85,12 +85,12 @@ class Evaluator:
         )
         sampled, sampled_valid = to_host(out.tokens), to_host(out.valid)  # the same on every process
         texts = decode_responses(sampled, sampled_valid, self.tokenizer)
-        scores = [self.gold_rewards(p, r) for p, r in zip(self.prompt_texts, texts)]
+        scores = [self.gold_rewards(p, r) for p, r in zip(self.prompt_texts, texts)] if self.gold_rewards else []
         full_tokens = np.concatenate([self.prompt_tokens, sampled], axis=1)
         full_valid = np.concatenate([self.prompt_valid, sampled_valid], axis=1)
         response = np.concatenate([np.zeros_like(self.prompt_valid), sampled_valid], axis=1)
         kl = self._kl_fn(params, reference_params, *(self._shard_rows(x) for x in (full_tokens, full_valid, response)))
-        metrics = {f"eval/gold/{d}": float(np.mean([s[d] for s in scores])) for d in self.dimensions}
+        metrics = {f"eval/gold/{d}": float(np.mean([s[d] for s in scores])) for d in self.dimensions if scores}
         metrics["eval/kl"] = float(np.mean(to_host(kl)))
         metrics["eval/response_tokens"] = float(sampled_valid.sum(1).mean())
         return metrics
