@@ -1,6 +1,7 @@
 """Command line: ``jaxspo train CONFIG [key=value ...]``, ``jaxspo export RUN_DIR --out DIR``,
 ``jaxspo score MODEL_DIR DATA.jsonl --out OUT.jsonl``, ``jaxspo compile CONFIG --topology v5p-128``,
-``jaxspo launch (--local N | --tpu NAME | --queued-resource NAME | --slurm | --hosts H0,H1,...) CONFIG [key=value ...]``."""
+``jaxspo launch (--local N | --tpu NAME | --queued-resource NAME | --slurm | --hosts H0,H1,...) CONFIG [key=value ...]``,
+``jaxspo data prepare NAME --manual-dir DIR``, ``jaxspo plot RUN_DIR``, ``jaxspo eval CONFIG [--params DIR]``."""
 
 from __future__ import annotations
 
@@ -73,6 +74,33 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_prepare(args: argparse.Namespace) -> int:
+    from jaxspo.data.prepare import format_summary, prepare
+
+    try:
+        summary = prepare(args.name, args.manual_dir, args.data_dir)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"jaxspo: error: {err}", file=sys.stderr)
+        return 1
+    print(format_summary(summary))
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from jaxspo.train.metrics_log import plot_curves
+
+    metrics = Path(args.run_dir) / "metrics.jsonl"
+    if not metrics.is_file():
+        print(f"jaxspo: error: {metrics} does not exist (is {args.run_dir} a run directory?)", file=sys.stderr)
+        return 1
+    out = Path(args.out or Path(args.run_dir) / "curves.png")
+    if not plot_curves(metrics, out):
+        print(f"jaxspo: error: {metrics} holds none of the plotted metrics", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxspo", description="Preference optimisation for causal LMs in JAX.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -101,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--json", default="", help="also write the report as JSON to this path")
     compile_.add_argument("--find-max-batch", action="store_true", help="search the largest per-device batch that fits")
     compile_.set_defaults(handler=_compile)
+    data = commands.add_parser("data", help="prepare datasets").add_subparsers(dest="data_command", required=True)
+    data_prepare = data.add_parser("prepare", help="build a TFDS dataset (ArrayRecord) from downloaded files and summarise it")
+    data_prepare.add_argument("name", help="hh_rlhf, ultrafeedback_binarized, pku_safe_rlhf[/better|/safer], tldr_comparisons, helpsteer2")
+    data_prepare.add_argument("--manual-dir", required=True, help="folder holding the upstream files as downloaded")
+    data_prepare.add_argument("--data-dir", default="", help="TFDS data dir to write (default: TFDS' own, ~/tensorflow_datasets)")
+    data_prepare.set_defaults(handler=_data_prepare)
+    plot = commands.add_parser("plot", help="draw a run's curves (loss, rewards, accuracies, KL, tokens/s) to PNG")
+    plot.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
+    plot.add_argument("--out", default="", help="PNG to write (default: RUN_DIR/curves.png)")
+    plot.set_defaults(handler=_plot)
     launcher = commands.add_parser("launch", help="run jaxspo train as every process of a multi-host job (TPU pod slice, SLURM, hosts, or --local N)")
     launch.add_arguments(launcher)
     launcher.set_defaults(handler=launch.launch)

@@ -11,7 +11,10 @@ from typing import Any
 
 from jaxspo.distributed import is_writer
 
-PLOTTED = ("loss", "rewards/accuracies", "rewards/margins", "eval/gold/correctness", "eval/kl", "eval/logps_accuracy")
+PLOTTED = (
+    "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "eval/rewards/accuracies",
+    "eval/logps_accuracy", "eval/gold/correctness", "eval/kl", "tokens_per_second",
+)
 
 
 class MetricsLog:
@@ -68,8 +71,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_curves(metrics_path: Path, png_path: Path) -> None:
-    """One panel per metric in :data:`PLOTTED` that was logged, one line per phase."""
+def plot_curves(metrics_path: Path, png_path: Path) -> bool:
+    """One panel per metric in :data:`PLOTTED` that was logged, one line per phase; False if none was."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,7 +81,7 @@ def plot_curves(metrics_path: Path, png_path: Path) -> None:
     rows = read_metrics(metrics_path)
     names = [n for n in PLOTTED if any(n in r for r in rows)]
     if not names:
-        return
+        return False
     cols = min(3, len(names))
     fig, axes = plt.subplots(math.ceil(len(names) / cols), cols, figsize=(4.5 * cols, 3.2 * math.ceil(len(names) / cols)), squeeze=False)
     for ax, name in zip(axes.flat, names):
@@ -94,3 +97,4 @@ def plot_curves(metrics_path: Path, png_path: Path) -> None:
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
+    return True
