@@ -115,19 +115,19 @@ def _read_tfds(name: str, data_dir: str, split: str) -> list[Any]:
 
     import jaxspo.data.tfds_builders  # noqa: F401  (registers jaxspo's builders)
 
-    source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+    source = tfds.data_source(name, split=split, data_dir=str(Path(data_dir).expanduser()) if data_dir else None, download=False)
     return [_plain(source[i]) for i in range(len(source))]
 
 
 def read_split(source: SourceConfig, split: str) -> tuple[str, list[Any]]:
     """(name used in error messages, rows) of one split, columns renamed by ``source.fields``."""
     if source.kind in ("jsonl", "parquet"):
-        path = Path(source.path.format(split=split))
+        path = Path(source.path.format(split=split)).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"data.source.path: {path} does not exist (split '{split}')")
         name, rows = str(path), (_read_jsonl if source.kind == "jsonl" else _read_parquet)(path)
     elif source.kind == "hf_disk":
-        name, rows = _read_hf_disk(Path(source.path), split)
+        name, rows = _read_hf_disk(Path(source.path).expanduser(), split)
     elif source.kind == "tfds":
         name, rows = f"{source.name}:{split}", _read_tfds(source.name, source.path, split)
     else:
