@@ -141,7 +141,9 @@ class LoggingConfig:
 
     log_every: int = 10
     tensorboard: bool = True
-    progress_bar: bool = True
+    wandb: bool = False  # also log to Weights & Biases (needs the wandb package; not a dependency)
+    wandb_project: str = "jaxspo"
+    progress_bar: bool = True  # tqdm bar per phase with loss, tokens/s and the ETA
     plot: bool = True
 
 

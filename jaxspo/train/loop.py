@@ -17,7 +17,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from jaxspo.checkpoint import PhaseCheckpoints
-from jaxspo.config import Config, dump_yaml
+from jaxspo.config import Config, dump_yaml, to_dict
 from jaxspo.data.soft_labels import orient_pairs
 from jaxspo.losses import soft_label_losses
 from jaxspo.data.screen import DataReport, encode_screened, write_reports
@@ -199,7 +199,7 @@ class _Run:
         if cfg.model.reference_path and cfg.model.reference_path != cfg.model.path:
             check_same_architecture(cfg.model.reference_path, cfg.model)
             self.reference_params = load_params(cfg.model.reference_path, cfg.model, self.abstract_params, self.param_sharding)
-        self.log = MetricsLog(run_dir, cfg.logging.tensorboard)
+        self.log = MetricsLog(run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project if cfg.logging.wandb else None, to_dict(cfg))
         self.data_reports: dict[str, DataReport] = {}
 
     def encoded(self, split: str, limit: int | None = None) -> dict[str, np.ndarray]:
