@@ -101,6 +101,21 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from jaxspo.eval_run import evaluate, resolve_target
+
+    config, params, reference = resolve_target(args.target)
+    cfg = load_config(config, args.overrides)
+    from jaxspo import distributed
+
+    distributed.initialize()
+    metrics = evaluate(cfg, args.params or params, args.reference or reference, args.reward_model, args.out)
+    if distributed.is_writer():
+        width = max(map(len, metrics))
+        print("\n".join(f"{name:<{width}}  {value:.4f}" for name, value in metrics.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxspo", description="Preference optimisation for causal LMs in JAX.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     data_prepare.add_argument("--manual-dir", required=True, help="folder holding the upstream files as downloaded")
     data_prepare.add_argument("--data-dir", default="", help="TFDS data dir to write (default: TFDS' own, ~/tensorflow_datasets)")
     data_prepare.set_defaults(handler=_data_prepare)
+    evaluate = commands.add_parser("eval", help="held-out preference and generation metrics of a policy (optionally win rate under a reward model)")
+    evaluate.add_argument("target", help="a run directory (uses its config.yaml, params/ and checkpoints/reference/) or a YAML recipe")
+    evaluate.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.num_prompts=256")
+    evaluate.add_argument("--params", default="", help="policy params saved by a run (RUN_DIR/params); default: the run's, else the config's starting point")
+    evaluate.add_argument("--reference", default="", help="reference params (RUN_DIR/checkpoints/reference); default: the run's, else the starting point")
+    evaluate.add_argument("--reward-model", default="", help="Hugging Face sequence-classification folder: adds the win rate of the policy's samples over the reference's")
+    evaluate.add_argument("--out", default="", help="folder to write eval.json and data_report.json")
+    evaluate.set_defaults(handler=_eval)
     plot = commands.add_parser("plot", help="draw a run's curves (loss, rewards, accuracies, KL, tokens/s) to PNG")
     plot.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
     plot.add_argument("--out", default="", help="PNG to write (default: RUN_DIR/curves.png)")
@@ -161,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as err:
         print(f"jaxspo: {err}", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
-    except (DataError, DistributedError, FileExistsError, NonFiniteError) as err:
+    except (DataError, DistributedError, FileExistsError, FileNotFoundError, NonFiniteError) as err:
         print(f"jaxspo: error: {err}", file=sys.stderr)
         return 1
     finally:

@@ -1,4 +1,4 @@
-"""The README's HH-RLHF walkthrough on a tiny model: downloaded files → data prepare → train → export."""
+"""The README's HH-RLHF walkthrough on a tiny model: downloaded files → data prepare → train → eval → export."""
 
 import gzip
 import json
@@ -21,6 +21,18 @@ def hh_download(folder, n):
         (folder / "helpful-base" / f"{split}.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
 
 
+def reward_model(folder):
+    """A tiny random Llama sequence classifier with one output: a stand-in for a real reward model folder."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                      num_key_value_heads=1, num_labels=1, pad_token_id=0)
+    transformers.LlamaForSequenceClassification(config).save_pretrained(folder)
+    hf_tiny.tokenizer().save_pretrained(folder)
+
+
 @pytest.mark.slow
 def test_hh_rlhf_from_download_to_exported_model(tmp_path, capsys):
     from jaxspo.cli import main
@@ -39,6 +51,21 @@ def test_hh_rlhf_from_download_to_exported_model(tmp_path, capsys):
     report = json.loads((run / "data_report.json").read_text())
     assert [r["source"] for r in report] == ["hh_rlhf:train", "hh_rlhf:test"] and report[0]["kept"] == 16
     assert (run / "curves.png").is_file()
+
+    # jaxspo eval RUN_DIR reproduces the run's final evaluation; a reward model adds the win rate
+    logged = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["phase"] == "eval"][-1]
+    reward_model(tmp_path / "rm")
+    capsys.readouterr()
+    assert main(["eval", str(run), "--reward-model", str(tmp_path / "rm"), "--out", str(tmp_path / "eval")]) == 0
+    assert "eval/rm/win_rate" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert {k for k in logged if k.startswith("eval/")} == {k for k in metrics if not k.startswith("eval/rm/")}
+    for name, value in logged.items():
+        if name.startswith("eval/"):
+            assert metrics[name] == pytest.approx(value, abs=1e-6), name
+    assert 0.0 <= metrics["eval/rm/win_rate"] <= 1.0
+    assert metrics["eval/rm/policy_reward"] != metrics["eval/rm/reference_reward"]  # two different sets of samples
+    assert main(["eval", str(tmp_path / "rm")]) == 1  # a folder that is not a run directory
     assert main(["export", str(run), "--out", str(tmp_path / "exported")]) == 0
     import transformers
 

@@ -74,8 +74,8 @@ class Evaluator:
         out.update(self.sample_metrics(params, reference_params, rng))
         return out
 
-    def sample_metrics(self, params: Any, reference_params: Any, rng: jax.Array) -> dict[str, float]:
-        """Samples one response per held-out prompt; mean gold reward per dimension, KL, length."""
+    def sample(self, params: Any, rng: jax.Array) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """One response per held-out prompt: (texts, tokens ``[N, max_new_tokens]``, valid), on every process."""
         e = self.cfg.eval
         tokens, valid = self._shard_rows(self.prompt_tokens), self._shard_rows(self.prompt_valid)
         out = sample(
@@ -84,7 +84,11 @@ class Evaluator:
             temperature=e.temperature, top_k=e.top_k, top_p=e.top_p,
         )
         sampled, sampled_valid = to_host(out.tokens), to_host(out.valid)  # the same on every process
-        texts = decode_responses(sampled, sampled_valid, self.tokenizer)
+        return decode_responses(sampled, sampled_valid, self.tokenizer), sampled, sampled_valid
+
+    def sample_metrics(self, params: Any, reference_params: Any, rng: jax.Array) -> dict[str, float]:
+        """Samples one response per held-out prompt; mean gold reward per dimension, KL, length."""
+        texts, sampled, sampled_valid = self.sample(params, rng)
         scores = [self.gold_rewards(p, r) for p, r in zip(self.prompt_texts, texts)] if self.gold_rewards else []
         full_tokens = np.concatenate([self.prompt_tokens, sampled], axis=1)
         full_valid = np.concatenate([self.prompt_valid, sampled_valid], axis=1)
