@@ -33,19 +33,10 @@ def run(folder: Path, buckets: list[int], steps: int) -> dict:
     from jaxspo.train import loop
     from jaxspo.train.metrics_log import read_metrics
 
-    made = []
-    real = loop.make_train_step
-    loop.make_train_step = lambda *a, **k: made.append(real(*a, **k)) or made[-1]
-    widths = []
-    real_next = loop.make_batches
-
-    def recording_batches(*a, **k):
-        it = real_next(*a, **k)
-        plain_next = it.__next__
-        type(it).__next__ = lambda self: (lambda b: widths.append(b["chosen_tokens"].shape[1]) or b)(plain_next.__func__(self))
-        return it
-
-    loop.make_batches = recording_batches
+    made, iterators = [], []
+    real_step, real_batches = loop.make_train_step, loop.make_batches
+    loop.make_train_step = lambda *a, **k: made.append(real_step(*a, **k)) or made[-1]
+    loop.make_batches = lambda *a, **k: iterators.append((a, k)) or real_batches(*a, **k)
     cfg = load_config("configs/demo.yaml", [
         "model.hidden_size=64", "model.intermediate_size=192", "model.num_layers=2", "trainer.sft_steps=0",
         f"trainer.steps={steps}", "trainer.batch_size=32", "trainer.eval_every=0", "eval.num_pairs=32", "eval.num_prompts=8",
@@ -56,7 +47,10 @@ def run(folder: Path, buckets: list[int], steps: int) -> dict:
     start = time.perf_counter()
     loop.train(cfg, "bucketing")
     wall = time.perf_counter() - start
-    loop.make_train_step, loop.make_batches = real, real_next
+    loop.make_train_step, loop.make_batches = real_step, real_batches
+    a, k = iterators[-1]  # the preference phase's iterator, replayed (its order is a function of the step)
+    replay = real_batches(*a, **k)
+    widths = [next(replay)["chosen_tokens"].shape[1] for _ in range(steps)]
     logged = [r for r in read_metrics(Path(cfg.run_dir) / "metrics.jsonl") if r["phase"] == "preference"]
     return {
         "buckets": buckets + [64], "programs_compiled": made[-1].fn._cache_size(), "mean_padded_width": float(np.mean(widths)),

@@ -1,20 +1,24 @@
 """Rows → fixed-shape numpy arrays for the jitted steps, a resumable batch iterator, and response decoding.
 
-Training sequences are right padded to a static length ``T = max_length`` (so XLA never recompiles)::
+Training sequences are right padded to a static length ``T = max_length`` (so XLA never recompiles; a
+bucketed iterator, :mod:`jaxspo.data.bucketing`, later cuts batches to a few shorter static widths)::
 
     <bos> prompt… response… <eos> <pad> <pad> …
 
-Prompt and response are tokenised separately without special tokens and concatenated, so there is
-exactly one ``<bos>`` and one ``<eos>`` (a tokenizer without a BOS token gets none). Per position ``t``:
+Rows may be text or conversations (:mod:`jaxspo.data.formats`); :mod:`jaxspo.data.chat` gives the
+prompt and completion ids: for text, separately tokenised without special tokens and joined, so there is
+exactly one ``<bos>`` and one ``<eos>`` (a tokenizer without a BOS token gets none); for conversations,
+the chat template's rendering, boundary-checked, with the template's own BOS/EOS. Per position ``t``:
 
 - ``tokens[t]`` (int32): the token id; the pad id after the end of the sequence.
 - ``loss_mask[t]`` (bool): True iff token ``t`` is a response token or the closing ``<eos>`` — i.e. ``t``
   is a prediction *target* whose log-prob ``log p(tokens[t] | tokens[<t])`` counts. Never True at ``t = 0``.
 - ``valid[t]`` (bool): True iff position ``t`` is not padding.
 
-If ``1 + len(prompt) + len(response) + 1 > max_length`` the response is cut from the right and carries no
-``<eos>``; a prompt that leaves no room for one response token raises ValueError. Bad rows raise
-ValueError naming the row index and the field.
+Length budget: with ``max_prompt_length`` a longer prompt keeps its BOS and its last tokens; then if the
+row exceeds ``max_length`` the response is cut from the right and carries no ``<eos>``; a prompt that
+leaves no room for one response token raises ValueError. Bad rows raise ValueError naming the row index
+and the field.
 """
 
 from __future__ import annotations
