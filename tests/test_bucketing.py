@@ -84,3 +84,16 @@ def test_mixed_length_run_compiles_at_most_one_step_per_bucket(tmp_path, monkeyp
     for phase, step in steps:
         compiled = step.fn._cache_size()
         assert 2 <= compiled <= 3, (phase, compiled)  # 3 buckets: [12, 20, 32]; at least two of them visited
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.buckets=[20, 12]", r"data.buckets must be ascending distinct lengths in \[2, data.max_length=32\], got \[20, 12\]"),
+    ("data.buckets=[16, 64]", r"data.buckets must be ascending .* got \[16, 64\]"),
+    ("data.source.kind=csv", r"data.source.kind must be one of"),
+    ("data.source.kind=parquet", r"data.source.path is required for data.source.kind=parquet"),
+])
+def test_data_config_errors_name_the_key(override, message):
+    from jaxspo.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config("configs/demo.yaml", [override])
