@@ -46,7 +46,8 @@ def assistant(text):
 CASES = {
     "hh_rlhf": (
         {"train": 3, "test": 1},
-        {"train": {"not a '\\n\\nHuman: … \\n\\nAssistant: …' transcript": 1, "field 'rejected' is identical to field 'chosen' (or one is a prefix of the other)": 1}},
+        {"train": {"not a '\\n\\nHuman: … \\n\\nAssistant: …' transcript": 1, "field 'rejected' is identical to field 'chosen' (or one is a prefix of the other)": 1,
+                   "field 'chosen'[k] content is empty": 1}},
         ("test", 0, {"prompt": user("Capital of France?"), "chosen": assistant("Paris."), "rejected": assistant("Lyon.")}),
     ),
     "ultrafeedback_binarized": (

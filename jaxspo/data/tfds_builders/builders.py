@@ -28,11 +28,12 @@ def _assistant(text: str) -> list[dict[str, str]]:
 
 
 def _canonical(row: dict[str, Any]) -> dict[str, Any]:
-    """``to_preference_row`` with its error as a :class:`Rejected` reason (row numbers removed)."""
+    """``to_preference_row`` with its error as a :class:`Rejected` reason (row and message numbers removed,
+    so equal problems count together)."""
     try:
         pair = to_preference_row(row, 0)
     except ValueError as err:
-        raise Rejected(re.sub(r"^row 0: ", "", str(err))) from None
+        raise Rejected(re.sub(r"\[\d+\]", "[k]", re.sub(r"^row 0: ", "", str(err)))) from None
     if pair["chosen"] == pair["rejected"]:
         raise Rejected("chosen and rejected are identical")
     return pair
