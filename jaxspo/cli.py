@@ -1,6 +1,7 @@
 """Command line: ``jaxspo train CONFIG [key=value ...]``, ``jaxspo export RUN_DIR --out DIR``,
 ``jaxspo score MODEL_DIR DATA.jsonl --out OUT.jsonl``, ``jaxspo compile CONFIG --topology v5p-128``,
-``jaxspo launch (--local N | --tpu NAME | --queued-resource NAME | --slurm | --hosts H0,H1,...) CONFIG [key=value ...]``."""
+``jaxspo launch (--local N | --tpu NAME | --queued-resource NAME | --slurm | --hosts H0,H1,...) CONFIG [key=value ...]``,
+``jaxspo data prepare NAME --manual-dir DIR``, ``jaxspo plot RUN_DIR``, ``jaxspo eval CONFIG [--params DIR]``."""
 
 from __future__ import annotations
 
@@ -73,6 +74,48 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_prepare(args: argparse.Namespace) -> int:
+    from jaxspo.data.prepare import format_summary, prepare
+
+    try:
+        summary = prepare(args.name, args.manual_dir, args.data_dir)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"jaxspo: error: {err}", file=sys.stderr)
+        return 1
+    print(format_summary(summary))
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from jaxspo.train.metrics_log import plot_curves
+
+    metrics = Path(args.run_dir) / "metrics.jsonl"
+    if not metrics.is_file():
+        print(f"jaxspo: error: {metrics} does not exist (is {args.run_dir} a run directory?)", file=sys.stderr)
+        return 1
+    out = Path(args.out or Path(args.run_dir) / "curves.png")
+    if not plot_curves(metrics, out):
+        print(f"jaxspo: error: {metrics} holds none of the plotted metrics", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from jaxspo.eval_run import evaluate, resolve_target
+
+    config, params, reference = resolve_target(args.target)
+    cfg = load_config(config, args.overrides)
+    from jaxspo import distributed
+
+    distributed.initialize()
+    metrics = evaluate(cfg, args.params or params, args.reference or reference, args.reward_model, args.out)
+    if distributed.is_writer():
+        width = max(map(len, metrics))
+        print("\n".join(f"{name:<{width}}  {value:.4f}" for name, value in metrics.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxspo", description="Preference optimisation for causal LMs in JAX.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -101,6 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--json", default="", help="also write the report as JSON to this path")
     compile_.add_argument("--find-max-batch", action="store_true", help="search the largest per-device batch that fits")
     compile_.set_defaults(handler=_compile)
+    data = commands.add_parser("data", help="prepare datasets").add_subparsers(dest="data_command", required=True)
+    data_prepare = data.add_parser("prepare", help="build a TFDS dataset (ArrayRecord) from downloaded files and summarise it")
+    data_prepare.add_argument("name", help="hh_rlhf, ultrafeedback_binarized, pku_safe_rlhf[/better|/safer], tldr_comparisons, helpsteer2")
+    data_prepare.add_argument("--manual-dir", required=True, help="folder holding the upstream files as downloaded")
+    data_prepare.add_argument("--data-dir", default="", help="TFDS data dir to write (default: TFDS' own, ~/tensorflow_datasets)")
+    data_prepare.set_defaults(handler=_data_prepare)
+    evaluate = commands.add_parser("eval", help="held-out preference and generation metrics of a policy (optionally win rate under a reward model)")
+    evaluate.add_argument("target", help="a run directory (uses its config.yaml, params/ and checkpoints/reference/) or a YAML recipe")
+    evaluate.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. eval.num_prompts=256")
+    evaluate.add_argument("--params", default="", help="policy params saved by a run (RUN_DIR/params); default: the run's, else the config's starting point")
+    evaluate.add_argument("--reference", default="", help="reference params (RUN_DIR/checkpoints/reference); default: the run's, else the starting point")
+    evaluate.add_argument("--reward-model", default="", help="Hugging Face sequence-classification folder: adds the win rate of the policy's samples over the reference's")
+    evaluate.add_argument("--out", default="", help="folder to write eval.json and data_report.json")
+    evaluate.set_defaults(handler=_eval)
+    plot = commands.add_parser("plot", help="draw a run's curves (loss, rewards, accuracies, KL, tokens/s) to PNG")
+    plot.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
+    plot.add_argument("--out", default="", help="PNG to write (default: RUN_DIR/curves.png)")
+    plot.set_defaults(handler=_plot)
     launcher = commands.add_parser("launch", help="run jaxspo train as every process of a multi-host job (TPU pod slice, SLURM, hosts, or --local N)")
     launch.add_arguments(launcher)
     launcher.set_defaults(handler=launch.launch)
@@ -123,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as err:
         print(f"jaxspo: {err}", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
-    except (DataError, DistributedError, FileExistsError, NonFiniteError) as err:
+    except (DataError, DistributedError, FileExistsError, FileNotFoundError, NonFiniteError) as err:
         print(f"jaxspo: error: {err}", file=sys.stderr)
         return 1
     finally:

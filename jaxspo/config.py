@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from jaxspo.data.sources import SourceConfig
 from jaxspo.data.synthetic import SyntheticTaskConfig
 from jaxspo.losses.soft_spo import SoftSpoConfig
 from jaxspo.losses.selfsup import SelfsupConfig
@@ -33,10 +34,12 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where preference data comes from and its token budget."""
 
-    task: str = "synthetic"  # the built-in task; the only source for now
+    task: str = "synthetic"  # the built-in task (used when source.kind is synthetic)
     synthetic: SyntheticTaskConfig = dataclasses.field(default_factory=SyntheticTaskConfig)
+    source: SourceConfig = dataclasses.field(default_factory=SourceConfig)  # jsonl / parquet / hf_disk / tfds files
     max_length: int = 32  # tokens per prompt+response row (right-padded, static shape)
-    max_prompt_length: int = 16  # tokens per left-padded prompt for sampling
+    max_prompt_length: int = 16  # prompts keep their last this-many tokens; also the sampling prompt width
+    buckets: list[int] = dataclasses.field(default_factory=list)  # padded lengths (ascending, ≤ max_length); [] = max_length only
     on_bad_row: str = "error"  # a malformed data row: "error" (stop, naming it) or "skip" (count it)
 
 
@@ -142,7 +145,9 @@ class LoggingConfig:
 
     log_every: int = 10
     tensorboard: bool = True
-    progress_bar: bool = True
+    wandb: bool = False  # also log to Weights & Biases (needs the wandb package; not a dependency)
+    wandb_project: str = "jaxspo"
+    progress_bar: bool = True  # tqdm bar per phase with loss, tokens/s and the ETA
     plot: bool = True
 
 
@@ -364,7 +369,10 @@ def validate(cfg: Config) -> None:
         key = sorted(unknown_rules)[0]
         raise ConfigError(f"mesh.rules: unknown logical axis '{key}'{_suggest(key, list(DEFAULT_RULES))}")
     model_to_check = dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size or 1)  # 0 = tokenizer's
-    for section in (model_to_check, cfg.data.synthetic):
+    buckets = cfg.data.buckets
+    if any(b < 2 for b in buckets) or buckets != sorted(set(buckets)) or (buckets and buckets[-1] > cfg.data.max_length):
+        raise ConfigError(f"data.buckets must be ascending distinct lengths in [2, data.max_length={cfg.data.max_length}], got {buckets}")
+    for section in (model_to_check, cfg.data.synthetic, cfg.data.source):
         try:
             section.validate()
         except ValueError as err:

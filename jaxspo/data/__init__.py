@@ -1,6 +1,9 @@
 """Data: the built-in synthetic task, its tokenizer, row encoding, batching, and JSONL row files.
 
-Row formats are documented in ``jaxspo.data.synthetic`` (fields) and ``jaxspo.data.encode`` (arrays).
+Row formats are documented in ``jaxspo.data.formats`` (TRL standard / conversational / ranked rows),
+``jaxspo.data.synthetic`` (the task's fields) and ``jaxspo.data.encode`` (arrays); where rows come from in
+``jaxspo.data.sources``; chat templates in ``jaxspo.data.chat``; length buckets in
+``jaxspo.data.bucketing``; TFDS builders in ``jaxspo.data.tfds_builders``.
 """
 
 from __future__ import annotations

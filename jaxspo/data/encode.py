@@ -1,20 +1,24 @@
 """Rows → fixed-shape numpy arrays for the jitted steps, a resumable batch iterator, and response decoding.
 
-Training sequences are right padded to a static length ``T = max_length`` (so XLA never recompiles)::
+Training sequences are right padded to a static length ``T = max_length`` (so XLA never recompiles; a
+bucketed iterator, :mod:`jaxspo.data.bucketing`, later cuts batches to a few shorter static widths)::
 
     <bos> prompt… response… <eos> <pad> <pad> …
 
-Prompt and response are tokenised separately without special tokens and concatenated, so there is
-exactly one ``<bos>`` and one ``<eos>`` (a tokenizer without a BOS token gets none). Per position ``t``:
+Rows may be text or conversations (:mod:`jaxspo.data.formats`); :mod:`jaxspo.data.chat` gives the
+prompt and completion ids: for text, separately tokenised without special tokens and joined, so there is
+exactly one ``<bos>`` and one ``<eos>`` (a tokenizer without a BOS token gets none); for conversations,
+the chat template's rendering, boundary-checked, with the template's own BOS/EOS. Per position ``t``:
 
 - ``tokens[t]`` (int32): the token id; the pad id after the end of the sequence.
 - ``loss_mask[t]`` (bool): True iff token ``t`` is a response token or the closing ``<eos>`` — i.e. ``t``
   is a prediction *target* whose log-prob ``log p(tokens[t] | tokens[<t])`` counts. Never True at ``t = 0``.
 - ``valid[t]`` (bool): True iff position ``t`` is not padding.
 
-If ``1 + len(prompt) + len(response) + 1 > max_length`` the response is cut from the right and carries no
-``<eos>``; a prompt that leaves no room for one response token raises ValueError. Bad rows raise
-ValueError naming the row index and the field.
+Length budget: with ``max_prompt_length`` a longer prompt keeps its BOS and its last tokens; then if the
+row exceeds ``max_length`` the response is cut from the right and carries no ``<eos>``; a prompt that
+leaves no room for one response token raises ValueError. Bad rows raise ValueError naming the row index
+and the field.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from typing import Any
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
+
+from jaxspo.data.chat import completion_ids, prompt_ids
+from jaxspo.data.formats import to_preference_row
 
 Layout = tuple[list[int], int]  # (token ids, number of leading context tokens, which are not targets)
 
@@ -39,27 +46,6 @@ def _special_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], int, in
     return ([] if bos is None else [bos]), tokenizer.eos_token_id, tokenizer.pad_token_id
 
 
-def _field(row: Any, index: int, field: str) -> Any:
-    if not isinstance(row, Mapping):
-        raise ValueError(f"row {index}: expected a dict, got {type(row).__name__}")
-    if field not in row:
-        raise ValueError(f"row {index}: missing field {field!r}")
-    return row[field]
-
-
-def _text(value: Any, where: str) -> str:
-    """``value`` if it is a non-blank str; ``where`` names it in the error (e.g. "row 3: field 'chosen'")."""
-    if not isinstance(value, str):
-        raise ValueError(f"{where} must be a str, got {type(value).__name__}")
-    if not value.strip():
-        raise ValueError(f"{where} is empty")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise ValueError(f"{where} is not valid text (undecodable character at {err.start})") from None
-    return value
-
-
 def _soft_label(row: Mapping[str, Any], index: int) -> float:
     """The row's ``soft_label`` in [0, 1]; 1.0 when absent or None."""
     value = row.get("soft_label")
@@ -72,14 +58,20 @@ def _soft_label(row: Mapping[str, Any], index: int) -> float:
     return float(value)
 
 
-def _token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+def keep_prompt_end(context: list[int], max_prompt_length: int | None, bos: int | None) -> list[int]:
+    """The prompt budget: a context longer than ``max_prompt_length`` keeps its leading BOS (if any) and
+    its last tokens; ``None`` = no budget."""
+    if max_prompt_length is None or len(context) <= max_prompt_length:
+        return context
+    head = context[:1] if context and context[0] == bos else []
+    return head + context[len(context) - (max_prompt_length - len(head)) :]
 
 
 def _sequence(
-    context: list[int], response: list[int], eos: int, max_length: int, index: int, field: str
+    context: list[int], response: list[int], eos: int | None, max_length: int, index: int, field: str
 ) -> Layout:
-    """``context + response + [eos]``, the response cut from the right (and no eos) if it does not fit."""
+    """``context + response + [eos]`` (no eos if ``eos`` is None), the response cut from the right (and no
+    eos) if it does not fit."""
     if not response:
         raise ValueError(f"row {index}: field {field!r} has no tokens")
     room = max_length - len(context)
@@ -88,7 +80,8 @@ def _sequence(
             f"row {index}: field 'prompt' takes {len(context)} tokens (with BOS); it needs between 1 and "
             f"max_length - 1 = {max_length - 1} to leave room for a response"
         )
-    body = response + [eos] if len(response) < room else response[:room]
+    closed = response + ([] if eos is None else [eos])
+    body = closed if len(closed) <= room else response[:room]
     return context + body, len(context)
 
 
@@ -116,33 +109,34 @@ def _encode_responses(
     tokenizer: PreTrainedTokenizerBase,
     max_length: int,
     response_fields: tuple[str, ...],
+    max_prompt_length: int | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Encodes ``prompt`` + each response field of every row: field → (tokens, loss_mask, valid)."""
     _check_inputs(rows, max_length, "max_length")
-    prefix, eos, pad = _special_ids(tokenizer)
-    prompts = [_text(_field(row, i, "prompt"), f"row {i}: field 'prompt'") for i, row in enumerate(rows)]
-    contexts = [prefix + ids for ids in _token_ids(tokenizer, prompts)]
+    _, eos, pad = _special_ids(tokenizer)
+    contexts = prompt_ids(rows, tokenizer)
     packed = {}
     for field in response_fields:
-        texts = [_text(_field(row, i, field), f"row {i}: field {field!r}") for i, row in enumerate(rows)]
-        responses = _token_ids(tokenizer, texts)
+        completions = completion_ids(rows, tokenizer, field, contexts)
         sequences = [
-            _sequence(context, response, eos, max_length, i, field)
-            for i, (context, response) in enumerate(zip(contexts, responses))
+            _sequence(keep_prompt_end(context, max_prompt_length, tokenizer.bos_token_id), ids, eos if add_eos else None, max_length, i, field)
+            for i, (context, (ids, add_eos)) in enumerate(zip(contexts, completions))
         ]
         packed[field] = _pack(sequences, max_length, pad)
     return packed
 
 
 def encode_preference_rows(
-    rows: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, max_length: int
+    rows: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, max_length: int, max_prompt_length: int | None = None
 ) -> dict[str, np.ndarray]:
-    """Preference rows (``prompt``, ``chosen``, ``rejected``, optional ``soft_label``) → arrays.
+    """Preference rows in any format of :mod:`jaxspo.data.formats` (text or conversations, optional
+    ``soft_label``) → arrays. ``max_prompt_length`` (None = no budget) cuts long prompts from the left.
 
     Returns ``{chosen,rejected}_{tokens,loss_mask,valid}`` ``[N, max_length]`` (int32 / bool / bool) and
     ``soft_label`` ``[N]`` float32 (P(chosen ≻ rejected); 1.0 where the row has none).
     """
-    packed = _encode_responses(rows, tokenizer, max_length, ("chosen", "rejected"))
+    rows = [to_preference_row(row, i) for i, row in enumerate(rows)]
+    packed = _encode_responses(rows, tokenizer, max_length, ("chosen", "rejected"), max_prompt_length)
     for i, row in enumerate(rows):
         if row["chosen"] == row["rejected"]:
             raise ValueError(f"row {i}: field 'rejected' is identical to field 'chosen'")
@@ -154,32 +148,38 @@ def encode_preference_rows(
 
 
 def encode_sft_rows(
-    rows: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, max_length: int
+    rows: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, max_length: int, max_prompt_length: int | None = None
 ) -> dict[str, np.ndarray]:
-    """SFT rows (``prompt``, ``completion``) → ``tokens``, ``loss_mask``, ``valid`` ``[N, max_length]``.
+    """SFT rows (``prompt``, ``completion``: both text or both messages) → ``tokens``, ``loss_mask``,
+    ``valid`` ``[N, max_length]``.
 
     The loss mask covers the completion tokens and the closing ``<eos>``.
     """
-    tokens, loss_mask, valid = _encode_responses(rows, tokenizer, max_length, ("completion",))["completion"]
+    tokens, loss_mask, valid = _encode_responses(rows, tokenizer, max_length, ("completion",), max_prompt_length)["completion"]
     return {"tokens": tokens, "loss_mask": loss_mask, "valid": valid}
 
 
 def encode_prompts(
-    prompts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_prompt_length: int
+    prompts: Sequence[str | list], tokenizer: PreTrainedTokenizerBase, max_prompt_length: int, keep_end: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Prompts → LEFT-padded ``(tokens [N, P] int32, valid [N, P] bool)``, ``P = max_prompt_length``.
+    """Prompts (text or message lists) → LEFT-padded ``(tokens [N, P] int32, valid [N, P] bool)``, ``P = max_prompt_length``.
 
-    Each row is ``<pad>… <bos> prompt…`` so that generation continues right after the last column. A
-    prompt longer than ``P`` tokens (with BOS) raises ValueError naming its index.
+    Each row is ``<pad>… <bos> prompt…`` (a conversation: its chat template with the generation prompt) so
+    that generation continues right after the last column. A prompt longer than ``P`` tokens raises
+    ValueError naming its index, or with ``keep_end`` keeps its BOS and last tokens.
     """
     _check_inputs(prompts, max_prompt_length, "max_prompt_length")
-    prefix, _, pad = _special_ids(tokenizer)
-    texts = [_text(prompt, f"prompt {i}") for i, prompt in enumerate(prompts)]
+    _, _, pad = _special_ids(tokenizer)
+    try:
+        contexts = prompt_ids([{"prompt": p} for p in prompts], tokenizer)
+    except ValueError as err:
+        raise ValueError(str(err).replace("row ", "prompt ", 1).replace(": field 'prompt'", "", 1)) from None
     width = max_prompt_length
-    tokens = np.full((len(texts), width), pad, dtype=np.int32)
-    valid = np.zeros((len(texts), width), dtype=bool)
-    for i, ids in enumerate(_token_ids(tokenizer, texts)):
-        ids = prefix + ids
+    tokens = np.full((len(prompts), width), pad, dtype=np.int32)
+    valid = np.zeros((len(prompts), width), dtype=bool)
+    for i, ids in enumerate(contexts):
+        if keep_end:
+            ids = keep_prompt_end(ids, width, tokenizer.bos_token_id)
         if len(ids) > max_prompt_length:
             raise ValueError(f"prompt {i}: {len(ids)} tokens (with BOS) exceed max_prompt_length={width}")
         tokens[i, width - len(ids) :] = ids

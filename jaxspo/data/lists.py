@@ -89,6 +89,8 @@ def encode_list_rows(
 def rank_by_scores(rows: Sequence[Mapping[str, Any]], task: SyntheticTaskConfig, seed: int) -> list[dict[str, Any]]:
     """Copies of rows with ``ranking`` derived from ``response_scores`` (rows that have one are kept).
 
+    Numeric scores (external data, one number per response) rank by score, best first (ties keep list order).
+
     The labelled reward r = Σ label_weights·scores; ``hard_label: sampled`` draws a Plackett–Luce ranking
     with weights exp(r/label_temperature) (the list analogue of the task's Bradley–Terry pair labels),
     ``argmax`` sorts by r with ties in random order. Deterministic in ``seed``.
@@ -99,7 +101,11 @@ def rank_by_scores(rows: Sequence[Mapping[str, Any]], task: SyntheticTaskConfig,
         if not isinstance(row, Mapping) or row.get("ranking") is not None or not isinstance(row.get("response_scores"), list):
             out.append(row)
             continue
-        rewards = np.array([labelled_reward(s, task.label_weights) for s in row["response_scores"]])
+        scores = row["response_scores"]
+        if all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores):  # external data: one score each
+            out.append(dict(row) | {"ranking": [int(j) for j in np.argsort(-np.asarray(scores, float), kind="stable")]})
+            continue
+        rewards = np.array([labelled_reward(s, task.label_weights) for s in scores])
         noise = rng.gumbel(size=len(rewards))  # Gumbel-max: argsort of r/τ + Gumbel is a Plackett–Luce draw
         if task.hard_label == "sampled":
             order = np.argsort(-(rewards / task.label_temperature + noise), kind="stable")

@@ -29,7 +29,7 @@ class Evaluator:
         tokenizer,
         pairs: dict[str, np.ndarray],
         prompts: tuple[np.ndarray, np.ndarray, list[str]],
-        gold_rewards: Callable[[str, str], dict[str, float]],
+        gold_rewards: Callable[[str, str], dict[str, float]] | None,
         dimensions: tuple[str, ...],
     ):
         self.cfg, self.mesh, self.graphdef, self.tokenizer = cfg, mesh, graphdef, tokenizer
@@ -65,8 +65,8 @@ class Evaluator:
             out.update(metrics(params, reference_params))
         return out
 
-    def sample_metrics(self, params: Any, reference_params: Any, rng: jax.Array) -> dict[str, float]:
-        """Samples one response per held-out prompt; mean gold reward per dimension, KL, length."""
+    def sample(self, params: Any, rng: jax.Array) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """One response per held-out prompt: (texts, tokens ``[N, max_new_tokens]``, valid), on every process."""
         e = self.cfg.eval
         tokens, valid = self._shard_rows(self.prompt_tokens), self._shard_rows(self.prompt_valid)
         out = sample(
@@ -75,13 +75,17 @@ class Evaluator:
             temperature=e.temperature, top_k=e.top_k, top_p=e.top_p,
         )
         sampled, sampled_valid = to_host(out.tokens), to_host(out.valid)  # the same on every process
-        texts = decode_responses(sampled, sampled_valid, self.tokenizer)
-        scores = [self.gold_rewards(p, r) for p, r in zip(self.prompt_texts, texts)]
+        return decode_responses(sampled, sampled_valid, self.tokenizer), sampled, sampled_valid
+
+    def sample_metrics(self, params: Any, reference_params: Any, rng: jax.Array) -> dict[str, float]:
+        """Samples one response per held-out prompt; mean gold reward per dimension, KL, length."""
+        texts, sampled, sampled_valid = self.sample(params, rng)
+        scores = [self.gold_rewards(p, r) for p, r in zip(self.prompt_texts, texts)] if self.gold_rewards else []
         full_tokens = np.concatenate([self.prompt_tokens, sampled], axis=1)
         full_valid = np.concatenate([self.prompt_valid, sampled_valid], axis=1)
         response = np.concatenate([np.zeros_like(self.prompt_valid), sampled_valid], axis=1)
         kl = self._kl_fn(params, reference_params, *(self._shard_rows(x) for x in (full_tokens, full_valid, response)))
-        metrics = {f"eval/gold/{d}": float(np.mean([s[d] for s in scores])) for d in self.dimensions}
+        metrics = {f"eval/gold/{d}": float(np.mean([s[d] for s in scores])) for d in self.dimensions if scores}
         metrics["eval/kl"] = float(np.mean(to_host(kl)))
         metrics["eval/response_tokens"] = float(sampled_valid.sum(1).mean())
         metrics["eval/response_nll"] = float(-to_host(out.logprobs).sum(1).mean())  # −log πθ(y|x) of its own samples: an entropy estimate

@@ -17,11 +17,14 @@ from flax import nnx
 from tqdm import tqdm
 
 from jaxspo.checkpoint import PhaseCheckpoints
-from jaxspo.config import Config, dump_yaml
+from jaxspo.config import Config, dump_yaml, to_dict
 from jaxspo.data.soft_labels import orient_pairs
 from jaxspo.losses import soft_label_losses
 from jaxspo.data.screen import DataReport, encode_screened, write_reports
-from jaxspo.data.encode import BatchIterator, encode_preference_rows, encode_prompts, encode_sft_rows
+from jaxspo.data.encode import encode_preference_rows, encode_prompts, encode_sft_rows
+from jaxspo.data.bucketing import make_batches
+from jaxspo.data.formats import prompts_of
+from jaxspo.data.sources import load_splits
 from jaxspo.data.synthetic import build_synthetic_task
 from jaxspo.distributed import barrier, broadcast_text, is_writer, to_global
 from jaxspo.models import ModelConfig
@@ -85,12 +88,12 @@ class _Phase:
         if phase == "preference":  # selfsup's classify head, if configured, trains alongside the policy
             self.state, shardings = selfsup.attach_head(self.state, shardings, cfg.loss, cfg.model.hidden_size, schedule, run.mesh)
         self.step = make_train_step(cfg, run.mesh, run.graphdef, tx, schedule, shardings, phase, batch_size)
-        self.batches = BatchIterator({k: arrays[k] for k in batch_fields(phase, cfg.loss)}, batch_size, seed=cfg.trainer.seed)
+        self.batches = make_batches({k: arrays[k] for k in batch_fields(phase, cfg.loss)}, batch_size, cfg.trainer.seed, cfg.data.buckets)
         self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / phase, cfg.checkpoint)
         self.skipped = 0  # steps whose update was dropped as non-finite
         self.kl_sampler = None  # soft_spo's global KL regulariser: on-policy samples drawn before each step
         if phase == "preference" and kl_active(cfg.loss):
-            prompts = regularisation_prompts(cfg.loss.soft_spo.kl_prompt_source, run.task.splits)
+            prompts = regularisation_prompts(cfg.loss.soft_spo.kl_prompt_source, run.splits)
             self.kl_sampler = KLSampler(cfg, run.mesh, run.graphdef, run.tokenizer, prompts, self.step.batch_sharding)
 
     def _resume(self) -> int:
@@ -193,6 +196,7 @@ class _Run:
 
     def __init__(self, cfg: Config, run_dir: Path):
         self.task = build_synthetic_task(cfg.data.synthetic)
+        self.splits = load_splits(cfg.data.source, self.task, cfg.data.task)
         model_cfg, self.tokenizer = _model_and_tokenizer(cfg.model, self.task.tokenizer)
         if model_cfg.vocab_size < len(self.tokenizer):
             raise ValueError(f"model.vocab_size ({model_cfg.vocab_size}) is smaller than the tokenizer's {len(self.tokenizer)} tokens")
@@ -209,7 +213,7 @@ class _Run:
         if cfg.model.reference_path and cfg.model.reference_path != cfg.model.path:
             check_same_architecture(cfg.model.reference_path, cfg.model)
             self.reference_params = load_params(cfg.model.reference_path, cfg.model, self.abstract_params, self.param_sharding)
-        self.log = MetricsLog(run_dir, cfg.logging.tensorboard)
+        self.log = MetricsLog(run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project if cfg.logging.wandb else None, to_dict(cfg))
         self.data_reports: dict[str, DataReport] = {}
 
     def encoded(self, split: str, limit: int | None = None) -> dict[str, np.ndarray]:
@@ -217,10 +221,10 @@ class _Run:
 
         What was kept and skipped, by reason, goes to RUN_DIR/data_report.json.
         """
-        length = self.cfg.data.max_length
+        length, prompt_length = self.cfg.data.max_length, self.cfg.data.max_prompt_length
         soft_losses = soft_label_losses(self.cfg.loss.terms)
         if split == "sft":
-            encode = functools.partial(encode_sft_rows, tokenizer=self.tokenizer, max_length=length)
+            encode = functools.partial(encode_sft_rows, tokenizer=self.tokenizer, max_length=length, max_prompt_length=prompt_length)
         elif split == "train" and uses_lists(self.cfg.loss):  # ranked lists; the built-in task's rankings come from its scores
 
             def encode(rows):
@@ -230,16 +234,11 @@ class _Run:
 
             def encode(rows):
                 required_by = soft_losses if split == "train" else []
-                return encode_preference_rows(orient_pairs(rows, required_by), self.tokenizer, length)
+                return encode_preference_rows(orient_pairs(rows, required_by), self.tokenizer, length, prompt_length)
 
         else:  # hard labels: chosen/rejected as given
-            encode = functools.partial(encode_preference_rows, tokenizer=self.tokenizer, max_length=length)
-        arrays, report = encode_screened(
-            self.task.splits[split][:limit],
-            encode,
-            f"{self.cfg.data.task}:{split}",
-            self.cfg.data.on_bad_row,
-        )
+            encode = functools.partial(encode_preference_rows, tokenizer=self.tokenizer, max_length=length, max_prompt_length=prompt_length)
+        arrays, report = encode_screened(self.splits.rows[split][:limit], encode, self.splits.names[split], self.cfg.data.on_bad_row)
         self.data_reports[split] = report
         if is_writer():
             write_reports(list(self.data_reports.values()), self.run_dir / "data_report.json")
@@ -248,11 +247,11 @@ class _Run:
         return arrays
 
     def evaluator(self) -> Evaluator:
-        cfg, splits = self.cfg, self.task.splits
+        cfg, splits = self.cfg, self.splits
         pairs = self.encoded("eval", cfg.eval.num_pairs)
-        prompt_texts = [row["prompt"] for row in splits["eval"][: cfg.eval.num_prompts]]
-        tokens, valid = encode_prompts(prompt_texts, self.tokenizer, cfg.data.max_prompt_length)
-        return Evaluator(cfg, self.mesh, self.graphdef, self.tokenizer, pairs, (tokens, valid, prompt_texts), self.task.gold_rewards, self.task.dimensions)
+        prompts = prompts_of(splits.rows["eval"][: cfg.eval.num_prompts])
+        tokens, valid = encode_prompts(prompts, self.tokenizer, cfg.data.max_prompt_length, keep_end=True)
+        return Evaluator(cfg, self.mesh, self.graphdef, self.tokenizer, pairs, (tokens, valid, prompts), splits.gold_rewards, splits.dimensions)
 
 
 def train(cfg: Config, config_name: str = "run") -> RunResult:

@@ -1,0 +1,62 @@
+"""``jaxspo data prepare NAME --manual-dir DIR [--data-dir DIR]``: build one TFDS dataset and summarise it.
+
+The summary gives rows per split, length statistics (characters of prompt, chosen and rejected; a
+conversation counts its message contents) and the upstream rows that were rejected, by reason. The
+rejections are also written next to the dataset (``rejected.json``), so preparing again (a no-op for
+TFDS) still reports them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxspo.data.sources import SourceConfig, read_split
+
+
+def _chars(value: Any) -> int:
+    return sum(len(m["content"]) for m in value) if isinstance(value, list) else len(value)
+
+
+def prepare(name: str, manual_dir: str, data_dir: str = "") -> dict[str, Any]:
+    """Builds ``name`` (``builder`` or ``builder/config``) from ``manual_dir`` into ``data_dir`` (TFDS'
+    default when empty) and returns the summary as a dict."""
+    import tensorflow_datasets as tfds
+
+    from jaxspo.data.tfds_builders import BUILDERS
+
+    builder_name, _, config = name.partition("/")
+    if builder_name not in BUILDERS:
+        raise ValueError(f"unknown dataset '{builder_name}'; available: {sorted(BUILDERS)}")
+    if not Path(manual_dir).is_dir() or not any(Path(manual_dir).iterdir()):
+        raise FileNotFoundError(f"--manual-dir {manual_dir} is not a folder with files; {BUILDERS[builder_name].MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    builder = BUILDERS[builder_name](config=config or None, data_dir=data_dir or None)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    record = Path(builder.data_dir) / "rejected.json"
+    if builder.rejected:
+        record.write_text(json.dumps(builder.rejected, indent=2) + "\n")
+    rejected = json.loads(record.read_text()) if record.is_file() else {}
+    splits = {}
+    for split in builder.info.splits:
+        _, rows = read_split(SourceConfig(kind="tfds", name=builder.info.full_name.rsplit("/", 1)[0], path=data_dir), split)
+        stats = {}
+        for field in ("prompt", "chosen", "rejected"):
+            lengths = np.array([_chars(r[field]) for r in rows]) if rows else np.zeros(1)
+            stats[field] = {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())}
+        splits[split] = {"rows": len(rows), "chars": stats, "rejected": rejected.get(split, {})}
+    return {"name": builder.info.full_name, "data_dir": str(builder.data_dir), "splits": splits}
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Human-readable lines of :func:`prepare`'s summary."""
+    lines = [f"{summary['name']} → {summary['data_dir']}", "", "| split | rows | prompt chars min/mean/max | chosen | rejected | rows rejected |", "|---|---:|---|---|---|---:|"]
+    for split, s in summary["splits"].items():
+        cells = [f"{c['min']}/{c['mean']:.0f}/{c['max']}" for c in (s["chars"][f] for f in ("prompt", "chosen", "rejected"))]
+        lines.append(f"| {split} | {s['rows']} | {' | '.join(cells)} | {sum(s['rejected'].values())} |")
+    reasons = [(split, reason, n) for split, s in summary["splits"].items() for reason, n in s["rejected"].items()]
+    if reasons:
+        lines += ["", "rejected upstream rows:"] + [f"  {split}: {n} × {reason}" for split, reason, n in reasons]
+    return "\n".join(lines)

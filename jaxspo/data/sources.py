@@ -1,0 +1,153 @@
+"""Where preference rows come from: the built-in task, JSONL, Parquet, a saved HF ``datasets`` folder, or TFDS.
+
+``data.source.kind`` picks the reader; ``train_split`` / ``eval_split`` name the splits to read; the SFT
+warm start of an external source trains on the train split's chosen responses. ``fields`` renames
+columns to the canonical names of :mod:`jaxspo.data.formats` (``{prompt: question, chosen: answer_a}``).
+Readers return plain rows; checking them is the encoders' job, so a bad row is reported by
+:func:`jaxspo.data.screen.encode_screened` as ``<file or dataset:split>, row <i>: <what is wrong>``.
+
+- ``jsonl`` / ``parquet``: ``path`` is a file pattern with ``{split}`` (``data/{split}.jsonl``).
+- ``hf_disk``: ``path`` is a folder written by ``datasets``' ``save_to_disk`` (a ``DatasetDict`` with one
+  sub-folder per split, or a single ``Dataset``, used for every split); its Arrow files are read with
+  pyarrow — the ``datasets`` package is not needed.
+- ``tfds``: ``name`` is a prepared TFDS dataset (e.g. ``hh_rlhf``, built by ``jaxspo data prepare``) in
+  the data dir ``path`` (``""`` = TFDS' default); read through ``tfds.data_source`` (ArrayRecord,
+  random access, no TensorFlow).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KINDS = ("synthetic", "jsonl", "parquet", "hf_disk", "tfds")
+
+
+@dataclasses.dataclass
+class SourceConfig:
+    """``data.source``: the reader and where its files are (see the module docstring)."""
+
+    kind: str = "synthetic"  # synthetic | jsonl | parquet | hf_disk | tfds
+    path: str = ""  # jsonl/parquet: file pattern with {split}; hf_disk: folder; tfds: data dir ("" = default)
+    name: str = ""  # tfds: the dataset name, e.g. hh_rlhf or hh_rlhf/helpful-base
+    train_split: str = "train"
+    eval_split: str = "test"
+    fields: dict[str, str] = dataclasses.field(default_factory=dict)  # canonical name -> column name
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first bad key."""
+        if self.kind not in KINDS:
+            raise ValueError(f"data.source.kind must be one of {list(KINDS)}, got '{self.kind}'")
+        if self.kind in ("jsonl", "parquet", "hf_disk") and not self.path:
+            raise ValueError(f"data.source.path is required for data.source.kind={self.kind}")
+        if self.kind in ("jsonl", "parquet") and "{split}" not in self.path:
+            raise ValueError(f"data.source.path must contain '{{split}}' (e.g. data/{{split}}.{self.kind}), got '{self.path}'")
+        if self.kind == "tfds" and not self.name:
+            raise ValueError("data.source.name is required for data.source.kind=tfds (e.g. hh_rlhf)")
+
+
+@dataclasses.dataclass
+class Splits:
+    """Rows of the run's splits ("sft", "train", "eval"), the name each is reported under, and the gold
+    reward function (the built-in task only; None for external data)."""
+
+    rows: dict[str, list[Any]]
+    names: dict[str, str]
+    gold_rewards: Callable[[str, str], dict[str, float]] | None = None
+    dimensions: tuple[str, ...] = ()
+
+
+def _plain(value: Any) -> Any:
+    """TFDS / Arrow values → JSON-like Python: bytes → str, arrays → lists, a columnar message
+    sequence ``{"role": [...], "content": [...]}`` → a list of messages."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()] if value.dtype == object or value.ndim else value.item()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        value = {k: _plain(v) for k, v in value.items()}
+        if set(value) == {"role", "content"} and isinstance(value["role"], list):
+            return [{"role": r, "content": c} for r, c in zip(value["role"], value["content"])]
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _read_jsonl(path: Path) -> list[Any]:
+    from jaxspo.data import read_jsonl
+
+    return read_jsonl(path)
+
+
+def _read_parquet(path: Path) -> list[Any]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def _read_hf_disk(folder: Path, split: str) -> tuple[str, list[Any]]:
+    """Rows of one split of a ``save_to_disk`` folder (Arrow IPC stream files listed in state.json)."""
+    import pyarrow as pa
+
+    split_dir = folder / split if (folder / "dataset_dict.json").is_file() else folder
+    state_file = split_dir / "state.json"
+    if not state_file.is_file():
+        available = json.loads((folder / "dataset_dict.json").read_text()).get("splits") if (folder / "dataset_dict.json").is_file() else None
+        raise FileNotFoundError(f"{split_dir}: not a saved datasets split (no state.json); splits: {available}")
+    files = [split_dir / f["filename"] for f in json.loads(state_file.read_text())["_data_files"]]
+    rows: list[Any] = []
+    for file in files:
+        with pa.memory_map(str(file)) as stream:
+            rows += pa.ipc.open_stream(stream).read_all().to_pylist()
+    return str(split_dir), rows
+
+
+def _read_tfds(name: str, data_dir: str, split: str) -> list[Any]:
+    import tensorflow_datasets as tfds
+
+    import jaxspo.data.tfds_builders  # noqa: F401  (registers jaxspo's builders)
+
+    source = tfds.data_source(name, split=split, data_dir=str(Path(data_dir).expanduser()) if data_dir else None, download=False)
+    return [_plain(source[i]) for i in range(len(source))]
+
+
+def read_split(source: SourceConfig, split: str) -> tuple[str, list[Any]]:
+    """(name used in error messages, rows) of one split, columns renamed by ``source.fields``."""
+    if source.kind in ("jsonl", "parquet"):
+        path = Path(source.path.format(split=split)).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"data.source.path: {path} does not exist (split '{split}')")
+        name, rows = str(path), (_read_jsonl if source.kind == "jsonl" else _read_parquet)(path)
+    elif source.kind == "hf_disk":
+        name, rows = _read_hf_disk(Path(source.path).expanduser(), split)
+    elif source.kind == "tfds":
+        name, rows = f"{source.name}:{split}", _read_tfds(source.name, source.path, split)
+    else:
+        raise ValueError(f"read_split: kind '{source.kind}' has no files")
+    if source.fields:
+        renames = {column: canonical for canonical, column in source.fields.items()}
+        rows = [{renames.get(k, k): v for k, v in row.items()} if isinstance(row, Mapping) else row for row in rows]
+    return name, rows
+
+
+def load_splits(source: SourceConfig, task: Any, task_name: str = "synthetic") -> Splits:
+    """The run's splits: the built-in ``task``'s, or ``train_split`` / ``eval_split`` of ``source``
+    (SFT rows = the train pairs' prompts and chosen responses)."""
+    if source.kind == "synthetic":
+        return Splits(task.splits, {s: f"{task_name}:{s}" for s in task.splits}, task.gold_rewards, task.dimensions)
+    from jaxspo.data.formats import sft_rows_from_pairs
+
+    train_name, train = read_split(source, source.train_split)
+    eval_name, held_out = read_split(source, source.eval_split)
+    return Splits(
+        {"sft": sft_rows_from_pairs(train), "train": train, "eval": held_out},
+        {"sft": f"{train_name} (chosen as SFT)", "train": train_name, "eval": eval_name},
+    )
