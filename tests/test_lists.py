@@ -48,6 +48,11 @@ def test_rankings_from_the_built_in_task_scores():
     assert encode_list_rows(ranked, task.tokenizer, 32, True)["list_tokens"].shape == (64, 4, 32)
 
 
+def test_numeric_scores_of_external_rows_rank_best_first():
+    rows = [{"prompt": "p", "responses": ["a", "b", "c"], "response_scores": [0.5, 2.0, 0.5]}]
+    assert rank_by_scores(rows, SyntheticTaskConfig(), seed=0)[0]["ranking"] == [1, 0, 2]
+
+
 GOOD = {"prompt": "reverse 1 2 3 :", "responses": ["3 2 1", "3 um", "1 2 3"], "ranking": [0, 1, 2]}
 BAD_ROWS = [
     ({"responses": ["3 2 1", "3"], "ranking": [0, 1]}, True, "missing field 'prompt'"),

@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from jaxspo.data.encode import _check_inputs, _field, _pack, _sequence, _special_ids, _text, _token_ids
+from jaxspo.data.chat import _ids as _token_ids, prompt_ids
+from jaxspo.data.encode import _check_inputs, _pack, _sequence, _special_ids
+from jaxspo.data.formats import field as _field, text as _text
 from jaxspo.data.synthetic import SyntheticTaskConfig, labelled_reward
 
 LIST_FIELDS = ("list_tokens", "list_valid", "list_loss_mask", "list_mask")
@@ -63,7 +65,7 @@ def encode_list_rows(
 ) -> dict[str, np.ndarray]:
     """List rows → ``list_tokens/list_valid/list_loss_mask [N, n, T]`` and ``list_mask [N, n]``, best first."""
     _check_inputs(rows, max_length, "max_length")
-    prefix, eos, pad = _special_ids(tokenizer)
+    _, eos, pad = _special_ids(tokenizer)
     ordered: list[list[str]] = []
     for i, row in enumerate(rows):
         responses = _field(row, i, "responses")
@@ -73,8 +75,7 @@ def encode_list_rows(
         if len(set(texts)) < len(texts):
             raise ValueError(f"row {i}: field 'responses' has duplicate responses")
         ordered.append([texts[j] for j in _order(row, i, len(texts), need_ranking)])
-    prompts = [_text(_field(row, i, "prompt"), f"row {i}: field 'prompt'") for i, row in enumerate(rows)]
-    contexts = [prefix + ids for ids in _token_ids(tokenizer, prompts)]
+    contexts = prompt_ids(rows, tokenizer)  # [bos] + ids for text prompts, the chat template's for messages
     width = max(map(len, ordered))
     sequences = []
     for i, (context, texts) in enumerate(zip(contexts, ordered)):
