@@ -65,8 +65,9 @@ class Evaluator:
             out.update(metrics(params, reference_params))
         return out
 
-    def sample(self, params: Any, rng: jax.Array) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """One response per held-out prompt: (texts, tokens ``[N, max_new_tokens]``, valid), on every process."""
+    def sample(self, params: Any, rng: jax.Array) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """One response per held-out prompt: (texts, tokens ``[N, max_new_tokens]``, valid, per-token log-probs
+        under the temperature-1 policy), on every process."""
         e = self.cfg.eval
         tokens, valid = self._shard_rows(self.prompt_tokens), self._shard_rows(self.prompt_valid)
         out = sample(
@@ -75,11 +76,11 @@ class Evaluator:
             temperature=e.temperature, top_k=e.top_k, top_p=e.top_p,
         )
         sampled, sampled_valid = to_host(out.tokens), to_host(out.valid)  # the same on every process
-        return decode_responses(sampled, sampled_valid, self.tokenizer), sampled, sampled_valid
+        return decode_responses(sampled, sampled_valid, self.tokenizer), sampled, sampled_valid, to_host(out.logprobs)
 
     def sample_metrics(self, params: Any, reference_params: Any, rng: jax.Array) -> dict[str, float]:
         """Samples one response per held-out prompt; mean gold reward per dimension, KL, length."""
-        texts, sampled, sampled_valid = self.sample(params, rng)
+        texts, sampled, sampled_valid, logprobs = self.sample(params, rng)
         scores = [self.gold_rewards(p, r) for p, r in zip(self.prompt_texts, texts)] if self.gold_rewards else []
         full_tokens = np.concatenate([self.prompt_tokens, sampled], axis=1)
         full_valid = np.concatenate([self.prompt_valid, sampled_valid], axis=1)
@@ -88,5 +89,5 @@ class Evaluator:
         metrics = {f"eval/gold/{d}": float(np.mean([s[d] for s in scores])) for d in self.dimensions if scores}
         metrics["eval/kl"] = float(np.mean(to_host(kl)))
         metrics["eval/response_tokens"] = float(sampled_valid.sum(1).mean())
-        metrics["eval/response_nll"] = float(-to_host(out.logprobs).sum(1).mean())  # −log πθ(y|x) of its own samples: an entropy estimate
+        metrics["eval/response_nll"] = float(-logprobs.sum(1).mean())  # −log πθ(y|x) of its own samples: an entropy estimate
         return metrics
