@@ -16,6 +16,7 @@ import argparse
 import json
 import tempfile
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -56,7 +57,7 @@ def share_in_training(recipe: str, overrides: list[str], steps: int) -> dict[str
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = load_config(recipe, overrides + [f"trainer.steps={steps}", "trainer.sft_steps=0", "trainer.eval_every=0", "logging.log_every=10", "logging.progress_bar=false", "logging.plot=false", "logging.tensorboard=false", "checkpoint.every_steps=0", "checkpoint.save_final=false", "eval.num_pairs=32", "eval.num_prompts=8", f"run_dir={run_dir}"])
         train(cfg, "bench")
-        rows = [r for r in read_metrics(f"{run_dir}/metrics.jsonl") if r["phase"] == "preference"][1:]
+        rows = [r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r["phase"] == "preference"][1:]
     sampling = float(np.mean([r["kl/sample_seconds_per_step"] for r in rows]))
     step = float(np.mean([r["seconds_per_step"] for r in rows]))
     return {
@@ -81,6 +82,7 @@ def main() -> None:
     overrides = list(args.overrides) + ([f"model.path={args.model_path}"] if args.model_path else [])
     cfg = load_config(args.recipe, overrides)
     result = {"recipe": args.recipe, "devices": f"{len(jax.devices())} x {jax.devices()[0].platform}", "sampler": sampler_alone(cfg, args.repeats)}
+    print(json.dumps(result["sampler"]), flush=True)
     result["training"] = share_in_training(args.recipe, overrides, args.steps)
     print(json.dumps(result, indent=2))
 

@@ -53,6 +53,7 @@ def test_one_forward_over_lists_equals_each_response_scored_alone():
         np.testing.assert_array_equal(logps.lengths[:, j], lengths)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("terms", [{"soft_spo": 1.0}, {"soft_spo_ranked": 1.0}])
 def test_kl_regulariser_adds_beta_times_the_sampled_kl_and_accumulates_exactly(terms):
     kl_beta = 0.5

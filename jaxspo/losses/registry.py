@@ -84,7 +84,10 @@ _REGISTRY: dict[str, LossSpec] = {}
 
 
 def register_loss(name: str, *, needs_reference: bool = True, needs_soft_label: bool = False, layout: str = "pair") -> Callable[[LossFn], LossFn]:
-    """Decorator registering ``fn(logps: PairLogps, cfg: LossConfig) -> loss [B] | (loss [B], metrics)``."""
+    """Decorator registering ``fn(logps: PairLogps, cfg: LossConfig) -> loss [B] | (loss [B], metrics)``.
+
+    ``layout="list"``: ``fn`` reads ranked lists (:class:`jaxspo.losses.soft_spo.ListLogps`) instead of pairs.
+    """
 
     def decorate(fn: LossFn) -> LossFn:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:

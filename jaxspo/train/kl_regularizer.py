@@ -113,6 +113,7 @@ class KLSampler:
 
     def __call__(self, step: int, params: nnx.State) -> dict[str, jax.Array]:
         if self.fields is None or (step - 1) % self.spo.kl_refresh == 0:
+            jax.block_until_ready(params)  # let the previous (asynchronous) step finish: time the sampler alone
             start = time.perf_counter()
             self.fields = jax.block_until_ready(self.draw((step - 1) // self.spo.kl_refresh, params))
             self.window["seconds"] += time.perf_counter() - start
