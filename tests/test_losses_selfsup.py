@@ -89,3 +89,13 @@ def test_level_rewards_and_accuracy():
     np.testing.assert_allclose(level_rewards("logp", 0.5, policy, reference, lengths), [-2.0, -3.0])
     right, pairs = pairwise_accuracy(jnp.array([[2.0, 3.0, 1.0, 0.0]]), jnp.array([[True, True, True, False]]))
     assert (float(right[0]), float(pairs[0])) == (2.0, 3.0)  # (0,2) and (1,2) right, (0,1) wrong; level 3 invalid
+
+
+@pytest.mark.parametrize("override, key", [("loss.selfsup.unit=paragraph", "loss.selfsup.unit"), ("loss.selfsup.fraction=0", "loss.selfsup.fraction"),
+                                           ("loss.selfsup.mode=rank", "loss.selfsup.mode"), ("loss.selfsup.weight=-1", "loss.selfsup.weight"),
+                                           ("loss.selfsup.levles=2", "levels")])
+def test_bad_selfsup_config_names_the_key(override, key):
+    from jaxspo.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=key):
+        load_config(None, [override])
