@@ -17,6 +17,7 @@ regulariser; ``loss`` includes it), and from the sampler, over the logging windo
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -27,6 +28,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from jaxspo.data import encode_prompts, read_jsonl
+from jaxspo.data.formats import is_conversation
 from jaxspo.distributed import to_global
 from jaxspo.sampling import sample
 from jaxspo.sharding import named_sharding
@@ -65,15 +67,20 @@ def with_kl_regulariser(objective, graphdef: nnx.GraphDef, loss_cfg):
     return regularised
 
 
-def regularisation_prompts(source: str, splits: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """Prompt texts of ``source``: a task split (``train``, ``sft``, ``eval``) or a ``.jsonl`` file of rows with ``prompt``."""
+def regularisation_prompts(source: str, splits: dict[str, list[dict[str, Any]]]) -> list[Any]:
+    """Distinct prompts of ``source``, in order: a split (``train``, ``sft``, ``eval``) or a ``.jsonl`` file of
+    rows with ``prompt`` (text, or a message list for conversational data)."""
     rows = splits[source] if source in splits else read_jsonl(source)
-    prompts = []
+    prompts, seen = [], set()
     for i, row in enumerate(rows):
-        if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-            raise ValueError(f"{source}, row {i}: field 'prompt' must be a non-empty str (loss.soft_spo.kl_prompt_source)")
-        prompts.append(row["prompt"])
-    return sorted(set(prompts), key=prompts.index)
+        prompt = row.get("prompt") if isinstance(row, dict) else None
+        if not (isinstance(prompt, str) and prompt.strip()) and not is_conversation(prompt):
+            raise ValueError(f"{source}, row {i}: field 'prompt' must be a non-empty str or a list of messages (loss.soft_spo.kl_prompt_source)")
+        key = json.dumps(prompt, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            prompts.append(prompt)
+    return prompts
 
 
 class KLSampler:
@@ -83,7 +90,7 @@ class KLSampler:
         spo = cfg.loss.soft_spo
         self.cfg, self.spo, self.mesh, self.graphdef = cfg, spo, mesh, graphdef
         self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-        self.tokens, self.valid = encode_prompts(prompts, tokenizer, cfg.data.max_prompt_length)  # [P_all, P]
+        self.tokens, self.valid = encode_prompts(prompts, tokenizer, cfg.data.max_prompt_length, keep_end=True)  # [P_all, P]
         self.key = jax.random.key(cfg.trainer.seed + 2)
         self._join = jax.jit(self._join_fn, out_shardings={k: shardings[k] for k in KL_FIELDS})
         self.fields: dict[str, jax.Array] | None = None

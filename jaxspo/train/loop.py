@@ -93,7 +93,7 @@ class _Phase:
         self.skipped = 0  # steps whose update was dropped as non-finite
         self.kl_sampler = None  # soft_spo's global KL regulariser: on-policy samples drawn before each step
         if phase == "preference" and kl_active(cfg.loss):
-            prompts = regularisation_prompts(cfg.loss.soft_spo.kl_prompt_source, run.splits)
+            prompts = regularisation_prompts(cfg.loss.soft_spo.kl_prompt_source, run.splits.rows)
             self.kl_sampler = KLSampler(cfg, run.mesh, run.graphdef, run.tokenizer, prompts, self.step.batch_sharding)
 
     def _resume(self) -> int:
