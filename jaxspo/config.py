@@ -20,11 +20,15 @@ import yaml
 
 from jaxspo.data.synthetic import SyntheticTaskConfig
 from jaxspo.models.decoder import ModelConfig
+from jaxspo.models.lora import LoRAConfig, chosen_projections
 from jaxspo.sharding import DEFAULT_RULES, MESH_AXES
 
 
 class ConfigError(ValueError):
     """A config file, key or value is wrong; the message names it."""
+
+
+REFERENCE_MODES = ("resident", "precomputed", "none", "adapter_off")
 
 
 @dataclasses.dataclass
@@ -49,7 +53,7 @@ class LossConfig:
 
     terms: dict[str, float] = dataclasses.field(default_factory=lambda: {"dpo": 1.0})
     beta: float = 0.1  # DPO temperature β (IPO's τ; SimPO's β, ~2 in its paper); rewards are β·log(πθ/π_ref)
-    reference: str = "resident"  # "resident": frozen copy inside the step; "precomputed": one cached pass; "none": reference-free (π_ref ≡ 1)
+    reference: str = "resident"  # "resident": frozen copy inside the step; "precomputed": one cached pass; "none": reference-free (π_ref ≡ 1); "adapter_off": the LoRA base without adapters
     reference_cache_dir: str = "~/.cache/jaxspo/reference_logps"  # precomputed reference log-probs, keyed by data/weights/tokenizer hashes
     label_smoothing: float = 0.0  # ε: cdpo, aot, aot_unpaired in [0, 1); robust flip rate in [0, 0.5); exo_pair > 0 (paper 1e-3)
     simpo_gamma: float = 0.5  # SimPO target margin γ (TRL default)
@@ -148,6 +152,7 @@ class Config:
 
     run_dir: str = ""  # default: runs/<config name>-<UTC timestamp>
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)  # rank 0: full fine-tuning
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
@@ -332,7 +337,8 @@ def validate(cfg: Config) -> None:
         (cfg.trainer.steps >= 0 and cfg.trainer.sft_steps >= 0, "trainer.steps and trainer.sft_steps must be >= 0"),
         (cfg.loss.beta > 0, "loss.beta must be positive"),
         (bool(cfg.loss.terms), "loss.terms must name at least one loss"),
-        (cfg.loss.reference in ("resident", "precomputed", "none"), f"loss.reference must be 'resident', 'precomputed' or 'none', got '{cfg.loss.reference}'"),
+        (cfg.loss.reference in REFERENCE_MODES, f"loss.reference must be one of {', '.join(REFERENCE_MODES)}, got '{cfg.loss.reference}'"),
+        (cfg.loss.reference != "adapter_off" or cfg.lora.enabled, "loss.reference 'adapter_off' needs LoRA adapters (set lora.rank > 0)"),
         (cfg.optimizer.schedule in ("cosine", "linear", "constant"), f"optimizer.schedule must be cosine, linear or constant, got '{cfg.optimizer.schedule}'"),
         (cfg.optimizer.learning_rate > 0, "optimizer.learning_rate must be positive"),
         (cfg.data.task == "synthetic", f"data.task: unknown task '{cfg.data.task}'; available: synthetic"),
@@ -356,9 +362,14 @@ def validate(cfg: Config) -> None:
         key = sorted(unknown_rules)[0]
         raise ConfigError(f"mesh.rules: unknown logical axis '{key}'{_suggest(key, list(DEFAULT_RULES))}")
     model_to_check = dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size or 1)  # 0 = tokenizer's
-    for section in (model_to_check, cfg.data.synthetic):
+    for section in (model_to_check, cfg.data.synthetic, cfg.lora):
         try:
             section.validate()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    if cfg.lora.enabled and not cfg.model.path:  # with model.path the architecture is known once config.json is read
+        try:
+            chosen_projections(cfg.model, cfg.lora)
         except ValueError as err:
             raise ConfigError(str(err)) from None
 

@@ -1,9 +1,13 @@
-"""The pure, jit-sharded train step: ``(state, reference_params, batch) -> (state, metrics)``.
+"""The pure, jit-sharded train step: ``(state, frozen, batch) -> (state, metrics)``.
 
 :func:`make_train_step` is the one factory used by the training loop (and by ahead-of-time
 compilation): it returns the jitted function together with its in/out shardings and donated args.
 Two objectives share it: ``"sft"`` (token-mean NLL on completions) and ``"preference"``
 (the configured loss terms on chosen/rejected pairs, both sides in one concatenated forward).
+
+The step's model is a :class:`FullModel` (a graph definition: the state's params are the whole model and
+``frozen`` is the resident reference's params, or None) or a LoRA model
+(:class:`jaxspo.train.lora.AdaptedModel`: the params are the adapters, ``frozen`` holds the base).
 """
 
 from __future__ import annotations
@@ -25,11 +29,32 @@ from jaxspo.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
-# objective(params, reference_params, micro_batch) -> (loss sum, metrics as (sum, count))
-Objective = Callable[[nnx.State, Any, Batch], tuple[jax.Array, Metrics]]
+# objective(params, frozen, micro_batch, rng) -> (loss sum, metrics as (sum, count)); rng: key data [2] uint32
+Objective = Callable[..., tuple[jax.Array, Metrics]]
 
 PREFERENCE_FIELDS = ("chosen_tokens", "chosen_valid", "chosen_loss_mask", "rejected_tokens", "rejected_valid", "rejected_loss_mask", "soft_label")
 SFT_FIELDS = ("tokens", "valid", "loss_mask")
+
+
+@dataclasses.dataclass(frozen=True)
+class FullModel:
+    """Full fine-tuning: the trained params are the whole model; ``frozen`` is the resident reference (or None)."""
+
+    graphdef: nnx.GraphDef
+
+    def policy(self, params: nnx.State, frozen: Any, rng: jax.Array | None) -> tuple[nnx.GraphDef, nnx.State]:
+        return self.graphdef, params
+
+    def reference(self, frozen: Any) -> tuple[nnx.GraphDef, nnx.State]:
+        return self.graphdef, frozen
+
+    def frozen_sharding(self, params_sharding: Any, uses_reference: bool) -> Any:
+        return params_sharding if uses_reference else None
+
+
+def as_model(model: Any) -> Any:
+    """A graph definition becomes a :class:`FullModel`; a model object (policy/reference/frozen_sharding) stays."""
+    return FullModel(model) if isinstance(model, nnx.GraphDef) else model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,24 +103,30 @@ def batch_fields(phase: str, loss_cfg) -> tuple[str, ...]:
     return PREFERENCE_FIELDS
 
 
+def in_step_reference(loss_cfg) -> bool:
+    """Whether the step runs a reference forward itself (resident copy, or the base with adapters off)."""
+    return needs_reference(loss_cfg) and loss_cfg.reference in ("resident", "adapter_off")
+
+
 def needs_reference(loss_cfg) -> bool:
     """Whether any configured loss term uses reference log-probs (and a reference is configured)."""
     return loss_cfg.reference != "none" and any(get_loss(name).needs_reference for name in loss_cfg.terms)
 
 
-def preference_objective_fn(graphdef: nnx.GraphDef, loss_cfg) -> Objective:
-    """The configured preference loss on a micro-batch of pairs."""
+def preference_objective_fn(graphdef: Any, loss_cfg) -> Objective:
+    """The configured preference loss on a micro-batch of pairs (``graphdef``: a graph definition or a model object)."""
     use_reference = needs_reference(loss_cfg)
+    model = as_model(graphdef)
 
-    def objective(params: nnx.State, reference_params: Any, batch: Batch) -> tuple[jax.Array, Metrics]:
+    def objective(params: nnx.State, reference_params: Any, batch: Batch, rng: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
         with jax.named_scope("policy"):
-            chosen, rejected, chosen_len, rejected_len = pair_logps(graphdef, params, batch)
+            chosen, rejected, chosen_len, rejected_len = pair_logps(*model.policy(params, reference_params, rng), batch)
         ref_chosen = ref_rejected = None
         if use_reference and loss_cfg.reference == "precomputed":
             ref_chosen, ref_rejected = batch["reference_chosen_logps"], batch["reference_rejected_logps"]
         elif use_reference:
             with jax.named_scope("reference"):
-                ref = pair_logps(graphdef, reference_params, batch)
+                ref = pair_logps(*model.reference(reference_params), batch)
             ref_chosen, ref_rejected = jax.lax.stop_gradient(ref[0]), jax.lax.stop_gradient(ref[1])
         logps = PairLogps(chosen, rejected, ref_chosen, ref_rejected, chosen_len, rejected_len, batch["soft_label"])
         loss_sum, metrics = preference_objective(logps, loss_cfg, jnp.ones_like(chosen))
@@ -106,11 +137,12 @@ def preference_objective_fn(graphdef: nnx.GraphDef, loss_cfg) -> Objective:
     return objective
 
 
-def sft_objective_fn(graphdef: nnx.GraphDef) -> Objective:
+def sft_objective_fn(graphdef: Any) -> Objective:
     """Token-level NLL summed over completion tokens (divided by the global token count later)."""
+    model = as_model(graphdef)
 
-    def objective(params: nnx.State, reference_params: Any, batch: Batch) -> tuple[jax.Array, Metrics]:
-        logps, lengths = sequence_logps(graphdef, params, batch["tokens"], batch["valid"], batch["loss_mask"])
+    def objective(params: nnx.State, reference_params: Any, batch: Batch, rng: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
+        logps, lengths = sequence_logps(*model.policy(params, reference_params, rng), batch["tokens"], batch["valid"], batch["loss_mask"])
         loss_sum = -logps.sum()
         count = lengths.sum()
         return loss_sum, {"loss": (loss_sum, count), "tokens": (batch["valid"].sum().astype(jnp.float32), jnp.float32(1.0))}
@@ -128,7 +160,7 @@ def _global_count(phase: str, batch: Batch) -> jax.Array:
 def make_train_step(
     cfg,
     mesh: Mesh,
-    graphdef: nnx.GraphDef,
+    graphdef: Any,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     state_sharding: TrainState,
@@ -139,6 +171,9 @@ def make_train_step(
 
     Gradients are accumulated exactly over ``cfg.trainer.grad_accum_steps`` micro-batches: each
     micro-batch contributes the gradient of its loss SUM, divided once by the global count.
+    ``graphdef`` is the model's graph definition, or a model object such as a LoRA
+    :class:`jaxspo.train.lora.AdaptedModel` (then only the adapters are trained; ``frozen`` holds the base).
+    Micro-batch i's objective gets key data ``fold_in(step key, i)`` (LoRA dropout).
     """
     if phase not in ("sft", "preference"):
         raise ValueError(f"unknown phase '{phase}'")
@@ -155,15 +190,18 @@ def make_train_step(
             count = _global_count(phase, batch)
             micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
             grad_fn = jax.value_and_grad(objective, has_aux=True)
-            (_, metrics), grads = grad_fn(state.params, reference_params, jax.tree.map(lambda x: x[0], micro))
+            next_key, step_key = jax.random.split(jax.random.wrap_key_data(state.rng))
+            micro_key = lambda i: jax.random.key_data(jax.random.fold_in(step_key, i))  # noqa: E731
+            (_, metrics), grads = grad_fn(state.params, reference_params, jax.tree.map(lambda x: x[0], micro), micro_key(0))
 
-            def accumulate(carry, micro_batch):
-                (_, m), g = grad_fn(state.params, reference_params, micro_batch)
+            def accumulate(carry, xs):
+                micro_batch, i = xs
+                (_, m), g = grad_fn(state.params, reference_params, micro_batch, micro_key(i))
                 return jax.tree.map(jnp.add, carry, (g, m)), None
 
             if accum > 1:
                 rest = jax.tree.map(lambda x: x[1:], micro)
-                (grads, metrics), _ = jax.lax.scan(accumulate, (grads, metrics), rest)
+                (grads, metrics), _ = jax.lax.scan(accumulate, (grads, metrics), (rest, jnp.arange(1, accum)))
             grads = jax.tree.map(lambda g: g / count, grads)
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
@@ -175,11 +213,10 @@ def make_train_step(
         params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state), (state.params, state.opt_state))
         out["nonfinite"] = 1.0 - finite.astype(jnp.float32)
         out["learning_rate"] = schedule(state.step)
-        rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), out
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=jax.random.key_data(next_key)), out
 
-    uses_reference = phase == "preference" and needs_reference(cfg.loss) and cfg.loss.reference == "resident"
-    reference_sharding = state_sharding.params if uses_reference else None
+    uses_reference = phase == "preference" and in_step_reference(cfg.loss)
+    reference_sharding = as_model(graphdef).frozen_sharding(state_sharding.params, uses_reference)
     fn = jax.jit(
         step,
         in_shardings=(state_sharding, reference_sharding, batch_sharding),
