@@ -232,7 +232,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"model           {report['parameters'] / 1e9:.2f} B parameters ({report['trained_parameters'] / 1e6:.1f} M trained); global batch {report['global_batch']} × {report['sequence_length']} tokens",
         f"peak memory     {'≥ ' if report['refused_by_compiler'] else ''}{gib(report['peak_bytes_per_device'])} per device of {gib(report['capacity_bytes_per_device'])} → fits: {'yes' if report['fits'] else 'NO'}",
         f"analytic state  {gib(report['analytic_state_bytes_per_device'])} per device (params + grads + Adam + reference)",
-        f"flops           {report['model_flops_per_step']:.3e} per step (6·N·tokens + 2·N·tokens for the reference); "
+        f"flops           {report['model_flops_per_step']:.3e} per step (6·N·tokens, 4·N with LoRA's frozen base, + 2·N·tokens for an in-step reference); "
         f"XLA cost analysis {report['xla_flops_per_step_per_device']:.3e} per device (scan body counted once)",
         f"compile         {report['compile_seconds']:.1f} s",
     ]
