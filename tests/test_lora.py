@@ -13,7 +13,7 @@ import transformers
 from flax import nnx
 
 from jaxspo import cli
-from jaxspo.compile import compile_step
+from jaxspo.compile import compile_step, fit_report
 from jaxspo.config import ConfigError, config_from_dict, dump_yaml, load_config, to_dict
 from jaxspo.errors import BaseChangedError
 from jaxspo.export import export_run
@@ -247,3 +247,19 @@ def test_lora_run_checkpoints_adapters_only_and_resume_refuses_a_changed_base(tm
     changed = load_config("configs/lora_dpo.yaml", RUN + [f"run_dir={tmp_path}", "trainer.steps=6", "trainer.seed=1"])
     with pytest.raises(BaseChangedError, match=r"checkpoint .*preference/4 was made on a base model with sha256"):
         loop.train(changed)
+
+
+@pytest.mark.slow
+def test_tiny_lora_step_compiles_for_a_tpu_slice_with_less_memory(monkeypatch):
+    """`jaxspo compile`'s path with libtpu's compiler: LoRA's arguments are smaller than full fine-tuning's."""
+    monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5p-8")
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
+    monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    tiny = ["model.vocab_size=64", "model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2",
+            "model.num_heads=4", "model.num_kv_heads=2", "data.max_length=32", "trainer.batch_size=8", "mesh.data=1", "mesh.fsdp=-1"]
+    full = fit_report(load_config("configs/demo.yaml", tiny), "v5p-8")
+    lora = fit_report(load_config("configs/demo.yaml", tiny + LORA), "v5p-8")
+    assert lora["fits"] and lora["devices"] == 4
+    # layers × rank × Σ (in + out): q (64 + 4·16), k and v (64 + 2·16), o (4·16 + 64), gate, up, down (64 + 128)
+    assert lora["trained_parameters"] == 2 * 4 * ((64 + 64) + 2 * (64 + 32) + (64 + 64) + 3 * (64 + 128))
+    assert lora["argument_bytes_per_device"] < 0.6 * full["argument_bytes_per_device"]

@@ -30,6 +30,7 @@ from jaxspo.models.lora import LoRAConfig, LoRADropoutKey, LoRAParam, LoRASpec
 from jaxspo.sharding import Rules
 from jaxspo.train.reference_cache import hash_params
 from jaxspo.train.state import init_params, param_shardings
+from jaxspo.train.step import in_step_reference
 
 
 def _split(model: Decoder) -> tuple[nnx.GraphDef, nnx.State, nnx.State, nnx.State]:
@@ -94,10 +95,6 @@ class AdaptedModel:
 
         return init()
 
-    def frozen(self, base: nnx.State, reference: nnx.State | None = None) -> dict[str, Any]:
-        """The step's ``frozen`` argument; ``reference`` only for ``loss.reference: resident``."""
-        return {"base": base, "reference": reference if self.reference_mode == "resident" else None}
-
     # --- the train step's model interface (see jaxspo.train.step.FullModel) ---
 
     def policy(self, params: nnx.State, frozen: dict[str, Any], rng: jax.Array | None) -> tuple[nnx.GraphDef, nnx.State]:
@@ -111,6 +108,7 @@ class AdaptedModel:
     def frozen_sharding(self, params_sharding: Any, uses_reference: bool) -> dict[str, Any]:
         resident = uses_reference and self.reference_mode == "resident"
         return {"base": self.base_sharding, "reference": self.base_sharding if resident else None}
+
 
 # --- the base a run's adapters belong to: a pointer and a sha256, checked on resume and export ---
 
@@ -179,7 +177,8 @@ class LoRATraining:
         self.model = AdaptedModel.build(cfg.model, cfg.lora, cfg.loss.reference, mesh, cfg.mesh.rules)
         self.initial = self.model.init_adapters(cfg.trainer.seed)
         self.base, self.reference, self.record = base, reference, record
-        self.frozen = self.model.frozen(base, reference)
+        resident = cfg.loss.reference == "resident" and in_step_reference(cfg.loss)
+        self.frozen = {"base": base, "reference": reference if resident else None}  # the step's second argument
 
     def eval_states(self, adapters: nnx.State) -> tuple[nnx.State, nnx.State]:
         """(policy, reference) for ``model.eval_graphdef``: base + adapters, and the reference + zero adapters."""
