@@ -128,6 +128,7 @@ def test_adapter_off_reference_equals_a_resident_copy_of_the_base(tiny):
     assert float(jnp.abs(adapted[0] - reference[0]).max()) > 1e-4  # the policy did move away from it
 
 
+@pytest.mark.slow
 def test_dropout_uses_the_step_key_and_is_off_in_evaluation():
     cfg = lora_config("lora.dropout=0.5", "mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1")
     mesh = make_mesh(cfg.mesh.shape(), jax.devices()[:1])
