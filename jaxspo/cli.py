@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jaxspo import launch
 from jaxspo.config import ConfigError, load_config
-from jaxspo.errors import PREEMPTED_EXIT_CODE, DataError, DistributedError, NonFiniteError, Preempted
+from jaxspo.errors import PREEMPTED_EXIT_CODE, BaseChangedError, DataError, DistributedError, NonFiniteError, Preempted
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -35,8 +35,8 @@ def _export(args: argparse.Namespace) -> int:
     from jaxspo.models.hf_config import CheckpointError
 
     try:
-        out = export_run(args.run_dir, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size)
-    except CheckpointError as err:
+        out = export_run(args.run_dir, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size, peft=args.peft)
+    except (CheckpointError, BaseChangedError) as err:
         print(f"jaxspo: error: {err}", file=sys.stderr)
         return 1
     print(f"exported {args.run_dir} to {out}")
@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="folder to write (config.json, safetensors, tokenizer, generation_config.json)")
     export.add_argument("--dtype", default="", help="weights dtype, e.g. bfloat16 (default: checkpoint.export_dtype, else the params' dtype)")
     export.add_argument("--max-shard-size", default="", help="split weights into shards of this size, e.g. 5GB (default: checkpoint.export_max_shard_size)")
+    export.add_argument("--peft", action="store_true", help="LoRA run: write the adapters in PEFT's format (adapter_config.json + adapter_model.safetensors) instead of the merged model")
     export.set_defaults(handler=_export)
     score = commands.add_parser("score", help="log-probs of chosen and rejected responses under a Hugging Face model")
     score.add_argument("model_dir", help="Hugging Face model folder (config.json, safetensors, tokenizer)")
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as err:
         print(f"jaxspo: {err}", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
-    except (DataError, DistributedError, FileExistsError, FileNotFoundError, NonFiniteError) as err:
+    except (BaseChangedError, DataError, DistributedError, FileExistsError, FileNotFoundError, NonFiniteError) as err:
         print(f"jaxspo: error: {err}", file=sys.stderr)
         return 1
     finally:

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 from jaxspo.sharding import make_mesh
 from jaxspo.train.state import TrainState, abstract_model, learning_rate_schedule, make_optimizer, param_shardings, state_shardings
 from jaxspo.train import selfsup
-from jaxspo.train.step import batch_fields, make_train_step, needs_reference
+from jaxspo.train.lora import AdaptedModel
+from jaxspo.train.step import batch_fields, in_step_reference, make_train_step, needs_reference
 
 GiB = 1024**3
 # name → (chips per "N" in the slice name, HBM bytes per device, devices per chip); v4/v5p names count TensorCores
@@ -109,12 +110,18 @@ class _Refused:
     alias_size_in_bytes: int = 0
 
 
-def analytic_bytes(cfg, abstract_params: Any) -> dict[str, float]:
-    """Bytes of params, gradients, Adam moments and the resident reference over the whole model."""
+def analytic_bytes(cfg, abstract_params: Any, abstract_trained: Any = None) -> dict[str, float]:
+    """Bytes of params, gradients, Adam moments and the resident reference over the whole model.
+
+    With LoRA, ``abstract_trained`` are the adapters: gradients and Adam moments are theirs, and params
+    count the frozen base plus the adapters.
+    """
     n = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
+    trained = n if abstract_trained is None else sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_trained))
     width = jnp.dtype(cfg.model.param_dtype).itemsize
     reference = n * width if needs_reference(cfg.loss) and cfg.loss.reference == "resident" else 0
-    return {"parameters": float(n), "params": n * width, "grads": n * width, "optimizer": 2 * n * 4, "reference": reference}
+    params = (n + (0 if abstract_trained is None else trained)) * width
+    return {"parameters": float(n), "trained_parameters": float(trained), "params": params, "grads": trained * width, "optimizer": 2 * trained * 4, "reference": reference}
 
 
 def compile_step(cfg, devices: list, per_device_batch: int | None = None) -> dict[str, Any]:
@@ -128,22 +135,28 @@ def compile_step(cfg, devices: list, per_device_batch: int | None = None) -> dic
     if batch % batch_axes:
         raise ValueError(f"trainer.batch_size ({batch}) must divide by the mesh's batch axes data×fsdp = {batch_axes}")
     graphdef, abstract_params = abstract_model(cfg.model)
-    p_sharding = param_shardings(abstract_params, mesh, cfg.mesh.rules)
+    model, trained, p_sharding = graphdef, abstract_params, param_shardings(abstract_params, mesh, cfg.mesh.rules)
+    if cfg.lora.enabled:  # the adapters are trained; the base is a frozen input
+        model = AdaptedModel.build(cfg.model, cfg.lora, cfg.loss.reference, mesh, cfg.mesh.rules)
+        trained, p_sharding = model.abstract_adapters, model.adapter_sharding
     schedule = learning_rate_schedule(cfg.optimizer, max(cfg.trainer.steps, 1), cfg.optimizer.learning_rate)
-    tx = make_optimizer(cfg.optimizer, schedule, abstract_params)
-    s_sharding = state_shardings(tx, abstract_params, p_sharding, mesh)
-    step = make_train_step(cfg, mesh, graphdef, tx, schedule, s_sharding, "preference", batch)
+    tx = make_optimizer(cfg.optimizer, schedule, trained)
+    s_sharding = state_shardings(tx, trained, p_sharding, mesh)
+    step = make_train_step(cfg, mesh, model, tx, schedule, s_sharding, "preference", batch)
     state = jax.eval_shape(
         lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p), rng=jnp.zeros((2,), jnp.uint32)),
-        abstract_params,
+        trained,
     )
     length = cfg.data.max_length
     shapes = {name: ((batch, length), jnp.int32 if name.endswith("tokens") else jnp.bool_) for name in batch_fields("preference", cfg.loss)}
     shapes |= {name: ((batch,), jnp.float32) for name in shapes if not name.endswith(("tokens", "valid", "mask"))}
     shapes |= selfsup.field_shapes(cfg.loss, batch, length)  # [B, S, K, T] degraded copies (ranking mode)
     abstract_batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=step.batch_sharding[k]) for k, (shape, dtype) in shapes.items()}
-    reference = _abstract(abstract_params, step.reference_sharding) if step.reference_sharding is not None else None
-    analytic = analytic_bytes(cfg, abstract_params)
+    if cfg.lora.enabled:
+        reference = {k: None if s is None else _abstract(abstract_params, s) for k, s in step.reference_sharding.items()}
+    else:
+        reference = _abstract(abstract_params, step.reference_sharding) if step.reference_sharding is not None else None
+    analytic = analytic_bytes(cfg, abstract_params, trained if cfg.lora.enabled else None)
     model_shards = mesh.shape["fsdp"] * mesh.shape["tensor"]
     start = time.perf_counter()
     try:
@@ -167,14 +180,16 @@ def compile_step(cfg, devices: list, per_device_batch: int | None = None) -> dic
         "per_device_batch": batch / batch_axes,
         "sequence_length": length,
         "parameters": int(analytic["parameters"]),
+        "trained_parameters": int(analytic["trained_parameters"]),
         "peak_bytes_per_device": int(peak),
         "argument_bytes_per_device": int(memory.argument_size_in_bytes),
         "temp_bytes_per_device": int(memory.temp_size_in_bytes),
         "analytic_state_bytes_per_device": (analytic["params"] + analytic["grads"] + analytic["optimizer"] + analytic["reference"]) / model_shards,
         # XLA's cost analysis counts a scanned loop's body once, so it undercounts the layers;
-        # model_flops_per_step is the standard 6·N·tokens (policy) + 2·N·tokens (resident reference).
+        # model_flops_per_step is the standard 6·N·tokens (policy) + 2·N·tokens (reference forward in the step);
+        # with LoRA the frozen base needs no weight gradients: 4·N·tokens for the policy.
         "xla_flops_per_step_per_device": float(cost.get("flops", float("nan"))) if cost else float("nan"),
-        "model_flops_per_step": (6 + (2 if analytic["reference"] else 0)) * analytic["parameters"] * batch * 2 * length,
+        "model_flops_per_step": ((4 if cfg.lora.enabled else 6) + (2 if in_step_reference(cfg.loss) else 0)) * analytic["parameters"] * batch * 2 * length,
         "compile_seconds": seconds,
         "refused_by_compiler": compiled is None,  # out of HBM: temporaries from the compiler's message
     }
@@ -216,10 +231,10 @@ def format_report(report: dict[str, Any]) -> str:
     gib = lambda b: f"{b / GiB:.2f} GiB"  # noqa: E731
     lines = [
         f"topology        {report['topology']} ({report['devices']} devices, {report['chip_grid']}), mesh {report['mesh']}",
-        f"model           {report['parameters'] / 1e9:.2f} B parameters; global batch {report['global_batch']} × {report['sequence_length']} tokens",
+        f"model           {report['parameters'] / 1e9:.2f} B parameters ({report['trained_parameters'] / 1e6:.1f} M trained); global batch {report['global_batch']} × {report['sequence_length']} tokens",
         f"peak memory     {'≥ ' if report['refused_by_compiler'] else ''}{gib(report['peak_bytes_per_device'])} per device of {gib(report['capacity_bytes_per_device'])} → fits: {'yes' if report['fits'] else 'NO'}",
         f"analytic state  {gib(report['analytic_state_bytes_per_device'])} per device (params + grads + Adam + reference)",
-        f"flops           {report['model_flops_per_step']:.3e} per step (6·N·tokens + 2·N·tokens for the reference); "
+        f"flops           {report['model_flops_per_step']:.3e} per step (6·N·tokens, 4·N with LoRA's frozen base, + 2·N·tokens for an in-step reference); "
         f"XLA cost analysis {report['xla_flops_per_step_per_device']:.3e} per device (scan body counted once)",
         f"compile         {report['compile_seconds']:.1f} s",
     ]

@@ -23,11 +23,15 @@ from jaxspo.data.synthetic import SyntheticTaskConfig
 from jaxspo.losses.soft_spo import SoftSpoConfig
 from jaxspo.losses.selfsup import SelfsupConfig
 from jaxspo.models.decoder import ModelConfig
+from jaxspo.models.lora import LoRAConfig, chosen_projections
 from jaxspo.sharding import DEFAULT_RULES, MESH_AXES
 
 
 class ConfigError(ValueError):
     """A config file, key or value is wrong; the message names it."""
+
+
+REFERENCE_MODES = ("resident", "precomputed", "none", "adapter_off")
 
 
 @dataclasses.dataclass
@@ -54,7 +58,7 @@ class LossConfig:
 
     terms: dict[str, float] = dataclasses.field(default_factory=lambda: {"dpo": 1.0})
     beta: float = 0.1  # DPO temperature β (IPO's τ; SimPO's β, ~2 in its paper); rewards are β·log(πθ/π_ref)
-    reference: str = "resident"  # "resident": frozen copy inside the step; "precomputed": one cached pass; "none": reference-free (π_ref ≡ 1)
+    reference: str = "resident"  # "resident": frozen copy inside the step; "precomputed": one cached pass; "none": reference-free (π_ref ≡ 1); "adapter_off": the LoRA base without adapters
     reference_cache_dir: str = "~/.cache/jaxspo/reference_logps"  # precomputed reference log-probs, keyed by data/weights/tokenizer hashes
     label_smoothing: float = 0.0  # ε: cdpo, aot, aot_unpaired in [0, 1); robust flip rate in [0, 0.5); exo_pair > 0 (paper 1e-3)
     simpo_gamma: float = 0.5  # SimPO target margin γ (TRL default)
@@ -157,6 +161,7 @@ class Config:
 
     run_dir: str = ""  # default: runs/<config name>-<UTC timestamp>
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)  # rank 0: full fine-tuning
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
@@ -341,7 +346,9 @@ def validate(cfg: Config) -> None:
         (cfg.trainer.steps >= 0 and cfg.trainer.sft_steps >= 0, "trainer.steps and trainer.sft_steps must be >= 0"),
         (cfg.loss.beta > 0, "loss.beta must be positive"),
         (bool(cfg.loss.terms), "loss.terms must name at least one loss"),
-        (cfg.loss.reference in ("resident", "precomputed", "none"), f"loss.reference must be 'resident', 'precomputed' or 'none', got '{cfg.loss.reference}'"),
+        (cfg.loss.reference in REFERENCE_MODES, f"loss.reference must be one of {', '.join(REFERENCE_MODES)}, got '{cfg.loss.reference}'"),
+        (cfg.loss.reference != "adapter_off" or cfg.lora.enabled, "loss.reference 'adapter_off' needs LoRA adapters (set lora.rank > 0)"),
+        (not (cfg.lora.enabled and cfg.loss.selfsup.weight), "loss.selfsup.weight: selfsup is not supported with LoRA adapters yet (its held-out per-level metric scores full parameters); set lora.rank=0"),
         (cfg.optimizer.schedule in ("cosine", "linear", "constant"), f"optimizer.schedule must be cosine, linear or constant, got '{cfg.optimizer.schedule}'"),
         (cfg.optimizer.learning_rate > 0, "optimizer.learning_rate must be positive"),
         (cfg.data.task == "synthetic", f"data.task: unknown task '{cfg.data.task}'; available: synthetic"),
@@ -372,9 +379,14 @@ def validate(cfg: Config) -> None:
     buckets = cfg.data.buckets
     if any(b < 2 for b in buckets) or buckets != sorted(set(buckets)) or (buckets and buckets[-1] > cfg.data.max_length):
         raise ConfigError(f"data.buckets must be ascending distinct lengths in [2, data.max_length={cfg.data.max_length}], got {buckets}")
-    for section in (model_to_check, cfg.data.synthetic, cfg.data.source):
+    for section in (model_to_check, cfg.data.synthetic, cfg.data.source, cfg.lora):
         try:
             section.validate()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    if cfg.lora.enabled and not cfg.model.path:  # with model.path the architecture is known once config.json is read
+        try:
+            chosen_projections(cfg.model, cfg.lora)
         except ValueError as err:
             raise ConfigError(str(err)) from None
 

@@ -16,6 +16,10 @@ class DistributedError(ValueError):
     """A launch option or multi-process environment variable is missing or wrong; the message names it."""
 
 
+class BaseChangedError(RuntimeError):
+    """A LoRA run's base weights no longer match the sha256 its checkpoints or adapters were made with."""
+
+
 class NonFiniteError(RuntimeError):
     """A step produced a non-finite loss or gradient and ``trainer.on_nonfinite`` is "stop"."""
 

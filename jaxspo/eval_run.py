@@ -35,11 +35,13 @@ def evaluate(cfg: Config, params_dir: str = "", reference_dir: str = "", reward_
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(out_dir or scratch)
         out.mkdir(parents=True, exist_ok=True)
+        if cfg.lora.enabled:
+            raise ValueError("jaxspo eval reads full parameters; for a LoRA run, export the merged model first (jaxspo export RUN_DIR --out DIR) and evaluate a config with model.path=DIR")
         run = _Run(cfg, out)
         start = run.params if run.reference_params is None else run.reference_params
         reference = restore_params(Path(reference_dir).resolve(), _copy(run.params)) if reference_dir else start
         policy = restore_params(Path(params_dir).resolve(), _copy(run.params)) if params_dir else run.params
-        evaluator = run.evaluator()
+        evaluator = run.evaluator(run.graphdef)
         key = jax.random.key(run.cfg.trainer.seed + 1)  # the key of training's evaluations
         metrics = evaluator(policy, reference, key)
         if reward_model:

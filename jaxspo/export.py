@@ -1,4 +1,8 @@
-"""``jaxspo export RUN_DIR --out DIR``: a finished run's policy as a Hugging Face folder."""
+"""``jaxspo export RUN_DIR --out DIR [--peft]``: a finished run's policy as a Hugging Face folder.
+
+For a LoRA run (``lora.rank`` > 0) the run's params are adapters: they are merged into their base
+(``W + (alpha / r) · a b``) and written as a whole model, or with ``--peft`` written as PEFT adapters.
+"""
 
 from __future__ import annotations
 
@@ -11,26 +15,39 @@ from jaxspo.config import load_config
 from jaxspo.models.hf_config import CheckpointError
 from jaxspo.models.hf_io import save_hf
 from jaxspo.sharding import make_mesh
+from jaxspo.peft_export import save_peft
+from jaxspo.train.lora import AdaptedModel, load_base, merged_params, read_base_record
 from jaxspo.train.loop import restore_params
 from jaxspo.train.state import abstract_model, param_shardings
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "", max_shard_size: str = "") -> Path:
+def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "", max_shard_size: str = "", peft: bool = False) -> Path:
     """Reads RUN_DIR/config.yaml, RUN_DIR/params (Orbax) and RUN_DIR/tokenizer; writes the HF folder ``out_dir``.
 
     Parameters are restored sharded over all local devices (``fsdp``) with the run's rules. ``dtype`` and
     ``max_shard_size`` default to the run's ``checkpoint.export_dtype`` / ``checkpoint.export_max_shard_size``.
+    ``peft``: write a LoRA run's adapters in PEFT's format instead of the merged model.
     """
     run_dir = Path(run_dir)
     for needed in ("config.yaml", "params", "tokenizer"):
         if not (run_dir / needed).exists():
             raise CheckpointError(f"{run_dir / needed}: not found; is {run_dir} the directory of a finished run?")
     cfg = load_config(run_dir / "config.yaml")
+    if peft and not cfg.lora.enabled:
+        raise CheckpointError(f"{run_dir}: --peft needs a LoRA run (its lora.rank is 0)")
     mesh = make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
     _, abstract = abstract_model(cfg.model)
     shardings = param_shardings(abstract, mesh, cfg.mesh.rules)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    params = restore_params(run_dir / "params", target)
+    target = lambda tree, shard: jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shard)  # noqa: E731
+    if cfg.lora.enabled:
+        record = read_base_record(run_dir)
+        model = AdaptedModel.build(cfg.model, cfg.lora, cfg.loss.reference, mesh, cfg.mesh.rules)
+        adapters = restore_params(run_dir / "params", target(model.abstract_adapters, model.adapter_sharding))
+        if peft:
+            return save_peft(model, adapters, out_dir, record.get("path", "") if record["kind"] == "hf" else "", dtype)
+        params = merged_params(model, adapters, load_base(record, cfg.model, abstract, shardings))
+    else:
+        params = restore_params(run_dir / "params", target(abstract, shardings))
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"), trust_remote_code=False)
     return save_hf(
         params,

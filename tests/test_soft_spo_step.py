@@ -84,7 +84,7 @@ def test_kl_gradient_is_zero_when_the_policy_is_the_reference_and_pulls_back_oth
 
     @jax.jit
     def kl_of(params):
-        return sequence_kl(graphdef, params, reference, samples["kl_tokens"], samples["kl_valid"], samples["kl_response"]).mean()
+        return sequence_kl((graphdef, params), (graphdef, reference), samples["kl_tokens"], samples["kl_valid"], samples["kl_response"]).mean()
 
     at_reference = jax.jit(jax.grad(kl_of))(reference)
     assert max(float(np.abs(g).max()) for g in jax.tree.leaves(at_reference)) < 1e-6

@@ -46,7 +46,7 @@ class SoftSpoConfig:
 
     alpha: float = 1.0  # α > 0: softness; the tabular optimum is softmax(r/α)
     gamma: float = 0.0  # γ of the μ weighting [I]; 0 = off
-    kl_beta: float = 0.0  # β_KL ≥ 0 of the global KL regulariser; > 0 needs loss.reference: resident
+    kl_beta: float = 0.0  # β_KL ≥ 0 of the global KL regulariser; > 0 needs loss.reference: resident (or adapter_off with LoRA)
     kl_prompts: int = 16  # prompts per regulariser batch (global)
     kl_samples_per_prompt: int = 1  # sampled responses per prompt
     kl_temperature: float = 1.0  # sampling temperature of the regulariser's responses
@@ -68,8 +68,8 @@ class SoftSpoConfig:
                 f"{k}.kl_prompt_source must be train, sft, eval or a .jsonl file, got '{self.kl_prompt_source}'",
             ),
             (
-                self.kl_beta == 0 or reference == "resident",
-                f"{k}.kl_beta > 0 needs the frozen reference inside the step (loss.reference: resident), got loss.reference: {reference}",
+                self.kl_beta == 0 or reference in ("resident", "adapter_off"),
+                f"{k}.kl_beta > 0 needs the frozen reference inside the step (loss.reference: resident, or adapter_off with LoRA), got loss.reference: {reference}",
             ),
             (
                 self.kl_beta == 0 or (self.kl_prompts * self.kl_samples_per_prompt) % grad_accum_steps == 0,

@@ -14,6 +14,7 @@ from flax import nnx, struct
 
 from jaxspo.models.config import ModelConfig, RopeScaling
 from jaxspo.models.layers import KV, Norm, param, stacked_blocks
+from jaxspo.models.lora import LoRASpec
 from jaxspo.models.rope import inverse_frequencies, rope_tables
 from jaxspo.sharding import with_logical_constraint
 
@@ -43,10 +44,12 @@ def _attention_masks(query_slots: jax.Array, key_valid: jax.Array, window: int) 
 class Decoder(nnx.Module):
     """Causal LM. Params in ``param_dtype``, compute in ``dtype``, logits in float32.
 
-    All state is ``nnx.Param``, so ``nnx.split(model, nnx.Param)`` captures the whole model.
+    All state is ``nnx.Param``, so ``nnx.split(model, nnx.Param)`` captures the whole model. With ``lora``, the
+    chosen projections also get adapters (``LoRAParam``, and ``LoRADropoutKey`` with dropout; see
+    :mod:`jaxspo.models.lora`).
     """
 
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, lora: LoRASpec | None = None):
         config.validate()
         init, pdt = nnx.initializers.normal(config.init_std), config.param_dtype
         vocab, d = config.vocab_size, config.hidden_size
@@ -54,7 +57,7 @@ class Decoder(nnx.Module):
         learned = config.positions == "learned"
         positions = (config.max_position_embeddings, d)
         self.pos_embed = param(rngs, init, positions, ("length", "embed"), pdt) if learned else None  # GPT-2
-        self.layers = stacked_blocks(config, rngs)
+        self.layers = stacked_blocks(config, rngs, lora)
         self.final_norm = Norm(d, config, rngs=rngs)
         self.lm_head = None if config.tie_embeddings else param(rngs, init, (d, vocab), ("embed", "vocab"), pdt)
         self.dtype = config.dtype

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxspo.models.config import ModelConfig
+from jaxspo.models.lora import Adapter, LoRASpec, adapter, add_delta
 from jaxspo.models.rope import apply_rope
 from jaxspo.sharding import with_logical_constraint
 
@@ -91,7 +92,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: flo
 class Attention(nnx.Module):
     """GQA self-attention with optional biases, q/k norms, RoPE and soft-capping; reads/writes one layer's KV cache."""
 
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, lora: LoRASpec | None = None):
         d, h, kvh, hd = config.hidden_size, config.num_heads, config.num_kv_heads, config.resolved_head_dim
         init, pdt = nnx.initializers.normal(config.init_std), config.param_dtype
         self.q_proj = param(rngs, init, (d, h, hd), ("embed", "heads", "head_dim"), pdt)
@@ -104,14 +105,25 @@ class Attention(nnx.Module):
         self.o_bias = _optional(config.out_bias, rngs, (d,), ("embed",), pdt)
         self.q_norm = Norm(hd, config, rngs=rngs) if config.qk_norm else None
         self.k_norm = Norm(hd, config, rngs=rngs) if config.qk_norm else None
+        heads, kv_heads = ("heads", "head_dim"), ("kv_heads", "head_dim")
+        self.q_lora = adapter(lora, ("attn", "q_proj"), (d,), (h, hd), ("embed",), heads, pdt, rngs)
+        self.k_lora = adapter(lora, ("attn", "k_proj"), (d,), (kvh, hd), ("embed",), kv_heads, pdt, rngs)
+        self.v_lora = adapter(lora, ("attn", "v_proj"), (d,), (kvh, hd), ("embed",), kv_heads, pdt, rngs)
+        # GPT-2's fused c_attn (kv heads = heads): one adapter whose output axis 1 is q, k, v
+        self.qkv_lora = adapter(lora, ("attn", "qkv_proj"), (d,), (3, h, hd), ("embed",), (None,) + heads, pdt, rngs)
+        self.o_lora = adapter(lora, ("attn", "o_proj"), (h, hd), (d,), heads, ("embed",), pdt, rngs)
         self.scale = (config.query_pre_attn_scalar or hd) ** -0.5
         self.softcap = config.attn_softcap
         self.rope = config.positions == "rope"
         self.dtype = config.dtype
 
-    def _project(self, x: jax.Array, proj: nnx.Param, bias: nnx.Param | None, norm: Norm | None) -> jax.Array:
-        """``x [B, T, D]`` -> heads ``[B, T, N, Hd]``: projection, bias, then the optional per-head norm."""
-        y = _add(jnp.einsum("btd,dhk->bthk", x, proj[...].astype(self.dtype)), bias)
+    def _project(
+        self, x: jax.Array, proj: nnx.Param, bias: nnx.Param | None, norm: Norm | None, lora: Adapter | None, fused: jax.Array | None
+    ) -> jax.Array:
+        """``x [B, T, D]`` -> heads ``[B, T, N, Hd]``: projection (+ its LoRA update, or its slice ``fused`` of the
+        fused one), bias, then the optional per-head norm."""
+        y = add_delta(jnp.einsum("btd,dhk->bthk", x, proj[...].astype(self.dtype)), x, lora)
+        y = _add(y if fused is None else y + fused, bias)
         return y if norm is None else norm(y)
 
     def __call__(
@@ -124,9 +136,10 @@ class Attention(nnx.Module):
     ) -> tuple[jax.Array, KV | None]:
         """x ``[B, T, D]``, mask ``[B, T, S]``. Without ``kv`` the T new keys are the S keys; with
         ``kv`` (``[B, S, K, Hd]`` each) the new keys are written at slots ``index..index+T-1`` first."""
-        q = self._project(x, self.q_proj, self.q_bias, self.q_norm)  # [B, T, H, Hd]
-        k = self._project(x, self.k_proj, self.k_bias, self.k_norm)  # [B, T, K, Hd]
-        v = self._project(x, self.v_proj, self.v_bias, None)  # [B, T, K, Hd]
+        fused = [None] * 3 if self.qkv_lora is None else jnp.unstack(self.qkv_lora(x), axis=2)  # 3 × [B, T, H, Hd]
+        q = self._project(x, self.q_proj, self.q_bias, self.q_norm, self.q_lora, fused[0])  # [B, T, H, Hd]
+        k = self._project(x, self.k_proj, self.k_bias, self.k_norm, self.k_lora, fused[1])  # [B, T, K, Hd]
+        v = self._project(x, self.v_proj, self.v_bias, None, self.v_lora, fused[2])  # [B, T, K, Hd]
         if self.rope:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         q = with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
@@ -137,13 +150,14 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice(kv[1], v, (0, index, 0, 0))
             kv = (k, v)
         out = with_logical_constraint(attend(q, k, v, mask, self.scale, self.softcap), ("batch", "length", "heads", "head_dim"))
-        return _add(jnp.einsum("bthk,hkd->btd", out, self.o_proj[...].astype(self.dtype)), self.o_bias), kv
+        y = add_delta(jnp.einsum("bthk,hkd->btd", out, self.o_proj[...].astype(self.dtype)), out, self.o_lora)
+        return _add(y, self.o_bias), kv
 
 
 class MLP(nnx.Module):
     """Gated ``down(act(gate(x)) · up(x))`` (Llama, Gemma) or plain ``down(act(up(x)))`` (GPT-2)."""
 
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, lora: LoRASpec | None = None):
         d, f = config.hidden_size, config.intermediate_size
         init, pdt, bias = nnx.initializers.normal(config.init_std), config.param_dtype, config.mlp_bias
         self.gate_proj = param(rngs, init, (d, f), ("embed", "mlp"), pdt) if config.gated_mlp else None
@@ -152,30 +166,34 @@ class MLP(nnx.Module):
         self.gate_bias = _optional(bias and config.gated_mlp, rngs, (f,), ("mlp",), pdt)
         self.up_bias = _optional(bias, rngs, (f,), ("mlp",), pdt)
         self.down_bias = _optional(bias, rngs, (d,), ("embed",), pdt)
+        self.gate_lora = adapter(lora, ("mlp", "gate_proj"), (d,), (f,), ("embed",), ("mlp",), pdt, rngs)
+        self.up_lora = adapter(lora, ("mlp", "up_proj"), (d,), (f,), ("embed",), ("mlp",), pdt, rngs)
+        self.down_lora = adapter(lora, ("mlp", "down_proj"), (f,), (d,), ("mlp",), ("embed",), pdt, rngs)
         self.activation = config.activation
         self.dtype = config.dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
         act = _ACTIVATIONS[self.activation]
-        hidden = _add(x @ self.up_proj[...].astype(self.dtype), self.up_bias)  # [B, T, F]
+        hidden = _add(add_delta(x @ self.up_proj[...].astype(self.dtype), x, self.up_lora), self.up_bias)  # [B, T, F]
         if self.gate_proj is None:
             hidden = act(hidden)
         else:
-            hidden = act(_add(x @ self.gate_proj[...].astype(self.dtype), self.gate_bias)) * hidden
+            hidden = act(_add(add_delta(x @ self.gate_proj[...].astype(self.dtype), x, self.gate_lora), self.gate_bias)) * hidden
         hidden = with_logical_constraint(hidden, ("batch", "length", "mlp"))
-        return _add(hidden @ self.down_proj[...].astype(self.dtype), self.down_bias)  # [B, T, D]
+        out = add_delta(hidden @ self.down_proj[...].astype(self.dtype), hidden, self.down_lora)
+        return _add(out, self.down_bias)  # [B, T, D]
 
 
 class Block(nnx.Module):
     """Pre-norm layer ``x + attn(norm(x))``, ``x + mlp(norm(x))``; with ``post_norms`` each branch output is normed too."""
 
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, lora: LoRASpec | None = None):
         d = config.hidden_size
         self.attn_norm = Norm(d, config, rngs=rngs)
-        self.attn = Attention(config, rngs=rngs)
+        self.attn = Attention(config, rngs=rngs, lora=lora)
         self.post_attn_norm = Norm(d, config, rngs=rngs) if config.post_norms else None
         self.mlp_norm = Norm(d, config, rngs=rngs)
-        self.mlp = MLP(config, rngs=rngs)
+        self.mlp = MLP(config, rngs=rngs, lora=lora)
         self.post_mlp_norm = Norm(d, config, rngs=rngs) if config.post_norms else None
 
     def __call__(
@@ -194,12 +212,12 @@ class Block(nnx.Module):
         return with_logical_constraint(x, ("batch", "length", "embed")), kv
 
 
-def stacked_blocks(config: ModelConfig, rngs: nnx.Rngs) -> Block:
-    """``num_layers`` independently initialised blocks stacked on a leading ``layers`` axis."""
+def stacked_blocks(config: ModelConfig, rngs: nnx.Rngs, lora: LoRASpec | None = None) -> Block:
+    """``num_layers`` independently initialised blocks (with ``lora``'s adapters) stacked on a leading ``layers`` axis."""
 
     @nnx.split_rngs(splits=config.num_layers)
     @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
     def make(rngs: nnx.Rngs) -> Block:
-        return Block(config, rngs=rngs)
+        return Block(config, rngs=rngs, lora=lora)
 
     return make(rngs)

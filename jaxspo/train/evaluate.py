@@ -46,7 +46,7 @@ class Evaluator:
 
     def _kl(self, params: Any, reference_params: Any, tokens: jax.Array, valid: jax.Array, response: jax.Array) -> jax.Array:
         with activation_sharding(self.mesh, self.cfg.mesh.rules):
-            return sequence_kl(self.graphdef, params, reference_params, tokens, valid, response)
+            return sequence_kl((self.graphdef, params), (self.graphdef, reference_params), tokens, valid, response)
 
     def __call__(self, params: Any, reference_params: Any, rng: jax.Array) -> dict[str, float]:
         """Metrics named ``eval/...`` (floats)."""

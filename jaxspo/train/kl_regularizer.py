@@ -33,6 +33,7 @@ from jaxspo.distributed import to_global
 from jaxspo.sampling import sample
 from jaxspo.sharding import named_sharding
 from jaxspo.train.logprobs import sequence_kl
+from jaxspo.train.model_view import as_model
 
 KL_FIELDS = ("kl_tokens", "kl_valid", "kl_response")
 
@@ -47,16 +48,18 @@ def kl_rows(loss_cfg) -> int:
     return loss_cfg.soft_spo.kl_prompts * loss_cfg.soft_spo.kl_samples_per_prompt
 
 
-def with_kl_regulariser(objective, graphdef: nnx.GraphDef, loss_cfg):
+def with_kl_regulariser(objective, graphdef: Any, loss_cfg):
     """``objective`` plus β_KL·(count/M)·Σ_samples KL, so that after the step divides by the global
     count (pairs or lists) the loss is preference mean + β_KL·mean KL per sampled response."""
     beta = loss_cfg.soft_spo.kl_beta
+    model = as_model(graphdef)
 
-    def regularised(params: nnx.State, reference_params: Any, batch: dict[str, jax.Array], head_params: Any = None):
+    def regularised(params: nnx.State, reference_params: Any, batch: dict[str, jax.Array], rng: jax.Array | None = None, head_params: Any = None):
         data = {k: v for k, v in batch.items() if k not in KL_FIELDS}
-        loss_sum, metrics = objective(params, reference_params, data, head_params)
+        loss_sum, metrics = objective(params, reference_params, data, rng, head_params)
         with jax.named_scope("kl_regulariser"):
-            kl = sequence_kl(graphdef, params, jax.lax.stop_gradient(reference_params), batch["kl_tokens"], batch["kl_valid"], batch["kl_response"])  # [M]
+            policy, reference = model.policy(params, reference_params, rng), model.reference(jax.lax.stop_gradient(reference_params))
+            kl = sequence_kl(policy, reference, batch["kl_tokens"], batch["kl_valid"], batch["kl_response"])  # [M]
         preference_sum, count = metrics["loss"]
         added = beta * kl.sum() * count / kl.shape[0]
         metrics["loss/preference"] = (jax.lax.stop_gradient(preference_sum), count)

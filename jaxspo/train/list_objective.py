@@ -10,6 +10,7 @@ from jaxspo.data.lists import LIST_FIELDS
 from jaxspo.losses import get_loss
 from jaxspo.losses.soft_spo import ListLogps
 from jaxspo.train.logprobs import sequence_logps
+from jaxspo.train.model_view import as_model
 
 LIST_RANKS = {"list_tokens": 3, "list_valid": 3, "list_loss_mask": 3, "list_mask": 2}
 
@@ -27,17 +28,20 @@ def list_logps(graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, jax.A
     return ListLogps(policy=logps.reshape(b, n), mask=batch["list_mask"], lengths=lengths.reshape(b, n))
 
 
-def list_objective_fn(graphdef: nnx.GraphDef, loss_cfg):
-    """``objective(params, reference_params, batch, head_params) -> (loss sum over lists, metrics as (sum, count))``
-    (``head_params`` is unused: no auxiliary head reads lists).
+def list_objective_fn(graphdef, loss_cfg):
+    """``objective(params, frozen, batch, rng, head_params) -> (loss sum over lists, metrics as (sum, count))``
+    (``graphdef``: a graph definition or a model object, see :mod:`jaxspo.train.model_view`;
+    ``head_params`` is unused: no auxiliary head reads lists).
 
     Metrics: ``loss``, ``loss/<term>`` (several terms), ``logps/best`` (best response), ``logps/rest``
     (mean over the other listed responses), and each term's extras (e.g. ``list/top1_accuracy``).
     """
 
-    def objective(params: nnx.State, reference_params, batch: dict[str, jax.Array], head_params=None):
+    model = as_model(graphdef)
+
+    def objective(params: nnx.State, reference_params, batch: dict[str, jax.Array], rng=None, head_params=None):
         with jax.named_scope("policy_lists"):
-            logps = list_logps(graphdef, params, batch)
+            logps = list_logps(*model.policy(params, reference_params, rng), batch)
         count = jnp.float32(logps.policy.shape[0])
         per_list = jnp.zeros(logps.policy.shape[:1])
         metrics, extras = {}, {}

@@ -43,12 +43,15 @@ def full_vocab_kl(policy_logits: jax.Array, reference_logits: jax.Array) -> jax.
     return (jnp.exp(policy) * (policy - jax.nn.log_softmax(reference_logits))).sum(-1)
 
 
-def sequence_kl(graphdef: nnx.GraphDef, params: nnx.State, reference_params: nnx.State, tokens: jax.Array, valid: jax.Array, response: jax.Array) -> jax.Array:
+def sequence_kl(
+    policy: tuple[nnx.GraphDef, nnx.State], reference: tuple[nnx.GraphDef, nnx.State], tokens: jax.Array, valid: jax.Array, response: jax.Array
+) -> jax.Array:
     """Σ over response positions of the full-vocabulary KL(πθ ‖ π_ref) of the next-token distribution, ``[N]`` nats.
 
     ``response[:, t]`` marks token t as generated; position t−1's distribution produced it. The tokens
-    are data (no gradient through them); the gradient w.r.t. ``params`` flows through πθ's distributions.
+    are data (no gradient through them); the gradient w.r.t. the policy's params flows through πθ's
+    distributions. ``policy`` and ``reference`` are (graph, params) pairs (a LoRA policy's graph differs).
     """
-    policy = forward_logits(graphdef, params, tokens, valid)[:, :-1]  # [N, T-1, V]
-    reference = forward_logits(graphdef, reference_params, tokens, valid)[:, :-1]
-    return (full_vocab_kl(policy, reference) * response[:, 1:]).sum(-1)
+    policy_logits = forward_logits(*policy, tokens, valid)[:, :-1]  # [N, T-1, V]
+    reference_logits = forward_logits(*reference, tokens, valid)[:, :-1]
+    return (full_vocab_kl(policy_logits, reference_logits) * response[:, 1:]).sum(-1)

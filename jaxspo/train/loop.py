@@ -34,6 +34,7 @@ from jaxspo.sharding import make_mesh
 from jaxspo.train.evaluate import Evaluator
 from jaxspo.train.metrics_log import MetricsLog, plot_curves, read_metrics
 from jaxspo.errors import NonFiniteError, Preempted
+from jaxspo.train.lora import LoRATraining, base_record, check_base, merged_params, write_base_record
 from jaxspo.train.preemption import PreemptionGuard
 from jaxspo.train.state import (
     abstract_model,
@@ -78,23 +79,32 @@ def resolve_run_dir(cfg: Config, config_name: str) -> Path:
 class _Phase:
     """Runs one optimisation phase ("sft" or "preference"): steps, logging, checkpoints, resume."""
 
-    def __init__(self, run: "_Run", phase: str, steps: int, peak_lr: float, batch_size: int, arrays: dict[str, np.ndarray]):
+    def __init__(
+        self, run: "_Run", phase: str, steps: int, peak_lr: float, batch_size: int, arrays: dict[str, np.ndarray], lora: LoRATraining | None = None
+    ):
         cfg = run.cfg
         self.run, self.phase, self.steps = run, phase, steps
+        self.base_record = lora.record if lora else None  # LoRA: checkpoints hold adapters, tied to this base
+        model, abstract, sharding, params = (
+            (lora.model, lora.model.abstract_adapters, lora.model.adapter_sharding, lora.initial) if lora
+            else (run.graphdef, run.abstract_params, run.param_sharding, run.params)
+        )
         schedule = learning_rate_schedule(cfg.optimizer, steps, peak_lr)
-        tx = make_optimizer(cfg.optimizer, schedule, run.abstract_params)
-        shardings = state_shardings(tx, run.abstract_params, run.param_sharding, run.mesh)
-        self.state = init_state(tx, run.params, cfg.trainer.seed, shardings)
+        tx = make_optimizer(cfg.optimizer, schedule, abstract)
+        shardings = state_shardings(tx, abstract, sharding, run.mesh)
+        self.state = init_state(tx, params, cfg.trainer.seed, shardings)
         if phase == "preference":  # selfsup's classify head, if configured, trains alongside the policy
             self.state, shardings = selfsup.attach_head(self.state, shardings, cfg.loss, cfg.model.hidden_size, schedule, run.mesh)
-        self.step = make_train_step(cfg, run.mesh, run.graphdef, tx, schedule, shardings, phase, batch_size)
+        self.step = make_train_step(cfg, run.mesh, model, tx, schedule, shardings, phase, batch_size)
         self.batches = make_batches({k: arrays[k] for k in batch_fields(phase, cfg.loss)}, batch_size, cfg.trainer.seed, cfg.data.buckets)
         self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / phase, cfg.checkpoint)
         self.skipped = 0  # steps whose update was dropped as non-finite
         self.kl_sampler = None  # soft_spo's global KL regulariser: on-policy samples drawn before each step
         if phase == "preference" and kl_active(cfg.loss):
             prompts = regularisation_prompts(cfg.loss.soft_spo.kl_prompt_source, run.splits.rows)
-            self.kl_sampler = KLSampler(cfg, run.mesh, run.graphdef, run.tokenizer, prompts, self.step.batch_sharding)
+            sampling_graphdef = lora.model.eval_graphdef if lora else run.graphdef
+            self.kl_sampler = KLSampler(cfg, run.mesh, sampling_graphdef, run.tokenizer, prompts, self.step.batch_sharding)
+        self.sampling_params = (lambda adapters: lora.eval_states(adapters)[0]) if lora else (lambda params: params)
 
     def _resume(self) -> int:
         """Restores this phase's newest valid checkpoint; returns the step to continue after (0 = none)."""
@@ -104,6 +114,8 @@ class _Phase:
         if found is None:
             return 0
         step, self.state, data = found
+        if self.base_record is not None:
+            check_base(self.base_record, data.get("base", {"sha256": "(none)"}), f"checkpoint {self.checkpoints.directory / str(step)}")
         self.batches.restore(data["batches"])
         self.skipped = int(data["skipped"])
         log.info("resuming %s at step %d from %s", self.phase, step, self.checkpoints.directory)
@@ -151,7 +163,7 @@ class _Phase:
             host = next(self.batches)
             batch = to_global(host, {k: self.step.batch_sharding[k] for k in host})  # each process sends only its devices' rows
             if self.kl_sampler is not None:
-                batch |= self.kl_sampler(i, self.state.params)
+                batch |= self.kl_sampler(i, self.sampling_params(self.state.params))
             self.state, metrics = self.step.fn(self.state, reference, batch)
             pending.append((i, metrics))
             log_now = i % cfg.logging.log_every == 0 or i == self.steps
@@ -174,7 +186,8 @@ class _Phase:
             if on_step is not None:
                 on_step(i, self.state.params)
             if save_now:
-                self.checkpoints.save(i, self.state, {"batches": self.batches.state(), "skipped": self.skipped})
+                base = {"base": self.base_record} if self.base_record else {}
+                self.checkpoints.save(i, self.state, {"batches": self.batches.state(), "skipped": self.skipped} | base)
             if guard.requested:
                 self.checkpoints.wait()
                 bar.close()
@@ -246,12 +259,13 @@ class _Run:
             log.warning("%s: skipped %d of %d rows: %s", report.source, report.rows - report.kept, report.rows, report.skipped)
         return arrays
 
-    def evaluator(self) -> Evaluator:
+    def evaluator(self, graphdef: nnx.GraphDef) -> Evaluator:
+        """The held-out evaluator for models of ``graphdef`` (LoRA: the adapted graph, dropout off)."""
         cfg, splits = self.cfg, self.splits
         pairs = self.encoded("eval", cfg.eval.num_pairs)
         prompts = prompts_of(splits.rows["eval"][: cfg.eval.num_prompts])
         tokens, valid = encode_prompts(prompts, self.tokenizer, cfg.data.max_prompt_length, keep_end=True)
-        return Evaluator(cfg, self.mesh, self.graphdef, self.tokenizer, pairs, (tokens, valid, prompts), splits.gold_rewards, splits.dimensions)
+        return Evaluator(cfg, self.mesh, graphdef, self.tokenizer, pairs, (tokens, valid, prompts), splits.gold_rewards, splits.dimensions)
 
 
 def train(cfg: Config, config_name: str = "run") -> RunResult:
@@ -273,20 +287,26 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
         run.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     eval_key = jax.random.key(cfg.trainer.seed + 1)
     reference_dir = (checkpoint_root / "reference").resolve()
-    resuming_preference = cfg.checkpoint.resume and (checkpoint_root / "preference").is_dir() and reference_dir.is_dir()
+    base_reloads = cfg.lora.enabled and not cfg.trainer.sft_steps  # the LoRA base is model.path or the seeded init
+    resuming_preference = cfg.checkpoint.resume and (checkpoint_root / "preference").is_dir() and (reference_dir.is_dir() or base_reloads)
 
     train_arrays = run.encoded("train")  # all data is checked before any step runs
     sft_arrays = run.encoded("sft") if cfg.trainer.sft_steps and not resuming_preference else None
     with PreemptionGuard(cfg.checkpoint.preemption_grace_seconds) as guard:
-        if resuming_preference:
+        if resuming_preference and not base_reloads:
             run.params = restore_params(reference_dir, run.params)
-        else:
+        elif not resuming_preference:
             if cfg.trainer.sft_steps:
                 sft = _Phase(run, "sft", cfg.trainer.sft_steps, cfg.trainer.sft_learning_rate, cfg.trainer.sft_batch_size, sft_arrays)
                 run.params = sft.run_steps(None, guard)
-            save_params(run.params, reference_dir)
+            if not base_reloads:
+                save_params(run.params, reference_dir)
         reference = run.params if run.reference_params is None else run.reference_params
-        evaluator = run.evaluator()
+        lora = LoRATraining(cfg, run.mesh, run.params, reference, base_record(cfg, run_dir, run.params)) if cfg.lora.enabled else None
+        if lora is not None and is_writer():
+            write_base_record(lora.record, run_dir)
+        evaluated = lora.eval_states if lora else (lambda p: (p, reference))  # (policy, reference) for the evaluator
+        evaluator = run.evaluator(lora.model.eval_graphdef if lora else run.graphdef)
         if selfsup.active(cfg.loss):  # degraded copies of the train and eval pairs (METHODS §4)
             degree = DegreeData(cfg, run.tokenizer, run.graphdef, run.mesh, reference, train_arrays)
             train_arrays = train_arrays | degree(train_arrays, with_reference=selfsup.REFERENCE_FIELD in batch_fields("preference", cfg.loss))
@@ -294,27 +314,27 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
         before = _logged_eval(run.log.path, 0) if resuming_preference else None
         if before is None:
             run.log.truncate(lambda r: r["phase"] == "sft")
-            before = evaluator(reference, reference, eval_key)
+            before = evaluator(*evaluated(lora.initial if lora else reference), eval_key)
             run.log.log("eval", 0, before)
 
         def periodic_eval(step: int, params: Any) -> None:
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < cfg.trainer.steps:
-                run.log.log("eval", step, evaluator(params, reference, eval_key))
+                run.log.log("eval", step, evaluator(*evaluated(params), eval_key))
 
         if needs_reference(cfg.loss) and cfg.loss.reference == "precomputed":
             scorer = PairScorer(run.graphdef, run.mesh, cfg.mesh.rules, cfg.trainer.batch_size)
             cached, _ = cached_reference_logps(cfg.loss.reference_cache_dir, scorer, reference, train_arrays, run.tokenizer)
             train_arrays = train_arrays | cached
-        preference = _Phase(run, "preference", cfg.trainer.steps, cfg.optimizer.learning_rate, cfg.trainer.batch_size, train_arrays)
-        params = preference.run_steps(reference, guard, periodic_eval)
-    after = evaluator(params, reference, eval_key)
+        preference = _Phase(run, "preference", cfg.trainer.steps, cfg.optimizer.learning_rate, cfg.trainer.batch_size, train_arrays, lora)
+        params = preference.run_steps(lora.frozen if lora else reference, guard, periodic_eval)
+    after = evaluator(*evaluated(params), eval_key)
     run.log.truncate(lambda r: not (r["phase"] == "eval" and r["step"] == cfg.trainer.steps))  # logged once
     run.log.log("eval", cfg.trainer.steps, after)
     run.log.close()
     if cfg.checkpoint.save_final:
-        save_params(params, run_dir / "params")
+        save_params(params, run_dir / "params")  # LoRA: the adapters; RUN_DIR/base.json names their base
     if cfg.checkpoint.export_hf_dir:
-        save_hf(params, cfg.model, run.tokenizer, cfg.checkpoint.export_hf_dir, dtype=cfg.checkpoint.export_dtype, max_shard_size=cfg.checkpoint.export_max_shard_size)
+        save_hf(merged_params(lora.model, params, lora.base) if lora else params, cfg.model, run.tokenizer, cfg.checkpoint.export_hf_dir, dtype=cfg.checkpoint.export_dtype, max_shard_size=cfg.checkpoint.export_max_shard_size)
     if cfg.logging.plot and is_writer():
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
     return RunResult(run_dir, before, after, params, reference)

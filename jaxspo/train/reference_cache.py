@@ -29,13 +29,18 @@ def _hash_array(digest: "hashlib._Hash", name: str, array: np.ndarray) -> None:
     digest.update(np.ascontiguousarray(array).tobytes())
 
 
+def hash_params(digest: "hashlib._Hash", params: Any) -> None:
+    """Feeds every parameter (name, dtype, shape, bytes; gathered one leaf at a time) into ``digest``."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        _hash_array(digest, jax.tree_util.keystr(path), to_host(leaf))
+
+
 def fingerprint(arrays: dict[str, np.ndarray], params: Any, tokenizer) -> str:
     """sha256 of the pair arrays, the parameters (read one leaf at a time) and the tokenizer."""
     digest = hashlib.sha256()
     for name in PREFERENCE_FIELDS:
         _hash_array(digest, name, arrays[name])
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        _hash_array(digest, jax.tree_util.keystr(path), to_host(leaf))
+    hash_params(digest, params)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     definition = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
     digest.update(definition.encode())

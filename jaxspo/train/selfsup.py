@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxspo.losses import PairLogps, get_loss
 from jaxspo.losses.selfsup import DEGRADE_SIDES, classify_loss, level_rewards, pairwise_accuracy, ranking_degree_loss
 from jaxspo.train.logprobs import positions_from_valid, sequence_logps
+from jaxspo.train.model_view import as_model
 
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
 DATA_FIELDS = ("selfsup_tokens", "selfsup_valid", "selfsup_loss_mask", "selfsup_level_valid")
@@ -82,24 +83,27 @@ def _originals(logps: PairLogps, names: tuple[str, ...]) -> tuple[jax.Array, jax
     return policy, reference, lengths
 
 
-def copy_rewards(graphdef: nnx.GraphDef, params: Any, reference_params: Any, batch: dict[str, jax.Array], logps: PairLogps, loss_cfg) -> jax.Array:
-    """Implicit rewards of levels 0…K, ``[B, S, K + 1]`` (level 0 from the base objective's log-probs)."""
+def copy_rewards(model: Any, params: Any, reference_params: Any, batch: dict[str, jax.Array], logps: PairLogps, loss_cfg, rng: jax.Array | None = None) -> jax.Array:
+    """Implicit rewards of levels 0…K, ``[B, S, K + 1]`` (level 0 from the base objective's log-probs).
+
+    ``model``: a graph definition or a model view (:mod:`jaxspo.train.model_view`, e.g. LoRA)."""
+    model = as_model(model)
     kind, shape = reward_kind(loss_cfg), batch["selfsup_level_valid"].shape
     tokens, valid, mask = (_flat(batch[f"selfsup_{n}"]) for n in ("tokens", "valid", "loss_mask"))
     with jax.named_scope("selfsup_policy"):
-        policy, lengths = (x.reshape(shape) for x in sequence_logps(graphdef, params, tokens, valid, mask))
+        policy, lengths = (x.reshape(shape) for x in sequence_logps(*model.policy(params, reference_params, rng), tokens, valid, mask))
     reference = None
     if kind == "log_ratio" and REFERENCE_FIELD in batch:
         reference = batch[REFERENCE_FIELD]
     elif kind == "log_ratio" and needs_reference(loss_cfg):
         with jax.named_scope("selfsup_reference"):
-            reference = jax.lax.stop_gradient(sequence_logps(graphdef, reference_params, tokens, valid, mask)[0].reshape(shape))
+            reference = jax.lax.stop_gradient(sequence_logps(*model.reference(reference_params), tokens, valid, mask)[0].reshape(shape))
     copies = level_rewards(kind, loss_cfg.beta, policy, reference, lengths)
     original = level_rewards(kind, loss_cfg.beta, *_originals(logps, sides(loss_cfg)))
     return jnp.concatenate([original[..., None], copies], -1)
 
 
-def level_logits(graphdef: nnx.GraphDef, params: Any, head_params: Any, batch: dict[str, jax.Array], loss_cfg) -> jax.Array:
+def level_logits(model: Any, params: Any, reference_params: Any, head_params: Any, batch: dict[str, jax.Array], loss_cfg, rng: jax.Array | None = None) -> jax.Array:
     """The head's level logits for levels 0…K of each degraded side, ``[B, S, K + 1, K + 1]``."""
     names = sides(loss_cfg)
 
@@ -110,9 +114,9 @@ def level_logits(graphdef: nnx.GraphDef, params: Any, head_params: Any, batch: d
     tokens, valid, mask = (with_original(f) for f in ("tokens", "valid", "loss_mask"))
     shape = tokens.shape[:3]
     with jax.named_scope("selfsup_policy"):
-        model = nnx.merge(graphdef, params)
+        decoder = nnx.merge(*as_model(model).policy(params, reference_params, rng))
         flat_valid = _flat(valid)
-        _, hidden = model.hidden_states(_flat(tokens), positions_from_valid(flat_valid), flat_valid)  # [L+1, N, T, D]
+        _, hidden = decoder.hidden_states(_flat(tokens), positions_from_valid(flat_valid), flat_valid)  # [L+1, N, T, D]
     weights = _flat(mask).astype(jnp.float32)[..., None]  # pool over response positions
     pooled = (hidden[-1].astype(jnp.float32) * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)  # [N, D]
     logits = pooled @ head_params["kernel"] + head_params["bias"]
@@ -120,7 +124,7 @@ def level_logits(graphdef: nnx.GraphDef, params: Any, head_params: Any, batch: d
 
 
 def degree_objective(
-    graphdef: nnx.GraphDef, params: Any, reference_params: Any, batch: dict[str, jax.Array], logps: PairLogps, loss_cfg, head_params: Any
+    model: Any, params: Any, reference_params: Any, batch: dict[str, jax.Array], logps: PairLogps, loss_cfg, rng: jax.Array | None, head_params: Any
 ) -> tuple[jax.Array, Metrics]:
     """Per-pair degree loss ``[B]`` and metrics as (sum, count): ``selfsup/loss``, ``selfsup/accuracy``,
     and for ranking ``selfsup/reward_level_k`` (mean implicit reward of level k over valid copies)."""
@@ -129,14 +133,14 @@ def degree_objective(
     valid = jnp.concatenate([jnp.ones(level_valid.shape[:2] + (1,), bool), level_valid], -1)  # [B, S, K + 1]
     metrics: Metrics = {}
     if cfg.mode == "ranking":
-        rewards = copy_rewards(graphdef, params, reference_params, batch, logps, loss_cfg)
+        rewards = copy_rewards(model, params, reference_params, batch, logps, loss_cfg, rng)
         degree = ranking_degree_loss(rewards, valid, cfg.ranking)
         right, pairs = pairwise_accuracy(jax.lax.stop_gradient(rewards), valid)
         metrics["selfsup/accuracy"] = (right.sum(), pairs.sum())
         for k in range(rewards.shape[-1]):
             metrics[f"selfsup/reward_level_{k}"] = (jnp.where(valid[..., k], jax.lax.stop_gradient(rewards[..., k]), 0.0).sum(), valid[..., k].sum().astype(jnp.float32))
     else:
-        logits = level_logits(graphdef, params, head_params, batch, loss_cfg)
+        logits = level_logits(model, params, reference_params, head_params, batch, loss_cfg, rng)
         degree = classify_loss(logits, valid).mean(-1)
         right = (jnp.argmax(logits, -1) == jnp.arange(logits.shape[-1])) & valid
         metrics["selfsup/accuracy"] = (right.sum().astype(jnp.float32), valid.sum().astype(jnp.float32))

@@ -1,9 +1,13 @@
-"""The pure, jit-sharded train step: ``(state, reference_params, batch) -> (state, metrics)``.
+"""The pure, jit-sharded train step: ``(state, frozen, batch) -> (state, metrics)``.
 
 :func:`make_train_step` is the one factory used by the training loop (and by ahead-of-time
 compilation): it returns the jitted function together with its in/out shardings and donated args.
 Two objectives share it: ``"sft"`` (token-mean NLL on completions) and ``"preference"``
 (the configured loss terms on chosen/rejected pairs, both sides in one concatenated forward).
+
+The step's model is a :class:`FullModel` (a graph definition: the state's params are the whole model and
+``frozen`` is the resident reference's params, or None) or a LoRA model
+(:class:`jaxspo.train.lora.AdaptedModel`: the params are the adapters, ``frozen`` holds the base).
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ from jaxspo.train import selfsup
 from jaxspo.train.kl_regularizer import KL_FIELDS, kl_active, kl_rows, with_kl_regulariser
 from jaxspo.train.list_objective import LIST_FIELDS, LIST_RANKS, list_objective_fn, uses_lists
 from jaxspo.train.logprobs import sequence_logps
+from jaxspo.train.model_view import FullModel, as_model
 from jaxspo.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
-# objective(params, reference_params, micro_batch, head_params) -> (loss sum, metrics as (sum, count))
-Objective = Callable[[nnx.State, Any, Batch, Any], tuple[jax.Array, Metrics]]
+# objective(params, frozen, micro_batch, rng, head_params) -> (loss sum, metrics as (sum, count));
+# rng: key data [2] uint32 (LoRA dropout); head_params: selfsup's classify head (or None)
+Objective = Callable[..., tuple[jax.Array, Metrics]]
 
 PREFERENCE_FIELDS = ("chosen_tokens", "chosen_valid", "chosen_loss_mask", "rejected_tokens", "rejected_valid", "rejected_loss_mask", "soft_label")
 SFT_FIELDS = ("tokens", "valid", "loss_mask")
@@ -83,30 +89,36 @@ def batch_fields(phase: str, loss_cfg) -> tuple[str, ...]:
     return PREFERENCE_FIELDS + selfsup.batch_fields(loss_cfg)
 
 
+def in_step_reference(loss_cfg) -> bool:
+    """Whether the step runs a reference forward itself (resident copy, or the base with adapters off)."""
+    return needs_reference(loss_cfg) and loss_cfg.reference in ("resident", "adapter_off")
+
+
 def needs_reference(loss_cfg) -> bool:
     """Whether any configured loss term uses reference log-probs (and a reference is configured)."""
     uses = any(get_loss(name).needs_reference for name in loss_cfg.terms) or selfsup.needs_reference(loss_cfg)
     return loss_cfg.reference != "none" and uses
 
 
-def preference_objective_fn(graphdef: nnx.GraphDef, loss_cfg) -> Objective:
-    """The configured preference loss on a micro-batch of pairs."""
+def preference_objective_fn(graphdef: Any, loss_cfg) -> Objective:
+    """The configured preference loss on a micro-batch of pairs (``graphdef``: a graph definition or a model object)."""
     use_reference = needs_reference(loss_cfg)
+    model = as_model(graphdef)
 
-    def objective(params: nnx.State, reference_params: Any, batch: Batch, head_params: Any = None) -> tuple[jax.Array, Metrics]:
+    def objective(params: nnx.State, reference_params: Any, batch: Batch, rng: jax.Array | None = None, head_params: Any = None) -> tuple[jax.Array, Metrics]:
         with jax.named_scope("policy"):
-            chosen, rejected, chosen_len, rejected_len = pair_logps(graphdef, params, batch)
+            chosen, rejected, chosen_len, rejected_len = pair_logps(*model.policy(params, reference_params, rng), batch)
         ref_chosen = ref_rejected = None
         if use_reference and loss_cfg.reference == "precomputed":
             ref_chosen, ref_rejected = batch["reference_chosen_logps"], batch["reference_rejected_logps"]
         elif use_reference:
             with jax.named_scope("reference"):
-                ref = pair_logps(graphdef, reference_params, batch)
+                ref = pair_logps(*model.reference(reference_params), batch)
             ref_chosen, ref_rejected = jax.lax.stop_gradient(ref[0]), jax.lax.stop_gradient(ref[1])
         logps = PairLogps(chosen, rejected, ref_chosen, ref_rejected, chosen_len, rejected_len, batch["soft_label"])
         loss_sum, metrics = preference_objective(logps, loss_cfg, jnp.ones_like(chosen))
         if selfsup.active(loss_cfg):  # + λ·degree loss on the degraded copies (METHODS §4)
-            degree = selfsup.degree_objective(graphdef, params, reference_params, batch, logps, loss_cfg, head_params)
+            degree = selfsup.degree_objective(model, params, reference_params, batch, logps, loss_cfg, rng, head_params)
             loss_sum, metrics = selfsup.add_degree_term(loss_sum, metrics, *degree, loss_cfg.selfsup.weight)
         tokens = (batch["chosen_valid"].sum() + batch["rejected_valid"].sum()).astype(jnp.float32)
         metrics["tokens"] = (tokens, jnp.float32(1.0))
@@ -115,11 +127,12 @@ def preference_objective_fn(graphdef: nnx.GraphDef, loss_cfg) -> Objective:
     return objective
 
 
-def sft_objective_fn(graphdef: nnx.GraphDef) -> Objective:
+def sft_objective_fn(graphdef: Any) -> Objective:
     """Token-level NLL summed over completion tokens (divided by the global token count later)."""
+    model = as_model(graphdef)
 
-    def objective(params: nnx.State, reference_params: Any, batch: Batch, head_params: Any = None) -> tuple[jax.Array, Metrics]:
-        logps, lengths = sequence_logps(graphdef, params, batch["tokens"], batch["valid"], batch["loss_mask"])
+    def objective(params: nnx.State, reference_params: Any, batch: Batch, rng: jax.Array | None = None, head_params: Any = None) -> tuple[jax.Array, Metrics]:
+        logps, lengths = sequence_logps(*model.policy(params, reference_params, rng), batch["tokens"], batch["valid"], batch["loss_mask"])
         loss_sum = -logps.sum()
         count = lengths.sum()
         return loss_sum, {"loss": (loss_sum, count), "tokens": (batch["valid"].sum().astype(jnp.float32), jnp.float32(1.0))}
@@ -137,7 +150,7 @@ def _global_count(phase: str, batch: Batch) -> jax.Array:
 def make_train_step(
     cfg,
     mesh: Mesh,
-    graphdef: nnx.GraphDef,
+    graphdef: Any,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     state_sharding: TrainState,
@@ -148,6 +161,9 @@ def make_train_step(
 
     Gradients are accumulated exactly over ``cfg.trainer.grad_accum_steps`` micro-batches: each
     micro-batch contributes the gradient of its loss SUM, divided once by the global count.
+    ``graphdef`` is the model's graph definition, or a model object such as a LoRA
+    :class:`jaxspo.train.lora.AdaptedModel` (then only the adapters are trained; ``frozen`` holds the base).
+    Micro-batch i's objective gets key data ``fold_in(step key, i)`` (LoRA dropout).
     """
     if phase not in ("sft", "preference"):
         raise ValueError(f"unknown phase '{phase}'")
@@ -169,16 +185,19 @@ def make_train_step(
             count = _global_count(phase, batch)
             micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
             head_params = None if state.head is None else state.head["params"]  # selfsup's classify head
-            grad_fn = jax.value_and_grad(lambda p, h, r, b: objective(p, r, b, h), argnums=(0, 1), has_aux=True)
-            (_, metrics), grads = grad_fn(state.params, head_params, reference_params, jax.tree.map(lambda x: x[0], micro))
+            grad_fn = jax.value_and_grad(lambda p, h, r, b, k: objective(p, r, b, k, h), argnums=(0, 1), has_aux=True)
+            next_key, step_key = jax.random.split(jax.random.wrap_key_data(state.rng))
+            micro_key = lambda i: jax.random.key_data(jax.random.fold_in(step_key, i))  # noqa: E731
+            (_, metrics), grads = grad_fn(state.params, head_params, reference_params, jax.tree.map(lambda x: x[0], micro), micro_key(0))
 
-            def accumulate(carry, micro_batch):
-                (_, m), g = grad_fn(state.params, head_params, reference_params, micro_batch)
+            def accumulate(carry, xs):
+                micro_batch, i = xs
+                (_, m), g = grad_fn(state.params, head_params, reference_params, micro_batch, micro_key(i))
                 return jax.tree.map(jnp.add, carry, (g, m)), None
 
             if accum > 1:
                 rest = jax.tree.map(lambda x: x[1:], micro)
-                (grads, metrics), _ = jax.lax.scan(accumulate, (grads, metrics), rest)
+                (grads, metrics), _ = jax.lax.scan(accumulate, (grads, metrics), (rest, jnp.arange(1, accum)))
             grads, head_grads = jax.tree.map(lambda g: g / count, grads)
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
@@ -191,11 +210,10 @@ def make_train_step(
         params, opt_state, head = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state, head), (state.params, state.opt_state, state.head))
         out["nonfinite"] = 1.0 - finite.astype(jnp.float32)
         out["learning_rate"] = schedule(state.step)
-        rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng, head=head), out
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=jax.random.key_data(next_key), head=head), out
 
-    uses_reference = (phase == "preference" and needs_reference(cfg.loss) and cfg.loss.reference == "resident") or regularised
-    reference_sharding = state_sharding.params if uses_reference else None
+    uses_reference = phase == "preference" and (in_step_reference(cfg.loss) or regularised)
+    reference_sharding = as_model(graphdef).frozen_sharding(state_sharding.params, uses_reference)
     fn = jax.jit(
         step,
         in_shardings=(state_sharding, reference_sharding, batch_sharding),
