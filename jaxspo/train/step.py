@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxspo.losses import PairLogps, get_loss, preference_objective
+from jaxspo.losses import PairLogps, get_loss, offset_losses, preference_objective
 from jaxspo.sharding import activation_sharding, logical_to_spec
 from jaxspo.train.logprobs import sequence_logps
 from jaxspo.train.state import TrainState
@@ -67,15 +67,17 @@ def pair_logps(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch) -> tuple
 
 
 PRECOMPUTED_FIELDS = ("reference_chosen_logps", "reference_rejected_logps")
+OFFSET_FIELD = "offset"  # per-pair [B] float32, read by losses registered with needs_offset
 
 
 def batch_fields(phase: str, loss_cfg) -> tuple[str, ...]:
     """Names of the arrays a step of ``phase`` reads from its batch."""
     if phase == "sft":
         return SFT_FIELDS
+    offset = (OFFSET_FIELD,) if offset_losses(loss_cfg.terms) else ()
     if needs_reference(loss_cfg) and loss_cfg.reference == "precomputed":
-        return PREFERENCE_FIELDS + PRECOMPUTED_FIELDS
-    return PREFERENCE_FIELDS
+        return PREFERENCE_FIELDS + PRECOMPUTED_FIELDS + offset
+    return PREFERENCE_FIELDS + offset
 
 
 def needs_reference(loss_cfg) -> bool:
@@ -97,7 +99,7 @@ def preference_objective_fn(graphdef: nnx.GraphDef, loss_cfg) -> Objective:
             with jax.named_scope("reference"):
                 ref = pair_logps(graphdef, reference_params, batch)
             ref_chosen, ref_rejected = jax.lax.stop_gradient(ref[0]), jax.lax.stop_gradient(ref[1])
-        logps = PairLogps(chosen, rejected, ref_chosen, ref_rejected, chosen_len, rejected_len, batch["soft_label"])
+        logps = PairLogps(chosen, rejected, ref_chosen, ref_rejected, chosen_len, rejected_len, batch["soft_label"], batch.get(OFFSET_FIELD))
         loss_sum, metrics = preference_objective(logps, loss_cfg, jnp.ones_like(chosen))
         tokens = (batch["chosen_valid"].sum() + batch["rejected_valid"].sum()).astype(jnp.float32)
         metrics["tokens"] = (tokens, jnp.float32(1.0))
