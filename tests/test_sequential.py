@@ -219,6 +219,7 @@ def test_helpsteer2_layout_groups_then_pairs():
         ("loss.reference=resident", r"loss\.reference: a 'stages' recipe"),
         ("loss.terms={dpo: 1.0}", r"loss\.terms: a 'stages' recipe"),
         ("stages=[]", r"loss\.terms: 'sequential' needs a 'stages' list"),
+        ("model.reference_path=/tmp/some_model", r"model\.reference_path: a 'stages' recipe"),
     ],
 )
 def test_config_errors_name_the_key(override, message):
