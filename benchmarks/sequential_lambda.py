@@ -47,7 +47,7 @@ def gold_by_stage(run_dir: Path) -> dict[str, dict[str, float]]:
 
 def run(seed: int, lam: float, root: Path, cache: Path, base: Path | None) -> dict:
     run_dir = root / f"s{seed}-lam{lam:g}"
-    if base is not None:  # share SFT and stage 1 with the λ = 0 run
+    if base is not None and not (run_dir / "params").is_dir():  # share SFT and stage 1 with the λ = 0 run (a finished run is kept)
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.copytree(base, run_dir, ignore=shutil.ignore_patterns("stage-2", "policy-2", "params"))
     overrides = SMALL + [f"trainer.seed={seed}", f"data.synthetic.seed={seed}", stages_override(lam), f"run_dir={run_dir}", f"loss.reference_cache_dir={cache}"]
