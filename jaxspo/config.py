@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from jaxspo.data.sources import SourceConfig
-from jaxspo.data.synthetic import SyntheticTaskConfig
+from jaxspo.data.synthetic import GOLD_DIMENSIONS, SyntheticTaskConfig
 from jaxspo.losses.soft_spo import SoftSpoConfig
 from jaxspo.losses.selfsup import SelfsupConfig
 from jaxspo.models.decoder import ModelConfig
@@ -156,6 +156,19 @@ class LoggingConfig:
 
 
 @dataclasses.dataclass
+class StageConfig:
+    """One stage n of a ``sequential`` recipe (METHODS §5; jaxspo/train/stages.py), in ``stages`` order."""
+
+    dimension: str = ""  # the scored dimension whose differences label this stage's pairs (e.g. correctness)
+    beta: float = 0.0  # β_n; 0 = loss.beta
+    lambdas: list[float] = dataclasses.field(default_factory=list)  # λ_{n,i}, one per earlier stage i (stage 1: [])
+    steps: int = 0  # optimizer steps of the stage; 0 = trainer.steps
+    learning_rate: float = 0.0  # peak learning rate of the stage; 0 = optimizer.learning_rate
+    min_gap: float = 0.0  # a pair needs |score difference| >= min_gap (equal scores are always dropped)
+    pairs_per_prompt: int = 1  # pairs drawn per prompt from its responses; 0 = every pair whose scores differ
+
+
+@dataclasses.dataclass
 class Config:
     """A whole run."""
 
@@ -170,6 +183,7 @@ class Config:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    stages: list[StageConfig] = dataclasses.field(default_factory=list)  # non-empty: a sequential recipe
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,6 +381,7 @@ def validate(cfg: Config) -> None:
         cfg.loss.soft_spo.validate(cfg.loss.reference, cfg.trainer.grad_accum_steps)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    _validate_stages(cfg)
     unknown_rules = set(cfg.mesh.rules) - set(DEFAULT_RULES)
     for rule, axes in cfg.mesh.rules.items():
         for axis in [axes] if isinstance(axes, str) or axes is None else axes:
@@ -423,6 +438,31 @@ def _validate_loss(loss: LossConfig) -> None:
         raise ConfigError(str(err)) from None
     if loss.selfsup.weight and "list" in layouts.values():
         raise ConfigError("loss.selfsup.weight: the degree loss degrades pairs' responses; it cannot be combined with list losses (soft_spo_best_of_n, soft_spo_ranked)")
+
+
+def _validate_stages(cfg: Config) -> None:
+    """A ``stages`` recipe: one λ per earlier stage, known dimensions, the ``sequential`` loss, cached logps."""
+    if not cfg.stages:
+        if "sequential" in cfg.loss.terms:
+            raise ConfigError("loss.terms: 'sequential' needs a 'stages' list (its offsets come from the earlier stages' policies)")
+        return
+    if set(cfg.loss.terms) != {"sequential"}:
+        raise ConfigError(f"loss.terms: a 'stages' recipe trains every stage with the sequential loss; set loss.terms={{sequential: 1.0}}, got {list(cfg.loss.terms)}")
+    if cfg.lora.enabled:
+        raise ConfigError("lora.rank: a 'stages' recipe trains full parameters (one adapter per stage is not built yet); set lora.rank=0")
+    if cfg.model.reference_path:
+        raise ConfigError("model.reference_path: a 'stages' recipe's references are its own policies (π_0 = the SFT result); leave it empty")
+    if cfg.loss.reference != "precomputed":
+        raise ConfigError(f"loss.reference: a 'stages' recipe reads π_(n-1)'s log-probs from its cache; set loss.reference=precomputed, got '{cfg.loss.reference}'")
+    for index, stage in enumerate(cfg.stages):
+        where = f"stages[{index}]"
+        if stage.dimension not in GOLD_DIMENSIONS:
+            raise ConfigError(f"{where}.dimension: unknown dimension '{stage.dimension}'; the {cfg.data.task} task scores {', '.join(GOLD_DIMENSIONS)}")
+        if len(stage.lambdas) != index:
+            raise ConfigError(f"{where}.lambdas: stage {index + 1} needs {index} λ values (one per earlier stage), got {len(stage.lambdas)}")
+        for key in ("beta", "steps", "learning_rate", "min_gap", "pairs_per_prompt"):
+            if getattr(stage, key) < 0:
+                raise ConfigError(f"{where}.{key} must be >= 0, got {getattr(stage, key)}")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

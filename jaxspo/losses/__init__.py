@@ -5,11 +5,12 @@ per-pair loss ``[B]`` (or ``(loss, per-pair metrics)``). Register your own with
 ``@register_loss("name")`` in any module imported before training, or name it
 ``"package.module:function"`` in ``loss.terms``; it then trains, shards and logs like a built-in.
 Built-in families: :mod:`~jaxspo.losses.dpo_family`, :mod:`~jaxspo.losses.anchored`,
-:mod:`~jaxspo.losses.reference_free`, :mod:`~jaxspo.losses.geometric`, :mod:`~jaxspo.losses.soft_spo`.
+:mod:`~jaxspo.losses.reference_free`, :mod:`~jaxspo.losses.geometric`, :mod:`~jaxspo.losses.soft_spo`,
+:mod:`~jaxspo.losses.sequential`.
 """
 
-from jaxspo.losses.registry import LossSpec, PairLogps, get_loss, loss_names, register_loss, soft_label_losses
+from jaxspo.losses.registry import LossSpec, PairLogps, get_loss, loss_names, offset_losses, register_loss, soft_label_losses
 from jaxspo.losses.objective import preference_objective
-from jaxspo.losses import anchored, dpo_family, geometric, reference_free, soft_spo  # noqa: F401  (register the built-ins)
+from jaxspo.losses import anchored, dpo_family, geometric, reference_free, sequential, soft_spo  # noqa: F401  (register the built-ins)
 
-__all__ = ["LossSpec", "PairLogps", "get_loss", "loss_names", "register_loss", "soft_label_losses", "preference_objective"]
+__all__ = ["LossSpec", "PairLogps", "get_loss", "loss_names", "offset_losses", "register_loss", "soft_label_losses", "preference_objective"]

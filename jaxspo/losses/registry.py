@@ -28,7 +28,9 @@ from flax import struct
 class PairLogps:
     """Per-pair sequence log-probabilities (sums over response tokens, nats) and pair fields.
 
-    All arrays are ``[B]`` float32. ``reference_*`` are None for reference-free runs.
+    All arrays are ``[B]`` float32. ``reference_*`` are None for reference-free runs. ``offset`` is a
+    per-pair logit offset read by losses registered with ``needs_offset`` (``sequential``'s constraint
+    term, nats); None means zeros.
     """
 
     policy_chosen: jax.Array
@@ -38,6 +40,7 @@ class PairLogps:
     chosen_length: jax.Array  # response tokens counted in policy_chosen
     rejected_length: jax.Array
     soft_label: jax.Array  # p̂ = P(chosen ≻ rejected); 1.0 where the data has none
+    offset: jax.Array | None = None  # per-pair offset (batch field "offset"); None = zeros
 
     def log_ratios(self) -> tuple[jax.Array, jax.Array]:
         """log πθ/π_ref for chosen and rejected, ``[B]`` each (the policy logps alone if reference-free)."""
@@ -70,7 +73,8 @@ class LossSpec:
 
     ``needs_reference``: uses π_ref log-probs (with ``loss.reference: none`` they are taken as 0, i.e. a
     uniform reference). ``needs_soft_label``: reads ``PairLogps.soft_label``, so every training row must
-    carry one (see :mod:`jaxspo.data.soft_labels`).
+    carry one (see :mod:`jaxspo.data.soft_labels`). ``needs_offset``: reads ``PairLogps.offset``, so the
+    batch carries an ``offset`` field (e.g. ``sequential``'s, computed by :mod:`jaxspo.train.stages`).
     """
 
     name: str
@@ -78,21 +82,25 @@ class LossSpec:
     needs_reference: bool
     needs_soft_label: bool
     layout: str = "pair"  # "pair": fn reads PairLogps; "list": fn reads jaxspo.losses.soft_spo.ListLogps (ranked lists)
+    needs_offset: bool = False
 
 
 _REGISTRY: dict[str, LossSpec] = {}
 
 
-def register_loss(name: str, *, needs_reference: bool = True, needs_soft_label: bool = False, layout: str = "pair") -> Callable[[LossFn], LossFn]:
+def register_loss(
+    name: str, *, needs_reference: bool = True, needs_soft_label: bool = False, layout: str = "pair", needs_offset: bool = False
+) -> Callable[[LossFn], LossFn]:
     """Decorator registering ``fn(logps: PairLogps, cfg: LossConfig) -> loss [B] | (loss [B], metrics)``.
 
     ``layout="list"``: ``fn`` reads ranked lists (:class:`jaxspo.losses.soft_spo.ListLogps`) instead of pairs.
+    ``needs_offset``: ``fn`` reads ``PairLogps.offset`` (every batch then carries an ``offset`` field).
     """
 
     def decorate(fn: LossFn) -> LossFn:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"loss '{name}' is already registered by {_REGISTRY[name].fn.__module__}")
-        _REGISTRY[name] = LossSpec(name, fn, needs_reference, needs_soft_label, layout)
+        _REGISTRY[name] = LossSpec(name, fn, needs_reference, needs_soft_label, layout, needs_offset)
         return fn
 
     return decorate
@@ -111,7 +119,10 @@ def _import_loss(name: str) -> LossSpec:
     if not callable(fn):
         raise ValueError(f"loss '{name}': module '{module_name}' has no function '{attr}'")
     decorated = next((spec for spec in _REGISTRY.values() if spec.fn is fn), None)
-    flags = {} if decorated is None else {"needs_reference": decorated.needs_reference, "needs_soft_label": decorated.needs_soft_label, "layout": decorated.layout}
+    flags = {} if decorated is None else {
+        "needs_reference": decorated.needs_reference, "needs_soft_label": decorated.needs_soft_label,
+        "layout": decorated.layout, "needs_offset": decorated.needs_offset,
+    }
     register_loss(name, **flags)(fn)
     return _REGISTRY[name]
 
@@ -127,6 +138,11 @@ def get_loss(name: str) -> LossSpec:
 
 def loss_names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def offset_losses(terms: Mapping[str, float]) -> list[str]:
+    """The configured loss names that read the per-pair ``offset`` field."""
+    return [name for name in terms if get_loss(name).needs_offset]
 
 
 def soft_label_losses(terms: Mapping[str, float]) -> list[str]:

@@ -7,6 +7,7 @@ import datetime
 import functools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,13 +78,17 @@ def resolve_run_dir(cfg: Config, config_name: str) -> Path:
 
 
 class _Phase:
-    """Runs one optimisation phase ("sft" or "preference"): steps, logging, checkpoints, resume."""
+    """Runs one optimisation phase ("sft" or "preference"): steps, logging, checkpoints, resume.
+
+    ``name`` (default: ``phase``) labels its checkpoints (``checkpoints/<name>/``) and metric rows.
+    """
 
     def __init__(
-        self, run: "_Run", phase: str, steps: int, peak_lr: float, batch_size: int, arrays: dict[str, np.ndarray], lora: LoRATraining | None = None
+        self, run: "_Run", phase: str, steps: int, peak_lr: float, batch_size: int, arrays: dict[str, np.ndarray],
+        lora: LoRATraining | None = None, name: str = "",
     ):
         cfg = run.cfg
-        self.run, self.phase, self.steps = run, phase, steps
+        self.run, self.phase, self.steps, self.name = run, phase, steps, name or phase
         self.base_record = lora.record if lora else None  # LoRA: checkpoints hold adapters, tied to this base
         model, abstract, sharding, params = (
             (lora.model, lora.model.abstract_adapters, lora.model.adapter_sharding, lora.initial) if lora
@@ -97,7 +102,7 @@ class _Phase:
             self.state, shardings = selfsup.attach_head(self.state, shardings, cfg.loss, cfg.model.hidden_size, schedule, run.mesh)
         self.step = make_train_step(cfg, run.mesh, model, tx, schedule, shardings, phase, batch_size)
         self.batches = make_batches({k: arrays[k] for k in batch_fields(phase, cfg.loss)}, batch_size, cfg.trainer.seed, cfg.data.buckets)
-        self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / phase, cfg.checkpoint)
+        self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / self.name, cfg.checkpoint)
         self.skipped = 0  # steps whose update was dropped as non-finite
         self.kl_sampler = None  # soft_spo's global KL regulariser: on-policy samples drawn before each step
         if phase == "preference" and kl_active(cfg.loss):
@@ -118,7 +123,7 @@ class _Phase:
             check_base(self.base_record, data.get("base", {"sha256": "(none)"}), f"checkpoint {self.checkpoints.directory / str(step)}")
         self.batches.restore(data["batches"])
         self.skipped = int(data["skipped"])
-        log.info("resuming %s at step %d from %s", self.phase, step, self.checkpoints.directory)
+        log.info("resuming %s at step %d from %s", self.name, step, self.checkpoints.directory)
         return step
 
     def _logged_before(self, row: dict[str, Any], step: int) -> bool:
@@ -132,7 +137,7 @@ class _Phase:
             if not metrics["nonfinite"]:
                 continue
             rows = self.batches.rows(i - 1).tolist()
-            where = f"non-finite loss or gradient at {self.phase} step {i} (batch {i - 1}, data rows {rows})"
+            where = f"non-finite loss or gradient at {self.name} step {i} (batch {i - 1}, data rows {rows})"
             if self.run.cfg.trainer.on_nonfinite == "stop":
                 self.checkpoints.wait()
                 last = self.checkpoints.latest_step()
@@ -156,7 +161,7 @@ class _Phase:
         reference = reference if self.step.reference_sharding is not None else None  # precomputed or none
         start = self._resume()
         self.run.log.truncate(lambda r: self._logged_before(r, start))
-        bar = tqdm(total=self.steps, initial=start, desc=self.phase, disable=not (cfg.logging.progress_bar and is_writer()), dynamic_ncols=True)
+        bar = tqdm(total=self.steps, initial=start, desc=self.name, disable=not (cfg.logging.progress_bar and is_writer()), dynamic_ncols=True)
         window_start, window_tokens, window_steps = time.perf_counter(), 0.0, 0
         pending: list[tuple[int, dict]] = []
         for i in range(start + 1, self.steps + 1):
@@ -179,7 +184,7 @@ class _Phase:
                 row = {k: float(v) for k, v in fetched[-1][1].items() if k not in ("tokens", "nonfinite")}
                 row |= {"tokens_per_second": window_tokens / max(elapsed, 1e-9), "seconds_per_step": elapsed / window_steps, "skipped_steps": float(self.skipped)}
                 row |= self.kl_sampler.drain_metrics(window_steps) if self.kl_sampler is not None else {}
-                self.run.log.log(self.phase, i, row)
+                self.run.log.log(self.name, i, row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_second']:.0f}")
                 window_start, window_tokens, window_steps = time.perf_counter(), 0.0, 0
             bar.update(1)
@@ -191,7 +196,7 @@ class _Phase:
             if guard.requested:
                 self.checkpoints.wait()
                 bar.close()
-                raise Preempted(self.phase, i, guard.signum)
+                raise Preempted(self.name, i, guard.signum)
         bar.close()
         return self.state.params
 
@@ -288,9 +293,11 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
     eval_key = jax.random.key(cfg.trainer.seed + 1)
     reference_dir = (checkpoint_root / "reference").resolve()
     base_reloads = cfg.lora.enabled and not cfg.trainer.sft_steps  # the LoRA base is model.path or the seeded init
-    resuming_preference = cfg.checkpoint.resume and (checkpoint_root / "preference").is_dir() and (reference_dir.is_dir() or base_reloads)
+    first_phase = "stage-1" if cfg.stages else "preference"  # stages: the sequential recipe (jaxspo/train/stages.py)
+    resuming_preference = cfg.checkpoint.resume and (checkpoint_root / first_phase).is_dir() and (reference_dir.is_dir() or base_reloads)
 
-    train_arrays = run.encoded("train")  # all data is checked before any step runs
+    stages = _sequential_stages(run) if cfg.stages else None  # all data is checked before any step runs
+    train_arrays = run.encoded("train") if stages is None else None
     sft_arrays = run.encoded("sft") if cfg.trainer.sft_steps and not resuming_preference else None
     with PreemptionGuard(cfg.checkpoint.preemption_grace_seconds) as guard:
         if resuming_preference and not base_reloads:
@@ -301,6 +308,8 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
                 run.params = sft.run_steps(None, guard)
             if not base_reloads:
                 save_params(run.params, reference_dir)
+        if stages is not None:
+            return stages.train(guard, eval_key)
         reference = run.params if run.reference_params is None else run.reference_params
         lora = LoRATraining(cfg, run.mesh, run.params, reference, base_record(cfg, run_dir, run.params)) if cfg.lora.enabled else None
         if lora is not None and is_writer():
@@ -330,14 +339,30 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
     after = evaluator(*evaluated(params), eval_key)
     run.log.truncate(lambda r: not (r["phase"] == "eval" and r["step"] == cfg.trainer.steps))  # logged once
     run.log.log("eval", cfg.trainer.steps, after)
+    write_outputs(run, params, (lambda: merged_params(lora.model, params, lora.base)) if lora else None)
+    return RunResult(run_dir, before, after, params, reference)
+
+
+def write_outputs(run: _Run, params: Any, full_params: Callable[[], Any] | None = None) -> None:
+    """Closes the metrics log; writes the final params, the optional HF export and the curves.
+
+    ``full_params`` builds the whole model's params for the HF export (LoRA: base + merged adapters);
+    None = ``params`` are the whole model.
+    """
+    cfg = run.cfg
     run.log.close()
     if cfg.checkpoint.save_final:
-        save_params(params, run_dir / "params")  # LoRA: the adapters; RUN_DIR/base.json names their base
+        save_params(params, run.run_dir / "params")  # LoRA: the adapters; RUN_DIR/base.json names their base
     if cfg.checkpoint.export_hf_dir:
-        save_hf(merged_params(lora.model, params, lora.base) if lora else params, cfg.model, run.tokenizer, cfg.checkpoint.export_hf_dir, dtype=cfg.checkpoint.export_dtype, max_shard_size=cfg.checkpoint.export_max_shard_size)
+        save_hf(full_params() if full_params else params, cfg.model, run.tokenizer, cfg.checkpoint.export_hf_dir, dtype=cfg.checkpoint.export_dtype, max_shard_size=cfg.checkpoint.export_max_shard_size)
     if cfg.logging.plot and is_writer():
-        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
-    return RunResult(run_dir, before, after, params, reference)
+        plot_curves(run.run_dir / "metrics.jsonl", run.run_dir / "curves.png")
+
+
+def _sequential_stages(run: _Run):
+    from jaxspo.train.stages import SequentialStages  # late import: stages.py builds on this module
+
+    return SequentialStages(run)
 
 
 def _logged_eval(metrics_path: Path, step: int) -> dict[str, float] | None:

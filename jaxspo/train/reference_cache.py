@@ -51,7 +51,10 @@ def fingerprint(arrays: dict[str, np.ndarray], params: Any, tokenizer) -> str:
 def cached_reference_logps(
     cache_dir: str | Path, scorer: PairScorer, params: Any, arrays: dict[str, np.ndarray], tokenizer
 ) -> tuple[dict[str, np.ndarray], bool]:
-    """``{"reference_chosen_logps", "reference_rejected_logps"}`` ``[N]`` float32, and whether the cache hit."""
+    """Log-probs of the pairs under frozen ``params`` (the reference, or an earlier ``sequential`` stage's policy).
+
+    Returns ``{"reference_chosen_logps", "reference_rejected_logps"}`` ``[N]`` float32, and whether the cache hit.
+    """
     directory = Path(cache_dir).expanduser()
     path = directory / f"{fingerprint(arrays, params, tokenizer)}.npz"
     if path.is_file():

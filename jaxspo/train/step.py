@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxspo.losses import PairLogps, get_loss, preference_objective
+from jaxspo.losses import PairLogps, get_loss, offset_losses, preference_objective
 from jaxspo.sharding import activation_sharding, logical_to_spec
 from jaxspo.train import selfsup
 from jaxspo.train.kl_regularizer import KL_FIELDS, kl_active, kl_rows, with_kl_regulariser
@@ -76,6 +76,7 @@ def pair_logps(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch) -> tuple
 
 
 PRECOMPUTED_FIELDS = ("reference_chosen_logps", "reference_rejected_logps")
+OFFSET_FIELD = "offset"  # per-pair [B] float32, read by losses registered with needs_offset
 
 
 def batch_fields(phase: str, loss_cfg) -> tuple[str, ...]:
@@ -84,9 +85,10 @@ def batch_fields(phase: str, loss_cfg) -> tuple[str, ...]:
         return SFT_FIELDS
     if uses_lists(loss_cfg):
         return LIST_FIELDS
+    offset = (OFFSET_FIELD,) if offset_losses(loss_cfg.terms) else ()
     if needs_reference(loss_cfg) and loss_cfg.reference == "precomputed":
-        return PREFERENCE_FIELDS + PRECOMPUTED_FIELDS + selfsup.batch_fields(loss_cfg)
-    return PREFERENCE_FIELDS + selfsup.batch_fields(loss_cfg)
+        return PREFERENCE_FIELDS + PRECOMPUTED_FIELDS + offset + selfsup.batch_fields(loss_cfg)
+    return PREFERENCE_FIELDS + offset + selfsup.batch_fields(loss_cfg)
 
 
 def in_step_reference(loss_cfg) -> bool:
@@ -115,7 +117,7 @@ def preference_objective_fn(graphdef: Any, loss_cfg) -> Objective:
             with jax.named_scope("reference"):
                 ref = pair_logps(*model.reference(reference_params), batch)
             ref_chosen, ref_rejected = jax.lax.stop_gradient(ref[0]), jax.lax.stop_gradient(ref[1])
-        logps = PairLogps(chosen, rejected, ref_chosen, ref_rejected, chosen_len, rejected_len, batch["soft_label"])
+        logps = PairLogps(chosen, rejected, ref_chosen, ref_rejected, chosen_len, rejected_len, batch["soft_label"], batch.get(OFFSET_FIELD))
         loss_sum, metrics = preference_objective(logps, loss_cfg, jnp.ones_like(chosen))
         if selfsup.active(loss_cfg):  # + λ·degree loss on the degraded copies (METHODS §4)
             degree = selfsup.degree_objective(model, params, reference_params, batch, logps, loss_cfg, rng, head_params)

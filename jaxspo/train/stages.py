@@ -1,0 +1,166 @@
+"""The ``sequential`` recipe (METHODS §5): stages trained one after another from the SFT policy π_0.
+
+For stage n (1-based) of ``cfg.stages``:
+
+1. **Pairs**: the task's train split turned into pairs labelled by the stage's dimension alone
+   (:func:`~jaxspo.data.dimensions.dimension_pairs`), checked before any step of any stage runs.
+2. **Frozen log-probs**: one sharded pass (:class:`~jaxspo.train.scoring.PairScorer`) over the stage's
+   pairs under each frozen π_0 … π_{n−1}, cached on disk under ``loss.reference_cache_dir`` keyed by the
+   hashes of the pairs, the weights and the tokenizer (:mod:`jaxspo.train.reference_cache`); π_{n−1}'s
+   are the stage's precomputed reference, and the per-pair offset Σ_{i<n} λ_{n,i}[R_i(y_w) − R_i(y_l)]
+   is computed from all of them (:func:`~jaxspo.losses.sequential.stage_offset`, float64). A stage
+   holds one trainable model (plus π_{n−1} for evaluation) and these arrays.
+3. **Training**: the ``sequential`` loss with β_n from π_{n−1}, as a preference phase named
+   ``stage-n`` (metric rows ``"phase": "stage-n"``, checkpoints ``checkpoints/stage-n/<step>``).
+4. **Evaluation** against π_{n−1} (gold reward of sampled responses on every dimension; pair metrics
+   on held-out pairs of the stage's dimension), logged as ``"phase": "eval"`` rows whose ``step``
+   counts steps over all stages; then π_n is saved to ``checkpoints/policy-n`` (Orbax).
+
+Resume: stages whose ``policy-n`` exists are skipped (π_n is restored); the first one without it
+continues from its newest valid checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxspo.config import Config
+from jaxspo.data.dimensions import dimension_pairs
+from jaxspo.data.encode import encode_preference_rows
+from jaxspo.data.screen import encode_screened, write_reports
+from jaxspo.distributed import is_writer
+from jaxspo.errors import DataError
+from jaxspo.losses.sequential import stage_offset
+from jaxspo.train.loop import RunResult, _logged_eval, _Phase, _Run, restore_params, save_params, write_outputs
+from jaxspo.train.preemption import PreemptionGuard
+from jaxspo.train.reference_cache import cached_reference_logps
+from jaxspo.train.scoring import PairScorer
+from jaxspo.train.step import OFFSET_FIELD, PRECOMPUTED_FIELDS
+
+log = logging.getLogger("jaxspo")
+
+
+def stage_config(cfg: Config, index: int) -> Config:
+    """The config stage ``index`` (0-based) trains with: its β_n, peak learning rate and steps."""
+    stage = cfg.stages[index]
+    return dataclasses.replace(
+        cfg,
+        loss=dataclasses.replace(cfg.loss, beta=stage.beta or cfg.loss.beta),
+        optimizer=dataclasses.replace(cfg.optimizer, learning_rate=stage.learning_rate or cfg.optimizer.learning_rate),
+        trainer=dataclasses.replace(cfg.trainer, steps=stage.steps or cfg.trainer.steps),
+    )
+
+
+class _StagePhase(_Phase):
+    """Stage ``number``'s preference phase; its eval rows are numbered after ``offset`` earlier steps."""
+
+    def __init__(self, run: _Run, number: int, offset: int, arrays: dict[str, np.ndarray]):
+        t = run.cfg.trainer
+        super().__init__(run, "preference", t.steps, run.cfg.optimizer.learning_rate, t.batch_size, arrays, name=f"stage-{number}")
+        self.number, self.offset = number, offset
+
+    def _logged_before(self, row: dict[str, Any], step: int) -> bool:
+        """Rows of SFT and earlier stages, and this stage's (and its evals') up to ``step``."""
+        phase = row["phase"]
+        if phase == "eval":
+            return row["step"] <= self.offset + step
+        if phase == self.name:
+            return row["step"] <= step
+        return phase == "sft" or (phase.startswith("stage-") and int(phase.removeprefix("stage-")) < self.number)
+
+
+class SequentialStages:
+    """Encodes every stage's pairs at construction (so bad data stops the run before any step)."""
+
+    def __init__(self, run: _Run):
+        self.run = run
+        self.train_arrays = [self._encode("train", k) for k in range(len(run.cfg.stages))]
+        self.eval_arrays = [self._encode("eval", k, run.cfg.eval.num_pairs) for k in range(len(run.cfg.stages))]
+
+    def _encode(self, split: str, index: int, limit: int | None = None) -> dict[str, np.ndarray]:
+        cfg = self.run.cfg
+        stage = cfg.stages[index]
+        source = f"{cfg.data.task}:{split}:stage-{index + 1}:{stage.dimension}"
+        rows = dimension_pairs(self.run.splits.rows[split], stage.dimension, min_gap=stage.min_gap, pairs_per_prompt=stage.pairs_per_prompt, seed=cfg.trainer.seed)[:limit]
+        if not rows:
+            raise DataError(f"{source}: no pair of responses differs by at least min_gap={stage.min_gap} on '{stage.dimension}'")
+        encode = functools.partial(encode_preference_rows, tokenizer=self.run.tokenizer, max_length=cfg.data.max_length)
+        arrays, report = encode_screened(rows, encode, source, cfg.data.on_bad_row)
+        self.run.data_reports[source] = report
+        if is_writer():
+            write_reports(list(self.run.data_reports.values()), self.run.run_dir / "data_report.json")
+        return arrays
+
+    def policy_dir(self, number: int) -> Path:
+        """Where π_number is saved: π_0 is the SFT result (``checkpoints/reference``)."""
+        root = self.run.run_dir / "checkpoints"
+        return (root / ("reference" if number == 0 else f"policy-{number}")).resolve()
+
+    def frozen_fields(self, index: int, scorer: PairScorer, previous: Any) -> dict[str, np.ndarray]:
+        """Reference log-probs (π_{n−1}) and the offset ``[N]`` float32 of stage ``index``'s train pairs."""
+        cfg, arrays = self.run.cfg, self.train_arrays[index]
+        chosen, rejected = [], []
+        for number in range(index + 1):  # π_0 … π_{n−1}, one in memory at a time besides π_{n−1}
+            params = previous if number == index else restore_params(self.policy_dir(number), jax.tree.map(lambda x: x, previous))
+            logps, _ = cached_reference_logps(cfg.loss.reference_cache_dir, scorer, params, arrays, self.run.tokenizer)
+            chosen.append(logps["reference_chosen_logps"].astype(np.float64))
+            rejected.append(logps["reference_rejected_logps"].astype(np.float64))
+        earlier = cfg.stages[:index]
+        betas = [stage_config(cfg, k).loss.beta for k in range(index)]
+        offset = stage_offset(chosen, rejected, betas, [s.lambdas for s in earlier], cfg.stages[index].lambdas)
+        fields = dict(zip(PRECOMPUTED_FIELDS, (chosen[-1].astype(np.float32), rejected[-1].astype(np.float32))))
+        return fields | {OFFSET_FIELD: np.asarray(offset, dtype=np.float32)}
+
+    def train(self, guard: PreemptionGuard, eval_key: jax.Array) -> RunResult:
+        """Runs (or resumes) every stage from π_0 = ``run.params``; writes the run's outputs."""
+        run, cfg = self.run, self.run.cfg
+        scorer = PairScorer(run.graphdef, run.mesh, cfg.mesh.rules, cfg.trainer.batch_size)
+        evaluator = run.evaluator(run.graphdef)  # one sampler / scorer compile for all stages; pairs and β set per stage
+
+        def evaluate(index: int, params: Any, reference: Any) -> dict[str, float]:
+            evaluator.cfg, evaluator.pairs = stage_config(cfg, index), self.eval_arrays[index]
+            return evaluator(params, reference, eval_key) | {"eval/stage": float(index + 1)}
+
+        previous = run.params  # π_0
+        before = _logged_eval(run.log.path, 0)
+        if before is None:
+            run.log.truncate(lambda r: r["phase"] == "sft")
+            before = evaluate(0, previous, previous) | {"eval/stage": 0.0}
+            run.log.log("eval", 0, before)
+        offset, after, reference = 0, before, previous
+        for index, stage in enumerate(cfg.stages):
+            number, scfg = index + 1, stage_config(cfg, index)
+            steps, reference = scfg.trainer.steps, previous
+            if self.policy_dir(number).is_dir():  # finished (and evaluated) before an interruption
+                previous = restore_params(self.policy_dir(number), jax.tree.map(lambda x: x, previous))
+                after = _logged_eval(run.log.path, offset + steps) or after
+                offset += steps
+                continue
+            arrays = self.train_arrays[index] | self.frozen_fields(index, scorer, previous)
+            view = copy.copy(run)  # the run as this stage sees it: its config, starting from π_{n−1}
+            view.cfg, view.params = scfg, previous
+            phase = _StagePhase(view, number, offset, arrays)
+
+            def periodic_eval(step: int, params: Any, index=index, offset=offset, steps=steps, reference=reference) -> None:
+                if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < steps:
+                    run.log.log("eval", offset + step, evaluate(index, params, reference))
+
+            policy = phase.run_steps(None, guard, periodic_eval)
+            after = evaluate(index, policy, reference)
+            end = offset + steps
+            run.log.truncate(lambda r, end=end: not (r["phase"] == "eval" and r["step"] == end))  # logged once
+            run.log.log("eval", end, after)
+            save_params(policy, self.policy_dir(number))
+            gold = ", ".join(f"{k.removeprefix('eval/gold/')} {v:.3f}" for k, v in after.items() if k.startswith("eval/gold/"))
+            log.info("stage %d (%s, β=%g, λ=%s) done after %d steps: gold %s", number, stage.dimension, scfg.loss.beta, stage.lambdas, steps, gold)
+            previous, offset = policy, end
+        write_outputs(run, previous)
+        return RunResult(run.run_dir, before, after, previous, reference)

@@ -1,0 +1,105 @@
+"""The ``sequential`` recipe end to end: cached frozen log-probs and offsets, stage checkpoints, exact resume."""
+
+import dataclasses
+import random
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxspo.config import load_config
+from jaxspo.train import loop
+from jaxspo.train.scoring import PairScorer
+from jaxspo.train.stages import SequentialStages
+from tests.test_resume import REPO, final_params, metrics, wait_for_step
+
+TINY = [
+    "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2",
+    "data.synthetic.num_sft=256", "data.synthetic.num_train=128", "data.synthetic.num_eval=32",
+    "trainer.sft_steps=8", "trainer.sft_batch_size=8", "trainer.steps=6", "trainer.batch_size=8", "trainer.eval_every=3",
+    "eval.num_pairs=16", "eval.num_prompts=8", "eval.max_new_tokens=6",
+    "logging.log_every=1", "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false",
+    "checkpoint.every_steps=2", "checkpoint.keep_last=2",
+]
+STAGES = "stages=[{dimension: correctness, beta: 0.5}, {dimension: brevity, beta: 0.2, lambdas: [2.0]}]"
+
+
+@pytest.mark.slow
+def test_offsets_come_from_frozen_logps_cached_by_data_and_weights(tmp_path):
+    cache = tmp_path / "cache"
+    cfg = load_config("configs/sequential.yaml", TINY + [STAGES, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", f"loss.reference_cache_dir={cache}"])
+    (tmp_path / "run").mkdir()
+    run = loop._Run(cfg, tmp_path / "run")
+    stages = SequentialStages(run)
+    pi0 = run.params
+    loop.save_params(pi0, stages.policy_dir(0))
+    pi1 = jax.tree.map(lambda x: x * 1.1, pi0)
+    scorer = PairScorer(run.graphdef, run.mesh, cfg.mesh.rules, cfg.trainer.batch_size)
+    arrays = stages.train_arrays[1]  # brevity pairs
+    c0, r0 = scorer(pi0, arrays)
+    c1, r1 = scorer(pi1, arrays)
+
+    fields = stages.frozen_fields(1, scorer, pi1)
+    np.testing.assert_allclose(fields["reference_chosen_logps"], c1, atol=1e-5)
+    np.testing.assert_allclose(fields["reference_rejected_logps"], r1, atol=1e-5)
+    expected = 2.0 * 0.5 * ((c1 - r1) - (c0 - r0))  # λ_{2,1}·[R_1(y_w) − R_1(y_l)], R_1 = β_1 log π_1/π_0
+    np.testing.assert_allclose(fields["offset"], expected, atol=1e-4)
+    assert np.abs(expected).max() > 0.1
+    cached = set(cache.glob("*.npz"))
+    assert len(cached) == 2  # the brevity pairs under π_0 and under π_1
+
+    # λ is not part of the key: a new λ reuses both passes and only changes the offset
+    run.cfg = dataclasses.replace(cfg, stages=[cfg.stages[0], dataclasses.replace(cfg.stages[1], lambdas=[0.0])])
+    again = stages.frozen_fields(1, scorer, pi1)
+    assert set(cache.glob("*.npz")) == cached
+    np.testing.assert_array_equal(again["offset"], 0.0)
+    np.testing.assert_array_equal(again["reference_chosen_logps"], fields["reference_chosen_logps"])
+    # other data (stage 1's correctness pairs) or other weights (π_1 changed): new keys
+    stages.frozen_fields(0, scorer, pi0)
+    assert len(set(cache.glob("*.npz")) - cached) == 1
+    stages.frozen_fields(1, scorer, jax.tree.map(lambda x: x * 1.2, pi0))
+    assert len(set(cache.glob("*.npz")) - cached) == 2  # π_0's pass hit, the new π_1's did not
+
+
+def command(run_dir, cache) -> list[str]:
+    return [sys.executable, "-m", "jaxspo", "train", "configs/sequential.yaml", *TINY, STAGES, f"run_dir={run_dir}", f"loss.reference_cache_dir={cache}"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    subprocess.run(command(run_dir, run_dir / "cache"), cwd=REPO, check=True, capture_output=True, timeout=900)
+    return run_dir
+
+
+@pytest.mark.slow
+def test_stages_checkpoint_evaluate_and_log_per_stage(uninterrupted):
+    checkpoints = uninterrupted / "checkpoints"
+    assert {p.name for p in checkpoints.iterdir()} >= {"reference", "sft", "stage-1", "stage-2", "policy-1", "policy-2"}
+    rows = metrics(uninterrupted)
+    assert [r["step"] for r in rows if r["phase"] == "stage-2"] == [1, 2, 3, 4, 5, 6]
+    evals = [(r["step"], r["eval/stage"]) for r in rows if r["phase"] == "eval"]
+    assert evals == [(0, 0.0), (3, 1.0), (6, 1.0), (9, 2.0), (12, 2.0)]
+    assert all({"eval/gold/correctness", "eval/gold/brevity"} <= set(r) for r in rows if r["phase"] == "eval")
+    assert all(r["sequential/offset"] == 0.0 for r in rows if r["phase"] == "stage-1")
+    assert any(r["sequential/offset"] != 0.0 for r in rows if r["phase"] == "stage-2")
+    assert len(list((uninterrupted / "cache").glob("*.npz"))) == 3  # stage 1 under π_0; stage 2 under π_0, π_1
+
+
+@pytest.mark.slow
+def test_sigkill_mid_stages_then_resume_is_bit_identical(uninterrupted, tmp_path):
+    rng = random.Random(7)
+    kills = [("stage-1", rng.randint(2, 5)), ("stage-2", rng.randint(1, 5))]
+    for phase, step in kills:
+        proc = subprocess.Popen(command(tmp_path, tmp_path / "cache"), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_step(proc, tmp_path, phase, step, timeout=600)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (tmp_path / "checkpoints" / "policy-2").exists()
+    subprocess.run(command(tmp_path, tmp_path / "cache"), cwd=REPO, check=True, capture_output=True, timeout=900)
+    assert metrics(tmp_path) == metrics(uninterrupted)
+    for a, b in zip(final_params(tmp_path), final_params(uninterrupted)):
+        np.testing.assert_array_equal(a, b)
