@@ -265,3 +265,17 @@ def test_tiny_lora_step_compiles_for_a_tpu_slice_with_less_memory(monkeypatch):
     # layers × rank × Σ (in + out): q (64 + 4·16), k and v (64 + 2·16), o (4·16 + 64), gate, up, down (64 + 128)
     assert lora["trained_parameters"] == 2 * 4 * ((64 + 64) + 2 * (64 + 32) + (64 + 64) + 3 * (64 + 128))
     assert lora["argument_bytes_per_device"] < 0.6 * full["argument_bytes_per_device"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("terms", ["{soft_spo: 1.0}", "{soft_spo_ranked: 1.0}"])
+def test_soft_spo_with_its_kl_regulariser_trains_adapters_against_the_adapter_off_reference(tmp_path, terms):
+    """The list forward, the sampler (adapted policy) and the in-step KL (base with adapters off) all see LoRA."""
+    cfg = load_config("configs/lora_dpo.yaml", RUN + [f"run_dir={tmp_path}", f"loss.terms={terms}", "loss.soft_spo.kl_beta=0.5", "loss.soft_spo.kl_prompts=8"])
+    result = loop.train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in rows if r["phase"] == "preference"]
+    assert trained and all(np.isfinite(r["kl/value"]) and r["kl/samples_per_second"] > 0 for r in trained)
+    assert trained[-1]["kl/value"] > 0.0  # the adapters moved the policy away from the base
+    np.testing.assert_allclose(trained[-1]["loss"], trained[-1]["loss/preference"] + 0.5 * trained[-1]["kl/value"], rtol=1e-5)
+    assert result.after["eval/kl"] > 0.0 and result.before["eval/kl"] == 0.0

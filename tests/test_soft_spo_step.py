@@ -63,7 +63,8 @@ def test_kl_regulariser_adds_beta_times_the_sampled_kl_and_accumulates_exactly(t
         cfg = with_soft_spo(tiny_config(grad_accum_steps=accum), terms, kl_beta=kl_beta, kl_prompts=8)
         mesh, graphdef, shardings, state, reference, step = build(cfg, {"data": 2, "fsdp": 2, "tensor": 2}, 8)
         assert set(step.batch_sharding) == set(host) and step.reference_sharding is not None
-        kl = np.asarray(jax.jit(sequence_kl, static_argnums=0)(graphdef, state.params, reference, host["kl_tokens"], host["kl_valid"], host["kl_response"]))
+        kl_fn = jax.jit(lambda p, r, *samples: sequence_kl((graphdef, p), (graphdef, r), *samples))
+        kl = np.asarray(kl_fn(state.params, reference, host["kl_tokens"], host["kl_valid"], host["kl_response"]))
         batch = {k: jax.device_put(v, step.batch_sharding[k]) for k, v in host.items()}
         new_state, metrics = step.fn(state, reference, batch)
         metrics = jax.device_get(metrics)
