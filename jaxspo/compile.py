@@ -20,6 +20,8 @@ import jax.numpy as jnp
 from jaxspo.sharding import make_mesh
 from jaxspo.train.state import TrainState, abstract_model, learning_rate_schedule, make_optimizer, param_shardings, state_shardings
 from jaxspo.train import selfsup
+from jaxspo.train.kl_regularizer import KL_FIELDS, kl_active, kl_rows
+from jaxspo.train.list_objective import uses_lists
 from jaxspo.train.lora import AdaptedModel
 from jaxspo.train.step import batch_fields, in_step_reference, make_train_step, needs_reference
 
@@ -119,9 +121,34 @@ def analytic_bytes(cfg, abstract_params: Any, abstract_trained: Any = None) -> d
     n = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
     trained = n if abstract_trained is None else sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_trained))
     width = jnp.dtype(cfg.model.param_dtype).itemsize
-    reference = n * width if needs_reference(cfg.loss) and cfg.loss.reference == "resident" else 0
+    resident = cfg.loss.reference == "resident" and (needs_reference(cfg.loss) or kl_active(cfg.loss))  # the KL regulariser's too
+    reference = n * width if resident else 0
     params = (n + (0 if abstract_trained is None else trained)) * width
     return {"parameters": float(n), "trained_parameters": float(trained), "params": params, "grads": trained * width, "optimizer": 2 * trained * 4, "reference": reference}
+
+
+def batch_shapes(cfg, batch: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Shape and dtype of every array a preference step reads, for ``batch`` pairs (or lists) of
+    ``data.max_length`` tokens.
+
+    Lists (``soft_spo_best_of_n``, ``soft_spo_ranked``) are ``[B, n, T]`` with n = the built-in task's
+    ``data.synthetic.responses_per_prompt`` (for other data, set it to the longest list); the KL
+    regulariser's samples are ``[M, max_prompt_length + kl_max_new_tokens]``, M = prompts × samples.
+    """
+    length = cfg.data.max_length
+    fields = batch_fields("preference", cfg.loss)
+    if uses_lists(cfg.loss):
+        n = cfg.data.synthetic.responses_per_prompt
+        shapes = {name: ((batch, n, length), jnp.int32 if name.endswith("tokens") else jnp.bool_) for name in fields if name != "list_mask"}
+        shapes["list_mask"] = ((batch, n), jnp.bool_)
+    else:
+        shapes = {name: ((batch, length), jnp.int32 if name.endswith("tokens") else jnp.bool_) for name in fields}
+        shapes |= {name: ((batch,), jnp.float32) for name in shapes if not name.endswith(("tokens", "valid", "mask"))}
+        shapes |= selfsup.field_shapes(cfg.loss, batch, length)  # [B, S, K, T] degraded copies (ranking mode)
+    if kl_active(cfg.loss):
+        rows, width = kl_rows(cfg.loss), cfg.data.max_prompt_length + cfg.loss.soft_spo.kl_max_new_tokens
+        shapes |= {name: ((rows, width), jnp.int32 if name == "kl_tokens" else jnp.bool_) for name in KL_FIELDS}
+    return shapes
 
 
 def compile_step(cfg, devices: list, per_device_batch: int | None = None) -> dict[str, Any]:
@@ -148,9 +175,7 @@ def compile_step(cfg, devices: list, per_device_batch: int | None = None) -> dic
         trained,
     )
     length = cfg.data.max_length
-    shapes = {name: ((batch, length), jnp.int32 if name.endswith("tokens") else jnp.bool_) for name in batch_fields("preference", cfg.loss)}
-    shapes |= {name: ((batch,), jnp.float32) for name in shapes if not name.endswith(("tokens", "valid", "mask"))}
-    shapes |= selfsup.field_shapes(cfg.loss, batch, length)  # [B, S, K, T] degraded copies (ranking mode)
+    shapes = batch_shapes(cfg, batch)
     abstract_batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=step.batch_sharding[k]) for k, (shape, dtype) in shapes.items()}
     if cfg.lora.enabled:
         reference = {k: None if s is None else _abstract(abstract_params, s) for k, s in step.reference_sharding.items()}
