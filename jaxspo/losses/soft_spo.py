@@ -137,19 +137,21 @@ def soft_spo(logps: PairLogps, cfg) -> tuple[jax.Array, PairMetrics]:
     return mu * best_of_n_loss(pair, mask, spo.alpha), metrics | ({"soft_spo/mu": mu} if spo.gamma else {})
 
 
+def _weighted_list_term(term, logps: ListLogps, cfg) -> tuple[jax.Array, PairMetrics]:
+    """μ · term(policy [B, n], mask [B, n], α) per list, with the list metrics."""
+    spo = cfg.soft_spo
+    mu = mu_weights(logps.policy, logps.mask, spo.alpha, spo.gamma)
+    loss = mu * term(logps.policy, logps.mask, spo.alpha)
+    return loss, _list_metrics(logps.policy, logps.mask, spo.alpha, mu if spo.gamma else None)
+
+
 @register_loss("soft_spo_best_of_n", needs_reference=False, layout="list")
 def soft_spo_best_of_n(logps: ListLogps, cfg) -> tuple[jax.Array, PairMetrics]:
     """−(1/α) log(πθ(y_best)^α / Σ_j πθ(y_j)^α) · μ on lists; SPO, Sharifnassab et al., arXiv 2405.00747."""
-    spo = cfg.soft_spo
-    mu = mu_weights(logps.policy, logps.mask, spo.alpha, spo.gamma)
-    loss = mu * best_of_n_loss(logps.policy, logps.mask, spo.alpha)
-    return loss, _list_metrics(logps.policy, logps.mask, spo.alpha, mu if spo.gamma else None)
+    return _weighted_list_term(best_of_n_loss, logps, cfg)
 
 
 @register_loss("soft_spo_ranked", needs_reference=False, layout="list")
 def soft_spo_ranked(logps: ListLogps, cfg) -> tuple[jax.Array, PairMetrics]:
     """Plackett–Luce −(1/α) Σ_k log softmax(α log πθ(y_k..n))[0] · μ; SPO, Sharifnassab et al., arXiv 2405.00747."""
-    spo = cfg.soft_spo
-    mu = mu_weights(logps.policy, logps.mask, spo.alpha, spo.gamma)
-    loss = mu * plackett_luce_loss(logps.policy, logps.mask, spo.alpha)
-    return loss, _list_metrics(logps.policy, logps.mask, spo.alpha, mu if spo.gamma else None)
+    return _weighted_list_term(plackett_luce_loss, logps, cfg)
