@@ -1,0 +1,87 @@
+"""jaxspo runner: the preference phase of ``jaxspo train`` on the fixture, SFT and evaluation skipped.
+
+    python benchmarks/peers/run_jaxspo.py --fixture DIR --order ORDER.json --config resident [key=value ...]
+
+The run is built by the same code as ``jaxspo train`` (``jaxspo.train.loop``: the HF folder through
+jaxspo's loader, the JSONL pairs through jaxspo's data path and screening, the optimiser, state and
+``make_train_step``, the precomputed-reference pass when ``loss.reference=precomputed``); only the loop is
+the runner's own, to time each step with ``block_until_ready``. The batches come from jaxspo's iterator;
+the rows it trained are compared with ``--order`` (the peers' order) and reported as ``same_order``.
+Trailing ``key=value`` arguments are jaxspo config overrides applied last (e.g. ``model.dtype=bfloat16``).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # runner_common
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's jaxspo
+
+from runner_common import StepLog, emit, parser, read_order  # noqa: E402
+
+
+def base_overrides(args, work: Path) -> list[str]:
+    """The benchmark's settings as jaxspo config overrides (DPO, constant lr, plain AdamW, no clipping)."""
+    return [
+        f"model.path={args.fixture / 'model'}", "data.source.kind=jsonl", f"data.source.path={args.fixture}/{{split}}.jsonl",
+        f"data.max_length={args.max_length}", f"data.max_prompt_length={args.max_length // 2}",
+        "trainer.sft_steps=0", f"trainer.steps={args.steps}", f"trainer.batch_size={args.batch_size}", "trainer.eval_every=0",
+        f"optimizer.learning_rate={args.lr}", "optimizer.warmup_steps=0", "optimizer.schedule=constant",
+        f"optimizer.b1={args.b1}", f"optimizer.b2={args.b2}", f"optimizer.eps={args.eps}", f"optimizer.weight_decay={args.weight_decay}",
+        "optimizer.max_grad_norm=0", "loss.terms={dpo: 1.0}", f"loss.beta={args.beta}", "loss.reference=resident",
+        f"loss.reference_cache_dir={work / 'reference_cache'}", "mesh.data=1",
+        "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false", "checkpoint.every_steps=0",
+        "checkpoint.save_final=false", f"run_dir={work / 'run'}",
+    ]
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("overrides", nargs="*", help="jaxspo config overrides key=value, applied after the benchmark's")
+    args = p.parse_args()
+    import jax
+
+    from jaxspo.config import load_config
+    from jaxspo.distributed import to_global
+    from jaxspo.train import loop
+    from jaxspo.train.reference_cache import cached_reference_logps
+    from jaxspo.train.scoring import PairScorer
+    from jaxspo.train.step import needs_reference
+
+    order = read_order(args.order, args.steps, args.batch_size)
+    with tempfile.TemporaryDirectory(prefix="bench-jaxspo-") as tmp:
+        work = Path(tmp)
+        cfg = load_config(None, base_overrides(args, work) + list(args.overrides))
+        (work / "run").mkdir()
+        run = loop._Run(cfg, work / "run")
+        cfg = run.cfg
+        arrays = run.encoded("train")
+        reference = run.params
+        if needs_reference(cfg.loss) and cfg.loss.reference == "precomputed":  # as loop.train does
+            scorer = PairScorer(run.graphdef, run.mesh, cfg.mesh.rules, cfg.trainer.batch_size)
+            cached, _ = cached_reference_logps(cfg.loss.reference_cache_dir, scorer, reference, arrays, run.tokenizer)
+            arrays = arrays | cached
+        phase = loop._Phase(run, "preference", cfg.trainer.steps, cfg.optimizer.learning_rate, cfg.trainer.batch_size, arrays)
+        frozen = reference if phase.step.reference_sharding is not None else None
+        log, trained_rows = StepLog(), []
+        state = phase.state
+        for _ in order:
+            start = time.perf_counter()
+            trained_rows.append(phase.batches.rows(phase.batches.step).tolist())
+            host = next(phase.batches)  # jaxspo's own batching (bucketing or whatever the config selects)
+            batch = to_global(host, {k: phase.step.batch_sharding[k] for k in host})
+            state, metrics = phase.step.fn(state, frozen, batch)
+            metrics = jax.block_until_ready(metrics)
+            seconds = time.perf_counter() - start
+            width = max(int(v.shape[1]) for k, v in host.items() if k.endswith("_tokens"))
+            padded = sum(int(v.size) for k, v in host.items() if k.endswith("_tokens"))
+            log.end_step(seconds, int(metrics["tokens"]), padded, width, float(metrics["loss"]))
+        run.log.close()
+    emit("jaxspo", args.config, log, frozen is not None, {"overrides": list(args.overrides), "same_order": trained_rows == order, "jax": jax.__version__, "devices": len(jax.devices())})
+
+
+if __name__ == "__main__":
+    main()

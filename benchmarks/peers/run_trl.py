@@ -1,0 +1,91 @@
+"""TRL runner (its own venv): ``trl.DPOTrainer`` on the fixture's text pairs, on the CPU.
+
+    python benchmarks/peers/run_trl.py --fixture DIR --order ORDER.json --config trl_fp32|trl_fp32_precomputed|trl_defaults
+
+``trl_fp32``: fp32, no gradient checkpointing, the reference forward in every step; ``trl_fp32_precomputed``:
+the same with ``precompute_ref_log_probs`` (one pass before training, counted in the time to first step);
+``trl_defaults``: DPOConfig's defaults for precision and memory (bf16 autocast, gradient checkpointing).
+All: dynamic padding to the longest row of the batch, the rows in ``--order`` with a sequential sampler,
+constant learning rate, no warm-up, no clipping. A step is timed between consecutive ``on_step_end``
+callbacks (the first from the start of ``train()``); PyTorch on the CPU is synchronous.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from runner_common import StepLog, emit, parser, read_jsonl, read_order  # noqa: E402
+
+CONFIGS = {
+    "trl_fp32": {"bf16": False, "gradient_checkpointing": False},
+    "trl_fp32_precomputed": {"bf16": False, "gradient_checkpointing": False, "precompute_ref_log_probs": True},
+    "trl_defaults": {},
+}
+
+
+def main() -> None:
+    args = parser(__doc__).parse_args()
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    rows = read_jsonl(args.fixture / "train.jsonl")
+    order = read_order(args.order, args.steps, args.batch_size)
+    dataset = Dataset.from_list([rows[r] for batch in order for r in batch])
+    model_dir = str(args.fixture / "model")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    log = StepLog()
+
+    class StepTimes(TrainerCallback):
+        """Wall time, tokens and loss of each optimizer step."""
+
+        def __init__(self) -> None:
+            self.last = time.perf_counter()
+            self.pending: dict | None = None
+
+        def on_train_begin(self, *a, **k):
+            self.last = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            now = time.perf_counter()
+            self.pending = {"seconds": now - self.last}
+            self.last = now
+
+        def on_log(self, a, state, control, logs=None, **k):
+            if self.pending is not None and logs and "loss" in logs:
+                log.end_step(self.pending["seconds"], *tokens.pop(0), float(logs["loss"]))
+                self.pending = None
+
+    tokens: list[tuple[int, int, int]] = []  # (real, padded, width) per collated batch, in order
+
+    class CountingTrainer(DPOTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.model.training:
+                mask = inputs["attention_mask"]
+                tokens.append((int(mask.sum()), int(mask.numel()), int(mask.shape[1])))
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    with tempfile.TemporaryDirectory(prefix="bench-trl-") as tmp:
+        config = DPOConfig(
+            output_dir=tmp, per_device_train_batch_size=args.batch_size, max_steps=args.steps, learning_rate=args.lr,
+            adam_beta1=args.b1, adam_beta2=args.b2, adam_epsilon=args.eps, weight_decay=args.weight_decay, optim="adamw_torch",
+            lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=0.0, beta=args.beta, loss_type=["sigmoid"],
+            max_length=args.max_length, logging_steps=1, report_to="none", save_strategy="no", train_sampling_strategy="sequential",
+            dataloader_num_workers=0, use_cpu=True, seed=0, disable_tqdm=True, **CONFIGS[args.config],
+        )
+        timer = StepTimes()
+        trainer = CountingTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[timer])
+        trainer.train()
+    emit("trl", args.config, log, "precompute_ref_log_probs" not in CONFIGS[args.config],
+         {"torch": torch.__version__, "threads": torch.get_num_threads(), "bf16": bool(config.bf16), "gradient_checkpointing": bool(config.gradient_checkpointing)})
+
+
+if __name__ == "__main__":
+    main()
