@@ -31,6 +31,9 @@ def ensure_venv(root: Path, name: str) -> Path:
         return venv_python(root, name)
     print(f"[bench] creating the {name} venv in {folder}: {' '.join(REQUIREMENTS[name])}", file=sys.stderr, flush=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(folder)], check=True)
-    subprocess.run([str(venv_python(root, name)), "-m", "pip", "install", "-q", *REQUIREMENTS[name]], check=True)
+    with open(folder / "install.log", "w") as out:
+        done = subprocess.run([str(venv_python(root, name)), "-m", "pip", "install", "-q", *REQUIREMENTS[name]], stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"installing the {name} venv failed (exit {done.returncode}); see {folder / 'install.log'}")
     stamp.write_text(wanted)
     return venv_python(root, name)

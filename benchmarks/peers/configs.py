@@ -1,0 +1,54 @@
+"""The configurations the harness runs: the issue's peer table and jaxspo's own.
+
+Each entry: ``system`` (runner and venv), ``precision`` (which measured matmul peak its FLOP rate is
+compared with), and for jaxspo the config overrides passed to ``jaxspo.config.load_config`` after the
+benchmark's own. More jaxspo override sets come from ``JAXSPO_EXTRA`` below or from the command line
+(``--jaxspo NAME:key=value,key=value``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PEERS: dict[str, dict[str, Any]] = {
+    "trl_fp32": {"system": "trl", "precision": "float32"},  # reference forward each step, dynamic padding
+    "trl_fp32_precomputed": {"system": "trl", "precision": "float32"},  # precompute_ref_log_probs
+    "trl_defaults": {"system": "trl", "precision": "bfloat16"},  # bf16 autocast + gradient checkpointing
+    "tunix_fp32": {"system": "tunix", "precision": "float32"},  # pads prompt to 64 + response to 64
+    "tunix_bf16": {"system": "tunix", "precision": "bfloat16"},  # bf16 weights
+}
+
+JAXSPO: dict[str, list[str]] = {
+    "jaxspo_resident": [],  # the reference forward inside each step
+    "jaxspo_precomputed": ["loss.reference=precomputed"],  # one scoring pass before step 1
+}
+
+# Speed settings to compare side by side (name -> overrides), e.g. {"jaxspo_bf16": ["model.dtype=bfloat16"]}.
+JAXSPO_EXTRA: dict[str, list[str]] = {}
+
+LOSS_BASELINE = "trl_fp32"  # steps 1-5 of every configuration are compared with this one's losses
+
+
+def parse_jaxspo_flag(text: str) -> tuple[str, list[str]]:
+    """``NAME:key=value,key=value`` → (name, overrides); a value holding commas can use ``;`` as the separator."""
+    name, sep, rest = text.partition(":")
+    if not sep or not name:
+        raise ValueError(f"--jaxspo {text!r}: expected NAME:key=value[,key=value...]")
+    parts = [p.strip() for p in rest.split(";" if ";" in rest else ",") if p.strip()]
+    bad = [p for p in parts if "=" not in p]
+    if bad:
+        raise ValueError(f"--jaxspo {text!r}: {bad} are not key=value overrides")
+    return name if name.startswith("jaxspo") else f"jaxspo_{name}", parts
+
+
+def jaxspo_precision(overrides: list[str]) -> str:
+    """bfloat16 when the overrides set a bf16 compute dtype, else float32."""
+    return "bfloat16" if any(o.replace(" ", "").startswith("model.dtype=bfloat16") for o in overrides) else "float32"
+
+
+def all_configs(extra: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    """Every configuration by name: the peers, jaxspo's two reference modes, JAXSPO_EXTRA and ``extra``."""
+    table = dict(PEERS)
+    for name, overrides in (JAXSPO | JAXSPO_EXTRA | extra).items():
+        table[name] = {"system": "jaxspo", "precision": jaxspo_precision(overrides), "overrides": overrides}
+    return table

@@ -1,0 +1,193 @@
+"""jaxspo vs TRL and Tunix side by side: same weights, data, order, batch and optimiser (``make bench``).
+
+    python benchmarks/vs_peers.py [--shapes small,medium] [--rounds 3] [--steps 30] [--steady-from 6]
+        [--configs trl_fp32,jaxspo_resident,...] [--jaxspo NAME:key=value,key=value ...] [--out FILE]
+
+1. builds the fixtures (benchmarks/.cache/fixtures/<shape>: one random-init HF Llama folder, a 2,048-token
+   byte-level BPE, 512 seeded pairs) and the row order (jaxspo's epoch-0 batch order, trainer.seed 0);
+2. creates the peers' venvs when missing (benchmarks/.venvs/{trl,tunix});
+3. measures this machine's matmul peak (fp32, bf16; JAX and PyTorch);
+4. runs every configuration ``--rounds`` times, alternating (round r starts r places further down the list),
+   each as a fresh process in its system's venv with the same glibc allocator settings;
+5. prints ONE JSON object (and writes it to ``--out``): per shape and configuration the s/step spread,
+   real and padded tokens/s, time to first step, peak RSS, FLOP/s as a fraction of the peak, the ratio
+   jaxspo / peer of real tokens/s, and the max |loss difference| over steps 1–5 against TRL fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # peers/ and this checkout's jaxspo
+
+from peers import configs as config_table  # noqa: E402
+from peers import stats  # noqa: E402
+from peers.envs import ensure_venv  # noqa: E402
+from peers.fixtures import build_fixture  # noqa: E402
+
+RUN_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072", "TOKENIZERS_PARALLELISM": "false", "JAX_PLATFORMS": "cpu"}
+RUNNERS = {"jaxspo": "run_jaxspo.py", "trl": "run_trl.py", "tunix": "run_tunix.py"}
+
+
+def write_order(path: Path, num_rows: int, batch_size: int, steps: int, seed: int = 0) -> None:
+    """Row indices of ``steps`` batches in jaxspo's own batch order (``BatchIterator``, epoch 0)."""
+    import numpy as np
+
+    from jaxspo.data.encode import BatchIterator
+
+    batches = BatchIterator({"row": np.arange(num_rows)}, batch_size, seed)
+    path.write_text(json.dumps([int(r) for step in range(steps) for r in batches.rows(step)]))
+
+
+def last_json_line(text: str) -> dict[str, Any]:
+    """The runner's result: the last stdout line that is a JSON object with a ``system`` key."""
+    for line in reversed(text.splitlines()):
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict) and "system" in value:
+                return value
+    raise ValueError("the runner printed no result line")
+
+
+def run_one(python: Path, name: str, spec: dict[str, Any], fixture: Path, order: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One configuration in a fresh process; its JSON result, or {"error": ...} with the stderr tail."""
+    command = [str(python), str(HERE / "peers" / RUNNERS[spec["system"]]), "--fixture", str(fixture), "--order", str(order),
+               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
+               "--beta", str(args.beta), "--lr", str(args.lr), "--config", name, *spec.get("overrides", [])]
+    env = {**os.environ, **RUN_ENV, "BENCH_T0": repr(time.time())}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=HERE.parent)
+    if done.returncode != 0:
+        return {"error": f"exit {done.returncode}: " + done.stderr[-2000:]}
+    try:
+        return last_json_line(done.stdout)
+    except ValueError as e:
+        return {"error": f"{e}; stderr: {done.stderr[-2000:]}"}
+
+
+def measure_peak() -> dict[str, Any]:
+    """FLOP/s of large square matmuls in JAX and PyTorch; ``best`` = the faster of the two per precision."""
+    done = subprocess.run([sys.executable, str(HERE / "peers" / "peak.py")], capture_output=True, text=True, env={**os.environ, **RUN_ENV}, check=True)
+    peak = json.loads(done.stdout.strip().splitlines()[-1])
+    peak["best"] = {p: max(peak["jax"][p], peak["torch"][p]) for p in ("float32", "bfloat16")}
+    return peak
+
+
+def model_info(fixture_info: dict[str, Any]) -> dict[str, int]:
+    """What the FLOP count needs (the fixtures' heads · head_dim = hidden_size)."""
+    return {"matmul": fixture_info["parameters"]["matmul"], "num_layers": fixture_info["num_layers"], "attention_width": fixture_info["hidden_size"]}
+
+
+def machine() -> dict[str, Any]:
+    """Core count, platform and the CPU's bf16 instruction flags."""
+    flags = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        flags = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), "")
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
+
+
+def report(args, table, infos, results, peak) -> dict[str, Any]:
+    """The one JSON object: settings, machine, peak, and per shape the configurations' summaries."""
+    shapes = {}
+    for shape, by_config in results.items():
+        model = model_info(infos[shape])
+        summaries, errors, losses, orders = {}, {}, {}, {}
+        for name, runs in by_config.items():
+            good = [r for r in runs if "error" not in r]
+            errors.update({name: [r["error"] for r in runs if "error" in r]} if len(good) < len(runs) else {})
+            if not good:
+                continue
+            per_run = [stats.run_summary(r, model, args.steady_from) for r in good]
+            summaries[name] = stats.config_summary(per_run, peak["best"], table[name]["precision"])
+            summaries[name] |= {"system": table[name]["system"]} | ({"overrides": table[name]["overrides"]} if "overrides" in table[name] else {})
+            losses[name] = [s["loss"] for s in good[0]["steps"]]
+            orders[name] = good[0].get("same_order", True)
+        agreement = stats.loss_agreement({n: v for n, v in losses.items() if orders[n]}, config_table.LOSS_BASELINE)
+        shapes[shape] = {
+            "fixture": infos[shape],
+            "configs": summaries,
+            "ratio_jaxspo_over_peer_real_tokens_per_second": stats.ratios(summaries, {n: table[n]["system"] for n in summaries}),
+            "loss_max_abs_diff_steps_1_5_vs_" + config_table.LOSS_BASELINE: agreement,
+            "losses_steps_1_5": {n: v[:5] for n, v in losses.items()},
+            "errors": errors,
+        }
+    return {
+        "settings": {k: getattr(args, k) for k in ("shapes", "rounds", "steps", "steady_from", "batch_size", "max_length", "beta", "lr")}
+        | {"optimizer": "AdamW b1=0.9 b2=0.999 eps=1e-8 weight_decay=0, constant lr, no warm-up, no clipping", "env": RUN_ENV},
+        "machine": machine(),
+        "matmul_peak_flops_per_second": peak,
+        "flop_count": "padded tokens x (6N + 12 L W d_attn), + (2N + 4 L W d_attn) with an in-step reference (benchmarks/peers/stats.py)",
+        "shapes": shapes,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="small,medium", help="comma list of small, medium (tiny: smoke only)")
+    p.add_argument("--rounds", type=int, default=3, help="runs of every configuration, alternating")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steady-from", type=int, default=6, help="first step of the steady-state statistics (1-based)")
+    p.add_argument("--configs", default="", help="comma list of configuration names (default: all)")
+    p.add_argument("--jaxspo", action="append", default=[], metavar="NAME:key=value,...", help="an extra jaxspo configuration (repeatable)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--cache", type=Path, default=HERE / ".cache")
+    p.add_argument("--venvs", type=Path, default=HERE / ".venvs")
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON here (default: CACHE/vs_peers-<UTC time>.json)")
+    args = p.parse_args()
+    table = config_table.all_configs(dict(config_table.parse_jaxspo_flag(f) for f in args.jaxspo))
+    names = [n.strip() for n in args.configs.split(",") if n.strip()] or list(table)
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise SystemExit(f"unknown configuration(s) {unknown}; known: {sorted(table)}")
+    if args.steady_from > args.steps:
+        raise SystemExit(f"--steady-from {args.steady_from} is past --steps {args.steps}")
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    log = lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+
+    infos, orders = {}, {}
+    for shape in shapes:
+        infos[shape] = build_fixture(args.cache / "fixtures", shape, batch_size=args.batch_size)
+        orders[shape] = args.cache / "fixtures" / shape / f"order-b{args.batch_size}-s{args.steps}.json"
+        write_order(orders[shape], infos[shape]["num_pairs"], args.batch_size, args.steps)
+        log(f"fixture {shape}: {infos[shape]['parameters']['total']:,} parameters, {infos[shape]['mean_real_tokens_per_step']:.0f} real tokens per step")
+    pythons = {"jaxspo": Path(sys.executable)}
+    for system in sorted({table[n]["system"] for n in names} - {"jaxspo"}):
+        pythons[system] = ensure_venv(args.venvs, system)
+    peak = measure_peak()
+    log(f"matmul peak: {json.dumps(peak['best'])}")
+    results: dict[str, dict[str, list]] = {shape: {n: [] for n in names} for shape in shapes}
+    for round_index in range(args.rounds):
+        rotated = names[round_index % len(names):] + names[: round_index % len(names)]
+        for shape in shapes:
+            for name in rotated:
+                spec = table[name]
+                result = run_one(pythons[spec["system"]], name, spec, args.cache / "fixtures" / shape, orders[shape], args)
+                results[shape][name].append(result)
+                brief = result.get("error", "")[:300] or f"ttfs {result['time_to_first_step']:.1f}s, last step {result['steps'][-1]['seconds']:.3f}s"
+                log(f"round {round_index + 1}/{args.rounds} {shape} {name}: {brief}")
+    out = report(args, table, infos, results, peak)
+    text = json.dumps(out, indent=1)
+    print(text)
+    path = args.out or args.cache / f"vs_peers-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    log(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
