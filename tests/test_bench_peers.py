@@ -1,0 +1,151 @@
+"""The side-by-side benchmark's pure parts: FLOP count, statistics, report assembly, fixture determinism.
+
+The peers themselves are never run here (they need their own venvs and minutes of CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import vs_peers  # noqa: E402
+from peers import configs, fixtures, stats  # noqa: E402
+
+MODEL = {"matmul": 1000, "num_layers": 2, "attention_width": 8}
+
+
+def _result(seconds: list[float], reference: bool = True, losses: list[float] | None = None, **extra) -> dict:
+    losses = losses or [0.7] * len(seconds)
+    steps = [{"seconds": s, "real_tokens": 90, "padded_tokens": 160, "width": 10, "loss": l} for s, l in zip(seconds, losses)]
+    return {"system": "x", "config": "x", "reference_in_step": reference, "steps": steps, "time_to_first_step": 5.0, "peak_rss_mib": 100.0} | extra
+
+
+def test_step_flops_by_hand():
+    # per token: 6·1000 + 12·(2·10·8) = 7920 trained; + 2·1000 + 4·160 = 2640 for the reference
+    assert stats.step_flops(160, 10, 1000, 2, 8, reference=False) == 160 * 7920
+    assert stats.step_flops(160, 10, 1000, 2, 8, reference=True) == 160 * (7920 + 2640)
+
+
+def test_run_summary_uses_only_the_steady_steps():
+    result = _result([9.0, 9.0, 1.0, 2.0, 3.0], reference=False)
+    out = stats.run_summary(result, MODEL, first_steady=3)
+    assert out["seconds_per_step"] == {"min": 1.0, "median": 2.0, "max": 3.0}
+    assert out["real_tokens_per_second"] == pytest.approx(3 * 90 / 6.0)
+    assert out["padded_tokens_per_second"] == pytest.approx(3 * 160 / 6.0)
+    assert out["flops_per_second"] == pytest.approx(3 * 160 * 7920 / 6.0)
+    with pytest.raises(ValueError, match="steady state starts at step 6"):
+        stats.steady(result["steps"], 6)
+
+
+def test_config_summary_medians_and_fraction_of_peak():
+    runs = [stats.run_summary(_result([1.0, s, s]), MODEL, 2) for s in (1.0, 2.0, 4.0)]
+    out = stats.config_summary(runs, {"float32": 1e6, "bfloat16": 2e6}, "float32")
+    assert out["runs"] == 3
+    assert out["seconds_per_step"] == {"min": 1.0, "median": 2.0, "max": 4.0}
+    assert out["real_tokens_per_second"] == pytest.approx(90 / 2.0)
+    assert out["fraction_of_peak"] == pytest.approx(out["flops_per_second"] / 1e6)
+    assert stats.config_summary(runs, {}, "float32")["fraction_of_peak"] is None
+
+
+def test_ratios_and_loss_agreement():
+    summaries = {"jaxspo_a": {"real_tokens_per_second": 300.0}, "trl_fp32": {"real_tokens_per_second": 100.0}, "tunix_fp32": {"real_tokens_per_second": 150.0}}
+    systems = {"jaxspo_a": "jaxspo", "trl_fp32": "trl", "tunix_fp32": "tunix"}
+    assert stats.ratios(summaries, systems) == {"jaxspo_a": {"trl_fp32": 3.0, "tunix_fp32": 2.0}}
+    losses = {"trl_fp32": [0.69, 0.70, 0.60, 0.5, 0.4, 9.0], "jaxspo_a": [0.69, 0.71, 0.60, 0.5, 0.4, 0.0]}
+    agreement = stats.loss_agreement(losses, "trl_fp32")
+    assert agreement["trl_fp32"] == 0.0 and agreement["jaxspo_a"] == pytest.approx(0.01)  # step 6 not compared
+    assert stats.loss_agreement({"jaxspo_a": [0.1]}, "trl_fp32") == {"jaxspo_a": None}
+
+
+def test_jaxspo_flag_and_precision():
+    assert configs.parse_jaxspo_flag("bf16:model.dtype=bfloat16,model.remat=true") == ("jaxspo_bf16", ["model.dtype=bfloat16", "model.remat=true"])
+    with pytest.raises(ValueError, match="not key=value"):  # a comma inside a value needs ';' separators
+        configs.parse_jaxspo_flag("jaxspo_t:loss.terms={dpo: 1.0, sft: 0.1}")
+    assert configs.parse_jaxspo_flag("t:loss.terms={dpo: 1.0, sft: 0.1};loss.beta=0.2") == ("jaxspo_t", ["loss.terms={dpo: 1.0, sft: 0.1}", "loss.beta=0.2"])
+    with pytest.raises(ValueError, match="expected NAME"):
+        configs.parse_jaxspo_flag("model.dtype=bfloat16")
+    with pytest.raises(ValueError, match="not key=value"):
+        configs.parse_jaxspo_flag("x:model.dtype")
+    table = configs.all_configs({"jaxspo_bf16": ["model.dtype=bfloat16"]})
+    assert table["jaxspo_bf16"]["precision"] == "bfloat16" and table["jaxspo_resident"]["precision"] == "float32"
+    assert {"trl_fp32", "trl_fp32_precomputed", "trl_defaults", "tunix_fp32", "tunix_bf16", "jaxspo_precomputed"} <= set(table)
+
+
+def test_report_assembly():
+    args = argparse.Namespace(shapes="small", rounds=2, steps=3, steady_from=2, batch_size=8, max_length=128, beta=0.1, lr=1e-4)
+    table = configs.all_configs({})
+    results = {"small": {
+        "trl_fp32": [_result([1.0, 2.0, 2.0], losses=[0.69, 0.70, 0.71]), {"error": "exit 1: boom"}],
+        "jaxspo_resident": [_result([1.0, 1.0, 1.0], losses=[0.69, 0.70, 0.72], same_order=True)],
+        "jaxspo_precomputed": [_result([1.0, 1.0, 1.0], reference=False, losses=[0.0, 0.0, 0.0], same_order=False)],
+    }}
+    info = {"small": {"parameters": {"matmul": 1000}, "num_layers": 2, "hidden_size": 8}}
+    peak = {"best": {"float32": 1e9, "bfloat16": 2e9}}
+    out = json.loads(json.dumps(vs_peers.report(args, table, info, results, peak)))  # JSON-able
+    shape = out["shapes"]["small"]
+    assert shape["errors"] == {"trl_fp32": ["exit 1: boom"]}
+    assert shape["configs"]["trl_fp32"]["runs"] == 1
+    assert shape["ratio_jaxspo_over_peer_real_tokens_per_second"]["jaxspo_resident"]["trl_fp32"] == pytest.approx(2.0)
+    agreement = shape["loss_max_abs_diff_steps_1_5_vs_trl_fp32"]
+    assert agreement["jaxspo_resident"] == pytest.approx(0.01) and "jaxspo_precomputed" not in agreement  # another row order
+    assert out["matmul_peak_flops_per_second"] == peak
+
+
+def test_last_json_line_skips_other_output():
+    text = 'log line\n{"not": "a result"}\n{"system": "trl", "steps": []}\n{broken\n'
+    assert vs_peers.last_json_line(text) == {"system": "trl", "steps": []}
+    with pytest.raises(ValueError):
+        vs_peers.last_json_line("nothing\n")
+
+
+def test_order_is_jaxspo_batch_order(tmp_path):
+    from jaxspo.data.encode import BatchIterator
+
+    vs_peers.write_order(tmp_path / "o.json", 40, 8, 3)
+    order = json.loads((tmp_path / "o.json").read_text())
+    it = BatchIterator({"r": np.arange(40)}, 8, 0)
+    assert order == [int(r) for s in range(3) for r in it.rows(s)]
+
+
+def test_parameter_counts_match_the_issue_shapes():
+    for name, total in (("small", 4_212_992), ("medium", 27_402_752)):
+        shape = fixtures.SHAPES[name]
+        config = {"hidden_size": shape.hidden_size, "num_hidden_layers": shape.num_layers, "vocab_size": 2048, "num_attention_heads": shape.num_heads,
+                  "intermediate_size": shape.intermediate_size, "tie_word_embeddings": False}
+        assert fixtures.parameter_counts(config)["total"] == total
+
+
+def test_fixture_is_deterministic(tmp_path):
+    spec = fixtures.DataSpec(num_pairs=48, lexicon_size=80)
+    infos = [fixtures.build_fixture(tmp_path / str(i), "tiny", spec) for i in range(2)]
+    assert infos[0] == infos[1]
+    assert infos[0]["parameters"]["total"] == fixtures.parameter_counts(json.loads((tmp_path / "0/tiny/model/config.json").read_text()))["total"]
+    for name in ("model/model.safetensors", "model/tokenizer.json", "train.jsonl", "tokens.jsonl"):
+        assert (tmp_path / "0/tiny" / name).read_bytes() == (tmp_path / "1/tiny" / name).read_bytes(), name
+    other = fixtures.build_fixture(tmp_path / "2", "tiny", fixtures.DataSpec(num_pairs=48, lexicon_size=80, seed=1))
+    assert (tmp_path / "2/tiny/train.jsonl").read_bytes() != (tmp_path / "0/tiny/train.jsonl").read_bytes()
+    assert 258 < other["vocab_size"] <= fixtures.VOCAB_SIZE  # bytes + 2 specials + merges (a small corpus has fewer)
+
+
+def test_jaxspo_reads_the_fixture_like_trl(tmp_path):
+    """jaxspo's encoder gives the fixture's rows exactly the ids the peers use (prompt + response + </s>)."""
+    from jaxspo.data.encode import encode_preference_rows
+    from jaxspo.models.hf_io import load_tokenizer
+
+    fixtures.build_fixture(tmp_path, "tiny", fixtures.DataSpec(num_pairs=16, lexicon_size=40))
+    folder = tmp_path / "tiny"
+    rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]
+    tokens = [json.loads(line) for line in (folder / "tokens.jsonl").read_text().splitlines()]
+    arrays = encode_preference_rows(rows, load_tokenizer(folder / "model"), max_length=128, max_prompt_length=64)
+    for i, t in enumerate(tokens):
+        for side in ("chosen", "rejected"):
+            ids = arrays[f"{side}_tokens"][i][arrays[f"{side}_valid"][i]].tolist()
+            assert ids == t["prompt_ids"] + t[f"{side}_ids"]
+            assert arrays[f"{side}_loss_mask"][i].sum() == len(t[f"{side}_ids"])
