@@ -9,7 +9,7 @@ RUN_ENV := MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=131072 TOKENIZERS
 # libtpu is installed (for `jaxspo compile`); without a TPU device here, run on the CPU without its probing.
 PLATFORM := $(if $(JAX_PLATFORMS),,$(shell ls /dev/accel0 /dev/vfio/0 >/dev/null 2>&1 || echo JAX_PLATFORMS=cpu))
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: venv
 
 test: venv
 	$(RUN_ENV) $(TEST_ENV) $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# jaxspo vs TRL and Tunix side by side (benchmarks/vs_peers.py); the peers' venvs go to benchmarks/.venvs.
+bench: venv
+	$(RUN_ENV) JAX_PLATFORMS=cpu $(PY) benchmarks/vs_peers.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
