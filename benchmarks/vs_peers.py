@@ -121,6 +121,7 @@ def report(args, table, infos, results, peak) -> dict[str, Any]:
             "ratio_jaxspo_over_peer_real_tokens_per_second": stats.ratios(summaries, {n: table[n]["system"] for n in summaries}),
             "loss_max_abs_diff_steps_1_5_vs_" + config_table.LOSS_BASELINE: agreement,
             "losses_steps_1_5": {n: v[:5] for n, v in losses.items()},
+            "runs_seconds_per_step": {n: [[s["seconds"] for s in r["steps"]] for r in runs if "error" not in r] for n, runs in by_config.items()},
             "errors": errors,
         }
     return {
