@@ -48,20 +48,19 @@ def main() -> None:
 
         def __init__(self) -> None:
             self.last = time.perf_counter()
-            self.pending: dict | None = None
+            self.seconds: float | None = None  # of the step that ended and awaits its logged loss
 
         def on_train_begin(self, *a, **k):
             self.last = time.perf_counter()
 
         def on_step_end(self, *a, **k):
             now = time.perf_counter()
-            self.pending = {"seconds": now - self.last}
-            self.last = now
+            self.seconds, self.last = now - self.last, now
 
         def on_log(self, a, state, control, logs=None, **k):
-            if self.pending is not None and logs and "loss" in logs:
-                log.end_step(self.pending["seconds"], *tokens.pop(0), float(logs["loss"]))
-                self.pending = None
+            if self.seconds is not None and logs and "loss" in logs:
+                log.end_step(self.seconds, *tokens.pop(0), float(logs["loss"]))
+                self.seconds = None
 
     tokens: list[tuple[int, int, int]] = []  # (real, padded, width) per collated batch, in order
 

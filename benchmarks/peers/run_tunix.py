@@ -72,21 +72,21 @@ def main() -> None:
     class TimedDPOTrainer(dpo_trainer.DPOTrainer):
         """Blocks on each step's loss and records its wall time (from the previous step's end)."""
 
-        last = time.perf_counter()
+        last = 0.0  # perf_counter at the end of the previous step (set just before train())
 
         def _post_process_train_step(self, aux):
             super()._post_process_train_step(aux)
             loss = jax.block_until_ready(self._buffered_train_metrics.losses[-1])
             jax.block_until_ready(aux)
             now = time.perf_counter()
-            log.end_step(now - TimedDPOTrainer.last, next(reals), 2 * args.batch_size * args.max_length, args.max_length, float(loss))
-            TimedDPOTrainer.last = now
+            log.end_step(now - self.last, next(reals), 2 * args.batch_size * args.max_length, args.max_length, float(loss))
+            self.last = now
 
     optimizer = optax.adamw(args.lr, b1=args.b1, b2=args.b2, eps=args.eps, weight_decay=args.weight_decay)
     config = dpo_trainer.DPOTrainingConfig(eval_every_n_steps=10**9, max_steps=args.steps, beta=args.beta, pbar_description=None)
     with mesh:
         trainer = TimedDPOTrainer(policy, reference, optimizer, config)
-        TimedDPOTrainer.last = time.perf_counter()
+        trainer.last = time.perf_counter()
         trainer.train([b for b, _ in batches])
     emit("tunix", args.config, log, True, {"jax": jax.__version__, "param_dtype": jnp.dtype(dtype).name})
 
