@@ -98,15 +98,20 @@ def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
 
 
-def report(args, table, infos, results, peak) -> dict[str, Any]:
-    """The one JSON object: settings, machine, peak, and per shape the configurations' summaries."""
+def report(
+    args: argparse.Namespace, table: dict[str, dict[str, Any]], infos: dict[str, dict[str, Any]],
+    results: dict[str, dict[str, list[dict[str, Any]]]], peak: dict[str, Any],
+) -> dict[str, Any]:
+    """The one JSON object: settings, machine, peak, and per shape the configurations' summaries
+    (``results[shape][config]``: the runners' results, or {"error": ...}, one per round)."""
     shapes = {}
     for shape, by_config in results.items():
         model = model_info(infos[shape])
         summaries, errors, losses, orders = {}, {}, {}, {}
         for name, runs in by_config.items():
-            good = [r for r in runs if "error" not in r]
-            errors.update({name: [r["error"] for r in runs if "error" in r]} if len(good) < len(runs) else {})
+            good, failed = [r for r in runs if "error" not in r], [r["error"] for r in runs if "error" in r]
+            if failed:
+                errors[name] = failed
             if not good:
                 continue
             per_run = [stats.run_summary(r, model, args.steady_from) for r in good]
