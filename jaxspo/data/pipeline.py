@@ -1,13 +1,17 @@
 """The training data path: a grain pipeline of deterministic, length-bucketed global batches, of which
 each JAX process reads only its own rows.
 
-**Global plan** (the same on every process; row indices only, no row data). Epoch ``e`` visits the
-``N`` encoded rows in grain's permutation for that epoch (``grain.MapDataset.range(N).shuffle(s)``:
-grain's index shuffle seeded with ``s + e``), splits it by length bucket keeping that order, cuts each
-bucket into full batches (a bucket's ``n % batch_size`` left-overs wait for a later epoch's draw), then
-visits those batches in grain's permutation of them (a second seed; with one bucket, the plain order).
-The two seeds are derived from the config seed, so nearby seeds do not share epochs. Every epoch has the
-same number of batches, so global batch ``step`` is a function of ``step`` alone.
+**Global plan** (the same on every process; row indices only, no row data). Each row belongs to the
+smallest length bucket that holds it (:mod:`jaxspo.data.bucketing`; no ``buckets``: one bucket). In
+epoch ``e`` bucket ``b`` visits its ``n_b`` rows in grain's permutation for that epoch
+(``grain.MapDataset.source(rows of b).shuffle(s_b)``, indexed at ``e·n_b + j``: grain's index shuffle
+seeded with ``s_b + e``) and is cut into ``n_b // batch_size`` full batches (the last ``n_b % batch_size``
+of the permutation wait for a later epoch's draw); the epoch's batches of all buckets are visited in
+grain's permutation of them (``grain.MapDataset.range(batches_per_epoch).shuffle(s)``, again per epoch;
+with one bucket, in order). The seeds are derived from the config seed, so nearby config seeds do not
+share epochs. Every epoch has the same number of batches, so global batch ``step`` is a function of
+``step`` alone, and nothing is materialised per epoch: a batch's rows are computed from grain's shuffles
+when it is read (only this process's positions of it).
 
 **Per process.** ``shard`` names the positions of each global batch this process's devices hold (the
 loop takes them from the batch sharding: :func:`jaxspo.distributed.local_rows`; for process ``i`` of
@@ -24,7 +28,6 @@ checkpoints save; :meth:`BatchPipeline.restore` continues exactly where an unint
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,9 +50,9 @@ def process_shard(batch_size: int, process_index: int, process_count: int) -> sl
     return slice(process_index * per, (process_index + 1) * per)
 
 
-def _grain_seed(seed: int, purpose: int) -> int:
-    """A 32-bit grain seed for ``purpose`` (0: row order, 1: batch order) from the config seed."""
-    return int(np.random.SeedSequence([seed, purpose]).generate_state(1)[0])
+def _grain_seed(seed: int, *purpose: int) -> int:
+    """A 32-bit grain seed for ``purpose`` (``0, b``: bucket b's row order; ``1``: batch order) from the config seed."""
+    return int(np.random.SeedSequence([seed, *purpose]).generate_state(1)[0])
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
@@ -93,41 +96,32 @@ class BatchPipeline:
         self.batches_per_epoch = int((counts // batch_size).sum())
         if self.batches_per_epoch == 0:
             raise ValueError(f"BatchPipeline: no bucket of {dict(zip(self.buckets, counts.tolist()))} fills a batch of {batch_size}")
-        self._row_order = grain.MapDataset.range(self.num_examples).shuffle(seed=_grain_seed(seed, 0))
-        self._batch_order = grain.MapDataset.range(self.batches_per_epoch).shuffle(seed=_grain_seed(seed, 1))
-        self._plans: dict[int, list[tuple[int, np.ndarray]]] = {}
-        self._lock = threading.Lock()  # grain's reader threads share the epoch plans
+        self._bucket_sizes = counts.tolist()
+        members = [np.flatnonzero(self.bucket_of == b) for b in range(len(self.buckets))]  # [n_b] rows of bucket b
+        # bucket b's rows in grain's order: position e·n_b + j is the j-th row of epoch e's permutation
+        self._bucket_rows = [grain.MapDataset.source(m).shuffle(seed=_grain_seed(seed, 0, b)) for b, m in enumerate(members)]
+        self._slots = [(b, k) for b in range(len(self.buckets)) for k in range(counts[b] // batch_size)]  # full batches
+        self._slot_order = grain.MapDataset.range(self.batches_per_epoch).shuffle(seed=_grain_seed(seed, 1))
         dataset = grain.MapDataset.range(self.batches_per_epoch).repeat().map_with_index(lambda step, _: self._read(step))
         self._iterator = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=workers, prefetch_buffer_size=prefetch)))
 
-    def _plan(self, epoch: int) -> list[tuple[int, np.ndarray]]:
-        """(bucket, global row indices) of every batch of ``epoch``, in visiting order."""
-        with self._lock:
-            if epoch not in self._plans:
-                n, b = self.num_examples, self.batches_per_epoch
-                order = np.asarray(self._row_order._getitems(range(epoch * n, (epoch + 1) * n)), dtype=np.int64)
-                batches = []
-                for bucket in range(len(self.buckets)):
-                    rows = order[self.bucket_of[order] == bucket]
-                    full = len(rows) // self.batch_size * self.batch_size
-                    batches += [(bucket, chunk) for chunk in rows[:full].reshape(-1, self.batch_size)]
-                if len(self.buckets) > 1:
-                    batches = [batches[k] for k in self._batch_order._getitems(range(epoch * b, (epoch + 1) * b))]
-                self._plans = {e: p for e, p in self._plans.items() if e >= epoch - 1} | {epoch: batches}
-            return self._plans[epoch]
-
-    def _batch(self, step: int) -> tuple[int, np.ndarray]:
+    def _batch(self, step: int, positions: np.ndarray) -> tuple[int, np.ndarray]:
+        """(bucket, global row indices) at ``positions`` (within the batch) of global batch ``step``."""
         epoch, index = divmod(step, self.batches_per_epoch)
-        return self._plan(epoch)[index]
+        slot = self._slot_order[epoch * self.batches_per_epoch + index] if len(self.buckets) > 1 else index
+        bucket, k = self._slots[slot]
+        rows = self._bucket_rows[bucket]
+        start = epoch * self._bucket_sizes[bucket] + k * self.batch_size
+        return bucket, np.array([rows[start + int(p)] for p in positions], dtype=np.int64)
 
     def rows(self, step: int) -> np.ndarray:
         """``[batch_size]`` global row indices of batch number ``step`` (0-based), on any process."""
-        return self._batch(step)[1]
+        return self._batch(step, np.arange(self.batch_size))[1]
 
     def _read(self, step: int) -> dict[str, np.ndarray]:
         """This process's rows of global batch ``step``, 2-D columns cut to the bucket's width."""
-        bucket, rows = self._batch(step)
-        mine, width = rows[self.shard], self.buckets[bucket]
+        bucket, mine = self._batch(step, self.shard)
+        width = self.buckets[bucket]
         return {name: (np.asarray(a[mine])[:, :width] if np.ndim(a) == 2 else np.asarray(a[mine])) for name, a in self._arrays.items()}
 
     @property
