@@ -162,3 +162,27 @@ def test_data_config_errors_name_the_key():
         load_config("configs/demo.yaml", ["data.workers=-1"])
     with pytest.raises(ConfigError, match="data.prefetch must be >= 0"):
         load_config("configs/demo.yaml", ["data.prefetch=-2"])
+
+
+@pytest.mark.slow
+def test_a_run_on_spilled_rows_with_reader_threads_logs_the_same_metrics(tmp_path):
+    """End to end: ``data.spill_dir`` (memory-mapped rows, through the precomputed reference's pass
+    too) and ``data.workers=0`` log exactly what in-memory rows read by 2 prefetching threads log."""
+    from jaxspo.config import load_config
+    from jaxspo.train.loop import train
+    from jaxspo.train.metrics_log import read_metrics
+
+    tiny = [
+        "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2", "data.synthetic.num_sft=64",
+        "data.synthetic.num_train=64", "data.synthetic.num_eval=16", "data.buckets=[16]", "trainer.sft_steps=4",
+        "trainer.sft_batch_size=8", "trainer.steps=5", "trainer.batch_size=8", "trainer.eval_every=0",
+        "eval.num_pairs=8", "eval.num_prompts=4", "eval.max_new_tokens=4", "logging.log_every=1",
+        "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false", "checkpoint.every_steps=0",
+        "checkpoint.save_final=false", "loss.reference=precomputed", f"loss.reference_cache_dir={tmp_path}/cache",
+    ]
+    logged = []
+    for name, extra in (("spilled", [f"data.spill_dir={tmp_path}/spill", "data.workers=0", "data.prefetch=0"]), ("memory", ["data.workers=2", "data.prefetch=4"])):
+        train(load_config("configs/demo.yaml", tiny + extra + [f"run_dir={tmp_path}/{name}"]), name)
+        logged.append([{k: v for k, v in r.items() if k not in ("tokens_per_second", "seconds_per_step")} for r in read_metrics(tmp_path / name / "metrics.jsonl")])
+    assert len(logged[0]) == 4 + 5 + 2 and logged[0] == logged[1]
+    assert os.listdir(tmp_path / "spill") == []
