@@ -45,6 +45,9 @@ class DataConfig:
     max_prompt_length: int = 16  # prompts keep their last this-many tokens; also the sampling prompt width
     buckets: list[int] = dataclasses.field(default_factory=list)  # padded lengths (ascending, ≤ max_length); [] = max_length only
     on_bad_row: str = "error"  # a malformed data row: "error" (stop, naming it) or "skip" (count it)
+    workers: int = 1  # grain reader threads of the training batch pipeline (0 = read in the training thread)
+    prefetch: int = 2  # batches grain reads ahead (0 = none)
+    spill_dir: str = ""  # local dir: encoded train/SFT rows go to memory-mapped .npy files there; "" = host memory
 
 
 @dataclasses.dataclass
@@ -370,6 +373,8 @@ def validate(cfg: Config) -> None:
         (cfg.logging.log_every > 0, "logging.log_every must be positive"),
         (cfg.trainer.on_nonfinite in ("stop", "skip"), f"trainer.on_nonfinite must be 'stop' or 'skip', got '{cfg.trainer.on_nonfinite}'"),
         (cfg.data.on_bad_row in ("error", "skip"), f"data.on_bad_row must be 'error' or 'skip', got '{cfg.data.on_bad_row}'"),
+        (cfg.data.workers >= 0, f"data.workers must be >= 0, got {cfg.data.workers}"),
+        (cfg.data.prefetch >= 0, f"data.prefetch must be >= 0, got {cfg.data.prefetch}"),
         (cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last must be at least 1"),
         (cfg.checkpoint.every_steps >= 0 and cfg.checkpoint.every_seconds >= 0, "checkpoint.every_steps and every_seconds must be >= 0"),
     ]

@@ -1,8 +1,9 @@
 """Multi-process runs: ``jax.distributed`` set-up from the environment, global batches, one writer.
 
 Every process runs the same program on the same global mesh (``jax.devices()`` spans all processes).
-Host data is built identically on every process (the batch iterator is deterministic); each process
-transfers only the rows its own devices hold (:func:`to_global`), and host results of sharded
+Every process plans the same global batches (the data pipeline is deterministic) and reads and
+transfers only the rows its own devices hold (:func:`local_rows`, :func:`from_process_rows`; host
+arrays held whole on every process go through :func:`to_global`), and host results of sharded
 computations are gathered so that every process sees the same numbers (:func:`to_host`). Files that
 are not checkpoints are written by process 0 alone (:func:`is_writer`); Orbax coordinates checkpoints.
 
@@ -174,6 +175,21 @@ def to_global(host_batch: Any, sharding: Any) -> Any:
         return jax.make_array_from_process_local_data(s, x[local_rows(s, x.shape)], x.shape)
 
     return jax.tree.map(one, host_batch, sharding)
+
+
+def from_process_rows(local_batch: Any, sharding: Any, global_rows: int) -> Any:
+    """Global ``jax.Array``s of ``global_rows`` rows from the rows THIS process holds of each.
+
+    ``local_batch`` (a pytree of arrays) holds exactly this process's :func:`local_rows` of the global
+    batch, in that order (as :class:`jaxspo.data.pipeline.BatchPipeline` reads them); ``sharding`` is a
+    matching ``Sharding`` or pytree of them.
+    """
+
+    def one(x: Any, s: Sharding) -> jax.Array:
+        x = np.asarray(x)
+        return jax.make_array_from_process_local_data(s, x, (global_rows,) + x.shape[1:])
+
+    return jax.tree.map(one, local_batch, sharding)
 
 
 def to_host(x: jax.Array) -> np.ndarray:

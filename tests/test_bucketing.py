@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from jaxspo.data import write_jsonl
-from jaxspo.data.bucketing import BucketedBatchIterator, assign_buckets, make_batches
-from jaxspo.data.encode import BatchIterator
+from jaxspo.data.bucketing import assign_buckets
+from jaxspo.data.pipeline import BatchPipeline
 
 
 def arrays(lengths, width=32):
@@ -15,7 +15,7 @@ def arrays(lengths, width=32):
 
 def test_batches_come_from_one_bucket_and_resume_exactly():
     lengths = np.random.default_rng(0).integers(3, 33, size=100)
-    it = BucketedBatchIterator(arrays(lengths), 4, seed=3, buckets=[8, 16])
+    it = BatchPipeline(arrays(lengths), 4, seed=3, buckets=[8, 16])
     assert it.buckets == [8, 16, 32]
     counts = np.bincount(assign_buckets(lengths, it.buckets), minlength=3)
     assert it.batches_per_epoch == (counts // 4).sum()
@@ -31,19 +31,18 @@ def test_batches_come_from_one_bucket_and_resume_exactly():
         seen.append(rows.tolist())
     first_epoch = sum(seen[: it.batches_per_epoch], [])
     assert len(set(first_epoch)) == len(first_epoch)  # no repeats within an epoch
-    resumed = BucketedBatchIterator(arrays(lengths), 4, seed=3, buckets=[8, 16])
-    resumed.restore(BucketedBatchIterator(arrays(lengths), 4, seed=3, buckets=[8, 16]).state() | {"step": 5})
+    resumed = BatchPipeline(arrays(lengths), 4, seed=3, buckets=[8, 16])
+    resumed.restore(BatchPipeline(arrays(lengths), 4, seed=3, buckets=[8, 16]).state() | {"grain": {"next_index": 5}})
     assert [next(resumed)["soft_label"].astype(int).tolist() for _ in range(len(seen) - 5)] == seen[5:]
     with pytest.raises(ValueError, match=r"state\['buckets'\]"):
-        BucketedBatchIterator(arrays(lengths), 4, seed=3, buckets=[8]).restore(it.state())
+        BatchPipeline(arrays(lengths), 4, seed=3, buckets=[8]).restore(it.state())
 
 
-def test_without_buckets_the_order_is_the_plain_iterators():
+def test_without_buckets_every_batch_has_the_full_width():
     lengths = np.full(10, 5)
-    plain, one = BatchIterator(arrays(lengths), 3, seed=1), BucketedBatchIterator(arrays(lengths), 3, seed=1, buckets=[])
-    for _ in range(7):
-        np.testing.assert_array_equal(next(plain)["soft_label"], next(one)["soft_label"])
-    assert type(make_batches(arrays(lengths), 3, 1, [])) is BatchIterator
+    one = BatchPipeline(arrays(lengths), 3, seed=1, buckets=[])
+    assert one.buckets == [32] and one.batches_per_epoch == 3
+    assert {next(one)["chosen_valid"].shape for _ in range(7)} == {(3, 32)}
 
 
 def _mixed_length_rows(n):

@@ -1,13 +1,10 @@
-"""Row encoding (layout, masks, truncation, validation), prompt encoding, decoding, batching, tokenizer I/O."""
-
-import json
+"""Row encoding (layout, masks, truncation, validation), prompt encoding, decoding, tokenizer I/O."""
 
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
 from jaxspo.data.encode import (
-    BatchIterator,
     decode_responses,
     encode_preference_rows,
     encode_prompts,
@@ -139,75 +136,3 @@ def test_decode_responses_stops_at_eos_and_drops_special_tokens(tokenizer):
 def test_encode_then_decode_recovers_the_response(tokenizer):
     out = encode_preference_rows([ROW], tokenizer, 16)
     assert decode_responses(out["chosen_tokens"], out["chosen_loss_mask"], tokenizer) == [ROW["chosen"]]
-
-
-def _arrays(n: int) -> dict[str, np.ndarray]:
-    return {"x": np.arange(n), "y": np.arange(n * 2).reshape(n, 2)}
-
-
-def _take(iterator: BatchIterator, count: int) -> list[np.ndarray]:
-    return [next(iterator)["x"] for _ in range(count)]
-
-
-def test_batch_iterator_is_deterministic_and_keeps_fields_aligned():
-    first, second = _take(BatchIterator(_arrays(10), 3, seed=5), 7), _take(BatchIterator(_arrays(10), 3, seed=5), 7)
-    other = _take(BatchIterator(_arrays(10), 3, seed=6), 7)
-    assert all(np.array_equal(a, b) for a, b in zip(first, second))
-    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
-    batch = next(BatchIterator(_arrays(10), 4, seed=0))
-    np.testing.assert_array_equal(batch["y"], np.stack([2 * batch["x"], 2 * batch["x"] + 1], axis=1))
-
-
-def test_batch_iterator_reshuffles_each_epoch():
-    iterator = BatchIterator(_arrays(10), 3, seed=0)
-    assert iterator.batches_per_epoch == 3
-    epochs = [np.concatenate(_take(iterator, 3)) for _ in range(3)]
-    assert iterator.step == 9 and iterator.epoch == 3
-    for seen in epochs:
-        assert len(seen) == len(set(seen)) == 9  # one pass without repeats, one example dropped
-    assert not np.array_equal(epochs[0], epochs[1])
-    full = BatchIterator(_arrays(10), 3, seed=0, drop_last=False)
-    sizes = [len(b) for b in _take(full, 4)]
-    assert sizes == [3, 3, 3, 1] and full.epoch == 1
-
-
-def test_batch_iterator_state_restore_continues_exactly():
-    original = BatchIterator(_arrays(10), 3, seed=2)
-    _take(original, 5)
-    state = json.loads(json.dumps(original.state()))
-    resumed = BatchIterator(_arrays(10), 3, seed=2)
-    resumed.restore(state)
-    assert resumed.step == 5
-    for a, b in zip(_take(original, 6), _take(resumed, 6)):
-        np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="seed"):
-        BatchIterator(_arrays(10), 3, seed=3).restore(state)
-    with pytest.raises(ValueError, match="num_examples"):
-        BatchIterator(_arrays(11), 3, seed=2).restore(state)
-
-
-@pytest.mark.parametrize(
-    ("arrays", "batch_size", "message"),
-    [
-        ({"x": np.arange(4), "y": np.arange(5)}, 2, "equal leading"),
-        ({"x": np.arange(4)}, 5, "cannot fill"),
-        ({"x": np.arange(4)}, 0, "batch_size"),
-        ({}, 1, "empty"),
-    ],
-)
-def test_batch_iterator_rejects_bad_input(arrays, batch_size, message):
-    with pytest.raises(ValueError, match=message):
-        BatchIterator(arrays, batch_size, seed=0)
-
-
-def test_tokenizer_save_and_load_round_trip(tokenizer, tmp_path):
-    tokenizer.save_pretrained(tmp_path)
-    loaded = AutoTokenizer.from_pretrained(tmp_path)
-    text = "reverse 3 1 4 : um 4 1 hello"
-    assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"]
-    assert loaded.decode(loaded(text, add_special_tokens=False)["input_ids"]) == "reverse 3 1 4 : um 4 1 <unk>"
-    for name in ("pad_token_id", "bos_token_id", "eos_token_id", "unk_token_id"):
-        assert getattr(loaded, name) == getattr(tokenizer, name)
-    reloaded, original = (encode_preference_rows([ROW], t, 12) for t in (loaded, tokenizer))
-    for key, value in original.items():
-        np.testing.assert_array_equal(reloaded[key], value)

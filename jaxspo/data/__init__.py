@@ -1,9 +1,9 @@
-"""Data: the built-in synthetic task, its tokenizer, row encoding, batching, and JSONL row files.
+"""Data: the built-in synthetic task, its tokenizer, row encoding, and JSONL row files.
 
 Row formats are documented in ``jaxspo.data.formats`` (TRL standard / conversational / ranked rows),
 ``jaxspo.data.synthetic`` (the task's fields) and ``jaxspo.data.encode`` (arrays); where rows come from in
 ``jaxspo.data.sources``; chat templates in ``jaxspo.data.chat``; length buckets in
-``jaxspo.data.bucketing``; TFDS builders in ``jaxspo.data.tfds_builders``.
+``jaxspo.data.bucketing``; the training batch pipeline (grain) in ``jaxspo.data.pipeline``; TFDS builders in ``jaxspo.data.tfds_builders``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from jaxspo.data.encode import (
-    BatchIterator,
     decode_responses,
     encode_preference_rows,
     encode_prompts,
@@ -33,7 +32,6 @@ from jaxspo.data.tokenizer import build_task_tokenizer
 
 __all__ = [
     "GOLD_DIMENSIONS",
-    "BatchIterator",
     "SyntheticTask",
     "SyntheticTaskConfig",
     "build_synthetic_task",

@@ -1,7 +1,7 @@
-"""Rows → fixed-shape numpy arrays for the jitted steps, a resumable batch iterator, and response decoding.
+"""Rows → fixed-shape numpy arrays for the jitted steps, and response decoding.
 
-Training sequences are right padded to a static length ``T = max_length`` (so XLA never recompiles; a
-bucketed iterator, :mod:`jaxspo.data.bucketing`, later cuts batches to a few shorter static widths)::
+Training sequences are right padded to a static length ``T = max_length`` (so XLA never recompiles; the
+batch pipeline, :mod:`jaxspo.data.pipeline`, later cuts batches to a few shorter static widths)::
 
     <bos> prompt… response… <eos> <pad> <pad> …
 
@@ -24,7 +24,7 @@ and the field.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -199,85 +199,3 @@ def decode_responses(tokens: np.ndarray, valid: np.ndarray, tokenizer: PreTraine
         ids = ids[: ids.index(eos)] if eos in ids else ids
         kept.append([t for t in ids if t not in dropped])
     return tokenizer.batch_decode(kept, skip_special_tokens=False)
-
-
-class BatchIterator:
-    """Endless, deterministic, epoch-shuffled batches over a dict of equal-length arrays.
-
-    Epoch ``e`` visits the examples in the order ``np.random.default_rng([seed, e]).permutation(N)``;
-    batches never straddle epochs. With ``drop_last`` every batch has exactly ``batch_size`` rows (the
-    ``N % batch_size`` left-over examples of an epoch are skipped, differently each epoch); without it each
-    epoch ends with one smaller batch. The position is a function of ``step`` alone, so ``state()`` /
-    ``restore()`` resume exactly.
-    """
-
-    def __init__(self, arrays: Mapping[str, np.ndarray], batch_size: int, seed: int, drop_last: bool = True):
-        if not arrays:
-            raise ValueError("BatchIterator: arrays is empty")
-        self._arrays = {name: np.asarray(array) for name, array in arrays.items()}
-        shapes = {name: array.shape for name, array in self._arrays.items()}
-        if len({shape[:1] for shape in shapes.values()}) != 1 or () in shapes.values():
-            raise ValueError(f"BatchIterator: arrays need equal leading dimensions, got shapes {shapes}")
-        self.num_examples = len(next(iter(self._arrays.values())))
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"BatchIterator: batch_size must be a positive int, got {batch_size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"BatchIterator: seed must be a non-negative int, got {seed!r}")
-        if self.num_examples < (batch_size if drop_last else 1):
-            raise ValueError(
-                f"BatchIterator: {self.num_examples} examples cannot fill one batch of {batch_size} "
-                f"(drop_last={drop_last})"
-            )
-        self.batch_size, self.seed, self.drop_last = batch_size, seed, drop_last
-        self.step = 0
-        self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
-
-    @property
-    def batches_per_epoch(self) -> int:
-        """Number of batches in one epoch."""
-        full, rest = divmod(self.num_examples, self.batch_size)
-        return full + int(rest > 0 and not self.drop_last)
-
-    @property
-    def epoch(self) -> int:
-        """The epoch the next batch comes from."""
-        return self.step // self.batches_per_epoch
-
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        return self
-
-    def rows(self, step: int) -> np.ndarray:
-        """Indices (into the arrays) of the rows in batch number ``step`` (0-based)."""
-        epoch, index = divmod(step, self.batches_per_epoch)
-        if epoch != self._order_epoch:
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
-            self._order_epoch = epoch
-        return self._order[index * self.batch_size : (index + 1) * self.batch_size]
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        rows = self.rows(self.step)
-        self.step += 1
-        return {name: array[rows] for name, array in self._arrays.items()}
-
-    def state(self) -> dict[str, int | bool]:
-        """A JSON-able snapshot; ``restore`` checks that the data and batching settings match."""
-        return {
-            "step": self.step,
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "drop_last": self.drop_last,
-            "num_examples": self.num_examples,
-        }
-
-    def restore(self, state: Mapping[str, int | bool]) -> None:
-        """Continues from a ``state()`` snapshot: the next batch is the one that would have followed."""
-        expected = self.state()
-        for key, value in expected.items():
-            if key != "step" and state.get(key) != value:
-                raise ValueError(
-                    f"BatchIterator.restore: state[{key!r}] is {state.get(key)!r}, expected {value!r}"
-                )
-        step = state.get("step")
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"BatchIterator.restore: state['step'] must be a non-negative int, got {step!r}")
-        self.step = step

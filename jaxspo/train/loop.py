@@ -23,11 +23,12 @@ from jaxspo.data.soft_labels import orient_pairs
 from jaxspo.losses import soft_label_losses
 from jaxspo.data.screen import DataReport, encode_screened, write_reports
 from jaxspo.data.encode import encode_preference_rows, encode_prompts, encode_sft_rows
-from jaxspo.data.bucketing import make_batches
+from jaxspo.data.pipeline import make_batches
+from jaxspo.data.row_store import spill
 from jaxspo.data.formats import prompts_of
 from jaxspo.data.sources import load_splits
 from jaxspo.data.synthetic import build_synthetic_task
-from jaxspo.distributed import barrier, broadcast_text, is_writer, to_global
+from jaxspo.distributed import barrier, broadcast_text, from_process_rows, is_writer
 from jaxspo.models import ModelConfig
 from jaxspo.models.hf_config import check_same_architecture, model_config_from_hf
 from jaxspo.models.hf_io import load_params, load_tokenizer, save_hf
@@ -101,7 +102,8 @@ class _Phase:
         if phase == "preference":  # selfsup's classify head, if configured, trains alongside the policy
             self.state, shardings = selfsup.attach_head(self.state, shardings, cfg.loss, cfg.model.hidden_size, schedule, run.mesh)
         self.step = make_train_step(cfg, run.mesh, model, tx, schedule, shardings, phase, batch_size)
-        self.batches = make_batches({k: arrays[k] for k in batch_fields(phase, cfg.loss)}, batch_size, cfg.trainer.seed, cfg.data.buckets)
+        fields = {k: arrays[k] for k in batch_fields(phase, cfg.loss)}  # this process reads only its devices' rows of each batch
+        self.batches = make_batches(fields, batch_size, cfg.trainer.seed, cfg.data.buckets, self.step.batch_sharding, cfg.data.workers, cfg.data.prefetch)
         self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / self.name, cfg.checkpoint)
         self.skipped = 0  # steps whose update was dropped as non-finite
         self.kl_sampler = None  # soft_spo's global KL regulariser: on-policy samples drawn before each step
@@ -154,6 +156,7 @@ class _Phase:
         try:
             return self._run_steps(reference, guard, on_step)
         finally:
+            self.batches.close()
             self.checkpoints.close()
 
     def _run_steps(self, reference: Any, guard: PreemptionGuard, on_step) -> Any:
@@ -165,8 +168,8 @@ class _Phase:
         window_start, window_tokens, window_steps = time.perf_counter(), 0.0, 0
         pending: list[tuple[int, dict]] = []
         for i in range(start + 1, self.steps + 1):
-            host = next(self.batches)
-            batch = to_global(host, {k: self.step.batch_sharding[k] for k in host})  # each process sends only its devices' rows
+            local = next(self.batches)
+            batch = from_process_rows(local, {k: self.step.batch_sharding[k] for k in local}, self.batches.batch_size)
             if self.kl_sampler is not None:
                 batch |= self.kl_sampler(i, self.sampling_params(self.state.params))
             self.state, metrics = self.step.fn(self.state, reference, batch)
@@ -262,6 +265,8 @@ class _Run:
             write_reports(list(self.data_reports.values()), self.run_dir / "data_report.json")
         if report.skipped:
             log.warning("%s: skipped %d of %d rows: %s", report.source, report.rows - report.kept, report.rows, report.skipped)
+        if self.cfg.data.spill_dir and split in ("sft", "train"):  # the pipeline's splits: read row by row from local disk
+            arrays = spill(arrays, self.cfg.data.spill_dir, split)
         return arrays
 
     def evaluator(self, graphdef: nnx.GraphDef) -> Evaluator:

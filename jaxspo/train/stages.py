@@ -35,6 +35,7 @@ import numpy as np
 from jaxspo.config import Config
 from jaxspo.data.dimensions import dimension_pairs
 from jaxspo.data.encode import encode_preference_rows
+from jaxspo.data.row_store import spill
 from jaxspo.data.screen import encode_screened, write_reports
 from jaxspo.distributed import is_writer
 from jaxspo.errors import DataError
@@ -97,7 +98,7 @@ class SequentialStages:
         self.run.data_reports[source] = report
         if is_writer():
             write_reports(list(self.run.data_reports.values()), self.run.run_dir / "data_report.json")
-        return arrays
+        return spill(arrays, cfg.data.spill_dir, f"stage-{index + 1}") if cfg.data.spill_dir and split == "train" else arrays
 
     def policy_dir(self, number: int) -> Path:
         """Where π_number is saved: π_0 is the SFT result (``checkpoints/reference``)."""
