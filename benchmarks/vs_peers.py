@@ -39,12 +39,12 @@ RUNNERS = {"jaxspo": "run_jaxspo.py", "trl": "run_trl.py", "tunix": "run_tunix.p
 
 
 def write_order(path: Path, num_rows: int, batch_size: int, steps: int, seed: int = 0) -> None:
-    """Row indices of ``steps`` batches in jaxspo's own batch order (``BatchIterator``, epoch 0)."""
+    """Row indices of ``steps`` batches in jaxspo's own batch order (``BatchPipeline``, no buckets)."""
     import numpy as np
 
-    from jaxspo.data.encode import BatchIterator
+    from jaxspo.data.pipeline import BatchPipeline
 
-    batches = BatchIterator({"row": np.arange(num_rows)}, batch_size, seed)
+    batches = BatchPipeline({"row": np.arange(num_rows)}, batch_size, seed)
     path.write_text(json.dumps([int(r) for step in range(steps) for r in batches.rows(step)]))
 
 

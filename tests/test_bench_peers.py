@@ -106,11 +106,11 @@ def test_last_json_line_skips_other_output():
 
 
 def test_order_is_jaxspo_batch_order(tmp_path):
-    from jaxspo.data.encode import BatchIterator
+    from jaxspo.data.pipeline import BatchPipeline
 
     vs_peers.write_order(tmp_path / "o.json", 40, 8, 3)
     order = json.loads((tmp_path / "o.json").read_text())
-    it = BatchIterator({"r": np.arange(40)}, 8, 0)
+    it = BatchPipeline({"r": np.arange(40)}, 8, 0)
     assert order == [int(r) for s in range(3) for r in it.rows(s)]
 
 
