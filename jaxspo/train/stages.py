@@ -160,7 +160,12 @@ class SequentialStages:
         before = _logged_eval(run.log.path, 0)
         if before is None:
             run.log.truncate(lambda r: r["phase"] == "sft")
-            before = evaluate(0, run.graphdef, previous, previous) | {"eval/stage": 0.0}
+            if lora is None:
+                before = evaluate(0, run.graphdef, previous, previous)
+            else:  # π_0 as stage 1's adapted graph at b = 0 (exactly π_0) sees it: one evaluator compile less
+                first = lora.training(stage_config(cfg, 0), 0)
+                before = evaluate(0, first.model.eval_graphdef, *first.eval_states(first.initial))
+            before |= {"eval/stage": 0.0}
             run.log.log("eval", 0, before)
         offset, after, reference = 0, before, previous
         for index, stage in enumerate(cfg.stages):
