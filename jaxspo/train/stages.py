@@ -18,6 +18,9 @@ For stage n (1-based) of ``cfg.stages``:
 
 Resume: stages whose ``policy-n`` exists are skipped (π_n is restored); the first one without it
 continues from its newest valid checkpoint.
+
+With LoRA (``lora.rank`` > 0) each stage trains one adapter on π_{n−1} (merged into the next stage's base
+or stacked, ``lora.stages``) and ``policy-n`` holds that adapter: :mod:`jaxspo.train.lora_stages`.
 """
 
 from __future__ import annotations
