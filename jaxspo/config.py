@@ -453,12 +453,11 @@ def _validate_stages(cfg: Config) -> None:
         return
     if set(cfg.loss.terms) != {"sequential"}:
         raise ConfigError(f"loss.terms: a 'stages' recipe trains every stage with the sequential loss; set loss.terms={{sequential: 1.0}}, got {list(cfg.loss.terms)}")
-    if cfg.lora.enabled:
-        raise ConfigError("lora.rank: a 'stages' recipe trains full parameters (one adapter per stage is not built yet); set lora.rank=0")
     if cfg.model.reference_path:
         raise ConfigError("model.reference_path: a 'stages' recipe's references are its own policies (π_0 = the SFT result); leave it empty")
-    if cfg.loss.reference != "precomputed":
-        raise ConfigError(f"loss.reference: a 'stages' recipe reads π_(n-1)'s log-probs from its cache; set loss.reference=precomputed, got '{cfg.loss.reference}'")
+    modes = ("precomputed", "adapter_off") if cfg.lora.enabled else ("precomputed",)  # adapter_off: π_(n-1) = stage n's adapter off
+    if cfg.loss.reference not in modes:
+        raise ConfigError(f"loss.reference: a 'stages' recipe's reference is π_(n-1); set loss.reference to {' or '.join(modes)}, got '{cfg.loss.reference}'")
     for index, stage in enumerate(cfg.stages):
         where = f"stages[{index}]"
         if stage.dimension not in GOLD_DIMENSIONS:

@@ -2,6 +2,9 @@
 
 For a LoRA run (``lora.rank`` > 0) the run's params are adapters: they are merged into their base
 (``W + (alpha / r) · a b``) and written as a whole model, or with ``--peft`` written as PEFT adapters.
+A sequential LoRA run (``stages``, merged or stacked) has one adapter per stage: the merged export is the
+final policy π_n = π_0 + Δ_1 + … + Δ_n (merged stage by stage), and ``--peft`` writes one PEFT folder per
+stage, ``OUT/stage-1`` … ``OUT/stage-n``, each on the HF base π_0, to be loaded and activated together.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from jaxspo.models.hf_io import save_hf
 from jaxspo.sharding import make_mesh
 from jaxspo.peft_export import save_peft
 from jaxspo.train.lora import AdaptedModel, load_base, merged_params, read_base_record
+from jaxspo.train.lora_stages import STAGE_KEY, LoRAStages, restore_stage_adapters
 from jaxspo.train.loop import restore_params
 from jaxspo.train.state import abstract_model, param_shardings
 
@@ -41,6 +45,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "", max
     target = lambda tree, shard: jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shard)  # noqa: E731
     if cfg.lora.enabled:
         record = read_base_record(run_dir)
+        if cfg.stages:
+            return _export_stages(cfg, run_dir, record, mesh, abstract, shardings, out_dir, dtype, max_shard_size, peft)
         model = AdaptedModel.build(cfg.model, cfg.lora, cfg.loss.reference, mesh, cfg.mesh.rules)
         adapters = restore_params(run_dir / "params", target(model.abstract_adapters, model.adapter_sharding))
         if peft:
@@ -48,6 +54,23 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "", max
         params = merged_params(model, adapters, load_base(record, cfg.model, abstract, shardings))
     else:
         params = restore_params(run_dir / "params", target(abstract, shardings))
+    return _save_model(cfg, run_dir, params, out_dir, dtype, max_shard_size)
+
+
+def _export_stages(cfg, run_dir: Path, record: dict, mesh, abstract, shardings, out_dir, dtype: str, max_shard_size: str, peft: bool) -> Path:
+    """A sequential LoRA run: the merged π_n, or one PEFT folder per stage (see the module docstring)."""
+    stages = LoRAStages(cfg, mesh, load_base(record, cfg.model, abstract, shardings), record)
+    for adapters in restore_stage_adapters(run_dir / "params", stages, len(cfg.stages)):
+        stages.finish(adapters)
+    if peft:
+        base_model = record.get("path", "") if record["kind"] == "hf" else ""
+        for n, adapters in enumerate(stages.adapters):
+            save_peft(stages.model(), adapters, Path(out_dir) / STAGE_KEY.format(n=n + 1), base_model, dtype)
+        return Path(out_dir)
+    return _save_model(cfg, run_dir, stages.merged(), out_dir, dtype, max_shard_size)
+
+
+def _save_model(cfg, run_dir: Path, params, out_dir, dtype: str, max_shard_size: str) -> Path:
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"), trust_remote_code=False)
     return save_hf(
         params,

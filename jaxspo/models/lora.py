@@ -11,6 +11,11 @@ Projections are chosen by their Hugging Face module names (``lora.targets``), ma
 ``target_modules`` list: a target matches a module whose name equals it or ends with ``"." + target``
 (``q_proj``, ``self_attn.o_proj``, GPT-2's ``c_attn`` / ``attn.c_proj`` / ``mlp.c_fc`` / ``mlp.c_proj``).
 GPT-2's fused ``c_attn`` gets one adapter whose output is q, k and v together, as in PEFT.
+
+Stacked sequential stages (``lora.stages: stacked``): stage n's adapter also holds the n − 1 earlier stages'
+trained adapters, frozen (:class:`FrozenLoRAParam`, a plain ``nnx.Param`` to the split, so they travel with
+the base), as ``frozen_a [S, *in, r]`` and ``frozen_b [S, r, *out]``; they add ``scale · Σ_s x a_s b_s``
+(no dropout). A spec with ``trainable=False`` builds only the frozen part: the graph of π_{n−1}.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class LoRAConfig:
     alpha: float = 16.0
     dropout: float = 0.0
     targets: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    stages: str = "merged"  # a `stages` recipe: merge each stage's adapter into the next stage's base, or stack them
 
     @property
     def enabled(self) -> bool:
@@ -53,10 +59,19 @@ class LoRAConfig:
             raise ValueError(f"lora.alpha must be positive, got {self.alpha}")
         if self.enabled and not self.targets:
             raise ValueError("lora.targets must name at least one projection")
+        if self.stages not in STAGE_MODES:
+            raise ValueError(f"lora.stages must be one of {', '.join(STAGE_MODES)}, got '{self.stages}'")
+
+
+STAGE_MODES = ("merged", "stacked")
 
 
 class LoRAParam(nnx.Param):
     """A trainable adapter matrix (the base weights stay plain ``nnx.Param``)."""
+
+
+class FrozenLoRAParam(nnx.Param):
+    """Earlier stages' adapters, stacked on a stage axis and frozen (stacked sequential stages)."""
 
 
 class LoRADropoutKey(nnx.Variable):
@@ -107,18 +122,25 @@ def chosen_projections(cfg: ModelConfig, lora: LoRAConfig) -> frozenset[tuple[st
 
 @dataclasses.dataclass(frozen=True)
 class LoRASpec:
-    """What the decoder's layers need to build adapters: the settings and the chosen projections."""
+    """What the decoder's layers need to build adapters: the settings, the chosen projections, how many
+    earlier stages' frozen adapters each one stacks, and whether it has a trainable adapter."""
 
     config: LoRAConfig
     projections: frozenset[tuple[str, str]]
+    frozen: int = 0
+    trainable: bool = True
 
     @classmethod
-    def build(cls, model_cfg: ModelConfig, lora: LoRAConfig) -> "LoRASpec | None":
-        return cls(lora, chosen_projections(model_cfg, lora)) if lora.enabled else None
+    def build(cls, model_cfg: ModelConfig, lora: LoRAConfig, frozen: int = 0, trainable: bool = True) -> "LoRASpec | None":
+        """None when nothing is adapted (LoRA off, or no frozen and no trainable adapter)."""
+        if not lora.enabled or not (frozen or trainable):
+            return None
+        return cls(lora, chosen_projections(model_cfg, lora), frozen, trainable)
 
 
 class Adapter(nnx.Module):
-    """The low-rank update of one projection: ``delta(x) = scale · dropout(x) ·a ·b``.
+    """The low-rank update of one projection: ``delta(x) = scale · dropout(x) ·a ·b`` (+ ``scale · Σ_s x a_s b_s``
+    over ``frozen`` earlier stages' adapters; ``trainable=False``: that sum alone).
 
     ``x [..., *in]`` → ``[..., *out]`` in ``x``'s dtype; ``a [*in, r]``, ``b [r, *out]`` in ``param_dtype``.
     """
@@ -133,25 +155,42 @@ class Adapter(nnx.Module):
         param_dtype: str,
         *,
         rngs: nnx.Rngs,
+        frozen: int = 0,
+        trainable: bool = True,
     ):
-        bound = 1.0 / math.sqrt(math.prod(in_shape))  # PEFT: kaiming_uniform(a=√5) on lora_A = U(±1/√fan_in)
-        uniform = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)  # noqa: E731
-        a_init = nnx.with_partitioning(uniform, in_names + (None,), eager_sharding=False)
-        b_init = nnx.with_partitioning(nnx.initializers.zeros, (None,) + out_names, eager_sharding=False)
         dtype = jnp.dtype(param_dtype)
-        self.a = LoRAParam(a_init(rngs.params(), in_shape + (lora.rank,), dtype))
-        self.b = LoRAParam(b_init(rngs.params(), (lora.rank,) + out_shape, dtype))
-        self.key = LoRADropoutKey(jnp.zeros((2,), jnp.uint32), out_sharding=(None,), eager_sharding=False) if lora.dropout else None
+        self.a = self.b = self.key = self.frozen_a = self.frozen_b = None
+        if trainable:  # nnx.data: the attributes were set to None (static) just above
+            bound = 1.0 / math.sqrt(math.prod(in_shape))  # PEFT: kaiming_uniform(a=√5) on lora_A = U(±1/√fan_in)
+            uniform = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)  # noqa: E731
+            a_init = nnx.with_partitioning(uniform, in_names + (None,), eager_sharding=False)
+            b_init = nnx.with_partitioning(nnx.initializers.zeros, (None,) + out_names, eager_sharding=False)
+            self.a = nnx.data(LoRAParam(a_init(rngs.params(), in_shape + (lora.rank,), dtype)))
+            self.b = nnx.data(LoRAParam(b_init(rngs.params(), (lora.rank,) + out_shape, dtype)))
+            if lora.dropout:
+                self.key = nnx.data(LoRADropoutKey(jnp.zeros((2,), jnp.uint32), out_sharding=(None,), eager_sharding=False))
+        if frozen:  # filled from the earlier stages' trained adapters (jaxspo.train.lora_stages)
+            frozen_param = lambda shape, names: FrozenLoRAParam(jnp.zeros(shape, dtype), out_sharding=names, eager_sharding=False)  # noqa: E731
+            self.frozen_a = nnx.data(frozen_param((frozen,) + in_shape + (lora.rank,), (None,) + in_names + (None,)))
+            self.frozen_b = nnx.data(frozen_param((frozen, lora.rank) + out_shape, (None, None) + out_names))
         self.n_in, self.scale, self.dropout = len(in_shape), lora.scale, lora.dropout
         self.deterministic = False  # Module.eval() sets it: no dropout
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.key is not None and not self.deterministic:
-            keep = jax.random.bernoulli(jax.random.wrap_key_data(self.key[...]), 1.0 - self.dropout, x.shape)
-            x = jnp.where(keep, x / (1.0 - self.dropout), 0).astype(x.dtype)
+        scale = jnp.asarray(self.scale, x.dtype)
         axes = tuple(range(x.ndim - self.n_in, x.ndim))
-        low = jnp.tensordot(x, self.a[...].astype(x.dtype), axes=(axes, tuple(range(self.n_in))))  # [..., r]
-        return jnp.tensordot(low, self.b[...].astype(x.dtype), axes=1) * jnp.asarray(self.scale, x.dtype)
+        out = None
+        if self.frozen_a is not None:  # Σ over earlier stages and ranks in one contraction: [..., S, r] → [..., *out]
+            low = jnp.tensordot(x, self.frozen_a[...].astype(x.dtype), axes=(axes, tuple(range(1, self.n_in + 1))))
+            out = jnp.tensordot(low, self.frozen_b[...].astype(x.dtype), axes=2) * scale
+        if self.a is not None:
+            if self.key is not None and not self.deterministic:
+                keep = jax.random.bernoulli(jax.random.wrap_key_data(self.key[...]), 1.0 - self.dropout, x.shape)
+                x = jnp.where(keep, x / (1.0 - self.dropout), 0).astype(x.dtype)
+            low = jnp.tensordot(x, self.a[...].astype(x.dtype), axes=(axes, tuple(range(self.n_in))))  # [..., r]
+            delta = jnp.tensordot(low, self.b[...].astype(x.dtype), axes=1) * scale
+            out = delta if out is None else out + delta  # + exact zeros at a stage's start (b = 0)
+        return out
 
 
 def adapter(
@@ -167,7 +206,7 @@ def adapter(
     """An :class:`Adapter` for projection ``key`` if ``spec`` chose it, else None."""
     if spec is None or key not in spec.projections:
         return None
-    return Adapter(in_shape, out_shape, in_names, out_names, spec.config, param_dtype, rngs=rngs)
+    return Adapter(in_shape, out_shape, in_names, out_names, spec.config, param_dtype, rngs=rngs, frozen=spec.frozen, trainable=spec.trainable)
 
 
 def add_delta(y: jax.Array, x: jax.Array, lora: Adapter | None) -> jax.Array:

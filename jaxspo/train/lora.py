@@ -73,13 +73,16 @@ class AdaptedModel:
     spec: LoRASpec
 
     @classmethod
-    def build(cls, model_cfg: ModelConfig, lora_cfg: LoRAConfig, reference_mode: str, mesh: Mesh, rules: Rules) -> "AdaptedModel":
-        spec = LoRASpec.build(model_cfg, lora_cfg)
+    def build(cls, model_cfg: ModelConfig, lora_cfg: LoRAConfig, reference_mode: str, mesh: Mesh, rules: Rules, frozen: int = 0) -> "AdaptedModel":
+        """``frozen`` > 0 (stacked sequential stages): the base also holds that many earlier stages' frozen
+        adapters, and ``base_graphdef`` (the reference, π_{n−1}) applies them without the trained one."""
+        spec = LoRASpec.build(model_cfg, lora_cfg, frozen)
         model = nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(0), lora=spec))
         graphdef, adapters, keys, base = _split(model)
         model.eval()  # deterministic adapters: no dropout
         eval_graphdef = _split(model)[0]
-        base_graphdef, _ = nnx.split(nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(0))), nnx.Param)
+        reference_spec = LoRASpec.build(model_cfg, lora_cfg, frozen, trainable=False)
+        base_graphdef, _ = nnx.split(nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(0), lora=reference_spec)), nnx.Param)
         return cls(
             graphdef, eval_graphdef, base_graphdef, adapters, keys, base,
             param_shardings(adapters, mesh, rules), param_shardings(base, mesh, rules),
@@ -173,9 +176,11 @@ def read_base_record(run_dir: Path) -> dict[str, Any]:
 class LoRATraining:
     """The LoRA preference phase's pieces for the training loop: model, initial adapters, frozen input, base record."""
 
-    def __init__(self, cfg, mesh: Mesh, base: nnx.State, reference: nnx.State, record: dict[str, Any]):
-        self.model = AdaptedModel.build(cfg.model, cfg.lora, cfg.loss.reference, mesh, cfg.mesh.rules)
-        self.initial = self.model.init_adapters(cfg.trainer.seed)
+    def __init__(self, cfg, mesh: Mesh, base: nnx.State, reference: nnx.State, record: dict[str, Any], frozen: int = 0, seed: int | None = None):
+        """``frozen``, ``seed``: a stacked sequential stage's earlier adapters (held in ``base``) and its adapters' init
+        seed (default ``trainer.seed``)."""
+        self.model = AdaptedModel.build(cfg.model, cfg.lora, cfg.loss.reference, mesh, cfg.mesh.rules, frozen)
+        self.initial = self.model.init_adapters(cfg.trainer.seed if seed is None else seed)
         self.base, self.reference, self.record = base, reference, record
         resident = cfg.loss.reference == "resident" and in_step_reference(cfg.loss)
         self.frozen = {"base": base, "reference": reference if resident else None}  # the step's second argument

@@ -18,6 +18,9 @@ For stage n (1-based) of ``cfg.stages``:
 
 Resume: stages whose ``policy-n`` exists are skipped (π_n is restored); the first one without it
 continues from its newest valid checkpoint.
+
+With LoRA (``lora.rank`` > 0) each stage trains one adapter on π_{n−1} (merged into the next stage's base
+or stacked, ``lora.stages``) and ``policy-n`` holds that adapter: :mod:`jaxspo.train.lora_stages`.
 """
 
 from __future__ import annotations
@@ -26,11 +29,13 @@ import copy
 import dataclasses
 import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 
 from jaxspo.config import Config
 from jaxspo.data.dimensions import dimension_pairs
@@ -40,6 +45,9 @@ from jaxspo.data.screen import encode_screened, write_reports
 from jaxspo.distributed import is_writer
 from jaxspo.errors import DataError
 from jaxspo.losses.sequential import stage_offset
+from jaxspo.train.evaluate import Evaluator
+from jaxspo.train.lora import LoRATraining, base_record, write_base_record
+from jaxspo.train.lora_stages import LoRAStages
 from jaxspo.train.loop import RunResult, _logged_eval, _Phase, _Run, restore_params, save_params, write_outputs
 from jaxspo.train.preemption import PreemptionGuard
 from jaxspo.train.reference_cache import cached_reference_logps
@@ -63,9 +71,9 @@ def stage_config(cfg: Config, index: int) -> Config:
 class _StagePhase(_Phase):
     """Stage ``number``'s preference phase; its eval rows are numbered after ``offset`` earlier steps."""
 
-    def __init__(self, run: _Run, number: int, offset: int, arrays: dict[str, np.ndarray]):
+    def __init__(self, run: _Run, number: int, offset: int, arrays: dict[str, np.ndarray], lora: LoRATraining | None = None):
         t = run.cfg.trainer
-        super().__init__(run, "preference", t.steps, run.cfg.optimizer.learning_rate, t.batch_size, arrays, name=f"stage-{number}")
+        super().__init__(run, "preference", t.steps, run.cfg.optimizer.learning_rate, t.batch_size, arrays, lora, name=f"stage-{number}")
         self.number, self.offset = number, offset
 
     def _logged_before(self, row: dict[str, Any], step: int) -> bool:
@@ -85,6 +93,8 @@ class SequentialStages:
         self.run = run
         self.train_arrays = [self._encode("train", k) for k in range(len(run.cfg.stages))]
         self.eval_arrays = [self._encode("eval", k, run.cfg.eval.num_pairs) for k in range(len(run.cfg.stages))]
+        self._scorers: dict[nnx.GraphDef, PairScorer] = {}
+        self._evaluators: dict[nnx.GraphDef, Evaluator] = {}
 
     def _encode(self, split: str, index: int, limit: int | None = None) -> dict[str, np.ndarray]:
         cfg = self.run.cfg
@@ -105,13 +115,16 @@ class SequentialStages:
         root = self.run.run_dir / "checkpoints"
         return (root / ("reference" if number == 0 else f"policy-{number}")).resolve()
 
-    def frozen_fields(self, index: int, scorer: PairScorer, previous: Any) -> dict[str, np.ndarray]:
-        """Reference log-probs (π_{n−1}) and the offset ``[N]`` float32 of stage ``index``'s train pairs."""
+    def frozen_fields(self, index: int, view: Callable[[int], tuple[nnx.GraphDef, Any]]) -> dict[str, np.ndarray]:
+        """Reference log-probs (π_{n−1}) and the offset ``[N]`` float32 of stage ``index``'s train pairs.
+
+        ``view(i)`` is the frozen π_i as (graph, params), i = 0 … n−1, asked for one at a time.
+        """
         cfg, arrays = self.run.cfg, self.train_arrays[index]
         chosen, rejected = [], []
-        for number in range(index + 1):  # π_0 … π_{n−1}, one in memory at a time besides π_{n−1}
-            params = previous if number == index else restore_params(self.policy_dir(number), jax.tree.map(lambda x: x, previous))
-            logps, _ = cached_reference_logps(cfg.loss.reference_cache_dir, scorer, params, arrays, self.run.tokenizer)
+        for number in range(index + 1):
+            graphdef, params = view(number)
+            logps, _ = cached_reference_logps(cfg.loss.reference_cache_dir, self.scorer(graphdef), params, arrays, self.run.tokenizer)
             chosen.append(logps["reference_chosen_logps"].astype(np.float64))
             rejected.append(logps["reference_rejected_logps"].astype(np.float64))
         earlier = cfg.stages[:index]
@@ -120,48 +133,89 @@ class SequentialStages:
         fields = dict(zip(PRECOMPUTED_FIELDS, (chosen[-1].astype(np.float32), rejected[-1].astype(np.float32))))
         return fields | {OFFSET_FIELD: np.asarray(offset, dtype=np.float32)}
 
-    def train(self, guard: PreemptionGuard, eval_key: jax.Array) -> RunResult:
-        """Runs (or resumes) every stage from π_0 = ``run.params``; writes the run's outputs."""
-        run, cfg = self.run, self.run.cfg
-        scorer = PairScorer(run.graphdef, run.mesh, cfg.mesh.rules, cfg.trainer.batch_size)
-        evaluator = run.evaluator(run.graphdef)  # one sampler / scorer compile for all stages; pairs and β set per stage
+    def scorer(self, graphdef: nnx.GraphDef) -> PairScorer:
+        """One pair scorer (one compile) per graph: the full model, or a stacked LoRA stage's π_i."""
+        if graphdef not in self._scorers:
+            self._scorers[graphdef] = PairScorer(graphdef, self.run.mesh, self.run.cfg.mesh.rules, self.run.cfg.trainer.batch_size)
+        return self._scorers[graphdef]
 
-        def evaluate(index: int, params: Any, reference: Any) -> dict[str, float]:
+    def evaluator(self, graphdef: nnx.GraphDef) -> Evaluator:
+        """One evaluator (sampler and scorer compiles) per graph; pairs and β are set per stage."""
+        if graphdef not in self._evaluators:
+            self._evaluators[graphdef] = self.run.evaluator(graphdef)
+        return self._evaluators[graphdef]
+
+    def train(self, guard: PreemptionGuard, eval_key: jax.Array) -> RunResult:
+        """Runs (or resumes) every stage from π_0 = ``run.params``; writes the run's outputs.
+
+        With LoRA (``lora.rank`` > 0) each stage trains one adapter (:mod:`jaxspo.train.lora_stages`).
+        """
+        run, cfg = self.run, self.run.cfg
+        lora = LoRAStages(cfg, run.mesh, run.params, base_record(cfg, run.run_dir, run.params)) if cfg.lora.enabled else None
+        if lora is not None and is_writer():
+            write_base_record(lora.record, run.run_dir)  # π_0: RUN_DIR/params holds every stage's adapters
+
+        def evaluate(index: int, graphdef: nnx.GraphDef, params: Any, reference: Any) -> dict[str, float]:
+            evaluator = self.evaluator(graphdef)
             evaluator.cfg, evaluator.pairs = stage_config(cfg, index), self.eval_arrays[index]
             return evaluator(params, reference, eval_key) | {"eval/stage": float(index + 1)}
 
-        previous = run.params  # π_0
+        previous = run.params  # π_0 (full fine-tuning: π_{n−1} as the loop goes)
         before = _logged_eval(run.log.path, 0)
         if before is None:
             run.log.truncate(lambda r: r["phase"] == "sft")
-            before = evaluate(0, previous, previous) | {"eval/stage": 0.0}
+            if lora is None:
+                before = evaluate(0, run.graphdef, previous, previous)
+            else:  # π_0 as stage 1's adapted graph at b = 0 (exactly π_0) sees it: one evaluator compile less
+                first = lora.training(stage_config(cfg, 0), 0)
+                before = evaluate(0, first.model.eval_graphdef, *first.eval_states(first.initial))
+            before |= {"eval/stage": 0.0}
             run.log.log("eval", 0, before)
         offset, after, reference = 0, before, previous
         for index, stage in enumerate(cfg.stages):
             number, scfg = index + 1, stage_config(cfg, index)
             steps, reference = scfg.trainer.steps, previous
             if self.policy_dir(number).is_dir():  # finished (and evaluated) before an interruption
-                previous = restore_params(self.policy_dir(number), jax.tree.map(lambda x: x, previous))
+                if lora is not None:
+                    lora.finish(restore_params(self.policy_dir(number), lora.abstract_adapters()))
+                else:
+                    previous = restore_params(self.policy_dir(number), jax.tree.map(lambda x: x, previous))
                 after = _logged_eval(run.log.path, offset + steps) or after
                 offset += steps
                 continue
-            arrays = self.train_arrays[index] | self.frozen_fields(index, scorer, previous)
+
+            def full_view(n: int, index=index, previous=previous) -> tuple[nnx.GraphDef, Any]:  # one π_i in memory besides π_{n−1}
+                return run.graphdef, previous if n == index else restore_params(self.policy_dir(n), jax.tree.map(lambda x: x, previous))
+
+            arrays = self.train_arrays[index] | self.frozen_fields(index, lora.view if lora is not None else full_view)
+            training = lora.training(scfg, index) if lora is not None else None
+            if training is not None:  # policy = π_{n−1} + this stage's adapter; reference = the same with it off
+                graphdef, evaluated, frozen, reference = training.model.eval_graphdef, training.eval_states, training.frozen, training.base
+            else:
+                graphdef, evaluated, frozen = run.graphdef, (lambda p, reference=reference: (p, reference)), None
             view = copy.copy(run)  # the run as this stage sees it: its config, starting from π_{n−1}
             view.cfg, view.params = scfg, previous
-            phase = _StagePhase(view, number, offset, arrays)
+            phase = _StagePhase(view, number, offset, arrays, training)
 
-            def periodic_eval(step: int, params: Any, index=index, offset=offset, steps=steps, reference=reference) -> None:
+            def periodic_eval(step: int, params: Any, index=index, offset=offset, steps=steps, graphdef=graphdef, evaluated=evaluated) -> None:
                 if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < steps:
-                    run.log.log("eval", offset + step, evaluate(index, params, reference))
+                    run.log.log("eval", offset + step, evaluate(index, graphdef, *evaluated(params)))
 
-            policy = phase.run_steps(None, guard, periodic_eval)
-            after = evaluate(index, policy, reference)
+            policy = phase.run_steps(frozen, guard, periodic_eval)
+            after = evaluate(index, graphdef, *evaluated(policy))
             end = offset + steps
             run.log.truncate(lambda r, end=end: not (r["phase"] == "eval" and r["step"] == end))  # logged once
             run.log.log("eval", end, after)
-            save_params(policy, self.policy_dir(number))
+            save_params(policy, self.policy_dir(number))  # LoRA: the stage's adapter only
             gold = ", ".join(f"{k.removeprefix('eval/gold/')} {v:.3f}" for k, v in after.items() if k.startswith("eval/gold/"))
             log.info("stage %d (%s, β=%g, λ=%s) done after %d steps: gold %s", number, stage.dimension, scfg.loss.beta, stage.lambdas, steps, gold)
-            previous, offset = policy, end
+            if lora is not None:
+                lora.finish(policy)
+            else:
+                previous = policy
+            offset = end
+        if lora is not None:
+            write_outputs(run, lora.saved(), lora.merged)
+            return RunResult(run.run_dir, before, after, lora.saved(), reference)
         write_outputs(run, previous)
         return RunResult(run.run_dir, before, after, previous, reference)
