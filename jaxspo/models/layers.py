@@ -41,6 +41,16 @@ def _optional(enabled: bool, rngs: nnx.Rngs, shape: tuple[int, ...], names: Axis
     return param(rngs, nnx.initializers.zeros, shape, names, dtype) if enabled else None
 
 
+def project(spec: str, x: jax.Array, weight: jax.Array, dtype: str) -> jax.Array:
+    """``einsum(spec, x, weight)`` in ``dtype``, accumulated in float32.
+
+    XLA:CPU computes a bf16 × bf16 → float32 dot natively (about 2–3× its float32 throughput with
+    AVX512-BF16), but a bf16 × bf16 → bf16 dot by upcasting both operands to float32 first (no faster
+    than float32); TPUs accumulate in float32 either way. For float32 this is a plain einsum.
+    """
+    return jnp.einsum(spec, x, weight.astype(dtype), preferred_element_type=_F32).astype(dtype)
+
+
 def _add(x: jax.Array, bias: nnx.Param | None) -> jax.Array:
     return x if bias is None else x + bias[...].astype(x.dtype)
 
@@ -85,7 +95,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: flo
         scores = softcap * jnp.tanh(scores / softcap)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(_F32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)  # [B, T, K, G, Hd]
+    out = project("bkgts,bskd->btkgd", probs, v, v.dtype)  # [B, T, K, G, Hd]
     return out.reshape(b, t, h, hd)
 
 
@@ -122,7 +132,7 @@ class Attention(nnx.Module):
     ) -> jax.Array:
         """``x [B, T, D]`` -> heads ``[B, T, N, Hd]``: projection (+ its LoRA update, or its slice ``fused`` of the
         fused one), bias, then the optional per-head norm."""
-        y = add_delta(jnp.einsum("btd,dhk->bthk", x, proj[...].astype(self.dtype)), x, lora)
+        y = add_delta(project("btd,dhk->bthk", x, proj[...], self.dtype), x, lora)
         y = _add(y if fused is None else y + fused, bias)
         return y if norm is None else norm(y)
 
@@ -150,7 +160,7 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice(kv[1], v, (0, index, 0, 0))
             kv = (k, v)
         out = with_logical_constraint(attend(q, k, v, mask, self.scale, self.softcap), ("batch", "length", "heads", "head_dim"))
-        y = add_delta(jnp.einsum("bthk,hkd->btd", out, self.o_proj[...].astype(self.dtype)), out, self.o_lora)
+        y = add_delta(project("bthk,hkd->btd", out, self.o_proj[...], self.dtype), out, self.o_lora)
         return _add(y, self.o_bias), kv
 
 
@@ -174,13 +184,13 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         act = _ACTIVATIONS[self.activation]
-        hidden = _add(add_delta(x @ self.up_proj[...].astype(self.dtype), x, self.up_lora), self.up_bias)  # [B, T, F]
+        hidden = _add(add_delta(project("...d,df->...f", x, self.up_proj[...], self.dtype), x, self.up_lora), self.up_bias)  # [B, T, F]
         if self.gate_proj is None:
             hidden = act(hidden)
         else:
-            hidden = act(_add(add_delta(x @ self.gate_proj[...].astype(self.dtype), x, self.gate_lora), self.gate_bias)) * hidden
+            hidden = act(_add(add_delta(project("...d,df->...f", x, self.gate_proj[...], self.dtype), x, self.gate_lora), self.gate_bias)) * hidden
         hidden = with_logical_constraint(hidden, ("batch", "length", "mlp"))
-        out = add_delta(hidden @ self.down_proj[...].astype(self.dtype), hidden, self.down_lora)
+        out = add_delta(project("...f,fd->...d", hidden, self.down_proj[...], self.dtype), hidden, self.down_lora)
         return _add(out, self.down_bias)  # [B, T, D]
 
 

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxspo.data.layout import PACKED_FIELDS
+from jaxspo.sharding import with_logical_constraint
 from jaxspo.train.logprobs import target_logps
 
 PACKED_RANKS = {name: 2 for name in PACKED_FIELDS}
@@ -25,6 +26,7 @@ def packed_pair_logps(graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str
     model = nnx.merge(graphdef, params)
     features = model.features(batch["packed_tokens"], batch["packed_positions"], batch["packed_valid"], batch["packed_segments"])  # [B, W, D]
     predictors = jnp.take_along_axis(features, batch["packed_source"][..., None], axis=1)  # [B, W, D]
+    predictors = with_logical_constraint(predictors, ("batch", "length", "embed"))
     logps = target_logps(model, predictors, batch["packed_tokens"])  # [B, W]
     chosen, rejected = (batch[f"packed_{side}_mask"].astype(jnp.float32) for side in ("chosen", "rejected"))
     return (logps * chosen).sum(-1), (logps * rejected).sum(-1), chosen.sum(-1), rejected.sum(-1)
