@@ -178,3 +178,23 @@ def test_compilation_cache_dir_is_set_and_the_environment_wins(tmp_path, monkeyp
         assert enable_compilation_cache(str(tmp_path / "a")) == tmp_path / "b" and (tmp_path / "b").is_dir()
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_bf16_projections_run_bf16_dots_forward_and_backward_with_float32_results():
+    """The custom backward of a bf16 projection takes bf16 operands (XLA:CPU's native path) and its
+    gradients stay within bf16 rounding of the float32 ones."""
+    from jaxspo.models.layers import project
+
+    x = jax.random.normal(jax.random.key(0), (2, 16, 32))
+    w = 0.1 * jax.random.normal(jax.random.key(1), (32, 48))
+
+    def loss(x, w, dtype):
+        return (project("btd,df->btf", x.astype(dtype), w, dtype).astype(jnp.float32) ** 2).sum()
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
+    for exact, low in zip(grad(x, w, "float32"), grad(x, w, "bfloat16")):
+        assert low.dtype == jnp.float32 and float(jnp.abs(low - exact).max() / jnp.abs(exact).max()) < 2e-2
+    hlo = grad.lower(x, w, "bfloat16").compile().as_text().splitlines()
+    dots = [line for line in hlo if " dot(" in line]
+    bf16_dots = [line for line in hlo if line.startswith("%fused_computation") and line.count(": bf16[") == 2 and "-> f32[" in line]
+    assert len(dots) == 3 and len(bf16_dots) == 3, dots  # forward, d/dx, d/dw: each bf16 × bf16 → float32
