@@ -23,6 +23,7 @@ from jaxspo.train import selfsup
 from jaxspo.train.kl_regularizer import KL_FIELDS, kl_active, kl_rows
 from jaxspo.train.list_objective import uses_lists
 from jaxspo.train.lora import AdaptedModel
+from jaxspo.data.layout import PACKED_FIELDS
 from jaxspo.train.step import batch_fields, in_step_reference, make_train_step, needs_reference
 
 GiB = 1024**3
@@ -129,21 +130,23 @@ def analytic_bytes(cfg, abstract_params: Any, abstract_trained: Any = None) -> d
 
 def batch_shapes(cfg, batch: int) -> dict[str, tuple[tuple[int, ...], Any]]:
     """Shape and dtype of every array a preference step reads, for ``batch`` pairs (or lists) of
-    ``data.max_length`` tokens.
+    ``data.max_length`` tokens (``data.layout: packed``: rows of ``2·max_length``, the longest a pair can pack to).
 
     Lists (``soft_spo_best_of_n``, ``soft_spo_ranked``) are ``[B, n, T]`` with n = the built-in task's
     ``data.synthetic.responses_per_prompt`` (for other data, set it to the longest list); the KL
     regulariser's samples are ``[M, max_prompt_length + kl_max_new_tokens]``, M = prompts × samples.
     """
     length = cfg.data.max_length
-    fields = batch_fields("preference", cfg.loss)
+    fields = batch_fields("preference", cfg.loss, cfg.data.layout)
     if uses_lists(cfg.loss):
         n = cfg.data.synthetic.responses_per_prompt
         shapes = {name: ((batch, n, length), jnp.int32 if name.endswith("tokens") else jnp.bool_) for name in fields if name != "list_mask"}
         shapes["list_mask"] = ((batch, n), jnp.bool_)
     else:
-        shapes = {name: ((batch, length), jnp.int32 if name.endswith("tokens") else jnp.bool_) for name in fields}
-        shapes |= {name: ((batch,), jnp.float32) for name in shapes if not name.endswith(("tokens", "valid", "mask"))}
+        width = length * (2 if cfg.data.layout == "packed" else 1)  # a packed row: the prompt and both responses
+        rows = [name for name in fields if name.endswith(("tokens", "valid", "mask")) or name in PACKED_FIELDS]
+        shapes = {name: ((batch, width), jnp.bool_ if name.endswith(("valid", "mask")) else jnp.int32) for name in rows}
+        shapes |= {name: ((batch,), jnp.float32) for name in fields if name not in rows}
         shapes |= selfsup.field_shapes(cfg.loss, batch, length)  # [B, S, K, T] degraded copies (ranking mode)
     if kl_active(cfg.loss):
         rows, width = kl_rows(cfg.loss), cfg.data.max_prompt_length + cfg.loss.soft_spo.kl_max_new_tokens

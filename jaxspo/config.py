@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from jaxspo.data.layout import LAYOUTS
 from jaxspo.data.sources import SourceConfig
 from jaxspo.data.synthetic import GOLD_DIMENSIONS, SyntheticTaskConfig
 from jaxspo.losses.soft_spo import SoftSpoConfig
@@ -48,6 +49,7 @@ class DataConfig:
     workers: int = 1  # grain reader threads of the training batch pipeline (0 = read in the training thread)
     prefetch: int = 2  # batches grain reads ahead (0 = none)
     spill_dir: str = ""  # local dir: encoded train/SFT rows go to memory-mapped .npy files there; "" = host memory
+    layout: str = "padded"  # preference step rows: "padded" (chosen, rejected) or "packed" (prompt once per pair; jaxspo/data/layout.py)
 
 
 @dataclasses.dataclass
@@ -115,6 +117,7 @@ class TrainerConfig:
     grad_accum_steps: int = 1  # micro-batches per step (batch_size must divide by it)
     eval_every: int = 100  # 0: only before and after
     on_nonfinite: str = "stop"  # non-finite loss/gradient: "stop" the run or "skip" the update
+    compilation_cache_dir: str = "~/.cache/jaxspo/xla"  # JAX's persistent compilation cache ("" = off)
 
 
 @dataclasses.dataclass
@@ -396,9 +399,11 @@ def validate(cfg: Config) -> None:
         key = sorted(unknown_rules)[0]
         raise ConfigError(f"mesh.rules: unknown logical axis '{key}'{_suggest(key, list(DEFAULT_RULES))}")
     model_to_check = dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size or 1)  # 0 = tokenizer's
-    buckets = cfg.data.buckets
-    if any(b < 2 for b in buckets) or buckets != sorted(set(buckets)) or (buckets and buckets[-1] > cfg.data.max_length):
-        raise ConfigError(f"data.buckets must be ascending distinct lengths in [2, data.max_length={cfg.data.max_length}], got {buckets}")
+    buckets, longest = cfg.data.buckets, cfg.data.max_length * (2 if cfg.data.layout == "packed" else 1)
+    if any(b < 2 for b in buckets) or buckets != sorted(set(buckets)) or (buckets and buckets[-1] > longest):
+        what = "2·data.max_length" if cfg.data.layout == "packed" else "data.max_length"
+        raise ConfigError(f"data.buckets must be ascending distinct lengths in [2, {what}={longest}], got {buckets}")
+    _validate_layout(cfg)
     for section in (model_to_check, cfg.data.synthetic, cfg.data.source, cfg.lora):
         try:
             section.validate()
@@ -409,6 +414,25 @@ def validate(cfg: Config) -> None:
             chosen_projections(cfg.model, cfg.lora)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+
+
+def _validate_layout(cfg: Config) -> None:
+    """``data.layout: packed`` serves the pair losses' own log-probs; the paths that read padded rows refuse it."""
+    if cfg.data.layout not in LAYOUTS:
+        raise ConfigError(f"data.layout must be one of {', '.join(LAYOUTS)}, got '{cfg.data.layout}'")
+    if cfg.data.layout == "padded":
+        return
+    from jaxspo.losses import get_loss  # late import, as in _validate_loss
+
+    refused = [
+        ("list" in {get_loss(name).layout for name in cfg.loss.terms}, "loss.terms: list losses (soft_spo_best_of_n, soft_spo_ranked) read ranked lists"),
+        (cfg.loss.selfsup.weight > 0, "loss.selfsup.weight: the degree loss scores padded degraded copies"),
+        (cfg.loss.soft_spo.kl_beta > 0, "loss.soft_spo.kl_beta: the KL regulariser's step is built for padded rows"),
+        (bool(cfg.stages), "stages: sequential recipes"),
+    ]
+    for bad, what in refused:
+        if bad:
+            raise ConfigError(f"data.layout: 'packed' is not supported here ({what}); set data.layout=padded")
 
 
 def _validate_loss(loss: LossConfig) -> None:

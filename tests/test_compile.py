@@ -47,6 +47,13 @@ def test_tiny_step_compiles_for_a_tpu_slice_here(tpu_env):
     assert report["xla_flops_per_step_per_device"] > 0 and report["model_flops_per_step"] > 0
 
 
+def test_packed_layout_step_compiles_for_a_tpu_slice_here(tpu_env):
+    """data.layout=packed: the TPU compiler takes the packed rows (2·max_length wide, segment mask)."""
+    cfg = load_config("configs/demo_fast.yaml", TINY + ["mesh.data=1", "mesh.fsdp=-1"])
+    report = fit_report(cfg, "v5p-8")
+    assert report["fits"] and report["xla_flops_per_step_per_device"] > 0
+
+
 def test_state_bytes_per_device_fall_as_one_over_fsdp():
     """Compiled memory analysis on the CPU mesh: params + optimizer + reference + batch arguments ∝ 1/N."""
     sizes = {}

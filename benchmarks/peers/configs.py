@@ -2,7 +2,7 @@
 
 Each entry: ``system`` (runner and venv), ``precision`` (which measured matmul peak its FLOP rate is
 compared with), and for jaxspo the config overrides passed to ``jaxspo.config.load_config`` after the
-benchmark's own. More jaxspo override sets come from ``JAXSPO_EXTRA`` below or from the command line
+benchmark's own. More jaxspo override sets come from the command line
 (``--jaxspo NAME:key=value,key=value``).
 """
 
@@ -18,13 +18,15 @@ PEERS: dict[str, dict[str, Any]] = {
     "tunix_bf16": {"system": "tunix", "precision": "bfloat16"},  # bf16 weights
 }
 
-JAXSPO: dict[str, list[str]] = {
-    "jaxspo_resident": [],  # the reference forward inside each step
-    "jaxspo_precomputed": ["loss.reference=precomputed"],  # one scoring pass before step 1
-}
+PACKED = ["data.layout=packed", "data.buckets=[64,96,128,160,192]"]  # prompt once per pair, packed-width buckets (README: Speed)
 
-# Speed settings to compare side by side (name -> overrides), e.g. {"jaxspo_bf16": ["model.dtype=bfloat16"]}.
-JAXSPO_EXTRA: dict[str, list[str]] = {}
+JAXSPO: dict[str, list[str]] = {
+    "jaxspo_resident": [],  # padded rows, the reference forward inside each step
+    "jaxspo_precomputed": ["loss.reference=precomputed"],  # one scoring pass before step 1
+    "jaxspo_packed": PACKED,  # the fastest exact fp32 setting
+    "jaxspo_packed_precomputed": PACKED + ["loss.reference=precomputed"],
+    "jaxspo_packed_bf16": PACKED + ["model.dtype=bfloat16"],  # bf16 compute, fp32 master weights (not exact)
+}
 
 LOSS_BASELINE = "trl_fp32"  # steps 1-5 of every configuration are compared with this one's losses
 
@@ -47,8 +49,8 @@ def jaxspo_precision(overrides: list[str]) -> str:
 
 
 def all_configs(extra: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
-    """Every configuration by name: the peers, jaxspo's two reference modes, JAXSPO_EXTRA and ``extra``."""
+    """Every configuration by name: the peers, jaxspo's ``JAXSPO`` table and ``extra``."""
     table = dict(PEERS)
-    for name, overrides in (JAXSPO | JAXSPO_EXTRA | extra).items():
+    for name, overrides in (JAXSPO | extra).items():
         table[name] = {"system": "jaxspo", "precision": jaxspo_precision(overrides), "overrides": overrides}
     return table

@@ -17,6 +17,7 @@ ACTIVATIONS = ("silu", "gelu_pytorch_tanh", "gelu_new", "gelu")  # HF names; the
 POSITIONS = ("rope", "learned")
 ROPE_TYPES = ("default", "linear", "llama3")
 LAYER_TYPES = ("full_attention", "sliding_attention")
+REMAT_POLICIES = ("full", "dots", "dots_no_batch")  # what a rematerialised layer saves (jaxspo.models.decoder)
 
 
 @dataclasses.dataclass
@@ -67,6 +68,8 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     remat: bool = False
+    remat_policy: str = "full"  # with remat: "full" saves nothing, "dots" every matmul output, "dots_no_batch" weight matmuls only
+    logprob_chunk: int = 0  # log-probs from logits of this many tokens at a time (rematerialised); 0 = all at once
     init_std: float = 0.02
 
     @property
@@ -114,6 +117,10 @@ class ModelConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)}")
         self._validate_layer_types()
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"model.remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+        if self.logprob_chunk < 0:
+            raise ValueError(f"model.logprob_chunk must be >= 0 (0 = off), got {self.logprob_chunk}")
         for name in ("dtype", "param_dtype"):
             try:
                 floating = jnp.issubdtype(jnp.dtype(getattr(self, name)), jnp.floating)

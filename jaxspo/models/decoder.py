@@ -21,6 +21,12 @@ from jaxspo.sharding import with_logical_constraint
 __all__ = ["Decoder", "KVCache", "ModelConfig", "RopeScaling", "param_logical_names"]
 
 _F32 = jnp.float32
+# model.remat_policy → what a rematerialised layer keeps from its forward (None: nothing, recompute all)
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 @struct.dataclass
@@ -32,13 +38,24 @@ class KVCache:
     valid: jax.Array
 
 
-def _attention_masks(query_slots: jax.Array, key_valid: jax.Array, window: int) -> tuple[jax.Array, jax.Array | None]:
+def _attention_masks(
+    query_slots: jax.Array, key_valid: jax.Array, window: int, segments: jax.Array | None = None, positions: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array | None]:
     """Full and (if ``window``) sliding masks ``[B, T, S]``: a query at slot ``query_slots[t]`` sees valid keys
-    at slots ``<=`` its own; the sliding mask also drops keys ``window`` or more slots behind it (as HF)."""
+    at slots ``<=`` its own; the sliding mask also drops keys ``window`` or more slots behind it (as HF).
+
+    ``segments [B, T]`` (T = S, packed rows; see :mod:`jaxspo.data.layout`): a query also needs the key in
+    its own segment or in segment 0 (the shared prompt), and the window counts ``positions [B, T]`` instead.
+    """
     key_slots = jnp.arange(key_valid.shape[1])  # [S]
     behind = query_slots[:, None] - key_slots[None, :]  # [T, S]
     full = (behind >= 0)[None] & key_valid[:, None, :]
-    return full, (full & (behind < window)[None] if window else None)
+    if segments is not None:
+        full = full & ((segments[:, None, :] == 0) | (segments[:, None, :] == segments[:, :, None]))
+        behind = positions[:, :, None] - positions[:, None, :]  # [B, T, S]
+    else:
+        behind = behind[None]
+    return full, (full & (behind < window) if window else None)
 
 
 class Decoder(nnx.Module):
@@ -70,19 +87,37 @@ class Decoder(nnx.Module):
         self.sliding_window = config.sliding_window
         self.sliding_layers = config.sliding_layers if any(config.sliding_layers) else None
         self.remat = config.remat
+        self.remat_policy = config.remat_policy
+        self.logprob_chunk = config.logprob_chunk
 
     def __call__(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array) -> jax.Array:
         """Logits ``[B, T, V]`` (float32) for ``tokens/positions [B, T]`` int32 and ``valid [B, T]`` bool.
 
         Each token attends to valid tokens at or before it in its row; logits at invalid positions are garbage.
         """
-        logits, _, _ = self._forward(tokens, positions, jnp.arange(tokens.shape[1]), valid, None, 0, False)
-        return logits
+        return self.logits(self.features(tokens, positions, valid))
+
+    def features(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array, segments: jax.Array | None = None) -> jax.Array:
+        """The final-normed residual stream ``[B, T, D]`` (compute dtype) that :meth:`logits` maps to the vocabulary.
+
+        ``segments [B, T]`` int32 (optional): packed rows, a token sees earlier valid tokens of its own
+        segment or of segment 0 (see :func:`_attention_masks`).
+        """
+        x, _, _ = self._forward(tokens, positions, jnp.arange(tokens.shape[1]), valid, None, 0, False, segments)
+        return x
+
+    def logits(self, x: jax.Array) -> jax.Array:
+        """LM head: ``x [..., D]`` → float32 logits ``[..., V]`` (soft-capped if configured)."""
+        head = self.embed[...].T if self.lm_head is None else self.lm_head[...]  # [D, V]
+        logits = jnp.einsum("...d,dv->...v", x, head.astype(self.dtype), preferred_element_type=_F32)
+        if self.final_softcap:
+            logits = self.final_softcap * jnp.tanh(logits / self.final_softcap)
+        return with_logical_constraint(logits, ("batch", "length", "vocab")) if logits.ndim == 3 else logits
 
     def hidden_states(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Like ``__call__``, plus the residual stream ``[L + 1, B, T, D]``: the scaled embeddings, then each layer's output."""
-        logits, _, hidden = self._forward(tokens, positions, jnp.arange(tokens.shape[1]), valid, None, 0, True)
-        return logits, hidden
+        x, _, hidden = self._forward(tokens, positions, jnp.arange(tokens.shape[1]), valid, None, 0, True)
+        return self.logits(x), hidden
 
     def init_cache(self, batch: int, max_len: int) -> KVCache:
         """Empty cache for ``batch`` rows and ``max_len`` slots (nothing valid yet)."""
@@ -109,8 +144,8 @@ class Decoder(nnx.Module):
         """
         key_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, index))  # [B, S]
         query_slots = index + jnp.arange(tokens.shape[1])  # [t]
-        logits, (k, v), _ = self._forward(tokens, positions, query_slots, key_valid, (cache.k, cache.v), index, False)
-        return logits, KVCache(k=k, v=v, valid=key_valid)
+        x, (k, v), _ = self._forward(tokens, positions, query_slots, key_valid, (cache.k, cache.v), index, False)
+        return self.logits(x), KVCache(k=k, v=v, valid=key_valid)
 
     def _embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
         """Token (and learned position) embeddings ``[B, T, D]`` in the compute dtype."""
@@ -131,14 +166,16 @@ class Decoder(nnx.Module):
         kv: KV | None,
         index: jax.Array | int,
         collect: bool,
+        segments: jax.Array | None = None,
     ) -> tuple[jax.Array, KV | None, jax.Array | None]:
-        """Shared body of the public methods: scans the stacked layers once.
+        """Shared body of the public methods: scans the stacked layers once; returns the final-normed stream ``[B, T, D]``.
 
         ``collect`` also returns the residual stream after the embeddings and after every layer ``[L + 1, B, T, D]``.
         """
         x = self._embed(tokens, positions)
         rope = None if self.inv_freq is None else rope_tables(positions, self.inv_freq)
-        full, sliding = _attention_masks(query_slots, key_valid, self.sliding_window if self.sliding_layers else 0)
+        window = self.sliding_window if self.sliding_layers else 0
+        full, sliding = _attention_masks(query_slots, key_valid, window, segments, positions)
         graphdef, layer_state = nnx.split(self.layers)
 
         def layer(x, per_layer):  # one scan step over the leading `layers` axis
@@ -148,18 +185,14 @@ class Decoder(nnx.Module):
             return x, (layer_kv, x if collect else None)
 
         if self.remat:
-            layer = jax.checkpoint(layer, prevent_cse=False)
+            layer = jax.checkpoint(layer, prevent_cse=False, policy=REMAT_POLICIES[self.remat_policy])
         is_sliding = None if self.sliding_layers is None else jnp.asarray(self.sliding_layers)
         x0 = x
         x, (kv, hidden) = jax.lax.scan(layer, x, (layer_state, kv, is_sliding))  # kv: [L, B, S, K, Hd] each, or None
         x = self.final_norm(x)
-        head = self.embed[...].T if self.lm_head is None else self.lm_head[...]  # [D, V]
-        logits = jnp.einsum("btd,dv->btv", x, head.astype(self.dtype), preferred_element_type=_F32)
-        if self.final_softcap:
-            logits = self.final_softcap * jnp.tanh(logits / self.final_softcap)
         if collect:
             hidden = jnp.concatenate([x0[None], hidden])
-        return with_logical_constraint(logits, ("batch", "length", "vocab")), kv, hidden
+        return x, kv, hidden
 
 
 def param_logical_names(model_or_state: nnx.Module | nnx.State) -> nnx.State:

@@ -25,6 +25,28 @@ def token_logps(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
+def target_logps(model: nnx.Module, features: jax.Array, targets: jax.Array) -> jax.Array:
+    """log softmax(model.logits(features))[targets]: features ``[B, N, D]``, targets ``[B, N]`` → ``[B, N]`` float32.
+
+    With ``model.logprob_chunk = c > 0`` the N positions go through the LM head ``c`` at a time
+    (``lax.map`` over chunks, each rematerialised), so at most ``[B, c, V]`` float32 logits exist at once,
+    in the forward and in the backward pass; the result equals the all-at-once computation.
+    """
+
+    def one(x: jax.Array, t: jax.Array) -> jax.Array:
+        logits = model.logits(x)  # [B, n, V] float32
+        return jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
+
+    chunk, (b, n) = model.logprob_chunk, targets.shape
+    if not chunk or chunk >= n:
+        return one(features, targets)
+    extra = (-n) % chunk
+    x = jnp.pad(features, ((0, 0), (0, extra), (0, 0))).reshape(b, -1, chunk, features.shape[-1]).swapaxes(0, 1)  # [n/c, B, c, D]
+    t = jnp.pad(targets, ((0, 0), (0, extra))).reshape(b, -1, chunk).swapaxes(0, 1)  # [n/c, B, c]
+    out = jax.lax.map(jax.checkpoint(lambda xt: one(*xt), prevent_cse=False), (x, t))  # [n/c, B, c]
+    return out.swapaxes(0, 1).reshape(b, -1)[:, :n]
+
+
 def sequence_logps(
     graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, valid: jax.Array, loss_mask: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
@@ -32,7 +54,9 @@ def sequence_logps(
 
     ``loss_mask[:, t]`` marks token t as a response token (never t = 0).
     """
-    logps = token_logps(forward_logits(graphdef, params, tokens, valid), tokens)  # [B, T-1]
+    model = nnx.merge(graphdef, params)
+    features = model.features(tokens, positions_from_valid(valid), valid)[:, :-1]  # [B, T-1, D] predicting tokens[:, 1:]
+    logps = target_logps(model, features, tokens[:, 1:])  # [B, T-1]
     mask = loss_mask[:, 1:].astype(jnp.float32)
     return (logps * mask).sum(-1), mask.sum(-1)
 

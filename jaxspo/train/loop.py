@@ -18,6 +18,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from jaxspo.checkpoint import PhaseCheckpoints
+from jaxspo.compilation_cache import enable_compilation_cache
 from jaxspo.config import Config, dump_yaml, to_dict
 from jaxspo.data.soft_labels import orient_pairs
 from jaxspo.losses import soft_label_losses
@@ -25,6 +26,7 @@ from jaxspo.data.screen import DataReport, encode_screened, write_reports
 from jaxspo.data.encode import encode_preference_rows, encode_prompts, encode_sft_rows
 from jaxspo.data.pipeline import make_batches
 from jaxspo.data.row_store import spill
+from jaxspo.data.layout import layout_arrays
 from jaxspo.data.formats import prompts_of
 from jaxspo.data.sources import load_splits
 from jaxspo.data.synthetic import build_synthetic_task
@@ -102,7 +104,9 @@ class _Phase:
         if phase == "preference":  # selfsup's classify head, if configured, trains alongside the policy
             self.state, shardings = selfsup.attach_head(self.state, shardings, cfg.loss, cfg.model.hidden_size, schedule, run.mesh)
         self.step = make_train_step(cfg, run.mesh, model, tx, schedule, shardings, phase, batch_size)
-        fields = {k: arrays[k] for k in batch_fields(phase, cfg.loss)}  # this process reads only its devices' rows of each batch
+        layout = cfg.data.layout if phase == "preference" else "padded"  # SFT rows are single sequences
+        arrays = layout_arrays(arrays, cfg.data) if layout == "packed" else arrays
+        fields = {k: arrays[k] for k in batch_fields(phase, cfg.loss, layout)}  # this process reads only its devices' rows of each batch
         self.batches = make_batches(fields, batch_size, cfg.trainer.seed, cfg.data.buckets, self.step.batch_sharding, cfg.data.workers, cfg.data.prefetch)
         self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / self.name, cfg.checkpoint)
         self.skipped = 0  # steps whose update was dropped as non-finite
@@ -284,6 +288,7 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
     Resumes from the newest valid checkpoint in the run directory; SIGTERM/SIGINT save and raise
     :class:`Preempted`.
     """
+    enable_compilation_cache(cfg.trainer.compilation_cache_dir)
     run_dir = resolve_run_dir(cfg, config_name)
     checkpoint_root = run_dir / "checkpoints"
     if not cfg.checkpoint.resume and checkpoint_root.exists():

@@ -29,6 +29,8 @@ from jaxspo.train.kl_regularizer import KL_FIELDS, kl_active, kl_rows, with_kl_r
 from jaxspo.train.list_objective import LIST_FIELDS, LIST_RANKS, list_objective_fn, uses_lists
 from jaxspo.train.logprobs import sequence_logps
 from jaxspo.train.model_view import FullModel, as_model
+from jaxspo.train.packed import PACKED_RANKS, is_packed, packed_pair_logps, real_tokens
+from jaxspo.data.layout import PACKED_FIELDS
 from jaxspo.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -65,8 +67,11 @@ def batch_shardings(fields: tuple[str, ...], ranks: dict[str, int], mesh: Mesh, 
 def pair_logps(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch) -> tuple[jax.Array, ...]:
     """Chosen and rejected sequence log-probs from ONE forward over the 2B concatenated rows.
 
-    Returns (chosen [B], rejected [B], chosen_length [B], rejected_length [B]).
+    Returns (chosen [B], rejected [B], chosen_length [B], rejected_length [B]). Packed rows
+    (``data.layout: packed``) take :func:`jaxspo.train.packed.packed_pair_logps` instead.
     """
+    if is_packed(batch):
+        return packed_pair_logps(graphdef, params, batch)
     tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]])  # [2B, T]
     valid = jnp.concatenate([batch["chosen_valid"], batch["rejected_valid"]])
     mask = jnp.concatenate([batch["chosen_loss_mask"], batch["rejected_loss_mask"]])
@@ -79,16 +84,17 @@ PRECOMPUTED_FIELDS = ("reference_chosen_logps", "reference_rejected_logps")
 OFFSET_FIELD = "offset"  # per-pair [B] float32, read by losses registered with needs_offset
 
 
-def batch_fields(phase: str, loss_cfg) -> tuple[str, ...]:
-    """Names of the arrays a step of ``phase`` reads from its batch."""
+def batch_fields(phase: str, loss_cfg, layout: str = "padded") -> tuple[str, ...]:
+    """Names of the arrays a step of ``phase`` reads from its batch (``layout``: ``data.layout``)."""
     if phase == "sft":
         return SFT_FIELDS
     if uses_lists(loss_cfg):
         return LIST_FIELDS
     offset = (OFFSET_FIELD,) if offset_losses(loss_cfg.terms) else ()
+    pairs = PACKED_FIELDS + ("soft_label",) if layout == "packed" else PREFERENCE_FIELDS
     if needs_reference(loss_cfg) and loss_cfg.reference == "precomputed":
-        return PREFERENCE_FIELDS + PRECOMPUTED_FIELDS + offset + selfsup.batch_fields(loss_cfg)
-    return PREFERENCE_FIELDS + offset + selfsup.batch_fields(loss_cfg)
+        return pairs + PRECOMPUTED_FIELDS + offset + selfsup.batch_fields(loss_cfg)
+    return pairs + offset + selfsup.batch_fields(loss_cfg)
 
 
 def in_step_reference(loss_cfg) -> bool:
@@ -122,8 +128,7 @@ def preference_objective_fn(graphdef: Any, loss_cfg) -> Objective:
         if selfsup.active(loss_cfg):  # + λ·degree loss on the degraded copies (METHODS §4)
             degree = selfsup.degree_objective(model, params, reference_params, batch, logps, loss_cfg, rng, head_params)
             loss_sum, metrics = selfsup.add_degree_term(loss_sum, metrics, *degree, loss_cfg.selfsup.weight)
-        tokens = (batch["chosen_valid"].sum() + batch["rejected_valid"].sum()).astype(jnp.float32)
-        metrics["tokens"] = (tokens, jnp.float32(1.0))
+        metrics["tokens"] = (real_tokens(batch), jnp.float32(1.0))
         return loss_sum, metrics
 
     return objective
@@ -146,7 +151,8 @@ def _global_count(phase: str, batch: Batch) -> jax.Array:
     """Denominator of the step's loss: pairs for preference, completion tokens for SFT."""
     if phase == "sft":
         return batch["loss_mask"][:, 1:].sum().astype(jnp.float32)
-    return jnp.float32(batch["list_tokens" if "list_tokens" in batch else "chosen_tokens"].shape[0])
+    rows = next(name for name in ("list_tokens", "packed_tokens", "chosen_tokens") if name in batch)
+    return jnp.float32(batch[rows].shape[0])
 
 
 def make_train_step(
@@ -171,8 +177,8 @@ def make_train_step(
         raise ValueError(f"unknown phase '{phase}'")
     rules = cfg.mesh.rules
     objective = sft_objective_fn(graphdef) if phase == "sft" else (list_objective_fn if uses_lists(cfg.loss) else preference_objective_fn)(graphdef, cfg.loss)
-    fields = batch_fields(phase, cfg.loss)
-    special_ranks = LIST_RANKS | selfsup.FIELD_RANKS
+    fields = batch_fields(phase, cfg.loss, cfg.data.layout)
+    special_ranks = LIST_RANKS | selfsup.FIELD_RANKS | PACKED_RANKS
     ranks = {name: special_ranks.get(name, 2 if name.endswith(("tokens", "valid", "mask", "response")) else 1) for name in fields + KL_FIELDS}
     batch_sharding = batch_shardings(fields, ranks, mesh, rules, batch_size)
     regularised = phase == "preference" and kl_active(cfg.loss)  # samples arrive as extra batch fields
