@@ -171,9 +171,7 @@ def main() -> None:
         orders[shape] = args.cache / "fixtures" / shape / f"order-b{args.batch_size}-s{args.steps}.json"
         write_order(orders[shape], infos[shape]["num_pairs"], args.batch_size, args.steps)
         log(f"fixture {shape}: {infos[shape]['parameters']['total']:,} parameters, {infos[shape]['mean_real_tokens_per_step']:.0f} real tokens per step")
-    pythons = {"jaxspo": Path(sys.executable)}
-    for system in sorted({table[n]["system"] for n in names} - {"jaxspo"}):
-        pythons[system] = ensure_venv(args.venvs, system)
+    pythons = {system: ensure_venv(args.venvs, system) for system in sorted({table[n]["system"] for n in names})}
     peak = measure_peak()
     log(f"matmul peak: {json.dumps(peak['best'])}")
     results: dict[str, dict[str, list]] = {shape: {n: [] for n in names} for shape in shapes}

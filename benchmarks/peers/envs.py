@@ -1,7 +1,8 @@
-"""The peers' virtual environments, created by the harness when missing and reused afterwards.
+"""Each system's virtual environment, created by the harness when missing and reused afterwards.
 
-Each peer gets its own venv under ``benchmarks/.venvs/<name>`` (gitignored) with exactly the pinned
-requirements below; a ``.bench-requirements`` stamp records what was installed, so a changed pin
+Each system gets its own venv under ``benchmarks/.venvs/<name>`` (gitignored) with exactly the pinned
+requirements below — jaxspo too: this checkout without its test extra, so torch (which ``transformers``
+imports whenever it is installed) is not loaded and does not count in jaxspo's peak RSS; a ``.bench-requirements`` stamp records what was installed, so a changed pin
 re-installs. torch is pinned exactly: this machine's local wheel index serves a CPU build of 2.13.0
 (an unpinned torch would pull the CUDA one).
 """
@@ -12,7 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[2]
+
 REQUIREMENTS = {
+    "jaxspo": ("-e", str(REPO)),  # pyproject's own pins, no test/tpu extras
     "trl": ("trl==1.16.0", "torch==2.13.0", "transformers==5.24.0"),
     "tunix": ("google-tunix==0.1.7",),  # brings its own jax, flax, optax and transformers pins
 }
@@ -24,7 +28,7 @@ def venv_python(root: Path, name: str) -> Path:
 
 
 def ensure_venv(root: Path, name: str) -> Path:
-    """The python of peer ``name``'s venv, created and installed first if missing or stale."""
+    """The python of system ``name``'s venv, created and installed first if missing or stale."""
     folder, wanted = root / name, "\n".join(REQUIREMENTS[name])
     stamp = folder / STAMP
     if stamp.is_file() and stamp.read_text() == wanted and venv_python(root, name).exists():
