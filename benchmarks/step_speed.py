@@ -64,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from jaxspo.config import load_config
-    from jaxspo.data.bucketing import make_batches
+    from jaxspo.data.pipeline import make_batches
     from jaxspo.data.layout import layout_arrays
     from jaxspo.distributed import to_global
     from jaxspo.sharding import make_mesh

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jaxspo.sharding import make_mesh
 from jaxspo.train.state import TrainState, abstract_model, learning_rate_schedule, make_optimizer, param_shardings, state_shardings
 from jaxspo.train import selfsup
-from jaxspo.train.kl_regularizer import KL_FIELDS, kl_active, kl_rows
+from jaxspo.train.kl_regularizer import kl_active, kl_field_shapes
 from jaxspo.train.list_objective import uses_lists
 from jaxspo.train.lora import AdaptedModel
 from jaxspo.data.layout import PACKED_FIELDS
@@ -149,8 +149,7 @@ def batch_shapes(cfg, batch: int) -> dict[str, tuple[tuple[int, ...], Any]]:
         shapes |= {name: ((batch,), jnp.float32) for name in fields if name not in rows}
         shapes |= selfsup.field_shapes(cfg.loss, batch, length)  # [B, S, K, T] degraded copies (ranking mode)
     if kl_active(cfg.loss):
-        rows, width = kl_rows(cfg.loss), cfg.data.max_prompt_length + cfg.loss.soft_spo.kl_max_new_tokens
-        shapes |= {name: ((rows, width), jnp.int32 if name == "kl_tokens" else jnp.bool_) for name in KL_FIELDS}
+        shapes |= kl_field_shapes(cfg.loss, cfg.data.max_prompt_length)
     return shapes
 
 

@@ -117,6 +117,7 @@ class TrainerConfig:
     grad_accum_steps: int = 1  # micro-batches per step (batch_size must divide by it)
     eval_every: int = 100  # 0: only before and after
     on_nonfinite: str = "stop"  # non-finite loss/gradient: "stop" the run or "skip" the update
+    precompile: bool = True  # compile the step for every bucket width before step 1 (README: Speed)
     compilation_cache_dir: str = ""  # JAX's persistent compilation cache, e.g. ~/.cache/jaxspo/xla ("" = off; README: Speed)
 
 

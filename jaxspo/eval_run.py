@@ -29,7 +29,7 @@ def evaluate(cfg: Config, params_dir: str = "", reference_dir: str = "", reward_
     """Metrics of the policy in ``params_dir`` (default: the config's starting point) against the reference in
     ``reference_dir`` (default: the starting point, or ``model.reference_path``); writes ``eval.json`` and
     ``data_report.json`` to ``out_dir`` when given."""
-    from jaxspo.train.loop import _Run, restore_params
+    from jaxspo.train.loop import Run, restore_params
 
     cfg = dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, tensorboard=False, wandb=False))
     with tempfile.TemporaryDirectory() as scratch:
@@ -37,7 +37,7 @@ def evaluate(cfg: Config, params_dir: str = "", reference_dir: str = "", reward_
         out.mkdir(parents=True, exist_ok=True)
         if cfg.lora.enabled:
             raise ValueError("jaxspo eval reads full parameters; for a LoRA run, export the merged model first (jaxspo export RUN_DIR --out DIR) and evaluate a config with model.path=DIR")
-        run = _Run(cfg, out)
+        run = Run(cfg, out)
         start = run.params if run.reference_params is None else run.reference_params
         reference = restore_params(Path(reference_dir).resolve(), _copy(run.params)) if reference_dir else start
         policy = restore_params(Path(params_dir).resolve(), _copy(run.params)) if params_dir else run.params

@@ -1,4 +1,4 @@
-"""Speed paths are exact: chunked log-probs and packed pair rows equal the plain padded computation (fp32, ≤ 1e-5),
+"""Speed paths are exact: chunked log-probs, packed pair rows and an unrolled layer scan equal the plain padded computation (fp32, ≤ 1e-5),
 values and gradients, through whole train steps (resident, precomputed, LoRA adapter_off)."""
 
 import dataclasses
@@ -105,6 +105,13 @@ def test_remat_policies_keep_gradients(policy):
     assert_trees_close(remat, plain)
 
 
+def test_an_unrolled_layer_scan_equals_the_rolled_one():
+    padded = pairs(4)
+    rolled = logps_and_grads(GEMMA2_LIKE, padded)  # sliding/full layers: per-layer inputs of the scan
+    for unroll in (2, 5):  # both unroll all 2 layers (5 is clamped to num_layers)
+        assert_trees_close(logps_and_grads(dataclasses.replace(GEMMA2_LIKE, scan_unroll=unroll), padded), rolled)
+
+
 def full_step(overrides: list[str], host: dict, lora: bool = False, steps: int = 3):
     """Metrics and final trainable params of ``steps`` preference steps on a (2, 2, 2) mesh."""
     cfg = load_config(None, ["loss.beta=0.5", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", *overrides])
@@ -158,6 +165,7 @@ def test_config_keys_are_checked_and_name_themselves():
         (["data.buckets=[40]", "data.max_length=32"], r"data.buckets must be ascending distinct lengths in \[2, data.max_length=32\]"),
         (["model.logprob_chunk=-1"], "model.logprob_chunk must be >= 0"),
         (["model.remat_policy=some"], "model.remat_policy must be one of"),
+        (["model.scan_unroll=0"], "model.scan_unroll must be >= 1"),
         (["data.layout=packed", "loss.selfsup.weight=0.5"], "data.layout: 'packed' is not supported here \\(loss.selfsup.weight"),
         (["data.layout=packed", "loss.terms={soft_spo_ranked: 1.0}"], "data.layout: 'packed' is not supported here \\(loss.terms: list losses"),
         (["data.layout=packed", "loss.soft_spo.kl_beta=0.1"], "data.layout: 'packed' is not supported here \\(loss.soft_spo.kl_beta"),

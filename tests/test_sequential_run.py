@@ -32,7 +32,7 @@ def test_offsets_come_from_frozen_logps_cached_by_data_and_weights(tmp_path):
     cache = tmp_path / "cache"
     cfg = load_config("configs/sequential.yaml", TINY + [STAGES, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", f"loss.reference_cache_dir={cache}"])
     (tmp_path / "run").mkdir()
-    run = loop._Run(cfg, tmp_path / "run")
+    run = loop.Run(cfg, tmp_path / "run")
     stages = SequentialStages(run)
     pi0 = run.params
     loop.save_params(pi0, stages.policy_dir(0))

@@ -4,8 +4,9 @@
 
 The run is built by the same code as ``jaxspo train`` (``jaxspo.train.loop``: the HF folder through
 jaxspo's loader, the JSONL pairs through jaxspo's data path and screening, the optimiser, state and
-``make_train_step``, the precomputed-reference pass when ``loss.reference=precomputed``); only the loop is
-the runner's own, to time each step with ``block_until_ready``. The batches come from jaxspo's iterator;
+``make_train_step``, the precomputed-reference pass when ``loss.reference=precomputed``, the compile of every
+bucket width before step 1, and each step through ``Phase.take_step``); only the loop is the runner's own, to
+time each step with ``block_until_ready``. The batches come from jaxspo's iterator;
 the rows it trained are compared with ``--order`` (the peers' order) and reported as ``same_order``.
 Trailing ``key=value`` arguments are jaxspo config overrides applied last (e.g. ``model.dtype=bfloat16``).
 """
@@ -45,35 +46,25 @@ def main() -> None:
     import jax
 
     from jaxspo.config import load_config
-    from jaxspo.distributed import to_global
     from jaxspo.train import loop
-    from jaxspo.train.reference_cache import cached_reference_logps
-    from jaxspo.train.scoring import PairScorer
-    from jaxspo.train.step import needs_reference
 
     order = read_order(args.order, args.steps, args.batch_size)
     with tempfile.TemporaryDirectory(prefix="bench-jaxspo-") as tmp:
         work = Path(tmp)
         cfg = load_config(None, base_overrides(args, work) + list(args.overrides))
         (work / "run").mkdir()
-        run = loop._Run(cfg, work / "run")
+        run = loop.Run(cfg, work / "run")
         cfg = run.cfg
-        arrays = run.encoded("train")
         reference = run.params
-        if needs_reference(cfg.loss) and cfg.loss.reference == "precomputed":  # as loop.train does
-            scorer = PairScorer(run.graphdef, run.mesh, cfg.mesh.rules, cfg.trainer.batch_size)
-            cached, _ = cached_reference_logps(cfg.loss.reference_cache_dir, scorer, reference, arrays, run.tokenizer)
-            arrays = arrays | cached
-        phase = loop._Phase(run, "preference", cfg.trainer.steps, cfg.optimizer.learning_rate, cfg.trainer.batch_size, arrays)
+        arrays = run.with_precomputed_reference(run.encoded("train"), reference)
+        phase = loop.Phase(run, "preference", cfg.trainer.steps, cfg.optimizer.learning_rate, cfg.trainer.batch_size, arrays)
         frozen = reference if phase.step.reference_sharding is not None else None
+        phase.precompile(frozen)  # as the loop does before step 1 (trainer.precompile)
         log, trained_rows = StepLog(), []
-        state = phase.state
-        for _ in order:
+        for i in range(1, len(order) + 1):
             start = time.perf_counter()
             trained_rows.append(phase.batches.rows(phase.batches.step).tolist())
-            host = next(phase.batches)  # jaxspo's own batching (bucketing or whatever the config selects)
-            batch = to_global(host, {k: phase.step.batch_sharding[k] for k in host})
-            state, metrics = phase.step.fn(state, frozen, batch)
+            metrics, host = phase.take_step(i, frozen)  # jaxspo's own batching (bucketing or whatever the config selects)
             metrics = jax.block_until_ready(metrics)
             seconds = time.perf_counter() - start
             width = max(int(v.shape[1]) for k, v in host.items() if k.endswith("_tokens"))

@@ -114,6 +114,18 @@ class BatchPipeline:
         start = epoch * self._bucket_sizes[bucket] + k * self.batch_size
         return bucket, np.array([rows[start + int(p)] for p in positions], dtype=np.int64)
 
+    @property
+    def widths(self) -> list[int]:
+        """The 2-D columns' widths its batches come in: each bucket that fills at least one batch."""
+        return sorted({self.buckets[bucket] for bucket, _ in self._slots})
+
+    def example(self, width: int) -> dict[str, np.ndarray]:
+        """This process's rows of the first full batch of bucket ``width`` (shapes and dtypes as
+        ``next`` returns them); the iterator does not move."""
+        bucket = self.buckets.index(width)
+        rows = self._bucket_rows[bucket]
+        return self._columns(np.array([rows[int(p)] for p in self.shard], dtype=np.int64), width)
+
     def rows(self, step: int) -> np.ndarray:
         """``[batch_size]`` global row indices of batch number ``step`` (0-based), on any process."""
         return self._batch(step, np.arange(self.batch_size))[1]
@@ -121,8 +133,11 @@ class BatchPipeline:
     def _read(self, step: int) -> dict[str, np.ndarray]:
         """This process's rows of global batch ``step``, 2-D columns cut to the bucket's width."""
         bucket, mine = self._batch(step, self.shard)
-        width = self.buckets[bucket]
-        return {name: (np.asarray(a[mine])[:, :width] if np.ndim(a) == 2 else np.asarray(a[mine])) for name, a in self._arrays.items()}
+        return self._columns(mine, self.buckets[bucket])
+
+    def _columns(self, rows: np.ndarray, width: int) -> dict[str, np.ndarray]:
+        """Every column at global row indices ``rows``, 2-D ones cut to ``width``."""
+        return {name: (np.asarray(a[rows])[:, :width] if np.ndim(a) == 2 else np.asarray(a[rows])) for name, a in self._arrays.items()}
 
     @property
     def step(self) -> int:

@@ -68,6 +68,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     remat: bool = False
+    scan_unroll: int = 1  # layers per iteration of the layer scan: 1 = a rolled loop, >= num_layers = unrolled
     remat_policy: str = "full"  # with remat: "full" saves nothing, "dots" every matmul output, "dots_no_batch" weight matmuls only
     logprob_chunk: int = 0  # log-probs from logits of this many tokens at a time (rematerialised); 0 = all at once
     init_std: float = 0.02
@@ -119,6 +120,8 @@ class ModelConfig:
         self._validate_layer_types()
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"model.remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+        if self.scan_unroll < 1:
+            raise ValueError(f"model.scan_unroll must be >= 1 (1 = a rolled loop over the layers), got {self.scan_unroll}")
         if self.logprob_chunk < 0:
             raise ValueError(f"model.logprob_chunk must be >= 0 (0 = off), got {self.logprob_chunk}")
         for name in ("dtype", "param_dtype"):

@@ -1,7 +1,8 @@
 """Decoder-only causal LM for every supported HF architecture: scanned stacked layers, KV cache.
 
 Shapes: B batch, T query length, S key/cache length, D hidden, K key/value heads, Hd head dim, V vocab,
-L layers. Per-layer parameters carry a leading ``layers`` axis of size L and are scanned, never unrolled;
+L layers. Per-layer parameters carry a leading ``layers`` axis of size L and are scanned
+(``model.scan_unroll`` layers per iteration; the parameters stay stacked either way);
 per-layer differences (Gemma 2's alternating sliding window) are scanned inputs. Every parameter and
 activation is annotated with logical axis names (see :mod:`jaxspo.sharding`).
 """
@@ -88,6 +89,7 @@ class Decoder(nnx.Module):
         self.sliding_layers = config.sliding_layers if any(config.sliding_layers) else None
         self.remat = config.remat
         self.remat_policy = config.remat_policy
+        self.scan_unroll = min(config.scan_unroll, config.num_layers)
         self.logprob_chunk = config.logprob_chunk
 
     def __call__(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array) -> jax.Array:
@@ -188,7 +190,7 @@ class Decoder(nnx.Module):
             layer = jax.checkpoint(layer, prevent_cse=False, policy=REMAT_POLICIES[self.remat_policy])
         is_sliding = None if self.sliding_layers is None else jnp.asarray(self.sliding_layers)
         x0 = x
-        x, (kv, hidden) = jax.lax.scan(layer, x, (layer_state, kv, is_sliding))  # kv: [L, B, S, K, Hd] each, or None
+        x, (kv, hidden) = jax.lax.scan(layer, x, (layer_state, kv, is_sliding), unroll=self.scan_unroll)  # kv: [L, B, S, K, Hd] each, or None
         x = self.final_norm(x)
         if collect:
             hidden = jnp.concatenate([x0[None], hidden])

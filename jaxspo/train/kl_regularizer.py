@@ -48,6 +48,12 @@ def kl_rows(loss_cfg) -> int:
     return loss_cfg.soft_spo.kl_prompts * loss_cfg.soft_spo.kl_samples_per_prompt
 
 
+def kl_field_shapes(loss_cfg, max_prompt_length: int) -> dict[str, tuple[tuple[int, int], Any]]:
+    """Shape and dtype of each sampled batch field: ``[M, max_prompt_length + kl_max_new_tokens]``."""
+    shape = (kl_rows(loss_cfg), max_prompt_length + loss_cfg.soft_spo.kl_max_new_tokens)
+    return {name: (shape, jnp.int32 if name == "kl_tokens" else jnp.bool_) for name in KL_FIELDS}
+
+
 def with_kl_regulariser(objective, graphdef: Any, loss_cfg):
     """``objective`` plus β_KL·(count/M)·Σ_samples KL, so that after the step divides by the global
     count (pairs or lists) the loss is preference mean + β_KL·mean KL per sampled response."""

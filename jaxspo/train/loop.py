@@ -52,7 +52,8 @@ from jaxspo.train.state import (
 from jaxspo.train.reference_cache import cached_reference_logps
 from jaxspo.train.scoring import PairScorer
 from jaxspo.train.step import batch_fields, make_train_step, needs_reference
-from jaxspo.train.kl_regularizer import KLSampler, kl_active, regularisation_prompts
+from jaxspo.train.kl_regularizer import KLSampler, kl_active, kl_field_shapes, regularisation_prompts
+from jaxspo.train.precompile import precompile
 from jaxspo.train.list_objective import uses_lists
 from jaxspo.data.lists import encode_list_rows, rank_by_scores
 from jaxspo.train import selfsup
@@ -80,14 +81,14 @@ def resolve_run_dir(cfg: Config, config_name: str) -> Path:
     return Path("runs") / f"{config_name}-{stamp}"
 
 
-class _Phase:
+class Phase:
     """Runs one optimisation phase ("sft" or "preference"): steps, logging, checkpoints, resume.
 
     ``name`` (default: ``phase``) labels its checkpoints (``checkpoints/<name>/``) and metric rows.
     """
 
     def __init__(
-        self, run: "_Run", phase: str, steps: int, peak_lr: float, batch_size: int, arrays: dict[str, np.ndarray],
+        self, run: "Run", phase: str, steps: int, peak_lr: float, batch_size: int, arrays: dict[str, np.ndarray],
         lora: LoRATraining | None = None, name: str = "",
     ):
         cfg = run.cfg
@@ -152,6 +153,29 @@ class _Phase:
             self.skipped += 1
             log.warning("%s; update skipped (trainer.on_nonfinite=skip)", where)
 
+    def take_step(self, i: int, reference: Any) -> tuple[dict[str, jax.Array], dict[str, np.ndarray]]:
+        """Step ``i`` (1-based) on the next batch, dispatched without waiting; returns its metrics (device
+        arrays) and this process's rows of the batch. ``reference``: as the step takes it (None unless resident)."""
+        local = next(self.batches)
+        batch = from_process_rows(local, {k: self.step.batch_sharding[k] for k in local}, self.batches.batch_size)
+        if self.kl_sampler is not None:
+            batch |= self.kl_sampler(i, self.sampling_params(self.state.params))
+        self.state, metrics = self.step.fn(self.state, reference, batch)
+        return metrics, local
+
+    def precompile(self, reference: Any) -> None:
+        """With ``trainer.precompile`` and several batch widths: compiles the step for each before step 1."""
+        widths = self.batches.widths
+        if not self.run.cfg.trainer.precompile or len(widths) < 2:
+            return
+        extra = kl_field_shapes(self.run.cfg.loss, self.run.cfg.data.max_prompt_length) if self.kl_sampler is not None else {}
+        layouts = []
+        for width in widths:
+            example = self.batches.example(width)  # this process's rows; the step sees the global batch
+            layouts.append({name: ((self.batches.batch_size,) + a.shape[1:], a.dtype) for name, a in example.items()} | extra)
+        seconds = precompile(self.step, self.state, reference, layouts)
+        log.info("compiled the %s step for batch widths %s in %.1f s", self.name, widths, seconds)
+
     def run_steps(self, reference: Any, guard: PreemptionGuard, on_step=None) -> Any:
         """Takes the phase's remaining steps (resuming if possible); returns the final params.
 
@@ -168,15 +192,12 @@ class _Phase:
         reference = reference if self.step.reference_sharding is not None else None  # precomputed or none
         start = self._resume()
         self.run.log.truncate(lambda r: self._logged_before(r, start))
+        self.precompile(reference)
         bar = tqdm(total=self.steps, initial=start, desc=self.name, disable=not (cfg.logging.progress_bar and is_writer()), dynamic_ncols=True)
         window_start, window_tokens, window_steps = time.perf_counter(), 0.0, 0
         pending: list[tuple[int, dict]] = []
         for i in range(start + 1, self.steps + 1):
-            local = next(self.batches)
-            batch = from_process_rows(local, {k: self.step.batch_sharding[k] for k in local}, self.batches.batch_size)
-            if self.kl_sampler is not None:
-                batch |= self.kl_sampler(i, self.sampling_params(self.state.params))
-            self.state, metrics = self.step.fn(self.state, reference, batch)
+            metrics, _ = self.take_step(i, reference)
             pending.append((i, metrics))
             log_now = i % cfg.logging.log_every == 0 or i == self.steps
             save_now = self.checkpoints.due(i) or i == self.steps or guard.requested
@@ -216,7 +237,7 @@ def _model_and_tokenizer(model: ModelConfig, task_tokenizer: Any) -> tuple[Model
     return dataclasses.replace(model, vocab_size=model.vocab_size or len(task_tokenizer)), task_tokenizer
 
 
-class _Run:
+class Run:
     """Holds the pieces shared by both phases and the evaluator."""
 
     def __init__(self, cfg: Config, run_dir: Path):
@@ -273,6 +294,16 @@ class _Run:
             arrays = spill(arrays, self.cfg.data.spill_dir, split)
         return arrays
 
+    def with_precomputed_reference(self, arrays: dict[str, np.ndarray], reference: Any) -> dict[str, np.ndarray]:
+        """``arrays`` plus the reference's log-probs of every pair when ``loss.reference: precomputed``
+        (scored once, or read from ``loss.reference_cache_dir``); otherwise ``arrays`` unchanged."""
+        cfg = self.cfg
+        if not (needs_reference(cfg.loss) and cfg.loss.reference == "precomputed"):
+            return arrays
+        scorer = PairScorer(self.graphdef, self.mesh, cfg.mesh.rules, cfg.trainer.batch_size)
+        cached, _ = cached_reference_logps(cfg.loss.reference_cache_dir, scorer, reference, arrays, self.tokenizer)
+        return arrays | cached
+
     def evaluator(self, graphdef: nnx.GraphDef) -> Evaluator:
         """The held-out evaluator for models of ``graphdef`` (LoRA: the adapted graph, dropout off)."""
         cfg, splits = self.cfg, self.splits
@@ -295,7 +326,7 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
         raise FileExistsError(f"{checkpoint_root} holds checkpoints of an earlier run; set checkpoint.resume=true to continue it or choose another run_dir")
     barrier("jaxspo: run directory checked")  # before any process creates checkpoints there
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = _Run(cfg, run_dir)
+    run = Run(cfg, run_dir)
     cfg = run.cfg
     if is_writer():
         dump_yaml(cfg, run_dir / "config.yaml")
@@ -314,7 +345,7 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
             run.params = restore_params(reference_dir, run.params)
         elif not resuming_preference:
             if cfg.trainer.sft_steps:
-                sft = _Phase(run, "sft", cfg.trainer.sft_steps, cfg.trainer.sft_learning_rate, cfg.trainer.sft_batch_size, sft_arrays)
+                sft = Phase(run, "sft", cfg.trainer.sft_steps, cfg.trainer.sft_learning_rate, cfg.trainer.sft_batch_size, sft_arrays)
                 run.params = sft.run_steps(None, guard)
             if not base_reloads:
                 save_params(run.params, reference_dir)
@@ -340,11 +371,8 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < cfg.trainer.steps:
                 run.log.log("eval", step, evaluator(*evaluated(params), eval_key))
 
-        if needs_reference(cfg.loss) and cfg.loss.reference == "precomputed":
-            scorer = PairScorer(run.graphdef, run.mesh, cfg.mesh.rules, cfg.trainer.batch_size)
-            cached, _ = cached_reference_logps(cfg.loss.reference_cache_dir, scorer, reference, train_arrays, run.tokenizer)
-            train_arrays = train_arrays | cached
-        preference = _Phase(run, "preference", cfg.trainer.steps, cfg.optimizer.learning_rate, cfg.trainer.batch_size, train_arrays, lora)
+        train_arrays = run.with_precomputed_reference(train_arrays, reference)
+        preference = Phase(run, "preference", cfg.trainer.steps, cfg.optimizer.learning_rate, cfg.trainer.batch_size, train_arrays, lora)
         params = preference.run_steps(lora.frozen if lora else reference, guard, periodic_eval)
     after = evaluator(*evaluated(params), eval_key)
     run.log.truncate(lambda r: not (r["phase"] == "eval" and r["step"] == cfg.trainer.steps))  # logged once
@@ -353,7 +381,7 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
     return RunResult(run_dir, before, after, params, reference)
 
 
-def write_outputs(run: _Run, params: Any, full_params: Callable[[], Any] | None = None) -> None:
+def write_outputs(run: Run, params: Any, full_params: Callable[[], Any] | None = None) -> None:
     """Closes the metrics log; writes the final params, the optional HF export and the curves.
 
     ``full_params`` builds the whole model's params for the HF export (LoRA: base + merged adapters);
@@ -369,7 +397,7 @@ def write_outputs(run: _Run, params: Any, full_params: Callable[[], Any] | None 
         plot_curves(run.run_dir / "metrics.jsonl", run.run_dir / "curves.png")
 
 
-def _sequential_stages(run: _Run):
+def _sequential_stages(run: Run):
     from jaxspo.train.stages import SequentialStages  # late import: stages.py builds on this module
 
     return SequentialStages(run)

@@ -48,7 +48,7 @@ from jaxspo.losses.sequential import stage_offset
 from jaxspo.train.evaluate import Evaluator
 from jaxspo.train.lora import LoRATraining, base_record, write_base_record
 from jaxspo.train.lora_stages import LoRAStages
-from jaxspo.train.loop import RunResult, _logged_eval, _Phase, _Run, restore_params, save_params, write_outputs
+from jaxspo.train.loop import RunResult, _logged_eval, Phase, Run, restore_params, save_params, write_outputs
 from jaxspo.train.preemption import PreemptionGuard
 from jaxspo.train.reference_cache import cached_reference_logps
 from jaxspo.train.scoring import PairScorer
@@ -68,10 +68,10 @@ def stage_config(cfg: Config, index: int) -> Config:
     )
 
 
-class _StagePhase(_Phase):
+class _StagePhase(Phase):
     """Stage ``number``'s preference phase; its eval rows are numbered after ``offset`` earlier steps."""
 
-    def __init__(self, run: _Run, number: int, offset: int, arrays: dict[str, np.ndarray], lora: LoRATraining | None = None):
+    def __init__(self, run: Run, number: int, offset: int, arrays: dict[str, np.ndarray], lora: LoRATraining | None = None):
         t = run.cfg.trainer
         super().__init__(run, "preference", t.steps, run.cfg.optimizer.learning_rate, t.batch_size, arrays, lora, name=f"stage-{number}")
         self.number, self.offset = number, offset
@@ -89,7 +89,7 @@ class _StagePhase(_Phase):
 class SequentialStages:
     """Encodes every stage's pairs at construction (so bad data stops the run before any step)."""
 
-    def __init__(self, run: _Run):
+    def __init__(self, run: Run):
         self.run = run
         self.train_arrays = [self._encode("train", k) for k in range(len(run.cfg.stages))]
         self.eval_arrays = [self._encode("eval", k, run.cfg.eval.num_pairs) for k in range(len(run.cfg.stages))]
