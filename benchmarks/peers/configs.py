@@ -18,14 +18,16 @@ PEERS: dict[str, dict[str, Any]] = {
     "tunix_bf16": {"system": "tunix", "precision": "bfloat16"},  # bf16 weights
 }
 
-PACKED = ["data.layout=packed", "data.buckets=[64,96,128,160,192]", "model.scan_unroll=8"]  # prompt once per pair, packed-width buckets, layers unrolled (README: Speed)
+BUCKETED = ["data.layout=packed", "data.buckets=[64,96,128,160,192]"]  # prompt once per pair, packed-width buckets (README: Speed)
+PACKED = BUCKETED + ["model.scan_unroll=8"]  # + the layers unrolled: the fastest exact fp32 setting
 
 JAXSPO: dict[str, list[str]] = {
     "jaxspo_resident": [],  # padded rows, the reference forward inside each step
     "jaxspo_precomputed": ["loss.reference=precomputed"],  # one scoring pass before step 1
-    "jaxspo_packed": PACKED,  # the fastest exact fp32 setting
+    "jaxspo_packed": PACKED,
     "jaxspo_packed_precomputed": PACKED + ["loss.reference=precomputed"],
     "jaxspo_packed_bf16": PACKED + ["model.dtype=bfloat16"],  # bf16 compute, fp32 master weights (not exact)
+    "jaxspo_packed_remat": BUCKETED + ["model.remat=true"],  # rolled layer scan, each layer recomputed: the low-memory exact setting
 }
 
 LOSS_BASELINE = "trl_fp32"  # steps 1-5 of every configuration are compared with this one's losses
