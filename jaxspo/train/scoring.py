@@ -1,4 +1,4 @@
-"""Sequence log-probs of many pairs (or single sequences) under one model, in sharded fixed-size chunks (one compile)."""
+"""Sequence log-probs of many pairs (or single sequences) under one model, in sharded fixed-size chunks (one compile per chunk width)."""
 
 from __future__ import annotations
 
@@ -34,23 +34,51 @@ class PairScorer:
         return chosen, rejected
 
     def __call__(self, params: Any, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        chosen, rejected = score_in_chunks(self._fn, params, {k: arrays[k] for k in PREFERENCE_FIELDS}, self.chunk, self.mesh, self.rules)
+        chosen, rejected = score_in_chunks(self._fn, params, {k: arrays[k] for k in PREFERENCE_FIELDS}, self.chunk, self.mesh, self.rules, trim=True)
         return chosen, rejected
 
 
-def score_in_chunks(fn: Any, params: Any, arrays: dict[str, np.ndarray], chunk: int, mesh: Mesh, rules: Rules) -> tuple[np.ndarray, ...]:
+def score_in_chunks(
+    fn: Any, params: Any, arrays: dict[str, np.ndarray], chunk: int, mesh: Mesh, rules: Rules, trim: bool = False,
+) -> tuple[np.ndarray, ...]:
     """``fn(params, batch) -> tuple of [chunk, ...] arrays`` over all rows of ``arrays`` in sharded chunks.
 
-    The last chunk is padded with repeated rows (dropped from the outputs), so ``fn`` compiles once.
+    The last chunk is padded with repeated rows (dropped from the outputs), so ``fn`` compiles once per
+    width. ``trim`` (for ``fn`` whose outputs are per-row values, exact under right-padding): rows are
+    scored shortest first and each chunk's 2-D arrays are cut to the first of :func:`trim_widths` that
+    holds its longest row (:func:`used_widths`), so padding is not computed; outputs come
+    back in the rows' order.
     """
     n = len(next(iter(arrays.values())))
-    extra = (-n) % chunk
-    padded = {k: np.concatenate([v, v[:extra]]) if extra else v for k, v in arrays.items()}
+    full = max((v.shape[1] for v in arrays.values() if v.ndim == 2), default=0)
+    lengths = used_widths(arrays) if trim else np.full(n, full)
+    order = np.argsort(lengths, kind="stable") if trim else np.arange(n)
+    order = np.concatenate([order, order[: (-n) % chunk]])  # [n + extra]: the last chunk filled up
+    widths = trim_widths(full) if trim else [full]
     parts = []
-    for start in range(0, n + extra, chunk):
-        batch = {k: shard_rows(v[start : start + chunk], mesh, rules) for k, v in padded.items()}
+    for start in range(0, len(order), chunk):
+        rows = order[start : start + chunk]
+        width = widths[int(np.searchsorted(widths, lengths[rows].max()))]
+        batch = {k: shard_rows(v[rows][:, :width] if v.ndim == 2 else v[rows], mesh, rules) for k, v in arrays.items()}
         parts.append(tuple(to_host(x) for x in fn(params, batch)))
-    return tuple(np.concatenate(column)[:n] for column in zip(*parts))
+    outputs = []
+    for column in zip(*parts):
+        out = np.empty_like(column[0], shape=(n,) + column[0].shape[1:])
+        out[order[:n]] = np.concatenate(column)[:n]
+        outputs.append(out)
+    return tuple(outputs)
+
+
+def used_widths(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """``[N]`` columns each row needs: one past its last valid slot over the ``*valid`` arrays (0 if none)."""
+    valid = np.stack([np.asarray(a, bool) for name, a in arrays.items() if name.endswith("valid")])  # [F, N, T]
+    last = valid.shape[2] - np.argmax(valid[:, :, ::-1], axis=2)  # [F, N]
+    return np.where(valid.any(axis=2), last, 0).max(axis=0)
+
+
+def trim_widths(full: int) -> list[int]:
+    """The widths :func:`score_in_chunks` cuts chunks to: ¼, ½, ¾ and all of ``full``, rounded up to 8."""
+    return sorted({min(full, -(-full * k // 32) * 8) for k in (1, 2, 3, 4)})
 
 
 class SequenceScorer:
@@ -72,7 +100,7 @@ class SequenceScorer:
     def sums(self, params: Any, tokens: np.ndarray, valid: np.ndarray, loss_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Summed response log-probs ``[N]`` and response lengths ``[N]`` (float32 numpy)."""
         arrays = {"tokens": tokens, "valid": valid, "loss_mask": loss_mask}
-        logps, lengths = score_in_chunks(self._sums, params, arrays, self.chunk, self.mesh, self.rules)
+        logps, lengths = score_in_chunks(self._sums, params, arrays, self.chunk, self.mesh, self.rules, trim=True)
         return logps, lengths
 
     def token_logps(self, params: Any, tokens: np.ndarray, valid: np.ndarray) -> np.ndarray:
