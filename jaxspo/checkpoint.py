@@ -1,4 +1,5 @@
-"""Orbax checkpoints of a phase's whole train state plus its data-iterator position.
+"""Orbax checkpoints of a phase's whole train state plus its data-iterator position, and of bare params
+(:func:`save_params` / :func:`restore_params`: the reference, a stage's policy, the final params).
 
 Layout: ``RUN_DIR/checkpoints/<phase>/<step>/{state,data}``. Orbax writes each step into a temporary
 folder and renames it when complete, so an interrupted save never replaces a good checkpoint. Restore
@@ -15,6 +16,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from flax import nnx
 
 log = logging.getLogger("jaxspo")
 
@@ -71,3 +73,18 @@ class PhaseCheckpoints:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def restore_params(path: Path, target: Any) -> Any:
+    """Reads params saved by :func:`save_params` onto the shardings of ``target`` (an nnx.State)."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(target))
+    with ocp.StandardCheckpointer() as checkpointer:
+        pure = checkpointer.restore(path.resolve(), abstract)
+    nnx.replace_by_pure_dict(target, pure)
+    return target
+
+
+def save_params(params: Any, path: Path) -> None:
+    """Writes the policy parameters with Orbax (a plain nested dict of arrays)."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path.resolve(), nnx.to_pure_dict(params), force=True)

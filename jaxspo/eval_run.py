@@ -29,7 +29,8 @@ def evaluate(cfg: Config, params_dir: str = "", reference_dir: str = "", reward_
     """Metrics of the policy in ``params_dir`` (default: the config's starting point) against the reference in
     ``reference_dir`` (default: the starting point, or ``model.reference_path``); writes ``eval.json`` and
     ``data_report.json`` to ``out_dir`` when given."""
-    from jaxspo.train.loop import Run, restore_params
+    from jaxspo.checkpoint import restore_params
+    from jaxspo.train.loop import Run
 
     cfg = dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, tensorboard=False, wandb=False))
     with tempfile.TemporaryDirectory() as scratch:

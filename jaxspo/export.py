@@ -21,7 +21,7 @@ from jaxspo.sharding import make_mesh
 from jaxspo.peft_export import save_peft
 from jaxspo.train.lora import AdaptedModel, load_base, merged_params, read_base_record
 from jaxspo.train.lora_stages import STAGE_KEY, LoRAStages, restore_stage_adapters
-from jaxspo.train.loop import restore_params
+from jaxspo.checkpoint import restore_params
 from jaxspo.train.state import abstract_model, param_shardings
 
 

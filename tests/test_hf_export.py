@@ -17,7 +17,7 @@ from jaxspo.models import Decoder, ModelConfig
 from jaxspo.models.hf_config import model_config_from_hf
 from jaxspo.models.hf_io import load_params, load_tokenizer, save_hf
 from jaxspo.sharding import DEFAULT_RULES, make_mesh
-from jaxspo.train.loop import save_params
+from jaxspo.checkpoint import save_params
 from jaxspo.train.state import abstract_model, param_shardings
 from tests import hf_tiny
 

@@ -13,6 +13,7 @@ import transformers
 from flax import nnx
 
 from jaxspo import cli
+from jaxspo.checkpoint import save_params
 from jaxspo.compile import compile_step, fit_report
 from jaxspo.config import ConfigError, config_from_dict, dump_yaml, load_config, to_dict
 from jaxspo.errors import BaseChangedError
@@ -198,7 +199,7 @@ def test_merged_and_peft_exports_reproduce_the_adapted_model(arch, tmp_path):
     run.mkdir()
     lora = LoRATraining(cfg, mesh, base, base, base_record(cfg, run, base))
     adapters = randomized(lora.initial, scale=0.2)
-    loop.save_params(adapters, run / "params")
+    save_params(adapters, run / "params")
     write_base_record(lora.record, run)
     dump_yaml(cfg, run / "config.yaml")
     load_tokenizer(source).save_pretrained(str(run / "tokenizer"))

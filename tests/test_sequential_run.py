@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxspo.checkpoint import save_params
 from jaxspo.config import load_config
 from jaxspo.train import loop
 from jaxspo.train.scoring import PairScorer
@@ -35,7 +36,7 @@ def test_offsets_come_from_frozen_logps_cached_by_data_and_weights(tmp_path):
     run = loop.Run(cfg, tmp_path / "run")
     stages = SequentialStages(run)
     pi0 = run.params
-    loop.save_params(pi0, stages.policy_dir(0))
+    save_params(pi0, stages.policy_dir(0))
     pi1 = jax.tree.map(lambda x: x * 1.1, pi0)
     scorer = PairScorer(run.graphdef, run.mesh, cfg.mesh.rules, cfg.trainer.batch_size)
     arrays = stages.train_arrays[1]  # brevity pairs

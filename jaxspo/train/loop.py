@@ -13,11 +13,10 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm import tqdm
 
-from jaxspo.checkpoint import PhaseCheckpoints
+from jaxspo.checkpoint import PhaseCheckpoints, restore_params, save_params
 from jaxspo.compilation_cache import enable_compilation_cache
 from jaxspo.config import Config, dump_yaml, to_dict
 from jaxspo.data.soft_labels import orient_pairs
@@ -407,18 +406,3 @@ def _logged_eval(metrics_path: Path, step: int) -> dict[str, float] | None:
     """The evaluation logged at ``step`` by an earlier (interrupted) process of this run, if any."""
     rows = [r for r in read_metrics(metrics_path) if r["phase"] == "eval" and r["step"] == step] if metrics_path.exists() else []
     return {k: v for k, v in rows[-1].items() if k not in ("phase", "step")} if rows else None
-
-
-def restore_params(path: Path, target: Any) -> Any:
-    """Reads params saved by :func:`save_params` onto the shardings of ``target`` (an nnx.State)."""
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(target))
-    with ocp.StandardCheckpointer() as checkpointer:
-        pure = checkpointer.restore(path.resolve(), abstract)
-    nnx.replace_by_pure_dict(target, pure)
-    return target
-
-
-def save_params(params: Any, path: Path) -> None:
-    """Writes the policy parameters with Orbax (a plain nested dict of arrays)."""
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(path.resolve(), nnx.to_pure_dict(params), force=True)

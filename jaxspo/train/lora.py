@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx, traverse_util
 from jax.sharding import Mesh
 
+from jaxspo.checkpoint import restore_params
 from jaxspo.errors import BaseChangedError
 from jaxspo.models import Decoder, ModelConfig
 from jaxspo.models.hf_config import CheckpointError
@@ -152,8 +153,6 @@ def load_base(record: dict[str, Any], model_cfg: ModelConfig, abstract: nnx.Stat
     if record["kind"] == "hf":
         base = load_params(record["path"], model_cfg, abstract, sharding)
     elif record["kind"] == "orbax":
-        from jaxspo.train.loop import restore_params  # the loop imports this module
-
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sharding)
         base = restore_params(Path(record["path"]), target)
     else:

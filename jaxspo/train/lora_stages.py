@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 
 from jaxspo.models.lora import FrozenLoRAParam
 from jaxspo.train.lora import AdaptedModel, LoRATraining, merged_params, params_sha256
-from jaxspo.train.loop import restore_params
+from jaxspo.checkpoint import restore_params
 from jaxspo.train.state import param_shardings
 
 STAGE_KEY = "stage-{n}"  # RUN_DIR/params of a sequential LoRA run: {"stage-1": adapters, …}

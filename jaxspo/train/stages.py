@@ -48,7 +48,8 @@ from jaxspo.losses.sequential import stage_offset
 from jaxspo.train.evaluate import Evaluator
 from jaxspo.train.lora import LoRATraining, base_record, write_base_record
 from jaxspo.train.lora_stages import LoRAStages
-from jaxspo.train.loop import RunResult, _logged_eval, Phase, Run, restore_params, save_params, write_outputs
+from jaxspo.checkpoint import restore_params, save_params
+from jaxspo.train.loop import RunResult, _logged_eval, Phase, Run, write_outputs
 from jaxspo.train.preemption import PreemptionGuard
 from jaxspo.train.reference_cache import cached_reference_logps
 from jaxspo.train.scoring import PairScorer
