@@ -27,6 +27,7 @@ JAXSPO: dict[str, list[str]] = {
     "jaxspo_packed": PACKED,
     "jaxspo_packed_precomputed": PACKED + ["loss.reference=precomputed"],
     "jaxspo_packed_bf16": PACKED + ["model.dtype=bfloat16"],  # bf16 compute, fp32 master weights (not exact)
+    "jaxspo_packed_bf16_precomputed": PACKED + ["model.dtype=bfloat16", "loss.reference=precomputed"],
     "jaxspo_packed_remat": BUCKETED + ["model.remat=true"],  # rolled layer scan, each layer recomputed: the low-memory exact setting
 }
 
