@@ -3,7 +3,8 @@
 import numpy as np
 
 from jaxspo.sharding import DEFAULT_RULES, make_mesh
-from jaxspo.train.scoring import PairScorer, SequenceScorer, score_in_chunks, trim_widths, used_widths
+from jaxspo.data.bucketing import example_lengths
+from jaxspo.train.scoring import PairScorer, SequenceScorer, score_in_chunks, trim_widths
 from jaxspo.train.state import abstract_model, init_params, param_shardings
 from tests.test_train_step import TINY, random_pairs
 
@@ -11,7 +12,7 @@ from tests.test_train_step import TINY, random_pairs
 def test_used_widths_reach_the_last_valid_slot_and_trim_widths_cover_the_full_width():
     valid = np.array([[1, 1, 0, 0, 0, 0], [1, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0]], bool)  # row 1: a gap, row 2: empty
     other = np.array([[1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]], bool)
-    assert used_widths({"chosen_valid": valid, "rejected_valid": other, "chosen_tokens": np.ones((3, 6))}).tolist() == [3, 4, 0]
+    assert example_lengths({"chosen_valid": valid, "rejected_valid": other, "chosen_tokens": np.ones((3, 6))}).tolist() == [3, 4, 0]
     assert trim_widths(128) == [32, 64, 96, 128] and trim_widths(48) == [16, 24, 40, 48] and trim_widths(5) == [5]
 
 
@@ -21,7 +22,7 @@ def test_trimmed_chunks_give_each_row_its_untrimmed_logps():
     params = init_params(TINY, 0, param_shardings(abstract, mesh, DEFAULT_RULES))
     arrays = random_pairs(21, length=48, seed=3)  # 21 rows: the last chunk of 8 is filled up
     arrays["chosen_valid"][5, :] = True  # one row of the full width (pad tokens past its response)
-    lengths = used_widths(arrays)
+    lengths = example_lengths(arrays)
     assert lengths.max() == 48 and lengths.min() <= 16  # chunks of several widths
     pairs = PairScorer(graphdef, mesh, DEFAULT_RULES, 8)
     fields = {k: arrays[k] for k in ("chosen_tokens", "chosen_valid", "chosen_loss_mask", "rejected_tokens", "rejected_valid", "rejected_loss_mask", "soft_label")}

@@ -16,11 +16,17 @@ import numpy as np
 
 
 def example_lengths(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
-    """``[N]`` tokens of each example: the max over its ``*valid`` arrays of the non-pad count."""
-    valid = [np.asarray(a).sum(axis=1) for name, a in arrays.items() if name.endswith("valid")]
-    if not valid:
+    """``[N]`` columns each example needs: one past its last valid slot over its ``*valid`` arrays (0 if
+    none), so cutting the 2-D arrays to that width keeps every valid token."""
+    needed = [_columns_needed(np.asarray(a, bool)) for name, a in arrays.items() if name.endswith("valid")]
+    if not needed:
         raise ValueError("example_lengths: no '*valid' arrays to measure")
-    return np.max(np.stack(valid), axis=0)
+    return np.max(np.stack(needed), axis=0)
+
+
+def _columns_needed(valid: np.ndarray) -> np.ndarray:
+    """``[N]`` one past the last True of each row of ``valid [N, T]`` (0 for an all-False row)."""
+    return np.where(valid.any(axis=1), valid.shape[1] - np.argmax(valid[:, ::-1], axis=1), 0)
 
 
 def assign_buckets(lengths: np.ndarray, buckets: Sequence[int]) -> np.ndarray:

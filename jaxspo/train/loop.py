@@ -191,7 +191,8 @@ class Phase:
         reference = reference if self.step.reference_sharding is not None else None  # precomputed or none
         start = self._resume()
         self.run.log.truncate(lambda r: self._logged_before(r, start))
-        self.precompile(reference)
+        if start < self.steps:  # a run resumed at its last step takes no step
+            self.precompile(reference)
         bar = tqdm(total=self.steps, initial=start, desc=self.name, disable=not (cfg.logging.progress_bar and is_writer()), dynamic_ncols=True)
         window_start, window_tokens, window_steps = time.perf_counter(), 0.0, 0
         pending: list[tuple[int, dict]] = []

@@ -9,6 +9,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from jaxspo.data.bucketing import example_lengths
 from jaxspo.distributed import to_global, to_host
 from jaxspo.sharding import Rules, activation_sharding, named_sharding
 from jaxspo.train.logprobs import forward_logits, sequence_logps, token_logps
@@ -46,12 +47,12 @@ def score_in_chunks(
     The last chunk is padded with repeated rows (dropped from the outputs), so ``fn`` compiles once per
     width. ``trim`` (for ``fn`` whose outputs are per-row values, exact under right-padding): rows are
     scored shortest first and each chunk's 2-D arrays are cut to the first of :func:`trim_widths` that
-    holds its longest row (:func:`used_widths`), so padding is not computed; outputs come
+    holds its longest row (:func:`jaxspo.data.bucketing.example_lengths`), so padding is not computed; outputs come
     back in the rows' order.
     """
     n = len(next(iter(arrays.values())))
     full = max((v.shape[1] for v in arrays.values() if v.ndim == 2), default=0)
-    lengths = used_widths(arrays) if trim else np.full(n, full)
+    lengths = example_lengths(arrays) if trim else np.full(n, full)
     order = np.argsort(lengths, kind="stable") if trim else np.arange(n)
     order = np.concatenate([order, order[: (-n) % chunk]])  # [n + extra]: the last chunk filled up
     widths = trim_widths(full) if trim else [full]
@@ -67,13 +68,6 @@ def score_in_chunks(
         out[order[:n]] = np.concatenate(column)[:n]
         outputs.append(out)
     return tuple(outputs)
-
-
-def used_widths(arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """``[N]`` columns each row needs: one past its last valid slot over the ``*valid`` arrays (0 if none)."""
-    valid = np.stack([np.asarray(a, bool) for name, a in arrays.items() if name.endswith("valid")])  # [F, N, T]
-    last = valid.shape[2] - np.argmax(valid[:, :, ::-1], axis=2)  # [F, N]
-    return np.where(valid.any(axis=2), last, 0).max(axis=0)
 
 
 def trim_widths(full: int) -> list[int]:
