@@ -65,8 +65,8 @@ def run_one(python: Path, name: str, spec: dict[str, Any], fixture: Path, order:
     """One configuration in a fresh process; its JSON result, or {"error": ...} with the stderr tail."""
     command = [str(python), str(HERE / "peers" / RUNNERS[spec["system"]]), "--fixture", str(fixture), "--order", str(order),
                "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-               "--beta", str(args.beta), "--lr", str(args.lr), "--config", name, *spec.get("overrides", [])]
-    env = {**os.environ, **RUN_ENV, "BENCH_T0": repr(time.time())}
+               "--beta", str(args.beta), "--lr", str(args.lr), "--config", spec.get("runner_config", name), *spec.get("overrides", [])]
+    env = {**os.environ, **RUN_ENV, **spec.get("env", {}), "BENCH_T0": repr(time.time())}
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=HERE.parent)
     if done.returncode != 0:
         return {"error": f"exit {done.returncode}: " + done.stderr[-2000:]}
@@ -116,7 +116,7 @@ def report(
                 continue
             per_run = [stats.run_summary(r, model, args.steady_from) for r in good]
             summaries[name] = stats.config_summary(per_run, peak["best"], table[name]["precision"])
-            summaries[name] |= {"system": table[name]["system"]} | ({"overrides": table[name]["overrides"]} if "overrides" in table[name] else {})
+            summaries[name] |= {"system": table[name]["system"]} | {k: table[name][k] for k in ("overrides", "env") if k in table[name]}
             losses[name] = [s["loss"] for s in good[0]["steps"]]
             orders[name] = good[0].get("same_order", True)
         agreement = stats.loss_agreement({n: v for n, v in losses.items() if orders[n]}, config_table.LOSS_BASELINE)

@@ -13,6 +13,7 @@ from pathlib import Path
 from jaxspo import launch
 from jaxspo.config import ConfigError, load_config
 from jaxspo.errors import PREEMPTED_EXIT_CODE, BaseChangedError, DataError, DistributedError, NonFiniteError, Preempted
+from jaxspo.host_memory import hold_freed_memory
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -21,6 +22,7 @@ def _train(args: argparse.Namespace) -> int:
     from jaxspo.train.loop import train
     from jaxspo.train.summary import summary_table
 
+    hold_freed_memory(cfg.trainer.host_heap)  # before XLA's CPU client starts its threads
     distributed.initialize()  # joins the multi-process run the environment describes, before any device use
     result = train(cfg, config_name=Path(args.config).stem)
     if distributed.is_writer():
@@ -46,6 +48,7 @@ def _export(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from jaxspo.score import score_file
 
+    hold_freed_memory()
     try:
         summary = score_file(args.model_dir, args.data, args.out, max_length=args.max_length, batch_size=args.batch_size, dtype=args.dtype)
     except ValueError as err:  # a CheckpointError, or a malformed file or row (named in the message)
@@ -108,6 +111,7 @@ def _eval(args: argparse.Namespace) -> int:
     cfg = load_config(config, args.overrides)
     from jaxspo import distributed
 
+    hold_freed_memory(cfg.trainer.host_heap)
     distributed.initialize()
     metrics = evaluate(cfg, args.params or params, args.reference or reference, args.reward_model, args.out)
     if distributed.is_writer():

@@ -21,6 +21,7 @@ import yaml
 from jaxspo.data.layout import LAYOUTS
 from jaxspo.data.sources import SourceConfig
 from jaxspo.data.synthetic import GOLD_DIMENSIONS, SyntheticTaskConfig
+from jaxspo.host_memory import HOST_HEAP_MODES
 from jaxspo.losses.soft_spo import SoftSpoConfig
 from jaxspo.losses.selfsup import SelfsupConfig
 from jaxspo.models.decoder import ModelConfig
@@ -119,6 +120,7 @@ class TrainerConfig:
     on_nonfinite: str = "stop"  # non-finite loss/gradient: "stop" the run or "skip" the update
     precompile: bool = True  # compile the step for every bucket width before step 1 (README: Speed)
     compilation_cache_dir: str = ""  # JAX's persistent compilation cache, e.g. ~/.cache/jaxspo/xla ("" = off; README: Speed)
+    host_heap: str = "auto"  # glibc keeps freed memory mapped between XLA:CPU steps: "hold", "system" or "auto" (= hold on CPU-only JAX)
 
 
 @dataclasses.dataclass
@@ -375,6 +377,7 @@ def validate(cfg: Config) -> None:
         (cfg.data.task == "synthetic", f"data.task: unknown task '{cfg.data.task}'; available: synthetic"),
         (cfg.data.max_prompt_length < cfg.data.max_length, "data.max_prompt_length must be below data.max_length"),
         (cfg.logging.log_every > 0, "logging.log_every must be positive"),
+        (cfg.trainer.host_heap in HOST_HEAP_MODES, f"trainer.host_heap must be one of {', '.join(HOST_HEAP_MODES)}, got '{cfg.trainer.host_heap}'"),
         (cfg.trainer.on_nonfinite in ("stop", "skip"), f"trainer.on_nonfinite must be 'stop' or 'skip', got '{cfg.trainer.on_nonfinite}'"),
         (cfg.data.on_bad_row in ("error", "skip"), f"data.on_bad_row must be 'error' or 'skip', got '{cfg.data.on_bad_row}'"),
         (cfg.data.workers >= 0, f"data.workers must be >= 0, got {cfg.data.workers}"),

@@ -1,8 +1,9 @@
 """The configurations the harness runs: the issue's peer table and jaxspo's own.
 
 Each entry: ``system`` (runner and venv), ``precision`` (which measured matmul peak its FLOP rate is
-compared with), and for jaxspo the config overrides passed to ``jaxspo.config.load_config`` after the
-benchmark's own. More jaxspo override sets come from the command line
+compared with), optionally ``runner_config`` (the runner's configuration, default the entry's name) and
+``env`` (set on top of the harness's allocator settings), and for jaxspo the config overrides passed to
+``jaxspo.config.load_config`` after the benchmark's own. More jaxspo override sets come from the command line
 (``--jaxspo NAME:key=value,key=value``).
 """
 
@@ -10,8 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
+# glibc set as jaxspo's trainer.host_heap=hold sets it (jaxspo/host_memory.py), for a peer by its environment
+HELD_HEAP_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
+
 PEERS: dict[str, dict[str, Any]] = {
     "trl_fp32": {"system": "trl", "precision": "float32"},  # reference forward each step, dynamic padding
+    "trl_fp32_held_heap": {"system": "trl", "precision": "float32", "runner_config": "trl_fp32", "env": HELD_HEAP_ENV},
     "trl_fp32_precomputed": {"system": "trl", "precision": "float32"},  # precompute_ref_log_probs
     "trl_defaults": {"system": "trl", "precision": "bfloat16"},  # bf16 autocast + gradient checkpointing
     "tunix_fp32": {"system": "tunix", "precision": "float32"},  # pads prompt to 64 + response to 64

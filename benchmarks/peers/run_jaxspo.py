@@ -46,12 +46,14 @@ def main() -> None:
     import jax
 
     from jaxspo.config import load_config
+    from jaxspo.host_memory import hold_freed_memory
     from jaxspo.train import loop
 
     order = read_order(args.order, args.steps, args.batch_size)
     with tempfile.TemporaryDirectory(prefix="bench-jaxspo-") as tmp:
         work = Path(tmp)
         cfg = load_config(None, base_overrides(args, work) + list(args.overrides))
+        hold_freed_memory(cfg.trainer.host_heap)  # as ``jaxspo train`` does, before the first device use
         (work / "run").mkdir()
         run = loop.Run(cfg, work / "run")
         cfg = run.cfg
