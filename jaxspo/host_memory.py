@@ -7,12 +7,12 @@ Two glibc behaviours cost a CPU run time or memory:
   ``free``, so every step faults the whole buffer back in: 440,000 page faults and 1.0 s of kernel
   time in a 2.1 s step. :func:`hold_freed_memory` (one arena, no ``mmap``, no automatic trim) keeps
   freed memory mapped for the next step: 0.04 s of kernel time. Programs of several batch widths
-  need temporaries of several sizes; without care each width's first run extends the heap and keeps
-  its own region (medium, widths 96 and 128: peak RSS 2,257 MiB instead of 1,650).
-  :func:`reserve_heap`, called with the largest size once every program is compiled, grows the heap
-  for it first, and every width then reuses that region (1,667 MiB).
+  need temporaries of several sizes, and each width's would keep its own region (medium, widths 96
+  and 128: peak RSS 2,260 MiB instead of 1,650), so the loop trims the heap when the width changes
+  (1,659 MiB); only those steps fault their temporaries in again.
 - XLA's compiler frees hundreds of MiB of scratch per program, which glibc keeps in its RSS.
-  :func:`release_freed_memory` (``malloc_trim(0)``) returns it; the loop calls it after each compile.
+  :func:`release_freed_memory` (``malloc_trim(0)``) returns it; the loop calls it after each compile,
+  evaluation and checkpoint save.
 """
 
 from __future__ import annotations
@@ -52,14 +52,9 @@ def release_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
-def reserve_heap(nbytes: int) -> None:
-    """With a held heap: grows it by ``nbytes`` (allocated and freed at once, so never touched and
-    not resident) for temporaries of up to that size to reuse; otherwise does nothing."""
-    libc = _libc()
-    if _held and nbytes > 0 and libc is not None:
-        libc.malloc.restype = ctypes.c_void_p
-        libc.free.argtypes = [ctypes.c_void_p]
-        libc.free(libc.malloc(ctypes.c_size_t(nbytes)))
+def heap_is_held() -> bool:
+    """Whether :func:`hold_freed_memory` set this process's heap to keep freed memory."""
+    return _held
 
 
 def cpu_only(platforms: str) -> bool:

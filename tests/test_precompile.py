@@ -48,3 +48,21 @@ def test_a_bucketed_phase_compiles_each_width_once_before_step_1(tmp_path, caplo
         assert taken == set(phase.batches.widths)
         assert len(compiled()) == len(phase.batches.widths)  # the steps found every program compiled
     run.log.close()
+
+
+def test_a_held_heap_is_trimmed_exactly_when_the_batch_width_changes(tmp_path, monkeypatch):
+    """trainer.host_heap=hold keeps each program's freed temporaries mapped; a new width trims them first."""
+    trims = []
+    monkeypatch.setattr(loop, "heap_is_held", lambda: True)
+    monkeypatch.setattr(loop, "release_freed_memory", lambda: trims.append(phase.batches.step))
+    cfg = load_config("configs/demo.yaml", TINY + [f"run_dir={tmp_path}"])
+    (tmp_path / "run").mkdir()
+    run = loop.Run(cfg, tmp_path / "run")
+    phase = loop.Phase(run, "preference", cfg.trainer.steps, 1e-3, cfg.trainer.batch_size, run.encoded("train"))
+    widths = []
+    for i in range(1, phase.batches.batches_per_epoch + 1):
+        _, local = phase.take_step(i, run.params)
+        widths.append(local["packed_tokens"].shape[1])
+    changes = [i + 1 for i in range(1, len(widths)) if widths[i] != widths[i - 1]]  # pipeline steps taken when trimming
+    assert changes and trims == changes, (widths, trims)
+    run.log.close()

@@ -21,6 +21,7 @@ PEERS: dict[str, dict[str, Any]] = {
     "trl_defaults": {"system": "trl", "precision": "bfloat16"},  # bf16 autocast + gradient checkpointing
     "tunix_fp32": {"system": "tunix", "precision": "float32"},  # pads prompt to 64 + response to 64
     "tunix_bf16": {"system": "tunix", "precision": "bfloat16"},  # bf16 weights
+    "tunix_fp32_held_heap": {"system": "tunix", "precision": "float32", "runner_config": "tunix_fp32", "env": HELD_HEAP_ENV},
 }
 
 BUCKETED = ["data.layout=packed", "data.buckets=[64,96,128,160,192]"]  # prompt once per pair, packed-width buckets (README: Speed)

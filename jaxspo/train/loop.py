@@ -30,6 +30,7 @@ from jaxspo.data.formats import prompts_of
 from jaxspo.data.sources import load_splits
 from jaxspo.data.synthetic import build_synthetic_task
 from jaxspo.distributed import barrier, broadcast_text, from_process_rows, is_writer
+from jaxspo.host_memory import heap_is_held, release_freed_memory
 from jaxspo.models import ModelConfig
 from jaxspo.models.hf_config import check_same_architecture, model_config_from_hf
 from jaxspo.models.hf_io import load_params, load_tokenizer, save_hf
@@ -110,6 +111,7 @@ class Phase:
         self.batches = make_batches(fields, batch_size, cfg.trainer.seed, cfg.data.buckets, self.step.batch_sharding, cfg.data.workers, cfg.data.prefetch)
         self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / self.name, cfg.checkpoint)
         self.skipped = 0  # steps whose update was dropped as non-finite
+        self._last_shapes: dict | None = None  # the previous batch's field shapes (a held heap is trimmed when they change)
         self.kl_sampler = None  # soft_spo's global KL regulariser: on-policy samples drawn before each step
         if phase == "preference" and kl_active(cfg.loss):
             prompts = regularisation_prompts(cfg.loss.soft_spo.kl_prompt_source, run.splits.rows)
@@ -156,6 +158,11 @@ class Phase:
         """Step ``i`` (1-based) on the next batch, dispatched without waiting; returns its metrics (device
         arrays) and this process's rows of the batch. ``reference``: as the step takes it (None unless resident)."""
         local = next(self.batches)
+        shapes = {k: v.shape for k, v in local.items()}
+        if heap_is_held() and self._last_shapes not in (None, shapes):  # another width: another program's temporaries
+            jax.block_until_ready(self.state)  # the previous step is done and its temporaries are free ...
+            release_freed_memory()  # ... and not kept beside this program's (README: Speed, trainer.host_heap)
+        self._last_shapes = shapes
         batch = from_process_rows(local, {k: self.step.batch_sharding[k] for k in local}, self.batches.batch_size)
         if self.kl_sampler is not None:
             batch |= self.kl_sampler(i, self.sampling_params(self.state.params))
@@ -221,6 +228,7 @@ class Phase:
             if save_now:
                 base = {"base": self.base_record} if self.base_record else {}
                 self.checkpoints.save(i, self.state, {"batches": self.batches.state(), "skipped": self.skipped} | base)
+                release_freed_memory()  # e.g. the previous save's host copies (kept mapped under trainer.host_heap)
             if guard.requested:
                 self.checkpoints.wait()
                 bar.close()
@@ -370,6 +378,7 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
         def periodic_eval(step: int, params: Any) -> None:
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < cfg.trainer.steps:
                 run.log.log("eval", step, evaluator(*evaluated(params), eval_key))
+                release_freed_memory()  # the evaluator's temporaries (kept mapped under trainer.host_heap)
 
         train_arrays = run.with_precomputed_reference(train_arrays, reference)
         preference = Phase(run, "preference", cfg.trainer.steps, cfg.optimizer.learning_rate, cfg.trainer.batch_size, train_arrays, lora)

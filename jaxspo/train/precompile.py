@@ -5,8 +5,6 @@ then stalls that step for seconds, and on an accelerator a width that does not f
 mid-run. Compiling every width up front moves that work before the first step. The jitted step then
 finds each program in JAX's in-memory compilation cache, so the loop calls it as before. (One at a time:
 on 2 CPU cores, compiling the programs in parallel threads was slower and raised peak RSS by ~400 MiB.)
-With a held host heap (``trainer.host_heap``) the heap is then reserved for the largest program's
-temporaries, so every width's temporaries reuse one region instead of each keeping its own.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ from typing import Any
 
 import jax
 
-from jaxspo.host_memory import release_freed_memory, reserve_heap
+from jaxspo.host_memory import release_freed_memory
 from jaxspo.train.step import TrainStep
 
 # field → (global shape, dtype) of one batch the step will see
@@ -27,17 +25,9 @@ BatchLayout = Mapping[str, tuple[tuple[int, ...], Any]]
 def precompile(step: TrainStep, state: Any, frozen: Any, layouts: Sequence[BatchLayout]) -> float:
     """Lowers and compiles ``step`` for each batch layout (state and ``frozen`` as the loop passes
     them); returns the seconds it took."""
-    start, temporaries = time.perf_counter(), 0
+    start = time.perf_counter()
     for layout in layouts:
         batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=step.batch_sharding[name]) for name, (shape, dtype) in layout.items()}
-        compiled = step.fn.lower(state, frozen, batch).compile()
-        temporaries = max(temporaries, _temporary_bytes(compiled))
+        step.fn.lower(state, frozen, batch).compile()
         release_freed_memory()  # the compiler's scratch, before the next program's
-    reserve_heap(temporaries)
     return time.perf_counter() - start
-
-
-def _temporary_bytes(compiled: jax.stages.Compiled) -> int:
-    """Bytes of scratch the program allocates per run (0 where the backend does not say)."""
-    analysis = compiled.memory_analysis()
-    return int(getattr(analysis, "temp_size_in_bytes", 0) or 0) if analysis is not None else 0
