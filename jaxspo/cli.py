@@ -48,7 +48,6 @@ def _export(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from jaxspo.score import score_file
 
-    hold_freed_memory()
     try:
         summary = score_file(args.model_dir, args.data, args.out, max_length=args.max_length, batch_size=args.batch_size, dtype=args.dtype)
     except ValueError as err:  # a CheckpointError, or a malformed file or row (named in the message)

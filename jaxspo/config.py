@@ -120,7 +120,7 @@ class TrainerConfig:
     on_nonfinite: str = "stop"  # non-finite loss/gradient: "stop" the run or "skip" the update
     precompile: bool = True  # compile the step for every bucket width before step 1 (README: Speed)
     compilation_cache_dir: str = ""  # JAX's persistent compilation cache, e.g. ~/.cache/jaxspo/xla ("" = off; README: Speed)
-    host_heap: str = "auto"  # glibc keeps freed memory mapped between XLA:CPU steps: "hold", "system" or "auto" (= hold on CPU-only JAX)
+    host_heap: str = "system"  # "hold": glibc keeps freed memory mapped between XLA:CPU steps (faster on CPU, more RSS; README: Speed)
 
 
 @dataclasses.dataclass

@@ -9,7 +9,11 @@ Two glibc behaviours cost a CPU run time or memory:
   freed memory mapped for the next step: 0.04 s of kernel time. Programs of several batch widths
   need temporaries of several sizes, and each width's would keep its own region (medium, widths 96
   and 128: peak RSS 2,260 MiB instead of 1,650), so the loop trims the heap when the width changes
-  (1,659 MiB); only those steps fault their temporaries in again.
+  (1,659 MiB); only those steps fault their temporaries in again. The catch, and why holding is
+  opt-in (``trainer.host_heap: hold``): XLA:CPU allocates a run's temporaries when the run is
+  enqueued, so when the next step is enqueued before the previous one has freed its own, the two
+  take turns in two regions, both resident: peak RSS up to one more step's temporaries (medium
+  padded step: 3,570 MiB instead of 2,330 in some runs, not in others).
 - XLA's compiler frees hundreds of MiB of scratch per program, which glibc keeps in its RSS.
   :func:`release_freed_memory` (``malloc_trim(0)``) returns it; the loop calls it after each compile,
   evaluation and checkpoint save.
@@ -21,7 +25,6 @@ import ctypes
 import ctypes.util
 import functools
 import logging
-import os
 
 log = logging.getLogger("jaxspo")
 
@@ -30,7 +33,7 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 INT_MAX = 2**31 - 1
-HOST_HEAP_MODES = ("auto", "hold", "system")
+HOST_HEAP_MODES = ("system", "hold")
 _held = False  # whether hold_freed_memory set the heap up
 
 
@@ -57,29 +60,16 @@ def heap_is_held() -> bool:
     return _held
 
 
-def cpu_only(platforms: str) -> bool:
-    """Whether a ``JAX_PLATFORMS`` value (comma list) restricts JAX to its CPU backend."""
-    return [p.strip() for p in platforms.split(",") if p.strip()] == ["cpu"]
-
-
-def hold_freed_memory(mode: str = "auto") -> bool:
-    """Sets glibc to keep freed heap memory mapped; True if it did.
-
-    ``mode``: "hold" always; "system" never; "auto" when JAX runs on its CPU backend only, where
-    the step's temporaries are host memory (on TPU/GPU hosts they are device memory, and the host
-    heap keeps glibc's defaults). Call it before JAX starts its CPU client (before the first device
-    use): threads that already own an arena keep mapping large blocks afresh.
+def hold_freed_memory(mode: str) -> bool:
+    """With ``mode`` "hold": sets glibc to keep freed heap memory mapped and returns True ("system":
+    glibc's defaults, False). Call it before JAX starts its CPU client (before the first device use):
+    threads that already own an arena keep mapping large blocks afresh. Does nothing without glibc.
     """
     if mode not in HOST_HEAP_MODES:
         raise ValueError(f"host heap mode must be one of {', '.join(HOST_HEAP_MODES)}, got '{mode}'")
     libc = _libc()
     if mode == "system" or libc is None:
         return False
-    if mode == "auto":
-        import jax
-
-        if not cpu_only(jax.config.jax_platforms or os.environ.get("JAX_PLATFORMS", "")):
-            return False
     global _held
     for param, value in ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, INT_MAX)):
         if libc.mallopt(param, value) != 1:

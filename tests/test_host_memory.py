@@ -8,13 +8,13 @@ import sys
 import pytest
 
 from jaxspo.config import ConfigError, load_config
-from jaxspo.host_memory import cpu_only, hold_freed_memory
+from jaxspo.host_memory import hold_freed_memory
 
 # In a fresh process (the heap setting is process-wide and must precede JAX's CPU client): a jitted
 # function whose 64 MiB product is a temporary, run three times; page faults of the last run.
 PROBE = """
 import json, resource, sys
-from jaxspo.host_memory import cpu_only, hold_freed_memory
+from jaxspo.host_memory import hold_freed_memory
 held = hold_freed_memory(sys.argv[1])
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x: (x @ x.T).sum(axis=0))
@@ -36,21 +36,15 @@ def probe(mode: str) -> dict:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's; elsewhere hold_freed_memory does nothing")
 def test_held_heap_stops_refaulting_the_temporary_buffer():
-    system, held = probe("system"), probe("auto")
+    system, held = probe("system"), probe("hold")
     assert (system["held"], held["held"]) == (False, True)
     buffer_pages = 4096 * 4096 * 4 // 4096
     assert system["faults"] > buffer_pages // 2  # glibc unmapped the 64 MiB temporary and faulted it back in
     assert held["faults"] < buffer_pages // 10  # kept mapped: no page of it faulted again
 
 
-def test_auto_holds_only_when_jax_is_cpu_only():
-    assert cpu_only("cpu") and cpu_only(" cpu,")
-    assert not cpu_only("") and not cpu_only("tpu,cpu") and not cpu_only("cuda")
-    assert hold_freed_memory("system") is False
-
-
 def test_bad_mode_is_named():
-    with pytest.raises(ValueError, match="host heap mode must be one of auto, hold, system, got 'keep'"):
+    with pytest.raises(ValueError, match="host heap mode must be one of system, hold, got 'keep'"):
         hold_freed_memory("keep")
-    with pytest.raises(ConfigError, match="trainer.host_heap must be one of auto, hold, system, got 'keep'"):
+    with pytest.raises(ConfigError, match="trainer.host_heap must be one of system, hold, got 'keep'"):
         load_config(None, ["trainer.host_heap=keep"])

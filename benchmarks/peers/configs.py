@@ -31,6 +31,7 @@ JAXSPO: dict[str, list[str]] = {
     "jaxspo_resident": [],  # padded rows, the reference forward inside each step
     "jaxspo_precomputed": ["loss.reference=precomputed"],  # one scoring pass before step 1
     "jaxspo_packed": PACKED,
+    "jaxspo_packed_held": PACKED + ["trainer.host_heap=hold"],  # glibc keeps freed memory mapped (faster here, more RSS)
     "jaxspo_packed_precomputed": PACKED + ["loss.reference=precomputed"],
     "jaxspo_packed_bf16": PACKED + ["model.dtype=bfloat16"],  # bf16 compute, fp32 master weights (not exact)
     "jaxspo_packed_bf16_precomputed": PACKED + ["model.dtype=bfloat16", "loss.reference=precomputed"],
