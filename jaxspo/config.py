@@ -46,6 +46,7 @@ class DataConfig:
     max_length: int = 32  # tokens per prompt+response row (right-padded, static shape)
     max_prompt_length: int = 16  # prompts keep their last this-many tokens; also the sampling prompt width
     buckets: list[int] = dataclasses.field(default_factory=list)  # padded lengths (ascending, ≤ max_length); [] = max_length only
+    auto_buckets: int = 0  # > 0: pick ≤ this many bucket widths from the data's lengths (jaxspo/data/bucketing.py); needs buckets: []
     on_bad_row: str = "error"  # a malformed data row: "error" (stop, naming it) or "skip" (count it)
     workers: int = 1  # grain reader threads of the training batch pipeline (0 = read in the training thread)
     prefetch: int = 2  # batches grain reads ahead (0 = none)
@@ -407,6 +408,11 @@ def validate(cfg: Config) -> None:
     if any(b < 2 for b in buckets) or buckets != sorted(set(buckets)) or (buckets and buckets[-1] > longest):
         what = "2·data.max_length" if cfg.data.layout == "packed" else "data.max_length"
         raise ConfigError(f"data.buckets must be ascending distinct lengths in [2, {what}={longest}], got {buckets}")
+    auto = cfg.data.auto_buckets
+    if auto < 0:
+        raise ConfigError(f"data.auto_buckets must be ≥ 0 (0 = off), got {auto}")
+    if auto and buckets:
+        raise ConfigError(f"data.auto_buckets={auto} picks the bucket widths itself; set data.buckets=[] (got {buckets}) or data.auto_buckets=0")
     _validate_layout(cfg)
     for section in (model_to_check, cfg.data.synthetic, cfg.data.source, cfg.lora):
         try:

@@ -2,7 +2,8 @@
 each JAX process reads only its own rows.
 
 **Global plan** (the same on every process; row indices only, no row data). Each row belongs to the
-smallest length bucket that holds it (:mod:`jaxspo.data.bucketing`; no ``buckets``: one bucket). In
+smallest length bucket that holds it (:mod:`jaxspo.data.bucketing`; no ``buckets``: one bucket; a
+bucket with fewer rows than a batch passes them up, :func:`~jaxspo.data.bucketing.fill_underfull`). In
 epoch ``e`` bucket ``b`` visits its ``n_b`` rows in grain's permutation for that epoch
 (``grain.MapDataset.source(rows of b).shuffle(s_b)``, indexed at ``e·n_b + j``: grain's index shuffle
 seeded with ``s_b + e``) and is cut into ``n_b // batch_size`` full batches (the last ``n_b % batch_size``
@@ -34,7 +35,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from jaxspo.data.bucketing import assign_buckets, example_lengths
+from jaxspo.data.bucketing import assign_buckets, example_lengths, fill_underfull
 
 Shard = slice | np.ndarray  # positions within a global batch
 
@@ -90,8 +91,11 @@ class BatchPipeline:
         self.shard = np.arange(batch_size)[shard]  # validates the shard; [local rows] positions
         width = max((a.shape[1] for a in self._arrays.values() if np.ndim(a) == 2), default=0)  # max_length: the last bucket
         self.buckets = [int(b) for b in buckets if b < width] + [width]
-        one = len(self.buckets) == 1
-        self.bucket_of = np.zeros(self.num_examples, np.int64) if one else assign_buckets(example_lengths(self._arrays), self.buckets)  # [N]
+        self._lengths = None if len(self.buckets) == 1 else example_lengths(self._arrays)  # [N] columns each row needs
+        if self._lengths is None:
+            self.bucket_of = np.zeros(self.num_examples, np.int64)  # [N]
+        else:  # no bucket too small to draw
+            self.bucket_of = fill_underfull(assign_buckets(self._lengths, self.buckets), self._lengths, batch_size)
         counts = np.bincount(self.bucket_of, minlength=len(self.buckets))
         self.batches_per_epoch = int((counts // batch_size).sum())
         if self.batches_per_epoch == 0:
@@ -118,6 +122,14 @@ class BatchPipeline:
     def widths(self) -> list[int]:
         """The 2-D columns' widths its batches come in: each bucket that fills at least one batch."""
         return sorted({self.buckets[bucket] for bucket, _ in self._slots})
+
+    def token_fraction(self, one_width: bool = False) -> float:
+        """Share of the slots its batches compute that hold tokens, over the dataset (``one_width``: were
+        every batch cut at the widest bucket)."""
+        if self._lengths is None:
+            self._lengths = example_lengths(self._arrays)
+        widths = np.asarray(self.buckets)[np.full_like(self.bucket_of, len(self.buckets) - 1) if one_width else self.bucket_of]
+        return float(self._lengths.sum() / widths.sum())
 
     def example(self, width: int) -> dict[str, np.ndarray]:
         """This process's rows of the first full batch of bucket ``width`` (shapes and dtypes as

@@ -24,6 +24,7 @@ from jaxspo.losses import soft_label_losses
 from jaxspo.data.screen import DataReport, encode_screened, write_reports
 from jaxspo.data.encode import encode_preference_rows, encode_prompts, encode_sft_rows
 from jaxspo.data.pipeline import make_batches
+from jaxspo.data.bucketing import bucket_widths
 from jaxspo.data.row_store import spill
 from jaxspo.data.layout import layout_arrays
 from jaxspo.data.formats import prompts_of
@@ -108,7 +109,11 @@ class Phase:
         layout = cfg.data.layout if phase == "preference" else "padded"  # SFT rows are single sequences
         arrays = layout_arrays(arrays, cfg.data) if layout == "packed" else arrays
         fields = {k: arrays[k] for k in batch_fields(phase, cfg.loss, layout)}  # this process reads only its devices' rows of each batch
-        self.batches = make_batches(fields, batch_size, cfg.trainer.seed, cfg.data.buckets, self.step.batch_sharding, cfg.data.workers, cfg.data.prefetch)
+        buckets = bucket_widths(fields, cfg.data.buckets, cfg.data.auto_buckets, batch_size)
+        self.batches = make_batches(fields, batch_size, cfg.trainer.seed, buckets, self.step.batch_sharding, cfg.data.workers, cfg.data.prefetch)
+        if cfg.data.auto_buckets:
+            log.info("data.auto_buckets=%d: %s batches at widths %s; %.1f%% of the slots they compute hold tokens (%.1f%% at one width)",
+                     cfg.data.auto_buckets, self.name, self.batches.widths, 100 * self.batches.token_fraction(), 100 * self.batches.token_fraction(one_width=True))
         self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / self.name, cfg.checkpoint)
         self.skipped = 0  # steps whose update was dropped as non-finite
         self._last_shapes: dict | None = None  # the previous batch's field shapes (a held heap is trimmed when they change)
