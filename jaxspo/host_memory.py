@@ -33,6 +33,8 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 INT_MAX = 2**31 - 1
+# a held heap: one arena, no mmap'd blocks, no automatic trim — (mallopt parameter, glibc environment variable, value)
+HELD_SETTINGS = ((M_ARENA_MAX, "MALLOC_ARENA_MAX", 1), (M_MMAP_MAX, "MALLOC_MMAP_MAX_", 0), (M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", INT_MAX))
 HOST_HEAP_MODES = ("system", "hold")
 _held = False  # whether hold_freed_memory set the heap up
 
@@ -71,9 +73,14 @@ def hold_freed_memory(mode: str) -> bool:
     if mode == "system" or libc is None:
         return False
     global _held
-    for param, value in ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, INT_MAX)):
+    for param, _, value in HELD_SETTINGS:
         if libc.mallopt(param, value) != 1:
             log.warning("mallopt(%d, %d) failed: the host heap keeps glibc's defaults", param, value)
             return False
     _held = True
     return True
+
+
+def held_heap_environment() -> dict[str, str]:
+    """:data:`HELD_SETTINGS` as glibc environment variables: the same heap for another process from its start."""
+    return {name: str(value) for _, name, value in HELD_SETTINGS}

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-# glibc set as jaxspo's trainer.host_heap=hold sets it (jaxspo/host_memory.py), for a peer by its environment
-HELD_HEAP_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
+from jaxspo.host_memory import held_heap_environment
+
+HELD_HEAP_ENV = held_heap_environment()  # glibc as jaxspo's trainer.host_heap=hold sets it, for a peer by its environment
 
 PEERS: dict[str, dict[str, Any]] = {
     "trl_fp32": {"system": "trl", "precision": "float32"},  # reference forward each step, dynamic padding

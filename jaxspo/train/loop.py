@@ -163,11 +163,12 @@ class Phase:
         """Step ``i`` (1-based) on the next batch, dispatched without waiting; returns its metrics (device
         arrays) and this process's rows of the batch. ``reference``: as the step takes it (None unless resident)."""
         local = next(self.batches)
-        shapes = {k: v.shape for k, v in local.items()}
-        if heap_is_held() and self._last_shapes not in (None, shapes):  # another width: another program's temporaries
-            jax.block_until_ready(self.state)  # the previous step is done and its temporaries are free ...
-            release_freed_memory()  # ... and not kept beside this program's (README: Speed, trainer.host_heap)
-        self._last_shapes = shapes
+        if heap_is_held():
+            shapes = {k: v.shape for k, v in local.items()}
+            if self._last_shapes not in (None, shapes):  # another width: another program's temporaries
+                jax.block_until_ready(self.state)  # the previous step is done and its temporaries are free ...
+                release_freed_memory()  # ... and not kept beside this program's (README: Speed, trainer.host_heap)
+            self._last_shapes = shapes
         batch = from_process_rows(local, {k: self.step.batch_sharding[k] for k in local}, self.batches.batch_size)
         if self.kl_sampler is not None:
             batch |= self.kl_sampler(i, self.sampling_params(self.state.params))
