@@ -25,6 +25,10 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import time
+from typing import Any
+
+import jax
 
 log = logging.getLogger("jaxspo")
 
@@ -48,6 +52,22 @@ def _libc() -> ctypes.CDLL | None:
         return libc if libc is not None and hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
     except OSError:
         return None
+
+
+class _MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (≥ 2.33): every field a ``size_t``."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def heap_bytes_in_use() -> int | None:
+    """Bytes the heap has handed out and not had back (glibc ``mallinfo2().uordblks``; with a held heap,
+    every thread's); None without glibc ≥ 2.33."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    libc.mallinfo2.restype = _MallInfo2
+    return int(libc.mallinfo2().uordblks)
 
 
 def release_freed_memory() -> None:
@@ -84,3 +104,40 @@ def hold_freed_memory(mode: str) -> bool:
 def held_heap_environment() -> dict[str, str]:
     """:data:`HELD_SETTINGS` as glibc environment variables: the same heap for another process from its start."""
     return {name: str(value) for _, name, value in HELD_SETTINGS}
+
+
+class StepPacer:
+    """Under a held heap, lets a step start only once the previous one has finished and freed its
+    temporaries; does nothing otherwise (:func:`heap_is_held`).
+
+    XLA:CPU allocates a run's temporaries when the run is dispatched. A loop that dispatches step
+    i + 1 while step i runs therefore holds both steps' temporaries at once; with glibc's defaults the
+    new ones are fresh ``mmap`` pages that only become resident as step i + 1 runs, but a held heap
+    serves them from pages step i - 1 already touched, so both sets stay resident (medium bench step:
+    peak RSS 3,014 MiB instead of 1,956). Before each dispatch :meth:`before_step` waits for the previous
+    step's outputs, then until the heap's bytes in use are back within ``slack`` bytes of their level
+    before that step was dispatched (the temporaries are freed just after the outputs are ready), for
+    at most ``timeout`` seconds. A batch larger than any before (another bucket width) first trims the
+    heap: the program's larger temporaries then reuse the freed pages instead of a new region.
+    """
+
+    def __init__(self, slack: int = 16 << 20, timeout: float = 0.2):
+        self.slack, self.timeout = slack, timeout
+        self._idle: int | None = None  # bytes in use just before the previous dispatch
+        self._largest = 0  # the most elements a batch had so far
+
+    def before_step(self, previous: Any, batch_elements: int) -> None:
+        """Call just before dispatching a step of ``batch_elements`` batch elements; ``previous``: the
+        previous step's outputs (any pytree of arrays)."""
+        if not _held:
+            return
+        jax.block_until_ready(previous)
+        if self._idle is not None:
+            deadline = time.perf_counter() + self.timeout
+            while (heap_bytes_in_use() or 0) > self._idle + self.slack and time.perf_counter() < deadline:
+                time.sleep(0.0002)
+        if batch_elements > self._largest:
+            if self._largest:
+                release_freed_memory()
+            self._largest = batch_elements
+        self._idle = heap_bytes_in_use()

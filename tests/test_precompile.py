@@ -5,6 +5,7 @@ import logging
 import jax
 import numpy as np
 
+from jaxspo import host_memory
 from jaxspo.config import load_config
 from jaxspo.data.pipeline import BatchPipeline
 from jaxspo.train import loop
@@ -50,19 +51,23 @@ def test_a_bucketed_phase_compiles_each_width_once_before_step_1(tmp_path, caplo
     run.log.close()
 
 
-def test_a_held_heap_is_trimmed_exactly_when_the_batch_width_changes(tmp_path, monkeypatch):
-    """trainer.host_heap=hold keeps each program's freed temporaries mapped; a new width trims them first."""
-    trims = []
-    monkeypatch.setattr(loop, "heap_is_held", lambda: True)
-    monkeypatch.setattr(loop, "release_freed_memory", lambda: trims.append(phase.batches.step))
+def test_a_held_heap_is_trimmed_exactly_before_a_batch_larger_than_any_before(tmp_path, monkeypatch):
+    """trainer.host_heap=hold keeps freed temporaries mapped; a larger program's would need a new region, so the
+    heap is trimmed first (README: Speed) — and only then, not at every change of width."""
+    trims, waited = [], []
+    monkeypatch.setattr(host_memory, "_held", True)
+    monkeypatch.setattr(host_memory, "heap_bytes_in_use", lambda: 0)  # the wait is tested in test_host_memory.py
+    monkeypatch.setattr(host_memory, "release_freed_memory", lambda: trims.append(phase.batches.step))
+    monkeypatch.setattr(host_memory.jax, "block_until_ready", lambda tree: waited.append(tree is phase.state))
     cfg = load_config("configs/demo.yaml", TINY + [f"run_dir={tmp_path}"])
     (tmp_path / "run").mkdir()
     run = loop.Run(cfg, tmp_path / "run")
     phase = loop.Phase(run, "preference", cfg.trainer.steps, 1e-3, cfg.trainer.batch_size, run.encoded("train"))
-    widths = []
+    sizes = []
     for i in range(1, phase.batches.batches_per_epoch + 1):
         _, local = phase.take_step(i, run.params)
-        widths.append(local["packed_tokens"].shape[1])
-    changes = [i + 1 for i in range(1, len(widths)) if widths[i] != widths[i - 1]]  # pipeline steps taken when trimming
-    assert changes and trims == changes, (widths, trims)
+        sizes.append(sum(v.size for v in local.values()))
+    new_largest = [i + 1 for i in range(1, len(sizes)) if sizes[i] > max(sizes[:i])]  # pipeline steps taken when trimming
+    assert new_largest and trims == new_largest, (sizes, trims)
+    assert waited == [True] * len(sizes)  # every step first waited for the previous state
     run.log.close()

@@ -31,7 +31,7 @@ from jaxspo.data.formats import prompts_of
 from jaxspo.data.sources import load_splits
 from jaxspo.data.synthetic import build_synthetic_task
 from jaxspo.distributed import barrier, broadcast_text, from_process_rows, is_writer
-from jaxspo.host_memory import heap_is_held, release_freed_memory
+from jaxspo.host_memory import StepPacer, release_freed_memory
 from jaxspo.models import ModelConfig
 from jaxspo.models.hf_config import check_same_architecture, model_config_from_hf
 from jaxspo.models.hf_io import load_params, load_tokenizer, save_hf
@@ -116,7 +116,7 @@ class Phase:
                      cfg.data.auto_buckets, self.name, self.batches.widths, 100 * self.batches.token_fraction(), 100 * self.batches.token_fraction(one_width=True))
         self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / self.name, cfg.checkpoint)
         self.skipped = 0  # steps whose update was dropped as non-finite
-        self._last_shapes: dict | None = None  # the previous batch's field shapes (a held heap is trimmed when they change)
+        self.pacer = StepPacer()  # under trainer.host_heap=hold (README: Speed)
         self.kl_sampler = None  # soft_spo's global KL regulariser: on-policy samples drawn before each step
         if phase == "preference" and kl_active(cfg.loss):
             prompts = regularisation_prompts(cfg.loss.soft_spo.kl_prompt_source, run.splits.rows)
@@ -163,12 +163,7 @@ class Phase:
         """Step ``i`` (1-based) on the next batch, dispatched without waiting; returns its metrics (device
         arrays) and this process's rows of the batch. ``reference``: as the step takes it (None unless resident)."""
         local = next(self.batches)
-        if heap_is_held():
-            shapes = {k: v.shape for k, v in local.items()}
-            if self._last_shapes not in (None, shapes):  # another width: another program's temporaries
-                jax.block_until_ready(self.state)  # the previous step is done and its temporaries are free ...
-                release_freed_memory()  # ... and not kept beside this program's (README: Speed, trainer.host_heap)
-            self._last_shapes = shapes
+        self.pacer.before_step(self.state, sum(v.size for v in local.values()))  # held heap: one step's temporaries at a time
         batch = from_process_rows(local, {k: self.step.batch_sharding[k] for k in local}, self.batches.batch_size)
         if self.kl_sampler is not None:
             batch |= self.kl_sampler(i, self.sampling_params(self.state.params))
