@@ -6,14 +6,9 @@ Two glibc behaviours cost a CPU run time or memory:
   glibc serves an allocation that large from a worker thread's arena by ``mmap`` and unmaps it at
   ``free``, so every step faults the whole buffer back in: 440,000 page faults and 1.0 s of kernel
   time in a 2.1 s step. :func:`hold_freed_memory` (one arena, no ``mmap``, no automatic trim) keeps
-  freed memory mapped for the next step: 0.04 s of kernel time. Programs of several batch widths
-  need temporaries of several sizes, and each width's would keep its own region (medium, widths 96
-  and 128: peak RSS 2,260 MiB instead of 1,650), so the loop trims the heap when the width changes
-  (1,659 MiB); only those steps fault their temporaries in again. The catch, and why holding is
-  opt-in (``trainer.host_heap: hold``): XLA:CPU allocates a run's temporaries when the run is
-  enqueued, so when the next step is enqueued before the previous one has freed its own, the two
-  take turns in two regions, both resident: peak RSS up to one more step's temporaries (medium
-  padded step: 3,570 MiB instead of 2,330 in some runs, not in others).
+  freed memory mapped for the next step: 0.04 s of kernel time. A held heap needs the loop to run one
+  step's temporaries at a time (:class:`StepPacer`); that is why holding is opt-in
+  (``trainer.host_heap: hold``): on TPU/GPU it would only hold the host back.
 - XLA's compiler frees hundreds of MiB of scratch per program, which glibc keeps in its RSS.
   :func:`release_freed_memory` (``malloc_trim(0)``) returns it; the loop calls it after each compile,
   evaluation and checkpoint save.

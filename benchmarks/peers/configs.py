@@ -25,15 +25,16 @@ PEERS: dict[str, dict[str, Any]] = {
     "tunix_fp32_held_heap": {"system": "tunix", "precision": "float32", "runner_config": "tunix_fp32", "env": HELD_HEAP_ENV},
 }
 
-BUCKETED = ["data.layout=packed", "data.buckets=[64,96,128,160,192]"]  # prompt once per pair, packed-width buckets (README: Speed)
+BUCKETED = ["data.layout=packed", "data.auto_buckets=4"]  # prompt once per pair, 4 packed widths chosen from the data (README: Speed)
 PACKED = BUCKETED + ["model.scan_unroll=8"]  # + the layers unrolled: the fastest exact fp32 setting
 
 JAXSPO: dict[str, list[str]] = {
     "jaxspo_resident": [],  # padded rows, the reference forward inside each step
     "jaxspo_precomputed": ["loss.reference=precomputed"],  # one scoring pass before step 1
     "jaxspo_packed": PACKED,
-    "jaxspo_packed_held": PACKED + ["trainer.host_heap=hold"],  # glibc keeps freed memory mapped (faster here, more RSS)
+    "jaxspo_packed_held": PACKED + ["trainer.host_heap=hold"],  # glibc keeps freed memory mapped, steps paced (faster on CPU)
     "jaxspo_packed_precomputed": PACKED + ["loss.reference=precomputed"],
+    "jaxspo_packed_precomputed_held": PACKED + ["loss.reference=precomputed", "trainer.host_heap=hold"],
     "jaxspo_packed_bf16": PACKED + ["model.dtype=bfloat16"],  # bf16 compute, fp32 master weights (not exact)
     "jaxspo_packed_bf16_precomputed": PACKED + ["model.dtype=bfloat16", "loss.reference=precomputed"],
     "jaxspo_packed_remat": BUCKETED + ["model.remat=true"],  # rolled layer scan, each layer recomputed: the low-memory exact setting
