@@ -61,7 +61,7 @@ f = jax.jit(step, donate_argnums=0)
 x, state = jnp.ones((4096, 256)), (jnp.full((256, 2048), 0.01), jnp.full((2048, 2048), 0.01))
 pacer, rows = StepPacer(), []
 for _ in range(6):
-    idle = pacer._idle
+    idle = pacer.idle_bytes
     pacer.before_step(state, x.size)
     rows.append({"idle_before_previous": idle, "in_use_at_dispatch": heap_bytes_in_use()})
     state, value = f(state, x)

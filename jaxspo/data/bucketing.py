@@ -100,4 +100,3 @@ def bucket_widths(arrays: Mapping[str, np.ndarray], buckets: Sequence[int], auto
         return [int(b) for b in buckets]
     width = max(np.shape(a)[1] for a in arrays.values() if np.ndim(a) == 2)
     return choose_buckets(example_lengths(arrays), auto_buckets, batch_size, width)
-

@@ -160,7 +160,8 @@ class Phase:
             log.warning("%s; update skipped (trainer.on_nonfinite=skip)", where)
 
     def take_step(self, i: int, reference: Any) -> tuple[dict[str, jax.Array], dict[str, np.ndarray]]:
-        """Step ``i`` (1-based) on the next batch, dispatched without waiting; returns its metrics (device
+        """Step ``i`` (1-based) on the next batch, dispatched without waiting for it (under a held heap, after
+        waiting for the previous step: :class:`~jaxspo.host_memory.StepPacer`); returns its metrics (device
         arrays) and this process's rows of the batch. ``reference``: as the step takes it (None unless resident)."""
         local = next(self.batches)
         self.pacer.before_step(self.state, sum(v.size for v in local.values()))  # held heap: one step's temporaries at a time
