@@ -21,6 +21,7 @@ import ctypes.util
 import functools
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -117,11 +118,12 @@ class StepPacer:
         self.idle_bytes: int | None = None  # bytes in use just before the previous dispatch
         self._largest = 0  # the most elements a batch had so far
 
-    def before_step(self, previous: Any, batch_elements: int) -> None:
-        """Call just before dispatching a step of ``batch_elements`` batch elements; ``previous``: the
-        previous step's outputs (any pytree of arrays)."""
+    def before_step(self, previous: Any, batch: Mapping[str, Any]) -> None:
+        """Call just before dispatching a step on ``batch`` (field → array); ``previous``: the previous
+        step's outputs (any pytree of arrays)."""
         if not _held:
             return
+        batch_elements = sum(int(v.size) for v in batch.values())
         jax.block_until_ready(previous)
         if self.idle_bytes is not None:
             deadline = time.perf_counter() + self.timeout

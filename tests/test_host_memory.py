@@ -62,7 +62,7 @@ x, state = jnp.ones((4096, 256)), (jnp.full((256, 2048), 0.01), jnp.full((2048, 
 pacer, rows = StepPacer(), []
 for _ in range(6):
     idle = pacer.idle_bytes
-    pacer.before_step(state, x.size)
+    pacer.before_step(state, {"x": x})
     rows.append({"idle_before_previous": idle, "in_use_at_dispatch": heap_bytes_in_use()})
     state, value = f(state, x)
 jax.block_until_ready(value)

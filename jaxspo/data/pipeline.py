@@ -72,7 +72,7 @@ class BatchPipeline:
 
     def __init__(
         self, arrays: Mapping[str, np.ndarray], batch_size: int, seed: int, buckets: Sequence[int] = (),
-        shard: Shard = slice(None), workers: int = 0, prefetch: int = 0,
+        shard: Shard = slice(None), workers: int = 0, prefetch: int = 0, lengths: np.ndarray | None = None,
     ):
         if not arrays:
             raise ValueError("BatchPipeline: arrays is empty")
@@ -91,8 +91,8 @@ class BatchPipeline:
         self.shard = np.arange(batch_size)[shard]  # validates the shard; [local rows] positions
         width = max((a.shape[1] for a in self._arrays.values() if np.ndim(a) == 2), default=0)  # max_length: the last bucket
         self.buckets = [int(b) for b in buckets if b < width] + [width]
-        self._lengths = None if len(self.buckets) == 1 else example_lengths(self._arrays)  # [N] columns each row needs
-        if self._lengths is None:
+        self._lengths = lengths if lengths is not None or len(self.buckets) == 1 else example_lengths(self._arrays)  # [N] columns each row needs
+        if len(self.buckets) == 1:
             self.bucket_of = np.zeros(self.num_examples, np.int64)  # [N]
         else:  # no bucket too small to draw
             self.bucket_of = fill_underfull(assign_buckets(self._lengths, self.buckets), self._lengths, batch_size)
@@ -206,8 +206,9 @@ def sharded_positions(shardings: Mapping[str, Any], arrays: Mapping[str, np.ndar
 
 def make_batches(
     arrays: Mapping[str, np.ndarray], batch_size: int, seed: int, buckets: Sequence[int] = (),
-    shardings: Mapping[str, Any] | None = None, workers: int = 0, prefetch: int = 0,
+    shardings: Mapping[str, Any] | None = None, workers: int = 0, prefetch: int = 0, lengths: np.ndarray | None = None,
 ) -> BatchPipeline:
-    """The pipeline of this process's rows under the batch ``shardings`` (None: every row)."""
+    """The pipeline of this process's rows under the batch ``shardings`` (None: every row); ``lengths``:
+    :func:`~jaxspo.data.bucketing.example_lengths` of ``arrays`` if already computed."""
     shard = slice(None) if shardings is None else sharded_positions(shardings, arrays, batch_size)
-    return BatchPipeline(arrays, batch_size, seed, buckets, shard, workers, prefetch)
+    return BatchPipeline(arrays, batch_size, seed, buckets, shard, workers, prefetch, lengths)

@@ -109,8 +109,8 @@ class Phase:
         layout = cfg.data.layout if phase == "preference" else "padded"  # SFT rows are single sequences
         arrays = layout_arrays(arrays, cfg.data) if layout == "packed" else arrays
         fields = {k: arrays[k] for k in batch_fields(phase, cfg.loss, layout)}  # this process reads only its devices' rows of each batch
-        buckets = bucket_widths(fields, cfg.data.buckets, cfg.data.auto_buckets, batch_size)
-        self.batches = make_batches(fields, batch_size, cfg.trainer.seed, buckets, self.step.batch_sharding, cfg.data.workers, cfg.data.prefetch)
+        buckets, lengths = bucket_widths(fields, cfg.data.buckets, cfg.data.auto_buckets, batch_size)
+        self.batches = make_batches(fields, batch_size, cfg.trainer.seed, buckets, self.step.batch_sharding, cfg.data.workers, cfg.data.prefetch, lengths)
         if cfg.data.auto_buckets:
             log.info("data.auto_buckets=%d: %s batches at widths %s; %.1f%% of the slots they compute hold tokens (%.1f%% at one width)",
                      cfg.data.auto_buckets, self.name, self.batches.widths, 100 * self.batches.token_fraction(), 100 * self.batches.token_fraction(one_width=True))
@@ -164,7 +164,7 @@ class Phase:
         waiting for the previous step: :class:`~jaxspo.host_memory.StepPacer`); returns its metrics (device
         arrays) and this process's rows of the batch. ``reference``: as the step takes it (None unless resident)."""
         local = next(self.batches)
-        self.pacer.before_step(self.state, sum(v.size for v in local.values()))  # held heap: one step's temporaries at a time
+        self.pacer.before_step(self.state, local)  # held heap: one step's temporaries at a time
         batch = from_process_rows(local, {k: self.step.batch_sharding[k] for k in local}, self.batches.batch_size)
         if self.kl_sampler is not None:
             batch |= self.kl_sampler(i, self.sampling_params(self.state.params))
