@@ -17,6 +17,7 @@ ACTIVATIONS = ("silu", "gelu_pytorch_tanh", "gelu_new", "gelu")  # HF names; the
 POSITIONS = ("rope", "learned")
 ROPE_TYPES = ("default", "linear", "llama3")
 LAYER_TYPES = ("full_attention", "sliding_attention")
+ATTENTION = ("xla",)  # model.attention: the kernels of jaxspo.models.attention
 REMAT_POLICIES = ("full", "dots", "dots_no_batch")  # what a rematerialised layer saves (jaxspo.models.decoder)
 
 
@@ -70,6 +71,7 @@ class ModelConfig:
     remat: bool = False
     scan_unroll: int = 1  # layers per iteration of the layer scan: 1 = a rolled loop, >= num_layers = unrolled
     remat_policy: str = "full"  # with remat: "full" saves nothing, "dots" every matmul output, "dots_no_batch" weight matmuls only
+    attention: str = "xla"  # attention kernel (jaxspo.models.attention); one of ATTENTION
     logprob_chunk: int = 0  # log-probs from logits of this many tokens at a time (rematerialised); 0 = all at once
     init_std: float = 0.02
 
@@ -106,6 +108,7 @@ class ModelConfig:
             ("positions", POSITIONS),
             ("norm", NORMS),
             ("activation", ACTIVATIONS),
+            ("attention", ATTENTION),
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"model.{name} must be one of {choices}, got {getattr(self, name)!r}")

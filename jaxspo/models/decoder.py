@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from jaxspo.models.attention import MaskSpec
 from jaxspo.models.config import ModelConfig, RopeScaling
 from jaxspo.models.layers import KV, Norm, param, stacked_blocks
 from jaxspo.models.lora import LoRASpec
@@ -37,26 +38,6 @@ class KVCache:
     k: jax.Array
     v: jax.Array
     valid: jax.Array
-
-
-def _attention_masks(
-    query_slots: jax.Array, key_valid: jax.Array, window: int, segments: jax.Array | None = None, positions: jax.Array | None = None
-) -> tuple[jax.Array, jax.Array | None]:
-    """Full and (if ``window``) sliding masks ``[B, T, S]``: a query at slot ``query_slots[t]`` sees valid keys
-    at slots ``<=`` its own; the sliding mask also drops keys ``window`` or more slots behind it (as HF).
-
-    ``segments [B, T]`` (T = S, packed rows; see :mod:`jaxspo.data.layout`): a query also needs the key in
-    its own segment or in segment 0 (the shared prompt), and the window counts ``positions [B, T]`` instead.
-    """
-    key_slots = jnp.arange(key_valid.shape[1])  # [S]
-    behind = query_slots[:, None] - key_slots[None, :]  # [T, S]
-    full = (behind >= 0)[None] & key_valid[:, None, :]
-    if segments is not None:
-        full = full & ((segments[:, None, :] == 0) | (segments[:, None, :] == segments[:, :, None]))
-        behind = positions[:, :, None] - positions[:, None, :]  # [B, T, S]
-    else:
-        behind = behind[None]
-    return full, (full & (behind < window) if window else None)
 
 
 class Decoder(nnx.Module):
@@ -103,7 +84,7 @@ class Decoder(nnx.Module):
         """The final-normed residual stream ``[B, T, D]`` (compute dtype) that :meth:`logits` maps to the vocabulary.
 
         ``segments [B, T]`` int32 (optional): packed rows, a token sees earlier valid tokens of its own
-        segment or of segment 0 (see :func:`_attention_masks`).
+        segment or of segment 0 (see :class:`jaxspo.models.attention.MaskSpec`).
         """
         x, _, _ = self._forward(tokens, positions, jnp.arange(tokens.shape[1]), valid, None, 0, False, segments)
         return x
@@ -177,13 +158,13 @@ class Decoder(nnx.Module):
         x = self._embed(tokens, positions)
         rope = None if self.inv_freq is None else rope_tables(positions, self.inv_freq)
         window = self.sliding_window if self.sliding_layers else 0
-        full, sliding = _attention_masks(query_slots, key_valid, window, segments, positions)
+        spec = MaskSpec(query_slots, key_valid, segments, None if segments is None else positions, window)
         graphdef, layer_state = nnx.split(self.layers)
 
         def layer(x, per_layer):  # one scan step over the leading `layers` axis
             state, layer_kv, is_sliding = per_layer
-            mask = full if is_sliding is None else jnp.where(is_sliding, sliding, full)
-            x, layer_kv = nnx.merge(graphdef, state)(x, rope, mask, layer_kv, index)
+            sliding = False if is_sliding is None else is_sliding
+            x, layer_kv = nnx.merge(graphdef, state)(x, rope, spec, sliding, layer_kv, index)
             return x, (layer_kv, x if collect else None)
 
         if self.remat:

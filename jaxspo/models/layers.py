@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxspo.models.attention import MaskSpec, attention
 from jaxspo.models.config import ModelConfig
 from jaxspo.models.lora import Adapter, LoRASpec, adapter, add_delta
 from jaxspo.models.rope import apply_rope
@@ -111,24 +112,6 @@ class Norm(nnx.Module):
         return (x * weight.astype(_F32) + self.bias[...].astype(_F32)).astype(self.dtype)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, softcap: float) -> jax.Array:
-    """Grouped-query attention. q ``[B, T, H, Hd]``, k/v ``[B, S, K, Hd]``, mask ``[B, T, S]`` -> ``[B, T, H, Hd]``.
-
-    Query head ``h`` reads key/value head ``h // (H // K)`` (HF ``repeat_kv`` order). Scores are multiplied
-    by ``scale``, soft-capped to ``(-softcap, softcap)`` when ``softcap`` > 0, masked, softmaxed in float32.
-    """
-    b, t, h, hd = q.shape
-    kv_heads = k.shape[2]
-    q = q.reshape(b, t, kv_heads, h // kv_heads, hd)  # [B, T, K, G, Hd]
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=_F32) * scale  # [B, K, G, T, S]
-    if softcap:
-        scores = softcap * jnp.tanh(scores / softcap)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(_F32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = project("bkgts,bskd->btkgd", probs, v, v.dtype)  # [B, T, K, G, Hd]
-    return out.reshape(b, t, h, hd)
-
-
 class Attention(nnx.Module):
     """GQA self-attention with optional biases, q/k norms, RoPE and soft-capping; reads/writes one layer's KV cache."""
 
@@ -156,6 +139,7 @@ class Attention(nnx.Module):
         self.softcap = config.attn_softcap
         self.rope = config.positions == "rope"
         self.dtype = config.dtype
+        self.implementation = config.attention
 
     def _project(
         self, x: jax.Array, proj: nnx.Param, bias: nnx.Param | None, norm: Norm | None, lora: Adapter | None, fused: jax.Array | None
@@ -170,12 +154,14 @@ class Attention(nnx.Module):
         self,
         x: jax.Array,
         rope: tuple[jax.Array, jax.Array] | None,
-        mask: jax.Array,
+        spec: MaskSpec,
+        sliding: bool | jax.Array,
         kv: KV | None,
         index: jax.Array | int,
     ) -> tuple[jax.Array, KV | None]:
-        """x ``[B, T, D]``, mask ``[B, T, S]``. Without ``kv`` the T new keys are the S keys; with
-        ``kv`` (``[B, S, K, Hd]`` each) the new keys are written at slots ``index..index+T-1`` first."""
+        """x ``[B, T, D]``; ``spec`` says which of the S keys each query sees (``sliding``: with its window).
+        Without ``kv`` the T new keys are the S keys; with ``kv`` (``[B, S, K, Hd]`` each) the new keys are
+        written at slots ``index..index+T-1`` first (the KV-cache decode path, always the ``xla`` kernel)."""
         fused = [None] * 3 if self.qkv_lora is None else jnp.unstack(self.qkv_lora(x), axis=2)  # 3 × [B, T, H, Hd]
         q = self._project(x, self.q_proj, self.q_bias, self.q_norm, self.q_lora, fused[0])  # [B, T, H, Hd]
         k = self._project(x, self.k_proj, self.k_bias, self.k_norm, self.k_lora, fused[1])  # [B, T, K, Hd]
@@ -189,7 +175,9 @@ class Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice(kv[0], k, (0, index, 0, 0))  # [B, S, K, Hd]
             v = jax.lax.dynamic_update_slice(kv[1], v, (0, index, 0, 0))
             kv = (k, v)
-        out = with_logical_constraint(attend(q, k, v, mask, self.scale, self.softcap), ("batch", "length", "heads", "head_dim"))
+        implementation = "xla" if kv is not None else self.implementation
+        out = attention(q, k, v, spec, sliding, scale=self.scale, softcap=self.softcap, implementation=implementation)
+        out = with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         y = add_delta(project("bthk,hkd->btd", out, self.o_proj[...], self.dtype), out, self.o_lora)
         return _add(y, self.o_bias), kv
 
@@ -240,12 +228,13 @@ class Block(nnx.Module):
         self,
         x: jax.Array,
         rope: tuple[jax.Array, jax.Array] | None,
-        mask: jax.Array,
+        spec: MaskSpec,
+        sliding: bool | jax.Array,
         kv: KV | None,
         index: jax.Array | int,
     ) -> tuple[jax.Array, KV | None]:
         """See :meth:`Attention.__call__`; returns the new residual stream ``[B, T, D]`` and ``kv``."""
-        h, kv = self.attn(self.attn_norm(x), rope, mask, kv, index)
+        h, kv = self.attn(self.attn_norm(x), rope, spec, sliding, kv, index)
         x = x + (h if self.post_attn_norm is None else self.post_attn_norm(h))
         h = self.mlp(self.mlp_norm(x))
         x = x + (h if self.post_mlp_norm is None else self.post_mlp_norm(h))
