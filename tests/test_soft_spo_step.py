@@ -110,7 +110,9 @@ def test_shipped_configs_run_end_to_end_with_the_kl_regulariser(tiny_run):
     pref = [r for r in rows if r["phase"] == "preference"]
     assert len(pref) == 3
     for row in pref:
-        assert np.isfinite(row["loss"]) and row["kl/value"] >= 0.0 and row["kl/samples_per_second"] > 0
+        # a KL is >= 0; at the first step the policy is the reference, so the float32 sum over the vocabulary and the
+        # response positions is zero within its rounding (a few ulps of the per-position terms, machine-dependent)
+        assert np.isfinite(row["loss"]) and row["kl/value"] >= -1e-6 and row["kl/samples_per_second"] > 0
         assert row["kl/sample_seconds_per_step"] > 0 and row["kl/sample_tokens_per_second"] > 0
         assert row["loss"] == pytest.approx(row["loss/preference"] + 0.05 * row["kl/value"], rel=1e-4)
     assert pref[-1]["kl/value"] > 0  # the policy has moved by the last logged step
