@@ -39,7 +39,7 @@ def command(run_dir: Path, *extra: str) -> list[str]:
 
 def metrics(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith("perf/")}  # wall-time figures for r in rows]
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]  # perf/*: wall-time figures
 
 
 def final_params(run_dir: Path):
