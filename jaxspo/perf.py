@@ -170,9 +170,9 @@ def device_peak(device_kind: str, dtype: str) -> float | None:
 
 
 @functools.cache
-def measured_cpu_peak(dtype: str, size: int = 1024, repeats: int = 5) -> float:
+def measured_cpu_peak(dtype: str, size: int = 512, repeats: int = 10) -> float:
     """FLOP/s of this process's CPU: the best of ``repeats`` jitted ``size``³ matmuls in ``dtype`` (float32
-    accumulation, as the model's projections), once per process and dtype (≈ 0.1–0.5 s)."""
+    accumulation, as the model's projections), once per process and dtype (≈ 0.2–0.6 s on 2 cores)."""
     import jax
     import jax.numpy as jnp
 
