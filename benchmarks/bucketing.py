@@ -54,7 +54,7 @@ def run(folder: Path, buckets: list[int], steps: int) -> dict:
     logged = [r for r in read_metrics(Path(cfg.run_dir) / "metrics.jsonl") if r["phase"] == "preference"]
     return {
         "buckets": buckets + [64], "programs_compiled": made[-1].fn._cache_size(), "mean_padded_width": float(np.mean(widths)),
-        "seconds_per_step_after_compile": float(np.mean([r["seconds_per_step"] for r in logged[1:]])), "wall_seconds": wall,
+        "seconds_per_step_after_compile": float(np.mean([r["perf/seconds_per_step"] for r in logged[1:]])), "wall_seconds": wall,
     }
 
 

@@ -59,7 +59,7 @@ def share_in_training(recipe: str, overrides: list[str], steps: int) -> dict[str
         train(cfg, "bench")
         rows = [r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r["phase"] == "preference"][1:]
     sampling = float(np.mean([r["kl/sample_seconds_per_step"] for r in rows]))
-    step = float(np.mean([r["seconds_per_step"] for r in rows]))
+    step = float(np.mean([r["perf/seconds_per_step"] for r in rows]))
     return {
         "steps_measured": 10 * len(rows),
         "seconds_per_step": round(step, 4),

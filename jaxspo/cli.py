@@ -69,7 +69,7 @@ def _compile(args: argparse.Namespace) -> int:
     from jaxspo.compile import fit_report, format_report, resolve_model
 
     cfg = resolve_model(cfg)
-    report = fit_report(cfg, args.topology, find_max_batch=args.find_max_batch)
+    report = fit_report(cfg, args.topology, find_max_batch=args.find_max_batch, step_seconds=args.step_seconds)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
@@ -119,6 +119,16 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxspo", description="Preference optimisation for causal LMs in JAX.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--topology", required=True, help="TPU slice name: v4-8, v5p-128, v5e-256, v6e-64, 2xv5p-128 …")
     compile_.add_argument("--json", default="", help="also write the report as JSON to this path")
     compile_.add_argument("--find-max-batch", action="store_true", help="search the largest per-device batch that fits")
+    compile_.add_argument("--step-seconds", type=_positive_seconds, default=None, metavar="S", help="a measured (or target) step time: report the MFU it implies on the slice")
     compile_.set_defaults(handler=_compile)
     data = commands.add_parser("data", help="prepare datasets").add_subparsers(dest="data_command", required=True)
     data_prepare = data.add_parser("prepare", help="build a TFDS dataset (ArrayRecord) from downloaded files and summarise it")

@@ -16,7 +16,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from jaxspo.perf import TOPOLOGY_DEVICE_KINDS, device_peak, model_flops, recomputed_flops
 from jaxspo.sharding import make_mesh
 from jaxspo.train.state import TrainState, abstract_model, learning_rate_schedule, make_optimizer, param_shardings, state_shardings
 from jaxspo.train import selfsup
@@ -24,7 +26,8 @@ from jaxspo.train.kl_regularizer import kl_active, kl_field_shapes
 from jaxspo.train.list_objective import uses_lists
 from jaxspo.train.lora import AdaptedModel
 from jaxspo.data.layout import PACKED_FIELDS
-from jaxspo.train.step import batch_fields, in_step_reference, make_train_step, needs_reference
+from jaxspo.train.step import batch_fields, make_train_step, needs_reference
+from jaxspo.train.step_flops import step_forwards
 
 GiB = 1024**3
 # name → (chips per "N" in the slice name, HBM bytes per device, devices per chip); v4/v5p names count TensorCores
@@ -153,6 +156,20 @@ def batch_shapes(cfg, batch: int) -> dict[str, tuple[tuple[int, ...], Any]]:
     return shapes
 
 
+def longest_packed_rows(cfg, batch: int) -> dict[str, np.ndarray]:
+    """``packed_positions`` and ``packed_valid`` ``[batch, 2·max_length]`` of the longest pair a packed row holds
+    (a ``max_prompt_length`` prompt and two responses filling ``max_length``): what the model FLOPs count for
+    a packed step compiled from shapes alone."""
+    length, prompt = cfg.data.max_length, cfg.data.max_prompt_length
+    response = length - prompt
+    row = np.concatenate([np.arange(length), prompt + np.arange(response)])  # prompt, chosen, rejected
+    positions = np.zeros((batch, 2 * length), np.int32)
+    positions[:, : row.size] = row
+    valid = np.zeros((batch, 2 * length), bool)
+    valid[:, : row.size] = True
+    return {"packed_positions": positions, "packed_valid": valid}
+
+
 def compile_step(cfg, devices: list, per_device_batch: int | None = None) -> dict[str, Any]:
     """Lowers and compiles the preference train step on ``devices``; returns the report (bytes per device)."""
     mesh = make_mesh(cfg.mesh.shape(), devices)
@@ -184,6 +201,8 @@ def compile_step(cfg, devices: list, per_device_batch: int | None = None) -> dic
     else:
         reference = _abstract(abstract_params, step.reference_sharding) if step.reference_sharding is not None else None
     analytic = analytic_bytes(cfg, abstract_params, trained if cfg.lora.enabled else None)
+    examples = abstract_batch | (longest_packed_rows(cfg, batch) if cfg.data.layout == "packed" and "packed_tokens" in abstract_batch else {})
+    forwards = step_forwards(cfg, "preference", examples, batch, frozen_base=cfg.lora.enabled)
     model_shards = mesh.shape["fsdp"] * mesh.shape["tensor"]
     start = time.perf_counter()
     try:
@@ -212,23 +231,35 @@ def compile_step(cfg, devices: list, per_device_batch: int | None = None) -> dic
         "argument_bytes_per_device": int(memory.argument_size_in_bytes),
         "temp_bytes_per_device": int(memory.temp_size_in_bytes),
         "analytic_state_bytes_per_device": (analytic["params"] + analytic["grads"] + analytic["optimizer"] + analytic["reference"]) / model_shards,
-        # XLA's cost analysis counts a scanned loop's body once, so it undercounts the layers;
-        # model_flops_per_step is the standard 6·N·tokens (policy) + 2·N·tokens (reference forward in the step);
-        # with LoRA the frozen base needs no weight gradients: 4·N·tokens for the policy.
+        # XLA's cost analysis counts a scanned loop's body once, so it undercounts the layers; model FLOPs are
+        # counted from the architecture and the batch (jaxspo.perf; packed: rows of the longest pair), and
+        # hardware FLOPs add remat's recomputed forward.
         "xla_flops_per_step_per_device": float(cost.get("flops", float("nan"))) if cost else float("nan"),
-        "model_flops_per_step": ((4 if cfg.lora.enabled else 6) + (2 if in_step_reference(cfg.loss) else 0)) * analytic["parameters"] * batch * 2 * length,
+        "model_flops_per_step": model_flops(cfg.model, forwards),
+        "hardware_flops_per_step": model_flops(cfg.model, forwards) + recomputed_flops(cfg.model, forwards),
         "compile_seconds": seconds,
         "refused_by_compiler": compiled is None,  # out of HBM: temporaries from the compiler's message
     }
 
 
-def fit_report(cfg, topology_name: str, find_max_batch: bool = False) -> dict[str, Any]:
-    """Compiles for the topology; adds capacity and fit, and optionally the largest per-device batch that fits."""
+def mfu_report(model_flops_per_step: float, devices: int, device_kind: str, dtype: str, step_seconds: float | None) -> dict[str, Any]:
+    """The device kind's peak (``dtype``), the step time at 100 % MFU, and with ``step_seconds`` the implied MFU."""
+    peak = device_peak(device_kind, dtype)
+    report = {"device_kind": device_kind, "compute_dtype": dtype, "peak_flops_per_device": peak, "seconds_per_step_at_peak": model_flops_per_step / (peak * devices)}
+    if step_seconds is not None:
+        report |= {"step_seconds": step_seconds, "implied_mfu": model_flops_per_step / step_seconds / (peak * devices)}
+    return report
+
+
+def fit_report(cfg, topology_name: str, find_max_batch: bool = False, step_seconds: float | None = None) -> dict[str, Any]:
+    """Compiles for the topology; adds capacity, fit, the MFU figures (:func:`mfu_report`), and optionally the
+    largest per-device batch that fits."""
     topology = parse_topology(topology_name)
     devices = topology_devices(topology)
     report = {"topology": topology.name, "chip_grid": topology.chip_grid, "capacity_bytes_per_device": topology.hbm_bytes}
     report |= compile_step(cfg, devices)
     report["fits"] = report["peak_bytes_per_device"] <= topology.hbm_bytes
+    report |= mfu_report(report["model_flops_per_step"], report["devices"], TOPOLOGY_DEVICE_KINDS[topology.generation], cfg.model.dtype, step_seconds)
     if find_max_batch:
         report["max_per_device_batch"] = _max_batch(cfg, devices, topology.hbm_bytes)
     return report
@@ -261,8 +292,11 @@ def format_report(report: dict[str, Any]) -> str:
         f"model           {report['parameters'] / 1e9:.2f} B parameters ({report['trained_parameters'] / 1e6:.1f} M trained); global batch {report['global_batch']} × {report['sequence_length']} tokens",
         f"peak memory     {'≥ ' if report['refused_by_compiler'] else ''}{gib(report['peak_bytes_per_device'])} per device of {gib(report['capacity_bytes_per_device'])} → fits: {'yes' if report['fits'] else 'NO'}",
         f"analytic state  {gib(report['analytic_state_bytes_per_device'])} per device (params + grads + Adam + reference)",
-        f"flops           {report['model_flops_per_step']:.3e} per step (6·N·tokens, 4·N with LoRA's frozen base, + 2·N·tokens for an in-step reference); "
+        f"flops           {report['model_flops_per_step']:.3e} model FLOPs per step ({report['hardware_flops_per_step']:.3e} with remat's recompute); "
         f"XLA cost analysis {report['xla_flops_per_step_per_device']:.3e} per device (scan body counted once)",
+        f"mfu             peak {report['peak_flops_per_device'] / 1e12:.0f} TFLOP/s per {report['device_kind']} device ({report['compute_dtype']}); "
+        f"{report['seconds_per_step_at_peak']:.3g} s per step at 100 % MFU"
+        + (f"; {report['implied_mfu']:.1%} MFU at {report['step_seconds']:g} s per step" if "implied_mfu" in report else ""),
         f"compile         {report['compile_seconds']:.1f} s",
     ]
     if "max_per_device_batch" in report:

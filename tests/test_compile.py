@@ -1,10 +1,15 @@
 """Ahead-of-time compilation: topology names, a real TPU compile of the train step, FSDP memory scaling."""
 
+import json
+
 import jax
+import numpy as np
 import pytest
 
-from jaxspo.compile import compile_step, fit_report, parse_topology
+from jaxspo.cli import main
+from jaxspo.compile import compile_step, fit_report, longest_packed_rows, parse_topology
 from jaxspo.config import load_config
+from jaxspo.train.step_flops import step_model_flops
 
 TINY = [
     "model.vocab_size=64", "model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2",
@@ -37,21 +42,40 @@ def tpu_env(monkeypatch):
     monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
-def test_tiny_step_compiles_for_a_tpu_slice_here(tpu_env):
-    cfg = load_config("configs/demo.yaml", TINY + ["mesh.data=1", "mesh.fsdp=-1"])
-    report = fit_report(cfg, "v5p-8")
+def test_tiny_step_compiles_for_a_tpu_slice_here(tpu_env, tmp_path, capsys):
+    """`jaxspo compile --json --step-seconds`: memory and fit, model FLOPs and the MFU a step time implies."""
+    assert main(["compile", "configs/demo.yaml", *TINY, "mesh.data=1", "mesh.fsdp=-1", "--topology", "v5p-8",
+                 "--json", str(tmp_path / "r.json"), "--step-seconds", "0.002"]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
     assert report["devices"] == 4 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
     assert report["fits"] and 0 < report["peak_bytes_per_device"] < report["capacity_bytes_per_device"]
     # the arguments hold at least the sharded state the analytic count predicts
     assert report["argument_bytes_per_device"] >= 0.9 * report["analytic_state_bytes_per_device"] - 4 * 1024
-    assert report["xla_flops_per_step_per_device"] > 0 and report["model_flops_per_step"] > 0
+    assert report["xla_flops_per_step_per_device"] > 0
+    cfg = load_config("configs/demo.yaml", TINY)
+    assert report["model_flops_per_step"] == step_model_flops(cfg, "preference", {"chosen_tokens": np.zeros((8, 32))}, 8)
+    assert report["device_kind"] == "TPU v5" and report["peak_flops_per_device"] == 459e12 and report["compute_dtype"] == "float32"
+    assert report["implied_mfu"] == pytest.approx(report["model_flops_per_step"] / 0.002 / (4 * 459e12))
+    assert "MFU at 0.002 s per step" in capsys.readouterr().out
+
+
+def test_step_seconds_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        main(["compile", "configs/demo.yaml", "--topology", "v5p-8", "--step-seconds", "0"])
+    assert "--step-seconds: expected seconds > 0, got '0'" in capsys.readouterr().err
 
 
 def test_packed_layout_step_compiles_for_a_tpu_slice_here(tpu_env):
-    """data.layout=packed: the TPU compiler takes the packed rows (2·max_length wide, segment mask)."""
+    """data.layout=packed: the TPU compiler takes the packed rows (2·max_length wide, segment mask); model
+    FLOPs count the longest pair a row holds (prompt once, two responses)."""
     cfg = load_config("configs/demo_fast.yaml", TINY + ["mesh.data=1", "mesh.fsdp=-1"])
     report = fit_report(cfg, "v5p-8")
     assert report["fits"] and report["xla_flops_per_step_per_device"] > 0
+    rows = longest_packed_rows(cfg, 8)
+    prompt = cfg.data.max_prompt_length
+    assert rows["packed_valid"].sum(1).tolist() == [2 * 32 - prompt] * 8
+    padded = step_model_flops(load_config("configs/demo.yaml", TINY), "preference", {"chosen_tokens": np.zeros((8, 32))}, 8)
+    assert 0 < report["model_flops_per_step"] < padded  # the prompt once, no padding between the halves
 
 
 def test_state_bytes_per_device_fall_as_one_over_fsdp():

@@ -61,6 +61,28 @@ def test_slurm_tpu_auto_off_and_single_process():
     assert plan_from_env({}, on_tpu_vm=False) is None
 
 
+def test_an_srun_gpu_task_gets_coordinator_and_gpu_from_slurm(monkeypatch):
+    """Task 9 of 16 (2 nodes × 8 GPUs, launch/slurm.sbatch): jaxspo takes the SLURM plan and JAX's SLURM
+    detection (what initialize() hands it to) finds the step's first node, the port and this task's GPU."""
+    from jax._src.clusters import SlurmCluster
+
+    task = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "gpu[03-04]", "SLURM_NTASKS": "16", "SLURM_STEP_NUM_TASKS": "16",
+            "SLURM_PROCID": "9", "SLURM_LOCALID": "1", "SLURM_STEP_NUM_NODES": "2"}
+    assert plan_from_env(task, on_tpu_vm=False) == Plan("slurm", None, 16, 9)
+    for name, value in task.items():
+        monkeypatch.setenv(name, value)
+    assert SlurmCluster.is_env_present()
+    assert SlurmCluster.get_coordinator_address(None, None) == f"gpu03:{65536 - 4096 + 4242 % 4096}"  # port from the job id
+    assert SlurmCluster.get_coordinator_address(None, "29500") == "gpu03:29500"  # jaxspo launch --slurm --port 29500
+    assert (SlurmCluster.get_process_count(), SlurmCluster.get_process_id(), SlurmCluster.get_local_process_id()) == (16, 9, 1)
+
+
+def test_slurm_script_runs_one_task_per_gpu():
+    options = [line.removeprefix("#SBATCH --").partition("=") for line in (REPO / "launch" / "slurm.sbatch").read_text().splitlines() if line.startswith("#SBATCH --")]
+    header = {name: value for name, _, value in options}
+    assert header["ntasks-per-node"] == header["gpus-per-node"] == "8"
+
+
 def test_auto_without_a_cluster_says_so():
     """In a fresh process: jax.distributed must run before anything initialises a backend."""
     probe = (
@@ -114,7 +136,6 @@ TINY = [
 # Identical numerics settings in every run; the cheaper LLVM back end halves the compile time of each process.
 ENV = ["--env", "JAX_DEFAULT_MATMUL_PRECISION=highest",
        "--env", "XLA_FLAGS=--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"]
-TIMING = ("tokens_per_second", "seconds_per_step")
 LAYOUTS = [(1, 8), (2, 4), (4, 2)]  # (processes, devices per process)
 
 
@@ -128,7 +149,7 @@ def launch_train(processes: int, devices: int, run_dir: Path) -> str:
 
 def metrics(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]  # perf/*: wall-time figures
 
 
 def final_params(run_dir: Path) -> list[np.ndarray]:

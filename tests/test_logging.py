@@ -56,7 +56,7 @@ def test_plot_command_draws_the_curves(tmp_path, capsys):
     from jaxspo.cli import main
 
     rows = [{"phase": "preference", "step": s, "loss": 0.7 - 0.01 * s, "rewards/chosen": 0.01 * s, "rewards/rejected": -0.01 * s,
-             "rewards/accuracies": 0.5 + 0.01 * s, "tokens_per_second": 1000.0} for s in range(1, 11)]
+             "rewards/accuracies": 0.5 + 0.01 * s, "perf/tokens_per_second": 1000.0} for s in range(1, 11)]
     rows.append({"phase": "eval", "step": 10, "eval/kl": 1.5, "eval/rewards/accuracies": 0.7})
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["plot", str(tmp_path), "--out", str(tmp_path / "c.png")]) == 0

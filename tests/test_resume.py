@@ -31,7 +31,6 @@ TINY = [
     "logging.log_every=1", "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false",
     "checkpoint.every_steps=2", "checkpoint.keep_last=2",
 ]
-TIMING = ("tokens_per_second", "seconds_per_step")
 
 
 def command(run_dir: Path, *extra: str) -> list[str]:
@@ -40,7 +39,7 @@ def command(run_dir: Path, *extra: str) -> list[str]:
 
 def metrics(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]  # perf/*: wall-time figures
 
 
 def final_params(run_dir: Path):

@@ -10,6 +10,7 @@ from flax import nnx
 from transformers import AutoTokenizer
 
 from jaxspo.config import load_config
+from jaxspo.perf import measured_cpu_peak
 from jaxspo.train.loop import train
 from jaxspo.train.summary import summary_table
 
@@ -36,8 +37,11 @@ def test_metrics_jsonl_has_trl_names_for_every_phase(run):
     assert phases.count("sft") == 3 and phases.count("preference") == 3 and phases.count("eval") == 3
     pref = [r for r in rows if r["phase"] == "preference"][-1]
     for name in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-                 "logps/chosen", "logps/rejected", "grad_norm", "learning_rate", "tokens_per_second"):
+                 "logps/chosen", "logps/rejected", "grad_norm", "learning_rate", "perf/tokens_per_second",
+                 "perf/computed_tokens_per_second", "perf/model_flops_per_second", "perf/mfu"):
         assert np.isfinite(pref[name]), name
+    assert pref["perf/computed_tokens_per_second"] >= pref["perf/tokens_per_second"] > 0  # padding is computed too
+    assert pref["perf/mfu"] == pytest.approx(pref["perf/model_flops_per_second"] / measured_cpu_peak(cfg.model.dtype))  # CPU: the measured peak
     evals = [r for r in rows if r["phase"] == "eval"]
     assert [r["step"] for r in evals] == [0, 3, 6]
     assert evals[0]["eval/kl"] == pytest.approx(0.0, abs=1e-5)  # before: policy is the reference

@@ -33,6 +33,7 @@ from jaxspo.data.synthetic import build_synthetic_task
 from jaxspo.distributed import barrier, broadcast_text, from_process_rows, is_writer
 from jaxspo.host_memory import StepPacer, release_freed_memory
 from jaxspo.models import ModelConfig
+from jaxspo.perf import model_flops, run_peak, throughput
 from jaxspo.models.hf_config import check_same_architecture, model_config_from_hf
 from jaxspo.models.hf_io import load_params, load_tokenizer, save_hf
 from jaxspo.sharding import make_mesh
@@ -53,6 +54,7 @@ from jaxspo.train.state import (
 from jaxspo.train.reference_cache import cached_reference_logps
 from jaxspo.train.scoring import PairScorer
 from jaxspo.train.step import batch_fields, make_train_step, needs_reference
+from jaxspo.train.step_flops import step_forwards
 from jaxspo.train.kl_regularizer import KLSampler, kl_active, kl_field_shapes, regularisation_prompts
 from jaxspo.train.precompile import precompile
 from jaxspo.train.list_objective import uses_lists
@@ -95,6 +97,7 @@ class Phase:
         cfg = run.cfg
         self.run, self.phase, self.steps, self.name = run, phase, steps, name or phase
         self.base_record = lora.record if lora else None  # LoRA: checkpoints hold adapters, tied to this base
+        self.frozen_base = lora is not None  # LoRA: the policy's own weights get no gradient (model FLOPs)
         model, abstract, sharding, params = (
             (lora.model, lora.model.abstract_adapters, lora.model.adapter_sharding, lora.initial) if lora
             else (run.graphdef, run.abstract_params, run.param_sharding, run.params)
@@ -204,9 +207,13 @@ class Phase:
             self.precompile(reference)
         bar = tqdm(total=self.steps, initial=start, desc=self.name, disable=not (cfg.logging.progress_bar and is_writer()), dynamic_ncols=True)
         window_start, window_tokens, window_steps = time.perf_counter(), 0.0, 0
+        window_computed = window_flops = 0.0  # counted on the host from each batch as it is dispatched
         pending: list[tuple[int, dict]] = []
         for i in range(start + 1, self.steps + 1):
-            metrics, _ = self.take_step(i, reference)
+            metrics, local = self.take_step(i, reference)
+            forwards = step_forwards(cfg, self.phase, local, self.batches.batch_size, self.frozen_base)
+            window_computed += forwards[0].slots  # the policy's pass over the batch's rows
+            window_flops += model_flops(cfg.model, forwards)
             pending.append((i, metrics))
             log_now = i % cfg.logging.log_every == 0 or i == self.steps
             save_now = self.checkpoints.due(i) or i == self.steps or guard.requested
@@ -219,11 +226,13 @@ class Phase:
             if log_now:
                 elapsed = time.perf_counter() - window_start
                 row = {k: float(v) for k, v in fetched[-1][1].items() if k not in ("tokens", "nonfinite")}
-                row |= {"tokens_per_second": window_tokens / max(elapsed, 1e-9), "seconds_per_step": elapsed / window_steps, "skipped_steps": float(self.skipped)}
+                row |= throughput(window_tokens, window_computed, window_flops, elapsed, window_steps, self.run.peak_flops) | {"skipped_steps": float(self.skipped)}
                 row |= self.kl_sampler.drain_metrics(window_steps) if self.kl_sampler is not None else {}
                 self.run.log.log(self.name, i, row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_second']:.0f}")
+                mfu = {"mfu": f"{row['perf/mfu']:.1%}"} if "perf/mfu" in row else {}
+                bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['perf/tokens_per_second']:.0f}", **mfu)
                 window_start, window_tokens, window_steps = time.perf_counter(), 0.0, 0
+                window_computed = window_flops = 0.0
             bar.update(1)
             if on_step is not None:
                 on_step(i, self.state.params)
@@ -259,6 +268,11 @@ class Run:
         self.cfg = cfg = dataclasses.replace(cfg, model=model_cfg)
         self.run_dir = run_dir
         self.mesh = make_mesh(cfg.mesh.shape())
+        self.peak_flops, peak_source = run_peak(cfg.model.dtype)  # all devices' FLOP/s, for perf/mfu
+        if self.peak_flops is None:
+            log.warning("no peak FLOP/s known for %s devices: metrics rows carry no perf/mfu (README: Speed, MFU)", peak_source)
+        else:
+            log.info("peak %.3g FLOP/s over %d devices (%s, %s): perf/mfu's denominator", self.peak_flops, jax.device_count(), peak_source, cfg.model.dtype)
         self.graphdef, self.abstract_params = abstract_model(cfg.model)
         self.param_sharding = param_shardings(self.abstract_params, self.mesh, cfg.mesh.rules)
         if cfg.model.path:

@@ -14,7 +14,7 @@ from jaxspo.distributed import is_writer
 
 PLOTTED = (
     "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "eval/rewards/accuracies",
-    "eval/logps_accuracy", "eval/gold/correctness", "eval/kl", "tokens_per_second",
+    "eval/logps_accuracy", "eval/gold/correctness", "eval/kl", "perf/tokens_per_second", "perf/mfu",
 )
 
 
