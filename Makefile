@@ -22,8 +22,11 @@ venv: $(STAMP)
 demo: venv
 	$(RUN_ENV) $(PLATFORM) $(VENV)/bin/jaxspo train configs/demo.yaml $(ARGS)
 
+# Tests run in TEST_WORKERS processes (pytest-xdist), a test file per process at a time (its module fixtures stay shared).
+TEST_WORKERS ?= 2
+
 test: venv
-	$(RUN_ENV) $(TEST_ENV) $(PY) -m pytest -q $(PYTEST_ARGS)
+	$(RUN_ENV) $(TEST_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # jaxspo vs TRL and Tunix side by side (benchmarks/vs_peers.py); the peers' venvs go to benchmarks/.venvs.
 bench: venv
