@@ -323,8 +323,9 @@ RUN_DAMAGE = {
     "metrics corrupt": lambda r, n: (r / "metrics.jsonl").write_text('{"phase": "preference", "step": 1, "loss": 0.7}\n{"phase": \n'),
     "metrics missing": lambda r, n: (r / "metrics.jsonl").unlink(),
 }
-RUN_COMMANDS = {  # damage → the commands that read what was damaged
-    "metrics corrupt": ["plot"], "metrics missing": ["plot"],
+RUN_COMMANDS = {  # damage → the commands that read what was damaged (eval falls back to the config's start
+    # when params/ is missing, and tokenises with the config's tokenizer)
+    "metrics corrupt": ["plot"], "metrics missing": ["plot"], "no params": ["export"], "no tokenizer": ["export"],
 }
 
 
@@ -372,8 +373,8 @@ DATASET_DAMAGE = {
     "no files": ("hh_rlhf", lambda m, n: m.mkdir()),
     "unrelated file": ("ultrafeedback_binarized", lambda m, n: m.mkdir() or (m / "README.md").write_text("hello")),
     "missing folder": ("pku_safe_rlhf", lambda m, n: None),
-    "unknown dataset": ("no_such_dataset", lambda m, n: m.mkdir() or (m / "train.jsonl").write_text("{}\n")),
 }
+UNKNOWN_DATASETS = ["no_such_dataset", "pku_safe_rlhf/nope", "hh_rlhf/helpful"]
 
 
 @FUZZ
@@ -384,6 +385,8 @@ def test_fuzz_dataset_folders(damage, n):
         make(inputs / "manual", n)
         argv = ["data", "prepare", name, "--manual-dir", str(inputs / "manual"), "--data-dir", str(outputs / "tfds")]
         assert_one_error_line(argv, inputs, INPUT_STATUS)
+        unknown = UNKNOWN_DATASETS[n % len(UNKNOWN_DATASETS)]  # a usage error, whatever the folder holds
+        assert_one_error_line(["data", "prepare", unknown, "--manual-dir", str(inputs / "manual")], inputs, CONFIG_STATUS)
 
 
 BAD_ARGUMENTS = [
@@ -399,5 +402,5 @@ BAD_ARGUMENTS = [
 @given(argv=st.sampled_from(BAD_ARGUMENTS))
 def test_fuzz_arguments(argv):
     with workspace() as (inputs, _):
-        status = INPUT_STATUS if argv[0] == "launch" else CONFIG_STATUS
+        status = INPUT_STATUS if argv[:1] == ["launch"] else CONFIG_STATUS
         assert_one_error_line(argv, inputs, status)
