@@ -250,12 +250,12 @@ def _model_and_tokenizer(model: ModelConfig, task_tokenizer: Any) -> tuple[Model
 class Run:
     """Holds the pieces shared by both phases and the evaluator.
 
-    The data is read and screened before any model is built (``screen``: the splits encoded at once —
-    "train" and "eval" for training, "eval" for ``jaxspo eval``), so a bad file or row stops the command
-    before anything compiles.
+    The data is read and screened before any model is built (``screen``: the splits encoded at once; default
+    "train" and "eval", only "eval" for a ``stages`` recipe, which screens its own pairs), so a bad file or
+    row stops the command before anything compiles.
     """
 
-    def __init__(self, cfg: Config, run_dir: Path, screen: tuple[str, ...] = ("train", "eval")):
+    def __init__(self, cfg: Config, run_dir: Path, screen: tuple[str, ...] | None = None):
         self.task = build_synthetic_task(cfg.data.synthetic)
         self.splits = load_splits(cfg.data.source, self.task, cfg.data.task, cfg.data.on_bad_row)
         model_cfg, self.tokenizer = _model_and_tokenizer(cfg.model, self.task.tokenizer)
@@ -265,7 +265,7 @@ class Run:
         self.run_dir = run_dir
         self.data_reports: dict[str, DataReport] = {}
         self._encoded: dict[tuple[str, int | None], dict[str, np.ndarray]] = {}
-        for split in screen:
+        for split in screen if screen is not None else ("eval",) if cfg.stages else ("train", "eval"):
             self.encoded(split, cfg.eval.num_pairs if split == "eval" else None)
         self.mesh = make_mesh(cfg.mesh.shape())
         self.graphdef, self.abstract_params = abstract_model(cfg.model)
@@ -347,7 +347,7 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
         raise RunDirError(f"{checkpoint_root}: holds checkpoints of an earlier run; set checkpoint.resume=true to continue it or choose another run_dir")
     barrier("jaxspo: run directory checked")  # before any process creates checkpoints there
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = Run(cfg, run_dir, screen=("eval",) if cfg.stages else ("train", "eval"))
+    run = Run(cfg, run_dir)
     cfg = run.cfg
     if is_writer():
         dump_yaml(cfg, run_dir / "config.yaml")
