@@ -6,8 +6,6 @@ STAMP := $(VENV)/.installed
 TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu
 # glibc allocator settings that keep large host buffers from fragmenting (faster on CPU).
 RUN_ENV := MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=131072 TOKENIZERS_PARALLELISM=false
-# libtpu is installed (for `jaxspo compile`); without a TPU device here, run on the CPU without its probing.
-PLATFORM := $(if $(JAX_PLATFORMS),,$(shell ls /dev/accel0 /dev/vfio/0 >/dev/null 2>&1 || echo JAX_PLATFORMS=cpu))
 
 .PHONY: venv demo test bench clean
 
@@ -20,7 +18,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: venv
-	$(RUN_ENV) $(PLATFORM) $(VENV)/bin/jaxspo train configs/demo.yaml $(ARGS)
+	$(RUN_ENV) $(VENV)/bin/jaxspo train configs/demo.yaml $(ARGS)
 
 # Tests run in TEST_WORKERS processes (pytest-xdist), a test file per process at a time (its module fixtures stay shared).
 TEST_WORKERS ?= 2

@@ -18,6 +18,8 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from jaxspo.errors import CheckpointError
+
 log = logging.getLogger("jaxspo")
 
 
@@ -78,8 +80,15 @@ class PhaseCheckpoints:
 def restore_params(path: Path, target: Any) -> Any:
     """Reads params saved by :func:`save_params` onto the shardings of ``target`` (an nnx.State)."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(target))
-    with ocp.StandardCheckpointer() as checkpointer:
-        pure = checkpointer.restore(path.resolve(), abstract)
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            pure = checkpointer.restore(path.resolve(), abstract)
+    except Exception as err:  # Orbax and tensorstore raise many types for a missing, cut or foreign checkpoint
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        raise CheckpointError(
+            f"{path}: not a readable parameter checkpoint of this model ({type(err).__name__}: {first}); "
+            "give the params folder of a run with this config (RUN_DIR/params or RUN_DIR/checkpoints/reference)"
+        ) from err
     nnx.replace_by_pure_dict(target, pure)
     return target
 

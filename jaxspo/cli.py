@@ -1,19 +1,27 @@
 """Command line: ``jaxspo train CONFIG [key=value ...]``, ``jaxspo export RUN_DIR --out DIR``,
 ``jaxspo score MODEL_DIR DATA.jsonl --out OUT.jsonl``, ``jaxspo compile CONFIG --topology v5p-128``,
 ``jaxspo launch (--local N | --tpu NAME | --queued-resource NAME | --slurm | --hosts H0,H1,...) CONFIG [key=value ...]``,
-``jaxspo data prepare NAME --manual-dir DIR``, ``jaxspo plot RUN_DIR``, ``jaxspo eval CONFIG [--params DIR]``."""
+``jaxspo data prepare NAME --manual-dir DIR``, ``jaxspo plot RUN_DIR``, ``jaxspo eval CONFIG [--params DIR]``.
+
+Every command ends a user mistake with one line ``jaxspo: <kind>: <where>: <what>; <what to do>`` on stderr
+and the exit status of its :class:`jaxspo.errors.UserError` class (1 input, 2 config or usage); anything else
+is a bug: its traceback, a line asking to report it, and status 70.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
+import traceback
 from pathlib import Path
 
 from jaxspo import launch
-from jaxspo.config import ConfigError, load_config
-from jaxspo.errors import PREEMPTED_EXIT_CODE, BaseChangedError, DataError, DistributedError, NonFiniteError, Preempted
+from jaxspo.config import load_config
+from jaxspo.errors import INTERNAL_ERROR_EXIT_CODE, PREEMPTED_EXIT_CODE, FileAccessError, Preempted, RunDirError, UsageError, UserError
 from jaxspo.host_memory import hold_freed_memory
+from jaxspo.platforms import choose_platforms
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -34,13 +42,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from jaxspo.export import export_run
-    from jaxspo.models.hf_config import CheckpointError
 
-    try:
-        out = export_run(args.run_dir, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size, peft=args.peft)
-    except (CheckpointError, BaseChangedError) as err:
-        print(f"jaxspo: error: {err}", file=sys.stderr)
-        return 1
+    out = export_run(args.run_dir, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size, peft=args.peft)
     print(f"exported {args.run_dir} to {out}")
     return 0
 
@@ -48,13 +51,10 @@ def _export(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from jaxspo.score import score_file
 
-    try:
-        summary = score_file(args.model_dir, args.data, args.out, max_length=args.max_length, batch_size=args.batch_size, dtype=args.dtype)
-    except ValueError as err:  # a CheckpointError, or a malformed file or row (named in the message)
-        print(f"jaxspo: error: {err}", file=sys.stderr)
-        return 1
-    print(f"scored {summary['rows']} rows ({summary['truncated']} truncated at --max-length), mean chosen-rejected "
-          f"log-prob margin {summary['mean_margin']:.4f}: {args.out}")
+    summary = score_file(args.model_dir, args.data, args.out, max_length=args.max_length, batch_size=args.batch_size, dtype=args.dtype)
+    clamped = f"; --max-length {args.max_length} clamped to the model's {summary['max_length']} positions" if summary["max_length"] < args.max_length else ""
+    print(f"scored {summary['rows']} rows ({summary['truncated']} truncated at --max-length {summary['max_length']}{clamped}), "
+          f"mean chosen-rejected log-prob margin {summary['mean_margin']:.4f}: {args.out}")
     return 0
 
 
@@ -79,26 +79,23 @@ def _compile(args: argparse.Namespace) -> int:
 def _data_prepare(args: argparse.Namespace) -> int:
     from jaxspo.data.prepare import format_summary, prepare
 
-    try:
-        summary = prepare(args.name, args.manual_dir, args.data_dir)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"jaxspo: error: {err}", file=sys.stderr)
-        return 1
-    print(format_summary(summary))
+    print(format_summary(prepare(args.name, args.manual_dir, args.data_dir)))
     return 0
 
 
 def _plot(args: argparse.Namespace) -> int:
+    from jaxspo.data.files import BadLine, json_lines
     from jaxspo.train.metrics_log import plot_curves
 
     metrics = Path(args.run_dir) / "metrics.jsonl"
     if not metrics.is_file():
-        print(f"jaxspo: error: {metrics} does not exist (is {args.run_dir} a run directory?)", file=sys.stderr)
-        return 1
+        raise RunDirError(f"{metrics}: does not exist; give a run directory (it holds metrics.jsonl)")
+    for number, row in json_lines(metrics):
+        if isinstance(row, BadLine):
+            raise RunDirError(f"{metrics}:{number}: {row.detail}; delete that line (a write cut short) and plot again")
     out = Path(args.out or Path(args.run_dir) / "curves.png")
     if not plot_curves(metrics, out):
-        print(f"jaxspo: error: {metrics} holds none of the plotted metrics", file=sys.stderr)
-        return 1
+        raise RunDirError(f"{metrics}: holds none of the plotted metrics; plot a run that has logged steps")
     print(f"wrote {out}")
     return 0
 
@@ -129,8 +126,25 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its complaint raised as a UsageError (one line) instead of usage text and exit(2)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message}; see {self.prog} --help")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxspo", description="Preference optimisation for causal LMs in JAX.")
+    parser = _Parser(prog="jaxspo", description="Preference optimisation for causal LMs in JAX.")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="SFT warm start then preference optimisation, with evaluation")
     train.add_argument("config", help="YAML recipe, e.g. configs/demo.yaml")
@@ -147,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("model_dir", help="Hugging Face model folder (config.json, safetensors, tokenizer)")
     score.add_argument("data", help="JSONL rows with prompt, chosen, rejected")
     score.add_argument("--out", required=True, help="JSONL written: each row plus chosen_logp, rejected_logp, lengths, truncated")
-    score.add_argument("--max-length", type=int, default=1024, help="tokens per prompt+response (longer responses are cut)")
-    score.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass")
+    score.add_argument("--max-length", type=_positive_int, default=1024, help="tokens per prompt+response (longer responses are cut; at most the model's positions)")
+    score.add_argument("--batch-size", type=_positive_int, default=8, help="pairs per forward pass")
     score.add_argument("--dtype", default="float32", help="parameter and compute dtype, e.g. bfloat16")
     score.set_defaults(handler=_score)
     compile_ = commands.add_parser("compile", help="compile the real train step for a TPU slice here (no TPU needed) and report memory")
@@ -183,8 +197,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _as_user_error(err: Exception) -> UserError | None:
+    """``err`` as the user mistake it reports, or None for a bug. An OSError naming a path the OS could not
+    open (missing, not permitted, a folder where a file belongs) is a mistake in a path the user gave."""
+    if isinstance(err, UserError):
+        return err
+    path_errors = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+    if isinstance(err, path_errors) and err.filename:
+        return FileAccessError(f"{err.filename}: {err.strerror}; check the path and its permissions")
+    return None
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "compile":  # compile's AOT compiler is libtpu's own
+        choose_platforms()
+    return args.handler(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs one command; see the module docstring for how it ends."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("jaxspo: %(message)s"))
     logger = logging.getLogger("jaxspo")
@@ -192,16 +224,19 @@ def main(argv: list[str] | None = None) -> int:
     logger.setLevel(logging.INFO)
     propagate, logger.propagate = logger.propagate, False  # absl's root handler would print each line again
     try:
-        return args.handler(args)
-    except ConfigError as err:
-        print(f"jaxspo: config error: {err}", file=sys.stderr)
-        return 2
+        return _run(argv)
     except Preempted as err:
         print(f"jaxspo: {err}", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
-    except (BaseChangedError, DataError, DistributedError, FileExistsError, FileNotFoundError, NonFiniteError) as err:
-        print(f"jaxspo: error: {err}", file=sys.stderr)
-        return 1
+    except Exception as err:  # the one boundary: a user mistake becomes one line, anything else is a bug
+        mistake = _as_user_error(err)
+        if mistake is None:
+            traceback.print_exc()
+            print(f"jaxspo: internal error: the {type(err).__name__} above is a bug in jaxspo; please report it to the maintainers with the command and this traceback", file=sys.stderr)
+            return INTERNAL_ERROR_EXIT_CODE
+        message = re.sub(r"\s*\n\s*", " ", str(mistake)).strip()  # one line, whatever the message holds
+        print(f"jaxspo: {mistake.kind}: {message}", file=sys.stderr)
+        return mistake.exit_status
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagate

@@ -21,16 +21,13 @@ import yaml
 from jaxspo.data.layout import LAYOUTS
 from jaxspo.data.sources import SourceConfig
 from jaxspo.data.synthetic import GOLD_DIMENSIONS, SyntheticTaskConfig
+from jaxspo.errors import ConfigError
 from jaxspo.host_memory import HOST_HEAP_MODES
 from jaxspo.losses.soft_spo import SoftSpoConfig
 from jaxspo.losses.selfsup import SelfsupConfig
 from jaxspo.models.decoder import ModelConfig
 from jaxspo.models.lora import LoRAConfig, chosen_projections
 from jaxspo.sharding import DEFAULT_RULES, MESH_AXES
-
-
-class ConfigError(ValueError):
-    """A config file, key or value is wrong; the message names it."""
 
 
 REFERENCE_MODES = ("resident", "precomputed", "none", "adapter_off")
@@ -354,7 +351,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     defaults = to_dict(Config())
     for override in overrides:
         _apply_override(tree, override, defaults)
-    return config_from_dict(tree)
+    try:
+        return config_from_dict(tree)
+    except ConfigError as err:
+        if not path or str(Path(path).resolve()) in str(err):
+            raise
+        raise ConfigError(f"{err} (config {Path(path).resolve()}{' with its overrides' if overrides else ''})") from None
 
 
 def validate(cfg: Config) -> None:

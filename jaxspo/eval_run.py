@@ -19,6 +19,7 @@ from typing import Any
 import jax
 
 from jaxspo.config import Config
+from jaxspo.errors import ConfigError, RunDirError
 
 
 def _copy(params: Any) -> Any:
@@ -37,8 +38,8 @@ def evaluate(cfg: Config, params_dir: str = "", reference_dir: str = "", reward_
         out = Path(out_dir or scratch)
         out.mkdir(parents=True, exist_ok=True)
         if cfg.lora.enabled:
-            raise ValueError("jaxspo eval reads full parameters; for a LoRA run, export the merged model first (jaxspo export RUN_DIR --out DIR) and evaluate a config with model.path=DIR")
-        run = Run(cfg, out)
+            raise ConfigError("lora.rank: jaxspo eval reads full parameters; for a LoRA run, export the merged model first (jaxspo export RUN_DIR --out DIR) and evaluate a config with model.path=DIR")
+        run = Run(cfg, out, screen=("eval",))
         start = run.params if run.reference_params is None else run.reference_params
         reference = restore_params(Path(reference_dir).resolve(), _copy(run.params)) if reference_dir else start
         policy = restore_params(Path(params_dir).resolve(), _copy(run.params)) if params_dir else run.params
@@ -64,7 +65,7 @@ def resolve_target(target: str) -> tuple[str, str, str]:
     path = Path(target)
     if path.is_dir():
         if not (path / "config.yaml").is_file():
-            raise FileNotFoundError(f"{path} is a folder without config.yaml (not a run directory)")
+            raise RunDirError(f"{path}: a folder without config.yaml, so not a run directory; give a run directory or a YAML recipe")
         reference = path / "checkpoints" / "reference"
         return str(path / "config.yaml"), str(path / "params") if (path / "params").is_dir() else "", str(reference) if reference.is_dir() else ""
     return target, "", ""

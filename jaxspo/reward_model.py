@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxspo.errors import CheckpointError
+
 
 class RewardModel:
     """``score(prompts, responses) -> [N]`` rewards under a sequence-classification model folder."""
@@ -27,9 +29,9 @@ class RewardModel:
             self.model = transformers.AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True).eval()
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         except (OSError, ValueError) as err:
-            raise ValueError(f"{folder}: cannot load a sequence-classification reward model: {err}") from None
+            raise CheckpointError(f"{folder}: cannot load a sequence-classification reward model ({err}); --reward-model must be a Hugging Face *ForSequenceClassification folder") from None
         if self.model.config.num_labels != 1:
-            raise ValueError(f"{folder}: a reward model has one output (num_labels=1), this one has {self.model.config.num_labels}")
+            raise CheckpointError(f"{folder}: a reward model has one output (num_labels=1), this one has {self.model.config.num_labels}; give a reward model folder")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id

@@ -7,6 +7,7 @@ onto all local devices (rows split over the ``data`` axis).
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -15,8 +16,9 @@ import numpy as np
 
 from jaxspo.data import read_jsonl
 from jaxspo.data.encode import encode_preference_rows
+from jaxspo.data.screen import encode_screened
 from jaxspo.models import ModelConfig
-from jaxspo.models.hf_config import CheckpointError, model_config_from_hf
+from jaxspo.models.hf_config import model_config_from_hf
 from jaxspo.models.hf_io import load_params, load_tokenizer
 from jaxspo.sharding import DEFAULT_RULES, activation_sharding, make_mesh, named_sharding
 from jaxspo.train.state import abstract_model, param_shardings
@@ -34,13 +36,15 @@ def score_file(
 ) -> dict[str, float]:
     """Writes each row of ``data`` to ``out`` with ``chosen_logp``, ``rejected_logp`` (sums over the response
     tokens and the closing EOS), ``chosen_length``, ``rejected_length`` (tokens scored) and ``truncated``
-    (a response was cut at ``max_length``). Returns summary numbers (rows, truncated, mean margin)."""
+    (a response was cut at ``max_length``). ``max_length`` above the model's positions is lowered to them.
+    Returns summary numbers (rows, truncated, mean margin, the max_length used)."""
     rows = read_jsonl(data)
     tokenizer = load_tokenizer(model_dir)
     cfg = model_config_from_hf(model_dir, ModelConfig(dtype=dtype, param_dtype=dtype))
-    if cfg.positions == "learned" and max_length > cfg.max_position_embeddings:
-        raise CheckpointError(f"--max-length {max_length} exceeds the model's {cfg.max_position_embeddings} positions")
-    arrays = {k: v for k, v in encode_preference_rows(rows, tokenizer, max_length).items() if k in PREFERENCE_FIELDS}
+    max_length = min(max_length, cfg.max_position_embeddings)
+    encode = functools.partial(encode_preference_rows, tokenizer=tokenizer, max_length=max_length)
+    encoded, _ = encode_screened(rows, encode, str(data), on_bad_row="error", hint="fix or delete the row")
+    arrays = {k: v for k, v in encoded.items() if k in PREFERENCE_FIELDS}
     mesh = make_mesh({"data": -1})
     graphdef, abstract = abstract_model(cfg)
     params = load_params(model_dir, cfg, abstract, param_shardings(abstract, mesh, DEFAULT_RULES))
@@ -75,7 +79,7 @@ def score_file(
                 "truncated": bool(truncated[i]),
             }
             f.write(json.dumps(row | scores, ensure_ascii=False) + "\n")
-    return {"rows": n, "truncated": int(truncated.sum()), "mean_margin": float(np.mean(chosen - rejected))}
+    return {"rows": n, "truncated": int(truncated.sum()), "mean_margin": float(np.mean(chosen - rejected)), "max_length": max_length}
 
 
 def _cut(arrays: dict[str, np.ndarray], side: str, eos: int) -> np.ndarray:

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxspo.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 MeshAxes = str | list[str] | tuple[str, ...] | None
@@ -40,19 +42,19 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
     devices = list(devices if devices is not None else jax.devices())
     unknown = set(shape) - set(MESH_AXES)
     if unknown:
-        raise ValueError(f"mesh: unknown axis {sorted(unknown)}; valid axes are {MESH_AXES}")
+        raise ConfigError(f"mesh: unknown axis {sorted(unknown)}; valid axes are {MESH_AXES}")
     sizes = [int(shape.get(axis, 1)) for axis in MESH_AXES]
     if sizes.count(-1) > 1:
-        raise ValueError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+        raise ConfigError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}; set the others to sizes")
     if -1 in sizes:
         known = math.prod(s for s in sizes if s != -1)
         if len(devices) % known:
-            raise ValueError(f"mesh: {len(devices)} devices do not divide by {known}")
+            raise ConfigError(f"mesh: {len(devices)} devices do not divide by {known} (mesh.data × mesh.fsdp × mesh.tensor without the -1); choose sizes that divide {len(devices)}")
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) != len(devices):
-        raise ValueError(
+        raise ConfigError(
             f"mesh: shape {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-            f"but {len(devices)} are available"
+            f"but {len(devices)} are available; set one of mesh.data / mesh.fsdp / mesh.tensor to -1 (the rest)"
         )
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 

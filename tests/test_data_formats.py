@@ -145,7 +145,7 @@ def test_file_sources_read_rename_and_report_bad_rows_by_file(kind, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     name, rows = read_split(SourceConfig(kind=kind, path=_write(kind, ROWS + [ROWS[0] | {"p": 1.5}], bad), fields=FIELDS), "train")
-    with pytest.raises(DataError, match=rf"^{name}, row 2: field 'soft_label' must be in \[0, 1\], got 1.5$"):
+    with pytest.raises(DataError, match=rf"^{name}, row 2: field 'soft_label' must be in \[0, 1\], got 1.5; fix or delete the row"):
         encode_screened(rows, lambda r: encode_preference_rows(r, tokenizer, 16), name, "error")
     assert "train" in name
 

@@ -63,4 +63,4 @@ def test_plot_command_draws_the_curves(tmp_path, capsys):
     height, width, _ = imread(tmp_path / "c.png").shape
     assert width == 3 * 450 and height == 3 * 320  # 7 panels: 3 columns × 3 rows at 100 dpi
     assert main(["plot", str(tmp_path / "nothing")]) == 1
-    assert "metrics.jsonl does not exist" in capsys.readouterr().err
+    assert "metrics.jsonl: does not exist" in capsys.readouterr().err

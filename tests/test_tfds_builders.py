@@ -112,4 +112,5 @@ def test_prepare_command_prints_the_summary_and_names_missing_files(tmp_path, ca
     (tmp_path / "empty" / "README.txt").write_text("not a data file")
     assert main(["data", "prepare", "hh_rlhf", "--manual-dir", str(tmp_path / "empty"), "--data-dir", str(tmp_path / "tfds2")]) == 1
     assert "none of the expected files of hh_rlhf" in capsys.readouterr().err
-    assert main(["data", "prepare", "nope", "--manual-dir", str(tmp_path)]) == 1
+    assert main(["data", "prepare", "nope", "--manual-dir", str(tmp_path)]) == 2  # a usage error
+    assert "jaxspo: usage error: jaxspo data prepare nope: unknown dataset 'nope'" in capsys.readouterr().err

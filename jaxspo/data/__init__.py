@@ -20,6 +20,7 @@ from jaxspo.data.encode import (
     encode_prompts,
     encode_sft_rows,
 )
+from jaxspo.data.files import read_json_lines
 from jaxspo.data.synthetic import (
     GOLD_DIMENSIONS,
     SyntheticTask,
@@ -60,17 +61,6 @@ def write_jsonl(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str])
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Reads one JSON object per line, skipping blank lines; bad lines raise ValueError with file:line."""
-    rows = []
-    with Path(path).open(encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_number}: invalid JSON: {err.msg} (column {err.colno})") from err
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
+    """Reads one JSON object per line (the file may be gzip/bzip2/xz/zstd-compressed), skipping blank lines;
+    a bad line raises DataError naming file:line."""
+    return read_json_lines(path)

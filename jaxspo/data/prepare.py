@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from jaxspo.data.sources import SourceConfig, read_split
+from jaxspo.errors import DataError, UsageError
 
 
 def _chars(value: Any) -> int:
@@ -30,9 +31,12 @@ def prepare(name: str, manual_dir: str, data_dir: str = "") -> dict[str, Any]:
 
     builder_name, _, config = name.partition("/")
     if builder_name not in BUILDERS:
-        raise ValueError(f"unknown dataset '{builder_name}'; available: {sorted(BUILDERS)}")
+        raise UsageError(f"jaxspo data prepare {name}: unknown dataset '{builder_name}'; available: {', '.join(sorted(BUILDERS))}")
+    configs = [c.name for c in BUILDERS[builder_name].BUILDER_CONFIGS]
+    if config and config not in configs:
+        raise UsageError(f"jaxspo data prepare {name}: {builder_name} has no config '{config}'; available: {', '.join(configs) or 'none'}")
     if not Path(manual_dir).is_dir() or not any(Path(manual_dir).iterdir()):
-        raise FileNotFoundError(f"--manual-dir {manual_dir} is not a folder with files; {BUILDERS[builder_name].MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        raise DataError(f"{manual_dir}: --manual-dir is not a folder with files; {BUILDERS[builder_name].MANUAL_DOWNLOAD_INSTRUCTIONS}")
     builder = BUILDERS[builder_name](config=config or None, data_dir=data_dir or None)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     record = Path(builder.data_dir) / "rejected.json"

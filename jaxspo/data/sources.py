@@ -25,6 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from jaxspo.data.files import SkipLine, read_json_lines
+from jaxspo.data.screen import DataReport
+from jaxspo.errors import DataError
+
 KINDS = ("synthetic", "jsonl", "parquet", "hf_disk", "tfds")
 
 
@@ -60,6 +64,7 @@ class Splits:
     names: dict[str, str]
     gold_rewards: Callable[[str, str], dict[str, float]] | None = None
     dimensions: tuple[str, ...] = ()
+    reports: dict[str, DataReport] = dataclasses.field(default_factory=dict)  # split → lines left out while reading
 
 
 def _plain(value: Any) -> Any:
@@ -81,16 +86,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _read_jsonl(path: Path) -> list[Any]:
-    from jaxspo.data import read_jsonl
-
-    return read_jsonl(path)
-
-
 def _read_parquet(path: Path) -> list[Any]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_table(path).to_pylist()
+    try:
+        return pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"{path}: not a readable Parquet file ({err}); check data.source.kind and the file") from None
+
+
+def _json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, OSError) as err:
+        raise DataError(f"{path}: not a readable JSON file ({err}); save the dataset again with save_to_disk") from None
 
 
 def _read_hf_disk(folder: Path, split: str) -> tuple[str, list[Any]]:
@@ -100,13 +110,21 @@ def _read_hf_disk(folder: Path, split: str) -> tuple[str, list[Any]]:
     split_dir = folder / split if (folder / "dataset_dict.json").is_file() else folder
     state_file = split_dir / "state.json"
     if not state_file.is_file():
-        available = json.loads((folder / "dataset_dict.json").read_text()).get("splits") if (folder / "dataset_dict.json").is_file() else None
-        raise FileNotFoundError(f"{split_dir}: not a saved datasets split (no state.json); splits: {available}")
-    files = [split_dir / f["filename"] for f in json.loads(state_file.read_text())["_data_files"]]
+        splits = _json_file(folder / "dataset_dict.json") if (folder / "dataset_dict.json").is_file() else None
+        available = splits.get("splits") if isinstance(splits, dict) else None
+        raise DataError(f"{split_dir}: not a saved datasets split (no state.json); splits: {available}; set data.source.train_split / eval_split to one of them")
+    state = _json_file(state_file)
+    try:
+        files = [split_dir / f["filename"] for f in state["_data_files"]]
+    except (KeyError, TypeError):
+        raise DataError(f"{state_file}: lists no '_data_files'; save the dataset again with save_to_disk") from None
     rows: list[Any] = []
     for file in files:
-        with pa.memory_map(str(file)) as stream:
-            rows += pa.ipc.open_stream(stream).read_all().to_pylist()
+        try:
+            with pa.memory_map(str(file)) as stream:
+                rows += pa.ipc.open_stream(stream).read_all().to_pylist()
+        except (pa.ArrowException, OSError) as err:
+            raise DataError(f"{file}: not a readable Arrow file ({err}); save the dataset again with save_to_disk") from None
     return str(split_dir), rows
 
 
@@ -115,39 +133,59 @@ def _read_tfds(name: str, data_dir: str, split: str) -> list[Any]:
 
     import jaxspo.data.tfds_builders  # noqa: F401  (registers jaxspo's builders)
 
-    source = tfds.data_source(name, split=split, data_dir=str(Path(data_dir).expanduser()) if data_dir else None, download=False)
+    try:
+        source = tfds.data_source(name, split=split, data_dir=str(Path(data_dir).expanduser()) if data_dir else None, download=False)
+    except (tfds.core.registered.DatasetNotFoundError, AssertionError, ValueError, KeyError) as err:  # not registered / not prepared / no such split
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{name}:{split} in {data_dir or 'the TFDS data dir'}: cannot be read ({message}); prepare it first (jaxspo data prepare {name.split('/')[0]} --manual-dir DIR) and check the split name") from None
     return [_plain(source[i]) for i in range(len(source))]
 
 
-def read_split(source: SourceConfig, split: str) -> tuple[str, list[Any]]:
-    """(name used in error messages, rows) of one split, columns renamed by ``source.fields``."""
+def read_split(source: SourceConfig, split: str, skip: SkipLine | None = None) -> tuple[str, list[Any]]:
+    """(name used in error messages, rows) of one split, columns renamed by ``source.fields``.
+
+    A JSON-lines line that cannot be read raises DataError naming file:line, or with ``skip`` is passed to it
+    and left out. Files may be compressed (:func:`jaxspo.data.files.open_data`).
+    """
     if source.kind in ("jsonl", "parquet"):
         path = Path(source.path.format(split=split)).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"data.source.path: {path} does not exist (split '{split}')")
-        name, rows = str(path), (_read_jsonl if source.kind == "jsonl" else _read_parquet)(path)
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise DataError(f"{path}: {what} (data.source.path for split '{split}'); set data.source.path to a file pattern with {{split}} that names existing files")
+        if source.kind == "jsonl":
+            rows = read_json_lines(path, skip, hint="fix or delete the line, or set data.on_bad_row=skip to leave such lines out")
+        else:
+            rows = _read_parquet(path)
+        name = str(path)
     elif source.kind == "hf_disk":
         name, rows = _read_hf_disk(Path(source.path).expanduser(), split)
     elif source.kind == "tfds":
         name, rows = f"{source.name}:{split}", _read_tfds(source.name, source.path, split)
     else:
-        raise ValueError(f"read_split: kind '{source.kind}' has no files")
+        raise ValueError(f"read_split: kind '{source.kind}' has no files")  # callers check the kind: a bug
     if source.fields:
         renames = {column: canonical for canonical, column in source.fields.items()}
         rows = [{renames.get(k, k): v for k, v in row.items()} if isinstance(row, Mapping) else row for row in rows]
     return name, rows
 
 
-def load_splits(source: SourceConfig, task: Any, task_name: str = "synthetic") -> Splits:
+def load_splits(source: SourceConfig, task: Any, task_name: str = "synthetic", on_bad_row: str = "error") -> Splits:
     """The run's splits: the built-in ``task``'s, or ``train_split`` / ``eval_split`` of ``source``
-    (SFT rows = the train pairs' prompts and chosen responses)."""
+    (SFT rows = the train pairs' prompts and chosen responses). With ``on_bad_row`` "skip", unreadable lines
+    are left out and counted in ``Splits.reports``."""
     if source.kind == "synthetic":
         return Splits(task.splits, {s: f"{task_name}:{s}" for s in task.splits}, task.gold_rewards, task.dimensions)
     from jaxspo.data.formats import sft_rows_from_pairs
 
-    train_name, train = read_split(source, source.train_split)
-    eval_name, held_out = read_split(source, source.eval_split)
+    reports = {}
+    rows, names = {}, {}
+    for split, name in (("train", source.train_split), ("eval", source.eval_split)):
+        report = DataReport(source="")
+        names[split], rows[split] = read_split(source, name, report.skip if on_bad_row == "skip" else None)
+        report.source, report.rows = names[split], sum(report.skipped.values())
+        reports[split] = report
     return Splits(
-        {"sft": sft_rows_from_pairs(train), "train": train, "eval": held_out},
-        {"sft": f"{train_name} (chosen as SFT)", "train": train_name, "eval": eval_name},
+        {"sft": sft_rows_from_pairs(rows["train"]), **rows},
+        {"sft": f"{names['train']} (chosen as SFT)", **names},
+        reports=reports,
     )

@@ -16,14 +16,11 @@ from typing import Any
 import transformers
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from jaxspo.errors import CheckpointError
 from jaxspo.models.config import ACTIVATIONS, ARCHITECTURES, ROPE_TYPES, ModelConfig, RopeScaling
 
 # Fields that never come from config.json: the run's numerics and where the weights live.
 NUMERIC_FIELDS = ("path", "reference_path", "dtype", "param_dtype", "remat", "remat_policy", "scan_unroll", "attention", "logprob_chunk", "init_std")
-
-
-class CheckpointError(ValueError):
-    """An HF folder cannot be loaded (or a model cannot be exported); the message names the file and tensor."""
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -51,16 +48,21 @@ def read_hf_config(folder: str | Path) -> transformers.PretrainedConfig:
     """The folder's config.json as transformers' config object; refuses unsupported ``model_type``."""
     path = check_folder(folder) / "config.json"
     if not path.is_file():
-        raise CheckpointError(f"{path}: not found (model.path must be a Hugging Face model folder)")
+        for file in sorted(path.parent.iterdir()):
+            refuse_pickle(file)  # a folder of pickle weights: say that first, it is the real problem
+        raise CheckpointError(f"{path}: not found; model.path must be a Hugging Face model folder (config.json, safetensors, tokenizer)")
     try:
-        model_type = json.loads(path.read_text()).get("model_type")
-    except (json.JSONDecodeError, AttributeError) as err:
-        raise CheckpointError(f"{path}: not a JSON object: {err}") from None
+        model_type = json.loads(path.read_bytes()).get("model_type")
+    except (ValueError, AttributeError) as err:
+        raise CheckpointError(f"{path}: not a JSON object ({err}); restore the model's config.json") from None
     if model_type not in ARCHITECTURES:
         raise CheckpointError(
             f"{path}: model_type {model_type!r} is not supported; supported: {', '.join(ARCHITECTURES)}"
         )
-    return transformers.AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+    try:
+        return transformers.AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+    except (OSError, ValueError, TypeError, KeyError) as err:  # transformers' complaints about the file's values
+        raise CheckpointError(f"{path}: transformers cannot read it ({err}); restore the model's config.json") from None
 
 
 def _require(ok: bool, where: str, message: str) -> None:
@@ -206,7 +208,10 @@ def model_config_from_hf(folder: str | Path, base: ModelConfig) -> ModelConfig:
                 f"{where}: {name} is {got[name]!r} but the recipe sets model.{name}={value!r}; "
                 "with model.path the architecture comes from config.json, so drop that key"
             )
-    loaded.validate()
+    try:
+        loaded.validate()
+    except ValueError as err:
+        raise CheckpointError(f"{where}: {err}") from None
     return loaded
 
 

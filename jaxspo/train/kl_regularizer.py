@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -30,6 +31,7 @@ from jax.sharding import NamedSharding
 from jaxspo.data import encode_prompts, read_jsonl
 from jaxspo.data.formats import is_conversation
 from jaxspo.distributed import to_global
+from jaxspo.errors import DataError
 from jaxspo.sampling import sample
 from jaxspo.sharding import named_sharding
 from jaxspo.train.logprobs import sequence_kl
@@ -79,12 +81,14 @@ def with_kl_regulariser(objective, graphdef: Any, loss_cfg):
 def regularisation_prompts(source: str, splits: dict[str, list[dict[str, Any]]]) -> list[Any]:
     """Distinct prompts of ``source``, in order: a split (``train``, ``sft``, ``eval``) or a ``.jsonl`` file of
     rows with ``prompt`` (text, or a message list for conversational data)."""
-    rows = splits[source] if source in splits else read_jsonl(source)
+    if source not in splits and not Path(source).expanduser().is_file():
+        raise DataError(f"{source}: no such split or file (loss.soft_spo.kl_prompt_source); name a split (train, sft, eval) or a .jsonl file of prompts")
+    rows = splits[source] if source in splits else read_jsonl(Path(source).expanduser())
     prompts, seen = [], set()
     for i, row in enumerate(rows):
         prompt = row.get("prompt") if isinstance(row, dict) else None
         if not (isinstance(prompt, str) and prompt.strip()) and not is_conversation(prompt):
-            raise ValueError(f"{source}, row {i}: field 'prompt' must be a non-empty str or a list of messages (loss.soft_spo.kl_prompt_source)")
+            raise DataError(f"{source}, row {i}: field 'prompt' must be a non-empty str or a list of messages (loss.soft_spo.kl_prompt_source); fix the row")
         key = json.dumps(prompt, sort_keys=True)
         if key not in seen:
             seen.add(key)

@@ -39,7 +39,7 @@ from jaxspo.models.hf_io import load_params, load_tokenizer, save_hf
 from jaxspo.sharding import make_mesh
 from jaxspo.train.evaluate import Evaluator
 from jaxspo.train.metrics_log import MetricsLog, plot_curves, read_metrics
-from jaxspo.errors import NonFiniteError, Preempted
+from jaxspo.errors import ConfigError, NonFiniteError, Preempted, RunDirError
 from jaxspo.train.lora import LoRATraining, base_record, check_base, merged_params, write_base_record
 from jaxspo.train.preemption import PreemptionGuard
 from jaxspo.train.state import (
@@ -257,16 +257,25 @@ def _model_and_tokenizer(model: ModelConfig, task_tokenizer: Any) -> tuple[Model
 
 
 class Run:
-    """Holds the pieces shared by both phases and the evaluator."""
+    """Holds the pieces shared by both phases and the evaluator.
 
-    def __init__(self, cfg: Config, run_dir: Path):
+    The data is read and screened before any model is built (``screen``: the splits encoded at once; default
+    "train" and "eval", only "eval" for a ``stages`` recipe, which screens its own pairs), so a bad file or
+    row stops the command before anything compiles.
+    """
+
+    def __init__(self, cfg: Config, run_dir: Path, screen: tuple[str, ...] | None = None):
         self.task = build_synthetic_task(cfg.data.synthetic)
-        self.splits = load_splits(cfg.data.source, self.task, cfg.data.task)
+        self.splits = load_splits(cfg.data.source, self.task, cfg.data.task, cfg.data.on_bad_row)
         model_cfg, self.tokenizer = _model_and_tokenizer(cfg.model, self.task.tokenizer)
         if model_cfg.vocab_size < len(self.tokenizer):
-            raise ValueError(f"model.vocab_size ({model_cfg.vocab_size}) is smaller than the tokenizer's {len(self.tokenizer)} tokens")
+            raise ConfigError(f"model.vocab_size ({model_cfg.vocab_size}) is smaller than the tokenizer's {len(self.tokenizer)} tokens; set model.vocab_size=0 (the tokenizer's size)")
         self.cfg = cfg = dataclasses.replace(cfg, model=model_cfg)
         self.run_dir = run_dir
+        self.data_reports: dict[str, DataReport] = {}
+        self._encoded: dict[tuple[str, int | None], dict[str, np.ndarray]] = {}
+        for split in screen if screen is not None else ("eval",) if cfg.stages else ("train", "eval"):
+            self.encoded(split, cfg.eval.num_pairs if split == "eval" else None)
         self.mesh = make_mesh(cfg.mesh.shape())
         self.peak_flops, peak_source = run_peak(cfg.model.dtype)  # all devices' FLOP/s, for perf/mfu
         if self.peak_flops is None:
@@ -284,13 +293,14 @@ class Run:
             check_same_architecture(cfg.model.reference_path, cfg.model)
             self.reference_params = load_params(cfg.model.reference_path, cfg.model, self.abstract_params, self.param_sharding)
         self.log = MetricsLog(run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project if cfg.logging.wandb else None, to_dict(cfg))
-        self.data_reports: dict[str, DataReport] = {}
 
     def encoded(self, split: str, limit: int | None = None) -> dict[str, np.ndarray]:
         """A split (its first ``limit`` rows) as static-shape arrays; bad rows handled by ``data.on_bad_row``.
 
-        What was kept and skipped, by reason, goes to RUN_DIR/data_report.json.
+        What was kept and skipped, by reason, goes to RUN_DIR/data_report.json. Encoded once per (split, limit).
         """
+        if (split, limit) in self._encoded:
+            return self._encoded[split, limit]
         length, prompt_length = self.cfg.data.max_length, self.cfg.data.max_prompt_length
         soft_losses = soft_label_losses(self.cfg.loss.terms)
         if split == "sft":
@@ -308,7 +318,7 @@ class Run:
 
         else:  # hard labels: chosen/rejected as given
             encode = functools.partial(encode_preference_rows, tokenizer=self.tokenizer, max_length=length, max_prompt_length=prompt_length)
-        arrays, report = encode_screened(self.splits.rows[split][:limit], encode, self.splits.names[split], self.cfg.data.on_bad_row)
+        arrays, report = encode_screened(self.splits.rows[split][:limit], encode, self.splits.names[split], self.cfg.data.on_bad_row, self.splits.reports.get(split))
         self.data_reports[split] = report
         if is_writer():
             write_reports(list(self.data_reports.values()), self.run_dir / "data_report.json")
@@ -316,6 +326,7 @@ class Run:
             log.warning("%s: skipped %d of %d rows: %s", report.source, report.rows - report.kept, report.rows, report.skipped)
         if self.cfg.data.spill_dir and split in ("sft", "train"):  # the pipeline's splits: read row by row from local disk
             arrays = spill(arrays, self.cfg.data.spill_dir, split)
+        self._encoded[split, limit] = arrays
         return arrays
 
     def with_precomputed_reference(self, arrays: dict[str, np.ndarray], reference: Any) -> dict[str, np.ndarray]:
@@ -347,7 +358,7 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
     run_dir = resolve_run_dir(cfg, config_name)
     checkpoint_root = run_dir / "checkpoints"
     if not cfg.checkpoint.resume and checkpoint_root.exists():
-        raise FileExistsError(f"{checkpoint_root} holds checkpoints of an earlier run; set checkpoint.resume=true to continue it or choose another run_dir")
+        raise RunDirError(f"{checkpoint_root}: holds checkpoints of an earlier run; set checkpoint.resume=true to continue it or choose another run_dir")
     barrier("jaxspo: run directory checked")  # before any process creates checkpoints there
     run_dir.mkdir(parents=True, exist_ok=True)
     run = Run(cfg, run_dir)

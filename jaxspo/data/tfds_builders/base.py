@@ -9,14 +9,15 @@ rejected rows are counted per split and reason in ``builder.rejected``.
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from jaxspo.data.files import BadLine, json_lines
+from jaxspo.errors import DataError
 
 TEXT = tfds.features.Text()
 
@@ -35,20 +36,19 @@ class Rejected(ValueError):
 
 
 def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(row number, row) of a ``.jsonl`` / ``.json`` (one object per line), optionally ``.gz``, or ``.parquet``."""
+    """(row number, row) of a ``.parquet`` file or of a JSON-lines file (``.jsonl`` / ``.json``, plain or
+    gzip / bzip2 / xz / zstd-compressed); a line that is not UTF-8, not JSON or not an object is a Rejected."""
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        yield from enumerate(pq.read_table(path).to_pylist())
+        try:
+            yield from enumerate(pq.read_table(path).to_pylist())
+        except (pa.ArrowException, OSError) as err:
+            raise DataError(f"{path}: not a readable Parquet file ({err}); download it again") from None
         return
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for number, line in enumerate(f):
-            if line.strip():
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as err:
-                    yield number, Rejected(f"invalid JSON ({err.msg})")
+    for number, row in json_lines(path):
+        yield number - 1, Rejected(row.reason) if isinstance(row, BadLine) else row
 
 
 class PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -94,11 +94,12 @@ class PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
                 generators[split] = self._generate_examples(files=files, split=split)
         if not generators:
             wanted = {s: list(g) for s, g in self.SPLIT_FILES.items()}
-            raise FileNotFoundError(f"{manual}: none of the expected files of {self.name} ({wanted}); see its download instructions")
+            raise DataError(f"{manual}: none of the expected files of {self.name} ({wanted}); {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
         return generators
 
     def _generate_examples(self, files: list[Path], split: str) -> Iterator[tuple[str, dict[str, Any]]]:
         counts = self.rejected.setdefault(split, {})
+        yielded = 0
         for key, row in self.rows(files, split):
             try:
                 if isinstance(row, Exception):
@@ -109,4 +110,9 @@ class PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
                 counts[reason] = counts.get(reason, 0) + 1
                 continue
             if example is not None:
+                yielded += 1
                 yield key, example
+        if not yielded:
+            names = ", ".join(str(f) for f in files)
+            why = f"rejected: {counts}" if counts else "none of their rows belongs to this split"
+            raise DataError(f"{names}: no example for split '{split}' of {self.name} ({why}); check these are {self.name}'s files as published. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")

@@ -188,6 +188,9 @@ class Helpsteer2(PreferenceBuilder):
         """Consecutive rows with the same prompt, as one (key, [row_a, row_b]) pair."""
         pending: tuple[str, Any] | None = None
         for key, row in super().rows(files, split):
+            if isinstance(row, Rejected):  # an unreadable line keeps its own reason
+                yield key, row
+                continue
             if pending is not None and isinstance(row, dict) and isinstance(pending[1], dict) and row.get("prompt") == pending[1].get("prompt"):
                 yield pending[0], [pending[1], row]
                 pending = None
