@@ -144,7 +144,7 @@ def test_prepare_split_whose_rows_are_all_rejected(tmp_path):
     rows = "".join(json.dumps({"prompt": "p", "response": "r", "helpfulness": 2}) + "\n" for _ in range(2))
     (manual / "train.jsonl").write_text(rows)
     line = one_error_line(["data", "prepare", "helpsteer2", "--manual-dir", str(manual), "--data-dir", str(tmp_path / "tfds")], 1)
-    assert line.startswith(f"jaxspo: data error: {manual / 'train.jsonl'}: no example for split 'train' of helpsteer2 (rejected: {{'equal helpfulness: no preference': 1}})")
+    assert line.startswith(f"jaxspo: data error: {manual / 'train.jsonl'}: no example for split 'train' of helpsteer2 (rejected: {{'tie: equal helpfulness': 1}})")
 
 
 def test_prepare_folder_with_one_side_file(tmp_path):
@@ -164,7 +164,7 @@ def test_prepare_reads_xz_files_and_rejects_undecodable_lines(tmp_path):
 
     summary = prepare("helpsteer2", str(manual), str(tmp_path / "tfds"))
     assert summary["splits"]["train"]["rows"] == 2
-    assert summary["splits"]["train"]["rejected"]["not UTF-8 text"] == 1
+    assert summary["splits"]["train"]["rejected"]["invalid: line not UTF-8 text"] == 1
 
 
 def test_score_clamps_max_length_to_the_model_positions(hf_folder, tmp_path, capsys):
