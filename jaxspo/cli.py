@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.set_defaults(handler=_compile)
     data = commands.add_parser("data", help="prepare datasets").add_subparsers(dest="data_command", required=True)
     data_prepare = data.add_parser("prepare", help="build a TFDS dataset (ArrayRecord) from downloaded files and summarise it")
-    data_prepare.add_argument("name", help="hh_rlhf, ultrafeedback_binarized, pku_safe_rlhf[/better|/safer], tldr_comparisons, helpsteer2")
+    data_prepare.add_argument("name", help="hh_rlhf, ultrafeedback_binarized, pku_safe_rlhf[/better|/safer], tldr_comparisons, helpsteer2[/ratings|/preference]")
     data_prepare.add_argument("--manual-dir", required=True, help="folder holding the upstream files as downloaded")
     data_prepare.add_argument("--data-dir", default="", help="TFDS data dir to write (default: TFDS' own, ~/tensorflow_datasets)")
     data_prepare.set_defaults(handler=_data_prepare)

@@ -124,7 +124,6 @@ class PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
         self.rejected: dict[str, dict[str, int]] = {}
-        self.layout = ""  # the name of the layout read
 
     def features(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -175,8 +174,7 @@ class PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
         raise DataError(f"{manual}: none of the expected files of {self.name} ({wanted}); {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
-        layout, files = self.find_layout(Path(dl_manager.manual_dir))
-        self.layout = layout.name
+        _, files = self.find_layout(Path(dl_manager.manual_dir))
         return {split: self._generate_examples(files=found, split=split) for split, found in files.items()}
 
     def _generate_examples(self, files: list[Path], split: str) -> Iterator[tuple[str, dict[str, Any]]]:
