@@ -67,7 +67,7 @@ SAME_PATHS_ON_THE_OTHER_MESH = pytest.mark.slow  # the two fast cases cover both
 def test_context_split_log_probs_loss_and_gradients_equal_one_device(batches, one_device, mesh_shape, layout):
     got, want = dpo_outputs(batches[layout], mesh_shape, jax.devices()), one_device[layout]
     assert_trees_close(got, want)
-    assert abs(want[0]["logps/chosen"] - want[0]["logps/rejected"]) > 1.0 and abs(float(want[1])) > 0  # real log-probs, a real loss
+    assert abs(want[0]["logps/chosen"] - want[0]["logps/rejected"]) > 0.1 and abs(float(want[1])) > 0  # real log-probs, a real loss
 
 
 def test_batch_rows_split_along_time_over_context():
