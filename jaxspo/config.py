@@ -92,15 +92,21 @@ class OptimizerConfig:
 
 @dataclasses.dataclass
 class MeshConfig:
-    """Device mesh (axes data, fsdp, tensor; one size may be -1 = all remaining devices) and rules."""
+    """Device mesh (axes data, fsdp, tensor, context; one of data/fsdp/tensor may be -1 = all remaining
+    devices) and rules. ``context`` devices split each sequence's time axis (README: Context parallelism)."""
 
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    context: int = 1
     rules: dict[str, str | list[str] | None] = dataclasses.field(default_factory=lambda: dict(DEFAULT_RULES))
 
     def shape(self) -> dict[str, int]:
-        return {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+        return {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor, "context": self.context}
+
+    def width_multiple(self) -> int:
+        """Batch widths chosen from the data (packed rows, auto buckets) are multiples of this: 8 and ``context``."""
+        return math.lcm(8, self.context)
 
 
 @dataclasses.dataclass
@@ -416,6 +422,7 @@ def validate(cfg: Config) -> None:
     if auto and buckets:
         raise ConfigError(f"data.auto_buckets={auto} picks the bucket widths itself; set data.buckets=[] (got {buckets}) or data.auto_buckets=0")
     _validate_layout(cfg)
+    _validate_context(cfg)
     for section in (model_to_check, cfg.data.synthetic, cfg.data.source, cfg.lora):
         try:
             section.validate()
@@ -426,6 +433,23 @@ def validate(cfg: Config) -> None:
             chosen_projections(cfg.model, cfg.lora)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+
+
+def _validate_context(cfg: Config) -> None:
+    """``mesh.context`` = c > 1 splits every sequence over c devices: the given widths must divide by c and a
+    rule must map a logical axis onto ``context`` (widths taken from the data are rounded up to multiples of c)."""
+    c = cfg.mesh.context
+    if c < 1:
+        raise ConfigError(f"mesh.context must be ≥ 1 (devices splitting each sequence; 1 = off), got {c}")
+    if c == 1:
+        return
+    if cfg.data.max_length % c:
+        raise ConfigError(f"data.max_length ({cfg.data.max_length}) must divide by mesh.context ({c}): each sequence splits over {c} devices")
+    uneven = [b for b in cfg.data.buckets if b % c]
+    if uneven:
+        raise ConfigError(f"data.buckets {uneven} must divide by mesh.context ({c}): each batch width splits over {c} devices")
+    if not any("context" in ([axes] if isinstance(axes, str) else axes or []) for axes in cfg.mesh.rules.values()):
+        raise ConfigError(f"mesh.context={c} but no mesh.rules entry maps onto 'context'; set mesh.rules.length=context")
 
 
 def _validate_layout(cfg: Config) -> None:

@@ -2,7 +2,8 @@
 
 Models name the logical axes of every parameter and activation (``batch``, ``length``, ``embed``,
 ``heads``, ``kv_heads``, ``head_dim``, ``mlp``, ``vocab``, ``layers``, ``norm``); a rule table maps each
-logical name to zero or more mesh axes (``data``, ``fsdp``, ``tensor``). Parallelism changes by config.
+logical name to zero or more mesh axes (``data``, ``fsdp``, ``tensor``, ``context``). Parallelism changes by
+config. ``context`` splits the time axis (``length``) of activations: context parallelism for long sequences.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxspo.errors import ConfigError
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "tensor", "context")
 
 MeshAxes = str | list[str] | tuple[str, ...] | None
 Rules = Mapping[str, MeshAxes]
 
 DEFAULT_RULES: dict[str, MeshAxes] = {
     "batch": ["data", "fsdp"],
-    "length": None,
+    "length": "context",
     "embed": "fsdp",
     "vocab": "tensor",
     "heads": "tensor",
@@ -38,7 +39,8 @@ DEFAULT_RULES: dict[str, MeshAxes] = {
 
 
 def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Builds a (data, fsdp, tensor) mesh. ``shape`` maps axis → size; one size may be -1 (= the rest)."""
+    """Builds a (data, fsdp, tensor, context) mesh. ``shape`` maps axis → size (a missing axis is 1); one size
+    may be -1 (= the rest)."""
     devices = list(devices if devices is not None else jax.devices())
     unknown = set(shape) - set(MESH_AXES)
     if unknown:
@@ -49,7 +51,7 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
     if -1 in sizes:
         known = math.prod(s for s in sizes if s != -1)
         if len(devices) % known:
-            raise ConfigError(f"mesh: {len(devices)} devices do not divide by {known} (mesh.data × mesh.fsdp × mesh.tensor without the -1); choose sizes that divide {len(devices)}")
+            raise ConfigError(f"mesh: {len(devices)} devices do not divide by {known} (the product of the mesh sizes other than the -1); choose sizes that divide {len(devices)}")
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) != len(devices):
         raise ConfigError(
@@ -102,6 +104,11 @@ def named_sharding(
 _ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar(
     "jaxspo_activation_sharding", default=None
 )
+
+
+def active_sharding() -> tuple[Mesh, Rules] | None:
+    """The (mesh, rules) of the enclosing :func:`activation_sharding` at trace time, or None outside one."""
+    return _ACTIVE.get()
 
 
 @contextlib.contextmanager

@@ -47,7 +47,7 @@ def test_tiny_step_compiles_for_a_tpu_slice_here(tpu_env, tmp_path, capsys):
     assert main(["compile", "configs/demo.yaml", *TINY, "mesh.data=1", "mesh.fsdp=-1", "--topology", "v5p-8",
                  "--json", str(tmp_path / "r.json"), "--step-seconds", "0.002"]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["devices"] == 4 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert report["devices"] == 4 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1, "context": 1}
     assert report["fits"] and 0 < report["peak_bytes_per_device"] < report["capacity_bytes_per_device"]
     # the arguments hold at least the sharded state the analytic count predicts
     assert report["argument_bytes_per_device"] >= 0.9 * report["analytic_state_bytes_per_device"] - 4 * 1024

@@ -93,12 +93,14 @@ def fill_underfull(bucket_of: np.ndarray, lengths: np.ndarray, batch_size: int) 
         bucket_of[longest] = b
 
 
-def bucket_widths(arrays: Mapping[str, np.ndarray], buckets: Sequence[int], auto_buckets: int, batch_size: int) -> tuple[list[int], np.ndarray | None]:
-    """``data.buckets`` as given, or with ``auto_buckets`` > 0 the :func:`choose_buckets` widths of the
-    examples in ``arrays`` (row store columns; 2-D ones ``[N, T]``, T the widest allowed); plus the
-    examples' lengths ``[N]`` when they were measured (None otherwise), for the pipeline to reuse."""
+def bucket_widths(
+    arrays: Mapping[str, np.ndarray], buckets: Sequence[int], auto_buckets: int, batch_size: int, multiple: int = 8
+) -> tuple[list[int], np.ndarray | None]:
+    """``data.buckets`` as given, or with ``auto_buckets`` > 0 the :func:`choose_buckets` widths (multiples of
+    ``multiple``) of the examples in ``arrays`` (row store columns; 2-D ones ``[N, T]``, T the widest allowed);
+    plus the examples' lengths ``[N]`` when they were measured (None otherwise), for the pipeline to reuse."""
     if not auto_buckets:
         return [int(b) for b in buckets], None
     width = max(np.shape(a)[1] for a in arrays.values() if np.ndim(a) == 2)
     lengths = example_lengths(arrays)
-    return choose_buckets(lengths, auto_buckets, batch_size, width), lengths
+    return choose_buckets(lengths, auto_buckets, batch_size, width, multiple), lengths

@@ -12,7 +12,7 @@ A token attends to earlier valid tokens of its own segment and to the prompt (se
 and rejected halves never see each other and each sees exactly what it sees in its own padded row; its
 RoPE position restarts after the prompt. ``source[t]`` is the slot whose output predicts token ``t``:
 ``t - 1``, except for the first rejected token, which the prompt's last slot predicts. Rows are padded to
-the longest pair of the dataset (rounded up to a multiple of 8); ``data.buckets`` then cut batches to
+the longest pair of the dataset (rounded up to a multiple of 8, and of ``mesh.context``); ``data.buckets`` then cut batches to
 shorter widths (see :mod:`jaxspo.data.bucketing`), counted in packed tokens.
 
 The step computes the prompt once and no chosen/rejected padding; its log-probs equal the padded layout's.
@@ -60,6 +60,7 @@ def pack_pairs(arrays: Mapping[str, np.ndarray], multiple: int = 8) -> dict[str,
     return out
 
 
-def layout_arrays(arrays: Mapping[str, np.ndarray], data_cfg) -> dict[str, np.ndarray]:
-    """``arrays`` plus the packed rows when ``data_cfg.layout`` is ``packed`` (the padded ones stay for scoring)."""
-    return dict(arrays) | (pack_pairs(arrays) if data_cfg.layout == "packed" else {})
+def layout_arrays(arrays: Mapping[str, np.ndarray], data_cfg, multiple: int = 8) -> dict[str, np.ndarray]:
+    """``arrays`` plus the packed rows (width a multiple of ``multiple``) when ``data_cfg.layout`` is ``packed``
+    (the padded ones stay for scoring)."""
+    return dict(arrays) | (pack_pairs(arrays, multiple) if data_cfg.layout == "packed" else {})

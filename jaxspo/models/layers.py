@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxspo.models.attention import MaskSpec, attention
+from jaxspo.models.attention import MaskSpec
+from jaxspo.models.context import context_attention
 from jaxspo.models.config import ModelConfig
 from jaxspo.models.lora import Adapter, LoRASpec, adapter, add_delta
 from jaxspo.models.rope import apply_rope
@@ -176,7 +177,7 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice(kv[1], v, (0, index, 0, 0))
             kv = (k, v)
         implementation = "xla" if kv is not None else self.implementation
-        out = attention(q, k, v, spec, sliding, scale=self.scale, softcap=self.softcap, implementation=implementation)
+        out = context_attention(q, k, v, spec, sliding, scale=self.scale, softcap=self.softcap, implementation=implementation)
         out = with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         y = add_delta(project("bthk,hkd->btd", out, self.o_proj[...], self.dtype), out, self.o_lora)
         return _add(y, self.o_bias), kv

@@ -55,10 +55,16 @@ def sequence_logps(
     ``loss_mask[:, t]`` marks token t as a response token (never t = 0).
     """
     model = nnx.merge(graphdef, params)
-    features = model.features(tokens, positions_from_valid(valid), valid)[:, :-1]  # [B, T-1, D] predicting tokens[:, 1:]
-    logps = target_logps(model, features, tokens[:, 1:])  # [B, T-1]
-    mask = loss_mask[:, 1:].astype(jnp.float32)
+    features = model.features(tokens, positions_from_valid(valid), valid)  # [B, T, D]: slot t predicts token t + 1
+    # the last slot predicts nothing (a masked dummy target), so the time axis keeps its width T and its split over context
+    logps = target_logps(model, features, _shift_left(tokens))  # [B, T]
+    mask = _shift_left(loss_mask).astype(jnp.float32)
     return (logps * mask).sum(-1), mask.sum(-1)
+
+
+def _shift_left(x: jax.Array) -> jax.Array:
+    """``x[:, 1:]`` padded back to ``[B, T]`` with a zero (False) last column."""
+    return jnp.pad(x[:, 1:], ((0, 0), (0, 1)))
 
 
 def full_vocab_kl(policy_logits: jax.Array, reference_logits: jax.Array) -> jax.Array:

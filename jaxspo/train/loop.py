@@ -110,9 +110,10 @@ class Phase:
             self.state, shardings = selfsup.attach_head(self.state, shardings, cfg.loss, cfg.model.hidden_size, schedule, run.mesh)
         self.step = make_train_step(cfg, run.mesh, model, tx, schedule, shardings, phase, batch_size)
         layout = cfg.data.layout if phase == "preference" else "padded"  # SFT rows are single sequences
-        arrays = layout_arrays(arrays, cfg.data) if layout == "packed" else arrays
+        multiple = cfg.mesh.width_multiple()  # every width splits over mesh.context
+        arrays = layout_arrays(arrays, cfg.data, multiple) if layout == "packed" else arrays
         fields = {k: arrays[k] for k in batch_fields(phase, cfg.loss, layout)}  # this process reads only its devices' rows of each batch
-        buckets, lengths = bucket_widths(fields, cfg.data.buckets, cfg.data.auto_buckets, batch_size)
+        buckets, lengths = bucket_widths(fields, cfg.data.buckets, cfg.data.auto_buckets, batch_size, multiple)
         self.batches = make_batches(fields, batch_size, cfg.trainer.seed, buckets, self.step.batch_sharding, cfg.data.workers, cfg.data.prefetch, lengths)
         if cfg.data.auto_buckets:
             log.info("data.auto_buckets=%d: %s batches at widths %s; %.1f%% of the slots they compute hold tokens (%.1f%% at one width)",

@@ -41,6 +41,7 @@ Objective = Callable[..., tuple[jax.Array, Metrics]]
 
 PREFERENCE_FIELDS = ("chosen_tokens", "chosen_valid", "chosen_loss_mask", "rejected_tokens", "rejected_valid", "rejected_loss_mask", "soft_label")
 SFT_FIELDS = ("tokens", "valid", "loss_mask")
+TIME_FIELDS = frozenset(SFT_FIELDS + PREFERENCE_FIELDS[:-1] + PACKED_FIELDS)  # [B, T] rows whose time axis is split over context
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,11 +56,14 @@ class TrainStep:
 
 
 def batch_shardings(fields: tuple[str, ...], ranks: dict[str, int], mesh: Mesh, rules, batch_size: int) -> dict[str, NamedSharding]:
-    """Each batch array is split along its leading (pair) axis by the ``batch`` rule."""
+    """Each batch array is split along its leading (pair) axis by the ``batch`` rule, and the token rows
+    ``[B, T]`` of :data:`TIME_FIELDS` also along time by the ``length`` rule over ``context`` (every batch
+    width divides by ``mesh.context``: config validation and :meth:`MeshConfig.width_multiple`)."""
     out = {}
     for name in fields:
-        names = ("batch",) + (None,) * (ranks[name] - 1)
-        shape = (batch_size,) + (1,) * (ranks[name] - 1)
+        timed = name in TIME_FIELDS
+        names = ("batch",) + ("length",) * timed + (None,) * (ranks[name] - 1 - timed)
+        shape = (batch_size,) + (mesh.shape.get("context", 1),) * timed + (1,) * (ranks[name] - 1 - timed)
         out[name] = NamedSharding(mesh, logical_to_spec(names, shape, mesh, rules))
     return out
 

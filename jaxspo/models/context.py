@@ -1,0 +1,72 @@
+"""Context parallelism: attention when the mesh splits the time axis (``mesh.context`` > 1).
+
+Under :func:`jaxspo.sharding.activation_sharding` the ``length`` rule (``context`` by default) splits every
+activation along time. :func:`context_attention` runs the configured kernel inside ``shard_map``: each device
+keeps its slice of the queries ``[B/d, T/c, H/h, Hd]`` and all-gathers the keys, values and the key-side
+:class:`MaskSpec` fields (validity, segments, positions) over the time-splitting mesh axes, so it attends
+its T/c queries to all S keys. The query slots ``[T]`` are split like the queries, so shard ``i`` holds the
+global slots ``i·T/c + t`` and the causal, packed-row and window rules hold unchanged. The backward pass
+turns each all-gather into a reduce-scatter of the key/value gradients.
+
+Shapes: B batch, T query length, S key length, H query heads, K key/value heads, Hd head dim.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from jax.sharding import PartitionSpec
+
+from jaxspo.models.attention import MaskSpec, attention
+from jaxspo.sharding import active_sharding, logical_to_spec
+
+
+def _axes(entry: Any) -> tuple[str, ...]:
+    """Mesh axes of one PartitionSpec entry (None, a name, or a tuple of names)."""
+    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def context_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    spec: MaskSpec,
+    sliding: bool | jax.Array,
+    *,
+    scale: float,
+    softcap: float,
+    implementation: str = "xla",
+) -> jax.Array:
+    """:func:`jaxspo.models.attention.attention` (same arguments and result ``[B, T, H, Hd]``), split along
+    time when the active rules put the time axis of both q ``[B, T, H, Hd]`` and k/v ``[B, S, K, Hd]`` on the
+    same mesh axes; otherwise (no active mesh, no time split, a length that does not divide) the plain call."""
+    active = active_sharding()
+    plain = lambda: attention(q, k, v, spec, sliding, scale=scale, softcap=softcap, implementation=implementation)  # noqa: E731
+    if active is None:
+        return plain()
+    mesh, rules = active
+    (b, t, h, _), (s, kv_heads) = q.shape, k.shape[1:3]
+    q_batch, q_time, q_heads = logical_to_spec(("batch", "length", "heads"), (b, t, h), mesh, rules)
+    k_batch, k_time, k_heads = logical_to_spec(("batch", "length", "kv_heads"), (b, s, kv_heads), mesh, rules)
+    time = _axes(q_time)
+    if not time or _axes(k_time) != time or q_batch != k_batch:
+        return plain()
+    heads = q_heads if q_heads == k_heads else None  # query head h reads kv head h // G: split both alike or neither
+    rows, split = PartitionSpec(q_batch, q_time), PartitionSpec(q_batch, q_time, heads, None)
+    spec_split = spec.replace(
+        query_slots=PartitionSpec(q_time),
+        key_valid=rows,
+        segments=None if spec.segments is None else rows,
+        positions=None if spec.positions is None else rows,
+    )
+    traced = None if isinstance(sliding, bool) else sliding  # a per-layer flag under the layer scan
+
+    def local(q: jax.Array, k: jax.Array, v: jax.Array, spec: MaskSpec, traced: jax.Array | None) -> jax.Array:
+        gather = lambda x: None if x is None else jax.lax.all_gather(x, time, axis=1, tiled=True)  # noqa: E731
+        spec = spec.replace(key_valid=gather(spec.key_valid), segments=gather(spec.segments), positions=gather(spec.positions))
+        flag = sliding if traced is None else traced
+        return attention(q, gather(k), gather(v), spec, flag, scale=scale, softcap=softcap, implementation=implementation)
+
+    in_specs = (split, split, split, spec_split, None if traced is None else PartitionSpec())
+    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=split)(q, k, v, spec, traced)

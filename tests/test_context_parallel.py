@@ -1,0 +1,170 @@
+"""Context parallelism (``mesh.context``): sequences split along time give the single-device log-probs, DPO loss
+and gradients (fp32, ≤ 1e-5), for padded and packed rows, a sliding-window + soft-capped model, LoRA and the
+resident reference; the config refuses widths that do not split; checkpoints and TPU compiles carry over."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec
+
+from jaxspo.checkpoint import restore_params, save_params
+from jaxspo.config import ConfigError, load_config
+from jaxspo.data.bucketing import bucket_widths
+from jaxspo.data.layout import pack_pairs
+from jaxspo.sharding import DEFAULT_RULES, activation_sharding, make_mesh
+from jaxspo.train.state import abstract_model, init_params, param_shardings
+from jaxspo.train.step import TIME_FIELDS, batch_shardings, preference_objective_fn
+from tests.test_compile import TINY as COMPILE_TINY, tpu_env  # noqa: F401  (a fixture)
+from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, full_step, pairs
+
+CONTEXT_MESHES = [{"data": 2, "fsdp": 1, "tensor": 1, "context": 4}, {"data": 1, "fsdp": 2, "tensor": 2, "context": 2}]
+
+
+def dpo_outputs(batch: dict[str, np.ndarray], mesh_shape: dict[str, int], devices: list) -> tuple:
+    """(mean log-probs and rewards, DPO loss sum, its gradient) of the gemma2-like policy against a resident reference."""
+    mesh = make_mesh(mesh_shape, devices)
+    graphdef, abstract = abstract_model(GEMMA2_LIKE)
+    shardings = param_shardings(abstract, mesh, DEFAULT_RULES)
+    policy, reference = init_params(GEMMA2_LIKE, 1, shardings), init_params(GEMMA2_LIKE, 2, shardings)
+    objective = preference_objective_fn(graphdef, load_config(None, ["loss.beta=0.5"]).loss)
+    ranks = {name: 2 if name in TIME_FIELDS else 1 for name in batch}
+    placed = {k: jax.device_put(v, s) for (k, v), s in zip(batch.items(), batch_shardings(tuple(batch), ranks, mesh, DEFAULT_RULES, 8).values())}
+
+    @jax.jit
+    def run(p, r, b):
+        with activation_sharding(mesh, DEFAULT_RULES):
+            (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(p, r, b)
+            return {name: metrics[name][0] / metrics[name][1] for name in MEANS}, loss, grads
+
+    return jax.device_get(run(policy, reference, placed))
+
+
+MEANS = ("logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected")
+
+
+@pytest.fixture(scope="module")
+def batches() -> dict[str, dict[str, np.ndarray]]:
+    padded = pairs(8)
+    return {"padded": padded, "packed": pack_pairs(padded) | {"soft_label": padded["soft_label"]}}
+
+
+@pytest.fixture(scope="module")
+def one_device(batches) -> dict[str, tuple]:
+    return {layout: dpo_outputs(batch, {"data": 1}, jax.devices()[:1]) for layout, batch in batches.items()}
+
+
+SAME_PATHS_ON_THE_OTHER_MESH = pytest.mark.slow  # the two fast cases cover both meshes and both layouts; ~30 s CPU each
+
+
+@pytest.mark.parametrize("mesh_shape, layout", [
+    pytest.param(CONTEXT_MESHES[0], "padded", id="2-1-1-4-padded"),
+    pytest.param(CONTEXT_MESHES[1], "packed", id="1-2-2-2-packed"),
+    pytest.param(CONTEXT_MESHES[0], "packed", id="2-1-1-4-packed", marks=SAME_PATHS_ON_THE_OTHER_MESH),
+    pytest.param(CONTEXT_MESHES[1], "padded", id="1-2-2-2-padded", marks=SAME_PATHS_ON_THE_OTHER_MESH),
+])
+def test_context_split_log_probs_loss_and_gradients_equal_one_device(batches, one_device, mesh_shape, layout):
+    got, want = dpo_outputs(batches[layout], mesh_shape, jax.devices()), one_device[layout]
+    assert_trees_close(got, want)
+    assert abs(want[0]["logps/chosen"] - want[0]["logps/rejected"]) > 0.1 and abs(float(want[1])) > 0  # real log-probs, a real loss
+
+
+def test_batch_rows_split_along_time_over_context():
+    mesh = make_mesh(CONTEXT_MESHES[0])
+    fields = ("chosen_tokens", "packed_segments", "soft_label", "kl_tokens")
+    ranks = {name: 1 if name == "soft_label" else 2 for name in fields}
+    specs = {k: s.spec for k, s in batch_shardings(fields, ranks, mesh, DEFAULT_RULES, 8).items()}
+    assert specs["chosen_tokens"] == specs["packed_segments"] == PartitionSpec("data", "context")
+    assert specs["soft_label"] == PartitionSpec("data") and specs["kl_tokens"] == PartitionSpec("data", None)
+
+
+@pytest.mark.slow  # two 3-step LoRA runs: ~1 min on 2 shared CPU cores
+def test_lora_steps_with_context_equal_the_run_without():
+    """LoRA adapters (the resident reference is the base with the adapters off) over packed rows."""
+    host = pairs(8)
+    packed = ["data.layout=packed", "loss.reference=adapter_off", "lora.rank=4"]
+    want = full_step(packed + ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"], host, lora=True)
+    got = full_step(packed + ["mesh.data=1", "mesh.fsdp=2", "mesh.tensor=2", "mesh.context=2"], host, lora=True)
+    for g, w in zip(got[0], want[0]):
+        for name in ("loss", "grad_norm", "logps/chosen", "logps/rejected"):
+            np.testing.assert_allclose(g[name], w[name], rtol=0, atol=1e-5, err_msg=name)
+    assert_trees_close(got[1], want[1])
+
+
+# --- configuration -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides, message", [
+    (["mesh.context=3", "data.max_length=32"], r"data.max_length \(32\) must divide by mesh.context \(3\)"),
+    (["mesh.context=4", "data.max_length=32", "data.buckets=[8,10]"], r"data.buckets \[10\] must divide by mesh.context \(4\)"),
+    (["mesh.context=2", "mesh.rules.length=null"], "no mesh.rules entry maps onto 'context'; set mesh.rules.length=context"),
+    (["mesh.context=0"], r"mesh.context must be ≥ 1"),
+])
+def test_widths_that_do_not_split_are_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_widths_from_the_data_round_up_to_the_context():
+    cfg = load_config(None, ["mesh.context=16", "data.max_length=64"])
+    multiple = cfg.mesh.width_multiple()
+    assert multiple == 16
+    padded = pairs(8)
+    assert pack_pairs(padded, multiple)["packed_tokens"].shape[1] % 16 == 0
+    wide = {k: np.pad(v, ((0, 0), (0, 48))) if v.ndim == 2 else v for k, v in padded.items()}  # width 64
+    widths, _ = bucket_widths({k: v for k, v in wide.items() if v.ndim == 2}, [], 3, 2, multiple)
+    assert widths and all(w % 16 == 0 for w in widths)
+
+
+def test_a_mesh_without_context_is_size_one():
+    assert load_config(None, []).mesh.shape()["context"] == 1
+    assert make_mesh({"data": 2, "fsdp": 2, "tensor": 2}).shape["context"] == 1
+
+
+# --- checkpoints and compiles ------------------------------------------------------------------------------
+
+def test_params_saved_without_context_restore_onto_a_context_mesh(tmp_path):
+    model = dataclasses.replace(GEMMA2_LIKE, positions="learned", max_position_embeddings=16)  # a ("length", "embed") param
+    _, abstract = abstract_model(model)
+    saved = init_params(model, 1, param_shardings(abstract, make_mesh({"data": 2, "fsdp": 2, "tensor": 2}), DEFAULT_RULES))
+    save_params(saved, tmp_path / "params")
+    target_sharding = param_shardings(abstract, make_mesh(CONTEXT_MESHES[1]), DEFAULT_RULES)
+    target = init_params(model, 7, target_sharding)
+    restored = restore_params(tmp_path / "params", target)
+    assert_trees_close(jax.device_get(restored), jax.device_get(saved), atol=0)
+    assert jax.tree.leaves(restored)[0].sharding.mesh.shape["context"] == 2
+
+
+def test_step_with_context_compiles_for_a_tpu_slice_here(tpu_env):  # noqa: F811
+    from jaxspo.compile import fit_report
+
+    cfg = load_config("configs/demo.yaml", COMPILE_TINY + ["mesh.data=1", "mesh.fsdp=2", "mesh.context=2"])
+    report = fit_report(cfg, "v5p-8")
+    assert report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1, "context": 2}
+    assert report["fits"] and report["xla_flops_per_step_per_device"] > 0
+
+
+# --- a whole run -------------------------------------------------------------------------------------------
+
+RUN = [
+    "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2",
+    "data.synthetic.num_sft=64", "data.synthetic.num_train=64", "data.synthetic.num_eval=16",
+    "trainer.sft_steps=2", "trainer.sft_batch_size=8", "trainer.steps=3", "trainer.batch_size=8", "trainer.eval_every=3",
+    "eval.num_pairs=8", "eval.num_prompts=8", "eval.max_new_tokens=4",
+    "logging.log_every=1", "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false",
+]
+
+
+@pytest.mark.slow  # two whole runs (SFT, DPO, eval with sampling): ~2 min on 2 shared CPU cores
+def test_train_with_context_equals_train_without(tmp_path):
+    """configs/demo_fast.yaml (packed rows, buckets 16–48): mesh (2, 2, 1, 2) against (4, 2, 1, 1)."""
+    from tests.test_distributed import assert_same_run, metrics
+    from jaxspo.train.loop import train
+
+    runs = {}
+    for context in (1, 2):
+        run_dir = tmp_path / f"context{context}"
+        mesh = ["mesh.data=2", "mesh.fsdp=2", f"mesh.context={context}"] if context > 1 else ["mesh.data=4", "mesh.fsdp=2"]
+        runs[context] = train(load_config("configs/demo_fast.yaml", RUN + mesh + [f"run_dir={run_dir}"]), "tiny")
+    assert_same_run(metrics(runs[2].run_dir), metrics(runs[1].run_dir))
+    assert_trees_close(jax.device_get(runs[2].params), jax.device_get(runs[1].params))
