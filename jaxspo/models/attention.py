@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxspo.models.chunked_attention import chunked_attention
+
 _F32 = jnp.float32
 
 
@@ -58,6 +60,50 @@ class MaskSpec:
         """The whole mask ``[B, T, S]`` (what the ``xla`` implementation reads)."""
         return self.visible(jnp.arange(self.query_slots.shape[0]), jnp.arange(self.key_valid.shape[1]), sliding)
 
+    def block_visible(self, block_q: int, block_k: int, sliding: bool | jax.Array = False) -> jax.Array:
+        """Whether any query of query block ``i`` may see any key of key block ``j`` in any row: ``[nq, nk]`` bool
+        (blocks of ``block_q`` queries and ``block_k`` keys; the last ones may run past T and S).
+
+        False is exact (no row sees any key of the block); True is conservative (built from per-block
+        bounds: the latest query slot, the segments present, the smallest query and largest key position).
+        """
+        t, s = self.query_slots.shape[0], self.key_valid.shape[1]
+        nq, nk = -(-t // block_q), -(-s // block_k)
+        big = 1 << 29  # beyond any slot or position; differences of two stay inside int32
+
+        def blocks(x: jax.Array, size: int, n: int, fill) -> jax.Array:  # [..., L] -> [..., n, size]
+            pad = [(0, 0)] * (x.ndim - 1) + [(0, n * size - x.shape[-1])]
+            return jnp.pad(x, pad, constant_values=fill).reshape(*x.shape[:-1], n, size)
+
+        query_slots = jnp.asarray(self.query_slots)
+        key_valid = blocks(jnp.asarray(self.key_valid), block_k, nk, False)  # [B, nk, bk]
+        key_slots = blocks(jnp.arange(s), block_k, nk, big)  # [nk, bk]
+        latest_query = blocks(query_slots, block_q, nq, -1).max(-1)  # [nq]
+        seen = (latest_query[:, None] >= key_slots.min(-1)[None])[None] & key_valid.any(-1)[:, None, :]  # [B, nq, nk]
+
+        def bounds(x: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:  # min and max over valid entries
+            return jnp.where(valid, x, big).min(-1), jnp.where(valid, x, -big).max(-1)
+
+        query_real = blocks(jnp.ones_like(query_slots, bool), block_q, nq, False)[None]  # [1, nq, bq]
+        if self.segments is not None:
+            q_seg = blocks(jnp.take(jnp.asarray(self.segments), query_slots, axis=1), block_q, nq, 0)  # [B, nq, bq]
+            k_seg = blocks(jnp.asarray(self.segments), block_k, nk, 0)  # [B, nk, bk]
+            q_low, q_high = bounds(q_seg, query_real)
+            k_low, k_high = bounds(k_seg, key_valid)
+            prompt = (key_valid & (k_seg == 0)).any(-1)  # [B, nk]
+            overlap = (q_low[:, :, None] <= k_high[:, None, :]) & (k_low[:, None, :] <= q_high[:, :, None])
+            seen = seen & (prompt[:, None, :] | overlap)
+            q_pos = blocks(jnp.take(jnp.asarray(self.positions), query_slots, axis=1), block_q, nq, 0)
+            k_pos = blocks(jnp.asarray(self.positions), block_k, nk, 0)
+            earliest_query, latest_key = bounds(q_pos, query_real)[0], bounds(k_pos, key_valid)[1]  # [B, nq], [B, nk]
+        else:
+            earliest_query = bounds(blocks(query_slots, block_q, nq, 0), query_real[0])[0][None]  # [1, nq]
+            latest_key = bounds(key_slots, key_slots < s)[1][None]  # [1, nk]
+        if self.window:
+            near = earliest_query[:, :, None] - latest_key[:, None, :] < self.window
+            seen = seen & (near | jnp.logical_not(sliding))
+        return seen.any(0)
+
 
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, softcap: float) -> jax.Array:
     """Reference grouped-query attention over a dense mask. q ``[B, T, H, Hd]``, k/v ``[B, S, K, Hd]``,
@@ -80,7 +126,8 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, sca
     return out.reshape(b, t, h, hd)
 
 
-IMPLEMENTATIONS = ("xla",)
+IMPLEMENTATIONS = ("xla", "chunked")
+DEFAULT_BLOCK = 512  # model.attention_block: queries and keys per block of the block kernels
 
 
 def attention(
@@ -93,12 +140,28 @@ def attention(
     scale: float,
     softcap: float,
     implementation: str = "xla",
+    block: int = DEFAULT_BLOCK,
 ) -> jax.Array:
     """Attention of q ``[B, T, H, Hd]`` over k/v ``[B, S, K, Hd]`` under ``spec`` -> ``[B, T, H, Hd]``.
 
     ``sliding`` (possibly traced, per layer under the layer scan) applies ``spec.window``.
-    ``implementation`` is a resolved name from :data:`IMPLEMENTATIONS` (never ``auto``).
+    ``implementation`` is a resolved name from :data:`IMPLEMENTATIONS` (never ``auto``); ``block`` is the block
+    kernels' block size (queries and keys).
     """
     if implementation == "xla":
         return xla_attention(q, k, v, spec.dense(sliding), scale, softcap)
+    if implementation == "chunked":
+        return chunked_attention(q, k, v, spec, sliding, scale=scale, softcap=softcap, block=block)
     raise ValueError(f"model.attention: unknown implementation {implementation!r}; valid: {IMPLEMENTATIONS}")
+
+
+def resolve_attention(setting: str, platform: str, model_config) -> str:
+    """The kernel that ``model.attention=setting`` runs on ``platform`` (``jax.default_backend()``) for
+    ``model_config`` (a :class:`~jaxspo.models.config.ModelConfig`): one of :data:`IMPLEMENTATIONS`.
+
+    Called once when the model is built. ValueError (one line naming the setting and the alternatives) when
+    the chosen kernel cannot run here or refuses the model.
+    """
+    if setting in ("xla", "chunked"):
+        return setting
+    raise ValueError(f"model.attention={setting}: unknown or unavailable here; use one of {IMPLEMENTATIONS}")

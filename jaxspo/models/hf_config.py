@@ -19,7 +19,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from jaxspo.models.config import ACTIVATIONS, ARCHITECTURES, ROPE_TYPES, ModelConfig, RopeScaling
 
 # Fields that never come from config.json: the run's numerics and where the weights live.
-NUMERIC_FIELDS = ("path", "reference_path", "dtype", "param_dtype", "remat", "remat_policy", "scan_unroll", "attention", "logprob_chunk", "init_std")
+NUMERIC_FIELDS = ("path", "reference_path", "dtype", "param_dtype", "remat", "remat_policy", "scan_unroll", "attention", "attention_block", "logprob_chunk", "init_std")
 
 
 class CheckpointError(ValueError):
