@@ -9,11 +9,16 @@ implementation builds only what it needs from it (``xla`` the dense mask, block 
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from jaxspo.models.chunked_attention import chunked_attention
+from jaxspo.models.cudnn_attention import cudnn_attention, cudnn_refusal
+from jaxspo.models.splash_attention import splash_attention, splash_refusal
+from jaxspo.models.target import target_platform
 
 _F32 = jnp.float32
 
@@ -126,7 +131,8 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, sca
     return out.reshape(b, t, h, hd)
 
 
-IMPLEMENTATIONS = ("xla", "chunked")
+IMPLEMENTATIONS = ("xla", "chunked", "splash", "cudnn")
+CPU_AUTO = "chunked"  # auto off TPU/GPU: no slower than xla from T = 32 up on CPU (benchmarks/attention_memory.py)
 DEFAULT_BLOCK = 512  # model.attention_block: queries and keys per block of the block kernels
 
 
@@ -146,22 +152,52 @@ def attention(
 
     ``sliding`` (possibly traced, per layer under the layer scan) applies ``spec.window``.
     ``implementation`` is a resolved name from :data:`IMPLEMENTATIONS` (never ``auto``); ``block`` is the block
-    kernels' block size (queries and keys).
+    kernels' block size (queries and keys). Packed rows (``spec.segments``) under ``splash`` run ``chunked``
+    (see :mod:`jaxspo.models.splash_attention`).
     """
     if implementation == "xla":
         return xla_attention(q, k, v, spec.dense(sliding), scale, softcap)
-    if implementation == "chunked":
+    if implementation == "chunked" or (implementation == "splash" and spec.segments is not None):
         return chunked_attention(q, k, v, spec, sliding, scale=scale, softcap=softcap, block=block)
+    if implementation == "splash":
+        return splash_attention(q, k, v, spec, sliding, scale=scale, softcap=softcap, block=block)
+    if implementation == "cudnn":
+        return cudnn_attention(q, k, v, spec, sliding, scale=scale)
     raise ValueError(f"model.attention: unknown implementation {implementation!r}; valid: {IMPLEMENTATIONS}")
 
 
 def resolve_attention(setting: str, platform: str, model_config) -> str:
-    """The kernel that ``model.attention=setting`` runs on ``platform`` (``jax.default_backend()``) for
+    """The kernel that ``model.attention=setting`` runs on ``platform`` (``"tpu"``, ``"gpu"``, ``"cpu"``) for
     ``model_config`` (a :class:`~jaxspo.models.config.ModelConfig`): one of :data:`IMPLEMENTATIONS`.
 
-    Called once when the model is built. ValueError (one line naming the setting and the alternatives) when
-    the chosen kernel cannot run here or refuses the model.
+    ``auto``: splash on TPU, cuDNN on a GPU when it takes the model, else :data:`CPU_AUTO`. Called once when
+    the model is built; ValueError (one line naming the setting and the alternatives) when the chosen kernel
+    cannot run here or refuses the model.
     """
-    if setting in ("xla", "chunked"):
-        return setting
-    raise ValueError(f"model.attention={setting}: unknown or unavailable here; use one of {IMPLEMENTATIONS}")
+    cudnn_reason = cudnn_refusal(platform, model_config.attn_softcap, model_config.dtype, model_config.resolved_head_dim)
+    if setting == "auto":
+        if splash_refusal(platform) is None and platform == "tpu":
+            return "splash"
+        return "cudnn" if cudnn_reason is None else CPU_AUTO
+    reason = {"splash": splash_refusal(platform), "cudnn": cudnn_reason}.get(setting)
+    if setting not in IMPLEMENTATIONS or reason is not None:
+        others = ", ".join(name for name in ("auto", *IMPLEMENTATIONS) if name != setting)
+        raise ValueError(f"model.attention={setting}: {reason or 'unknown kernel'}; use one of {others}")
+    return setting
+
+
+def resolve_for_target(model_config) -> str:
+    """:func:`resolve_attention` of ``model_config.attention`` on the platform the model is built for, logged once per change."""
+    from jaxspo.config import ConfigError  # the CLI prints it as one line (jaxspo.config imports this package)
+
+    try:
+        resolved = resolve_attention(model_config.attention, target_platform(), model_config)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if _LAST_RESOLVED.get(model_config.attention) != resolved:
+        _LAST_RESOLVED[model_config.attention] = resolved
+        logging.getLogger("jaxspo").info("model.attention=%s runs the %s kernel on %s", model_config.attention, resolved, target_platform())
+    return resolved
+
+
+_LAST_RESOLVED: dict[str, str] = {}
