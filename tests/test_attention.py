@@ -11,12 +11,16 @@ import pytest
 
 from jaxspo.data.layout import pack_pairs
 from jaxspo.losses.dpo_family import logistic_loss
-from jaxspo.models import ModelConfig
-from jaxspo.models.attention import MaskSpec, attention
+from flax import nnx
+
+from jaxspo.config import ConfigError
+from jaxspo.models import Decoder, ModelConfig
+from jaxspo.models.attention import MaskSpec, attention, resolve_attention
+from jaxspo.models.cudnn_attention import cudnn_attention
 from jaxspo.models.hf_config import model_config_from_hf
 from jaxspo.models.hf_io import load_params
 from jaxspo.models.splash_attention import pallas_interpret
-from jaxspo.sharding import DEFAULT_RULES, make_mesh
+from jaxspo.sharding import DEFAULT_RULES, activation_sharding, make_mesh
 from jaxspo.train.state import abstract_model, param_shardings
 from jaxspo.train.step import pair_logps
 from tests import hf_tiny
@@ -190,7 +194,9 @@ def hf_folder(tmp_path_factory):
 
 
 def _dpo(folder, mesh, implementation: str, batch: dict) -> tuple:
-    """(chosen, rejected log-probs, DPO loss) and the loss's parameter gradients, with ``implementation``."""
+    """(chosen, rejected log-probs, DPO loss) and the loss's parameter gradients, with ``implementation``.
+
+    ``mesh`` (2, 2, 2) puts the 16 rows on 4 batch shards and the heads on 2 tensor shards."""
     cfg = model_config_from_hf(folder, ModelConfig(attention=implementation, attention_block=BLOCK))
     graphdef, abstract = abstract_model(cfg)
     params = load_params(folder, cfg, abstract, param_shardings(abstract, mesh, DEFAULT_RULES))
@@ -200,24 +206,28 @@ def _dpo(folder, mesh, implementation: str, batch: dict) -> tuple:
         chosen, rejected, _, _ = pair_logps(graphdef, p, batch)
         return logistic_loss(0.5 * (chosen - rejected - reference_margin)).mean(), (chosen, rejected)
 
-    (value, logps), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    with activation_sharding(mesh, DEFAULT_RULES):  # as in the train step: activations pinned, splash under shard_map
+        (value, logps), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
     return (*logps, value), grads
 
 
-FAST_MODEL_CASE = ("gemma2", "packed")  # GQA, soft-cap, alternating sliding windows and packed rows in one model
-MODEL_CASES = [  # the others compile the 8-device DPO step twice per case (~25-40 s each on 2 busy cores)
-    pytest.param(arch, layout, id=f"{arch}-{layout}", marks=() if (arch, layout) == FAST_MODEL_CASE else pytest.mark.slow)
+FAST_MODEL_CASES = {("chunked", "gemma2", "packed"), ("splash", "gemma2", "padded")}  # GQA, soft-cap, alternating windows
+MODEL_CASES = [  # the others compile the 8-device DPO step twice per case (~25-90 s each on 2 busy cores)
+    pytest.param(kernel, arch, layout, id=f"{kernel}-{arch}-{layout}", marks=() if (kernel, arch, layout) in FAST_MODEL_CASES else pytest.mark.slow)
+    for kernel in ("chunked", "splash")
     for arch in hf_tiny.ARCHS
     for layout in ("padded", "packed")
+    if kernel == "chunked" or layout == "padded"  # packed rows under splash run the chunked kernel
 ]
 
 
-@pytest.mark.parametrize("arch, layout", MODEL_CASES)
-def test_chunked_model_log_probs_loss_and_grads_equal_xla(hf_folder, mesh, arch, layout):
+@pytest.mark.parametrize("kernel, arch, layout", MODEL_CASES)
+def test_model_log_probs_loss_and_grads_equal_xla(hf_folder, mesh, kernel, arch, layout):
     padded = _pairs()
     batch = padded if layout == "padded" else pack_pairs(padded)
     expected, expected_grads = _dpo(hf_folder(arch), mesh, "xla", batch)
-    got, grads = _dpo(hf_folder(arch), mesh, "chunked", batch)
+    with pallas_interpret():
+        got, grads = _dpo(hf_folder(arch), mesh, kernel, batch)
     assert float(np.abs(expected[0] - expected[1]).max()) > 1.0  # chosen ≠ rejected: the masks matter
     for a, b in zip(got, expected):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=ATOL, rtol=0)
@@ -228,3 +238,68 @@ def test_chunked_model_log_probs_loss_and_grads_equal_xla(hf_folder, mesh, arch,
 def test_attention_block_must_be_a_multiple_of_8():
     with pytest.raises(ValueError, match=r"model\.attention_block must be a positive multiple of 8, got 12"):
         dataclasses.replace(ModelConfig(vocab_size=8), attention_block=12).validate()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cuDNN's call (checked through jax.nn.dot_product_attention's xla implementation) and kernel resolution
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["gqa", "sliding_softcap_ragged", "packed_sliding_softcap_ragged"])
+def test_cudnn_call_arguments_give_xla_results(name):
+    q, k, v, spec, _, weights = _case(name)  # cuDNN has no soft-cap: the cases run without it
+
+    def run(kernel: str, sliding):
+        if kernel == "xla":
+            return attention(q, k, v, spec, sliding, scale=0.4, softcap=0.0, implementation="xla")
+        return cudnn_attention(q, k, v, spec, sliding, scale=0.4, implementation="xla")
+
+    for sliding in (False, True, jnp.asarray(True)):
+        real = np.asarray(spec.key_valid) & np.asarray(spec.dense(sliding).any(-1))
+        got = jax.jit(lambda s: run("cudnn", s))(sliding) if isinstance(sliding, jax.Array) else run("cudnn", sliding)
+        np.testing.assert_allclose(np.asarray(got)[real], np.asarray(run("xla", sliding))[real], atol=ATOL, rtol=0, err_msg=f"sliding={sliding}")
+
+
+GEMMA2_LIKE = ModelConfig(vocab_size=8, attn_softcap=50.0, dtype="bfloat16")
+
+
+@pytest.mark.parametrize(
+    "setting, platform, model, expected",
+    [
+        ("auto", "tpu", ModelConfig(vocab_size=8), "splash"),
+        ("auto", "gpu", ModelConfig(vocab_size=8, dtype="bfloat16"), "cudnn"),
+        ("auto", "gpu", GEMMA2_LIKE, "chunked"),  # soft-cap: cuDNN refuses
+        ("auto", "gpu", ModelConfig(vocab_size=8), "chunked"),  # float32: cuDNN refuses
+        ("auto", "cpu", ModelConfig(vocab_size=8), "chunked"),
+        ("xla", "tpu", ModelConfig(vocab_size=8), "xla"),
+        ("chunked", "cpu", ModelConfig(vocab_size=8), "chunked"),
+        ("cudnn", "gpu", ModelConfig(vocab_size=8, dtype="bfloat16"), "cudnn"),
+        ("splash", "tpu", GEMMA2_LIKE, "splash"),
+    ],
+)
+def test_resolve_attention(setting, platform, model, expected):
+    assert resolve_attention(setting, platform, model) == expected
+
+
+@pytest.mark.parametrize(
+    "setting, platform, model, message",
+    [
+        ("splash", "cpu", ModelConfig(vocab_size=8), "model.attention=splash: needs a TPU (this backend is cpu); use one of auto, xla, chunked, cudnn"),
+        ("cudnn", "tpu", ModelConfig(vocab_size=8), "model.attention=cudnn: needs an NVIDIA GPU (this backend is tpu); use one of auto, xla, chunked, splash"),
+        ("cudnn", "gpu", GEMMA2_LIKE, "model.attention=cudnn: cuDNN has no attention soft-capping (model.attn_softcap > 0); use one of"),
+        ("cudnn", "gpu", ModelConfig(vocab_size=8), "model.attention=cudnn: cuDNN attention takes bfloat16/float16 only (model.dtype=float32)"),
+        ("cudnn", "gpu", ModelConfig(vocab_size=8, dtype="bfloat16", hidden_size=1024, num_heads=4), "needs head_dim a multiple of 8 up to 128 (got 256)"),
+    ],
+)
+def test_unusable_kernels_are_refused_in_one_line(setting, platform, model, message):
+    with pytest.raises(ValueError) as err:
+        resolve_attention(setting, platform, model)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_splash_on_cpu_fails_when_the_model_is_built_outside_tests():
+    with pytest.raises(ConfigError, match=r"^model\.attention=splash: needs a TPU \(this backend is cpu\); use one of auto, xla, chunked, cudnn$"):
+        Decoder(ModelConfig(vocab_size=8, attention="splash"), rngs=nnx.Rngs(0))
+    with pallas_interpret():
+        assert Decoder(ModelConfig(vocab_size=8, attention="splash"), rngs=nnx.Rngs(0)).layers.attn.implementation == "splash"
+    assert Decoder(ModelConfig(vocab_size=8, attention="auto"), rngs=nnx.Rngs(0)).layers.attn.implementation == "chunked"
