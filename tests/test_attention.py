@@ -155,6 +155,8 @@ def test_causal_and_packed_blocks_are_skipped():
     q = jnp.ones((2, t, 2, 8))
     jaxpr = str(jax.make_jaxpr(lambda q: attention(q, q, q, causal, False, scale=1.0, softcap=0.0, implementation="chunked", block=8))(q))
     assert "cond[" in jaxpr
+    one_block = str(jax.make_jaxpr(lambda q: attention(q, q, q, causal, False, scale=1.0, softcap=0.0, implementation="chunked", block=32))(q))
+    assert "cond[" not in one_block and "while[" not in one_block  # a row that fits one block runs the dense kernel
 
 
 # ---------------------------------------------------------------------------------------------------------------

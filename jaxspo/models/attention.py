@@ -132,8 +132,8 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, sca
 
 
 IMPLEMENTATIONS = ("xla", "chunked", "splash", "cudnn")
-CPU_AUTO = "chunked"  # auto off TPU/GPU: no slower than xla from T = 32 up on CPU (benchmarks/attention_memory.py)
-DEFAULT_BLOCK = 512  # model.attention_block: queries and keys per block of the block kernels
+CPU_AUTO = "chunked"  # auto off TPU/GPU: dense up to one block, then 5-10x faster than xla on CPU (benchmarks/attention_memory.py)
+DEFAULT_BLOCK = 128  # model.attention_block default: the fastest chunked block on CPU at T = 1K-4K (benchmarks/attention_memory.py)
 
 
 def attention(
@@ -153,11 +153,16 @@ def attention(
     ``sliding`` (possibly traced, per layer under the layer scan) applies ``spec.window``.
     ``implementation`` is a resolved name from :data:`IMPLEMENTATIONS` (never ``auto``); ``block`` is the block
     kernels' block size (queries and keys). Packed rows (``spec.segments``) under ``splash`` run ``chunked``
-    (see :mod:`jaxspo.models.splash_attention`).
+    (see :mod:`jaxspo.models.splash_attention`), and ``chunked`` runs the dense ``xla`` kernel when the rows
+    fit in one block (T, S <= ``block``).
     """
+    if implementation == "splash" and spec.segments is not None:
+        implementation = "chunked"  # packed rows: splash has no differentiable log-sum-exp for the cascade
+    if implementation == "chunked" and max(q.shape[1], k.shape[1]) <= block:
+        implementation = "xla"  # one block: nothing to stream or skip (and as fast on CPU at T = 128)
     if implementation == "xla":
         return xla_attention(q, k, v, spec.dense(sliding), scale, softcap)
-    if implementation == "chunked" or (implementation == "splash" and spec.segments is not None):
+    if implementation == "chunked":
         return chunked_attention(q, k, v, spec, sliding, scale=scale, softcap=softcap, block=block)
     if implementation == "splash":
         return splash_attention(q, k, v, spec, sliding, scale=scale, softcap=softcap, block=block)

@@ -9,6 +9,7 @@ q, k, v, the output and the log-sum-exp ``[B, K, G, T]``. The backward recompute
 block no query of the batch can see (``MaskSpec.block_visible``: above the causal diagonal, chosen × rejected of
 packed rows, outside every window) is skipped by a ``lax.cond`` on a scalar. A query that sees no key at all
 (left padding) gets output 0 and no gradient (``xla`` gives the mean of v there; no loss reads either).
+:func:`jaxspo.models.attention.attention` runs the dense kernel instead when the rows fit in one block.
 """
 
 from __future__ import annotations

@@ -71,8 +71,8 @@ class ModelConfig:
     remat: bool = False
     scan_unroll: int = 1  # layers per iteration of the layer scan: 1 = a rolled loop, >= num_layers = unrolled
     remat_policy: str = "full"  # with remat: "full" saves nothing, "dots" every matmul output, "dots_no_batch" weight matmuls only
-    attention: str = "xla"  # attention kernel (jaxspo.models.attention); one of ATTENTION
-    attention_block: int = 512  # chunked/splash: queries and keys per block (smaller for shorter rows)
+    attention: str = "auto"  # attention kernel (jaxspo.models.attention): auto = splash on TPU, cudnn on GPU, else chunked
+    attention_block: int = 128  # chunked/splash: queries and keys per block (smaller for shorter rows; splash: whole 128s)
     logprob_chunk: int = 0  # log-probs from logits of this many tokens at a time (rematerialised); 0 = all at once
     init_std: float = 0.02
 
