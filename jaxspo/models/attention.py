@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxspo.models.chunked_attention import chunked_attention
+from jaxspo.models.config import ModelConfig
 from jaxspo.models.cudnn_attention import cudnn_attention, cudnn_refusal
 from jaxspo.models.splash_attention import splash_attention, splash_refusal
 from jaxspo.models.target import target_platform
@@ -171,9 +172,9 @@ def attention(
     raise ValueError(f"model.attention: unknown implementation {implementation!r}; valid: {IMPLEMENTATIONS}")
 
 
-def resolve_attention(setting: str, platform: str, model_config) -> str:
+def resolve_attention(setting: str, platform: str, model_config: ModelConfig) -> str:
     """The kernel that ``model.attention=setting`` runs on ``platform`` (``"tpu"``, ``"gpu"``, ``"cpu"``) for
-    ``model_config`` (a :class:`~jaxspo.models.config.ModelConfig`): one of :data:`IMPLEMENTATIONS`.
+    ``model_config``: one of :data:`IMPLEMENTATIONS`.
 
     ``auto``: splash on TPU, cuDNN on a GPU when it takes the model, else :data:`CPU_AUTO`. Called once when
     the model is built; ValueError (one line naming the setting and the alternatives) when the chosen kernel
@@ -181,7 +182,7 @@ def resolve_attention(setting: str, platform: str, model_config) -> str:
     """
     cudnn_reason = cudnn_refusal(platform, model_config.attn_softcap, model_config.dtype, model_config.resolved_head_dim)
     if setting == "auto":
-        if splash_refusal(platform) is None and platform == "tpu":
+        if platform == "tpu":
             return "splash"
         return "cudnn" if cudnn_reason is None else CPU_AUTO
     reason = {"splash": splash_refusal(platform), "cudnn": cudnn_reason}.get(setting)
@@ -191,7 +192,7 @@ def resolve_attention(setting: str, platform: str, model_config) -> str:
     return setting
 
 
-def resolve_for_target(model_config) -> str:
+def resolve_for_target(model_config: ModelConfig) -> str:
     """:func:`resolve_attention` of ``model_config.attention`` on the platform the model is built for, logged once per change."""
     from jaxspo.config import ConfigError  # the CLI prints it as one line (jaxspo.config imports this package)
 
