@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxspo.models.target import compiling_for
 from jaxspo.perf import TOPOLOGY_DEVICE_KINDS, device_peak, model_flops, recomputed_flops
 from jaxspo.sharding import make_mesh
 from jaxspo.train.state import TrainState, abstract_model, learning_rate_schedule, make_optimizer, param_shardings, state_shardings
@@ -171,7 +172,14 @@ def longest_packed_rows(cfg, batch: int) -> dict[str, np.ndarray]:
 
 
 def compile_step(cfg, devices: list, per_device_batch: int | None = None) -> dict[str, Any]:
-    """Lowers and compiles the preference train step on ``devices``; returns the report (bytes per device)."""
+    """Lowers and compiles the preference train step on ``devices``; returns the report (bytes per device).
+
+    The model is built for the devices' platform (``model.attention`` resolves for it, not for this host)."""
+    with compiling_for(devices[0].platform):
+        return _compile_step(cfg, devices, per_device_batch)
+
+
+def _compile_step(cfg, devices: list, per_device_batch: int | None) -> dict[str, Any]:
     mesh = make_mesh(cfg.mesh.shape(), devices)
     batch_axes = mesh.shape["data"] * mesh.shape["fsdp"]
     if per_device_batch is not None:

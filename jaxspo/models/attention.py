@@ -9,9 +9,17 @@ implementation builds only what it needs from it (``xla`` the dense mask, block 
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+from jaxspo.models.chunked_attention import chunked_attention
+from jaxspo.models.config import ModelConfig
+from jaxspo.models.cudnn_attention import cudnn_attention, cudnn_refusal
+from jaxspo.models.splash_attention import splash_attention, splash_refusal
+from jaxspo.models.target import target_platform
 
 _F32 = jnp.float32
 
@@ -58,6 +66,50 @@ class MaskSpec:
         """The whole mask ``[B, T, S]`` (what the ``xla`` implementation reads)."""
         return self.visible(jnp.arange(self.query_slots.shape[0]), jnp.arange(self.key_valid.shape[1]), sliding)
 
+    def block_visible(self, block_q: int, block_k: int, sliding: bool | jax.Array = False) -> jax.Array:
+        """Whether any query of query block ``i`` may see any key of key block ``j`` in any row: ``[nq, nk]`` bool
+        (blocks of ``block_q`` queries and ``block_k`` keys; the last ones may run past T and S).
+
+        False is exact (no row sees any key of the block); True is conservative (built from per-block
+        bounds: the latest query slot, the segments present, the smallest query and largest key position).
+        """
+        t, s = self.query_slots.shape[0], self.key_valid.shape[1]
+        nq, nk = -(-t // block_q), -(-s // block_k)
+        big = 1 << 29  # beyond any slot or position; differences of two stay inside int32
+
+        def blocks(x: jax.Array, size: int, n: int, fill) -> jax.Array:  # [..., L] -> [..., n, size]
+            pad = [(0, 0)] * (x.ndim - 1) + [(0, n * size - x.shape[-1])]
+            return jnp.pad(x, pad, constant_values=fill).reshape(*x.shape[:-1], n, size)
+
+        query_slots = jnp.asarray(self.query_slots)
+        key_valid = blocks(jnp.asarray(self.key_valid), block_k, nk, False)  # [B, nk, bk]
+        key_slots = blocks(jnp.arange(s), block_k, nk, big)  # [nk, bk]
+        latest_query = blocks(query_slots, block_q, nq, -1).max(-1)  # [nq]
+        seen = (latest_query[:, None] >= key_slots.min(-1)[None])[None] & key_valid.any(-1)[:, None, :]  # [B, nq, nk]
+
+        def bounds(x: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:  # min and max over valid entries
+            return jnp.where(valid, x, big).min(-1), jnp.where(valid, x, -big).max(-1)
+
+        query_real = blocks(jnp.ones_like(query_slots, bool), block_q, nq, False)[None]  # [1, nq, bq]
+        if self.segments is not None:
+            q_seg = blocks(jnp.take(jnp.asarray(self.segments), query_slots, axis=1), block_q, nq, 0)  # [B, nq, bq]
+            k_seg = blocks(jnp.asarray(self.segments), block_k, nk, 0)  # [B, nk, bk]
+            q_low, q_high = bounds(q_seg, query_real)
+            k_low, k_high = bounds(k_seg, key_valid)
+            prompt = (key_valid & (k_seg == 0)).any(-1)  # [B, nk]
+            overlap = (q_low[:, :, None] <= k_high[:, None, :]) & (k_low[:, None, :] <= q_high[:, :, None])
+            seen = seen & (prompt[:, None, :] | overlap)
+            q_pos = blocks(jnp.take(jnp.asarray(self.positions), query_slots, axis=1), block_q, nq, 0)
+            k_pos = blocks(jnp.asarray(self.positions), block_k, nk, 0)
+            earliest_query, latest_key = bounds(q_pos, query_real)[0], bounds(k_pos, key_valid)[1]  # [B, nq], [B, nk]
+        else:
+            earliest_query = bounds(blocks(query_slots, block_q, nq, 0), query_real[0])[0][None]  # [1, nq]
+            latest_key = bounds(key_slots, key_slots < s)[1][None]  # [1, nk]
+        if self.window:
+            near = earliest_query[:, :, None] - latest_key[:, None, :] < self.window
+            seen = seen & (near | jnp.logical_not(sliding))
+        return seen.any(0)
+
 
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, softcap: float) -> jax.Array:
     """Reference grouped-query attention over a dense mask. q ``[B, T, H, Hd]``, k/v ``[B, S, K, Hd]``,
@@ -80,7 +132,9 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, sca
     return out.reshape(b, t, h, hd)
 
 
-IMPLEMENTATIONS = ("xla",)
+IMPLEMENTATIONS = ("xla", "chunked", "splash", "cudnn")
+CPU_AUTO = "chunked"  # auto off TPU/GPU: dense up to one block, then 5-10x faster than xla on CPU (benchmarks/attention_memory.py)
+DEFAULT_BLOCK = 128  # model.attention_block default: the fastest chunked block on CPU at T = 1K-4K (benchmarks/attention_memory.py)
 
 
 def attention(
@@ -93,12 +147,63 @@ def attention(
     scale: float,
     softcap: float,
     implementation: str = "xla",
+    block: int = DEFAULT_BLOCK,
 ) -> jax.Array:
     """Attention of q ``[B, T, H, Hd]`` over k/v ``[B, S, K, Hd]`` under ``spec`` -> ``[B, T, H, Hd]``.
 
     ``sliding`` (possibly traced, per layer under the layer scan) applies ``spec.window``.
-    ``implementation`` is a resolved name from :data:`IMPLEMENTATIONS` (never ``auto``).
+    ``implementation`` is a resolved name from :data:`IMPLEMENTATIONS` (never ``auto``); ``block`` is the block
+    kernels' block size (queries and keys). Packed rows (``spec.segments``) under ``splash`` run ``chunked``
+    (see :mod:`jaxspo.models.splash_attention`), and ``chunked`` runs the dense ``xla`` kernel when the rows
+    fit in one block (T, S <= ``block``).
     """
+    if implementation == "splash" and spec.segments is not None:
+        implementation = "chunked"  # packed rows: splash has no differentiable log-sum-exp for the cascade
+    if implementation == "chunked" and max(q.shape[1], k.shape[1]) <= block:
+        implementation = "xla"  # one block: nothing to stream or skip (and as fast on CPU at T = 128)
     if implementation == "xla":
         return xla_attention(q, k, v, spec.dense(sliding), scale, softcap)
+    if implementation == "chunked":
+        return chunked_attention(q, k, v, spec, sliding, scale=scale, softcap=softcap, block=block)
+    if implementation == "splash":
+        return splash_attention(q, k, v, spec, sliding, scale=scale, softcap=softcap, block=block)
+    if implementation == "cudnn":
+        return cudnn_attention(q, k, v, spec, sliding, scale=scale)
     raise ValueError(f"model.attention: unknown implementation {implementation!r}; valid: {IMPLEMENTATIONS}")
+
+
+def resolve_attention(setting: str, platform: str, model_config: ModelConfig) -> str:
+    """The kernel that ``model.attention=setting`` runs on ``platform`` (``"tpu"``, ``"gpu"``, ``"cpu"``) for
+    ``model_config``: one of :data:`IMPLEMENTATIONS`.
+
+    ``auto``: splash on TPU, cuDNN on a GPU when it takes the model, else :data:`CPU_AUTO`. Called once when
+    the model is built; ValueError (one line naming the setting and the alternatives) when the chosen kernel
+    cannot run here or refuses the model.
+    """
+    cudnn_reason = cudnn_refusal(platform, model_config.attn_softcap, model_config.dtype, model_config.resolved_head_dim)
+    if setting == "auto":
+        if platform == "tpu":
+            return "splash"
+        return "cudnn" if cudnn_reason is None else CPU_AUTO
+    reason = {"splash": splash_refusal(platform), "cudnn": cudnn_reason}.get(setting)
+    if setting not in IMPLEMENTATIONS or reason is not None:
+        others = ", ".join(name for name in ("auto", *IMPLEMENTATIONS) if name != setting)
+        raise ValueError(f"model.attention={setting}: {reason or 'unknown kernel'}; use one of {others}")
+    return setting
+
+
+def resolve_for_target(model_config: ModelConfig) -> str:
+    """:func:`resolve_attention` of ``model_config.attention`` on the platform the model is built for, logged once per change."""
+    from jaxspo.config import ConfigError  # the CLI prints it as one line (jaxspo.config imports this package)
+
+    try:
+        resolved = resolve_attention(model_config.attention, target_platform(), model_config)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if _LAST_RESOLVED.get(model_config.attention) != resolved:
+        _LAST_RESOLVED[model_config.attention] = resolved
+        logging.getLogger("jaxspo").info("model.attention=%s runs the %s kernel on %s", model_config.attention, resolved, target_platform())
+    return resolved
+
+
+_LAST_RESOLVED: dict[str, str] = {}

@@ -17,7 +17,7 @@ ACTIVATIONS = ("silu", "gelu_pytorch_tanh", "gelu_new", "gelu")  # HF names; the
 POSITIONS = ("rope", "learned")
 ROPE_TYPES = ("default", "linear", "llama3")
 LAYER_TYPES = ("full_attention", "sliding_attention")
-ATTENTION = ("xla",)  # model.attention: the kernels of jaxspo.models.attention
+ATTENTION = ("auto", "xla", "chunked", "splash", "cudnn")  # model.attention: the kernels of jaxspo.models.attention
 REMAT_POLICIES = ("full", "dots", "dots_no_batch")  # what a rematerialised layer saves (jaxspo.models.decoder)
 
 
@@ -71,7 +71,8 @@ class ModelConfig:
     remat: bool = False
     scan_unroll: int = 1  # layers per iteration of the layer scan: 1 = a rolled loop, >= num_layers = unrolled
     remat_policy: str = "full"  # with remat: "full" saves nothing, "dots" every matmul output, "dots_no_batch" weight matmuls only
-    attention: str = "xla"  # attention kernel (jaxspo.models.attention); one of ATTENTION
+    attention: str = "auto"  # attention kernel (jaxspo.models.attention): auto = splash on TPU, cudnn on GPU, else chunked
+    attention_block: int = 128  # chunked/splash: queries and keys per block (smaller for shorter rows; splash: whole 128s)
     logprob_chunk: int = 0  # log-probs from logits of this many tokens at a time (rematerialised); 0 = all at once
     init_std: float = 0.02
 
@@ -125,6 +126,8 @@ class ModelConfig:
             raise ValueError(f"model.remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
         if self.scan_unroll < 1:
             raise ValueError(f"model.scan_unroll must be >= 1 (1 = a rolled loop over the layers), got {self.scan_unroll}")
+        if self.attention_block < 8 or self.attention_block % 8:
+            raise ValueError(f"model.attention_block must be a positive multiple of 8, got {self.attention_block}")
         if self.logprob_chunk < 0:
             raise ValueError(f"model.logprob_chunk must be >= 0 (0 = off), got {self.logprob_chunk}")
         for name in ("dtype", "param_dtype"):

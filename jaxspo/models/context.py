@@ -18,7 +18,7 @@ from typing import Any
 import jax
 from jax.sharding import PartitionSpec
 
-from jaxspo.models.attention import MaskSpec, attention
+from jaxspo.models.attention import DEFAULT_BLOCK, MaskSpec, attention
 from jaxspo.sharding import active_sharding, logical_to_spec
 
 
@@ -37,12 +37,13 @@ def context_attention(
     scale: float,
     softcap: float,
     implementation: str = "xla",
+    block: int = DEFAULT_BLOCK,
 ) -> jax.Array:
     """:func:`jaxspo.models.attention.attention` (same arguments and result ``[B, T, H, Hd]``), split along
     time when the active rules put the time axis of both q ``[B, T, H, Hd]`` and k/v ``[B, S, K, Hd]`` on the
     same mesh axes; otherwise (no active mesh, no time split, a length that does not divide) the plain call."""
     active = active_sharding()
-    plain = lambda: attention(q, k, v, spec, sliding, scale=scale, softcap=softcap, implementation=implementation)  # noqa: E731
+    plain = lambda: attention(q, k, v, spec, sliding, scale=scale, softcap=softcap, implementation=implementation, block=block)  # noqa: E731
     if active is None:
         return plain()
     mesh, rules = active
@@ -61,12 +62,15 @@ def context_attention(
         positions=None if spec.positions is None else rows,
     )
     traced = None if isinstance(sliding, bool) else sliding  # a per-layer flag under the layer scan
+    # splash shards itself with shard_map over the same mesh; under the time split (`auto` on a TPU) the chunked
+    # kernel runs instead (an explicit `model.attention=splash` with mesh.context > 1 is refused by the config)
+    local_kernel = "chunked" if implementation == "splash" else implementation
 
     def local(q: jax.Array, k: jax.Array, v: jax.Array, spec: MaskSpec, traced: jax.Array | None) -> jax.Array:
         gather = lambda x: None if x is None else jax.lax.all_gather(x, time, axis=1, tiled=True)  # noqa: E731
         spec = spec.replace(key_valid=gather(spec.key_valid), segments=gather(spec.segments), positions=gather(spec.positions))
         flag = sliding if traced is None else traced
-        return attention(q, gather(k), gather(v), spec, flag, scale=scale, softcap=softcap, implementation=implementation)
+        return attention(q, gather(k), gather(v), spec, flag, scale=scale, softcap=softcap, implementation=local_kernel, block=block)
 
     in_specs = (split, split, split, spec_split, None if traced is None else PartitionSpec())
     return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=split)(q, k, v, spec, traced)

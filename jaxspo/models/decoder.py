@@ -9,11 +9,13 @@ activation is annotated with logical axis names (see :mod:`jaxspo.sharding`).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from jaxspo.models.attention import MaskSpec
+from jaxspo.models.attention import MaskSpec, resolve_for_target
 from jaxspo.models.config import ModelConfig, RopeScaling
 from jaxspo.models.layers import KV, Norm, param, stacked_blocks
 from jaxspo.models.lora import LoRASpec
@@ -50,6 +52,7 @@ class Decoder(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, lora: LoRASpec | None = None):
         config.validate()
+        config = dataclasses.replace(config, attention=resolve_for_target(config))
         init, pdt = nnx.initializers.normal(config.init_std), config.param_dtype
         vocab, d = config.vocab_size, config.hidden_size
         self.embed = param(rngs, init, (vocab, d), ("vocab", "embed"), pdt)

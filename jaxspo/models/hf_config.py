@@ -20,7 +20,7 @@ from jaxspo.errors import CheckpointError
 from jaxspo.models.config import ACTIVATIONS, ARCHITECTURES, ROPE_TYPES, ModelConfig, RopeScaling
 
 # Fields that never come from config.json: the run's numerics and where the weights live.
-NUMERIC_FIELDS = ("path", "reference_path", "dtype", "param_dtype", "remat", "remat_policy", "scan_unroll", "attention", "logprob_chunk", "init_std")
+NUMERIC_FIELDS = ("path", "reference_path", "dtype", "param_dtype", "remat", "remat_policy", "scan_unroll", "attention", "attention_block", "logprob_chunk", "init_std")
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")

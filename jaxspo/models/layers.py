@@ -140,7 +140,8 @@ class Attention(nnx.Module):
         self.softcap = config.attn_softcap
         self.rope = config.positions == "rope"
         self.dtype = config.dtype
-        self.implementation = config.attention
+        self.implementation = config.attention  # resolved by the Decoder (never "auto")
+        self.block = config.attention_block
 
     def _project(
         self, x: jax.Array, proj: nnx.Param, bias: nnx.Param | None, norm: Norm | None, lora: Adapter | None, fused: jax.Array | None
@@ -177,7 +178,7 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice(kv[1], v, (0, index, 0, 0))
             kv = (k, v)
         implementation = "xla" if kv is not None else self.implementation
-        out = context_attention(q, k, v, spec, sliding, scale=self.scale, softcap=self.softcap, implementation=implementation)
+        out = context_attention(q, k, v, spec, sliding, scale=self.scale, softcap=self.softcap, implementation=implementation, block=self.block)
         out = with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         y = add_delta(project("bthk,hkd->btd", out, self.o_proj[...], self.dtype), out, self.o_lora)
         return _add(y, self.o_bias), kv
