@@ -58,10 +58,15 @@ def hashes(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def assert_one_error_line(argv: list[str], inputs: Path, status: int) -> str:
-    """Runs ``argv`` and checks the error contract; returns the error line."""
+def assert_one_error_line(argv: list[str], inputs: Path, status: int, if_it_succeeds: typing.Callable[[], None] | None = None) -> str | None:
+    """Runs ``argv`` and checks the error contract; returns the error line. With ``if_it_succeeds`` the command
+    may also succeed (status 0, no error line, inputs unchanged), and then that check must hold; returns None."""
     before = hashes(inputs)
     got, stderr = run_cli(argv)
+    if got == 0 and if_it_succeeds is not None:
+        assert hashes(inputs) == before, f"an input file changed\nargv={argv}"
+        if_it_succeeds()
+        return None
     assert not isinstance(got, BaseException), f"uncaught {type(got).__name__}: {got}\nargv={argv}"
     assert "Traceback" not in stderr, f"traceback for a user error\nargv={argv}\n{stderr[-3000:]}"
     lines = [line for line in stderr.splitlines() if ERROR_LINE.match(line)]
@@ -308,6 +313,24 @@ def run_folder(tmp_path_factory):
     return run
 
 
+def assert_params_read_intact(run: Path) -> None:
+    """The damaged params/ of ``run`` still restore to the fixture's values (all zeros): the damaged file is one
+    the restore does not read (a commit marker, metadata of another generation), so no number changed."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from jaxspo.checkpoint import restore_params
+    from jaxspo.config import load_config
+    from jaxspo.train.state import abstract_model
+
+    _, abstract = abstract_model(load_config(run / "config.yaml").model)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
+    leaves = jax.tree.leaves(nnx.to_pure_dict(restore_params(run / "params", target)))
+    assert leaves and not any(np.any(np.asarray(leaf)) for leaf in leaves), f"{run}/params: a damaged checkpoint loaded other numbers without an error"
+
+
 def _damage_params(run: Path, n: int) -> None:
     files = sorted(p for p in (run / "params").rglob("*") if p.is_file())
     target = files[n % len(files)]
@@ -343,8 +366,8 @@ def test_fuzz_run_directories(run_folder, damage, n, pick):
         argv = {"export": ["export", str(run), "--out", str(outputs / "hf")], "eval": ["eval", str(run), "--out", str(outputs / "eval")],
                 "plot": ["plot", str(run), "--out", str(outputs / "c.png")]}[command]
         status = CONFIG_STATUS if damage.startswith("config.yaml") else INPUT_STATUS
-        line = assert_one_error_line(argv, inputs, status)
-        assert str(run) in line
+        line = assert_one_error_line(argv, inputs, status, (lambda: assert_params_read_intact(run)) if damage == "params corrupt" else None)
+        assert line is None or str(run) in line
 
 
 # ---------------------------------------------------------------------------------------------

@@ -124,6 +124,9 @@ def full_step(overrides: list[str], host: dict, lora: bool = False, steps: int =
     if lora:
         run = LoRATraining(cfg, mesh, policy, policy, {"sha256": "-"})
         model, abstract, sharding, params, frozen = run.model, run.model.abstract_adapters, run.model.adapter_sharding, run.initial, run.frozen
+        # LoRA starts at B = 0 (policy = reference, every margin a tie whose sign is rounding): move it off the tie
+        noise = jax.random.split(jax.random.key(3), len(jax.tree.leaves(params)))
+        params = jax.tree.unflatten(jax.tree.structure(params), [x + 0.2 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(jax.tree.leaves(params), noise)])
     else:
         model, params, frozen = graphdef, policy, reference
     tx = make_optimizer(cfg.optimizer, schedule, abstract)
