@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu
+# tests/conftest.py sets the test processes' XLA flags (8 CPU devices), platform and compilation cache
 # glibc allocator settings that keep large host buffers from fragmenting (faster on CPU).
 RUN_ENV := MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=131072 TOKENIZERS_PARALLELISM=false
 
@@ -24,7 +24,7 @@ demo: venv
 TEST_WORKERS ?= 2
 
 test: venv
-	$(RUN_ENV) $(TEST_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(RUN_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # jaxspo vs TRL and Tunix side by side (benchmarks/vs_peers.py); the peers' venvs go to benchmarks/.venvs.
 bench: venv
