@@ -93,7 +93,7 @@ class OptimizerConfig:
 @dataclasses.dataclass
 class MeshConfig:
     """Device mesh (axes data, fsdp, tensor, context; one of data/fsdp/tensor may be -1 = all remaining
-    devices) and rules. ``context`` devices split each sequence's time axis (README: Context parallelism)."""
+    devices) and rules. ``context`` devices split each sequence's time axis (docs/sharding.md: Context parallelism)."""
 
     data: int = -1
     fsdp: int = 1
@@ -122,9 +122,9 @@ class TrainerConfig:
     grad_accum_steps: int = 1  # micro-batches per step (batch_size must divide by it)
     eval_every: int = 100  # 0: only before and after
     on_nonfinite: str = "stop"  # non-finite loss/gradient: "stop" the run or "skip" the update
-    precompile: bool = True  # compile the step for every bucket width before step 1 (README: Speed)
-    compilation_cache_dir: str = ""  # JAX's persistent compilation cache, e.g. ~/.cache/jaxspo/xla ("" = off; README: Speed)
-    host_heap: str = "system"  # "hold": glibc keeps freed memory mapped between XLA:CPU steps (faster on CPU, more RSS; README: Speed)
+    precompile: bool = True  # compile the step for every bucket width before step 1 (docs/speed.md)
+    compilation_cache_dir: str = ""  # JAX's persistent compilation cache, e.g. ~/.cache/jaxspo/xla ("" = off; docs/speed.md)
+    host_heap: str = "system"  # "hold": glibc keeps freed memory mapped between XLA:CPU steps (faster on CPU, more RSS; docs/speed.md)
 
 
 @dataclasses.dataclass

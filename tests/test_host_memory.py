@@ -77,7 +77,7 @@ def test_paced_steps_start_only_after_the_previous_step_freed_its_temporaries():
     done = subprocess.run([sys.executable, "-c", PACED], capture_output=True, text=True, timeout=120, env=env, check=True)
     rows = json.loads(done.stdout.strip().splitlines()[-1])
     assert rows[0]["idle_before_previous"] is None and all(r["in_use_at_dispatch"] > 0 for r in rows)
-    for row in rows[1:]:  # right after its outputs are ready, a step often still holds its ≈ 100 MiB (see the loop's README figures)
+    for row in rows[1:]:  # right after its outputs are ready, a step often still holds its ≈ 100 MiB (see the figures in docs/speed.md)
         assert row["in_use_at_dispatch"] <= row["idle_before_previous"] + StepPacer().slack, rows
 
 

@@ -53,7 +53,7 @@ def test_a_bucketed_phase_compiles_each_width_once_before_step_1(tmp_path, caplo
 
 def test_a_held_heap_is_trimmed_exactly_before_a_batch_larger_than_any_before(tmp_path, monkeypatch):
     """trainer.host_heap=hold keeps freed temporaries mapped; a larger program's would need a new region, so the
-    heap is trimmed first (README: Speed) — and only then, not at every change of width."""
+    heap is trimmed first (docs/speed.md) — and only then, not at every change of width."""
     trims, waited = [], []
     monkeypatch.setattr(host_memory, "_held", True)
     monkeypatch.setattr(host_memory, "heap_bytes_in_use", lambda: 0)  # the wait is tested in test_host_memory.py

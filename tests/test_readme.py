@@ -1,10 +1,14 @@
-"""The README documents every config key and starts with the two set-up commands."""
+"""The manual (README.md + docs/*.md) documents every config key; the README starts with the two set-up
+commands, stays short, and links every docs page."""
 
 from pathlib import Path
 
 from jaxspo.config import Config, to_dict
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+MANUAL = "\n".join([README] + [page.read_text() for page in DOCS])
 FREE_FORM = {"rules", "label_weights", "terms"}  # mappings whose entries are user-chosen names
 
 
@@ -23,12 +27,19 @@ def test_every_config_key_is_documented():
     for key in config_keys(to_dict(Config())):
         section, _, leaf = key.rpartition(".")
         # a key is documented by its own row, or shares a row with a sibling: `a.b.x` / `y`
-        rows = [line for line in README.splitlines() if line.startswith("| `")]
+        rows = [line for line in MANUAL.splitlines() if line.startswith("| `")]
         if not any(f"`{key}`" in row or (f"`{section}." in row and f"`{leaf}`" in row) for row in rows):
             missing.append(key)
-    assert not missing, f"README lacks config keys: {missing}"
+    assert not missing, f"README.md and docs/ lack config keys: {missing}"
 
 
 def test_readme_starts_with_the_two_commands():
     head = README.split("\n## ")[0]
     assert "make demo" in head and "make test" in head
+
+
+def test_readme_is_an_entry_point_that_links_every_docs_page():
+    assert len(README.splitlines()) <= 300
+    assert DOCS, "docs/ has no pages"
+    for page in DOCS:
+        assert f"(docs/{page.name})" in README, f"README does not link docs/{page.name}"

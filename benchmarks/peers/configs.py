@@ -25,7 +25,7 @@ PEERS: dict[str, dict[str, Any]] = {
     "tunix_fp32_held_heap": {"system": "tunix", "precision": "float32", "runner_config": "tunix_fp32", "env": HELD_HEAP_ENV},
 }
 
-BUCKETED = ["data.layout=packed", "data.auto_buckets=4"]  # prompt once per pair, 4 packed widths chosen from the data (README: Speed)
+BUCKETED = ["data.layout=packed", "data.auto_buckets=4"]  # prompt once per pair, 4 packed widths chosen from the data (docs/speed.md)
 PACKED = BUCKETED + ["model.scan_unroll=8"]  # + the layers unrolled: the fastest exact fp32 setting
 
 JAXSPO: dict[str, list[str]] = {

@@ -1,6 +1,6 @@
 """Pure parts of the harness: FLOP counting, step statistics, loss agreement and the report.
 
-FLOPs of one training step (documented in the README's Benchmarks section), over the token positions the
+FLOPs of one training step (documented in docs/benchmarks.md), over the token positions the
 system actually computed (``padded_tokens``: rows × padded width, padding included)::
 
     trained   = padded_tokens · (6·N + 12·L·W·d_attn)

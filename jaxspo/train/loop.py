@@ -120,7 +120,7 @@ class Phase:
                      cfg.data.auto_buckets, self.name, self.batches.widths, 100 * self.batches.token_fraction(), 100 * self.batches.token_fraction(one_width=True))
         self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / self.name, cfg.checkpoint)
         self.skipped = 0  # steps whose update was dropped as non-finite
-        self.pacer = StepPacer()  # under trainer.host_heap=hold (README: Speed)
+        self.pacer = StepPacer()  # under trainer.host_heap=hold (docs/speed.md)
         self.kl_sampler = None  # soft_spo's global KL regulariser: on-policy samples drawn before each step
         if phase == "preference" and kl_active(cfg.loss):
             prompts = regularisation_prompts(cfg.loss.soft_spo.kl_prompt_source, run.splits.rows)
@@ -280,7 +280,7 @@ class Run:
         self.mesh = make_mesh(cfg.mesh.shape())
         self.peak_flops, peak_source = run_peak(cfg.model.dtype)  # all devices' FLOP/s, for perf/mfu
         if self.peak_flops is None:
-            log.warning("no peak FLOP/s known for %s devices: metrics rows carry no perf/mfu (README: Speed, MFU)", peak_source)
+            log.warning("no peak FLOP/s known for %s devices: metrics rows carry no perf/mfu (docs/speed.md, MFU)", peak_source)
         else:
             log.info("peak %.3g FLOP/s over %d devices (%s, %s): perf/mfu's denominator", self.peak_flops, jax.device_count(), peak_source, cfg.model.dtype)
         self.graphdef, self.abstract_params = abstract_model(cfg.model)
