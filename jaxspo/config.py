@@ -166,6 +166,7 @@ class LoggingConfig:
     wandb_project: str = "jaxspo"
     progress_bar: bool = True  # tqdm bar per phase with loss, tokens/s and the ETA
     plot: bool = True
+    peak_flops: float = 0.0  # perf/mfu's peak FLOP/s per device (per process on CPU); 0 = the device table, or measured on CPU
 
 
 @dataclasses.dataclass
@@ -386,6 +387,7 @@ def validate(cfg: Config) -> None:
         (cfg.data.task == "synthetic", f"data.task: unknown task '{cfg.data.task}'; available: synthetic"),
         (cfg.data.max_prompt_length < cfg.data.max_length, "data.max_prompt_length must be below data.max_length"),
         (cfg.logging.log_every > 0, "logging.log_every must be positive"),
+        (cfg.logging.peak_flops >= 0, f"logging.peak_flops must be >= 0 (FLOP/s per device; 0 = the device table), got {cfg.logging.peak_flops}"),
         (cfg.trainer.host_heap in HOST_HEAP_MODES, f"trainer.host_heap must be one of {', '.join(HOST_HEAP_MODES)}, got '{cfg.trainer.host_heap}'"),
         (cfg.trainer.on_nonfinite in ("stop", "skip"), f"trainer.on_nonfinite must be 'stop' or 'skip', got '{cfg.trainer.on_nonfinite}'"),
         (cfg.data.on_bad_row in ("error", "skip"), f"data.on_bad_row must be 'error' or 'skip', got '{cfg.data.on_bad_row}'"),

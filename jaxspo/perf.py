@@ -200,13 +200,17 @@ def throughput(real_tokens: float, computed_tokens: float, flops: float, seconds
     return out | ({"perf/mfu": flops / seconds / peak} if peak else {})
 
 
-def run_peak(dtype: str) -> tuple[float | None, str]:
-    """(peak FLOP/s of all the run's devices, where it came from). Accelerators: table × devices; CPU:
+def run_peak(dtype: str, per_device: float = 0.0) -> tuple[float | None, str]:
+    """(peak FLOP/s of all the run's devices, where it came from). ``per_device`` > 0 (``logging.peak_flops``)
+    overrides: × devices on accelerators, × processes on CPU. Otherwise accelerators: table × devices; CPU:
     measured × processes (a process's CPU devices share its cores); (None, kind) for an unknown accelerator."""
     import jax
 
     device = jax.devices()[0]
+    units = jax.process_count() if device.platform == "cpu" else jax.device_count()
+    if per_device > 0:
+        return per_device * units, "logging.peak_flops"
     if device.platform == "cpu":
-        return measured_cpu_peak(str(dtype)) * jax.process_count(), "measured"
-    per_device = device_peak(device.device_kind, dtype)
-    return (None if per_device is None else per_device * jax.device_count()), device.device_kind
+        return measured_cpu_peak(str(dtype)) * units, "measured"
+    from_table = device_peak(device.device_kind, dtype)
+    return (None if from_table is None else from_table * units), device.device_kind

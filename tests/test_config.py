@@ -44,6 +44,7 @@ def test_resolved_config_round_trips(tmp_path):
         ("loss.terms={dpoo: 1.0}", "loss.terms: unknown loss 'dpoo'; did you mean 'dpo'?"),
         ("mesh.rules.embed=fsdpp", "mesh.rules.embed: unknown mesh axis 'fsdpp'"),
         ("model.num_kv_heads=3", "model.num_kv_heads (3) must divide num_heads (4)"),
+        ("logging.peak_flops=-1", "logging.peak_flops must be >= 0 (FLOP/s per device; 0 = the device table), got -1"),
         ("trainer", "override 'trainer' is not of the form key=value"),
     ],
 )

@@ -137,6 +137,13 @@ def test_cpu_peak_is_measured_once_per_process():
     assert measured_cpu_peak("float32") is measured_cpu_peak("float32")  # cached, not re-measured
 
 
+def test_logging_peak_flops_replaces_the_measurement():
+    import jax
+
+    assert run_peak("float32", 2.5e10) == (2.5e10 * jax.process_count(), "logging.peak_flops")  # per process on CPU
+    assert run_peak("bfloat16", 0.0)[1] == "measured"  # 0: not set
+
+
 def test_throughput_and_compile_mfu():
     row = throughput(real_tokens=900, computed_tokens=1200, flops=6e12, seconds=2.0, steps=4, peak=10e12)
     assert row == {"perf/seconds_per_step": 0.5, "perf/tokens_per_second": 450, "perf/computed_tokens_per_second": 600,

@@ -278,9 +278,9 @@ class Run:
         for split in screen if screen is not None else ("eval",) if cfg.stages else ("train", "eval"):
             self.encoded(split, cfg.eval.num_pairs if split == "eval" else None)
         self.mesh = make_mesh(cfg.mesh.shape())
-        self.peak_flops, peak_source = run_peak(cfg.model.dtype)  # all devices' FLOP/s, for perf/mfu
+        self.peak_flops, peak_source = run_peak(cfg.model.dtype, cfg.logging.peak_flops)  # all devices' FLOP/s, for perf/mfu
         if self.peak_flops is None:
-            log.warning("no peak FLOP/s known for %s devices: metrics rows carry no perf/mfu (docs/speed.md, MFU)", peak_source)
+            log.warning("no peak FLOP/s known for %s devices: metrics rows carry no perf/mfu; set logging.peak_flops (docs/speed.md, MFU)", peak_source)
         else:
             log.info("peak %.3g FLOP/s over %d devices (%s, %s): perf/mfu's denominator", self.peak_flops, jax.device_count(), peak_source, cfg.model.dtype)
         self.graphdef, self.abstract_params = abstract_model(cfg.model)
