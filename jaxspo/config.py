@@ -171,7 +171,7 @@ class LoggingConfig:
 
 @dataclasses.dataclass
 class StageConfig:
-    """One stage n of a ``sequential`` recipe (METHODS §5; jaxspo/train/stages.py), in ``stages`` order."""
+    """One stage n of a ``sequential`` recipe (docs/losses.md, Sequential; jaxspo/train/stages.py), in ``stages`` order."""
 
     dimension: str = ""  # the scored dimension whose differences label this stage's pairs (e.g. correctness)
     beta: float = 0.0  # β_n; 0 = loss.beta

@@ -1,4 +1,4 @@
-"""DPO-family losses on the margin h (METHODS §1). Each returns the per-pair loss ``[B]``.
+"""DPO-family losses on the margin h (docs/losses.md, The DPO family). Each returns the per-pair loss ``[B]``.
 
 Notation: β = ``cfg.beta``, ε = ``cfg.label_smoothing``, h = log πθ/π_ref(y_w) − log πθ/π_ref(y_l) on
 summed token log-probs, |y| the response length in tokens. TRL's ``loss_type`` names are kept where
@@ -64,7 +64,7 @@ def cdpo(logps: PairLogps, cfg) -> jax.Array:
 def robust(logps: PairLogps, cfg) -> jax.Array:
     """[−(1−ε) log σ(βh) + ε log σ(−βh)] / (1−2ε), ε = flip rate < ½.
 
-    Robust DPO, Chowdhury et al., arXiv 2403.00409 (TRL ``robust``; METHODS §1 lists it as ``rdpo``).
+    Robust DPO, Chowdhury et al., arXiv 2403.00409 (TRL ``robust``; ``rdpo`` is R-DPO, not this).
     """
     z, eps = cfg.beta * logps.margin(), cfg.label_smoothing
     return (-(1.0 - eps) * jax.nn.log_sigmoid(z) + eps * jax.nn.log_sigmoid(-z)) / (1.0 - 2.0 * eps)

@@ -1,4 +1,4 @@
-"""Soft Preference Optimization (Sharifnassab et al., arXiv 2405.00747): the preference terms (METHODS §3).
+"""Soft Preference Optimization (Sharifnassab et al., arXiv 2405.00747): the preference terms (docs/losses.md, Soft Preference Optimization).
 
 All terms are reference-free and read α = ``cfg.soft_spo.alpha``; s = α·log πθ(y) (sequence log-probs):
 
