@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # glibc allocator settings that keep large host buffers from fragmenting (faster on CPU).
 RUN_ENV := MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=131072 TOKENIZERS_PARALLELISM=false
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ TEST_WORKERS ?= 2
 
 test: venv
 	$(RUN_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# pyflakes, syntax errors and line length (pyproject.toml [tool.ruff]); tests/test_lint.py runs the same check.
+lint: venv
+	$(VENV)/bin/ruff check .
 
 # jaxspo vs TRL and Tunix side by side (benchmarks/vs_peers.py); the peers' venvs go to benchmarks/.venvs.
 bench: venv

@@ -50,12 +50,35 @@ def sampler_alone(cfg, repeats: int) -> dict[str, float]:
     for i in range(repeats):
         generated += int(np.asarray(run(jax.random.key(i + 1)).valid).sum())
     seconds = time.perf_counter() - start
-    return {"batch": rows, "max_new_tokens": spo.kl_max_new_tokens, "tokens_per_second": round(generated / seconds, 1), "samples_per_second": round(repeats * rows / seconds, 1), "seconds_per_call": round(seconds / repeats, 4)}
+    return {
+        "batch": rows,
+        "max_new_tokens": spo.kl_max_new_tokens,
+        "tokens_per_second": round(generated / seconds, 1),
+        "samples_per_second": round(repeats * rows / seconds, 1),
+        "seconds_per_call": round(seconds / repeats, 4),
+    }
 
 
 def share_in_training(recipe: str, overrides: list[str], steps: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as run_dir:
-        cfg = load_config(recipe, overrides + [f"trainer.steps={steps}", "trainer.sft_steps=0", "trainer.eval_every=0", "logging.log_every=10", "logging.progress_bar=false", "logging.plot=false", "logging.tensorboard=false", "checkpoint.every_steps=0", "checkpoint.save_final=false", "eval.num_pairs=32", "eval.num_prompts=8", f"run_dir={run_dir}"])
+        cfg = load_config(
+            recipe,
+            overrides
+            + [
+                f"trainer.steps={steps}",
+                "trainer.sft_steps=0",
+                "trainer.eval_every=0",
+                "logging.log_every=10",
+                "logging.progress_bar=false",
+                "logging.plot=false",
+                "logging.tensorboard=false",
+                "checkpoint.every_steps=0",
+                "checkpoint.save_final=false",
+                "eval.num_pairs=32",
+                "eval.num_prompts=8",
+                f"run_dir={run_dir}",
+            ],
+        )
         train(cfg, "bench")
         rows = [r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r["phase"] == "preference"][1:]
     sampling = float(np.mean([r["kl/sample_seconds_per_step"] for r in rows]))

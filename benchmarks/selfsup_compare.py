@@ -64,8 +64,18 @@ def main() -> None:
             run("configs/selfsup_dpo.yaml", seeded + ["trainer.steps=0", "loss.selfsup.weight=0", "eval.num_pairs=32", "eval.num_prompts=16",
                 f"checkpoint.export_hf_dir={sft_dir}", f"run_dir={out / f'sft-run-s{seed}'}"], "sft")
         for name, (recipe, weight) in METHODS.items():
-            overrides = seeded + evals + [f"model.path={sft_dir}", "trainer.sft_steps=0", f"trainer.steps={args.steps}", f"trainer.batch_size={args.batch_size}", "trainer.eval_every=0",
-                                          f"run_dir={out / f'{name}-s{seed}'}"]
+            overrides = (
+                seeded
+                + evals
+                + [
+                    f"model.path={sft_dir}",
+                    "trainer.sft_steps=0",
+                    f"trainer.steps={args.steps}",
+                    f"trainer.batch_size={args.batch_size}",
+                    "trainer.eval_every=0",
+                    f"run_dir={out / f'{name}-s{seed}'}",
+                ]
+            )
             if weight is not None:
                 overrides.append(f"loss.selfsup.weight={weight}")
             runs[name][seed] = run(recipe, overrides, name)

@@ -155,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="folder to write (config.json, safetensors, tokenizer, generation_config.json)")
     export.add_argument("--dtype", default="", help="weights dtype, e.g. bfloat16 (default: checkpoint.export_dtype, else the params' dtype)")
     export.add_argument("--max-shard-size", default="", help="split weights into shards of this size, e.g. 5GB (default: checkpoint.export_max_shard_size)")
-    export.add_argument("--peft", action="store_true", help="LoRA run: write the adapters in PEFT's format (adapter_config.json + adapter_model.safetensors) instead of the merged model")
+    export.add_argument(
+        "--peft", action="store_true", help="LoRA run: write the adapters in PEFT's format (adapter_config.json + adapter_model.safetensors) instead of the merged model"
+    )
     export.set_defaults(handler=_export)
     score = commands.add_parser("score", help="log-probs of chosen and rejected responses under a Hugging Face model")
     score.add_argument("model_dir", help="Hugging Face model folder (config.json, safetensors, tokenizer)")
@@ -232,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         mistake = _as_user_error(err)
         if mistake is None:
             traceback.print_exc()
-            print(f"jaxspo: internal error: the {type(err).__name__} above is a bug in jaxspo; please report it to the maintainers with the command and this traceback", file=sys.stderr)
+            print(
+                f"jaxspo: internal error: the {type(err).__name__} above is a bug in jaxspo; please report it to the maintainers with the command and this traceback",
+                file=sys.stderr,
+            )
             return INTERNAL_ERROR_EXIT_CODE
         message = re.sub(r"\s*\n\s*", " ", str(mistake)).strip()  # one line, whatever the message holds
         print(f"jaxspo: {mistake.kind}: {message}", file=sys.stderr)

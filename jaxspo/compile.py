@@ -297,8 +297,10 @@ def format_report(report: dict[str, Any]) -> str:
     gib = lambda b: f"{b / GiB:.2f} GiB"  # noqa: E731
     lines = [
         f"topology        {report['topology']} ({report['devices']} devices, {report['chip_grid']}), mesh {report['mesh']}",
-        f"model           {report['parameters'] / 1e9:.2f} B parameters ({report['trained_parameters'] / 1e6:.1f} M trained); global batch {report['global_batch']} × {report['sequence_length']} tokens",
-        f"peak memory     {'≥ ' if report['refused_by_compiler'] else ''}{gib(report['peak_bytes_per_device'])} per device of {gib(report['capacity_bytes_per_device'])} → fits: {'yes' if report['fits'] else 'NO'}",
+        f"model           {report['parameters'] / 1e9:.2f} B parameters ({report['trained_parameters'] / 1e6:.1f} M trained); "
+        f"global batch {report['global_batch']} × {report['sequence_length']} tokens",
+        f"peak memory     {'≥ ' if report['refused_by_compiler'] else ''}{gib(report['peak_bytes_per_device'])} per device "
+        f"of {gib(report['capacity_bytes_per_device'])} → fits: {'yes' if report['fits'] else 'NO'}",
         f"analytic state  {gib(report['analytic_state_bytes_per_device'])} per device (params + grads + Adam + reference)",
         f"flops           {report['model_flops_per_step']:.3e} model FLOPs per step ({report['hardware_flops_per_step']:.3e} with remat's recompute); "
         f"XLA cost analysis {report['xla_flops_per_step_per_device']:.3e} per device (scan body counted once)",

@@ -62,7 +62,9 @@ class LossConfig:
 
     terms: dict[str, float] = dataclasses.field(default_factory=lambda: {"dpo": 1.0})
     beta: float = 0.1  # DPO temperature β (IPO's τ; SimPO's β, ~2 in its paper); rewards are β·log(πθ/π_ref)
-    reference: str = "resident"  # "resident": frozen copy inside the step; "precomputed": one cached pass; "none": reference-free (π_ref ≡ 1); "adapter_off": the LoRA base without adapters
+    # "resident": frozen copy inside the step; "precomputed": one cached pass; "none": reference-free (π_ref ≡ 1);
+    # "adapter_off": the LoRA base without adapters
+    reference: str = "resident"
     reference_cache_dir: str = "~/.cache/jaxspo/reference_logps"  # precomputed reference log-probs, keyed by data/weights/tokenizer hashes
     label_smoothing: float = 0.0  # ε: cdpo, aot, aot_unpaired in [0, 1); robust flip rate in [0, 0.5); exo_pair > 0 (paper 1e-3)
     simpo_gamma: float = 0.5  # SimPO target margin γ (TRL default)
@@ -373,15 +375,17 @@ def validate(cfg: Config) -> None:
         (cfg.trainer.grad_accum_steps > 0, "trainer.grad_accum_steps must be positive"),
         (
             cfg.trainer.batch_size % cfg.trainer.grad_accum_steps == 0,
-            f"trainer.batch_size ({cfg.trainer.batch_size}) must divide by "
-            f"trainer.grad_accum_steps ({cfg.trainer.grad_accum_steps})",
+            f"trainer.batch_size ({cfg.trainer.batch_size}) must divide by trainer.grad_accum_steps ({cfg.trainer.grad_accum_steps})",
         ),
         (cfg.trainer.steps >= 0 and cfg.trainer.sft_steps >= 0, "trainer.steps and trainer.sft_steps must be >= 0"),
         (cfg.loss.beta > 0, "loss.beta must be positive"),
         (bool(cfg.loss.terms), "loss.terms must name at least one loss"),
         (cfg.loss.reference in REFERENCE_MODES, f"loss.reference must be one of {', '.join(REFERENCE_MODES)}, got '{cfg.loss.reference}'"),
         (cfg.loss.reference != "adapter_off" or cfg.lora.enabled, "loss.reference 'adapter_off' needs LoRA adapters (set lora.rank > 0)"),
-        (not (cfg.lora.enabled and cfg.loss.selfsup.weight), "loss.selfsup.weight: selfsup is not supported with LoRA adapters yet (its held-out per-level metric scores full parameters); set lora.rank=0"),
+        (
+            not (cfg.lora.enabled and cfg.loss.selfsup.weight),
+            "loss.selfsup.weight: selfsup is not supported with LoRA adapters yet (its held-out per-level metric scores full parameters); set lora.rank=0",
+        ),
         (cfg.optimizer.schedule in ("cosine", "linear", "constant"), f"optimizer.schedule must be cosine, linear or constant, got '{cfg.optimizer.schedule}'"),
         (cfg.optimizer.learning_rate > 0, "optimizer.learning_rate must be positive"),
         (cfg.data.task == "synthetic", f"data.task: unknown task '{cfg.data.task}'; available: synthetic"),

@@ -38,7 +38,10 @@ def evaluate(cfg: Config, params_dir: str = "", reference_dir: str = "", reward_
         out = Path(out_dir or scratch)
         out.mkdir(parents=True, exist_ok=True)
         if cfg.lora.enabled:
-            raise ConfigError("lora.rank: jaxspo eval reads full parameters; for a LoRA run, export the merged model first (jaxspo export RUN_DIR --out DIR) and evaluate a config with model.path=DIR")
+            raise ConfigError(
+                "lora.rank: jaxspo eval reads full parameters; for a LoRA run, export the merged model first "
+                "(jaxspo export RUN_DIR --out DIR) and evaluate a config with model.path=DIR"
+            )
         run = Run(cfg, out, screen=("eval",))
         start = run.params if run.reference_params is None else run.reference_params
         reference = restore_params(Path(reference_dir).resolve(), _copy(run.params)) if reference_dir else start

@@ -29,7 +29,9 @@ class RewardModel:
             self.model = transformers.AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True).eval()
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         except (OSError, ValueError) as err:
-            raise CheckpointError(f"{folder}: cannot load a sequence-classification reward model ({err}); --reward-model must be a Hugging Face *ForSequenceClassification folder") from None
+            raise CheckpointError(
+                f"{folder}: cannot load a sequence-classification reward model ({err}); --reward-model must be a Hugging Face *ForSequenceClassification folder"
+            ) from None
         if self.model.config.num_labels != 1:
             raise CheckpointError(f"{folder}: a reward model has one output (num_labels=1), this one has {self.model.config.num_labels}; give a reward model folder")
         if self.tokenizer.pad_token is None:

@@ -128,8 +128,3 @@ def with_logical_constraint(x: jax.Array, names: Sequence[str | None]) -> jax.Ar
         return x
     mesh, rules = active
     return jax.lax.with_sharding_constraint(x, named_sharding(names, x.shape, mesh, rules))
-
-
-def active_sharding() -> tuple[Mesh, Rules] | None:
-    """The mesh and rules of the enclosing :func:`activation_sharding` (at trace time), or None outside one."""
-    return _ACTIVE.get()

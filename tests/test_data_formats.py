@@ -1,6 +1,5 @@
 """Preference formats, chat-template tokenisation (golden ids), prompt truncation and file sources."""
 
-import json
 
 import numpy as np
 import pytest

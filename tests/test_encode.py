@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from transformers import AutoTokenizer
 
 from jaxspo.data.encode import (
     decode_responses,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from jaxspo.data.lists import encode_list_rows, rank_by_scores

@@ -59,7 +59,9 @@ def test_swapping_a_pair_with_its_label_leaves_the_loss_unchanged(name):
     cfg = LossConfig(beta=0.3)
     labels = np.linspace(0.05, 0.95, 16)
     logps = random_logps(labels)
-    swapped = PairLogps(logps.policy_rejected, logps.policy_chosen, logps.reference_rejected, logps.reference_chosen, logps.rejected_length, logps.chosen_length, 1.0 - logps.soft_label)
+    swapped = PairLogps(
+        logps.policy_rejected, logps.policy_chosen, logps.reference_rejected, logps.reference_chosen, logps.rejected_length, logps.chosen_length, 1.0 - logps.soft_label
+    )
     np.testing.assert_allclose(loss_of(name, swapped, cfg), loss_of(name, logps, cfg), rtol=1e-12)
     assert not np.allclose(loss_of(name, logps, cfg), loss_of(name, random_logps(0.9), cfg))  # p̂ matters
 

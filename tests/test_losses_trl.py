@@ -67,7 +67,9 @@ def random_pairs(batch: int, seed: int, equal_lengths: bool = False) -> dict[str
 
 def ours(arrays: dict[str, np.ndarray]) -> PairLogps:
     a = {k: jnp.asarray(v, jnp.float64) for k, v in arrays.items()}
-    return PairLogps(a["policy_chosen"], a["policy_rejected"], a["reference_chosen"], a["reference_rejected"], a["chosen_length"], a["rejected_length"], jnp.ones_like(a["policy_chosen"]))
+    return PairLogps(
+        a["policy_chosen"], a["policy_rejected"], a["reference_chosen"], a["reference_rejected"], a["chosen_length"], a["rejected_length"], jnp.ones_like(a["policy_chosen"])
+    )
 
 
 # ---------------------------------------------------------------------------------------------

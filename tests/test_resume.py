@@ -1,7 +1,6 @@
 """Checkpoints: exact resume after SIGKILL, SIGTERM save-and-exit, corrupt checkpoints, non-finite steps."""
 
 import json
-import os
 import random
 import shutil
 import signal
@@ -144,7 +143,10 @@ def marked_task(monkeypatch):
 
 def test_nan_mid_run_stops_and_keeps_last_good_checkpoint(marked_task, tmp_path):
     cfg = load_config("configs/demo.yaml", TINY + ["loss.terms={test_nan_on_marked_pair: 1.0}", "trainer.sft_steps=0", "trainer.steps=40", f"run_dir={tmp_path}"])
-    with pytest.raises(NonFiniteError, match=r"non-finite loss or gradient at preference step \d+ \(batch \d+, data rows \[.*\b5\b.*\]\); the update was not applied and the last good checkpoint is step \d+"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"non-finite loss or gradient at preference step \d+ \(batch \d+, data rows \[.*\b5\b.*\]\); the update was not applied and the last good checkpoint is step \d+",
+    ):
         loop.train(cfg, "nan")
     found = PhaseCheckpoints(tmp_path / "checkpoints" / "preference", cfg.checkpoint)
     step = found.latest_step()
@@ -153,7 +155,9 @@ def test_nan_mid_run_stops_and_keeps_last_good_checkpoint(marked_task, tmp_path)
 
 
 def test_nan_mid_run_skip_mode_completes_with_finite_params(marked_task, tmp_path):
-    cfg = load_config("configs/demo.yaml", TINY + ["loss.terms={test_nan_on_marked_pair: 1.0}", "trainer.sft_steps=0", "trainer.steps=40", "trainer.on_nonfinite=skip", f"run_dir={tmp_path}"])
+    cfg = load_config(
+        "configs/demo.yaml", TINY + ["loss.terms={test_nan_on_marked_pair: 1.0}", "trainer.sft_steps=0", "trainer.steps=40", "trainer.on_nonfinite=skip", f"run_dir={tmp_path}"]
+    )
     result = loop.train(cfg, "nan")
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(result.params))
     last = [r for r in metrics(tmp_path) if r["phase"] == "preference"][-1]

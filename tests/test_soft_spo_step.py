@@ -16,7 +16,7 @@ from jaxspo.train.list_objective import list_logps
 from jaxspo.train.logprobs import sequence_kl, sequence_logps
 from jaxspo.train.loop import train
 from tests.test_run import TINY_RUN
-from tests.test_train_step import TINY, build, random_pairs, tiny_config
+from tests.test_train_step import build, random_pairs, tiny_config
 
 
 def random_lists(batch: int, n: int = 3, length: int = 16, seed: int = 0) -> dict[str, np.ndarray]:

@@ -3,10 +3,7 @@
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import pytest
-from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxspo.config import Config, load_config
 from jaxspo.models import ModelConfig

@@ -73,7 +73,13 @@ def main() -> None:
             padded = sum(int(v.size) for k, v in host.items() if k.endswith("_tokens"))
             log.end_step(seconds, int(metrics["tokens"]), padded, width, float(metrics["loss"]))
         run.log.close()
-    emit("jaxspo", args.config, log, frozen is not None, {"overrides": list(args.overrides), "same_order": trained_rows == order, "jax": jax.__version__, "devices": len(jax.devices())})
+    emit(
+        "jaxspo",
+        args.config,
+        log,
+        frozen is not None,
+        {"overrides": list(args.overrides), "same_order": trained_rows == order, "jax": jax.__version__, "devices": len(jax.devices())},
+    )
 
 
 if __name__ == "__main__":

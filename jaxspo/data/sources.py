@@ -137,7 +137,10 @@ def _read_tfds(name: str, data_dir: str, split: str) -> list[Any]:
         source = tfds.data_source(name, split=split, data_dir=str(Path(data_dir).expanduser()) if data_dir else None, download=False)
     except (tfds.core.registered.DatasetNotFoundError, AssertionError, ValueError, KeyError) as err:  # not registered / not prepared / no such split
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"{name}:{split} in {data_dir or 'the TFDS data dir'}: cannot be read ({message}); prepare it first (jaxspo data prepare {name.split('/')[0]} --manual-dir DIR) and check the split name") from None
+        raise DataError(
+            f"{name}:{split} in {data_dir or 'the TFDS data dir'}: cannot be read ({message}); "
+            f"prepare it first (jaxspo data prepare {name.split('/')[0]} --manual-dir DIR) and check the split name"
+        ) from None
     return [_plain(source[i]) for i in range(len(source))]
 
 

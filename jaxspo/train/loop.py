@@ -270,7 +270,9 @@ class Run:
         self.splits = load_splits(cfg.data.source, self.task, cfg.data.task, cfg.data.on_bad_row)
         model_cfg, self.tokenizer = _model_and_tokenizer(cfg.model, self.task.tokenizer)
         if model_cfg.vocab_size < len(self.tokenizer):
-            raise ConfigError(f"model.vocab_size ({model_cfg.vocab_size}) is smaller than the tokenizer's {len(self.tokenizer)} tokens; set model.vocab_size=0 (the tokenizer's size)")
+            raise ConfigError(
+                f"model.vocab_size ({model_cfg.vocab_size}) is smaller than the tokenizer's {len(self.tokenizer)} tokens; set model.vocab_size=0 (the tokenizer's size)"
+            )
         self.cfg = cfg = dataclasses.replace(cfg, model=model_cfg)
         self.run_dir = run_dir
         self.data_reports: dict[str, DataReport] = {}
@@ -429,7 +431,14 @@ def write_outputs(run: Run, params: Any, full_params: Callable[[], Any] | None =
     if cfg.checkpoint.save_final:
         save_params(params, run.run_dir / "params")  # LoRA: the adapters; RUN_DIR/base.json names their base
     if cfg.checkpoint.export_hf_dir:
-        save_hf(full_params() if full_params else params, cfg.model, run.tokenizer, cfg.checkpoint.export_hf_dir, dtype=cfg.checkpoint.export_dtype, max_shard_size=cfg.checkpoint.export_max_shard_size)
+        save_hf(
+            full_params() if full_params else params,
+            cfg.model,
+            run.tokenizer,
+            cfg.checkpoint.export_hf_dir,
+            dtype=cfg.checkpoint.export_dtype,
+            max_shard_size=cfg.checkpoint.export_max_shard_size,
+        )
     if cfg.logging.plot and is_writer():
         plot_curves(run.run_dir / "metrics.jsonl", run.run_dir / "curves.png")
 

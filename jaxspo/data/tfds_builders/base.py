@@ -195,4 +195,6 @@ class PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
         if not yielded:
             names = ", ".join(str(f) for f in files)
             why = f"rejected: {counts}" if counts else "none of their rows belongs to this split"
-            raise DataError(f"{names}: no example for split '{split}' of {self.name} ({why}); check these are {self.name}'s files as published. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+            raise DataError(
+                f"{names}: no example for split '{split}' of {self.name} ({why}); check these are {self.name}'s files as published. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            )

@@ -275,7 +275,11 @@ class TldrComparisons(PreferenceBuilder):
         }),
     )
     SIDE_FILES = (
-        SideFile("summarize-from-feedback's axis evaluations (Likert ratings of single summaries)", ("axis_evals/*.json", "axis/*/*.parquet", "axis/*-*.parquet"), frozenset({"summary", "info"})),
+        SideFile(
+            "summarize-from-feedback's axis evaluations (Likert ratings of single summaries)",
+            ("axis_evals/*.json", "axis/*/*.parquet", "axis/*-*.parquet"),
+            frozenset({"summary", "info"}),
+        ),
         SideFile("the filtered TL;DR posts with reference summaries (tldr_3_filtered, for supervised fine-tuning)", ("tldr_3_filtered/*.jsonl",), frozenset({"post", "summary"})),
     )
     PAIR_COLUMNS = frozenset({"info", "summaries", "choice", "split"})
@@ -337,14 +341,19 @@ class Helpsteer2(PreferenceBuilder):
     _DISAGREEMENTS = SideFile("HelpSteer2's disagreements file (not one of its pair files)", ("disagreements/*",))
     _CONFIGS = {
         "ratings": (
-            (Layout("raw files (<split>.jsonl.gz)", {"train": ("train.jsonl*",), "validation": ("validation.jsonl*",)}),
-             *hub_layouts({"train": "train", "validation": "validation"})),
+            (
+                Layout("raw files (<split>.jsonl.gz)", {"train": ("train.jsonl*",), "validation": ("validation.jsonl*",)}),
+                *hub_layouts({"train": "train", "validation": "validation"}),
+            ),
             (SideFile("HelpSteer2's pairwise preference file (use helpsteer2/preference for it)", ("preference/*",), _HS2_PREFERENCE), _DISAGREEMENTS),
             _HS2_RATINGS,
         ),
         "preference": (
             (Layout("raw file (preference/preference.jsonl.gz)", {"train": ("preference/preference.jsonl*",), "validation": ("preference/preference.jsonl*",)}),),
-            (SideFile("HelpSteer2's per-response ratings file (one rated response per row; use helpsteer2/ratings for it)", ("train.jsonl*", "validation.jsonl*"), _HS2_RATINGS), _DISAGREEMENTS),
+            (
+                SideFile("HelpSteer2's per-response ratings file (one rated response per row; use helpsteer2/ratings for it)", ("train.jsonl*", "validation.jsonl*"), _HS2_RATINGS),
+                _DISAGREEMENTS,
+            ),
             _HS2_PREFERENCE | {"split"},
         ),
     }
