@@ -21,6 +21,7 @@ from jaxspo.models.attention import MaskSpec
 from jaxspo.train.state import abstract_model, init_params, init_state, learning_rate_schedule, make_optimizer, param_shardings, state_shardings
 from jaxspo.train.step import batch_fields, make_train_step
 from jaxspo.sharding import make_mesh
+from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, logps_and_grads
 from tests.test_train_step import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,7 +162,7 @@ def test_mask_keeps_pairs_and_responses_apart_and_blocks_skip_other_pairs(window
         assert skipped.sum() > 0
 
 
-def full_steps(overrides: list[str], host: dict, packed_pairs: bool, steps: int = 2):
+def full_steps(overrides: list[str], host: dict, packed_pairs: bool, steps: int = 3):
     """Metrics and final params of ``steps`` preference steps on the (2, 2, 2) mesh with 2 micro-batches."""
     cfg = load_config(None, ["loss.beta=0.5", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "trainer.grad_accum_steps=2", *overrides])
     cfg = dataclasses.replace(cfg, model=TINY)
@@ -189,6 +190,7 @@ def full_steps(overrides: list[str], host: dict, packed_pairs: bool, steps: int 
     return history, jax.device_get(state.params), batch
 
 
+@pytest.mark.slow  # compiles four sharded steps with micro-batches on the (2, 2, 2) mesh (~2.5 min on 2 cores uncached)
 @pytest.mark.parametrize("attention", ["xla", "chunked"])
 def test_a_pack_pairs_step_equals_the_padded_step(attention):
     host = pairs(16, seed=5)
@@ -202,7 +204,21 @@ def test_a_pack_pairs_step_equals_the_padded_step(attention):
             np.testing.assert_allclose(b[name], a[name], atol=1e-5, rtol=1e-5, err_msg=name)
     for x, y in zip(jax.tree.leaves(packed_params), jax.tree.leaves(padded_params), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5, rtol=0)
-    assert padded[1]["loss"] != padded[0]["loss"]
+    assert padded[2]["loss"] != padded[0]["loss"]  # the steps did update (step 0's learning rate is 0)
+
+
+@pytest.mark.parametrize("attention", ["xla", "chunked"])
+def test_pack_pairs_log_probs_and_gradients_equal_the_padded_ones(attention):
+    """Gemma-2-like attention (sliding window, soft-caps): per-pair sums and their gradients match the padded rows."""
+    host = pairs(12, seed=2)
+    model_cfg = dataclasses.replace(GEMMA2_LIKE, attention=attention, attention_block=8)
+    stored = stored_rows(host)
+    batch = packer_for(stored, 12, width=24).fitted([np.arange(12)]).pack(stored, np.arange(12), np.arange(12))
+    assert batch["packed_tokens"].shape[0] < 12
+    padded, padded_grads = logps_and_grads(model_cfg, {k: jnp.asarray(v) for k, v in host.items()})
+    packed, packed_grads = logps_and_grads(model_cfg, {k: jnp.asarray(v) for k, v in batch.items()})
+    assert_trees_close(packed, padded)
+    assert_trees_close(packed_grads, padded_grads)
 
 
 def test_long_tailed_lengths_compute_far_fewer_slots():
