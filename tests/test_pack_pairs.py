@@ -269,3 +269,18 @@ def test_jaxspo_train_with_pack_pairs_finishes_and_resumes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming preference at step 4" in done.stderr
     assert preference_rows(second) == rows
+
+
+def test_jaxspo_compile_takes_the_pack_pairs_batch():
+    """The ahead-of-time compile builds the largest pack_pairs program (one pair per row of pack_width) and counts its FLOPs."""
+    from jaxspo.compile import batch_shapes, compile_step, longest_packed_rows
+    from jaxspo.train.step_flops import step_model_flops
+
+    overrides = ["model.vocab_size=64", "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1", "model.num_heads=4", "model.num_kv_heads=2",
+                 "data.max_length=32", "trainer.batch_size=8", "mesh.data=-1", "data.layout=packed", "data.pack_pairs=true", "data.pack_width=48"]
+    cfg = load_config("configs/demo.yaml", overrides)
+    shapes = batch_shapes(cfg, 8)
+    assert shapes[PAIR_FIELD] == ((8, 48), jnp.int32) and shapes["packed_tokens"][0] == (8, 48) and shapes["soft_label"][0] == (8,)
+    report = compile_step(cfg, jax.devices())
+    examples = longest_packed_rows(cfg, 8) | {"soft_label": np.zeros(8), "packed_tokens": np.zeros((8, 48))}
+    assert report["model_flops_per_step"] == step_model_flops(cfg, "preference", examples, 8) > 0
