@@ -184,17 +184,20 @@ def full_steps(overrides: list[str], host: dict, packed_pairs: bool, steps: int 
         arrays = host
     batch = {k: jax.device_put(arrays[k], step.batch_sharding[k]) for k in batch_fields("preference", cfg.loss, cfg.data.layout, cfg.data.pack_pairs)}
     history = []
+    frozen = reference if step.reference_sharding is not None else None
     for _ in range(steps):
-        state, metrics = step.fn(state, reference, batch)
+        state, metrics = step.fn(state, frozen, batch)
         history.append(jax.device_get(metrics))
     return history, jax.device_get(state.params), batch
 
 
 @pytest.mark.slow  # compiles four sharded steps with micro-batches on the (2, 2, 2) mesh (~2.5 min on 2 cores uncached)
-@pytest.mark.parametrize("attention", ["xla", "chunked"])
-def test_a_pack_pairs_step_equals_the_padded_step(attention):
+@pytest.mark.parametrize("attention, reference", [("xla", "resident"), ("chunked", "precomputed")])
+def test_a_pack_pairs_step_equals_the_padded_step(attention, reference):
     host = pairs(16, seed=5)
-    kernel = [f"model.attention={attention}", "model.attention_block=8"]
+    host["reference_chosen_logps"] = np.linspace(-30, -20, 16).astype(np.float32)
+    host["reference_rejected_logps"] = np.linspace(-25, -35, 16).astype(np.float32)
+    kernel = [f"model.attention={attention}", "model.attention_block=8", f"loss.reference={reference}"]
     padded, padded_params, _ = full_steps(kernel, host, False)
     packed, packed_params, batch = full_steps(kernel + ["data.layout=packed", "data.pack_pairs=true", "data.pack_width=32"], host, True)
     assert batch["packed_tokens"].shape[0] < 16  # fewer rows than pairs

@@ -108,7 +108,7 @@ class PairPacker:
             raise ValueError(f"data.pack_width={width} is shorter than the longest pair ({longest} tokens); raise it or set 0 (= the longest pair)")
         cells = math.lcm(accum, batch_shards)
         if batch_size % cells:
-            raise ValueError(f"trainer.batch_size ({batch_size}) must divide by {cells} (grad_accum_steps × batch shards) with data.pack_pairs")
+            raise ValueError(f"trainer.batch_size ({batch_size}) must divide by {cells} = lcm(trainer.grad_accum_steps, batch shards) with data.pack_pairs")
         return cls(width, data_cfg.pack_row_buckets, batch_size, accum, cells, lengths)
 
     @property
@@ -133,6 +133,8 @@ class PairPacker:
     def pack(self, arrays: Mapping[str, np.ndarray], batch_rows: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
         """This process's part of the global batch of stored rows ``batch_rows [N]``: its ``positions`` (whole
         cells) of every per-pair field, and the packed rows of its cells."""
+        if not self.counts:
+            raise ValueError("PairPacker.pack: no row counts yet; use the packer fitted() returns")
         per_cell, per_micro = self.pairs_per_cell, self.batch_size // self.accum
         groups = self.cell_rows(batch_rows)
         needed = max(len(g) for g in groups)
@@ -154,6 +156,6 @@ class PairPacker:
         dtypes = {name: np.asarray(arrays[name][:1]).dtype for name in PACKED_FIELDS} | {PAIR_FIELD: np.dtype(np.int32)}
         return [pairs | {name: ((rows, self.width), dtype) for name, dtype in dtypes.items()} for rows in self.row_counts()]
 
-    def state(self) -> dict[str, int]:
+    def state(self) -> dict[str, int | list[int]]:
         """The settings a resumed run must share (checkpointed with the pipeline's state)."""
-        return {"width": self.width, "row_buckets": self.row_buckets, "cells": self.cells}
+        return {"width": self.width, "cells": self.cells, "row_counts": self.row_counts()}

@@ -140,10 +140,9 @@ class Phase:
         pair_sharding = self.step.batch_sharding["soft_label"]  # split like every per-pair field
         shards = batch_size // pair_sharding.shard_shape((batch_size,))[0]
         try:
-            packer = PairPacker.build(cfg.data, fields, batch_size, cfg.trainer.grad_accum_steps, shards, cfg.mesh.width_multiple())
-        except ValueError as err:
+            return PairPacker.build(cfg.data, fields, batch_size, cfg.trainer.grad_accum_steps, shards, cfg.mesh.width_multiple())
+        except ValueError as err:  # a pair longer than data.pack_width, a batch that does not split into cells
             raise ConfigError(str(err)) from None
-        return packer
 
     def _resume(self) -> int:
         """Restores this phase's newest valid checkpoint; returns the step to continue after (0 = none)."""
