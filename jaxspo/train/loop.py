@@ -199,8 +199,10 @@ class Phase:
             return
         extra = kl_field_shapes(self.run.cfg.loss, self.run.cfg.data.max_prompt_length) if self.kl_sampler is not None else {}
         seconds = precompile(self.step, self.state, reference, [layout | extra for layout in shapes])
-        kinds = [max(shape[-1] for shape, _ in layout.values()) if self.batches.packer is None else layout[PAIR_FIELD][0][0] for layout in shapes]
-        log.info("compiled the %s step for batch %s %s in %.1f s", self.name, "widths" if self.batches.packer is None else "row counts", kinds, seconds)
+        if self.batches.packer is None:
+            log.info("compiled the %s step for batch widths %s in %.1f s", self.name, self.batches.widths, seconds)
+        else:
+            log.info("compiled the %s step for batch row counts %s in %.1f s", self.name, self.batches.packer.row_counts(), seconds)
 
     def run_steps(self, reference: Any, guard: PreemptionGuard, on_step=None) -> Any:
         """Takes the phase's remaining steps (resuming if possible); returns the final params.
