@@ -15,7 +15,7 @@ import pytest
 
 from jaxspo.config import ConfigError, load_config
 from jaxspo.data.layout import pack_pairs
-from jaxspo.data.pair_packing import PAIR_FIELD, PairPacker, first_fit
+from jaxspo.data.pair_packing import PAIR_FIELD, ROW_FIELDS, PairPacker, first_fit
 from jaxspo.data.pipeline import BatchPipeline
 from jaxspo.models.attention import MaskSpec
 from jaxspo.train.state import abstract_model, init_params, init_state, learning_rate_schedule, make_optimizer, param_shardings, state_shardings
@@ -101,6 +101,19 @@ def test_every_pair_is_packed_whole_and_exact(accum, shards):
         seen += len(slots)
     assert seen == batch["packed_valid"].sum() == stored["packed_valid"].sum()
     assert not (batch["packed_chosen_mask"] | batch["packed_rejected_mask"])[~batch["packed_valid"]].any()
+
+
+def test_a_process_packs_only_the_cells_its_devices_hold():
+    stored = stored_rows(pairs(16, seed=4))
+    order = np.arange(16)[::-1]
+    packer = packer_for(stored, 16, shards=4, width=32).fitted([order])
+    whole = packer.pack(stored, order, np.arange(16))
+    second_half = packer.pack(stored, order, np.arange(8, 16))  # process 1 of 2: batch shards 2 and 3
+    rows = whole["packed_tokens"].shape[0]
+    for name, array in second_half.items():
+        np.testing.assert_array_equal(array, whole[name][rows // 2 :] if name in ROW_FIELDS else whole[name][8:], err_msg=name)
+    with pytest.raises(ValueError, match="are not whole cells of 4 pairs"):
+        packer.pack(stored, order, np.arange(2, 10))
 
 
 def test_first_fit_fills_rows_longest_first_and_refuses_a_pair_too_long():
