@@ -51,7 +51,7 @@ class DataConfig:
     layout: str = "padded"  # preference step rows: "padded" (chosen, rejected) or "packed" (prompt once per pair; jaxspo/data/layout.py)
     pack_pairs: bool = False  # with layout: packed, several pairs per row (no padding per pair; jaxspo/data/pair_packing.py)
     pack_width: int = 0  # pack_pairs: slots per row (a multiple of 8 and mesh.context, ≥ the longest pair); 0 = the longest pair
-    pack_row_buckets: int = 4  # pack_pairs: row counts a batch may take (one compiled program each); 1 = always one pair per row's worth
+    pack_row_buckets: int = 4  # pack_pairs: row counts a batch may take (one compiled program each): one pair per row + K−1 fitted to the data
 
 
 @dataclasses.dataclass
