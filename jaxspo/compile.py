@@ -26,7 +26,7 @@ from jaxspo.train import selfsup
 from jaxspo.train.kl_regularizer import kl_active, kl_field_shapes
 from jaxspo.train.list_objective import uses_lists
 from jaxspo.train.lora import AdaptedModel
-from jaxspo.data.layout import PACKED_FIELDS
+from jaxspo.data.pair_packing import ROW_FIELDS
 from jaxspo.train.step import batch_fields, make_train_step, needs_reference
 from jaxspo.train.step_flops import step_forwards
 
@@ -134,21 +134,22 @@ def analytic_bytes(cfg, abstract_params: Any, abstract_trained: Any = None) -> d
 
 def batch_shapes(cfg, batch: int) -> dict[str, tuple[tuple[int, ...], Any]]:
     """Shape and dtype of every array a preference step reads, for ``batch`` pairs (or lists) of
-    ``data.max_length`` tokens (``data.layout: packed``: rows of ``2·max_length``, the longest a pair can pack to).
+    ``data.max_length`` tokens (``data.layout: packed``: rows of ``2·max_length``, the longest a pair can pack to;
+    with ``data.pack_pairs``, the largest program: ``batch`` rows of ``data.pack_width`` (0: ``2·max_length``)).
 
     Lists (``soft_spo_best_of_n``, ``soft_spo_ranked``) are ``[B, n, T]`` with n = the built-in task's
     ``data.synthetic.responses_per_prompt`` (for other data, set it to the longest list); the KL
     regulariser's samples are ``[M, max_prompt_length + kl_max_new_tokens]``, M = prompts × samples.
     """
     length = cfg.data.max_length
-    fields = batch_fields("preference", cfg.loss, cfg.data.layout)
+    fields = batch_fields("preference", cfg.loss, cfg.data.layout, cfg.data.pack_pairs)
     if uses_lists(cfg.loss):
         n = cfg.data.synthetic.responses_per_prompt
         shapes = {name: ((batch, n, length), jnp.int32 if name.endswith("tokens") else jnp.bool_) for name in fields if name != "list_mask"}
         shapes["list_mask"] = ((batch, n), jnp.bool_)
     else:
-        width = length * (2 if cfg.data.layout == "packed" else 1)  # a packed row: the prompt and both responses
-        rows = [name for name in fields if name.endswith(("tokens", "valid", "mask")) or name in PACKED_FIELDS]
+        width = packed_width(cfg) if cfg.data.layout == "packed" else length
+        rows = [name for name in fields if name.endswith(("tokens", "valid", "mask")) or name in ROW_FIELDS]
         shapes = {name: ((batch, width), jnp.bool_ if name.endswith(("valid", "mask")) else jnp.int32) for name in rows}
         shapes |= {name: ((batch,), jnp.float32) for name in fields if name not in rows}
         shapes |= selfsup.field_shapes(cfg.loss, batch, length)  # [B, S, K, T] degraded copies (ranking mode)
@@ -157,16 +158,21 @@ def batch_shapes(cfg, batch: int) -> dict[str, tuple[tuple[int, ...], Any]]:
     return shapes
 
 
+def packed_width(cfg) -> int:
+    """Slots of a packed row: ``2·max_length`` (the prompt and both responses), or ``data.pack_width`` if set."""
+    return (cfg.data.pack_width if cfg.data.pack_pairs else 0) or 2 * cfg.data.max_length
+
+
 def longest_packed_rows(cfg, batch: int) -> dict[str, np.ndarray]:
-    """``packed_positions`` and ``packed_valid`` ``[batch, 2·max_length]`` of the longest pair a packed row holds
-    (a ``max_prompt_length`` prompt and two responses filling ``max_length``): what the model FLOPs count for
-    a packed step compiled from shapes alone."""
-    length, prompt = cfg.data.max_length, cfg.data.max_prompt_length
+    """``packed_positions`` and ``packed_valid`` ``[batch, width]`` (:func:`packed_width`) of the longest pair a
+    packed row holds (a ``max_prompt_length`` prompt and two responses filling ``max_length``, cut at the width):
+    what the model FLOPs count for a packed step compiled from shapes alone."""
+    length, prompt, width = cfg.data.max_length, cfg.data.max_prompt_length, packed_width(cfg)
     response = length - prompt
-    row = np.concatenate([np.arange(length), prompt + np.arange(response)])  # prompt, chosen, rejected
-    positions = np.zeros((batch, 2 * length), np.int32)
+    row = np.concatenate([np.arange(length), prompt + np.arange(response)])[:width]  # prompt, chosen, rejected
+    positions = np.zeros((batch, width), np.int32)
     positions[:, : row.size] = row
-    valid = np.zeros((batch, 2 * length), bool)
+    valid = np.zeros((batch, width), bool)
     valid[:, : row.size] = True
     return {"packed_positions": positions, "packed_valid": valid}
 

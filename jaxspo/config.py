@@ -49,6 +49,9 @@ class DataConfig:
     prefetch: int = 2  # batches grain reads ahead (0 = none)
     spill_dir: str = ""  # local dir: encoded train/SFT rows go to memory-mapped .npy files there; "" = host memory
     layout: str = "padded"  # preference step rows: "padded" (chosen, rejected) or "packed" (prompt once per pair; jaxspo/data/layout.py)
+    pack_pairs: bool = False  # with layout: packed, several pairs per row (no padding per pair; jaxspo/data/pair_packing.py)
+    pack_width: int = 0  # pack_pairs: slots per row (a multiple of 8 and mesh.context, ≥ the longest pair); 0 = the longest pair
+    pack_row_buckets: int = 4  # pack_pairs: row counts a batch may take (one compiled program each): one pair per row + K−1 fitted to the data
 
 
 @dataclasses.dataclass
@@ -465,6 +468,7 @@ def _validate_layout(cfg: Config) -> None:
     """``data.layout: packed`` serves the pair losses' own log-probs; the paths that read padded rows refuse it."""
     if cfg.data.layout not in LAYOUTS:
         raise ConfigError(f"data.layout must be one of {', '.join(LAYOUTS)}, got '{cfg.data.layout}'")
+    _validate_pack_pairs(cfg)
     if cfg.data.layout == "padded":
         return
     from jaxspo.losses import get_loss  # late import, as in _validate_loss
@@ -478,6 +482,23 @@ def _validate_layout(cfg: Config) -> None:
     for bad, what in refused:
         if bad:
             raise ConfigError(f"data.layout: 'packed' is not supported here ({what}); set data.layout=padded")
+
+
+def _validate_pack_pairs(cfg: Config) -> None:
+    """``data.pack_pairs`` and its knobs: packed rows, a fixed width (no length buckets), whole pairs per row."""
+    data, multiple = cfg.data, cfg.mesh.width_multiple()
+    if data.pack_width < 0 or data.pack_width % multiple:
+        raise ConfigError(f"data.pack_width must be 0 (= the longest pair) or a positive multiple of {multiple} (8 and mesh.context), got {data.pack_width}")
+    if data.pack_row_buckets < 1:
+        raise ConfigError(f"data.pack_row_buckets must be ≥ 1 (row counts compiled per run), got {data.pack_row_buckets}")
+    if not data.pack_pairs:
+        if data.pack_width:
+            raise ConfigError(f"data.pack_width={data.pack_width} is read only with data.pack_pairs=true; set data.pack_pairs=true or data.pack_width=0")
+        return
+    if data.layout != "packed":
+        raise ConfigError(f"data.pack_pairs=true packs pair rows of data.layout=packed (got '{data.layout}'); set data.layout=packed")
+    if data.buckets or data.auto_buckets:
+        raise ConfigError("data.pack_pairs=true fills rows of one width (data.pack_width), so it takes no length buckets; set data.buckets=[] and data.auto_buckets=0")
 
 
 def _validate_loss(loss: LossConfig) -> None:

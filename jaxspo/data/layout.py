@@ -16,6 +16,8 @@ the longest pair of the dataset (rounded up to a multiple of 8, and of ``mesh.co
 shorter widths (see :mod:`jaxspo.data.bucketing`), counted in packed tokens.
 
 The step computes the prompt once and no chosen/rejected padding; its log-probs equal the padded layout's.
+``data.pack_pairs`` lays several such pairs side by side in a row (:mod:`jaxspo.data.pair_packing`); a segment
+is then ``3·pair + role`` (pair = the pair's index in its row), of which one pair per row is the case above.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Mapping
 import numpy as np
 
 LAYOUTS = ("padded", "packed")
+ROLES = 3  # segments are 3·pair + role (0 prompt, 1 chosen, 2 rejected); one pair per row: 0, 1, 2
 PACKED_FIELDS = ("packed_tokens", "packed_valid", "packed_segments", "packed_positions", "packed_source", "packed_chosen_mask", "packed_rejected_mask")
 
 

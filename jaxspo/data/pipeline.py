@@ -36,6 +36,7 @@ import grain
 import numpy as np
 
 from jaxspo.data.bucketing import assign_buckets, example_lengths, fill_underfull
+from jaxspo.data.pair_packing import ROW_FIELDS, SAMPLE_BATCHES, PairPacker
 
 Shard = slice | np.ndarray  # positions within a global batch
 
@@ -67,12 +68,14 @@ class BatchPipeline:
 
     ``arrays``: the row store, equal-length columns (in memory or memory-mapped; 2-D ones are cut to
     the bucket width). ``buckets``: padded widths below the 2-D columns' width, which is always the last
-    bucket. ``shard``: the positions of each global batch to read (default: all).
+    bucket. ``shard``: the positions of each global batch to read (default: all). ``packer``
+    (``data.pack_pairs``, one bucket): lays each batch's pairs several to a row instead.
     """
 
     def __init__(
         self, arrays: Mapping[str, np.ndarray], batch_size: int, seed: int, buckets: Sequence[int] = (),
         shard: Shard = slice(None), workers: int = 0, prefetch: int = 0, lengths: np.ndarray | None = None,
+        packer: PairPacker | None = None,
     ):
         if not arrays:
             raise ValueError("BatchPipeline: arrays is empty")
@@ -87,10 +90,12 @@ class BatchPipeline:
         self.num_examples = len(next(iter(self._arrays.values())))
         if self.num_examples < batch_size:
             raise ValueError(f"BatchPipeline: {self.num_examples} examples cannot fill one batch of {batch_size}")
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.packer = batch_size, seed, packer
         self.shard = np.arange(batch_size)[shard]  # validates the shard; [local rows] positions
         width = max((a.shape[1] for a in self._arrays.values() if np.ndim(a) == 2), default=0)  # max_length: the last bucket
         self.buckets = [int(b) for b in buckets if b < width] + [width]
+        if packer is not None and len(self.buckets) > 1:
+            raise ValueError("BatchPipeline: packed pairs take no length buckets (the row width is fixed)")
         self._lengths = lengths if lengths is not None or len(self.buckets) == 1 else example_lengths(self._arrays)  # [N] columns each row needs
         if len(self.buckets) == 1:
             self.bucket_of = np.zeros(self.num_examples, np.int64)  # [N]
@@ -106,6 +111,8 @@ class BatchPipeline:
         self._bucket_rows = [grain.MapDataset.source(m).shuffle(seed=_grain_seed(seed, 0, b)) for b, m in enumerate(members)]
         self._slots = [(b, k) for b in range(len(self.buckets)) for k in range(counts[b] // batch_size)]  # full batches
         self._slot_order = grain.MapDataset.range(self.batches_per_epoch).shuffle(seed=_grain_seed(seed, 1))
+        if packer is not None:  # its row counts, from the first epoch's batches
+            self.packer = packer.fitted([self.rows(step) for step in range(min(self.batches_per_epoch, SAMPLE_BATCHES))])
         dataset = grain.MapDataset.range(self.batches_per_epoch).repeat().map_with_index(lambda step, _: self._read(step))
         self._iterator = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=workers, prefetch_buffer_size=prefetch)))
 
@@ -142,8 +149,21 @@ class BatchPipeline:
         """``[batch_size]`` global row indices of batch number ``step`` (0-based), on any process."""
         return self._batch(step, np.arange(self.batch_size))[1]
 
+    def shapes(self) -> list[dict[str, tuple[tuple[int, ...], np.dtype]]]:
+        """Global shape and dtype of every field of its batches, one dict per distinct set of shapes (program)."""
+        if self.packer is not None:
+            return self.packer.shapes(self._arrays)
+        examples = [self.example(width) for width in self.widths]  # this process's rows; the step sees the global batch
+        return [{name: ((self.batch_size,) + a.shape[1:], a.dtype) for name, a in example.items()} for example in examples]
+
+    def global_rows(self, local: Mapping[str, np.ndarray]) -> dict[str, int]:
+        """The global batch's leading dimension of each field of ``local`` (this process's part of a batch)."""
+        return {name: len(a) * self.batch_size // len(self.shard) for name, a in local.items()}
+
     def _read(self, step: int) -> dict[str, np.ndarray]:
-        """This process's rows of global batch ``step``, 2-D columns cut to the bucket's width."""
+        """This process's rows of global batch ``step``, 2-D columns cut to the bucket's width (or packed)."""
+        if self.packer is not None:
+            return self.packer.pack(self._arrays, self.rows(step), self.shard)
         bucket, mine = self._batch(step, self.shard)
         return self._columns(mine, self.buckets[bucket])
 
@@ -176,7 +196,7 @@ class BatchPipeline:
         return {
             "grain": self._iterator.get_state(), "seed": self.seed, "batch_size": self.batch_size,
             "num_examples": self.num_examples, "buckets": self.buckets,
-        }
+        } | ({"pack_pairs": self.packer.state()} if self.packer is not None else {})
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Continues from a ``state()`` snapshot: the next batch is the one that would have followed."""
@@ -207,8 +227,12 @@ def sharded_positions(shardings: Mapping[str, Any], arrays: Mapping[str, np.ndar
 def make_batches(
     arrays: Mapping[str, np.ndarray], batch_size: int, seed: int, buckets: Sequence[int] = (),
     shardings: Mapping[str, Any] | None = None, workers: int = 0, prefetch: int = 0, lengths: np.ndarray | None = None,
+    packer: PairPacker | None = None,
 ) -> BatchPipeline:
     """The pipeline of this process's rows under the batch ``shardings`` (None: every row); ``lengths``:
-    :func:`~jaxspo.data.bucketing.example_lengths` of ``arrays`` if already computed."""
+    :func:`~jaxspo.data.bucketing.example_lengths` of ``arrays`` if already computed; ``packer``: packed pairs
+    (their positions come from the per-pair fields' sharding, which splits whole cells)."""
+    if shardings is not None and packer is not None:
+        shardings = {name: s for name, s in shardings.items() if name not in ROW_FIELDS}
     shard = slice(None) if shardings is None else sharded_positions(shardings, arrays, batch_size)
-    return BatchPipeline(arrays, batch_size, seed, buckets, shard, workers, prefetch, lengths)
+    return BatchPipeline(arrays, batch_size, seed, buckets, shard, workers, prefetch, lengths, packer)

@@ -30,10 +30,11 @@ class MaskSpec:
 
     - ``query_slots [T]`` int32: each query's slot in the key sequence (keys sit at slots ``0..S-1``).
     - ``key_valid [B, S]`` bool.
-    - ``segments [B, S]`` int32 or None (packed pair rows, T = S; :mod:`jaxspo.data.layout`): a query sees a
-      key of its own segment or of segment 0 (the shared prompt).
+    - ``segments [B, S]`` int32 or None (packed pair rows, T = S; :mod:`jaxspo.data.layout`): ``3·pair + role``
+      (role 0 prompt, 1 chosen, 2 rejected; pair = the pair's index in its row). A query of segment ``q`` sees a
+      key of segment ``q`` or ``q − q % 3`` (its own pair's prompt): never another pair, never the other response.
     - ``positions [B, S]`` int32 or None: with ``segments``, the window counts positions (they restart per
-      response), not slots.
+      pair and per response), not slots.
     - ``window`` (static): on sliding layers a query drops keys ``window`` or more behind it (as HF); 0 = none.
     """
 
@@ -54,7 +55,8 @@ class MaskSpec:
         if self.segments is not None:
             segments, positions = jnp.asarray(self.segments), jnp.asarray(self.positions)
             q_seg, k_seg = jnp.take(segments, query_slots, axis=1), jnp.take(segments, key_index, axis=1)  # [B, t], [B, s]
-            seen = seen & ((k_seg[:, None, :] == 0) | (k_seg[:, None, :] == q_seg[:, :, None]))
+            own_prompt = q_seg - q_seg % 3  # [B, t]
+            seen = seen & ((k_seg[:, None, :] == q_seg[:, :, None]) | (k_seg[:, None, :] == own_prompt[:, :, None]))
             behind = jnp.take(positions, query_slots, axis=1)[:, :, None] - jnp.take(positions, key_index, axis=1)[:, None, :]  # [B, t, s]
         else:
             behind = (query_slots[:, None] - key_slots[None, :])[None]  # [1, t, s]
@@ -71,7 +73,9 @@ class MaskSpec:
         (blocks of ``block_q`` queries and ``block_k`` keys; the last ones may run past T and S).
 
         False is exact (no row sees any key of the block); True is conservative (built from per-block
-        bounds: the latest query slot, the segments present, the smallest query and largest key position).
+        bounds: the latest query slot, the range of the queries' segments and of their pairs against the keys'
+        segments and prompt pairs, the smallest query and largest key position). Blocks of different pairs of a
+        row hold disjoint segment ranges, so they are skipped.
         """
         t, s = self.query_slots.shape[0], self.key_valid.shape[1]
         nq, nk = -(-t // block_q), -(-s // block_k)
@@ -94,11 +98,13 @@ class MaskSpec:
         if self.segments is not None:
             q_seg = blocks(jnp.take(jnp.asarray(self.segments), query_slots, axis=1), block_q, nq, 0)  # [B, nq, bq]
             k_seg = blocks(jnp.asarray(self.segments), block_k, nk, 0)  # [B, nk, bk]
-            q_low, q_high = bounds(q_seg, query_real)
-            k_low, k_high = bounds(k_seg, key_valid)
-            prompt = (key_valid & (k_seg == 0)).any(-1)  # [B, nk]
-            overlap = (q_low[:, :, None] <= k_high[:, None, :]) & (k_low[:, None, :] <= q_high[:, :, None])
-            seen = seen & (prompt[:, None, :] | overlap)
+            q_valid = blocks(jnp.take(jnp.asarray(self.key_valid), query_slots, axis=1), block_q, nq, False)  # [B, nq, bq]
+            k_segments, k_prompts = bounds(k_seg, key_valid), bounds(k_seg // 3, key_valid & (k_seg % 3 == 0))
+            meets = jnp.zeros_like(seen)
+            for group in (query_real & q_valid, query_real & ~q_valid):  # padding queries apart: their segment 0 would widen the range
+                meets |= _ranges_meet(bounds(q_seg, group), k_segments)  # a key of the query's own segment
+                meets |= _ranges_meet(bounds(q_seg // 3, group), k_prompts)  # a key of its own pair's prompt
+            seen = seen & meets
             q_pos = blocks(jnp.take(jnp.asarray(self.positions), query_slots, axis=1), block_q, nq, 0)
             k_pos = blocks(jnp.asarray(self.positions), block_k, nk, 0)
             earliest_query, latest_key = bounds(q_pos, query_real)[0], bounds(k_pos, key_valid)[1]  # [B, nq], [B, nk]
@@ -109,6 +115,12 @@ class MaskSpec:
             near = earliest_query[:, :, None] - latest_key[:, None, :] < self.window
             seen = seen & (near | jnp.logical_not(sliding))
         return seen.any(0)
+
+
+def _ranges_meet(a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """Whether query ranges ``a = (low, high) [B, nq]`` and key ranges ``b [B, nk]`` share a value: ``[B, nq, nk]``
+    (an empty range, low > high, meets nothing)."""
+    return (a[0][:, :, None] <= b[1][:, None, :]) & (b[0][:, None, :] <= a[1][:, :, None])
 
 
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, softcap: float) -> jax.Array:

@@ -27,6 +27,7 @@ from jaxspo.data.pipeline import make_batches
 from jaxspo.data.bucketing import bucket_widths
 from jaxspo.data.row_store import spill
 from jaxspo.data.layout import layout_arrays
+from jaxspo.data.pair_packing import PAIR_FIELD, PairPacker
 from jaxspo.data.formats import prompts_of
 from jaxspo.data.sources import load_splits
 from jaxspo.data.synthetic import build_synthetic_task
@@ -112,9 +113,14 @@ class Phase:
         layout = cfg.data.layout if phase == "preference" else "padded"  # SFT rows are single sequences
         multiple = cfg.mesh.width_multiple()  # every width splits over mesh.context
         arrays = layout_arrays(arrays, cfg.data, multiple) if layout == "packed" else arrays
-        fields = {k: arrays[k] for k in batch_fields(phase, cfg.loss, layout)}  # this process reads only its devices' rows of each batch
+        packing = layout == "packed" and cfg.data.pack_pairs
+        # this process reads only its devices' rows of each batch; the pair packer makes packed_pair per batch
+        fields = {k: arrays[k] for k in batch_fields(phase, cfg.loss, layout, packing) if k != PAIR_FIELD}
         buckets, lengths = bucket_widths(fields, cfg.data.buckets, cfg.data.auto_buckets, batch_size, multiple)
-        self.batches = make_batches(fields, batch_size, cfg.trainer.seed, buckets, self.step.batch_sharding, cfg.data.workers, cfg.data.prefetch, lengths)
+        packer = self._pair_packer(fields, batch_size) if packing else None
+        self.batches = make_batches(fields, batch_size, cfg.trainer.seed, buckets, self.step.batch_sharding, cfg.data.workers, cfg.data.prefetch, lengths, packer)
+        if packing:
+            log.info("data.pack_pairs: %s batches of %d pairs in rows of %d slots, %s rows", self.name, batch_size, self.batches.packer.width, self.batches.packer.row_counts())
         if cfg.data.auto_buckets:
             log.info("data.auto_buckets=%d: %s batches at widths %s; %.1f%% of the slots they compute hold tokens (%.1f%% at one width)",
                      cfg.data.auto_buckets, self.name, self.batches.widths, 100 * self.batches.token_fraction(), 100 * self.batches.token_fraction(one_width=True))
@@ -127,6 +133,16 @@ class Phase:
             sampling_graphdef = lora.model.eval_graphdef if lora else run.graphdef
             self.kl_sampler = KLSampler(cfg, run.mesh, sampling_graphdef, run.tokenizer, prompts, self.step.batch_sharding)
         self.sampling_params = (lambda adapters: lora.eval_states(adapters)[0]) if lora else (lambda params: params)
+
+    def _pair_packer(self, fields: dict[str, np.ndarray], batch_size: int) -> PairPacker:
+        """``data.pack_pairs``: packs each batch's pairs so micro-batches and the batch's shards hold whole pairs."""
+        cfg = self.run.cfg
+        pair_sharding = self.step.batch_sharding["soft_label"]  # split like every per-pair field
+        shards = batch_size // pair_sharding.shard_shape((batch_size,))[0]
+        try:
+            return PairPacker.build(cfg.data, fields, batch_size, cfg.trainer.grad_accum_steps, shards, cfg.mesh.width_multiple())
+        except ValueError as err:  # a pair longer than data.pack_width, a batch that does not split into cells
+            raise ConfigError(str(err)) from None
 
     def _resume(self) -> int:
         """Restores this phase's newest valid checkpoint; returns the step to continue after (0 = none)."""
@@ -169,7 +185,8 @@ class Phase:
         arrays) and this process's rows of the batch. ``reference``: as the step takes it (None unless resident)."""
         local = next(self.batches)
         self.pacer.before_step(self.state, local)  # held heap: one step's temporaries at a time
-        batch = from_process_rows(local, {k: self.step.batch_sharding[k] for k in local}, self.batches.batch_size)
+        rows = self.batches.global_rows(local)
+        batch = {k: from_process_rows(a, self.step.batch_sharding[k], rows[k]) for k, a in local.items()}
         if self.kl_sampler is not None:
             batch |= self.kl_sampler(i, self.sampling_params(self.state.params))
         self.state, metrics = self.step.fn(self.state, reference, batch)
@@ -177,16 +194,15 @@ class Phase:
 
     def precompile(self, reference: Any) -> None:
         """With ``trainer.precompile`` and several batch widths: compiles the step for each before step 1."""
-        widths = self.batches.widths
-        if not self.run.cfg.trainer.precompile or len(widths) < 2:
+        shapes = self.batches.shapes()
+        if not self.run.cfg.trainer.precompile or len(shapes) < 2:
             return
         extra = kl_field_shapes(self.run.cfg.loss, self.run.cfg.data.max_prompt_length) if self.kl_sampler is not None else {}
-        layouts = []
-        for width in widths:
-            example = self.batches.example(width)  # this process's rows; the step sees the global batch
-            layouts.append({name: ((self.batches.batch_size,) + a.shape[1:], a.dtype) for name, a in example.items()} | extra)
-        seconds = precompile(self.step, self.state, reference, layouts)
-        log.info("compiled the %s step for batch widths %s in %.1f s", self.name, widths, seconds)
+        seconds = precompile(self.step, self.state, reference, [layout | extra for layout in shapes])
+        if self.batches.packer is None:
+            log.info("compiled the %s step for batch widths %s in %.1f s", self.name, self.batches.widths, seconds)
+        else:
+            log.info("compiled the %s step for batch row counts %s in %.1f s", self.name, self.batches.packer.row_counts(), seconds)
 
     def run_steps(self, reference: Any, guard: PreemptionGuard, on_step=None) -> Any:
         """Takes the phase's remaining steps (resuming if possible); returns the final params.

@@ -31,6 +31,7 @@ from jaxspo.train.logprobs import sequence_logps
 from jaxspo.train.model_view import as_model
 from jaxspo.train.packed import PACKED_RANKS, is_packed, packed_pair_logps, real_tokens
 from jaxspo.data.layout import PACKED_FIELDS
+from jaxspo.data.pair_packing import ROW_FIELDS
 from jaxspo.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -41,7 +42,7 @@ Objective = Callable[..., tuple[jax.Array, Metrics]]
 
 PREFERENCE_FIELDS = ("chosen_tokens", "chosen_valid", "chosen_loss_mask", "rejected_tokens", "rejected_valid", "rejected_loss_mask", "soft_label")
 SFT_FIELDS = ("tokens", "valid", "loss_mask")
-TIME_FIELDS = frozenset(SFT_FIELDS + PREFERENCE_FIELDS[:-1] + PACKED_FIELDS)  # [B, T] rows whose time axis is split over context
+TIME_FIELDS = frozenset(SFT_FIELDS + PREFERENCE_FIELDS[:-1] + ROW_FIELDS)  # [B, T] rows whose time axis is split over context
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,14 +89,15 @@ PRECOMPUTED_FIELDS = ("reference_chosen_logps", "reference_rejected_logps")
 OFFSET_FIELD = "offset"  # per-pair [B] float32, read by losses registered with needs_offset
 
 
-def batch_fields(phase: str, loss_cfg, layout: str = "padded") -> tuple[str, ...]:
-    """Names of the arrays a step of ``phase`` reads from its batch (``layout``: ``data.layout``)."""
+def batch_fields(phase: str, loss_cfg, layout: str = "padded", pack_pairs: bool = False) -> tuple[str, ...]:
+    """Names of the arrays a step of ``phase`` reads from its batch (``layout``: ``data.layout``; ``pack_pairs``:
+    ``data.pack_pairs``, rows of several pairs and each slot's pair index)."""
     if phase == "sft":
         return SFT_FIELDS
     if uses_lists(loss_cfg):
         return LIST_FIELDS
     offset = (OFFSET_FIELD,) if offset_losses(loss_cfg.terms) else ()
-    pairs = PACKED_FIELDS + ("soft_label",) if layout == "packed" else PREFERENCE_FIELDS
+    pairs = (ROW_FIELDS if pack_pairs else PACKED_FIELDS) + ("soft_label",) if layout == "packed" else PREFERENCE_FIELDS
     if needs_reference(loss_cfg) and loss_cfg.reference == "precomputed":
         return pairs + PRECOMPUTED_FIELDS + offset + selfsup.batch_fields(loss_cfg)
     return pairs + offset + selfsup.batch_fields(loss_cfg)
@@ -152,10 +154,10 @@ def sft_objective_fn(graphdef: Any) -> Objective:
 
 
 def _global_count(phase: str, batch: Batch) -> jax.Array:
-    """Denominator of the step's loss: pairs for preference, completion tokens for SFT."""
+    """Denominator of the step's loss: pairs (lists) for preference, completion tokens for SFT."""
     if phase == "sft":
         return batch["loss_mask"][:, 1:].sum().astype(jnp.float32)
-    rows = next(name for name in ("list_tokens", "packed_tokens", "chosen_tokens") if name in batch)
+    rows = next(name for name in ("list_tokens", "soft_label") if name in batch)  # one per pair (packed rows may hold several)
     return jnp.float32(batch[rows].shape[0])
 
 
@@ -181,7 +183,7 @@ def make_train_step(
         raise ValueError(f"unknown phase '{phase}'")
     rules = cfg.mesh.rules
     objective = sft_objective_fn(graphdef) if phase == "sft" else (list_objective_fn if uses_lists(cfg.loss) else preference_objective_fn)(graphdef, cfg.loss)
-    fields = batch_fields(phase, cfg.loss, cfg.data.layout)
+    fields = batch_fields(phase, cfg.loss, cfg.data.layout, cfg.data.pack_pairs)
     special_ranks = LIST_RANKS | selfsup.FIELD_RANKS | PACKED_RANKS
     ranks = {name: special_ranks.get(name, 2 if name.endswith(("tokens", "valid", "mask", "response")) else 1) for name in fields + KL_FIELDS}
     batch_sharding = batch_shardings(fields, ranks, mesh, rules, batch_size)

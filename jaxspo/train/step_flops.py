@@ -42,7 +42,7 @@ def step_forwards(cfg: Any, phase: str, arrays: Mapping[str, Any], batch_size: i
     """
     model = cfg.model
     backward = "frozen" if frozen_base else "full"
-    local = next(arrays[name].shape[0] for name in ("packed_tokens", "list_tokens", "chosen_tokens", "tokens") if name in arrays)
+    local = next(arrays[name].shape[0] for name in ("list_tokens", "soft_label", "packed_tokens", "chosen_tokens", "tokens") if name in arrays)  # lists, pairs or SFT rows
     if phase == "sft":
         rows, width = _rows_width(arrays["tokens"].shape)
         return [padded_forward(model, rows, width, width - 1, backward).scaled(batch_size / local)]
