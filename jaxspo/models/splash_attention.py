@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec
 
+from jaxspo.models.splash_cascade import cascade_parts, make_cascade
 from jaxspo.models.target import target_platform
 from jaxspo.sharding import active_sharding, logical_to_spec
 
@@ -73,8 +74,9 @@ def _block(length: int, block: int) -> int:
 
 
 @functools.lru_cache(maxsize=32)
-def _kernel(length: int, heads: int, window: int, softcap: float, block: int, interpret: bool):
-    """The splash kernel for ``heads`` query heads over rows of ``length`` (causal, or local with ``window``)."""
+def _kernel(length: int, heads: int, window: int, softcap: float, block: int, interpret: bool, residuals: bool = False):
+    """The splash kernel for ``heads`` query heads over rows of ``length`` (causal, or local with ``window``);
+    with ``residuals`` it returns ``(out, (logsumexp,))`` and is not differentiable (the cascade's parts)."""
     shape = (length, length)
     mask = splash.LocalMask(shape, (window - 1, 0), 0) if window else splash.CausalMask(shape)
     sizes = splash.BlockSizes(
@@ -84,13 +86,26 @@ def _kernel(length: int, heads: int, window: int, softcap: float, block: int, in
     with jax.ensure_compile_time_eval():  # its block tables are constants, shared by later traces (the cache)
         return splash.make_splash_mha(
             splash.MultiHeadMask([mask] * heads), block_sizes=sizes, head_shards=1, q_seq_shards=1,
-            attn_logits_soft_cap=softcap or None, interpret=interpret,
+            attn_logits_soft_cap=softcap or None, interpret=interpret, save_residuals=residuals,
         )
 
 
-def _local(q, k, v, valid, sliding, *, window: int, softcap: float, block: int, interpret: bool):
-    """Per device: q ``[b, T, h, Hd]`` (already scaled), k/v ``[b, T, kh, Hd]``, valid ``[b, T]`` -> ``[b, T, h, Hd]``."""
+def _local(q, k, v, valid, segments, positions, sliding, *, window: int, softcap: float, block: int, interpret: bool):
+    """Per device: q ``[b, T, h, Hd]`` (already scaled), k/v ``[b, T, kh, Hd]``, valid (and for packed rows
+    segments and positions) ``[b, T]`` -> ``[b, T, h, Hd]``."""
     t, h = q.shape[1], q.shape[2]
+    if segments is not None:
+        cascade = make_cascade((
+            _kernel(t, h, 0, softcap, block, interpret, residuals=True),
+            _kernel(t, h, window, softcap, block, interpret, residuals=True) if window else None,
+        ))
+
+        def packed_row(q, k, v, valid, segments, positions):
+            parts = cascade_parts(valid, segments, positions, windowed=bool(window))
+            q, k, v = (x.transpose(1, 0, 2) for x in (q, k, v))
+            return cascade(q, k, v, parts, sliding).transpose(1, 0, 2)
+
+        return jax.vmap(packed_row)(q, k, v, valid, segments, positions)
     full = _kernel(t, h, 0, softcap, block, interpret)
     local = _kernel(t, h, window, softcap, block, interpret) if window else full
 
@@ -109,19 +124,20 @@ def _local(q, k, v, valid, sliding, *, window: int, softcap: float, block: int, 
 def splash_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, spec: MaskSpec, sliding: bool | jax.Array, *, scale: float, softcap: float, block: int
 ) -> jax.Array:
-    """Attention of q ``[B, T, H, Hd]`` over k/v ``[B, T, K, Hd]`` under ``spec`` (padded rows) -> ``[B, T, H, Hd]``.
+    """Attention of q ``[B, T, H, Hd]`` over k/v ``[B, T, K, Hd]`` under ``spec`` -> ``[B, T, H, Hd]``: padded
+    rows in one call, packed rows (``spec.segments``) through :mod:`jaxspo.models.splash_cascade`.
 
-    ValueError if ``spec`` is not self-attention over slots ``0..T-1`` or carries packed segments (the caller
-    routes those to the chunked kernel).
+    ValueError if ``spec`` is not self-attention over slots ``0..T-1``.
     """
     b, t, h, hd = q.shape
-    if spec.segments is not None or k.shape[1] != t:
-        raise ValueError("model.attention=splash: takes padded self-attention rows only (packed rows run the chunked kernel)")
+    if k.shape[1] != t:
+        raise ValueError("model.attention=splash: takes self-attention rows only (as many keys as queries)")
     length = -(-t // LANES) * LANES
     blk = _block(length, block)
     length = -(-length // blk) * blk
     pad = lambda x: jnp.pad(x, [(0, 0), (0, length - t)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
     valid = pad(jnp.asarray(spec.key_valid))
+    segments, positions = (None if x is None else pad(jnp.asarray(x)) for x in (spec.segments, spec.positions))
     q, k, v = pad(q * jnp.asarray(scale, q.dtype)), pad(k), pad(v)
     interpret = target_platform() == "cpu"  # only reachable under pallas_interpret() (splash_refusal)
     body = functools.partial(_local, window=spec.window, softcap=float(softcap), block=blk, interpret=interpret)
@@ -134,7 +150,7 @@ def splash_attention(
         if q_spec[2] != kv_spec[2]:  # heads split differently from key/value heads: keep both whole
             q_spec, kv_spec = (PartitionSpec(s[0], None, None, None) for s in (q_spec, kv_spec))
         body = jax.shard_map(
-            body, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, PartitionSpec(q_spec[0], None), PartitionSpec()),
+            body, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, *[PartitionSpec(q_spec[0], None)] * 3, PartitionSpec()),
             out_specs=q_spec, check_vma=False,
         )
-    return body(q, k, v, valid, sliding)[:, :t]
+    return body(q, k, v, valid, segments, positions, sliding)[:, :t]
