@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec
 
-from jaxspo.models.splash_cascade import cascade_parts, make_cascade
+from jaxspo.models.splash_cascade import cascade, cascade_parts, pick_kernel
 from jaxspo.models.target import target_platform
 from jaxspo.sharding import active_sharding, logical_to_spec
 
@@ -74,9 +74,10 @@ def _block(length: int, block: int) -> int:
 
 
 @functools.lru_cache(maxsize=32)
-def _kernel(length: int, heads: int, window: int, softcap: float, block: int, interpret: bool, residuals: bool = False):
-    """The splash kernel for ``heads`` query heads over rows of ``length`` (causal, or local with ``window``);
-    with ``residuals`` it returns ``(out, (logsumexp,))`` and is not differentiable (the cascade's parts)."""
+def _kernel(length: int, heads: int, window: int, softcap: float, block: int, interpret: bool, residuals: bool, q_shards: int):
+    """The splash kernel for ``heads`` query heads over rows of ``length`` (causal, or local with ``window``),
+    its block tables split for ``q_shards`` query shards; with ``residuals`` it returns ``(out, (logsumexp,))``
+    and is not differentiable (the cascade's parts)."""
     shape = (length, length)
     mask = splash.LocalMask(shape, (window - 1, 0), 0) if window else splash.CausalMask(shape)
     sizes = splash.BlockSizes(
@@ -85,40 +86,49 @@ def _kernel(length: int, heads: int, window: int, softcap: float, block: int, in
     )
     with jax.ensure_compile_time_eval():  # its block tables are constants, shared by later traces (the cache)
         return splash.make_splash_mha(
-            splash.MultiHeadMask([mask] * heads), block_sizes=sizes, head_shards=1, q_seq_shards=1,
+            splash.MultiHeadMask([mask] * heads), block_sizes=sizes, head_shards=1, q_seq_shards=q_shards,
             attn_logits_soft_cap=softcap or None, interpret=interpret, save_residuals=residuals,
         )
 
 
-def _local(q, k, v, valid, segments, positions, sliding, *, window: int, softcap: float, block: int, interpret: bool):
-    """Per device: q ``[b, T, h, Hd]`` (already scaled), k/v ``[b, T, kh, Hd]``, valid (and for packed rows
-    segments and positions) ``[b, T]`` -> ``[b, T, h, Hd]``."""
-    t, h = q.shape[1], q.shape[2]
-    if segments is not None:
-        cascade = make_cascade((
-            _kernel(t, h, 0, softcap, block, interpret, residuals=True),
-            _kernel(t, h, window, softcap, block, interpret, residuals=True) if window else None,
-        ))
+def splash_kernels(length: int, heads: int, window: int, softcap: float, block: int, *, packed: bool, q_shards: int = 1) -> tuple:
+    """``(causal kernel, local kernel or None)`` for rows of ``length`` slots (packed rows: the cascade's
+    kernels, which return their log-sum-exps)."""
+    interpret = target_platform() == "cpu"  # only reachable under pallas_interpret() (splash_refusal)
+    make = lambda w: _kernel(length, heads, w, float(softcap), block, interpret, packed, q_shards)  # noqa: E731
+    return make(0), make(window) if window else None
 
-        def packed_row(q, k, v, valid, segments, positions):
-            parts = cascade_parts(valid, segments, positions, windowed=bool(window))
-            q, k, v = (x.transpose(1, 0, 2) for x in (q, k, v))
-            return cascade(q, k, v, parts, sliding).transpose(1, 0, 2)
 
-        return jax.vmap(packed_row)(q, k, v, valid, segments, positions)
-    full = _kernel(t, h, 0, softcap, block, interpret)
-    local = _kernel(t, h, window, softcap, block, interpret) if window else full
+def context_kernels(length: int, q_shards: int, heads: int, window: int, softcap: float, block: int, *, packed: bool) -> tuple | None:
+    """:func:`splash_kernels` whose block tables split over ``q_shards`` query shards of ``length / q_shards``
+    slots (context parallelism), or None when splash cannot run so: a shard that is not a whole number of
+    blocks (a multiple of 128 slots), or packed rows with a window (the cascade moves rejected queries to
+    earlier slots, possibly on another shard)."""
+    shard = length // q_shards
+    blk = _block(shard, block)
+    if shard % blk or (packed and window):
+        return None
+    return splash_kernels(length, heads, window, softcap, blk, packed=packed, q_shards=q_shards)
 
-    def row(q, k, v, valid):  # one row, heads first
-        ids = splash.SegmentIds(valid.astype(jnp.int32), valid.astype(jnp.int32))
-        q, k, v = (x.transpose(1, 0, 2) for x in (q, k, v))
-        if local is full:
-            out = full(q, k, v, ids)
-        else:
-            out = jax.lax.cond(sliding, lambda: local(q, k, v, ids), lambda: full(q, k, v, ids))
-        return out.transpose(1, 0, 2)
 
-    return jax.vmap(row)(q, k, v, valid)
+def splash_rows(kernels: tuple, q, k, v, query_slots, valid, segments, positions, sliding, *, windowed: bool) -> jax.Array:
+    """Per device: q ``[b, Tq, h, Hd]`` (already scaled) at key slots ``query_slots [Tq]`` over k/v
+    ``[b, S, kh, Hd]`` with valid (packed rows: and segments, positions) ``[b, S]`` -> ``[b, Tq, h, Hd]``.
+    ``kernels`` from :func:`splash_kernels`; ``windowed``: the cascade's virtual-slot part (needs Tq = S)."""
+    heads_first = lambda x: x.transpose(1, 0, 2)  # noqa: E731  (the kernel's layout, one row)
+    if segments is None:
+
+        def row(q, k, v, valid):  # padding queries read padding only (their outputs are never read)
+            ids = splash.SegmentIds(valid[query_slots].astype(jnp.int32), valid.astype(jnp.int32))
+            q, k, v = (heads_first(x) for x in (q, k, v))
+            return heads_first(pick_kernel(sliding, kernels, lambda kernel: kernel(q, k, v, ids)))
+
+        return jax.vmap(row)(q, k, v, valid)
+    def packed_row(q, k, v, valid, segments, positions):
+        parts = cascade_parts(valid, segments, positions, query_slots, windowed=windowed)
+        return heads_first(cascade(kernels, *(heads_first(x) for x in (q, k, v)), parts, sliding))
+
+    return jax.vmap(packed_row)(q, k, v, valid, segments, positions)
 
 
 def splash_attention(
@@ -139,8 +149,8 @@ def splash_attention(
     valid = pad(jnp.asarray(spec.key_valid))
     segments, positions = (None if x is None else pad(jnp.asarray(x)) for x in (spec.segments, spec.positions))
     q, k, v = pad(q * jnp.asarray(scale, q.dtype)), pad(k), pad(v)
-    interpret = target_platform() == "cpu"  # only reachable under pallas_interpret() (splash_refusal)
-    body = functools.partial(_local, window=spec.window, softcap=float(softcap), block=blk, interpret=interpret)
+    kernels = splash_kernels(length, h, spec.window, softcap, blk, packed=segments is not None)
+    body = functools.partial(splash_rows, kernels, windowed=bool(spec.window))
     sliding = jnp.asarray(sliding)
     active = active_sharding()
     if active is not None:
@@ -150,7 +160,7 @@ def splash_attention(
         if q_spec[2] != kv_spec[2]:  # heads split differently from key/value heads: keep both whole
             q_spec, kv_spec = (PartitionSpec(s[0], None, None, None) for s in (q_spec, kv_spec))
         body = jax.shard_map(
-            body, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, *[PartitionSpec(q_spec[0], None)] * 3, PartitionSpec()),
+            body, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, PartitionSpec(), *[PartitionSpec(q_spec[0], None)] * 3, PartitionSpec()),
             out_specs=q_spec, check_vma=False,
         )
-    return body(q, k, v, valid, segments, positions, sliding)[:, :t]
+    return body(q, k, v, jnp.arange(length), valid, segments, positions, sliding)[:, :t]

@@ -50,19 +50,24 @@ class Part(NamedTuple):
     ids: splash.SegmentIds  # q [T] in kernel-row order, kv [T] in slot order
 
 
-def cascade_parts(valid: jax.Array, segments: jax.Array, positions: jax.Array, windowed: bool) -> tuple[Part, ...]:
-    """The parts of one packed row: valid/segments/positions ``[T]``; ``windowed`` adds the rejected queries'
-    virtual-slot prompt part (module docstring)."""
-    slots = jnp.arange(valid.shape[0], dtype=jnp.int32)
+def cascade_parts(valid: jax.Array, segments: jax.Array, positions: jax.Array, query_slots: jax.Array, windowed: bool) -> tuple[Part, ...]:
+    """The parts of one packed row: valid/segments/positions ``[S]`` over the keys, queries at key slots
+    ``query_slots [Tq]`` (a slice of the row under context parallelism); ``windowed`` adds the rejected
+    queries' virtual-slot prompt part (module docstring; needs the whole row, Tq = S)."""
+    rows = jnp.arange(query_slots.shape[0], dtype=jnp.int32)
     pair, role = segments // ROLES, segments % ROLES
     prompt_keys = jnp.where(valid & (role == 0), pair, NO_KEY)
     response = valid & (role > 0)
-    own = Part(slots, slots, splash.SegmentIds(jnp.where(response, segments, NO_QUERY), jnp.where(response, segments, NO_KEY)))
-    moved = valid & (role == 2) if windowed else jnp.zeros_like(valid)
-    stays = valid & ~moved
-    prompt = Part(slots, jnp.where(stays, slots, -1), splash.SegmentIds(jnp.where(stays, pair, NO_QUERY), prompt_keys))
+    q_valid, q_pair, q_role, q_segments, q_response = (x[query_slots] for x in (valid, pair, role, segments, response))
+    own = Part(rows, rows, splash.SegmentIds(jnp.where(q_response, q_segments, NO_QUERY), jnp.where(response, segments, NO_KEY)))
+    moved = q_valid & (q_role == 2) if windowed else jnp.zeros_like(q_valid)
+    stays = q_valid & ~moved
+    prompt = Part(rows, jnp.where(stays, rows, -1), splash.SegmentIds(jnp.where(stays, q_pair, NO_QUERY), prompt_keys))
     if not windowed:
         return prompt, own
+    if query_slots.shape != valid.shape:
+        raise ValueError("the windowed cascade moves rejected queries within their row: it needs the whole row's queries")
+    slots = rows
     starts = valid & ((slots == 0) | (pair != jnp.roll(pair, 1)) | ~jnp.roll(valid, 1))  # a pair's first slot
     virtual = jax.lax.cummax(jnp.where(starts, slots, -1)) + positions  # ≤ the slot; distinct over rejected queries
     target = jnp.where(moved, virtual, -1)
@@ -77,7 +82,7 @@ def _rows(x: jax.Array, index: jax.Array) -> jax.Array:
     return jnp.where((index >= 0).reshape(1, -1, *([1] * (x.ndim - 2))), taken, 0)
 
 
-def _pick(sliding: jax.Array, kernels: tuple, call):
+def pick_kernel(sliding: jax.Array, kernels: tuple, call):
     """``call(kernel)`` with the local kernel on sliding layers (``kernels = (causal, local or None)``)."""
     causal, local = kernels
     if local is None:
@@ -109,7 +114,7 @@ def _forward(kernels, q, k, v, parts, sliding):
     log-sum-exps ``[J, H, T]`` (0 where a row saw nothing)."""
     outs, lses, kernel_lses = [], [], []
     for part in parts:
-        out, (lse,) = _pick(sliding, kernels, lambda kernel: kernel(_rows(q, part.source), k, v, part.ids))
+        out, (lse,) = pick_kernel(sliding, kernels, lambda kernel: kernel(_rows(q, part.source), k, v, part.ids))
         seen = lse > SEEN
         kernel_lses.append(jnp.where(seen, lse, 0.0))
         seen, lse, out = _rows(seen, part.target), _rows(lse, part.target), _rows(out, part.target)
@@ -124,27 +129,28 @@ def _forward(kernels, q, k, v, parts, sliding):
     return out.astype(q.dtype), weights, jnp.stack(kernel_lses)
 
 
-def make_cascade(kernels: tuple):
-    """The differentiable cascade ``(q, k, v, parts, sliding) -> out [H, T, Hd]`` of one row over ``kernels``
-    (causal and local-or-None splash kernels built with ``save_residuals``)."""
+@jax.custom_vjp
+def cascade(kernels: tuple, q: jax.Array, k: jax.Array, v: jax.Array, parts: tuple[Part, ...], sliding: jax.Array) -> jax.Array:
+    """The packed-row attention ``out [H, T, Hd]`` of one row's ``parts`` (from :func:`cascade_parts`) over
+    ``kernels`` (causal and local-or-None splash kernels built with ``save_residuals``), differentiable in
+    q ``[H, T, Hd]``, k and v ``[K, S, Hd]``."""
+    return _forward(kernels, q, k, v, parts, sliding)[0]
 
-    @jax.custom_vjp
-    def cascade(q, k, v, parts, sliding):
-        return _forward(kernels, q, k, v, parts, sliding)[0]
 
-    def forward(q, k, v, parts, sliding):
-        out, weights, kernel_lses = _forward(kernels, q, k, v, parts, sliding)
-        return out, (q, k, v, parts, sliding, out, weights, kernel_lses)
+def _cascade_forward(kernels, q, k, v, parts, sliding):
+    out, weights, kernel_lses = _forward(kernels, q, k, v, parts, sliding)
+    return out, (kernels, q, k, v, parts, sliding, out, weights, kernel_lses)
 
-    def backward(residuals, dout):
-        q, k, v, parts, sliding, out, weights, kernel_lses = residuals
-        dq, dk, dv = jnp.zeros(q.shape, _F32), jnp.zeros(k.shape, _F32), jnp.zeros(v.shape, _F32)
-        for part, weight, lse in zip(parts, weights, kernel_lses):
-            part_dout = _rows((weight[..., None] * dout.astype(_F32)).astype(q.dtype), part.source)
-            args = (_rows(q, part.source), k, v, part.ids, _rows(out, part.source), lse, part_dout)
-            dq_part, dk_part, dv_part = _pick(sliding, kernels, lambda kernel: part_backward(kernel, *args))
-            dq, dk, dv = dq + _rows(dq_part.astype(_F32), part.target), dk + dk_part, dv + dv_part
-        return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
 
-    cascade.defvjp(forward, backward)
-    return cascade
+def _cascade_backward(residuals, dout):
+    kernels, q, k, v, parts, sliding, out, weights, kernel_lses = residuals
+    dq, dk, dv = jnp.zeros(q.shape, _F32), jnp.zeros(k.shape, _F32), jnp.zeros(v.shape, _F32)
+    for part, weight, lse in zip(parts, weights, kernel_lses):
+        part_dout = _rows((weight[..., None] * dout.astype(_F32)).astype(q.dtype), part.source)
+        args = (_rows(q, part.source), k, v, part.ids, _rows(out, part.source), lse, part_dout)
+        dq_part, dk_part, dv_part = pick_kernel(sliding, kernels, lambda kernel: part_backward(kernel, *args))
+        dq, dk, dv = dq + _rows(dq_part.astype(_F32), part.target), dk + dk_part, dv + dv_part
+    return None, dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
+
+
+cascade.defvjp(_cascade_forward, _cascade_backward)
