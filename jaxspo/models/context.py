@@ -8,6 +8,13 @@ its T/c queries to all S keys. The query slots ``[T]`` are split like the querie
 global slots ``i·T/c + t`` and the causal, packed-row and window rules hold unchanged. The backward pass
 turns each all-gather into a reduce-scatter of the key/value gradients.
 
+``splash`` runs inside the same ``shard_map``: its kernels are built for the whole row with their block
+tables split along the queries (``q_seq_shards`` = the time shards, passed in with the kernel's
+``manual_sharding_spec``), so each device runs its T/c queries against the gathered keys. It needs T/c to
+be a whole number of splash blocks (multiples of 128 slots) and, for packed rows, no sliding window (the
+cascade moves rejected queries to earlier slots, possibly on another device); otherwise ``chunked`` runs
+(:func:`jaxspo.models.splash_attention.context_kernels`).
+
 Shapes: B batch, T query length, S key length, H query heads, K key/value heads, Hd head dim.
 """
 
@@ -86,4 +93,6 @@ def context_attention(
         return attention(q, gather(k), gather(v), spec, flag, scale=scale, softcap=softcap, implementation=local_kernel, block=block)
 
     in_specs = (split, split, split, spec_split, None if traced is None else PartitionSpec(), kernel_specs)
-    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=split, check_vma=kernels is None)(q, k, v, spec, traced, kernels)
+    # no varying-axes types: the block kernels' skip-conds return their carry unchanged on one branch (the gradients
+    # stay exact, tests/test_splash_context.py and tests/test_context_parallel.py)
+    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=split, check_vma=False)(q, k, v, spec, traced, kernels)

@@ -1,0 +1,85 @@
+"""Splash attention under context parallelism (time split over ``context``, Pallas interpret mode on CPU) equals
+dense ``xla`` attention: outputs and q/k/v gradients on meshes (data, fsdp, tensor, context) = (2, 1, 1, 4) and
+(1, 2, 2, 2), padded and packed rows, traced sliding windows and soft-cap; splash really runs (a Pallas call
+in the program) except where it cannot (packed rows with a window), which run the chunked kernel, as exactly."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxspo.models.attention import MaskSpec, xla_attention
+from jaxspo.models.context import context_attention
+from jaxspo.models.splash_attention import pallas_interpret
+from jaxspo.sharding import DEFAULT_RULES, activation_sharding, make_mesh
+from tests.test_splash_packed import packed_rows, reference_mask
+
+ATOL = 1e-5
+SCALE, SOFTCAP = 0.4, 1.5
+MESHES = {"2-1-1-4": {"data": 2, "fsdp": 1, "tensor": 1, "context": 4}, "1-2-2-2": {"data": 1, "fsdp": 2, "tensor": 2, "context": 2}}
+
+
+def _case(mesh_name: str, layout: str, kv_heads: int, window: int):
+    """q/k/v, the MaskSpec and the dense masks (sliding off/on) of 2 rows of 128 slots per time shard."""
+    t = 128 * MESHES[mesh_name]["context"]
+    rng = np.random.default_rng(t + kv_heads + window)
+    lengths = [[(30, 40, 50), (10, 20, 30)], [(60, 70, 90)]] if t == 512 else [[(30, 60, 50)], [(60, 70, 90)]]
+    valid, segments, positions = packed_rows(lengths, t)
+    if layout == "padded":
+        positions = np.broadcast_to(np.arange(t), valid.shape)
+        spec = MaskSpec(jnp.arange(t), jnp.asarray(valid), window=window)
+        masks = {s: reference_mask(valid, np.zeros_like(segments), positions, window if s else 0) for s in (False, True)}
+    else:
+        spec = MaskSpec(jnp.arange(t), jnp.asarray(valid), jnp.asarray(segments), jnp.asarray(positions), window)
+        masks = {s: reference_mask(valid, segments, positions, window if s else 0) for s in (False, True)}
+    q = jnp.asarray(rng.normal(size=(2, t, 4, 8)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(2, t, kv_heads, 8)), jnp.float32) for _ in range(2))
+    return q, k, v, spec, masks, jnp.asarray(rng.normal(size=q.shape), jnp.float32)
+
+
+def _steps(spec: MaskSpec, mesh):
+    """Jitted ``(q, k, v, sliding or mask, weights) -> ((loss, out), grads)`` of splash under the mesh and of xla."""
+
+    def splash_loss(q, k, v, sliding, weights):
+        out = context_attention(q, k, v, spec, sliding, scale=SCALE, softcap=SOFTCAP, implementation="splash", block=128)
+        return jnp.sum(out * weights), out
+
+    def xla_loss(q, k, v, mask, weights):
+        out = xla_attention(q, k, v, mask, SCALE, SOFTCAP)
+        return jnp.sum(out * weights), out
+
+    def on_mesh(loss):
+        def run(*args):
+            with activation_sharding(mesh, DEFAULT_RULES):
+                return jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(*args)
+
+        return jax.jit(run)
+
+    return on_mesh(splash_loss), on_mesh(xla_loss)
+
+
+@pytest.mark.parametrize("mesh_name, layout, kv_heads, window, splash_runs", [
+    pytest.param("2-1-1-4", "padded", 2, 5, True, id="2-1-1-4-padded-sliding"),
+    pytest.param("2-1-1-4", "packed", 2, 0, True, id="2-1-1-4-packed"),
+    pytest.param("1-2-2-2", "packed", 1, 0, True, id="1-2-2-2-packed-mqa"),  # heads whole on each tensor device
+    pytest.param("1-2-2-2", "padded", 2, 5, True, id="1-2-2-2-padded-sliding"),
+    pytest.param("1-2-2-2", "packed", 2, 5, False, id="1-2-2-2-packed-sliding-runs-chunked"),
+])
+def test_splash_under_context_parallelism_equals_xla(mesh_name, layout, kv_heads, window, splash_runs):
+    q, k, v, spec, masks, weights = _case(mesh_name, layout, kv_heads, window)
+    mesh = make_mesh(MESHES[mesh_name])
+    with pallas_interpret():
+        splash, reference = _steps(spec, mesh)
+        program = str(jax.make_jaxpr(splash)(q, k, v, jnp.asarray(True), weights))
+        assert ("pallas_call" in program) == splash_runs
+        for sliding in (False, True) if window else (False,):
+            seen = masks[sliding].any(-1)  # xla averages v where a query sees nothing: leave those out
+            w = weights * seen[:, :, None, None]
+            (_, out), grads = splash(q, k, v, jnp.asarray(sliding), w)
+            (_, expected), expected_grads = reference(q, k, v, jnp.asarray(masks[sliding]), w)
+            np.testing.assert_allclose(np.asarray(out)[seen], np.asarray(expected)[seen], atol=ATOL, rtol=0, err_msg=f"sliding={sliding}")
+            for g, e, name in zip(grads, expected_grads, "qkv"):
+                assert np.abs(np.asarray(e)).max() > 0.1, name
+                np.testing.assert_allclose(np.asarray(g), np.asarray(e), atol=ATOL, rtol=0, err_msg=f"d{name}, sliding={sliding}")
+    if window:
+        assert not np.array_equal(masks[True], masks[False])
