@@ -12,6 +12,7 @@ from jaxspo.models.attention import MaskSpec, xla_attention
 from jaxspo.models.context import context_attention
 from jaxspo.models.splash_attention import pallas_interpret
 from jaxspo.sharding import DEFAULT_RULES, activation_sharding, make_mesh
+from tests.test_compile import TINY as COMPILE_TINY, tpu_env  # noqa: F401  (a fixture)
 from tests.test_splash_packed import packed_rows, reference_mask
 
 ATOL = 1e-5
@@ -83,3 +84,21 @@ def test_splash_under_context_parallelism_equals_xla(mesh_name, layout, kv_heads
                 np.testing.assert_allclose(np.asarray(g), np.asarray(e), atol=ATOL, rtol=0, err_msg=f"d{name}, sliding={sliding}")
     if window:
         assert not np.array_equal(masks[True], masks[False])
+
+
+def test_splash_step_with_context_compiles_for_a_tpu_slice_here(tpu_env, monkeypatch):  # noqa: F811
+    """`jaxspo compile` of the tiny DPO step with model.attention=splash and mesh.context=2 on v5p-8: the real
+    TPU kernel (not interpreted), its block tables split over the 2 time shards (256 slots, 128 per shard)."""
+    from jaxspo.compile import fit_report
+    from jaxspo.config import load_config
+    from jaxspo.models import splash_attention
+
+    built = []
+    make = splash_attention.splash.make_splash_mha
+    monkeypatch.setattr(splash_attention.splash, "make_splash_mha", lambda *a, **kw: built.append((kw["interpret"], kw["q_seq_shards"])) or make(*a, **kw))
+    splash_attention._kernel.cache_clear()
+    overrides = ["mesh.data=1", "mesh.fsdp=2", "mesh.context=2", "model.attention=splash", "data.max_length=256"]
+    report = fit_report(load_config("configs/demo.yaml", COMPILE_TINY + overrides), "v5p-8")
+    assert report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1, "context": 2}
+    assert report["fits"] and report["xla_flops_per_step_per_device"] > 0
+    assert (False, 2) in built and not any(interpret for interpret, _ in built)
