@@ -1,4 +1,4 @@
-"""Pallas TPU splash attention for padded rows: causal (or causal + local window) mask, GQA, soft-cap.
+"""Pallas TPU splash attention: causal (or causal + local window) mask, GQA, soft-cap; padded and packed rows.
 
 Kernel choice: JAX's own ``jax.experimental.pallas.ops.tpu.splash_attention``. It ships with the pinned jax
 (no new dependency), takes GQA (``num_q_heads % num_kv_heads == 0``, query head ``h`` reads key/value head
@@ -12,11 +12,11 @@ How the :class:`~jaxspo.models.attention.MaskSpec` maps onto it (queries are the
   The per-layer flag may be traced (layer scan): both kernels are built and ``lax.cond`` picks one.
 - key validity: segment ids ``valid`` (1) / padding (0) on both sides, so real queries read real keys only
   (padding queries read padding and are never read).
-- packed rows cannot be expressed: a query must see its own segment *and* segment 0. The exact construction
-  is a cascade (prompt keys and own-segment keys attended separately, merged through their log-sum-exps),
-  but splash returns its log-sum-exp only without a backward (``save_residuals`` raises under AD), so the
-  cascade could not be trained. Packed rows therefore run the ``chunked`` kernel (same result; see
-  :func:`splash_attention`).
+- packed rows: a query sees its own segment *and* its pair's prompt, which one segment id cannot say; they
+  run as the exact cascade of :mod:`jaxspo.models.splash_cascade` (kernels built with ``save_residuals``).
+- context parallelism (:mod:`jaxspo.models.context`): :func:`context_kernels` builds the kernels for the
+  whole row with their block tables split along the queries, and :func:`splash_rows` runs inside the
+  time-split ``shard_map``.
 
 Constraints: the kernel tiles blocks of a multiple of 128 keys (``model.attention_block`` rounded up to one, at
 most the padded row); T is padded up to a whole number of blocks here (padding keys are invalid). libtpu
