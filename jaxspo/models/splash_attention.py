@@ -124,6 +124,7 @@ def splash_rows(kernels: tuple, q, k, v, query_slots, valid, segments, positions
             return heads_first(pick_kernel(sliding, kernels, lambda kernel: kernel(q, k, v, ids)))
 
         return jax.vmap(row)(q, k, v, valid)
+
     def packed_row(q, k, v, valid, segments, positions):
         parts = cascade_parts(valid, segments, positions, query_slots, windowed=windowed)
         return heads_first(cascade(kernels, *(heads_first(x) for x in (q, k, v)), parts, sliding))
