@@ -45,39 +45,39 @@ ROLES = 3  # segment = 3·pair + role
 class Part(NamedTuple):
     """One splash call of the cascade over a row of T slots."""
 
-    source: jax.Array  # [T] int32: the slot whose query sits at each kernel row (-1: none)
-    target: jax.Array  # [T] int32: the kernel row holding each slot's query (-1: the slot is not in this part)
-    ids: splash.SegmentIds  # q [T] in kernel-row order, kv [T] in slot order
+    ids: splash.SegmentIds  # q [Tq] in kernel-row order, kv [S] in slot order
+    source: jax.Array | None = None  # [Tq] int32: the query slot at each kernel row (-1: none); None: the same order
+    target: jax.Array | None = None  # [Tq] int32: the kernel row of each query slot (-1: not in this part); None: the same
 
 
 def cascade_parts(valid: jax.Array, segments: jax.Array, positions: jax.Array, query_slots: jax.Array, windowed: bool) -> tuple[Part, ...]:
     """The parts of one packed row: valid/segments/positions ``[S]`` over the keys, queries at key slots
     ``query_slots [Tq]`` (a slice of the row under context parallelism); ``windowed`` adds the rejected
     queries' virtual-slot prompt part (module docstring; needs the whole row, Tq = S)."""
-    rows = jnp.arange(query_slots.shape[0], dtype=jnp.int32)
     pair, role = segments // ROLES, segments % ROLES
     prompt_keys = jnp.where(valid & (role == 0), pair, NO_KEY)
     response = valid & (role > 0)
     q_valid, q_pair, q_role, q_segments, q_response = (x[query_slots] for x in (valid, pair, role, segments, response))
-    own = Part(rows, rows, splash.SegmentIds(jnp.where(q_response, q_segments, NO_QUERY), jnp.where(response, segments, NO_KEY)))
+    own = Part(splash.SegmentIds(jnp.where(q_response, q_segments, NO_QUERY), jnp.where(response, segments, NO_KEY)))
     moved = q_valid & (q_role == 2) if windowed else jnp.zeros_like(q_valid)
-    stays = q_valid & ~moved
-    prompt = Part(rows, jnp.where(stays, rows, -1), splash.SegmentIds(jnp.where(stays, q_pair, NO_QUERY), prompt_keys))
+    prompt = Part(splash.SegmentIds(jnp.where(q_valid & ~moved, q_pair, NO_QUERY), prompt_keys))
     if not windowed:
         return prompt, own
     if query_slots.shape != valid.shape:
         raise ValueError("the windowed cascade moves rejected queries within their row: it needs the whole row's queries")
-    slots = rows
+    slots = jnp.arange(valid.shape[0], dtype=jnp.int32)
     starts = valid & ((slots == 0) | (pair != jnp.roll(pair, 1)) | ~jnp.roll(valid, 1))  # a pair's first slot
     virtual = jax.lax.cummax(jnp.where(starts, slots, -1)) + positions  # ≤ the slot; distinct over rejected queries
     target = jnp.where(moved, virtual, -1)
     source = jnp.full_like(slots, -1).at[jnp.where(moved, virtual, slots.shape[0])].set(slots, mode="drop")
     q_ids = jnp.where(source >= 0, pair[jnp.maximum(source, 0)], NO_QUERY)
-    return prompt, own, Part(source, target, splash.SegmentIds(q_ids, prompt_keys))
+    return prompt, own, Part(splash.SegmentIds(q_ids, prompt_keys), source, target)
 
 
-def _rows(x: jax.Array, index: jax.Array) -> jax.Array:
-    """``x [H, T, ...]`` reordered along T by ``index [T]`` (entries -1 give zeros)."""
+def _rows(x: jax.Array, index: jax.Array | None) -> jax.Array:
+    """``x [H, T, ...]`` reordered along T by ``index [T]`` (entries -1 give zeros; None keeps the order)."""
+    if index is None:
+        return x
     taken = jnp.take(x, jnp.maximum(index, 0), axis=1)
     return jnp.where((index >= 0).reshape(1, -1, *([1] * (x.ndim - 2))), taken, 0)
 
