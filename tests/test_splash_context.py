@@ -3,11 +3,14 @@ dense ``xla`` attention: outputs and q/k/v gradients on meshes (data, fsdp, tens
 (1, 2, 2, 2), padded and packed rows, traced sliding windows and soft-cap; splash really runs (a Pallas call
 in the program) except where it cannot (packed rows with a window), which run the chunked kernel, as exactly."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxspo.data.layout import pack_pairs
 from jaxspo.models.attention import MaskSpec, xla_attention
 from jaxspo.models.context import context_attention
 from jaxspo.models.splash_attention import pallas_interpret
@@ -102,3 +105,23 @@ def test_splash_step_with_context_compiles_for_a_tpu_slice_here(tpu_env, monkeyp
     assert report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1, "context": 2}
     assert report["fits"] and report["xla_flops_per_step_per_device"] > 0
     assert (False, 2) in built and not any(interpret for interpret, _ in built)
+
+
+@pytest.mark.slow  # two 8-device DPO steps of 256-token rows with splash interpreted on CPU: ~2-4 min each on 2 shared cores
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_splash_dpo_step_under_context_equals_xla_on_one_device(layout):
+    """The tiny DPO step (policy + resident reference) with model.attention=splash on mesh (1, 2, 2, 2): rows of
+    256 slots, so each of the 2 time shards holds one 128-slot splash block. Padded rows run the gemma2-like
+    model (sliding + global layers, soft-caps); packed rows the same without its window (splash runs there)."""
+    from tests.test_context_parallel import dpo_outputs
+    from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, pairs
+
+    narrow = pairs(8)
+    wide = {k: np.pad(x, [(0, 0), (0, 256 - x.shape[1])]) if x.ndim == 2 else x for k, x in narrow.items()}
+    batch = wide if layout == "padded" else pack_pairs(wide, multiple=256) | {"soft_label": wide["soft_label"]}
+    model = GEMMA2_LIKE if layout == "padded" else dataclasses.replace(GEMMA2_LIKE, layer_types=["full_attention"] * 2)
+    want = dpo_outputs(batch, {"data": 1}, jax.devices()[:1], dataclasses.replace(model, attention="xla"))
+    with pallas_interpret():
+        got = dpo_outputs(batch, MESHES["1-2-2-2"], jax.devices(), dataclasses.replace(model, attention="splash", attention_block=128))
+    assert_trees_close(got, want)
+    assert abs(want[0]["logps/chosen"] - want[0]["logps/rejected"]) > 0.1
