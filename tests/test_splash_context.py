@@ -107,14 +107,20 @@ def test_splash_step_with_context_compiles_for_a_tpu_slice_here(tpu_env, monkeyp
     assert (False, 2) in built and not any(interpret for interpret, _ in built)
 
 
-@pytest.mark.slow  # two 8-device DPO steps of 256-token rows with splash interpreted on CPU: ~2-4 min each on 2 shared cores
+@pytest.mark.slow  # two 8-device DPO steps of 256-token rows with splash interpreted on CPU: ~25-70 s each on 2 shared cores
 @pytest.mark.parametrize("layout", ["padded", "packed"])
-def test_splash_dpo_step_under_context_equals_xla_on_one_device(layout):
+def test_splash_dpo_step_under_context_equals_xla_on_one_device(layout, monkeypatch):
     """The tiny DPO step (policy + resident reference) with model.attention=splash on mesh (1, 2, 2, 2): rows of
     256 slots, so each of the 2 time shards holds one 128-slot splash block. Padded rows run the gemma2-like
     model (sliding + global layers, soft-caps); packed rows the same without its window (splash runs there)."""
+    from jaxspo.models import splash_attention
     from tests.test_context_parallel import dpo_outputs
     from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, pairs
+
+    shards = []
+    make = splash_attention.splash.make_splash_mha
+    monkeypatch.setattr(splash_attention.splash, "make_splash_mha", lambda *a, **kw: shards.append(kw["q_seq_shards"]) or make(*a, **kw))
+    splash_attention._kernel.cache_clear()
 
     narrow = pairs(8)
     wide = {k: np.pad(x, [(0, 0), (0, 256 - x.shape[1])]) if x.ndim == 2 else x for k, x in narrow.items()}
@@ -125,3 +131,4 @@ def test_splash_dpo_step_under_context_equals_xla_on_one_device(layout):
         got = dpo_outputs(batch, MESHES["1-2-2-2"], jax.devices(), dataclasses.replace(model, attention="splash", attention_block=128))
     assert_trees_close(got, want)
     assert abs(want[0]["logps/chosen"] - want[0]["logps/rejected"]) > 0.1
+    assert shards and set(shards) == {2}  # splash ran split over the 2 time shards (not the chunked fallback)
