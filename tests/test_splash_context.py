@@ -1,7 +1,8 @@
 """Splash attention under context parallelism (time split over ``context``, Pallas interpret mode on CPU) equals
 dense ``xla`` attention: outputs and q/k/v gradients on meshes (data, fsdp, tensor, context) = (2, 1, 1, 4) and
 (1, 2, 2, 2), padded and packed rows, traced sliding windows and soft-cap; splash really runs (a Pallas call
-in the program) except where it cannot (packed rows with a window), which run the chunked kernel, as exactly."""
+in the program) except where it cannot (a time shard shorter than a splash block), which runs the chunked
+kernel, as exactly."""
 
 import dataclasses
 
@@ -23,11 +24,18 @@ SCALE, SOFTCAP = 0.4, 1.5
 MESHES = {"2-1-1-4": {"data": 2, "fsdp": 1, "tensor": 1, "context": 4}, "1-2-2-2": {"data": 1, "fsdp": 2, "tensor": 2, "context": 2}}
 
 
-def _case(mesh_name: str, layout: str, kv_heads: int, window: int):
-    """q/k/v, the MaskSpec and the dense masks (sliding off/on) of 2 rows of 128 slots per time shard."""
-    t = 128 * MESHES[mesh_name]["context"]
+LENGTHS = {  # row width: (prompt, chosen, rejected) per pair per row
+    512: [[(30, 40, 50), (10, 20, 30)], [(60, 70, 90)]],
+    256: [[(30, 60, 50)], [(60, 70, 90)]],
+    128: [[(10, 20, 30)], [(20, 30, 40)]],
+}
+
+
+def _case(mesh_name: str, layout: str, kv_heads: int, window: int, per_shard: int):
+    """q/k/v, the MaskSpec and the dense masks (sliding off/on) of 2 rows of ``per_shard`` slots per time shard."""
+    t = per_shard * MESHES[mesh_name]["context"]
     rng = np.random.default_rng(t + kv_heads + window)
-    lengths = [[(30, 40, 50), (10, 20, 30)], [(60, 70, 90)]] if t == 512 else [[(30, 60, 50)], [(60, 70, 90)]]
+    lengths = LENGTHS[t]
     valid, segments, positions = packed_rows(lengths, t)
     if layout == "padded":
         positions = np.broadcast_to(np.arange(t), valid.shape)
@@ -62,15 +70,18 @@ def _steps(spec: MaskSpec, mesh):
     return on_mesh(splash_loss), on_mesh(xla_loss)
 
 
-@pytest.mark.parametrize("mesh_name, layout, kv_heads, window, splash_runs", [
-    pytest.param("2-1-1-4", "padded", 2, 5, True, id="2-1-1-4-padded-sliding"),
-    pytest.param("2-1-1-4", "packed", 2, 0, True, id="2-1-1-4-packed"),
-    pytest.param("1-2-2-2", "packed", 1, 0, True, id="1-2-2-2-packed-mqa"),  # heads whole on each tensor device
-    pytest.param("1-2-2-2", "padded", 2, 5, True, id="1-2-2-2-padded-sliding"),
-    pytest.param("1-2-2-2", "packed", 2, 5, False, id="1-2-2-2-packed-sliding-runs-chunked"),
+@pytest.mark.parametrize("mesh_name, layout, kv_heads, window, per_shard", [
+    pytest.param("2-1-1-4", "padded", 2, 5, 128, id="2-1-1-4-padded-sliding"),
+    pytest.param("2-1-1-4", "packed", 2, 0, 128, id="2-1-1-4-packed"),
+    pytest.param("1-2-2-2", "packed", 1, 0, 128, id="1-2-2-2-packed-mqa"),  # heads whole on each tensor device
+    pytest.param("1-2-2-2", "padded", 2, 5, 128, id="1-2-2-2-padded-sliding"),
+    pytest.param("1-2-2-2", "packed", 2, 5, 128, id="1-2-2-2-packed-sliding"),
+    pytest.param("1-2-2-2", "packed", 2, 5, 64, id="1-2-2-2-packed-sliding-half-block-runs-chunked"),
 ])
-def test_splash_under_context_parallelism_equals_xla(mesh_name, layout, kv_heads, window, splash_runs):
-    q, k, v, spec, masks, weights = _case(mesh_name, layout, kv_heads, window)
+def test_splash_under_context_parallelism_equals_xla(mesh_name, layout, kv_heads, window, per_shard):
+    """Splash runs when each time shard is a whole number of 128-slot blocks, else the chunked kernel."""
+    splash_runs = per_shard % 128 == 0
+    q, k, v, spec, masks, weights = _case(mesh_name, layout, kv_heads, window, per_shard)
     mesh = make_mesh(MESHES[mesh_name])
     with pallas_interpret():
         splash, reference = _steps(spec, mesh)
@@ -111,8 +122,8 @@ def test_splash_step_with_context_compiles_for_a_tpu_slice_here(tpu_env, monkeyp
 @pytest.mark.parametrize("layout", ["padded", "packed"])
 def test_splash_dpo_step_under_context_equals_xla_on_one_device(layout, monkeypatch):
     """The tiny DPO step (policy + resident reference) with model.attention=splash on mesh (1, 2, 2, 2): rows of
-    256 slots, so each of the 2 time shards holds one 128-slot splash block. Padded rows run the gemma2-like
-    model (sliding + global layers, soft-caps); packed rows the same without its window (splash runs there)."""
+    256 slots, so each of the 2 time shards holds one 128-slot splash block; the gemma2-like model (sliding +
+    global layers, soft-caps)."""
     from jaxspo.models import splash_attention
     from tests.test_context_parallel import dpo_outputs
     from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, pairs
@@ -125,7 +136,7 @@ def test_splash_dpo_step_under_context_equals_xla_on_one_device(layout, monkeypa
     narrow = pairs(8)
     wide = {k: np.pad(x, [(0, 0), (0, 256 - x.shape[1])]) if x.ndim == 2 else x for k, x in narrow.items()}
     batch = wide if layout == "padded" else pack_pairs(wide, multiple=256) | {"soft_label": wide["soft_label"]}
-    model = GEMMA2_LIKE if layout == "padded" else dataclasses.replace(GEMMA2_LIKE, layer_types=["full_attention"] * 2)
+    model = GEMMA2_LIKE
     want = dpo_outputs(batch, {"data": 1}, jax.devices()[:1], dataclasses.replace(model, attention="xla"))
     with pallas_interpret():
         got = dpo_outputs(batch, MESHES["1-2-2-2"], jax.devices(), dataclasses.replace(model, attention="splash", attention_block=128))

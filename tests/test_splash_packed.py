@@ -113,7 +113,7 @@ def test_splash_cascade_equals_xla(name):
         assert not np.array_equal(masks[True], masks[False])  # the window really cuts keys here
         valid, segments = np.asarray(spec.key_valid), np.asarray(spec.segments)
         slot_window = reference_mask(valid, segments, np.broadcast_to(np.arange(valid.shape[1]), valid.shape), spec.window)
-        assert (slot_window != masks[True]).any()  # a window over slots would be wrong: rejected queries need virtual slots
+        assert (slot_window != masks[True]).any()  # a window over slots would be wrong: the rejected half needs moved prompt keys
 
 
 def test_splash_cascade_under_an_8_device_mesh():

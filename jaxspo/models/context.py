@@ -11,8 +11,7 @@ turns each all-gather into a reduce-scatter of the key/value gradients.
 ``splash`` runs inside the same ``shard_map``: its kernels are built for the whole row with their block
 tables split along the queries (``q_seq_shards`` = the time shards, passed in with the kernel's
 ``manual_sharding_spec``), so each device runs its T/c queries against the gathered keys. It needs T/c to
-be a whole number of splash blocks (multiples of 128 slots) and, for packed rows, no sliding window (the
-cascade moves rejected queries to earlier slots, possibly on another device); otherwise ``chunked`` runs
+be a whole number of splash blocks (multiples of 128 slots); otherwise ``chunked`` runs
 (:func:`jaxspo.models.splash_attention.context_kernels`).
 
 Shapes: B batch, T query length, S key length, H query heads, K key/value heads, Hd head dim.
@@ -88,7 +87,7 @@ def context_attention(
         if kernels is not None:
             return splash_rows(
                 kernels, q * jnp.asarray(scale, q.dtype), gather(k), gather(v), spec.query_slots, spec.key_valid,
-                spec.segments, spec.positions, jnp.asarray(flag), windowed=False,
+                spec.segments, jnp.asarray(flag), windowed=bool(spec.window),
             )
         return attention(q, gather(k), gather(v), spec, flag, scale=scale, softcap=softcap, implementation=local_kernel, block=block)
 

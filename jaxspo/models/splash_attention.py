@@ -101,20 +101,19 @@ def splash_kernels(length: int, heads: int, window: int, softcap: float, block: 
 
 def context_kernels(length: int, q_shards: int, heads: int, window: int, softcap: float, block: int, *, packed: bool) -> tuple | None:
     """:func:`splash_kernels` whose block tables split over ``q_shards`` query shards of ``length / q_shards``
-    slots (context parallelism), or None when splash cannot run so: a shard that is not a whole number of
-    blocks (a multiple of 128 slots), or packed rows with a window (the cascade moves rejected queries to
-    earlier slots, possibly on another shard)."""
+    slots (context parallelism), or None when a shard is not a whole number of blocks (a multiple of 128
+    slots): then the caller runs the chunked kernel."""
     shard = length // q_shards
     blk = _block(shard, block)
-    if shard % blk or (packed and window):
+    if shard % blk:
         return None
     return splash_kernels(length, heads, window, softcap, blk, packed=packed, q_shards=q_shards)
 
 
-def splash_rows(kernels: tuple, q, k, v, query_slots, valid, segments, positions, sliding, *, windowed: bool) -> jax.Array:
+def splash_rows(kernels: tuple, q, k, v, query_slots, valid, segments, sliding, *, windowed: bool) -> jax.Array:
     """Per device: q ``[b, Tq, h, Hd]`` (already scaled) at key slots ``query_slots [Tq]`` over k/v
-    ``[b, S, kh, Hd]`` with valid (packed rows: and segments, positions) ``[b, S]`` -> ``[b, Tq, h, Hd]``.
-    ``kernels`` from :func:`splash_kernels`; ``windowed``: the cascade's virtual-slot part (needs Tq = S)."""
+    ``[b, S, kh, Hd]`` with valid (packed rows: and segments) ``[b, S]`` -> ``[b, Tq, h, Hd]``.
+    ``kernels`` from :func:`splash_kernels`; ``windowed``: the cascade's moved-prompt part."""
     heads_first = lambda x: x.transpose(1, 0, 2)  # noqa: E731  (the kernel's layout, one row)
     if segments is None:
 
@@ -125,11 +124,11 @@ def splash_rows(kernels: tuple, q, k, v, query_slots, valid, segments, positions
 
         return jax.vmap(row)(q, k, v, valid)
 
-    def packed_row(q, k, v, valid, segments, positions):
-        parts = cascade_parts(valid, segments, positions, query_slots, windowed=windowed)
+    def packed_row(q, k, v, valid, segments):
+        parts = cascade_parts(valid, segments, query_slots, windowed=windowed)
         return heads_first(cascade(kernels, *(heads_first(x) for x in (q, k, v)), parts, sliding))
 
-    return jax.vmap(packed_row)(q, k, v, valid, segments, positions)
+    return jax.vmap(packed_row)(q, k, v, valid, segments)
 
 
 def splash_attention(
@@ -148,7 +147,7 @@ def splash_attention(
     length = -(-length // blk) * blk
     pad = lambda x: jnp.pad(x, [(0, 0), (0, length - t)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
     valid = pad(jnp.asarray(spec.key_valid))
-    segments, positions = (None if x is None else pad(jnp.asarray(x)) for x in (spec.segments, spec.positions))
+    segments = None if spec.segments is None else pad(jnp.asarray(spec.segments))
     q, k, v = pad(q * jnp.asarray(scale, q.dtype)), pad(k), pad(v)
     kernels = splash_kernels(length, h, spec.window, softcap, blk, packed=segments is not None)
     body = functools.partial(splash_rows, kernels, windowed=bool(spec.window))
@@ -161,7 +160,7 @@ def splash_attention(
         if q_spec[2] != kv_spec[2]:  # heads split differently from key/value heads: keep both whole
             q_spec, kv_spec = (PartitionSpec(s[0], None, None, None) for s in (q_spec, kv_spec))
         body = jax.shard_map(
-            body, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, PartitionSpec(), *[PartitionSpec(q_spec[0], None)] * 3, PartitionSpec()),
+            body, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, PartitionSpec(), *[PartitionSpec(q_spec[0], None)] * 2, PartitionSpec()),
             out_specs=q_spec, check_vma=False,
         )
-    return body(q, k, v, jnp.arange(length), valid, segments, positions, sliding)[:, :t]
+    return body(q, k, v, jnp.arange(length), valid, segments, sliding)[:, :t]

@@ -8,10 +8,12 @@ together are exactly the visible keys, each causal (or local on sliding layers) 
 
 - prompt part: q id = the query's pair, kv id = the pair on prompt keys (response keys match nothing);
 - response part: q id = kv id = the segment for response tokens (prompt queries match nothing);
-- on models with a window, the rejected queries' prompt part runs as a third call with each rejected query
-  moved to its *virtual slot* (its pair's first slot + its position), where slot distances to the prompt
-  keys equal position distances, so the local mask over slots is the window over positions. (The
-  prompt part then keeps prompt and chosen queries only.)
+- on models with a window, the rejected queries' prompt part runs as a third call over the pair's prompt
+  keys moved ``c`` slots later (``c`` = the pair's chosen length, still inside the pair's slots and before
+  its rejected half): the rejected positions restart after the prompt, so there slot distances equal
+  position distances and the local mask over slots is the window over positions. (The prompt part then
+  keeps prompt and chosen queries only.) Only keys move, and every device holds all keys, so this also
+  runs with the queries split over devices (context parallelism).
 
 Merge: ``out = Σ a_j·o_j``, ``a_j = exp(lse_j − lse)``, ``lse = logaddexp_j(lse_j)``; a part in which a
 query sees no key (splash leaves log-sum-exp at ``mask_value + log n`` or ``-inf`` there, and its output
@@ -23,8 +25,8 @@ cotangents are ``dout_j = a_j·dout`` and ``dlse_j = a_j·(dout·o_j − dout·o
 ``P_j∘(dP_j − D_j + dlse_j)`` has ``D_j − dlse_j = rowsum(dout_j ∘ out)``: the part's own backward with
 the *merged* output as its residual output. ``tests/test_splash_packed.py`` pins that private function.
 
-Shapes (one row, heads first as the kernel takes them): q ``[H, T, Hd]``, k/v ``[K, T, Hd]``, segment ids,
-slots and index maps ``[T]``, log-sum-exps ``[H, T]``.
+Shapes (one row, heads first as the kernel takes them): q ``[H, Tq, Hd]``, k/v ``[K, S, Hd]``, segment ids
+and key maps ``[Tq]``/``[S]``, log-sum-exps ``[H, Tq]``.
 """
 
 from __future__ import annotations
@@ -43,39 +45,37 @@ ROLES = 3  # segment = 3·pair + role
 
 
 class Part(NamedTuple):
-    """One splash call of the cascade over a row of T slots."""
+    """One splash call of the cascade over a row's queries (in their own order) and its S key slots."""
 
-    ids: splash.SegmentIds  # q [Tq] in kernel-row order, kv [S] in slot order
-    source: jax.Array | None = None  # [Tq] int32: the query slot at each kernel row (-1: none); None: the same order
-    target: jax.Array | None = None  # [Tq] int32: the kernel row of each query slot (-1: not in this part); None: the same
+    ids: splash.SegmentIds  # q [Tq]; kv [S] in kernel key order
+    key_source: jax.Array | None = None  # [S] int32: the key slot at each kernel key position (-1: none); None: the same order
+    key_target: jax.Array | None = None  # [S] int32: the kernel key position of each key slot (-1: not in this part); None: the same
 
 
-def cascade_parts(valid: jax.Array, segments: jax.Array, positions: jax.Array, query_slots: jax.Array, windowed: bool) -> tuple[Part, ...]:
-    """The parts of one packed row: valid/segments/positions ``[S]`` over the keys, queries at key slots
-    ``query_slots [Tq]`` (a slice of the row under context parallelism); ``windowed`` adds the rejected
-    queries' virtual-slot prompt part (module docstring; needs the whole row, Tq = S)."""
+def cascade_parts(valid: jax.Array, segments: jax.Array, query_slots: jax.Array, windowed: bool) -> tuple[Part, ...]:
+    """The parts of one packed row: valid/segments ``[S]`` over the keys, queries at key slots ``query_slots
+    [Tq]`` (a slice of the row under context parallelism); ``windowed`` adds the rejected queries' prompt
+    part over moved prompt keys (module docstring: the layout's positions fix the move)."""
+    slots = jnp.arange(valid.shape[0], dtype=jnp.int32)
     pair, role = segments // ROLES, segments % ROLES
-    prompt_keys = jnp.where(valid & (role == 0), pair, NO_KEY)
+    prompt = valid & (role == 0)
     response = valid & (role > 0)
     q_valid, q_pair, q_role, q_segments, q_response = (x[query_slots] for x in (valid, pair, role, segments, response))
     own = Part(splash.SegmentIds(jnp.where(q_response, q_segments, NO_QUERY), jnp.where(response, segments, NO_KEY)))
-    moved = q_valid & (q_role == 2) if windowed else jnp.zeros_like(q_valid)
-    prompt = Part(splash.SegmentIds(jnp.where(q_valid & ~moved, q_pair, NO_QUERY), prompt_keys))
+    rejected = q_valid & (q_role == 2) if windowed else jnp.zeros_like(q_valid)
+    first = Part(splash.SegmentIds(jnp.where(q_valid & ~rejected, q_pair, NO_QUERY), jnp.where(prompt, pair, NO_KEY)))
     if not windowed:
-        return prompt, own
-    if query_slots.shape != valid.shape:
-        raise ValueError("the windowed cascade moves rejected queries within their row: it needs the whole row's queries")
-    slots = jnp.arange(valid.shape[0], dtype=jnp.int32)
-    starts = valid & ((slots == 0) | (pair != jnp.roll(pair, 1)) | ~jnp.roll(valid, 1))  # a pair's first slot
-    virtual = jax.lax.cummax(jnp.where(starts, slots, -1)) + positions  # ≤ the slot; distinct over rejected queries
-    target = jnp.where(moved, virtual, -1)
-    source = jnp.full_like(slots, -1).at[jnp.where(moved, virtual, slots.shape[0])].set(slots, mode="drop")
-    q_ids = jnp.where(source >= 0, pair[jnp.maximum(source, 0)], NO_QUERY)
-    return prompt, own, Part(splash.SegmentIds(q_ids, prompt_keys), source, target)
+        return first, own
+    chosen = jnp.zeros_like(slots).at[pair].add((valid & (role == 1)).astype(jnp.int32))  # chosen tokens per pair
+    key_target = jnp.where(prompt, slots + chosen[pair], -1)  # inside the pair's slots, distinct
+    key_source = jnp.full_like(slots, -1).at[jnp.where(prompt, key_target, slots.shape[0])].set(slots, mode="drop")
+    kv_ids = jnp.where(key_source >= 0, pair[jnp.maximum(key_source, 0)], NO_KEY)
+    moved = Part(splash.SegmentIds(jnp.where(rejected, q_pair, NO_QUERY), kv_ids), key_source, key_target)
+    return first, own, moved
 
 
 def _rows(x: jax.Array, index: jax.Array | None) -> jax.Array:
-    """``x [H, T, ...]`` reordered along T by ``index [T]`` (entries -1 give zeros; None keeps the order)."""
+    """``x [H, S, ...]`` reordered along S by ``index [S]`` (entries -1 give zeros; None keeps the order)."""
     if index is None:
         return x
     taken = jnp.take(x, jnp.maximum(index, 0), axis=1)
@@ -110,23 +110,24 @@ def part_backward(kernel, q, k, v, ids, out, lse, dout) -> tuple[jax.Array, jax.
 
 
 def _forward(kernels, q, k, v, parts, sliding):
-    """Merged output ``[H, T, Hd]``, each part's weights ``[J, H, T]`` (slot order) and its kernel-order
-    log-sum-exps ``[J, H, T]`` (0 where a row saw nothing)."""
-    outs, lses, kernel_lses = [], [], []
+    """Merged output ``[H, Tq, Hd]``, each part's weights ``[J, H, Tq]`` and log-sum-exps ``[J, H, Tq]`` (0 where
+    a query saw nothing in the part)."""
+    outs, lses, seens = [], [], []
     for part in parts:
-        out, (lse,) = pick_kernel(sliding, kernels, lambda kernel: kernel(_rows(q, part.source), k, v, part.ids))
+        part_k, part_v = _rows(k, part.key_source), _rows(v, part.key_source)
+        out, (lse,) = pick_kernel(sliding, kernels, lambda kernel: kernel(q, part_k, part_v, part.ids))
         seen = lse > SEEN
-        kernel_lses.append(jnp.where(seen, lse, 0.0))
-        seen, lse, out = _rows(seen, part.target), _rows(lse, part.target), _rows(out, part.target)
         outs.append(jnp.where(seen[..., None], out.astype(_F32), 0.0))
-        lses.append(jnp.where(seen, lse, -jnp.inf))
-    lses = jnp.stack(lses)  # [J, H, T]
-    top = lses.max(0)
-    weights = jnp.exp(lses - jnp.where(jnp.isfinite(top), top, 0.0))
+        lses.append(jnp.where(seen, lse, 0.0))
+        seens.append(seen)
+    seens = jnp.stack(seens)  # [J, H, Tq]
+    lses = jnp.stack(lses)
+    top = jnp.where(seens, lses, -jnp.inf).max(0)
+    weights = jnp.where(seens, jnp.exp(lses - jnp.where(jnp.isfinite(top), top, 0.0)), 0.0)
     total = weights.sum(0)
     weights = weights / jnp.where(total > 0, total, 1.0)
     out = sum(w[..., None] * o for w, o in zip(weights, outs))
-    return out.astype(q.dtype), weights, jnp.stack(kernel_lses)
+    return out.astype(q.dtype), weights, lses
 
 
 @jax.custom_vjp
@@ -143,13 +144,14 @@ def _cascade_forward(kernels, q, k, v, parts, sliding):
 
 
 def _cascade_backward(residuals, dout):
-    kernels, q, k, v, parts, sliding, out, weights, kernel_lses = residuals
+    kernels, q, k, v, parts, sliding, out, weights, lses = residuals
     dq, dk, dv = jnp.zeros(q.shape, _F32), jnp.zeros(k.shape, _F32), jnp.zeros(v.shape, _F32)
-    for part, weight, lse in zip(parts, weights, kernel_lses):
-        part_dout = _rows((weight[..., None] * dout.astype(_F32)).astype(q.dtype), part.source)
-        args = (_rows(q, part.source), k, v, part.ids, _rows(out, part.source), lse, part_dout)
+    for part, weight, lse in zip(parts, weights, lses):
+        part_dout = (weight[..., None] * dout.astype(_F32)).astype(q.dtype)
+        args = (q, _rows(k, part.key_source), _rows(v, part.key_source), part.ids, out, lse, part_dout)
         dq_part, dk_part, dv_part = pick_kernel(sliding, kernels, lambda kernel: part_backward(kernel, *args))
-        dq, dk, dv = dq + _rows(dq_part.astype(_F32), part.target), dk + dk_part, dv + dv_part
+        dq = dq + dq_part
+        dk, dv = dk + _rows(dk_part.astype(_F32), part.key_target), dv + _rows(dv_part.astype(_F32), part.key_target)
     return None, dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
 
 
