@@ -459,9 +459,6 @@ def _validate_context(cfg: Config) -> None:
         raise ConfigError(f"data.buckets {uneven} must divide by mesh.context ({c}): each batch width splits over {c} devices")
     if not any("context" in ([axes] if isinstance(axes, str) else axes or []) for axes in cfg.mesh.rules.values()):
         raise ConfigError(f"mesh.context={c} but no mesh.rules entry maps onto 'context'; set mesh.rules.length=context")
-    if cfg.model.attention == "splash":
-        raise ConfigError(f"model.attention=splash does not run under mesh.context={c} (the kernel shards itself; "
-                          "auto runs chunked there); use model.attention=auto or chunked, or mesh.context=1")
 
 
 def _validate_layout(cfg: Config) -> None:

@@ -144,7 +144,7 @@ def test_chunked_in_bfloat16_is_as_accurate_as_xla(packed):
 @pytest.mark.parametrize("name", list(CASES))
 def test_splash_equals_xla_on_real_queries(name):
     """Pallas interpret mode on CPU. Padding queries read only padding under splash (never read by a loss), so
-    both sides weight real queries only; packed rows run the chunked kernel."""
+    both sides weight real queries only; packed rows run the cascade (more cases in tests/test_splash_packed.py)."""
     q, k, v, spec, softcap, weights = _case(name)
     with pallas_interpret():
         splash, reference = (_output_and_grads(kernel, q, k, v, spec, softcap) for kernel in ("splash", "xla"))
@@ -246,13 +246,12 @@ def _dpo(folder, mesh, implementation: str, batch: dict) -> tuple:
     return (*logps, value), grads
 
 
-FAST_MODEL_CASES = {("chunked", "gemma2", "packed"), ("splash", "gemma2", "padded")}  # GQA, soft-cap, alternating windows
+FAST_MODEL_CASES = {("chunked", "gemma2", "packed"), ("splash", "gemma2", "padded"), ("splash", "gemma2", "packed")}  # GQA, soft-cap, alternating windows
 MODEL_CASES = [  # the others compile the 8-device DPO step twice per case (~25-90 s each on 2 busy cores)
     pytest.param(kernel, arch, layout, id=f"{kernel}-{arch}-{layout}", marks=() if (kernel, arch, layout) in FAST_MODEL_CASES else pytest.mark.slow)
     for kernel in ("chunked", "splash")
     for arch in hf_tiny.ARCHS
     for layout in ("padded", "packed")
-    if kernel == "chunked" or layout == "padded"  # packed rows under splash run the chunked kernel
 ]
 
 

@@ -13,6 +13,7 @@ from jaxspo.checkpoint import restore_params, save_params
 from jaxspo.config import ConfigError, load_config
 from jaxspo.data.bucketing import bucket_widths
 from jaxspo.data.layout import pack_pairs
+from jaxspo.models import ModelConfig
 from jaxspo.sharding import DEFAULT_RULES, activation_sharding, make_mesh
 from jaxspo.train.state import abstract_model, init_params, param_shardings
 from jaxspo.train.step import TIME_FIELDS, batch_shardings, preference_objective_fn
@@ -22,12 +23,12 @@ from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, full_step, pa
 CONTEXT_MESHES = [{"data": 2, "fsdp": 1, "tensor": 1, "context": 4}, {"data": 1, "fsdp": 2, "tensor": 2, "context": 2}]
 
 
-def dpo_outputs(batch: dict[str, np.ndarray], mesh_shape: dict[str, int], devices: list) -> tuple:
-    """(mean log-probs and rewards, DPO loss sum, its gradient) of the gemma2-like policy against a resident reference."""
+def dpo_outputs(batch: dict[str, np.ndarray], mesh_shape: dict[str, int], devices: list, model: ModelConfig = GEMMA2_LIKE) -> tuple:
+    """(mean log-probs and rewards, DPO loss sum, its gradient) of the policy (gemma2-like by default) against a resident reference."""
     mesh = make_mesh(mesh_shape, devices)
-    graphdef, abstract = abstract_model(GEMMA2_LIKE)
+    graphdef, abstract = abstract_model(model)
     shardings = param_shardings(abstract, mesh, DEFAULT_RULES)
-    policy, reference = init_params(GEMMA2_LIKE, 1, shardings), init_params(GEMMA2_LIKE, 2, shardings)
+    policy, reference = init_params(model, 1, shardings), init_params(model, 2, shardings)
     objective = preference_objective_fn(graphdef, load_config(None, ["loss.beta=0.5"]).loss)
     ranks = {name: 2 if name in TIME_FIELDS else 1 for name in batch}
     placed = {k: jax.device_put(v, s) for (k, v), s in zip(batch.items(), batch_shardings(tuple(batch), ranks, mesh, DEFAULT_RULES, 8).values())}

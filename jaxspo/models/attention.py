@@ -165,12 +165,10 @@ def attention(
 
     ``sliding`` (possibly traced, per layer under the layer scan) applies ``spec.window``.
     ``implementation`` is a resolved name from :data:`IMPLEMENTATIONS` (never ``auto``); ``block`` is the block
-    kernels' block size (queries and keys). Packed rows (``spec.segments``) under ``splash`` run ``chunked``
-    (see :mod:`jaxspo.models.splash_attention`), and ``chunked`` runs the dense ``xla`` kernel when the rows
-    fit in one block (T, S <= ``block``).
+    kernels' block size (queries and keys). Packed rows (``spec.segments``) under ``splash`` run the cascade
+    of :mod:`jaxspo.models.splash_cascade`, and ``chunked`` runs the dense ``xla`` kernel when the rows fit in
+    one block (T, S <= ``block``).
     """
-    if implementation == "splash" and spec.segments is not None:
-        implementation = "chunked"  # packed rows: splash has no differentiable log-sum-exp for the cascade
     if implementation == "chunked" and max(q.shape[1], k.shape[1]) <= block:
         implementation = "xla"  # one block: nothing to stream or skip (and as fast on CPU at T = 128)
     if implementation == "xla":

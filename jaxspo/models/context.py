@@ -8,17 +8,26 @@ its T/c queries to all S keys. The query slots ``[T]`` are split like the querie
 global slots ``i·T/c + t`` and the causal, packed-row and window rules hold unchanged. The backward pass
 turns each all-gather into a reduce-scatter of the key/value gradients.
 
+``splash`` runs inside the same ``shard_map``: its kernels are built for the whole row with their block
+tables split along the queries (``q_seq_shards`` = the time shards, passed in with the kernel's
+``manual_sharding_spec``), so each device runs its T/c queries against the gathered keys. It needs T/c to
+be a whole number of splash blocks (multiples of 128 slots); otherwise ``chunked`` runs
+(:func:`jaxspo.models.splash_attention.context_kernels`).
+
 Shapes: B batch, T query length, S key length, H query heads, K key/value heads, Hd head dim.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
-from jax.sharding import PartitionSpec
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxspo.models.attention import DEFAULT_BLOCK, MaskSpec, attention
+from jaxspo.models.splash_attention import context_kernels, splash_rows
 from jaxspo.sharding import active_sharding, logical_to_spec
 
 
@@ -62,15 +71,27 @@ def context_attention(
         positions=None if spec.positions is None else rows,
     )
     traced = None if isinstance(sliding, bool) else sliding  # a per-layer flag under the layer scan
-    # splash shards itself with shard_map over the same mesh; under the time split (`auto` on a TPU) the chunked
-    # kernel runs instead (an explicit `model.attention=splash` with mesh.context > 1 is refused by the config)
+    kernels = None
+    if implementation == "splash":  # block tables split along the queries like them, or chunked when it cannot
+        shards = math.prod(mesh.shape[axis] for axis in time)
+        kernels = context_kernels(t, shards, h, spec.window, softcap, block, packed=spec.segments is not None)
+    kernel_specs = None if kernels is None else tuple(
+        None if kernel is None else kernel.manual_sharding_spec(NamedSharding(mesh, PartitionSpec(None, q_time))) for kernel in kernels
+    )
     local_kernel = "chunked" if implementation == "splash" else implementation
 
-    def local(q: jax.Array, k: jax.Array, v: jax.Array, spec: MaskSpec, traced: jax.Array | None) -> jax.Array:
+    def local(q: jax.Array, k: jax.Array, v: jax.Array, spec: MaskSpec, traced: jax.Array | None, kernels: tuple | None) -> jax.Array:
         gather = lambda x: None if x is None else jax.lax.all_gather(x, time, axis=1, tiled=True)  # noqa: E731
         spec = spec.replace(key_valid=gather(spec.key_valid), segments=gather(spec.segments), positions=gather(spec.positions))
         flag = sliding if traced is None else traced
+        if kernels is not None:
+            return splash_rows(
+                kernels, q * jnp.asarray(scale, q.dtype), gather(k), gather(v), spec.query_slots, spec.key_valid,
+                spec.segments, jnp.asarray(flag), windowed=bool(spec.window),
+            )
         return attention(q, gather(k), gather(v), spec, flag, scale=scale, softcap=softcap, implementation=local_kernel, block=block)
 
-    in_specs = (split, split, split, spec_split, None if traced is None else PartitionSpec())
-    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=split)(q, k, v, spec, traced)
+    in_specs = (split, split, split, spec_split, None if traced is None else PartitionSpec(), kernel_specs)
+    # no varying-axes types: the block kernels' skip-conds return their carry unchanged on one branch (the gradients
+    # stay exact, tests/test_splash_context.py and tests/test_context_parallel.py)
+    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=split, check_vma=False)(q, k, v, spec, traced, kernels)

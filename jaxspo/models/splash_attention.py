@@ -1,4 +1,4 @@
-"""Pallas TPU splash attention for padded rows: causal (or causal + local window) mask, GQA, soft-cap.
+"""Pallas TPU splash attention: causal (or causal + local window) mask, GQA, soft-cap; padded and packed rows.
 
 Kernel choice: JAX's own ``jax.experimental.pallas.ops.tpu.splash_attention``. It ships with the pinned jax
 (no new dependency), takes GQA (``num_q_heads % num_kv_heads == 0``, query head ``h`` reads key/value head
@@ -12,11 +12,11 @@ How the :class:`~jaxspo.models.attention.MaskSpec` maps onto it (queries are the
   The per-layer flag may be traced (layer scan): both kernels are built and ``lax.cond`` picks one.
 - key validity: segment ids ``valid`` (1) / padding (0) on both sides, so real queries read real keys only
   (padding queries read padding and are never read).
-- packed rows cannot be expressed: a query must see its own segment *and* segment 0. The exact construction
-  is a cascade (prompt keys and own-segment keys attended separately, merged through their log-sum-exps),
-  but splash returns its log-sum-exp only without a backward (``save_residuals`` raises under AD), so the
-  cascade could not be trained. Packed rows therefore run the ``chunked`` kernel (same result; see
-  :func:`splash_attention`).
+- packed rows: a query sees its own segment *and* its pair's prompt, which one segment id cannot say; they
+  run as the exact cascade of :mod:`jaxspo.models.splash_cascade` (kernels built with ``save_residuals``).
+- context parallelism (:mod:`jaxspo.models.context`): :func:`context_kernels` builds the kernels for the
+  whole row with their block tables split along the queries, and :func:`splash_rows` runs inside the
+  time-split ``shard_map``.
 
 Constraints: the kernel tiles blocks of a multiple of 128 keys (``model.attention_block`` rounded up to one, at
 most the padded row); T is padded up to a whole number of blocks here (padding keys are invalid). libtpu
@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec
 
+from jaxspo.models.splash_cascade import cascade, cascade_parts, pick_kernel
 from jaxspo.models.target import target_platform
 from jaxspo.sharding import active_sharding, logical_to_spec
 
@@ -73,8 +74,10 @@ def _block(length: int, block: int) -> int:
 
 
 @functools.lru_cache(maxsize=32)
-def _kernel(length: int, heads: int, window: int, softcap: float, block: int, interpret: bool):
-    """The splash kernel for ``heads`` query heads over rows of ``length`` (causal, or local with ``window``)."""
+def _kernel(length: int, heads: int, window: int, softcap: float, block: int, interpret: bool, residuals: bool, q_shards: int):
+    """The splash kernel for ``heads`` query heads over rows of ``length`` (causal, or local with ``window``),
+    its block tables split for ``q_shards`` query shards; with ``residuals`` it returns ``(out, (logsumexp,))``
+    and is not differentiable (the cascade's parts)."""
     shape = (length, length)
     mask = splash.LocalMask(shape, (window - 1, 0), 0) if window else splash.CausalMask(shape)
     sizes = splash.BlockSizes(
@@ -83,48 +86,71 @@ def _kernel(length: int, heads: int, window: int, softcap: float, block: int, in
     )
     with jax.ensure_compile_time_eval():  # its block tables are constants, shared by later traces (the cache)
         return splash.make_splash_mha(
-            splash.MultiHeadMask([mask] * heads), block_sizes=sizes, head_shards=1, q_seq_shards=1,
-            attn_logits_soft_cap=softcap or None, interpret=interpret,
+            splash.MultiHeadMask([mask] * heads), block_sizes=sizes, head_shards=1, q_seq_shards=q_shards,
+            attn_logits_soft_cap=softcap or None, interpret=interpret, save_residuals=residuals,
         )
 
 
-def _local(q, k, v, valid, sliding, *, window: int, softcap: float, block: int, interpret: bool):
-    """Per device: q ``[b, T, h, Hd]`` (already scaled), k/v ``[b, T, kh, Hd]``, valid ``[b, T]`` -> ``[b, T, h, Hd]``."""
-    t, h = q.shape[1], q.shape[2]
-    full = _kernel(t, h, 0, softcap, block, interpret)
-    local = _kernel(t, h, window, softcap, block, interpret) if window else full
+def splash_kernels(length: int, heads: int, window: int, softcap: float, block: int, *, packed: bool, q_shards: int = 1) -> tuple:
+    """``(causal kernel, local kernel or None)`` for rows of ``length`` slots (packed rows: the cascade's
+    kernels, which return their log-sum-exps)."""
+    interpret = target_platform() == "cpu"  # only reachable under pallas_interpret() (splash_refusal)
+    make = lambda w: _kernel(length, heads, w, float(softcap), block, interpret, packed, q_shards)  # noqa: E731
+    return make(0), make(window) if window else None
 
-    def row(q, k, v, valid):  # one row, heads first
-        ids = splash.SegmentIds(valid.astype(jnp.int32), valid.astype(jnp.int32))
-        q, k, v = (x.transpose(1, 0, 2) for x in (q, k, v))
-        if local is full:
-            out = full(q, k, v, ids)
-        else:
-            out = jax.lax.cond(sliding, lambda: local(q, k, v, ids), lambda: full(q, k, v, ids))
-        return out.transpose(1, 0, 2)
 
-    return jax.vmap(row)(q, k, v, valid)
+def context_kernels(length: int, q_shards: int, heads: int, window: int, softcap: float, block: int, *, packed: bool) -> tuple | None:
+    """:func:`splash_kernels` whose block tables split over ``q_shards`` query shards of ``length / q_shards``
+    slots (context parallelism), or None when a shard is not a whole number of blocks (a multiple of 128
+    slots): then the caller runs the chunked kernel."""
+    shard = length // q_shards
+    blk = _block(shard, block)
+    if shard % blk:
+        return None
+    return splash_kernels(length, heads, window, softcap, blk, packed=packed, q_shards=q_shards)
+
+
+def splash_rows(kernels: tuple, q, k, v, query_slots, valid, segments, sliding, *, windowed: bool) -> jax.Array:
+    """Per device: q ``[b, Tq, h, Hd]`` (already scaled) at key slots ``query_slots [Tq]`` over k/v
+    ``[b, S, kh, Hd]`` with valid (packed rows: and segments) ``[b, S]`` -> ``[b, Tq, h, Hd]``.
+    ``kernels`` from :func:`splash_kernels`; ``windowed``: the cascade's moved-prompt part."""
+    heads_first = lambda x: x.transpose(1, 0, 2)  # noqa: E731  (the kernel's layout, one row)
+    if segments is None:
+
+        def row(q, k, v, valid):  # padding queries read padding only (their outputs are never read)
+            ids = splash.SegmentIds(valid[query_slots].astype(jnp.int32), valid.astype(jnp.int32))
+            q, k, v = (heads_first(x) for x in (q, k, v))
+            return heads_first(pick_kernel(sliding, kernels, lambda kernel: kernel(q, k, v, ids)))
+
+        return jax.vmap(row)(q, k, v, valid)
+
+    def packed_row(q, k, v, valid, segments):
+        parts = cascade_parts(valid, segments, query_slots, windowed=windowed)
+        return heads_first(cascade(kernels, *(heads_first(x) for x in (q, k, v)), parts, sliding))
+
+    return jax.vmap(packed_row)(q, k, v, valid, segments)
 
 
 def splash_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, spec: MaskSpec, sliding: bool | jax.Array, *, scale: float, softcap: float, block: int
 ) -> jax.Array:
-    """Attention of q ``[B, T, H, Hd]`` over k/v ``[B, T, K, Hd]`` under ``spec`` (padded rows) -> ``[B, T, H, Hd]``.
+    """Attention of q ``[B, T, H, Hd]`` over k/v ``[B, T, K, Hd]`` under ``spec`` -> ``[B, T, H, Hd]``: padded
+    rows in one call, packed rows (``spec.segments``) through :mod:`jaxspo.models.splash_cascade`.
 
-    ValueError if ``spec`` is not self-attention over slots ``0..T-1`` or carries packed segments (the caller
-    routes those to the chunked kernel).
+    ValueError if ``spec`` is not self-attention over slots ``0..T-1``.
     """
     b, t, h, hd = q.shape
-    if spec.segments is not None or k.shape[1] != t:
-        raise ValueError("model.attention=splash: takes padded self-attention rows only (packed rows run the chunked kernel)")
+    if k.shape[1] != t:
+        raise ValueError("model.attention=splash: takes self-attention rows only (as many keys as queries)")
     length = -(-t // LANES) * LANES
     blk = _block(length, block)
     length = -(-length // blk) * blk
     pad = lambda x: jnp.pad(x, [(0, 0), (0, length - t)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
     valid = pad(jnp.asarray(spec.key_valid))
+    segments = None if spec.segments is None else pad(jnp.asarray(spec.segments))
     q, k, v = pad(q * jnp.asarray(scale, q.dtype)), pad(k), pad(v)
-    interpret = target_platform() == "cpu"  # only reachable under pallas_interpret() (splash_refusal)
-    body = functools.partial(_local, window=spec.window, softcap=float(softcap), block=blk, interpret=interpret)
+    kernels = splash_kernels(length, h, spec.window, softcap, blk, packed=segments is not None)
+    body = functools.partial(splash_rows, kernels, windowed=bool(spec.window))
     sliding = jnp.asarray(sliding)
     active = active_sharding()
     if active is not None:
@@ -134,7 +160,7 @@ def splash_attention(
         if q_spec[2] != kv_spec[2]:  # heads split differently from key/value heads: keep both whole
             q_spec, kv_spec = (PartitionSpec(s[0], None, None, None) for s in (q_spec, kv_spec))
         body = jax.shard_map(
-            body, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, PartitionSpec(q_spec[0], None), PartitionSpec()),
+            body, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, PartitionSpec(), *[PartitionSpec(q_spec[0], None)] * 2, PartitionSpec()),
             out_specs=q_spec, check_vma=False,
         )
-    return body(q, k, v, valid, sliding)[:, :t]
+    return body(q, k, v, jnp.arange(length), valid, segments, sliding)[:, :t]
