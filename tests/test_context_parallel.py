@@ -135,6 +135,7 @@ def test_params_saved_without_context_restore_onto_a_context_mesh(tmp_path):
     assert jax.tree.leaves(restored)[0].sharding.mesh.shape["context"] == 2
 
 
+@pytest.mark.slow  # a TPU compile
 def test_step_with_context_compiles_for_a_tpu_slice_here(tpu_env):  # noqa: F811
     from jaxspo.compile import fit_report
 

@@ -25,6 +25,7 @@ RUN = [
 ]
 
 
+@pytest.mark.slow  # two whole runs
 def test_training_with_precomputed_reference_matches_resident(tmp_path):
     results = {}
     for mode in ("resident", "precomputed"):
