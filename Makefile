@@ -20,11 +20,12 @@ venv: $(STAMP)
 demo: venv
 	$(RUN_ENV) $(VENV)/bin/jaxspo train configs/demo.yaml $(ARGS)
 
-# Tests run in TEST_WORKERS processes (pytest-xdist), a test file per process at a time (its module fixtures stay shared).
+# Tests run in TEST_WORKERS processes (pytest-xdist), a test file per process at a time (its module fixtures stay shared),
+# the longest files first (tests/conftest.py orders them; xdist keeps that order).
 TEST_WORKERS ?= 2
 
 test: venv
-	$(RUN_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(RUN_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # pyflakes, syntax errors and line length (pyproject.toml [tool.ruff]); tests/test_lint.py runs the same check.
 lint: venv

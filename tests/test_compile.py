@@ -42,6 +42,7 @@ def tpu_env(monkeypatch):
     monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
+@pytest.mark.slow  # a TPU compile
 def test_tiny_step_compiles_for_a_tpu_slice_here(tpu_env, tmp_path, capsys):
     """`jaxspo compile --json --step-seconds`: memory and fit, model FLOPs and the MFU a step time implies."""
     assert main(["compile", "configs/demo.yaml", *TINY, "mesh.data=1", "mesh.fsdp=-1", "--topology", "v5p-8",
@@ -65,6 +66,7 @@ def test_step_seconds_must_be_positive(capsys):
     assert "--step-seconds: expected seconds > 0, got '0'" in err and err.count("jaxspo:") == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow  # a TPU compile
 def test_packed_layout_step_compiles_for_a_tpu_slice_here(tpu_env):
     """data.layout=packed: the TPU compiler takes the packed rows (2·max_length wide, segment mask); model
     FLOPs count the longest pair a row holds (prompt once, two responses)."""
@@ -78,6 +80,7 @@ def test_packed_layout_step_compiles_for_a_tpu_slice_here(tpu_env):
     assert 0 < report["model_flops_per_step"] < padded  # the prompt once, no padding between the halves
 
 
+@pytest.mark.slow  # compiles the step on several meshes
 def test_state_bytes_per_device_fall_as_one_over_fsdp():
     """Compiled memory analysis on the CPU mesh: params + optimizer + reference + batch arguments ∝ 1/N."""
     sizes = {}
@@ -103,6 +106,7 @@ def test_batch_that_does_not_split_over_the_mesh_is_an_error():
         compile_step(cfg, jax.devices()[:4])
 
 
+@pytest.mark.slow  # two step compiles
 @pytest.mark.parametrize("terms", ["{soft_spo: 1.0}", "{soft_spo_ranked: 1.0}"])
 def test_soft_spo_steps_with_lists_and_the_kl_regulariser_compile(terms):
     """The fit check builds list-shaped batches and the regulariser's sample fields; the reference is resident."""
@@ -115,6 +119,7 @@ def test_soft_spo_steps_with_lists_and_the_kl_regulariser_compile(terms):
     assert report["argument_bytes_per_device"] - plain["argument_bytes_per_device"] >= 0.9 * params_per_device
 
 
+@pytest.mark.slow  # a TPU compile
 def test_splash_attention_step_compiles_for_a_tpu_slice_here(tpu_env, monkeypatch):
     """model.attention=splash resolves for the TPU target (not this CPU host) and builds the real TPU kernel."""
     from jaxspo.models import splash_attention

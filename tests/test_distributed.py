@@ -133,9 +133,9 @@ TINY = [
     "logging.log_every=1", "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false",
     "checkpoint.every_steps=2", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2",
 ]
-# Identical numerics settings in every run; the cheaper LLVM back end halves the compile time of each process.
+# Identical numerics settings in every run; the cheaper LLVM back end and fusion emitters (tests/conftest.py) cut each process's compile time.
 ENV = ["--env", "JAX_DEFAULT_MATMUL_PRECISION=highest",
-       "--env", "XLA_FLAGS=--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"]
+       "--env", "XLA_FLAGS=--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true --xla_cpu_use_fusion_emitters=false"]
 LAYOUTS = [(1, 8), (2, 4), (4, 2)]  # (processes, devices per process)
 
 

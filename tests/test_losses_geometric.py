@@ -98,6 +98,7 @@ def tabular_loss(name: str, cfg: LossConfig, ref: jax.Array, labels: jax.Array, 
     return loss
 
 
+@pytest.mark.slow  # an optimisation to convergence
 def test_soft_cdpo_tabular_optimum_is_reference_tilted_by_reward():
     k, beta = 6, 0.7
     rng = np.random.default_rng(1)
@@ -142,6 +143,7 @@ def bandit_policies(names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.n
     return out, closed_form
 
 
+@pytest.mark.slow  # three optimisations to convergence
 def test_bandit_cdpo_stays_near_the_data_while_dpo_and_gdpo_move_to_the_reward_peak():
     policies, cdpo_optimum = bandit_policies(("cdpo_soft", "dpo", "gdpo"))
     assert abs(int(np.argmax(policies["cdpo_soft"])) - 30) <= 3

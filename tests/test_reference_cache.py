@@ -18,13 +18,14 @@ from tests.test_train_step import TINY, random_pairs
 RUN = [
     "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2",
     "data.synthetic.num_sft=128", "data.synthetic.num_train=64", "data.synthetic.num_eval=16",
-    "trainer.sft_steps=4", "trainer.sft_batch_size=8", "trainer.steps=6", "trainer.batch_size=8",
+    "trainer.sft_steps=0", "trainer.sft_batch_size=8", "trainer.steps=6", "trainer.batch_size=8",  # the preference phase is compared
     "trainer.eval_every=0", "eval.num_pairs=8", "eval.num_prompts=8", "eval.max_new_tokens=4",
     "logging.log_every=1", "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false",
     "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2",
 ]
 
 
+@pytest.mark.slow  # two whole runs
 def test_training_with_precomputed_reference_matches_resident(tmp_path):
     results = {}
     for mode in ("resident", "precomputed"):

@@ -98,6 +98,7 @@ def test_sigterm_saves_and_exits_then_resumes_on_another_mesh(uninterrupted, tmp
     assert [(r["phase"], r["step"]) for r in ours] == [(r["phase"], r["step"]) for r in theirs]
 
 
+@pytest.mark.slow  # reads the checkpoints of the uninterrupted whole run (a subprocess)
 def test_corrupt_latest_checkpoint_falls_back_to_previous(uninterrupted, tmp_path, caplog):
     directory = tmp_path / "preference"
     shutil.copytree(uninterrupted / "checkpoints" / "preference", directory)
@@ -141,6 +142,7 @@ def marked_task(monkeypatch):
     monkeypatch.setattr(loop, "build_synthetic_task", with_marked_row)
 
 
+@pytest.mark.slow  # a whole run until the marked row
 def test_nan_mid_run_stops_and_keeps_last_good_checkpoint(marked_task, tmp_path):
     cfg = load_config("configs/demo.yaml", TINY + ["loss.terms={test_nan_on_marked_pair: 1.0}", "trainer.sft_steps=0", "trainer.steps=40", f"run_dir={tmp_path}"])
     with pytest.raises(
@@ -154,6 +156,7 @@ def test_nan_mid_run_stops_and_keeps_last_good_checkpoint(marked_task, tmp_path)
     found.close()
 
 
+@pytest.mark.slow  # a whole 40-step run
 def test_nan_mid_run_skip_mode_completes_with_finite_params(marked_task, tmp_path):
     cfg = load_config(
         "configs/demo.yaml", TINY + ["loss.terms={test_nan_on_marked_pair: 1.0}", "trainer.sft_steps=0", "trainer.steps=40", "trainer.on_nonfinite=skip", f"run_dir={tmp_path}"]
