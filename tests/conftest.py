@@ -24,7 +24,8 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # hands files to its workers in collection order (--dist loadfile --no-loadscope-reorder): starting these first keeps a
 # long file from starting last while the other worker has nothing left to do.
 LONGEST_FIRST = (
-    "test_distributed.py", "test_context_parallel.py", "test_attention.py", "test_lora.py", "test_lora_stages.py",
+    "test_distributed.py", "test_context_parallel.py", "test_attention.py", "test_pack_pairs.py", "test_splash_packed.py",
+    "test_lora.py", "test_lora_stages.py", "test_splash_context.py",
     "test_resume.py", "test_fast_logps.py", "test_soft_spo_step.py", "test_sequential_run.py", "test_selfsup_step.py",
     "test_train_step.py", "test_bucketing.py",
 )

@@ -98,7 +98,14 @@ def test_kl_gradient_is_zero_when_the_policy_is_the_reference_and_pulls_back_oth
 def tiny_run(request, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp(request.param)
     # no SFT phase: the tests read the preference rows and the evaluations (the reference is then the initial policy)
-    overrides = TINY_RUN + ["trainer.sft_steps=0", "loss.soft_spo.kl_prompts=8", "loss.soft_spo.kl_max_new_tokens=6", "loss.soft_spo.kl_refresh=2", "logging.plot=false", f"run_dir={run_dir}"]
+    overrides = TINY_RUN + [
+        "trainer.sft_steps=0",
+        "loss.soft_spo.kl_prompts=8",
+        "loss.soft_spo.kl_max_new_tokens=6",
+        "loss.soft_spo.kl_refresh=2",
+        "logging.plot=false",
+        f"run_dir={run_dir}",
+    ]
     cfg = load_config(f"configs/{request.param}.yaml", overrides)
     assert cfg.loss.soft_spo.kl_beta > 0  # the shipped recipe runs the regulariser
     return request.param, train(cfg, "tiny")
