@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import transformers
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from jaxspo.errors import CheckpointError
 from jaxspo.models.config import ACTIVATIONS, ARCHITECTURES, ROPE_TYPES, ModelConfig, RopeScaling
@@ -282,6 +281,8 @@ def hf_config_from_model(cfg: ModelConfig, dtype: str, token_ids: dict[str, int 
     ``token_ids`` holds ``bos_token_id``, ``eos_token_id`` and ``pad_token_id``; ``dtype`` is the weights' dtype.
     Raises CheckpointError naming the first switch that ``cfg.arch`` cannot express.
     """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES  # imports torch: only on export
+
     hf = transformers.AutoConfig.for_model(
         cfg.arch, **_to_hf_kwargs(cfg), **token_ids, dtype=dtype, architectures=[MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[cfg.arch]]
     )
