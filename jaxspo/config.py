@@ -430,8 +430,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.auto_buckets must be ≥ 0 (0 = off), got {auto}")
     if auto and buckets:
         raise ConfigError(f"data.auto_buckets={auto} picks the bucket widths itself; set data.buckets=[] (got {buckets}) or data.auto_buckets=0")
+    _validate_context(cfg)  # first: the layout's width checks divide by mesh.context
     _validate_layout(cfg)
-    _validate_context(cfg)
     for section in (model_to_check, cfg.data.synthetic, cfg.data.source, cfg.lora):
         try:
             section.validate()
