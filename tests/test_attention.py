@@ -58,18 +58,22 @@ CASES = {  # name: (T, heads, kv_heads, softcap, window, packed)
 }
 
 
-def _case(name: str):
-    t, h, kh, softcap, window, packed = CASES[name]
-    rng = np.random.default_rng(len(name))
-    b, hd = 4, 8
-    q = jnp.asarray(rng.normal(size=(b, t, h, hd)), jnp.float32)
-    k, v = (jnp.asarray(rng.normal(size=(b, t, kh, hd)), jnp.float32) for _ in range(2))
+def _inputs(rng, b: int, t: int, h: int, kh: int, hd: int, window: int, packed: bool, dtype=jnp.float32):
+    """Random q ``[B, T, H, Hd]``, k/v ``[B, T, K, Hd]`` in ``dtype``, a packed or padded MaskSpec, float32 weights like q."""
+    q = jnp.asarray(rng.normal(size=(b, t, h, hd)), dtype)
+    k, v = (jnp.asarray(rng.normal(size=(b, t, kh, hd)), dtype) for _ in range(2))
     if packed:
         valid, segments, positions = _packed(b, t, rng)
         spec = MaskSpec(jnp.arange(t), jnp.asarray(valid), jnp.asarray(segments), jnp.asarray(positions), window)
     else:
         spec = MaskSpec(jnp.arange(t), jnp.asarray(_padded(b, t, rng)), window=window)
     weights = jnp.asarray(rng.normal(size=(b, t, h, hd)), jnp.float32)
+    return q, k, v, spec, weights
+
+
+def _case(name: str):
+    t, h, kh, softcap, window, packed = CASES[name]
+    q, k, v, spec, weights = _inputs(np.random.default_rng(len(name)), 4, t, h, kh, 8, window, packed)
     return q, k, v, spec, softcap, weights
 
 
@@ -114,16 +118,7 @@ def test_chunked_in_bfloat16_is_as_accurate_as_xla(packed):
     gradients are within 2x of the ``xla`` kernel's error in bf16 (1.0-1.6x measured), both measured against
     float32 ``xla`` on the same bf16-rounded inputs — its float32 running max, sum and accumulator lose nothing
     to blocking."""
-    rng = np.random.default_rng(11)
-    b, t, h, kh, hd, window = 2, 64, 4, 2, 16, 20
-    q = jnp.asarray(rng.normal(size=(b, t, h, hd)), jnp.bfloat16)
-    k, v = (jnp.asarray(rng.normal(size=(b, t, kh, hd)), jnp.bfloat16) for _ in range(2))
-    if packed:
-        valid, segments, positions = _packed(b, t, rng)
-        spec = MaskSpec(jnp.arange(t), jnp.asarray(valid), jnp.asarray(segments), jnp.asarray(positions), window)
-    else:
-        spec = MaskSpec(jnp.arange(t), jnp.asarray(_padded(b, t, rng)), window=window)
-    weights = jnp.asarray(rng.normal(size=(b, t, h, hd)), jnp.float32)
+    q, k, v, spec, weights = _inputs(np.random.default_rng(11), 2, 64, 4, 2, 16, 20, packed, jnp.bfloat16)
     exact = _output_and_grads("xla", *(x.astype(jnp.float32) for x in (q, k, v)), spec, 2.0)
     in_bf16 = {kernel: _output_and_grads(kernel, q, k, v, spec, 2.0) for kernel in ("xla", "chunked")}
     for sliding in (False, True):
