@@ -43,7 +43,8 @@ def sampler_alone(cfg, repeats: int) -> dict[str, float]:
     tokens, valid = encode_prompts(prompts, tokenizer, cfg.data.max_prompt_length)
     tokens, valid = shard_rows(tokens, mesh, cfg.mesh.rules), shard_rows(valid, mesh, cfg.mesh.rules)
     # eos_id = -1: no row stops early, so every call generates exactly rows × loss.kl.max_new_tokens tokens
-    run = lambda key: sample(graphdef, params, tokens, valid, key, max_new_tokens=kl.max_new_tokens, eos_id=-1, pad_id=tokenizer.pad_token_id, temperature=kl.temperature)  # noqa: E731
+    options = {"max_new_tokens": kl.max_new_tokens, "eos_id": -1, "pad_id": tokenizer.pad_token_id, "temperature": kl.temperature}
+    run = lambda key: sample(graphdef, params, tokens, valid, key, **options)  # noqa: E731
     jax.block_until_ready(run(jax.random.key(0)))  # compile
     start = time.perf_counter()
     generated = 0
