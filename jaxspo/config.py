@@ -540,11 +540,10 @@ def _build_params(spec: Any, section: Any) -> Any:
                 close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.5)
                 hint = f"did you mean '{close[0]}'? " if close else ""
                 raise ConfigError(f"unknown config key '{params_key(spec.name, key)}'; {hint}{spec.name}'s params: {', '.join(fields)}")
+        values = {key: _coerce(value, hints[key], params_key(spec.name, key)) for key, value in section.items()}
         try:
-            params = spec.params(**{key: _coerce(value, hints[key], params_key(spec.name, key)) for key, value in section.items()})
-        except (TypeError, ValueError) as err:
-            if isinstance(err, ConfigError):
-                raise
+            params = spec.params(**values)
+        except (TypeError, ValueError) as err:  # a check of the dataclass's own __post_init__
             raise ConfigError(f"{params_key(spec.name)}: {err}") from None
     try:
         check_params(spec.name, params)
@@ -563,7 +562,7 @@ def _typed_loss_params(loss: LossConfig) -> dict[str, Any]:
     for name, section in loss.params.items():
         spec = _resolve_loss(name, params_key(name))
         if spec.params is None:
-            raise ConfigError(f"{params_key(name)}: loss '{name}' has no hyper-parameters of its own (it reads loss.beta and loss.label_smoothing); remove the section")
+            raise ConfigError(f"{params_key(name)}: loss '{name}' declares no hyper-parameters (the shared ones are loss.beta, loss.label_smoothing); remove the section")
         if name not in loss.terms:
             log.warning("%s is set but '%s' is not in loss.terms; its settings are unused", params_key(name), name)
         typed[name] = _build_params(spec, section)

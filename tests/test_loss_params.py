@@ -62,7 +62,7 @@ def test_a_recipe_sets_a_user_loss_section_by_its_quoted_name_and_round_trips(tm
         (["loss.terms={simpo: 1.0}", "loss.params.simpo.delta=1"], "unknown config key 'loss.params.simpo.delta'; simpo's params: gamma"),
         (["loss.terms={cpo: 1.0}", "loss.params.cpo.nll_weight=-0.5"], "loss.params.cpo.nll_weight must be >= 0, got -0.5"),
         (["loss.terms={discopop: 1.0}", "loss.params.discopop.tau=0"], "loss.params.discopop.tau must be > 0, got 0"),
-        (["loss.params.dpo.beta=0.2"], "loss.params.dpo: loss 'dpo' has no hyper-parameters of its own"),
+        (["loss.params.dpo.beta=0.2"], "loss.params.dpo: loss 'dpo' declares no hyper-parameters (the shared ones are loss.beta"),
         (["loss.params.simpoo.gamma=1"], "loss.params.simpoo: unknown loss 'simpoo'; did you mean 'simpo'?"),
         (["loss.params.simpo=3"], "loss.params.simpo: expected a section with gamma, got 3"),
         (['loss.params."a.b.c=1'], "malformed key"),

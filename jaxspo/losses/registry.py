@@ -106,6 +106,7 @@ class LossSpec:
     uniform reference). ``needs_soft_label``: reads ``PairLogps.soft_label``, so every training row must
     carry one (see :mod:`jaxspo.data.soft_labels`). ``needs_offset``: reads ``PairLogps.offset``, so the
     batch carries an ``offset`` field (e.g. ``sequential``'s, computed by :mod:`jaxspo.train.stages`).
+    ``params``: the loss's hyper-parameter dataclass; call the loss through :meth:`apply`, which passes them.
     """
 
     name: str
