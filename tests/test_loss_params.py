@@ -141,5 +141,6 @@ def test_a_range_declared_with_hyperparameter_is_checked_at_both_ends():
         return params.rate * logps.margin()
 
     assert load_config(None, ["loss.terms={test_bounded_rate: 1.0}", "loss.params.test_bounded_rate.rate=0.0"]).loss.params["test_bounded_rate"] == Rate(0.0)
-    with pytest.raises(ConfigError, match=r"^loss.params.test_bounded_rate.rate must be < 0.5, got 0.5$"):
-        load_config(None, ["loss.terms={test_bounded_rate: 1.0}", "loss.params.test_bounded_rate.rate=0.5"])
+    for value, message in (("0.5", r"must be < 0.5, got 0.5$"), ("-0.1", r"must be >= 0, got -0.1$")):
+        with pytest.raises(ConfigError, match=rf"^loss.params.test_bounded_rate.rate {message}"):
+            load_config(None, ["loss.terms={test_bounded_rate: 1.0}", f"loss.params.test_bounded_rate.rate={value}"])
