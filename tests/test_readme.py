@@ -44,16 +44,3 @@ def test_readme_is_an_entry_point_that_links_every_docs_page():
     for page in DOCS:
         assert f"(docs/{page.name})" in README, f"README does not link docs/{page.name}"
 
-
-def test_code_cites_the_project_docs_not_an_outside_methods_file():
-    """The method write-ups are docs/losses.md; nothing in the package, tests, configs, benchmarks or docs points at
-    a file outside the repository."""
-    cited = [
-        f"{path.relative_to(ROOT)}:{number}"
-        for folder in ("jaxspo", "tests", "configs", "benchmarks", "docs")
-        for path in (ROOT / folder).rglob("*")
-        if path.suffix in (".py", ".yaml", ".md") and path.name != "test_readme.py"
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-        if "METHODS.md" in line or "METHODS §" in line
-    ]
-    assert not cited, cited

@@ -1,0 +1,86 @@
+"""The documentation site: `mkdocs build --strict` passes (no broken link or anchor, every page in the nav), the
+generated configuration reference is up to date and holds every config key, every CLI command and option is
+documented, and every docs page the code cites exists."""
+
+import argparse
+import dataclasses
+import html
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxspo import config_reference
+from jaxspo.cli import build_parser
+from jaxspo.config import Config, StageConfig, to_dict
+from tests.test_readme import config_keys
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The site built as `make docs` builds it (≈ 3–8 s), into a temporary folder."""
+    out = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stdout}\n{done.stderr}"
+    return out
+
+
+def page_text(path: Path) -> str:
+    """A built page's text without tags or entities."""
+    return html.unescape(re.sub(r"<[^>]+>", "", path.read_text(encoding="utf-8")))
+
+
+def test_config_reference_is_up_to_date():
+    page = (ROOT / "docs" / "reference" / "config.md").read_text(encoding="utf-8")
+    assert page == config_reference.render(), "docs/reference/config.md is stale: run `python -m jaxspo.config_reference` (or `make docs`)"
+
+
+def test_the_built_reference_lists_every_config_key(site):
+    keys = config_keys(to_dict(Config())) + [f"stages[].{field.name}" for field in dataclasses.fields(StageConfig)]
+    built = (site / "reference" / "config" / "index.html").read_text(encoding="utf-8")
+    missing = [key for key in keys if f"<td><code>{html.escape(key, quote=False)}</code></td>" not in built]
+    assert not missing, f"the built configuration reference lacks {missing}"
+
+
+def cli_commands(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """`jaxspo <command ...>` → its long options, for every command and sub-command of the parser."""
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found["jaxspo " + " ".join(words + (name,))] = [o for a in sub._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+                found |= cli_commands(sub, words + (name,))
+    return found
+
+
+def test_every_cli_command_and_option_is_documented(site):
+    commands = page_text(site / "commands" / "index.html")
+    everything = " ".join(page_text(path) for path in site.rglob("*.html"))
+    commands_found = cli_commands(build_parser())
+    assert {"jaxspo train", "jaxspo data prepare", "jaxspo launch"} <= set(commands_found)
+    missing = [command for command in commands_found if command not in commands]
+    assert not missing, f"docs/commands.md lacks {missing}"
+    undocumented = {command: [o for o in options if o not in everything] for command, options in commands_found.items()}
+    assert not any(undocumented.values()), f"options no page mentions: {undocumented}"
+
+
+def test_code_cites_existing_docs_pages_not_an_outside_methods_file():
+    """Every `docs/….md` that the package, tests, configs, benchmarks or launch scripts cite exists, and nothing points at a
+    methods file outside the repository."""
+    bad = []
+    for folder in ("jaxspo", "tests", "configs", "benchmarks", "launch", "docs"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix not in (".py", ".yaml", ".md", ".sh", ".sbatch") or path.name == Path(__file__).name:
+                continue
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                cited = [page for page in re.findall(r"(?<![\w/.])docs/[\w/.-]+?\.md", line) if not (ROOT / page).is_file()]
+                if cited or "METHODS.md" in line or "METHODS §" in line:
+                    bad.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not bad, bad
