@@ -21,12 +21,18 @@ import sys
 import textwrap
 import tokenize
 import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from jaxspo.config import Config
+
+# Dict fields whose entries are dataclasses that only some other part of jaxspo knows (a registry, say), by dotted key:
+# a function giving {entry name: its dataclass}; each entry is documented as a section ``key.<entry>``.
+DictEntries = Mapping[str, Callable[[], Mapping[str, type]]]
+DICT_ENTRIES: DictEntries = {}
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "reference" / "config.md"
 HEADER = """# Configuration reference
@@ -102,24 +108,29 @@ def _element_dataclass(hint: Any, container: type) -> type | None:
     return element if dataclasses.is_dataclass(element) else None
 
 
-def sections(cls: type = Config, instance: Any = None, prefix: str = "") -> list[Section]:
-    """Every section of ``cls`` (default: the whole run config), depth first, each key once."""
+def sections(cls: type = Config, instance: Any = None, prefix: str = "", entries: DictEntries = DICT_ENTRIES) -> list[Section]:
+    """Every section of ``cls`` (default: the whole run config), depth first, each key once; ``entries`` names the
+    dataclasses of dict fields whose defaults do not show them."""
     instance = cls() if instance is None else instance
     hints, docs = typing.get_type_hints(cls), _field_docs(cls)
     keys, nested = [], []
     for field in dataclasses.fields(cls):
         path, value, hint = prefix + field.name, getattr(instance, field.name), hints[field.name]
         if dataclasses.is_dataclass(value):
-            nested += sections(type(value), value, path + ".")
+            nested += sections(type(value), value, path + ".", entries)
             continue
-        keys.append(Key(path, docs.get(field.name, ("", ""))[0], _yaml(value), docs.get(field.name, ("", ""))[1]))
+        annotation, doc = docs[field.name]
+        keys.append(Key(path, annotation, _yaml(value), doc))
         if (element := _element_dataclass(hint, list)) is not None:
-            nested += sections(element, None, path + "[].")
+            nested += sections(element, None, path + "[].", entries)
+        elif path in entries:
+            for name, entry_cls in entries[path]().items():
+                nested += sections(entry_cls, None, f"{path}.{name}.", entries)
         elif isinstance(value, dict) and value and all(dataclasses.is_dataclass(v) for v in value.values()):
             for name, entry in value.items():
-                nested += sections(type(entry), entry, f"{path}.{name}.")
+                nested += sections(type(entry), entry, f"{path}.{name}.", entries)
         elif (element := _element_dataclass(hint, dict)) is not None:
-            nested += sections(element, None, path + ".<name>.")
+            nested += sections(element, None, path + ".<name>.", entries)
     return [Section(prefix.removesuffix("."), _class_doc(cls), tuple(keys))] + nested
 
 
@@ -127,14 +138,25 @@ def _yaml(value: Any) -> str:
     """A default as it would be written in a recipe (YAML flow style)."""
     if value == "":
         return '""'
+    return yaml.safe_dump(_plain(value), default_flow_style=True, width=1_000_000, sort_keys=False).removesuffix("\n...\n").strip()
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses inside lists and dicts as dicts, for YAML."""
     if dataclasses.is_dataclass(value):
-        value = dataclasses.asdict(value)
-    return yaml.safe_dump(value, default_flow_style=True, width=1_000_000, sort_keys=False).removesuffix("\n...\n").strip()
+        return {field.name: _plain(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
 
 
 def _cell(text: str) -> str:
-    """Markdown table cell text: RST ``code`` to Markdown, pipes escaped."""
-    return text.replace("``", "`").replace("|", "\\|")
+    """Markdown table cell text: RST ``code`` to Markdown, pipes escaped, and outside code spans ``*`` and HTML's ``<`` too."""
+    parts = text.replace("``", "`").replace("|", "\\|").split("`")  # odd-numbered parts are code spans
+    parts[::2] = [part.replace("*", "\\*").replace("<", "&lt;") for part in parts[::2]]
+    return "`".join(parts)
 
 
 def _code_cell(text: str) -> str:
