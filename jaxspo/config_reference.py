@@ -96,8 +96,10 @@ def _field_docs(cls: type) -> dict[str, tuple[str, str]]:
 
 
 def _class_doc(cls: type) -> str:
-    """The class's own docstring (not the one dataclasses generate), joined to one paragraph."""
-    return " ".join((ast.get_docstring(_class_source(cls)[0]) or "").split())
+    """The class's own docstring (not the one dataclasses generate), joined to one paragraph; "the module docstring"
+    names its file, which a reader of the page does not have open."""
+    doc = " ".join((ast.get_docstring(_class_source(cls)[0]) or "").split())
+    return doc.replace("the module docstring", f"the docstring of ``{cls.__module__.replace('.', '/')}.py``")
 
 
 def _element_dataclass(hint: Any, container: type) -> type | None:
