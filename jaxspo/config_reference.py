@@ -162,8 +162,8 @@ def _cell(text: str) -> str:
 
 
 def _code_cell(text: str) -> str:
-    """A type or default as code; with a pipe in it as plain text, since in a table an escaped pipe stays escaped in code."""
-    return _cell(text) if "|" in text else f"`{text}`"
+    """A type or default as code, its pipes escaped (the site's hook shows them unescaped, as GitHub does)."""
+    return "`" + text.replace("|", "\\|") + "`"
 
 
 def render(all_sections: list[Section] | None = None) -> str:

@@ -31,6 +31,7 @@ class Outer:
     table: dict[str, float] = dataclasses.field(default_factory=lambda: {"x": 1.0})
     made: dict[str, Entry] = dataclasses.field(default_factory=lambda: {"one": Entry()})
     registered: dict[str, object] = dataclasses.field(default_factory=dict)  # filled by a registry
+    either: int | None = None
 
 
 def test_sections_walk_nested_list_and_dict_dataclasses_with_their_comments():
@@ -38,7 +39,7 @@ def test_sections_walk_nested_list_and_dict_dataclasses_with_their_comments():
     assert list(found) == ["", "inner", "items[]", "made.one", "registered.mine"]
     assert found[""].doc == "The top."
     assert found[""].keys[0] == Key("name", "str", '""', "runs/<name> | a **bold** claim")
-    assert [k.path for k in found[""].keys] == ["name", "items", "table", "made", "registered"]
+    assert [k.path for k in found[""].keys] == ["name", "items", "table", "made", "registered", "either"]
     assert found[""].keys[2].default == "{x: 1.0}" and found[""].keys[2].type == "dict[str, float]"
     assert found["inner"].keys == (Key("inner.width", "int", "8", "columns"), Key("inner.mode", "str", "a", "two lines above of comment and one beside"))
     assert [k.path for k in found["items[]"].keys] == ["items[].width", "items[].mode"]
@@ -50,6 +51,7 @@ def test_render_escapes_table_cells():
     assert "## Top level" in page and "## `inner`" in page and "The inner section, with `code`." in page
     assert '| `name` | `str` | `""` | runs/&lt;name> \\| a \\*\\*bold\\*\\* claim |' in page
     assert "| `made` | `dict[str, Entry]` | `{one: {shift: 0.5}}` |  |" in page
+    assert "| `either` | `int \\| None` | `null` |  |" in page
 
 
 def test_check_reports_a_stale_page(tmp_path, capsys):

@@ -37,6 +37,13 @@ def page_text(path: Path) -> str:
     return html.unescape(re.sub(r"<[^>]+>", "", path.read_text(encoding="utf-8")))
 
 
+def test_code_in_table_cells_shows_pipes_as_github_does(site):
+    """GitHub's tables need `\\|` even inside code; the site's hook (mkdocs_hooks.py) drops the backslash there."""
+    cells = [cell for page in site.rglob("*.html") for cell in re.findall(r"<td[^>]*>.*?</td>", page.read_text(encoding="utf-8"), re.S)]
+    assert any("<code>" in cell and "|" in cell for cell in cells)
+    assert not [cell for cell in cells if "\\|" in cell]
+
+
 def test_config_reference_is_up_to_date():
     page = (ROOT / "docs" / "reference" / "config.md").read_text(encoding="utf-8")
     assert page == config_reference.render(), "docs/reference/config.md is stale: run `python -m jaxspo.config_reference` (or `make docs`)"
