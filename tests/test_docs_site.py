@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from jaxspo import config_reference
 from jaxspo.cli import build_parser
@@ -54,6 +55,50 @@ def test_the_built_reference_lists_every_config_key(site):
     built = (site / "reference" / "config" / "index.html").read_text(encoding="utf-8")
     missing = [key for key in keys if f"<td><code>{html.escape(key, quote=False)}</code></td>" not in built]
     assert not missing, f"the built configuration reference lacks {missing}"
+
+
+def guide_rows() -> list[tuple[list[str], list[str]]]:
+    """(keys, defaults as written) of each row of docs/configuration.md's `| key | default | meaning |` tables: `a.b.x` / `y`
+    share the section `a.b`; one default may stand for all the row's keys; defaults are split at " / " (or ", " when that
+    gives one per key)."""
+    rows, in_table = [], False
+    for line in (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8").splitlines():
+        in_table = line.startswith("| key | default |") or (in_table and line.startswith("|"))
+        if not (in_table and (match := re.match(r"^\| (`[^`|]+`(?: / `[^`|]+`)*) \| ([^|]*) \|", line))):
+            continue
+        first, *others = re.findall(r"`([^`]+)`", match.group(1))
+        keys = [first] + [key if "." in key else f"{first.rpartition('.')[0]}.{key}" for key in others]
+        cell = match.group(2).strip()
+        defaults = next((split for split in (cell.split(" / "), cell.split(", ")) if len(split) == len(keys)), [cell] * len(keys))
+        rows.append((keys, [default.strip() for default in defaults]))
+    return rows
+
+
+def as_value(text: str):
+    """A default written in YAML, numbers compared as floats (`5e-4` is a string to YAML 1.1)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def test_the_configuration_guide_names_real_keys_and_their_code_defaults():
+    """The hand-written table in docs/configuration.md explains keys at length; its keys and defaults must be the code's."""
+    code = {key.path: key.default for section in config_reference.sections() for key in section.keys}
+    rows = guide_rows()
+    assert len(rows) > 100
+    unknown = [key for keys, _ in rows for key in keys if key not in code]
+    assert not unknown, f"docs/configuration.md names keys the config does not have (see docs/reference/config.md): {unknown}"
+    wrong = [
+        f"{key}: {default} (code: {code[key]})"
+        for keys, defaults in rows
+        for key, default in zip(keys, defaults)
+        if re.fullmatch(r"`[^`]*`", default) and as_value(default.strip("`")) != as_value(code[key])
+    ]
+    assert not wrong, f"docs/configuration.md states defaults the code does not have: {wrong}"
 
 
 def cli_commands(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()) -> dict[str, list[str]]:
