@@ -101,6 +101,34 @@ def test_the_configuration_guide_names_real_keys_and_their_code_defaults():
     assert not wrong, f"docs/configuration.md states defaults the code does not have: {wrong}"
 
 
+FILE_SUFFIXES = {"json", "jsonl", "safetensors", "yaml", "md", "npz", "png", "txt", "py"}
+
+
+def test_every_config_key_the_manual_names_exists():
+    """A dotted name in code spans of README.md or a hand-written page that starts like a config key (`trainer.steps`,
+    `stages[].beta`, `loss.soft_spo.kl_*`) is a key, a section, or inside a mapping key (`loss.terms.sft`); file names,
+    quoted names (error messages) and parameter paths with a layer number are not keys."""
+    found = config_reference.sections()
+    keys, sections_ = {k.path for s in found for k in s.keys}, {s.prefix for s in found}
+    mappings = {k.path for s in found for k in s.keys if k.type.startswith("dict")}
+    tops = {key.split(".")[0].removesuffix("[]") for key in keys}
+    stale = []
+    for page in [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md")):
+        if page.is_relative_to(ROOT / "docs" / "reference"):
+            continue
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+            for span in re.findall(r"`([^`]+)`", line):
+                for name in re.findall(r"(?<![\w./'-])([a-z_]+(?:\[\])?(?:\.[a-z_0-9*]+)+)", span):
+                    parts = name.split(".")
+                    if parts[0].removesuffix("[]") not in tops or parts[-1] in FILE_SUFFIXES or any(p.isdigit() for p in parts):
+                        continue
+                    wildcard = name.endswith("*") and any(key.startswith(name.removesuffix("*")) for key in keys)
+                    if name in keys or name in sections_ or wildcard or any(name.startswith(mapping + ".") for mapping in mappings):
+                        continue
+                    stale.append(f"{page.relative_to(ROOT)}:{number}: {name}")
+    assert not stale, f"the manual names config keys that do not exist (docs/reference/config.md lists the real ones): {stale}"
+
+
 def cli_commands(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()) -> dict[str, list[str]]:
     """`jaxspo <command ...>` → its long options, for every command and sub-command of the parser."""
     found = {}
