@@ -1,4 +1,4 @@
-"""Soft Preference Optimization (Sharifnassab et al., arXiv 2405.00747): the preference terms (docs/losses.md, Soft Preference Optimization).
+"""Soft Preference Optimization (Sharifnassab et al., arXiv 2405.00747): the preference terms (docs/methods/soft-spo.md).
 
 All terms are reference-free and read α = ``cfg.soft_spo.alpha``; s = α·log πθ(y) (sequence log-probs):
 
@@ -37,7 +37,7 @@ _FAR = -1e30  # score of a missing list entry: exp(_FAR − x) = 0, and finite g
 
 @dataclasses.dataclass
 class SoftSpoConfig:
-    """``loss.soft_spo``: α, the μ weighting γ, and the global KL regulariser (see docs/losses.md).
+    """``loss.soft_spo``: α, the μ weighting γ, and the global KL regulariser (see docs/methods/soft-spo.md).
 
     The regulariser adds β_KL · E_x E_{y~πθ(·|x)} Σ_t KL(πθ(·|x, y_<t) ‖ π_ref(·|x, y_<t)) to any
     configured loss: responses are sampled outside the step every ``kl_refresh`` steps for
