@@ -79,7 +79,7 @@ def _compile(args: argparse.Namespace) -> int:
 def _data_prepare(args: argparse.Namespace) -> int:
     from jaxspo.data.prepare import format_summary, prepare
 
-    print(format_summary(prepare(args.name, args.manual_dir, args.data_dir)))
+    print(format_summary(prepare(args.name, args.manual_dir, args.data_dir, args.soft_label_temperature)))
     return 0
 
 
@@ -116,14 +116,18 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_seconds(text: str) -> float:
+def _positive_float(text: str, what: str = "a number") -> float:
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected {what} > 0, got {text!r}")
     return value
+
+
+def _positive_seconds(text: str) -> float:
+    return _positive_float(text, "seconds")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -180,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     data_prepare.add_argument("name", help="hh_rlhf, ultrafeedback_binarized, pku_safe_rlhf[/better|/safer], tldr_comparisons, helpsteer2[/ratings|/preference]")
     data_prepare.add_argument("--manual-dir", required=True, help="folder holding the upstream files as downloaded")
     data_prepare.add_argument("--data-dir", default="", help="TFDS data dir to write (default: TFDS' own, ~/tensorflow_datasets)")
+    data_prepare.add_argument(
+        "--soft-label-temperature", type=_positive_float, default=1.0, metavar="T",
+        help="τ of the soft labels (ultrafeedback_binarized, tldr_comparisons, helpsteer2): p̂ = σ(margin / τ), see docs/datasets.md",
+    )
     data_prepare.set_defaults(handler=_data_prepare)
     evaluate = commands.add_parser("eval", help="held-out preference and generation metrics of a policy (optionally win rate under a reward model)")
     evaluate.add_argument("target", help="a run directory (uses its config.yaml, params/ and checkpoints/reference/) or a YAML recipe")
