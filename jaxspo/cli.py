@@ -1,5 +1,5 @@
 """Command line: ``jaxspo train CONFIG [key=value ...]``, ``jaxspo export RUN_DIR --out DIR``,
-``jaxspo score MODEL_DIR DATA.jsonl --out OUT.jsonl``, ``jaxspo compile CONFIG --topology v5p-128``,
+``jaxspo score MODEL_DIR DATA.jsonl --out OUT.jsonl``, ``jaxspo label DATA.jsonl --reward-model DIR --out OUT.jsonl``, ``jaxspo compile CONFIG --topology v5p-128``,
 ``jaxspo launch (--local N | --tpu NAME | --queued-resource NAME | --slurm | --hosts H0,H1,...) CONFIG [key=value ...]``,
 ``jaxspo data prepare NAME --manual-dir DIR``, ``jaxspo plot RUN_DIR``, ``jaxspo eval CONFIG [--params DIR]``.
 
@@ -55,6 +55,18 @@ def _score(args: argparse.Namespace) -> int:
     clamped = f"; --max-length {args.max_length} clamped to the model's {summary['max_length']} positions" if summary["max_length"] < args.max_length else ""
     print(f"scored {summary['rows']} rows ({summary['truncated']} truncated at --max-length {summary['max_length']}{clamped}), "
           f"mean chosen-rejected log-prob margin {summary['mean_margin']:.4f}: {args.out}")
+    return 0
+
+
+def _label(args: argparse.Namespace) -> int:
+    from jaxspo.label import label_file
+
+    summary = label_file(
+        args.data, args.reward_model, args.out, temperature=args.temperature, batch_size=args.batch_size,
+        max_length=args.max_length, dtype=args.dtype, overwrite=args.overwrite,
+    )
+    print(f"labelled {summary['rows']} pairs ({summary['truncated']} responses cut at --max-length {summary['max_length']}): "
+          f"the reward model prefers chosen in {summary['agree']:.1%}, mean soft_label {summary['mean_soft_label']:.4f}: {args.out}")
     return 0
 
 
@@ -171,6 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--batch-size", type=_positive_int, default=8, help="pairs per forward pass")
     score.add_argument("--dtype", default="float32", help="parameter and compute dtype, e.g. bfloat16")
     score.set_defaults(handler=_score)
+    label = commands.add_parser("label", help="soft labels p̂ = σ((r_chosen − r_rejected)/τ) of preference pairs from a Hugging Face reward model")
+    label.add_argument("data", help="JSONL rows with prompt, chosen, rejected (any training format; may be compressed)")
+    label.add_argument("--reward-model", required=True, help="Hugging Face *ForSequenceClassification folder (num_labels=1, safetensors, tokenizer)")
+    label.add_argument("--out", required=True, help="JSONL written: each row plus chosen_reward, rejected_reward and soft_label")
+    label.add_argument("--temperature", type=_positive_float, default=1.0, help="τ in p̂ = σ((r_chosen − r_rejected)/τ), in reward units")
+    label.add_argument("--batch-size", type=_positive_int, default=8, help="responses per forward pass")
+    label.add_argument("--max-length", type=_positive_int, default=2048, help="tokens per prompt+response (longer inputs are cut; at most the model's positions)")
+    label.add_argument("--dtype", default="float32", help="parameter and compute dtype, e.g. bfloat16")
+    label.add_argument("--overwrite", action="store_true", help="replace --out if it exists (it is never replaced otherwise)")
+    label.set_defaults(handler=_label)
     compile_ = commands.add_parser("compile", help="compile the real train step for a TPU slice here (no TPU needed) and report memory")
     compile_.add_argument("config", help="YAML recipe with the model architecture (or model.path to an HF folder)")
     compile_.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.batch_size=64")
