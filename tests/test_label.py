@@ -33,10 +33,7 @@ def reward_folder(folder, arch="llama2", num_labels=1, pickle=False):
     config = copy.deepcopy(hf_tiny.CONFIGS[arch])
     config.num_labels, config.pad_token_id = num_labels, hf_tiny.tokenizer().pad_token_id
     torch.manual_seed(1)
-    model = transformers.AutoModelForSequenceClassification.from_config(config, attn_implementation="eager").float().eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(1.0 if "norm" in name and name.endswith("weight") else 0.0, 0.2)
+    model = hf_tiny.redraw(transformers.AutoModelForSequenceClassification.from_config(config, attn_implementation="eager").float().eval())
     model.save_pretrained(folder)
     if pickle:
         torch.save(model.state_dict(), folder / "pytorch_model.bin")
@@ -50,7 +47,7 @@ def write_rows(path, rows):
     return path
 
 
-@pytest.mark.parametrize("arch", ["llama2", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama2", "qwen2", "gemma2", "gpt2"])
 def test_label_gives_pytorchs_rewards_and_their_bradley_terry_probability(arch, tmp_path, capsys):
     assert jax.device_count() == 8
     folder = reward_folder(tmp_path / "rm", arch)
