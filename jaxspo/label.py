@@ -44,8 +44,11 @@ def _pairs(rows: list[Any], data: str | Path) -> list[dict[str, Any]]:
             pairs.append(to_preference_row(row, index))
         except ValueError as err:
             raise DataError(f"{data}: {err}; fix or delete the row") from None
-        if not isinstance(pairs[-1].get("prompt"), (str, list)):
-            raise DataError(f"{data}: row {index}: field 'prompt' is missing; a reward model scores a response to a prompt, so add one")
+        for name in ("prompt", "chosen", "rejected"):
+            value = pairs[-1].get(name)
+            if not isinstance(value, (str, list)):
+                got = "missing" if value is None else f"of type {type(value).__name__}"
+                raise DataError(f"{data}: row {index}: field {name!r} is {got}; a reward model scores text or messages, so give it one")
     return pairs
 
 
@@ -80,6 +83,9 @@ def label_file(
     texts = [reward_input_text(tokenizer, p["prompt"], p[side]) for side in ("chosen", "rejected") for p in pairs]  # chosen block, then rejected
     full = tokenizer(texts, add_special_tokens=True)["input_ids"]
     ids = [seq[:max_length] for seq in full]
+    empty = next((i for i, seq in enumerate(ids) if not seq), None)
+    if empty is not None:
+        raise DataError(f"{data}: row {empty % len(pairs)}: its prompt and response tokenise to nothing; give the row text to score")
     tokens, valid = pad_right(ids, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     last = np.array([last_scored_token(seq, model.pad_id) for seq in ids], np.int32)
 

@@ -92,6 +92,8 @@ def test_label_refuses_bad_folders_data_and_an_existing_output_in_one_line(tmp_p
     assert "architectures ['LlamaForCausalLM'] has no *ForSequenceClassification class" in err
     err = one_error_line(run(good, "out.jsonl", write_rows(tmp_path / "bad.jsonl.gz", [{"prompt": "p", "chosen": "c"}])), 1, capsys)
     assert err.startswith("jaxspo: data error: ") and "bad.jsonl.gz: row 0: " in err and "rejected" in err
+    err = one_error_line(run(good, "out.jsonl", write_rows(tmp_path / "num.jsonl.gz", [ROWS[0], {"chosen": "c", "rejected": "r"}])), 1, capsys)
+    assert err.endswith("num.jsonl.gz: row 1: field 'prompt' is missing; a reward model scores text or messages, so give it one")
     (tmp_path / "taken.jsonl").write_text("keep me\n")
     err = one_error_line(run(good, "taken.jsonl"), 2, capsys)
     assert err.endswith("taken.jsonl: already exists; give another --out, or --overwrite to replace it")
