@@ -4,7 +4,8 @@ Each reads the upstream files from the TFDS manual dir (``--manual-dir``) in any
 dataset is published in, keeps the upstream split names, and writes canonical rows
 (:mod:`jaxspo.data.formats`). Conversations are stored as message sequences (multi-turn prompts are
 split at the dataset's own turn markers); per-dimension scores as ``chosen_scores`` / ``rejected_scores``.
-Each builder's docstring says which drop rule comes from where (dataset card, paper, authors' repo).
+Each builder's docstring says which drop rule comes from where (dataset card, paper, authors' repo). Where a
+dataset grades its preference, the builder also writes ``soft_label`` = σ(margin / τ) (its ``SOFT_LABEL``).
 """
 
 from __future__ import annotations
