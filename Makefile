@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # glibc allocator settings that keep large host buffers from fragmenting (faster on CPU).
 RUN_ENV := MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=131072 TOKENIZERS_PARALLELISM=false
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint docs bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,9 +31,15 @@ test: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 
+# The documentation site (mkdocs.yml, pages in docs/) into site/: the configuration reference is regenerated from the
+# config dataclasses first, and --strict fails the build on a broken link or anchor; tests/test_docs_site.py does the same.
+docs: venv
+	$(PY) -m jaxspo.config_reference
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 # jaxspo vs TRL and Tunix side by side (benchmarks/vs_peers.py); the peers' venvs go to benchmarks/.venvs.
 bench: venv
 	$(RUN_ENV) JAX_PLATFORMS=cpu $(PY) benchmarks/vs_peers.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site

@@ -1,4 +1,4 @@
-"""λ sweep of the ``sequential`` recipe on the built-in task; prints JSON (docs/losses.md, "sequential" table).
+"""λ sweep of the ``sequential`` recipe on the built-in task; prints JSON (docs/methods/sequential.md, the λ tables).
 
 Stage 1 aligns gold correctness, stage 2 gold brevity (the two conflict: truncated answers are short
 but wrong). For each seed S (``trainer.seed = data.synthetic.seed = S``) the λ = 0 run (naive sequential

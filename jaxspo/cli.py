@@ -1,5 +1,5 @@
 """Command line: ``jaxspo train CONFIG [key=value ...]``, ``jaxspo export RUN_DIR --out DIR``,
-``jaxspo score MODEL_DIR DATA.jsonl --out OUT.jsonl``, ``jaxspo compile CONFIG --topology v5p-128``,
+``jaxspo score MODEL_DIR DATA.jsonl --out OUT.jsonl``, ``jaxspo label DATA.jsonl --reward-model DIR --out OUT.jsonl``, ``jaxspo compile CONFIG --topology v5p-128``,
 ``jaxspo launch (--local N | --tpu NAME | --queued-resource NAME | --slurm | --hosts H0,H1,...) CONFIG [key=value ...]``,
 ``jaxspo data prepare NAME --manual-dir DIR``, ``jaxspo plot RUN_DIR``, ``jaxspo eval CONFIG [--params DIR]``.
 
@@ -58,6 +58,18 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label(args: argparse.Namespace) -> int:
+    from jaxspo.label import label_file
+
+    summary = label_file(
+        args.data, args.reward_model, args.out, temperature=args.temperature, batch_size=args.batch_size,
+        max_length=args.max_length, dtype=args.dtype, overwrite=args.overwrite,
+    )
+    print(f"labelled {summary['rows']} pairs ({summary['truncated']} responses cut at --max-length {summary['max_length']}): "
+          f"the reward model prefers chosen in {summary['agree']:.1%}, mean soft_label {summary['mean_soft_label']:.4f}: {args.out}")
+    return 0
+
+
 def _compile(args: argparse.Namespace) -> int:
     import json
     import os
@@ -79,7 +91,7 @@ def _compile(args: argparse.Namespace) -> int:
 def _data_prepare(args: argparse.Namespace) -> int:
     from jaxspo.data.prepare import format_summary, prepare
 
-    print(format_summary(prepare(args.name, args.manual_dir, args.data_dir)))
+    print(format_summary(prepare(args.name, args.manual_dir, args.data_dir, args.soft_label_temperature)))
     return 0
 
 
@@ -116,14 +128,18 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_seconds(text: str) -> float:
+def _positive_float(text: str, what: str = "a number") -> float:
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected {what} > 0, got {text!r}")
     return value
+
+
+def _positive_seconds(text: str) -> float:
+    return _positive_float(text, "seconds")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -167,6 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--batch-size", type=_positive_int, default=8, help="pairs per forward pass")
     score.add_argument("--dtype", default="float32", help="parameter and compute dtype, e.g. bfloat16")
     score.set_defaults(handler=_score)
+    label = commands.add_parser("label", help="soft labels p̂ = σ((r_chosen − r_rejected)/τ) of preference pairs from a Hugging Face reward model")
+    label.add_argument("data", help="JSONL rows with prompt, chosen, rejected (any training format; may be compressed)")
+    label.add_argument("--reward-model", required=True, help="Hugging Face *ForSequenceClassification folder (num_labels=1, safetensors, tokenizer)")
+    label.add_argument("--out", required=True, help="JSONL written: each row plus chosen_reward, rejected_reward and soft_label")
+    label.add_argument("--temperature", type=_positive_float, default=1.0, help="τ in p̂ = σ((r_chosen − r_rejected)/τ), in reward units")
+    label.add_argument("--batch-size", type=_positive_int, default=8, help="responses per forward pass")
+    label.add_argument("--max-length", type=_positive_int, default=2048, help="tokens per prompt+response (longer inputs are cut; at most the model's positions)")
+    label.add_argument("--dtype", default="float32", help="parameter and compute dtype, e.g. bfloat16")
+    label.add_argument("--overwrite", action="store_true", help="replace --out if it exists (it is never replaced otherwise)")
+    label.set_defaults(handler=_label)
     compile_ = commands.add_parser("compile", help="compile the real train step for a TPU slice here (no TPU needed) and report memory")
     compile_.add_argument("config", help="YAML recipe with the model architecture (or model.path to an HF folder)")
     compile_.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.batch_size=64")
@@ -180,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     data_prepare.add_argument("name", help="hh_rlhf, ultrafeedback_binarized, pku_safe_rlhf[/better|/safer], tldr_comparisons, helpsteer2[/ratings|/preference]")
     data_prepare.add_argument("--manual-dir", required=True, help="folder holding the upstream files as downloaded")
     data_prepare.add_argument("--data-dir", default="", help="TFDS data dir to write (default: TFDS' own, ~/tensorflow_datasets)")
+    data_prepare.add_argument(
+        "--soft-label-temperature", type=_positive_float, default=1.0, metavar="T",
+        help="τ of the soft labels (ultrafeedback_binarized, tldr_comparisons, helpsteer2): p̂ = σ(margin / τ), see docs/datasets.md",
+    )
     data_prepare.set_defaults(handler=_data_prepare)
     evaluate = commands.add_parser("eval", help="held-out preference and generation metrics of a policy (optionally win rate under a reward model)")
     evaluate.add_argument("target", help="a run directory (uses its config.yaml, params/ and checkpoints/reference/) or a YAML recipe")

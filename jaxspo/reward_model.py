@@ -2,19 +2,32 @@
 
 The reward model is loaded with transformers (PyTorch, CPU, ``local_files_only``: no download) from a
 folder holding a ``*ForSequenceClassification`` checkpoint with one output (the reward). Each response is
-scored in context: for a text prompt the input is ``prompt + response``; for a conversation, the reward
-model's chat template over the prompt messages plus ``{"role": "assistant", "content": response}`` (or,
-without a template, the message contents joined by newlines followed by the response).
+scored in context (:func:`reward_input_text`, shared with ``jaxspo label``'s JAX port of such a model).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from jaxspo.errors import CheckpointError
+
+
+def reward_input_text(tokenizer: Any, prompt: str | list, response: str | list) -> str:
+    """The reward model's input text for one (prompt, response): ``prompt + response`` for text; for a
+    conversation, the tokenizer's chat template over the prompt messages plus the response (a list of messages,
+    or its text as one ``{"role": "assistant"}`` message), or without a template the message contents joined by
+    newlines. The tokenizer then adds its special tokens as usual."""
+    if isinstance(prompt, str) and isinstance(response, str):
+        return prompt + response
+    turns = response if isinstance(response, list) else [{"role": "assistant", "content": response}]
+    messages = ([{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)) + turns
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    return "\n".join(m["content"] for m in messages)
 
 
 class RewardModel:
@@ -39,16 +52,8 @@ class RewardModel:
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.batch_size, self.max_length = batch_size, max_length
 
-    def text(self, prompt: str | list, response: str) -> str:
-        """The reward model's input text for one (prompt, response)."""
-        if isinstance(prompt, str):
-            return prompt + response
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=False)
-        return "\n".join(m["content"] for m in prompt) + "\n" + response
-
-    def score(self, prompts: Sequence[str | list], responses: Sequence[str]) -> np.ndarray:
-        texts = [self.text(p, r) for p, r in zip(prompts, responses)]
+    def score(self, prompts: Sequence[str | list], responses: Sequence[str | list]) -> np.ndarray:
+        texts = [reward_input_text(self.tokenizer, p, r) for p, r in zip(prompts, responses)]
         out = []
         with self.torch.no_grad():
             for start in range(0, len(texts), self.batch_size):

@@ -1,7 +1,12 @@
 """Test set-up: 8 virtual CPU devices (set before jax is imported) and float32 matmuls."""
 
+import json
 import os
+import resource
+import time
 from pathlib import Path
+
+import pytest
 
 # 8 virtual devices; LLVM at -O0 and XLA:CPU's older elemental code generator for fusions: the suite's programs
 # are tiny, so compiling them is most of a test's time; -O0 (how LLVM optimises the generated CPU code) halves it,
@@ -35,3 +40,25 @@ def pytest_collection_modifyitems(items: list) -> None:
     """Runs the files of :data:`LONGEST_FIRST` first, in that order; the others keep their order after them."""
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+# JAXSPO_TEST_CPU_LOG=PATH: each test appends {"test", "cpu_s", "wall_s"} to PATH (JSON lines). CPU seconds count this
+# process's threads and its finished child processes (whole runs), set-up and teardown included, so they rank the tests
+# by the work they cost even while other jobs share the cores (wall time then measures the machine, not the test).
+CPU_LOG = os.environ.get("JAXSPO_TEST_CPU_LOG")
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its waited-for children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Logs the test's CPU and wall seconds to :data:`CPU_LOG` when it is set."""
+    cpu, wall = _cpu_seconds(), time.perf_counter()
+    yield
+    if CPU_LOG:
+        with open(CPU_LOG, "a") as log:
+            log.write(json.dumps({"test": item.nodeid, "cpu_s": round(_cpu_seconds() - cpu, 2), "wall_s": round(time.perf_counter() - wall, 2)}) + "\n")

@@ -66,7 +66,12 @@ def build_hf(name: str, seed: int = 0) -> transformers.PreTrainedModel:
     config = copy.deepcopy(CONFIGS[name])  # saving in bf16/fp16 mutates a config's dtype: never share one
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").float().eval()
-    gemma_norm = config.model_type in ("gemma", "gemma2")
+    return redraw(model)
+
+
+def redraw(model: transformers.PreTrainedModel) -> transformers.PreTrainedModel:
+    """``model`` with every weight redrawn N(0, 0.2), norm scales N(1, 0.2) (Gemma's, stored as scale − 1: N(0, 0.2))."""
+    gemma_norm = model.config.model_type in ("gemma", "gemma2")
     with torch.no_grad():
         for param_name, p in model.named_parameters():
             is_norm_scale = ("norm" in param_name or ".ln_" in param_name) and param_name.endswith("weight")

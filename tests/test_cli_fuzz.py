@@ -421,6 +421,8 @@ BAD_ARGUMENTS = [
     ["export", "r"], ["nonsense"], [], ["train"], ["compile", "configs/demo.yaml"], ["data"], ["data", "prepare", "hh_rlhf"],
     ["launch", "--dry-run", "--local", "0", "configs/demo.yaml"], ["launch", "--dry-run", "--tpu", "t", "configs/demo.yaml"],
     ["train", "configs/demo.yaml", "--no-such-flag"],
+    ["label", "d.jsonl", "--out", "o"], ["label", "d.jsonl", "--reward-model", "m", "--out", "o", "--temperature", "nan"],
+    ["data", "prepare", "hh_rlhf", "--manual-dir", "m", "--soft-label-temperature", "-1"],
 ]
 
 

@@ -164,12 +164,12 @@ def test_randomly_initialised_model_exports_as_llama(tmp_path):
 
 def test_training_and_loading_never_import_torch():
     """torch (≈ 10 s to import on 2 cores) is for exporting and the tests' oracles only: the CLI, the training
-    loop, the HF loaders and the scorer start without it."""
+    loop, the HF loaders, the scorer and the labeller start without it."""
     import os
     import subprocess
     import sys
 
-    modules = "jaxspo.cli, jaxspo.train.loop, jaxspo.models.hf_io, jaxspo.models.hf_config, jaxspo.score, jaxspo.eval_run"
+    modules = "jaxspo.cli, jaxspo.train.loop, jaxspo.models.hf_io, jaxspo.models.hf_config, jaxspo.score, jaxspo.label, jaxspo.eval_run"
     code = f"import sys, {modules}; print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert done.returncode == 0, done.stderr

@@ -1,4 +1,4 @@
-"""Soft-label losses (docs/losses.md, Soft preference labels), float64 tabular checks: GDPO's special cases, soft cDPO's optimum, the bandit."""
+"""Soft-label losses (docs/methods/gdpo.md), float64 tabular checks: GDPO's special cases, soft cDPO's optimum, the bandit."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""soft_spo (docs/losses.md, Soft Preference Optimization): hand-made list arrays, the CPO reduction, μ, and float64 tabular optima."""
+"""soft_spo (docs/methods/soft-spo.md): hand-made list arrays, the CPO reduction, μ, and float64 tabular optima."""
 
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import math
+
 import pytest
 
 from jaxspo.data.prepare import prepare
@@ -35,6 +37,11 @@ def manual_dir(name, tmp_path):
     return out
 
 
+def sigmoid(x):
+    """The soft labels' expected values, at the default temperature τ = 1 (float32 as stored)."""
+    return pytest.approx(1 / (1 + math.exp(-x)), rel=1e-6)
+
+
 def user(text):
     return [{"role": "user", "content": text}]
 
@@ -54,7 +61,7 @@ CASES = {
         {"train_prefs": 2, "test_prefs": 1},
         {"train_prefs": {"invalid: field 'chosen' and field 'rejected' share no leading message, so there is no implicit prompt": 1}},
         ("test_prefs", 0, {"prompt": user("Name a prime."), "chosen": assistant("7"), "rejected": assistant("8"),
-                           "chosen_scores": {"rating": 10.0}, "rejected_scores": {"rating": 1.0}, "prompt_id": "b1"}),
+                           "chosen_scores": {"rating": 10.0}, "rejected_scores": {"rating": 1.0}, "prompt_id": "b1", "soft_label": sigmoid(9.0)}),
     ),
     "pku_safe_rlhf/better": (
         {"train": 2, "test": 1},
@@ -71,14 +78,16 @@ CASES = {
         {"train": 2, "validation": 2},
         {"train": {"invalid: choice is not 0 or 1 between two summaries": 1, "invalid: a CNN/DM article comparison, not a TL;DR post": 1}},
         ("validation", None, {"prompt": "SUBREDDIT: r/AskReddit\n\nTITLE: Title t3_4\n\nPOST: Roommate never cleans.\n\nTL;DR:",
-                              "chosen": " roommate never cleans, what do?", "rejected": " roommate messy", "post_id": "t3_4"}),
+                              "chosen": " roommate never cleans, what do?", "rejected": " roommate messy", "post_id": "t3_4",
+                              "soft_label": sigmoid(2.0)}),  # choice 1 at confidence 7: two steps past the scale's midpoint 5
     ),
     "helpsteer2": (
         {"train": 2, "validation": 1},
         {"train": {"tie: equal helpfulness": 1, "invalid: a response without a second response to the same prompt": 1}},
         ("validation", 0, {"prompt": user("Name a colour."), "chosen": assistant("Blue."), "rejected": assistant("Colour."),
                            "chosen_scores": {"helpfulness": 4.0, "correctness": 4.0, "coherence": 4.0, "complexity": 0.0, "verbosity": 1.0},
-                           "rejected_scores": {"helpfulness": 0.0, "correctness": 0.0, "coherence": 2.0, "complexity": 0.0, "verbosity": 0.0}}),
+                           "rejected_scores": {"helpfulness": 0.0, "correctness": 0.0, "coherence": 2.0, "complexity": 0.0, "verbosity": 0.0},
+                           "soft_label": sigmoid(4.0)}),
     ),
 }
 

@@ -1,4 +1,4 @@
-"""Degraded copies of responses for selfsup (docs/losses.md, Self-supervised preference degree): remove more and more key content per level.
+"""Degraded copies of responses for selfsup (docs/methods/selfsup.md): remove more and more key content per level.
 
 From a response y split into n units (``token``: its tokens; ``word``: whitespace-separated words;
 ``sentence``: sentences ending in ``.``, ``!`` or ``?`` or a line break), level k = 1…K keeps all units

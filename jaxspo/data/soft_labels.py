@@ -1,7 +1,7 @@
 """Per-pair soft preference labels: the ``soft_label`` field, checked and oriented before encoding.
 
 A preference row may carry ``soft_label`` = p̂ = P(chosen ≻ rejected), a number in [0, 1]. Rules
-(docs/losses.md, Soft preference labels):
+(docs/methods/gdpo.md):
 
 - p̂ < ½: the pair is given the wrong way round; :func:`orient_pairs` swaps every ``chosen*`` field
   with its ``rejected*`` twin (``chosen``/``rejected``, ``chosen_scores``/``rejected_scores``, …) and

@@ -1,4 +1,4 @@
-"""DPO-family losses on the margin h (docs/losses.md, The DPO family). Each returns the per-pair loss ``[B]``.
+"""DPO-family losses on the margin h (docs/methods/dpo.md). Each returns the per-pair loss ``[B]``.
 
 Notation: β = ``cfg.beta``, ε = ``cfg.label_smoothing``, h = log πθ/π_ref(y_w) − log πθ/π_ref(y_l) on
 summed token log-probs, |y| the response length in tokens. TRL's ``loss_type`` names are kept where

@@ -3,7 +3,7 @@
 Each pair carries p̂ = P(y_w ≻ y_l) (``PairLogps.soft_label``, from the data field ``soft_label``;
 :func:`jaxspo.data.soft_labels.orient_pairs` swaps pairs with p̂ < ½ before encoding). Replacing each
 likelihood by the weighted geometric average π(y_w)^p̂ π(y_l)^(1−p̂) (same for π_ref) turns the margin
-h into (2p̂−1)·h (docs/losses.md, Soft preference labels). All five losses below are invariant to swapping a pair together with
+h into (2p̂−1)·h (docs/methods/gdpo.md). All five losses below are invariant to swapping a pair together with
 p̂ → 1−p̂. Each returns the per-pair loss ``[B]``; β = ``cfg.beta``.
 """
 
@@ -53,7 +53,7 @@ def cdpo_soft(logps: PairLogps, cfg) -> jax.Array:
 
 @register_loss("cipo", needs_soft_label=True)
 def cipo(logps: PairLogps, cfg) -> jax.Array:
-    """(h − (2p̂−1)/(2β))²: IPO regressing h on a p̂-dependent target (docs/losses.md, Soft preference labels, up to a constant).
+    """(h − (2p̂−1)/(2β))²: IPO regressing h on a p̂-dependent target (docs/methods/gdpo.md, up to a constant).
 
     Soft-label IPO baseline of Furuta et al., arXiv 2409.06691 (IPO: arXiv 2310.12036).
     """

@@ -1,4 +1,4 @@
-"""Reference-free losses: SFT, SimPO, CPO, ORPO (docs/losses.md, The DPO family). They never read π_ref.
+"""Reference-free losses: SFT, SimPO, CPO, ORPO (docs/methods/dpo.md). They never read π_ref.
 
 Each returns ``(loss [B], metrics)``; the metrics use TRL's names and, like TRL's CPO and ORPO
 trainers, report rewards as β·log πθ (β·token-mean log πθ for SimPO and ORPO).

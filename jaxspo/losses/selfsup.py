@@ -1,6 +1,6 @@
 """Self-supervised preference-degree losses (selfsup; Li et al., arXiv 2409.17791, EMNLP 2024 Findings).
 
-L = L_align + λ·L_degree (docs/losses.md, Self-supervised preference degree). From each response y the data pipeline makes copies
+L = L_align + λ·L_degree (docs/methods/selfsup.md). From each response y the data pipeline makes copies
 ỹ^(1) … ỹ^(K) with more and more key content removed (:mod:`jaxspo.data.degrade`); ỹ^(0) = y.
 The degree losses here are pure functions of per-level values ``[..., K + 1]`` with a validity mask
 (level 0 always valid; a level that removes nothing more than the one before is invalid) [I]:

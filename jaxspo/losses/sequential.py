@@ -1,4 +1,4 @@
-"""Sequential multi-dimensional Preference Optimization (docs/losses.md, Sequential) — ``sequential``.
+"""Sequential multi-dimensional Preference Optimization (docs/methods/sequential.md) — ``sequential``.
 
 Lou et al., "SPO: Multi-Dimensional Preference Sequential Alignment With Implicit Reward Modeling",
 arXiv 2405.12739 (AAAI 2025). Stage n (1-based) trains π_n from π_{n−1}, with π_{n−1} as reference, on

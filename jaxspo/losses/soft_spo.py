@@ -1,4 +1,4 @@
-"""Soft Preference Optimization (Sharifnassab et al., arXiv 2405.00747): the preference terms (docs/losses.md, Soft Preference Optimization).
+"""Soft Preference Optimization (Sharifnassab et al., arXiv 2405.00747): the preference terms (docs/methods/soft-spo.md).
 
 All terms are reference-free and read α = ``loss.params.<term>.alpha`` (:class:`SoftSpoParams`); s = α·log πθ(y) (sequence log-probs):
 

@@ -125,8 +125,9 @@ def _maps_for(cfg: ModelConfig, names: set[str]) -> TensorMaps:
     return tensor_maps(cfg, prefix)
 
 
-def _check_names(ckpt: SafetensorsFolder, maps: TensorMaps, cfg: ModelConfig) -> None:
-    expected = {m.name(i) for m in maps for i in (range(cfg.num_layers) if m.per_layer else [None])}
+def _check_names(ckpt: SafetensorsFolder, maps: TensorMaps, cfg: ModelConfig, heads: frozenset[str] = frozenset()) -> None:
+    """Every mapped tensor present, and nothing else but ``heads`` (read by the caller) and ignorable buffers."""
+    expected = {m.name(i) for m in maps for i in (range(cfg.num_layers) if m.per_layer else [None])} | heads
     missing = sorted(expected - set(ckpt.files))
     if missing:
         raise CheckpointError(f"{ckpt.source}: missing tensor {missing[0]!r} ({len(missing)} missing in all)")
@@ -140,17 +141,18 @@ def _check_names(ckpt: SafetensorsFolder, maps: TensorMaps, cfg: ModelConfig) ->
         )
 
 
-def load_params(folder: str | Path, cfg: ModelConfig, abstract: nnx.State, shardings: Any) -> nnx.State:
+def load_params(folder: str | Path, cfg: ModelConfig, abstract: nnx.State, shardings: Any, heads: frozenset[str] = frozenset()) -> nnx.State:
     """Parameters of the HF folder placed on ``shardings``, with ``abstract``'s structure (from ``abstract_model``).
 
     ``cfg`` must come from :func:`jaxspo.models.hf_config.model_config_from_hf` on the same folder.
-    Tensors are cast to ``cfg.param_dtype``.
+    Tensors are cast to ``cfg.param_dtype``. ``heads``: tensors of a task head (e.g. ``score.weight``) that
+    the folder must hold besides the decoder's; the caller reads them with :class:`SafetensorsFolder`.
     """
     shapes, placements = _flat(abstract), _flat(shardings)
     loaded: dict[ParamPath, jax.Array] = {}
     with SafetensorsFolder(folder) as ckpt:
         maps = _maps_for(cfg, set(ckpt.files))
-        _check_names(ckpt, maps, cfg)
+        _check_names(ckpt, maps, cfg, heads)
         for m in maps:
             targets = [_LocalShards(shapes[p].shape, shapes[p].dtype, placements[p]) for p in m.ours]
             layer_shapes = [m.layer_shape(shapes[p].shape) for p in m.ours]

@@ -1,4 +1,4 @@
-"""Global KL regulariser of Soft Preference Optimization (docs/losses.md, Soft Preference Optimization): β_KL·KL(πθ ‖ π_ref) on policy samples.
+"""Global KL regulariser of Soft Preference Optimization (docs/methods/soft-spo.md): β_KL·KL(πθ ‖ π_ref) on policy samples.
 
 Outside the jitted train step, :class:`KLSampler` draws y ~ πθ(·|x) with the jitted KV-cache sampler
 (:func:`jaxspo.sampling.sample`) for ``loss.kl.prompts`` prompts of the regularisation prompt set,

@@ -411,7 +411,7 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
             write_base_record(lora.record, run_dir)
         evaluated = lora.eval_states if lora else (lambda p: (p, reference))  # (policy, reference) for the evaluator
         evaluator = run.evaluator(lora.model.eval_graphdef if lora else run.graphdef)
-        if selfsup.active(cfg.loss):  # degraded copies of the train and eval pairs (docs/losses.md, Self-supervised preference degree)
+        if selfsup.active(cfg.loss):  # degraded copies of the train and eval pairs (docs/methods/selfsup.md)
             degree = DegreeData(cfg, run.tokenizer, run.graphdef, run.mesh, reference, train_arrays)
             train_arrays = train_arrays | degree(train_arrays, with_reference=selfsup.REFERENCE_FIELD in batch_fields("preference", cfg.loss))
             evaluator.extra_metrics.append(LevelRewardMetrics(degree, evaluator.pairs))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -41,6 +42,7 @@ class PairScorer:
 
 def score_in_chunks(
     fn: Any, params: Any, arrays: dict[str, np.ndarray], chunk: int, mesh: Mesh, rules: Rules, trim: bool = False,
+    progress: Callable[[int], Any] | None = None,
 ) -> tuple[np.ndarray, ...]:
     """``fn(params, batch) -> tuple of [chunk, ...] arrays`` over all rows of ``arrays`` in sharded chunks.
 
@@ -48,7 +50,7 @@ def score_in_chunks(
     width. ``trim`` (for ``fn`` whose outputs are per-row values, exact under right-padding): rows are
     scored shortest first and each chunk's 2-D arrays are cut to the first of :func:`trim_widths` that
     holds its longest row (:func:`jaxspo.data.bucketing.example_lengths`), so padding is not computed; outputs come
-    back in the rows' order.
+    back in the rows' order. ``progress(k)`` (optional) is called after each chunk with its ``k`` new rows.
     """
     n = len(next(iter(arrays.values())))
     full = max((v.shape[1] for v in arrays.values() if v.ndim == 2), default=0)
@@ -62,6 +64,8 @@ def score_in_chunks(
         width = widths[int(np.searchsorted(widths, lengths[rows].max()))]
         batch = {k: shard_rows(v[rows][:, :width] if v.ndim == 2 else v[rows], mesh, rules) for k, v in arrays.items()}
         parts.append(tuple(to_host(x) for x in fn(params, batch)))
+        if progress is not None:
+            progress(min(chunk, n - start))
     outputs = []
     for column in zip(*parts):
         out = np.empty_like(column[0], shape=(n,) + column[0].shape[1:])

@@ -1,4 +1,4 @@
-"""The ``sequential`` recipe (docs/losses.md, Sequential): stages trained one after another from the SFT policy π_0.
+"""The ``sequential`` recipe (docs/methods/sequential.md): stages trained one after another from the SFT policy π_0.
 
 For stage n (1-based) of ``cfg.stages``:
 

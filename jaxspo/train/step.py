@@ -131,7 +131,7 @@ def preference_objective_fn(graphdef: Any, loss_cfg) -> Objective:
             ref_chosen, ref_rejected = jax.lax.stop_gradient(ref[0]), jax.lax.stop_gradient(ref[1])
         logps = PairLogps(chosen, rejected, ref_chosen, ref_rejected, chosen_len, rejected_len, batch["soft_label"], batch.get(OFFSET_FIELD))
         loss_sum, metrics = preference_objective(logps, loss_cfg, jnp.ones_like(chosen))
-        if selfsup.active(loss_cfg):  # + λ·degree loss on the degraded copies (docs/losses.md, Self-supervised preference degree)
+        if selfsup.active(loss_cfg):  # + λ·degree loss on the degraded copies (docs/methods/selfsup.md)
             degree = selfsup.degree_objective(model, params, reference_params, batch, logps, loss_cfg, rng, head_params)
             loss_sum, metrics = selfsup.add_degree_term(loss_sum, metrics, *degree, loss_cfg.selfsup.weight)
         metrics["tokens"] = (real_tokens(batch), jnp.float32(1.0))

@@ -1,4 +1,4 @@
-"""A pair loss with a hyper-parameter, in one file (the example of docs/losses.md, Your own loss).
+"""A pair loss with a hyper-parameter, in one file (the example of docs/methods/custom-loss.md).
 
 Train with it: ``loss.terms={"tests.user_losses.margin_shift:shifted_dpo": 1.0}`` and set its shift with
 ``loss.params."tests.user_losses.margin_shift:shifted_dpo".shift=0.5``.

@@ -12,6 +12,7 @@ or raises ``Rejected(reason)``; rejected rows are counted per split and reason i
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,12 @@ def scores_feature(dimensions: tuple[str, ...]) -> tfds.features.FeaturesDict:
 class Rejected(ValueError):
     """An upstream row that cannot become a preference pair; the message is the counted reason, starting
     with its kind: ``tie:`` (no preference), ``invalid:`` (not a usable pair) or ``contradictory:``."""
+
+
+def bradley_terry(margin: float, temperature: float) -> float:
+    """p̂ = σ(margin / temperature): the Bradley–Terry probability that chosen beats rejected, for a
+    preference ``margin`` in the dataset's own units (score points, strength levels)."""
+    return 0.5 * (1.0 + math.tanh(margin / (2.0 * temperature)))
 
 
 EMPTY_RESPONSE = "invalid: empty or whitespace-only response"
@@ -119,11 +126,20 @@ class PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     SIDE_FILES: tuple[SideFile, ...] = ()
     PAIR_COLUMNS: frozenset[str] = frozenset()  # the columns every pair file has
     HOMEPAGE = ""
+    SOFT_LABEL = ""  # the formula of the emitted ``soft_label`` (empty: the dataset carries no graded preference)
 
-    def __init__(self, **kwargs: Any):
+    def __init__(self, soft_label_temperature: float = 1.0, **kwargs: Any):
+        """``soft_label_temperature`` τ > 0 of :attr:`SOFT_LABEL`; the other arguments are TFDS'."""
+        if not (isinstance(soft_label_temperature, (int, float)) and soft_label_temperature > 0 and math.isfinite(soft_label_temperature)):
+            raise ValueError(f"soft_label_temperature must be a finite number > 0, got {soft_label_temperature!r}")
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
+        self.soft_label_temperature = float(soft_label_temperature)
         self.rejected: dict[str, dict[str, int]] = {}
+
+    def soft_label(self, margin: float) -> float:
+        """:func:`bradley_terry` of ``margin`` at this builder's temperature."""
+        return bradley_terry(margin, self.soft_label_temperature)
 
     def features(self) -> dict[str, Any]:
         raise NotImplementedError

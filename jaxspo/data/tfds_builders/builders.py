@@ -4,7 +4,8 @@ Each reads the upstream files from the TFDS manual dir (``--manual-dir``) in any
 dataset is published in, keeps the upstream split names, and writes canonical rows
 (:mod:`jaxspo.data.formats`). Conversations are stored as message sequences (multi-turn prompts are
 split at the dataset's own turn markers); per-dimension scores as ``chosen_scores`` / ``rejected_scores``.
-Each builder's docstring says which drop rule comes from where (dataset card, paper, authors' repo).
+Each builder's docstring says which drop rule comes from where (dataset card, paper, authors' repo). Where a
+dataset grades its preference, the builder also writes ``soft_label`` = σ(margin / τ) (its ``SOFT_LABEL``).
 """
 
 from __future__ import annotations
@@ -156,6 +157,8 @@ class UltrafeedbackBinarized(PreferenceBuilder):
     - card (configs): only ``train_prefs`` / ``test_prefs`` are preference splits; ``*_sft`` (for
       supervised fine-tuning) and ``*_gen`` (prompts for generation) are refused when they are all there is.
     - the original openbmb/UltraFeedback (four rated completions per row) is refused by its columns.
+
+    Soft label (:attr:`SOFT_LABEL`): the two GPT-4 scores as Bradley–Terry utilities, per score point / τ.
     """
 
     HOMEPAGE = "https://huggingface.co/datasets/HuggingFaceH4/ultrafeedback_binarized"
@@ -173,12 +176,15 @@ class UltrafeedbackBinarized(PreferenceBuilder):
         SideFile("the original openbmb/UltraFeedback (four rated completions per prompt, not binarized)", (), frozenset({"instruction", "completions"})),
     )
     PAIR_COLUMNS = frozenset({"chosen", "rejected", "score_chosen", "score_rejected"})
+    SOFT_LABEL = "σ((score_chosen − score_rejected) / τ)"
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "soft_label from score_chosen − score_rejected"}
 
     def features(self) -> dict[str, Any]:
         return {
             "prompt": messages_feature(), "chosen": messages_feature(), "rejected": messages_feature(),
             "chosen_scores": scores_feature(("rating",)), "rejected_scores": scores_feature(("rating",)),
-            "prompt_id": TEXT,
+            "prompt_id": TEXT, "soft_label": np.float32,
         }
 
     def convert(self, row: Any, split: str) -> dict[str, Any]:
@@ -192,7 +198,7 @@ class UltrafeedbackBinarized(PreferenceBuilder):
         return {
             "prompt": pair["prompt"], "chosen": pair["chosen"], "rejected": pair["rejected"],
             "chosen_scores": {"rating": score_chosen}, "rejected_scores": {"rating": score_rejected},
-            "prompt_id": row.get("prompt_id") or "",
+            "prompt_id": row.get("prompt_id") or "", "soft_label": self.soft_label(score_chosen - score_rejected),
         }
 
 
@@ -259,6 +265,11 @@ class TldrComparisons(PreferenceBuilder):
     - two identical summaries state no preference → ``tie``; a blank summary → ``invalid``.
     - ``axis_evals/`` (Likert ratings of single summaries) and ``tldr_3_filtered/`` (posts with reference
       summaries) are not comparisons → refused.
+
+    Soft label (:attr:`SOFT_LABEL`): ``extra.confidence`` read as the labeller's 9-point scale from 1
+    (``summaries[0]`` definitely better) through 5 (no preference) to 9 (``summaries[1]`` definitely better),
+    so its distance from 5 towards ``choice`` is the strength. 5 → ``tie``; leaning away from ``choice`` →
+    ``contradictory``; outside 1–9 → ``invalid``; no confidence (``extra`` absent or null) → p̂ = 1, the hard label.
     """
 
     HOMEPAGE = "https://github.com/openai/summarize-from-feedback"
@@ -284,9 +295,27 @@ class TldrComparisons(PreferenceBuilder):
     )
     PAIR_COLUMNS = frozenset({"info", "summaries", "choice", "split"})
     UPSTREAM = {"train": ("train",), "validation": ("valid1", "valid2")}
+    SOFT_LABEL = "σ(|confidence − 5| / τ)"
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "soft_label from extra.confidence"}
+    NO_PREFERENCE = 5  # the midpoint of the 1–9 confidence scale
 
     def features(self) -> dict[str, Any]:
-        return {"prompt": TEXT, "chosen": TEXT, "rejected": TEXT, "post_id": TEXT}
+        return {"prompt": TEXT, "chosen": TEXT, "rejected": TEXT, "post_id": TEXT, "soft_label": np.float32}
+
+    def _confidence_label(self, row: dict[str, Any], choice: int) -> float:
+        """p̂ from ``extra.confidence`` (see the class docstring); 1.0 when the row has none."""
+        confidence = (row.get("extra") or {}).get("confidence")
+        if confidence is None:
+            return 1.0
+        if not isinstance(confidence, (int, float)) or not 1 <= confidence <= 9:
+            raise Rejected("invalid: extra.confidence is not a number from 1 to 9")
+        lean = confidence - self.NO_PREFERENCE  # > 0: towards summaries[1]
+        if lean == 0:
+            raise Rejected("tie: extra.confidence is 5 (no preference)")
+        if (lean > 0) != (choice == 1):
+            raise Rejected("contradictory: extra.confidence leans to the summary not chosen")
+        return self.soft_label(abs(lean))
 
     def convert(self, row: Any, split: str) -> dict[str, Any] | None:
         if row.get("split") not in self.UPSTREAM[split]:
@@ -297,11 +326,12 @@ class TldrComparisons(PreferenceBuilder):
         choice, summaries = row["choice"], row["summaries"]
         if choice not in (0, 1) or len(summaries) != 2:
             raise Rejected("invalid: choice is not 0 or 1 between two summaries")
+        soft_label = self._confidence_label(row, choice)
         chosen, rejected = summaries[choice]["text"], summaries[1 - choice]["text"]
         check_responses(chosen, rejected)
         prompt = f"SUBREDDIT: r/{info.get('subreddit', '')}\n\nTITLE: {info.get('title', '')}\n\nPOST: {info['post']}\n\nTL;DR:"
         pair = _canonical({"prompt": prompt, "chosen": " " + chosen.strip(), "rejected": " " + rejected.strip()})
-        return {k: pair[k] for k in ("prompt", "chosen", "rejected")} | {"post_id": str(info.get("id", ""))}
+        return {k: pair[k] for k in ("prompt", "chosen", "rejected")} | {"post_id": str(info.get("id", "")), "soft_label": soft_label}
 
 
 class Helpsteer2Config(tfds.core.BuilderConfig):
@@ -329,6 +359,9 @@ class Helpsteer2(PreferenceBuilder):
     - both: identical responses → ``tie``; a blank response → ``invalid``.
     - the other file where one is expected (per-response ratings vs pairwise preferences) and
       ``disagreements/`` are refused.
+
+    Soft label (:attr:`SOFT_LABEL`): ``ratings``: the helpfulness difference (the attribute the card's
+    Bradley–Terry pairs use) per point / τ; ``preference``: the strength (1 slightly, 2 better, 3 much better) / τ.
     """
 
     HOMEPAGE = "https://huggingface.co/datasets/nvidia/HelpSteer2"
@@ -338,6 +371,9 @@ class Helpsteer2(PreferenceBuilder):
         "(config preference) from https://huggingface.co/datasets/nvidia/HelpSteer2 into MANUAL_DIR (or the whole repository)."
     )
     DIMENSIONS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+    SOFT_LABEL = "ratings: σ((helpfulness_chosen − helpfulness_rejected) / τ); preference: σ(|preference_strength| / τ)"
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "soft_label from the helpfulness difference or the preference strength"}
     _DISAGREEMENTS = SideFile("HelpSteer2's disagreements file (not one of its pair files)", ("disagreements/*",))
     _CONFIGS = {
         "ratings": (
@@ -363,7 +399,7 @@ class Helpsteer2(PreferenceBuilder):
         self.LAYOUTS, self.SIDE_FILES, self.PAIR_COLUMNS = self._CONFIGS[self.builder_config.name]
 
     def features(self) -> dict[str, Any]:
-        conversation = {"prompt": messages_feature(), "chosen": messages_feature(), "rejected": messages_feature()}
+        conversation = {"prompt": messages_feature(), "chosen": messages_feature(), "rejected": messages_feature(), "soft_label": np.float32}
         if self.builder_config.name == "preference":
             return conversation | {"preference_strength": np.float32}
         return conversation | {"chosen_scores": scores_feature(self.DIMENSIONS), "rejected_scores": scores_feature(self.DIMENSIONS)}
@@ -397,7 +433,8 @@ class Helpsteer2(PreferenceBuilder):
             raise Rejected("tie: equal helpfulness")
         chosen, rejected = (a, b) if a["helpfulness"] > b["helpfulness"] else (b, a)
         scores = {"chosen_scores": {d: float(chosen[d]) for d in self.DIMENSIONS}, "rejected_scores": {d: float(rejected[d]) for d in self.DIMENSIONS}}
-        return self._example(a["prompt"], chosen["response"], rejected["response"]) | scores
+        soft_label = self.soft_label(float(chosen["helpfulness"]) - float(rejected["helpfulness"]))
+        return self._example(a["prompt"], chosen["response"], rejected["response"]) | scores | {"soft_label": soft_label}
 
     def _from_preference(self, row: dict[str, Any], split: str) -> dict[str, Any] | None:
         if row["split"] != split:
@@ -407,7 +444,7 @@ class Helpsteer2(PreferenceBuilder):
             raise Rejected("tie: preference_strength is 0")
         first, second = row["response_1"], row["response_2"]
         chosen, rejected = (second, first) if strength > 0 else (first, second)
-        return self._example(row["prompt"], chosen, rejected) | {"preference_strength": abs(strength)}
+        return self._example(row["prompt"], chosen, rejected) | {"preference_strength": abs(strength), "soft_label": self.soft_label(abs(strength))}
 
     def _example(self, prompt: Any, chosen: Any, rejected: Any) -> dict[str, Any]:
         check_responses(chosen, rejected)
