@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/sampler_throughput.py [--recipe configs/soft_spo.yaml] [--steps 40] [--model-path HF_DIR] [key=value ...]
 
 1. The jitted KV-cache sampler alone, on the recipe's model, for the regulariser's batch
-   (``kl_prompts × kl_samples_per_prompt`` prompts, ``kl_max_new_tokens`` new tokens): generated tokens/s
+   (``loss.kl.prompts × samples_per_prompt`` prompts, ``loss.kl.max_new_tokens`` new tokens): generated tokens/s
    and samples/s over ``--repeats`` calls after one compiling call.
 2. A short soft_spo run (no SFT; from ``--model-path`` if given, else the random init): from its
    ``metrics.jsonl``, the regulariser's sampling seconds per step against the whole step time (first
@@ -32,18 +32,19 @@ from jaxspo.train.state import abstract_model, init_params, param_shardings
 
 
 def sampler_alone(cfg, repeats: int) -> dict[str, float]:
-    spo = cfg.loss.soft_spo
+    kl = cfg.loss.kl
     task = build_synthetic_task(cfg.data.synthetic)
     model_cfg, tokenizer = _model_and_tokenizer(cfg.model, task.tokenizer)
     mesh = make_mesh(cfg.mesh.shape())
     graphdef, abstract = abstract_model(model_cfg)
     params = init_params(model_cfg, 0, param_shardings(abstract, mesh, cfg.mesh.rules))
-    rows = spo.kl_prompts * spo.kl_samples_per_prompt
+    rows = kl.prompts * kl.samples_per_prompt
     prompts = [r["prompt"] for r in task.splits["train"][:rows]]
     tokens, valid = encode_prompts(prompts, tokenizer, cfg.data.max_prompt_length)
     tokens, valid = shard_rows(tokens, mesh, cfg.mesh.rules), shard_rows(valid, mesh, cfg.mesh.rules)
-    # eos_id = -1: no row stops early, so every call generates exactly rows × kl_max_new_tokens tokens
-    run = lambda key: sample(graphdef, params, tokens, valid, key, max_new_tokens=spo.kl_max_new_tokens, eos_id=-1, pad_id=tokenizer.pad_token_id, temperature=spo.kl_temperature)  # noqa: E731
+    # eos_id = -1: no row stops early, so every call generates exactly rows × loss.kl.max_new_tokens tokens
+    options = {"max_new_tokens": kl.max_new_tokens, "eos_id": -1, "pad_id": tokenizer.pad_token_id, "temperature": kl.temperature}
+    run = lambda key: sample(graphdef, params, tokens, valid, key, **options)  # noqa: E731
     jax.block_until_ready(run(jax.random.key(0)))  # compile
     start = time.perf_counter()
     generated = 0
@@ -52,7 +53,7 @@ def sampler_alone(cfg, repeats: int) -> dict[str, float]:
     seconds = time.perf_counter() - start
     return {
         "batch": rows,
-        "max_new_tokens": spo.kl_max_new_tokens,
+        "max_new_tokens": kl.max_new_tokens,
         "tokens_per_second": round(generated / seconds, 1),
         "samples_per_second": round(repeats * rows / seconds, 1),
         "seconds_per_call": round(seconds / repeats, 4),
@@ -90,7 +91,7 @@ def share_in_training(recipe: str, overrides: list[str], steps: int) -> dict[str
         "sampling_share_of_step_time": round(sampling / step, 3),
         "sampler_samples_per_second": round(float(np.mean([r["kl/samples_per_second"] for r in rows])), 1),
         "sampler_tokens_per_second": round(float(np.mean([r["kl/sample_tokens_per_second"] for r in rows])), 1),
-        "kl_refresh": cfg.loss.soft_spo.kl_refresh,
+        "kl_refresh": cfg.loss.kl.refresh,
     }
 
 

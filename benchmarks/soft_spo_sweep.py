@@ -43,11 +43,11 @@ def main() -> None:
     start = time.perf_counter()
     sft_dir = out / "sft_hf"
     if not (sft_dir / "config.json").exists():
-        sft = load_config("configs/soft_spo.yaml", common + ["trainer.steps=0", "loss.soft_spo.kl_beta=0", f"checkpoint.export_hf_dir={sft_dir}", f"run_dir={out / 'sft'}"])
+        sft = load_config("configs/soft_spo.yaml", common + ["trainer.steps=0", "loss.kl.beta=0", f"checkpoint.export_hf_dir={sft_dir}", f"run_dir={out / 'sft'}"])
         train(sft, "sft")
     start_from = common + [f"model.path={sft_dir}", "trainer.sft_steps=0", f"trainer.steps={args.steps}"]
     runs = [("dpo", "configs/demo.yaml", [])]
-    runs += [(f"soft_spo_a{a:g}", "configs/soft_spo.yaml", [f"loss.soft_spo.alpha={a}", f"loss.soft_spo.kl_beta={args.kl_beta}"]) for a in args.alphas]
+    runs += [(f"soft_spo_a{a:g}", "configs/soft_spo.yaml", [f"loss.params.soft_spo.alpha={a}", f"loss.kl.beta={args.kl_beta}"]) for a in args.alphas]
     results = {}
     for name, recipe, extra in runs:
         cfg = load_config(recipe, start_from + extra + [f"run_dir={out / name}"])

@@ -139,7 +139,7 @@ def batch_shapes(cfg, batch: int) -> dict[str, tuple[tuple[int, ...], Any]]:
 
     Lists (``soft_spo_best_of_n``, ``soft_spo_ranked``) are ``[B, n, T]`` with n = the built-in task's
     ``data.synthetic.responses_per_prompt`` (for other data, set it to the longest list); the KL
-    regulariser's samples are ``[M, max_prompt_length + kl_max_new_tokens]``, M = prompts × samples.
+    regulariser's samples are ``[M, max_prompt_length + loss.kl.max_new_tokens]``, M = prompts × samples.
     """
     length = cfg.data.max_length
     fields = batch_fields("preference", cfg.loss, cfg.data.layout, cfg.data.pack_pairs)

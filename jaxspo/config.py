@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import logging
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -23,11 +25,14 @@ from jaxspo.data.sources import SourceConfig
 from jaxspo.data.synthetic import GOLD_DIMENSIONS, SyntheticTaskConfig
 from jaxspo.errors import ConfigError
 from jaxspo.host_memory import HOST_HEAP_MODES
-from jaxspo.losses.soft_spo import SoftSpoConfig
+from jaxspo.losses.kl_config import KLConfig
 from jaxspo.losses.selfsup import SelfsupConfig
 from jaxspo.models.decoder import ModelConfig
 from jaxspo.models.lora import LoRAConfig, chosen_projections
+from jaxspo.moved_keys import reject_moved_keys
 from jaxspo.sharding import DEFAULT_RULES, MESH_AXES
+
+log = logging.getLogger("jaxspo")
 
 
 REFERENCE_MODES = ("resident", "precomputed", "none", "adapter_off")
@@ -59,8 +64,10 @@ class LossConfig:
     """Preference objective: a weighted sum of registered losses (``terms``: name → weight).
 
     A name is a built-in (see docs/losses.md), one registered with ``@register_loss``, or
-    ``"package.module:function"`` (imported when the config is validated). Each loss reads only the
-    hyper-parameters it names in its docstring; defaults follow TRL or the paper.
+    ``"package.module:function"`` (imported when the config is validated). ``beta``, ``label_smoothing``
+    and ``reference`` are shared; a loss's own hyper-parameters are ``params.<term>.<field>``, typed by the
+    dataclass it registers (``@register_loss(..., params=...)``; defaults follow TRL or the paper). After
+    validation ``params`` maps every such term to its params object.
     """
 
     terms: dict[str, float] = dataclasses.field(default_factory=lambda: {"dpo": 1.0})
@@ -70,13 +77,8 @@ class LossConfig:
     reference: str = "resident"
     reference_cache_dir: str = "~/.cache/jaxspo/reference_logps"  # precomputed reference log-probs, keyed by data/weights/tokenizer hashes
     label_smoothing: float = 0.0  # ε: cdpo, aot, aot_unpaired in [0, 1); robust flip rate in [0, 0.5); exo_pair > 0 (paper 1e-3)
-    simpo_gamma: float = 0.5  # SimPO target margin γ (TRL default)
-    cpo_lambda: float = 1.0  # CPO weight λ of the chosen NLL (TRL cpo_alpha)
-    orpo_lambda: float = 0.1  # ORPO weight λ of the odds-ratio term (TRL ORPOConfig.beta)
-    rdpo_alpha: float = 0.05  # R-DPO length coefficient α (per token of |y_w| − |y_l|)
-    ropo_alpha: float = 14.0  # ROPO / GROPO α > 0 (paper default 14)
-    discopop_tau: float = 0.05  # DiscoPOP modulation temperature τ > 0 (TRL and paper default)
-    soft_spo: SoftSpoConfig = dataclasses.field(default_factory=SoftSpoConfig)  # α, γ and the global KL regulariser
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)  # term name → its hyper-parameters (loss.params.simpo.gamma)
+    kl: KLConfig = dataclasses.field(default_factory=KLConfig)  # the global KL regulariser β_KL·KL(πθ ‖ π_ref); any loss may add it
     selfsup: SelfsupConfig = dataclasses.field(default_factory=SelfsupConfig)  # + λ·preference-degree loss (weight 0 = off)
 
 
@@ -240,11 +242,22 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+_KEY_PART = r'"[^"]+"|[^".=]+'  # one dotted-key part: a name, or a "quoted name" that may hold dots (pkg.mod:fn)
+
+
+def _split_key(key: str, override: str) -> list[str]:
+    """``loss.params."pkg.mod:fn".shift`` → ``["loss", "params", "pkg.mod:fn", "shift"]``."""
+    if not re.fullmatch(rf"(?:{_KEY_PART})(?:\.(?:{_KEY_PART}))*", key):
+        raise ConfigError(f"override '{override}': malformed key '{key}' (dotted names; quote a name that holds dots: loss.params.\"pkg.mod:fn\".x=1)")
+    return [part.strip('"') for part in re.findall(_KEY_PART, key)]
+
+
 def _apply_override(tree: dict[str, Any], override: str, defaults: dict[str, Any]) -> None:
     """Sets ``a.b.c=value`` in ``tree``; the value is parsed as YAML (``3``, ``1e-4``, ``[1,2]``).
 
     A section missing from ``tree`` starts from its ``defaults``, so ``loss.terms.sft=0.2`` adds a
-    term to the default terms instead of replacing them.
+    term to the default terms instead of replacing them. A part holding dots is quoted:
+    ``loss.params."pkg.mod:fn".shift=0.5``.
     """
     key, sep, text = override.partition("=")
     if not sep or not key:
@@ -254,7 +267,7 @@ def _apply_override(tree: dict[str, Any], override: str, defaults: dict[str, Any
     except yaml.YAMLError:
         value = text
     node, default = tree, defaults
-    parts = key.strip().split(".")
+    parts = _split_key(key.strip(), override)
     for part in parts[:-1]:
         default = default.get(part) if isinstance(default, dict) else None
         child = node.setdefault(part, copy.deepcopy(default) if isinstance(default, dict) else {})
@@ -352,6 +365,7 @@ def _build(cls: type, values: dict[str, Any], where: str = "") -> Any:
 
 def config_from_dict(tree: dict[str, Any]) -> Config:
     """Builds and validates a :class:`Config` from a plain nested mapping."""
+    reject_moved_keys(tree)
     cfg = _build(Config, tree)
     validate(cfg)
     return cfg
@@ -408,7 +422,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(message)
     _validate_loss(cfg.loss)
     try:
-        cfg.loss.soft_spo.validate(cfg.loss.reference, cfg.trainer.grad_accum_steps)
+        cfg.loss.kl.validate(cfg.loss.reference, cfg.trainer.grad_accum_steps)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     _validate_stages(cfg)
@@ -473,7 +487,7 @@ def _validate_layout(cfg: Config) -> None:
     refused = [
         ("list" in {get_loss(name).layout for name in cfg.loss.terms}, "loss.terms: list losses (soft_spo_best_of_n, soft_spo_ranked) read ranked lists"),
         (cfg.loss.selfsup.weight > 0, "loss.selfsup.weight: the degree loss scores padded degraded copies"),
-        (cfg.loss.soft_spo.kl_beta > 0, "loss.soft_spo.kl_beta: the KL regulariser's step is built for padded rows"),
+        (cfg.loss.kl.beta > 0, "loss.kl.beta: the KL regulariser's step is built for padded rows"),
         (bool(cfg.stages), "stages: sequential recipes"),
     ]
     for bad, what in refused:
@@ -498,25 +512,80 @@ def _validate_pack_pairs(cfg: Config) -> None:
         raise ConfigError("data.pack_pairs=true fills rows of one width (data.pack_width), so it takes no length buckets; set data.buckets=[] and data.auto_buckets=0")
 
 
-def _validate_loss(loss: LossConfig) -> None:
-    """Every term resolves to a loss (importing ``module:function`` names) and its hyper-parameters fit it."""
+def _resolve_loss(name: str, where: str) -> Any:
+    """The registered loss ``name`` (importing a ``module:function`` name); ConfigError at ``where`` if there is none."""
     from jaxspo.losses import get_loss, loss_names  # late import: the registry fills as losses import
 
-    for name in loss.terms:
+    try:
+        return get_loss(name)
+    except KeyError:
+        raise ConfigError(f"{where}: unknown loss '{name}'{_suggest(name, loss_names())}") from None
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _build_params(spec: Any, section: Any) -> Any:
+    """``loss.params.<term>`` as the loss's params dataclass: known fields, typed values, values in range."""
+    from jaxspo.losses import check_params, params_key
+
+    fields = [field.name for field in dataclasses.fields(spec.params)]
+    if isinstance(section, spec.params):
+        params = section
+    elif not isinstance(section, dict):
+        raise ConfigError(f"{params_key(spec.name)}: expected a section with {', '.join(fields)}, got {section!r}")
+    else:
+        hints = typing.get_type_hints(spec.params)
+        for key in section:
+            if key not in fields:
+                close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.5)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                raise ConfigError(f"unknown config key '{params_key(spec.name, key)}'; {hint}{spec.name}'s params: {', '.join(fields)}")
+        values = {key: _coerce(value, hints[key], params_key(spec.name, key)) for key, value in section.items()}
         try:
-            get_loss(name)
-        except KeyError:
-            raise ConfigError(f"loss.terms: unknown loss '{name}'{_suggest(name, loss_names())}") from None
-        except ValueError as err:
-            raise ConfigError(f"loss.terms: {err}") from None
+            params = spec.params(**values)
+        except (TypeError, ValueError) as err:  # a check of the dataclass's own __post_init__
+            raise ConfigError(f"{params_key(spec.name)}: {err}") from None
+    try:
+        check_params(spec.name, params)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return params
+
+
+def _typed_loss_params(loss: LossConfig) -> dict[str, Any]:
+    """``loss.params`` with each section built as its loss's params dataclass, plus the defaults of every term that
+    declares params but has no section. A section for a loss not in ``loss.terms`` is checked, then ignored with a
+    warning (recipes may keep settings for terms an override swaps out)."""
+    from jaxspo.losses import get_loss, params_key
+
+    typed = {}
+    for name, section in loss.params.items():
+        spec = _resolve_loss(name, params_key(name))
+        if spec.params is None:
+            raise ConfigError(f"{params_key(name)}: loss '{name}' declares no hyper-parameters (the shared ones are loss.beta, loss.label_smoothing); remove the section")
+        if name not in loss.terms:
+            log.warning("%s is set but '%s' is not in loss.terms; its settings are unused", params_key(name), name)
+        typed[name] = _build_params(spec, section)
+    for name in loss.terms:
+        spec = get_loss(name)
+        if spec.params is not None and name not in typed:
+            typed[name] = spec.params()
+    return typed
+
+
+def _validate_loss(loss: LossConfig) -> None:
+    """Every term resolves to a loss (importing ``module:function`` names), its shared settings fit it, and
+    ``loss.params`` becomes typed params objects (:func:`_typed_loss_params`)."""
+    from jaxspo.losses import get_loss
+
+    for name in loss.terms:
+        _resolve_loss(name, "loss.terms")
+    loss.params = _typed_loss_params(loss)
     eps = loss.label_smoothing
     checks = [
         (0.0 <= eps < 1.0, f"loss.label_smoothing must be in [0, 1), got {eps}"),
         ("robust" not in loss.terms or eps < 0.5, f"loss.label_smoothing is robust's flip rate and must be below 0.5, got {eps}"),
         ("exo_pair" not in loss.terms or eps > 0.0, "loss.label_smoothing must be > 0 for exo_pair (the EXO paper uses 1e-3)"),
-        (loss.ropo_alpha > 0, f"loss.ropo_alpha must be positive, got {loss.ropo_alpha}"),
-        (loss.discopop_tau > 0, f"loss.discopop_tau must be positive, got {loss.discopop_tau}"),
-        (loss.cpo_lambda >= 0 and loss.orpo_lambda >= 0, "loss.cpo_lambda and loss.orpo_lambda must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:

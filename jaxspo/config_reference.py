@@ -28,11 +28,19 @@ from typing import Any
 import yaml
 
 from jaxspo.config import Config
+from jaxspo.losses import get_loss, loss_names
+
+
+def built_in_loss_params() -> dict[str, type]:
+    """{term: its hyper-parameter dataclass} of every built-in loss that declares one (``loss.params.<term>``)."""
+    specs = [get_loss(name) for name in loss_names()]
+    return {spec.name: spec.params for spec in specs if spec.params is not None and spec.fn.__module__.startswith("jaxspo.")}
+
 
 # Dict fields whose entries are dataclasses that only some other part of jaxspo knows (a registry, say), by dotted key:
 # a function giving {entry name: its dataclass}; each entry is documented as a section ``key.<entry>``.
 DictEntries = Mapping[str, Callable[[], Mapping[str, type]]]
-DICT_ENTRIES: DictEntries = {}
+DICT_ENTRIES: DictEntries = {"loss.params": built_in_loss_params}
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "reference" / "config.md"
 HEADER = """# Configuration reference

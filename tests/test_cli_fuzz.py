@@ -115,6 +115,7 @@ OUT_OF_RANGE = [
     "data.buckets=[64]", "data.buckets=[8, 4]", "data.layout=zigzag", "loss.reference=sometimes", "loss.terms={}",
     "loss.terms={nodpo: 1}", "mesh.rules.embed=warp", "mesh.rules.nonexistent=data", "data.source.kind=csv",
     "data.source.kind=jsonl", "data.source.kind=tfds", "eval.temperature=nan",
+    "loss.kl.temperature=0", "loss.params.ropo.alpha=0", "loss.params.simpo.gama=1", "loss.simpo_gamma=0.5", "loss.soft_spo.kl_beta=0.1",
 ]
 IMPOSSIBLE = [  # (overrides, exit status, found while loading the config): combinations of valid values, and
     # values that only the devices or the files can refute

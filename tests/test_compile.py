@@ -110,7 +110,7 @@ def test_batch_that_does_not_split_over_the_mesh_is_an_error():
 @pytest.mark.parametrize("terms", ["{soft_spo: 1.0}", "{soft_spo_ranked: 1.0}"])
 def test_soft_spo_steps_with_lists_and_the_kl_regulariser_compile(terms):
     """The fit check builds list-shaped batches and the regulariser's sample fields; the reference is resident."""
-    soft_spo = [f"loss.terms={terms}", "loss.soft_spo.kl_beta=0.1", "loss.soft_spo.kl_prompts=8", "mesh.data=1", "mesh.fsdp=4"]
+    soft_spo = [f"loss.terms={terms}", "loss.kl.beta=0.1", "loss.kl.prompts=8", "mesh.data=1", "mesh.fsdp=4"]
     plain = compile_step(load_config("configs/demo.yaml", TINY + ["loss.terms={soft_spo: 1.0}", "mesh.data=1", "mesh.fsdp=4"]), jax.devices()[:4])
     report = compile_step(load_config("configs/demo.yaml", TINY + soft_spo), jax.devices()[:4])
     assert report["peak_bytes_per_device"] > 0

@@ -171,7 +171,7 @@ def test_config_keys_are_checked_and_name_themselves():
         (["model.scan_unroll=0"], "model.scan_unroll must be >= 1"),
         (["data.layout=packed", "loss.selfsup.weight=0.5"], "data.layout: 'packed' is not supported here \\(loss.selfsup.weight"),
         (["data.layout=packed", "loss.terms={soft_spo_ranked: 1.0}"], "data.layout: 'packed' is not supported here \\(loss.terms: list losses"),
-        (["data.layout=packed", "loss.soft_spo.kl_beta=0.1"], "data.layout: 'packed' is not supported here \\(loss.soft_spo.kl_beta"),
+        (["data.layout=packed", "loss.kl.beta=0.1"], "data.layout: 'packed' is not supported here \\(loss.kl.beta"),
     ]:
         with pytest.raises(ConfigError, match=message):
             load_config(None, overrides)

@@ -272,7 +272,7 @@ def test_tiny_lora_step_compiles_for_a_tpu_slice_with_less_memory(monkeypatch):
 @pytest.mark.parametrize("terms", ["{soft_spo: 1.0}", "{soft_spo_ranked: 1.0}"])
 def test_soft_spo_with_its_kl_regulariser_trains_adapters_against_the_adapter_off_reference(tmp_path, terms):
     """The list forward, the sampler (adapted policy) and the in-step KL (base with adapters off) all see LoRA."""
-    cfg = load_config("configs/lora_dpo.yaml", RUN + [f"run_dir={tmp_path}", f"loss.terms={terms}", "loss.soft_spo.kl_beta=0.5", "loss.soft_spo.kl_prompts=8"])
+    cfg = load_config("configs/lora_dpo.yaml", RUN + [f"run_dir={tmp_path}", f"loss.terms={terms}", "loss.kl.beta=0.5", "loss.kl.prompts=8"])
     result = loop.train(cfg)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     trained = [r for r in rows if r["phase"] == "preference"]

@@ -7,6 +7,8 @@ import pytest
 
 from jaxspo.config import LossConfig
 from jaxspo.losses import PairLogps, get_loss, loss_names, preference_objective, register_loss
+from jaxspo.losses.dpo_family import RdpoParams, RopoParams
+from jaxspo.losses.reference_free import CpoParams, OrpoParams, SimpoParams
 
 
 def make_logps(ref=True):
@@ -87,7 +89,7 @@ def test_every_built_in_is_registered_documented_and_finite_with_finite_gradient
         assert spec.needs_soft_label == (name in ("gdpo", "gipo", "gropo", "cdpo_soft", "cipo")), name
 
         def total(chosen):
-            result = spec.fn(logps.replace(policy_chosen=chosen), cfg)
+            result = spec.apply(logps.replace(policy_chosen=chosen), cfg)
             return (result[0] if isinstance(result, tuple) else result).sum()
 
         value, grad = jax.value_and_grad(total)(logps.policy_chosen)
@@ -96,20 +98,20 @@ def test_every_built_in_is_registered_documented_and_finite_with_finite_gradient
 
 def test_losses_trl_lacks_match_their_formulas():
     logps = make_logps()
-    cfg = LossConfig(beta=0.2, label_smoothing=0.1, rdpo_alpha=0.05, ropo_alpha=14.0)
+    cfg = LossConfig(beta=0.2, label_smoothing=0.1, params={"rdpo": RdpoParams(alpha=0.05), "ropo": RopoParams(alpha=14.0)})
     z = 0.2 * margin(logps)
     softplus = lambda x: np.logaddexp(0.0, x)  # noqa: E731  (= −log σ(−x))
     np.testing.assert_allclose(get_loss("cdpo").fn(logps, cfg), 0.9 * softplus(-z) + 0.1 * softplus(z), rtol=1e-5)
-    np.testing.assert_allclose(get_loss("rdpo").fn(logps, cfg), softplus(-(z + 0.05 * (5.0 - 4.0))), rtol=1e-5)
+    np.testing.assert_allclose(get_loss("rdpo").apply(logps, cfg), softplus(-(z + 0.05 * (5.0 - 4.0))), rtol=1e-5)
     ropo = 4 * 14 / 225 * (softplus(-z) + 14 / (1 + np.exp(z)))
-    np.testing.assert_allclose(get_loss("ropo").fn(logps, cfg), ropo, rtol=1e-5)
+    np.testing.assert_allclose(get_loss("ropo").apply(logps, cfg), ropo, rtol=1e-5)
 
 
 def test_reference_free_losses_ignore_the_reference_and_report_policy_rewards():
     with_ref, without = make_logps(), make_logps(ref=False)
-    cfg = LossConfig(beta=2.0, simpo_gamma=0.5, cpo_lambda=1.0, orpo_lambda=0.1)
+    cfg = LossConfig(beta=2.0, params={"simpo": SimpoParams(gamma=0.5), "cpo": CpoParams(nll_weight=1.0), "orpo": OrpoParams(odds_ratio_weight=0.1)})
     for name in ("sft", "simpo", "cpo", "orpo"):
-        a, b = get_loss(name).fn(with_ref, cfg), get_loss(name).fn(without, cfg)
+        a, b = get_loss(name).apply(with_ref, cfg), get_loss(name).apply(without, cfg)
         np.testing.assert_array_equal(a[0] if isinstance(a, tuple) else a, b[0] if isinstance(b, tuple) else b)
     _, metrics = preference_objective(with_ref, LossConfig(terms={"simpo": 1.0, "dpo": 1.0}, beta=2.0), jnp.ones(6))
     np.testing.assert_allclose(metrics["rewards/chosen"][0], (2.0 * with_ref.policy_chosen / 5.0).sum(), rtol=1e-5)
@@ -123,7 +125,7 @@ def test_orpo_log_odds_are_stable_for_near_certain_responses():
     cfg = LossConfig(terms={"orpo": 1.0})
 
     def total(chosen):
-        return get_loss("orpo").fn(logps.replace(policy_chosen=chosen), cfg)[0].sum()
+        return get_loss("orpo").apply(logps.replace(policy_chosen=chosen), cfg)[0].sum()
 
     value, grad = jax.value_and_grad(total)(logps.policy_chosen)
     assert np.isfinite(float(value)) and np.isfinite(np.asarray(grad)).all()

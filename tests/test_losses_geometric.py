@@ -10,6 +10,7 @@ import pytest
 
 from jaxspo.config import LossConfig
 from jaxspo.losses import PairLogps, get_loss
+from jaxspo.losses.dpo_family import RopoParams
 
 SOFT = ("gdpo", "gipo", "gropo", "cdpo_soft", "cipo")
 PARENT = {"gdpo": "dpo", "gipo": "ipo", "gropo": "ropo", "cdpo_soft": "dpo", "cipo": "ipo"}
@@ -28,7 +29,7 @@ def random_logps(soft_label: float | np.ndarray, n: int = 16, seed: int = 0) -> 
 
 
 def loss_of(name: str, logps: PairLogps, cfg: LossConfig) -> jax.Array:
-    return get_loss(name).fn(logps, cfg)
+    return get_loss(name).apply(logps, cfg)
 
 
 def policy_grad(name: str, logps: PairLogps, cfg: LossConfig) -> tuple[jax.Array, jax.Array]:
@@ -67,7 +68,7 @@ def test_swapping_a_pair_with_its_label_leaves_the_loss_unchanged(name):
 
 
 def test_geometric_losses_scale_the_margin_by_2p_minus_1():
-    cfg = LossConfig(beta=0.3, ropo_alpha=14.0)
+    cfg = LossConfig(beta=0.3, params={"gropo": RopoParams(alpha=14.0)})
     logps = random_logps(np.linspace(0.5, 1.0, 16))
     h = np.asarray(logps.margin())
     z = 0.3 * (2 * np.asarray(logps.soft_label) - 1) * h
@@ -93,7 +94,7 @@ def tabular_loss(name: str, cfg: LossConfig, ref: jax.Array, labels: jax.Array, 
     def loss(theta: jax.Array) -> jax.Array:
         logp = jax.nn.log_softmax(theta)
         pairs = PairLogps(logp[i], logp[j], ref[i], ref[j], ones, ones, labels)
-        return (weights * get_loss(name).fn(pairs, cfg)).sum() / weights.sum()
+        return (weights * get_loss(name).apply(pairs, cfg)).sum() / weights.sum()
 
     return loss
 

@@ -57,7 +57,8 @@ def test_synthetic_rows_orient_to_p_at_least_one_half():
         (["loss.terms={robust: 1.0}", "loss.label_smoothing=0.5"], "flip rate"),
         (["loss.terms={exo_pair: 1.0}"], "exo_pair"),
         (["loss.label_smoothing=1.0"], r"\[0, 1\)"),
-        (["loss.ropo_alpha=0"], "ropo_alpha"),
+        (["loss.terms={ropo: 1.0}", "loss.params.ropo.alpha=0"], r"loss.params.ropo.alpha must be > 0, got 0"),
+        (["loss.terms={gropo: 1.0}", "loss.params.gropo.alpha=-2"], r"loss.params.gropo.alpha must be > 0, got -2"),
         (["loss.terms={gdop: 1.0}"], "did you mean 'gdpo'"),
     ],
 )

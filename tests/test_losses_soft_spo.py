@@ -12,7 +12,8 @@ import pytest
 
 from jaxspo.config import ConfigError, LossConfig, load_config
 from jaxspo.losses import PairLogps, get_loss
-from jaxspo.losses.soft_spo import ListLogps, SoftSpoConfig, best_of_n_loss, mu_weights, plackett_luce_loss
+from jaxspo.losses.reference_free import CpoParams
+from jaxspo.losses.soft_spo import ListLogps, SoftSpoParams, best_of_n_loss, mu_weights, plackett_luce_loss
 from jaxspo.train.logprobs import full_vocab_kl
 
 
@@ -22,8 +23,12 @@ def float64():
         yield
 
 
+SOFT_SPO_TERMS = ("soft_spo", "soft_spo_best_of_n", "soft_spo_ranked")
+
+
 def spo_cfg(alpha: float = 1.0, gamma: float = 0.0, **loss) -> LossConfig:
-    return LossConfig(soft_spo=SoftSpoConfig(alpha=alpha, gamma=gamma), **loss)
+    """The same α, γ for the three soft_spo terms (``loss.params.<term>``)."""
+    return LossConfig(params={name: SoftSpoParams(alpha=alpha, gamma=gamma) for name in SOFT_SPO_TERMS}, **loss)
 
 
 def random_pairs(n: int = 16, seed: int = 0) -> PairLogps:
@@ -33,7 +38,7 @@ def random_pairs(n: int = 16, seed: int = 0) -> PairLogps:
 
 
 def pair_loss(name: str, logps: PairLogps, cfg: LossConfig) -> jax.Array:
-    return get_loss(name).fn(logps, cfg)[0]
+    return get_loss(name).apply(logps, cfg)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,14 +72,14 @@ def test_pairwise_best_of_two_and_ranked_two_agree():
     cfg = spo_cfg(alpha=0.4)
     lists = ListLogps(policy=jnp.stack([logps.policy_chosen, logps.policy_rejected], -1), mask=jnp.ones((16, 2), bool), lengths=jnp.ones((16, 2)))
     pairwise = pair_loss("soft_spo", logps, cfg)
-    np.testing.assert_allclose(get_loss("soft_spo_best_of_n").fn(lists, cfg)[0], pairwise, rtol=1e-12)
-    np.testing.assert_allclose(get_loss("soft_spo_ranked").fn(lists, cfg)[0], pairwise, rtol=1e-12)
+    np.testing.assert_allclose(get_loss("soft_spo_best_of_n").apply(lists, cfg)[0], pairwise, rtol=1e-12)
+    np.testing.assert_allclose(get_loss("soft_spo_ranked").apply(lists, cfg)[0], pairwise, rtol=1e-12)
 
 
 @pytest.mark.parametrize("alpha", [0.25, 0.5, 1.0, 2.0])
 def test_pairwise_soft_spo_is_cpo_at_beta_alpha_without_nll_divided_by_alpha(alpha):
     logps = random_pairs(seed=1)
-    spo, cpo = spo_cfg(alpha=alpha), LossConfig(beta=alpha, cpo_lambda=0.0)
+    spo, cpo = spo_cfg(alpha=alpha), LossConfig(beta=alpha, params={"cpo": CpoParams(nll_weight=0.0)})
     # exact up to float64 rounding (logsumexp here, log-sigmoid in cpo)
     np.testing.assert_allclose(pair_loss("soft_spo", logps, spo), pair_loss("cpo", logps, cpo) / alpha, rtol=1e-9, atol=1e-15)
 
@@ -84,8 +89,8 @@ def test_pairwise_soft_spo_is_cpo_at_beta_alpha_without_nll_divided_by_alpha(alp
 
     for a, b in zip(grads("soft_spo", spo), grads("cpo", cpo)):
         np.testing.assert_allclose(a, b / alpha, rtol=1e-9, atol=1e-15)
-    rewards = get_loss("soft_spo").fn(logps, spo)[1]["rewards/chosen"]
-    np.testing.assert_allclose(rewards, get_loss("cpo").fn(logps, cpo)[1]["rewards/chosen"], rtol=1e-12)
+    rewards = get_loss("soft_spo").apply(logps, spo)[1]["rewards/chosen"]
+    np.testing.assert_allclose(rewards, get_loss("cpo").apply(logps, cpo)[1]["rewards/chosen"], rtol=1e-12)
 
 
 def test_mu_weighting_values_and_stop_gradient():
@@ -101,7 +106,7 @@ def test_mu_weighting_values_and_stop_gradient():
     plain = jax.grad(lambda x: best_of_n_loss(x, mask, alpha).sum())(logps)
     np.testing.assert_allclose(weighted, expected[:, None] * plain, rtol=1e-12)  # no gradient through μ
     pairs = PairLogps(logps[:, 0], logps[:, 1], None, None, jnp.ones(3), jnp.ones(3), jnp.ones(3))
-    loss, metrics = get_loss("soft_spo").fn(pairs, spo_cfg(alpha, gamma))
+    loss, metrics = get_loss("soft_spo").apply(pairs, spo_cfg(alpha, gamma))
     np.testing.assert_allclose(loss, expected * best_of_n_loss(logps, mask, alpha), rtol=1e-12)
     np.testing.assert_allclose(metrics["soft_spo/mu"], expected, rtol=1e-12)
 
@@ -156,14 +161,14 @@ def tabular_problem(kind: str):
         def preference(logp, ref, cfg):
             n = len(w)
             logps = PairLogps(logp[w], logp[l], ref[w], ref[l], jnp.ones(n), jnp.ones(n), jnp.ones(n))
-            return (weights * get_loss("soft_spo").fn(logps, cfg)[0]).sum()
+            return (weights * get_loss("soft_spo").apply(logps, cfg)[0]).sum()
     else:
         index, mask, weights = list_data(kind)
         name = "soft_spo_best_of_n" if kind == "best_of_n" else "soft_spo_ranked"
 
         def preference(logp, ref, cfg):
             logps = ListLogps(policy=logp[index], mask=jnp.asarray(mask), lengths=jnp.ones(index.shape))
-            return (weights * get_loss(name).fn(logps, cfg)[0]).sum()
+            return (weights * get_loss(name).apply(logps, cfg)[0]).sum()
 
     def total(theta, alpha, reference_logits, kl_beta):
         ref = jax.nn.log_softmax(reference_logits)
@@ -233,13 +238,15 @@ def test_full_vocab_kl_matches_its_definition():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["loss.terms={soft_spo: 1.0}", "loss.soft_spo.kl_beta=0.1", "loss.reference=none"], "loss.soft_spo.kl_beta > 0 needs the frozen reference"),
-        (["loss.terms={soft_spo: 1.0}", "loss.soft_spo.kl_beta=0.1", "loss.reference=precomputed"], "loss.reference: resident"),
-        (["loss.terms={soft_spo: 1.0}", "loss.soft_spo.alpha=0"], "loss.soft_spo.alpha must be positive"),
+        (["loss.terms={soft_spo: 1.0}", "loss.kl.beta=0.1", "loss.reference=none"], "loss.kl.beta > 0 needs the frozen reference"),
+        (["loss.terms={soft_spo: 1.0}", "loss.kl.beta=0.1", "loss.reference=precomputed"], "loss.reference: resident"),
+        (["loss.terms={soft_spo: 1.0}", "loss.params.soft_spo.alpha=0"], "loss.params.soft_spo.alpha must be > 0, got 0.0"),
+        (["loss.terms={soft_spo_ranked: 1.0}", "loss.params.soft_spo_ranked.alpha=-1"], "loss.params.soft_spo_ranked.alpha must be > 0"),
         (["loss.terms={soft_spo_ranked: 1.0, dpo: 1.0}"], "list losses and pair losses cannot be combined"),
-        (["loss.soft_spo.kl_beta=0.1", "loss.soft_spo.kl_prompts=3", "trainer.grad_accum_steps=2"], "must divide by trainer.grad_accum_steps"),
-        (["loss.soft_spo.kl_prompt_source=test"], "loss.soft_spo.kl_prompt_source must be"),
-        (["loss.soft_spo.alpah=1"], "unknown config key 'loss.soft_spo.alpah'; did you mean 'alpha'?"),
+        (["loss.kl.beta=0.1", "loss.kl.prompts=3", "trainer.grad_accum_steps=2"], "must divide by trainer.grad_accum_steps"),
+        (["loss.kl.prompt_source=test"], "loss.kl.prompt_source must be"),
+        (["loss.terms={soft_spo: 1.0}", "loss.params.soft_spo.alpah=1"], "unknown config key 'loss.params.soft_spo.alpah'; did you mean 'alpha'?"),
+        (["loss.kl.bta=1"], "unknown config key 'loss.kl.bta'; did you mean 'beta'?"),
     ],
 )
 def test_bad_soft_spo_config_names_the_key(overrides, message):

@@ -28,6 +28,7 @@ from trl.trainer.dpo_trainer import DPOTrainer  # noqa: E402
 
 from jaxspo.config import LossConfig  # noqa: E402
 from jaxspo.losses import PairLogps, get_loss, preference_objective  # noqa: E402
+from jaxspo.losses.reference_free import CpoParams, OrpoParams, SimpoParams  # noqa: E402
 
 TOL = 1e-5
 BETA = 0.5
@@ -130,7 +131,7 @@ def trl_dpo(loss_type: str, cfg: LossConfig, arrays: dict[str, np.ndarray]) -> t
         model=model, ref_model=None, accelerator=_Accelerator(), aux_loss_enabled=False, ld_alpha=None,
         precompute_ref_logps=True, f_divergence_type="reverse_kl", loss_types=[loss_type], loss_weights=[1.0],
         beta=cfg.beta, label_smoothing=cfg.label_smoothing, use_weighting=False,
-        args=types.SimpleNamespace(discopop_tau=cfg.discopop_tau, gradient_checkpointing_kwargs=None),
+        args=types.SimpleNamespace(discopop_tau=get_loss("discopop").params_of(cfg).tau, gradient_checkpointing_kwargs=None),
         _metrics={"train": defaultdict(list)}, _total_train_tokens=0, _tp_size=1,
     )
     loss = DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False)
@@ -146,10 +147,10 @@ def our_loss_and_grad(name: str, cfg: LossConfig, arrays: dict[str, np.ndarray])
     logps = ours(arrays)
 
     def mean_loss(chosen, rejected):
-        return get_loss(name).fn(dataclasses.replace(logps, policy_chosen=chosen, policy_rejected=rejected), cfg).mean()
+        return get_loss(name).apply(dataclasses.replace(logps, policy_chosen=chosen, policy_rejected=rejected), cfg).mean()
 
     grads = jax.grad(mean_loss, argnums=(0, 1))(logps.policy_chosen, logps.policy_rejected)
-    return np.asarray(get_loss(name).fn(logps, cfg)), np.concatenate([np.asarray(g) for g in grads])
+    return np.asarray(get_loss(name).apply(logps, cfg)), np.concatenate([np.asarray(g) for g in grads])
 
 
 def single_pair(arrays: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
@@ -208,7 +209,8 @@ def test_aot_sorts_over_the_batch_so_its_value_depends_on_the_other_pairs():
 
 
 def cpo_stand_in(loss_type: str, cfg: LossConfig) -> types.SimpleNamespace:
-    return types.SimpleNamespace(alpha=0.0, loss_type=loss_type, beta=cfg.beta, simpo_gamma=cfg.simpo_gamma, label_smoothing=cfg.label_smoothing, accelerator=_Accelerator())
+    gamma = get_loss("simpo").params_of(cfg).gamma
+    return types.SimpleNamespace(alpha=0.0, loss_type=loss_type, beta=cfg.beta, simpo_gamma=gamma, label_smoothing=cfg.label_smoothing, accelerator=_Accelerator())
 
 
 def _t(x: np.ndarray) -> torch.Tensor:
@@ -226,13 +228,13 @@ def rewards_of(name: str, logps: PairLogps, cfg: LossConfig) -> tuple[np.ndarray
 
 
 def test_simpo_matches_trl_cpo_trainer():
-    cfg = LossConfig(terms={"simpo": 1.0}, beta=2.0, simpo_gamma=0.5)
+    cfg = LossConfig(terms={"simpo": 1.0}, beta=2.0, params={"simpo": SimpoParams(gamma=0.5)})
     arrays = random_pairs(8, seed=4)
     with jax.enable_x64(True):
         logps = ours(arrays)
         mean_chosen, mean_rejected = (np.asarray(x) for x in logps.mean_logps())
         losses, trl_chosen, trl_rejected = CPOTrainer.cpo_loss(cpo_stand_in("simpo", cfg), _t(mean_chosen), _t(mean_rejected))
-        per_pair = np.asarray(get_loss("simpo").fn(logps, cfg)[0])
+        per_pair = np.asarray(get_loss("simpo").apply(logps, cfg)[0])
         chosen, rejected = rewards_of("simpo", logps, cfg)
     np.testing.assert_allclose(per_pair, losses.numpy(), atol=TOL, rtol=0)
     np.testing.assert_allclose(chosen, trl_chosen.numpy(), atol=TOL, rtol=0)
@@ -241,16 +243,17 @@ def test_simpo_matches_trl_cpo_trainer():
 
 def test_cpo_matches_trl_cpo_trainer():
     """TRL's CPO loss is cpo_loss(...).mean() + cpo_alpha · (batch token-mean NLL); equal lengths make them agree."""
-    cfg = LossConfig(terms={"cpo": 1.0}, beta=0.1, cpo_lambda=1.0)
+    nll_weight = 1.0
+    cfg = LossConfig(terms={"cpo": 1.0}, beta=0.1, params={"cpo": CpoParams(nll_weight=nll_weight)})
     arrays = random_pairs(8, seed=5, equal_lengths=True)
     with jax.enable_x64(True):
         logps = ours(arrays)
         losses, trl_chosen, trl_rejected = CPOTrainer.cpo_loss(cpo_stand_in("sigmoid", cfg), _t(arrays["policy_chosen"]), _t(arrays["policy_rejected"]))
         nll = -arrays["policy_chosen"].sum() / arrays["chosen_length"].sum()
-        per_pair, metrics = jax.tree.map(np.asarray, get_loss("cpo").fn(logps, cfg))
+        per_pair, metrics = jax.tree.map(np.asarray, get_loss("cpo").apply(logps, cfg))
         chosen, rejected = rewards_of("cpo", logps, cfg)
-    np.testing.assert_allclose(per_pair - cfg.cpo_lambda * metrics["nll_loss"], losses.numpy(), atol=TOL, rtol=0)
-    assert abs(float(per_pair.mean()) - (float(losses.mean()) + cfg.cpo_lambda * nll)) <= TOL
+    np.testing.assert_allclose(per_pair - nll_weight * metrics["nll_loss"], losses.numpy(), atol=TOL, rtol=0)
+    assert abs(float(per_pair.mean()) - (float(losses.mean()) + nll_weight * nll)) <= TOL
     np.testing.assert_allclose(chosen, trl_chosen.numpy(), atol=TOL, rtol=0)
     np.testing.assert_allclose(rejected, trl_rejected.numpy(), atol=TOL, rtol=0)
 
@@ -268,15 +271,16 @@ def test_cdpo_matches_trl_label_smoothed_sigmoid():
 
 def test_orpo_odds_ratio_term_and_rewards_match_trl():
     """TRL's ORPO loss is nll − mean(odds_ratio_loss(...)[0]); its NLL also counts prompt tokens, ours does not."""
-    cfg = LossConfig(terms={"orpo": 1.0}, beta=0.1, orpo_lambda=0.1)
+    odds_ratio_weight = 0.1
+    cfg = LossConfig(terms={"orpo": 1.0}, beta=0.1, params={"orpo": OrpoParams(odds_ratio_weight=odds_ratio_weight)})
     arrays = random_pairs(8, seed=7)
     arrays["policy_chosen"][0] = -1e-3 * arrays["chosen_length"][0]  # a near-certain response: log1mexp's other branch
     with jax.enable_x64(True):
         logps = ours(arrays)
         mean_chosen, mean_rejected = (np.asarray(x) for x in logps.mean_logps())
-        stand_in = types.SimpleNamespace(beta=cfg.orpo_lambda, accelerator=_Accelerator())
+        stand_in = types.SimpleNamespace(beta=odds_ratio_weight, accelerator=_Accelerator())
         losses, trl_chosen, trl_rejected, trl_ratio, trl_log_odds = ORPOTrainer.odds_ratio_loss(stand_in, _t(mean_chosen), _t(mean_rejected))
-        per_pair, metrics = jax.tree.map(np.asarray, get_loss("orpo").fn(logps, cfg))
+        per_pair, metrics = jax.tree.map(np.asarray, get_loss("orpo").apply(logps, cfg))
         chosen, rejected = rewards_of("orpo", logps, cfg)
     odds_term = per_pair - metrics["nll_loss"]
     # TRL casts to float32 inside odds_ratio_loss

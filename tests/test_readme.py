@@ -1,9 +1,11 @@
 """The manual (README.md + the hand-written docs pages) explains every config key; the README starts with the two
 set-up commands, stays short, and links every docs page."""
 
+import dataclasses
 from pathlib import Path
 
 from jaxspo.config import Config, to_dict
+from jaxspo.losses import get_loss, loss_names
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -23,9 +25,16 @@ def config_keys(tree: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def built_in_params_keys() -> list[str]:
+    """``loss.params.<term>.<field>`` of every built-in loss that declares hyper-parameters."""
+    specs = [get_loss(name) for name in loss_names()]
+    return [f"loss.params.{s.name}.{f.name}" for s in specs if s.params and s.fn.__module__.startswith("jaxspo.") for f in dataclasses.fields(s.params)]
+
+
 def test_every_config_key_is_documented():
     missing = []
-    for key in config_keys(to_dict(Config())):
+    assert "loss.params.simpo.gamma" in built_in_params_keys()
+    for key in config_keys(to_dict(Config())) + built_in_params_keys():
         section, _, leaf = key.rpartition(".")
         # a key is documented by its own row, or shares a row with a sibling: `a.b.x` / `y`
         rows = [line for line in MANUAL.splitlines() if line.startswith("| `")]

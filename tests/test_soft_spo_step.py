@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxspo.config import load_config
-from jaxspo.losses.soft_spo import SoftSpoConfig
+from jaxspo.losses.kl_config import KLConfig
 from jaxspo.train.list_objective import list_logps
 from jaxspo.train.logprobs import sequence_kl, sequence_logps
 from jaxspo.train.loop import train
@@ -36,8 +36,9 @@ def kl_samples(rows: int, length: int = 16, seed: int = 7) -> dict[str, np.ndarr
     return {"kl_tokens": pairs["chosen_tokens"], "kl_valid": pairs["chosen_valid"], "kl_response": response}
 
 
-def with_soft_spo(cfg, terms: dict[str, float], **spo):
-    loss = dataclasses.replace(cfg.loss, terms=terms, soft_spo=SoftSpoConfig(**spo))
+def with_soft_spo(cfg, terms: dict[str, float], **kl):
+    """``cfg`` with ``terms`` (default params) and the KL regulariser's ``loss.kl`` fields ``kl``."""
+    loss = dataclasses.replace(cfg.loss, terms=terms, kl=KLConfig(**kl))
     return dataclasses.replace(cfg, loss=loss)
 
 
@@ -60,7 +61,7 @@ def test_kl_regulariser_adds_beta_times_the_sampled_kl_and_accumulates_exactly(t
     host = (random_lists(8) if "soft_spo_ranked" in terms else random_pairs(8)) | kl_samples(8)
     outs = []
     for accum in (1, 2):
-        cfg = with_soft_spo(tiny_config(grad_accum_steps=accum), terms, kl_beta=kl_beta, kl_prompts=8)
+        cfg = with_soft_spo(tiny_config(grad_accum_steps=accum), terms, beta=kl_beta, prompts=8)
         mesh, graphdef, shardings, state, reference, step = build(cfg, {"data": 2, "fsdp": 2, "tensor": 2}, 8)
         assert set(step.batch_sharding) == set(host) and step.reference_sharding is not None
         kl_fn = jax.jit(lambda p, r, *samples: sequence_kl((graphdef, p), (graphdef, r), *samples))
@@ -79,7 +80,7 @@ def test_kl_regulariser_adds_beta_times_the_sampled_kl_and_accumulates_exactly(t
 
 
 def test_kl_gradient_is_zero_when_the_policy_is_the_reference_and_pulls_back_otherwise():
-    cfg = with_soft_spo(tiny_config(), {"soft_spo": 1.0}, kl_beta=1.0, kl_prompts=8)
+    cfg = with_soft_spo(tiny_config(), {"soft_spo": 1.0}, beta=1.0, prompts=8)
     mesh, graphdef, shardings, state, reference, step = build(cfg, {"data": 2, "fsdp": 2, "tensor": 2}, 8)
     samples = kl_samples(8)
 
@@ -100,14 +101,14 @@ def tiny_run(request, tmp_path_factory):
     # no SFT phase: the tests read the preference rows and the evaluations (the reference is then the initial policy)
     overrides = TINY_RUN + [
         "trainer.sft_steps=0",
-        "loss.soft_spo.kl_prompts=8",
-        "loss.soft_spo.kl_max_new_tokens=6",
-        "loss.soft_spo.kl_refresh=2",
+        "loss.kl.prompts=8",
+        "loss.kl.max_new_tokens=6",
+        "loss.kl.refresh=2",
         "logging.plot=false",
         f"run_dir={run_dir}",
     ]
     cfg = load_config(f"configs/{request.param}.yaml", overrides)
-    assert cfg.loss.soft_spo.kl_beta > 0  # the shipped recipe runs the regulariser
+    assert cfg.loss.kl.beta > 0  # the shipped recipe runs the regulariser
     return request.param, train(cfg, "tiny")
 
 

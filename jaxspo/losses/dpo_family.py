@@ -8,10 +8,12 @@ the soft-label losses in :mod:`jaxspo.losses.geometric`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
-from jaxspo.losses.registry import PairLogps, register_loss
+from jaxspo.losses.registry import PairLogps, hyperparameter, register_loss
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,33 +117,54 @@ def exo_pair(logps: PairLogps, cfg) -> jax.Array:
     return win + lose
 
 
-@register_loss("discopop")
-def discopop(logps: PairLogps, cfg) -> jax.Array:
-    """(1−m)·(−log σ(βh)) + m·exp(−βh), m = σ(βh/τ), τ = ``cfg.discopop_tau``.
+@dataclasses.dataclass(frozen=True)
+class DiscopopParams:
+    """``loss.params.discopop``."""
+
+    tau: float = hyperparameter(0.05, gt=0.0)  # modulation temperature τ (TRL and paper default)
+
+
+@register_loss("discopop", params=DiscopopParams)
+def discopop(logps: PairLogps, cfg, params: DiscopopParams) -> jax.Array:
+    """(1−m)·(−log σ(βh)) + m·exp(−βh), m = σ(βh/τ), τ = ``params.tau``.
 
     DiscoPOP (log-ratio modulated loss), Chris Lu et al., arXiv 2406.08414, Eq. 5 (TRL ``discopop``).
     """
     z = cfg.beta * logps.margin()
-    mix = jax.nn.sigmoid(z / cfg.discopop_tau)
+    mix = jax.nn.sigmoid(z / params.tau)
     return (1.0 - mix) * logistic_loss(z) + mix * jnp.exp(-z)
 
 
-@register_loss("rdpo")
-def rdpo(logps: PairLogps, cfg) -> jax.Array:
-    """−log σ(βh + α(|y_w| − |y_l|)), α = ``cfg.rdpo_alpha``: length-regularised DPO.
+@dataclasses.dataclass(frozen=True)
+class RdpoParams:
+    """``loss.params.rdpo``."""
+
+    alpha: float = 0.05  # length coefficient α, per token of |y_w| − |y_l|
+
+
+@register_loss("rdpo", params=RdpoParams)
+def rdpo(logps: PairLogps, cfg, params: RdpoParams) -> jax.Array:
+    """−log σ(βh + α(|y_w| − |y_l|)), α = ``params.alpha``: length-regularised DPO.
 
     R-DPO, Park et al., arXiv 2403.19159 (form of SimPO's Table 3, arXiv 2405.14734).
     """
-    return logistic_loss(cfg.beta * logps.margin() + cfg.rdpo_alpha * (logps.chosen_length - logps.rejected_length))
+    return logistic_loss(cfg.beta * logps.margin() + params.alpha * (logps.chosen_length - logps.rejected_length))
 
 
-@register_loss("ropo")
-def ropo(logps: PairLogps, cfg) -> jax.Array:
-    """(4α/(1+α)²)·[−log σ(βh) + α σ(−βh)], α = ``cfg.ropo_alpha`` (default 14).
+@dataclasses.dataclass(frozen=True)
+class RopoParams:
+    """``loss.params.ropo`` (and ``loss.params.gropo``, its soft-label form)."""
+
+    alpha: float = hyperparameter(14.0, gt=0.0)  # α of ROPO's link (paper default 14)
+
+
+@register_loss("ropo", params=RopoParams)
+def ropo(logps: PairLogps, cfg, params: RopoParams) -> jax.Array:
+    """(4α/(1+α)²)·[−log σ(βh) + α σ(−βh)], α = ``params.alpha`` (default 14).
 
     ROPO, Liang et al., arXiv 2404.04102.
     """
-    return ropo_loss(cfg.beta * logps.margin(), cfg.ropo_alpha)
+    return ropo_loss(cfg.beta * logps.margin(), params.alpha)
 
 
 @register_loss("aot")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import jax
 
-from jaxspo.losses.dpo_family import logistic_loss, ropo_loss, smoothed_logistic_loss
+from jaxspo.losses.dpo_family import RopoParams, logistic_loss, ropo_loss, smoothed_logistic_loss
 from jaxspo.losses.registry import PairLogps, register_loss
 
 
@@ -35,10 +35,10 @@ def gipo(logps: PairLogps, cfg) -> jax.Array:
     return (geometric_margin(logps) - 1.0 / (2.0 * cfg.beta)) ** 2
 
 
-@register_loss("gropo", needs_soft_label=True)
-def gropo(logps: PairLogps, cfg) -> jax.Array:
-    """ROPO (arXiv 2404.04102) with βh → β(2p̂−1)h, α = ``cfg.ropo_alpha``; ``ropo`` at p̂ = 1 (arXiv 2409.06691)."""
-    return ropo_loss(cfg.beta * geometric_margin(logps), cfg.ropo_alpha)
+@register_loss("gropo", needs_soft_label=True, params=RopoParams)
+def gropo(logps: PairLogps, cfg, params: RopoParams) -> jax.Array:
+    """ROPO (arXiv 2404.04102) with βh → β(2p̂−1)h, α = ``params.alpha`` (``loss.params.gropo.alpha``); ``ropo`` at p̂ = 1 (arXiv 2409.06691)."""
+    return ropo_loss(cfg.beta * geometric_margin(logps), params.alpha)
 
 
 @register_loss("cdpo_soft", needs_soft_label=True)

@@ -11,13 +11,14 @@ agree when the chosen responses have equal lengths (and, for ORPO, no prompt tok
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 
 from jaxspo.losses.dpo_family import logistic_loss
-from jaxspo.losses.registry import PairLogps, PairMetrics, register_loss
+from jaxspo.losses.registry import PairLogps, PairMetrics, hyperparameter, register_loss
 
 _LOG_HALF = -math.log(2.0)
 
@@ -44,34 +45,55 @@ def sft(logps: PairLogps, cfg) -> jax.Array:
     return chosen_nll(logps)
 
 
-@register_loss("simpo", needs_reference=False)
-def simpo(logps: PairLogps, cfg) -> tuple[jax.Array, PairMetrics]:
-    """−log σ(β/|y_w| log πθ(y_w) − β/|y_l| log πθ(y_l) − γ), γ = ``cfg.simpo_gamma``.
+@dataclasses.dataclass(frozen=True)
+class SimpoParams:
+    """``loss.params.simpo``."""
+
+    gamma: float = 0.5  # target reward margin γ (TRL default)
+
+
+@register_loss("simpo", needs_reference=False, params=SimpoParams)
+def simpo(logps: PairLogps, cfg, params: SimpoParams) -> tuple[jax.Array, PairMetrics]:
+    """−log σ(β/|y_w| log πθ(y_w) − β/|y_l| log πθ(y_l) − γ), γ = ``params.gamma``.
 
     SimPO, Meng et al., arXiv 2405.14734 (TRL CPOTrainer ``loss_type="simpo"``, ``cpo_alpha=0``).
     The paper uses β ≈ 2–2.5, so set ``loss.beta`` accordingly.
     """
     chosen, rejected = logps.mean_logps()
-    loss = logistic_loss(cfg.beta * (chosen - rejected) - cfg.simpo_gamma)
+    loss = logistic_loss(cfg.beta * (chosen - rejected) - params.gamma)
     return loss, _policy_rewards(cfg.beta, chosen, rejected)
 
 
-@register_loss("cpo", needs_reference=False)
-def cpo(logps: PairLogps, cfg) -> tuple[jax.Array, PairMetrics]:
-    """−log σ(β[log πθ(y_w) − log πθ(y_l)]) + λ·NLL(y_w), λ = ``cfg.cpo_lambda`` (TRL ``cpo_alpha``).
+@dataclasses.dataclass(frozen=True)
+class CpoParams:
+    """``loss.params.cpo``."""
+
+    nll_weight: float = hyperparameter(1.0, ge=0.0)  # λ of the chosen NLL (TRL cpo_alpha)
+
+
+@register_loss("cpo", needs_reference=False, params=CpoParams)
+def cpo(logps: PairLogps, cfg, params: CpoParams) -> tuple[jax.Array, PairMetrics]:
+    """−log σ(β[log πθ(y_w) − log πθ(y_l)]) + λ·NLL(y_w), λ = ``params.nll_weight`` (TRL ``cpo_alpha``).
 
     CPO, Xu et al., arXiv 2401.08417, Eq. 3 + the BC regulariser; NLL is :func:`chosen_nll`.
     """
     nll = chosen_nll(logps)
-    loss = logistic_loss(cfg.beta * (logps.policy_chosen - logps.policy_rejected)) + cfg.cpo_lambda * nll
+    loss = logistic_loss(cfg.beta * (logps.policy_chosen - logps.policy_rejected)) + params.nll_weight * nll
     return loss, {"nll_loss": jax.lax.stop_gradient(nll), **_policy_rewards(cfg.beta, logps.policy_chosen, logps.policy_rejected)}
 
 
-@register_loss("orpo", needs_reference=False)
-def orpo(logps: PairLogps, cfg) -> tuple[jax.Array, PairMetrics]:
+@dataclasses.dataclass(frozen=True)
+class OrpoParams:
+    """``loss.params.orpo``."""
+
+    odds_ratio_weight: float = hyperparameter(0.1, ge=0.0)  # λ of the odds-ratio term (TRL ORPOConfig.beta)
+
+
+@register_loss("orpo", needs_reference=False, params=OrpoParams)
+def orpo(logps: PairLogps, cfg, params: OrpoParams) -> tuple[jax.Array, PairMetrics]:
     """NLL(y_w) − λ log σ(log odds(y_w) − log odds(y_l)), odds(y) = p/(1−p), p = exp(token-mean log πθ(y)).
 
-    ORPO, Hong et al., arXiv 2403.07691, Eqs. 4–7; λ = ``cfg.orpo_lambda`` (TRL ORPOConfig ``beta``).
+    ORPO, Hong et al., arXiv 2403.07691, Eqs. 4–7; λ = ``params.odds_ratio_weight`` (TRL ORPOConfig ``beta``).
     Extra metrics as TRL: ``log_odds_ratio`` = log σ(log-odds difference), ``log_odds_chosen`` = the difference.
     """
     chosen, rejected = logps.mean_logps()
@@ -80,4 +102,4 @@ def orpo(logps: PairLogps, cfg) -> tuple[jax.Array, PairMetrics]:
     nll = chosen_nll(logps)
     metrics = {"nll_loss": nll, "log_odds_ratio": ratio, "log_odds_chosen": log_odds}
     metrics = {name: jax.lax.stop_gradient(value) for name, value in metrics.items()}
-    return nll - cfg.orpo_lambda * ratio, metrics | _policy_rewards(cfg.beta, chosen, rejected)
+    return nll - params.odds_ratio_weight * ratio, metrics | _policy_rewards(cfg.beta, chosen, rejected)

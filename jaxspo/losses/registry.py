@@ -2,14 +2,19 @@
 
 A loss is a pure function ``fn(logps: PairLogps, cfg: LossConfig)`` returning either the per-pair
 loss ``[B]`` or ``(loss [B], extra)`` where ``extra`` maps metric names to per-pair values ``[B]``
-(reduced to (sum, count) by :func:`~jaxspo.losses.objective.preference_objective`).
+(reduced to (sum, count) by :func:`~jaxspo.losses.objective.preference_objective`). ``cfg`` carries the
+settings shared by all losses (``beta``, ``label_smoothing``, ``reference``). A loss with its own
+hyper-parameters declares them as a frozen dataclass, ``@register_loss("name", params=NameParams)``, and
+is called ``fn(logps, cfg, params)`` with the ``NameParams`` read from ``loss.params.<name>`` (defaults
+where the config has no section). Declare a range with :func:`hyperparameter`; config validation checks it.
 
 Two ways to add a loss without editing jaxspo:
 
 - decorate it with ``@register_loss("name")`` in a module you import before training, or
 - name it ``"package.module:function"`` in ``loss.terms``: :func:`get_loss` imports the module and
-  registers the function under that name (keeping the flags of an ``@register_loss`` decorator on
-  it; a plain function needs a reference and no soft label).
+  registers the function under that name (keeping the flags and ``params`` of an ``@register_loss``
+  decorator on it; a plain function needs a reference and no soft label). Its section is then
+  ``loss.params."package.module:function"``.
 """
 
 from __future__ import annotations
@@ -64,7 +69,33 @@ class PairLogps:
 
 PairMetrics = Mapping[str, jax.Array]  # metric name → per-pair values [B]
 LossResult = jax.Array | tuple[jax.Array, PairMetrics]
-LossFn = Callable[[PairLogps, Any], LossResult]
+LossFn = Callable[..., LossResult]  # fn(logps, cfg) or, with declared params, fn(logps, cfg, params)
+
+_BOUNDS = {"gt": (">", lambda v, b: v > b), "ge": (">=", lambda v, b: v >= b), "lt": ("<", lambda v, b: v < b), "le": ("<=", lambda v, b: v <= b)}
+
+
+def hyperparameter(default: Any, *, gt: float | None = None, ge: float | None = None, lt: float | None = None, le: float | None = None) -> Any:
+    """A params-dataclass field with a default and an allowed range (``gt``: > bound, ``ge``: ≥, ``lt``: <, ``le``: ≤),
+    checked by :func:`check_params` when the config is validated."""
+    bounds = {name: bound for name, bound in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if bound is not None}
+    return dataclasses.field(default=default, metadata={"bounds": bounds})
+
+
+def params_key(name: str, field: str = "") -> str:
+    """The config key of a loss's params section (or one field): ``loss.params.simpo.gamma``; names with dots are
+    quoted, as overrides spell them: ``loss.params."pkg.mod:fn".shift``."""
+    section = f'loss.params."{name}"' if "." in name else f"loss.params.{name}"
+    return f"{section}.{field}" if field else section
+
+
+def check_params(name: str, params: Any) -> None:
+    """Raises ValueError naming ``loss.params.<name>.<field>`` and its allowed range for the first value outside it."""
+    for field in dataclasses.fields(params):
+        value = getattr(params, field.name)
+        for bound_name, bound in field.metadata.get("bounds", {}).items():
+            symbol, holds = _BOUNDS[bound_name]
+            if not holds(value, bound):
+                raise ValueError(f"{params_key(name, field.name)} must be {symbol} {bound:g}, got {value}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +106,7 @@ class LossSpec:
     uniform reference). ``needs_soft_label``: reads ``PairLogps.soft_label``, so every training row must
     carry one (see :mod:`jaxspo.data.soft_labels`). ``needs_offset``: reads ``PairLogps.offset``, so the
     batch carries an ``offset`` field (e.g. ``sequential``'s, computed by :mod:`jaxspo.train.stages`).
+    ``params``: the loss's hyper-parameter dataclass; call the loss through :meth:`apply`, which passes them.
     """
 
     name: str
@@ -83,27 +115,57 @@ class LossSpec:
     needs_soft_label: bool
     layout: str = "pair"  # "pair": fn reads PairLogps; "list": fn reads jaxspo.losses.soft_spo.ListLogps (ranked lists)
     needs_offset: bool = False
+    params: type | None = None  # frozen dataclass of the loss's hyper-parameters (section loss.params.<name>); None = none
+
+    def params_of(self, loss_cfg: Any) -> Any:
+        """This loss's params from ``loss_cfg.params[name]`` (a params object or a mapping of fields; absent = defaults)."""
+        section = loss_cfg.params.get(self.name, {})
+        return section if isinstance(section, self.params) else self.params(**section)
+
+    def apply(self, logps: Any, loss_cfg: Any) -> LossResult:
+        """``fn(logps, loss_cfg)``, or ``fn(logps, loss_cfg, params)`` when the loss declares params."""
+        if self.params is None:
+            return self.fn(logps, loss_cfg)
+        return self.fn(logps, loss_cfg, self.params_of(loss_cfg))
 
 
 _REGISTRY: dict[str, LossSpec] = {}
 
 
 def register_loss(
-    name: str, *, needs_reference: bool = True, needs_soft_label: bool = False, layout: str = "pair", needs_offset: bool = False
+    name: str,
+    *,
+    needs_reference: bool = True,
+    needs_soft_label: bool = False,
+    layout: str = "pair",
+    needs_offset: bool = False,
+    params: type | None = None,
 ) -> Callable[[LossFn], LossFn]:
     """Decorator registering ``fn(logps: PairLogps, cfg: LossConfig) -> loss [B] | (loss [B], metrics)``.
 
     ``layout="list"``: ``fn`` reads ranked lists (:class:`jaxspo.losses.soft_spo.ListLogps`) instead of pairs.
     ``needs_offset``: ``fn`` reads ``PairLogps.offset`` (every batch then carries an ``offset`` field).
+    ``params``: a frozen dataclass whose fields all have defaults; ``fn`` is then called ``fn(logps, cfg, params)``.
     """
+    if params is not None:
+        _check_params_class(name, params)
 
     def decorate(fn: LossFn) -> LossFn:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"loss '{name}' is already registered by {_REGISTRY[name].fn.__module__}")
-        _REGISTRY[name] = LossSpec(name, fn, needs_reference, needs_soft_label, layout, needs_offset)
+        _REGISTRY[name] = LossSpec(name, fn, needs_reference, needs_soft_label, layout, needs_offset, params)
         return fn
 
     return decorate
+
+
+def _check_params_class(name: str, params: type) -> None:
+    """A params class must be a frozen dataclass (hashable, static under jit) with a default for every field."""
+    if not (dataclasses.is_dataclass(params) and params.__dataclass_params__.frozen):
+        raise ValueError(f"loss '{name}': params must be a @dataclasses.dataclass(frozen=True) class, got {params!r}")
+    missing = [f.name for f in dataclasses.fields(params) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"loss '{name}': params field(s) {', '.join(missing)} need a default (a loss must run without a loss.params section)")
 
 
 def _import_loss(name: str) -> LossSpec:
@@ -121,7 +183,7 @@ def _import_loss(name: str) -> LossSpec:
     decorated = next((spec for spec in _REGISTRY.values() if spec.fn is fn), None)
     flags = {} if decorated is None else {
         "needs_reference": decorated.needs_reference, "needs_soft_label": decorated.needs_soft_label,
-        "layout": decorated.layout, "needs_offset": decorated.needs_offset,
+        "layout": decorated.layout, "needs_offset": decorated.needs_offset, "params": decorated.params,
     }
     register_loss(name, **flags)(fn)
     return _REGISTRY[name]

@@ -1,8 +1,8 @@
 """Global KL regulariser of Soft Preference Optimization (docs/methods/soft-spo.md): β_KL·KL(πθ ‖ π_ref) on policy samples.
 
 Outside the jitted train step, :class:`KLSampler` draws y ~ πθ(·|x) with the jitted KV-cache sampler
-(:func:`jaxspo.sampling.sample`) for ``kl_prompts`` prompts of the regularisation prompt set,
-``kl_samples_per_prompt`` each, every ``kl_refresh`` steps, sharded over the step's mesh; they enter the
+(:func:`jaxspo.sampling.sample`) for ``loss.kl.prompts`` prompts of the regularisation prompt set,
+``samples_per_prompt`` each, every ``refresh`` steps, sharded over the step's mesh; they enter the
 step as batch fields ``kl_tokens``, ``kl_valid``, ``kl_response`` ``[M, P + N]`` (prompt then response).
 Inside the step, :func:`with_kl_regulariser` adds β_KL times the mean over the M samples of
 Σ_t Σ_v πθ(v|·)(log πθ(v|·) − log π_ref(v|·)) over the sampled positions [D/I]: the samples are fixed
@@ -41,25 +41,25 @@ KL_FIELDS = ("kl_tokens", "kl_valid", "kl_response")
 
 
 def kl_active(loss_cfg) -> bool:
-    """Whether the global KL regulariser is on (``loss.soft_spo.kl_beta`` > 0; any loss may use it)."""
-    return loss_cfg.soft_spo.kl_beta > 0
+    """Whether the global KL regulariser is on (``loss.kl.beta`` > 0; any loss may use it)."""
+    return loss_cfg.kl.beta > 0
 
 
 def kl_rows(loss_cfg) -> int:
     """M: sampled responses per step."""
-    return loss_cfg.soft_spo.kl_prompts * loss_cfg.soft_spo.kl_samples_per_prompt
+    return loss_cfg.kl.prompts * loss_cfg.kl.samples_per_prompt
 
 
 def kl_field_shapes(loss_cfg, max_prompt_length: int) -> dict[str, tuple[tuple[int, int], Any]]:
-    """Shape and dtype of each sampled batch field: ``[M, max_prompt_length + kl_max_new_tokens]``."""
-    shape = (kl_rows(loss_cfg), max_prompt_length + loss_cfg.soft_spo.kl_max_new_tokens)
+    """Shape and dtype of each sampled batch field: ``[M, max_prompt_length + loss.kl.max_new_tokens]``."""
+    shape = (kl_rows(loss_cfg), max_prompt_length + loss_cfg.kl.max_new_tokens)
     return {name: (shape, jnp.int32 if name == "kl_tokens" else jnp.bool_) for name in KL_FIELDS}
 
 
 def with_kl_regulariser(objective, graphdef: Any, loss_cfg):
     """``objective`` plus β_KL·(count/M)·Σ_samples KL, so that after the step divides by the global
     count (pairs or lists) the loss is preference mean + β_KL·mean KL per sampled response."""
-    beta = loss_cfg.soft_spo.kl_beta
+    beta = loss_cfg.kl.beta
     model = as_model(graphdef)
 
     def regularised(params: nnx.State, reference_params: Any, batch: dict[str, jax.Array], rng: jax.Array | None = None, head_params: Any = None):
@@ -82,13 +82,13 @@ def regularisation_prompts(source: str, splits: dict[str, list[dict[str, Any]]])
     """Distinct prompts of ``source``, in order: a split (``train``, ``sft``, ``eval``) or a ``.jsonl`` file of
     rows with ``prompt`` (text, or a message list for conversational data)."""
     if source not in splits and not Path(source).expanduser().is_file():
-        raise DataError(f"{source}: no such split or file (loss.soft_spo.kl_prompt_source); name a split (train, sft, eval) or a .jsonl file of prompts")
+        raise DataError(f"{source}: no such split or file (loss.kl.prompt_source); name a split (train, sft, eval) or a .jsonl file of prompts")
     rows = splits[source] if source in splits else read_jsonl(Path(source).expanduser())
     prompts, seen = [], set()
     for i, row in enumerate(rows):
         prompt = row.get("prompt") if isinstance(row, dict) else None
         if not (isinstance(prompt, str) and prompt.strip()) and not is_conversation(prompt):
-            raise DataError(f"{source}, row {i}: field 'prompt' must be a non-empty str or a list of messages (loss.soft_spo.kl_prompt_source); fix the row")
+            raise DataError(f"{source}, row {i}: field 'prompt' must be a non-empty str or a list of messages (loss.kl.prompt_source); fix the row")
         key = json.dumps(prompt, sort_keys=True)
         if key not in seen:
             seen.add(key)
@@ -97,11 +97,10 @@ def regularisation_prompts(source: str, splits: dict[str, list[dict[str, Any]]])
 
 
 class KLSampler:
-    """``sampler(step, params) -> batch fields`` for step ``step`` (1-based): fresh samples every ``kl_refresh`` steps."""
+    """``sampler(step, params) -> batch fields`` for step ``step`` (1-based): fresh samples every ``loss.kl.refresh`` steps."""
 
     def __init__(self, cfg, mesh, graphdef: nnx.GraphDef, tokenizer, prompts: list[str], shardings: dict[str, NamedSharding]):
-        spo = cfg.loss.soft_spo
-        self.cfg, self.spo, self.mesh, self.graphdef = cfg, spo, mesh, graphdef
+        self.cfg, self.kl, self.mesh, self.graphdef = cfg, cfg.loss.kl, mesh, graphdef
         self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.tokens, self.valid = encode_prompts(prompts, tokenizer, cfg.data.max_prompt_length, keep_end=True)  # [P_all, P]
         self.key = jax.random.key(cfg.trainer.seed + 2)
@@ -119,23 +118,23 @@ class KLSampler:
 
     def draw(self, refresh: int, params: nnx.State) -> dict[str, jax.Array]:
         """Samples for refresh number ``refresh``: prompts drawn without replacement (when possible) by seed and refresh."""
-        spo = self.spo
+        kl = self.kl
         rng = np.random.default_rng([self.cfg.trainer.seed, refresh])
-        rows = rng.choice(len(self.tokens), spo.kl_prompts, replace=len(self.tokens) < spo.kl_prompts)
-        rows = np.repeat(rows, spo.kl_samples_per_prompt)  # [M]
+        rows = rng.choice(len(self.tokens), kl.prompts, replace=len(self.tokens) < kl.prompts)
+        rows = np.repeat(rows, kl.samples_per_prompt)  # [M]
         sharding = named_sharding(("batch", None), (len(rows), self.tokens.shape[1]), self.mesh, self.cfg.mesh.rules)
         tokens, valid = to_global((self.tokens[rows], self.valid[rows]), (sharding, sharding))
         out = sample(
             self.graphdef, params, tokens, valid, jax.random.fold_in(self.key, refresh),
-            max_new_tokens=spo.kl_max_new_tokens, eos_id=self.eos, pad_id=self.pad, temperature=spo.kl_temperature,
+            max_new_tokens=kl.max_new_tokens, eos_id=self.eos, pad_id=self.pad, temperature=kl.temperature,
         )
         return self._join(tokens, valid, out.tokens, out.valid)
 
     def __call__(self, step: int, params: nnx.State) -> dict[str, jax.Array]:
-        if self.fields is None or (step - 1) % self.spo.kl_refresh == 0:
+        if self.fields is None or (step - 1) % self.kl.refresh == 0:
             jax.block_until_ready(params)  # let the previous (asynchronous) step finish: time the sampler alone
             start = time.perf_counter()
-            self.fields = jax.block_until_ready(self.draw((step - 1) // self.spo.kl_refresh, params))
+            self.fields = jax.block_until_ready(self.draw((step - 1) // self.kl.refresh, params))
             self.window["seconds"] += time.perf_counter() - start
             self.window["samples"] += kl_rows(self.cfg.loss)
             self.window["tokens"] += int(jnp.sum(self.fields["kl_response"]))

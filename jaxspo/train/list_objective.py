@@ -46,7 +46,7 @@ def list_objective_fn(graphdef, loss_cfg):
         per_list = jnp.zeros(logps.policy.shape[:1])
         metrics, extras = {}, {}
         for name, weight in loss_cfg.terms.items():
-            term, term_metrics = get_loss(name).fn(logps, loss_cfg)
+            term, term_metrics = get_loss(name).apply(logps, loss_cfg)
             per_list = per_list + weight * term
             if len(loss_cfg.terms) > 1:
                 metrics[f"loss/{name}"] = (jax.lax.stop_gradient(term).sum(), count)

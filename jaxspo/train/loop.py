@@ -129,7 +129,7 @@ class Phase:
         self.pacer = StepPacer()  # under trainer.host_heap=hold (docs/speed.md)
         self.kl_sampler = None  # soft_spo's global KL regulariser: on-policy samples drawn before each step
         if phase == "preference" and kl_active(cfg.loss):
-            prompts = regularisation_prompts(cfg.loss.soft_spo.kl_prompt_source, run.splits.rows)
+            prompts = regularisation_prompts(cfg.loss.kl.prompt_source, run.splits.rows)
             sampling_graphdef = lora.model.eval_graphdef if lora else run.graphdef
             self.kl_sampler = KLSampler(cfg, run.mesh, sampling_graphdef, run.tokenizer, prompts, self.step.batch_sharding)
         self.sampling_params = (lambda adapters: lora.eval_states(adapters)[0]) if lora else (lambda params: params)

@@ -1,0 +1,1 @@
+"""Losses written the way a user would, outside jaxspo, named in ``loss.terms`` as ``module:function``."""
