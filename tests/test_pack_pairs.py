@@ -159,14 +159,14 @@ def test_mask_keeps_pairs_and_responses_apart_and_blocks_skip_other_pairs(window
     batch = packer_for(stored, 16, width=width).fitted([np.arange(16)]).pack(stored, np.arange(16), np.arange(16))
     width = batch["packed_tokens"].shape[1]
     spec = MaskSpec(jnp.arange(width), jnp.asarray(batch["packed_valid"]), jnp.asarray(batch["packed_segments"]), jnp.asarray(batch["packed_positions"]), window)
-    dense = np.asarray(spec.dense(True))
+    dense = np.asarray(jax.jit(lambda s: s.dense(True))(spec))  # jitted: one compile instead of an eager op each
     want = brute_force_visible(batch)
     if window:
         behind = batch["packed_positions"][:, :, None] - batch["packed_positions"][:, None, :]
         want &= behind < window
     np.testing.assert_array_equal(dense, want)
     for block in (4, 8):
-        blocks = np.asarray(spec.block_visible(block, block, True))
+        blocks = np.asarray(jax.jit(lambda s: s.block_visible(block, block, True))(spec))
         n = width // block
         truth = dense.reshape(-1, n, block, n, block).any((0, 2, 4))
         assert not (truth & ~blocks).any()  # False is exact
