@@ -10,7 +10,7 @@ from jaxspo.host_memory import release_freed_memory
 from jaxspo.train.metrics_log import logged_eval
 from jaxspo.train.outputs import write_outputs
 from jaxspo.train.phase import Phase
-from jaxspo.train.plan import Metrics, OnePreferencePhase, PhasePlan, PhaseSetup, PlannedPhase, warm_start
+from jaxspo.train.plan import EvalMetrics, OnePreferencePhase, PhasePlan, PhaseSetup, PlannedPhase, warm_start
 from jaxspo.train.preemption import PreemptionGuard
 from jaxspo.train.run import Run, RunResult, open_run
 from jaxspo.train.stages import SequentialStages
@@ -34,13 +34,13 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
     return RunResult(run.run_dir, before, after, params, reference)
 
 
-def run_phases(run: Run, plan: PhasePlan, phases: list[PlannedPhase], guard: PreemptionGuard) -> tuple[Metrics, Metrics]:
+def run_phases(run: Run, plan: PhasePlan, phases: list[PlannedPhase], guard: PreemptionGuard) -> tuple[EvalMetrics, EvalMetrics]:
     """Runs (or resumes) ``phases`` in order; returns the evaluations before the first preference phase and after the last.
 
     Evaluation rows (``"phase": "eval"``) count steps over all preference phases; each is logged once.
     """
-    before: Metrics | None = None
-    after: Metrics | None = None
+    before: EvalMetrics | None = None
+    after: EvalMetrics | None = None
     offset = 0  # preference steps of the phases before this one
     for position, planned in enumerate(phases):
         preference = planned.kind == "preference"
@@ -48,8 +48,9 @@ def run_phases(run: Run, plan: PhasePlan, phases: list[PlannedPhase], guard: Pre
             plan.start()
             before = after = _start_eval(run, plan)
         if planned.finished():  # before an interruption: its result is restored, its evaluation was logged
-            offset += planned.steps if preference else 0
-            after = (logged_eval(run.log.path, offset) or after) if preference else after
+            if preference:
+                offset += planned.steps
+                after = logged_eval(run.log.path, offset) or after
             continue
         setup = planned.before()
         earlier = tuple(p.name for p in phases[:position])
@@ -65,7 +66,7 @@ def run_phases(run: Run, plan: PhasePlan, phases: list[PlannedPhase], guard: Pre
     return before, after
 
 
-def _start_eval(run: Run, plan: PhasePlan) -> Metrics:
+def _start_eval(run: Run, plan: PhasePlan) -> EvalMetrics:
     """The step-0 evaluation: as logged by an interrupted earlier process of this run, or evaluated and logged now."""
     before = logged_eval(run.log.path, 0)
     if before is None:

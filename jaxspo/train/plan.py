@@ -22,7 +22,7 @@ from jaxspo.train.run import Run
 from jaxspo.train.selfsup_data import DegreeData, LevelRewardMetrics
 from jaxspo.train.step import batch_fields
 
-Metrics = dict[str, float]
+EvalMetrics = dict[str, float]  # an evaluation: metric name -> value
 
 
 @dataclasses.dataclass
@@ -34,7 +34,7 @@ class PhaseSetup:
     arrays: dict[str, np.ndarray]
     lora: LoRATraining | None = None
     frozen: Any = None
-    evaluate: Callable[[Any], Metrics] | None = None  # trained params -> held-out metrics (None: not evaluated)
+    evaluate: Callable[[Any], EvalMetrics] | None = None  # trained params -> held-out metrics (None: not evaluated)
 
 
 def never_finished() -> bool:
@@ -52,7 +52,7 @@ class PlannedPhase:
     peak_lr: float
     batch_size: int
     before: Callable[[], PhaseSetup]
-    after: Callable[[Any, Metrics | None], None]
+    after: Callable[[Any, EvalMetrics | None], None]
     finished: Callable[[], bool] = never_finished  # restores the phase's result if it finished before an interruption
 
 
@@ -64,7 +64,7 @@ class PhasePlan(Protocol):
     def start(self) -> None:
         """After the warm start (π_0 = ``run.params``): builds what the phases share (LoRA, evaluators)."""
 
-    def start_eval(self) -> Metrics:
+    def start_eval(self) -> EvalMetrics:
         """The held-out evaluation of the starting policy (logged at step 0)."""
 
     def result(self) -> tuple[Any, Callable[[], Any] | None, Any]:
@@ -90,7 +90,7 @@ def warm_start(run: Run, first: str) -> PlannedPhase:
             run.params = restore_params(reference_dir, run.params)
         return resuming
 
-    def after(params: Any, _: Metrics | None) -> None:
+    def after(params: Any, _: EvalMetrics | None) -> None:
         run.params = params
         if not base_reloads:
             save_params(run.params, reference_dir)
@@ -122,12 +122,12 @@ class OnePreferencePhase:
             self.arrays = self.arrays | degree(self.arrays, with_reference=selfsup.REFERENCE_FIELD in batch_fields("preference", cfg.loss))
             self.evaluator.extra_metrics.append(LevelRewardMetrics(degree, self.evaluator.pairs))
 
-    def evaluate(self, params: Any) -> Metrics:
+    def evaluate(self, params: Any) -> EvalMetrics:
         """Held-out metrics of the policy ``params`` (LoRA: adapters) against the reference."""
         policy, reference = self.lora.eval_states(params) if self.lora else (params, self.reference)
         return self.evaluator(policy, reference, self.run.eval_key)
 
-    def start_eval(self) -> Metrics:
+    def start_eval(self) -> EvalMetrics:
         return self.evaluate(self.lora.initial if self.lora else self.reference)
 
     def before(self) -> PhaseSetup:
@@ -135,7 +135,7 @@ class OnePreferencePhase:
         arrays = self.run.with_precomputed_reference(self.arrays, self.reference)
         return PhaseSetup(self.run, arrays, self.lora, self.lora.frozen if self.lora else self.reference, self.evaluate)
 
-    def after(self, params: Any, _: Metrics | None) -> None:
+    def after(self, params: Any, _: EvalMetrics | None) -> None:
         self.params = params
 
     def result(self) -> tuple[Any, Callable[[], Any] | None, Any]:

@@ -51,7 +51,7 @@ from jaxspo.losses.sequential import stage_offset
 from jaxspo.train.evaluate import Evaluator
 from jaxspo.train.lora import base_record, write_base_record
 from jaxspo.train.lora_stages import LoRAStages
-from jaxspo.train.plan import Metrics, PhaseSetup, PlannedPhase
+from jaxspo.train.plan import EvalMetrics, PhaseSetup, PlannedPhase
 from jaxspo.train.reference_cache import cached_reference_logps
 from jaxspo.train.run import Run
 from jaxspo.train.scoring import PairScorer
@@ -151,13 +151,13 @@ class SequentialStages:
         if self.lora is not None and is_writer():
             write_base_record(self.lora.record, run.run_dir)  # π_0: RUN_DIR/params holds every stage's adapters
 
-    def evaluate(self, index: int, graphdef: nnx.GraphDef, params: Any, reference: Any) -> Metrics:
+    def evaluate(self, index: int, graphdef: nnx.GraphDef, params: Any, reference: Any) -> EvalMetrics:
         """Held-out metrics of stage ``index``'s policy against its reference (its dimension's pairs, its β)."""
         evaluator = self.evaluator(graphdef)
         evaluator.cfg, evaluator.pairs = stage_config(self.run.cfg, index), self.eval_arrays[index]
         return evaluator(params, reference, self.run.eval_key) | {"eval/stage": float(index + 1)}
 
-    def start_eval(self) -> Metrics:
+    def start_eval(self) -> EvalMetrics:
         """π_0 against itself, on stage 1's pairs."""
         if self.lora is None:
             before = self.evaluate(0, self.run.graphdef, self.previous, self.previous)
@@ -196,7 +196,7 @@ class SequentialStages:
         graphdef = training.model.eval_graphdef
         return PhaseSetup(view, arrays, training, training.frozen, lambda p: self.evaluate(index, graphdef, *training.eval_states(p)))
 
-    def after(self, index: int, policy: Any, metrics: Metrics | None) -> None:
+    def after(self, index: int, policy: Any, metrics: EvalMetrics | None) -> None:
         """Saves π_n to ``checkpoints/policy-n`` (LoRA: the stage's adapter only); it is the next stage's start."""
         stage, scfg = self.run.cfg.stages[index], stage_config(self.run.cfg, index)
         save_params(policy, self.policy_dir(index + 1))
