@@ -30,13 +30,13 @@ def rows(n: int, seed: int) -> list[dict]:
 
 def run(folder: Path, buckets: list[int], steps: int) -> dict:
     from jaxspo.config import load_config
-    from jaxspo.train import loop
+    from jaxspo.train import loop, phase
     from jaxspo.train.metrics_log import read_metrics
 
     made, iterators = [], []
-    real_step, real_batches = loop.make_train_step, loop.make_batches
-    loop.make_train_step = lambda *a, **k: made.append(real_step(*a, **k)) or made[-1]
-    loop.make_batches = lambda *a, **k: iterators.append((a, k)) or real_batches(*a, **k)
+    real_step, real_batches = phase.make_train_step, phase.make_batches
+    phase.make_train_step = lambda *a, **k: made.append(real_step(*a, **k)) or made[-1]
+    phase.make_batches = lambda *a, **k: iterators.append((a, k)) or real_batches(*a, **k)
     cfg = load_config("configs/demo.yaml", [
         "model.hidden_size=64", "model.intermediate_size=192", "model.num_layers=2", "trainer.sft_steps=0",
         f"trainer.steps={steps}", "trainer.batch_size=32", "trainer.eval_every=0", "eval.num_pairs=32", "eval.num_prompts=8",
@@ -47,7 +47,7 @@ def run(folder: Path, buckets: list[int], steps: int) -> dict:
     start = time.perf_counter()
     loop.train(cfg, "bucketing")
     wall = time.perf_counter() - start
-    loop.make_train_step, loop.make_batches = real_step, real_batches
+    phase.make_train_step, phase.make_batches = real_step, real_batches
     a, k = iterators[-1]  # the preference phase's iterator, replayed (its order is a function of the step)
     replay = real_batches(*a, **k)
     widths = [next(replay)["chosen_tokens"].shape[1] for _ in range(steps)]

@@ -25,7 +25,8 @@ from jaxspo.config import load_config
 from jaxspo.data import build_synthetic_task, encode_prompts
 from jaxspo.sampling import sample
 from jaxspo.sharding import make_mesh
-from jaxspo.train.loop import _model_and_tokenizer, train
+from jaxspo.train.loop import train
+from jaxspo.train.run import model_and_tokenizer
 from jaxspo.train.metrics_log import read_metrics
 from jaxspo.train.scoring import shard_rows
 from jaxspo.train.state import abstract_model, init_params, param_shardings
@@ -34,7 +35,7 @@ from jaxspo.train.state import abstract_model, init_params, param_shardings
 def sampler_alone(cfg, repeats: int) -> dict[str, float]:
     kl = cfg.loss.kl
     task = build_synthetic_task(cfg.data.synthetic)
-    model_cfg, tokenizer = _model_and_tokenizer(cfg.model, task.tokenizer)
+    model_cfg, tokenizer = model_and_tokenizer(cfg.model, task.tokenizer)
     mesh = make_mesh(cfg.mesh.shape())
     graphdef, abstract = abstract_model(model_cfg)
     params = init_params(model_cfg, 0, param_shardings(abstract, mesh, cfg.mesh.rules))

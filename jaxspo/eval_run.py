@@ -31,7 +31,7 @@ def evaluate(cfg: Config, params_dir: str = "", reference_dir: str = "", reward_
     ``reference_dir`` (default: the starting point, or ``model.reference_path``); writes ``eval.json`` and
     ``data_report.json`` to ``out_dir`` when given."""
     from jaxspo.checkpoint import restore_params
-    from jaxspo.train.loop import Run
+    from jaxspo.train.run import Run
 
     cfg = dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, tensorboard=False, wandb=False))
     with tempfile.TemporaryDirectory() as scratch:

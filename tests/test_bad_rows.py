@@ -82,8 +82,9 @@ def test_clean_rows_pass_untouched():
 
 def _with_bad_train_row(monkeypatch):
     from jaxspo.train import loop
+    from jaxspo.train import run as run_module
 
-    real = loop.build_synthetic_task
+    real = run_module.build_synthetic_task
 
     def task_with_bad_row(cfg):
         task = real(cfg)
@@ -91,7 +92,7 @@ def _with_bad_train_row(monkeypatch):
         task.splits["train"][7]["rejected"] = task.splits["train"][7]["chosen"]
         return task
 
-    monkeypatch.setattr(loop, "build_synthetic_task", task_with_bad_row)
+    monkeypatch.setattr(run_module, "build_synthetic_task", task_with_bad_row)
     return loop
 
 

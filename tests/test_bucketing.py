@@ -59,12 +59,12 @@ def _mixed_length_rows(n):
 @pytest.mark.parametrize("buckets", ["data.buckets=[12, 20]", "data.auto_buckets=3"])
 def test_mixed_length_run_compiles_at_most_one_step_per_bucket(tmp_path, monkeypatch, buckets):
     from jaxspo.config import load_config
-    from jaxspo.train import loop
+    from jaxspo.train import loop, phase
 
     for split, n in (("train", 96), ("test", 16)):
         write_jsonl(_mixed_length_rows(n), tmp_path / f"{split}.jsonl")
     steps, pipelines = [], []
-    real, real_batches = loop.make_train_step, loop.make_batches
+    real, real_batches = phase.make_train_step, phase.make_batches
 
     def recording(*args, **kwargs):
         step = real(*args, **kwargs)
@@ -75,8 +75,8 @@ def test_mixed_length_run_compiles_at_most_one_step_per_bucket(tmp_path, monkeyp
         pipelines.append((fields, batch_size, widths, real_batches(fields, batch_size, seed, widths, *args)))
         return pipelines[-1][-1]
 
-    monkeypatch.setattr(loop, "make_train_step", recording)
-    monkeypatch.setattr(loop, "make_batches", recording_batches)
+    monkeypatch.setattr(phase, "make_train_step", recording)
+    monkeypatch.setattr(phase, "make_batches", recording_batches)
     cfg = load_config("configs/demo.yaml", [
         "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2", "trainer.sft_steps=0",
         "trainer.sft_batch_size=8", "trainer.steps=10", "trainer.batch_size=8", "trainer.eval_every=0",
@@ -86,9 +86,9 @@ def test_mixed_length_run_compiles_at_most_one_step_per_bucket(tmp_path, monkeyp
         buckets, f"run_dir={tmp_path}/run",
     ])
     loop.train(cfg, "buckets")
-    for phase, step in steps:
+    for kind, step in steps:
         compiled = step.fn._cache_size()
-        assert 2 <= compiled <= 3, (phase, compiled)  # 3 buckets ([12, 20, 32] or the chosen ones); at least two visited
+        assert 2 <= compiled <= 3, (kind, compiled)  # 3 buckets ([12, 20, 32] or the chosen ones); at least two visited
     for fields, batch_size, widths, pipeline in pipelines:  # the widths each phase's pipeline was given
         if buckets == "data.auto_buckets=3":
             assert widths == choose_buckets(example_lengths(fields), 3, batch_size, width=32) and len(widths) > 1

@@ -8,7 +8,8 @@ import numpy as np
 from jaxspo import host_memory
 from jaxspo.config import load_config
 from jaxspo.data.pipeline import BatchPipeline
-from jaxspo.train import loop
+from jaxspo.train.phase import Phase
+from jaxspo.train.run import Run
 from tests.test_pipeline import columns
 
 TINY = [
@@ -34,8 +35,8 @@ def test_widths_are_the_buckets_that_fill_a_batch_and_example_does_not_move_the_
 def test_a_bucketed_phase_compiles_each_width_once_before_step_1(tmp_path, caplog):
     cfg = load_config("configs/demo.yaml", TINY + [f"run_dir={tmp_path}"])
     (tmp_path / "run").mkdir()
-    run = loop.Run(cfg, tmp_path / "run")
-    phase = loop.Phase(run, "preference", cfg.trainer.steps, 1e-3, cfg.trainer.batch_size, run.encoded("train"))
+    run = Run(cfg, tmp_path / "run")
+    phase = Phase(run, "preference", cfg.trainer.steps, 1e-3, cfg.trainer.batch_size, run.encoded("train"))
     assert len(phase.batches.widths) >= 2, phase.batches.widths  # the test needs several programs
     compiled = lambda: [r for r in caplog.records if "compilation of jit(step)" in r.getMessage()]  # noqa: E731
     with jax.log_compiles(), caplog.at_level(logging.WARNING):
@@ -61,8 +62,8 @@ def test_a_held_heap_is_trimmed_exactly_before_a_batch_larger_than_any_before(tm
     monkeypatch.setattr(host_memory.jax, "block_until_ready", lambda tree: waited.append(tree is phase.state))
     cfg = load_config("configs/demo.yaml", TINY + [f"run_dir={tmp_path}"])
     (tmp_path / "run").mkdir()
-    run = loop.Run(cfg, tmp_path / "run")
-    phase = loop.Phase(run, "preference", cfg.trainer.steps, 1e-3, cfg.trainer.batch_size, run.encoded("train"))
+    run = Run(cfg, tmp_path / "run")
+    phase = Phase(run, "preference", cfg.trainer.steps, 1e-3, cfg.trainer.batch_size, run.encoded("train"))
     sizes = []
     for i in range(1, phase.batches.batches_per_epoch + 1):
         _, local = phase.take_step(i, run.params)

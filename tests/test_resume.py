@@ -20,6 +20,7 @@ from jaxspo.config import load_config
 from jaxspo.errors import PREEMPTED_EXIT_CODE, NonFiniteError
 from jaxspo.losses import get_loss, register_loss
 from jaxspo.train import loop
+from jaxspo.train import run as run_module
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -132,14 +133,14 @@ def nan_on_marked_pair(logps, cfg):
 
 @pytest.fixture
 def marked_task(monkeypatch):
-    real = loop.build_synthetic_task
+    real = run_module.build_synthetic_task
 
     def with_marked_row(cfg):
         task = real(cfg)
         task.splits["train"][5]["soft_label"] = MARK
         return task
 
-    monkeypatch.setattr(loop, "build_synthetic_task", with_marked_row)
+    monkeypatch.setattr(run_module, "build_synthetic_task", with_marked_row)
 
 
 @pytest.mark.slow  # a whole run until the marked row

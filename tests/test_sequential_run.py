@@ -12,7 +12,7 @@ import pytest
 
 from jaxspo.checkpoint import save_params
 from jaxspo.config import load_config
-from jaxspo.train import loop
+from jaxspo.train.run import Run
 from jaxspo.train.scoring import PairScorer
 from jaxspo.train.stages import SequentialStages
 from tests.test_resume import REPO, final_params, metrics, wait_for_step
@@ -33,7 +33,7 @@ def test_offsets_come_from_frozen_logps_cached_by_data_and_weights(tmp_path):
     cache = tmp_path / "cache"
     cfg = load_config("configs/sequential.yaml", TINY + [STAGES, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", f"loss.reference_cache_dir={cache}"])
     (tmp_path / "run").mkdir()
-    run = loop.Run(cfg, tmp_path / "run")
+    run = Run(cfg, tmp_path / "run")
     stages = SequentialStages(run)
     pi0 = run.params
     save_params(pi0, stages.policy_dir(0))

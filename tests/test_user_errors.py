@@ -76,7 +76,7 @@ def test_malformed_line_names_file_and_line(tmp_path):
 
 def test_skip_counts_unparsable_lines_and_bytes_by_reason(tmp_path):
     from jaxspo.config import load_config
-    from jaxspo.train.loop import Run
+    from jaxspo.train.run import Run
 
     good = [json.dumps(good_row(i)).encode() for i in range(6)]
     bad = [b'{"prompt": ', b"\xff\xfe not text", b"[1, 2]", json.dumps(good_row(9) | {"chosen": 5}).encode()]

@@ -2,7 +2,7 @@
 
     python benchmarks/peers/run_jaxspo.py --fixture DIR --order ORDER.json --config resident [key=value ...]
 
-The run is built by the same code as ``jaxspo train`` (``jaxspo.train.loop``: the HF folder through
+The run is built by the same code as ``jaxspo train`` (``jaxspo.train.run`` and ``jaxspo.train.phase``: the HF folder through
 jaxspo's loader, the JSONL pairs through jaxspo's data path and screening, the optimiser, state and
 ``make_train_step``, the precomputed-reference pass when ``loss.reference=precomputed``, the compile of every
 bucket width before step 1, and each step through ``Phase.take_step``); only the loop is the runner's own, to
@@ -47,7 +47,8 @@ def main() -> None:
 
     from jaxspo.config import load_config
     from jaxspo.host_memory import hold_freed_memory
-    from jaxspo.train import loop
+    from jaxspo.train.phase import Phase
+    from jaxspo.train.run import Run
 
     order = read_order(args.order, args.steps, args.batch_size)
     with tempfile.TemporaryDirectory(prefix="bench-jaxspo-") as tmp:
@@ -55,11 +56,11 @@ def main() -> None:
         cfg = load_config(None, base_overrides(args, work) + list(args.overrides))
         hold_freed_memory(cfg.trainer.host_heap)  # as ``jaxspo train`` does, before the first device use
         (work / "run").mkdir()
-        run = loop.Run(cfg, work / "run")
+        run = Run(cfg, work / "run")
         cfg = run.cfg
         reference = run.params
         arrays = run.with_precomputed_reference(run.encoded("train"), reference)
-        phase = loop.Phase(run, "preference", cfg.trainer.steps, cfg.optimizer.learning_rate, cfg.trainer.batch_size, arrays)
+        phase = Phase(run, "preference", cfg.trainer.steps, cfg.optimizer.learning_rate, cfg.trainer.batch_size, arrays)
         frozen = reference if phase.step.reference_sharding is not None else None
         phase.precompile(frozen)  # as the loop does before step 1 (trainer.precompile)
         log, trained_rows = StepLog(), []

@@ -204,7 +204,7 @@ def resolve_attention(setting: str, platform: str, model_config: ModelConfig) ->
 
 def resolve_for_target(model_config: ModelConfig) -> str:
     """:func:`resolve_attention` of ``model_config.attention`` on the platform the model is built for, logged once per change."""
-    from jaxspo.config import ConfigError  # the CLI prints it as one line (jaxspo.config imports this package)
+    from jaxspo.errors import ConfigError  # the CLI prints it as one line
 
     try:
         resolved = resolve_attention(model_config.attention, target_platform(), model_config)

@@ -89,6 +89,12 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def logged_eval(metrics_path: Path, step: int) -> dict[str, float] | None:
+    """The evaluation logged at ``step`` by an earlier (interrupted) process of this run, if any."""
+    rows = [r for r in read_metrics(metrics_path) if r["phase"] == "eval" and r["step"] == step] if metrics_path.exists() else []
+    return {k: v for k, v in rows[-1].items() if k not in ("phase", "step")} if rows else None
+
+
 def plot_curves(metrics_path: Path, png_path: Path) -> bool:
     """One panel per metric in :data:`PLOTTED` that was logged, one line per phase; False if none was."""
     import matplotlib

@@ -16,8 +16,10 @@ For stage n (1-based) of ``cfg.stages``:
    on held-out pairs of the stage's dimension), logged as ``"phase": "eval"`` rows whose ``step``
    counts steps over all stages; then π_n is saved to ``checkpoints/policy-n`` (Orbax).
 
-Resume: stages whose ``policy-n`` exists are skipped (π_n is restored); the first one without it
-continues from its newest valid checkpoint.
+The driver (:func:`jaxspo.train.loop.train`) runs the stages as the plan ``[sft, stage-1, …, stage-n]``:
+steps 1–2 are a stage's before-phase hook, saving π_n its after-phase hook. Resume: stages whose
+``policy-n`` exists are skipped (π_n is restored); the first one without it continues from its newest
+valid checkpoint.
 
 With LoRA (``lora.rank`` > 0) each stage trains one adapter on π_{n−1} (merged into the next stage's base
 or stacked, ``lora.stages``) and ``policy-n`` holds that adapter: :mod:`jaxspo.train.lora_stages`.
@@ -37,6 +39,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxspo.checkpoint import restore_params, save_params
 from jaxspo.config import Config
 from jaxspo.data.dimensions import dimension_pairs
 from jaxspo.data.encode import encode_preference_rows
@@ -46,12 +49,11 @@ from jaxspo.distributed import is_writer
 from jaxspo.errors import DataError
 from jaxspo.losses.sequential import stage_offset
 from jaxspo.train.evaluate import Evaluator
-from jaxspo.train.lora import LoRATraining, base_record, write_base_record
+from jaxspo.train.lora import base_record, write_base_record
 from jaxspo.train.lora_stages import LoRAStages
-from jaxspo.checkpoint import restore_params, save_params
-from jaxspo.train.loop import RunResult, _logged_eval, Phase, Run, write_outputs
-from jaxspo.train.preemption import PreemptionGuard
+from jaxspo.train.plan import EvalMetrics, PhaseSetup, PlannedPhase
 from jaxspo.train.reference_cache import cached_reference_logps
+from jaxspo.train.run import Run
 from jaxspo.train.scoring import PairScorer
 from jaxspo.train.step import OFFSET_FIELD, PRECOMPUTED_FIELDS
 
@@ -69,26 +71,11 @@ def stage_config(cfg: Config, index: int) -> Config:
     )
 
 
-class _StagePhase(Phase):
-    """Stage ``number``'s preference phase; its eval rows are numbered after ``offset`` earlier steps."""
-
-    def __init__(self, run: Run, number: int, offset: int, arrays: dict[str, np.ndarray], lora: LoRATraining | None = None):
-        t = run.cfg.trainer
-        super().__init__(run, "preference", t.steps, run.cfg.optimizer.learning_rate, t.batch_size, arrays, lora, name=f"stage-{number}")
-        self.number, self.offset = number, offset
-
-    def _logged_before(self, row: dict[str, Any], step: int) -> bool:
-        """Rows of SFT and earlier stages, and this stage's (and its evals') up to ``step``."""
-        phase = row["phase"]
-        if phase == "eval":
-            return row["step"] <= self.offset + step
-        if phase == self.name:
-            return row["step"] <= step
-        return phase == "sft" or (phase.startswith("stage-") and int(phase.removeprefix("stage-")) < self.number)
-
-
 class SequentialStages:
-    """Encodes every stage's pairs at construction (so bad data stops the run before any step)."""
+    """The stages as a plan of phases (:class:`~jaxspo.train.plan.PhasePlan`) from π_0 = ``run.params``.
+
+    Every stage's pairs are encoded at construction (so bad data stops the run before any step).
+    """
 
     def __init__(self, run: Run):
         self.run = run
@@ -96,6 +83,16 @@ class SequentialStages:
         self.eval_arrays = [self._encode("eval", k, run.cfg.eval.num_pairs) for k in range(len(run.cfg.stages))]
         self._scorers: dict[nnx.GraphDef, PairScorer] = {}
         self._evaluators: dict[nnx.GraphDef, Evaluator] = {}
+        self.phases = [self._planned(k) for k in range(len(run.cfg.stages))]
+        self.lora: LoRAStages | None = None  # with lora.rank > 0: π_0 and the finished stages' adapters
+        self.previous: Any = None  # full fine-tuning: π_{n−1} as the stages go
+        self.reference: Any = None  # the last stage's reference
+
+    def _planned(self, index: int) -> PlannedPhase:
+        scfg = stage_config(self.run.cfg, index)
+        number, t = index + 1, scfg.trainer
+        hooks = functools.partial(self.before, index), functools.partial(self.after, index), functools.partial(self.finished, index)
+        return PlannedPhase("preference", f"stage-{number}", t.steps, scfg.optimizer.learning_rate, t.batch_size, *hooks)
 
     def _encode(self, split: str, index: int, limit: int | None = None) -> dict[str, np.ndarray]:
         cfg = self.run.cfg
@@ -146,77 +143,71 @@ class SequentialStages:
             self._evaluators[graphdef] = self.run.evaluator(graphdef)
         return self._evaluators[graphdef]
 
-    def train(self, guard: PreemptionGuard, eval_key: jax.Array) -> RunResult:
-        """Runs (or resumes) every stage from π_0 = ``run.params``; writes the run's outputs.
-
-        With LoRA (``lora.rank`` > 0) each stage trains one adapter (:mod:`jaxspo.train.lora_stages`).
-        """
+    def start(self) -> None:
+        """π_0 = ``run.params`` (the warm start's result); with LoRA the stages' adapters go on it."""
         run, cfg = self.run, self.run.cfg
-        lora = LoRAStages(cfg, run.mesh, run.params, base_record(cfg, run.run_dir, run.params)) if cfg.lora.enabled else None
-        if lora is not None and is_writer():
-            write_base_record(lora.record, run.run_dir)  # π_0: RUN_DIR/params holds every stage's adapters
+        self.previous = self.reference = run.params
+        self.lora = LoRAStages(cfg, run.mesh, run.params, base_record(cfg, run.run_dir, run.params)) if cfg.lora.enabled else None
+        if self.lora is not None and is_writer():
+            write_base_record(self.lora.record, run.run_dir)  # π_0: RUN_DIR/params holds every stage's adapters
 
-        def evaluate(index: int, graphdef: nnx.GraphDef, params: Any, reference: Any) -> dict[str, float]:
-            evaluator = self.evaluator(graphdef)
-            evaluator.cfg, evaluator.pairs = stage_config(cfg, index), self.eval_arrays[index]
-            return evaluator(params, reference, eval_key) | {"eval/stage": float(index + 1)}
+    def evaluate(self, index: int, graphdef: nnx.GraphDef, params: Any, reference: Any) -> EvalMetrics:
+        """Held-out metrics of stage ``index``'s policy against its reference (its dimension's pairs, its β)."""
+        evaluator = self.evaluator(graphdef)
+        evaluator.cfg, evaluator.pairs = stage_config(self.run.cfg, index), self.eval_arrays[index]
+        return evaluator(params, reference, self.run.eval_key) | {"eval/stage": float(index + 1)}
 
-        previous = run.params  # π_0 (full fine-tuning: π_{n−1} as the loop goes)
-        before = _logged_eval(run.log.path, 0)
-        if before is None:
-            run.log.truncate(lambda r: r["phase"] == "sft")
-            if lora is None:
-                before = evaluate(0, run.graphdef, previous, previous)
-            else:  # π_0 as stage 1's adapted graph at b = 0 (exactly π_0) sees it: one evaluator compile less
-                first = lora.training(stage_config(cfg, 0), 0)
-                before = evaluate(0, first.model.eval_graphdef, *first.eval_states(first.initial))
-            before |= {"eval/stage": 0.0}
-            run.log.log("eval", 0, before)
-        offset, after, reference = 0, before, previous
-        for index, stage in enumerate(cfg.stages):
-            number, scfg = index + 1, stage_config(cfg, index)
-            steps, reference = scfg.trainer.steps, previous
-            if self.policy_dir(number).is_dir():  # finished (and evaluated) before an interruption
-                if lora is not None:
-                    lora.finish(restore_params(self.policy_dir(number), lora.abstract_adapters()))
-                else:
-                    previous = restore_params(self.policy_dir(number), jax.tree.map(lambda x: x, previous))
-                after = _logged_eval(run.log.path, offset + steps) or after
-                offset += steps
-                continue
+    def start_eval(self) -> EvalMetrics:
+        """π_0 against itself, on stage 1's pairs."""
+        if self.lora is None:
+            before = self.evaluate(0, self.run.graphdef, self.previous, self.previous)
+        else:  # π_0 as stage 1's adapted graph at b = 0 (exactly π_0) sees it: one evaluator compile less
+            first = self.lora.training(stage_config(self.run.cfg, 0), 0)
+            before = self.evaluate(0, first.model.eval_graphdef, *first.eval_states(first.initial))
+        return before | {"eval/stage": 0.0}
 
-            def full_view(n: int, index=index, previous=previous) -> tuple[nnx.GraphDef, Any]:  # one π_i in memory besides π_{n−1}
-                return run.graphdef, previous if n == index else restore_params(self.policy_dir(n), jax.tree.map(lambda x: x, previous))
+    def finished(self, index: int) -> bool:
+        """Whether stage ``index`` finished (and was evaluated) before an interruption; if so restores π_n."""
+        path = self.policy_dir(index + 1)
+        self.reference = self.previous
+        if not path.is_dir():
+            return False
+        if self.lora is not None:
+            self.lora.finish(restore_params(path, self.lora.abstract_adapters()))
+        else:
+            self.previous = restore_params(path, jax.tree.map(lambda x: x, self.previous))
+        return True
 
-            arrays = self.train_arrays[index] | self.frozen_fields(index, lora.view if lora is not None else full_view)
-            training = lora.training(scfg, index) if lora is not None else None
-            if training is not None:  # policy = π_{n−1} + this stage's adapter; reference = the same with it off
-                graphdef, evaluated, frozen, reference = training.model.eval_graphdef, training.eval_states, training.frozen, training.base
-            else:
-                graphdef, evaluated, frozen = run.graphdef, (lambda p, reference=reference: (p, reference)), None
-            view = copy.copy(run)  # the run as this stage sees it: its config, starting from π_{n−1}
-            view.cfg, view.params = scfg, previous
-            phase = _StagePhase(view, number, offset, arrays, training)
+    def before(self, index: int) -> PhaseSetup:
+        """Stage ``index``'s preparation: its pairs with π_{n−1}'s log-probs and the offset; the run as the stage
+        sees it (its config, starting from π_{n−1}); with LoRA a fresh adapter on π_{n−1}, also its reference."""
+        run, previous = self.run, self.previous
 
-            def periodic_eval(step: int, params: Any, index=index, offset=offset, steps=steps, graphdef=graphdef, evaluated=evaluated) -> None:
-                if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < steps:
-                    run.log.log("eval", offset + step, evaluate(index, graphdef, *evaluated(params)))
+        def full_view(n: int) -> tuple[nnx.GraphDef, Any]:  # one π_i in memory besides π_{n−1}
+            return run.graphdef, previous if n == index else restore_params(self.policy_dir(n), jax.tree.map(lambda x: x, previous))
 
-            policy = phase.run_steps(frozen, guard, periodic_eval)
-            after = evaluate(index, graphdef, *evaluated(policy))
-            end = offset + steps
-            run.log.truncate(lambda r, end=end: not (r["phase"] == "eval" and r["step"] == end))  # logged once
-            run.log.log("eval", end, after)
-            save_params(policy, self.policy_dir(number))  # LoRA: the stage's adapter only
-            gold = ", ".join(f"{k.removeprefix('eval/gold/')} {v:.3f}" for k, v in after.items() if k.startswith("eval/gold/"))
-            log.info("stage %d (%s, β=%g, λ=%s) done after %d steps: gold %s", number, stage.dimension, scfg.loss.beta, stage.lambdas, steps, gold)
-            if lora is not None:
-                lora.finish(policy)
-            else:
-                previous = policy
-            offset = end
-        if lora is not None:
-            write_outputs(run, lora.saved(), lora.merged)
-            return RunResult(run.run_dir, before, after, lora.saved(), reference)
-        write_outputs(run, previous)
-        return RunResult(run.run_dir, before, after, previous, reference)
+        arrays = self.train_arrays[index] | self.frozen_fields(index, self.lora.view if self.lora is not None else full_view)
+        view = copy.copy(run)
+        view.cfg, view.params = stage_config(run.cfg, index), previous
+        if self.lora is None:
+            return PhaseSetup(view, arrays, evaluate=lambda p: self.evaluate(index, run.graphdef, p, previous))
+        training = self.lora.training(view.cfg, index)  # policy = π_{n−1} + this stage's adapter; reference = the same with it off
+        self.reference = training.base
+        graphdef = training.model.eval_graphdef
+        return PhaseSetup(view, arrays, training, training.frozen, lambda p: self.evaluate(index, graphdef, *training.eval_states(p)))
+
+    def after(self, index: int, policy: Any, metrics: EvalMetrics | None) -> None:
+        """Saves π_n to ``checkpoints/policy-n`` (LoRA: the stage's adapter only); it is the next stage's start."""
+        stage, scfg = self.run.cfg.stages[index], stage_config(self.run.cfg, index)
+        save_params(policy, self.policy_dir(index + 1))
+        gold = ", ".join(f"{k.removeprefix('eval/gold/')} {v:.3f}" for k, v in (metrics or {}).items() if k.startswith("eval/gold/"))
+        log.info("stage %d (%s, β=%g, λ=%s) done after %d steps: gold %s", index + 1, stage.dimension, scfg.loss.beta, stage.lambdas, scfg.trainer.steps, gold)
+        if self.lora is not None:
+            self.lora.finish(policy)
+        else:
+            self.previous = policy
+
+    def result(self) -> tuple[Any, Callable[[], Any] | None, Any]:
+        if self.lora is not None:
+            return self.lora.saved(), self.lora.merged, self.reference
+        return self.previous, None, self.reference

@@ -1,0 +1,143 @@
+"""A run's plan of phases: the SFT warm start, then one preference phase or the sequential stages.
+
+The driver (:func:`jaxspo.train.loop.train`) runs ``[sft, preference]`` or ``[sft, stage-1, …, stage-n]`` in
+order. Each phase comes with hooks: before it, its preparation (data, LoRA pieces, reference, evaluation:
+:class:`PhaseSetup`); after it, what keeps its result (π_0 saved, a stage's policy); and on resume, whether it
+finished before an interruption (then its result is restored and it is skipped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from jaxspo.checkpoint import restore_params, save_params
+from jaxspo.distributed import is_writer
+from jaxspo.train import selfsup
+from jaxspo.train.lora import LoRATraining, base_record, merged_params, write_base_record
+from jaxspo.train.run import Run
+from jaxspo.train.selfsup_data import DegreeData, LevelRewardMetrics
+from jaxspo.train.step import batch_fields
+
+EvalMetrics = dict[str, float]  # an evaluation: metric name -> value
+
+
+@dataclasses.dataclass
+class PhaseSetup:
+    """What a before-phase hook prepares: the phase's view of the run (its config and starting params), its rows,
+    LoRA pieces, the step's frozen argument (resident reference or LoRA base; None: none) and its evaluation."""
+
+    run: Run
+    arrays: dict[str, np.ndarray]
+    lora: LoRATraining | None = None
+    frozen: Any = None
+    evaluate: Callable[[Any], EvalMetrics] | None = None  # trained params -> held-out metrics (None: not evaluated)
+
+
+def never_finished() -> bool:
+    return False
+
+
+@dataclasses.dataclass
+class PlannedPhase:
+    """One phase of the plan: ``kind`` ("sft" or "preference"), ``name`` (checkpoints, metric rows), its
+    schedule and hooks. ``after(params, metrics)`` gets the phase's evaluation (None for SFT)."""
+
+    kind: str
+    name: str
+    steps: int
+    peak_lr: float
+    batch_size: int
+    before: Callable[[], PhaseSetup]
+    after: Callable[[Any, EvalMetrics | None], None]
+    finished: Callable[[], bool] = never_finished  # restores the phase's result if it finished before an interruption
+
+
+class PhasePlan(Protocol):
+    """A recipe's preference phases and what the driver asks of it around them."""
+
+    phases: list[PlannedPhase]
+
+    def start(self) -> None:
+        """After the warm start (π_0 = ``run.params``): builds what the phases share (LoRA, evaluators)."""
+
+    def start_eval(self) -> EvalMetrics:
+        """The held-out evaluation of the starting policy (logged at step 0)."""
+
+    def result(self) -> tuple[Any, Callable[[], Any] | None, Any]:
+        """(final params, a builder of the whole model's params for the HF export or None, the last reference)."""
+
+
+def warm_start(run: Run, first: str) -> PlannedPhase:
+    """The SFT warm start (``trainer.sft_steps``; 0: none) giving π_0, saved to ``checkpoints/reference``.
+
+    Finished when the first preference phase ``first`` has checkpoints to resume from (π_0 is restored). π_0
+    is neither saved nor restored when it is rebuilt anyway: LoRA without SFT (the base is ``model.path`` or
+    the seeded init). Its rows are encoded here, after the recipe's, so bad data stops the run before any step.
+    """
+    cfg = run.cfg
+    root = run.run_dir / "checkpoints"
+    reference_dir = (root / "reference").resolve()
+    base_reloads = cfg.lora.enabled and not cfg.trainer.sft_steps
+    resuming = cfg.checkpoint.resume and (root / first).is_dir() and (reference_dir.is_dir() or base_reloads)
+    arrays = run.encoded("sft") if cfg.trainer.sft_steps and not resuming else {}
+
+    def finished() -> bool:
+        if resuming and not base_reloads:
+            run.params = restore_params(reference_dir, run.params)
+        return resuming
+
+    def after(params: Any, _: EvalMetrics | None) -> None:
+        run.params = params
+        if not base_reloads:
+            save_params(run.params, reference_dir)
+
+    t = cfg.trainer
+    return PlannedPhase("sft", "sft", t.sft_steps, t.sft_learning_rate, t.sft_batch_size, lambda: PhaseSetup(run, arrays), after, finished)
+
+
+class OnePreferencePhase:
+    """``[sft, preference]``: one preference phase from π_0 (full fine-tuning, or one LoRA adapter on π_0)."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.arrays = run.encoded("train")
+        t = run.cfg.trainer
+        self.phases = [PlannedPhase("preference", "preference", t.steps, run.cfg.optimizer.learning_rate, t.batch_size, self.before, self.after)]
+        self.params: Any = None
+
+    def start(self) -> None:
+        """The reference (π_0 unless ``model.reference_path``), LoRA's pieces, the evaluator and selfsup's degraded pairs."""
+        run, cfg = self.run, self.run.cfg
+        self.reference = run.params if run.reference_params is None else run.reference_params
+        self.lora = LoRATraining(cfg, run.mesh, run.params, self.reference, base_record(cfg, run.run_dir, run.params)) if cfg.lora.enabled else None
+        if self.lora is not None and is_writer():
+            write_base_record(self.lora.record, run.run_dir)
+        self.evaluator = run.evaluator(self.lora.model.eval_graphdef if self.lora else run.graphdef)
+        if selfsup.active(cfg.loss):  # degraded copies of the train and eval pairs (docs/methods/selfsup.md)
+            degree = DegreeData(cfg, run.tokenizer, run.graphdef, run.mesh, self.reference, self.arrays)
+            self.arrays = self.arrays | degree(self.arrays, with_reference=selfsup.REFERENCE_FIELD in batch_fields("preference", cfg.loss))
+            self.evaluator.extra_metrics.append(LevelRewardMetrics(degree, self.evaluator.pairs))
+
+    def evaluate(self, params: Any) -> EvalMetrics:
+        """Held-out metrics of the policy ``params`` (LoRA: adapters) against the reference."""
+        policy, reference = self.lora.eval_states(params) if self.lora else (params, self.reference)
+        return self.evaluator(policy, reference, self.run.eval_key)
+
+    def start_eval(self) -> EvalMetrics:
+        return self.evaluate(self.lora.initial if self.lora else self.reference)
+
+    def before(self) -> PhaseSetup:
+        """The train rows (with the reference's log-probs under ``loss.reference: precomputed``)."""
+        arrays = self.run.with_precomputed_reference(self.arrays, self.reference)
+        return PhaseSetup(self.run, arrays, self.lora, self.lora.frozen if self.lora else self.reference, self.evaluate)
+
+    def after(self, params: Any, _: EvalMetrics | None) -> None:
+        self.params = params
+
+    def result(self) -> tuple[Any, Callable[[], Any] | None, Any]:
+        lora, params = self.lora, self.params
+        return params, (lambda: merged_params(lora.model, params, lora.base)) if lora else None, self.reference
