@@ -30,6 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from threading import Lock
+from typing import Callable
 
 GiB = 1024**3
 RECIPES = {"8B": "configs/compile/llama3_8b_dpo.yaml", "70B": "configs/compile/llama3_70b_dpo.yaml"}
@@ -129,34 +130,42 @@ def search_cell(cell: Cell, confirm: bool = True) -> dict:
         compiles[k]["mesh"] = report["mesh"]
         return report["peak_bytes_per_device"]
 
-    capacity = topology.hbm_bytes
-    fits = lambda k: peak(k) <= capacity  # noqa: E731
-    best, predicted = 0, 0
-    if fits(1):
-        best = predicted = 1
-        if fits(2):
-            best = 2
-            slope = compiles[2]["peak"] - compiles[1]["peak"]
-            predicted = 1 + int((capacity - compiles[1]["peak"]) // slope) if slope > 0 else 2
-            guess = predicted
-            for _ in range(CONFIRMS if confirm else 0):
-                if guess <= best:
-                    break
-                if fits(guess):
-                    best = guess
-                    break
-                guess -= 1
-        else:
-            predicted = 1
-    mesh = compiles[1]["mesh"]
-    shards = mesh["data"] * mesh["fsdp"]
-    return {
-        "cell": cell.key, "status": "ok", "devices": len(devices), "mesh": mesh, "capacity_bytes": capacity,
-        "overrides": cell_overrides(cell), "pairs_per_batch_shard": {str(k): v for k, v in sorted(compiles.items())},
-        "min_pairs": shards, "peak_bytes_at_min": compiles[1]["peak"], "refused_at_min": compiles[1]["refused"],
-        "max_pairs": best * shards, "predicted_max_pairs": predicted * shards,
-        "confirmed": best == predicted, "date": datetime.date.today().isoformat(),
-    }
+    def record(best: int, predicted: int | None, status: str) -> dict:
+        mesh = compiles[1]["mesh"]
+        shards = mesh["data"] * mesh["fsdp"]
+        return {
+            "cell": cell.key, "status": status, "devices": len(devices), "mesh": mesh, "capacity_bytes": topology.hbm_bytes,
+            "overrides": cell_overrides(cell), "pairs_per_batch_shard": {str(k): v for k, v in sorted(compiles.items())},
+            "min_pairs": shards, "peak_bytes_at_min": compiles[1]["peak"], "refused_at_min": compiles[1]["refused"],
+            "max_pairs": best * shards, "predicted_max_pairs": None if predicted is None else predicted * shards,
+            "confirmed": best == predicted, "date": datetime.date.today().isoformat(),
+        }
+
+    progress = lambda best, predicted: print(json.dumps(record(best, predicted, "partial")), flush=True)  # noqa: E731
+    best, predicted = search_max_batch(peak, topology.hbm_bytes, CONFIRMS if confirm else 0, progress)
+    return record(best, predicted, "ok")
+
+
+def search_max_batch(peak: Callable[[int], int], capacity: int, confirms: int, progress: Callable[[int, int | None], None]) -> tuple[int, int | None]:
+    """(largest batch k whose ``peak(k)`` bytes fit ``capacity``, the affine prediction from k = 1, 2 or None).
+
+    Compiles 1 and 2, predicts, then up to ``confirms`` compiles from the prediction down; ``progress(best,
+    predicted)`` after each compile (predicted None: not known yet)."""
+    first = peak(1)
+    if first > capacity:
+        return 0, 0
+    progress(1, None)
+    second = peak(2)
+    if second > capacity:
+        return 1, 1
+    slope = second - first
+    best, predicted = 2, 1 + int((capacity - first) // slope) if slope > 0 else 2
+    progress(best, predicted)
+    for guess in range(predicted, max(best, predicted - confirms), -1):
+        if peak(guess) <= capacity:
+            return guess, predicted
+        progress(best, predicted)
+    return best, predicted
 
 
 def read_results(path: Path) -> dict[str, dict]:
@@ -178,17 +187,26 @@ def run_cell_subprocess(cell: Cell, timeout: float, confirm: bool, command: list
     start = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"cell": cell.key, "status": "timeout", "detail": f"no result in {timeout:.0f} s"}
-    lines = done.stdout.strip().splitlines()
-    if done.returncode == 0 and lines:
-        try:
-            return json.loads(lines[-1]) | {"wall_seconds": round(time.perf_counter() - start, 1)}
-        except json.JSONDecodeError:
-            pass
+    except subprocess.TimeoutExpired as err:
+        output = err.stdout.decode() if isinstance(err.stdout, bytes) else err.stdout or ""
+        partial = _last_record(output)
+        timed_out = {"status": "timeout", "detail": f"no result in {timeout:.0f} s"}
+        return (partial | timed_out) if partial else {"cell": cell.key} | timed_out
+    if done.returncode == 0 and (record := _last_record(done.stdout)):
+        return record | {"wall_seconds": round(time.perf_counter() - start, 1)}
     errors = [line for line in done.stderr.splitlines() if re.search(r"Error|error:|exit", line)]
     tail = (errors or done.stderr.strip().splitlines() or ["(no output)"])[-1]
     return {"cell": cell.key, "status": "error", "detail": f"exit {done.returncode}: {tail[-500:]}"}
+
+
+def _last_record(output: str) -> dict | None:
+    """The last JSON line a cell's child printed (a partial record after each compile, the final one last)."""
+    for line in reversed(output.strip().splitlines()):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            continue
+    return None
 
 
 def pending(cells: list[Cell], records: dict[str, dict], retry_failed: bool) -> list[Cell]:
@@ -230,14 +248,16 @@ def kernel_entry(record: dict | None) -> tuple[str, str]:
     """(peak GiB per device at the smallest batch, max pairs per device) of one kernel's record, as table text."""
     if record is None:
         return "—", "—"
-    if record["status"] != "ok":
+    if "peak_bytes_at_min" not in record:  # an error, or a timeout before the first compile finished
         return record["status"], record["status"]
     peak = ("≥ " if record["refused_at_min"] else "") + _gib(record["peak_bytes_at_min"])
     if record["max_pairs"] == 0:
         return peak, "0 ✗"
-    per_device = record["max_pairs"] / record["devices"]
-    mark = "" if record["confirmed"] else f" (pred. {_pairs(record['predicted_max_pairs'] / record['devices'])})"
-    return peak, _pairs(per_device) + mark
+    per_device = lambda pairs: _pairs(pairs / record["devices"])  # noqa: E731
+    best, predicted = record["max_pairs"], record["predicted_max_pairs"]
+    if record["confirmed"]:
+        return peak, per_device(best)
+    return peak, f"≥ {per_device(best)}" if predicted is None else f"{per_device(best)} (pred. {per_device(predicted)})"
 
 
 def mesh_text(record: dict | None, cell: Cell) -> str:

@@ -62,9 +62,29 @@ def test_run_skips_finished_cells_and_records_a_failing_one(tmp_path, monkeypatc
     assert launched == [failing]
 
 
-def test_a_cell_past_its_timeout_is_recorded():
-    record = ct.run_cell_subprocess(ct.Cell("8B", 2048, "v5p-8", "xla"), 1, True, [sys.executable, "-c", "import time; time.sleep(5)"])
-    assert record == {"cell": "8B/2048/v5p-8/xla", "status": "timeout", "detail": "no result in 1 s"}
+def test_a_cell_past_its_timeout_keeps_its_last_partial_record():
+    cell = ct.Cell("8B", 2048, "v5p-8", "xla")
+    silent = [sys.executable, "-c", "import time; time.sleep(5)"]
+    assert ct.run_cell_subprocess(cell, 1, True, silent) == {"cell": cell.key, "status": "timeout", "detail": "no result in 1 s"}
+    talking = [sys.executable, "-c", "import time; print('{\"cell\": \"x\", \"max_pairs\": 4}', flush=True); time.sleep(5)"]
+    assert ct.run_cell_subprocess(cell, 1, True, talking) == {"cell": "x", "max_pairs": 4, "status": "timeout", "detail": "no result in 1 s"}
+
+
+@pytest.mark.parametrize(
+    "capacity, confirms, expected, compiled",
+    [
+        (95, 2, (8, 9), [1, 2, 9, 8]),  # 9 predicted from 1 and 2; peak(9) = 98 does not fit, 8 does
+        (94, 2, (8, 8), [1, 2, 8]),  # the prediction fits: confirmed at once
+        (94, 0, (2, 8), [1, 2]),  # no confirming compile: the prediction stays a prediction
+        (14, 2, (0, 0), [1]),  # not even one fits
+        (20, 2, (1, 1), [1, 2]),
+    ],
+)
+def test_batch_search_predicts_from_1_and_2_and_confirms_downwards(capacity, confirms, expected, compiled):
+    seen, progress = [], []
+    peak = lambda k: seen.append(k) or 10 * k + 5 + (3 if k == 9 else 0)  # noqa: E731  (9 is above the line)
+    assert ct.search_max_batch(peak, capacity, confirms, lambda best, predicted: progress.append((best, predicted))) == expected
+    assert seen == compiled and (not progress or progress[0] == (1, None))
 
 
 def test_table_shows_results_predictions_misfits_and_dashes_for_cells_not_compiled(tmp_path):
