@@ -192,11 +192,13 @@ def run_cell_subprocess(cell: Cell, timeout: float, confirm: bool, command: list
         partial = _last_record(output)
         timed_out = {"status": "timeout", "detail": f"no result in {timeout:.0f} s"}
         return (partial | timed_out) if partial else {"cell": cell.key} | timed_out
-    if done.returncode == 0 and (record := _last_record(done.stdout)):
+    record = _last_record(done.stdout)
+    if done.returncode == 0 and record:
         return record | {"wall_seconds": round(time.perf_counter() - start, 1)}
     errors = [line for line in done.stderr.splitlines() if re.search(r"Error|error:|exit", line)]
     tail = (errors or done.stderr.strip().splitlines() or ["(no output)"])[-1]
-    return {"cell": cell.key, "status": "error", "detail": f"exit {done.returncode}: {tail[-500:]}"}
+    failed = {"status": "error", "detail": f"exit {done.returncode}: {tail[-500:]}"}
+    return (record | failed) if record else {"cell": cell.key} | failed  # a killed child keeps its compiles so far
 
 
 def _last_record(output: str) -> dict | None:

@@ -68,6 +68,8 @@ def test_a_cell_past_its_timeout_keeps_its_last_partial_record():
     assert ct.run_cell_subprocess(cell, 1, True, silent) == {"cell": cell.key, "status": "timeout", "detail": "no result in 1 s"}
     talking = [sys.executable, "-c", "import time; print('{\"cell\": \"x\", \"max_pairs\": 4}', flush=True); time.sleep(5)"]
     assert ct.run_cell_subprocess(cell, 1, True, talking) == {"cell": "x", "max_pairs": 4, "status": "timeout", "detail": "no result in 1 s"}
+    killed = [sys.executable, "-c", "import os, signal; print('{\"cell\": \"x\", \"max_pairs\": 4}', flush=True); os.kill(os.getpid(), signal.SIGTERM)"]
+    assert ct.run_cell_subprocess(cell, 10, True, killed) == {"cell": "x", "max_pairs": 4, "status": "error", "detail": "exit -15: (no output)"}
 
 
 @pytest.mark.parametrize(
