@@ -8,7 +8,7 @@ search per cell. Prints the markdown table (JSON lines go to the results file).
 (libtpu and host memory start clean; a crash or a timeout is recorded as that cell's result), appends one
 JSON line per finished cell to ``--out`` at once and skips cells already there (resumable;
 ``--retry-failed`` re-runs errors and timeouts). ``render`` prints the table from the file (cells without a
-result show "—"), and with ``--docs`` writes it between the ``<!-- compile-table -->`` markers.
+result show "—"), and with ``--docs`` writes it between the ``<!-- kernel-fit-table -->`` markers.
 
 The batch search of a cell, in units of one pair per batch shard (data×fsdp devices; with context c a pair's
 tokens spread over c devices, so pairs per device = global pairs / devices): compile 1 and 2, predict the
@@ -19,6 +19,7 @@ says it does not fit), stepping down while it does not fit (at most ``CONFIRMS``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -30,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from threading import Lock
-from typing import Callable
+from typing import Callable, Iterator
 
 GiB = 1024**3
 RECIPES = {"8B": "configs/compile/llama3_8b_dpo.yaml", "70B": "configs/compile/llama3_70b_dpo.yaml"}
@@ -42,7 +43,7 @@ LONG_POSITIONS = 131072  # Llama 3.1's positions (llama3 rope scaling, factor 8)
 LOGPROB_CHUNK = 2048  # LM-head tokens at a time: no [2B, T, 128256] float32 logits (off at T = 2048)
 CONFIRMS = 2
 DEFAULT_OUT = "benchmarks/results/compile_table.jsonl"
-MARKERS = ("<!-- compile-table -->", "<!-- /compile-table -->")
+MARKERS = ("<!-- kernel-fit-table -->", "<!-- /kernel-fit-table -->")
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -177,13 +178,14 @@ def read_results(path: Path) -> dict[str, dict]:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            records[record["cell"]] = record
+            if record.get("status") != "skipped":
+                records[record["cell"]] = record
     return records
 
 
-def run_cell_subprocess(cell: Cell, timeout: float, confirm: bool, command: list[str] | None = None) -> dict:
+def run_cell_subprocess(cell: Cell, timeout: float, confirm: bool, command: list[str] | None = None, out: Path = Path(DEFAULT_OUT)) -> dict:
     """Runs :func:`search_cell` in a child process (niced like the caller); a crash or timeout becomes the record."""
-    command = command or [sys.executable, __file__, "cell", cell.key] + ([] if confirm else ["--no-confirm"])
+    command = command or [sys.executable, __file__, "cell", cell.key, "--out", str(out)] + ([] if confirm else ["--no-confirm"])
     start = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -211,6 +213,30 @@ def _last_record(output: str) -> dict | None:
     return None
 
 
+@contextlib.contextmanager
+def claim(cell: Cell, out: Path) -> Iterator[bool]:
+    """Holds ``cell`` for this process (a pid file beside ``out``) while compiling it; yields False if ``out``
+    already has its result or a live process holds it (several runners may share one results file)."""
+    held = out.parent / ".running" / cell.key.replace("/", "_")
+    if cell.key in read_results(out) and read_results(out)[cell.key]["status"] == "ok" or _alive(held):
+        yield False
+        return
+    held.parent.mkdir(parents=True, exist_ok=True)
+    held.write_text(str(os.getpid()))
+    try:
+        yield True
+    finally:
+        held.unlink(missing_ok=True)
+
+
+def _alive(pid_file: Path) -> bool:
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return False
+    return True
+
+
 def pending(cells: list[Cell], records: dict[str, dict], retry_failed: bool) -> list[Cell]:
     """Cells without a record (with ``retry_failed``, also those whose record is an error or timeout)."""
     return [c for c in cells if c.key not in records or (retry_failed and records[c.key]["status"] != "ok")]
@@ -229,7 +255,9 @@ def run(cells: list[Cell], out: Path, jobs: int, timeout: float, confirm: bool, 
     lock = Lock()
 
     def one(cell: Cell) -> None:
-        record = run_cell_subprocess(cell, timeout, confirm)
+        record = run_cell_subprocess(cell, timeout, confirm, out=out)
+        if record["status"] == "skipped":  # finished or running under another runner meanwhile
+            return
         with lock:
             append_record(out, record)
         print(json.dumps(record), flush=True)
@@ -290,7 +318,7 @@ def render(records: dict[str, dict], cells: list[Cell] | None = None) -> str:
 
 
 def write_docs(path: Path, table: str) -> None:
-    """Replaces the text between the compile-table markers of ``path`` with ``table``."""
+    """Replaces the text between the kernel-fit-table markers of ``path`` with ``table``."""
     text = path.read_text()
     start, end = (text.index(m) for m in MARKERS)
     path.write_text(text[: start + len(MARKERS[0])] + "\n" + table + "\n" + text[end:])
@@ -310,12 +338,15 @@ def main() -> None:
     cell_ = commands.add_parser("cell", help="(internal) search one cell in this process; prints its JSON record")
     cell_.add_argument("key")
     cell_.add_argument("--no-confirm", action="store_true")
+    cell_.add_argument("--out", default=DEFAULT_OUT, help="skip the cell if this file has its result or another runner holds it")
     render_ = commands.add_parser("render", help="print the markdown table from the results")
     render_.add_argument("--out", default=DEFAULT_OUT)
-    render_.add_argument("--docs", default="", help="also write it between the compile-table markers of this file")
+    render_.add_argument("--docs", default="", help="also write it between the kernel-fit-table markers of this file")
     args = parser.parse_args()
     if args.command == "cell":
-        print(json.dumps(search_cell(Cell.from_key(args.key), confirm=not args.no_confirm)))
+        cell = Cell.from_key(args.key)
+        with claim(cell, Path(args.out)) as free:
+            print(json.dumps(search_cell(cell, confirm=not args.no_confirm) if free else {"cell": cell.key, "status": "skipped"}))
     elif args.command == "run":
         cells = [Cell.from_key(k) for k in args.cells] if args.cells else all_cells()[: args.limit or None]
         run(cells, Path(args.out), args.jobs, args.timeout, not args.no_confirm, args.retry_failed)

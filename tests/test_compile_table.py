@@ -43,12 +43,12 @@ def test_run_skips_finished_cells_and_records_a_failing_one(tmp_path, monkeypatc
     failing, missing = ct.Cell("8B", 2048, "v5p-8", "splash"), ct.Cell("8B", 8192, "v5p-8", "xla")
     launched, real_child = [], ct.run_cell_subprocess
 
-    def child(cell, timeout, confirm):
+    def child(cell, timeout, confirm, out):
         launched.append(cell)
         command = [sys.executable, "-c", "import sys; sys.exit('libtpu said no')"] if cell == failing else None
         if command is None:
             return {"cell": cell.key, "status": "ok"}
-        return real_child(cell, timeout, confirm, command)
+        return real_child(cell, timeout, confirm, command, out)
 
     monkeypatch.setattr(ct, "run_cell_subprocess", child)
     ct.run([done, failing, missing], out, jobs=1, timeout=30, confirm=True, retry_failed=False)
@@ -70,6 +70,21 @@ def test_a_cell_past_its_timeout_keeps_its_last_partial_record():
     assert ct.run_cell_subprocess(cell, 1, True, talking) == {"cell": "x", "max_pairs": 4, "status": "timeout", "detail": "no result in 1 s"}
     killed = [sys.executable, "-c", "import os, signal; print('{\"cell\": \"x\", \"max_pairs\": 4}', flush=True); os.kill(os.getpid(), signal.SIGTERM)"]
     assert ct.run_cell_subprocess(cell, 10, True, killed) == {"cell": "x", "max_pairs": 4, "status": "error", "detail": "exit -15: (no output)"}
+
+
+def test_a_cell_is_held_by_one_runner_and_skipped_once_finished(tmp_path):
+    out, cell = tmp_path / "r.jsonl", ct.Cell("8B", 8192, "v5p-8", "splash")
+    with ct.claim(cell, out) as free:
+        assert free
+        with ct.claim(cell, out) as again:  # a second runner (same pid here, alive) finds it held
+            assert not again
+    with ct.claim(cell, out) as free:  # released
+        assert free
+    ct.append_record(out, {"cell": cell.key, "status": "ok"})
+    ct.append_record(out, {"cell": cell.key, "status": "skipped"})  # a skip never hides the result
+    assert ct.read_results(out)[cell.key]["status"] == "ok"
+    with ct.claim(cell, out) as free:
+        assert not free
 
 
 @pytest.mark.parametrize(
