@@ -25,6 +25,7 @@ import datetime
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -278,8 +279,9 @@ def kernel_entry(record: dict | None) -> tuple[str, str]:
     """(peak GiB per device at the smallest batch, max pairs per device) of one kernel's record, as table text."""
     if record is None:
         return "—", "—"
-    if "peak_bytes_at_min" not in record:  # an error, or a timeout before the first compile finished
-        return record["status"], record["status"]
+    if "peak_bytes_at_min" not in record:  # stopped for time (a timeout, SIGTERM) before a compile finished, or an error
+        stopped = record["status"] == "timeout" or record.get("detail", "").startswith(f"exit -{signal.SIGTERM.value}:")
+        return ("—", "—") if stopped else ("error", "error")
     peak = ("≥ " if record["refused_at_min"] else "") + _gib(record["peak_bytes_at_min"])
     if record["max_pairs"] == 0:
         return peak, "0 ✗"

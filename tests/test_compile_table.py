@@ -108,14 +108,17 @@ def test_table_shows_results_predictions_misfits_and_dashes_for_cells_not_compil
     records = {
         "8B/32768/v5p-8/xla": _record("8B/32768/v5p-8/xla", 4, {"data": 1, "fsdp": 4, "tensor": 1, "context": 1}, 300.0, 0, refused=True),
         "8B/32768/v5p-8/splash": _record("8B/32768/v5p-8/splash", 4, {"data": 1, "fsdp": 4, "tensor": 1, "context": 1}, 60.26, 8, predicted=12),
-        "8B/32768/v5p-8/splash+context": _record("8B/32768/v5p-8/splash+context", 4, {"data": 1, "fsdp": 1, "tensor": 1, "context": 4}, 45.0, 1),
+        "8B/32768/v5p-8/splash+context": _record("8B/32768/v5p-8/splash+context", 4, {"data": 1, "fsdp": 1, "tensor": 1, "context": 4}, 45.0, 1)
+        | {"status": "timeout", "predicted_max_pairs": None, "confirmed": False},  # stopped after the first compile
         "8B/8192/v5p-8/xla": {"cell": "8B/8192/v5p-8/xla", "status": "timeout", "detail": "no result in 2400 s"},
+        "8B/8192/v5p-8/splash": {"cell": "8B/8192/v5p-8/splash", "status": "error", "detail": "exit 1: XlaRuntimeError: INTERNAL"},
+        "8B/8192/v5p-8/splash+context": {"cell": "8B/8192/v5p-8/splash+context", "status": "error", "detail": "exit -15: (no output)"},
     }
     cells = [ct.Cell("8B", t, "v5p-8", k) for t in (8192, 32768) for k in ct.KERNELS]
     table = ct.render(records, cells).splitlines()
     assert len(table) == 4
-    assert table[2] == "| Llama-3-8B | 8,192 | v5p-8 (4) | 95 | timeout | timeout | — | — | 1×2×1×2 | — | — |"
-    assert table[3] == "| Llama-3-8B | 32,768 | v5p-8 (4) | 95.0 | ≥ 300.0 | 0 ✗ | 60.3 | 2 (pred. 3) | 1×1×1×4 | 45.0 | 0.25 |"
+    assert table[2] == "| Llama-3-8B | 8,192 | v5p-8 (4) | 95 | — | — | error | error | 1×2×1×2 | — | — |"
+    assert table[3] == "| Llama-3-8B | 32,768 | v5p-8 (4) | 95.0 | ≥ 300.0 | 0 ✗ | 60.3 | 2 (pred. 3) | 1×1×1×4 | 45.0 | ≥ 0.25 |"
     docs = tmp_path / "scale.md"
     docs.write_text(f"intro\n{ct.MARKERS[0]}\nold table\n{ct.MARKERS[1]}\nafter\n")
     ct.write_docs(docs, "\n".join(table))
