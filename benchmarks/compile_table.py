@@ -303,6 +303,8 @@ def mesh_text(record: dict | None, cell: Cell) -> str:
 
 def render(records: dict[str, dict], cells: list[Cell] | None = None) -> str:
     """The markdown table: a row per (model, length, slice), per kernel peak GiB / device and max pairs / device."""
+    from jaxspo.compile import parse_topology  # here: a cell's child sets libtpu's environment before jax loads
+
     cells = cells or all_cells()
     rows = sorted({(c.model, c.length, c.slice) for c in cells}, key=lambda r: (int(r[0][:-1]), r[1], SLICES.index(r[2]) if r[2] in SLICES else 99, r[2]))
     lines = [
@@ -312,7 +314,7 @@ def render(records: dict[str, dict], cells: list[Cell] | None = None) -> str:
     ]
     for model, length, slice_ in rows:
         got = {k: records.get(Cell(model, length, slice_, k).key) for k in KERNELS}
-        hbm = next((_gib(r["capacity_bytes"]) for r in got.values() if r and "capacity_bytes" in r), "95" if slice_.startswith("v5p") else "32")
+        hbm = f"{parse_topology(slice_).hbm_bytes / GiB:g}"
         entries = [x for k in KERNELS for x in kernel_entry(got[k])]
         context = mesh_text(got["splash+context"], Cell(model, length, slice_, "splash+context"))
         lines.append(f"| {MODEL_NAMES[model]} | {length:,} | {slice_} ({slice_devices(slice_)}) | {hbm} | " + " | ".join(entries[:4] + [context] + entries[4:]) + " |")

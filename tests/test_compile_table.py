@@ -118,7 +118,7 @@ def test_table_shows_results_predictions_misfits_and_dashes_for_cells_not_compil
     table = ct.render(records, cells).splitlines()
     assert len(table) == 4
     assert table[2] == "| Llama-3-8B | 8,192 | v5p-8 (4) | 95 | — | — | error | error | 1×2×1×2 | — | — |"
-    assert table[3] == "| Llama-3-8B | 32,768 | v5p-8 (4) | 95.0 | ≥ 300.0 | 0 ✗ | 60.3 | 2 (pred. 3) | 1×1×1×4 | 45.0 | ≥ 0.25 |"
+    assert table[3] == "| Llama-3-8B | 32,768 | v5p-8 (4) | 95 | ≥ 300.0 | 0 ✗ | 60.3 | 2 (pred. 3) | 1×1×1×4 | 45.0 | ≥ 0.25 |"
     docs = tmp_path / "scale.md"
     docs.write_text(f"intro\n{ct.MARKERS[0]}\nold table\n{ct.MARKERS[1]}\nafter\n")
     ct.write_docs(docs, "\n".join(table))
