@@ -137,6 +137,7 @@ def report(
             summaries[name] = stats.config_summary(per_run, peak["best"], spec["precision"])
             summaries[name] |= {"config": config, "heap": heap, "system": spec["system"], "precision": spec["precision"]}
             summaries[name] |= {"overrides": spec["overrides"]} if "overrides" in spec else {}
+            summaries[name] |= {"allocator_env": good[0].get("allocator_env")}  # as the runner saw it
             losses[name] = [s["loss"] for s in good[0]["steps"]]
             orders[name] = good[0].get("same_order", True)
         baseline = next((n for n in losses if summaries[n]["config"] == config_table.LOSS_BASELINE), config_table.LOSS_BASELINE)

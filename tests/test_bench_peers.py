@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -88,7 +90,7 @@ def test_report_assembly():
     table = configs.all_configs({})
     results = {"small": {
         ("trl_fp32", "glibc"): [_result([1.0, 2.0, 2.0], losses=[0.69, 0.70, 0.71]), {"error": "exit 1: boom"}],
-        ("trl_fp32", "held"): [_result([1.0, 4.0, 4.0], losses=[0.69, 0.70, 0.71])],
+        ("trl_fp32", "held"): [_result([1.0, 4.0, 4.0], losses=[0.69, 0.70, 0.71], allocator_env=held_heap_environment())],
         ("jaxspo_resident", "held"): [_result([1.0, 1.0, 1.0], losses=[0.69, 0.70, 0.72], same_order=True)],
         ("jaxspo_precomputed", "glibc"): [_result([1.0, 1.0, 1.0], reference=False, losses=[0.0, 0.0, 0.0], same_order=False)],
     }}
@@ -98,6 +100,7 @@ def test_report_assembly():
     shape = out["shapes"]["small"]
     assert shape["errors"] == {"trl_fp32@glibc": ["exit 1: boom"]}
     assert shape["runs"]["trl_fp32@glibc"]["runs"] == 1 and shape["runs"]["trl_fp32@held"]["heap"] == "held"
+    assert shape["runs"]["trl_fp32@held"]["allocator_env"] == held_heap_environment()
     top = shape["headline"]["exact_fp32"]
     assert (top["fastest_peer"]["config"], top["fastest_peer"]["heap"]) == ("trl_fp32", "glibc")  # 2 s/step beats 4 s/step
     assert top["ratio"] == pytest.approx(2.0) and top["jaxspo_best"]["time_to_first_step"] == 5.0
@@ -249,3 +252,17 @@ def test_an_unknown_heap_or_configuration_names_the_option():
     assert vs_peers.selected(" held ,glibc", ["glibc", "held"], "--heaps") == ["held", "glibc"]
     with pytest.raises(SystemExit, match="--heaps: unknown name"):
         vs_peers.selected("glibc,fast", ["glibc", "held"], "--heaps")
+
+
+def test_a_runner_reports_the_heap_it_was_started_with(monkeypatch):
+    """End to end without a peer: a child built by runner_environment under the harness's Makefile variables
+    reports (runner_common.emit) no MALLOC_* under glibc's defaults and exactly the held variables under ``held``."""
+    for key, value in MAKE_ENV.items():
+        monkeypatch.setenv(key, value)
+    code = "import runner_common as r; r.emit('trl', 'trl_fp32', r.StepLog(), True)"
+    seen = {}
+    for heap in ("glibc", "held"):
+        env = heaps.runner_environment(dict(os.environ), heap, "trl", heaps.heap_table())
+        done = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(vs_peers.HERE) / "peers", capture_output=True, text=True, check=True)
+        seen[heap] = vs_peers.last_json_line(done.stdout)["allocator_env"]
+    assert seen == {"glibc": {}, "held": held_heap_environment()}
