@@ -220,6 +220,12 @@ def main() -> None:
                 brief = result.get("error", "")[:300] or f"ttfs {result['time_to_first_step']:.1f}s, last step {result['steps'][-1]['seconds']:.3f}s"
                 log(f"round {round_index + 1}/{args.rounds} {shape} {run_name(name, heap)}: {brief}")
     out = report(args, table, infos, results, peak, heaps)
+    for shape, figures in out["shapes"].items():
+        for kind in ("exact_fp32", "any_config"):
+            top = figures["headline"][kind]
+            names = [run_name(top[side]["config"], top[side]["heap"]) if top[side] else "none" for side in ("jaxspo_best", "fastest_peer")]
+            ratio = f"{top['ratio']:.2f}x" if top["ratio"] is not None else "n/a"
+            log(f"headline {shape} {kind}: {ratio} ({names[0]} over {names[1]}, real tokens/s)")
     text = json.dumps(out, indent=1)
     print(text)
     path = args.out or args.cache / f"vs_peers-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
