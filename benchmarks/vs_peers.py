@@ -1,7 +1,8 @@
 """jaxspo vs TRL and Tunix side by side: same weights, data, order, batch and optimiser (``make bench``).
 
     python benchmarks/vs_peers.py [--shapes small,medium] [--rounds 3] [--steps 30] [--steady-from 6]
-        [--configs trl_fp32,jaxspo_resident,...] [--heaps glibc,make,held] [--jaxspo NAME:key=value,key=value ...] [--out FILE]
+        [--configs trl_fp32,jaxspo_resident,...] [--heaps glibc,make,held] [--jaxspo NAME:key=value,key=value ...]
+        [--peak-size 2048] [--out FILE]
 
 1. builds the fixtures (benchmarks/.cache/fixtures/<shape>: one random-init HF Llama folder, a 2,048-token
    byte-level BPE, 512 seeded pairs) and the row order (jaxspo's epoch-0 batch order, trainer.seed 0);
@@ -93,10 +94,11 @@ def run_one(
         return {"error": f"{e}; stderr: {done.stderr[-2000:]}"}
 
 
-def measure_peak() -> dict[str, Any]:
-    """FLOP/s of large square matmuls in JAX and PyTorch; ``best`` = the faster of the two per precision."""
+def measure_peak(size: int) -> dict[str, Any]:
+    """FLOP/s of ``size``² matmuls in JAX and PyTorch; ``best`` = the faster of the two per precision."""
     env = heap_settings.without_allocator_settings(os.environ | BASE_ENV)
-    done = subprocess.run([sys.executable, str(HERE / "peers" / "peak.py")], capture_output=True, text=True, env=env, check=True)
+    command = [sys.executable, str(HERE / "peers" / "peak.py"), "--size", str(size)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     peak = json.loads(done.stdout.strip().splitlines()[-1])
     peak["best"] = {p: max(peak["jax"][p], peak["torch"][p]) for p in ("float32", "bfloat16")}
     return peak
@@ -183,6 +185,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--peak-size", type=int, default=2048, help="side of the square matmuls of the peak measurement (smaller: a quick run)")
     p.add_argument("--cache", type=Path, default=HERE / ".cache")
     p.add_argument("--venvs", type=Path, default=HERE / ".venvs")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here (default: CACHE/vs_peers-<UTC time>.json)")
@@ -207,7 +210,7 @@ def main() -> None:
         write_order(orders[shape], infos[shape]["num_pairs"], args.batch_size, args.steps)
         log(f"fixture {shape}: {infos[shape]['parameters']['total']:,} parameters, {infos[shape]['mean_real_tokens_per_step']:.0f} real tokens per step")
     pythons = {system: ensure_venv(args.venvs, system) for system in sorted({table[n]["system"] for n in names})}
-    peak = measure_peak()
+    peak = measure_peak(args.peak_size)
     log(f"matmul peak: {json.dumps(peak['best'])}")
     results: dict[str, dict[tuple[str, str], list]] = {shape: {run: [] for run in runs} for shape in shapes}
     for round_index in range(args.rounds):
