@@ -38,6 +38,7 @@ docs: venv
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # jaxspo vs TRL and Tunix side by side (benchmarks/vs_peers.py); the peers' venvs go to benchmarks/.venvs.
+# Each runner gets each heap of benchmarks/peers/heaps.py (glibc's defaults, RUN_ENV's MALLOC_* thresholds, the held heap), not RUN_ENV's.
 bench: venv
 	$(RUN_ENV) JAX_PLATFORMS=cpu $(PY) benchmarks/vs_peers.py $(ARGS)
 

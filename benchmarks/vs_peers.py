@@ -1,17 +1,20 @@
 """jaxspo vs TRL and Tunix side by side: same weights, data, order, batch and optimiser (``make bench``).
 
     python benchmarks/vs_peers.py [--shapes small,medium] [--rounds 3] [--steps 30] [--steady-from 6]
-        [--configs trl_fp32,jaxspo_resident,...] [--jaxspo NAME:key=value,key=value ...] [--out FILE]
+        [--configs trl_fp32,jaxspo_resident,...] [--heaps glibc,make,held] [--jaxspo NAME:key=value,key=value ...]
+        [--peak-size 2048] [--out FILE]
 
 1. builds the fixtures (benchmarks/.cache/fixtures/<shape>: one random-init HF Llama folder, a 2,048-token
    byte-level BPE, 512 seeded pairs) and the row order (jaxspo's epoch-0 batch order, trainer.seed 0);
 2. creates the peers' venvs when missing (benchmarks/.venvs/{trl,tunix});
 3. measures this machine's matmul peak (fp32, bf16; JAX and PyTorch);
-4. runs every configuration ``--rounds`` times, alternating (round r starts r places further down the list),
-   each as a fresh process in its system's venv with the same glibc allocator settings;
-5. prints ONE JSON object (and writes it to ``--out``): per shape and configuration the s/step spread,
-   real and padded tokens/s, time to first step, peak RSS, FLOP/s as a fraction of the peak, the ratio
-   jaxspo / peer of real tokens/s, and the max |loss difference| over steps 1–5 against TRL fp32.
+4. runs every configuration under every heap (peers/heaps.py: glibc's defaults, the Makefile's thresholds,
+   jaxspo's held heap) ``--rounds`` times, alternating (round r starts r places further down the list of
+   (configuration, heap) runs), each as a fresh process in its system's venv;
+5. prints ONE JSON object (and writes it to ``--out``): per shape the headline (peers/headline.py: jaxspo's
+   best exact fp32 and best of any configuration over the fastest peer configuration under any heap), and per
+   (configuration, heap) the s/step spread, real and padded tokens/s, time to first step, peak RSS, FLOP/s as a
+   fraction of the peak, and the max |loss difference| over steps 1–5 against TRL fp32.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # peers/ and this checkout's jaxspo
 
 from peers import configs as config_table  # noqa: E402
+from peers import heaps as heap_settings  # noqa: E402
 from peers import stats  # noqa: E402
+from peers.headline import shape_headline  # noqa: E402
 from peers.envs import ensure_venv  # noqa: E402
 from peers.fixtures import build_fixture  # noqa: E402
 
-RUN_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072", "TOKENIZERS_PARALLELISM": "false", "JAX_PLATFORMS": "cpu"}
+BASE_ENV = {"TOKENIZERS_PARALLELISM": "false", "JAX_PLATFORMS": "cpu"}  # every runner's; the heap's variables come on top
 RUNNERS = {"jaxspo": "run_jaxspo.py", "trl": "run_trl.py", "tunix": "run_tunix.py"}
 
 
@@ -61,12 +66,25 @@ def last_json_line(text: str) -> dict[str, Any]:
     raise ValueError("the runner printed no result line")
 
 
-def run_one(python: Path, name: str, spec: dict[str, Any], fixture: Path, order: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """One configuration in a fresh process; its JSON result, or {"error": ...} with the stderr tail."""
-    command = [str(python), str(HERE / "peers" / RUNNERS[spec["system"]]), "--fixture", str(fixture), "--order", str(order),
-               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-               "--beta", str(args.beta), "--lr", str(args.lr), "--config", spec.get("runner_config", name), *spec.get("overrides", [])]
-    env = {**os.environ, **RUN_ENV, **spec.get("env", {}), "BENCH_T0": repr(time.time())}
+def run_name(config: str, heap: str) -> str:
+    """The report's key of one (configuration, heap) run."""
+    return f"{config}@{heap}"
+
+
+def runner_command(python: Path, name: str, spec: dict[str, Any], heap: str, fixture: Path, order: Path, args: argparse.Namespace) -> list[str]:
+    """The runner's command line for configuration ``name`` under ``heap`` (jaxspo: plus its host-heap override)."""
+    overrides = [*spec.get("overrides", []), *(heap_settings.jaxspo_heap_overrides(heap) if spec["system"] == "jaxspo" else [])]
+    return [str(python), str(HERE / "peers" / RUNNERS[spec["system"]]), "--fixture", str(fixture), "--order", str(order),
+            "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
+            "--beta", str(args.beta), "--lr", str(args.lr), "--config", name, *overrides]
+
+
+def run_one(
+    python: Path, name: str, spec: dict[str, Any], heap: str, heaps: dict[str, dict[str, str]], fixture: Path, order: Path, args: argparse.Namespace,
+) -> dict[str, Any]:
+    """One configuration under one heap in a fresh process; its JSON result, or {"error": ...} with the stderr tail."""
+    command = runner_command(python, name, spec, heap, fixture, order, args)
+    env = heap_settings.runner_environment(os.environ | BASE_ENV, heap, spec["system"], heaps) | {"BENCH_T0": repr(time.time())}
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=HERE.parent)
     if done.returncode != 0:
         return {"error": f"exit {done.returncode}: " + done.stderr[-2000:]}
@@ -76,9 +94,11 @@ def run_one(python: Path, name: str, spec: dict[str, Any], fixture: Path, order:
         return {"error": f"{e}; stderr: {done.stderr[-2000:]}"}
 
 
-def measure_peak() -> dict[str, Any]:
-    """FLOP/s of large square matmuls in JAX and PyTorch; ``best`` = the faster of the two per precision."""
-    done = subprocess.run([sys.executable, str(HERE / "peers" / "peak.py")], capture_output=True, text=True, env={**os.environ, **RUN_ENV}, check=True)
+def measure_peak(size: int) -> dict[str, Any]:
+    """FLOP/s of ``size``² matmuls in JAX and PyTorch; ``best`` = the faster of the two per precision."""
+    env = heap_settings.without_allocator_settings(os.environ | BASE_ENV)
+    command = [sys.executable, str(HERE / "peers" / "peak.py"), "--size", str(size)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     peak = json.loads(done.stdout.strip().splitlines()[-1])
     peak["best"] = {p: max(peak["jax"][p], peak["torch"][p]) for p in ("float32", "bfloat16")}
     return peak
@@ -100,43 +120,56 @@ def machine() -> dict[str, Any]:
 
 def report(
     args: argparse.Namespace, table: dict[str, dict[str, Any]], infos: dict[str, dict[str, Any]],
-    results: dict[str, dict[str, list[dict[str, Any]]]], peak: dict[str, Any],
+    results: dict[str, dict[tuple[str, str], list[dict[str, Any]]]], peak: dict[str, Any], heaps: dict[str, dict[str, str]],
 ) -> dict[str, Any]:
-    """The one JSON object: settings, machine, peak, and per shape the configurations' summaries
-    (``results[shape][config]``: the runners' results, or {"error": ...}, one per round)."""
+    """The one JSON object: settings, machine, peak, and per shape the headline and the runs' summaries
+    (``results[shape][(config, heap)]``: the runners' results, or {"error": ...}, one per round)."""
     shapes = {}
-    for shape, by_config in results.items():
+    for shape, by_run in results.items():
         model = model_info(infos[shape])
         summaries, errors, losses, orders = {}, {}, {}, {}
-        for name, runs in by_config.items():
+        for (config, heap), runs in by_run.items():
+            name, spec = run_name(config, heap), table[config]
             good, failed = [r for r in runs if "error" not in r], [r["error"] for r in runs if "error" in r]
             if failed:
                 errors[name] = failed
             if not good:
                 continue
             per_run = [stats.run_summary(r, model, args.steady_from) for r in good]
-            summaries[name] = stats.config_summary(per_run, peak["best"], table[name]["precision"])
-            summaries[name] |= {"system": table[name]["system"]} | {k: table[name][k] for k in ("overrides", "env") if k in table[name]}
+            summaries[name] = stats.config_summary(per_run, peak["best"], spec["precision"])
+            summaries[name] |= {"config": config, "heap": heap, "system": spec["system"], "precision": spec["precision"]}
+            summaries[name] |= {"overrides": spec["overrides"]} if "overrides" in spec else {}
+            summaries[name] |= {"allocator_env": good[0].get("allocator_env")}  # as the runner saw it
             losses[name] = [s["loss"] for s in good[0]["steps"]]
             orders[name] = good[0].get("same_order", True)
-        agreement = stats.loss_agreement({n: v for n, v in losses.items() if orders[n]}, config_table.LOSS_BASELINE)
+        baseline = next((n for n in losses if summaries[n]["config"] == config_table.LOSS_BASELINE), config_table.LOSS_BASELINE)
         shapes[shape] = {
             "fixture": infos[shape],
-            "configs": summaries,
-            "ratio_jaxspo_over_peer_real_tokens_per_second": stats.ratios(summaries, {n: table[n]["system"] for n in summaries}),
-            "loss_max_abs_diff_steps_1_5_vs_" + config_table.LOSS_BASELINE: agreement,
+            "headline": shape_headline(list(summaries.values())),
+            "runs": summaries,
+            "loss_max_abs_diff_steps_1_5_vs_" + config_table.LOSS_BASELINE: stats.loss_agreement({n: v for n, v in losses.items() if orders[n]}, baseline),
             "losses_steps_1_5": {n: v[:5] for n, v in losses.items()},
-            "runs_seconds_per_step": {n: [[s["seconds"] for s in r["steps"]] for r in runs if "error" not in r] for n, runs in by_config.items()},
+            "runs_seconds_per_step": {run_name(*key): [[s["seconds"] for s in r["steps"]] for r in runs if "error" not in r] for key, runs in by_run.items()},
             "errors": errors,
         }
     return {
         "settings": {k: getattr(args, k) for k in ("shapes", "rounds", "steps", "steady_from", "batch_size", "max_length", "beta", "lr")}
-        | {"optimizer": "AdamW b1=0.9 b2=0.999 eps=1e-8 weight_decay=0, constant lr, no warm-up, no clipping", "env": RUN_ENV},
+        | {"optimizer": "AdamW b1=0.9 b2=0.999 eps=1e-8 weight_decay=0, constant lr, no warm-up, no clipping", "env": BASE_ENV,
+           "heaps": heaps, "jaxspo_heap": "trainer.host_heap=hold under 'held' (no MALLOC_* variable), =system with the others' variables"},
         "machine": machine(),
         "matmul_peak_flops_per_second": peak,
         "flop_count": "padded tokens x (6N + 12 L W d_attn), + (2N + 4 L W d_attn) with an in-step reference (benchmarks/peers/stats.py)",
         "shapes": shapes,
     }
+
+
+def selected(text: str, known: list[str], option: str) -> list[str]:
+    """The names of a comma list option (all of ``known`` when empty); an unknown name exits with the known ones."""
+    names = [n.strip() for n in text.split(",") if n.strip()] or list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"{option}: unknown name(s) {unknown}; known: {sorted(known)}")
+    return names
 
 
 def main() -> None:
@@ -146,20 +179,25 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--steady-from", type=int, default=6, help="first step of the steady-state statistics (1-based)")
     p.add_argument("--configs", default="", help="comma list of configuration names (default: all)")
+    p.add_argument("--heaps", default="", help="comma list of glibc, make, held: the heaps every configuration runs under (default: all)")
     p.add_argument("--jaxspo", action="append", default=[], metavar="NAME:key=value,...", help="an extra jaxspo configuration (repeatable)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--peak-size", type=int, default=2048, help="side of the square matmuls of the peak measurement (smaller: a quick run)")
     p.add_argument("--cache", type=Path, default=HERE / ".cache")
     p.add_argument("--venvs", type=Path, default=HERE / ".venvs")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here (default: CACHE/vs_peers-<UTC time>.json)")
     args = p.parse_args()
-    table = config_table.all_configs(dict(config_table.parse_jaxspo_flag(f) for f in args.jaxspo))
-    names = [n.strip() for n in args.configs.split(",") if n.strip()] or list(table)
-    unknown = [n for n in names if n not in table]
-    if unknown:
-        raise SystemExit(f"unknown configuration(s) {unknown}; known: {sorted(table)}")
+    try:
+        table = config_table.all_configs(dict(config_table.parse_jaxspo_flag(f) for f in args.jaxspo))
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    names = selected(args.configs, list(table), "--configs")
+    heaps = heap_settings.heap_table()
+    heaps = {h: heaps[h] for h in selected(args.heaps, list(heaps), "--heaps")}
+    runs = [(name, heap) for name in names for heap in heaps]  # every configuration under every heap
     if args.steady_from > args.steps:
         raise SystemExit(f"--steady-from {args.steady_from} is past --steps {args.steps}")
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
@@ -172,19 +210,25 @@ def main() -> None:
         write_order(orders[shape], infos[shape]["num_pairs"], args.batch_size, args.steps)
         log(f"fixture {shape}: {infos[shape]['parameters']['total']:,} parameters, {infos[shape]['mean_real_tokens_per_step']:.0f} real tokens per step")
     pythons = {system: ensure_venv(args.venvs, system) for system in sorted({table[n]["system"] for n in names})}
-    peak = measure_peak()
+    peak = measure_peak(args.peak_size)
     log(f"matmul peak: {json.dumps(peak['best'])}")
-    results: dict[str, dict[str, list]] = {shape: {n: [] for n in names} for shape in shapes}
+    results: dict[str, dict[tuple[str, str], list]] = {shape: {run: [] for run in runs} for shape in shapes}
     for round_index in range(args.rounds):
-        rotated = names[round_index % len(names):] + names[: round_index % len(names)]
+        rotated = runs[round_index % len(runs):] + runs[: round_index % len(runs)]
         for shape in shapes:
-            for name in rotated:
+            for name, heap in rotated:
                 spec = table[name]
-                result = run_one(pythons[spec["system"]], name, spec, args.cache / "fixtures" / shape, orders[shape], args)
-                results[shape][name].append(result)
+                result = run_one(pythons[spec["system"]], name, spec, heap, heaps, args.cache / "fixtures" / shape, orders[shape], args)
+                results[shape][(name, heap)].append(result)
                 brief = result.get("error", "")[:300] or f"ttfs {result['time_to_first_step']:.1f}s, last step {result['steps'][-1]['seconds']:.3f}s"
-                log(f"round {round_index + 1}/{args.rounds} {shape} {name}: {brief}")
-    out = report(args, table, infos, results, peak)
+                log(f"round {round_index + 1}/{args.rounds} {shape} {run_name(name, heap)}: {brief}")
+    out = report(args, table, infos, results, peak, heaps)
+    for shape, figures in out["shapes"].items():
+        for kind in ("exact_fp32", "any_config"):
+            top = figures["headline"][kind]
+            names = [run_name(top[side]["config"], top[side]["heap"]) if top[side] else "none" for side in ("jaxspo_best", "fastest_peer")]
+            ratio = f"{top['ratio']:.2f}x" if top["ratio"] is not None else "n/a"
+            log(f"headline {shape} {kind}: {ratio} ({names[0]} over {names[1]}, real tokens/s)")
     text = json.dumps(out, indent=1)
     print(text)
     path = args.out or args.cache / f"vs_peers-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"

@@ -3,7 +3,8 @@
 A runner trains ``--steps`` DPO steps on the fixture's pairs in the order given by ``--order`` and prints
 ONE JSON line (:func:`emit`) with, per step: wall seconds (synchronised), real (non-pad) tokens, padded
 tokens actually computed, padded width, loss; plus the time from process start to the end of step 1
-(``BENCH_T0``, set by the harness just before it starts the process) and the peak RSS.
+(``BENCH_T0``, set by the harness just before it starts the process), the peak RSS and the glibc allocator
+variables the process was started with (``MALLOC_*``, ``GLIBC_TUNABLES``: the heap it really ran under).
 """
 
 from __future__ import annotations
@@ -76,5 +77,6 @@ def emit(system: str, config: str, log: StepLog, reference_in_step: bool, extra:
         "steps": log.rows,
         "time_to_first_step": (log.first_step_done - T0) if log.first_step_done is not None else None,
         "peak_rss_mib": peak_rss_mib(),
+        "allocator_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"},
     }
     print(json.dumps(out | (extra or {})), flush=True)

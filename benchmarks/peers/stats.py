@@ -78,16 +78,6 @@ def config_summary(runs: list[dict[str, float]], peak: dict[str, float], precisi
     }
 
 
-def ratios(summaries: dict[str, dict[str, Any]], systems: dict[str, str]) -> dict[str, dict[str, float]]:
-    """Real tokens/s of every jaxspo configuration over every peer configuration's."""
-    mine = [c for c, s in systems.items() if s == "jaxspo" and c in summaries]
-    peers = [c for c, s in systems.items() if s != "jaxspo" and c in summaries]
-    return {
-        j: {p: summaries[j]["real_tokens_per_second"] / summaries[p]["real_tokens_per_second"] for p in peers}
-        for j in mine
-    }
-
-
 def loss_agreement(losses: dict[str, list[float]], baseline: str, steps: int = 5) -> dict[str, float | None]:
     """Max |loss − baseline's loss| over steps 1..``steps`` for each configuration (None: no baseline run)."""
     if baseline not in losses:
