@@ -27,8 +27,10 @@ TEST_WORKERS ?= 2
 test: venv
 	$(RUN_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
-# pyflakes, syntax errors and line length (pyproject.toml [tool.ruff]); tests/test_lint.py runs the same check.
+# ruff format --check (120 columns) and ruff check: pyflakes, syntax errors and line length (pyproject.toml
+# [tool.ruff]); tests/test_lint.py runs the same checks. `ruff format .` fixes the formatting.
 lint: venv
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 
 # The documentation site (mkdocs.yml, pages in docs/) into site/: the configuration reference is regenerated from the

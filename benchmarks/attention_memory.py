@@ -59,8 +59,11 @@ def measure(kernel: str, length: int, block: int, args, repeats: int) -> dict:
         jax.block_until_ready(compiled(q, k, v))
         times.append(time.perf_counter() - start)
     row = {
-        "kernel": kernel, "T": length, "block": block if kernel == "chunked" else None,
-        "median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
+        "kernel": kernel,
+        "T": length,
+        "block": block if kernel == "chunked" else None,
+        "median_s": round(statistics.median(times), 4),
+        "min_s": round(min(times), 4),
         "temp_bytes": compiled.memory_analysis().temp_size_in_bytes,
         "peak_rss_bytes_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
@@ -86,9 +89,15 @@ def main() -> None:
     rows = []
     for length in (int(x) for x in args.lengths.split(",")):
         for kernel in args.kernels.split(","):
-            for block in ([int(x) for x in args.blocks.split(",")] if kernel == "chunked" else [0]):
+            for block in [int(x) for x in args.blocks.split(",")] if kernel == "chunked" else [0]:
                 rows.append(measure(kernel, length, block, args, args.repeats))
-    shape = {"batch": args.batch, "heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim, "packed": args.packed}
+    shape = {
+        "batch": args.batch,
+        "heads": args.heads,
+        "kv_heads": args.kv_heads,
+        "head_dim": args.head_dim,
+        "packed": args.packed,
+    }
     print(json.dumps({"backend": jax.default_backend(), "shape": shape, "rows": rows}, indent=1))
 
 

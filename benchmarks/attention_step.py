@@ -30,7 +30,11 @@ from jaxspo.train.step import pair_logps
 def random_pairs(pairs: int, length: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Padded pair arrays: a shared prompt of length/4 tokens, responses of 1 to 3·length/4 tokens."""
     rng = np.random.default_rng(seed)
-    out = {f"{s}_{k}": np.zeros((pairs, length), d) for s in ("chosen", "rejected") for k, d in (("tokens", np.int32), ("valid", bool), ("loss_mask", bool))}
+    out = {
+        f"{s}_{k}": np.zeros((pairs, length), d)
+        for s in ("chosen", "rejected")
+        for k, d in (("tokens", np.int32), ("valid", bool), ("loss_mask", bool))
+    }
     prompt = length // 4
     for i in range(pairs):
         head = rng.integers(3, vocab, prompt)
@@ -43,7 +47,9 @@ def random_pairs(pairs: int, length: int, vocab: int, seed: int = 0) -> dict[str
 
 def measure(model_cfg, batch: dict, repeats: int) -> dict:
     graphdef, abstract = abstract_model(model_cfg)
-    params = init_params(model_cfg, 0, param_shardings(abstract, make_mesh({"data": -1, "fsdp": 1, "tensor": 1}), DEFAULT_RULES))
+    params = init_params(
+        model_cfg, 0, param_shardings(abstract, make_mesh({"data": -1, "fsdp": 1, "tensor": 1}), DEFAULT_RULES)
+    )
 
     def loss(p):
         chosen, rejected, _, _ = pair_logps(graphdef, p, batch)
@@ -58,7 +64,11 @@ def measure(model_cfg, batch: dict, repeats: int) -> dict:
         start = time.perf_counter()
         jax.block_until_ready(step(params))
         times.append(time.perf_counter() - start)
-    return {"compile_s": round(compile_s, 2), "median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4)}
+    return {
+        "compile_s": round(compile_s, 2),
+        "median_s": round(statistics.median(times), 4),
+        "min_s": round(min(times), 4),
+    }
 
 
 def main() -> None:
@@ -73,8 +83,22 @@ def main() -> None:
     cfg = load_config("configs/demo.yaml", ["model.vocab_size=64", *args.overrides])
     arrays = random_pairs(args.pairs, args.length, cfg.model.vocab_size)
     batch = {k: jnp.asarray(v) for k, v in (pack_pairs(arrays) if args.layout == "packed" else arrays).items()}
-    rows = {kernel: measure(dataclasses.replace(cfg.model, attention=kernel), batch, args.repeats) for kernel in args.kernels.split(",")}
-    print(json.dumps({"backend": jax.default_backend(), "pairs": args.pairs, "length": args.length, "layout": args.layout, "kernels": rows}, indent=1))
+    rows = {
+        kernel: measure(dataclasses.replace(cfg.model, attention=kernel), batch, args.repeats)
+        for kernel in args.kernels.split(",")
+    }
+    print(
+        json.dumps(
+            {
+                "backend": jax.default_backend(),
+                "pairs": args.pairs,
+                "length": args.length,
+                "layout": args.layout,
+                "kernels": rows,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

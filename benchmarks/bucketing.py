@@ -24,7 +24,13 @@ def rows(n: int, seed: int) -> list[dict]:
     for i in range(n):
         digits = [str(d) for d in rng.integers(0, 10, size=int(rng.integers(1, 25)))]
         answer = digits[::-1]
-        out.append({"prompt": "reverse " + " ".join(digits) + " :", "chosen": " ".join(answer), "rejected": " ".join(["um"] + answer[:-1])})
+        out.append(
+            {
+                "prompt": "reverse " + " ".join(digits) + " :",
+                "chosen": " ".join(answer),
+                "rejected": " ".join(["um"] + answer[:-1]),
+            }
+        )
     return out
 
 
@@ -37,13 +43,33 @@ def run(folder: Path, buckets: list[int], steps: int) -> dict:
     real_step, real_batches = phase.make_train_step, phase.make_batches
     phase.make_train_step = lambda *a, **k: made.append(real_step(*a, **k)) or made[-1]
     phase.make_batches = lambda *a, **k: iterators.append((a, k)) or real_batches(*a, **k)
-    cfg = load_config("configs/demo.yaml", [
-        "model.hidden_size=64", "model.intermediate_size=192", "model.num_layers=2", "trainer.sft_steps=0",
-        f"trainer.steps={steps}", "trainer.batch_size=32", "trainer.eval_every=0", "eval.num_pairs=32", "eval.num_prompts=8",
-        "eval.max_new_tokens=4", "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false", "logging.log_every=10",
-        "checkpoint.every_steps=0", "checkpoint.save_final=false", "data.source.kind=jsonl", f"data.source.path={folder}/{{split}}.jsonl",
-        "data.max_length=64", "data.max_prompt_length=32", f"data.buckets={buckets}", f"run_dir={folder}/run-{len(buckets)}",
-    ])
+    cfg = load_config(
+        "configs/demo.yaml",
+        [
+            "model.hidden_size=64",
+            "model.intermediate_size=192",
+            "model.num_layers=2",
+            "trainer.sft_steps=0",
+            f"trainer.steps={steps}",
+            "trainer.batch_size=32",
+            "trainer.eval_every=0",
+            "eval.num_pairs=32",
+            "eval.num_prompts=8",
+            "eval.max_new_tokens=4",
+            "logging.progress_bar=false",
+            "logging.tensorboard=false",
+            "logging.plot=false",
+            "logging.log_every=10",
+            "checkpoint.every_steps=0",
+            "checkpoint.save_final=false",
+            "data.source.kind=jsonl",
+            f"data.source.path={folder}/{{split}}.jsonl",
+            "data.max_length=64",
+            "data.max_prompt_length=32",
+            f"data.buckets={buckets}",
+            f"run_dir={folder}/run-{len(buckets)}",
+        ],
+    )
     start = time.perf_counter()
     loop.train(cfg, "bucketing")
     wall = time.perf_counter() - start
@@ -53,8 +79,11 @@ def run(folder: Path, buckets: list[int], steps: int) -> dict:
     widths = [next(replay)["chosen_tokens"].shape[1] for _ in range(steps)]
     logged = [r for r in read_metrics(Path(cfg.run_dir) / "metrics.jsonl") if r["phase"] == "preference"]
     return {
-        "buckets": buckets + [64], "programs_compiled": made[-1].fn._cache_size(), "mean_padded_width": float(np.mean(widths)),
-        "seconds_per_step_after_compile": float(np.mean([r["perf/seconds_per_step"] for r in logged[1:]])), "wall_seconds": wall,
+        "buckets": buckets + [64],
+        "programs_compiled": made[-1].fn._cache_size(),
+        "mean_padded_width": float(np.mean(widths)),
+        "seconds_per_step_after_compile": float(np.mean([r["perf/seconds_per_step"] for r in logged[1:]])),
+        "wall_seconds": wall,
     }
 
 

@@ -38,8 +38,23 @@ def main() -> None:
     for layers in args.layers:
         cfg = resolve_model(load_config(args.recipe, overrides + [f"model.num_layers={layers}"]))
         report = compile_step(cfg, devices)
-        results.append({"layers": layers, "compile_seconds": round(report["compile_seconds"], 2), "parameters": report["parameters"]})
-    print(json.dumps({"recipe": args.recipe, "topology": args.topology or f"{len(devices)} x {devices[0].platform}", "results": results}, indent=2))
+        results.append(
+            {
+                "layers": layers,
+                "compile_seconds": round(report["compile_seconds"], 2),
+                "parameters": report["parameters"],
+            }
+        )
+    print(
+        json.dumps(
+            {
+                "recipe": args.recipe,
+                "topology": args.topology or f"{len(devices)} x {devices[0].platform}",
+                "results": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

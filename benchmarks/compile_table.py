@@ -65,17 +65,27 @@ class Cell:
     def from_key(cls, key: str) -> Cell:
         parts = key.split("/")
         if len(parts) != 4 or parts[0] not in RECIPES or not parts[1].isdigit() or parts[3] not in KERNELS:
-            raise ValueError(f"cell '{key}' is not MODEL/LENGTH/SLICE/KERNEL with MODEL in {list(RECIPES)} and KERNEL in {list(KERNELS)}")
+            raise ValueError(
+                f"cell '{key}' is not MODEL/LENGTH/SLICE/KERNEL with MODEL in {list(RECIPES)} and KERNEL in {list(KERNELS)}"
+            )
         return cls(parts[0], int(parts[1]), parts[2], parts[3])
 
 
 PRIORITY = [
     Cell.from_key(k)
     for k in (
-        "8B/32768/v5p-8/splash+context", "8B/32768/v5p-8/splash", "8B/32768/v5p-8/xla",
-        "8B/8192/v5p-8/xla", "8B/8192/v5p-8/splash", "8B/8192/v5p-8/splash+context",
-        "70B/8192/v5p-256/splash", "70B/8192/v5p-256/xla", "70B/8192/v5p-256/splash+context",
-        "8B/2048/v5p-8/splash", "8B/131072/v5p-64/splash+context", "70B/32768/v5p-256/splash+context",
+        "8B/32768/v5p-8/splash+context",
+        "8B/32768/v5p-8/splash",
+        "8B/32768/v5p-8/xla",
+        "8B/8192/v5p-8/xla",
+        "8B/8192/v5p-8/splash",
+        "8B/8192/v5p-8/splash+context",
+        "70B/8192/v5p-256/splash",
+        "70B/8192/v5p-256/xla",
+        "70B/8192/v5p-256/splash+context",
+        "8B/2048/v5p-8/splash",
+        "8B/131072/v5p-64/splash+context",
+        "70B/32768/v5p-256/splash+context",
     )
 ]
 
@@ -103,8 +113,10 @@ def context_ways(cell: Cell) -> int:
 def cell_overrides(cell: Cell) -> list[str]:
     """Config overrides of a cell on top of its model's recipe (DPO, resident reference, bf16, remat, FSDP)."""
     out = [
-        f"data.max_length={cell.length}", f"data.max_prompt_length={cell.length // 2}",
-        f"model.attention={cell.kernel.split('+')[0]}", f"model.logprob_chunk={LOGPROB_CHUNK}",
+        f"data.max_length={cell.length}",
+        f"data.max_prompt_length={cell.length // 2}",
+        f"model.attention={cell.kernel.split('+')[0]}",
+        f"model.logprob_chunk={LOGPROB_CHUNK}",
     ]
     if cell.length > 8192:
         out.append(f"model.max_position_embeddings={LONG_POSITIONS}")
@@ -128,7 +140,11 @@ def search_cell(cell: Cell, confirm: bool = True) -> dict:
 
     def peak(k: int) -> int:
         report = compile_step(cfg, devices, k)
-        compiles[k] = {"peak": report["peak_bytes_per_device"], "refused": report["refused_by_compiler"], "seconds": round(report["compile_seconds"], 1)}
+        compiles[k] = {
+            "peak": report["peak_bytes_per_device"],
+            "refused": report["refused_by_compiler"],
+            "seconds": round(report["compile_seconds"], 1),
+        }
         compiles[k]["mesh"] = report["mesh"]
         return report["peak_bytes_per_device"]
 
@@ -136,11 +152,20 @@ def search_cell(cell: Cell, confirm: bool = True) -> dict:
         mesh = compiles[1]["mesh"]
         shards = mesh["data"] * mesh["fsdp"]
         return {
-            "cell": cell.key, "status": status, "devices": len(devices), "mesh": mesh, "capacity_bytes": topology.hbm_bytes,
-            "overrides": cell_overrides(cell), "pairs_per_batch_shard": {str(k): v for k, v in sorted(compiles.items())},
-            "min_pairs": shards, "peak_bytes_at_min": compiles[1]["peak"], "refused_at_min": compiles[1]["refused"],
-            "max_pairs": best * shards, "predicted_max_pairs": None if predicted is None else predicted * shards,
-            "confirmed": best == predicted, "date": datetime.date.today().isoformat(),
+            "cell": cell.key,
+            "status": status,
+            "devices": len(devices),
+            "mesh": mesh,
+            "capacity_bytes": topology.hbm_bytes,
+            "overrides": cell_overrides(cell),
+            "pairs_per_batch_shard": {str(k): v for k, v in sorted(compiles.items())},
+            "min_pairs": shards,
+            "peak_bytes_at_min": compiles[1]["peak"],
+            "refused_at_min": compiles[1]["refused"],
+            "max_pairs": best * shards,
+            "predicted_max_pairs": None if predicted is None else predicted * shards,
+            "confirmed": best == predicted,
+            "date": datetime.date.today().isoformat(),
         }
 
     progress = lambda best, predicted: print(json.dumps(record(best, predicted, "partial")), flush=True)  # noqa: E731
@@ -148,7 +173,9 @@ def search_cell(cell: Cell, confirm: bool = True) -> dict:
     return record(best, predicted, "ok")
 
 
-def search_max_batch(peak: Callable[[int], int], capacity: int, confirms: int, progress: Callable[[int, int | None], None]) -> tuple[int, int | None]:
+def search_max_batch(
+    peak: Callable[[int], int], capacity: int, confirms: int, progress: Callable[[int, int | None], None]
+) -> tuple[int, int | None]:
     """(largest batch k whose ``peak(k)`` bytes fit ``capacity``, the affine prediction from k = 1, 2 or None).
 
     Compiles 1 and 2, predicts, then up to ``confirms`` compiles from the prediction down; ``progress(best,
@@ -184,9 +211,13 @@ def read_results(path: Path) -> dict[str, dict]:
     return records
 
 
-def run_cell_subprocess(cell: Cell, timeout: float, confirm: bool, command: list[str] | None = None, out: Path = Path(DEFAULT_OUT)) -> dict:
+def run_cell_subprocess(
+    cell: Cell, timeout: float, confirm: bool, command: list[str] | None = None, out: Path = Path(DEFAULT_OUT)
+) -> dict:
     """Runs :func:`search_cell` in a child process (niced like the caller); a crash or timeout becomes the record."""
-    command = command or [sys.executable, __file__, "cell", cell.key, "--out", str(out)] + ([] if confirm else ["--no-confirm"])
+    command = command or [sys.executable, __file__, "cell", cell.key, "--out", str(out)] + (
+        [] if confirm else ["--no-confirm"]
+    )
     start = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -279,7 +310,9 @@ def kernel_entry(record: dict | None) -> tuple[str, str]:
     """(peak GiB per device at the smallest batch, max pairs per device) of one kernel's record, as table text."""
     if record is None:
         return "—", "—"
-    if "peak_bytes_at_min" not in record:  # stopped for time (a timeout, SIGTERM) before a compile finished, or an error
+    if (
+        "peak_bytes_at_min" not in record
+    ):  # stopped for time (a timeout, SIGTERM) before a compile finished, or an error
         stopped = record["status"] == "timeout" or record.get("detail", "").startswith(f"exit -{signal.SIGTERM.value}:")
         return ("—", "—") if stopped else ("error", "error")
     peak = ("≥ " if record["refused_at_min"] else "") + _gib(record["peak_bytes_at_min"])
@@ -306,7 +339,10 @@ def render(records: dict[str, dict], cells: list[Cell] | None = None) -> str:
     from jaxspo.compile import parse_topology  # here: a cell's child sets libtpu's environment before jax loads
 
     cells = cells or all_cells()
-    rows = sorted({(c.model, c.length, c.slice) for c in cells}, key=lambda r: (int(r[0][:-1]), r[1], SLICES.index(r[2]) if r[2] in SLICES else 99, r[2]))
+    rows = sorted(
+        {(c.model, c.length, c.slice) for c in cells},
+        key=lambda r: (int(r[0][:-1]), r[1], SLICES.index(r[2]) if r[2] in SLICES else 99, r[2]),
+    )
     lines = [
         "| model | tokens / seq | slice (devices) | HBM GiB | `xla` peak GiB | `xla` pairs / device | `splash` peak GiB | `splash` pairs / device"
         " | context mesh d×f×t×c | splash+context peak GiB | splash+context pairs / device |",
@@ -317,7 +353,11 @@ def render(records: dict[str, dict], cells: list[Cell] | None = None) -> str:
         hbm = f"{parse_topology(slice_).hbm_bytes / GiB:g}"
         entries = [x for k in KERNELS for x in kernel_entry(got[k])]
         context = mesh_text(got["splash+context"], Cell(model, length, slice_, "splash+context"))
-        lines.append(f"| {MODEL_NAMES[model]} | {length:,} | {slice_} ({slice_devices(slice_)}) | {hbm} | " + " | ".join(entries[:4] + [context] + entries[4:]) + " |")
+        lines.append(
+            f"| {MODEL_NAMES[model]} | {length:,} | {slice_} ({slice_devices(slice_)}) | {hbm} | "
+            + " | ".join(entries[:4] + [context] + entries[4:])
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -336,13 +376,19 @@ def main() -> None:
     run_.add_argument("--jobs", type=int, default=1, help="cells compiled side by side")
     run_.add_argument("--timeout", type=float, default=2400, help="seconds per cell before it is recorded as a timeout")
     run_.add_argument("--limit", type=int, default=0, help="only the first N cells of the priority order (0 = all)")
-    run_.add_argument("--cells", nargs="*", default=[], help="explicit cell keys MODEL/LENGTH/SLICE/KERNEL instead of the order")
-    run_.add_argument("--no-confirm", action="store_true", help="keep the affine prediction (marked 'pred.' in the table)")
+    run_.add_argument(
+        "--cells", nargs="*", default=[], help="explicit cell keys MODEL/LENGTH/SLICE/KERNEL instead of the order"
+    )
+    run_.add_argument(
+        "--no-confirm", action="store_true", help="keep the affine prediction (marked 'pred.' in the table)"
+    )
     run_.add_argument("--retry-failed", action="store_true", help="re-run cells recorded as error or timeout")
     cell_ = commands.add_parser("cell", help="(internal) search one cell in this process; prints its JSON record")
     cell_.add_argument("key")
     cell_.add_argument("--no-confirm", action="store_true")
-    cell_.add_argument("--out", default=DEFAULT_OUT, help="skip the cell if this file has its result or another runner holds it")
+    cell_.add_argument(
+        "--out", default=DEFAULT_OUT, help="skip the cell if this file has its result or another runner holds it"
+    )
     render_ = commands.add_parser("render", help="print the markdown table from the results")
     render_.add_argument("--out", default=DEFAULT_OUT)
     render_.add_argument("--docs", default="", help="also write it between the kernel-fit-table markers of this file")
@@ -350,7 +396,11 @@ def main() -> None:
     if args.command == "cell":
         cell = Cell.from_key(args.key)
         with claim(cell, Path(args.out)) as free:
-            print(json.dumps(search_cell(cell, confirm=not args.no_confirm) if free else {"cell": cell.key, "status": "skipped"}))
+            print(
+                json.dumps(
+                    search_cell(cell, confirm=not args.no_confirm) if free else {"cell": cell.key, "status": "skipped"}
+                )
+            )
     elif args.command == "run":
         cells = [Cell.from_key(k) for k in args.cells] if args.cells else all_cells()[: args.limit or None]
         run(cells, Path(args.out), args.jobs, args.timeout, not args.no_confirm, args.retry_failed)

@@ -98,7 +98,9 @@ def main() -> None:
     host = inputs(args.length, args.packed)
     want = jax.jit(loss_fn(attention))(*host)
     for name, kernel in (("shard_map", context_attention), ("gspmd", attention)):
-        result = {"path": name, "length": args.length, "packed": args.packed, "mesh": dict(mesh.shape)} | measure(kernel, mesh, host, args.repeats, want)
+        result = {"path": name, "length": args.length, "packed": args.packed, "mesh": dict(mesh.shape)} | measure(
+            kernel, mesh, host, args.repeats, want
+        )
         print(json.dumps(result))
 
 

@@ -33,7 +33,9 @@ BATCH = 64
 
 
 def rss_mib() -> dict[str, float]:
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("Rss"))
+    fields = dict(
+        line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("Rss")
+    )
     return {k: round(int(v.split()[0]) / 1024, 1) for k, v in fields.items()}
 
 
@@ -43,14 +45,24 @@ def encoded_rows(n: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
     for side in ("chosen", "rejected"):
         lengths = rng.integers(16, length + 1, size=n)
         valid = np.arange(length)[None, :] < lengths[:, None]
-        out[f"{side}_tokens"] = np.where(valid, rng.integers(3, 32000, size=(n, length), dtype=np.int32), 0).astype(np.int32)
+        out[f"{side}_tokens"] = np.where(valid, rng.integers(3, 32000, size=(n, length), dtype=np.int32), 0).astype(
+            np.int32
+        )
         out[f"{side}_valid"] = valid
         out[f"{side}_loss_mask"] = valid & (np.arange(length)[None, :] >= 8)
     return out
 
 
 def throughput(arrays: dict, processes: int, workers: int, batches: int) -> float:
-    pipeline = BatchPipeline(arrays, BATCH, seed=0, buckets=[128, 256], shard=process_shard(BATCH, 0, processes), workers=workers, prefetch=4 * workers)
+    pipeline = BatchPipeline(
+        arrays,
+        BATCH,
+        seed=0,
+        buckets=[128, 256],
+        shard=process_shard(BATCH, 0, processes),
+        workers=workers,
+        prefetch=4 * workers,
+    )
     next(pipeline)  # plans the epoch
     start = time.perf_counter()
     rows = sum(len(next(pipeline)["soft_label"]) for _ in range(batches))
@@ -78,19 +90,27 @@ def main() -> None:
     index_ms = (time.perf_counter() - start) / args.batches * 1e3
     del pipeline
     result = {
-        "rows": args.rows, "length": args.length, "encoded_mib": round(size_mib, 1), "setup_seconds": round(setup_seconds, 2),
-        "ms_per_global_batch_of_row_indices": round(index_ms, 2), "throughput_rows_per_s": {},
+        "rows": args.rows,
+        "length": args.length,
+        "encoded_mib": round(size_mib, 1),
+        "setup_seconds": round(setup_seconds, 2),
+        "ms_per_global_batch_of_row_indices": round(index_ms, 2),
+        "throughput_rows_per_s": {},
     }
     for processes in (1, 4):
         for workers in (0, 2):
-            result["throughput_rows_per_s"][f"memory, {processes} proc, {workers} threads"] = throughput(arrays, processes, workers, args.batches)
+            result["throughput_rows_per_s"][f"memory, {processes} proc, {workers} threads"] = throughput(
+                arrays, processes, workers, args.batches
+            )
     mapped = spill(arrays, args.out, "bench")
     del arrays
     gc.collect()
     after_spill = rss_mib()
     for processes in (1, 4):
         for workers in (0, 2):
-            result["throughput_rows_per_s"][f"spilled, {processes} proc, {workers} threads"] = throughput(mapped, processes, workers, args.batches)
+            result["throughput_rows_per_s"][f"spilled, {processes} proc, {workers} threads"] = throughput(
+                mapped, processes, workers, args.batches
+            )
     del mapped
     gc.collect()
     mapped = spill(encoded_rows(args.rows, args.length), args.out, "bench")  # fresh maps: no page read yet

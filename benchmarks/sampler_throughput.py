@@ -44,7 +44,12 @@ def sampler_alone(cfg, repeats: int) -> dict[str, float]:
     tokens, valid = encode_prompts(prompts, tokenizer, cfg.data.max_prompt_length)
     tokens, valid = shard_rows(tokens, mesh, cfg.mesh.rules), shard_rows(valid, mesh, cfg.mesh.rules)
     # eos_id = -1: no row stops early, so every call generates exactly rows × loss.kl.max_new_tokens tokens
-    options = {"max_new_tokens": kl.max_new_tokens, "eos_id": -1, "pad_id": tokenizer.pad_token_id, "temperature": kl.temperature}
+    options = {
+        "max_new_tokens": kl.max_new_tokens,
+        "eos_id": -1,
+        "pad_id": tokenizer.pad_token_id,
+        "temperature": kl.temperature,
+    }
     run = lambda key: sample(graphdef, params, tokens, valid, key, **options)  # noqa: E731
     jax.block_until_ready(run(jax.random.key(0)))  # compile
     start = time.perf_counter()
@@ -106,7 +111,11 @@ def main() -> None:
     args = parser.parse_args()
     overrides = list(args.overrides) + ([f"model.path={args.model_path}"] if args.model_path else [])
     cfg = load_config(args.recipe, overrides)
-    result = {"recipe": args.recipe, "devices": f"{len(jax.devices())} x {jax.devices()[0].platform}", "sampler": sampler_alone(cfg, args.repeats)}
+    result = {
+        "recipe": args.recipe,
+        "devices": f"{len(jax.devices())} x {jax.devices()[0].platform}",
+        "sampler": sampler_alone(cfg, args.repeats),
+    }
     print(json.dumps(result["sampler"]), flush=True)
     result["training"] = share_in_training(args.recipe, overrides, args.steps)
     print(json.dumps(result, indent=2))

@@ -28,7 +28,13 @@ METHODS = {  # name → (recipe, selfsup weight)
     "simpo": ("configs/selfsup_simpo.yaml", 0.0),
     "selfsup+simpo": ("configs/selfsup_simpo.yaml", None),
 }
-QUIET = ["logging.progress_bar=false", "logging.plot=false", "logging.tensorboard=false", "checkpoint.every_steps=0", "checkpoint.save_final=false"]
+QUIET = [
+    "logging.progress_bar=false",
+    "logging.plot=false",
+    "logging.tensorboard=false",
+    "checkpoint.every_steps=0",
+    "checkpoint.save_final=false",
+]
 METRICS = ("eval/gold/correctness", "eval/gold/brevity", "eval/rewards/accuracies", "eval/logps_accuracy", "eval/kl")
 
 
@@ -61,8 +67,19 @@ def main() -> None:
         seeded = [f"trainer.seed={seed}", f"data.synthetic.seed={seed}"]
         sft_dir = out / f"sft-s{seed}"
         if not (sft_dir / "config.json").is_file():
-            run("configs/selfsup_dpo.yaml", seeded + ["trainer.steps=0", "loss.selfsup.weight=0", "eval.num_pairs=32", "eval.num_prompts=16",
-                f"checkpoint.export_hf_dir={sft_dir}", f"run_dir={out / f'sft-run-s{seed}'}"], "sft")
+            run(
+                "configs/selfsup_dpo.yaml",
+                seeded
+                + [
+                    "trainer.steps=0",
+                    "loss.selfsup.weight=0",
+                    "eval.num_pairs=32",
+                    "eval.num_prompts=16",
+                    f"checkpoint.export_hf_dir={sft_dir}",
+                    f"run_dir={out / f'sft-run-s{seed}'}",
+                ],
+                "sft",
+            )
         for name, (recipe, weight) in METHODS.items():
             overrides = (
                 seeded
@@ -79,7 +96,9 @@ def main() -> None:
             if weight is not None:
                 overrides.append(f"loss.selfsup.weight={weight}")
             runs[name][seed] = run(recipe, overrides, name)
-            print(json.dumps({"method": name, "seed": seed, "seconds": round(runs[name][seed]["seconds"], 1)}), flush=True)
+            print(
+                json.dumps({"method": name, "seed": seed, "seconds": round(runs[name][seed]["seconds"], 1)}), flush=True
+            )
     summary = {}
     for name, by_seed in runs.items():
         keys = [k for k in by_seed[args.seeds[0]]["after"] if k in METRICS or k.startswith("eval/selfsup/")]
@@ -88,8 +107,23 @@ def main() -> None:
             values = [by_seed[s]["after"][key] for s in args.seeds if key in by_seed[s]["after"]]
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             summary[name][key] = {"per_seed": values, "mean": statistics.fmean(values), "std": spread}
-    reference = {key: [runs["dpo"][s]["before"][key] for s in args.seeds] for key in METRICS if key in runs["dpo"][args.seeds[0]]["before"]}
-    print(json.dumps({"steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds, "sft_reference": reference, "methods": summary}, indent=1))
+    reference = {
+        key: [runs["dpo"][s]["before"][key] for s in args.seeds]
+        for key in METRICS
+        if key in runs["dpo"][args.seeds[0]]["before"]
+    }
+    print(
+        json.dumps(
+            {
+                "steps": args.steps,
+                "batch_size": args.batch_size,
+                "seeds": args.seeds,
+                "sft_reference": reference,
+                "methods": summary,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

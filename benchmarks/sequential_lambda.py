@@ -27,8 +27,14 @@ from jaxspo.train.loop import train  # noqa: E402
 from jaxspo.train.metrics_log import read_metrics  # noqa: E402
 
 SMALL = [  # ≈ the shipped recipe, shortened to fit a shared 2-core CPU
-    "data.synthetic.num_train=2048", "trainer.sft_steps=200", "trainer.steps=100", "trainer.eval_every=0",
-    "eval.num_prompts=256", "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false",
+    "data.synthetic.num_train=2048",
+    "trainer.sft_steps=200",
+    "trainer.steps=100",
+    "trainer.eval_every=0",
+    "eval.num_prompts=256",
+    "logging.progress_bar=false",
+    "logging.tensorboard=false",
+    "logging.plot=false",
     "checkpoint.async_save=false",
 ]
 DIMENSIONS = ("correctness", "brevity")
@@ -47,13 +53,27 @@ def gold_by_stage(run_dir: Path) -> dict[str, dict[str, float]]:
 
 def run(seed: int, lam: float, root: Path, cache: Path, base: Path | None, stage2_lr: float) -> dict:
     run_dir = root / f"s{seed}-lam{lam:g}"
-    if base is not None and not (run_dir / "params").is_dir():  # share SFT and stage 1 with the λ = 0 run (a finished run is kept)
+    if (
+        base is not None and not (run_dir / "params").is_dir()
+    ):  # share SFT and stage 1 with the λ = 0 run (a finished run is kept)
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.copytree(base, run_dir, ignore=shutil.ignore_patterns("stage-2", "policy-2", "params"))
-    overrides = SMALL + [f"trainer.seed={seed}", f"data.synthetic.seed={seed}", stages_override(lam, stage2_lr), f"run_dir={run_dir}", f"loss.reference_cache_dir={cache}"]
+    overrides = SMALL + [
+        f"trainer.seed={seed}",
+        f"data.synthetic.seed={seed}",
+        stages_override(lam, stage2_lr),
+        f"run_dir={run_dir}",
+        f"loss.reference_cache_dir={cache}",
+    ]
     start = time.perf_counter()
     train(load_config(REPO / "configs" / "sequential.yaml", overrides), "sequential")
-    return {"seed": seed, "lambda": lam, "seconds": round(time.perf_counter() - start, 1), "gold": gold_by_stage(run_dir), "run_dir": str(run_dir)}
+    return {
+        "seed": seed,
+        "lambda": lam,
+        "seconds": round(time.perf_counter() - start, 1),
+        "gold": gold_by_stage(run_dir),
+        "run_dir": str(run_dir),
+    }
 
 
 def summarise(results: list[dict]) -> dict:
@@ -61,7 +81,13 @@ def summarise(results: list[dict]) -> dict:
     for lam in sorted({r["lambda"] for r in results}):
         runs = [r for r in results if r["lambda"] == lam]
         out[f"{lam:g}"] = {
-            stage: {d: {"mean": statistics.mean(v := [r["gold"][stage][d] for r in runs]), "std": statistics.stdev(v) if len(v) > 1 else 0.0} for d in DIMENSIONS}
+            stage: {
+                d: {
+                    "mean": statistics.mean(v := [r["gold"][stage][d] for r in runs]),
+                    "std": statistics.stdev(v) if len(v) > 1 else 0.0,
+                }
+                for d in DIMENSIONS
+            }
             for stage in runs[0]["gold"]
         }
     return out
@@ -72,7 +98,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
     parser.add_argument("--out", default="/tmp/jaxspo-sequential-bench")
-    parser.add_argument("--stage2-lr", type=float, default=0.0, help="stage 2 peak learning rate (0 = optimizer.learning_rate)")
+    parser.add_argument(
+        "--stage2-lr", type=float, default=0.0, help="stage 2 peak learning rate (0 = optimizer.learning_rate)"
+    )
     args = parser.parse_args()
     root = Path(args.out)
     results = []

@@ -20,8 +20,22 @@ from pathlib import Path
 from jaxspo.config import load_config
 from jaxspo.train.loop import train
 
-KEYS = ("eval/gold/correctness", "eval/gold/brevity", "eval/logps_accuracy", "eval/rewards/accuracies", "eval/kl", "eval/response_nll", "eval/response_tokens")
-QUIET = ["logging.progress_bar=false", "logging.plot=false", "logging.tensorboard=false", "checkpoint.save_final=false", "checkpoint.every_steps=0"]
+KEYS = (
+    "eval/gold/correctness",
+    "eval/gold/brevity",
+    "eval/logps_accuracy",
+    "eval/rewards/accuracies",
+    "eval/kl",
+    "eval/response_nll",
+    "eval/response_tokens",
+)
+QUIET = [
+    "logging.progress_bar=false",
+    "logging.plot=false",
+    "logging.tensorboard=false",
+    "checkpoint.save_final=false",
+    "checkpoint.every_steps=0",
+]
 
 
 def _summary(metrics: dict[str, float]) -> dict[str, float]:
@@ -43,11 +57,22 @@ def main() -> None:
     start = time.perf_counter()
     sft_dir = out / "sft_hf"
     if not (sft_dir / "config.json").exists():
-        sft = load_config("configs/soft_spo.yaml", common + ["trainer.steps=0", "loss.kl.beta=0", f"checkpoint.export_hf_dir={sft_dir}", f"run_dir={out / 'sft'}"])
+        sft = load_config(
+            "configs/soft_spo.yaml",
+            common
+            + ["trainer.steps=0", "loss.kl.beta=0", f"checkpoint.export_hf_dir={sft_dir}", f"run_dir={out / 'sft'}"],
+        )
         train(sft, "sft")
     start_from = common + [f"model.path={sft_dir}", "trainer.sft_steps=0", f"trainer.steps={args.steps}"]
     runs = [("dpo", "configs/demo.yaml", [])]
-    runs += [(f"soft_spo_a{a:g}", "configs/soft_spo.yaml", [f"loss.params.soft_spo.alpha={a}", f"loss.kl.beta={args.kl_beta}"]) for a in args.alphas]
+    runs += [
+        (
+            f"soft_spo_a{a:g}",
+            "configs/soft_spo.yaml",
+            [f"loss.params.soft_spo.alpha={a}", f"loss.kl.beta={args.kl_beta}"],
+        )
+        for a in args.alphas
+    ]
     results = {}
     for name, recipe, extra in runs:
         cfg = load_config(recipe, start_from + extra + [f"run_dir={out / name}"])
@@ -56,7 +81,17 @@ def main() -> None:
         if "reference" not in results:
             results["reference"] = _summary(result.before)
         print(json.dumps({name: results[name]}), flush=True)
-    print(json.dumps({"steps": args.steps, "kl_beta": args.kl_beta, "seconds": round(time.perf_counter() - start, 1), "results": results}, indent=2))
+    print(
+        json.dumps(
+            {
+                "steps": args.steps,
+                "kl_beta": args.kl_beta,
+                "seconds": round(time.perf_counter() - start, 1),
+                "results": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,17 +28,43 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 SHAPES = {
-    "small": ["model.hidden_size=256", "model.intermediate_size=688", "model.num_layers=4", "model.num_heads=4", "model.num_kv_heads=4"],
-    "medium": ["model.hidden_size=512", "model.intermediate_size=1376", "model.num_layers=8", "model.num_heads=8", "model.num_kv_heads=8"],
+    "small": [
+        "model.hidden_size=256",
+        "model.intermediate_size=688",
+        "model.num_layers=4",
+        "model.num_heads=4",
+        "model.num_kv_heads=4",
+    ],
+    "medium": [
+        "model.hidden_size=512",
+        "model.intermediate_size=1376",
+        "model.num_layers=8",
+        "model.num_heads=8",
+        "model.num_kv_heads=8",
+    ],
 }
-BASE = ["model.vocab_size=2048", "model.tie_embeddings=false", "data.max_length=128", "data.max_prompt_length=64", "trainer.batch_size=8",
-        "trainer.sft_steps=0", "loss.beta=0.1", "optimizer.warmup_steps=0", "optimizer.learning_rate=1e-5", "optimizer.max_grad_norm=1.0"]
+BASE = [
+    "model.vocab_size=2048",
+    "model.tie_embeddings=false",
+    "data.max_length=128",
+    "data.max_prompt_length=64",
+    "trainer.batch_size=8",
+    "trainer.sft_steps=0",
+    "loss.beta=0.1",
+    "optimizer.warmup_steps=0",
+    "optimizer.learning_rate=1e-5",
+    "optimizer.max_grad_norm=1.0",
+]
 
 
 def synthetic_pairs(n: int, max_length: int, vocab: int, seed: int) -> dict[str, np.ndarray]:
     """``n`` pairs as the padded arrays :func:`jaxspo.data.encode.encode_preference_rows` returns."""
     rng = np.random.default_rng(seed)
-    out = {f"{side}_{k}": np.zeros((n, max_length), dtype) for side in ("chosen", "rejected") for k, dtype in (("tokens", np.int32), ("valid", bool), ("loss_mask", bool))}
+    out = {
+        f"{side}_{k}": np.zeros((n, max_length), dtype)
+        for side in ("chosen", "rejected")
+        for k, dtype in (("tokens", np.int32), ("valid", bool), ("loss_mask", bool))
+    }
     for i in range(n):
         prompt = rng.integers(3, vocab, int(rng.integers(8, 49)))
         prompt[0] = 1  # BOS
@@ -68,7 +94,15 @@ def main() -> None:
     from jaxspo.data.layout import layout_arrays
     from jaxspo.distributed import to_global
     from jaxspo.sharding import make_mesh
-    from jaxspo.train.state import abstract_model, init_params, init_state, learning_rate_schedule, make_optimizer, param_shardings, state_shardings
+    from jaxspo.train.state import (
+        abstract_model,
+        init_params,
+        init_state,
+        learning_rate_schedule,
+        make_optimizer,
+        param_shardings,
+        state_shardings,
+    )
     from jaxspo.train.step import batch_fields, make_train_step
 
     cfg = load_config(None, BASE + SHAPES[args.shape] + ["mesh.data=1"] + args.overrides)
@@ -108,14 +142,24 @@ def main() -> None:
     keep = [i for i in range(args.warmup, args.steps) if not fresh[i]]
     steady = np.array([times[i] for i in keep])
     median = float(np.median(steady))
-    print(json.dumps({
-        "shape": args.shape, "overrides": args.overrides, "params": int(sum(x.size for x in jax.tree.leaves(params))),
-        "seconds_per_step": {"median": median, "min": float(steady.min()), "max": float(steady.max())},
-        "real_tokens_per_step": float(np.mean(real)), "real_tokens_per_second": float(np.mean([real[i] for i in keep])) / median,
-        "padded_tokens_per_second": float(np.mean([padded[i] for i in keep])) / median, "steps_timed": len(keep),
-        "load_average": os.getloadavg()[0],
-        "compile_seconds": compile_seconds, "seconds_to_first_step": first, "programs": len(widths),
-    }))
+    print(
+        json.dumps(
+            {
+                "shape": args.shape,
+                "overrides": args.overrides,
+                "params": int(sum(x.size for x in jax.tree.leaves(params))),
+                "seconds_per_step": {"median": median, "min": float(steady.min()), "max": float(steady.max())},
+                "real_tokens_per_step": float(np.mean(real)),
+                "real_tokens_per_second": float(np.mean([real[i] for i in keep])) / median,
+                "padded_tokens_per_second": float(np.mean([padded[i] for i in keep])) / median,
+                "steps_timed": len(keep),
+                "load_average": os.getloadavg()[0],
+                "compile_seconds": compile_seconds,
+                "seconds_to_first_step": first,
+                "programs": len(widths),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,10 @@ from peers.headline import shape_headline  # noqa: E402
 from peers.envs import ensure_venv  # noqa: E402
 from peers.fixtures import build_fixture  # noqa: E402
 
-BASE_ENV = {"TOKENIZERS_PARALLELISM": "false", "JAX_PLATFORMS": "cpu"}  # every runner's; the heap's variables come on top
+BASE_ENV = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "JAX_PLATFORMS": "cpu",
+}  # every runner's; the heap's variables come on top
 RUNNERS = {"jaxspo": "run_jaxspo.py", "trl": "run_trl.py", "tunix": "run_tunix.py"}
 
 
@@ -71,20 +74,52 @@ def run_name(config: str, heap: str) -> str:
     return f"{config}@{heap}"
 
 
-def runner_command(python: Path, name: str, spec: dict[str, Any], heap: str, fixture: Path, order: Path, args: argparse.Namespace) -> list[str]:
+def runner_command(
+    python: Path, name: str, spec: dict[str, Any], heap: str, fixture: Path, order: Path, args: argparse.Namespace
+) -> list[str]:
     """The runner's command line for configuration ``name`` under ``heap`` (jaxspo: plus its host-heap override)."""
-    overrides = [*spec.get("overrides", []), *(heap_settings.jaxspo_heap_overrides(heap) if spec["system"] == "jaxspo" else [])]
-    return [str(python), str(HERE / "peers" / RUNNERS[spec["system"]]), "--fixture", str(fixture), "--order", str(order),
-            "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-            "--beta", str(args.beta), "--lr", str(args.lr), "--config", name, *overrides]
+    overrides = [
+        *spec.get("overrides", []),
+        *(heap_settings.jaxspo_heap_overrides(heap) if spec["system"] == "jaxspo" else []),
+    ]
+    return [
+        str(python),
+        str(HERE / "peers" / RUNNERS[spec["system"]]),
+        "--fixture",
+        str(fixture),
+        "--order",
+        str(order),
+        "--steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--max-length",
+        str(args.max_length),
+        "--beta",
+        str(args.beta),
+        "--lr",
+        str(args.lr),
+        "--config",
+        name,
+        *overrides,
+    ]
 
 
 def run_one(
-    python: Path, name: str, spec: dict[str, Any], heap: str, heaps: dict[str, dict[str, str]], fixture: Path, order: Path, args: argparse.Namespace,
+    python: Path,
+    name: str,
+    spec: dict[str, Any],
+    heap: str,
+    heaps: dict[str, dict[str, str]],
+    fixture: Path,
+    order: Path,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
     """One configuration under one heap in a fresh process; its JSON result, or {"error": ...} with the stderr tail."""
     command = runner_command(python, name, spec, heap, fixture, order, args)
-    env = heap_settings.runner_environment(os.environ | BASE_ENV, heap, spec["system"], heaps) | {"BENCH_T0": repr(time.time())}
+    env = heap_settings.runner_environment(os.environ | BASE_ENV, heap, spec["system"], heaps) | {
+        "BENCH_T0": repr(time.time())
+    }
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=HERE.parent)
     if done.returncode != 0:
         return {"error": f"exit {done.returncode}: " + done.stderr[-2000:]}
@@ -106,7 +141,11 @@ def measure_peak(size: int) -> dict[str, Any]:
 
 def model_info(fixture_info: dict[str, Any]) -> dict[str, int]:
     """What the FLOP count needs (the fixtures' heads · head_dim = hidden_size)."""
-    return {"matmul": fixture_info["parameters"]["matmul"], "num_layers": fixture_info["num_layers"], "attention_width": fixture_info["hidden_size"]}
+    return {
+        "matmul": fixture_info["parameters"]["matmul"],
+        "num_layers": fixture_info["num_layers"],
+        "attention_width": fixture_info["hidden_size"],
+    }
 
 
 def machine() -> dict[str, Any]:
@@ -115,12 +154,21 @@ def machine() -> dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         flags = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), "")
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx_bf16": "amx_bf16" in flags,
+    }
 
 
 def report(
-    args: argparse.Namespace, table: dict[str, dict[str, Any]], infos: dict[str, dict[str, Any]],
-    results: dict[str, dict[tuple[str, str], list[dict[str, Any]]]], peak: dict[str, Any], heaps: dict[str, dict[str, str]],
+    args: argparse.Namespace,
+    table: dict[str, dict[str, Any]],
+    infos: dict[str, dict[str, Any]],
+    results: dict[str, dict[tuple[str, str], list[dict[str, Any]]]],
+    peak: dict[str, Any],
+    heaps: dict[str, dict[str, str]],
 ) -> dict[str, Any]:
     """The one JSON object: settings, machine, peak, and per shape the headline and the runs' summaries
     (``results[shape][(config, heap)]``: the runners' results, or {"error": ...}, one per round)."""
@@ -137,25 +185,44 @@ def report(
                 continue
             per_run = [stats.run_summary(r, model, args.steady_from) for r in good]
             summaries[name] = stats.config_summary(per_run, peak["best"], spec["precision"])
-            summaries[name] |= {"config": config, "heap": heap, "system": spec["system"], "precision": spec["precision"]}
+            summaries[name] |= {
+                "config": config,
+                "heap": heap,
+                "system": spec["system"],
+                "precision": spec["precision"],
+            }
             summaries[name] |= {"overrides": spec["overrides"]} if "overrides" in spec else {}
             summaries[name] |= {"allocator_env": good[0].get("allocator_env")}  # as the runner saw it
             losses[name] = [s["loss"] for s in good[0]["steps"]]
             orders[name] = good[0].get("same_order", True)
-        baseline = next((n for n in losses if summaries[n]["config"] == config_table.LOSS_BASELINE), config_table.LOSS_BASELINE)
+        baseline = next(
+            (n for n in losses if summaries[n]["config"] == config_table.LOSS_BASELINE), config_table.LOSS_BASELINE
+        )
         shapes[shape] = {
             "fixture": infos[shape],
             "headline": shape_headline(list(summaries.values())),
             "runs": summaries,
-            "loss_max_abs_diff_steps_1_5_vs_" + config_table.LOSS_BASELINE: stats.loss_agreement({n: v for n, v in losses.items() if orders[n]}, baseline),
+            "loss_max_abs_diff_steps_1_5_vs_" + config_table.LOSS_BASELINE: stats.loss_agreement(
+                {n: v for n, v in losses.items() if orders[n]}, baseline
+            ),
             "losses_steps_1_5": {n: v[:5] for n, v in losses.items()},
-            "runs_seconds_per_step": {run_name(*key): [[s["seconds"] for s in r["steps"]] for r in runs if "error" not in r] for key, runs in by_run.items()},
+            "runs_seconds_per_step": {
+                run_name(*key): [[s["seconds"] for s in r["steps"]] for r in runs if "error" not in r]
+                for key, runs in by_run.items()
+            },
             "errors": errors,
         }
     return {
-        "settings": {k: getattr(args, k) for k in ("shapes", "rounds", "steps", "steady_from", "batch_size", "max_length", "beta", "lr")}
-        | {"optimizer": "AdamW b1=0.9 b2=0.999 eps=1e-8 weight_decay=0, constant lr, no warm-up, no clipping", "env": BASE_ENV,
-           "heaps": heaps, "jaxspo_heap": "trainer.host_heap=hold under 'held' (no MALLOC_* variable), =system with the others' variables"},
+        "settings": {
+            k: getattr(args, k)
+            for k in ("shapes", "rounds", "steps", "steady_from", "batch_size", "max_length", "beta", "lr")
+        }
+        | {
+            "optimizer": "AdamW b1=0.9 b2=0.999 eps=1e-8 weight_decay=0, constant lr, no warm-up, no clipping",
+            "env": BASE_ENV,
+            "heaps": heaps,
+            "jaxspo_heap": "trainer.host_heap=hold under 'held' (no MALLOC_* variable), =system with the others' variables",
+        },
         "machine": machine(),
         "matmul_peak_flops_per_second": peak,
         "flop_count": "padded tokens x (6N + 12 L W d_attn), + (2N + 4 L W d_attn) with an in-step reference (benchmarks/peers/stats.py)",
@@ -179,16 +246,33 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--steady-from", type=int, default=6, help="first step of the steady-state statistics (1-based)")
     p.add_argument("--configs", default="", help="comma list of configuration names (default: all)")
-    p.add_argument("--heaps", default="", help="comma list of glibc, make, held: the heaps every configuration runs under (default: all)")
-    p.add_argument("--jaxspo", action="append", default=[], metavar="NAME:key=value,...", help="an extra jaxspo configuration (repeatable)")
+    p.add_argument(
+        "--heaps",
+        default="",
+        help="comma list of glibc, make, held: the heaps every configuration runs under (default: all)",
+    )
+    p.add_argument(
+        "--jaxspo",
+        action="append",
+        default=[],
+        metavar="NAME:key=value,...",
+        help="an extra jaxspo configuration (repeatable)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--peak-size", type=int, default=2048, help="side of the square matmuls of the peak measurement (smaller: a quick run)")
+    p.add_argument(
+        "--peak-size",
+        type=int,
+        default=2048,
+        help="side of the square matmuls of the peak measurement (smaller: a quick run)",
+    )
     p.add_argument("--cache", type=Path, default=HERE / ".cache")
     p.add_argument("--venvs", type=Path, default=HERE / ".venvs")
-    p.add_argument("--out", type=Path, default=None, help="also write the JSON here (default: CACHE/vs_peers-<UTC time>.json)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="also write the JSON here (default: CACHE/vs_peers-<UTC time>.json)"
+    )
     args = p.parse_args()
     try:
         table = config_table.all_configs(dict(config_table.parse_jaxspo_flag(f) for f in args.jaxspo))
@@ -208,25 +292,42 @@ def main() -> None:
         infos[shape] = build_fixture(args.cache / "fixtures", shape, batch_size=args.batch_size)
         orders[shape] = args.cache / "fixtures" / shape / f"order-b{args.batch_size}-s{args.steps}.json"
         write_order(orders[shape], infos[shape]["num_pairs"], args.batch_size, args.steps)
-        log(f"fixture {shape}: {infos[shape]['parameters']['total']:,} parameters, {infos[shape]['mean_real_tokens_per_step']:.0f} real tokens per step")
+        log(
+            f"fixture {shape}: {infos[shape]['parameters']['total']:,} parameters, {infos[shape]['mean_real_tokens_per_step']:.0f} real tokens per step"
+        )
     pythons = {system: ensure_venv(args.venvs, system) for system in sorted({table[n]["system"] for n in names})}
     peak = measure_peak(args.peak_size)
     log(f"matmul peak: {json.dumps(peak['best'])}")
     results: dict[str, dict[tuple[str, str], list]] = {shape: {run: [] for run in runs} for shape in shapes}
     for round_index in range(args.rounds):
-        rotated = runs[round_index % len(runs):] + runs[: round_index % len(runs)]
+        rotated = runs[round_index % len(runs) :] + runs[: round_index % len(runs)]
         for shape in shapes:
             for name, heap in rotated:
                 spec = table[name]
-                result = run_one(pythons[spec["system"]], name, spec, heap, heaps, args.cache / "fixtures" / shape, orders[shape], args)
+                result = run_one(
+                    pythons[spec["system"]],
+                    name,
+                    spec,
+                    heap,
+                    heaps,
+                    args.cache / "fixtures" / shape,
+                    orders[shape],
+                    args,
+                )
                 results[shape][(name, heap)].append(result)
-                brief = result.get("error", "")[:300] or f"ttfs {result['time_to_first_step']:.1f}s, last step {result['steps'][-1]['seconds']:.3f}s"
+                brief = (
+                    result.get("error", "")[:300]
+                    or f"ttfs {result['time_to_first_step']:.1f}s, last step {result['steps'][-1]['seconds']:.3f}s"
+                )
                 log(f"round {round_index + 1}/{args.rounds} {shape} {run_name(name, heap)}: {brief}")
     out = report(args, table, infos, results, peak, heaps)
     for shape, figures in out["shapes"].items():
         for kind in ("exact_fp32", "any_config"):
             top = figures["headline"][kind]
-            names = [run_name(top[side]["config"], top[side]["heap"]) if top[side] else "none" for side in ("jaxspo_best", "fastest_peer")]
+            names = [
+                run_name(top[side]["config"], top[side]["heap"]) if top[side] else "none"
+                for side in ("jaxspo_best", "fastest_peer")
+            ]
             ratio = f"{top['ratio']:.2f}x" if top["ratio"] is not None else "n/a"
             log(f"headline {shape} {kind}: {ratio} ({names[0]} over {names[1]}, real tokens/s)")
     text = json.dumps(out, indent=1)

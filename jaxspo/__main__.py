@@ -1,3 +1,4 @@
 from jaxspo.cli import main
 import sys
+
 sys.exit(main())

@@ -60,7 +60,12 @@ class PhaseCheckpoints:
             try:
                 restored = self.manager.restore(step, args=args)
             except Exception as err:  # a truncated or corrupt checkpoint: report it and fall back
-                log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one", self.directory / str(step), type(err).__name__, str(err).splitlines()[0][:200])
+                log.warning(
+                    "checkpoint %s is unreadable (%s: %s); trying the previous one",
+                    self.directory / str(step),
+                    type(err).__name__,
+                    str(err).splitlines()[0][:200],
+                )
                 continue
             return step, restored.state, restored.data
         return None

@@ -21,7 +21,14 @@ import numpy as np
 from jaxspo.models.target import compiling_for
 from jaxspo.perf import TOPOLOGY_DEVICE_KINDS, device_peak, model_flops, recomputed_flops
 from jaxspo.sharding import make_mesh
-from jaxspo.train.state import TrainState, abstract_model, learning_rate_schedule, make_optimizer, param_shardings, state_shardings
+from jaxspo.train.state import (
+    TrainState,
+    abstract_model,
+    learning_rate_schedule,
+    make_optimizer,
+    param_shardings,
+    state_shardings,
+)
 from jaxspo.train import selfsup
 from jaxspo.train.kl_regularizer import kl_active, kl_field_shapes
 from jaxspo.train.list_objective import uses_lists
@@ -103,7 +110,9 @@ def resolve_model(cfg):
 
         return dataclasses.replace(cfg, model=model_config_from_hf(cfg.model.path, cfg.model))
     if cfg.model.vocab_size <= 0:
-        raise ValueError(f"model.path '{cfg.model.path}' is not a folder here, so the recipe must give the architecture (model.vocab_size is 0)")
+        raise ValueError(
+            f"model.path '{cfg.model.path}' is not a folder here, so the recipe must give the architecture (model.vocab_size is 0)"
+        )
     return cfg
 
 
@@ -126,10 +135,19 @@ def analytic_bytes(cfg, abstract_params: Any, abstract_trained: Any = None) -> d
     n = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
     trained = n if abstract_trained is None else sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_trained))
     width = jnp.dtype(cfg.model.param_dtype).itemsize
-    resident = cfg.loss.reference == "resident" and (needs_reference(cfg.loss) or kl_active(cfg.loss))  # the KL regulariser's too
+    resident = cfg.loss.reference == "resident" and (
+        needs_reference(cfg.loss) or kl_active(cfg.loss)
+    )  # the KL regulariser's too
     reference = n * width if resident else 0
     params = (n + (0 if abstract_trained is None else trained)) * width
-    return {"parameters": float(n), "trained_parameters": float(trained), "params": params, "grads": trained * width, "optimizer": 2 * trained * 4, "reference": reference}
+    return {
+        "parameters": float(n),
+        "trained_parameters": float(trained),
+        "params": params,
+        "grads": trained * width,
+        "optimizer": 2 * trained * 4,
+        "reference": reference,
+    }
 
 
 def batch_shapes(cfg, batch: int) -> dict[str, tuple[tuple[int, ...], Any]]:
@@ -145,7 +163,11 @@ def batch_shapes(cfg, batch: int) -> dict[str, tuple[tuple[int, ...], Any]]:
     fields = batch_fields("preference", cfg.loss, cfg.data.layout, cfg.data.pack_pairs)
     if uses_lists(cfg.loss):
         n = cfg.data.synthetic.responses_per_prompt
-        shapes = {name: ((batch, n, length), jnp.int32 if name.endswith("tokens") else jnp.bool_) for name in fields if name != "list_mask"}
+        shapes = {
+            name: ((batch, n, length), jnp.int32 if name.endswith("tokens") else jnp.bool_)
+            for name in fields
+            if name != "list_mask"
+        }
         shapes["list_mask"] = ((batch, n), jnp.bool_)
     else:
         width = packed_width(cfg) if cfg.data.layout == "packed" else length
@@ -204,18 +226,26 @@ def _compile_step(cfg, devices: list, per_device_batch: int | None) -> dict[str,
     s_sharding = state_shardings(tx, trained, p_sharding, mesh)
     step = make_train_step(cfg, mesh, model, tx, schedule, s_sharding, "preference", batch)
     state = jax.eval_shape(
-        lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p), rng=jnp.zeros((2,), jnp.uint32)),
+        lambda p: TrainState(
+            step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p), rng=jnp.zeros((2,), jnp.uint32)
+        ),
         trained,
     )
     length = cfg.data.max_length
     shapes = batch_shapes(cfg, batch)
-    abstract_batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=step.batch_sharding[k]) for k, (shape, dtype) in shapes.items()}
+    abstract_batch = {
+        k: jax.ShapeDtypeStruct(shape, dtype, sharding=step.batch_sharding[k]) for k, (shape, dtype) in shapes.items()
+    }
     if cfg.lora.enabled:
-        reference = {k: None if s is None else _abstract(abstract_params, s) for k, s in step.reference_sharding.items()}
+        reference = {
+            k: None if s is None else _abstract(abstract_params, s) for k, s in step.reference_sharding.items()
+        }
     else:
         reference = _abstract(abstract_params, step.reference_sharding) if step.reference_sharding is not None else None
     analytic = analytic_bytes(cfg, abstract_params, trained if cfg.lora.enabled else None)
-    examples = abstract_batch | (longest_packed_rows(cfg, batch) if cfg.data.layout == "packed" and "packed_tokens" in abstract_batch else {})
+    examples = abstract_batch | (
+        longest_packed_rows(cfg, batch) if cfg.data.layout == "packed" and "packed_tokens" in abstract_batch else {}
+    )
     forwards = step_forwards(cfg, "preference", examples, batch, frozen_base=cfg.lora.enabled)
     model_shards = mesh.shape["fsdp"] * mesh.shape["tensor"]
     start = time.perf_counter()
@@ -232,7 +262,12 @@ def _compile_step(cfg, devices: list, per_device_batch: int | None) -> dict[str,
     memory = compiled.memory_analysis() if compiled is not None else memory
     cost = compiled.cost_analysis() if compiled is not None else None
     cost = cost[0] if isinstance(cost, list) else cost
-    peak = memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes + memory.temp_size_in_bytes
+    peak = (
+        memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        - memory.alias_size_in_bytes
+        + memory.temp_size_in_bytes
+    )
     return {
         "devices": len(devices),
         "mesh": dict(mesh.shape),
@@ -244,7 +279,10 @@ def _compile_step(cfg, devices: list, per_device_batch: int | None) -> dict[str,
         "peak_bytes_per_device": int(peak),
         "argument_bytes_per_device": int(memory.argument_size_in_bytes),
         "temp_bytes_per_device": int(memory.temp_size_in_bytes),
-        "analytic_state_bytes_per_device": (analytic["params"] + analytic["grads"] + analytic["optimizer"] + analytic["reference"]) / model_shards,
+        "analytic_state_bytes_per_device": (
+            analytic["params"] + analytic["grads"] + analytic["optimizer"] + analytic["reference"]
+        )
+        / model_shards,
         # XLA's cost analysis counts a scanned loop's body once, so it undercounts the layers; model FLOPs are
         # counted from the architecture and the batch (jaxspo.perf; packed: rows of the longest pair), and
         # hardware FLOPs add remat's recomputed forward.
@@ -256,24 +294,43 @@ def _compile_step(cfg, devices: list, per_device_batch: int | None) -> dict[str,
     }
 
 
-def mfu_report(model_flops_per_step: float, devices: int, device_kind: str, dtype: str, step_seconds: float | None) -> dict[str, Any]:
+def mfu_report(
+    model_flops_per_step: float, devices: int, device_kind: str, dtype: str, step_seconds: float | None
+) -> dict[str, Any]:
     """The device kind's peak (``dtype``), the step time at 100 % MFU, and with ``step_seconds`` the implied MFU."""
     peak = device_peak(device_kind, dtype)
-    report = {"device_kind": device_kind, "compute_dtype": dtype, "peak_flops_per_device": peak, "seconds_per_step_at_peak": model_flops_per_step / (peak * devices)}
+    report = {
+        "device_kind": device_kind,
+        "compute_dtype": dtype,
+        "peak_flops_per_device": peak,
+        "seconds_per_step_at_peak": model_flops_per_step / (peak * devices),
+    }
     if step_seconds is not None:
         report |= {"step_seconds": step_seconds, "implied_mfu": model_flops_per_step / step_seconds / (peak * devices)}
     return report
 
 
-def fit_report(cfg, topology_name: str, find_max_batch: bool = False, step_seconds: float | None = None) -> dict[str, Any]:
+def fit_report(
+    cfg, topology_name: str, find_max_batch: bool = False, step_seconds: float | None = None
+) -> dict[str, Any]:
     """Compiles for the topology; adds capacity, fit, the MFU figures (:func:`mfu_report`), and optionally the
     largest per-device batch that fits."""
     topology = parse_topology(topology_name)
     devices = topology_devices(topology)
-    report = {"topology": topology.name, "chip_grid": topology.chip_grid, "capacity_bytes_per_device": topology.hbm_bytes}
+    report = {
+        "topology": topology.name,
+        "chip_grid": topology.chip_grid,
+        "capacity_bytes_per_device": topology.hbm_bytes,
+    }
     report |= compile_step(cfg, devices)
     report["fits"] = report["peak_bytes_per_device"] <= topology.hbm_bytes
-    report |= mfu_report(report["model_flops_per_step"], report["devices"], TOPOLOGY_DEVICE_KINDS[topology.generation], cfg.model.dtype, step_seconds)
+    report |= mfu_report(
+        report["model_flops_per_step"],
+        report["devices"],
+        TOPOLOGY_DEVICE_KINDS[topology.generation],
+        cfg.model.dtype,
+        step_seconds,
+    )
     if find_max_batch:
         report["max_per_device_batch"] = _max_batch(cfg, devices, topology.hbm_bytes)
     return report
@@ -312,7 +369,11 @@ def format_report(report: dict[str, Any]) -> str:
         f"XLA cost analysis {report['xla_flops_per_step_per_device']:.3e} per device (scan body counted once)",
         f"mfu             peak {report['peak_flops_per_device'] / 1e12:.0f} TFLOP/s per {report['device_kind']} device ({report['compute_dtype']}); "
         f"{report['seconds_per_step_at_peak']:.3g} s per step at 100 % MFU"
-        + (f"; {report['implied_mfu']:.1%} MFU at {report['step_seconds']:g} s per step" if "implied_mfu" in report else ""),
+        + (
+            f"; {report['implied_mfu']:.1%} MFU at {report['step_seconds']:g} s per step"
+            if "implied_mfu" in report
+            else ""
+        ),
         f"compile         {report['compile_seconds']:.1f} s",
     ]
     if "max_per_device_batch" in report:

@@ -47,15 +47,23 @@ class DataConfig:
     source: SourceConfig = dataclasses.field(default_factory=SourceConfig)  # jsonl / parquet / hf_disk / tfds files
     max_length: int = 32  # tokens per prompt+response row (right-padded, static shape)
     max_prompt_length: int = 16  # prompts keep their last this-many tokens; also the sampling prompt width
-    buckets: list[int] = dataclasses.field(default_factory=list)  # padded lengths (ascending, ≤ max_length); [] = max_length only
-    auto_buckets: int = 0  # > 0: pick ≤ this many bucket widths from the data's lengths (jaxspo/data/bucketing.py); needs buckets: []
+    buckets: list[int] = dataclasses.field(
+        default_factory=list
+    )  # padded lengths (ascending, ≤ max_length); [] = max_length only
+    auto_buckets: int = (
+        0  # > 0: pick ≤ this many bucket widths from the data's lengths (jaxspo/data/bucketing.py); needs buckets: []
+    )
     on_bad_row: str = "error"  # a malformed data row: "error" (stop, naming it) or "skip" (count it)
     workers: int = 1  # grain reader threads of the training batch pipeline (0 = read in the training thread)
     prefetch: int = 2  # batches grain reads ahead (0 = none)
     spill_dir: str = ""  # local dir: encoded train/SFT rows go to memory-mapped .npy files there; "" = host memory
     layout: str = "padded"  # preference step rows: "padded" (chosen, rejected) or "packed" (prompt once per pair; jaxspo/data/layout.py)
-    pack_pairs: bool = False  # with layout: packed, several pairs per row (no padding per pair; jaxspo/data/pair_packing.py)
-    pack_width: int = 0  # pack_pairs: slots per row (a multiple of 8 and mesh.context, ≥ the longest pair); 0 = the longest pair
+    pack_pairs: bool = (
+        False  # with layout: packed, several pairs per row (no padding per pair; jaxspo/data/pair_packing.py)
+    )
+    pack_width: int = (
+        0  # pack_pairs: slots per row (a multiple of 8 and mesh.context, ≥ the longest pair); 0 = the longest pair
+    )
     pack_row_buckets: int = 4  # pack_pairs: row counts a batch may take (one compiled program each): one pair per row + K−1 fitted to the data
 
 
@@ -75,11 +83,21 @@ class LossConfig:
     # "resident": frozen copy inside the step; "precomputed": one cached pass; "none": reference-free (π_ref ≡ 1);
     # "adapter_off": the LoRA base without adapters
     reference: str = "resident"
-    reference_cache_dir: str = "~/.cache/jaxspo/reference_logps"  # precomputed reference log-probs, keyed by data/weights/tokenizer hashes
-    label_smoothing: float = 0.0  # ε: cdpo, aot, aot_unpaired in [0, 1); robust flip rate in [0, 0.5); exo_pair > 0 (paper 1e-3)
-    params: dict[str, Any] = dataclasses.field(default_factory=dict)  # term name → its hyper-parameters (loss.params.simpo.gamma)
-    kl: KLConfig = dataclasses.field(default_factory=KLConfig)  # the global KL regulariser β_KL·KL(πθ ‖ π_ref); any loss may add it
-    selfsup: SelfsupConfig = dataclasses.field(default_factory=SelfsupConfig)  # + λ·preference-degree loss (weight 0 = off)
+    reference_cache_dir: str = (
+        "~/.cache/jaxspo/reference_logps"  # precomputed reference log-probs, keyed by data/weights/tokenizer hashes
+    )
+    label_smoothing: float = (
+        0.0  # ε: cdpo, aot, aot_unpaired in [0, 1); robust flip rate in [0, 0.5); exo_pair > 0 (paper 1e-3)
+    )
+    params: dict[str, Any] = dataclasses.field(
+        default_factory=dict
+    )  # term name → its hyper-parameters (loss.params.simpo.gamma)
+    kl: KLConfig = dataclasses.field(
+        default_factory=KLConfig
+    )  # the global KL regulariser β_KL·KL(πθ ‖ π_ref); any loss may add it
+    selfsup: SelfsupConfig = dataclasses.field(
+        default_factory=SelfsupConfig
+    )  # + λ·preference-degree loss (weight 0 = off)
 
 
 @dataclasses.dataclass
@@ -130,7 +148,9 @@ class TrainerConfig:
     eval_every: int = 100  # 0: only before and after
     on_nonfinite: str = "stop"  # non-finite loss/gradient: "stop" the run or "skip" the update
     precompile: bool = True  # compile the step for every bucket width before step 1 (docs/speed.md)
-    compilation_cache_dir: str = ""  # JAX's persistent compilation cache, e.g. ~/.cache/jaxspo/xla ("" = off; docs/speed.md)
+    compilation_cache_dir: str = (
+        ""  # JAX's persistent compilation cache, e.g. ~/.cache/jaxspo/xla ("" = off; docs/speed.md)
+    )
     host_heap: str = "system"  # "hold": glibc keeps freed memory mapped between XLA:CPU steps (faster on CPU, more RSS; docs/speed.md)
 
 
@@ -173,7 +193,9 @@ class LoggingConfig:
     wandb_project: str = "jaxspo"
     progress_bar: bool = True  # tqdm bar per phase with loss, tokens/s and the ETA
     plot: bool = True
-    peak_flops: float = 0.0  # perf/mfu's peak FLOP/s per device (per process on CPU); 0 = the device table, or measured on CPU
+    peak_flops: float = (
+        0.0  # perf/mfu's peak FLOP/s per device (per process on CPU); 0 = the device table, or measured on CPU
+    )
 
 
 @dataclasses.dataclass
@@ -248,7 +270,9 @@ _KEY_PART = r'"[^"]+"|[^".=]+'  # one dotted-key part: a name, or a "quoted name
 def _split_key(key: str, override: str) -> list[str]:
     """``loss.params."pkg.mod:fn".shift`` → ``["loss", "params", "pkg.mod:fn", "shift"]``."""
     if not re.fullmatch(rf"(?:{_KEY_PART})(?:\.(?:{_KEY_PART}))*", key):
-        raise ConfigError(f"override '{override}': malformed key '{key}' (dotted names; quote a name that holds dots: loss.params.\"pkg.mod:fn\".x=1)")
+        raise ConfigError(
+            f"override '{override}': malformed key '{key}' (dotted names; quote a name that holds dots: loss.params.\"pkg.mod:fn\".x=1)"
+        )
     return [part.strip('"') for part in re.findall(_KEY_PART, key)]
 
 
@@ -382,7 +406,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     except ConfigError as err:
         if not path or str(Path(path).resolve()) in str(err):
             raise
-        raise ConfigError(f"{err} (config {Path(path).resolve()}{' with its overrides' if overrides else ''})") from None
+        raise ConfigError(
+            f"{err} (config {Path(path).resolve()}{' with its overrides' if overrides else ''})"
+        ) from None
 
 
 def validate(cfg: Config) -> None:
@@ -397,25 +423,49 @@ def validate(cfg: Config) -> None:
         (cfg.trainer.steps >= 0 and cfg.trainer.sft_steps >= 0, "trainer.steps and trainer.sft_steps must be >= 0"),
         (cfg.loss.beta > 0, "loss.beta must be positive"),
         (bool(cfg.loss.terms), "loss.terms must name at least one loss"),
-        (cfg.loss.reference in REFERENCE_MODES, f"loss.reference must be one of {', '.join(REFERENCE_MODES)}, got '{cfg.loss.reference}'"),
-        (cfg.loss.reference != "adapter_off" or cfg.lora.enabled, "loss.reference 'adapter_off' needs LoRA adapters (set lora.rank > 0)"),
+        (
+            cfg.loss.reference in REFERENCE_MODES,
+            f"loss.reference must be one of {', '.join(REFERENCE_MODES)}, got '{cfg.loss.reference}'",
+        ),
+        (
+            cfg.loss.reference != "adapter_off" or cfg.lora.enabled,
+            "loss.reference 'adapter_off' needs LoRA adapters (set lora.rank > 0)",
+        ),
         (
             not (cfg.lora.enabled and cfg.loss.selfsup.weight),
             "loss.selfsup.weight: selfsup is not supported with LoRA adapters yet (its held-out per-level metric scores full parameters); set lora.rank=0",
         ),
-        (cfg.optimizer.schedule in ("cosine", "linear", "constant"), f"optimizer.schedule must be cosine, linear or constant, got '{cfg.optimizer.schedule}'"),
+        (
+            cfg.optimizer.schedule in ("cosine", "linear", "constant"),
+            f"optimizer.schedule must be cosine, linear or constant, got '{cfg.optimizer.schedule}'",
+        ),
         (cfg.optimizer.learning_rate > 0, "optimizer.learning_rate must be positive"),
         (cfg.data.task == "synthetic", f"data.task: unknown task '{cfg.data.task}'; available: synthetic"),
         (cfg.data.max_prompt_length < cfg.data.max_length, "data.max_prompt_length must be below data.max_length"),
         (cfg.logging.log_every > 0, "logging.log_every must be positive"),
-        (cfg.logging.peak_flops >= 0, f"logging.peak_flops must be >= 0 (FLOP/s per device; 0 = the device table), got {cfg.logging.peak_flops}"),
-        (cfg.trainer.host_heap in HOST_HEAP_MODES, f"trainer.host_heap must be one of {', '.join(HOST_HEAP_MODES)}, got '{cfg.trainer.host_heap}'"),
-        (cfg.trainer.on_nonfinite in ("stop", "skip"), f"trainer.on_nonfinite must be 'stop' or 'skip', got '{cfg.trainer.on_nonfinite}'"),
-        (cfg.data.on_bad_row in ("error", "skip"), f"data.on_bad_row must be 'error' or 'skip', got '{cfg.data.on_bad_row}'"),
+        (
+            cfg.logging.peak_flops >= 0,
+            f"logging.peak_flops must be >= 0 (FLOP/s per device; 0 = the device table), got {cfg.logging.peak_flops}",
+        ),
+        (
+            cfg.trainer.host_heap in HOST_HEAP_MODES,
+            f"trainer.host_heap must be one of {', '.join(HOST_HEAP_MODES)}, got '{cfg.trainer.host_heap}'",
+        ),
+        (
+            cfg.trainer.on_nonfinite in ("stop", "skip"),
+            f"trainer.on_nonfinite must be 'stop' or 'skip', got '{cfg.trainer.on_nonfinite}'",
+        ),
+        (
+            cfg.data.on_bad_row in ("error", "skip"),
+            f"data.on_bad_row must be 'error' or 'skip', got '{cfg.data.on_bad_row}'",
+        ),
         (cfg.data.workers >= 0, f"data.workers must be >= 0, got {cfg.data.workers}"),
         (cfg.data.prefetch >= 0, f"data.prefetch must be >= 0, got {cfg.data.prefetch}"),
         (cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last must be at least 1"),
-        (cfg.checkpoint.every_steps >= 0 and cfg.checkpoint.every_seconds >= 0, "checkpoint.every_steps and every_seconds must be >= 0"),
+        (
+            cfg.checkpoint.every_steps >= 0 and cfg.checkpoint.every_seconds >= 0,
+            "checkpoint.every_steps and every_seconds must be >= 0",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -443,7 +493,9 @@ def validate(cfg: Config) -> None:
     if auto < 0:
         raise ConfigError(f"data.auto_buckets must be ≥ 0 (0 = off), got {auto}")
     if auto and buckets:
-        raise ConfigError(f"data.auto_buckets={auto} picks the bucket widths itself; set data.buckets=[] (got {buckets}) or data.auto_buckets=0")
+        raise ConfigError(
+            f"data.auto_buckets={auto} picks the bucket widths itself; set data.buckets=[] (got {buckets}) or data.auto_buckets=0"
+        )
     _validate_context(cfg)  # first: the layout's width checks divide by mesh.context
     _validate_layout(cfg)
     for section in (model_to_check, cfg.data.synthetic, cfg.data.source, cfg.lora):
@@ -467,12 +519,18 @@ def _validate_context(cfg: Config) -> None:
     if c == 1:
         return
     if cfg.data.max_length % c:
-        raise ConfigError(f"data.max_length ({cfg.data.max_length}) must divide by mesh.context ({c}): each sequence splits over {c} devices")
+        raise ConfigError(
+            f"data.max_length ({cfg.data.max_length}) must divide by mesh.context ({c}): each sequence splits over {c} devices"
+        )
     uneven = [b for b in cfg.data.buckets if b % c]
     if uneven:
-        raise ConfigError(f"data.buckets {uneven} must divide by mesh.context ({c}): each batch width splits over {c} devices")
+        raise ConfigError(
+            f"data.buckets {uneven} must divide by mesh.context ({c}): each batch width splits over {c} devices"
+        )
     if not any("context" in ([axes] if isinstance(axes, str) else axes or []) for axes in cfg.mesh.rules.values()):
-        raise ConfigError(f"mesh.context={c} but no mesh.rules entry maps onto 'context'; set mesh.rules.length=context")
+        raise ConfigError(
+            f"mesh.context={c} but no mesh.rules entry maps onto 'context'; set mesh.rules.length=context"
+        )
 
 
 def _validate_layout(cfg: Config) -> None:
@@ -485,7 +543,10 @@ def _validate_layout(cfg: Config) -> None:
     from jaxspo.losses import get_loss  # late import, as in _validate_loss
 
     refused = [
-        ("list" in {get_loss(name).layout for name in cfg.loss.terms}, "loss.terms: list losses (soft_spo_best_of_n, soft_spo_ranked) read ranked lists"),
+        (
+            "list" in {get_loss(name).layout for name in cfg.loss.terms},
+            "loss.terms: list losses (soft_spo_best_of_n, soft_spo_ranked) read ranked lists",
+        ),
         (cfg.loss.selfsup.weight > 0, "loss.selfsup.weight: the degree loss scores padded degraded copies"),
         (cfg.loss.kl.beta > 0, "loss.kl.beta: the KL regulariser's step is built for padded rows"),
         (bool(cfg.stages), "stages: sequential recipes"),
@@ -499,17 +560,27 @@ def _validate_pack_pairs(cfg: Config) -> None:
     """``data.pack_pairs`` and its knobs: packed rows, a fixed width (no length buckets), whole pairs per row."""
     data, multiple = cfg.data, cfg.mesh.width_multiple()
     if data.pack_width < 0 or data.pack_width % multiple:
-        raise ConfigError(f"data.pack_width must be 0 (= the longest pair) or a positive multiple of {multiple} (8 and mesh.context), got {data.pack_width}")
+        raise ConfigError(
+            f"data.pack_width must be 0 (= the longest pair) or a positive multiple of {multiple} (8 and mesh.context), got {data.pack_width}"
+        )
     if data.pack_row_buckets < 1:
-        raise ConfigError(f"data.pack_row_buckets must be ≥ 1 (row counts compiled per run), got {data.pack_row_buckets}")
+        raise ConfigError(
+            f"data.pack_row_buckets must be ≥ 1 (row counts compiled per run), got {data.pack_row_buckets}"
+        )
     if not data.pack_pairs:
         if data.pack_width:
-            raise ConfigError(f"data.pack_width={data.pack_width} is read only with data.pack_pairs=true; set data.pack_pairs=true or data.pack_width=0")
+            raise ConfigError(
+                f"data.pack_width={data.pack_width} is read only with data.pack_pairs=true; set data.pack_pairs=true or data.pack_width=0"
+            )
         return
     if data.layout != "packed":
-        raise ConfigError(f"data.pack_pairs=true packs pair rows of data.layout=packed (got '{data.layout}'); set data.layout=packed")
+        raise ConfigError(
+            f"data.pack_pairs=true packs pair rows of data.layout=packed (got '{data.layout}'); set data.layout=packed"
+        )
     if data.buckets or data.auto_buckets:
-        raise ConfigError("data.pack_pairs=true fills rows of one width (data.pack_width), so it takes no length buckets; set data.buckets=[] and data.auto_buckets=0")
+        raise ConfigError(
+            "data.pack_pairs=true fills rows of one width (data.pack_width), so it takes no length buckets; set data.buckets=[] and data.auto_buckets=0"
+        )
 
 
 def _resolve_loss(name: str, where: str) -> Any:
@@ -539,7 +610,9 @@ def _build_params(spec: Any, section: Any) -> Any:
             if key not in fields:
                 close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.5)
                 hint = f"did you mean '{close[0]}'? " if close else ""
-                raise ConfigError(f"unknown config key '{params_key(spec.name, key)}'; {hint}{spec.name}'s params: {', '.join(fields)}")
+                raise ConfigError(
+                    f"unknown config key '{params_key(spec.name, key)}'; {hint}{spec.name}'s params: {', '.join(fields)}"
+                )
         values = {key: _coerce(value, hints[key], params_key(spec.name, key)) for key, value in section.items()}
         try:
             params = spec.params(**values)
@@ -562,7 +635,9 @@ def _typed_loss_params(loss: LossConfig) -> dict[str, Any]:
     for name, section in loss.params.items():
         spec = _resolve_loss(name, params_key(name))
         if spec.params is None:
-            raise ConfigError(f"{params_key(name)}: loss '{name}' declares no hyper-parameters (the shared ones are loss.beta, loss.label_smoothing); remove the section")
+            raise ConfigError(
+                f"{params_key(name)}: loss '{name}' declares no hyper-parameters (the shared ones are loss.beta, loss.label_smoothing); remove the section"
+            )
         if name not in loss.terms:
             log.warning("%s is set but '%s' is not in loss.terms; its settings are unused", params_key(name), name)
         typed[name] = _build_params(spec, section)
@@ -584,42 +659,66 @@ def _validate_loss(loss: LossConfig) -> None:
     eps = loss.label_smoothing
     checks = [
         (0.0 <= eps < 1.0, f"loss.label_smoothing must be in [0, 1), got {eps}"),
-        ("robust" not in loss.terms or eps < 0.5, f"loss.label_smoothing is robust's flip rate and must be below 0.5, got {eps}"),
-        ("exo_pair" not in loss.terms or eps > 0.0, "loss.label_smoothing must be > 0 for exo_pair (the EXO paper uses 1e-3)"),
+        (
+            "robust" not in loss.terms or eps < 0.5,
+            f"loss.label_smoothing is robust's flip rate and must be below 0.5, got {eps}",
+        ),
+        (
+            "exo_pair" not in loss.terms or eps > 0.0,
+            "loss.label_smoothing must be > 0 for exo_pair (the EXO paper uses 1e-3)",
+        ),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
     layouts = {name: get_loss(name).layout for name in loss.terms}
     if len(set(layouts.values())) > 1:
-        raise ConfigError(f"loss.terms: list losses and pair losses cannot be combined (they read different data): {layouts}")
+        raise ConfigError(
+            f"loss.terms: list losses and pair losses cannot be combined (they read different data): {layouts}"
+        )
     try:
         loss.selfsup.validate()
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if loss.selfsup.weight and "list" in layouts.values():
-        raise ConfigError("loss.selfsup.weight: the degree loss degrades pairs' responses; it cannot be combined with list losses (soft_spo_best_of_n, soft_spo_ranked)")
+        raise ConfigError(
+            "loss.selfsup.weight: the degree loss degrades pairs' responses; it cannot be combined with list losses (soft_spo_best_of_n, soft_spo_ranked)"
+        )
 
 
 def _validate_stages(cfg: Config) -> None:
     """A ``stages`` recipe: one λ per earlier stage, known dimensions, the ``sequential`` loss, cached logps."""
     if not cfg.stages:
         if "sequential" in cfg.loss.terms:
-            raise ConfigError("loss.terms: 'sequential' needs a 'stages' list (its offsets come from the earlier stages' policies)")
+            raise ConfigError(
+                "loss.terms: 'sequential' needs a 'stages' list (its offsets come from the earlier stages' policies)"
+            )
         return
     if set(cfg.loss.terms) != {"sequential"}:
-        raise ConfigError(f"loss.terms: a 'stages' recipe trains every stage with the sequential loss; set loss.terms={{sequential: 1.0}}, got {list(cfg.loss.terms)}")
+        raise ConfigError(
+            f"loss.terms: a 'stages' recipe trains every stage with the sequential loss; set loss.terms={{sequential: 1.0}}, got {list(cfg.loss.terms)}"
+        )
     if cfg.model.reference_path:
-        raise ConfigError("model.reference_path: a 'stages' recipe's references are its own policies (π_0 = the SFT result); leave it empty")
-    modes = ("precomputed", "adapter_off") if cfg.lora.enabled else ("precomputed",)  # adapter_off: π_(n-1) = stage n's adapter off
+        raise ConfigError(
+            "model.reference_path: a 'stages' recipe's references are its own policies (π_0 = the SFT result); leave it empty"
+        )
+    modes = (
+        ("precomputed", "adapter_off") if cfg.lora.enabled else ("precomputed",)
+    )  # adapter_off: π_(n-1) = stage n's adapter off
     if cfg.loss.reference not in modes:
-        raise ConfigError(f"loss.reference: a 'stages' recipe's reference is π_(n-1); set loss.reference to {' or '.join(modes)}, got '{cfg.loss.reference}'")
+        raise ConfigError(
+            f"loss.reference: a 'stages' recipe's reference is π_(n-1); set loss.reference to {' or '.join(modes)}, got '{cfg.loss.reference}'"
+        )
     for index, stage in enumerate(cfg.stages):
         where = f"stages[{index}]"
         if stage.dimension not in GOLD_DIMENSIONS:
-            raise ConfigError(f"{where}.dimension: unknown dimension '{stage.dimension}'; the {cfg.data.task} task scores {', '.join(GOLD_DIMENSIONS)}")
+            raise ConfigError(
+                f"{where}.dimension: unknown dimension '{stage.dimension}'; the {cfg.data.task} task scores {', '.join(GOLD_DIMENSIONS)}"
+            )
         if len(stage.lambdas) != index:
-            raise ConfigError(f"{where}.lambdas: stage {index + 1} needs {index} λ values (one per earlier stage), got {len(stage.lambdas)}")
+            raise ConfigError(
+                f"{where}.lambdas: stage {index + 1} needs {index} λ values (one per earlier stage), got {len(stage.lambdas)}"
+            )
         for key in ("beta", "steps", "learning_rate", "min_gap", "pairs_per_prompt"):
             if getattr(stage, key) < 0:
                 raise ConfigError(f"{where}.{key} must be >= 0, got {getattr(stage, key)}")

@@ -34,7 +34,9 @@ from jaxspo.losses import get_loss, loss_names
 def built_in_loss_params() -> dict[str, type]:
     """{term: its hyper-parameter dataclass} of every built-in loss that declares one (``loss.params.<term>``)."""
     specs = [get_loss(name) for name in loss_names()]
-    return {spec.name: spec.params for spec in specs if spec.params is not None and spec.fn.__module__.startswith("jaxspo.")}
+    return {
+        spec.name: spec.params for spec in specs if spec.params is not None and spec.fn.__module__.startswith("jaxspo.")
+    }
 
 
 # Dict fields whose entries are dataclasses that only some other part of jaxspo knows (a registry, say), by dotted key:
@@ -98,7 +100,11 @@ def _field_docs(cls: type) -> dict[str, tuple[str, str]]:
         while line in comment_only:
             above.insert(0, comments[line])
             line -= 1
-        beside = [comments[n] for n in range(statement.lineno, statement.end_lineno + 1) if n in comments and n not in comment_only]
+        beside = [
+            comments[n]
+            for n in range(statement.lineno, statement.end_lineno + 1)
+            if n in comments and n not in comment_only
+        ]
         docs[statement.target.id] = (ast.unparse(statement.annotation), " ".join(above + beside))
     return docs
 
@@ -118,7 +124,9 @@ def _element_dataclass(hint: Any, container: type) -> type | None:
     return element if dataclasses.is_dataclass(element) else None
 
 
-def sections(cls: type = Config, instance: Any = None, prefix: str = "", entries: DictEntries = DICT_ENTRIES) -> list[Section]:
+def sections(
+    cls: type = Config, instance: Any = None, prefix: str = "", entries: DictEntries = DICT_ENTRIES
+) -> list[Section]:
     """Every section of ``cls`` (default: the whole run config), depth first, each key once; ``entries`` names the
     dataclasses of dict fields whose defaults do not show them."""
     instance = cls() if instance is None else instance
@@ -148,7 +156,11 @@ def _yaml(value: Any) -> str:
     """A default as it would be written in a recipe (YAML flow style)."""
     if value == "":
         return '""'
-    return yaml.safe_dump(_plain(value), default_flow_style=True, width=1_000_000, sort_keys=False).removesuffix("\n...\n").strip()
+    return (
+        yaml.safe_dump(_plain(value), default_flow_style=True, width=1_000_000, sort_keys=False)
+        .removesuffix("\n...\n")
+        .strip()
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -184,19 +196,26 @@ def render(all_sections: list[Section] | None = None) -> str:
         if section.doc:
             parts.append(f"\n{_cell(section.doc)}\n")
         parts.append("\n| key | type | default | meaning |\n|---|---|---|---|\n")
-        parts += [f"| `{k.path}` | {_code_cell(k.type)} | {_code_cell(k.default)} | {_cell(k.doc)} |\n" for k in section.keys]
+        parts += [
+            f"| `{k.path}` | {_code_cell(k.type)} | {_code_cell(k.default)} | {_cell(k.doc)} |\n" for k in section.keys
+        ]
     return "".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxspo.config_reference", description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the page differs from what the dataclasses give")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if the page differs from what the dataclasses give"
+    )
     parser.add_argument("--out", type=Path, default=PAGE, help=f"where the page goes (default {PAGE})")
     args = parser.parse_args(argv)
     page = render()
     if args.check:
         if not args.out.is_file() or args.out.read_text(encoding="utf-8") != page:
-            print(f"{args.out} is out of date with the config dataclasses; run: python -m jaxspo.config_reference", file=sys.stderr)
+            print(
+                f"{args.out} is out of date with the config dataclasses; run: python -m jaxspo.config_reference",
+                file=sys.stderr,
+            )
             return 1
         return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -75,7 +75,11 @@ def _explicit_plan(env: Mapping[str, str]) -> Plan | None:
     found = {names[0]: _lookup(env, names) for names in (COORDINATOR_VARS, NUM_PROCESSES_VARS, PROCESS_ID_VARS)}
     if not any(found.values()):
         return None
-    missing = [f"{names[0]} (or {names[1]})" for names in (COORDINATOR_VARS, NUM_PROCESSES_VARS, PROCESS_ID_VARS) if found[names[0]] is None]
+    missing = [
+        f"{names[0]} (or {names[1]})"
+        for names in (COORDINATOR_VARS, NUM_PROCESSES_VARS, PROCESS_ID_VARS)
+        if found[names[0]] is None
+    ]
     given = ", ".join(f"{name}={value}" for name, value in filter(None, found.values()))
     if missing:
         raise DistributedError(f"multi-process run: {given} is set but {' and '.join(missing)} is missing")
@@ -114,9 +118,15 @@ def plan_from_env(env: Mapping[str, str] | None = None, on_tpu_vm: bool | None =
     if explicit is not None:
         return explicit
     if "SLURM_STEP_NUM_TASKS" in env and _int("SLURM_STEP_NUM_TASKS", env["SLURM_STEP_NUM_TASKS"], 1) > 1:
-        missing = [name for name in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID") if name not in env]
+        missing = [
+            name
+            for name in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+            if name not in env
+        ]
         if missing:
-            raise DistributedError(f"SLURM step of {env['SLURM_STEP_NUM_TASKS']} tasks without {', '.join(missing)}; run it with srun")
+            raise DistributedError(
+                f"SLURM step of {env['SLURM_STEP_NUM_TASKS']} tasks without {', '.join(missing)}; run it with srun"
+            )
         return Plan("slurm", None, int(env["SLURM_NTASKS"]), int(env["SLURM_PROCID"]))
     if _on_cloud_tpu_vm() if on_tpu_vm is None else on_tpu_vm:
         return Plan("auto")
@@ -132,15 +142,26 @@ def initialize(env: Mapping[str, str] | None = None) -> Plan | None:
     if plan is None or jax.distributed.is_initialized():
         return plan
     if plan.source == "explicit":
-        jax.distributed.initialize(plan.coordinator, plan.num_processes, plan.process_id, cluster_detection_method="deactivate")
+        jax.distributed.initialize(
+            plan.coordinator, plan.num_processes, plan.process_id, cluster_detection_method="deactivate"
+        )
     elif plan.source == "slurm":
         jax.distributed.initialize(cluster_detection_method="slurm")
     else:
         try:
             jax.distributed.initialize()
         except ValueError as err:  # JAX found no cluster to take the coordinator / counts from
-            raise DistributedError(f"{MODE_VAR}=auto: JAX detected no TPU VM, SLURM, Open MPI or Kubernetes cluster ({err})") from None
-    log.info("process %d of %d (%s), %d local of %d devices", jax.process_index(), jax.process_count(), plan.source, jax.local_device_count(), jax.device_count())
+            raise DistributedError(
+                f"{MODE_VAR}=auto: JAX detected no TPU VM, SLURM, Open MPI or Kubernetes cluster ({err})"
+            ) from None
+    log.info(
+        "process %d of %d (%s), %d local of %d devices",
+        jax.process_index(),
+        jax.process_count(),
+        plan.source,
+        jax.local_device_count(),
+        jax.device_count(),
+    )
     return plan
 
 

@@ -86,5 +86,7 @@ class Preempted(Exception):
     """Raised by the loop after the checkpoint for ``step`` of ``phase`` has been committed."""
 
     def __init__(self, phase: str, step: int, signum: int):
-        super().__init__(f"{signal.Signals(signum).name} received: saved {phase} step {step}; run the same command to resume")
+        super().__init__(
+            f"{signal.Signals(signum).name} received: saved {phase} step {step}; run the same command to resume"
+        )
         self.phase, self.step, self.signum = phase, step, signum

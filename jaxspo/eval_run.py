@@ -26,7 +26,9 @@ def _copy(params: Any) -> Any:
     return jax.tree.map(lambda x: x, params)
 
 
-def evaluate(cfg: Config, params_dir: str = "", reference_dir: str = "", reward_model: str = "", out_dir: str = "") -> dict[str, float]:
+def evaluate(
+    cfg: Config, params_dir: str = "", reference_dir: str = "", reward_model: str = "", out_dir: str = ""
+) -> dict[str, float]:
     """Metrics of the policy in ``params_dir`` (default: the config's starting point) against the reference in
     ``reference_dir`` (default: the starting point, or ``model.reference_path``); writes ``eval.json`` and
     ``data_report.json`` to ``out_dir`` when given."""
@@ -55,7 +57,11 @@ def evaluate(cfg: Config, params_dir: str = "", reference_dir: str = "", reward_
             model = RewardModel(reward_model)
             ours = model.score(evaluator.prompt_texts, evaluator.sample(policy, key)[0])
             theirs = model.score(evaluator.prompt_texts, evaluator.sample(reference, jax.random.fold_in(key, 1))[0])
-            metrics |= {"eval/rm/win_rate": win_rate(ours, theirs), "eval/rm/policy_reward": float(ours.mean()), "eval/rm/reference_reward": float(theirs.mean())}
+            metrics |= {
+                "eval/rm/win_rate": win_rate(ours, theirs),
+                "eval/rm/policy_reward": float(ours.mean()),
+                "eval/rm/reference_reward": float(theirs.mean()),
+            }
         run.log.close()
         if out_dir:
             (out / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -68,7 +74,13 @@ def resolve_target(target: str) -> tuple[str, str, str]:
     path = Path(target)
     if path.is_dir():
         if not (path / "config.yaml").is_file():
-            raise RunDirError(f"{path}: a folder without config.yaml, so not a run directory; give a run directory or a YAML recipe")
+            raise RunDirError(
+                f"{path}: a folder without config.yaml, so not a run directory; give a run directory or a YAML recipe"
+            )
         reference = path / "checkpoints" / "reference"
-        return str(path / "config.yaml"), str(path / "params") if (path / "params").is_dir() else "", str(reference) if reference.is_dir() else ""
+        return (
+            str(path / "config.yaml"),
+            str(path / "params") if (path / "params").is_dir() else "",
+            str(reference) if reference.is_dir() else "",
+        )
     return target, "", ""

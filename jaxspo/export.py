@@ -25,7 +25,9 @@ from jaxspo.checkpoint import restore_params
 from jaxspo.train.state import abstract_model, param_shardings
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "", max_shard_size: str = "", peft: bool = False) -> Path:
+def export_run(
+    run_dir: str | Path, out_dir: str | Path, *, dtype: str = "", max_shard_size: str = "", peft: bool = False
+) -> Path:
     """Reads RUN_DIR/config.yaml, RUN_DIR/params (Orbax) and RUN_DIR/tokenizer; writes the HF folder ``out_dir``.
 
     Parameters are restored sharded over all local devices (``fsdp``) with the run's rules. ``dtype`` and
@@ -42,7 +44,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "", max
     mesh = make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
     _, abstract = abstract_model(cfg.model)
     shardings = param_shardings(abstract, mesh, cfg.mesh.rules)
-    target = lambda tree, shard: jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shard)  # noqa: E731
+    target = lambda tree, shard: jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shard
+    )  # noqa: E731
     if cfg.lora.enabled:
         record = read_base_record(run_dir)
         if cfg.stages:
@@ -57,7 +61,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "", max
     return _save_model(cfg, run_dir, params, out_dir, dtype, max_shard_size)
 
 
-def _export_stages(cfg, run_dir: Path, record: dict, mesh, abstract, shardings, out_dir, dtype: str, max_shard_size: str, peft: bool) -> Path:
+def _export_stages(
+    cfg, run_dir: Path, record: dict, mesh, abstract, shardings, out_dir, dtype: str, max_shard_size: str, peft: bool
+) -> Path:
     """A sequential LoRA run: the merged π_n, or one PEFT folder per stage (see the module docstring)."""
     stages = LoRAStages(cfg, mesh, load_base(record, cfg.model, abstract, shardings), record)
     for adapters in restore_stage_adapters(run_dir / "params", stages, len(cfg.stages)):

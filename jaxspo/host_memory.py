@@ -34,7 +34,11 @@ M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 INT_MAX = 2**31 - 1
 # a held heap: one arena, no mmap'd blocks, no automatic trim — (mallopt parameter, glibc environment variable, value)
-HELD_SETTINGS = ((M_ARENA_MAX, "MALLOC_ARENA_MAX", 1), (M_MMAP_MAX, "MALLOC_MMAP_MAX_", 0), (M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", INT_MAX))
+HELD_SETTINGS = (
+    (M_ARENA_MAX, "MALLOC_ARENA_MAX", 1),
+    (M_MMAP_MAX, "MALLOC_MMAP_MAX_", 0),
+    (M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", INT_MAX),
+)
 HOST_HEAP_MODES = ("system", "hold")
 _held = False  # whether hold_freed_memory set the heap up
 
@@ -53,7 +57,21 @@ def _libc() -> ctypes.CDLL | None:
 class _MallInfo2(ctypes.Structure):
     """glibc's ``struct mallinfo2`` (≥ 2.33): every field a ``size_t``."""
 
-    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 def heap_bytes_in_use() -> int | None:

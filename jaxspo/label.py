@@ -48,7 +48,9 @@ def _pairs(rows: list[Any], data: str | Path) -> list[dict[str, Any]]:
             value = pairs[-1].get(name)
             if not isinstance(value, (str, list)):
                 got = "missing" if value is None else f"of type {type(value).__name__}"
-                raise DataError(f"{data}: row {index}: field {name!r} is {got}; a reward model scores text or messages, so give it one")
+                raise DataError(
+                    f"{data}: row {index}: field {name!r} is {got}; a reward model scores text or messages, so give it one"
+                )
     return pairs
 
 
@@ -68,7 +70,9 @@ def label_file(
     ``soft_label`` (replacing any the row had). ``out`` must not exist unless ``overwrite``. ``max_length``
     above the model's positions is lowered to them. Returns summary numbers."""
     if not temperature > 0 or not math.isfinite(temperature):
-        raise UsageError(f"jaxspo label: --temperature must be a finite number > 0, got {temperature}; give e.g. --temperature 1")
+        raise UsageError(
+            f"jaxspo label: --temperature must be a finite number > 0, got {temperature}; give e.g. --temperature 1"
+        )
     out = Path(out)
     if out.exists() and not overwrite:
         raise UsageError(f"jaxspo label: {out}: already exists; give another --out, or --overwrite to replace it")
@@ -80,12 +84,16 @@ def label_file(
     mesh = make_mesh({"data": -1})
     model = load_reward_model(reward_model, mesh, DEFAULT_RULES, dtype, pad_id=tokenizer.pad_token_id)
     max_length = min(max_length, model.cfg.max_position_embeddings)
-    texts = [reward_input_text(tokenizer, p["prompt"], p[side]) for side in ("chosen", "rejected") for p in pairs]  # chosen block, then rejected
+    texts = [
+        reward_input_text(tokenizer, p["prompt"], p[side]) for side in ("chosen", "rejected") for p in pairs
+    ]  # chosen block, then rejected
     full = tokenizer(texts, add_special_tokens=True)["input_ids"]
     ids = [seq[:max_length] for seq in full]
     empty = next((i for i, seq in enumerate(ids) if not seq), None)
     if empty is not None:
-        raise DataError(f"{data}: row {empty % len(pairs)}: its prompt and response tokenise to nothing; give the row text to score")
+        raise DataError(
+            f"{data}: row {empty % len(pairs)}: its prompt and response tokenise to nothing; give the row text to score"
+        )
     tokens, valid = pad_right(ids, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     last = np.array([last_scored_token(seq, model.pad_id) for seq in ids], np.int32)
 
@@ -95,9 +103,18 @@ def label_file(
         with activation_sharding(mesh, DEFAULT_RULES):
             return (rewards(model.graphdef, params, head, batch["tokens"], batch["valid"], batch["last"]),)
 
-    with tqdm(total=len(ids), desc="label", unit="response", disable=not (progress_bar and is_writer()), dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(ids), desc="label", unit="response", disable=not (progress_bar and is_writer()), dynamic_ncols=True
+    ) as bar:
         (scores,) = score_in_chunks(
-            score, (model.params, model.head), {"tokens": tokens, "valid": valid, "last": last}, batch_size, mesh, DEFAULT_RULES, trim=True, progress=bar.update
+            score,
+            (model.params, model.head),
+            {"tokens": tokens, "valid": valid, "last": last},
+            batch_size,
+            mesh,
+            DEFAULT_RULES,
+            trim=True,
+            progress=bar.update,
         )
     n = len(pairs)
     chosen, rejected = scores[:n], scores[n:]
@@ -106,7 +123,17 @@ def label_file(
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w" if overwrite else "x", encoding="utf-8") as f:
             for i, row in enumerate(rows):
-                added = {"chosen_reward": float(chosen[i]), "rejected_reward": float(rejected[i]), "soft_label": float(labels[i])}
+                added = {
+                    "chosen_reward": float(chosen[i]),
+                    "rejected_reward": float(rejected[i]),
+                    "soft_label": float(labels[i]),
+                }
                 f.write(json.dumps(row | added, ensure_ascii=False) + "\n")
     truncated = sum(len(a) > len(b) for a, b in zip(full, ids))
-    return {"rows": n, "truncated": truncated, "max_length": max_length, "mean_soft_label": float(labels.mean()), "agree": float(np.mean(chosen > rejected))}
+    return {
+        "rows": n,
+        "truncated": truncated,
+        "max_length": max_length,
+        "mean_soft_label": float(labels.mean()),
+        "agree": float(np.mean(chosen > rejected)),
+    }

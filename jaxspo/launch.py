@@ -71,21 +71,51 @@ class Command:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``jaxspo launch`` options (on the CLI's ``launch`` subparser)."""
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--local", type=int, metavar="N", help="N processes on this machine (CPU devices, gloo collectives)")
-    target.add_argument("--tpu", metavar="NAME", help="every worker of this TPU VM pod slice (gcloud compute tpus tpu-vm ssh)")
-    target.add_argument("--queued-resource", metavar="NAME", help="every worker of every node of this TPU queued resource")
-    target.add_argument("--slurm", action="store_true", default=None, help="one srun step inside the current SLURM allocation")
-    target.add_argument("--hosts", metavar="H0,H1,...", help="one process per host over ssh; the first host is the coordinator")
+    target.add_argument(
+        "--local", type=int, metavar="N", help="N processes on this machine (CPU devices, gloo collectives)"
+    )
+    target.add_argument(
+        "--tpu", metavar="NAME", help="every worker of this TPU VM pod slice (gcloud compute tpus tpu-vm ssh)"
+    )
+    target.add_argument(
+        "--queued-resource", metavar="NAME", help="every worker of every node of this TPU queued resource"
+    )
+    target.add_argument(
+        "--slurm", action="store_true", default=None, help="one srun step inside the current SLURM allocation"
+    )
+    target.add_argument(
+        "--hosts", metavar="H0,H1,...", help="one process per host over ssh; the first host is the coordinator"
+    )
     target.add_argument("--hostfile", metavar="FILE", help="as --hosts, one host per line (# comments)")
-    parser.add_argument("--devices-per-process", type=int, metavar="K", help="--local: virtual CPU devices per process (default 1)")
+    parser.add_argument(
+        "--devices-per-process", type=int, metavar="K", help="--local: virtual CPU devices per process (default 1)"
+    )
     parser.add_argument("--zone", help="--tpu/--queued-resource: the slice's zone, e.g. us-central2-b")
     parser.add_argument("--project", help="--tpu/--queued-resource: Google Cloud project (default: gcloud's)")
     parser.add_argument("--nodes", type=int, help="--slurm: srun --nodes (default: the allocation's)")
-    parser.add_argument("--ntasks-per-node", type=int, help="--slurm: srun --ntasks-per-node, e.g. GPUs per node (default: the allocation's)")
-    parser.add_argument("--port", type=int, help=f"coordinator port (--local: a free one; --hosts: {DEFAULT_PORT}; --slurm: JAX's, from the job id)")
-    parser.add_argument("--workdir", help="remote targets: directory to run in (a checkout of this repository on every host)")
-    parser.add_argument("--jaxspo", help="remote targets: the jaxspo program on the hosts (default 'jaxspo'), e.g. '.venv/bin/jaxspo'")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment variable for every process (repeatable)")
+    parser.add_argument(
+        "--ntasks-per-node",
+        type=int,
+        help="--slurm: srun --ntasks-per-node, e.g. GPUs per node (default: the allocation's)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        help=f"coordinator port (--local: a free one; --hosts: {DEFAULT_PORT}; --slurm: JAX's, from the job id)",
+    )
+    parser.add_argument(
+        "--workdir", help="remote targets: directory to run in (a checkout of this repository on every host)"
+    )
+    parser.add_argument(
+        "--jaxspo", help="remote targets: the jaxspo program on the hosts (default 'jaxspo'), e.g. '.venv/bin/jaxspo'"
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment variable for every process (repeatable)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the exact commands instead of running them")
     parser.add_argument("config", help="YAML recipe, e.g. configs/demo.yaml (a path valid on every host)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, passed to jaxspo train")
@@ -96,7 +126,9 @@ def _target(args: argparse.Namespace) -> str:
     for option, targets in OPTION_TARGETS.items():
         if getattr(args, option) is not None and target not in targets:
             flag = "--" + option.replace("_", "-")
-            raise DistributedError(f"{flag} applies to {' / '.join('--' + t.replace('_', '-') for t in targets)}, not --{target.replace('_', '-')}")
+            raise DistributedError(
+                f"{flag} applies to {' / '.join('--' + t.replace('_', '-') for t in targets)}, not --{target.replace('_', '-')}"
+            )
     return target
 
 
@@ -164,12 +196,41 @@ def tpu_commands(args: argparse.Namespace, train: list[str], extra: dict[str, st
     """One gcloud ssh that runs the same line on every worker (JAX finds the others from TPU metadata)."""
     if not args.zone:
         raise DistributedError(f"--{'tpu' if args.tpu else 'queued-resource'} needs --zone")
-    line = _remote_line({"JAXSPO_DISTRIBUTED": "auto"} | extra, [*shlex.split(args.jaxspo or "jaxspo"), *train], args.workdir)
+    line = _remote_line(
+        {"JAXSPO_DISTRIBUTED": "auto"} | extra, [*shlex.split(args.jaxspo or "jaxspo"), *train], args.workdir
+    )
     project = ["--project", args.project] if args.project else []
     if args.tpu:
-        argv = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", args.tpu, "--zone", args.zone, *project, "--worker=all", "--command", line]
+        argv = [
+            "gcloud",
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "ssh",
+            args.tpu,
+            "--zone",
+            args.zone,
+            *project,
+            "--worker=all",
+            "--command",
+            line,
+        ]
     else:
-        argv = ["gcloud", "compute", "tpus", "queued-resources", "ssh", args.queued_resource, "--zone", args.zone, *project, "--node=all", "--worker=all", "--command", line]
+        argv = [
+            "gcloud",
+            "compute",
+            "tpus",
+            "queued-resources",
+            "ssh",
+            args.queued_resource,
+            "--zone",
+            args.zone,
+            *project,
+            "--node=all",
+            "--worker=all",
+            "--command",
+            line,
+        ]
     return [Command(argv)]
 
 
@@ -191,8 +252,14 @@ def host_commands(args: argparse.Namespace, train: list[str], extra: dict[str, s
     program = [*shlex.split(args.jaxspo or "jaxspo"), *train]
     commands = []
     for i, host in enumerate(hosts):
-        env = {"JAXSPO_COORDINATOR": coordinator, "JAXSPO_NUM_PROCESSES": str(len(hosts)), "JAXSPO_PROCESS_ID": str(i)} | extra
-        commands.append(Command(["ssh", "-o", "BatchMode=yes", host, _remote_line(env, program, args.workdir)], label=host))
+        env = {
+            "JAXSPO_COORDINATOR": coordinator,
+            "JAXSPO_NUM_PROCESSES": str(len(hosts)),
+            "JAXSPO_PROCESS_ID": str(i),
+        } | extra
+        commands.append(
+            Command(["ssh", "-o", "BatchMode=yes", host, _remote_line(env, program, args.workdir)], label=host)
+        )
     return commands
 
 
@@ -235,11 +302,20 @@ def run(commands: Sequence[Command], stop_grace: float = 10.0) -> int:
     """
     lock = threading.Lock()
     procs = [
-        subprocess.Popen(c.argv, env={**os.environ, **c.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        subprocess.Popen(
+            c.argv,
+            env={**os.environ, **c.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         for c in commands
     ]
     prefixes = [f"[{c.label}] " if c.label and len(commands) > 1 else "" for c in commands]
-    threads = [threading.Thread(target=_forward, args=(p.stdout, prefix, lock), daemon=True) for p, prefix in zip(procs, prefixes)]
+    threads = [
+        threading.Thread(target=_forward, args=(p.stdout, prefix, lock), daemon=True)
+        for p, prefix in zip(procs, prefixes)
+    ]
     for thread in threads:
         thread.start()
 
@@ -248,7 +324,11 @@ def run(commands: Sequence[Command], stop_grace: float = 10.0) -> int:
             if p.poll() is None:
                 p.send_signal(signum)
 
-    previous = {s: signal.signal(s, pass_on) for s in (signal.SIGINT, signal.SIGTERM)} if threading.current_thread() is threading.main_thread() else {}
+    previous = (
+        {s: signal.signal(s, pass_on) for s in (signal.SIGINT, signal.SIGTERM)}
+        if threading.current_thread() is threading.main_thread()
+        else {}
+    )
     failed: int | None = None
     kill_at = float("inf")
     try:

@@ -20,9 +20,18 @@ MOVED_KEYS = {
     "loss.discopop_tau": "loss.params.discopop.tau",
     "loss.soft_spo.alpha": f"loss.params.soft_spo.alpha ({_SOFT_SPO_TERMS})",
     "loss.soft_spo.gamma": f"loss.params.soft_spo.gamma ({_SOFT_SPO_TERMS})",
-    **{f"loss.soft_spo.kl_{name}": f"loss.kl.{name}" for name in (
-        "beta", "prompts", "samples_per_prompt", "temperature", "max_new_tokens", "refresh", "prompt_source",
-    )},
+    **{
+        f"loss.soft_spo.kl_{name}": f"loss.kl.{name}"
+        for name in (
+            "beta",
+            "prompts",
+            "samples_per_prompt",
+            "temperature",
+            "max_new_tokens",
+            "refresh",
+            "prompt_source",
+        )
+    },
     "loss.soft_spo": "loss.params.<soft_spo term> (alpha, gamma) and loss.kl (the kl_* settings, without the kl_ prefix)",
 }
 

@@ -47,7 +47,9 @@ def peft_tensors(model: AdaptedModel, adapters: nnx.State, dtype: str = "") -> d
     return out
 
 
-def save_peft(model: AdaptedModel, adapters: nnx.State, out_dir: str | Path, base_model: str = "", dtype: str = "") -> Path:
+def save_peft(
+    model: AdaptedModel, adapters: nnx.State, out_dir: str | Path, base_model: str = "", dtype: str = ""
+) -> Path:
     """Writes ``adapter_config.json`` and ``adapter_model.safetensors`` to ``out_dir`` (process 0 writes)."""
     out_dir = Path(out_dir)
     tensors = peft_tensors(model, adapters, dtype)

@@ -56,7 +56,13 @@ class Forward:
 
     def scaled(self, factor: float) -> "Forward":
         """The counts × ``factor`` (this process's rows → the global batch)."""
-        return Forward(self.slots * factor, self.head_slots * factor, self.pairs * factor, self.window_pairs * factor, self.backward)
+        return Forward(
+            self.slots * factor,
+            self.head_slots * factor,
+            self.pairs * factor,
+            self.window_pairs * factor,
+            self.backward,
+        )
 
     def forward_only(self) -> "Forward":
         """The same rows without a backward (a frozen reference's pass)."""
@@ -127,7 +133,13 @@ def causal_pairs(width: int, window: int = 0) -> int:
 
 def padded_forward(cfg: Any, rows: int, width: int, head_slots_per_row: int, backward: str) -> Forward:
     """A pass over ``rows`` padded rows of ``width`` slots (causal over the computed width)."""
-    return Forward(rows * width, rows * head_slots_per_row, rows * causal_pairs(width), rows * causal_pairs(width, cfg.sliding_window), backward)
+    return Forward(
+        rows * width,
+        rows * head_slots_per_row,
+        rows * causal_pairs(width),
+        rows * causal_pairs(width, cfg.sliding_window),
+        backward,
+    )
 
 
 def packed_forward(cfg: Any, positions: np.ndarray, valid: np.ndarray, backward: str) -> Forward:
@@ -143,11 +155,19 @@ def packed_forward(cfg: Any, positions: np.ndarray, valid: np.ndarray, backward:
 # Sparse figures in NVIDIA's sheets are halved to dense. Order matters: the first substring found wins.
 TFLOP = 1e12
 DEVICE_PEAKS: tuple[tuple[str, float, float], ...] = (
-    ("TPU v4", 275 * TFLOP, 275 * TFLOP),  # cloud.google.com/tpu/docs/v4: 275 TFLOPS bf16 per chip (one device per chip)
+    (
+        "TPU v4",
+        275 * TFLOP,
+        275 * TFLOP,
+    ),  # cloud.google.com/tpu/docs/v4: 275 TFLOPS bf16 per chip (one device per chip)
     ("TPU v5 lite", 197 * TFLOP, 197 * TFLOP),  # v5e, cloud.google.com/tpu/docs/v5e: 197 TFLOPS bf16 per chip
     ("TPU v5e", 197 * TFLOP, 197 * TFLOP),
     ("TPU v5", 459 * TFLOP, 459 * TFLOP),  # v5p ("TPU v5"), cloud.google.com/tpu/docs/v5p: 459 TFLOPS bf16 per chip
-    ("TPU v6 lite", 918 * TFLOP, 918 * TFLOP),  # v6e (Trillium), cloud.google.com/tpu/docs/v6e: 918 TFLOPS bf16 per chip
+    (
+        "TPU v6 lite",
+        918 * TFLOP,
+        918 * TFLOP,
+    ),  # v6e (Trillium), cloud.google.com/tpu/docs/v6e: 918 TFLOPS bf16 per chip
     ("TPU v6e", 918 * TFLOP, 918 * TFLOP),
     ("A100", 312 * TFLOP, 156 * TFLOP),  # NVIDIA A100 datasheet: BF16 312, TF32 156 TFLOPS dense (SXM and PCIe)
     ("H100 PCIe", 756 * TFLOP, 378 * TFLOP),  # NVIDIA H100 datasheet, PCIe: BF16 1,513 / TF32 756 sparse
@@ -187,7 +207,9 @@ def measured_cpu_peak(dtype: str, size: int = 512, repeats: int = 10) -> float:
     return 2 * size**3 / best
 
 
-def throughput(real_tokens: float, computed_tokens: float, flops: float, seconds: float, steps: int, peak: float | None) -> dict[str, float]:
+def throughput(
+    real_tokens: float, computed_tokens: float, flops: float, seconds: float, steps: int, peak: float | None
+) -> dict[str, float]:
     """The ``perf/*`` metrics of ``steps`` steps that took ``seconds`` of wall time: real (non-pad) and computed
     tokens, model FLOPs and MFU against ``peak`` FLOP/s of all devices (no ``perf/mfu`` when it is None)."""
     seconds = max(seconds, 1e-9)

@@ -25,7 +25,10 @@ def has_tpu_devices() -> bool:
 
 def has_accelerator_plugins() -> bool:
     """Whether a PJRT plugin other than libtpu is installed (CUDA, ROCm, …): then JAX is left to choose."""
-    return bool(importlib.metadata.entry_points(group="jax_plugins")) or importlib.util.find_spec("jax_plugins") is not None
+    return (
+        bool(importlib.metadata.entry_points(group="jax_plugins"))
+        or importlib.util.find_spec("jax_plugins") is not None
+    )
 
 
 def choose_platforms(environ: Mapping[str, str] = os.environ) -> str | None:

@@ -39,14 +39,18 @@ class RewardModel:
 
         self.torch = torch
         try:
-            self.model = transformers.AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True).eval()
+            self.model = transformers.AutoModelForSequenceClassification.from_pretrained(
+                str(folder), local_files_only=True
+            ).eval()
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         except (OSError, ValueError) as err:
             raise CheckpointError(
                 f"{folder}: cannot load a sequence-classification reward model ({err}); --reward-model must be a Hugging Face *ForSequenceClassification folder"
             ) from None
         if self.model.config.num_labels != 1:
-            raise CheckpointError(f"{folder}: a reward model has one output (num_labels=1), this one has {self.model.config.num_labels}; give a reward model folder")
+            raise CheckpointError(
+                f"{folder}: a reward model has one output (num_labels=1), this one has {self.model.config.num_labels}; give a reward model folder"
+            )
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -57,7 +61,13 @@ class RewardModel:
         out = []
         with self.torch.no_grad():
             for start in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)
+                batch = self.tokenizer(
+                    texts[start : start + self.batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                )
                 out.append(self.model(**batch).logits[:, 0].float().numpy())
         return np.concatenate(out) if out else np.zeros(0)
 

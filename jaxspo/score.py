@@ -79,7 +79,12 @@ def score_file(
                 "truncated": bool(truncated[i]),
             }
             f.write(json.dumps(row | scores, ensure_ascii=False) + "\n")
-    return {"rows": n, "truncated": int(truncated.sum()), "mean_margin": float(np.mean(chosen - rejected)), "max_length": max_length}
+    return {
+        "rows": n,
+        "truncated": int(truncated.sum()),
+        "mean_margin": float(np.mean(chosen - rejected)),
+        "max_length": max_length,
+    }
 
 
 def _cut(arrays: dict[str, np.ndarray], side: str, eos: int) -> np.ndarray:

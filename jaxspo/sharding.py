@@ -47,11 +47,15 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
         raise ConfigError(f"mesh: unknown axis {sorted(unknown)}; valid axes are {MESH_AXES}")
     sizes = [int(shape.get(axis, 1)) for axis in MESH_AXES]
     if sizes.count(-1) > 1:
-        raise ConfigError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}; set the others to sizes")
+        raise ConfigError(
+            f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}; set the others to sizes"
+        )
     if -1 in sizes:
         known = math.prod(s for s in sizes if s != -1)
         if len(devices) % known:
-            raise ConfigError(f"mesh: {len(devices)} devices do not divide by {known} (the product of the mesh sizes other than the -1); choose sizes that divide {len(devices)}")
+            raise ConfigError(
+                f"mesh: {len(devices)} devices do not divide by {known} (the product of the mesh sizes other than the -1); choose sizes that divide {len(devices)}"
+            )
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) != len(devices):
         raise ConfigError(
@@ -67,9 +71,7 @@ def _as_tuple(axes: MeshAxes) -> tuple[str, ...]:
     return (axes,) if isinstance(axes, str) else tuple(axes)
 
 
-def logical_to_spec(
-    names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules
-) -> PartitionSpec:
+def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules) -> PartitionSpec:
     """Partition spec for an array of ``shape`` whose axes carry logical ``names``.
 
     A mesh axis is used at most once per array, and only where it divides the dimension evenly
@@ -94,9 +96,7 @@ def logical_to_spec(
     return PartitionSpec(*spec)
 
 
-def named_sharding(
-    names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules
-) -> NamedSharding:
+def named_sharding(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules) -> NamedSharding:
     """NamedSharding for one array; see :func:`logical_to_spec`."""
     return NamedSharding(mesh, logical_to_spec(names, shape, mesh, rules))
 

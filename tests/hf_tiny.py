@@ -45,14 +45,23 @@ CONFIGS: dict[str, transformers.PretrainedConfig] = {
     ),
     "mistral": transformers.MistralConfig(**_LLAMA_FAMILY, rope_parameters=_ROPE, sliding_window=3),
     "qwen2": transformers.Qwen2Config(
-        **_LLAMA_FAMILY, rope_parameters=_ROPE, use_sliding_window=True, sliding_window=3, max_window_layers=1,
+        **_LLAMA_FAMILY,
+        rope_parameters=_ROPE,
+        use_sliding_window=True,
+        sliding_window=3,
+        max_window_layers=1,
         tie_word_embeddings=True,
     ),
     "qwen3": transformers.Qwen3Config(**_LLAMA_FAMILY, head_dim=16, rope_parameters=_ROPE, tie_word_embeddings=False),
     "gemma": transformers.GemmaConfig(**_LLAMA_FAMILY, head_dim=16, rope_parameters=_ROPE),
     "gemma2": transformers.Gemma2Config(
-        **_LLAMA_FAMILY, head_dim=16, rope_parameters=_ROPE, sliding_window=3, query_pre_attn_scalar=24,
-        attn_logit_softcapping=1.5, final_logit_softcapping=2.0,
+        **_LLAMA_FAMILY,
+        head_dim=16,
+        rope_parameters=_ROPE,
+        sliding_window=3,
+        query_pre_attn_scalar=24,
+        attn_logit_softcapping=1.5,
+        final_logit_softcapping=2.0,
     ),
     "gpt2": transformers.GPT2Config(
         vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2

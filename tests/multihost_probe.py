@@ -20,7 +20,10 @@ assert jax.process_count() == 2 and jax.device_count() == 8 and distributed.is_w
 x = np.arange(16 * 3, dtype=np.float32).reshape(16, 3)  # the same global batch on every process
 devices = np.asarray(jax.devices())  # process 0 owns devices[:4], process 1 devices[4:]
 cases = {
-    "contiguous": (NamedSharding(Mesh(devices.reshape(2, 2, 2), ("data", "fsdp", "tensor")), PartitionSpec(("data", "fsdp"))), slice(8 * me, 8 * me + 8)),
+    "contiguous": (
+        NamedSharding(Mesh(devices.reshape(2, 2, 2), ("data", "fsdp", "tensor")), PartitionSpec(("data", "fsdp"))),
+        slice(8 * me, 8 * me + 8),
+    ),
     "interleaved": (NamedSharding(Mesh(devices[[0, 4, 1, 5, 2, 6, 3, 7]], ("data",)), PartitionSpec("data")), None),
     "replicated": (NamedSharding(Mesh(devices, ("data",)), PartitionSpec()), slice(0, 16)),
 }

@@ -31,7 +31,11 @@ BLOCK = 8  # small blocks, so every case spans several blocks and skips some
 
 def _packed(batch: int, length: int, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """valid, segments, positions ``[B, T]`` of packed pair rows: prompt, chosen, rejected, then padding."""
-    valid, segments, positions = np.zeros((batch, length), bool), np.zeros((batch, length), np.int32), np.zeros((batch, length), np.int32)
+    valid, segments, positions = (
+        np.zeros((batch, length), bool),
+        np.zeros((batch, length), np.int32),
+        np.zeros((batch, length), np.int32),
+    )
     for i in range(batch):
         p, c, r = (int(x) for x in rng.integers(1, length // 3 + 1, 3))
         valid[i, : p + c + r] = True
@@ -98,7 +102,9 @@ def test_chunked_equals_xla(name):
     q, k, v, spec, softcap, weights = _case(name)
     # xla's fully masked rows average v: the reference loss leaves them out, the chunked one keeps them (gradient 0)
     sees_something = {sliding: np.asarray(spec.dense(sliding).any(-1)) for sliding in (False, True)}  # [B, T]
-    assert not sees_something[False].all() or CASES[name][5]  # padded cases include left-padding queries that see nothing
+    assert (
+        not sees_something[False].all() or CASES[name][5]
+    )  # padded cases include left-padding queries that see nothing
     reference, chunked = (_output_and_grads(kernel, q, k, v, spec, softcap) for kernel in ("xla", "chunked"))
     for sliding, seen in sees_something.items():  # the same compiled steps, the window on and off
         expected, expected_grads = reference(sliding, weights * seen[:, :, None, None])
@@ -130,7 +136,10 @@ def test_chunked_in_bfloat16_is_as_accurate_as_xla(packed):
             return [np.asarray(x, np.float32) for x in (out[seen], *grads)]
 
         want = results(exact)
-        errors = {kernel: [np.abs(g - w).max() / np.abs(w).max() for g, w in zip(results(run), want)] for kernel, run in in_bf16.items()}
+        errors = {
+            kernel: [np.abs(g - w).max() / np.abs(w).max() for g, w in zip(results(run), want)]
+            for kernel, run in in_bf16.items()
+        }
         for what, chunked_error, xla_error in zip(["out", "dq", "dk", "dv"], errors["chunked"], errors["xla"]):
             assert 0 < xla_error < 1e-2, (what, sliding)  # bf16-sized: the comparison is not against itself
             assert chunked_error <= 2 * xla_error, (what, sliding, chunked_error, xla_error)
@@ -145,7 +154,9 @@ def test_splash_equals_xla_on_real_queries(name):
         splash, reference = (_output_and_grads(kernel, q, k, v, spec, softcap) for kernel in ("splash", "xla"))
         for sliding in (False, True):
             real = np.asarray(spec.key_valid) & np.asarray(spec.dense(sliding).any(-1))  # [B, T]
-            (out, grads), (expected, expected_grads) = (f(sliding, weights * real[:, :, None, None]) for f in (splash, reference))
+            (out, grads), (expected, expected_grads) = (
+                f(sliding, weights * real[:, :, None, None]) for f in (splash, reference)
+            )
             np.testing.assert_allclose(out[real], expected[real], atol=ATOL, rtol=0, err_msg=f"sliding={sliding}")
             for got, want, what in zip(grads, expected_grads, "qkv"):
                 assert np.abs(want).max() > 0.1, what
@@ -181,9 +192,17 @@ def test_causal_and_packed_blocks_are_skipped():
     assert table.sum() == 8 and not table[2:, 1].any()  # the rejected blocks never read the chosen block
     np.testing.assert_array_equal(table, _exact_block_table(packed, False, 8))
     q = jnp.ones((2, t, 2, 8))
-    jaxpr = str(jax.make_jaxpr(lambda q: attention(q, q, q, causal, False, scale=1.0, softcap=0.0, implementation="chunked", block=8))(q))
+    jaxpr = str(
+        jax.make_jaxpr(
+            lambda q: attention(q, q, q, causal, False, scale=1.0, softcap=0.0, implementation="chunked", block=8)
+        )(q)
+    )
     assert "cond[" in jaxpr
-    one_block = str(jax.make_jaxpr(lambda q: attention(q, q, q, causal, False, scale=1.0, softcap=0.0, implementation="chunked", block=32))(q))
+    one_block = str(
+        jax.make_jaxpr(
+            lambda q: attention(q, q, q, causal, False, scale=1.0, softcap=0.0, implementation="chunked", block=32)
+        )(q)
+    )
     assert "cond[" not in one_block and "while[" not in one_block  # a row that fits one block runs the dense kernel
 
 
@@ -195,7 +214,11 @@ def test_causal_and_packed_blocks_are_skipped():
 def _pairs(batch: int = 8, width: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
     """Padded pair arrays with shared prompts of 2–6 tokens and responses of 1–8 tokens."""
     rng = np.random.default_rng(seed)
-    out = {f"{s}_{k}": np.zeros((batch, width), d) for s in ("chosen", "rejected") for k, d in (("tokens", np.int32), ("valid", bool), ("loss_mask", bool))}
+    out = {
+        f"{s}_{k}": np.zeros((batch, width), d)
+        for s in ("chosen", "rejected")
+        for k, d in (("tokens", np.int32), ("valid", bool), ("loss_mask", bool))
+    }
     for i in range(batch):
         prompt = rng.integers(3, hf_tiny.VOCAB, int(rng.integers(2, 7)))
         for side in ("chosen", "rejected"):
@@ -243,7 +266,9 @@ def _dpo(folder, mesh, implementation: str, batch: dict) -> tuple:
 
 FAST_MODEL_CASES = {("gemma2", "padded"), ("gemma2", "packed")}  # GQA, soft-cap, alternating windows
 MODEL_CASES = [  # the others compile the 8-device DPO step three times per case (~40-120 s each on 2 busy cores)
-    pytest.param(arch, layout, id=f"{arch}-{layout}", marks=() if (arch, layout) in FAST_MODEL_CASES else pytest.mark.slow)
+    pytest.param(
+        arch, layout, id=f"{arch}-{layout}", marks=() if (arch, layout) in FAST_MODEL_CASES else pytest.mark.slow
+    )
     for arch in hf_tiny.ARCHS
     for layout in ("padded", "packed")
 ]
@@ -287,7 +312,13 @@ def test_cudnn_call_arguments_give_xla_results(name):
     for sliding in (False, True, jnp.asarray(True)):
         real = np.asarray(spec.key_valid) & np.asarray(spec.dense(sliding).any(-1))
         got = jax.jit(lambda s: run("cudnn", s))(sliding) if isinstance(sliding, jax.Array) else run("cudnn", sliding)
-        np.testing.assert_allclose(np.asarray(got)[real], np.asarray(run("xla", sliding))[real], atol=ATOL, rtol=0, err_msg=f"sliding={sliding}")
+        np.testing.assert_allclose(
+            np.asarray(got)[real],
+            np.asarray(run("xla", sliding))[real],
+            atol=ATOL,
+            rtol=0,
+            err_msg=f"sliding={sliding}",
+        )
 
 
 GEMMA2_LIKE = ModelConfig(vocab_size=8, attn_softcap=50.0, dtype="bfloat16")
@@ -314,11 +345,36 @@ def test_resolve_attention(setting, platform, model, expected):
 @pytest.mark.parametrize(
     "setting, platform, model, message",
     [
-        ("splash", "cpu", ModelConfig(vocab_size=8), "model.attention=splash: needs a TPU (this backend is cpu); use one of auto, xla, chunked, cudnn"),
-        ("cudnn", "tpu", ModelConfig(vocab_size=8), "model.attention=cudnn: needs an NVIDIA GPU (this backend is tpu); use one of auto, xla, chunked, splash"),
-        ("cudnn", "gpu", GEMMA2_LIKE, "model.attention=cudnn: cuDNN has no attention soft-capping (model.attn_softcap > 0); use one of"),
-        ("cudnn", "gpu", ModelConfig(vocab_size=8), "model.attention=cudnn: cuDNN attention takes bfloat16/float16 only (model.dtype=float32)"),
-        ("cudnn", "gpu", ModelConfig(vocab_size=8, dtype="bfloat16", hidden_size=1024, num_heads=4), "needs head_dim a multiple of 8 up to 128 (got 256)"),
+        (
+            "splash",
+            "cpu",
+            ModelConfig(vocab_size=8),
+            "model.attention=splash: needs a TPU (this backend is cpu); use one of auto, xla, chunked, cudnn",
+        ),
+        (
+            "cudnn",
+            "tpu",
+            ModelConfig(vocab_size=8),
+            "model.attention=cudnn: needs an NVIDIA GPU (this backend is tpu); use one of auto, xla, chunked, splash",
+        ),
+        (
+            "cudnn",
+            "gpu",
+            GEMMA2_LIKE,
+            "model.attention=cudnn: cuDNN has no attention soft-capping (model.attn_softcap > 0); use one of",
+        ),
+        (
+            "cudnn",
+            "gpu",
+            ModelConfig(vocab_size=8),
+            "model.attention=cudnn: cuDNN attention takes bfloat16/float16 only (model.dtype=float32)",
+        ),
+        (
+            "cudnn",
+            "gpu",
+            ModelConfig(vocab_size=8, dtype="bfloat16", hidden_size=1024, num_heads=4),
+            "needs head_dim a multiple of 8 up to 128 (got 256)",
+        ),
     ],
 )
 def test_unusable_kernels_are_refused_in_one_line(setting, platform, model, message):
@@ -328,8 +384,16 @@ def test_unusable_kernels_are_refused_in_one_line(setting, platform, model, mess
 
 
 def test_splash_on_cpu_fails_when_the_model_is_built_outside_tests():
-    with pytest.raises(ConfigError, match=r"^model\.attention=splash: needs a TPU \(this backend is cpu\); use one of auto, xla, chunked, cudnn$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^model\.attention=splash: needs a TPU \(this backend is cpu\); use one of auto, xla, chunked, cudnn$",
+    ):
         Decoder(ModelConfig(vocab_size=8, attention="splash"), rngs=nnx.Rngs(0))
     with pallas_interpret():
-        assert Decoder(ModelConfig(vocab_size=8, attention="splash"), rngs=nnx.Rngs(0)).layers.attn.implementation == "splash"
-    assert Decoder(ModelConfig(vocab_size=8, attention="auto"), rngs=nnx.Rngs(0)).layers.attn.implementation == "chunked"
+        assert (
+            Decoder(ModelConfig(vocab_size=8, attention="splash"), rngs=nnx.Rngs(0)).layers.attn.implementation
+            == "splash"
+        )
+    assert (
+        Decoder(ModelConfig(vocab_size=8, attention="auto"), rngs=nnx.Rngs(0)).layers.attn.implementation == "chunked"
+    )

@@ -43,7 +43,11 @@ CORRUPTIONS = [
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     n_rows=st.integers(min_value=2, max_value=12),
-    corrupted=st.lists(st.tuples(st.integers(min_value=0, max_value=11), st.sampled_from(range(len(CORRUPTIONS)))), min_size=1, max_size=5),
+    corrupted=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=11), st.sampled_from(range(len(CORRUPTIONS)))),
+        min_size=1,
+        max_size=5,
+    ),
 )
 def test_malformed_rows_are_reported_or_skipped(n_rows, corrupted):
     rows = [good_row(i) for i in range(n_rows)]
@@ -97,10 +101,21 @@ def _with_bad_train_row(monkeypatch):
 
 
 TINY = [
-    "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2", "data.synthetic.num_sft=64",
-    "data.synthetic.num_train=64", "data.synthetic.num_eval=16", "trainer.sft_steps=0", "trainer.steps=2",
-    "trainer.batch_size=8", "eval.num_pairs=8", "eval.num_prompts=8", "eval.max_new_tokens=4",
-    "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false",
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.num_layers=2",
+    "data.synthetic.num_sft=64",
+    "data.synthetic.num_train=64",
+    "data.synthetic.num_eval=16",
+    "trainer.sft_steps=0",
+    "trainer.steps=2",
+    "trainer.batch_size=8",
+    "eval.num_pairs=8",
+    "eval.num_prompts=8",
+    "eval.max_new_tokens=4",
+    "logging.progress_bar=false",
+    "logging.tensorboard=false",
+    "logging.plot=false",
 ]
 
 
@@ -109,7 +124,10 @@ def test_training_stops_on_a_bad_row_before_any_step(monkeypatch, tmp_path):
 
     loop = _with_bad_train_row(monkeypatch)
     cfg = load_config("configs/demo.yaml", TINY + [f"run_dir={tmp_path}"])
-    with pytest.raises(DataError, match=r"^synthetic:train, row 3: field 'soft_label' must be in \[0, 1\], got 1.5; fix or delete the row, or set data.on_bad_row=skip"):
+    with pytest.raises(
+        DataError,
+        match=r"^synthetic:train, row 3: field 'soft_label' must be in \[0, 1\], got 1.5; fix or delete the row, or set data.on_bad_row=skip",
+    ):
         loop.train(cfg, "bad")
     assert not (tmp_path / "checkpoints" / "preference").exists()
 

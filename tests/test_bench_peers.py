@@ -27,8 +27,17 @@ MODEL = {"matmul": 1000, "num_layers": 2, "attention_width": 8}
 
 def _result(seconds: list[float], reference: bool = True, losses: list[float] | None = None, **extra) -> dict:
     losses = losses or [0.7] * len(seconds)
-    steps = [{"seconds": s, "real_tokens": 90, "padded_tokens": 160, "width": 10, "loss": l} for s, l in zip(seconds, losses)]
-    return {"system": "x", "config": "x", "reference_in_step": reference, "steps": steps, "time_to_first_step": 5.0, "peak_rss_mib": 100.0} | extra
+    steps = [
+        {"seconds": s, "real_tokens": 90, "padded_tokens": 160, "width": 10, "loss": l} for s, l in zip(seconds, losses)
+    ]
+    return {
+        "system": "x",
+        "config": "x",
+        "reference_in_step": reference,
+        "steps": steps,
+        "time_to_first_step": 5.0,
+        "peak_rss_mib": 100.0,
+    } | extra
 
 
 def test_step_flops_by_hand():
@@ -66,10 +75,16 @@ def test_loss_agreement():
 
 
 def test_jaxspo_flag_and_precision():
-    assert configs.parse_jaxspo_flag("bf16:model.dtype=bfloat16,model.remat=true") == ("jaxspo_bf16", ["model.dtype=bfloat16", "model.remat=true"])
+    assert configs.parse_jaxspo_flag("bf16:model.dtype=bfloat16,model.remat=true") == (
+        "jaxspo_bf16",
+        ["model.dtype=bfloat16", "model.remat=true"],
+    )
     with pytest.raises(ValueError, match="not key=value"):  # a comma inside a value needs ';' separators
         configs.parse_jaxspo_flag("jaxspo_t:loss.terms={dpo: 1.0, sft: 0.1}")
-    assert configs.parse_jaxspo_flag("t:loss.terms={dpo: 1.0, sft: 0.1};loss.beta=0.2") == ("jaxspo_t", ["loss.terms={dpo: 1.0, sft: 0.1}", "loss.beta=0.2"])
+    assert configs.parse_jaxspo_flag("t:loss.terms={dpo: 1.0, sft: 0.1};loss.beta=0.2") == (
+        "jaxspo_t",
+        ["loss.terms={dpo: 1.0, sft: 0.1}", "loss.beta=0.2"],
+    )
     with pytest.raises(ValueError, match="expected NAME"):
         configs.parse_jaxspo_flag("model.dtype=bfloat16")
     with pytest.raises(ValueError, match="not key=value"):
@@ -80,20 +95,38 @@ def test_jaxspo_flag_and_precision():
         configs.parse_jaxspo_flag("a@b:model.remat=true")
     table = configs.all_configs({"jaxspo_bf16": ["model.dtype=bfloat16"], "jaxspo_p16": ["model.param_dtype=bfloat16"]})
     assert table["jaxspo_bf16"]["precision"] == "bfloat16" and table["jaxspo_resident"]["precision"] == "float32"
-    assert table["jaxspo_p16"]["precision"] == "bfloat16" and configs.jaxspo_precision(["model.dtype=float32"]) == "float32"
+    assert (
+        table["jaxspo_p16"]["precision"] == "bfloat16"
+        and configs.jaxspo_precision(["model.dtype=float32"]) == "float32"
+    )
     assert not any("held" in name for name in table)  # no hand-listed heap twins: heaps are a product (peers/heaps.py)
-    assert {"trl_fp32", "trl_fp32_precomputed", "trl_defaults", "tunix_fp32", "tunix_bf16", "jaxspo_precomputed"} <= set(table)
+    assert {
+        "trl_fp32",
+        "trl_fp32_precomputed",
+        "trl_defaults",
+        "tunix_fp32",
+        "tunix_bf16",
+        "jaxspo_precomputed",
+    } <= set(table)
 
 
 def test_report_assembly():
-    args = argparse.Namespace(shapes="small", rounds=2, steps=3, steady_from=2, batch_size=8, max_length=128, beta=0.1, lr=1e-4)
+    args = argparse.Namespace(
+        shapes="small", rounds=2, steps=3, steady_from=2, batch_size=8, max_length=128, beta=0.1, lr=1e-4
+    )
     table = configs.all_configs({})
-    results = {"small": {
-        ("trl_fp32", "glibc"): [_result([1.0, 2.0, 2.0], losses=[0.69, 0.70, 0.71]), {"error": "exit 1: boom"}],
-        ("trl_fp32", "held"): [_result([1.0, 4.0, 4.0], losses=[0.69, 0.70, 0.71], allocator_env=held_heap_environment())],
-        ("jaxspo_resident", "held"): [_result([1.0, 1.0, 1.0], losses=[0.69, 0.70, 0.72], same_order=True)],
-        ("jaxspo_precomputed", "glibc"): [_result([1.0, 1.0, 1.0], reference=False, losses=[0.0, 0.0, 0.0], same_order=False)],
-    }}
+    results = {
+        "small": {
+            ("trl_fp32", "glibc"): [_result([1.0, 2.0, 2.0], losses=[0.69, 0.70, 0.71]), {"error": "exit 1: boom"}],
+            ("trl_fp32", "held"): [
+                _result([1.0, 4.0, 4.0], losses=[0.69, 0.70, 0.71], allocator_env=held_heap_environment())
+            ],
+            ("jaxspo_resident", "held"): [_result([1.0, 1.0, 1.0], losses=[0.69, 0.70, 0.72], same_order=True)],
+            ("jaxspo_precomputed", "glibc"): [
+                _result([1.0, 1.0, 1.0], reference=False, losses=[0.0, 0.0, 0.0], same_order=False)
+            ],
+        }
+    }
     info = {"small": {"parameters": {"matmul": 1000}, "num_layers": 2, "hidden_size": 8}}
     peak = {"best": {"float32": 1e9, "bfloat16": 2e9}}
     out = json.loads(json.dumps(vs_peers.report(args, table, info, results, peak, heaps.heap_table())))  # JSON-able
@@ -102,10 +135,15 @@ def test_report_assembly():
     assert shape["runs"]["trl_fp32@glibc"]["runs"] == 1 and shape["runs"]["trl_fp32@held"]["heap"] == "held"
     assert shape["runs"]["trl_fp32@held"]["allocator_env"] == held_heap_environment()
     top = shape["headline"]["exact_fp32"]
-    assert (top["fastest_peer"]["config"], top["fastest_peer"]["heap"]) == ("trl_fp32", "glibc")  # 2 s/step beats 4 s/step
+    assert (top["fastest_peer"]["config"], top["fastest_peer"]["heap"]) == (
+        "trl_fp32",
+        "glibc",
+    )  # 2 s/step beats 4 s/step
     assert top["ratio"] == pytest.approx(2.0) and top["jaxspo_best"]["time_to_first_step"] == 5.0
     agreement = shape["loss_max_abs_diff_steps_1_5_vs_trl_fp32"]
-    assert agreement["jaxspo_resident@held"] == pytest.approx(0.01) and "jaxspo_precomputed@glibc" not in agreement  # another row order
+    assert (
+        agreement["jaxspo_resident@held"] == pytest.approx(0.01) and "jaxspo_precomputed@glibc" not in agreement
+    )  # another row order
     assert out["matmul_peak_flops_per_second"] == peak and out["settings"]["heaps"]["held"] == held_heap_environment()
 
 
@@ -128,8 +166,14 @@ def test_order_is_jaxspo_batch_order(tmp_path):
 def test_parameter_counts_match_the_issue_shapes():
     for name, total in (("small", 4_212_992), ("medium", 27_402_752)):
         shape = fixtures.SHAPES[name]
-        config = {"hidden_size": shape.hidden_size, "num_hidden_layers": shape.num_layers, "vocab_size": 2048, "num_attention_heads": shape.num_heads,
-                  "intermediate_size": shape.intermediate_size, "tie_word_embeddings": False}
+        config = {
+            "hidden_size": shape.hidden_size,
+            "num_hidden_layers": shape.num_layers,
+            "vocab_size": 2048,
+            "num_attention_heads": shape.num_heads,
+            "intermediate_size": shape.intermediate_size,
+            "tie_word_embeddings": False,
+        }
         assert fixtures.parameter_counts(config)["total"] == total
 
 
@@ -137,7 +181,10 @@ def test_fixture_is_deterministic(tmp_path):
     spec = fixtures.DataSpec(num_pairs=48, lexicon_size=80)
     infos = [fixtures.build_fixture(tmp_path / str(i), "tiny", spec) for i in range(2)]
     assert infos[0] == infos[1]
-    assert infos[0]["parameters"]["total"] == fixtures.parameter_counts(json.loads((tmp_path / "0/tiny/model/config.json").read_text()))["total"]
+    assert (
+        infos[0]["parameters"]["total"]
+        == fixtures.parameter_counts(json.loads((tmp_path / "0/tiny/model/config.json").read_text()))["total"]
+    )
     for name in ("model/model.safetensors", "model/tokenizer.json", "train.jsonl", "tokens.jsonl"):
         assert (tmp_path / "0/tiny" / name).read_bytes() == (tmp_path / "1/tiny" / name).read_bytes(), name
     other = fixtures.build_fixture(tmp_path / "2", "tiny", fixtures.DataSpec(num_pairs=48, lexicon_size=80, seed=1))
@@ -163,23 +210,40 @@ def test_jaxspo_reads_the_fixture_like_trl(tmp_path):
 
 
 def _run(system: str, config: str, heap: str, speed: float, precision: str = "float32") -> dict:
-    return {"system": system, "config": config, "heap": heap, "precision": precision, "real_tokens_per_second": speed,
-            "time_to_first_step": 3.0, "peak_rss_mib": 500.0}
+    return {
+        "system": system,
+        "config": config,
+        "heap": heap,
+        "precision": precision,
+        "real_tokens_per_second": speed,
+        "time_to_first_step": 3.0,
+        "peak_rss_mib": 500.0,
+    }
 
 
 def test_headline_is_the_max_over_every_peer_configuration_and_heap():
     runs = [
-        _run("trl", "trl_fp32", "glibc", 3800.0), _run("trl", "trl_fp32", "held", 4300.0), _run("trl", "trl_fp32", "make", 2000.0),
-        _run("trl", "trl_defaults", "glibc", 4100.0, "bfloat16"), _run("tunix", "tunix_fp32", "held", 4400.0),
-        _run("jaxspo", "jaxspo_packed", "glibc", 4000.0), _run("jaxspo", "jaxspo_packed", "held", 4840.0),
+        _run("trl", "trl_fp32", "glibc", 3800.0),
+        _run("trl", "trl_fp32", "held", 4300.0),
+        _run("trl", "trl_fp32", "make", 2000.0),
+        _run("trl", "trl_defaults", "glibc", 4100.0, "bfloat16"),
+        _run("tunix", "tunix_fp32", "held", 4400.0),
+        _run("jaxspo", "jaxspo_packed", "glibc", 4000.0),
+        _run("jaxspo", "jaxspo_packed", "held", 4840.0),
         _run("jaxspo", "jaxspo_resident", "make", 4500.0),
     ]
     out = headline.shape_headline(runs)
     exact = out["exact_fp32"]
-    assert (exact["fastest_peer"]["system"], exact["fastest_peer"]["config"], exact["fastest_peer"]["heap"]) == ("tunix", "tunix_fp32", "held")
+    assert (exact["fastest_peer"]["system"], exact["fastest_peer"]["config"], exact["fastest_peer"]["heap"]) == (
+        "tunix",
+        "tunix_fp32",
+        "held",
+    )
     assert (exact["jaxspo_best"]["config"], exact["jaxspo_best"]["heap"]) == ("jaxspo_packed", "held")
     assert exact["ratio"] == pytest.approx(4840.0 / 4400.0)
-    assert out["by_peer"]["trl"]["fastest"]["heap"] == "held" and out["by_peer"]["trl"]["exact_fp32"] == pytest.approx(4840.0 / 4300.0)
+    assert out["by_peer"]["trl"]["fastest"]["heap"] == "held" and out["by_peer"]["trl"]["exact_fp32"] == pytest.approx(
+        4840.0 / 4300.0
+    )
     assert out["by_peer"]["tunix"]["any_config"] == pytest.approx(4840.0 / 4400.0)
     # the fastest peer under the slowest heap only would have flattered jaxspo: dropping its other heaps changes the answer
     slow_heap_only = [r for r in runs if r["system"] == "jaxspo" or r["heap"] == "make"]
@@ -187,11 +251,18 @@ def test_headline_is_the_max_over_every_peer_configuration_and_heap():
 
 
 def test_exact_fp32_headline_never_picks_a_bf16_jaxspo_configuration():
-    runs = [_run("trl", "trl_fp32", "glibc", 1000.0), _run("jaxspo", "jaxspo_packed", "glibc", 1500.0),
-            _run("jaxspo", "jaxspo_packed_bf16", "held", 3000.0, "bfloat16")]
+    runs = [
+        _run("trl", "trl_fp32", "glibc", 1000.0),
+        _run("jaxspo", "jaxspo_packed", "glibc", 1500.0),
+        _run("jaxspo", "jaxspo_packed_bf16", "held", 3000.0, "bfloat16"),
+    ]
     out = headline.shape_headline(runs)
-    assert out["exact_fp32"]["jaxspo_best"]["config"] == "jaxspo_packed" and out["exact_fp32"]["ratio"] == pytest.approx(1.5)
-    assert out["any_config"]["jaxspo_best"]["config"] == "jaxspo_packed_bf16" and out["any_config"]["ratio"] == pytest.approx(3.0)
+    assert out["exact_fp32"]["jaxspo_best"]["config"] == "jaxspo_packed" and out["exact_fp32"][
+        "ratio"
+    ] == pytest.approx(1.5)
+    assert out["any_config"]["jaxspo_best"]["config"] == "jaxspo_packed_bf16" and out["any_config"][
+        "ratio"
+    ] == pytest.approx(3.0)
     only_bf16 = headline.shape_headline([runs[0], runs[2]])
     assert only_bf16["exact_fp32"] == {"jaxspo_best": None, "fastest_peer": runs[0] | {}, "ratio": None}
     assert headline.shape_headline([runs[1]])["any_config"]["ratio"] is None  # no peer ran
@@ -204,7 +275,11 @@ def test_the_make_heap_is_read_from_the_makefile(tmp_path):
     assert heaps.makefile_heap_environment() == MAKE_ENV  # this repository's Makefile RUN_ENV
     makefile = tmp_path / "Makefile"
     makefile.write_text("X := 1\nRUN_ENV := MALLOC_ARENA_MAX=2 TOKENIZERS_PARALLELISM=false\n")
-    assert heaps.heap_table(makefile) == {"glibc": {}, "make": {"MALLOC_ARENA_MAX": "2"}, "held": held_heap_environment()}
+    assert heaps.heap_table(makefile) == {
+        "glibc": {},
+        "make": {"MALLOC_ARENA_MAX": "2"},
+        "held": held_heap_environment(),
+    }
     makefile.write_text("RUN_ENV := TOKENIZERS_PARALLELISM=false\n")
     assert list(heaps.heap_table(makefile)) == ["glibc", "held"]  # 'make' would be glibc's defaults again
     makefile.write_text("all:\n")
@@ -227,23 +302,37 @@ def _captured_runs(monkeypatch, tmp_path, system: str, heap: str) -> tuple[list[
     args = argparse.Namespace(steps=3, batch_size=8, max_length=128, beta=0.1, lr=1e-4)
     name = "trl_fp32" if system == "trl" else "jaxspo_packed"
     spec = configs.all_configs({})[name]
-    assert vs_peers.run_one(Path("python"), name, spec, heap, heaps.heap_table(), tmp_path, tmp_path / "o.json", args) == {"system": system, "steps": []}
+    assert vs_peers.run_one(
+        Path("python"), name, spec, heap, heaps.heap_table(), tmp_path, tmp_path / "o.json", args
+    ) == {"system": system, "steps": []}
     return seen["command"], seen["env"]
 
 
 def test_glibc_defaults_reach_a_peer_without_the_harness_malloc_variables(monkeypatch, tmp_path):
     _, env = _captured_runs(monkeypatch, tmp_path, "trl", "glibc")
-    assert not [k for k in env if k.startswith("MALLOC_")] and env["GLIBC_TUNABLES"] == "glibc.rtld.optional_static_tls=512"
+    assert (
+        not [k for k in env if k.startswith("MALLOC_")]
+        and env["GLIBC_TUNABLES"] == "glibc.rtld.optional_static_tls=512"
+    )
     assert env["TOKENIZERS_PARALLELISM"] == "false" and "BENCH_T0" in env
-    assert {k: v for k, v in _captured_runs(monkeypatch, tmp_path, "trl", "make")[1].items() if k.startswith("MALLOC_")} == MAKE_ENV
-    assert {k: v for k, v in _captured_runs(monkeypatch, tmp_path, "trl", "held")[1].items() if k.startswith("MALLOC_")} == held_heap_environment()
+    assert {
+        k: v for k, v in _captured_runs(monkeypatch, tmp_path, "trl", "make")[1].items() if k.startswith("MALLOC_")
+    } == MAKE_ENV
+    assert {
+        k: v for k, v in _captured_runs(monkeypatch, tmp_path, "trl", "held")[1].items() if k.startswith("MALLOC_")
+    } == held_heap_environment()
 
 
 def test_jaxspo_heaps_map_to_its_host_heap_setting(monkeypatch, tmp_path):
     command, env = _captured_runs(monkeypatch, tmp_path, "jaxspo", "held")
-    assert command[-1] == "trainer.host_heap=hold" and not [k for k in env if k.startswith("MALLOC_")]  # in-process, as a user sets it
+    assert command[-1] == "trainer.host_heap=hold" and not [
+        k for k in env if k.startswith("MALLOC_")
+    ]  # in-process, as a user sets it
     command, env = _captured_runs(monkeypatch, tmp_path, "jaxspo", "make")
-    assert command[-1] == "trainer.host_heap=system" and {k: v for k, v in env.items() if k.startswith("MALLOC_")} == MAKE_ENV
+    assert (
+        command[-1] == "trainer.host_heap=system"
+        and {k: v for k, v in env.items() if k.startswith("MALLOC_")} == MAKE_ENV
+    )
     assert _captured_runs(monkeypatch, tmp_path, "jaxspo", "glibc")[0][-1] == "trainer.host_heap=system"
 
 
@@ -263,6 +352,13 @@ def test_a_runner_reports_the_heap_it_was_started_with(monkeypatch):
     seen = {}
     for heap in ("glibc", "held"):
         env = heaps.runner_environment(dict(os.environ), heap, "trl", heaps.heap_table())
-        done = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(vs_peers.HERE) / "peers", capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            cwd=Path(vs_peers.HERE) / "peers",
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         seen[heap] = vs_peers.last_json_line(done.stdout)["allocator_env"]
     assert seen == {"glibc": {}, "held": held_heap_environment()}

@@ -10,7 +10,12 @@ from jaxspo.data.pipeline import BatchPipeline
 
 def arrays(lengths, width=32):
     valid = np.arange(width)[None, :] < np.asarray(lengths)[:, None]
-    return {"chosen_valid": valid, "rejected_valid": valid[:, ::-1] & False, "chosen_tokens": np.where(valid, 7, 0), "soft_label": np.arange(len(lengths), dtype=np.float32)}
+    return {
+        "chosen_valid": valid,
+        "rejected_valid": valid[:, ::-1] & False,
+        "chosen_tokens": np.where(valid, 7, 0),
+        "soft_label": np.arange(len(lengths), dtype=np.float32),
+    }
 
 
 def test_batches_come_from_one_bucket_and_resume_exactly():
@@ -51,7 +56,13 @@ def _mixed_length_rows(n):
     for i in range(n):
         digits = [str(d) for d in rng.integers(0, 10, size=1 + i % 10)]
         answer = digits[::-1]
-        rows.append({"prompt": "reverse " + " ".join(digits) + " :", "chosen": " ".join(answer), "rejected": " ".join(["um"] + answer[:-1] or ["um"])})
+        rows.append(
+            {
+                "prompt": "reverse " + " ".join(digits) + " :",
+                "chosen": " ".join(answer),
+                "rejected": " ".join(["um"] + answer[:-1] or ["um"]),
+            }
+        )
     return rows
 
 
@@ -77,14 +88,32 @@ def test_mixed_length_run_compiles_at_most_one_step_per_bucket(tmp_path, monkeyp
 
     monkeypatch.setattr(phase, "make_train_step", recording)
     monkeypatch.setattr(phase, "make_batches", recording_batches)
-    cfg = load_config("configs/demo.yaml", [
-        "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2", "trainer.sft_steps=0",
-        "trainer.sft_batch_size=8", "trainer.steps=10", "trainer.batch_size=8", "trainer.eval_every=0",
-        "eval.num_pairs=8", "eval.num_prompts=8", "eval.max_new_tokens=4", "logging.progress_bar=false",
-        "logging.tensorboard=false", "logging.plot=false", "checkpoint.every_steps=0", "checkpoint.save_final=false",
-        "data.source.kind=jsonl", f"data.source.path={tmp_path}/{{split}}.jsonl", "data.max_length=32",
-        buckets, f"run_dir={tmp_path}/run",
-    ])
+    cfg = load_config(
+        "configs/demo.yaml",
+        [
+            "model.hidden_size=32",
+            "model.intermediate_size=64",
+            "model.num_layers=2",
+            "trainer.sft_steps=0",
+            "trainer.sft_batch_size=8",
+            "trainer.steps=10",
+            "trainer.batch_size=8",
+            "trainer.eval_every=0",
+            "eval.num_pairs=8",
+            "eval.num_prompts=8",
+            "eval.max_new_tokens=4",
+            "logging.progress_bar=false",
+            "logging.tensorboard=false",
+            "logging.plot=false",
+            "checkpoint.every_steps=0",
+            "checkpoint.save_final=false",
+            "data.source.kind=jsonl",
+            f"data.source.path={tmp_path}/{{split}}.jsonl",
+            "data.max_length=32",
+            buckets,
+            f"run_dir={tmp_path}/run",
+        ],
+    )
     loop.train(cfg, "buckets")
     for kind, step in steps:
         compiled = step.fn._cache_size()
@@ -97,13 +126,19 @@ def test_mixed_length_run_compiles_at_most_one_step_per_bucket(tmp_path, monkeyp
             assert widths == [12, 20]
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("data.buckets=[20, 12]", r"data.buckets must be ascending distinct lengths in \[2, data.max_length=32\], got \[20, 12\]"),
-    ("data.buckets=[16, 64]", r"data.buckets must be ascending .* got \[16, 64\]"),
-    ("data.auto_buckets=-1", r"data.auto_buckets must be ≥ 0 \(0 = off\), got -1"),
-    ("data.source.kind=csv", r"data.source.kind must be one of"),
-    ("data.source.kind=parquet", r"data.source.path is required for data.source.kind=parquet"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "data.buckets=[20, 12]",
+            r"data.buckets must be ascending distinct lengths in \[2, data.max_length=32\], got \[20, 12\]",
+        ),
+        ("data.buckets=[16, 64]", r"data.buckets must be ascending .* got \[16, 64\]"),
+        ("data.auto_buckets=-1", r"data.auto_buckets must be ≥ 0 \(0 = off\), got -1"),
+        ("data.source.kind=csv", r"data.source.kind must be one of"),
+        ("data.source.kind=parquet", r"data.source.path is required for data.source.kind=parquet"),
+    ],
+)
 def test_data_config_errors_name_the_key(override, message):
     from jaxspo.config import ConfigError, load_config
 
@@ -167,5 +202,7 @@ def test_a_bucket_too_small_for_a_batch_passes_its_rows_up_and_no_row_is_starved
 def test_auto_buckets_and_given_buckets_exclude_each_other():
     from jaxspo.config import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match=r"data.auto_buckets=3 picks the bucket widths itself; set data.buckets=\[\] \(got \[12\]\)"):
+    with pytest.raises(
+        ConfigError, match=r"data.auto_buckets=3 picks the bucket widths itself; set data.buckets=\[\] \(got \[12\]\)"
+    ):
         load_config("configs/demo.yaml", ["data.auto_buckets=3", "data.buckets=[12]"])

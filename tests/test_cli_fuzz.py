@@ -30,15 +30,38 @@ ERROR_LINE = re.compile(r"^jaxspo: [a-z ]*error: \S")
 CONFIG_STATUS, INPUT_STATUS = 2, 1
 FIXTURES = Path(__file__).parent / "fixtures"
 # no shrinking: every example runs real loading code, and the first failure's inputs are printed as they are
-FUZZ = settings(max_examples=12, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck), database=None, phases=[Phase.generate])
+FUZZ = settings(
+    max_examples=12,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    database=None,
+    phases=[Phase.generate],
+)
 
 # a tiny preference run (no SFT, 2 steps) on 8 CPU devices; the architecture keys are left to model.path cases
 TINY_RUN = [
-    "data.synthetic.num_sft=16", "data.synthetic.num_train=16", "data.synthetic.num_eval=8", "trainer.sft_steps=0",
-    "trainer.steps=2", "trainer.batch_size=8", "eval.num_pairs=8", "eval.num_prompts=8", "eval.max_new_tokens=2",
-    "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false", "checkpoint.save_final=false",
+    "data.synthetic.num_sft=16",
+    "data.synthetic.num_train=16",
+    "data.synthetic.num_eval=8",
+    "trainer.sft_steps=0",
+    "trainer.steps=2",
+    "trainer.batch_size=8",
+    "eval.num_pairs=8",
+    "eval.num_prompts=8",
+    "eval.max_new_tokens=2",
+    "logging.progress_bar=false",
+    "logging.tensorboard=false",
+    "logging.plot=false",
+    "checkpoint.save_final=false",
 ]
-TINY_MODEL = ["model.hidden_size=16", "model.intermediate_size=32", "model.num_layers=1", "model.num_heads=2", "model.num_kv_heads=1"]
+TINY_MODEL = [
+    "model.hidden_size=16",
+    "model.intermediate_size=32",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.num_kv_heads=1",
+]
 
 
 def run_cli(argv: list[str]) -> tuple[object, str]:
@@ -55,10 +78,16 @@ def run_cli(argv: list[str]) -> tuple[object, str]:
 
 
 def hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
-def assert_one_error_line(argv: list[str], inputs: Path, status: int, if_it_succeeds: typing.Callable[[], None] | None = None) -> str | None:
+def assert_one_error_line(
+    argv: list[str], inputs: Path, status: int, if_it_succeeds: typing.Callable[[], None] | None = None
+) -> str | None:
     """Runs ``argv`` and checks the error contract; returns the error line. With ``if_it_succeeds`` the command
     may also succeed (status 0, no error line, inputs unchanged), and then that check must hold; returns None."""
     before = hashes(inputs)
@@ -105,30 +134,73 @@ def _leaves(cls: type, prefix: str = "") -> list[tuple[str, type]]:
 
 
 LEAVES = _leaves(Config)
-WRONG_VALUES = {int: ["abc", "[1, 2]", "{a: 1}", "1.5", "true"], float: ["abc", "[1]", "true", "{a: 1}"],
-                bool: ["maybe", "3", "[true]"], str: ["[1]", "3", "{a: b}"]}
+WRONG_VALUES = {
+    int: ["abc", "[1, 2]", "{a: 1}", "1.5", "true"],
+    float: ["abc", "[1]", "true", "{a: 1}"],
+    bool: ["maybe", "3", "[true]"],
+    str: ["[1]", "3", "{a: b}"],
+}
 OUT_OF_RANGE = [
-    "trainer.batch_size=0", "trainer.grad_accum_steps=0", "trainer.steps=-1", "loss.beta=0", "loss.beta=-1",
-    "loss.label_smoothing=1.0", "optimizer.learning_rate=0", "optimizer.schedule=wavy", "data.max_prompt_length=32",
-    "logging.log_every=0", "trainer.host_heap=big", "trainer.on_nonfinite=ignore", "data.on_bad_row=warn",
-    "data.workers=-1", "data.prefetch=-1", "checkpoint.keep_last=0", "checkpoint.every_steps=-1", "data.auto_buckets=-1",
-    "data.buckets=[64]", "data.buckets=[8, 4]", "data.layout=zigzag", "loss.reference=sometimes", "loss.terms={}",
-    "loss.terms={nodpo: 1}", "mesh.rules.embed=warp", "mesh.rules.nonexistent=data", "data.source.kind=csv",
-    "data.source.kind=jsonl", "data.source.kind=tfds", "eval.temperature=nan",
-    "loss.kl.temperature=0", "loss.params.ropo.alpha=0", "loss.params.simpo.gama=1", "loss.simpo_gamma=0.5", "loss.soft_spo.kl_beta=0.1",
+    "trainer.batch_size=0",
+    "trainer.grad_accum_steps=0",
+    "trainer.steps=-1",
+    "loss.beta=0",
+    "loss.beta=-1",
+    "loss.label_smoothing=1.0",
+    "optimizer.learning_rate=0",
+    "optimizer.schedule=wavy",
+    "data.max_prompt_length=32",
+    "logging.log_every=0",
+    "trainer.host_heap=big",
+    "trainer.on_nonfinite=ignore",
+    "data.on_bad_row=warn",
+    "data.workers=-1",
+    "data.prefetch=-1",
+    "checkpoint.keep_last=0",
+    "checkpoint.every_steps=-1",
+    "data.auto_buckets=-1",
+    "data.buckets=[64]",
+    "data.buckets=[8, 4]",
+    "data.layout=zigzag",
+    "loss.reference=sometimes",
+    "loss.terms={}",
+    "loss.terms={nodpo: 1}",
+    "mesh.rules.embed=warp",
+    "mesh.rules.nonexistent=data",
+    "data.source.kind=csv",
+    "data.source.kind=jsonl",
+    "data.source.kind=tfds",
+    "eval.temperature=nan",
+    "loss.kl.temperature=0",
+    "loss.params.ropo.alpha=0",
+    "loss.params.simpo.gama=1",
+    "loss.simpo_gamma=0.5",
+    "loss.soft_spo.kl_beta=0.1",
 ]
 IMPOSSIBLE = [  # (overrides, exit status, found while loading the config): combinations of valid values, and
     # values that only the devices or the files can refute
-    (["trainer.batch_size=8", "trainer.grad_accum_steps=3"], CONFIG_STATUS, True), (["loss.reference=adapter_off"], CONFIG_STATUS, True),
-    (["data.auto_buckets=2", "data.buckets=[8]"], CONFIG_STATUS, True), (["data.layout=packed", "loss.selfsup.weight=0.5"], CONFIG_STATUS, True),
-    (["loss.terms={sequential: 1.0}"], CONFIG_STATUS, True), (["loss.terms={robust: 1.0}", "loss.label_smoothing=0.6"], CONFIG_STATUS, True),
-    (["loss.terms={exo_pair: 1.0}"], CONFIG_STATUS, True), (["data.source.kind=jsonl", "data.source.path=nowhere.jsonl"], CONFIG_STATUS, True),
+    (["trainer.batch_size=8", "trainer.grad_accum_steps=3"], CONFIG_STATUS, True),
+    (["loss.reference=adapter_off"], CONFIG_STATUS, True),
+    (["data.auto_buckets=2", "data.buckets=[8]"], CONFIG_STATUS, True),
+    (["data.layout=packed", "loss.selfsup.weight=0.5"], CONFIG_STATUS, True),
+    (["loss.terms={sequential: 1.0}"], CONFIG_STATUS, True),
+    (["loss.terms={robust: 1.0}", "loss.label_smoothing=0.6"], CONFIG_STATUS, True),
+    (["loss.terms={exo_pair: 1.0}"], CONFIG_STATUS, True),
+    (["data.source.kind=jsonl", "data.source.path=nowhere.jsonl"], CONFIG_STATUS, True),
     (["data.source.kind=jsonl", "data.source.path=/nonexistent/{split}.jsonl"], INPUT_STATUS, False),
-    (["mesh.data=3"], CONFIG_STATUS, False), (["mesh.data=1", "mesh.fsdp=16"], CONFIG_STATUS, False),
+    (["mesh.data=3"], CONFIG_STATUS, False),
+    (["mesh.data=1", "mesh.fsdp=16"], CONFIG_STATUS, False),
     (["model.path=/nonexistent/model"], INPUT_STATUS, False),
 ]
-BROKEN_FILES = [b"trainer: [1, 2\n", b"- 1\n- 2\n", b"\xff\xfe\x00t\x00", b"extends: missing.yaml\n", b"extends: recipe.yaml\n",
-                b"trainer:\n  steps: 1\n  steps: 2\n  stesp: 3\n", b"model: 5\n"]
+BROKEN_FILES = [
+    b"trainer: [1, 2\n",
+    b"- 1\n- 2\n",
+    b"\xff\xfe\x00t\x00",
+    b"extends: missing.yaml\n",
+    b"extends: recipe.yaml\n",
+    b"trainer:\n  steps: 1\n  steps: 2\n  stesp: 3\n",
+    b"model: 5\n",
+]
 
 
 @st.composite
@@ -141,7 +213,9 @@ def bad_config(draw) -> tuple[list[str], bytes | None, int, bool]:
     if kind == "unknown_key":
         section = draw(st.sampled_from(["", "trainer.", "model.", "data.", "data.source.", "loss.", "lora."]))
         name = draw(st.from_regex(r"[a-z][a-z_]{0,10}", fullmatch=True))
-        if any(key == section + name or key.startswith(section + name + ".") for key, _ in LEAVES) or section + name in ("stages", "extends", "run_dir"):
+        if any(
+            key == section + name or key.startswith(section + name + ".") for key, _ in LEAVES
+        ) or section + name in ("stages", "extends", "run_dir"):
             name += "_x"
         return [f"{section}{name}=1"], None, CONFIG_STATUS, True
     if kind == "out_of_range":
@@ -150,7 +224,12 @@ def bad_config(draw) -> tuple[list[str], bytes | None, int, bool]:
         overrides, status, load_time = draw(st.sampled_from(IMPOSSIBLE))
         return overrides, None, status, load_time
     if kind == "syntax":
-        return [draw(st.sampled_from(["trainer.steps", "=3", "trainer.steps.x=1", "trainer=3", "trainer.steps=[1"]))], None, CONFIG_STATUS, True
+        return (
+            [draw(st.sampled_from(["trainer.steps", "=3", "trainer.steps.x=1", "trainer=3", "trainer.steps=[1"]))],
+            None,
+            CONFIG_STATUS,
+            True,
+        )
     return [], draw(st.sampled_from(BROKEN_FILES)), CONFIG_STATUS, True
 
 
@@ -193,8 +272,13 @@ BAD_LINES = {
     "huge and incomplete": json.dumps({"prompt": "reverse " + "1 " * 50_000 + ":", "chosen": "1"}).encode(),
 }
 HUGE_GOOD = json.dumps({"prompt": "reverse " + "1 " * 50_000 + ":", "chosen": "1 " * 50_000, "rejected": "um"}).encode()
-COMPRESSORS = {"": lambda b: b, ".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress,
-               ".zst": lambda b: b"\x28\xb5\x2f\xfd" + b"\x00" * 16}  # a zstd frame header: needs the zstandard package
+COMPRESSORS = {
+    "": lambda b: b,
+    ".gz": gzip.compress,
+    ".bz2": bz2.compress,
+    ".xz": lzma.compress,
+    ".zst": lambda b: b"\x28\xb5\x2f\xfd" + b"\x00" * 16,
+}  # a zstd frame header: needs the zstandard package
 
 
 @st.composite
@@ -255,22 +339,32 @@ def _edit_json(path: Path, **changes) -> None:
 
 MODEL_DAMAGE = {
     "no config.json": lambda d, n: (d / "config.json").unlink(),
-    "only a pickle": lambda d, n: [p.unlink() for p in d.iterdir()] and (d / "pytorch_model.bin").write_bytes(b"PK\x03\x04 pickle"),
-    "pickle weights": lambda d, n: (d / "model.safetensors").unlink() or (d / "pytorch_model.bin").write_bytes(b"PK\x03\x04 pickle"),
+    "only a pickle": lambda d, n: (
+        [p.unlink() for p in d.iterdir()] and (d / "pytorch_model.bin").write_bytes(b"PK\x03\x04 pickle")
+    ),
+    "pickle weights": lambda d, n: (
+        (d / "model.safetensors").unlink() or (d / "pytorch_model.bin").write_bytes(b"PK\x03\x04 pickle")
+    ),
     "no weights": lambda d, n: (d / "model.safetensors").unlink(),
-    "truncated safetensors": lambda d, n: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[: n % 4000]),
+    "truncated safetensors": lambda d, n: (d / "model.safetensors").write_bytes(
+        (d / "model.safetensors").read_bytes()[: n % 4000]
+    ),
     "garbage safetensors": lambda d, n: (d / "model.safetensors").write_bytes(bytes([n % 256]) * 64),
     "shape mismatch": lambda d, n: _edit_json(d / "config.json", intermediate_size=48 + n % 8),
     "vocab mismatch": lambda d, n: _edit_json(d / "config.json", vocab_size=80 + n % 8),
     "config not JSON": lambda d, n: (d / "config.json").write_text("{"),
     "config a list": lambda d, n: (d / "config.json").write_text("[1]"),
     "unknown model_type": lambda d, n: _edit_json(d / "config.json", model_type="bert"),
-    "no tokenizer": lambda d, n: [p.unlink() for p in d.iterdir() if p.name.startswith(("tokenizer", "special_tokens"))],
+    "no tokenizer": lambda d, n: [
+        p.unlink() for p in d.iterdir() if p.name.startswith(("tokenizer", "special_tokens"))
+    ],
 }
 
 
 @FUZZ
-@given(damage=st.sampled_from(list(MODEL_DAMAGE)), n=st.integers(0, 10_000), command=st.sampled_from(["train", "score"]))
+@given(
+    damage=st.sampled_from(list(MODEL_DAMAGE)), n=st.integers(0, 10_000), command=st.sampled_from(["train", "score"])
+)
 def test_fuzz_model_folders(hf_folder, damage, n, command):
     with workspace() as (inputs, outputs):
         folder = inputs / "model"
@@ -309,7 +403,9 @@ def run_folder(tmp_path_factory):
     dump_yaml(cfg, run / "config.yaml")
     tokenizer.save_pretrained(str(run / "tokenizer"))
     _, abstract = abstract_model(cfg.model)
-    save_params(jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract), run / "params")  # values do not matter here
+    save_params(
+        jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract), run / "params"
+    )  # values do not matter here
     (run / "metrics.jsonl").write_text(json.dumps({"phase": "preference", "step": 1, "loss": 0.7}) + "\n")
     return run
 
@@ -329,7 +425,9 @@ def assert_params_read_intact(run: Path) -> None:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
     leaves = jax.tree.leaves(nnx.to_pure_dict(restore_params(run / "params", target)))
-    assert leaves and not any(np.any(np.asarray(leaf)) for leaf in leaves), f"{run}/params: a damaged checkpoint loaded other numbers without an error"
+    assert leaves and not any(np.any(np.asarray(leaf)) for leaf in leaves), (
+        f"{run}/params: a damaged checkpoint loaded other numbers without an error"
+    )
 
 
 def _damage_params(run: Path, n: int) -> None:
@@ -342,32 +440,46 @@ RUN_DAMAGE = {
     "no config.yaml": lambda r, n: (r / "config.yaml").unlink(),
     "no params": lambda r, n: shutil.rmtree(r / "params"),
     "no tokenizer": lambda r, n: shutil.rmtree(r / "tokenizer"),
-    "config.yaml unknown key": lambda r, n: (r / "config.yaml").write_text((r / "config.yaml").read_text() + "nonsense: 1\n"),
+    "config.yaml unknown key": lambda r, n: (r / "config.yaml").write_text(
+        (r / "config.yaml").read_text() + "nonsense: 1\n"
+    ),
     "config.yaml not YAML": lambda r, n: (r / "config.yaml").write_text("model: [1,\n"),
     "params corrupt": _damage_params,
     "params emptied": lambda r, n: [p.unlink() for p in (r / "params").rglob("*") if p.is_file()],
-    "metrics corrupt": lambda r, n: (r / "metrics.jsonl").write_text('{"phase": "preference", "step": 1, "loss": 0.7}\n{"phase": \n'),
+    "metrics corrupt": lambda r, n: (r / "metrics.jsonl").write_text(
+        '{"phase": "preference", "step": 1, "loss": 0.7}\n{"phase": \n'
+    ),
     "metrics missing": lambda r, n: (r / "metrics.jsonl").unlink(),
 }
 RUN_COMMANDS = {  # damage → the commands that read what was damaged (eval falls back to the config's start
     # when params/ is missing, and tokenises with the config's tokenizer)
-    "metrics corrupt": ["plot"], "metrics missing": ["plot"], "no params": ["export"], "no tokenizer": ["export"],
+    "metrics corrupt": ["plot"],
+    "metrics missing": ["plot"],
+    "no params": ["export"],
+    "no tokenizer": ["export"],
 }
 
 
 @FUZZ
 @given(damage=st.sampled_from(list(RUN_DAMAGE)), n=st.integers(0, 10_000), pick=st.integers(0, 2))
 def test_fuzz_run_directories(run_folder, damage, n, pick):
-    commands = RUN_COMMANDS.get(damage, ["export", "eval", "plot"] if damage.startswith("no config") else ["export", "eval"])
+    commands = RUN_COMMANDS.get(
+        damage, ["export", "eval", "plot"] if damage.startswith("no config") else ["export", "eval"]
+    )
     command = commands[pick % len(commands)]
     with workspace() as (inputs, outputs):
         run = inputs / "run"
         shutil.copytree(run_folder, run)
         RUN_DAMAGE[damage](run, n)
-        argv = {"export": ["export", str(run), "--out", str(outputs / "hf")], "eval": ["eval", str(run), "--out", str(outputs / "eval")],
-                "plot": ["plot", str(run), "--out", str(outputs / "c.png")]}[command]
+        argv = {
+            "export": ["export", str(run), "--out", str(outputs / "hf")],
+            "eval": ["eval", str(run), "--out", str(outputs / "eval")],
+            "plot": ["plot", str(run), "--out", str(outputs / "c.png")],
+        }[command]
         status = CONFIG_STATUS if damage.startswith("config.yaml") else INPUT_STATUS
-        line = assert_one_error_line(argv, inputs, status, (lambda: assert_params_read_intact(run)) if damage == "params corrupt" else None)
+        line = assert_one_error_line(
+            argv, inputs, status, (lambda: assert_params_read_intact(run)) if damage == "params corrupt" else None
+        )
         assert line is None or str(run) in line
 
 
@@ -394,7 +506,10 @@ DATASET_DAMAGE = {
     "only the train side file": ("tldr_comparisons", _tldr_train_only),
     "every row rejected": ("helpsteer2", _helpsteer_rejected),
     "every row rejected, xz": ("helpsteer2", lambda m, n: _helpsteer_rejected(m, n, lzma.compress, ".xz")),
-    "not UTF-8": ("helpsteer2", lambda m, n: m.mkdir() or (m / "train.jsonl").write_bytes(b"\xfd\xff\xfe\n" * (1 + n % 3))),
+    "not UTF-8": (
+        "helpsteer2",
+        lambda m, n: m.mkdir() or (m / "train.jsonl").write_bytes(b"\xfd\xff\xfe\n" * (1 + n % 3)),
+    ),
     "empty file": ("hh_rlhf", lambda m, n: m.mkdir() or (m / "train.jsonl").write_bytes(b"")),
     "no files": ("hh_rlhf", lambda m, n: m.mkdir()),
     "unrelated file": ("ultrafeedback_binarized", lambda m, n: m.mkdir() or (m / "README.md").write_text("hello")),
@@ -412,16 +527,28 @@ def test_fuzz_dataset_folders(damage, n):
         argv = ["data", "prepare", name, "--manual-dir", str(inputs / "manual"), "--data-dir", str(outputs / "tfds")]
         assert_one_error_line(argv, inputs, INPUT_STATUS)
         unknown = UNKNOWN_DATASETS[n % len(UNKNOWN_DATASETS)]  # a usage error, whatever the folder holds
-        assert_one_error_line(["data", "prepare", unknown, "--manual-dir", str(inputs / "manual")], inputs, CONFIG_STATUS)
+        assert_one_error_line(
+            ["data", "prepare", unknown, "--manual-dir", str(inputs / "manual")], inputs, CONFIG_STATUS
+        )
 
 
 BAD_ARGUMENTS = [
-    ["score", "m", "d.jsonl"], ["score", "m", "d.jsonl", "--out", "o", "--max-length", "0"],
-    ["score", "m", "d.jsonl", "--out", "o", "--batch-size", "-2"], ["score", "m", "d.jsonl", "--out", "o", "--max-length", "ten"],
-    ["export", "r"], ["nonsense"], [], ["train"], ["compile", "configs/demo.yaml"], ["data"], ["data", "prepare", "hh_rlhf"],
-    ["launch", "--dry-run", "--local", "0", "configs/demo.yaml"], ["launch", "--dry-run", "--tpu", "t", "configs/demo.yaml"],
+    ["score", "m", "d.jsonl"],
+    ["score", "m", "d.jsonl", "--out", "o", "--max-length", "0"],
+    ["score", "m", "d.jsonl", "--out", "o", "--batch-size", "-2"],
+    ["score", "m", "d.jsonl", "--out", "o", "--max-length", "ten"],
+    ["export", "r"],
+    ["nonsense"],
+    [],
+    ["train"],
+    ["compile", "configs/demo.yaml"],
+    ["data"],
+    ["data", "prepare", "hh_rlhf"],
+    ["launch", "--dry-run", "--local", "0", "configs/demo.yaml"],
+    ["launch", "--dry-run", "--tpu", "t", "configs/demo.yaml"],
     ["train", "configs/demo.yaml", "--no-such-flag"],
-    ["label", "d.jsonl", "--out", "o"], ["label", "d.jsonl", "--reward-model", "m", "--out", "o", "--temperature", "nan"],
+    ["label", "d.jsonl", "--out", "o"],
+    ["label", "d.jsonl", "--reward-model", "m", "--out", "o", "--temperature", "nan"],
     ["data", "prepare", "hh_rlhf", "--manual-dir", "m", "--soft-label-temperature", "-1"],
 ]
 

@@ -12,15 +12,29 @@ from jaxspo.config import load_config
 from jaxspo.train.step_flops import step_model_flops
 
 TINY = [
-    "model.vocab_size=64", "model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2",
-    "model.num_heads=4", "model.num_kv_heads=2", "data.max_length=32", "trainer.batch_size=8",
+    "model.vocab_size=64",
+    "model.hidden_size=64",
+    "model.intermediate_size=128",
+    "model.num_layers=2",
+    "model.num_heads=4",
+    "model.num_kv_heads=2",
+    "data.max_length=32",
+    "trainer.batch_size=8",
 ]
 
 
 @pytest.mark.parametrize(
     "name, chips, grid",
-    [("v5p-8", 4, "v5p:2x2x1"), ("v4-16", 8, "v4:2x2x2"), ("v5p-128", 64, "v5p:4x4x4"), ("v5p-256", 128, "v5p:4x4x8"), ("v5p-64", 32, "v5p:2x4x4"), ("v5e-256", 256, "v5e:16x16"),
-     ("v6e-8", 8, "v6e:2x4"), ("2xv5p-128", 64, "v5p:4x4x4")],
+    [
+        ("v5p-8", 4, "v5p:2x2x1"),
+        ("v4-16", 8, "v4:2x2x2"),
+        ("v5p-128", 64, "v5p:4x4x4"),
+        ("v5p-256", 128, "v5p:4x4x8"),
+        ("v5p-64", 32, "v5p:2x4x4"),
+        ("v5e-256", 256, "v5e:16x16"),
+        ("v6e-8", 8, "v6e:2x4"),
+        ("2xv5p-128", 64, "v5p:4x4x4"),
+    ],
 )
 def test_topology_names(name, chips, grid):
     topology = parse_topology(name)
@@ -45,8 +59,24 @@ def tpu_env(monkeypatch):
 @pytest.mark.slow  # a TPU compile
 def test_tiny_step_compiles_for_a_tpu_slice_here(tpu_env, tmp_path, capsys):
     """`jaxspo compile --json --step-seconds`: memory and fit, model FLOPs and the MFU a step time implies."""
-    assert main(["compile", "configs/demo.yaml", *TINY, "mesh.data=1", "mesh.fsdp=-1", "--topology", "v5p-8",
-                 "--json", str(tmp_path / "r.json"), "--step-seconds", "0.002"]) == 0
+    assert (
+        main(
+            [
+                "compile",
+                "configs/demo.yaml",
+                *TINY,
+                "mesh.data=1",
+                "mesh.fsdp=-1",
+                "--topology",
+                "v5p-8",
+                "--json",
+                str(tmp_path / "r.json"),
+                "--step-seconds",
+                "0.002",
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["devices"] == 4 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1, "context": 1}
     assert report["fits"] and 0 < report["peak_bytes_per_device"] < report["capacity_bytes_per_device"]
@@ -54,8 +84,14 @@ def test_tiny_step_compiles_for_a_tpu_slice_here(tpu_env, tmp_path, capsys):
     assert report["argument_bytes_per_device"] >= 0.9 * report["analytic_state_bytes_per_device"] - 4 * 1024
     assert report["xla_flops_per_step_per_device"] > 0
     cfg = load_config("configs/demo.yaml", TINY)
-    assert report["model_flops_per_step"] == step_model_flops(cfg, "preference", {"chosen_tokens": np.zeros((8, 32))}, 8)
-    assert report["device_kind"] == "TPU v5" and report["peak_flops_per_device"] == 459e12 and report["compute_dtype"] == "float32"
+    assert report["model_flops_per_step"] == step_model_flops(
+        cfg, "preference", {"chosen_tokens": np.zeros((8, 32))}, 8
+    )
+    assert (
+        report["device_kind"] == "TPU v5"
+        and report["peak_flops_per_device"] == 459e12
+        and report["compute_dtype"] == "float32"
+    )
     assert report["implied_mfu"] == pytest.approx(report["model_flops_per_step"] / 0.002 / (4 * 459e12))
     assert "MFU at 0.002 s per step" in capsys.readouterr().out
 
@@ -63,7 +99,9 @@ def test_tiny_step_compiles_for_a_tpu_slice_here(tpu_env, tmp_path, capsys):
 def test_step_seconds_must_be_positive(capsys):
     assert main(["compile", "configs/demo.yaml", "--topology", "v5p-8", "--step-seconds", "0"]) == 2  # a usage error
     err = capsys.readouterr().err
-    assert "--step-seconds: expected seconds > 0, got '0'" in err and err.count("jaxspo:") == 1 and "Traceback" not in err
+    assert (
+        "--step-seconds: expected seconds > 0, got '0'" in err and err.count("jaxspo:") == 1 and "Traceback" not in err
+    )
 
 
 @pytest.mark.slow  # a TPU compile
@@ -76,7 +114,9 @@ def test_packed_layout_step_compiles_for_a_tpu_slice_here(tpu_env):
     rows = longest_packed_rows(cfg, 8)
     prompt = cfg.data.max_prompt_length
     assert rows["packed_valid"].sum(1).tolist() == [2 * 32 - prompt] * 8
-    padded = step_model_flops(load_config("configs/demo.yaml", TINY), "preference", {"chosen_tokens": np.zeros((8, 32))}, 8)
+    padded = step_model_flops(
+        load_config("configs/demo.yaml", TINY), "preference", {"chosen_tokens": np.zeros((8, 32))}, 8
+    )
     assert 0 < report["model_flops_per_step"] < padded  # the prompt once, no padding between the halves
 
 
@@ -85,7 +125,17 @@ def test_state_bytes_per_device_fall_as_one_over_fsdp():
     """Compiled memory analysis on the CPU mesh: params + optimizer + reference + batch arguments ∝ 1/N."""
     sizes = {}
     for n in (1, 2, 4, 8):
-        cfg = load_config("configs/demo.yaml", TINY + ["mesh.data=1", f"mesh.fsdp={n}", "model.vocab_size=256", "model.hidden_size=256", "model.intermediate_size=512"])
+        cfg = load_config(
+            "configs/demo.yaml",
+            TINY
+            + [
+                "mesh.data=1",
+                f"mesh.fsdp={n}",
+                "model.vocab_size=256",
+                "model.hidden_size=256",
+                "model.intermediate_size=512",
+            ],
+        )
         sizes[n] = compile_step(cfg, jax.devices()[:n])["argument_bytes_per_device"]
     for n in (2, 4, 8):
         assert sizes[1] / sizes[n] == pytest.approx(n, rel=0.1), sizes
@@ -111,7 +161,10 @@ def test_batch_that_does_not_split_over_the_mesh_is_an_error():
 def test_soft_spo_steps_with_lists_and_the_kl_regulariser_compile(terms):
     """The fit check builds list-shaped batches and the regulariser's sample fields; the reference is resident."""
     soft_spo = [f"loss.terms={terms}", "loss.kl.beta=0.1", "loss.kl.prompts=8", "mesh.data=1", "mesh.fsdp=4"]
-    plain = compile_step(load_config("configs/demo.yaml", TINY + ["loss.terms={soft_spo: 1.0}", "mesh.data=1", "mesh.fsdp=4"]), jax.devices()[:4])
+    plain = compile_step(
+        load_config("configs/demo.yaml", TINY + ["loss.terms={soft_spo: 1.0}", "mesh.data=1", "mesh.fsdp=4"]),
+        jax.devices()[:4],
+    )
     report = compile_step(load_config("configs/demo.yaml", TINY + soft_spo), jax.devices()[:4])
     assert report["peak_bytes_per_device"] > 0
     # the regulariser's frozen reference is an argument (one more sharded copy of the params than without it)
@@ -126,7 +179,9 @@ def test_splash_attention_step_compiles_for_a_tpu_slice_here(tpu_env, monkeypatc
 
     built = []
     make = splash_attention.splash.make_splash_mha
-    monkeypatch.setattr(splash_attention.splash, "make_splash_mha", lambda *a, **kw: built.append(kw["interpret"]) or make(*a, **kw))
+    monkeypatch.setattr(
+        splash_attention.splash, "make_splash_mha", lambda *a, **kw: built.append(kw["interpret"]) or make(*a, **kw)
+    )
     splash_attention._kernel.cache_clear()
     cfg = load_config("configs/demo.yaml", TINY + ["mesh.data=1", "mesh.fsdp=-1", "model.attention=splash"])
     report = fit_report(cfg, "v5p-8")

@@ -16,9 +16,16 @@ GiB = 1024**3
 
 def _record(key, devices, mesh, peak_gib, max_pairs, predicted=None, refused=False):
     return {
-        "cell": key, "status": "ok", "devices": devices, "mesh": mesh, "capacity_bytes": 95 * GiB,
-        "peak_bytes_at_min": int(peak_gib * GiB), "refused_at_min": refused, "max_pairs": max_pairs,
-        "predicted_max_pairs": max_pairs if predicted is None else predicted, "confirmed": predicted in (None, max_pairs),
+        "cell": key,
+        "status": "ok",
+        "devices": devices,
+        "mesh": mesh,
+        "capacity_bytes": 95 * GiB,
+        "peak_bytes_at_min": int(peak_gib * GiB),
+        "refused_at_min": refused,
+        "max_pairs": max_pairs,
+        "predicted_max_pairs": max_pairs if predicted is None else predicted,
+        "confirmed": predicted in (None, max_pairs),
     }
 
 
@@ -65,11 +72,29 @@ def test_run_skips_finished_cells_and_records_a_failing_one(tmp_path, monkeypatc
 def test_a_cell_past_its_timeout_keeps_its_last_partial_record():
     cell = ct.Cell("8B", 2048, "v5p-8", "xla")
     silent = [sys.executable, "-c", "import time; time.sleep(5)"]
-    assert ct.run_cell_subprocess(cell, 1, True, silent) == {"cell": cell.key, "status": "timeout", "detail": "no result in 1 s"}
-    talking = [sys.executable, "-c", "import time; print('{\"cell\": \"x\", \"max_pairs\": 4}', flush=True); time.sleep(5)"]
-    assert ct.run_cell_subprocess(cell, 1, True, talking) == {"cell": "x", "max_pairs": 4, "status": "timeout", "detail": "no result in 1 s"}
-    killed = [sys.executable, "-c", "import os, signal; print('{\"cell\": \"x\", \"max_pairs\": 4}', flush=True); os.kill(os.getpid(), signal.SIGTERM)"]
-    assert ct.run_cell_subprocess(cell, 10, True, killed) == {"cell": "x", "max_pairs": 4, "status": "error", "detail": "exit -15: (no output)"}
+    assert ct.run_cell_subprocess(cell, 1, True, silent) == {
+        "cell": cell.key,
+        "status": "timeout",
+        "detail": "no result in 1 s",
+    }
+    talking = [sys.executable, "-c", 'import time; print(\'{"cell": "x", "max_pairs": 4}\', flush=True); time.sleep(5)']
+    assert ct.run_cell_subprocess(cell, 1, True, talking) == {
+        "cell": "x",
+        "max_pairs": 4,
+        "status": "timeout",
+        "detail": "no result in 1 s",
+    }
+    killed = [
+        sys.executable,
+        "-c",
+        'import os, signal; print(\'{"cell": "x", "max_pairs": 4}\', flush=True); os.kill(os.getpid(), signal.SIGTERM)',
+    ]
+    assert ct.run_cell_subprocess(cell, 10, True, killed) == {
+        "cell": "x",
+        "max_pairs": 4,
+        "status": "error",
+        "detail": "exit -15: (no output)",
+    }
 
 
 def test_a_cell_is_held_by_one_runner_and_skipped_once_finished(tmp_path):
@@ -100,25 +125,45 @@ def test_a_cell_is_held_by_one_runner_and_skipped_once_finished(tmp_path):
 def test_batch_search_predicts_from_1_and_2_and_confirms_downwards(capacity, confirms, expected, compiled):
     seen, progress = [], []
     peak = lambda k: seen.append(k) or 10 * k + 5 + (3 if k == 9 else 0)  # noqa: E731  (9 is above the line)
-    assert ct.search_max_batch(peak, capacity, confirms, lambda best, predicted: progress.append((best, predicted))) == expected
+    assert (
+        ct.search_max_batch(peak, capacity, confirms, lambda best, predicted: progress.append((best, predicted)))
+        == expected
+    )
     assert seen == compiled and (not progress or progress[0] == (1, None))
 
 
 def test_table_shows_results_predictions_misfits_and_dashes_for_cells_not_compiled(tmp_path):
     records = {
-        "8B/32768/v5p-8/xla": _record("8B/32768/v5p-8/xla", 4, {"data": 1, "fsdp": 4, "tensor": 1, "context": 1}, 300.0, 0, refused=True),
-        "8B/32768/v5p-8/splash": _record("8B/32768/v5p-8/splash", 4, {"data": 1, "fsdp": 4, "tensor": 1, "context": 1}, 60.26, 8, predicted=12),
-        "8B/32768/v5p-8/splash+context": _record("8B/32768/v5p-8/splash+context", 4, {"data": 1, "fsdp": 1, "tensor": 1, "context": 4}, 45.0, 1)
+        "8B/32768/v5p-8/xla": _record(
+            "8B/32768/v5p-8/xla", 4, {"data": 1, "fsdp": 4, "tensor": 1, "context": 1}, 300.0, 0, refused=True
+        ),
+        "8B/32768/v5p-8/splash": _record(
+            "8B/32768/v5p-8/splash", 4, {"data": 1, "fsdp": 4, "tensor": 1, "context": 1}, 60.26, 8, predicted=12
+        ),
+        "8B/32768/v5p-8/splash+context": _record(
+            "8B/32768/v5p-8/splash+context", 4, {"data": 1, "fsdp": 1, "tensor": 1, "context": 4}, 45.0, 1
+        )
         | {"status": "timeout", "predicted_max_pairs": None, "confirmed": False},  # stopped after the first compile
         "8B/8192/v5p-8/xla": {"cell": "8B/8192/v5p-8/xla", "status": "timeout", "detail": "no result in 2400 s"},
-        "8B/8192/v5p-8/splash": {"cell": "8B/8192/v5p-8/splash", "status": "error", "detail": "exit 1: XlaRuntimeError: INTERNAL"},
-        "8B/8192/v5p-8/splash+context": {"cell": "8B/8192/v5p-8/splash+context", "status": "error", "detail": "exit -15: (no output)"},
+        "8B/8192/v5p-8/splash": {
+            "cell": "8B/8192/v5p-8/splash",
+            "status": "error",
+            "detail": "exit 1: XlaRuntimeError: INTERNAL",
+        },
+        "8B/8192/v5p-8/splash+context": {
+            "cell": "8B/8192/v5p-8/splash+context",
+            "status": "error",
+            "detail": "exit -15: (no output)",
+        },
     }
     cells = [ct.Cell("8B", t, "v5p-8", k) for t in (8192, 32768) for k in ct.KERNELS]
     table = ct.render(records, cells).splitlines()
     assert len(table) == 4
     assert table[2] == "| Llama-3-8B | 8,192 | v5p-8 (4) | 95 | — | — | error | error | 1×2×1×2 | — | — |"
-    assert table[3] == "| Llama-3-8B | 32,768 | v5p-8 (4) | 95 | ≥ 300.0 | 0 ✗ | 60.3 | 2 (pred. 3) | 1×1×1×4 | 45.0 | ≥ 0.25 |"
+    assert (
+        table[3]
+        == "| Llama-3-8B | 32,768 | v5p-8 (4) | 95 | ≥ 300.0 | 0 ✗ | 60.3 | 2 (pred. 3) | 1×1×1×4 | 45.0 | ≥ 0.25 |"
+    )
     docs = tmp_path / "scale.md"
     docs.write_text(f"intro\n{ct.MARKERS[0]}\nold table\n{ct.MARKERS[1]}\nafter\n")
     ct.write_docs(docs, "\n".join(table))

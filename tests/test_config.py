@@ -72,13 +72,18 @@ def test_bad_files(tmp_path):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["configs/demo.yaml", "trainer.stepz=1"], "jaxspo: config error: unknown config key 'trainer.stepz'; did you mean 'steps'?"),
+        (
+            ["configs/demo.yaml", "trainer.stepz=1"],
+            "jaxspo: config error: unknown config key 'trainer.stepz'; did you mean 'steps'?",
+        ),
         (["configs/missing.yaml"], "jaxspo: config error: config file not found:"),
         (["configs/demo.yaml", "trainer.steps=x"], "jaxspo: config error: trainer.steps: expected an integer, got 'x'"),
     ],
 )
 def test_cli_reports_one_line_error(args, expected):
-    proc = subprocess.run([sys.executable, "-m", "jaxspo", "train", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxspo", "train", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr

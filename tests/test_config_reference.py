@@ -41,7 +41,10 @@ def test_sections_walk_nested_list_and_dict_dataclasses_with_their_comments():
     assert found[""].keys[0] == Key("name", "str", '""', "runs/<name> | a **bold** claim")
     assert [k.path for k in found[""].keys] == ["name", "items", "table", "made", "registered", "either"]
     assert found[""].keys[2].default == "{x: 1.0}" and found[""].keys[2].type == "dict[str, float]"
-    assert found["inner"].keys == (Key("inner.width", "int", "8", "columns"), Key("inner.mode", "str", "a", "two lines above of comment and one beside"))
+    assert found["inner"].keys == (
+        Key("inner.width", "int", "8", "columns"),
+        Key("inner.mode", "str", "a", "two lines above of comment and one beside"),
+    )
     assert [k.path for k in found["items[]"].keys] == ["items[].width", "items[].mode"]
     assert found["registered.mine"].keys == (Key("registered.mine.shift", "float", "0.5", "moves it"),)
 

@@ -23,7 +23,9 @@ from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, full_step, pa
 CONTEXT_MESHES = [{"data": 2, "fsdp": 1, "tensor": 1, "context": 4}, {"data": 1, "fsdp": 2, "tensor": 2, "context": 2}]
 
 
-def dpo_outputs(batch: dict[str, np.ndarray], mesh_shape: dict[str, int], devices: list, model: ModelConfig = GEMMA2_LIKE) -> tuple:
+def dpo_outputs(
+    batch: dict[str, np.ndarray], mesh_shape: dict[str, int], devices: list, model: ModelConfig = GEMMA2_LIKE
+) -> tuple:
     """(mean log-probs and rewards, DPO loss sum, its gradient) of the policy (gemma2-like by default) against a resident reference."""
     mesh = make_mesh(mesh_shape, devices)
     graphdef, abstract = abstract_model(model)
@@ -31,7 +33,10 @@ def dpo_outputs(batch: dict[str, np.ndarray], mesh_shape: dict[str, int], device
     policy, reference = init_params(model, 1, shardings), init_params(model, 2, shardings)
     objective = preference_objective_fn(graphdef, load_config(None, ["loss.beta=0.5"]).loss)
     ranks = {name: 2 if name in TIME_FIELDS else 1 for name in batch}
-    placed = {k: jax.device_put(v, s) for (k, v), s in zip(batch.items(), batch_shardings(tuple(batch), ranks, mesh, DEFAULT_RULES, 8).values())}
+    placed = {
+        k: jax.device_put(v, s)
+        for (k, v), s in zip(batch.items(), batch_shardings(tuple(batch), ranks, mesh, DEFAULT_RULES, 8).values())
+    }
 
     @jax.jit
     def run(p, r, b):
@@ -59,16 +64,21 @@ def one_device(batches) -> dict[str, tuple]:
 SAME_PATHS_ON_THE_OTHER_MESH = pytest.mark.slow  # the two fast cases cover both meshes and both layouts; ~30 s CPU each
 
 
-@pytest.mark.parametrize("mesh_shape, layout", [
-    pytest.param(CONTEXT_MESHES[0], "padded", id="2-1-1-4-padded"),
-    pytest.param(CONTEXT_MESHES[1], "packed", id="1-2-2-2-packed"),
-    pytest.param(CONTEXT_MESHES[0], "packed", id="2-1-1-4-packed", marks=SAME_PATHS_ON_THE_OTHER_MESH),
-    pytest.param(CONTEXT_MESHES[1], "padded", id="1-2-2-2-padded", marks=SAME_PATHS_ON_THE_OTHER_MESH),
-])
+@pytest.mark.parametrize(
+    "mesh_shape, layout",
+    [
+        pytest.param(CONTEXT_MESHES[0], "padded", id="2-1-1-4-padded"),
+        pytest.param(CONTEXT_MESHES[1], "packed", id="1-2-2-2-packed"),
+        pytest.param(CONTEXT_MESHES[0], "packed", id="2-1-1-4-packed", marks=SAME_PATHS_ON_THE_OTHER_MESH),
+        pytest.param(CONTEXT_MESHES[1], "padded", id="1-2-2-2-padded", marks=SAME_PATHS_ON_THE_OTHER_MESH),
+    ],
+)
 def test_context_split_log_probs_loss_and_gradients_equal_one_device(batches, one_device, mesh_shape, layout):
     got, want = dpo_outputs(batches[layout], mesh_shape, jax.devices()), one_device[layout]
     assert_trees_close(got, want)
-    assert abs(want[0]["logps/chosen"] - want[0]["logps/rejected"]) > 0.1 and abs(float(want[1])) > 0  # real log-probs, a real loss
+    assert (
+        abs(want[0]["logps/chosen"] - want[0]["logps/rejected"]) > 0.1 and abs(float(want[1])) > 0
+    )  # real log-probs, a real loss
 
 
 def test_batch_rows_split_along_time_over_context():
@@ -95,12 +105,22 @@ def test_lora_steps_with_context_equal_the_run_without():
 
 # --- configuration -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("overrides, message", [
-    (["mesh.context=3", "data.max_length=32"], r"data.max_length \(32\) must divide by mesh.context \(3\)"),
-    (["mesh.context=4", "data.max_length=32", "data.buckets=[8,10]"], r"data.buckets \[10\] must divide by mesh.context \(4\)"),
-    (["mesh.context=2", "mesh.rules.length=null"], "no mesh.rules entry maps onto 'context'; set mesh.rules.length=context"),
-    (["mesh.context=0"], r"mesh.context must be ≥ 1"),
-])
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["mesh.context=3", "data.max_length=32"], r"data.max_length \(32\) must divide by mesh.context \(3\)"),
+        (
+            ["mesh.context=4", "data.max_length=32", "data.buckets=[8,10]"],
+            r"data.buckets \[10\] must divide by mesh.context \(4\)",
+        ),
+        (
+            ["mesh.context=2", "mesh.rules.length=null"],
+            "no mesh.rules entry maps onto 'context'; set mesh.rules.length=context",
+        ),
+        (["mesh.context=0"], r"mesh.context must be ≥ 1"),
+    ],
+)
 def test_widths_that_do_not_split_are_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
@@ -124,10 +144,15 @@ def test_a_mesh_without_context_is_size_one():
 
 # --- checkpoints and compiles ------------------------------------------------------------------------------
 
+
 def test_params_saved_without_context_restore_onto_a_context_mesh(tmp_path):
-    model = dataclasses.replace(GEMMA2_LIKE, positions="learned", max_position_embeddings=16)  # a ("length", "embed") param
+    model = dataclasses.replace(
+        GEMMA2_LIKE, positions="learned", max_position_embeddings=16
+    )  # a ("length", "embed") param
     _, abstract = abstract_model(model)
-    saved = init_params(model, 1, param_shardings(abstract, make_mesh({"data": 2, "fsdp": 2, "tensor": 2}), DEFAULT_RULES))
+    saved = init_params(
+        model, 1, param_shardings(abstract, make_mesh({"data": 2, "fsdp": 2, "tensor": 2}), DEFAULT_RULES)
+    )
     save_params(saved, tmp_path / "params")
     target_sharding = param_shardings(abstract, make_mesh(CONTEXT_MESHES[1]), DEFAULT_RULES)
     target = init_params(model, 7, target_sharding)
@@ -149,11 +174,24 @@ def test_step_with_context_compiles_for_a_tpu_slice_here(tpu_env):  # noqa: F811
 # --- a whole run -------------------------------------------------------------------------------------------
 
 RUN = [
-    "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2",
-    "data.synthetic.num_sft=64", "data.synthetic.num_train=64", "data.synthetic.num_eval=16",
-    "trainer.sft_steps=2", "trainer.sft_batch_size=8", "trainer.steps=3", "trainer.batch_size=8", "trainer.eval_every=3",
-    "eval.num_pairs=8", "eval.num_prompts=8", "eval.max_new_tokens=4",
-    "logging.log_every=1", "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false",
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.num_layers=2",
+    "data.synthetic.num_sft=64",
+    "data.synthetic.num_train=64",
+    "data.synthetic.num_eval=16",
+    "trainer.sft_steps=2",
+    "trainer.sft_batch_size=8",
+    "trainer.steps=3",
+    "trainer.batch_size=8",
+    "trainer.eval_every=3",
+    "eval.num_pairs=8",
+    "eval.num_prompts=8",
+    "eval.max_new_tokens=4",
+    "logging.log_every=1",
+    "logging.progress_bar=false",
+    "logging.tensorboard=false",
+    "logging.plot=false",
 ]
 
 
@@ -167,7 +205,11 @@ def test_train_with_context_equals_train_without(tmp_path):
     runs = {}
     for context in (1, 2):
         run_dir = tmp_path / f"context{context}"
-        mesh = ["mesh.data=2", "mesh.fsdp=2", f"mesh.context={context}"] if context > 1 else ["mesh.data=4", "mesh.fsdp=2"]
-        runs[context] = train(load_config("configs/demo_fast.yaml", RUN + mesh + ["data.buckets=[24, 48]", f"run_dir={run_dir}"]), "tiny")
+        mesh = (
+            ["mesh.data=2", "mesh.fsdp=2", f"mesh.context={context}"] if context > 1 else ["mesh.data=4", "mesh.fsdp=2"]
+        )
+        runs[context] = train(
+            load_config("configs/demo_fast.yaml", RUN + mesh + ["data.buckets=[24, 48]", f"run_dir={run_dir}"]), "tiny"
+        )
     assert_same_run(metrics(runs[2].run_dir), metrics(runs[1].run_dir))
     assert_trees_close(jax.device_get(runs[2].params), jax.device_get(runs[1].params))

@@ -1,6 +1,5 @@
 """Preference formats, chat-template tokenisation (golden ids), prompt truncation and file sources."""
 
-
 import numpy as np
 import pytest
 
@@ -54,19 +53,28 @@ def test_golden_conversation_ids_masks_and_boundary():
     np.testing.assert_array_equal(out["chosen_valid"][0], [True] * 13 + [False] * 3)
     assert (out["chosen_tokens"][0] == BOS).sum() == 1 and (out["chosen_tokens"][0] == EOS).sum() == 2  # turn ends only
     # implicit prompt (TRL conversational without "prompt") gives the same arrays
-    implicit = {"chosen": CONVERSATION["prompt"] + CONVERSATION["chosen"], "rejected": CONVERSATION["prompt"] + CONVERSATION["rejected"]}
+    implicit = {
+        "chosen": CONVERSATION["prompt"] + CONVERSATION["chosen"],
+        "rejected": CONVERSATION["prompt"] + CONVERSATION["rejected"],
+    }
     for key, value in encode_preference_rows([implicit], tokenizer, 16).items():
         np.testing.assert_array_equal(value, out[key], err_msg=key)
 
 
 def test_standard_text_rows_have_one_bos_and_one_eos():
-    out = encode_preference_rows([{"prompt": "reverse 1 2 :", "chosen": "2 1", "rejected": "um 2"}], chat_tokenizer(), 12)
-    np.testing.assert_array_equal(out["chosen_tokens"][0], [BOS, REVERSE, D["1"], D["2"], COLON, D["2"], D["1"], EOS] + [PAD] * 4)
+    out = encode_preference_rows(
+        [{"prompt": "reverse 1 2 :", "chosen": "2 1", "rejected": "um 2"}], chat_tokenizer(), 12
+    )
+    np.testing.assert_array_equal(
+        out["chosen_tokens"][0], [BOS, REVERSE, D["1"], D["2"], COLON, D["2"], D["1"], EOS] + [PAD] * 4
+    )
     np.testing.assert_array_equal(out["chosen_loss_mask"][0], [False] * 5 + [True] * 3 + [False] * 4)
 
 
 def test_boundary_check_rejects_a_template_that_rewrites_the_prompt():
-    template = "{% for m in messages %}{% if loop.last %}um {% endif %}{{ m['content'] }} {% endfor %}"  # marks the last turn
+    template = (
+        "{% for m in messages %}{% if loop.last %}um {% endif %}{{ m['content'] }} {% endfor %}"  # marks the last turn
+    )
     with pytest.raises(ValueError, match=r"row 0: field 'chosen': the chat template's prompt .* is not a prefix"):
         encode_preference_rows([CONVERSATION], chat_tokenizer(template), 16)
     with pytest.raises(ValueError, match="row 0: field 'prompt'.*needs a tokenizer with a chat_template|chat_template"):
@@ -77,14 +85,20 @@ def test_prompt_budget_keeps_bos_and_the_end_of_the_prompt():
     row = {"prompt": "reverse 1 2 3 4 5 6 :", "chosen": "6 5 4 3 2 1", "rejected": "6 5"}
     out = encode_preference_rows([row], build_task_tokenizer(), 12, max_prompt_length=5)
     # prompt budget 5: <bos> + last 4 prompt tokens; the completion (6 + eos) is then cut from the right at 12
-    np.testing.assert_array_equal(out["chosen_tokens"][0], [BOS, D["4"], D["5"], D["6"], COLON] + [D[c] for c in "654321"] + [EOS])
+    np.testing.assert_array_equal(
+        out["chosen_tokens"][0], [BOS, D["4"], D["5"], D["6"], COLON] + [D[c] for c in "654321"] + [EOS]
+    )
     out = encode_preference_rows([row], build_task_tokenizer(), 10, max_prompt_length=5)
-    np.testing.assert_array_equal(out["chosen_tokens"][0], [BOS, D["4"], D["5"], D["6"], COLON] + [D[c] for c in "65432"])  # no EOS
+    np.testing.assert_array_equal(
+        out["chosen_tokens"][0], [BOS, D["4"], D["5"], D["6"], COLON] + [D[c] for c in "65432"]
+    )  # no EOS
     assert out["chosen_loss_mask"][0].sum() == 5
     with pytest.raises(ValueError, match="row 0: field 'prompt' takes 9 tokens"):
         encode_preference_rows([row], build_task_tokenizer(), 9)  # no prompt budget: an error as before
     tokens, valid = encode_prompts([row["prompt"], [user("reverse 1 :")]], chat_tokenizer(), 6, keep_end=True)
-    np.testing.assert_array_equal(tokens, [[BOS, D["3"], D["4"], D["5"], D["6"], COLON], [BOS, D["1"], COLON, EOS, ASSISTANT, COLON]])
+    np.testing.assert_array_equal(
+        tokens, [[BOS, D["3"], D["4"], D["5"], D["6"], COLON], [BOS, D["1"], COLON, EOS, ASSISTANT, COLON]]
+    )
     assert valid.all()
 
 
@@ -126,7 +140,9 @@ def _write(kind, rows, folder):
             pq.write_table(pa.Table.from_pylist(rows), folder / f"{split}.parquet")
         return str(folder / "{split}.parquet")
     datasets = pytest.importorskip("datasets")
-    datasets.DatasetDict({s: datasets.Dataset.from_list(rows) for s in ("train", "test")}).save_to_disk(str(folder / "hf"))
+    datasets.DatasetDict({s: datasets.Dataset.from_list(rows) for s in ("train", "test")}).save_to_disk(
+        str(folder / "hf")
+    )
     return str(folder / "hf")
 
 
@@ -137,14 +153,23 @@ def test_file_sources_read_rename_and_report_bad_rows_by_file(kind, tmp_path):
     source.validate()
     splits = load_splits(source, task=None)
     assert [r["chosen"] for r in splits.rows["train"]] == ["2 1", "5 4 3"]
-    assert splits.rows["sft"] == [{"prompt": "reverse 1 2 :", "completion": "2 1"}, {"prompt": "reverse 3 4 5 :", "completion": "5 4 3"}]
+    assert splits.rows["sft"] == [
+        {"prompt": "reverse 1 2 :", "completion": "2 1"},
+        {"prompt": "reverse 3 4 5 :", "completion": "5 4 3"},
+    ]
     tokenizer = build_task_tokenizer()
-    arrays, _ = encode_screened(splits.rows["train"], lambda r: encode_preference_rows(r, tokenizer, 16), splits.names["train"], "error")
+    arrays, _ = encode_screened(
+        splits.rows["train"], lambda r: encode_preference_rows(r, tokenizer, 16), splits.names["train"], "error"
+    )
     np.testing.assert_allclose(arrays["soft_label"], [0.8, 0.9])
     bad = tmp_path / "bad"
     bad.mkdir()
-    name, rows = read_split(SourceConfig(kind=kind, path=_write(kind, ROWS + [ROWS[0] | {"p": 1.5}], bad), fields=FIELDS), "train")
-    with pytest.raises(DataError, match=rf"^{name}, row 2: field 'soft_label' must be in \[0, 1\], got 1.5; fix or delete the row"):
+    name, rows = read_split(
+        SourceConfig(kind=kind, path=_write(kind, ROWS + [ROWS[0] | {"p": 1.5}], bad), fields=FIELDS), "train"
+    )
+    with pytest.raises(
+        DataError, match=rf"^{name}, row 2: field 'soft_label' must be in \[0, 1\], got 1.5; fix or delete the row"
+    ):
         encode_screened(rows, lambda r: encode_preference_rows(r, tokenizer, 16), name, "error")
     assert "train" in name
 

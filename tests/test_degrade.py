@@ -21,7 +21,9 @@ def bpe() -> PreTrainedTokenizerFast:
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<bos>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<bos>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     core.train_from_iterator(CORPUS, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
 
@@ -30,7 +32,10 @@ def words_of(text: str) -> list[str]:
     return text.split()
 
 
-@pytest.mark.parametrize("n, levels, fraction, expected", [(10, 3, 0.2, [2, 4, 6]), (4, 3, 0.2, [1, 2, 3]), (1, 2, 0.5, [0, 0]), (3, 3, 0.5, [2, 2, 2]), (5, 2, 0.2, [1, 2])])
+@pytest.mark.parametrize(
+    "n, levels, fraction, expected",
+    [(10, 3, 0.2, [2, 4, 6]), (4, 3, 0.2, [1, 2, 3]), (1, 2, 0.5, [0, 0]), (3, 3, 0.5, [2, 2, 2]), (5, 2, 0.2, [1, 2])],
+)
 def test_removal_counts(n, levels, fraction, expected):
     assert removal_counts(n, levels, fraction).tolist() == expected
 
@@ -39,7 +44,9 @@ def test_word_level_removes_exactly_the_count_and_keeps_whole_words(bpe):
     text = "Unbelievably, programmers refactor constantly. Tests help the cat."
     ids = bpe(text, add_special_tokens=False)["input_ids"]
     assert len(ids) > len(text.split())  # some words are several tokens
-    degrader = Degrader(bpe, "word", "tfidf", levels=3, fraction=0.25, seed=0).fit([bpe(t, add_special_tokens=False)["input_ids"] for t in CORPUS])
+    degrader = Degrader(bpe, "word", "tfidf", levels=3, fraction=0.25, seed=0).fit(
+        [bpe(t, add_special_tokens=False)["input_ids"] for t in CORPUS]
+    )
     copies, valid = degrader.degrade(ids, np.random.default_rng(0))
     original = words_of(text)
     counts = removal_counts(len(original), 3, 0.25)
@@ -58,7 +65,9 @@ def test_sentence_level_keeps_whole_sentences(bpe):
     text = "The cat sat on the mat. A dog barked loudly! Birds sing?"
     sentences = [text[a:b] for a, b in split_units(text, "sentence")]
     assert sentences == ["The cat sat on the mat.", "A dog barked loudly!", "Birds sing?"]
-    degrader = Degrader(bpe, "sentence", "tfidf", levels=2, fraction=0.3, seed=1).fit([bpe(t, add_special_tokens=False)["input_ids"] for t in CORPUS])
+    degrader = Degrader(bpe, "sentence", "tfidf", levels=2, fraction=0.3, seed=1).fit(
+        [bpe(t, add_special_tokens=False)["input_ids"] for t in CORPUS]
+    )
     copies, valid = degrader.degrade(bpe(text, add_special_tokens=False)["input_ids"], np.random.default_rng(1))
     for copy, expected_count in zip(copies, (2, 1)):
         decoded = bpe.decode(copy)
@@ -98,8 +107,12 @@ def test_arrays_keep_the_prompt_and_are_reproducible_by_seed():
     arrays = encode_preference_rows(task.splits["train"][:64], tok, 32)
 
     def build(seed):
-        corpus = [ids for ids in (tok(r["chosen"], add_special_tokens=False)["input_ids"] for r in task.splits["train"][:64])]
-        return degraded_arrays(Degrader(tok, "word", "tfidf", 3, 0.2, seed).fit(corpus), arrays, ("chosen", "rejected"), 32)
+        corpus = [
+            ids for ids in (tok(r["chosen"], add_special_tokens=False)["input_ids"] for r in task.splits["train"][:64])
+        ]
+        return degraded_arrays(
+            Degrader(tok, "word", "tfidf", 3, 0.2, seed).fit(corpus), arrays, ("chosen", "rejected"), 32
+        )
 
     out = build(0)
     assert out["selfsup_tokens"].shape == (64, 2, 3, 32) and out["selfsup_level_valid"].shape == (64, 2, 3)

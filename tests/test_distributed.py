@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # --- the plan read from the environment ------------------------------------------------------------
 
+
 def test_explicit_variables_give_the_plan():
     env = {"JAXSPO_COORDINATOR": "10.0.0.2:8476", "JAXSPO_NUM_PROCESSES": "4", "JAXSPO_PROCESS_ID": "3"}
     assert plan_from_env(env, on_tpu_vm=False) == Plan("explicit", "10.0.0.2:8476", 4, 3)
@@ -33,15 +34,36 @@ def test_explicit_variables_give_the_plan():
     assert plan_from_env(jax_names, on_tpu_vm=False) == Plan("explicit", "h0:1234", 2, 0)
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"JAXSPO_COORDINATOR": "h0:1", "JAXSPO_NUM_PROCESSES": "2"}, "JAXSPO_PROCESS_ID (or JAX_PROCESS_ID) is missing"),
-    ({"JAXSPO_PROCESS_ID": "1"}, "JAXSPO_COORDINATOR (or JAX_COORDINATOR_ADDRESS) and JAXSPO_NUM_PROCESSES (or JAX_NUM_PROCESSES) is missing"),
-    ({"JAXSPO_COORDINATOR": "h0", "JAXSPO_NUM_PROCESSES": "2", "JAXSPO_PROCESS_ID": "0"}, "JAXSPO_COORDINATOR='h0' must be host:port"),
-    ({"JAXSPO_COORDINATOR": "h0:1", "JAXSPO_NUM_PROCESSES": "two", "JAXSPO_PROCESS_ID": "0"}, "JAXSPO_NUM_PROCESSES='two' is not an integer"),
-    ({"JAXSPO_COORDINATOR": "h0:1", "JAXSPO_NUM_PROCESSES": "2", "JAXSPO_PROCESS_ID": "2"}, "JAXSPO_PROCESS_ID=2 must be below JAXSPO_NUM_PROCESSES=2"),
-    ({"JAXSPO_DISTRIBUTED": "yes"}, "JAXSPO_DISTRIBUTED='yes'"),
-    ({"SLURM_STEP_NUM_TASKS": "2", "SLURM_JOB_ID": "7"}, "without SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        (
+            {"JAXSPO_COORDINATOR": "h0:1", "JAXSPO_NUM_PROCESSES": "2"},
+            "JAXSPO_PROCESS_ID (or JAX_PROCESS_ID) is missing",
+        ),
+        (
+            {"JAXSPO_PROCESS_ID": "1"},
+            "JAXSPO_COORDINATOR (or JAX_COORDINATOR_ADDRESS) and JAXSPO_NUM_PROCESSES (or JAX_NUM_PROCESSES) is missing",
+        ),
+        (
+            {"JAXSPO_COORDINATOR": "h0", "JAXSPO_NUM_PROCESSES": "2", "JAXSPO_PROCESS_ID": "0"},
+            "JAXSPO_COORDINATOR='h0' must be host:port",
+        ),
+        (
+            {"JAXSPO_COORDINATOR": "h0:1", "JAXSPO_NUM_PROCESSES": "two", "JAXSPO_PROCESS_ID": "0"},
+            "JAXSPO_NUM_PROCESSES='two' is not an integer",
+        ),
+        (
+            {"JAXSPO_COORDINATOR": "h0:1", "JAXSPO_NUM_PROCESSES": "2", "JAXSPO_PROCESS_ID": "2"},
+            "JAXSPO_PROCESS_ID=2 must be below JAXSPO_NUM_PROCESSES=2",
+        ),
+        ({"JAXSPO_DISTRIBUTED": "yes"}, "JAXSPO_DISTRIBUTED='yes'"),
+        (
+            {"SLURM_STEP_NUM_TASKS": "2", "SLURM_JOB_ID": "7"},
+            "without SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID",
+        ),
+    ],
+)
 def test_bad_environment_names_the_variable(env, message):
     with pytest.raises(DistributedError) as err:
         plan_from_env(env, on_tpu_vm=False)
@@ -49,7 +71,14 @@ def test_bad_environment_names_the_variable(env, message):
 
 
 def test_slurm_tpu_auto_off_and_single_process():
-    slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "gpu[01-02]", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "5", "SLURM_LOCALID": "1"}
+    slurm = {
+        "SLURM_JOB_ID": "7",
+        "SLURM_STEP_NODELIST": "gpu[01-02]",
+        "SLURM_NTASKS": "8",
+        "SLURM_STEP_NUM_TASKS": "8",
+        "SLURM_PROCID": "5",
+        "SLURM_LOCALID": "1",
+    }
     assert plan_from_env(slurm, on_tpu_vm=False) == Plan("slurm", None, 8, 5)
     batch_script = slurm | {"SLURM_STEP_NUM_TASKS": "1"}  # sbatch's own shell, not an srun step of several tasks
     assert plan_from_env(batch_script, on_tpu_vm=False) is None
@@ -66,19 +95,36 @@ def test_an_srun_gpu_task_gets_coordinator_and_gpu_from_slurm(monkeypatch):
     detection (what initialize() hands it to) finds the step's first node, the port and this task's GPU."""
     from jax._src.clusters import SlurmCluster
 
-    task = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "gpu[03-04]", "SLURM_NTASKS": "16", "SLURM_STEP_NUM_TASKS": "16",
-            "SLURM_PROCID": "9", "SLURM_LOCALID": "1", "SLURM_STEP_NUM_NODES": "2"}
+    task = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_STEP_NODELIST": "gpu[03-04]",
+        "SLURM_NTASKS": "16",
+        "SLURM_STEP_NUM_TASKS": "16",
+        "SLURM_PROCID": "9",
+        "SLURM_LOCALID": "1",
+        "SLURM_STEP_NUM_NODES": "2",
+    }
     assert plan_from_env(task, on_tpu_vm=False) == Plan("slurm", None, 16, 9)
     for name, value in task.items():
         monkeypatch.setenv(name, value)
     assert SlurmCluster.is_env_present()
-    assert SlurmCluster.get_coordinator_address(None, None) == f"gpu03:{65536 - 4096 + 4242 % 4096}"  # port from the job id
+    assert (
+        SlurmCluster.get_coordinator_address(None, None) == f"gpu03:{65536 - 4096 + 4242 % 4096}"
+    )  # port from the job id
     assert SlurmCluster.get_coordinator_address(None, "29500") == "gpu03:29500"  # jaxspo launch --slurm --port 29500
-    assert (SlurmCluster.get_process_count(), SlurmCluster.get_process_id(), SlurmCluster.get_local_process_id()) == (16, 9, 1)
+    assert (SlurmCluster.get_process_count(), SlurmCluster.get_process_id(), SlurmCluster.get_local_process_id()) == (
+        16,
+        9,
+        1,
+    )
 
 
 def test_slurm_script_runs_one_task_per_gpu():
-    options = [line.removeprefix("#SBATCH --").partition("=") for line in (REPO / "launch" / "slurm.sbatch").read_text().splitlines() if line.startswith("#SBATCH --")]
+    options = [
+        line.removeprefix("#SBATCH --").partition("=")
+        for line in (REPO / "launch" / "slurm.sbatch").read_text().splitlines()
+        if line.startswith("#SBATCH --")
+    ]
     header = {name: value for name, _, value in options}
     assert header["ntasks-per-node"] == header["gpus-per-node"] == "8"
 
@@ -110,14 +156,19 @@ def test_single_process_helpers_are_plain_jax():
 
 # --- two real processes -------------------------------------------------------------------------------
 
+
 def local_args(n: int, devices: int, **options) -> argparse.Namespace:
     defaults = {t: None for t in launch.TARGETS} | {o: None for o in launch.OPTION_TARGETS}
-    return argparse.Namespace(**(defaults | {"local": n, "devices_per_process": devices, "env": [], "config": "-", "overrides": []} | options))
+    return argparse.Namespace(
+        **(defaults | {"local": n, "devices_per_process": devices, "env": [], "config": "-", "overrides": []} | options)
+    )
 
 
 def test_global_batches_and_gathers_across_two_processes(capsys):
     commands = launch.build_commands(local_args(2, 4))
-    probe = [dataclasses.replace(c, argv=[sys.executable, str(REPO / "tests" / "multihost_probe.py")]) for c in commands]
+    probe = [
+        dataclasses.replace(c, argv=[sys.executable, str(REPO / "tests" / "multihost_probe.py")]) for c in commands
+    ]
     assert launch.run(probe) == 0
     out = capsys.readouterr().out
     assert "[0] ok 0 3" in out and "[1] ok 1 3" in out, out[-3000:]
@@ -126,22 +177,55 @@ def test_global_batches_and_gathers_across_two_processes(capsys):
 # --- training: 2 × 4 and 4 × 2 processes against 1 × 8, on the (2, 2, 2) mesh -------------------------
 
 TINY = [
-    "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2",
-    "data.synthetic.num_sft=256", "data.synthetic.num_train=128", "data.synthetic.num_eval=32",
-    "trainer.sft_steps=4", "trainer.sft_batch_size=8", "trainer.steps=4", "trainer.batch_size=8", "trainer.eval_every=0",
-    "trainer.grad_accum_steps=2", "eval.num_pairs=16", "eval.num_prompts=8", "eval.max_new_tokens=4",
-    "logging.log_every=1", "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false",
-    "checkpoint.every_steps=2", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2",
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.num_layers=2",
+    "data.synthetic.num_sft=256",
+    "data.synthetic.num_train=128",
+    "data.synthetic.num_eval=32",
+    "trainer.sft_steps=4",
+    "trainer.sft_batch_size=8",
+    "trainer.steps=4",
+    "trainer.batch_size=8",
+    "trainer.eval_every=0",
+    "trainer.grad_accum_steps=2",
+    "eval.num_pairs=16",
+    "eval.num_prompts=8",
+    "eval.max_new_tokens=4",
+    "logging.log_every=1",
+    "logging.progress_bar=false",
+    "logging.tensorboard=false",
+    "logging.plot=false",
+    "checkpoint.every_steps=2",
+    "mesh.data=2",
+    "mesh.fsdp=2",
+    "mesh.tensor=2",
 ]
 # Identical numerics settings in every run; the cheaper LLVM back end and fusion emitters (tests/conftest.py) cut each process's compile time.
-ENV = ["--env", "JAX_DEFAULT_MATMUL_PRECISION=highest",
-       "--env", "XLA_FLAGS=--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true --xla_cpu_use_fusion_emitters=false"]
+ENV = [
+    "--env",
+    "JAX_DEFAULT_MATMUL_PRECISION=highest",
+    "--env",
+    "XLA_FLAGS=--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true --xla_cpu_use_fusion_emitters=false",
+]
 LAYOUTS = [(1, 8), (2, 4), (4, 2)]  # (processes, devices per process)
 
 
 def launch_train(processes: int, devices: int, run_dir: Path) -> str:
-    argv = [sys.executable, "-m", "jaxspo", "launch", "--local", str(processes), "--devices-per-process", str(devices), *ENV,
-            "configs/demo.yaml", *TINY, f"run_dir={run_dir}"]
+    argv = [
+        sys.executable,
+        "-m",
+        "jaxspo",
+        "launch",
+        "--local",
+        str(processes),
+        "--devices-per-process",
+        str(devices),
+        *ENV,
+        "configs/demo.yaml",
+        *TINY,
+        f"run_dir={run_dir}",
+    ]
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return done.stdout
@@ -157,7 +241,9 @@ def final_params(run_dir: Path) -> list[np.ndarray]:
     path = (run_dir / "params").resolve()
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     with ocp.StandardCheckpointer() as checkpointer:
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), checkpointer.metadata(path).item_metadata)
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), checkpointer.metadata(path).item_metadata
+        )
         return [np.asarray(x) for x in jax.tree.leaves(checkpointer.restore(path, target))]
 
 
@@ -183,7 +269,9 @@ def assert_same_run(got: list[dict], want: list[dict]) -> None:
             assert abs(g["loss"] - w["loss"]) <= 1e-6, (w["phase"], w["step"], g["loss"], w["loss"])
         for key in w.keys() - {"phase", "step"}:
             if "accurac" not in key:
-                np.testing.assert_allclose(g[key], w[key], rtol=1e-5, atol=1e-6, err_msg=f"{w['phase']} {w['step']} {key}")
+                np.testing.assert_allclose(
+                    g[key], w[key], rtol=1e-5, atol=1e-6, err_msg=f"{w['phase']} {w['step']} {key}"
+                )
 
 
 @pytest.mark.slow
@@ -206,7 +294,9 @@ def test_two_processes_resume_from_their_checkpoint(runs, tmp_path):
     shutil.rmtree(run_dir / "checkpoints" / "preference" / "4")  # as if killed after the step-2 checkpoint
     shutil.rmtree(run_dir / "params")
     stdout = launch_train(2, 4, run_dir)
-    assert "[0] jaxspo: resuming preference at step 2" in stdout and "[1] jaxspo: resuming preference at step 2" in stdout
+    assert (
+        "[0] jaxspo: resuming preference at step 2" in stdout and "[1] jaxspo: resuming preference at step 2" in stdout
+    )
     assert_same_run(metrics(run_dir), metrics(uninterrupted))
     for got, want in zip(final_params(run_dir), final_params(uninterrupted), strict=True):
         np.testing.assert_array_equal(got, want)

@@ -28,8 +28,14 @@ def site(tmp_path_factory) -> Path:
     """The site built as `make docs` builds it (≈ 3–8 s), into a temporary folder."""
     out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stdout}\n{done.stderr}"
     return out
 
@@ -41,14 +47,20 @@ def page_text(path: Path) -> str:
 
 def test_code_in_table_cells_shows_pipes_as_github_does(site):
     """GitHub's tables need `\\|` even inside code; the site's hook (mkdocs_hooks.py) drops the backslash there."""
-    cells = [cell for page in site.rglob("*.html") for cell in re.findall(r"<td[^>]*>.*?</td>", page.read_text(encoding="utf-8"), re.S)]
+    cells = [
+        cell
+        for page in site.rglob("*.html")
+        for cell in re.findall(r"<td[^>]*>.*?</td>", page.read_text(encoding="utf-8"), re.S)
+    ]
     assert any("<code>" in cell and "|" in cell for cell in cells)
     assert not [cell for cell in cells if "\\|" in cell]
 
 
 def test_config_reference_is_up_to_date():
     page = (ROOT / "docs" / "reference" / "config.md").read_text(encoding="utf-8")
-    assert page == config_reference.render(), "docs/reference/config.md is stale: run `python -m jaxspo.config_reference` (or `make docs`)"
+    assert page == config_reference.render(), (
+        "docs/reference/config.md is stale: run `python -m jaxspo.config_reference` (or `make docs`)"
+    )
 
 
 def test_the_built_reference_lists_every_config_key(site):
@@ -70,7 +82,9 @@ def guide_rows() -> list[tuple[list[str], list[str]]]:
         first, *others = re.findall(r"`([^`]+)`", match.group(1))
         keys = [first] + [key if "." in key else f"{first.rpartition('.')[0]}.{key}" for key in others]
         cell = match.group(2).strip()
-        defaults = next((split for split in (cell.split(" / "), cell.split(", ")) if len(split) == len(keys)), [cell] * len(keys))
+        defaults = next(
+            (split for split in (cell.split(" / "), cell.split(", ")) if len(split) == len(keys)), [cell] * len(keys)
+        )
         rows.append((keys, [default.strip() for default in defaults]))
     return rows
 
@@ -92,7 +106,9 @@ def test_the_configuration_guide_names_real_keys_and_their_code_defaults():
     rows = guide_rows()
     assert len(rows) > 100
     unknown = [key for keys, _ in rows for key in keys if key not in code]
-    assert not unknown, f"docs/configuration.md names keys the config does not have (see docs/reference/config.md): {unknown}"
+    assert not unknown, (
+        f"docs/configuration.md names keys the config does not have (see docs/reference/config.md): {unknown}"
+    )
     wrong = [
         f"{key}: {default} (code: {code[key]})"
         for keys, defaults in rows
@@ -121,15 +137,29 @@ def test_every_config_key_the_manual_names_exists():
             for span in re.findall(r"`([^`]+)`", line):
                 for name in re.findall(r"(?<![\w./'-])([a-z_]+(?:\[\])?(?:\.[a-z_0-9*]+)+)", span):
                     parts = name.split(".")
-                    if parts[0].removesuffix("[]") not in tops or parts[-1] in FILE_SUFFIXES or any(p.isdigit() for p in parts):
+                    if (
+                        parts[0].removesuffix("[]") not in tops
+                        or parts[-1] in FILE_SUFFIXES
+                        or any(p.isdigit() for p in parts)
+                    ):
                         continue
                     wildcard = name.endswith("*") and any(key.startswith(name.removesuffix("*")) for key in keys)
-                    if name in keys or name in sections_ or wildcard or any(name.startswith(mapping + ".") for mapping in mappings):
+                    if (
+                        name in keys
+                        or name in sections_
+                        or wildcard
+                        or any(name.startswith(mapping + ".") for mapping in mappings)
+                    ):
                         continue
-                    if any(old.startswith(name.removesuffix("*")) if name.endswith("*") else old == name for old in MOVED_KEYS):
+                    if any(
+                        old.startswith(name.removesuffix("*")) if name.endswith("*") else old == name
+                        for old in MOVED_KEYS
+                    ):
                         continue  # an old key, named where the manual says where it moved
                     stale.append(f"{page.relative_to(ROOT)}:{number}: {name}")
-    assert not stale, f"the manual names config keys that do not exist (docs/reference/config.md lists the real ones): {stale}"
+    assert not stale, (
+        f"the manual names config keys that do not exist (docs/reference/config.md lists the real ones): {stale}"
+    )
 
 
 def cli_commands(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()) -> dict[str, list[str]]:
@@ -138,7 +168,9 @@ def cli_commands(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()) -
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
-                found["jaxspo " + " ".join(words + (name,))] = [o for a in sub._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+                found["jaxspo " + " ".join(words + (name,))] = [
+                    o for a in sub._actions for o in a.option_strings if o.startswith("--") and o != "--help"
+                ]
                 found |= cli_commands(sub, words + (name,))
     return found
 
@@ -150,7 +182,10 @@ def test_every_cli_command_and_option_is_documented(site):
     assert {"jaxspo train", "jaxspo data prepare", "jaxspo launch"} <= set(commands_found)
     missing = [command for command in commands_found if not re.search(rf"{re.escape(command)}(?![\w-])", commands)]
     assert not missing, f"docs/commands.md lacks {missing}"
-    undocumented = {command: [o for o in options if not re.search(rf"{re.escape(o)}(?![\w-])", everything)] for command, options in commands_found.items()}
+    undocumented = {
+        command: [o for o in options if not re.search(rf"{re.escape(o)}(?![\w-])", everything)]
+        for command, options in commands_found.items()
+    }
     assert not any(undocumented.values()), f"options no page mentions: { {c: o for c, o in undocumented.items() if o} }"
 
 
@@ -160,11 +195,19 @@ def test_code_cites_existing_docs_pages_not_an_outside_methods_file():
     bad = []
     for folder in ("jaxspo", "tests", "configs", "benchmarks", "launch", "docs"):
         for path in (ROOT / folder).rglob("*"):
-            hidden = any(part.startswith(".") for part in path.relative_to(ROOT).parts)  # e.g. benchmarks/.venvs: installed packages
-            if path.suffix not in (".py", ".yaml", ".md", ".sh", ".sbatch") or path.name == Path(__file__).name or hidden:
+            hidden = any(
+                part.startswith(".") for part in path.relative_to(ROOT).parts
+            )  # e.g. benchmarks/.venvs: installed packages
+            if (
+                path.suffix not in (".py", ".yaml", ".md", ".sh", ".sbatch")
+                or path.name == Path(__file__).name
+                or hidden
+            ):
                 continue
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                cited = [page for page in re.findall(r"(?<![\w/.])docs/[\w/.-]+?\.md", line) if not (ROOT / page).is_file()]
+                cited = [
+                    page for page in re.findall(r"(?<![\w/.])docs/[\w/.-]+?\.md", line) if not (ROOT / page).is_file()
+                ]
                 if cited or "METHODS.md" in line or "METHODS §" in line:
                     bad.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not bad, bad

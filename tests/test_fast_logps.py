@@ -12,19 +12,38 @@ from jaxspo.config import ConfigError, load_config
 from jaxspo.data.layout import PACKED_FIELDS, pack_pairs
 from jaxspo.models import ModelConfig
 from jaxspo.train.lora import LoRATraining
-from jaxspo.train.state import abstract_model, init_params, init_state, learning_rate_schedule, make_optimizer, param_shardings, state_shardings
+from jaxspo.train.state import (
+    abstract_model,
+    init_params,
+    init_state,
+    learning_rate_schedule,
+    make_optimizer,
+    param_shardings,
+    state_shardings,
+)
 from jaxspo.train.step import batch_fields, make_train_step, pair_logps
 from jaxspo.sharding import DEFAULT_RULES, make_mesh
 from tests.test_train_step import TINY, random_pairs
 
 ATOL = 1e-5
-GEMMA2_LIKE = dataclasses.replace(TINY, sliding_window=3, layer_types=["sliding_attention", "full_attention"], attn_softcap=20.0, final_softcap=15.0, tie_embeddings=False)
+GEMMA2_LIKE = dataclasses.replace(
+    TINY,
+    sliding_window=3,
+    layer_types=["sliding_attention", "full_attention"],
+    attn_softcap=20.0,
+    final_softcap=15.0,
+    tie_embeddings=False,
+)
 
 
 def pairs(batch: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
     """Pairs with prompts of different lengths (2–6 tokens) and responses of 1–8 tokens, width 16."""
     rng = np.random.default_rng(seed)
-    out = {f"{s}_{k}": np.zeros((batch, 16), d) for s in ("chosen", "rejected") for k, d in (("tokens", np.int32), ("valid", bool), ("loss_mask", bool))}
+    out = {
+        f"{s}_{k}": np.zeros((batch, 16), d)
+        for s in ("chosen", "rejected")
+        for k, d in (("tokens", np.int32), ("valid", bool), ("loss_mask", bool))
+    }
     for i in range(batch):
         prompt = rng.integers(4, TINY.vocab_size, int(rng.integers(2, 7)))
         for side in ("chosen", "rejected"):
@@ -59,15 +78,29 @@ def assert_trees_close(a, b, atol=ATOL):
 
 def test_pack_pairs_layout_by_hand():
     """Prompt [1 5], chosen [6 7], rejected [8]: one row, positions restart after the prompt."""
-    arrays = {f"{s}_{k}": np.zeros((1, 6), d) for s in ("chosen", "rejected") for k, d in (("tokens", np.int32), ("valid", bool), ("loss_mask", bool))}
-    arrays["chosen_tokens"][0, :4], arrays["chosen_valid"][0, :4], arrays["chosen_loss_mask"][0, 2:4] = [1, 5, 6, 7], True, True
-    arrays["rejected_tokens"][0, :3], arrays["rejected_valid"][0, :3], arrays["rejected_loss_mask"][0, 2:3] = [1, 5, 8], True, True
+    arrays = {
+        f"{s}_{k}": np.zeros((1, 6), d)
+        for s in ("chosen", "rejected")
+        for k, d in (("tokens", np.int32), ("valid", bool), ("loss_mask", bool))
+    }
+    arrays["chosen_tokens"][0, :4], arrays["chosen_valid"][0, :4], arrays["chosen_loss_mask"][0, 2:4] = (
+        [1, 5, 6, 7],
+        True,
+        True,
+    )
+    arrays["rejected_tokens"][0, :3], arrays["rejected_valid"][0, :3], arrays["rejected_loss_mask"][0, 2:3] = (
+        [1, 5, 8],
+        True,
+        True,
+    )
     packed = pack_pairs(arrays)
     assert set(packed) == set(PACKED_FIELDS) and packed["packed_tokens"].shape == (1, 8)
     np.testing.assert_array_equal(packed["packed_tokens"][0, :5], [1, 5, 6, 7, 8])
     np.testing.assert_array_equal(packed["packed_segments"][0, :5], [0, 0, 1, 1, 2])
     np.testing.assert_array_equal(packed["packed_positions"][0, :5], [0, 1, 2, 3, 2])
-    np.testing.assert_array_equal(packed["packed_source"][0, :5], [0, 0, 1, 2, 1])  # token 8 is predicted by the prompt's end
+    np.testing.assert_array_equal(
+        packed["packed_source"][0, :5], [0, 0, 1, 2, 1]
+    )  # token 8 is predicted by the prompt's end
     np.testing.assert_array_equal(packed["packed_chosen_mask"][0, :5], [0, 0, 1, 1, 0])
     np.testing.assert_array_equal(packed["packed_rejected_mask"][0, :5], [0, 0, 0, 0, 1])
     assert packed["packed_valid"][0].sum() == 5
@@ -80,7 +113,9 @@ def test_pack_pairs_refuses_rows_without_a_shared_prompt():
         pack_pairs(arrays)
 
 
-@pytest.mark.parametrize("model_cfg", [TINY, pytest.param(GEMMA2_LIKE, marks=pytest.mark.slow)], ids=["llama", "gemma2_like"])
+@pytest.mark.parametrize(
+    "model_cfg", [TINY, pytest.param(GEMMA2_LIKE, marks=pytest.mark.slow)], ids=["llama", "gemma2_like"]
+)
 def test_packed_and_chunked_log_probs_and_gradients_equal_the_padded_ones(model_cfg):
     padded = pairs()
     reference, reference_grads = logps_and_grads(model_cfg, padded)
@@ -123,10 +158,19 @@ def full_step(overrides: list[str], host: dict, lora: bool = False, steps: int =
     schedule = learning_rate_schedule(cfg.optimizer, 10, 1e-2)
     if lora:
         run = LoRATraining(cfg, mesh, policy, policy, {"sha256": "-"})
-        model, abstract, sharding, params, frozen = run.model, run.model.abstract_adapters, run.model.adapter_sharding, run.initial, run.frozen
+        model, abstract, sharding, params, frozen = (
+            run.model,
+            run.model.abstract_adapters,
+            run.model.adapter_sharding,
+            run.initial,
+            run.frozen,
+        )
         # LoRA starts at B = 0 (policy = reference, every margin a tie whose sign is rounding): move it off the tie
         noise = jax.random.split(jax.random.key(3), len(jax.tree.leaves(params)))
-        params = jax.tree.unflatten(jax.tree.structure(params), [x + 0.2 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(jax.tree.leaves(params), noise)])
+        params = jax.tree.unflatten(
+            jax.tree.structure(params),
+            [x + 0.2 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(jax.tree.leaves(params), noise)],
+        )
     else:
         model, params, frozen = graphdef, policy, reference
     tx = make_optimizer(cfg.optimizer, schedule, abstract)
@@ -134,7 +178,10 @@ def full_step(overrides: list[str], host: dict, lora: bool = False, steps: int =
     state = init_state(tx, params, 0, shardings)
     step = make_train_step(cfg, mesh, model, tx, schedule, shardings, "preference", 8)
     arrays = host | (pack_pairs(host) if cfg.data.layout == "packed" else {})
-    batch = {k: jax.device_put(arrays[k], step.batch_sharding[k]) for k in batch_fields("preference", cfg.loss, cfg.data.layout)}
+    batch = {
+        k: jax.device_put(arrays[k], step.batch_sharding[k])
+        for k in batch_fields("preference", cfg.loss, cfg.data.layout)
+    }
     frozen = frozen if step.reference_sharding is not None else None
     history = []
     for _ in range(steps):
@@ -149,8 +196,15 @@ def test_packed_train_steps_equal_padded_ones(setting):
     host = random_pairs(8)
     host["reference_chosen_logps"] = np.linspace(-30, -20, 8).astype(np.float32)
     host["reference_rejected_logps"] = np.linspace(-25, -35, 8).astype(np.float32)
-    overrides = {"resident": [], "precomputed": ["loss.reference=precomputed"], "adapter_off": ["lora.rank=4", "lora.alpha=8.0", "loss.reference=adapter_off"]}[setting]
-    runs = [full_step(overrides + layout, host, lora=setting == "adapter_off") for layout in ([], ["data.layout=packed", "model.logprob_chunk=4"])]
+    overrides = {
+        "resident": [],
+        "precomputed": ["loss.reference=precomputed"],
+        "adapter_off": ["lora.rank=4", "lora.alpha=8.0", "loss.reference=adapter_off"],
+    }[setting]
+    runs = [
+        full_step(overrides + layout, host, lora=setting == "adapter_off")
+        for layout in ([], ["data.layout=packed", "model.logprob_chunk=4"])
+    ]
     (padded_metrics, padded_params), (packed_metrics, packed_params) = runs
     for a, b in zip(padded_metrics, packed_metrics):
         assert a.keys() == b.keys()
@@ -161,16 +215,40 @@ def test_packed_train_steps_equal_padded_ones(setting):
 
 
 def test_config_keys_are_checked_and_name_themselves():
-    cfg = load_config(None, ["data.layout=packed", "data.max_length=32", "data.buckets=[40,64]", "model.logprob_chunk=16", "model.remat=true", "model.remat_policy=dots"])
-    assert (cfg.data.layout, cfg.data.buckets, cfg.model.logprob_chunk, cfg.model.remat_policy) == ("packed", [40, 64], 16, "dots")
+    cfg = load_config(
+        None,
+        [
+            "data.layout=packed",
+            "data.max_length=32",
+            "data.buckets=[40,64]",
+            "model.logprob_chunk=16",
+            "model.remat=true",
+            "model.remat_policy=dots",
+        ],
+    )
+    assert (cfg.data.layout, cfg.data.buckets, cfg.model.logprob_chunk, cfg.model.remat_policy) == (
+        "packed",
+        [40, 64],
+        16,
+        "dots",
+    )
     for overrides, message in [
         (["data.layout=rows"], "data.layout must be one of padded, packed"),
-        (["data.buckets=[40]", "data.max_length=32"], r"data.buckets must be ascending distinct lengths in \[2, data.max_length=32\]"),
+        (
+            ["data.buckets=[40]", "data.max_length=32"],
+            r"data.buckets must be ascending distinct lengths in \[2, data.max_length=32\]",
+        ),
         (["model.logprob_chunk=-1"], "model.logprob_chunk must be >= 0"),
         (["model.remat_policy=some"], "model.remat_policy must be one of"),
         (["model.scan_unroll=0"], "model.scan_unroll must be >= 1"),
-        (["data.layout=packed", "loss.selfsup.weight=0.5"], "data.layout: 'packed' is not supported here \\(loss.selfsup.weight"),
-        (["data.layout=packed", "loss.terms={soft_spo_ranked: 1.0}"], "data.layout: 'packed' is not supported here \\(loss.terms: list losses"),
+        (
+            ["data.layout=packed", "loss.selfsup.weight=0.5"],
+            "data.layout: 'packed' is not supported here \\(loss.selfsup.weight",
+        ),
+        (
+            ["data.layout=packed", "loss.terms={soft_spo_ranked: 1.0}"],
+            "data.layout: 'packed' is not supported here \\(loss.terms: list losses",
+        ),
         (["data.layout=packed", "loss.kl.beta=0.1"], "data.layout: 'packed' is not supported here \\(loss.kl.beta"),
     ]:
         with pytest.raises(ConfigError, match=message):
@@ -184,7 +262,9 @@ def test_compilation_cache_dir_is_set_and_the_environment_wins(tmp_path, monkeyp
     try:
         monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
         assert enable_compilation_cache("") is None
-        assert enable_compilation_cache(str(tmp_path / "a")) == tmp_path / "a" and jax.config.jax_compilation_cache_dir == str(tmp_path / "a")
+        assert enable_compilation_cache(
+            str(tmp_path / "a")
+        ) == tmp_path / "a" and jax.config.jax_compilation_cache_dir == str(tmp_path / "a")
         monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "b"))
         assert enable_compilation_cache(str(tmp_path / "a")) == tmp_path / "b" and (tmp_path / "b").is_dir()
     finally:
@@ -207,5 +287,9 @@ def test_bf16_projections_run_bf16_dots_forward_and_backward_with_float32_result
         assert low.dtype == jnp.float32 and float(jnp.abs(low - exact).max() / jnp.abs(exact).max()) < 2e-2
     hlo = grad.lower(x, w, "bfloat16").compile().as_text().splitlines()
     dots = [line for line in hlo if " dot(" in line]
-    bf16_dots = [line for line in hlo if line.startswith("%fused_computation") and line.count(": bf16[") == 2 and "-> f32[" in line]
+    bf16_dots = [
+        line
+        for line in hlo
+        if line.startswith("%fused_computation") and line.count(": bf16[") == 2 and "-> f32[" in line
+    ]
     assert len(dots) == 3 and len(bf16_dots) == 3, dots  # forward, d/dx, d/dw: each bf16 × bf16 → float32

@@ -94,13 +94,17 @@ def test_unexpected_tensor(copy):
 
 
 def test_stale_rotary_buffers_are_ignored(copy):
-    rewrite_tensors(copy, lambda t: t.update({"model.layers.0.self_attn.rotary_emb.inv_freq": t["model.norm.weight"][:4]}))
+    rewrite_tensors(
+        copy, lambda t: t.update({"model.layers.0.self_attn.rotary_emb.inv_freq": t["model.norm.weight"][:4]})
+    )
     load(copy)
 
 
 def test_shape_disagrees_with_config(copy):
     edit_config(copy, intermediate_size=48)
-    with raises(r"model\.safetensors: tensor 'model\.layers\.0\.mlp\.gate_proj\.weight' has shape \(64, 32\) but config\.json implies \(48, 32\)"):
+    with raises(
+        r"model\.safetensors: tensor 'model\.layers\.0\.mlp\.gate_proj\.weight' has shape \(64, 32\) but config\.json implies \(48, 32\)"
+    ):
         load(copy)
 
 
@@ -121,7 +125,9 @@ def test_sharded_index_problems(folder, tmp_path):
     other = next(f for f in index["weight_map"].values() if f != file)
     index["weight_map"][name] = other
     (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
-    with raises(rf"{re.escape(other)}: tensor '{re.escape(name)}' is listed in model\.safetensors\.index\.json but missing"):
+    with raises(
+        rf"{re.escape(other)}: tensor '{re.escape(name)}' is listed in model\.safetensors\.index\.json but missing"
+    ):
         load(sharded)
 
 
@@ -134,10 +140,20 @@ def test_unsupported_rope_type(copy):
 def test_legacy_llama3_rope_keys_are_read(copy):
     config = json.loads((copy / "config.json").read_text())
     del config["rope_parameters"]
-    legacy = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+    legacy = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32,
+    }
     (copy / "config.json").write_text(json.dumps(config | {"rope_theta": 100.0, "rope_scaling": legacy}))
     cfg = model_config_from_hf(copy, ModelConfig())
-    assert cfg.rope_theta == 100.0 and cfg.rope_scaling.type == "llama3" and cfg.rope_scaling.original_max_position_embeddings == 32
+    assert (
+        cfg.rope_theta == 100.0
+        and cfg.rope_scaling.type == "llama3"
+        and cfg.rope_scaling.original_max_position_embeddings == 32
+    )
 
 
 def test_recipe_architecture_must_agree_with_config_json(folder):

@@ -57,12 +57,16 @@ def test_round_trip_is_bit_identical_and_loads_in_transformers(name, tmp_path, m
     out = save_hf(params, cfg, load_tokenizer(source), tmp_path / "out")
 
     assert_bit_identical(tensors(source), tensors(out))
-    exported, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True, attn_implementation="eager")
+    exported, info = transformers.AutoModelForCausalLM.from_pretrained(
+        out, output_loading_info=True, attn_implementation="eager"
+    )
     assert not any(info.values()), info  # no missing, unexpected or mismatched weights, no errors
     assert type(exported) is type(hf)
     assert transformers.AutoTokenizer.from_pretrained(out).chat_template == hf_tiny.tokenizer().chat_template
     eos = hf.config.eos_token_id if hf.config.eos_token_id is not None else hf_tiny.tokenizer().eos_token_id
-    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == exported.config.eos_token_id == eos
+    assert (
+        json.loads((out / "generation_config.json").read_text())["eos_token_id"] == exported.config.eos_token_id == eos
+    )
 
     tokens, valid, positions = hf_tiny.batch()
     expected, _ = hf_tiny.hf_forward(exported.eval(), tokens, valid, positions)
@@ -70,7 +74,9 @@ def test_round_trip_is_bit_identical_and_loads_in_transformers(name, tmp_path, m
     np.testing.assert_allclose(np.asarray(logits)[valid], expected[valid], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("name, dtype", [("llama3", "bfloat16"), ("gemma2", "bfloat16"), ("gpt2", "float16"), ("mistral", "float16")])
+@pytest.mark.parametrize(
+    "name, dtype", [("llama3", "bfloat16"), ("gemma2", "bfloat16"), ("gpt2", "float16"), ("mistral", "float16")]
+)
 def test_half_precision_sharded_round_trip(name, dtype, tmp_path, mesh):
     """bf16/fp16 in, sharded index in, sharded index out: still bit-identical."""
     source = hf_tiny.save(hf_tiny.build_hf(name), tmp_path / "source", getattr(torch, dtype), max_shard_size="20KB")
@@ -131,7 +137,9 @@ def test_cli_score_matches_pytorch(tmp_path):
     ]
     data, out = tmp_path / "pairs.jsonl", tmp_path / "scores.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert cli.main(["score", str(source), str(data), "--out", str(out), "--max-length", "12", "--batch-size", "2"]) == 0
+    assert (
+        cli.main(["score", str(source), str(data), "--out", str(out), "--max-length", "12", "--batch-size", "2"]) == 0
+    )
     scored = [json.loads(line) for line in out.read_text().splitlines()]
 
     tok = load_tokenizer(source)
@@ -150,10 +158,14 @@ def test_cli_score_matches_pytorch(tmp_path):
 
 def test_randomly_initialised_model_exports_as_llama(tmp_path):
     """The built-in demo's model (no model.path) exports too, with the task tokenizer."""
-    cfg = ModelConfig(vocab_size=20, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2, init_std=0.3)
+    cfg = ModelConfig(
+        vocab_size=20, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2, init_std=0.3
+    )
     graphdef, params = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param)
     out = save_hf(params, cfg, hf_tiny.tokenizer(), tmp_path / "demo")
-    exported, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True, attn_implementation="eager")
+    exported, info = transformers.AutoModelForCausalLM.from_pretrained(
+        out, output_loading_info=True, attn_implementation="eager"
+    )
     assert not any(info.values()) and isinstance(exported, transformers.LlamaForCausalLM)
     tokens, valid, positions = hf_tiny.batch()
     tokens = tokens % cfg.vocab_size
@@ -171,6 +183,8 @@ def test_training_and_loading_never_import_torch():
 
     modules = "jaxspo.cli, jaxspo.train.loop, jaxspo.models.hf_io, jaxspo.models.hf_config, jaxspo.score, jaxspo.label, jaxspo.eval_run"
     code = f"import sys, {modules}; print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", done.stdout

@@ -56,7 +56,9 @@ def test_hidden_states_and_logits_match_pytorch(arch):
     assert hidden.shape == expected_hidden.shape == (cfg.num_layers + 1, 6, 7, cfg.hidden_size)
     assert expected_logits[valid].std() > 0.5  # the comparison is not between near-zero numbers
     for layer in range(cfg.num_layers + 1):
-        np.testing.assert_allclose(hidden[layer][valid], expected_hidden[layer][valid], atol=1e-4, rtol=0, err_msg=f"{name} layer {layer}")
+        np.testing.assert_allclose(
+            hidden[layer][valid], expected_hidden[layer][valid], atol=1e-4, rtol=0, err_msg=f"{name} layer {layer}"
+        )
     np.testing.assert_allclose(logits[valid], expected_logits[valid], atol=1e-4, rtol=0, err_msg=name)
 
 
@@ -81,7 +83,9 @@ def test_bfloat16_checkpoint(arch, tmp_path, mesh):
     tokens, valid, positions = hf_tiny.batch()
     torch32 = hf_tiny.hf_forward(hf, tokens, valid, positions)[0][valid]
     folder = hf_tiny.save(hf, tmp_path / "bf16", torch.bfloat16)
-    torch_model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation="eager")
+    torch_model = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.bfloat16, attn_implementation="eager"
+    )
     torch16 = hf_tiny.hf_forward(torch_model.eval(), tokens, valid, positions)[0][valid]
     graphdef, params, _ = load(folder, mesh, dtype="bfloat16", param_dtype="bfloat16")
     assert all(p.dtype == jax.numpy.bfloat16 for p in jax.tree.leaves(params))

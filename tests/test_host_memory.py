@@ -28,13 +28,19 @@ print(json.dumps({"held": held, "faults": resource.getrusage(resource.RUSAGE_SEL
 
 
 def probe(mode: str, heap_env: dict[str, str] | None = None) -> dict:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"} | (heap_env or {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072"})
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"} | (
+        heap_env or {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072"}
+    )
     env.pop("XLA_FLAGS", None)  # one CPU device, as a CPU training run has
-    done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=120, env=env, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=120, env=env, check=True
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's; elsewhere hold_freed_memory does nothing")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="mallopt is glibc's; elsewhere hold_freed_memory does nothing"
+)
 def test_held_heap_stops_refaulting_the_temporary_buffer():
     system, held = probe("system"), probe("hold")
     assert (system["held"], held["held"]) == (False, True)
@@ -74,10 +80,14 @@ print(json.dumps(rows))
 def test_paced_steps_start_only_after_the_previous_step_freed_its_temporaries():
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
-    done = subprocess.run([sys.executable, "-c", PACED], capture_output=True, text=True, timeout=120, env=env, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", PACED], capture_output=True, text=True, timeout=120, env=env, check=True
+    )
     rows = json.loads(done.stdout.strip().splitlines()[-1])
     assert rows[0]["idle_before_previous"] is None and all(r["in_use_at_dispatch"] > 0 for r in rows)
-    for row in rows[1:]:  # right after its outputs are ready, a step often still holds its ≈ 100 MiB (see the figures in docs/speed.md)
+    for row in rows[
+        1:
+    ]:  # right after its outputs are ready, a step often still holds its ≈ 100 MiB (see the figures in docs/speed.md)
         assert row["in_use_at_dispatch"] <= row["idle_before_previous"] + StepPacer().slack, rows
 
 

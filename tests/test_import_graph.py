@@ -33,7 +33,10 @@ def import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 targets |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                targets |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names}
+                targets |= {
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names
+                }
         graph[name] = {t for t in targets if t in modules and t != name}
     return graph
 
@@ -48,7 +51,7 @@ def cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         path.pop()
@@ -75,4 +78,3 @@ def test_no_import_cycle_among_jaxspo_modules():
         assert imported in graph[importer], f"{importer} no longer imports {imported} ({reason}): drop it from KNOWN"
         graph[importer].discard(imported)
     assert cycle(graph) is None, " -> ".join(cycle(graph))
-

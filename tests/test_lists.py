@@ -24,11 +24,16 @@ def test_rows_are_encoded_best_first_and_padded_to_the_longest_list():
         {"prompt": "reverse 4 5 :", "responses": ["5 4", "4"], "ranking": [1, 0]},
     ]
     arrays = encode(rows)
-    assert arrays["list_tokens"].shape == (2, 3, LENGTH) and arrays["list_mask"].tolist() == [[True, True, True], [True, True, False]]
+    assert arrays["list_tokens"].shape == (2, 3, LENGTH) and arrays["list_mask"].tolist() == [
+        [True, True, True],
+        [True, True, False],
+    ]
     decoded = lambda i, j: TOKENIZER.decode(arrays["list_tokens"][i, j][arrays["list_loss_mask"][i, j]])  # noqa: E731
     assert [decoded(0, j) for j in range(3)] == ["1 2 3 <eos>", "3 2 1 <eos>", "3 um <eos>"]
     assert decoded(1, 0) == "4 <eos>" and decoded(1, 2) == decoded(1, 0)  # a missing slot repeats the best
-    best = encode([{"prompt": "reverse 1 2 3 :", "responses": ["3 2 1", "3 um", "1 2 3"], "best": 1}], need_ranking=False)
+    best = encode(
+        [{"prompt": "reverse 1 2 3 :", "responses": ["3 2 1", "3 um", "1 2 3"], "best": 1}], need_ranking=False
+    )
     assert TOKENIZER.decode(best["list_tokens"][0, 0][best["list_loss_mask"][0, 0]]) == "3 um <eos>"
 
 
@@ -64,10 +69,18 @@ BAD_ROWS = [
     (GOOD | {"ranking": [0, 1]}, True, "field 'ranking' must be a permutation of 0..2"),
     (GOOD | {"ranking": [0, 1, 5]}, True, "field 'ranking' must be an index into 'responses' (0..2), got 5"),
     (GOOD | {"ranking": "0 1 2"}, True, "field 'ranking' must be a list of indices"),
-    ({k: v for k, v in GOOD.items() if k != "ranking"} | {"best": 0}, True, "field 'ranking' is missing; the ranked loss needs"),
+    (
+        {k: v for k, v in GOOD.items() if k != "ranking"} | {"best": 0},
+        True,
+        "field 'ranking' is missing; the ranked loss needs",
+    ),
     ({k: v for k, v in GOOD.items() if k != "ranking"}, False, "needs field 'ranking' or 'best'"),
     ({k: v for k, v in GOOD.items() if k != "ranking"} | {"best": True}, False, "field 'best' must be an index"),
-    ({k: v for k, v in GOOD.items() if k != "ranking"} | {"best": 3}, False, "field 'best' must be an index into 'responses' (0..2), got 3"),
+    (
+        {k: v for k, v in GOOD.items() if k != "ranking"} | {"best": 3},
+        False,
+        "field 'best' must be an index into 'responses' (0..2), got 3",
+    ),
 ]
 
 

@@ -35,9 +35,16 @@ def test_wandb_mirrors_every_logged_row(tmp_path, monkeypatch):
     log.log("preference", 10, {"loss": 0.6, "rewards/accuracies": 0.75})
     log.close()
     (run,) = runs
-    assert run.init["project"] == "proj" and run.init["name"] == tmp_path.name and run.init["config"] == {"loss": {"beta": 0.1}}
+    assert (
+        run.init["project"] == "proj"
+        and run.init["name"] == tmp_path.name
+        and run.init["config"] == {"loss": {"beta": 0.1}}
+    )
     assert run.init["resume"] == "allow" and len(run.init["id"]) == 16
-    assert run.logged == [{"sft/loss": 2.5, "sft/step": 10}, {"preference/loss": 0.6, "preference/rewards/accuracies": 0.75, "preference/step": 10}]
+    assert run.logged == [
+        {"sft/loss": 2.5, "sft/step": 10},
+        {"preference/loss": 0.6, "preference/rewards/accuracies": 0.75, "preference/step": 10},
+    ]
     assert run.finished
     assert [r["phase"] for r in read_metrics(tmp_path / "metrics.jsonl")] == ["sft", "preference"]  # JSONL always
     MetricsLog(tmp_path, tensorboard=False, wandb_project="proj").close()
@@ -55,8 +62,18 @@ def test_plot_command_draws_the_curves(tmp_path, capsys):
 
     from jaxspo.cli import main
 
-    rows = [{"phase": "preference", "step": s, "loss": 0.7 - 0.01 * s, "rewards/chosen": 0.01 * s, "rewards/rejected": -0.01 * s,
-             "rewards/accuracies": 0.5 + 0.01 * s, "perf/tokens_per_second": 1000.0} for s in range(1, 11)]
+    rows = [
+        {
+            "phase": "preference",
+            "step": s,
+            "loss": 0.7 - 0.01 * s,
+            "rewards/chosen": 0.01 * s,
+            "rewards/rejected": -0.01 * s,
+            "rewards/accuracies": 0.5 + 0.01 * s,
+            "perf/tokens_per_second": 1000.0,
+        }
+        for s in range(1, 11)
+    ]
     rows.append({"phase": "eval", "step": 10, "eval/kl": 1.5, "eval/rewards/accuracies": 0.7})
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["plot", str(tmp_path), "--out", str(tmp_path / "c.png")]) == 0

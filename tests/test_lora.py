@@ -23,7 +23,15 @@ from jaxspo.models.hf_io import load_params, load_tokenizer
 from jaxspo.sharding import make_mesh
 from jaxspo.train import loop
 from jaxspo.train.lora import AdaptedModel, LoRATraining, base_record, write_base_record
-from jaxspo.train.state import abstract_model, init_params, init_state, learning_rate_schedule, make_optimizer, param_shardings, state_shardings
+from jaxspo.train.state import (
+    abstract_model,
+    init_params,
+    init_state,
+    learning_rate_schedule,
+    make_optimizer,
+    param_shardings,
+    state_shardings,
+)
 from jaxspo.train.step import make_train_step, pair_logps
 from tests import hf_tiny
 from tests.test_train_step import TINY, random_pairs
@@ -70,17 +78,28 @@ def randomized(adapters, seed=0, scale=0.3):
     """Adapters with random b (as after training), so the update is not zero."""
     leaves, treedef = jax.tree.flatten(adapters)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree.unflatten(treedef, [x + scale * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
+    return jax.tree.unflatten(
+        treedef, [x + scale * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+    )
 
 
 def test_adapters_start_at_the_base_exactly_and_dpo_starts_at_log2(tiny):
-    graphdef, base, lora, step, batch, state = tiny.graphdef, tiny.base, tiny.lora, tiny.step, tiny.batch, tiny.fresh_state()
+    graphdef, base, lora, step, batch, state = (
+        tiny.graphdef,
+        tiny.base,
+        tiny.lora,
+        tiny.step,
+        tiny.batch,
+        tiny.fresh_state(),
+    )
     policy, _ = lora.eval_states(lora.initial)
     adapted = jax.jit(lambda p: pair_logps(lora.model.eval_graphdef, p, batch))(policy)
     plain = jax.jit(lambda p: pair_logps(graphdef, p, batch))(base)
     for a, b in zip(adapted, plain):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # exactly: b = 0 adds exact zeros
-    a_leaves = [x for path, x in jax.tree_util.tree_leaves_with_path(lora.initial) if "'a'" in jax.tree_util.keystr(path)]
+    a_leaves = [
+        x for path, x in jax.tree_util.tree_leaves_with_path(lora.initial) if "'a'" in jax.tree_util.keystr(path)
+    ]
     assert a_leaves and all(float(jnp.abs(x).max()) > 0 for x in a_leaves)  # a is random, only b is zero
     _, metrics = step.fn(state, lora.frozen, batch)
     assert float(metrics["loss"]) == pytest.approx(np.log(2.0), abs=1e-6)
@@ -100,7 +119,10 @@ def test_only_adapters_are_trained_and_the_base_is_a_frozen_input(tiny):
     for a, b in zip(jax.tree.leaves(jax.device_get(base)), jax.tree.leaves(base_before)):  # not donated, not changed
         np.testing.assert_array_equal(a, b)
     assert step.donate_argnums == (0,)
-    moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(jax.device_get(lora.initial)))]
+    moved = [
+        not np.allclose(a, b)
+        for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(jax.device_get(lora.initial)))
+    ]
     assert all(moved)
 
 
@@ -112,12 +134,23 @@ def test_adapters_are_sharded_like_the_matrices_they_adapt(tiny):
     assert tuple(base["layers"]["attn"]["q_proj"].sharding.spec)[:3] == (None, "fsdp", "tensor")
     assert layers["attn"]["q_lora"]["a"][:3] == (None, "fsdp", None)
     assert layers["attn"]["q_lora"]["b"][:3] == (None, None, "tensor")
-    assert layers["attn"]["o_lora"]["a"][:2] == (None, "tensor") and layers["attn"]["o_lora"]["b"][:3] == (None, None, "fsdp")
+    assert layers["attn"]["o_lora"]["a"][:2] == (None, "tensor") and layers["attn"]["o_lora"]["b"][:3] == (
+        None,
+        None,
+        "fsdp",
+    )
     assert layers["mlp"]["down_lora"]["a"][:3] == (None, "tensor", None)
 
 
 def test_adapter_off_reference_equals_a_resident_copy_of_the_base(tiny):
-    graphdef, base, lora, step, batch, state = tiny.graphdef, tiny.base, tiny.lora, tiny.step, tiny.batch, tiny.fresh_state()
+    graphdef, base, lora, step, batch, state = (
+        tiny.graphdef,
+        tiny.base,
+        tiny.lora,
+        tiny.step,
+        tiny.batch,
+        tiny.fresh_state(),
+    )
     state, _ = step.fn(state, lora.frozen, batch)  # adapters ≠ 0 now
     state, _ = step.fn(state, lora.frozen, batch)
     adapted = jax.jit(lambda p, f: pair_logps(*lora.model.policy(p, f, None), batch))(state.params, lora.frozen)
@@ -136,7 +169,9 @@ def test_dropout_uses_the_step_key_and_is_off_in_evaluation():
     _, abstract = abstract_model(cfg.model)
     base = init_params(cfg.model, 1, param_shardings(abstract, mesh, cfg.mesh.rules))
     lora = LoRATraining(cfg, mesh, base, base, {"sha256": "-"})
-    no_dropout = AdaptedModel.build(cfg.model, dataclasses.replace(cfg.lora, dropout=0.0), cfg.loss.reference, mesh, cfg.mesh.rules)
+    no_dropout = AdaptedModel.build(
+        cfg.model, dataclasses.replace(cfg.lora, dropout=0.0), cfg.loss.reference, mesh, cfg.mesh.rules
+    )
     batch = random_pairs(8)
     adapters = randomized(lora.initial)
     policy_fn = lambda model: jax.jit(lambda p, k: pair_logps(*model.policy(p, lora.frozen, k), batch)[0])  # noqa: E731
@@ -147,26 +182,51 @@ def test_dropout_uses_the_step_key_and_is_off_in_evaluation():
     np.testing.assert_array_equal(np.asarray(one), np.asarray(again))
     policy, _ = lora.eval_states(adapters)
     evaluated = jax.jit(lambda p: pair_logps(lora.model.eval_graphdef, p, batch)[0])(policy)
-    np.testing.assert_allclose(np.asarray(evaluated), np.asarray(policy_fn(no_dropout)(adapters, None)), atol=1e-5)  # no dropout in eval
+    np.testing.assert_allclose(
+        np.asarray(evaluated), np.asarray(policy_fn(no_dropout)(adapters, None)), atol=1e-5
+    )  # no dropout in eval
 
 
 @pytest.mark.slow
 def test_compiled_adapter_off_step_holds_one_copy_of_the_base():
     """Compiled memory analysis (CPU mesh of 4): adapter_off's arguments are the base + adapters + Adam +
     batch; a resident reference adds exactly one more base; full fine-tuning adds the base's Adam moments."""
-    tiny = ["model.vocab_size=256", "model.hidden_size=128", "model.intermediate_size=256", "model.num_layers=2",
-            "model.num_heads=4", "model.num_kv_heads=2", "data.max_length=32", "trainer.batch_size=8", "mesh.data=1", "mesh.fsdp=4"]
+    tiny = [
+        "model.vocab_size=256",
+        "model.hidden_size=128",
+        "model.intermediate_size=256",
+        "model.num_layers=2",
+        "model.num_heads=4",
+        "model.num_kv_heads=2",
+        "data.max_length=32",
+        "trainer.batch_size=8",
+        "mesh.data=1",
+        "mesh.fsdp=4",
+    ]
     devices = jax.devices()[:4]
     report = {}
-    for name, extra in {"adapter_off": LORA, "lora_resident": LORA[:2] + ["loss.reference=resident"], "full_resident": []}.items():
+    for name, extra in {
+        "adapter_off": LORA,
+        "lora_resident": LORA[:2] + ["loss.reference=resident"],
+        "full_resident": [],
+    }.items():
         report[name] = compile_step(load_config(None, tiny + extra), devices)
     base_bytes = report["full_resident"]["parameters"] * 4 / 4  # float32, split over 4 devices
-    lora_off, lora_res, full = (report[k]["argument_bytes_per_device"] for k in ("adapter_off", "lora_resident", "full_resident"))
+    lora_off, lora_res, full = (
+        report[k]["argument_bytes_per_device"] for k in ("adapter_off", "lora_resident", "full_resident")
+    )
     assert lora_res - lora_off == pytest.approx(base_bytes, rel=0.02)  # the resident copy is the only difference
     cfg = load_config(None, tiny + LORA)
-    model = AdaptedModel.build(cfg.model, cfg.lora, cfg.loss.reference, make_mesh(cfg.mesh.shape(), devices), cfg.mesh.rules)
-    adapter_bytes = sum(4 * np.prod(s.shard_shape(a.shape)) for a, s in zip(jax.tree.leaves(model.abstract_adapters), jax.tree.leaves(model.adapter_sharding)))
-    assert lora_off == pytest.approx(base_bytes + 3 * adapter_bytes, abs=8 * 1024)  # base + adapters + 2 moments (+ batch)
+    model = AdaptedModel.build(
+        cfg.model, cfg.lora, cfg.loss.reference, make_mesh(cfg.mesh.shape(), devices), cfg.mesh.rules
+    )
+    adapter_bytes = sum(
+        4 * np.prod(s.shard_shape(a.shape))
+        for a, s in zip(jax.tree.leaves(model.abstract_adapters), jax.tree.leaves(model.adapter_sharding))
+    )
+    assert lora_off == pytest.approx(
+        base_bytes + 3 * adapter_bytes, abs=8 * 1024
+    )  # base + adapters + 2 moments (+ batch)
     assert full - lora_off > 1.9 * base_bytes  # full FT: reference + Adam moments of the whole model
 
 
@@ -187,9 +247,27 @@ def test_merged_and_peft_exports_reproduce_the_adapted_model(arch, tmp_path):
     """A run directory with trained-like adapters: the merged HF export (transformers) and the PEFT export
     (peft on the HF base) give jaxspo's adapted logits; a changed base is refused."""
     source = hf_tiny.save(hf_tiny.build_hf(arch), tmp_path / "base")
-    targets = "[c_attn, attn.c_proj, c_fc, mlp.c_proj]" if arch == "gpt2" else "[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"
-    tree = to_dict(load_config(None, [f"model.path={source}", "lora.rank=4", "lora.alpha=12.0", f"lora.targets={targets}",
-                                      "loss.reference=adapter_off", "trainer.sft_steps=0", "mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2"]))
+    targets = (
+        "[c_attn, attn.c_proj, c_fc, mlp.c_proj]"
+        if arch == "gpt2"
+        else "[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"
+    )
+    tree = to_dict(
+        load_config(
+            None,
+            [
+                f"model.path={source}",
+                "lora.rank=4",
+                "lora.alpha=12.0",
+                f"lora.targets={targets}",
+                "loss.reference=adapter_off",
+                "trainer.sft_steps=0",
+                "mesh.data=1",
+                "mesh.fsdp=4",
+                "mesh.tensor=2",
+            ],
+        )
+    )
     cfg = config_from_dict(tree)
     cfg = dataclasses.replace(cfg, model=model_config_from_hf(source, cfg.model))
     mesh = make_mesh(cfg.mesh.shape())
@@ -212,14 +290,18 @@ def test_merged_and_peft_exports_reproduce_the_adapted_model(arch, tmp_path):
 
     assert cli.main(["export", str(run), "--out", str(tmp_path / "merged")]) == 0
     merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged", attn_implementation="eager").eval()
-    np.testing.assert_allclose(hf_tiny.hf_forward(merged, tokens, valid, positions)[0][valid], ours[valid], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        hf_tiny.hf_forward(merged, tokens, valid, positions)[0][valid], ours[valid], atol=1e-4, rtol=0
+    )
 
     assert cli.main(["export", str(run), "--out", str(tmp_path / "peft"), "--peft"]) == 0
     config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     assert config["r"] == 4 and config["lora_alpha"] == 12.0 and config["peft_type"] == "LORA"
     hf_base = transformers.AutoModelForCausalLM.from_pretrained(source, attn_implementation="eager")
     adapted = peft.PeftModel.from_pretrained(hf_base, tmp_path / "peft").eval()  # wrong key names would leave B = 0
-    np.testing.assert_allclose(hf_tiny.hf_forward(adapted.get_base_model(), tokens, valid, positions)[0][valid], ours[valid], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        hf_tiny.hf_forward(adapted.get_base_model(), tokens, valid, positions)[0][valid], ours[valid], atol=1e-4, rtol=0
+    )
 
     record = json.loads((run / "base.json").read_text())
     (run / "base.json").write_text(json.dumps(record | {"sha256": "0" * 64}))
@@ -228,11 +310,24 @@ def test_merged_and_peft_exports_reproduce_the_adapted_model(arch, tmp_path):
 
 
 RUN = [
-    "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2",
-    "data.synthetic.num_sft=64", "data.synthetic.num_train=64", "data.synthetic.num_eval=16",
-    "lora.rank=2", "trainer.sft_steps=0", "trainer.steps=4", "trainer.batch_size=8", "trainer.eval_every=0",
-    "eval.num_pairs=16", "eval.num_prompts=8", "eval.max_new_tokens=4", "checkpoint.every_steps=2",
-    "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false",
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.num_layers=2",
+    "data.synthetic.num_sft=64",
+    "data.synthetic.num_train=64",
+    "data.synthetic.num_eval=16",
+    "lora.rank=2",
+    "trainer.sft_steps=0",
+    "trainer.steps=4",
+    "trainer.batch_size=8",
+    "trainer.eval_every=0",
+    "eval.num_pairs=16",
+    "eval.num_prompts=8",
+    "eval.max_new_tokens=4",
+    "checkpoint.every_steps=2",
+    "logging.progress_bar=false",
+    "logging.tensorboard=false",
+    "logging.plot=false",
 ]
 
 
@@ -241,10 +336,17 @@ def test_lora_run_checkpoints_adapters_only_and_resume_refuses_a_changed_base(tm
     cfg = load_config("configs/lora_dpo.yaml", RUN + [f"run_dir={tmp_path}"])
     result = loop.train(cfg)
     assert result.before["eval/kl"] == 0.0 and result.before["eval/rewards/margins"] == 0.0  # adapted = base at step 0
-    saved = json.loads((tmp_path / "checkpoints" / "preference" / "4" / "state" / "_METADATA").read_text())["tree_metadata"]
+    saved = json.loads((tmp_path / "checkpoints" / "preference" / "4" / "state" / "_METADATA").read_text())[
+        "tree_metadata"
+    ]
     weights = [key for key in saved if key.endswith("'value')")]  # params and Adam's mu / nu
-    assert len(weights) == 3 * 14 and all("_lora'" in key for key in weights), weights  # 7 adapters × (a, b); no base weight
-    assert sum(x.size for x in jax.tree.leaves(result.params)) < sum(x.size for x in jax.tree.leaves(result.reference_params)) / 3
+    assert len(weights) == 3 * 14 and all("_lora'" in key for key in weights), (
+        weights
+    )  # 7 adapters × (a, b); no base weight
+    assert (
+        sum(x.size for x in jax.tree.leaves(result.params))
+        < sum(x.size for x in jax.tree.leaves(result.reference_params)) / 3
+    )
     assert not (tmp_path / "checkpoints" / "reference").exists()  # the base is the seeded init: a pointer suffices
     assert json.loads((tmp_path / "base.json").read_text())["kind"] == "init"
     changed = load_config("configs/lora_dpo.yaml", RUN + [f"run_dir={tmp_path}", "trainer.steps=6", "trainer.seed=1"])
@@ -258,8 +360,18 @@ def test_tiny_lora_step_compiles_for_a_tpu_slice_with_less_memory(monkeypatch):
     monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5p-8")
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
     monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    tiny = ["model.vocab_size=64", "model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2",
-            "model.num_heads=4", "model.num_kv_heads=2", "data.max_length=32", "trainer.batch_size=8", "mesh.data=1", "mesh.fsdp=-1"]
+    tiny = [
+        "model.vocab_size=64",
+        "model.hidden_size=64",
+        "model.intermediate_size=128",
+        "model.num_layers=2",
+        "model.num_heads=4",
+        "model.num_kv_heads=2",
+        "data.max_length=32",
+        "trainer.batch_size=8",
+        "mesh.data=1",
+        "mesh.fsdp=-1",
+    ]
     full = fit_report(load_config("configs/demo.yaml", tiny), "v5p-8")
     lora = fit_report(load_config("configs/demo.yaml", tiny + LORA), "v5p-8")
     assert lora["fits"] and lora["devices"] == 4
@@ -272,11 +384,16 @@ def test_tiny_lora_step_compiles_for_a_tpu_slice_with_less_memory(monkeypatch):
 @pytest.mark.parametrize("terms", ["{soft_spo: 1.0}", "{soft_spo_ranked: 1.0}"])
 def test_soft_spo_with_its_kl_regulariser_trains_adapters_against_the_adapter_off_reference(tmp_path, terms):
     """The list forward, the sampler (adapted policy) and the in-step KL (base with adapters off) all see LoRA."""
-    cfg = load_config("configs/lora_dpo.yaml", RUN + [f"run_dir={tmp_path}", f"loss.terms={terms}", "loss.kl.beta=0.5", "loss.kl.prompts=8"])
+    cfg = load_config(
+        "configs/lora_dpo.yaml",
+        RUN + [f"run_dir={tmp_path}", f"loss.terms={terms}", "loss.kl.beta=0.5", "loss.kl.prompts=8"],
+    )
     result = loop.train(cfg)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     trained = [r for r in rows if r["phase"] == "preference"]
     assert trained and all(np.isfinite(r["kl/value"]) and r["kl/samples_per_second"] > 0 for r in trained)
     assert trained[-1]["kl/value"] > 0.0  # the adapters moved the policy away from the base
-    np.testing.assert_allclose(trained[-1]["loss"], trained[-1]["loss/preference"] + 0.5 * trained[-1]["kl/value"], rtol=1e-5)
+    np.testing.assert_allclose(
+        trained[-1]["loss"], trained[-1]["loss/preference"] + 0.5 * trained[-1]["kl/value"], rtol=1e-5
+    )
     assert result.after["eval/kl"] > 0.0 and result.before["eval/kl"] == 0.0

@@ -26,21 +26,45 @@ from jaxspo.train import loop
 from jaxspo.train.lora import load_base, read_base_record
 from jaxspo.train.lora_stages import LoRAStages, restore_stage_adapters
 from jaxspo.train.stages import stage_config
-from jaxspo.train.state import abstract_model, init_state, learning_rate_schedule, make_optimizer, param_shardings, state_shardings
+from jaxspo.train.state import (
+    abstract_model,
+    init_state,
+    learning_rate_schedule,
+    make_optimizer,
+    param_shardings,
+    state_shardings,
+)
 from jaxspo.train.step import make_train_step
 from tests import hf_tiny
 from tests.test_resume import REPO, final_params, metrics, wait_for_step
 from tests.test_train_step import random_pairs
 
 TINY = [
-    "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2",
-    "data.synthetic.num_sft=128", "data.synthetic.num_train=64", "data.synthetic.num_eval=16",
-    "trainer.sft_steps=4", "trainer.sft_batch_size=8", "trainer.steps=4", "trainer.batch_size=8", "trainer.eval_every=0",
-    "eval.num_pairs=16", "eval.num_prompts=8", "eval.max_new_tokens=4",
-    "logging.log_every=1", "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false",
-    "checkpoint.every_steps=2", "checkpoint.keep_last=2",
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.num_layers=2",
+    "data.synthetic.num_sft=128",
+    "data.synthetic.num_train=64",
+    "data.synthetic.num_eval=16",
+    "trainer.sft_steps=4",
+    "trainer.sft_batch_size=8",
+    "trainer.steps=4",
+    "trainer.batch_size=8",
+    "trainer.eval_every=0",
+    "eval.num_pairs=16",
+    "eval.num_prompts=8",
+    "eval.max_new_tokens=4",
+    "logging.log_every=1",
+    "logging.progress_bar=false",
+    "logging.tensorboard=false",
+    "logging.plot=false",
+    "checkpoint.every_steps=2",
+    "checkpoint.keep_last=2",
     "stages=[{dimension: correctness, beta: 0.5}, {dimension: brevity, beta: 0.2, lambdas: [2.0]}]",
-    "lora.rank=2", "loss.reference=adapter_off", "optimizer.learning_rate=1e-2", "optimizer.warmup_steps=0",
+    "lora.rank=2",
+    "loss.reference=adapter_off",
+    "optimizer.learning_rate=1e-2",
+    "optimizer.warmup_steps=0",
 ]
 MODES = ("merged", "stacked")
 
@@ -66,7 +90,9 @@ def stages_of(run_dir, finished: int) -> tuple:
     mesh = make_mesh(cfg.mesh.shape())
     _, abstract = abstract_model(cfg.model)
     record = read_base_record(run_dir)
-    stages = LoRAStages(cfg, mesh, load_base(record, cfg.model, abstract, param_shardings(abstract, mesh, cfg.mesh.rules)), record)
+    stages = LoRAStages(
+        cfg, mesh, load_base(record, cfg.model, abstract, param_shardings(abstract, mesh, cfg.mesh.rules)), record
+    )
     for adapters in restore_stage_adapters(run_dir / "params", stages, len(cfg.stages))[:finished]:
         stages.finish(adapters)
     return cfg, stages
@@ -96,7 +122,10 @@ def test_config_keys_and_the_recipe():
     assert load_config("configs/sequential_lora.yaml", ["loss.reference=precomputed"]).loss.reference == "precomputed"
     with pytest.raises(ConfigError, match="lora.stages must be one of merged, stacked, got 'stack'"):
         load_config("configs/sequential_lora.yaml", ["lora.stages=stack"])
-    with pytest.raises(ConfigError, match=r"loss.reference: a 'stages' recipe's reference is π_\(n-1\); set loss.reference to precomputed or adapter_off, got 'resident'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"loss.reference: a 'stages' recipe's reference is π_\(n-1\); set loss.reference to precomputed or adapter_off, got 'resident'",
+    ):
         load_config("configs/sequential_lora.yaml", ["loss.reference=resident"])
     with pytest.raises(ConfigError, match="set loss.reference to precomputed, got 'resident'"):
         load_config("configs/sequential.yaml", ["loss.reference=resident"])  # without LoRA: precomputed only
@@ -107,11 +136,20 @@ def test_both_modes_run_two_stages_checkpoint_adapters_only_and_agree_after_stag
     saved = {}
     for mode, run_dir in runs.items():
         checkpoints = run_dir / "checkpoints"
-        assert {p.name for p in checkpoints.iterdir()} >= {"reference", "sft", "stage-1", "stage-2", "policy-1", "policy-2"}
+        assert {p.name for p in checkpoints.iterdir()} >= {
+            "reference",
+            "sft",
+            "stage-1",
+            "stage-2",
+            "policy-1",
+            "policy-2",
+        }
         for stage in ("stage-1", "stage-2"):
             tree = json.loads((checkpoints / stage / "4" / "state" / "_METADATA").read_text())["tree_metadata"]
             weights = [key for key in tree if key.endswith("'value')")]  # params and Adam's mu / nu
-            assert len(weights) == 3 * 14 and all("_lora', 'a'" in k or "_lora', 'b'" in k for k in weights), weights  # no base, no frozen_*
+            assert len(weights) == 3 * 14 and all("_lora', 'a'" in k or "_lora', 'b'" in k for k in weights), (
+                weights
+            )  # no base, no frozen_*
         rows = metrics(run_dir)
         assert [r["step"] for r in rows if r["phase"] == "stage-2"] == [1, 2, 3, 4]
         assert [(r["step"], r["eval/stage"]) for r in rows if r["phase"] == "eval"] == [(0, 0.0), (4, 1.0), (8, 2.0)]
@@ -145,7 +183,9 @@ def test_each_stage_starts_at_the_previous_policy_exactly(runs, mode):
         policy, _ = training.eval_states(training.initial)  # the stage's adapter at init: b = 0
         start = logits(training.model.eval_graphdef, policy, batch)
         np.testing.assert_array_equal(start, logits(*full.view(index), batch))  # = π_{n−1} as the stages hold it
-        np.testing.assert_array_equal(start, logits(training.model.base_graphdef, training.base, batch))  # = its adapter_off reference
+        np.testing.assert_array_equal(
+            start, logits(training.model.base_graphdef, training.base, batch)
+        )  # = its adapter_off reference
         if index:  # and π_1 as stage 1 ended (its adapter not yet merged or stacked)
             _, first = stages_of(runs[mode], 0)
             ended = first.training(stage_config(cfg, 0), 0)
@@ -160,7 +200,9 @@ def test_a_stacked_stage_trains_only_its_own_adapter(runs):
     scfg = stage_config(cfg, 1)
     training = stages.training(scfg, 1)
     model = training.model
-    assert jax.tree.structure(model.abstract_adapters) == jax.tree.structure(stages.model().abstract_adapters)  # the new adapter: a plain one
+    assert jax.tree.structure(model.abstract_adapters) == jax.tree.structure(
+        stages.model().abstract_adapters
+    )  # the new adapter: a plain one
     schedule = learning_rate_schedule(scfg.optimizer, 4, 1e-2)
     tx = make_optimizer(scfg.optimizer, schedule, model.abstract_adapters)
     shardings = state_shardings(tx, model.abstract_adapters, model.adapter_sharding, stages.mesh)
@@ -172,15 +214,24 @@ def test_a_stacked_stage_trains_only_its_own_adapter(runs):
     batch = {k: jax.device_put(v, step.batch_sharding[k]) for k, v in pairs.items()}
     state = init_state(tx, training.initial, 0, shardings)
     adapter_shapes = sorted(x.shape for x in jax.tree.leaves(training.initial))
-    assert sorted(x.shape for x in jax.tree.leaves(state.opt_state) if x.ndim) == sorted(adapter_shapes * 2)  # Adam: the new adapter only
+    assert sorted(x.shape for x in jax.tree.leaves(state.opt_state) if x.ndim) == sorted(
+        adapter_shapes * 2
+    )  # Adam: the new adapter only
     frozen_before = jax.device_get(training.frozen["base"])
     for _ in range(2):
         state, _ = step.fn(state, training.frozen, batch)
     for a, b in zip(jax.tree.leaves(jax.device_get(training.frozen["base"])), jax.tree.leaves(frozen_before)):
         np.testing.assert_array_equal(a, b)  # π_0 and stage 1's adapter: unchanged bit for bit
     frozen_a = training.frozen["base"]["layers"]["attn"]["q_lora"]["frozen_a"][...]
-    np.testing.assert_array_equal(np.asarray(frozen_a[:, 0]), np.asarray(stages.adapters[0]["layers"]["attn"]["q_lora"]["a"][...]))
-    assert all(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(jax.device_get(training.initial))))
+    np.testing.assert_array_equal(
+        np.asarray(frozen_a[:, 0]), np.asarray(stages.adapters[0]["layers"]["attn"]["q_lora"]["a"][...])
+    )
+    assert all(
+        not np.allclose(a, b)
+        for a, b in zip(
+            jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(jax.device_get(training.initial))
+        )
+    )
 
 
 @pytest.mark.slow
@@ -203,21 +254,34 @@ def test_merged_and_per_stage_peft_exports_give_the_final_policy(runs, tmp_path)
     adapted = peft.PeftModel.from_pretrained(hf_base, tmp_path / "peft" / "stage-1", adapter_name="stage-1")
     adapted.load_adapter(tmp_path / "peft" / "stage-2", adapter_name="stage-2")
     adapted.base_model.set_adapter(["stage-1", "stage-2"])
-    np.testing.assert_allclose(hf_tiny.hf_forward(adapted.eval().get_base_model(), tokens, valid, positions)[0], ours, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        hf_tiny.hf_forward(adapted.eval().get_base_model(), tokens, valid, positions)[0], ours, atol=1e-4, rtol=0
+    )
     adapted.base_model.set_adapter("stage-1")  # one adapter alone is not π_2
     assert np.abs(hf_tiny.hf_forward(adapted.get_base_model(), tokens, valid, positions)[0] - ours).max() > 1e-3
 
 
 def command(mode: str, run_dir) -> list[str]:
-    return [sys.executable, "-m", "jaxspo", "train", "configs/sequential.yaml", *overrides(mode, run_dir, run_dir / "cache")]
+    return [
+        sys.executable,
+        "-m",
+        "jaxspo",
+        "train",
+        "configs/sequential.yaml",
+        *overrides(mode, run_dir, run_dir / "cache"),
+    ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_sigkill_mid_stage_2_then_resume_is_bit_identical(runs, tmp_path, mode):
     env = os.environ | {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}  # as tests/conftest.py sets for the in-process run
-    proc = subprocess.Popen(command(mode, tmp_path), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_step(proc, tmp_path, "stage-2", random.Random(mode).randint(2, 3), timeout=600)  # stage 2's checkpoint 2 exists
+    proc = subprocess.Popen(
+        command(mode, tmp_path), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_for_step(
+        proc, tmp_path, "stage-2", random.Random(mode).randint(2, 3), timeout=600
+    )  # stage 2's checkpoint 2 exists
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (tmp_path / "checkpoints" / "policy-1").is_dir() and not (tmp_path / "checkpoints" / "policy-2").exists()

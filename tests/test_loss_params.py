@@ -57,12 +57,24 @@ def test_a_recipe_sets_a_user_loss_section_by_its_quoted_name_and_round_trips(tm
     "overrides, message",
     [
         ([f"{USER_KEY}.shift=-1"], f"{USER_KEY}.shift must be >= 0, got -1"),
-        ([f"{USER_KEY}.shfit=1"], f"unknown config key '{USER_KEY}.shfit'; did you mean 'shift'? {USER_LOSS}'s params: shift"),
+        (
+            [f"{USER_KEY}.shfit=1"],
+            f"unknown config key '{USER_KEY}.shfit'; did you mean 'shift'? {USER_LOSS}'s params: shift",
+        ),
         ([f"{USER_KEY}.shift=far"], f"{USER_KEY}.shift: expected a number, got 'far'"),
-        (["loss.terms={simpo: 1.0}", "loss.params.simpo.delta=1"], "unknown config key 'loss.params.simpo.delta'; simpo's params: gamma"),
-        (["loss.terms={cpo: 1.0}", "loss.params.cpo.nll_weight=-0.5"], "loss.params.cpo.nll_weight must be >= 0, got -0.5"),
+        (
+            ["loss.terms={simpo: 1.0}", "loss.params.simpo.delta=1"],
+            "unknown config key 'loss.params.simpo.delta'; simpo's params: gamma",
+        ),
+        (
+            ["loss.terms={cpo: 1.0}", "loss.params.cpo.nll_weight=-0.5"],
+            "loss.params.cpo.nll_weight must be >= 0, got -0.5",
+        ),
         (["loss.terms={discopop: 1.0}", "loss.params.discopop.tau=0"], "loss.params.discopop.tau must be > 0, got 0"),
-        (["loss.params.dpo.beta=0.2"], "loss.params.dpo: loss 'dpo' declares no hyper-parameters (the shared ones are loss.beta"),
+        (
+            ["loss.params.dpo.beta=0.2"],
+            "loss.params.dpo: loss 'dpo' declares no hyper-parameters (the shared ones are loss.beta",
+        ),
         (["loss.params.simpoo.gamma=1"], "loss.params.simpoo: unknown loss 'simpoo'; did you mean 'simpo'?"),
         (["loss.params.simpo=3"], "loss.params.simpo: expected a section with gamma, got 3"),
         (['loss.params."a.b.c=1'], "malformed key"),
@@ -80,13 +92,17 @@ def test_terms_with_params_get_their_defaults_and_a_section_outside_the_terms_wa
     assert {name: type(p).__name__ for name, p in cfg.params.items()} == {"simpo": "SimpoParams", "cpo": "CpoParams"}
     assert (cfg.params["simpo"].gamma, cfg.params["cpo"].nll_weight) == (0.5, 1.0)  # TRL's defaults
     with caplog.at_level(logging.WARNING, logger="jaxspo"):
-        cfg = load_config(REPO / "configs/gropo.yaml", ["loss.terms={gdpo: 1.0}"]).loss  # the recipe keeps its gropo section
+        cfg = load_config(
+            REPO / "configs/gropo.yaml", ["loss.terms={gdpo: 1.0}"]
+        ).loss  # the recipe keeps its gropo section
     assert "loss.params.gropo is set but 'gropo' is not in loss.terms" in caplog.text
     assert cfg.params["gropo"].alpha == 14.0
 
 
 def test_ropo_and_gropo_each_read_their_own_section():
-    cfg = load_config(None, ["loss.terms={ropo: 1.0, gropo: 1.0}", "loss.params.ropo.alpha=2", "loss.params.gropo.alpha=30"]).loss
+    cfg = load_config(
+        None, ["loss.terms={ropo: 1.0, gropo: 1.0}", "loss.params.ropo.alpha=2", "loss.params.gropo.alpha=30"]
+    ).loss
     assert (get_loss("ropo").params_of(cfg).alpha, get_loss("gropo").params_of(cfg).alpha) == (2.0, 30.0)
 
 
@@ -102,13 +118,19 @@ def test_old_sections_in_a_recipe_name_their_new_home(tmp_path):
     with pytest.raises(ConfigError, match=r"^loss.soft_spo.kl_beta moved to loss.kl.beta \(config "):
         load_config(tmp_path / "old.yaml")
     (tmp_path / "empty.yaml").write_text("loss:\n  soft_spo: {}\n")
-    with pytest.raises(ConfigError, match=r"^loss.soft_spo moved to loss.params.<soft_spo term> \(alpha, gamma\) and loss.kl"):
+    with pytest.raises(
+        ConfigError, match=r"^loss.soft_spo moved to loss.params.<soft_spo term> \(alpha, gamma\) and loss.kl"
+    ):
         load_config(tmp_path / "empty.yaml")
 
 
 def test_cli_names_the_new_home_of_an_old_key_in_one_line():
     proc = subprocess.run(
-        [sys.executable, "-m", "jaxspo", "train", "configs/selfsup_simpo.yaml", "loss.simpo_gamma=0.8"], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "jaxspo", "train", "configs/selfsup_simpo.yaml", "loss.simpo_gamma=0.8"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
@@ -140,7 +162,9 @@ def test_a_range_declared_with_hyperparameter_is_checked_at_both_ends():
     def bounded(logps, cfg, params):
         return params.rate * logps.margin()
 
-    assert load_config(None, ["loss.terms={test_bounded_rate: 1.0}", "loss.params.test_bounded_rate.rate=0.0"]).loss.params["test_bounded_rate"] == Rate(0.0)
+    assert load_config(
+        None, ["loss.terms={test_bounded_rate: 1.0}", "loss.params.test_bounded_rate.rate=0.0"]
+    ).loss.params["test_bounded_rate"] == Rate(0.0)
     for value, message in (("0.5", r"must be < 0.5, got 0.5$"), ("-0.1", r"must be >= 0, got -0.1$")):
         with pytest.raises(ConfigError, match=rf"^loss.params.test_bounded_rate.rate {message}"):
             load_config(None, ["loss.terms={test_bounded_rate: 1.0}", f"loss.params.test_bounded_rate.rate={value}"])

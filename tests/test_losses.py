@@ -14,7 +14,9 @@ from jaxspo.losses.reference_free import CpoParams, OrpoParams, SimpoParams
 def make_logps(ref=True):
     rng = np.random.default_rng(0)
     a = lambda: jnp.asarray(rng.normal(-20, 5, size=6), jnp.float32)  # noqa: E731
-    return PairLogps(a(), a(), a() if ref else None, a() if ref else None, jnp.full(6, 5.0), jnp.full(6, 4.0), jnp.ones(6))
+    return PairLogps(
+        a(), a(), a() if ref else None, a() if ref else None, jnp.full(6, 5.0), jnp.full(6, 4.0), jnp.ones(6)
+    )
 
 
 def test_dpo_matches_formula_and_is_log2_at_reference():
@@ -22,7 +24,15 @@ def test_dpo_matches_formula_and_is_log2_at_reference():
     cfg = LossConfig(beta=0.3)
     h = (logps.policy_chosen - logps.reference_chosen) - (logps.policy_rejected - logps.reference_rejected)
     np.testing.assert_allclose(get_loss("dpo").fn(logps, cfg), np.log1p(np.exp(-0.3 * np.asarray(h))), rtol=1e-5)
-    at_ref = PairLogps(logps.policy_chosen, logps.policy_rejected, logps.policy_chosen, logps.policy_rejected, logps.chosen_length, logps.rejected_length, logps.soft_label)
+    at_ref = PairLogps(
+        logps.policy_chosen,
+        logps.policy_rejected,
+        logps.policy_chosen,
+        logps.policy_rejected,
+        logps.chosen_length,
+        logps.rejected_length,
+        logps.soft_label,
+    )
     np.testing.assert_allclose(get_loss("dpo").fn(at_ref, cfg), np.log(2.0), rtol=1e-6)
 
 
@@ -42,7 +52,17 @@ def test_weighted_terms_and_trl_metric_names():
     loss_sum, metrics = preference_objective(logps, cfg, weight)
     expected = get_loss("dpo").fn(logps, cfg) + 0.2 * get_loss("sft").fn(logps, cfg)
     np.testing.assert_allclose(loss_sum, expected[:4].sum(), rtol=1e-5)
-    for name in ("loss", "loss/dpo", "loss/sft", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"):
+    for name in (
+        "loss",
+        "loss/dpo",
+        "loss/sft",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+    ):
         total, count = metrics[name]
         assert float(count) == 4.0, name
     chosen_reward = 0.1 * (logps.policy_chosen - logps.reference_chosen)
@@ -68,14 +88,40 @@ def test_user_registered_loss_is_usable_and_names_are_unique():
 # ---------------------------------------------------------------------------------------------
 
 BUILT_IN = {
-    "dpo", "cdpo", "robust", "hinge", "ipo", "ipo_norm", "sigmoid_norm", "exo_pair", "discopop", "rdpo", "ropo", "aot",
-    "aot_unpaired", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down", "sft", "simpo", "cpo", "orpo",
-    "gdpo", "gipo", "gropo", "cdpo_soft", "cipo",
+    "dpo",
+    "cdpo",
+    "robust",
+    "hinge",
+    "ipo",
+    "ipo_norm",
+    "sigmoid_norm",
+    "exo_pair",
+    "discopop",
+    "rdpo",
+    "ropo",
+    "aot",
+    "aot_unpaired",
+    "nca_pair",
+    "bco_pair",
+    "sppo_hard",
+    "apo_zero",
+    "apo_down",
+    "sft",
+    "simpo",
+    "cpo",
+    "orpo",
+    "gdpo",
+    "gipo",
+    "gropo",
+    "cdpo_soft",
+    "cipo",
 }
 
 
 def margin(logps):
-    return np.asarray((logps.policy_chosen - logps.reference_chosen) - (logps.policy_rejected - logps.reference_rejected))
+    return np.asarray(
+        (logps.policy_chosen - logps.reference_chosen) - (logps.policy_rejected - logps.reference_rejected)
+    )
 
 
 def test_every_built_in_is_registered_documented_and_finite_with_finite_gradients():
@@ -98,7 +144,9 @@ def test_every_built_in_is_registered_documented_and_finite_with_finite_gradient
 
 def test_losses_trl_lacks_match_their_formulas():
     logps = make_logps()
-    cfg = LossConfig(beta=0.2, label_smoothing=0.1, params={"rdpo": RdpoParams(alpha=0.05), "ropo": RopoParams(alpha=14.0)})
+    cfg = LossConfig(
+        beta=0.2, label_smoothing=0.1, params={"rdpo": RdpoParams(alpha=0.05), "ropo": RopoParams(alpha=14.0)}
+    )
     z = 0.2 * margin(logps)
     softplus = lambda x: np.logaddexp(0.0, x)  # noqa: E731  (= −log σ(−x))
     np.testing.assert_allclose(get_loss("cdpo").fn(logps, cfg), 0.9 * softplus(-z) + 0.1 * softplus(z), rtol=1e-5)
@@ -109,14 +157,23 @@ def test_losses_trl_lacks_match_their_formulas():
 
 def test_reference_free_losses_ignore_the_reference_and_report_policy_rewards():
     with_ref, without = make_logps(), make_logps(ref=False)
-    cfg = LossConfig(beta=2.0, params={"simpo": SimpoParams(gamma=0.5), "cpo": CpoParams(nll_weight=1.0), "orpo": OrpoParams(odds_ratio_weight=0.1)})
+    cfg = LossConfig(
+        beta=2.0,
+        params={
+            "simpo": SimpoParams(gamma=0.5),
+            "cpo": CpoParams(nll_weight=1.0),
+            "orpo": OrpoParams(odds_ratio_weight=0.1),
+        },
+    )
     for name in ("sft", "simpo", "cpo", "orpo"):
         a, b = get_loss(name).apply(with_ref, cfg), get_loss(name).apply(without, cfg)
         np.testing.assert_array_equal(a[0] if isinstance(a, tuple) else a, b[0] if isinstance(b, tuple) else b)
     _, metrics = preference_objective(with_ref, LossConfig(terms={"simpo": 1.0, "dpo": 1.0}, beta=2.0), jnp.ones(6))
     np.testing.assert_allclose(metrics["rewards/chosen"][0], (2.0 * with_ref.policy_chosen / 5.0).sum(), rtol=1e-5)
     _, metrics = preference_objective(with_ref, LossConfig(terms={"dpo": 1.0, "simpo": 1.0}, beta=2.0), jnp.ones(6))
-    np.testing.assert_allclose(metrics["rewards/chosen"][0], (2.0 * (with_ref.policy_chosen - with_ref.reference_chosen)).sum(), rtol=1e-5)
+    np.testing.assert_allclose(
+        metrics["rewards/chosen"][0], (2.0 * (with_ref.policy_chosen - with_ref.reference_chosen)).sum(), rtol=1e-5
+    )
 
 
 def test_orpo_log_odds_are_stable_for_near_certain_responses():

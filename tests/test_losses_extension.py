@@ -79,9 +79,22 @@ def test_user_loss_trains_shards_accumulates_and_logs(user_module):
                 more = {k: jax.device_put(v, step.batch_sharding[k]) for k, v in soft_pairs(seed).items()}
                 new_state, later = step.fn(new_state, reference, more)
             assert np.isfinite(float(later["loss"])) and int(new_state.step) == 3
-            assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(jax.device_get(new_state.params)), jax.tree.leaves(before)))
+            assert any(
+                not np.allclose(a, b)
+                for a, b in zip(jax.tree.leaves(jax.device_get(new_state.params)), jax.tree.leaves(before))
+            )
     (single, params_single), (accumulated, params_accumulated) = outs
-    for name in ("loss", f"loss/{user_module}:shifted_hinge", "loss/gdpo", "loss/orpo", "user/abs_margin", "nll_loss", "log_odds_ratio", "rewards/margins", "grad_norm"):
+    for name in (
+        "loss",
+        f"loss/{user_module}:shifted_hinge",
+        "loss/gdpo",
+        "loss/orpo",
+        "user/abs_margin",
+        "nll_loss",
+        "log_odds_ratio",
+        "rewards/margins",
+        "grad_norm",
+    ):
         assert name in single, name
         np.testing.assert_allclose(single[name], accumulated[name], rtol=1e-5, atol=1e-6, err_msg=name)
     assert float(single[f"loss/{user_module}:shifted_hinge"]) > 0

@@ -25,7 +25,15 @@ def float64():
 def random_logps(soft_label: float | np.ndarray, n: int = 16, seed: int = 0) -> PairLogps:
     rng = np.random.default_rng(seed)
     a = lambda: jnp.asarray(rng.normal(-20.0, 5.0, size=n))  # noqa: E731
-    return PairLogps(a(), a(), a(), a(), jnp.full(n, 7.0), jnp.full(n, 5.0), jnp.broadcast_to(jnp.asarray(soft_label, jnp.float64), (n,)))
+    return PairLogps(
+        a(),
+        a(),
+        a(),
+        a(),
+        jnp.full(n, 7.0),
+        jnp.full(n, 5.0),
+        jnp.broadcast_to(jnp.asarray(soft_label, jnp.float64), (n,)),
+    )
 
 
 def loss_of(name: str, logps: PairLogps, cfg: LossConfig) -> jax.Array:
@@ -61,7 +69,13 @@ def test_swapping_a_pair_with_its_label_leaves_the_loss_unchanged(name):
     labels = np.linspace(0.05, 0.95, 16)
     logps = random_logps(labels)
     swapped = PairLogps(
-        logps.policy_rejected, logps.policy_chosen, logps.reference_rejected, logps.reference_chosen, logps.rejected_length, logps.chosen_length, 1.0 - logps.soft_label
+        logps.policy_rejected,
+        logps.policy_chosen,
+        logps.reference_rejected,
+        logps.reference_chosen,
+        logps.rejected_length,
+        logps.chosen_length,
+        1.0 - logps.soft_label,
     )
     np.testing.assert_allclose(loss_of(name, swapped, cfg), loss_of(name, logps, cfg), rtol=1e-12)
     assert not np.allclose(loss_of(name, logps, cfg), loss_of(name, random_logps(0.9), cfg))  # p̂ matters

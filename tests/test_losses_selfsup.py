@@ -38,7 +38,9 @@ def test_plackett_luce_matches_its_formula():
 
 
 def test_pairwise_matches_its_formula():
-    np.testing.assert_allclose(pairwise_loss(jnp.array([R], jnp.float64), jnp.ones((1, 4), bool)), [pairwise_reference(R)], rtol=1e-12)
+    np.testing.assert_allclose(
+        pairwise_loss(jnp.array([R], jnp.float64), jnp.ones((1, 4), bool)), [pairwise_reference(R)], rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("loss, reference", [(plackett_luce_loss, pl_reference), (pairwise_loss, pairwise_reference)])
@@ -91,9 +93,16 @@ def test_level_rewards_and_accuracy():
     assert (float(right[0]), float(pairs[0])) == (2.0, 3.0)  # (0,2) and (1,2) right, (0,1) wrong; level 3 invalid
 
 
-@pytest.mark.parametrize("override, key", [("loss.selfsup.unit=paragraph", "loss.selfsup.unit"), ("loss.selfsup.fraction=0", "loss.selfsup.fraction"),
-                                           ("loss.selfsup.mode=rank", "loss.selfsup.mode"), ("loss.selfsup.weight=-1", "loss.selfsup.weight"),
-                                           ("loss.selfsup.levles=2", "levels")])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("loss.selfsup.unit=paragraph", "loss.selfsup.unit"),
+        ("loss.selfsup.fraction=0", "loss.selfsup.fraction"),
+        ("loss.selfsup.mode=rank", "loss.selfsup.mode"),
+        ("loss.selfsup.weight=-1", "loss.selfsup.weight"),
+        ("loss.selfsup.levles=2", "levels"),
+    ],
+)
 def test_bad_selfsup_config_names_the_key(override, key):
     from jaxspo.config import ConfigError, load_config
 

@@ -11,7 +11,13 @@ from jaxspo.losses import soft_label_losses
 
 
 def row(label, **extra):
-    base = {"prompt": "reverse 1 2 :", "chosen": "2 1", "rejected": "1 2", "chosen_scores": {"c": 1.0}, "rejected_scores": {"c": 0.0}}
+    base = {
+        "prompt": "reverse 1 2 :",
+        "chosen": "2 1",
+        "rejected": "1 2",
+        "chosen_scores": {"c": 1.0},
+        "rejected_scores": {"c": 0.0},
+    }
     return base | ({} if label is None else {"soft_label": label}) | extra
 
 
@@ -40,7 +46,13 @@ def test_missing_soft_label_is_an_error_only_when_a_loss_needs_it():
 
 def test_which_losses_need_soft_labels():
     assert soft_label_losses({"dpo": 1.0, "sft": 0.1}) == []
-    assert soft_label_losses({"gdpo": 1.0, "gipo": 1.0, "gropo": 1.0, "cdpo_soft": 1.0, "cipo": 1.0, "dpo": 1.0}) == ["gdpo", "gipo", "gropo", "cdpo_soft", "cipo"]
+    assert soft_label_losses({"gdpo": 1.0, "gipo": 1.0, "gropo": 1.0, "cdpo_soft": 1.0, "cipo": 1.0, "dpo": 1.0}) == [
+        "gdpo",
+        "gipo",
+        "gropo",
+        "cdpo_soft",
+        "cipo",
+    ]
 
 
 def test_synthetic_rows_orient_to_p_at_least_one_half():

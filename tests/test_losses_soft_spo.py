@@ -70,7 +70,11 @@ def test_missing_entries_are_ignored_and_get_no_gradient():
 def test_pairwise_best_of_two_and_ranked_two_agree():
     logps = random_pairs()
     cfg = spo_cfg(alpha=0.4)
-    lists = ListLogps(policy=jnp.stack([logps.policy_chosen, logps.policy_rejected], -1), mask=jnp.ones((16, 2), bool), lengths=jnp.ones((16, 2)))
+    lists = ListLogps(
+        policy=jnp.stack([logps.policy_chosen, logps.policy_rejected], -1),
+        mask=jnp.ones((16, 2), bool),
+        lengths=jnp.ones((16, 2)),
+    )
     pairwise = pair_loss("soft_spo", logps, cfg)
     np.testing.assert_allclose(get_loss("soft_spo_best_of_n").apply(lists, cfg)[0], pairwise, rtol=1e-12)
     np.testing.assert_allclose(get_loss("soft_spo_ranked").apply(lists, cfg)[0], pairwise, rtol=1e-12)
@@ -81,7 +85,9 @@ def test_pairwise_soft_spo_is_cpo_at_beta_alpha_without_nll_divided_by_alpha(alp
     logps = random_pairs(seed=1)
     spo, cpo = spo_cfg(alpha=alpha), LossConfig(beta=alpha, params={"cpo": CpoParams(nll_weight=0.0)})
     # exact up to float64 rounding (logsumexp here, log-sigmoid in cpo)
-    np.testing.assert_allclose(pair_loss("soft_spo", logps, spo), pair_loss("cpo", logps, cpo) / alpha, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(
+        pair_loss("soft_spo", logps, spo), pair_loss("cpo", logps, cpo) / alpha, rtol=1e-9, atol=1e-15
+    )
 
     def grads(name, cfg):
         fn = lambda c, r: pair_loss(name, logps.replace(policy_chosen=c, policy_rejected=r), cfg).sum()  # noqa: E731
@@ -238,14 +244,29 @@ def test_full_vocab_kl_matches_its_definition():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["loss.terms={soft_spo: 1.0}", "loss.kl.beta=0.1", "loss.reference=none"], "loss.kl.beta > 0 needs the frozen reference"),
+        (
+            ["loss.terms={soft_spo: 1.0}", "loss.kl.beta=0.1", "loss.reference=none"],
+            "loss.kl.beta > 0 needs the frozen reference",
+        ),
         (["loss.terms={soft_spo: 1.0}", "loss.kl.beta=0.1", "loss.reference=precomputed"], "loss.reference: resident"),
-        (["loss.terms={soft_spo: 1.0}", "loss.params.soft_spo.alpha=0"], "loss.params.soft_spo.alpha must be > 0, got 0.0"),
-        (["loss.terms={soft_spo_ranked: 1.0}", "loss.params.soft_spo_ranked.alpha=-1"], "loss.params.soft_spo_ranked.alpha must be > 0"),
+        (
+            ["loss.terms={soft_spo: 1.0}", "loss.params.soft_spo.alpha=0"],
+            "loss.params.soft_spo.alpha must be > 0, got 0.0",
+        ),
+        (
+            ["loss.terms={soft_spo_ranked: 1.0}", "loss.params.soft_spo_ranked.alpha=-1"],
+            "loss.params.soft_spo_ranked.alpha must be > 0",
+        ),
         (["loss.terms={soft_spo_ranked: 1.0, dpo: 1.0}"], "list losses and pair losses cannot be combined"),
-        (["loss.kl.beta=0.1", "loss.kl.prompts=3", "trainer.grad_accum_steps=2"], "must divide by trainer.grad_accum_steps"),
+        (
+            ["loss.kl.beta=0.1", "loss.kl.prompts=3", "trainer.grad_accum_steps=2"],
+            "must divide by trainer.grad_accum_steps",
+        ),
         (["loss.kl.prompt_source=test"], "loss.kl.prompt_source must be"),
-        (["loss.terms={soft_spo: 1.0}", "loss.params.soft_spo.alpah=1"], "unknown config key 'loss.params.soft_spo.alpah'; did you mean 'alpha'?"),
+        (
+            ["loss.terms={soft_spo: 1.0}", "loss.params.soft_spo.alpah=1"],
+            "unknown config key 'loss.params.soft_spo.alpah'; did you mean 'alpha'?",
+        ),
         (["loss.kl.bta=1"], "unknown config key 'loss.kl.bta'; did you mean 'beta'?"),
     ],
 )

@@ -49,15 +49,28 @@ PER_PAIR = {
 }
 # Losses whose per-pair entries depend on the whole batch in TRL: compared on the batch loss and on
 # the gradient with respect to every pair's log-probs.
-BATCH_COUPLED = {"aot": ("aot", {"label_smoothing": 0.1}), "aot_unpaired": ("aot_unpaired", {"label_smoothing": 0.1}), "sft": ("sft", {})}
-REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")
+BATCH_COUPLED = {
+    "aot": ("aot", {"label_smoothing": 0.1}),
+    "aot_unpaired": ("aot_unpaired", {"label_smoothing": 0.1}),
+    "sft": ("sft", {}),
+}
+REWARD_METRICS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+)
 PROMPT = 3  # prompt tokens before each completion in the stand-in batch
 
 
 def random_pairs(batch: int, seed: int, equal_lengths: bool = False) -> dict[str, np.ndarray]:
     """Sequence log-probs ≈ −2 per token with policy–reference gaps of a few nats."""
     rng = np.random.default_rng(seed)
-    lengths = {side: np.full(batch, 6) if equal_lengths else rng.integers(2, 12, size=batch) for side in ("chosen", "rejected")}
+    lengths = {
+        side: np.full(batch, 6) if equal_lengths else rng.integers(2, 12, size=batch) for side in ("chosen", "rejected")
+    }
     out = {}
     for side, length in lengths.items():
         out[f"policy_{side}"] = -2.0 * length + rng.normal(0.0, 3.0, size=batch)
@@ -69,7 +82,13 @@ def random_pairs(batch: int, seed: int, equal_lengths: bool = False) -> dict[str
 def ours(arrays: dict[str, np.ndarray]) -> PairLogps:
     a = {k: jnp.asarray(v, jnp.float64) for k, v in arrays.items()}
     return PairLogps(
-        a["policy_chosen"], a["policy_rejected"], a["reference_chosen"], a["reference_rejected"], a["chosen_length"], a["rejected_length"], jnp.ones_like(a["policy_chosen"])
+        a["policy_chosen"],
+        a["policy_rejected"],
+        a["reference_chosen"],
+        a["reference_rejected"],
+        a["chosen_length"],
+        a["rejected_length"],
+        jnp.ones_like(a["policy_chosen"]),
     )
 
 
@@ -98,7 +117,9 @@ class _Model:
 
     def __call__(self, **kwargs):
         zeros = torch.zeros_like(self.per_token_logps, requires_grad=False)
-        return types.SimpleNamespace(log_probs=self.per_token_logps, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool(), aux_loss=None)
+        return types.SimpleNamespace(
+            log_probs=self.per_token_logps, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool(), aux_loss=None
+        )
 
 
 def _trl_batch(arrays: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], torch.Tensor, np.ndarray]:
@@ -123,16 +144,31 @@ def _trl_batch(arrays: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], 
     return inputs, torch.tensor(per_token, dtype=torch.float64, requires_grad=True), lengths
 
 
-def trl_dpo(loss_type: str, cfg: LossConfig, arrays: dict[str, np.ndarray]) -> tuple[float, dict[str, float], np.ndarray]:
+def trl_dpo(
+    loss_type: str, cfg: LossConfig, arrays: dict[str, np.ndarray]
+) -> tuple[float, dict[str, float], np.ndarray]:
     """TRL's batch loss, its logged metrics and d loss / d sequence log-prob per row ``[2B]``."""
     inputs, per_token, lengths = _trl_batch(arrays)
     model = _Model(per_token)
     trainer = types.SimpleNamespace(
-        model=model, ref_model=None, accelerator=_Accelerator(), aux_loss_enabled=False, ld_alpha=None,
-        precompute_ref_logps=True, f_divergence_type="reverse_kl", loss_types=[loss_type], loss_weights=[1.0],
-        beta=cfg.beta, label_smoothing=cfg.label_smoothing, use_weighting=False,
-        args=types.SimpleNamespace(discopop_tau=get_loss("discopop").params_of(cfg).tau, gradient_checkpointing_kwargs=None),
-        _metrics={"train": defaultdict(list)}, _total_train_tokens=0, _tp_size=1,
+        model=model,
+        ref_model=None,
+        accelerator=_Accelerator(),
+        aux_loss_enabled=False,
+        ld_alpha=None,
+        precompute_ref_logps=True,
+        f_divergence_type="reverse_kl",
+        loss_types=[loss_type],
+        loss_weights=[1.0],
+        beta=cfg.beta,
+        label_smoothing=cfg.label_smoothing,
+        use_weighting=False,
+        args=types.SimpleNamespace(
+            discopop_tau=get_loss("discopop").params_of(cfg).tau, gradient_checkpointing_kwargs=None
+        ),
+        _metrics={"train": defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
     )
     loss = DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False)
     loss.backward()
@@ -147,7 +183,9 @@ def our_loss_and_grad(name: str, cfg: LossConfig, arrays: dict[str, np.ndarray])
     logps = ours(arrays)
 
     def mean_loss(chosen, rejected):
-        return get_loss(name).apply(dataclasses.replace(logps, policy_chosen=chosen, policy_rejected=rejected), cfg).mean()
+        return (
+            get_loss(name).apply(dataclasses.replace(logps, policy_chosen=chosen, policy_rejected=rejected), cfg).mean()
+        )
 
     grads = jax.grad(mean_loss, argnums=(0, 1))(logps.policy_chosen, logps.policy_rejected)
     return np.asarray(get_loss(name).apply(logps, cfg)), np.concatenate([np.asarray(g) for g in grads])
@@ -199,7 +237,10 @@ def test_aot_sorts_over_the_batch_so_its_value_depends_on_the_other_pairs():
         arrays[f"reference_{side}"] = arrays[f"reference_{side}"][::-1].copy()
     with jax.enable_x64(True):
         whole = np.asarray(get_loss("aot").fn(ours(arrays), cfg)).mean()
-        halves = [np.asarray(get_loss("aot").fn(ours({k: v[s] for k, v in arrays.items()}), cfg)).mean() for s in (slice(0, 4), slice(4, 8))]
+        halves = [
+            np.asarray(get_loss("aot").fn(ours({k: v[s] for k, v in arrays.items()}), cfg)).mean()
+            for s in (slice(0, 4), slice(4, 8))
+        ]
     assert abs(whole - np.mean(halves)) > 1e-4
 
 
@@ -210,7 +251,14 @@ def test_aot_sorts_over_the_batch_so_its_value_depends_on_the_other_pairs():
 
 def cpo_stand_in(loss_type: str, cfg: LossConfig) -> types.SimpleNamespace:
     gamma = get_loss("simpo").params_of(cfg).gamma
-    return types.SimpleNamespace(alpha=0.0, loss_type=loss_type, beta=cfg.beta, simpo_gamma=gamma, label_smoothing=cfg.label_smoothing, accelerator=_Accelerator())
+    return types.SimpleNamespace(
+        alpha=0.0,
+        loss_type=loss_type,
+        beta=cfg.beta,
+        simpo_gamma=gamma,
+        label_smoothing=cfg.label_smoothing,
+        accelerator=_Accelerator(),
+    )
 
 
 def _t(x: np.ndarray) -> torch.Tensor:
@@ -233,7 +281,9 @@ def test_simpo_matches_trl_cpo_trainer():
     with jax.enable_x64(True):
         logps = ours(arrays)
         mean_chosen, mean_rejected = (np.asarray(x) for x in logps.mean_logps())
-        losses, trl_chosen, trl_rejected = CPOTrainer.cpo_loss(cpo_stand_in("simpo", cfg), _t(mean_chosen), _t(mean_rejected))
+        losses, trl_chosen, trl_rejected = CPOTrainer.cpo_loss(
+            cpo_stand_in("simpo", cfg), _t(mean_chosen), _t(mean_rejected)
+        )
         per_pair = np.asarray(get_loss("simpo").apply(logps, cfg)[0])
         chosen, rejected = rewards_of("simpo", logps, cfg)
     np.testing.assert_allclose(per_pair, losses.numpy(), atol=TOL, rtol=0)
@@ -248,7 +298,9 @@ def test_cpo_matches_trl_cpo_trainer():
     arrays = random_pairs(8, seed=5, equal_lengths=True)
     with jax.enable_x64(True):
         logps = ours(arrays)
-        losses, trl_chosen, trl_rejected = CPOTrainer.cpo_loss(cpo_stand_in("sigmoid", cfg), _t(arrays["policy_chosen"]), _t(arrays["policy_rejected"]))
+        losses, trl_chosen, trl_rejected = CPOTrainer.cpo_loss(
+            cpo_stand_in("sigmoid", cfg), _t(arrays["policy_chosen"]), _t(arrays["policy_rejected"])
+        )
         nll = -arrays["policy_chosen"].sum() / arrays["chosen_length"].sum()
         per_pair, metrics = jax.tree.map(np.asarray, get_loss("cpo").apply(logps, cfg))
         chosen, rejected = rewards_of("cpo", logps, cfg)
@@ -279,7 +331,9 @@ def test_orpo_odds_ratio_term_and_rewards_match_trl():
         logps = ours(arrays)
         mean_chosen, mean_rejected = (np.asarray(x) for x in logps.mean_logps())
         stand_in = types.SimpleNamespace(beta=odds_ratio_weight, accelerator=_Accelerator())
-        losses, trl_chosen, trl_rejected, trl_ratio, trl_log_odds = ORPOTrainer.odds_ratio_loss(stand_in, _t(mean_chosen), _t(mean_rejected))
+        losses, trl_chosen, trl_rejected, trl_ratio, trl_log_odds = ORPOTrainer.odds_ratio_loss(
+            stand_in, _t(mean_chosen), _t(mean_rejected)
+        )
         per_pair, metrics = jax.tree.map(np.asarray, get_loss("orpo").apply(logps, cfg))
         chosen, rejected = rewards_of("orpo", logps, cfg)
     odds_term = per_pair - metrics["nll_loss"]

@@ -100,8 +100,14 @@ def test_layers_are_scanned_not_unrolled():
 
 
 ALL_SWITCHES = dict(
-    tie_embeddings=False, norm="layernorm", positions="learned", qkv_bias=True, out_bias=True, mlp_bias=True,
-    qk_norm=True, post_norms=True,
+    tie_embeddings=False,
+    norm="layernorm",
+    positions="learned",
+    qkv_bias=True,
+    out_bias=True,
+    mlp_bias=True,
+    qk_norm=True,
+    post_norms=True,
 )
 
 
@@ -137,9 +143,21 @@ def test_every_param_has_allowed_logical_names(overrides, total, stacked_count):
 
 
 EVERY_OTHER_SWITCH = dict(  # what the KV-cache path must honour beyond Llama: sliding window, caps, positions
-    norm="layernorm", positions="learned", max_position_embeddings=16, gated_mlp=False, qkv_bias=True, out_bias=True,
-    mlp_bias=True, qk_norm=True, post_norms=True, scale_embeddings=True, attn_softcap=1.5, final_softcap=2.0,
-    layer_types=["sliding_attention", "full_attention"], sliding_window=3, activation="gelu_new",
+    norm="layernorm",
+    positions="learned",
+    max_position_embeddings=16,
+    gated_mlp=False,
+    qkv_bias=True,
+    out_bias=True,
+    mlp_bias=True,
+    qk_norm=True,
+    post_norms=True,
+    scale_embeddings=True,
+    attn_softcap=1.5,
+    final_softcap=2.0,
+    layer_types=["sliding_attention", "full_attention"],
+    sliding_window=3,
+    activation="gelu_new",
 )
 
 

@@ -18,7 +18,15 @@ from jaxspo.data.layout import pack_pairs
 from jaxspo.data.pair_packing import PAIR_FIELD, ROW_FIELDS, PairPacker, first_fit
 from jaxspo.data.pipeline import BatchPipeline
 from jaxspo.models.attention import MaskSpec
-from jaxspo.train.state import abstract_model, init_params, init_state, learning_rate_schedule, make_optimizer, param_shardings, state_shardings
+from jaxspo.train.state import (
+    abstract_model,
+    init_params,
+    init_state,
+    learning_rate_schedule,
+    make_optimizer,
+    param_shardings,
+    state_shardings,
+)
 from jaxspo.train.step import batch_fields, make_train_step
 from jaxspo.sharding import make_mesh
 from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, logps_and_grads
@@ -30,7 +38,11 @@ REPO = Path(__file__).resolve().parents[1]
 def pairs(n: int, width: int = 24, seed: int = 0, tail: bool = False) -> dict[str, np.ndarray]:
     """``n`` padded pairs (own prompts of 1–5 tokens; responses of 1–8 tokens, or long-tailed up to ``width``)."""
     rng = np.random.default_rng(seed)
-    out = {f"{s}_{k}": np.zeros((n, width), d) for s in ("chosen", "rejected") for k, d in (("tokens", np.int32), ("valid", bool), ("loss_mask", bool))}
+    out = {
+        f"{s}_{k}": np.zeros((n, width), d)
+        for s in ("chosen", "rejected")
+        for k, d in (("tokens", np.int32), ("valid", bool), ("loss_mask", bool))
+    }
     for i in range(n):
         prompt = rng.integers(4, TINY.vocab_size, int(rng.integers(1, 6)))
         for side in ("chosen", "rejected"):
@@ -43,8 +55,18 @@ def pairs(n: int, width: int = 24, seed: int = 0, tail: bool = False) -> dict[st
     return out
 
 
-def packer_for(stored: dict, batch: int, accum: int = 1, shards: int = 1, width: int = 0, row_buckets: int = 4) -> PairPacker:
-    cfg = load_config(None, ["data.layout=packed", "data.pack_pairs=true", f"data.pack_width={width}", f"data.pack_row_buckets={row_buckets}"]).data
+def packer_for(
+    stored: dict, batch: int, accum: int = 1, shards: int = 1, width: int = 0, row_buckets: int = 4
+) -> PairPacker:
+    cfg = load_config(
+        None,
+        [
+            "data.layout=packed",
+            "data.pack_pairs=true",
+            f"data.pack_width={width}",
+            f"data.pack_row_buckets={row_buckets}",
+        ],
+    ).data
     return PairPacker.build(cfg, stored, batch, accum, shards, 8)
 
 
@@ -111,7 +133,9 @@ def test_a_process_packs_only_the_cells_its_devices_hold():
     second_half = packer.pack(stored, order, np.arange(8, 16))  # process 1 of 2: batch shards 2 and 3
     rows = whole["packed_tokens"].shape[0]
     for name, array in second_half.items():
-        np.testing.assert_array_equal(array, whole[name][rows // 2 :] if name in ROW_FIELDS else whole[name][8:], err_msg=name)
+        np.testing.assert_array_equal(
+            array, whole[name][rows // 2 :] if name in ROW_FIELDS else whole[name][8:], err_msg=name
+        )
     with pytest.raises(ValueError, match="are not whole cells of 4 pairs"):
         packer.pack(stored, order, np.arange(2, 10))
 
@@ -125,14 +149,26 @@ def test_first_fit_fills_rows_longest_first_and_refuses_a_pair_too_long():
         packer_for(stored, 8, width=8)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["data.pack_pairs=true"], "data.pack_pairs=true packs pair rows of data.layout=packed"),
-    (["data.layout=packed", "data.pack_pairs=true", "data.pack_width=12"], "data.pack_width must be 0"),
-    (["data.layout=packed", "data.pack_pairs=true", "data.pack_row_buckets=0"], "data.pack_row_buckets must be ≥ 1"),
-    (["data.layout=packed", "data.pack_pairs=true", "data.buckets=[16]"], "data.pack_pairs=true fills rows of one width"),
-    (["data.layout=packed", "data.pack_pairs=true", "data.auto_buckets=2"], "data.pack_pairs=true fills rows of one width"),
-    (["data.layout=packed", "data.pack_width=64"], "data.pack_width=64 is read only with data.pack_pairs=true"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.pack_pairs=true"], "data.pack_pairs=true packs pair rows of data.layout=packed"),
+        (["data.layout=packed", "data.pack_pairs=true", "data.pack_width=12"], "data.pack_width must be 0"),
+        (
+            ["data.layout=packed", "data.pack_pairs=true", "data.pack_row_buckets=0"],
+            "data.pack_row_buckets must be ≥ 1",
+        ),
+        (
+            ["data.layout=packed", "data.pack_pairs=true", "data.buckets=[16]"],
+            "data.pack_pairs=true fills rows of one width",
+        ),
+        (
+            ["data.layout=packed", "data.pack_pairs=true", "data.auto_buckets=2"],
+            "data.pack_pairs=true fills rows of one width",
+        ),
+        (["data.layout=packed", "data.pack_width=64"], "data.pack_width=64 is read only with data.pack_pairs=true"),
+    ],
+)
 def test_bad_settings_stop_with_one_line_naming_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message) as err:
         load_config(None, overrides)
@@ -158,7 +194,13 @@ def test_mask_keeps_pairs_and_responses_apart_and_blocks_skip_other_pairs(window
     stored = stored_rows(pairs(16, seed=3))
     batch = packer_for(stored, 16, width=width).fitted([np.arange(16)]).pack(stored, np.arange(16), np.arange(16))
     width = batch["packed_tokens"].shape[1]
-    spec = MaskSpec(jnp.arange(width), jnp.asarray(batch["packed_valid"]), jnp.asarray(batch["packed_segments"]), jnp.asarray(batch["packed_positions"]), window)
+    spec = MaskSpec(
+        jnp.arange(width),
+        jnp.asarray(batch["packed_valid"]),
+        jnp.asarray(batch["packed_segments"]),
+        jnp.asarray(batch["packed_positions"]),
+        window,
+    )
     dense = np.asarray(jax.jit(lambda s: s.dense(True))(spec))  # jitted: one compile instead of an eager op each
     want = brute_force_visible(batch)
     if window:
@@ -172,7 +214,9 @@ def test_mask_keeps_pairs_and_responses_apart_and_blocks_skip_other_pairs(window
         assert not (truth & ~blocks).any()  # False is exact
         lower = np.tril(np.ones((n, n), bool))
         skipped = lower & ~blocks
-        print(f"width {width} window {window} block {block}: {int(skipped.sum())} of {int(lower.sum())} causal blocks skipped")
+        print(
+            f"width {width} window {window} block {block}: {int(skipped.sum())} of {int(lower.sum())} causal blocks skipped"
+        )
         if not window:  # on these rows the bounds skip every block no query sees (the window's bound is looser)
             np.testing.assert_array_equal(blocks[lower], truth[lower])
         assert skipped.sum() > 0
@@ -180,7 +224,9 @@ def test_mask_keeps_pairs_and_responses_apart_and_blocks_skip_other_pairs(window
 
 def full_steps(overrides: list[str], host: dict, packed_pairs: bool, steps: int = 3):
     """Metrics and final params of ``steps`` preference steps on the (2, 2, 2) mesh with 2 micro-batches."""
-    cfg = load_config(None, ["loss.beta=0.5", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "trainer.grad_accum_steps=2", *overrides])
+    cfg = load_config(
+        None, ["loss.beta=0.5", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "trainer.grad_accum_steps=2", *overrides]
+    )
     cfg = dataclasses.replace(cfg, model=TINY)
     mesh = make_mesh(cfg.mesh.shape())
     graphdef, abstract = abstract_model(cfg.model)
@@ -198,7 +244,10 @@ def full_steps(overrides: list[str], host: dict, packed_pairs: bool, steps: int 
         arrays = packer.pack(stored, np.arange(batch_size), np.arange(batch_size))
     else:
         arrays = host
-    batch = {k: jax.device_put(arrays[k], step.batch_sharding[k]) for k in batch_fields("preference", cfg.loss, cfg.data.layout, cfg.data.pack_pairs)}
+    batch = {
+        k: jax.device_put(arrays[k], step.batch_sharding[k])
+        for k in batch_fields("preference", cfg.loss, cfg.data.layout, cfg.data.pack_pairs)
+    }
     history = []
     frozen = reference if step.reference_sharding is not None else None
     for _ in range(steps):
@@ -215,7 +264,9 @@ def test_a_pack_pairs_step_equals_the_padded_step(attention, reference):
     host["reference_rejected_logps"] = np.linspace(-25, -35, 16).astype(np.float32)
     kernel = [f"model.attention={attention}", "model.attention_block=8", f"loss.reference={reference}"]
     padded, padded_params, _ = full_steps(kernel, host, False)
-    packed, packed_params, batch = full_steps(kernel + ["data.layout=packed", "data.pack_pairs=true", "data.pack_width=32"], host, True)
+    packed, packed_params, batch = full_steps(
+        kernel + ["data.layout=packed", "data.pack_pairs=true", "data.pack_width=32"], host, True
+    )
     assert batch["packed_tokens"].shape[0] < 16  # fewer rows than pairs
     for a, b in zip(padded, packed):
         assert a.keys() == b.keys()
@@ -250,20 +301,45 @@ def test_long_tailed_lengths_compute_far_fewer_slots():
     computed = sum(next(pipeline)["packed_tokens"].size for _ in range(pipeline.batches_per_epoch))
     pipeline.close()
     slots = {"padded": padded, "packed": packed, "pack_pairs": computed}
-    print(json.dumps({"pairs": 512, "real_tokens": real, "slots": slots, "tokens_per_slot": {k: round(real / v, 3) for k, v in slots.items()},
-                      "row_counts": pipeline.packer.row_counts()}))
+    print(
+        json.dumps(
+            {
+                "pairs": 512,
+                "real_tokens": real,
+                "slots": slots,
+                "tokens_per_slot": {k: round(real / v, 3) for k, v in slots.items()},
+                "row_counts": pipeline.packer.row_counts(),
+            }
+        )
+    )
     assert computed < packed / 2
 
 
 def command(run_dir: Path, *extra: str) -> list[str]:
     tiny = [
-        "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2",
-        "data.synthetic.num_sft=64", "data.synthetic.num_train=64", "data.synthetic.num_eval=16",
-        "trainer.sft_steps=2", "trainer.sft_batch_size=8", "trainer.steps=6", "trainer.batch_size=8", "trainer.eval_every=0",
-        "eval.num_pairs=8", "eval.num_prompts=4", "eval.max_new_tokens=4",
-        "logging.log_every=1", "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false",
-        "checkpoint.every_steps=2", "checkpoint.keep_last=2",
-        "data.layout=packed", "data.pack_pairs=true", "data.pack_row_buckets=2",
+        "model.hidden_size=32",
+        "model.intermediate_size=64",
+        "model.num_layers=2",
+        "data.synthetic.num_sft=64",
+        "data.synthetic.num_train=64",
+        "data.synthetic.num_eval=16",
+        "trainer.sft_steps=2",
+        "trainer.sft_batch_size=8",
+        "trainer.steps=6",
+        "trainer.batch_size=8",
+        "trainer.eval_every=0",
+        "eval.num_pairs=8",
+        "eval.num_prompts=4",
+        "eval.max_new_tokens=4",
+        "logging.log_every=1",
+        "logging.progress_bar=false",
+        "logging.tensorboard=false",
+        "logging.plot=false",
+        "checkpoint.every_steps=2",
+        "checkpoint.keep_last=2",
+        "data.layout=packed",
+        "data.pack_pairs=true",
+        "data.pack_row_buckets=2",
     ]
     return [sys.executable, "-m", "jaxspo", "train", "configs/demo.yaml", *tiny, f"run_dir={run_dir}", *extra]
 
@@ -295,11 +371,27 @@ def test_jaxspo_compile_takes_the_pack_pairs_batch():
     from jaxspo.compile import batch_shapes, compile_step, longest_packed_rows
     from jaxspo.train.step_flops import step_model_flops
 
-    overrides = ["model.vocab_size=64", "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1", "model.num_heads=4", "model.num_kv_heads=2",
-                 "data.max_length=32", "trainer.batch_size=8", "mesh.data=-1", "data.layout=packed", "data.pack_pairs=true", "data.pack_width=48"]
+    overrides = [
+        "model.vocab_size=64",
+        "model.hidden_size=32",
+        "model.intermediate_size=64",
+        "model.num_layers=1",
+        "model.num_heads=4",
+        "model.num_kv_heads=2",
+        "data.max_length=32",
+        "trainer.batch_size=8",
+        "mesh.data=-1",
+        "data.layout=packed",
+        "data.pack_pairs=true",
+        "data.pack_width=48",
+    ]
     cfg = load_config("configs/demo.yaml", overrides)
     shapes = batch_shapes(cfg, 8)
-    assert shapes[PAIR_FIELD] == ((8, 48), jnp.int32) and shapes["packed_tokens"][0] == (8, 48) and shapes["soft_label"][0] == (8,)
+    assert (
+        shapes[PAIR_FIELD] == ((8, 48), jnp.int32)
+        and shapes["packed_tokens"][0] == (8, 48)
+        and shapes["soft_label"][0] == (8,)
+    )
     report = compile_step(cfg, jax.devices())
     examples = longest_packed_rows(cfg, 8) | {"soft_label": np.zeros(8), "packed_tokens": np.zeros((8, 48))}
     assert report["model_flops_per_step"] == step_model_flops(cfg, "preference", examples, 8) > 0

@@ -15,11 +15,22 @@ from jaxspo.data.layout import pack_pairs
 from jaxspo.models import Decoder, ModelConfig
 from jaxspo.models.attention import MaskSpec
 from jaxspo.perf import (
-    Forward, causal_pairs, device_peak, measured_cpu_peak, model_flops, packed_forward, padded_forward, recomputed_flops, run_peak, throughput,
+    Forward,
+    causal_pairs,
+    device_peak,
+    measured_cpu_peak,
+    model_flops,
+    packed_forward,
+    padded_forward,
+    recomputed_flops,
+    run_peak,
+    throughput,
 )
 from jaxspo.train.step_flops import step_forwards
 
-TINY = ModelConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=4)
+TINY = ModelConfig(
+    vocab_size=32, hidden_size=8, intermediate_size=16, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=4
+)
 
 
 def test_hand_count_of_a_tiny_config():
@@ -63,9 +74,17 @@ def test_pair_counts_equal_the_attention_mask(window):
     rows["chosen_loss_mask"] = rows["chosen_valid"] & (np.arange(7) >= np.array([[2], [3]]))
     rows["rejected_loss_mask"] = rows["rejected_valid"] & (np.arange(7) >= np.array([[2], [3]]))
     packed = pack_pairs(rows)
-    spec = MaskSpec(jnp.arange(packed["packed_tokens"].shape[1]), packed["packed_valid"], packed["packed_segments"], packed["packed_positions"], window)
+    spec = MaskSpec(
+        jnp.arange(packed["packed_tokens"].shape[1]),
+        packed["packed_valid"],
+        packed["packed_segments"],
+        packed["packed_positions"],
+        window,
+    )
     seen = np.asarray(spec.dense(sliding=bool(window))) & packed["packed_valid"][:, :, None]
-    counted = packed_forward(dataclasses.replace(TINY, sliding_window=window), packed["packed_positions"], packed["packed_valid"], "full")
+    counted = packed_forward(
+        dataclasses.replace(TINY, sliding_window=window), packed["packed_positions"], packed["packed_valid"], "full"
+    )
     assert (counted.window_pairs if window else counted.pairs) == seen.sum()
     assert counted.slots == counted.head_slots == packed["packed_tokens"].size
 
@@ -79,10 +98,16 @@ def test_count_matches_xla_cost_analysis_of_the_real_model():
     """XLA's FLOPs of the compiled forward, and of forward + backward, of a real Decoder (layers unrolled, so
     XLA counts each; its dense attention computes all T² pairs) are the count within 3 % (the rest is
     elementwise work: norms, softmax, activations, which the count leaves out)."""
-    cfg = ModelConfig(vocab_size=512, hidden_size=64, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2, scan_unroll=2)
+    cfg = ModelConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2, scan_unroll=2
+    )
     graphdef, params = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)))
     b, t = 2, 32
-    positions, valid, tokens = jnp.broadcast_to(jnp.arange(t), (b, t)), jnp.ones((b, t), bool), jnp.zeros((b, t), jnp.int32)
+    positions, valid, tokens = (
+        jnp.broadcast_to(jnp.arange(t), (b, t)),
+        jnp.ones((b, t), bool),
+        jnp.zeros((b, t), jnp.int32),
+    )
 
     def loss(p, x):
         return jnp.square(nnx.merge(graphdef, p)(x, positions, valid)).mean()
@@ -97,16 +122,31 @@ def test_compiled_preference_step_matches_its_count():
     """The whole DPO step (policy fwd+bwd over 2B rows, resident reference forward, Adam) compiled on one
     CPU device: XLA's FLOPs equal the step's count within 5 % once attention is counted densely, as the xla kernel
     computes it (the rest: elementwise work, the Adam update, the log-softmax over the vocabulary)."""
-    cfg = load_config("configs/demo.yaml", [
-        "model.vocab_size=512", "model.hidden_size=64", "model.intermediate_size=256", "model.num_layers=2", "model.num_heads=4",
-        "model.num_kv_heads=2", "model.scan_unroll=2", "data.max_length=32", "trainer.batch_size=4", "mesh.data=1", "mesh.fsdp=1"])
+    cfg = load_config(
+        "configs/demo.yaml",
+        [
+            "model.vocab_size=512",
+            "model.hidden_size=64",
+            "model.intermediate_size=256",
+            "model.num_layers=2",
+            "model.num_heads=4",
+            "model.num_kv_heads=2",
+            "model.scan_unroll=2",
+            "data.max_length=32",
+            "trainer.batch_size=4",
+            "mesh.data=1",
+            "mesh.fsdp=1",
+        ],
+    )
     report = compile_step(cfg, jax.devices()[:1])
     length, rows = 32, 2 * 4
     causal = step_forwards(cfg, "preference", {"chosen_tokens": np.zeros((4, length))}, 4)
     assert [f.backward for f in causal] == ["full", "none"]  # policy, resident reference
     dense = [dataclasses.replace(f, pairs=rows * length * length) for f in causal]
     assert report["model_flops_per_step"] == model_flops(cfg.model, causal)
-    assert report["xla_flops_per_step_per_device"] == pytest.approx(model_flops(cfg.model, dense), rel=0.05)  # + Adam, log-softmax
+    assert report["xla_flops_per_step_per_device"] == pytest.approx(
+        model_flops(cfg.model, dense), rel=0.05
+    )  # + Adam, log-softmax
 
 
 def test_step_forwards_by_layout_and_reference():
@@ -146,8 +186,13 @@ def test_logging_peak_flops_replaces_the_measurement():
 
 def test_throughput_and_compile_mfu():
     row = throughput(real_tokens=900, computed_tokens=1200, flops=6e12, seconds=2.0, steps=4, peak=10e12)
-    assert row == {"perf/seconds_per_step": 0.5, "perf/tokens_per_second": 450, "perf/computed_tokens_per_second": 600,
-                   "perf/model_flops_per_second": 3e12, "perf/mfu": 0.3}
+    assert row == {
+        "perf/seconds_per_step": 0.5,
+        "perf/tokens_per_second": 450,
+        "perf/computed_tokens_per_second": 600,
+        "perf/model_flops_per_second": 3e12,
+        "perf/mfu": 0.3,
+    }
     assert "perf/mfu" not in throughput(1, 1, 1, 1.0, 1, None)
     report = mfu_report(4 * 459e12, 8, "TPU v5", "bfloat16", step_seconds=2.0)
     assert report["seconds_per_step_at_peak"] == pytest.approx(0.5) and report["implied_mfu"] == pytest.approx(0.25)

@@ -18,7 +18,11 @@ def columns(n: int, width: int = 16, lengths=None) -> dict[str, np.ndarray]:
     """``row`` = the row's index; ``chosen_valid`` has ``lengths`` (default: all 4) leading True."""
     lengths = np.full(n, 4) if lengths is None else np.asarray(lengths)
     valid = np.arange(width)[None, :] < lengths[:, None]
-    return {"row": np.arange(n), "chosen_valid": valid, "chosen_tokens": np.where(valid, np.arange(n)[:, None], 0).astype(np.int32)}
+    return {
+        "row": np.arange(n),
+        "chosen_valid": valid,
+        "chosen_tokens": np.where(valid, np.arange(n)[:, None], 0).astype(np.int32),
+    }
 
 
 def take(pipeline: BatchPipeline, count: int) -> list[list[int]]:
@@ -31,7 +35,9 @@ def test_process_shards_are_disjoint_cover_the_epoch_and_form_the_global_batch(p
     whole = BatchPipeline(columns(n), batch, seed=3)
     steps = 2 * whole.batches_per_epoch
     global_batches = take(whole, steps)
-    shards = [BatchPipeline(columns(n), batch, seed=3, shard=process_shard(batch, p, processes)) for p in range(processes)]
+    shards = [
+        BatchPipeline(columns(n), batch, seed=3, shard=process_shard(batch, p, processes)) for p in range(processes)
+    ]
     local = [take(s, steps) for s in shards]  # [process][step] → rows
     for step in range(steps):  # the processes' rows, in process order, are the global batch
         assert sum((local[p][step] for p in range(processes)), []) == global_batches[step]
@@ -41,7 +47,9 @@ def test_process_shards_are_disjoint_cover_the_epoch_and_form_the_global_batch(p
         per_process = [set(sum((local[p][s] for s in span), [])) for p in range(processes)]
         assert sum(len(rows) for rows in per_process) == len(set().union(*per_process)) == 48  # disjoint; one pass
         assert set().union(*per_process) <= set(range(n))
-        np.testing.assert_array_equal(sorted(set().union(*per_process)), np.sort(np.concatenate([whole.rows(s) for s in span])))
+        np.testing.assert_array_equal(
+            sorted(set().union(*per_process)), np.sort(np.concatenate([whole.rows(s) for s in span]))
+        )
 
 
 def test_process_shard_errors():
@@ -106,7 +114,10 @@ def test_reader_threads_and_prefetch_do_not_change_the_batches():
 
 def test_every_process_batch_comes_from_one_bucket_at_the_same_width():
     lengths = np.random.default_rng(0).integers(3, 33, size=100)
-    shards = [BatchPipeline(columns(100, 32, lengths), 4, seed=3, buckets=[8, 16], shard=process_shard(4, p, 2)) for p in range(2)]
+    shards = [
+        BatchPipeline(columns(100, 32, lengths), 4, seed=3, buckets=[8, 16], shard=process_shard(4, p, 2))
+        for p in range(2)
+    ]
     assert shards[0].buckets == [8, 16, 32]
     widths = set()
     for _ in range(shards[0].batches_per_epoch + 5):
@@ -138,7 +149,10 @@ def test_spilled_rows_give_the_same_batches_and_leave_no_files(tmp_path):
     lengths = np.random.default_rng(0).integers(2, 17, size=40)
     mapped = spill(columns(40, lengths=lengths), tmp_path, "train")
     assert all(isinstance(a, np.memmap) for a in mapped.values()) and os.listdir(tmp_path) == []
-    for a, b in zip(take(BatchPipeline(mapped, 4, seed=0, buckets=[8]), 20), take(BatchPipeline(columns(40, lengths=lengths), 4, seed=0, buckets=[8]), 20)):
+    for a, b in zip(
+        take(BatchPipeline(mapped, 4, seed=0, buckets=[8]), 20),
+        take(BatchPipeline(columns(40, lengths=lengths), 4, seed=0, buckets=[8]), 20),
+    ):
         assert a == b
 
 
@@ -173,16 +187,41 @@ def test_a_run_on_spilled_rows_with_reader_threads_logs_the_same_metrics(tmp_pat
     from jaxspo.train.metrics_log import read_metrics
 
     tiny = [
-        "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2", "data.synthetic.num_sft=64",
-        "data.synthetic.num_train=64", "data.synthetic.num_eval=16", "data.buckets=[16]", "trainer.sft_steps=4",
-        "trainer.sft_batch_size=8", "trainer.steps=5", "trainer.batch_size=8", "trainer.eval_every=0",
-        "eval.num_pairs=8", "eval.num_prompts=4", "eval.max_new_tokens=4", "logging.log_every=1",
-        "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false", "checkpoint.every_steps=0",
-        "checkpoint.save_final=false", "loss.reference=precomputed", f"loss.reference_cache_dir={tmp_path}/cache",
+        "model.hidden_size=32",
+        "model.intermediate_size=64",
+        "model.num_layers=2",
+        "data.synthetic.num_sft=64",
+        "data.synthetic.num_train=64",
+        "data.synthetic.num_eval=16",
+        "data.buckets=[16]",
+        "trainer.sft_steps=4",
+        "trainer.sft_batch_size=8",
+        "trainer.steps=5",
+        "trainer.batch_size=8",
+        "trainer.eval_every=0",
+        "eval.num_pairs=8",
+        "eval.num_prompts=4",
+        "eval.max_new_tokens=4",
+        "logging.log_every=1",
+        "logging.progress_bar=false",
+        "logging.tensorboard=false",
+        "logging.plot=false",
+        "checkpoint.every_steps=0",
+        "checkpoint.save_final=false",
+        "loss.reference=precomputed",
+        f"loss.reference_cache_dir={tmp_path}/cache",
     ]
     logged = []
-    for name, extra in (("spilled", [f"data.spill_dir={tmp_path}/spill", "data.workers=0", "data.prefetch=0"]), ("memory", ["data.workers=2", "data.prefetch=4"])):
+    for name, extra in (
+        ("spilled", [f"data.spill_dir={tmp_path}/spill", "data.workers=0", "data.prefetch=0"]),
+        ("memory", ["data.workers=2", "data.prefetch=4"]),
+    ):
         train(load_config("configs/demo.yaml", tiny + extra + [f"run_dir={tmp_path}/{name}"]), name)
-        logged.append([{k: v for k, v in r.items() if not k.startswith("perf/")} for r in read_metrics(tmp_path / name / "metrics.jsonl")])  # perf/*: wall time
+        logged.append(
+            [
+                {k: v for k, v in r.items() if not k.startswith("perf/")}
+                for r in read_metrics(tmp_path / name / "metrics.jsonl")
+            ]
+        )  # perf/*: wall time
     assert len(logged[0]) == 4 + 5 + 2 and logged[0] == logged[1]
     assert os.listdir(tmp_path / "spill") == []

@@ -13,10 +13,21 @@ from jaxspo.train.run import Run
 from tests.test_pipeline import columns
 
 TINY = [
-    "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2", "data.synthetic.num_train=64",
-    "data.synthetic.num_sft=8", "data.synthetic.num_eval=8", "trainer.sft_steps=0", "trainer.steps=8", "trainer.batch_size=4",
-    "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false", "checkpoint.every_steps=0",
-    "data.layout=packed", "data.buckets=[24,32]",
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.num_layers=2",
+    "data.synthetic.num_train=64",
+    "data.synthetic.num_sft=8",
+    "data.synthetic.num_eval=8",
+    "trainer.sft_steps=0",
+    "trainer.steps=8",
+    "trainer.batch_size=4",
+    "logging.progress_bar=false",
+    "logging.tensorboard=false",
+    "logging.plot=false",
+    "checkpoint.every_steps=0",
+    "data.layout=packed",
+    "data.buckets=[24,32]",
 ]
 
 
@@ -27,7 +38,11 @@ def test_widths_are_the_buckets_that_fill_a_batch_and_example_does_not_move_the_
     next(pipeline)
     example = pipeline.example(32)
     assert pipeline.step == 1
-    assert example["chosen_tokens"].shape == (4, 32) and example["chosen_tokens"].dtype == np.int32 and example["row"].shape == (4,)
+    assert (
+        example["chosen_tokens"].shape == (4, 32)
+        and example["chosen_tokens"].dtype == np.int32
+        and example["row"].shape == (4,)
+    )
     seen = {next(pipeline)["chosen_valid"].shape[1] for _ in range(2 * pipeline.batches_per_epoch)}
     assert seen == set(pipeline.widths)
 
@@ -68,7 +83,9 @@ def test_a_held_heap_is_trimmed_exactly_before_a_batch_larger_than_any_before(tm
     for i in range(1, phase.batches.batches_per_epoch + 1):
         _, local = phase.take_step(i, run.params)
         sizes.append(sum(v.size for v in local.values()))
-    new_largest = [i + 1 for i in range(1, len(sizes)) if sizes[i] > max(sizes[:i])]  # pipeline steps taken when trimming
+    new_largest = [
+        i + 1 for i in range(1, len(sizes)) if sizes[i] > max(sizes[:i])
+    ]  # pipeline steps taken when trimming
     assert new_largest and trims == new_largest, (sizes, trims)
     assert waited == [True] * len(sizes)  # every step first waited for the previous state
     run.log.close()

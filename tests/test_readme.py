@@ -10,7 +10,9 @@ from jaxspo.losses import get_loss, loss_names
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 DOCS = sorted((ROOT / "docs").rglob("*.md"))
-GENERATED = ROOT / "docs" / "reference"  # the configuration reference lists every key by construction (tests/test_docs_site.py)
+GENERATED = (
+    ROOT / "docs" / "reference"
+)  # the configuration reference lists every key by construction (tests/test_docs_site.py)
 MANUAL = "\n".join([README] + [page.read_text() for page in DOCS if GENERATED not in page.parents])
 FREE_FORM = {"rules", "label_weights", "terms"}  # mappings whose entries are user-chosen names
 
@@ -28,7 +30,12 @@ def config_keys(tree: dict, prefix: str = "") -> list[str]:
 def built_in_params_keys() -> list[str]:
     """``loss.params.<term>.<field>`` of every built-in loss that declares hyper-parameters."""
     specs = [get_loss(name) for name in loss_names()]
-    return [f"loss.params.{s.name}.{f.name}" for s in specs if s.params and s.fn.__module__.startswith("jaxspo.") for f in dataclasses.fields(s.params)]
+    return [
+        f"loss.params.{s.name}.{f.name}"
+        for s in specs
+        if s.params and s.fn.__module__.startswith("jaxspo.")
+        for f in dataclasses.fields(s.params)
+    ]
 
 
 def test_every_config_key_is_documented():
@@ -54,4 +61,3 @@ def test_readme_is_an_entry_point_that_links_every_docs_page():
     for page in DOCS:
         link = f"docs/{page.relative_to(ROOT / 'docs').as_posix()}"
         assert f"({link})" in README, f"README does not link {link}"
-

@@ -16,12 +16,27 @@ from jaxspo.train.state import abstract_model, init_params, param_shardings
 from tests.test_train_step import TINY, random_pairs
 
 RUN = [
-    "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2",
-    "data.synthetic.num_sft=128", "data.synthetic.num_train=64", "data.synthetic.num_eval=16",
-    "trainer.sft_steps=0", "trainer.sft_batch_size=8", "trainer.steps=6", "trainer.batch_size=8",  # the preference phase is compared
-    "trainer.eval_every=0", "eval.num_pairs=8", "eval.num_prompts=8", "eval.max_new_tokens=4",
-    "logging.log_every=1", "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false",
-    "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2",
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.num_layers=2",
+    "data.synthetic.num_sft=128",
+    "data.synthetic.num_train=64",
+    "data.synthetic.num_eval=16",
+    "trainer.sft_steps=0",
+    "trainer.sft_batch_size=8",
+    "trainer.steps=6",
+    "trainer.batch_size=8",  # the preference phase is compared
+    "trainer.eval_every=0",
+    "eval.num_pairs=8",
+    "eval.num_prompts=8",
+    "eval.max_new_tokens=4",
+    "logging.log_every=1",
+    "logging.progress_bar=false",
+    "logging.tensorboard=false",
+    "logging.plot=false",
+    "mesh.data=2",
+    "mesh.fsdp=2",
+    "mesh.tensor=2",
 ]
 
 
@@ -29,7 +44,15 @@ RUN = [
 def test_training_with_precomputed_reference_matches_resident(tmp_path):
     results = {}
     for mode in ("resident", "precomputed"):
-        cfg = load_config("configs/demo.yaml", RUN + [f"loss.reference={mode}", f"loss.reference_cache_dir={tmp_path / 'cache'}", f"run_dir={tmp_path / mode}"])
+        cfg = load_config(
+            "configs/demo.yaml",
+            RUN
+            + [
+                f"loss.reference={mode}",
+                f"loss.reference_cache_dir={tmp_path / 'cache'}",
+                f"run_dir={tmp_path / mode}",
+            ],
+        )
         result = train(cfg, mode)
         rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
         results[mode] = ([r for r in rows if r["phase"] == "preference"], result.params)
@@ -60,7 +83,9 @@ def test_cache_is_reused_and_invalidated(tmp_path):
     chosen, rejected = scorer(params, arrays)  # the resident computation
     np.testing.assert_allclose(first["reference_chosen_logps"], chosen, atol=1e-5)
 
-    changed_data = dict(arrays, chosen_tokens=np.where(arrays["chosen_valid"], (arrays["chosen_tokens"] % 20) + 4, 0).astype(np.int32))
+    changed_data = dict(
+        arrays, chosen_tokens=np.where(arrays["chosen_valid"], (arrays["chosen_tokens"] % 20) + 4, 0).astype(np.int32)
+    )
     _, hit = cached_reference_logps(tmp_path, scorer, params, changed_data, tokenizer)
     assert not hit
     _, hit = cached_reference_logps(tmp_path, scorer, init_params(TINY, 1, shardings), arrays, tokenizer)

@@ -24,12 +24,26 @@ from jaxspo.train import run as run_module
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
-    "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2",
-    "data.synthetic.num_sft=256", "data.synthetic.num_train=128", "data.synthetic.num_eval=32",
-    "trainer.sft_steps=8", "trainer.sft_batch_size=8", "trainer.steps=12", "trainer.batch_size=8", "trainer.eval_every=4",
-    "eval.num_pairs=16", "eval.num_prompts=8", "eval.max_new_tokens=6",
-    "logging.log_every=1", "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false",
-    "checkpoint.every_steps=2", "checkpoint.keep_last=2",
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.num_layers=2",
+    "data.synthetic.num_sft=256",
+    "data.synthetic.num_train=128",
+    "data.synthetic.num_eval=32",
+    "trainer.sft_steps=8",
+    "trainer.sft_batch_size=8",
+    "trainer.steps=12",
+    "trainer.batch_size=8",
+    "trainer.eval_every=4",
+    "eval.num_pairs=16",
+    "eval.num_prompts=8",
+    "eval.max_new_tokens=6",
+    "logging.log_every=1",
+    "logging.progress_bar=false",
+    "logging.tensorboard=false",
+    "logging.plot=false",
+    "checkpoint.every_steps=2",
+    "checkpoint.keep_last=2",
 ]
 
 
@@ -53,7 +67,9 @@ def wait_for_step(proc: subprocess.Popen, run_dir: Path, phase: str, step: int, 
     path = run_dir / "metrics.jsonl"
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"training exited early with {proc.returncode}"
-        if path.exists() and any(r["phase"] == phase and r["step"] >= step for r in map(json.loads, path.read_text().splitlines())):
+        if path.exists() and any(
+            r["phase"] == phase and r["step"] >= step for r in map(json.loads, path.read_text().splitlines())
+        ):
             return
         time.sleep(0.05)
     raise TimeoutError(f"{phase} step {step} not reached")
@@ -92,7 +108,13 @@ def test_sigterm_saves_and_exits_then_resumes_on_another_mesh(uninterrupted, tmp
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints" / "preference").iterdir() if p.name.isdigit())
     assert saved and saved[-1] >= 5
     # resume with a different mesh shape: Orbax reshards onto the new layout
-    subprocess.run(command(tmp_path, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"), cwd=REPO, check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        command(tmp_path, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"),
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     for a, b in zip(final_params(tmp_path), final_params(uninterrupted)):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
     ours, theirs = metrics(tmp_path), metrics(uninterrupted)
@@ -111,7 +133,9 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(uninterrupted, tmp_pat
     cfg = load_config(None, TINY)
     checkpoints = PhaseCheckpoints(directory, cfg.checkpoint)
     with ocp.StandardCheckpointer() as checkpointer:
-        saved = checkpointer.metadata((uninterrupted / "checkpoints" / "preference" / str(steps[0]) / "state").resolve())
+        saved = checkpointer.metadata(
+            (uninterrupted / "checkpoints" / "preference" / str(steps[0]) / "state").resolve()
+        )
     # restore needs a target with shapes and shardings: the state as saved, placed on the default device
     target = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), saved.item_metadata.tree)
     with caplog.at_level("WARNING", logger="jaxspo"):
@@ -145,7 +169,16 @@ def marked_task(monkeypatch):
 
 @pytest.mark.slow  # a whole run until the marked row
 def test_nan_mid_run_stops_and_keeps_last_good_checkpoint(marked_task, tmp_path):
-    cfg = load_config("configs/demo.yaml", TINY + ["loss.terms={test_nan_on_marked_pair: 1.0}", "trainer.sft_steps=0", "trainer.steps=40", f"run_dir={tmp_path}"])
+    cfg = load_config(
+        "configs/demo.yaml",
+        TINY
+        + [
+            "loss.terms={test_nan_on_marked_pair: 1.0}",
+            "trainer.sft_steps=0",
+            "trainer.steps=40",
+            f"run_dir={tmp_path}",
+        ],
+    )
     with pytest.raises(
         NonFiniteError,
         match=r"non-finite loss or gradient at preference step \d+ \(batch \d+, data rows \[.*\b5\b.*\]\); the update was not applied and the last good checkpoint is step \d+",
@@ -160,7 +193,15 @@ def test_nan_mid_run_stops_and_keeps_last_good_checkpoint(marked_task, tmp_path)
 @pytest.mark.slow  # a whole 40-step run
 def test_nan_mid_run_skip_mode_completes_with_finite_params(marked_task, tmp_path):
     cfg = load_config(
-        "configs/demo.yaml", TINY + ["loss.terms={test_nan_on_marked_pair: 1.0}", "trainer.sft_steps=0", "trainer.steps=40", "trainer.on_nonfinite=skip", f"run_dir={tmp_path}"]
+        "configs/demo.yaml",
+        TINY
+        + [
+            "loss.terms={test_nan_on_marked_pair: 1.0}",
+            "trainer.sft_steps=0",
+            "trainer.steps=40",
+            "trainer.on_nonfinite=skip",
+            f"run_dir={tmp_path}",
+        ],
     )
     result = loop.train(cfg, "nan")
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(result.params))

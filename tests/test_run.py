@@ -14,11 +14,26 @@ from jaxspo.train.loop import train
 from jaxspo.train.summary import summary_table
 
 TINY_RUN = [
-    "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2",
-    "data.synthetic.num_sft=256", "data.synthetic.num_train=128", "data.synthetic.num_eval=32",
-    "trainer.sft_steps=6", "trainer.sft_batch_size=8", "trainer.steps=6", "trainer.batch_size=8", "trainer.eval_every=3",
-    "trainer.grad_accum_steps=2", "eval.num_pairs=20", "eval.num_prompts=16", "eval.max_new_tokens=8",
-    "logging.log_every=2", "logging.progress_bar=false", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2",
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.num_layers=2",
+    "data.synthetic.num_sft=256",
+    "data.synthetic.num_train=128",
+    "data.synthetic.num_eval=32",
+    "trainer.sft_steps=6",
+    "trainer.sft_batch_size=8",
+    "trainer.steps=6",
+    "trainer.batch_size=8",
+    "trainer.eval_every=3",
+    "trainer.grad_accum_steps=2",
+    "eval.num_pairs=20",
+    "eval.num_prompts=16",
+    "eval.max_new_tokens=8",
+    "logging.log_every=2",
+    "logging.progress_bar=false",
+    "mesh.data=2",
+    "mesh.fsdp=2",
+    "mesh.tensor=2",
 ]
 
 
@@ -35,12 +50,26 @@ def test_metrics_jsonl_has_trl_names_for_every_phase(run):
     phases = [r["phase"] for r in rows]
     assert phases.count("sft") == 3 and phases.count("preference") == 3 and phases.count("eval") == 3
     pref = [r for r in rows if r["phase"] == "preference"][-1]
-    for name in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-                 "logps/chosen", "logps/rejected", "grad_norm", "learning_rate", "perf/tokens_per_second",
-                 "perf/computed_tokens_per_second", "perf/model_flops_per_second", "perf/mfu"):
+    for name in (
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+        "grad_norm",
+        "learning_rate",
+        "perf/tokens_per_second",
+        "perf/computed_tokens_per_second",
+        "perf/model_flops_per_second",
+        "perf/mfu",
+    ):
         assert np.isfinite(pref[name]), name
     assert pref["perf/computed_tokens_per_second"] >= pref["perf/tokens_per_second"] > 0  # padding is computed too
-    assert pref["perf/mfu"] == pytest.approx(pref["perf/model_flops_per_second"] / 3e9)  # logging.peak_flops, × 1 process
+    assert pref["perf/mfu"] == pytest.approx(
+        pref["perf/model_flops_per_second"] / 3e9
+    )  # logging.peak_flops, × 1 process
     evals = [r for r in rows if r["phase"] == "eval"]
     assert [r["step"] for r in evals] == [0, 3, 6]
     assert evals[0]["eval/kl"] == pytest.approx(0.0, abs=1e-5)  # before: policy is the reference
@@ -64,7 +93,10 @@ def test_run_dir_artefacts(run):
 
 def test_policy_moved_away_from_frozen_reference(run):
     cfg, result = run
-    diffs = [float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(jax.tree.leaves(result.params), jax.tree.leaves(result.reference_params))]
+    diffs = [
+        float(np.abs(np.asarray(a) - np.asarray(b)).max())
+        for a, b in zip(jax.tree.leaves(result.params), jax.tree.leaves(result.reference_params))
+    ]
     assert min(diffs) > 0.0
     table = summary_table(result.before, result.after, "dpo")
     assert "gold correctness" in table and table.count("\n") >= 5

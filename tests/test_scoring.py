@@ -12,7 +12,9 @@ from tests.test_train_step import TINY, random_pairs
 def test_used_widths_reach_the_last_valid_slot_and_trim_widths_cover_the_full_width():
     valid = np.array([[1, 1, 0, 0, 0, 0], [1, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0]], bool)  # row 1: a gap, row 2: empty
     other = np.array([[1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]], bool)
-    assert example_lengths({"chosen_valid": valid, "rejected_valid": other, "chosen_tokens": np.ones((3, 6))}).tolist() == [3, 4, 0]
+    assert example_lengths(
+        {"chosen_valid": valid, "rejected_valid": other, "chosen_tokens": np.ones((3, 6))}
+    ).tolist() == [3, 4, 0]
     assert trim_widths(128) == [32, 64, 96, 128] and trim_widths(48) == [16, 24, 40, 48] and trim_widths(5) == [5]
 
 
@@ -25,7 +27,18 @@ def test_trimmed_chunks_give_each_row_its_untrimmed_logps():
     lengths = example_lengths(arrays)
     assert lengths.max() == 48 and lengths.min() <= 16  # chunks of several widths
     pairs = PairScorer(graphdef, mesh, DEFAULT_RULES, 8)
-    fields = {k: arrays[k] for k in ("chosen_tokens", "chosen_valid", "chosen_loss_mask", "rejected_tokens", "rejected_valid", "rejected_loss_mask", "soft_label")}
+    fields = {
+        k: arrays[k]
+        for k in (
+            "chosen_tokens",
+            "chosen_valid",
+            "chosen_loss_mask",
+            "rejected_tokens",
+            "rejected_valid",
+            "rejected_loss_mask",
+            "soft_label",
+        )
+    }
     whole = score_in_chunks(pairs._fn, params, fields, 8, mesh, DEFAULT_RULES)
     trimmed = pairs(params, arrays)
     for a, b in zip(trimmed, whole, strict=True):

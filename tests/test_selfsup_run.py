@@ -10,11 +10,25 @@ from tests.test_run import TINY_RUN
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe, extra", [("configs/selfsup_dpo.yaml", ["loss.reference=precomputed"]), ("configs/selfsup_simpo.yaml", ["loss.selfsup.mode=classify"])])
+@pytest.mark.parametrize(
+    "recipe, extra",
+    [
+        ("configs/selfsup_dpo.yaml", ["loss.reference=precomputed"]),
+        ("configs/selfsup_simpo.yaml", ["loss.selfsup.mode=classify"]),
+    ],
+)
 def test_selfsup_recipe_runs_and_logs_levels(tmp_path, recipe, extra):
     # no SFT phase: the test reads the preference rows and the last evaluation
     overrides = (
-        TINY_RUN + extra + ["trainer.sft_steps=0", "logging.plot=false", "logging.tensorboard=false", f"run_dir={tmp_path}", f"loss.reference_cache_dir={tmp_path / 'cache'}"]
+        TINY_RUN
+        + extra
+        + [
+            "trainer.sft_steps=0",
+            "logging.plot=false",
+            "logging.tensorboard=false",
+            f"run_dir={tmp_path}",
+            f"loss.reference_cache_dir={tmp_path / 'cache'}",
+        ]
     )
     result = train(load_config(recipe, overrides), "selfsup")
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]

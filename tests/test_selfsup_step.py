@@ -30,7 +30,9 @@ def pairs_with_copies(batch: int, sides=("chosen",), seed: int = 0) -> dict[str,
 def config(terms: dict, weight: float, **selfsup_fields):
     cfg = tiny_config()
     reference = "none" if "simpo" in terms else "resident"
-    loss = dataclasses.replace(cfg.loss, terms=terms, reference=reference, selfsup=SelfsupConfig(weight=weight, **selfsup_fields))
+    loss = dataclasses.replace(
+        cfg.loss, terms=terms, reference=reference, selfsup=SelfsupConfig(weight=weight, **selfsup_fields)
+    )
     return dataclasses.replace(cfg, loss=loss)
 
 
@@ -95,7 +97,9 @@ def test_classify_head_trains_in_the_state_is_checkpointed_and_kept_out_of_the_p
     after = jax.device_get(state.head["params"])
     assert np.abs(after["kernel"] - before["kernel"]).max() > 0 and np.abs(after["bias"]).max() > 0
     assert np.isfinite(float(metrics["selfsup/loss"])) and "selfsup/accuracy" in metrics
-    assert len(jax.tree.leaves(state.params)) == len(jax.tree.leaves(abstract_model(cfg.model)[1]))  # the head is not a policy param
+    assert len(jax.tree.leaves(state.params)) == len(
+        jax.tree.leaves(abstract_model(cfg.model)[1])
+    )  # the head is not a policy param
     checkpoints = PhaseCheckpoints(tmp_path / "preference", CheckpointConfig(async_save=False))
     checkpoints.save(1, state, {"step": 1})
     _, restored, _ = checkpoints.restore_latest(state)

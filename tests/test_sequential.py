@@ -66,7 +66,10 @@ def _train_stage(log_prev, frozen, reward, beta, betas, lambdas, stage_lambdas):
         if float(jnp.abs(g).max()) < 1e-13:
             break
         direction, step = jnp.linalg.pinv(_hess(theta, *args, shape=shape), rtol=1e-12) @ g, 1.0
-        while _population_loss(theta - step * direction, *args, shape=shape) > _population_loss(theta, *args, shape=shape) and step > 1e-8:
+        while (
+            _population_loss(theta - step * direction, *args, shape=shape) > _population_loss(theta, *args, shape=shape)
+            and step > 1e-8
+        ):
             step /= 2
         theta = theta - step * direction
     assert float(jnp.abs(_grad(theta, *args, shape=shape)).max()) < 1e-10
@@ -142,7 +145,9 @@ def test_offset_by_hand():
     r1 = beta1 * (lp1 - lp0)
     r2 = beta2 * (lp2 - lp1) - lam21 * r1
     expected = lam31 * (r1[0] - r1[1]) + lam32 * (r2[0] - r2[1])
-    got = stage_offset([lp0[:1], lp1[:1], lp2[:1]], [lp0[1:], lp1[1:], lp2[1:]], [beta1, beta2], [[], [lam21]], [lam31, lam32])
+    got = stage_offset(
+        [lp0[:1], lp1[:1], lp2[:1]], [lp0[1:], lp1[1:], lp2[1:]], [beta1, beta2], [[], [lam21]], [lam31, lam32]
+    )
     assert got[0] == pytest.approx(expected, abs=1e-12)
     with pytest.raises(ValueError, match="stage 3 needs 2 λ values"):
         stage_offset([lp0, lp1, lp2], [lp0, lp1, lp2], [beta1, beta2], [[], [lam21]], [lam31])
@@ -161,11 +166,23 @@ GROUPED = {
 
 def test_dimension_pairs_orient_by_score_drop_ties_and_small_gaps():
     pairs = dimension_pairs([GROUPED], "x")
-    assert [(r["chosen"], r["rejected"]) for r in pairs] == [("b", "a"), ("d", "a"), ("b", "c"), ("b", "d"), ("d", "c")]  # a–c tie dropped
+    assert [(r["chosen"], r["rejected"]) for r in pairs] == [
+        ("b", "a"),
+        ("d", "a"),
+        ("b", "c"),
+        ("b", "d"),
+        ("d", "c"),
+    ]  # a–c tie dropped
     assert pairs[0]["chosen_scores"] == {"x": 3.0, "y": 0.0}
     gapped = dimension_pairs([GROUPED], "x", min_gap=1.0)
     assert [(r["chosen"], r["rejected"]) for r in gapped] == [("b", "a"), ("b", "c"), ("b", "d")]
-    assert [(r["chosen"], r["rejected"]) for r in dimension_pairs([GROUPED], "y")] == [("c", "a"), ("d", "a"), ("c", "b"), ("d", "b"), ("d", "c")]
+    assert [(r["chosen"], r["rejected"]) for r in dimension_pairs([GROUPED], "y")] == [
+        ("c", "a"),
+        ("d", "a"),
+        ("c", "b"),
+        ("d", "b"),
+        ("d", "c"),
+    ]
 
 
 def test_dimension_pairs_sample_per_prompt_reproducibly():
@@ -187,10 +204,42 @@ def test_bad_rows_name_row_and_field():
 
 def test_helpsteer2_layout_groups_then_pairs():
     rows = [  # HelpSteer2: one response per row, five 0–4 attribute scores
-        {"prompt": "q1", "response": "r1", "helpfulness": 3, "correctness": 3, "coherence": 4, "complexity": 1, "verbosity": 1},
-        {"prompt": "q1", "response": "r2", "helpfulness": 1, "correctness": 3, "coherence": 4, "complexity": 2, "verbosity": 3},
-        {"prompt": "q2", "response": "r3", "helpfulness": 2, "correctness": 2, "coherence": 3, "complexity": 1, "verbosity": 1},
-        {"prompt": "q2", "response": "r4", "helpfulness": 2, "correctness": 0, "coherence": 3, "complexity": 1, "verbosity": 2},
+        {
+            "prompt": "q1",
+            "response": "r1",
+            "helpfulness": 3,
+            "correctness": 3,
+            "coherence": 4,
+            "complexity": 1,
+            "verbosity": 1,
+        },
+        {
+            "prompt": "q1",
+            "response": "r2",
+            "helpfulness": 1,
+            "correctness": 3,
+            "coherence": 4,
+            "complexity": 2,
+            "verbosity": 3,
+        },
+        {
+            "prompt": "q2",
+            "response": "r3",
+            "helpfulness": 2,
+            "correctness": 2,
+            "coherence": 3,
+            "complexity": 1,
+            "verbosity": 1,
+        },
+        {
+            "prompt": "q2",
+            "response": "r4",
+            "helpfulness": 2,
+            "correctness": 0,
+            "coherence": 3,
+            "complexity": 1,
+            "verbosity": 2,
+        },
     ]
     attributes = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
     grouped = group_responses(rows, attributes)
@@ -211,11 +260,20 @@ def test_helpsteer2_layout_groups_then_pairs():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("stages=[{dimension: correctness}, {dimension: brevity, lambdas: [1.0, 2.0]}]", r"stages\[1\]\.lambdas: stage 2 needs 1 λ values"),
+        (
+            "stages=[{dimension: correctness}, {dimension: brevity, lambdas: [1.0, 2.0]}]",
+            r"stages\[1\]\.lambdas: stage 2 needs 1 λ values",
+        ),
         ("stages=[{dimension: correctness, lambdas: [0.5]}]", r"stages\[0\]\.lambdas: stage 1 needs 0 λ values"),
-        ("stages=[{dimension: correctness}, {dimension: helpfulness, lambdas: [1.0]}]", r"stages\[1\]\.dimension: unknown dimension 'helpfulness'"),
+        (
+            "stages=[{dimension: correctness}, {dimension: helpfulness, lambdas: [1.0]}]",
+            r"stages\[1\]\.dimension: unknown dimension 'helpfulness'",
+        ),
         ("stages=[{dimension: correctness, beta: -1}]", r"stages\[0\]\.beta must be >= 0"),
-        ("stages=[{dimension: correctness, lambda: [1]}]", r"unknown config key 'stages\[0\]\.lambda'; did you mean 'lambdas'"),
+        (
+            "stages=[{dimension: correctness, lambda: [1]}]",
+            r"unknown config key 'stages\[0\]\.lambda'; did you mean 'lambdas'",
+        ),
         ("loss.reference=resident", r"loss\.reference: a 'stages' recipe"),
         ("loss.terms={dpo: 1.0}", r"loss\.terms: a 'stages' recipe"),
         ("stages=[]", r"loss\.terms: 'sequential' needs a 'stages' list"),

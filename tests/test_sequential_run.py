@@ -18,12 +18,26 @@ from jaxspo.train.stages import SequentialStages
 from tests.test_resume import REPO, final_params, metrics, wait_for_step
 
 TINY = [
-    "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2",
-    "data.synthetic.num_sft=256", "data.synthetic.num_train=128", "data.synthetic.num_eval=32",
-    "trainer.sft_steps=8", "trainer.sft_batch_size=8", "trainer.steps=6", "trainer.batch_size=8", "trainer.eval_every=3",
-    "eval.num_pairs=16", "eval.num_prompts=8", "eval.max_new_tokens=6",
-    "logging.log_every=1", "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false",
-    "checkpoint.every_steps=2", "checkpoint.keep_last=2",
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.num_layers=2",
+    "data.synthetic.num_sft=256",
+    "data.synthetic.num_train=128",
+    "data.synthetic.num_eval=32",
+    "trainer.sft_steps=8",
+    "trainer.sft_batch_size=8",
+    "trainer.steps=6",
+    "trainer.batch_size=8",
+    "trainer.eval_every=3",
+    "eval.num_pairs=16",
+    "eval.num_prompts=8",
+    "eval.max_new_tokens=6",
+    "logging.log_every=1",
+    "logging.progress_bar=false",
+    "logging.tensorboard=false",
+    "logging.plot=false",
+    "checkpoint.every_steps=2",
+    "checkpoint.keep_last=2",
 ]
 STAGES = "stages=[{dimension: correctness, beta: 0.5}, {dimension: brevity, beta: 0.2, lambdas: [2.0]}]"
 
@@ -31,7 +45,10 @@ STAGES = "stages=[{dimension: correctness, beta: 0.5}, {dimension: brevity, beta
 @pytest.mark.slow
 def test_offsets_come_from_frozen_logps_cached_by_data_and_weights(tmp_path):
     cache = tmp_path / "cache"
-    cfg = load_config("configs/sequential.yaml", TINY + [STAGES, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", f"loss.reference_cache_dir={cache}"])
+    cfg = load_config(
+        "configs/sequential.yaml",
+        TINY + [STAGES, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", f"loss.reference_cache_dir={cache}"],
+    )
     (tmp_path / "run").mkdir()
     run = Run(cfg, tmp_path / "run")
     stages = SequentialStages(run)
@@ -67,7 +84,17 @@ def test_offsets_come_from_frozen_logps_cached_by_data_and_weights(tmp_path):
 
 
 def command(run_dir, cache) -> list[str]:
-    return [sys.executable, "-m", "jaxspo", "train", "configs/sequential.yaml", *TINY, STAGES, f"run_dir={run_dir}", f"loss.reference_cache_dir={cache}"]
+    return [
+        sys.executable,
+        "-m",
+        "jaxspo",
+        "train",
+        "configs/sequential.yaml",
+        *TINY,
+        STAGES,
+        f"run_dir={run_dir}",
+        f"loss.reference_cache_dir={cache}",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +123,9 @@ def test_sigkill_mid_stages_then_resume_is_bit_identical(uninterrupted, tmp_path
     rng = random.Random(7)
     kills = [("stage-1", rng.randint(2, 5)), ("stage-2", rng.randint(1, 5))]
     for phase, step in kills:
-        proc = subprocess.Popen(command(tmp_path, tmp_path / "cache"), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            command(tmp_path, tmp_path / "cache"), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_for_step(proc, tmp_path, phase, step, timeout=600)
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -22,7 +22,9 @@ from tests.test_train_step import build, random_pairs, tiny_config
 def random_lists(batch: int, n: int = 3, length: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
     """Lists of n responses to one 4-token prompt per row; row 0 has only 2 responses (padding slot)."""
     pairs = [random_pairs(batch, length, seed + j) for j in range(n)]
-    arrays = {f"list_{k}": np.stack([p[f"chosen_{k}"] for p in pairs], axis=1) for k in ("tokens", "valid", "loss_mask")}
+    arrays = {
+        f"list_{k}": np.stack([p[f"chosen_{k}"] for p in pairs], axis=1) for k in ("tokens", "valid", "loss_mask")
+    }
     arrays["list_tokens"][:, :, :4] = arrays["list_tokens"][:, :1, :4]  # the same prompt in every slot
     arrays["list_mask"] = np.ones((batch, n), bool)
     arrays["list_mask"][0, -1] = False
@@ -49,7 +51,9 @@ def test_one_forward_over_lists_equals_each_response_scored_alone():
     logps = jax.jit(list_logps, static_argnums=0)(graphdef, state.params, host)
     score = jax.jit(sequence_logps, static_argnums=0)
     for j in range(3):
-        alone, lengths = score(graphdef, state.params, host["list_tokens"][:, j], host["list_valid"][:, j], host["list_loss_mask"][:, j])
+        alone, lengths = score(
+            graphdef, state.params, host["list_tokens"][:, j], host["list_valid"][:, j], host["list_loss_mask"][:, j]
+        )
         np.testing.assert_allclose(logps.policy[:, j], alone, rtol=1e-5)
         np.testing.assert_array_equal(logps.lengths[:, j], lengths)
 
@@ -86,7 +90,9 @@ def test_kl_gradient_is_zero_when_the_policy_is_the_reference_and_pulls_back_oth
 
     @jax.jit
     def kl_of(params):
-        return sequence_kl((graphdef, params), (graphdef, reference), samples["kl_tokens"], samples["kl_valid"], samples["kl_response"]).mean()
+        return sequence_kl(
+            (graphdef, params), (graphdef, reference), samples["kl_tokens"], samples["kl_valid"], samples["kl_response"]
+        ).mean()
 
     at_reference = jax.jit(jax.grad(kl_of))(reference)
     assert max(float(np.abs(g).max()) for g in jax.tree.leaves(at_reference)) < 1e-6

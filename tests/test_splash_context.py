@@ -21,7 +21,10 @@ from tests.test_splash_packed import packed_rows, reference_mask
 
 ATOL = 1e-5
 SCALE, SOFTCAP = 0.4, 1.5
-MESHES = {"2-1-1-4": {"data": 2, "fsdp": 1, "tensor": 1, "context": 4}, "1-2-2-2": {"data": 1, "fsdp": 2, "tensor": 2, "context": 2}}
+MESHES = {
+    "2-1-1-4": {"data": 2, "fsdp": 1, "tensor": 1, "context": 4},
+    "1-2-2-2": {"data": 1, "fsdp": 2, "tensor": 2, "context": 2},
+}
 
 
 LENGTHS = {  # row width: (prompt, chosen, rejected) per pair per row
@@ -40,7 +43,9 @@ def _case(mesh_name: str, layout: str, kv_heads: int, window: int, per_shard: in
     if layout == "padded":
         positions = np.broadcast_to(np.arange(t), valid.shape)
         spec = MaskSpec(jnp.arange(t), jnp.asarray(valid), window=window)
-        masks = {s: reference_mask(valid, np.zeros_like(segments), positions, window if s else 0) for s in (False, True)}
+        masks = {
+            s: reference_mask(valid, np.zeros_like(segments), positions, window if s else 0) for s in (False, True)
+        }
     else:
         spec = MaskSpec(jnp.arange(t), jnp.asarray(valid), jnp.asarray(segments), jnp.asarray(positions), window)
         masks = {s: reference_mask(valid, segments, positions, window if s else 0) for s in (False, True)}
@@ -53,7 +58,9 @@ def _steps(spec: MaskSpec, mesh):
     """Jitted ``(q, k, v, sliding or mask, weights) -> ((loss, out), grads)`` of splash under the mesh and of xla."""
 
     def splash_loss(q, k, v, sliding, weights):
-        out = context_attention(q, k, v, spec, sliding, scale=SCALE, softcap=SOFTCAP, implementation="splash", block=128)
+        out = context_attention(
+            q, k, v, spec, sliding, scale=SCALE, softcap=SOFTCAP, implementation="splash", block=128
+        )
         return jnp.sum(out * weights), out
 
     def xla_loss(q, k, v, mask, weights):
@@ -70,14 +77,17 @@ def _steps(spec: MaskSpec, mesh):
     return on_mesh(splash_loss), on_mesh(xla_loss)
 
 
-@pytest.mark.parametrize("mesh_name, layout, kv_heads, window, per_shard", [
-    pytest.param("2-1-1-4", "padded", 2, 5, 128, id="2-1-1-4-padded-sliding"),
-    pytest.param("2-1-1-4", "packed", 2, 0, 128, id="2-1-1-4-packed"),
-    pytest.param("1-2-2-2", "packed", 1, 0, 128, id="1-2-2-2-packed-mqa"),  # heads whole on each tensor device
-    pytest.param("1-2-2-2", "padded", 2, 5, 128, id="1-2-2-2-padded-sliding"),
-    pytest.param("1-2-2-2", "packed", 2, 5, 128, id="1-2-2-2-packed-sliding"),
-    pytest.param("1-2-2-2", "packed", 2, 5, 64, id="1-2-2-2-packed-sliding-half-block-runs-chunked"),
-])
+@pytest.mark.parametrize(
+    "mesh_name, layout, kv_heads, window, per_shard",
+    [
+        pytest.param("2-1-1-4", "padded", 2, 5, 128, id="2-1-1-4-padded-sliding"),
+        pytest.param("2-1-1-4", "packed", 2, 0, 128, id="2-1-1-4-packed"),
+        pytest.param("1-2-2-2", "packed", 1, 0, 128, id="1-2-2-2-packed-mqa"),  # heads whole on each tensor device
+        pytest.param("1-2-2-2", "padded", 2, 5, 128, id="1-2-2-2-padded-sliding"),
+        pytest.param("1-2-2-2", "packed", 2, 5, 128, id="1-2-2-2-packed-sliding"),
+        pytest.param("1-2-2-2", "packed", 2, 5, 64, id="1-2-2-2-packed-sliding-half-block-runs-chunked"),
+    ],
+)
 def test_splash_under_context_parallelism_equals_xla(mesh_name, layout, kv_heads, window, per_shard):
     """Splash runs when each time shard is a whole number of 128-slot blocks, else the chunked kernel."""
     splash_runs = per_shard % 128 == 0
@@ -92,10 +102,14 @@ def test_splash_under_context_parallelism_equals_xla(mesh_name, layout, kv_heads
             w = weights * seen[:, :, None, None]
             (_, out), grads = splash(q, k, v, jnp.asarray(sliding), w)
             (_, expected), expected_grads = reference(q, k, v, jnp.asarray(masks[sliding]), w)
-            np.testing.assert_allclose(np.asarray(out)[seen], np.asarray(expected)[seen], atol=ATOL, rtol=0, err_msg=f"sliding={sliding}")
+            np.testing.assert_allclose(
+                np.asarray(out)[seen], np.asarray(expected)[seen], atol=ATOL, rtol=0, err_msg=f"sliding={sliding}"
+            )
             for g, e, name in zip(grads, expected_grads, "qkv"):
                 assert np.abs(np.asarray(e)).max() > 0.1, name
-                np.testing.assert_allclose(np.asarray(g), np.asarray(e), atol=ATOL, rtol=0, err_msg=f"d{name}, sliding={sliding}")
+                np.testing.assert_allclose(
+                    np.asarray(g), np.asarray(e), atol=ATOL, rtol=0, err_msg=f"d{name}, sliding={sliding}"
+                )
     if window:
         assert not np.array_equal(masks[True], masks[False])
 
@@ -109,7 +123,11 @@ def test_splash_step_with_context_compiles_for_a_tpu_slice_here(tpu_env, monkeyp
 
     built = []
     make = splash_attention.splash.make_splash_mha
-    monkeypatch.setattr(splash_attention.splash, "make_splash_mha", lambda *a, **kw: built.append((kw["interpret"], kw["q_seq_shards"])) or make(*a, **kw))
+    monkeypatch.setattr(
+        splash_attention.splash,
+        "make_splash_mha",
+        lambda *a, **kw: built.append((kw["interpret"], kw["q_seq_shards"])) or make(*a, **kw),
+    )
     splash_attention._kernel.cache_clear()
     overrides = ["mesh.data=1", "mesh.fsdp=2", "mesh.context=2", "model.attention=splash", "data.max_length=256"]
     report = fit_report(load_config("configs/demo.yaml", COMPILE_TINY + overrides), "v5p-8")
@@ -130,7 +148,9 @@ def test_splash_dpo_step_under_context_equals_xla_on_one_device(layout, monkeypa
 
     shards = []
     make = splash_attention.splash.make_splash_mha
-    monkeypatch.setattr(splash_attention.splash, "make_splash_mha", lambda *a, **kw: shards.append(kw["q_seq_shards"]) or make(*a, **kw))
+    monkeypatch.setattr(
+        splash_attention.splash, "make_splash_mha", lambda *a, **kw: shards.append(kw["q_seq_shards"]) or make(*a, **kw)
+    )
     splash_attention._kernel.cache_clear()
 
     narrow = pairs(8)
@@ -139,7 +159,9 @@ def test_splash_dpo_step_under_context_equals_xla_on_one_device(layout, monkeypa
     model = GEMMA2_LIKE
     want = dpo_outputs(batch, {"data": 1}, jax.devices()[:1], dataclasses.replace(model, attention="xla"))
     with pallas_interpret():
-        got = dpo_outputs(batch, MESHES["1-2-2-2"], jax.devices(), dataclasses.replace(model, attention="splash", attention_block=128))
+        got = dpo_outputs(
+            batch, MESHES["1-2-2-2"], jax.devices(), dataclasses.replace(model, attention="splash", attention_block=128)
+        )
     assert_trees_close(got, want)
     assert abs(want[0]["logps/chosen"] - want[0]["logps/rejected"]) > 0.1
     assert shards and set(shards) == {2}  # splash ran split over the 2 time shards (not the chunked fallback)

@@ -23,7 +23,11 @@ SCALE = 0.4
 def packed_rows(pairs_per_row: list[list[tuple[int, int, int]]], length: int) -> tuple[np.ndarray, ...]:
     """valid, segments, positions ``[B, T]`` of rows holding the given (prompt, chosen, rejected) lengths."""
     b = len(pairs_per_row)
-    valid, segments, positions = np.zeros((b, length), bool), np.zeros((b, length), np.int32), np.zeros((b, length), np.int32)
+    valid, segments, positions = (
+        np.zeros((b, length), bool),
+        np.zeros((b, length), np.int32),
+        np.zeros((b, length), np.int32),
+    )
     for i, pairs in enumerate(pairs_per_row):
         start = 0
         for pair, (p, c, r) in enumerate(pairs):
@@ -51,7 +55,14 @@ def reference_mask(valid: np.ndarray, segments: np.ndarray, positions: np.ndarra
 # name: ((prompt, chosen, rejected) per pair per row, T, heads, kv heads, soft-cap, window)
 CASES = {
     "one_pair_gqa": ([[(3, 5, 4)], [(6, 2, 7)], [(1, 1, 1)]], 24, 4, 2, 0.0, 0),
-    "pairs_gqa_empty_prompt": ([[(3, 2, 4), (0, 3, 2), (2, 1, 3)], [(5, 4, 4), (1, 2, 6)], [(4, 3, 2)]], 24, 4, 2, 0.0, 0),
+    "pairs_gqa_empty_prompt": (
+        [[(3, 2, 4), (0, 3, 2), (2, 1, 3)], [(5, 4, 4), (1, 2, 6)], [(4, 3, 2)]],
+        24,
+        4,
+        2,
+        0.0,
+        0,
+    ),
     "pairs_sliding_softcap": ([[(3, 5, 4), (2, 1, 6)], [(6, 2, 7), (0, 2, 3)], [(1, 9, 9)]], 24, 4, 1, 1.5, 3),
 }
 
@@ -112,8 +123,12 @@ def test_splash_cascade_equals_xla(name):
     if CASES[name][5]:
         assert not np.array_equal(masks[True], masks[False])  # the window really cuts keys here
         valid, segments = np.asarray(spec.key_valid), np.asarray(spec.segments)
-        slot_window = reference_mask(valid, segments, np.broadcast_to(np.arange(valid.shape[1]), valid.shape), spec.window)
-        assert (slot_window != masks[True]).any()  # a window over slots would be wrong: the rejected half needs moved prompt keys
+        slot_window = reference_mask(
+            valid, segments, np.broadcast_to(np.arange(valid.shape[1]), valid.shape), spec.window
+        )
+        assert (
+            slot_window != masks[True]
+        ).any()  # a window over slots would be wrong: the rejected half needs moved prompt keys
 
 
 def test_splash_cascade_under_an_8_device_mesh():
@@ -136,9 +151,23 @@ def test_splash_cascade_under_an_8_device_mesh():
 def test_pinned_splash_backward_signature():
     """The cascade calls jax's private splash VJP with its own residuals: this jax must still take them so."""
     names = list(inspect.signature(splash_attention_kernel._splash_attention_bwd).parameters)
-    assert names == ["save_residuals", "mask_value", "is_mqa", "block_sizes", "residual_checkpoint_name", "mask_function", "attn_logits_soft_cap", "interpret", "res", "do"]
+    assert names == [
+        "save_residuals",
+        "mask_value",
+        "is_mqa",
+        "block_sizes",
+        "residual_checkpoint_name",
+        "mask_function",
+        "attn_logits_soft_cap",
+        "interpret",
+        "res",
+        "do",
+    ]
     source = inspect.getsource(splash_attention_kernel._splash_attention_bwd)
-    assert "q,\n      k,\n      v,\n      segment_ids,\n      sinks,\n      o,\n      logsumexp,\n      dq_mask_info,\n      dkv_mask_info,\n  ) = res" in source
+    assert (
+        "q,\n      k,\n      v,\n      segment_ids,\n      sinks,\n      o,\n      logsumexp,\n      dq_mask_info,\n      dkv_mask_info,\n  ) = res"
+        in source
+    )
     assert 'di = jnp.einsum("hsd,hsd->hs", o.astype(jnp.float32), do.astype(jnp.float32))' in source
 
 
@@ -152,9 +181,20 @@ def test_packed_splash_step_compiles_for_a_tpu_slice_here(tpu_env, monkeypatch):
 
     built = []
     make = splash_attention.splash.make_splash_mha
-    monkeypatch.setattr(splash_attention.splash, "make_splash_mha", lambda *a, **kw: built.append((kw["interpret"], kw["save_residuals"])) or make(*a, **kw))
+    monkeypatch.setattr(
+        splash_attention.splash,
+        "make_splash_mha",
+        lambda *a, **kw: built.append((kw["interpret"], kw["save_residuals"])) or make(*a, **kw),
+    )
     splash_attention._kernel.cache_clear()
-    model = ["model.attention=splash", "model.attn_softcap=20.0", "model.sliding_window=8", "model.layer_types=[sliding_attention, full_attention]"]
-    report = fit_report(load_config("configs/demo_fast.yaml", COMPILE_TINY + ["mesh.data=1", "mesh.fsdp=-1"] + model), "v5p-8")
+    model = [
+        "model.attention=splash",
+        "model.attn_softcap=20.0",
+        "model.sliding_window=8",
+        "model.layer_types=[sliding_attention, full_attention]",
+    ]
+    report = fit_report(
+        load_config("configs/demo_fast.yaml", COMPILE_TINY + ["mesh.data=1", "mesh.fsdp=-1"] + model), "v5p-8"
+    )
     assert report["fits"] and report["xla_flops_per_step_per_device"] > 0
     assert (False, True) in built and not any(interpret for interpret, _ in built)

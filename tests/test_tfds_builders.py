@@ -53,21 +53,54 @@ def assistant(text):
 CASES = {
     "hh_rlhf": (
         {"train": 3, "test": 1},
-        {"train": {"invalid: not a '\\n\\nHuman: … \\n\\nAssistant: …' transcript": 1, "tie: chosen and rejected are identical": 1,
-                   "invalid: empty or whitespace-only response": 1}},
-        ("test", 0, {"prompt": user("Capital of France?"), "chosen": assistant("Paris."), "rejected": assistant("Lyon.")}),
+        {
+            "train": {
+                "invalid: not a '\\n\\nHuman: … \\n\\nAssistant: …' transcript": 1,
+                "tie: chosen and rejected are identical": 1,
+                "invalid: empty or whitespace-only response": 1,
+            }
+        },
+        (
+            "test",
+            0,
+            {"prompt": user("Capital of France?"), "chosen": assistant("Paris."), "rejected": assistant("Lyon.")},
+        ),
     ),
     "ultrafeedback_binarized": (
         {"train_prefs": 2, "test_prefs": 1},
-        {"train_prefs": {"invalid: field 'chosen' and field 'rejected' share no leading message, so there is no implicit prompt": 1}},
-        ("test_prefs", 0, {"prompt": user("Name a prime."), "chosen": assistant("7"), "rejected": assistant("8"),
-                           "chosen_scores": {"rating": 10.0}, "rejected_scores": {"rating": 1.0}, "prompt_id": "b1", "soft_label": sigmoid(9.0)}),
+        {
+            "train_prefs": {
+                "invalid: field 'chosen' and field 'rejected' share no leading message, so there is no implicit prompt": 1
+            }
+        },
+        (
+            "test_prefs",
+            0,
+            {
+                "prompt": user("Name a prime."),
+                "chosen": assistant("7"),
+                "rejected": assistant("8"),
+                "chosen_scores": {"rating": 10.0},
+                "rejected_scores": {"rating": 1.0},
+                "prompt_id": "b1",
+                "soft_label": sigmoid(9.0),
+            },
+        ),
     ),
     "pku_safe_rlhf/better": (
         {"train": 2, "test": 1},
         {"train": {"tie: chosen and rejected are identical": 1}},
-        ("test", 0, {"prompt": user("Is stealing okay?"), "chosen": assistant("No, it harms others."), "rejected": assistant("Sometimes."),
-                     "chosen_scores": {"better": 1.0, "safer": 1.0, "safe": 1.0}, "rejected_scores": {"better": 0.0, "safer": 0.0, "safe": 0.0}}),
+        (
+            "test",
+            0,
+            {
+                "prompt": user("Is stealing okay?"),
+                "chosen": assistant("No, it harms others."),
+                "rejected": assistant("Sometimes."),
+                "chosen_scores": {"better": 1.0, "safer": 1.0, "safe": 1.0},
+                "rejected_scores": {"better": 0.0, "safer": 0.0, "safe": 0.0},
+            },
+        ),
     ),
     "pku_safe_rlhf/safer": (
         {"train": 2, "test": 1},
@@ -76,18 +109,51 @@ CASES = {
     ),
     "tldr_comparisons": (
         {"train": 2, "validation": 2},
-        {"train": {"invalid: choice is not 0 or 1 between two summaries": 1, "invalid: a CNN/DM article comparison, not a TL;DR post": 1}},
-        ("validation", None, {"prompt": "SUBREDDIT: r/AskReddit\n\nTITLE: Title t3_4\n\nPOST: Roommate never cleans.\n\nTL;DR:",
-                              "chosen": " roommate never cleans, what do?", "rejected": " roommate messy", "post_id": "t3_4",
-                              "soft_label": sigmoid(2.0)}),  # choice 1 at confidence 7: two steps past the scale's midpoint 5
+        {
+            "train": {
+                "invalid: choice is not 0 or 1 between two summaries": 1,
+                "invalid: a CNN/DM article comparison, not a TL;DR post": 1,
+            }
+        },
+        (
+            "validation",
+            None,
+            {
+                "prompt": "SUBREDDIT: r/AskReddit\n\nTITLE: Title t3_4\n\nPOST: Roommate never cleans.\n\nTL;DR:",
+                "chosen": " roommate never cleans, what do?",
+                "rejected": " roommate messy",
+                "post_id": "t3_4",
+                "soft_label": sigmoid(2.0),
+            },
+        ),  # choice 1 at confidence 7: two steps past the scale's midpoint 5
     ),
     "helpsteer2": (
         {"train": 2, "validation": 1},
         {"train": {"tie: equal helpfulness": 1, "invalid: a response without a second response to the same prompt": 1}},
-        ("validation", 0, {"prompt": user("Name a colour."), "chosen": assistant("Blue."), "rejected": assistant("Colour."),
-                           "chosen_scores": {"helpfulness": 4.0, "correctness": 4.0, "coherence": 4.0, "complexity": 0.0, "verbosity": 1.0},
-                           "rejected_scores": {"helpfulness": 0.0, "correctness": 0.0, "coherence": 2.0, "complexity": 0.0, "verbosity": 0.0},
-                           "soft_label": sigmoid(4.0)}),
+        (
+            "validation",
+            0,
+            {
+                "prompt": user("Name a colour."),
+                "chosen": assistant("Blue."),
+                "rejected": assistant("Colour."),
+                "chosen_scores": {
+                    "helpfulness": 4.0,
+                    "correctness": 4.0,
+                    "coherence": 4.0,
+                    "complexity": 0.0,
+                    "verbosity": 1.0,
+                },
+                "rejected_scores": {
+                    "helpfulness": 0.0,
+                    "correctness": 0.0,
+                    "coherence": 2.0,
+                    "complexity": 0.0,
+                    "verbosity": 0.0,
+                },
+                "soft_label": sigmoid(4.0),
+            },
+        ),
     ),
 }
 
@@ -105,21 +171,63 @@ def test_builder_on_fixture_files(name, tmp_path):
         assert found == expected
     if name == "pku_safe_rlhf/safer":  # the 'safer' labels flip the second pair of the train split
         _, read = read_split(SourceConfig(kind="tfds", name=name, path=str(tmp_path / "tfds")), "train")
-        assert {r["chosen"][0]["content"] for r in read} == {"Talk to your neighbour politely.", "I can't help you cheat."}
+        assert {r["chosen"][0]["content"] for r in read} == {
+            "Talk to your neighbour politely.",
+            "I can't help you cheat.",
+        }
     assert "tensorflow" not in sys.modules  # built and read back without TensorFlow
 
 
 def test_prepare_command_prints_the_summary_and_names_missing_files(tmp_path, capsys):
     from jaxspo.cli import main
 
-    assert main(["data", "prepare", "helpsteer2", "--manual-dir", str(manual_dir("helpsteer2", tmp_path)), "--data-dir", str(tmp_path / "tfds")]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "helpsteer2",
+                "--manual-dir",
+                str(manual_dir("helpsteer2", tmp_path)),
+                "--data-dir",
+                str(tmp_path / "tfds"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| train | 2 |" in out and "1 × tie: equal helpfulness" in out
     (tmp_path / "empty").mkdir()
-    assert main(["data", "prepare", "hh_rlhf", "--manual-dir", str(tmp_path / "empty"), "--data-dir", str(tmp_path / "tfds2")]) == 1
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "hh_rlhf",
+                "--manual-dir",
+                str(tmp_path / "empty"),
+                "--data-dir",
+                str(tmp_path / "tfds2"),
+            ]
+        )
+        == 1
+    )
     assert "is not a folder with files; Download the subsets" in capsys.readouterr().err
     (tmp_path / "empty" / "README.txt").write_text("not a data file")
-    assert main(["data", "prepare", "hh_rlhf", "--manual-dir", str(tmp_path / "empty"), "--data-dir", str(tmp_path / "tfds2")]) == 1
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "hh_rlhf",
+                "--manual-dir",
+                str(tmp_path / "empty"),
+                "--data-dir",
+                str(tmp_path / "tfds2"),
+            ]
+        )
+        == 1
+    )
     assert "none of the expected files of hh_rlhf" in capsys.readouterr().err
     assert main(["data", "prepare", "nope", "--manual-dir", str(tmp_path)]) == 2  # a usage error
     assert "jaxspo: usage error: jaxspo data prepare nope: unknown dataset 'nope'" in capsys.readouterr().err

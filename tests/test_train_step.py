@@ -69,7 +69,9 @@ def test_dpo_loss_and_gradients_identical_across_meshes():
     host = random_pairs(8)
     results = []
     for data, fsdp, tensor in MESHES:
-        mesh, graphdef, shardings, state, reference, step = build(cfg, {"data": data, "fsdp": fsdp, "tensor": tensor}, 8)
+        mesh, graphdef, shardings, state, reference, step = build(
+            cfg, {"data": data, "fsdp": fsdp, "tensor": tensor}, 8
+        )
         batch = {k: jax.device_put(v, step.batch_sharding[k]) for k, v in host.items()}
         objective = preference_objective_fn(graphdef, cfg.loss)
         grad_fn = jax.jit(
@@ -86,7 +88,9 @@ def test_dpo_loss_and_gradients_identical_across_meshes():
     assert abs(float(base_metrics["loss"]) - np.log(2.0)) > 1e-3  # policy ≠ reference: a real gradient
     for (grads, metrics), shape in zip(results[1:], MESHES[1:]):
         for name in ("loss", "grad_norm", "rewards/margins", "logps/chosen"):
-            np.testing.assert_allclose(metrics[name], base_metrics[name], rtol=1e-5, atol=1e-5, err_msg=f"{name} on mesh {shape}")
+            np.testing.assert_allclose(
+                metrics[name], base_metrics[name], rtol=1e-5, atol=1e-5, err_msg=f"{name} on mesh {shape}"
+            )
         for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(base_grads)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=f"gradient on mesh {shape}")
 
@@ -101,7 +105,10 @@ def test_policy_changes_and_reference_stays_frozen():
         state, _ = step.fn(state, reference, batch)
     for a, b in zip(jax.tree.leaves(jax.device_get(reference)), jax.tree.leaves(reference_before)):
         np.testing.assert_array_equal(a, b)
-    changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(policy_before))]
+    changed = [
+        not np.allclose(a, b)
+        for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(policy_before))
+    ]
     assert all(changed), "every policy parameter should move"
     assert int(state.step) == 3
 

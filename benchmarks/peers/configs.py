@@ -19,7 +19,10 @@ PEERS: dict[str, dict[str, Any]] = {
     "tunix_bf16": {"system": "tunix", "precision": "bfloat16"},  # bf16 weights
 }
 
-BUCKETED = ["data.layout=packed", "data.auto_buckets=4"]  # prompt once per pair, 4 packed widths chosen from the data (docs/speed.md)
+BUCKETED = [
+    "data.layout=packed",
+    "data.auto_buckets=4",
+]  # prompt once per pair, 4 packed widths chosen from the data (docs/speed.md)
 PACKED = BUCKETED + ["model.scan_unroll=8"]  # + the layers unrolled: the fastest exact fp32 setting
 
 JAXSPO: dict[str, list[str]] = {
@@ -29,7 +32,8 @@ JAXSPO: dict[str, list[str]] = {
     "jaxspo_packed_precomputed": PACKED + ["loss.reference=precomputed"],
     "jaxspo_packed_bf16": PACKED + ["model.dtype=bfloat16"],  # bf16 compute, fp32 master weights (not exact)
     "jaxspo_packed_bf16_precomputed": PACKED + ["model.dtype=bfloat16", "loss.reference=precomputed"],
-    "jaxspo_packed_remat": BUCKETED + ["model.remat=true"],  # rolled layer scan, each layer recomputed: the low-memory exact setting
+    "jaxspo_packed_remat": BUCKETED
+    + ["model.remat=true"],  # rolled layer scan, each layer recomputed: the low-memory exact setting
 }
 
 HEAP_KEY = "trainer.host_heap"

@@ -36,7 +36,11 @@ def ensure_venv(root: Path, name: str) -> Path:
     print(f"[bench] creating the {name} venv in {folder}: {' '.join(REQUIREMENTS[name])}", file=sys.stderr, flush=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(folder)], check=True)
     with open(folder / "install.log", "w") as out:
-        done = subprocess.run([str(venv_python(root, name)), "-m", "pip", "install", "-q", *REQUIREMENTS[name]], stdout=out, stderr=subprocess.STDOUT)
+        done = subprocess.run(
+            [str(venv_python(root, name)), "-m", "pip", "install", "-q", *REQUIREMENTS[name]],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     if done.returncode != 0:
         raise RuntimeError(f"installing the {name} venv failed (exit {done.returncode}); see {folder / 'install.log'}")
     stamp.write_text(wanted)

@@ -89,7 +89,10 @@ def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE) -> Any:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[PAD, EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=vocab_size,
+        special_tokens=[PAD, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
@@ -106,7 +109,9 @@ def tokenized_rows(rows: list[dict[str, str]], tokenizer: Any) -> list[dict[str,
             whole = tokenizer(row["prompt"] + row[side] + EOS, add_special_tokens=False)["input_ids"]
             if whole != ids["prompt"] + ids[side] + [eos]:
                 raise ValueError(f"row {i}: '{side}' does not tokenise at the prompt boundary")
-        out.append({"prompt_ids": ids["prompt"], "chosen_ids": ids["chosen"] + [eos], "rejected_ids": ids["rejected"] + [eos]})
+        out.append(
+            {"prompt_ids": ids["prompt"], "chosen_ids": ids["chosen"] + [eos], "rejected_ids": ids["rejected"] + [eos]}
+        )
     return out
 
 
@@ -115,10 +120,20 @@ def llama_config(shape: Shape, tokenizer: Any) -> Any:
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.num_layers, num_attention_heads=shape.num_heads, num_key_value_heads=shape.num_heads,
-        max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False,
-        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, initializer_range=0.02,
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_heads,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.02,
     )
 
 
@@ -143,7 +158,9 @@ def token_stats(tokens: list[dict[str, list[int]]], batch_size: int) -> dict[str
     return {
         "max_prompt_tokens": max(len(t["prompt_ids"]) for t in tokens),
         "max_response_tokens": max(max(len(t["chosen_ids"]), len(t["rejected_ids"])) for t in tokens),
-        "max_sequence_tokens": max(len(t["prompt_ids"]) + max(len(t["chosen_ids"]), len(t["rejected_ids"])) for t in tokens),
+        "max_sequence_tokens": max(
+            len(t["prompt_ids"]) + max(len(t["chosen_ids"]), len(t["rejected_ids"])) for t in tokens
+        ),
         "mean_real_tokens_per_step": float(np.mean(per_pair)) * batch_size,
     }
 
@@ -152,7 +169,9 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def build_fixture(root: Path, shape_name: str, spec: DataSpec = DataSpec(), batch_size: int = 8, seed: int = 0) -> dict[str, Any]:
+def build_fixture(
+    root: Path, shape_name: str, spec: DataSpec = DataSpec(), batch_size: int = 8, seed: int = 0
+) -> dict[str, Any]:
     """Writes the fixture of ``shape_name`` under ``root`` (skipped if present); returns its ``fixture.json``."""
     import torch
     from transformers import LlamaForCausalLM
@@ -178,7 +197,15 @@ def build_fixture(root: Path, shape_name: str, spec: DataSpec = DataSpec(), batc
     actual = sum(p.numel() for p in model.parameters())
     if counted["total"] != actual:
         raise AssertionError(f"parameter count {counted['total']} != torch's {actual}")
-    info = {"shape": shape_name, **dataclasses.asdict(shape), "vocab_size": len(tokenizer), "parameters": counted,
-            "num_pairs": spec.num_pairs, "data_seed": spec.seed, "init_seed": seed, **token_stats(tokens, batch_size)}
+    info = {
+        "shape": shape_name,
+        **dataclasses.asdict(shape),
+        "vocab_size": len(tokenizer),
+        "parameters": counted,
+        "num_pairs": spec.num_pairs,
+        "data_seed": spec.seed,
+        "init_seed": seed,
+        **token_stats(tokens, batch_size),
+    }
     info_path.write_text(json.dumps(info, indent=1))
     return info

@@ -16,7 +16,9 @@ SPEED = "real_tokens_per_second"
 
 def pick(run: dict[str, Any]) -> dict[str, Any]:
     """What the headline shows of one run."""
-    return {k: run.get(k) for k in ("system", "config", "heap", "precision", SPEED, "time_to_first_step", "peak_rss_mib")}
+    return {
+        k: run.get(k) for k in ("system", "config", "heap", "precision", SPEED, "time_to_first_step", "peak_rss_mib")
+    }
 
 
 def fastest(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -40,5 +42,9 @@ def shape_headline(runs: list[dict[str, Any]]) -> dict[str, Any]:
     by_peer = {}
     for system in sorted({r["system"] for r in peers}):
         peer = fastest([r for r in peers if r["system"] == system])
-        by_peer[system] = {"exact_fp32": versus(best_exact, peer)["ratio"], "any_config": versus(best_any, peer)["ratio"], "fastest": peer}
+        by_peer[system] = {
+            "exact_fp32": versus(best_exact, peer)["ratio"],
+            "any_config": versus(best_any, peer)["ratio"],
+            "fastest": peer,
+        }
     return {"exact_fp32": versus(best_exact, best_peer), "any_config": versus(best_any, best_peer), "by_peer": by_peer}

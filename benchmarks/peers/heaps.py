@@ -50,7 +50,9 @@ def without_allocator_settings(env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def runner_environment(base: Mapping[str, str], heap: str, system: str, heaps: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+def runner_environment(
+    base: Mapping[str, str], heap: str, system: str, heaps: Mapping[str, Mapping[str, str]]
+) -> dict[str, str]:
     """The environment of one runner process under ``heap``: ``base`` (the harness's) without allocator settings,
     plus the heap's variables — for jaxspo under ``held`` none (its override sets the heap, see the module docstring)."""
     env = without_allocator_settings(base)

@@ -54,7 +54,16 @@ def main() -> None:
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
-    print(json.dumps({"size": args.size, "jax": jax_rates(args.size, args.repeats), "torch": torch_rates(args.size, args.repeats)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "size": args.size,
+                "jax": jax_rates(args.size, args.repeats),
+                "torch": torch_rates(args.size, args.repeats),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -27,15 +27,34 @@ from runner_common import StepLog, emit, parser, read_order  # noqa: E402
 def base_overrides(args, work: Path) -> list[str]:
     """The benchmark's settings as jaxspo config overrides (DPO, constant lr, plain AdamW, no clipping)."""
     return [
-        f"model.path={args.fixture / 'model'}", "data.source.kind=jsonl", f"data.source.path={args.fixture}/{{split}}.jsonl",
-        f"data.max_length={args.max_length}", f"data.max_prompt_length={args.max_length // 2}",
-        "trainer.sft_steps=0", f"trainer.steps={args.steps}", f"trainer.batch_size={args.batch_size}", "trainer.eval_every=0",
-        f"optimizer.learning_rate={args.lr}", "optimizer.warmup_steps=0", "optimizer.schedule=constant",
-        f"optimizer.b1={args.b1}", f"optimizer.b2={args.b2}", f"optimizer.eps={args.eps}", f"optimizer.weight_decay={args.weight_decay}",
-        "optimizer.max_grad_norm=0", "loss.terms={dpo: 1.0}", f"loss.beta={args.beta}", "loss.reference=resident",
-        f"loss.reference_cache_dir={work / 'reference_cache'}", "mesh.data=1",
-        "logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false", "checkpoint.every_steps=0",
-        "checkpoint.save_final=false", f"run_dir={work / 'run'}",
+        f"model.path={args.fixture / 'model'}",
+        "data.source.kind=jsonl",
+        f"data.source.path={args.fixture}/{{split}}.jsonl",
+        f"data.max_length={args.max_length}",
+        f"data.max_prompt_length={args.max_length // 2}",
+        "trainer.sft_steps=0",
+        f"trainer.steps={args.steps}",
+        f"trainer.batch_size={args.batch_size}",
+        "trainer.eval_every=0",
+        f"optimizer.learning_rate={args.lr}",
+        "optimizer.warmup_steps=0",
+        "optimizer.schedule=constant",
+        f"optimizer.b1={args.b1}",
+        f"optimizer.b2={args.b2}",
+        f"optimizer.eps={args.eps}",
+        f"optimizer.weight_decay={args.weight_decay}",
+        "optimizer.max_grad_norm=0",
+        "loss.terms={dpo: 1.0}",
+        f"loss.beta={args.beta}",
+        "loss.reference=resident",
+        f"loss.reference_cache_dir={work / 'reference_cache'}",
+        "mesh.data=1",
+        "logging.progress_bar=false",
+        "logging.tensorboard=false",
+        "logging.plot=false",
+        "checkpoint.every_steps=0",
+        "checkpoint.save_final=false",
+        f"run_dir={work / 'run'}",
     ]
 
 
@@ -67,7 +86,9 @@ def main() -> None:
         for i in range(1, len(order) + 1):
             start = time.perf_counter()
             trained_rows.append(phase.batches.rows(phase.batches.step).tolist())
-            metrics, host = phase.take_step(i, frozen)  # jaxspo's own batching (bucketing or whatever the config selects)
+            metrics, host = phase.take_step(
+                i, frozen
+            )  # jaxspo's own batching (bucketing or whatever the config selects)
             metrics = jax.block_until_ready(metrics)
             seconds = time.perf_counter() - start
             width = max(int(v.shape[1]) for k, v in host.items() if k.endswith("_tokens"))
@@ -79,7 +100,12 @@ def main() -> None:
         args.config,
         log,
         frozen is not None,
-        {"overrides": list(args.overrides), "same_order": trained_rows == order, "jax": jax.__version__, "devices": len(jax.devices())},
+        {
+            "overrides": list(args.overrides),
+            "same_order": trained_rows == order,
+            "jax": jax.__version__,
+            "devices": len(jax.devices()),
+        },
     )
 
 

@@ -73,17 +73,48 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as tmp:
         config = DPOConfig(
-            output_dir=tmp, per_device_train_batch_size=args.batch_size, max_steps=args.steps, learning_rate=args.lr,
-            adam_beta1=args.b1, adam_beta2=args.b2, adam_epsilon=args.eps, weight_decay=args.weight_decay, optim="adamw_torch",
-            lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=0.0, beta=args.beta, loss_type=["sigmoid"],
-            max_length=args.max_length, logging_steps=1, report_to="none", save_strategy="no", train_sampling_strategy="sequential",
-            dataloader_num_workers=0, use_cpu=True, seed=0, disable_tqdm=True, **CONFIGS[args.config],
+            output_dir=tmp,
+            per_device_train_batch_size=args.batch_size,
+            max_steps=args.steps,
+            learning_rate=args.lr,
+            adam_beta1=args.b1,
+            adam_beta2=args.b2,
+            adam_epsilon=args.eps,
+            weight_decay=args.weight_decay,
+            optim="adamw_torch",
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            max_grad_norm=0.0,
+            beta=args.beta,
+            loss_type=["sigmoid"],
+            max_length=args.max_length,
+            logging_steps=1,
+            report_to="none",
+            save_strategy="no",
+            train_sampling_strategy="sequential",
+            dataloader_num_workers=0,
+            use_cpu=True,
+            seed=0,
+            disable_tqdm=True,
+            **CONFIGS[args.config],
         )
         timer = StepTimes()
-        trainer = CountingTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[timer])
+        trainer = CountingTrainer(
+            model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[timer]
+        )
         trainer.train()
-    emit("trl", args.config, log, "precompute_ref_log_probs" not in CONFIGS[args.config],
-         {"torch": torch.__version__, "threads": torch.get_num_threads(), "bf16": bool(config.bf16), "gradient_checkpointing": bool(config.gradient_checkpointing)})
+    emit(
+        "trl",
+        args.config,
+        log,
+        "precompute_ref_log_probs" not in CONFIGS[args.config],
+        {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "bf16": bool(config.bf16),
+            "gradient_checkpointing": bool(config.gradient_checkpointing),
+        },
+    )
 
 
 if __name__ == "__main__":

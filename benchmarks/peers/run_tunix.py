@@ -46,9 +46,15 @@ def main() -> None:
 
     hf = json.loads((args.fixture / "model" / "config.json").read_text())
     cfg = llama.ModelConfig(
-        num_layers=hf["num_hidden_layers"], vocab_size=hf["vocab_size"], embed_dim=hf["hidden_size"], hidden_dim=hf["intermediate_size"],
-        num_heads=hf["num_attention_heads"], head_dim=hf["hidden_size"] // hf["num_attention_heads"], num_kv_heads=hf["num_key_value_heads"],
-        rope_theta=int(hf["rope_parameters"]["rope_theta"] if "rope_parameters" in hf else hf["rope_theta"]), norm_eps=hf["rms_norm_eps"],
+        num_layers=hf["num_hidden_layers"],
+        vocab_size=hf["vocab_size"],
+        embed_dim=hf["hidden_size"],
+        hidden_dim=hf["intermediate_size"],
+        num_heads=hf["num_attention_heads"],
+        head_dim=hf["hidden_size"] // hf["num_attention_heads"],
+        num_kv_heads=hf["num_key_value_heads"],
+        rope_theta=int(hf["rope_parameters"]["rope_theta"] if "rope_parameters" in hf else hf["rope_theta"]),
+        norm_eps=hf["rms_norm_eps"],
         weight_tying=hf.get("tie_word_embeddings", False),
     )
     dtype = jnp.bfloat16 if args.config.endswith("bf16") else jnp.float32
@@ -64,8 +70,19 @@ def main() -> None:
         chosen, chosen_mask = padded([tokens[r]["chosen_ids"] for r in rows], half, pad, left=False)
         rejected, rejected_mask = padded([tokens[r]["rejected_ids"] for r in rows], half, pad, left=False)
         real = int(prompt_mask.sum() * 2 + chosen_mask.sum() + rejected_mask.sum())
-        batches.append((dpo_trainer.TrainingInput(prompt_ids=prompt, prompt_mask=prompt_mask, chosen_ids=chosen, chosen_mask=chosen_mask,
-                                                   rejected_ids=rejected, rejected_mask=rejected_mask), real))
+        batches.append(
+            (
+                dpo_trainer.TrainingInput(
+                    prompt_ids=prompt,
+                    prompt_mask=prompt_mask,
+                    chosen_ids=chosen,
+                    chosen_mask=chosen_mask,
+                    rejected_ids=rejected,
+                    rejected_mask=rejected_mask,
+                ),
+                real,
+            )
+        )
     log = StepLog()
     reals = iter([real for _, real in batches])
 
@@ -79,11 +96,15 @@ def main() -> None:
             loss = jax.block_until_ready(self._buffered_train_metrics.losses[-1])
             jax.block_until_ready(aux)
             now = time.perf_counter()
-            log.end_step(now - self.last, next(reals), 2 * args.batch_size * args.max_length, args.max_length, float(loss))
+            log.end_step(
+                now - self.last, next(reals), 2 * args.batch_size * args.max_length, args.max_length, float(loss)
+            )
             self.last = now
 
     optimizer = optax.adamw(args.lr, b1=args.b1, b2=args.b2, eps=args.eps, weight_decay=args.weight_decay)
-    config = dpo_trainer.DPOTrainingConfig(eval_every_n_steps=10**9, max_steps=args.steps, beta=args.beta, pbar_description=None)
+    config = dpo_trainer.DPOTrainingConfig(
+        eval_every_n_steps=10**9, max_steps=args.steps, beta=args.beta, pbar_description=None
+    )
     with mesh:
         trainer = TimedDPOTrainer(policy, reference, optimizer, config)
         trainer.last = time.perf_counter()

@@ -23,8 +23,12 @@ T0 = float(os.environ.get("BENCH_T0", time.time()))
 def parser(description: str) -> argparse.ArgumentParser:
     """The arguments every runner takes (the harness passes the same values to all of them)."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--fixture", type=Path, required=True, help="fixture folder of one shape (model/, train.jsonl, tokens.jsonl)")
-    p.add_argument("--order", type=Path, required=True, help="JSON list of row indices, batch_size per step, in training order")
+    p.add_argument(
+        "--fixture", type=Path, required=True, help="fixture folder of one shape (model/, train.jsonl, tokens.jsonl)"
+    )
+    p.add_argument(
+        "--order", type=Path, required=True, help="JSON list of row indices, batch_size per step, in training order"
+    )
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=128)
@@ -65,7 +69,15 @@ class StepLog:
     def end_step(self, seconds: float, real_tokens: int, padded_tokens: int, width: int, loss: float) -> None:
         if self.first_step_done is None:
             self.first_step_done = time.time()
-        self.rows.append({"seconds": float(seconds), "real_tokens": int(real_tokens), "padded_tokens": int(padded_tokens), "width": int(width), "loss": float(loss)})
+        self.rows.append(
+            {
+                "seconds": float(seconds),
+                "real_tokens": int(real_tokens),
+                "padded_tokens": int(padded_tokens),
+                "width": int(width),
+                "loss": float(loss),
+            }
+        )
 
 
 def emit(system: str, config: str, log: StepLog, reference_in_step: bool, extra: dict[str, Any] | None = None) -> None:

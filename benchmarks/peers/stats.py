@@ -18,7 +18,9 @@ import statistics
 from typing import Any
 
 
-def step_flops(padded_tokens: int, width: int, matmul_params: int, num_layers: int, attention_width: int, reference: bool) -> float:
+def step_flops(
+    padded_tokens: int, width: int, matmul_params: int, num_layers: int, attention_width: int, reference: bool
+) -> float:
     """Useful FLOPs of one DPO step (module docstring)."""
     attention = num_layers * width * attention_width
     per_token = 6.0 * matmul_params + 12.0 * attention
@@ -44,7 +46,14 @@ def run_summary(result: dict[str, Any], model: dict[str, int], first_steady: int
     rows = steady(result["steps"], first_steady)
     seconds = sum(r["seconds"] for r in rows)
     flops = sum(
-        step_flops(r["padded_tokens"], r["width"], model["matmul"], model["num_layers"], model["attention_width"], result["reference_in_step"])
+        step_flops(
+            r["padded_tokens"],
+            r["width"],
+            model["matmul"],
+            model["num_layers"],
+            model["attention_width"],
+            result["reference_in_step"],
+        )
         for r in rows
     )
     return {

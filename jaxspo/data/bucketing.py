@@ -53,7 +53,9 @@ def choose_buckets(lengths: np.ndarray, count: int, batch_size: int, width: int,
     tops, counts = np.unique(rounded, return_counts=True)  # [M] candidate bucket tops and their examples
     before = np.concatenate([[0], np.cumsum(counts)])  # [M+1] examples below candidate j
     m = len(tops)
-    cost = np.full((count + 1, m + 1), np.inf)  # cost[k, j]: first j candidates in k buckets, the last topped at tops[j-1]
+    cost = np.full(
+        (count + 1, m + 1), np.inf
+    )  # cost[k, j]: first j candidates in k buckets, the last topped at tops[j-1]
     cost[0, 0] = 0.0
     start = np.zeros((count + 1, m + 1), np.int64)
     for k in range(1, count + 1):

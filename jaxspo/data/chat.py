@@ -30,7 +30,9 @@ def _ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]
     return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
 
-def conversation_ids(tokenizer: PreTrainedTokenizerBase, prompt: list[dict], completion: list[dict], where: str) -> tuple[list[int], list[int]]:
+def conversation_ids(
+    tokenizer: PreTrainedTokenizerBase, prompt: list[dict], completion: list[dict], where: str
+) -> tuple[list[int], list[int]]:
     """(prompt ids, completion ids) of one conversation under the chat template, boundary-checked."""
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"{where}: a conversational row needs a tokenizer with a chat_template (this one has none)")
@@ -38,14 +40,16 @@ def conversation_ids(tokenizer: PreTrainedTokenizerBase, prompt: list[dict], com
     full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
     prompt_ids, full_ids = _ids(tokenizer, [prompt_text, full_text])
     if full_ids[: len(prompt_ids)] != prompt_ids:
-        k = next((i for i, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b), min(len(prompt_ids), len(full_ids)))
+        k = next(
+            (i for i, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b), min(len(prompt_ids), len(full_ids))
+        )
         raise ValueError(
             f"{where}: the chat template's prompt ({len(prompt_ids)} tokens) is not a prefix of prompt + completion "
             f"(they differ at token {k}); the prompt/completion boundary is undefined for this template"
         )
     if len(full_ids) == len(prompt_ids):
         raise ValueError(f"{where} has no tokens")
-    return prompt_ids, full_ids[len(prompt_ids):]
+    return prompt_ids, full_ids[len(prompt_ids) :]
 
 
 def prompt_ids(rows: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
@@ -56,7 +60,9 @@ def prompt_ids(rows: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizer
     for i, row in enumerate(rows):
         prompt = field(row, i, "prompt")
         if is_conversation(prompt):
-            rendered = tokenizer.apply_chat_template(messages(prompt, f"row {i}: field 'prompt'"), tokenize=False, add_generation_prompt=True)
+            rendered = tokenizer.apply_chat_template(
+                messages(prompt, f"row {i}: field 'prompt'"), tokenize=False, add_generation_prompt=True
+            )
             out[i] = _ids(tokenizer, [rendered])[0]
         else:
             plain.append((i, text(prompt, f"row {i}: field 'prompt'")))
@@ -65,7 +71,9 @@ def prompt_ids(rows: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizer
     return out
 
 
-def completion_ids(rows: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, name: str, contexts: list[list[int]]) -> list[Completion]:
+def completion_ids(
+    rows: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, name: str, contexts: list[list[int]]
+) -> list[Completion]:
     """Each row's ``name`` field as completion ids after its context (from :func:`prompt_ids`)."""
     out: list[Completion | None] = [None] * len(rows)
     plain = []
@@ -76,7 +84,9 @@ def completion_ids(rows: Sequence[Mapping[str, Any]], tokenizer: PreTrainedToken
         if is_conversation(value):
             context, ids = conversation_ids(tokenizer, row["prompt"], messages(value, where), where)
             if context != contexts[i]:
-                raise ValueError(f"{where}: the chat template renders the prompt differently with and without a completion")
+                raise ValueError(
+                    f"{where}: the chat template renders the prompt differently with and without a completion"
+                )
             out[i] = (ids, tokenizer.eos_token_id not in ids)
         else:
             plain.append((i, text(value, where)))

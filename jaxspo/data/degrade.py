@@ -85,7 +85,9 @@ class Degrader:
     ``levels`` K ≥ 1, ``fraction`` in (0, 1]: each level removes about ``fraction`` more of the units.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, unit: str, key_scoring: str, levels: int, fraction: float, seed: int):
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, unit: str, key_scoring: str, levels: int, fraction: float, seed: int
+    ):
         if unit not in UNITS:
             raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
         if key_scoring not in KEY_SCORINGS:
@@ -117,7 +119,9 @@ class Degrader:
             return units, [[] for _ in units]
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         if list(encoded["input_ids"]) != list(ids):
-            raise ValueError(f"surprisal scoring needs the decoded text to re-tokenise to the same ids ({self.unit} unit)")
+            raise ValueError(
+                f"surprisal scoring needs the decoded text to re-tokenise to the same ids ({self.unit} unit)"
+            )
         members: list[list[int]] = [[] for _ in units]
         for position, (_, end) in enumerate(encoded["offset_mapping"]):
             index = next((u for u, (a, b) in enumerate(spans) if a < end <= b), None)
@@ -125,7 +129,9 @@ class Degrader:
                 members[index].append(position)
         return units, members
 
-    def _scores(self, ids: list[int], units: list[object], members: list[list[int]], surprisal: np.ndarray | None) -> np.ndarray:
+    def _scores(
+        self, ids: list[int], units: list[object], members: list[list[int]], surprisal: np.ndarray | None
+    ) -> np.ndarray:
         if self.key_scoring == "surprisal":
             if surprisal is None:
                 raise ValueError("key_scoring 'surprisal' needs per-token surprisal")
@@ -139,7 +145,9 @@ class Degrader:
             return np.array([weight[u] for u in units])
         return np.array([sum(weight[t] for t in _terms(u)) for u in units])
 
-    def degrade(self, ids: Sequence[int], rng: np.random.Generator, surprisal: np.ndarray | None = None) -> tuple[list[list[int]], np.ndarray]:
+    def degrade(
+        self, ids: Sequence[int], rng: np.random.Generator, surprisal: np.ndarray | None = None
+    ) -> tuple[list[list[int]], np.ndarray]:
         """K degraded copies of one response (token ids, no special tokens) and which levels are valid ``[K]``.
 
         ``surprisal`` ``[len(ids)]``: −log π_ref of each token (``surprisal`` scoring only).
@@ -197,9 +205,13 @@ def degraded_arrays(
                 token_surprisal = surprisal[side][row][mask[row][1:]][: len(ids)]
             rng = np.random.default_rng([degrader.seed, side_index, row])
             copies, ok = degrader.degrade(ids, rng, token_surprisal)
-            sequences += [_sequence(context, copy, eos, max_length, row, f"{side} level {k + 1}") for k, copy in enumerate(copies)]
+            sequences += [
+                _sequence(context, copy, eos, max_length, row, f"{side} level {k + 1}") for k, copy in enumerate(copies)
+            ]
             level_valid.append(ok)
         packed = _pack(sequences, max_length, pad)
-        per_side.append([x.reshape(len(responses), degrader.levels, max_length) for x in packed] + [np.stack(level_valid)])
+        per_side.append(
+            [x.reshape(len(responses), degrader.levels, max_length) for x in packed] + [np.stack(level_valid)]
+        )
     names = ("selfsup_tokens", "selfsup_loss_mask", "selfsup_valid", "selfsup_level_valid")
     return {name: np.stack([side[i] for side in per_side], axis=1) for i, name in enumerate(names)}

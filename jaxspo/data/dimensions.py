@@ -104,11 +104,13 @@ def dimension_pairs(
             picked = np.random.default_rng([seed, index]).choice(len(qualifying), size=pairs_per_prompt, replace=False)
             qualifying = [qualifying[int(k)] for k in picked]
         for win, lose in qualifying:
-            pairs.append({
-                "prompt": row["prompt"],
-                "chosen": responses[win],
-                "rejected": responses[lose],
-                "chosen_scores": dict(all_scores[win]),
-                "rejected_scores": dict(all_scores[lose]),
-            })
+            pairs.append(
+                {
+                    "prompt": row["prompt"],
+                    "chosen": responses[win],
+                    "rejected": responses[lose],
+                    "chosen_scores": dict(all_scores[win]),
+                    "rejected_scores": dict(all_scores[lose]),
+                }
+            )
     return pairs

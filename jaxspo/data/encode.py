@@ -119,7 +119,14 @@ def _encode_responses(
     for field in response_fields:
         completions = completion_ids(rows, tokenizer, field, contexts)
         sequences = [
-            _sequence(keep_prompt_end(context, max_prompt_length, tokenizer.bos_token_id), ids, eos if add_eos else None, max_length, i, field)
+            _sequence(
+                keep_prompt_end(context, max_prompt_length, tokenizer.bos_token_id),
+                ids,
+                eos if add_eos else None,
+                max_length,
+                i,
+                field,
+            )
             for i, (context, (ids, add_eos)) in enumerate(zip(contexts, completions))
         ]
         packed[field] = _pack(sequences, max_length, pad)
@@ -127,7 +134,10 @@ def _encode_responses(
 
 
 def encode_preference_rows(
-    rows: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, max_length: int, max_prompt_length: int | None = None
+    rows: Sequence[Mapping[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    max_prompt_length: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Preference rows in any format of :mod:`jaxspo.data.formats` (text or conversations, optional
     ``soft_label``) → arrays. ``max_prompt_length`` (None = no budget) cuts long prompts from the left.
@@ -148,14 +158,19 @@ def encode_preference_rows(
 
 
 def encode_sft_rows(
-    rows: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, max_length: int, max_prompt_length: int | None = None
+    rows: Sequence[Mapping[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    max_prompt_length: int | None = None,
 ) -> dict[str, np.ndarray]:
     """SFT rows (``prompt``, ``completion``: both text or both messages) → ``tokens``, ``loss_mask``,
     ``valid`` ``[N, max_length]``.
 
     The loss mask covers the completion tokens and the closing ``<eos>``.
     """
-    tokens, loss_mask, valid = _encode_responses(rows, tokenizer, max_length, ("completion",), max_prompt_length)["completion"]
+    tokens, loss_mask, valid = _encode_responses(rows, tokenizer, max_length, ("completion",), max_prompt_length)[
+        "completion"
+    ]
     return {"tokens": tokens, "loss_mask": loss_mask, "valid": valid}
 
 

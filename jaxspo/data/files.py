@@ -30,7 +30,7 @@ SkipLine = Callable[[str, str], None]  # (reason without the line's own values, 
 
 
 def compression(path: str | os.PathLike[str]) -> str:
-    """"gzip", "bzip2", "xz", "zstd" or "" (plain), from the file's first bytes."""
+    """ "gzip", "bzip2", "xz", "zstd" or "" (plain), from the file's first bytes."""
     with open(path, "rb") as f:
         head = f.read(6)
     return next((name for magic, name in _MAGIC.items() if head.startswith(magic)), "")
@@ -40,7 +40,9 @@ def _open_zstd(path: Path) -> IO[bytes]:
     try:
         import zstandard
     except ImportError:
-        raise DataError(f"{path}: zstd-compressed, and the zstandard package is not installed; pip install zstandard, or decompress it (zstd -d)") from None
+        raise DataError(
+            f"{path}: zstd-compressed, and the zstandard package is not installed; pip install zstandard, or decompress it (zstd -d)"
+        ) from None
     return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
 
 
@@ -61,7 +63,9 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
             for number, line in enumerate(raw, start=1):
                 yield number, line
         except (OSError, EOFError, lzma.LZMAError) as err:  # how gzip, bz2 and xz report a damaged or cut stream
-            raise DataError(f"{path}: the compressed data is damaged after line {number} ({err}); download or compress the file again") from None
+            raise DataError(
+                f"{path}: the compressed data is damaged after line {number} ({err}); download or compress the file again"
+            ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,14 +84,27 @@ def json_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
         try:
             row = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as err:
-            yield number, BadLine("not UTF-8 text", f"not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}; is the file compressed or binary?)")
+            yield (
+                number,
+                BadLine(
+                    "not UTF-8 text",
+                    f"not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}; is the file compressed or binary?)",
+                ),
+            )
         except json.JSONDecodeError as err:
             yield number, BadLine("invalid JSON", f"invalid JSON: {err.msg} (column {err.colno})")
         else:
-            yield number, row if isinstance(row, dict) else BadLine("not a JSON object", f"expected a JSON object, got {type(row).__name__}")
+            yield (
+                number,
+                row
+                if isinstance(row, dict)
+                else BadLine("not a JSON object", f"expected a JSON object, got {type(row).__name__}"),
+            )
 
 
-def read_json_lines(path: str | os.PathLike[str], skip: SkipLine | None = None, hint: str = "fix or delete the line") -> list[dict[str, Any]]:
+def read_json_lines(
+    path: str | os.PathLike[str], skip: SkipLine | None = None, hint: str = "fix or delete the line"
+) -> list[dict[str, Any]]:
     """The JSON objects of a JSON-lines file (blank lines ignored); see the module docstring for bad lines.
     ``hint`` ends the error: what the user can do."""
     rows = []

@@ -71,7 +71,12 @@ def _ranked(row: Mapping[str, Any], index: int) -> dict[str, Any]:
     """Best and worst of ``responses`` by numeric ``response_scores`` as chosen / rejected."""
     responses, scores = row["responses"], row.get("response_scores")
     where = f"row {index}: field 'response_scores'"
-    if not isinstance(responses, list) or not isinstance(scores, list) or len(scores) != len(responses) or len(responses) < 2:
+    if (
+        not isinstance(responses, list)
+        or not isinstance(scores, list)
+        or len(scores) != len(responses)
+        or len(responses) < 2
+    ):
         raise ValueError(f"{where} must be a list of numbers as long as 'responses' (at least 2)")
     if not all(isinstance(s, numbers.Real) and not isinstance(s, bool) for s in scores):
         raise ValueError(f"{where} must hold numbers (higher is better)")
@@ -95,14 +100,22 @@ def to_preference_row(row: Any, index: int) -> dict[str, Any]:
     rejected = messages(rejected, f"row {index}: field 'rejected'")
     prompt = row.get("prompt")
     if is_conversation(prompt):
-        return dict(row) | {"prompt": messages(prompt, f"row {index}: field 'prompt'"), "chosen": chosen, "rejected": rejected}
+        return dict(row) | {
+            "prompt": messages(prompt, f"row {index}: field 'prompt'"),
+            "chosen": chosen,
+            "rejected": rejected,
+        }
     shared = 0
     while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
         shared += 1
     if shared == 0:
-        raise ValueError(f"row {index}: field 'chosen' and field 'rejected' share no leading message, so there is no implicit prompt")
+        raise ValueError(
+            f"row {index}: field 'chosen' and field 'rejected' share no leading message, so there is no implicit prompt"
+        )
     if shared == len(chosen) or shared == len(rejected):
-        raise ValueError(f"row {index}: field 'rejected' is identical to field 'chosen' (or one is a prefix of the other)")
+        raise ValueError(
+            f"row {index}: field 'rejected' is identical to field 'chosen' (or one is a prefix of the other)"
+        )
     return dict(row) | {"prompt": chosen[:shared], "chosen": chosen[shared:], "rejected": rejected[shared:]}
 
 

@@ -28,7 +28,15 @@ import numpy as np
 
 LAYOUTS = ("padded", "packed")
 ROLES = 3  # segments are 3·pair + role (0 prompt, 1 chosen, 2 rejected); one pair per row: 0, 1, 2
-PACKED_FIELDS = ("packed_tokens", "packed_valid", "packed_segments", "packed_positions", "packed_source", "packed_chosen_mask", "packed_rejected_mask")
+PACKED_FIELDS = (
+    "packed_tokens",
+    "packed_valid",
+    "packed_segments",
+    "packed_positions",
+    "packed_source",
+    "packed_chosen_mask",
+    "packed_rejected_mask",
+)
 
 
 def _prompt_length(loss_mask: np.ndarray, valid: np.ndarray) -> int:
@@ -40,18 +48,30 @@ def pack_pairs(arrays: Mapping[str, np.ndarray], multiple: int = 8) -> dict[str,
     """Padded pair arrays (``{chosen,rejected}_{tokens,valid,loss_mask}`` ``[N, T]``) → the packed rows
     ``[N, W]`` of :data:`PACKED_FIELDS` (module docstring). ValueError naming the row if its chosen and
     rejected rows do not start with the same prompt."""
-    tokens, valid, mask = ({side: np.asarray(arrays[f"{side}_{k}"]) for side in ("chosen", "rejected")} for k in ("tokens", "valid", "loss_mask"))
+    tokens, valid, mask = (
+        {side: np.asarray(arrays[f"{side}_{k}"]) for side in ("chosen", "rejected")}
+        for k in ("tokens", "valid", "loss_mask")
+    )
     n = len(tokens["chosen"])
     prompt = np.array([_prompt_length(mask["chosen"][i], valid["chosen"][i]) for i in range(n)], dtype=np.int64)
     chosen_len, rejected_len = valid["chosen"].sum(1) - prompt, valid["rejected"].sum(1) - prompt
     width = int(-(-int((prompt + chosen_len + rejected_len).max()) // multiple) * multiple)
-    out = {name: np.zeros((n, width), np.int32) for name in ("packed_tokens", "packed_segments", "packed_positions", "packed_source")}
+    out = {
+        name: np.zeros((n, width), np.int32)
+        for name in ("packed_tokens", "packed_segments", "packed_positions", "packed_source")
+    }
     out |= {name: np.zeros((n, width), bool) for name in ("packed_valid", "packed_chosen_mask", "packed_rejected_mask")}
     for i in range(n):
         p, c, r = int(prompt[i]), int(chosen_len[i]), int(rejected_len[i])
-        if _prompt_length(mask["rejected"][i], valid["rejected"][i]) != p or not np.array_equal(tokens["chosen"][i, :p], tokens["rejected"][i, :p]):
-            raise ValueError(f"row {i}: data.layout=packed needs chosen and rejected to share their prompt tokens; use data.layout=padded")
-        out["packed_tokens"][i, : p + c + r] = np.concatenate([tokens["chosen"][i, : p + c], tokens["rejected"][i, p : p + r]])
+        if _prompt_length(mask["rejected"][i], valid["rejected"][i]) != p or not np.array_equal(
+            tokens["chosen"][i, :p], tokens["rejected"][i, :p]
+        ):
+            raise ValueError(
+                f"row {i}: data.layout=packed needs chosen and rejected to share their prompt tokens; use data.layout=padded"
+            )
+        out["packed_tokens"][i, : p + c + r] = np.concatenate(
+            [tokens["chosen"][i, : p + c], tokens["rejected"][i, p : p + r]]
+        )
         out["packed_valid"][i, : p + c + r] = True
         out["packed_segments"][i, p : p + c], out["packed_segments"][i, p + c : p + c + r] = 1, 2
         out["packed_positions"][i, : p + c + r] = np.concatenate([np.arange(p + c), p + np.arange(r)])

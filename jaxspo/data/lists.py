@@ -50,10 +50,14 @@ def _order(row: Mapping[str, Any], index: int, n: int, need_ranking: bool) -> li
             raise ValueError(f"row {index}: field 'ranking' must be a list of indices, got {type(ranking).__name__}")
         order = [_index(v, n, f"row {index}: field 'ranking'") for v in ranking]
         if sorted(order) != list(range(n)):
-            raise ValueError(f"row {index}: field 'ranking' must be a permutation of 0..{n - 1} (one entry per response), got {list(ranking)}")
+            raise ValueError(
+                f"row {index}: field 'ranking' must be a permutation of 0..{n - 1} (one entry per response), got {list(ranking)}"
+            )
         return order
     if need_ranking:
-        raise ValueError(f"row {index}: field 'ranking' is missing; the ranked loss needs every response ranked (a row with only 'best' serves best-of-n)")
+        raise ValueError(
+            f"row {index}: field 'ranking' is missing; the ranked loss needs every response ranked (a row with only 'best' serves best-of-n)"
+        )
     if row.get("best") is None:
         raise ValueError(f"row {index}: needs field 'ranking' or 'best'")
     best = _index(row["best"], n, f"row {index}: field 'best'")
@@ -99,11 +103,17 @@ def rank_by_scores(rows: Sequence[Mapping[str, Any]], task: SyntheticTaskConfig,
     rng = np.random.default_rng([seed, 0x5350])
     out = []
     for row in rows:
-        if not isinstance(row, Mapping) or row.get("ranking") is not None or not isinstance(row.get("response_scores"), list):
+        if (
+            not isinstance(row, Mapping)
+            or row.get("ranking") is not None
+            or not isinstance(row.get("response_scores"), list)
+        ):
             out.append(row)
             continue
         scores = row["response_scores"]
-        if all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores):  # external data: one score each
+        if all(
+            isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores
+        ):  # external data: one score each
             out.append(dict(row) | {"ranking": [int(j) for j in np.argsort(-np.asarray(scores, float), kind="stable")]})
             continue
         rewards = np.array([labelled_reward(s, task.label_weights) for s in scores])

@@ -45,7 +45,9 @@ def first_fit(lengths: np.ndarray, width: int) -> list[list[int]]:
     (ties by index), each row's pairs in ascending index. ValueError if a length exceeds ``width``."""
     lengths = np.asarray(lengths, np.int64)
     if len(lengths) and lengths.max() > width:
-        raise ValueError(f"a pair of {int(lengths.max())} tokens does not fit data.pack_width={width}; raise data.pack_width (or 0 = the longest pair)")
+        raise ValueError(
+            f"a pair of {int(lengths.max())} tokens does not fit data.pack_width={width}; raise data.pack_width (or 0 = the longest pair)"
+        )
     rows: list[list[int]] = []
     free: list[int] = []
     for i in np.lexsort((np.arange(len(lengths)), -lengths)):
@@ -59,7 +61,9 @@ def first_fit(lengths: np.ndarray, width: int) -> list[list[int]]:
     return [sorted(r) for r in rows]
 
 
-def combine_pairs(pairs: Mapping[str, np.ndarray], rows: list[list[int]], pair_index: np.ndarray, width: int) -> dict[str, np.ndarray]:
+def combine_pairs(
+    pairs: Mapping[str, np.ndarray], rows: list[list[int]], pair_index: np.ndarray, width: int
+) -> dict[str, np.ndarray]:
     """One-pair packed rows ``pairs`` (:data:`~jaxspo.data.layout.PACKED_FIELDS`, ``[n, Wp]``) laid side by side
     as ``rows`` (lists of indices into them) in ``[len(rows), width]`` rows of :data:`ROW_FIELDS`; ``pair_index [n]``
     is what :data:`PAIR_FIELD` holds for each pair."""
@@ -71,7 +75,13 @@ def combine_pairs(pairs: Mapping[str, np.ndarray], rows: list[list[int]], pair_i
         for k, i in enumerate(members):
             n = int(lengths[i])
             span = slice(offset, offset + n)
-            for name in ("packed_tokens", "packed_valid", "packed_positions", "packed_chosen_mask", "packed_rejected_mask"):
+            for name in (
+                "packed_tokens",
+                "packed_valid",
+                "packed_positions",
+                "packed_chosen_mask",
+                "packed_rejected_mask",
+            ):
                 out[name][r, span] = pairs[name][i, :n]
             out["packed_segments"][r, span] = ROLES * k + pairs["packed_segments"][i, :n]
             out["packed_source"][r, span] = offset + pairs["packed_source"][i, :n]
@@ -98,17 +108,23 @@ class PairPacker:
     counts: tuple[int, ...] = ()
 
     @classmethod
-    def build(cls, data_cfg, pairs: Mapping[str, np.ndarray], batch_size: int, accum: int, batch_shards: int, multiple: int) -> PairPacker:
+    def build(
+        cls, data_cfg, pairs: Mapping[str, np.ndarray], batch_size: int, accum: int, batch_shards: int, multiple: int
+    ) -> PairPacker:
         """From ``data.pack_width`` (0: the longest pair of ``pairs``, rounded up to ``multiple``) and
         ``data.pack_row_buckets``; ValueError (one line) if a pair is longer than the width."""
         lengths = np.asarray(pairs["packed_valid"]).sum(1)
         longest = int(lengths.max()) if len(lengths) else 1
         width = data_cfg.pack_width or -(-longest // multiple) * multiple
         if longest > width:
-            raise ValueError(f"data.pack_width={width} is shorter than the longest pair ({longest} tokens); raise it or set 0 (= the longest pair)")
+            raise ValueError(
+                f"data.pack_width={width} is shorter than the longest pair ({longest} tokens); raise it or set 0 (= the longest pair)"
+            )
         cells = math.lcm(accum, batch_shards)
         if batch_size % cells:
-            raise ValueError(f"trainer.batch_size ({batch_size}) must divide by {cells} = lcm(trainer.grad_accum_steps, batch shards) with data.pack_pairs")
+            raise ValueError(
+                f"trainer.batch_size ({batch_size}) must divide by {cells} = lcm(trainer.grad_accum_steps, batch shards) with data.pack_pairs"
+            )
         return cls(width, data_cfg.pack_row_buckets, batch_size, accum, cells, lengths)
 
     @property
@@ -118,19 +134,28 @@ class PairPacker:
     def cell_rows(self, batch_rows: np.ndarray) -> list[list[list[int]]]:
         """Each cell's rows (lists of the cell's pair offsets) for the global batch of stored rows ``batch_rows [N]``."""
         per_cell = self.pairs_per_cell
-        return [first_fit(self.lengths[batch_rows[c * per_cell : (c + 1) * per_cell]], self.width) for c in range(self.cells)]
+        return [
+            first_fit(self.lengths[batch_rows[c * per_cell : (c + 1) * per_cell]], self.width)
+            for c in range(self.cells)
+        ]
 
     def fitted(self, sample: list[np.ndarray]) -> PairPacker:
         """This packer with its row counts chosen for ``sample`` (global batches of stored rows, ``[N]`` each)."""
         needed = [max(len(rows) for rows in self.cell_rows(batch)) for batch in sample]
-        chosen = choose_buckets(np.array(needed), self.row_buckets - 1, 1, self.pairs_per_cell, 1) if self.row_buckets > 1 and needed else []
+        chosen = (
+            choose_buckets(np.array(needed), self.row_buckets - 1, 1, self.pairs_per_cell, 1)
+            if self.row_buckets > 1 and needed
+            else []
+        )
         return dataclasses.replace(self, counts=tuple(sorted(set(chosen) | {self.pairs_per_cell})))
 
     def row_counts(self) -> list[int]:
         """The global row counts its batches can have (one compiled program each), ascending."""
         return [count * self.cells for count in self.counts]
 
-    def pack(self, arrays: Mapping[str, np.ndarray], batch_rows: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
+    def pack(
+        self, arrays: Mapping[str, np.ndarray], batch_rows: np.ndarray, positions: np.ndarray
+    ) -> dict[str, np.ndarray]:
         """This process's part of the global batch of stored rows ``batch_rows [N]``: its ``positions`` (whole
         cells) of every per-pair field, and the packed rows of its cells."""
         if not self.counts:
@@ -141,20 +166,30 @@ class PairPacker:
         rows = next(count for count in self.counts if count >= needed)
         mine = np.unique(np.asarray(positions) // per_cell)
         if not np.array_equal(np.sort(positions), (mine[:, None] * per_cell + np.arange(per_cell)).ravel()):
-            raise ValueError(f"data.pack_pairs: this process's batch positions {np.asarray(positions).tolist()} are not whole cells of {per_cell} pairs")
+            raise ValueError(
+                f"data.pack_pairs: this process's batch positions {np.asarray(positions).tolist()} are not whole cells of {per_cell} pairs"
+            )
         out = {name: np.asarray(a[batch_rows[positions]]) for name, a in arrays.items() if name not in PACKED_FIELDS}
         cells = []
         for c in mine:
             cell_positions = c * per_cell + np.arange(per_cell)
             pairs = {name: np.asarray(arrays[name][batch_rows[cell_positions]]) for name in PACKED_FIELDS}
-            cells.append(combine_pairs(pairs, groups[c] + [[]] * (rows - len(groups[c])), cell_positions % per_micro, self.width))
+            cells.append(
+                combine_pairs(pairs, groups[c] + [[]] * (rows - len(groups[c])), cell_positions % per_micro, self.width)
+            )
         return out | {name: np.concatenate([cell[name] for cell in cells]) for name in ROW_FIELDS}
 
     def shapes(self, arrays: Mapping[str, np.ndarray]) -> list[dict[str, tuple[tuple[int, ...], np.dtype]]]:
         """Global shape and dtype of every field, one dict per program (row count)."""
-        pairs = {name: ((self.batch_size,) + np.shape(a)[1:], np.asarray(a[:1]).dtype) for name, a in arrays.items() if name not in PACKED_FIELDS}
+        pairs = {
+            name: ((self.batch_size,) + np.shape(a)[1:], np.asarray(a[:1]).dtype)
+            for name, a in arrays.items()
+            if name not in PACKED_FIELDS
+        }
         dtypes = {name: np.asarray(arrays[name][:1]).dtype for name in PACKED_FIELDS} | {PAIR_FIELD: np.dtype(np.int32)}
-        return [pairs | {name: ((rows, self.width), dtype) for name, dtype in dtypes.items()} for rows in self.row_counts()]
+        return [
+            pairs | {name: ((rows, self.width), dtype) for name, dtype in dtypes.items()} for rows in self.row_counts()
+        ]
 
     def state(self) -> dict[str, int | list[int]]:
         """The settings a resumed run must share (checkpointed with the pipeline's state)."""

@@ -73,8 +73,15 @@ class BatchPipeline:
     """
 
     def __init__(
-        self, arrays: Mapping[str, np.ndarray], batch_size: int, seed: int, buckets: Sequence[int] = (),
-        shard: Shard = slice(None), workers: int = 0, prefetch: int = 0, lengths: np.ndarray | None = None,
+        self,
+        arrays: Mapping[str, np.ndarray],
+        batch_size: int,
+        seed: int,
+        buckets: Sequence[int] = (),
+        shard: Shard = slice(None),
+        workers: int = 0,
+        prefetch: int = 0,
+        lengths: np.ndarray | None = None,
         packer: PairPacker | None = None,
     ):
         if not arrays:
@@ -92,11 +99,15 @@ class BatchPipeline:
             raise ValueError(f"BatchPipeline: {self.num_examples} examples cannot fill one batch of {batch_size}")
         self.batch_size, self.seed, self.packer = batch_size, seed, packer
         self.shard = np.arange(batch_size)[shard]  # validates the shard; [local rows] positions
-        width = max((a.shape[1] for a in self._arrays.values() if np.ndim(a) == 2), default=0)  # max_length: the last bucket
+        width = max(
+            (a.shape[1] for a in self._arrays.values() if np.ndim(a) == 2), default=0
+        )  # max_length: the last bucket
         self.buckets = [int(b) for b in buckets if b < width] + [width]
         if packer is not None and len(self.buckets) > 1:
             raise ValueError("BatchPipeline: packed pairs take no length buckets (the row width is fixed)")
-        self._lengths = lengths if lengths is not None or len(self.buckets) == 1 else example_lengths(self._arrays)  # [N] columns each row needs
+        self._lengths = (
+            lengths if lengths is not None or len(self.buckets) == 1 else example_lengths(self._arrays)
+        )  # [N] columns each row needs
         if len(self.buckets) == 1:
             self.bucket_of = np.zeros(self.num_examples, np.int64)  # [N]
         else:  # no bucket too small to draw
@@ -104,17 +115,27 @@ class BatchPipeline:
         counts = np.bincount(self.bucket_of, minlength=len(self.buckets))
         self.batches_per_epoch = int((counts // batch_size).sum())
         if self.batches_per_epoch == 0:
-            raise ValueError(f"BatchPipeline: no bucket of {dict(zip(self.buckets, counts.tolist()))} fills a batch of {batch_size}")
+            raise ValueError(
+                f"BatchPipeline: no bucket of {dict(zip(self.buckets, counts.tolist()))} fills a batch of {batch_size}"
+            )
         self._bucket_sizes = counts.tolist()
         members = [np.flatnonzero(self.bucket_of == b) for b in range(len(self.buckets))]  # [n_b] rows of bucket b
         # bucket b's rows in grain's order: position e·n_b + j is the j-th row of epoch e's permutation
-        self._bucket_rows = [grain.MapDataset.source(m).shuffle(seed=_grain_seed(seed, 0, b)) for b, m in enumerate(members)]
+        self._bucket_rows = [
+            grain.MapDataset.source(m).shuffle(seed=_grain_seed(seed, 0, b)) for b, m in enumerate(members)
+        ]
         self._slots = [(b, k) for b in range(len(self.buckets)) for k in range(counts[b] // batch_size)]  # full batches
         self._slot_order = grain.MapDataset.range(self.batches_per_epoch).shuffle(seed=_grain_seed(seed, 1))
         if packer is not None:  # its row counts, from the first epoch's batches
-            self.packer = packer.fitted([self.rows(step) for step in range(min(self.batches_per_epoch, SAMPLE_BATCHES))])
-        dataset = grain.MapDataset.range(self.batches_per_epoch).repeat().map_with_index(lambda step, _: self._read(step))
-        self._iterator = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=workers, prefetch_buffer_size=prefetch)))
+            self.packer = packer.fitted(
+                [self.rows(step) for step in range(min(self.batches_per_epoch, SAMPLE_BATCHES))]
+            )
+        dataset = (
+            grain.MapDataset.range(self.batches_per_epoch).repeat().map_with_index(lambda step, _: self._read(step))
+        )
+        self._iterator = iter(
+            dataset.to_iter_dataset(grain.ReadOptions(num_threads=workers, prefetch_buffer_size=prefetch))
+        )
 
     def _batch(self, step: int, positions: np.ndarray) -> tuple[int, np.ndarray]:
         """(bucket, global row indices) at ``positions`` (within the batch) of global batch ``step``."""
@@ -135,7 +156,9 @@ class BatchPipeline:
         every batch cut at the widest bucket)."""
         if self._lengths is None:
             self._lengths = example_lengths(self._arrays)
-        widths = np.asarray(self.buckets)[np.full_like(self.bucket_of, len(self.buckets) - 1) if one_width else self.bucket_of]
+        widths = np.asarray(self.buckets)[
+            np.full_like(self.bucket_of, len(self.buckets) - 1) if one_width else self.bucket_of
+        ]
         return float(self._lengths.sum() / widths.sum())
 
     def example(self, width: int) -> dict[str, np.ndarray]:
@@ -154,7 +177,9 @@ class BatchPipeline:
         if self.packer is not None:
             return self.packer.shapes(self._arrays)
         examples = [self.example(width) for width in self.widths]  # this process's rows; the step sees the global batch
-        return [{name: ((self.batch_size,) + a.shape[1:], a.dtype) for name, a in example.items()} for example in examples]
+        return [
+            {name: ((self.batch_size,) + a.shape[1:], a.dtype) for name, a in example.items()} for example in examples
+        ]
 
     def global_rows(self, local: Mapping[str, np.ndarray]) -> dict[str, int]:
         """The global batch's leading dimension of each field of ``local`` (this process's part of a batch)."""
@@ -169,7 +194,10 @@ class BatchPipeline:
 
     def _columns(self, rows: np.ndarray, width: int) -> dict[str, np.ndarray]:
         """Every column at global row indices ``rows``, 2-D ones cut to ``width``."""
-        return {name: (np.asarray(a[rows])[:, :width] if np.ndim(a) == 2 else np.asarray(a[rows])) for name, a in self._arrays.items()}
+        return {
+            name: (np.asarray(a[rows])[:, :width] if np.ndim(a) == 2 else np.asarray(a[rows]))
+            for name, a in self._arrays.items()
+        }
 
     @property
     def step(self) -> int:
@@ -194,8 +222,11 @@ class BatchPipeline:
     def state(self) -> dict[str, Any]:
         """A JSON-able snapshot: grain's iterator state plus the settings ``restore`` checks."""
         return {
-            "grain": self._iterator.get_state(), "seed": self.seed, "batch_size": self.batch_size,
-            "num_examples": self.num_examples, "buckets": self.buckets,
+            "grain": self._iterator.get_state(),
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "num_examples": self.num_examples,
+            "buckets": self.buckets,
         } | ({"pack_pairs": self.packer.state()} if self.packer is not None else {})
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -205,7 +236,9 @@ class BatchPipeline:
                 raise ValueError(f"BatchPipeline.restore: state[{key!r}] is {state.get(key)!r}, expected {value!r}")
         step = (state.get("grain") or {}).get("next_index")
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"BatchPipeline.restore: state['grain']['next_index'] must be a non-negative int, got {step!r}")
+            raise ValueError(
+                f"BatchPipeline.restore: state['grain']['next_index'] must be a non-negative int, got {step!r}"
+            )
         self._iterator.set_state({"next_index": step})
 
 
@@ -216,17 +249,26 @@ def sharded_positions(shardings: Mapping[str, Any], arrays: Mapping[str, np.ndar
 
     positions = {
         name: np.arange(batch_size)[local_rows(sharding, (batch_size,) + np.shape(arrays[name])[1:])]
-        for name, sharding in shardings.items() if name in arrays
+        for name, sharding in shardings.items()
+        if name in arrays
     }
     first = next(iter(positions.values()))
     if any(not np.array_equal(first, p) for p in positions.values()):
-        raise ValueError(f"the batch fields are split differently across processes: { {k: p.tolist() for k, p in positions.items()} }")
+        raise ValueError(
+            f"the batch fields are split differently across processes: { {k: p.tolist() for k, p in positions.items()} }"
+        )
     return first
 
 
 def make_batches(
-    arrays: Mapping[str, np.ndarray], batch_size: int, seed: int, buckets: Sequence[int] = (),
-    shardings: Mapping[str, Any] | None = None, workers: int = 0, prefetch: int = 0, lengths: np.ndarray | None = None,
+    arrays: Mapping[str, np.ndarray],
+    batch_size: int,
+    seed: int,
+    buckets: Sequence[int] = (),
+    shardings: Mapping[str, Any] | None = None,
+    workers: int = 0,
+    prefetch: int = 0,
+    lengths: np.ndarray | None = None,
     packer: PairPacker | None = None,
 ) -> BatchPipeline:
     """The pipeline of this process's rows under the batch ``shardings`` (None: every row); ``lengths``:

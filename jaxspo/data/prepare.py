@@ -34,15 +34,25 @@ def prepare(name: str, manual_dir: str, data_dir: str = "", soft_label_temperatu
 
     builder_name, _, config = name.partition("/")
     if builder_name not in BUILDERS:
-        raise UsageError(f"jaxspo data prepare {name}: unknown dataset '{builder_name}'; available: {', '.join(sorted(BUILDERS))}")
+        raise UsageError(
+            f"jaxspo data prepare {name}: unknown dataset '{builder_name}'; available: {', '.join(sorted(BUILDERS))}"
+        )
     configs = [c.name for c in BUILDERS[builder_name].BUILDER_CONFIGS]
     if config and config not in configs:
-        raise UsageError(f"jaxspo data prepare {name}: {builder_name} has no config '{config}'; available: {', '.join(configs) or 'none'}")
+        raise UsageError(
+            f"jaxspo data prepare {name}: {builder_name} has no config '{config}'; available: {', '.join(configs) or 'none'}"
+        )
     if not Path(manual_dir).is_dir() or not any(Path(manual_dir).iterdir()):
-        raise DataError(f"{manual_dir}: --manual-dir is not a folder with files; {BUILDERS[builder_name].MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        raise DataError(
+            f"{manual_dir}: --manual-dir is not a folder with files; {BUILDERS[builder_name].MANUAL_DOWNLOAD_INSTRUCTIONS}"
+        )
     if not soft_label_temperature > 0:
-        raise UsageError(f"jaxspo data prepare {name}: --soft-label-temperature must be > 0, got {soft_label_temperature}; give a positive number (1 = the default)")
-    builder = BUILDERS[builder_name](config=config or None, data_dir=data_dir or None, soft_label_temperature=soft_label_temperature)
+        raise UsageError(
+            f"jaxspo data prepare {name}: --soft-label-temperature must be > 0, got {soft_label_temperature}; give a positive number (1 = the default)"
+        )
+    builder = BUILDERS[builder_name](
+        config=config or None, data_dir=data_dir or None, soft_label_temperature=soft_label_temperature
+    )
     soft = _check_soft_label_record(builder, name)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     if soft:
@@ -53,13 +63,17 @@ def prepare(name: str, manual_dir: str, data_dir: str = "", soft_label_temperatu
     rejected = json.loads(record.read_text()) if record.is_file() else {}
     splits = {}
     for split in builder.info.splits:
-        _, rows = read_split(SourceConfig(kind="tfds", name=builder.info.full_name.rsplit("/", 1)[0], path=data_dir), split)
+        _, rows = read_split(
+            SourceConfig(kind="tfds", name=builder.info.full_name.rsplit("/", 1)[0], path=data_dir), split
+        )
         stats = {}
         for field in ("prompt", "chosen", "rejected"):
             lengths = np.array([_chars(r[field]) for r in rows]) if rows else np.zeros(1)
             stats[field] = {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())}
         splits[split] = {"rows": len(rows), "chars": stats, "rejected": rejected.get(split, {})}
-    return {"name": builder.info.full_name, "data_dir": str(builder.data_dir), "splits": splits} | ({"soft_label": soft} if soft else {})
+    return {"name": builder.info.full_name, "data_dir": str(builder.data_dir), "splits": splits} | (
+        {"soft_label": soft} if soft else {}
+    )
 
 
 SOFT_LABEL_RECORD = "soft_label.json"
@@ -84,9 +98,16 @@ def _check_soft_label_record(builder: Any, name: str) -> dict[str, Any]:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """Human-readable lines of :func:`prepare`'s summary."""
-    lines = [f"{summary['name']} → {summary['data_dir']}", "", "| split | rows | prompt chars min/mean/max | chosen | rejected | rows rejected |", "|---|---:|---|---|---|---:|"]
+    lines = [
+        f"{summary['name']} → {summary['data_dir']}",
+        "",
+        "| split | rows | prompt chars min/mean/max | chosen | rejected | rows rejected |",
+        "|---|---:|---|---|---|---:|",
+    ]
     for split, s in summary["splits"].items():
-        cells = [f"{c['min']}/{c['mean']:.0f}/{c['max']}" for c in (s["chars"][f] for f in ("prompt", "chosen", "rejected"))]
+        cells = [
+            f"{c['min']}/{c['mean']:.0f}/{c['max']}" for c in (s["chars"][f] for f in ("prompt", "chosen", "rejected"))
+        ]
         lines.append(f"| {split} | {s['rows']} | {' | '.join(cells)} | {sum(s['rejected'].values())} |")
     if "soft_label" in summary:
         lines += ["", f"soft_label = {summary['soft_label']['formula']}, τ = {summary['soft_label']['temperature']:g}"]

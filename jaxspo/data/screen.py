@@ -63,7 +63,9 @@ def encode_screened(
     read = report.rows + len(rows)
     report.rows = read
     if not rows and not report.skipped:
-        raise DataError(f"{source}: holds no rows (an empty file or split); give it rows (JSON lines: one object per line)")
+        raise DataError(
+            f"{source}: holds no rows (an empty file or split); give it rows (JSON lines: one object per line)"
+        )
     try:
         arrays = encode(rows) if rows else None
     except ValueError:
@@ -83,7 +85,9 @@ def encode_screened(
             continue
         good.append(row)
     if not good:
-        raise DataError(f"{source}: all {read} rows are malformed, e.g. {report.examples[0]}; fix the data (data_report.json counts every reason)")
+        raise DataError(
+            f"{source}: all {read} rows are malformed, e.g. {report.examples[0]}; fix the data (data_report.json counts every reason)"
+        )
     report.kept = len(good)
     return encode(good), report
 

@@ -50,7 +50,9 @@ class SourceConfig:
         if self.kind in ("jsonl", "parquet", "hf_disk") and not self.path:
             raise ValueError(f"data.source.path is required for data.source.kind={self.kind}")
         if self.kind in ("jsonl", "parquet") and "{split}" not in self.path:
-            raise ValueError(f"data.source.path must contain '{{split}}' (e.g. data/{{split}}.{self.kind}), got '{self.path}'")
+            raise ValueError(
+                f"data.source.path must contain '{{split}}' (e.g. data/{{split}}.{self.kind}), got '{self.path}'"
+            )
         if self.kind == "tfds" and not self.name:
             raise ValueError("data.source.name is required for data.source.kind=tfds (e.g. hh_rlhf)")
 
@@ -112,7 +114,9 @@ def _read_hf_disk(folder: Path, split: str) -> tuple[str, list[Any]]:
     if not state_file.is_file():
         splits = _json_file(folder / "dataset_dict.json") if (folder / "dataset_dict.json").is_file() else None
         available = splits.get("splits") if isinstance(splits, dict) else None
-        raise DataError(f"{split_dir}: not a saved datasets split (no state.json); splits: {available}; set data.source.train_split / eval_split to one of them")
+        raise DataError(
+            f"{split_dir}: not a saved datasets split (no state.json); splits: {available}; set data.source.train_split / eval_split to one of them"
+        )
     state = _json_file(state_file)
     try:
         files = [split_dir / f["filename"] for f in state["_data_files"]]
@@ -124,7 +128,9 @@ def _read_hf_disk(folder: Path, split: str) -> tuple[str, list[Any]]:
             with pa.memory_map(str(file)) as stream:
                 rows += pa.ipc.open_stream(stream).read_all().to_pylist()
         except (pa.ArrowException, OSError) as err:
-            raise DataError(f"{file}: not a readable Arrow file ({err}); save the dataset again with save_to_disk") from None
+            raise DataError(
+                f"{file}: not a readable Arrow file ({err}); save the dataset again with save_to_disk"
+            ) from None
     return str(split_dir), rows
 
 
@@ -134,8 +140,15 @@ def _read_tfds(name: str, data_dir: str, split: str) -> list[Any]:
     import jaxspo.data.tfds_builders  # noqa: F401  (registers jaxspo's builders)
 
     try:
-        source = tfds.data_source(name, split=split, data_dir=str(Path(data_dir).expanduser()) if data_dir else None, download=False)
-    except (tfds.core.registered.DatasetNotFoundError, AssertionError, ValueError, KeyError) as err:  # not registered / not prepared / no such split
+        source = tfds.data_source(
+            name, split=split, data_dir=str(Path(data_dir).expanduser()) if data_dir else None, download=False
+        )
+    except (
+        tfds.core.registered.DatasetNotFoundError,
+        AssertionError,
+        ValueError,
+        KeyError,
+    ) as err:  # not registered / not prepared / no such split
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(
             f"{name}:{split} in {data_dir or 'the TFDS data dir'}: cannot be read ({message}); "
@@ -154,9 +167,13 @@ def read_split(source: SourceConfig, split: str, skip: SkipLine | None = None) -
         path = Path(source.path.format(split=split)).expanduser()
         if not path.is_file():
             what = "is a folder" if path.is_dir() else "does not exist"
-            raise DataError(f"{path}: {what} (data.source.path for split '{split}'); set data.source.path to a file pattern with {{split}} that names existing files")
+            raise DataError(
+                f"{path}: {what} (data.source.path for split '{split}'); set data.source.path to a file pattern with {{split}} that names existing files"
+            )
         if source.kind == "jsonl":
-            rows = read_json_lines(path, skip, hint="fix or delete the line, or set data.on_bad_row=skip to leave such lines out")
+            rows = read_json_lines(
+                path, skip, hint="fix or delete the line, or set data.on_bad_row=skip to leave such lines out"
+            )
         else:
             rows = _read_parquet(path)
         name = str(path)

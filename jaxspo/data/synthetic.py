@@ -68,9 +68,7 @@ class SyntheticTaskConfig:
     num_sft: int = 4096
     num_train: int = 4096
     num_eval: int = 256
-    label_weights: dict[str, float] = dataclasses.field(
-        default_factory=lambda: {"correctness": 1.0, "brevity": 0.0}
-    )
+    label_weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"correctness": 1.0, "brevity": 0.0})
     label_temperature: float = 0.1
     hard_label: str = "sampled"
 
@@ -143,9 +141,7 @@ def prompt_target(prompt: str) -> list[str]:
     return digits[::-1]
 
 
-def gold_rewards(
-    prompt: str, response: str, *, max_digits: int = SyntheticTaskConfig.max_digits
-) -> dict[str, float]:
+def gold_rewards(prompt: str, response: str, *, max_digits: int = SyntheticTaskConfig.max_digits) -> dict[str, float]:
     """Gold scores in [0, 1] of any response text: ``{"correctness": …, "brevity": …}``.
 
     ``max_digits`` sets the brevity scale (``2 * max_digits`` words score 0); a task's own

@@ -11,12 +11,30 @@ Built-in families: :mod:`~jaxspo.losses.dpo_family`, :mod:`~jaxspo.losses.anchor
 """
 
 from jaxspo.losses.registry import (
-    LossSpec, PairLogps, check_params, get_loss, hyperparameter, loss_names, offset_losses, params_key, register_loss, soft_label_losses,
+    LossSpec,
+    PairLogps,
+    check_params,
+    get_loss,
+    hyperparameter,
+    loss_names,
+    offset_losses,
+    params_key,
+    register_loss,
+    soft_label_losses,
 )
 from jaxspo.losses.objective import preference_objective
 from jaxspo.losses import anchored, dpo_family, geometric, reference_free, sequential, soft_spo  # noqa: F401  (register the built-ins)
 
 __all__ = [
-    "LossSpec", "PairLogps", "check_params", "get_loss", "hyperparameter", "loss_names", "offset_losses", "params_key", "register_loss",
-    "soft_label_losses", "preference_objective",
+    "LossSpec",
+    "PairLogps",
+    "check_params",
+    "get_loss",
+    "hyperparameter",
+    "loss_names",
+    "offset_losses",
+    "params_key",
+    "register_loss",
+    "soft_label_losses",
+    "preference_objective",
 ]

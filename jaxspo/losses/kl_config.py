@@ -26,7 +26,10 @@ class KLConfig:
         k = "loss.kl"
         checks = [
             (self.beta >= 0, f"{k}.beta must be >= 0, got {self.beta}"),
-            (self.prompts >= 1 and self.samples_per_prompt >= 1, f"{k}.prompts and {k}.samples_per_prompt must be >= 1"),
+            (
+                self.prompts >= 1 and self.samples_per_prompt >= 1,
+                f"{k}.prompts and {k}.samples_per_prompt must be >= 1",
+            ),
             (self.temperature > 0, f"{k}.temperature must be positive (on-policy samples), got {self.temperature}"),
             (self.max_new_tokens >= 1 and self.refresh >= 1, f"{k}.max_new_tokens and {k}.refresh must be >= 1"),
             (

@@ -29,7 +29,10 @@ def chosen_nll(logps: PairLogps) -> jax.Array:
 
 
 def _policy_rewards(beta: float, chosen: jax.Array, rejected: jax.Array) -> dict[str, jax.Array]:
-    return {"rewards/chosen": beta * jax.lax.stop_gradient(chosen), "rewards/rejected": beta * jax.lax.stop_gradient(rejected)}
+    return {
+        "rewards/chosen": beta * jax.lax.stop_gradient(chosen),
+        "rewards/rejected": beta * jax.lax.stop_gradient(rejected),
+    }
 
 
 def log1mexp(x: jax.Array) -> jax.Array:
@@ -79,7 +82,10 @@ def cpo(logps: PairLogps, cfg, params: CpoParams) -> tuple[jax.Array, PairMetric
     """
     nll = chosen_nll(logps)
     loss = logistic_loss(cfg.beta * (logps.policy_chosen - logps.policy_rejected)) + params.nll_weight * nll
-    return loss, {"nll_loss": jax.lax.stop_gradient(nll), **_policy_rewards(cfg.beta, logps.policy_chosen, logps.policy_rejected)}
+    return loss, {
+        "nll_loss": jax.lax.stop_gradient(nll),
+        **_policy_rewards(cfg.beta, logps.policy_chosen, logps.policy_rejected),
+    }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -71,10 +71,17 @@ PairMetrics = Mapping[str, jax.Array]  # metric name → per-pair values [B]
 LossResult = jax.Array | tuple[jax.Array, PairMetrics]
 LossFn = Callable[..., LossResult]  # fn(logps, cfg) or, with declared params, fn(logps, cfg, params)
 
-_BOUNDS = {"gt": (">", lambda v, b: v > b), "ge": (">=", lambda v, b: v >= b), "lt": ("<", lambda v, b: v < b), "le": ("<=", lambda v, b: v <= b)}
+_BOUNDS = {
+    "gt": (">", lambda v, b: v > b),
+    "ge": (">=", lambda v, b: v >= b),
+    "lt": ("<", lambda v, b: v < b),
+    "le": ("<=", lambda v, b: v <= b),
+}
 
 
-def hyperparameter(default: Any, *, gt: float | None = None, ge: float | None = None, lt: float | None = None, le: float | None = None) -> Any:
+def hyperparameter(
+    default: Any, *, gt: float | None = None, ge: float | None = None, lt: float | None = None, le: float | None = None
+) -> Any:
     """A params-dataclass field with a default and an allowed range (``gt``: > bound, ``ge``: ≥, ``lt``: <, ``le``: ≤),
     checked by :func:`check_params` when the config is validated."""
     bounds = {name: bound for name, bound in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if bound is not None}
@@ -115,7 +122,9 @@ class LossSpec:
     needs_soft_label: bool
     layout: str = "pair"  # "pair": fn reads PairLogps; "list": fn reads jaxspo.losses.soft_spo.ListLogps (ranked lists)
     needs_offset: bool = False
-    params: type | None = None  # frozen dataclass of the loss's hyper-parameters (section loss.params.<name>); None = none
+    params: type | None = (
+        None  # frozen dataclass of the loss's hyper-parameters (section loss.params.<name>); None = none
+    )
 
     def params_of(self, loss_cfg: Any) -> Any:
         """This loss's params from ``loss_cfg.params[name]`` (a params object or a mapping of fields; absent = defaults)."""
@@ -163,9 +172,15 @@ def _check_params_class(name: str, params: type) -> None:
     """A params class must be a frozen dataclass (hashable, static under jit) with a default for every field."""
     if not (dataclasses.is_dataclass(params) and params.__dataclass_params__.frozen):
         raise ValueError(f"loss '{name}': params must be a @dataclasses.dataclass(frozen=True) class, got {params!r}")
-    missing = [f.name for f in dataclasses.fields(params) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        f.name
+        for f in dataclasses.fields(params)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
-        raise ValueError(f"loss '{name}': params field(s) {', '.join(missing)} need a default (a loss must run without a loss.params section)")
+        raise ValueError(
+            f"loss '{name}': params field(s) {', '.join(missing)} need a default (a loss must run without a loss.params section)"
+        )
 
 
 def _import_loss(name: str) -> LossSpec:
@@ -181,10 +196,17 @@ def _import_loss(name: str) -> LossSpec:
     if not callable(fn):
         raise ValueError(f"loss '{name}': module '{module_name}' has no function '{attr}'")
     decorated = next((spec for spec in _REGISTRY.values() if spec.fn is fn), None)
-    flags = {} if decorated is None else {
-        "needs_reference": decorated.needs_reference, "needs_soft_label": decorated.needs_soft_label,
-        "layout": decorated.layout, "needs_offset": decorated.needs_offset, "params": decorated.params,
-    }
+    flags = (
+        {}
+        if decorated is None
+        else {
+            "needs_reference": decorated.needs_reference,
+            "needs_soft_label": decorated.needs_soft_label,
+            "layout": decorated.layout,
+            "needs_offset": decorated.needs_offset,
+            "params": decorated.params,
+        }
+    )
     register_loss(name, **flags)(fn)
     return _REGISTRY[name]
 

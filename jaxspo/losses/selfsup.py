@@ -36,7 +36,9 @@ class SelfsupConfig:
     weight: float = 0.0  # λ; 0 disables selfsup (no degraded data, no extra forward)
     mode: str = "ranking"  # ranking | classify
     ranking: str = "plackett_luce"  # plackett_luce | pairwise (mode ranking)
-    reward: str = "auto"  # auto | log_ratio | mean_logp | logp; auto: log_ratio if the first term needs π_ref, else mean_logp
+    reward: str = (
+        "auto"  # auto | log_ratio | mean_logp | logp; auto: log_ratio if the first term needs π_ref, else mean_logp
+    )
     levels: int = 3  # K degraded copies per response
     fraction: float = 0.2  # share of the units removed per level (level k removes ceil(k·fraction·n))
     unit: str = "word"  # token | word | sentence
@@ -54,8 +56,14 @@ class SelfsupConfig:
             (self.levels >= 1, f"loss.selfsup.levels must be >= 1, got {self.levels}"),
             (0.0 < self.fraction <= 1.0, f"loss.selfsup.fraction must be in (0, 1], got {self.fraction}"),
             (self.unit in UNITS, f"loss.selfsup.unit must be one of {UNITS}, got '{self.unit}'"),
-            (self.key_scoring in KEY_SCORINGS, f"loss.selfsup.key_scoring must be one of {KEY_SCORINGS}, got '{self.key_scoring}'"),
-            (self.degrade in DEGRADE_SIDES, f"loss.selfsup.degrade must be one of {tuple(DEGRADE_SIDES)}, got '{self.degrade}'"),
+            (
+                self.key_scoring in KEY_SCORINGS,
+                f"loss.selfsup.key_scoring must be one of {KEY_SCORINGS}, got '{self.key_scoring}'",
+            ),
+            (
+                self.degrade in DEGRADE_SIDES,
+                f"loss.selfsup.degrade must be one of {tuple(DEGRADE_SIDES)}, got '{self.degrade}'",
+            ),
             (self.seed >= 0, f"loss.selfsup.seed must be >= 0, got {self.seed}"),
         ]
         for ok, message in checks:
@@ -63,7 +71,9 @@ class SelfsupConfig:
                 raise ValueError(message)
 
 
-def level_rewards(kind: str, beta: float, policy: jax.Array, reference: jax.Array | None, lengths: jax.Array) -> jax.Array:
+def level_rewards(
+    kind: str, beta: float, policy: jax.Array, reference: jax.Array | None, lengths: jax.Array
+) -> jax.Array:
     """Implicit reward of sequences from their summed log-probs (any shape; ``reference`` None = π_ref ≡ 1)."""
     if kind == "log_ratio":
         return beta * (policy if reference is None else policy - reference)

@@ -54,10 +54,16 @@ class MaskSpec:
         seen = (query_slots[:, None] >= key_slots[None, :])[None] & key_valid[:, None, :]  # [B, t, s]
         if self.segments is not None:
             segments, positions = jnp.asarray(self.segments), jnp.asarray(self.positions)
-            q_seg, k_seg = jnp.take(segments, query_slots, axis=1), jnp.take(segments, key_index, axis=1)  # [B, t], [B, s]
+            q_seg, k_seg = (
+                jnp.take(segments, query_slots, axis=1),
+                jnp.take(segments, key_index, axis=1),
+            )  # [B, t], [B, s]
             own_prompt = q_seg - q_seg % 3  # [B, t]
             seen = seen & ((k_seg[:, None, :] == q_seg[:, :, None]) | (k_seg[:, None, :] == own_prompt[:, :, None]))
-            behind = jnp.take(positions, query_slots, axis=1)[:, :, None] - jnp.take(positions, key_index, axis=1)[:, None, :]  # [B, t, s]
+            behind = (
+                jnp.take(positions, query_slots, axis=1)[:, :, None]
+                - jnp.take(positions, key_index, axis=1)[:, None, :]
+            )  # [B, t, s]
         else:
             behind = (query_slots[:, None] - key_slots[None, :])[None]  # [1, t, s]
         if not self.window:
@@ -98,10 +104,15 @@ class MaskSpec:
         if self.segments is not None:
             q_seg = blocks(jnp.take(jnp.asarray(self.segments), query_slots, axis=1), block_q, nq, 0)  # [B, nq, bq]
             k_seg = blocks(jnp.asarray(self.segments), block_k, nk, 0)  # [B, nk, bk]
-            q_valid = blocks(jnp.take(jnp.asarray(self.key_valid), query_slots, axis=1), block_q, nq, False)  # [B, nq, bq]
+            q_valid = blocks(
+                jnp.take(jnp.asarray(self.key_valid), query_slots, axis=1), block_q, nq, False
+            )  # [B, nq, bq]
             k_segments, k_prompts = bounds(k_seg, key_valid), bounds(k_seg // 3, key_valid & (k_seg % 3 == 0))
             meets = jnp.zeros_like(seen)
-            for group in (query_real & q_valid, query_real & ~q_valid):  # padding queries apart: their segment 0 would widen the range
+            for group in (
+                query_real & q_valid,
+                query_real & ~q_valid,
+            ):  # padding queries apart: their segment 0 would widen the range
                 meets |= _ranges_meet(bounds(q_seg, group), k_segments)  # a key of the query's own segment
                 meets |= _ranges_meet(bounds(q_seg // 3, group), k_prompts)  # a key of its own pair's prompt
             seen = seen & meets
@@ -146,7 +157,9 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, sca
 
 IMPLEMENTATIONS = ("xla", "chunked", "splash", "cudnn")
 CPU_AUTO = "chunked"  # auto off TPU/GPU: dense up to one block, then 5-10x faster than xla on CPU (benchmarks/attention_memory.py)
-DEFAULT_BLOCK = 128  # model.attention_block default: the fastest chunked block on CPU at T = 1K-4K (benchmarks/attention_memory.py)
+DEFAULT_BLOCK = (
+    128  # model.attention_block default: the fastest chunked block on CPU at T = 1K-4K (benchmarks/attention_memory.py)
+)
 
 
 def attention(
@@ -190,7 +203,9 @@ def resolve_attention(setting: str, platform: str, model_config: ModelConfig) ->
     the model is built; ValueError (one line naming the setting and the alternatives) when the chosen kernel
     cannot run here or refuses the model.
     """
-    cudnn_reason = cudnn_refusal(platform, model_config.attn_softcap, model_config.dtype, model_config.resolved_head_dim)
+    cudnn_reason = cudnn_refusal(
+        platform, model_config.attn_softcap, model_config.dtype, model_config.resolved_head_dim
+    )
     if setting == "auto":
         if platform == "tpu":
             return "splash"
@@ -212,7 +227,9 @@ def resolve_for_target(model_config: ModelConfig) -> str:
         raise ConfigError(str(err)) from None
     if _LAST_RESOLVED.get(model_config.attention) != resolved:
         _LAST_RESOLVED[model_config.attention] = resolved
-        logging.getLogger("jaxspo").info("model.attention=%s runs the %s kernel on %s", model_config.attention, resolved, target_platform())
+        logging.getLogger("jaxspo").info(
+            "model.attention=%s runs the %s kernel on %s", model_config.attention, resolved, target_platform()
+        )
     return resolved
 
 

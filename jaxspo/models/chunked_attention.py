@@ -81,7 +81,11 @@ def _forward(q, k, v, spec, sliding, table, bq, bk, scale, softcap):
 
             return jax.lax.cond(table[i, j], attend, lambda c: c, carry), None
 
-        init = (jnp.full((b, kh, g, bq), -jnp.inf, _F32), jnp.zeros((b, kh, g, bq), _F32), jnp.zeros((b, kh, g, bq, hd), _F32))
+        init = (
+            jnp.full((b, kh, g, bq), -jnp.inf, _F32),
+            jnp.zeros((b, kh, g, bq), _F32),
+            jnp.zeros((b, kh, g, bq, hd), _F32),
+        )
         (m, l, acc), _ = jax.lax.scan(key_block, init, jnp.arange(nk))
         seen = l > 0
         out = jnp.where(seen[..., None], acc / jnp.where(seen, l, 1.0)[..., None], 0.0)

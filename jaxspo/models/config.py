@@ -70,9 +70,15 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: bool = False
     scan_unroll: int = 1  # layers per iteration of the layer scan: 1 = a rolled loop, >= num_layers = unrolled
-    remat_policy: str = "full"  # with remat: "full" saves nothing, "dots" every matmul output, "dots_no_batch" weight matmuls only
-    attention: str = "auto"  # attention kernel (jaxspo.models.attention): auto = splash on TPU, cudnn on GPU, else chunked
-    attention_block: int = 128  # chunked/splash: queries and keys per block (smaller for shorter rows; splash: whole 128s)
+    remat_policy: str = (
+        "full"  # with remat: "full" saves nothing, "dots" every matmul output, "dots_no_batch" weight matmuls only
+    )
+    attention: str = (
+        "auto"  # attention kernel (jaxspo.models.attention): auto = splash on TPU, cudnn on GPU, else chunked
+    )
+    attention_block: int = (
+        128  # chunked/splash: queries and keys per block (smaller for shorter rows; splash: whole 128s)
+    )
     logprob_chunk: int = 0  # log-probs from logits of this many tokens at a time (rematerialised); 0 = all at once
     init_std: float = 0.02
 
@@ -92,15 +98,12 @@ class ModelConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be > 0, got {getattr(self, name)}")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"model.num_kv_heads ({self.num_kv_heads}) must divide num_heads ({self.num_heads})"
-            )
+            raise ValueError(f"model.num_kv_heads ({self.num_kv_heads}) must divide num_heads ({self.num_heads})")
         if self.head_dim < 0:
             raise ValueError(f"model.head_dim must be >= 0 (0 = hidden_size // num_heads), got {self.head_dim}")
         if self.head_dim == 0 and self.hidden_size % self.num_heads:
             raise ValueError(
-                f"model.num_heads ({self.num_heads}) must divide hidden_size ({self.hidden_size}) "
-                "when head_dim is 0"
+                f"model.num_heads ({self.num_heads}) must divide hidden_size ({self.hidden_size}) when head_dim is 0"
             )
         if self.positions == "rope" and self.resolved_head_dim % 2:
             raise ValueError(f"model.head_dim must be even for RoPE, got {self.resolved_head_dim}")
@@ -125,7 +128,9 @@ class ModelConfig:
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"model.remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
         if self.scan_unroll < 1:
-            raise ValueError(f"model.scan_unroll must be >= 1 (1 = a rolled loop over the layers), got {self.scan_unroll}")
+            raise ValueError(
+                f"model.scan_unroll must be >= 1 (1 = a rolled loop over the layers), got {self.scan_unroll}"
+            )
         if self.attention_block < 8 or self.attention_block % 8:
             raise ValueError(f"model.attention_block must be a positive multiple of 8, got {self.attention_block}")
         if self.logprob_chunk < 0:

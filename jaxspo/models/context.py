@@ -52,7 +52,9 @@ def context_attention(
     time when the active rules put the time axis of both q ``[B, T, H, Hd]`` and k/v ``[B, S, K, Hd]`` on the
     same mesh axes; otherwise (no active mesh, no time split, a length that does not divide) the plain call."""
     active = active_sharding()
-    plain = lambda: attention(q, k, v, spec, sliding, scale=scale, softcap=softcap, implementation=implementation, block=block)  # noqa: E731
+    plain = lambda: attention(
+        q, k, v, spec, sliding, scale=scale, softcap=softcap, implementation=implementation, block=block
+    )  # noqa: E731
     if active is None:
         return plain()
     mesh, rules = active
@@ -75,23 +77,43 @@ def context_attention(
     if implementation == "splash":  # block tables split along the queries like them, or chunked when it cannot
         shards = math.prod(mesh.shape[axis] for axis in time)
         kernels = context_kernels(t, shards, h, spec.window, softcap, block, packed=spec.segments is not None)
-    kernel_specs = None if kernels is None else tuple(
-        None if kernel is None else kernel.manual_sharding_spec(NamedSharding(mesh, PartitionSpec(None, q_time))) for kernel in kernels
+    kernel_specs = (
+        None
+        if kernels is None
+        else tuple(
+            None if kernel is None else kernel.manual_sharding_spec(NamedSharding(mesh, PartitionSpec(None, q_time)))
+            for kernel in kernels
+        )
     )
     local_kernel = "chunked" if implementation == "splash" else implementation
 
-    def local(q: jax.Array, k: jax.Array, v: jax.Array, spec: MaskSpec, traced: jax.Array | None, kernels: tuple | None) -> jax.Array:
+    def local(
+        q: jax.Array, k: jax.Array, v: jax.Array, spec: MaskSpec, traced: jax.Array | None, kernels: tuple | None
+    ) -> jax.Array:
         gather = lambda x: None if x is None else jax.lax.all_gather(x, time, axis=1, tiled=True)  # noqa: E731
-        spec = spec.replace(key_valid=gather(spec.key_valid), segments=gather(spec.segments), positions=gather(spec.positions))
+        spec = spec.replace(
+            key_valid=gather(spec.key_valid), segments=gather(spec.segments), positions=gather(spec.positions)
+        )
         flag = sliding if traced is None else traced
         if kernels is not None:
             return splash_rows(
-                kernels, q * jnp.asarray(scale, q.dtype), gather(k), gather(v), spec.query_slots, spec.key_valid,
-                spec.segments, jnp.asarray(flag), windowed=bool(spec.window),
+                kernels,
+                q * jnp.asarray(scale, q.dtype),
+                gather(k),
+                gather(v),
+                spec.query_slots,
+                spec.key_valid,
+                spec.segments,
+                jnp.asarray(flag),
+                windowed=bool(spec.window),
             )
-        return attention(q, gather(k), gather(v), spec, flag, scale=scale, softcap=softcap, implementation=local_kernel, block=block)
+        return attention(
+            q, gather(k), gather(v), spec, flag, scale=scale, softcap=softcap, implementation=local_kernel, block=block
+        )
 
     in_specs = (split, split, split, spec_split, None if traced is None else PartitionSpec(), kernel_specs)
     # no varying-axes types: the block kernels' skip-conds return their carry unchanged on one branch (the gradients
     # stay exact, tests/test_splash_context.py and tests/test_context_parallel.py)
-    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=split, check_vma=False)(q, k, v, spec, traced, kernels)
+    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=split, check_vma=False)(
+        q, k, v, spec, traced, kernels
+    )

@@ -35,7 +35,14 @@ def cudnn_refusal(platform: str, softcap: float, dtype: str, head_dim: int) -> s
 
 
 def cudnn_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, spec: MaskSpec, sliding: bool | jax.Array, *, scale: float, implementation: str = "cudnn"
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    spec: MaskSpec,
+    sliding: bool | jax.Array,
+    *,
+    scale: float,
+    implementation: str = "cudnn",
 ) -> jax.Array:
     """Attention of q ``[B, T, H, Hd]`` over k/v ``[B, T, K, Hd]`` under ``spec`` -> ``[B, T, H, Hd]``.
 

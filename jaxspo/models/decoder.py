@@ -66,7 +66,9 @@ class Decoder(nnx.Module):
         if learned:
             self.inv_freq = None
         else:  # a tuple: static, part of the graph definition
-            self.inv_freq = tuple(inverse_frequencies(config.resolved_head_dim, config.rope_theta, config.rope_scaling).tolist())
+            self.inv_freq = tuple(
+                inverse_frequencies(config.resolved_head_dim, config.rope_theta, config.rope_scaling).tolist()
+            )
         self.embed_scale = d**0.5 if config.scale_embeddings else None
         self.final_softcap = config.final_softcap
         self.sliding_window = config.sliding_window
@@ -83,7 +85,9 @@ class Decoder(nnx.Module):
         """
         return self.logits(self.features(tokens, positions, valid))
 
-    def features(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array, segments: jax.Array | None = None) -> jax.Array:
+    def features(
+        self, tokens: jax.Array, positions: jax.Array, valid: jax.Array, segments: jax.Array | None = None
+    ) -> jax.Array:
         """The final-normed residual stream ``[B, T, D]`` (compute dtype) that :meth:`logits` maps to the vocabulary.
 
         ``segments [B, T]`` int32 (optional): packed rows, a token sees earlier valid tokens of its own
@@ -174,7 +178,9 @@ class Decoder(nnx.Module):
             layer = jax.checkpoint(layer, prevent_cse=False, policy=REMAT_POLICIES[self.remat_policy])
         is_sliding = None if self.sliding_layers is None else jnp.asarray(self.sliding_layers)
         x0 = x
-        x, (kv, hidden) = jax.lax.scan(layer, x, (layer_state, kv, is_sliding), unroll=self.scan_unroll)  # kv: [L, B, S, K, Hd] each, or None
+        x, (kv, hidden) = jax.lax.scan(
+            layer, x, (layer_state, kv, is_sliding), unroll=self.scan_unroll
+        )  # kv: [L, B, S, K, Hd] each, or None
         x = self.final_norm(x)
         if collect:
             hidden = jnp.concatenate([x0[None], hidden])

@@ -19,7 +19,19 @@ from jaxspo.errors import CheckpointError
 from jaxspo.models.config import ACTIVATIONS, ARCHITECTURES, ROPE_TYPES, ModelConfig, RopeScaling
 
 # Fields that never come from config.json: the run's numerics and where the weights live.
-NUMERIC_FIELDS = ("path", "reference_path", "dtype", "param_dtype", "remat", "remat_policy", "scan_unroll", "attention", "attention_block", "logprob_chunk", "init_std")
+NUMERIC_FIELDS = (
+    "path",
+    "reference_path",
+    "dtype",
+    "param_dtype",
+    "remat",
+    "remat_policy",
+    "scan_unroll",
+    "attention",
+    "attention_block",
+    "logprob_chunk",
+    "init_std",
+)
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -49,7 +61,9 @@ def read_hf_config(folder: str | Path) -> transformers.PretrainedConfig:
     if not path.is_file():
         for file in sorted(path.parent.iterdir()):
             refuse_pickle(file)  # a folder of pickle weights: say that first, it is the real problem
-        raise CheckpointError(f"{path}: not found; model.path must be a Hugging Face model folder (config.json, safetensors, tokenizer)")
+        raise CheckpointError(
+            f"{path}: not found; model.path must be a Hugging Face model folder (config.json, safetensors, tokenizer)"
+        )
     try:
         model_type = json.loads(path.read_bytes()).get("model_type")
     except (ValueError, AttributeError) as err:
@@ -132,18 +146,29 @@ def _from_qwen3(hf, where):
 
 
 def _from_gemma(hf, where):
-    _require(not getattr(hf, "use_bidirectional_attention", False), where, "use_bidirectional_attention is not supported")
+    _require(
+        not getattr(hf, "use_bidirectional_attention", False), where, "use_bidirectional_attention is not supported"
+    )
     bias = bool(hf.attention_bias)
-    return _llama_family(hf, where) | {"norm": "gemma_rmsnorm", "scale_embeddings": True, "qkv_bias": bias, "out_bias": bias}
+    return _llama_family(hf, where) | {
+        "norm": "gemma_rmsnorm",
+        "scale_embeddings": True,
+        "qkv_bias": bias,
+        "out_bias": bias,
+    }
 
 
 def _from_gemma2(hf, where):
-    return _from_gemma(hf, where) | _sliding(hf.layer_types, hf.sliding_window) | {
-        "post_norms": True,
-        "query_pre_attn_scalar": float(hf.query_pre_attn_scalar),
-        "attn_softcap": float(hf.attn_logit_softcapping or 0.0),
-        "final_softcap": float(hf.final_logit_softcapping or 0.0),
-    }
+    return (
+        _from_gemma(hf, where)
+        | _sliding(hf.layer_types, hf.sliding_window)
+        | {
+            "post_norms": True,
+            "query_pre_attn_scalar": float(hf.query_pre_attn_scalar),
+            "attn_softcap": float(hf.attn_logit_softcapping or 0.0),
+            "final_softcap": float(hf.final_logit_softcapping or 0.0),
+        }
+    )
 
 
 def _from_gpt2(hf, where):
@@ -229,7 +254,8 @@ def _to_llama_family(cfg: ModelConfig) -> dict[str, Any]:
         "rms_norm_eps": cfg.rms_norm_eps,
         "tie_word_embeddings": cfg.tie_embeddings,
         "hidden_act": cfg.activation,
-        "rope_parameters": {"rope_type": cfg.rope_scaling.type, "rope_theta": cfg.rope_theta} | {k: scaling[k] for k in keep},
+        "rope_parameters": {"rope_type": cfg.rope_scaling.type, "rope_theta": cfg.rope_theta}
+        | {k: scaling[k] for k in keep},
     }
 
 
@@ -275,16 +301,24 @@ def _to_hf_kwargs(cfg: ModelConfig) -> dict[str, Any]:
     }
 
 
-def hf_config_from_model(cfg: ModelConfig, dtype: str, token_ids: dict[str, int | None]) -> transformers.PretrainedConfig:
+def hf_config_from_model(
+    cfg: ModelConfig, dtype: str, token_ids: dict[str, int | None]
+) -> transformers.PretrainedConfig:
     """The transformers config that computes what ``cfg`` computes, as architecture ``cfg.arch``.
 
     ``token_ids`` holds ``bos_token_id``, ``eos_token_id`` and ``pad_token_id``; ``dtype`` is the weights' dtype.
     Raises CheckpointError naming the first switch that ``cfg.arch`` cannot express.
     """
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES  # imports torch: only on export
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    )  # imports torch: only on export
 
     hf = transformers.AutoConfig.for_model(
-        cfg.arch, **_to_hf_kwargs(cfg), **token_ids, dtype=dtype, architectures=[MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[cfg.arch]]
+        cfg.arch,
+        **_to_hf_kwargs(cfg),
+        **token_ids,
+        dtype=dtype,
+        architectures=[MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[cfg.arch]],
     )
     back = _architecture(ModelConfig(arch=cfg.arch, **_FROM_HF[cfg.arch](hf, cfg.arch)))
     for name, value in _architecture(cfg).items():

@@ -79,7 +79,9 @@ class SafetensorsFolder(contextlib.AbstractContextManager):
                 f"{file}: tensor {name!r} has shape {tuple(view.get_shape())} but config.json implies {tuple(shape)}"
             )
         if view.get_dtype() not in _FLOAT_DTYPES:
-            raise CheckpointError(f"{file}: tensor {name!r} has dtype {view.get_dtype()}; expected one of {list(_FLOAT_DTYPES)}")
+            raise CheckpointError(
+                f"{file}: tensor {name!r} has dtype {view.get_dtype()}; expected one of {list(_FLOAT_DTYPES)}"
+            )
         return handle.get_tensor(name)
 
     def __exit__(self, *exc) -> None:
@@ -125,7 +127,9 @@ def _maps_for(cfg: ModelConfig, names: set[str]) -> TensorMaps:
     return tensor_maps(cfg, prefix)
 
 
-def _check_names(ckpt: SafetensorsFolder, maps: TensorMaps, cfg: ModelConfig, heads: frozenset[str] = frozenset()) -> None:
+def _check_names(
+    ckpt: SafetensorsFolder, maps: TensorMaps, cfg: ModelConfig, heads: frozenset[str] = frozenset()
+) -> None:
     """Every mapped tensor present, and nothing else but ``heads`` (read by the caller) and ignorable buffers."""
     expected = {m.name(i) for m in maps for i in (range(cfg.num_layers) if m.per_layer else [None])} | heads
     missing = sorted(expected - set(ckpt.files))
@@ -141,7 +145,9 @@ def _check_names(ckpt: SafetensorsFolder, maps: TensorMaps, cfg: ModelConfig, he
         )
 
 
-def load_params(folder: str | Path, cfg: ModelConfig, abstract: nnx.State, shardings: Any, heads: frozenset[str] = frozenset()) -> nnx.State:
+def load_params(
+    folder: str | Path, cfg: ModelConfig, abstract: nnx.State, shardings: Any, heads: frozenset[str] = frozenset()
+) -> nnx.State:
     """Parameters of the HF folder placed on ``shardings``, with ``abstract``'s structure (from ``abstract_model``).
 
     ``cfg`` must come from :func:`jaxspo.models.hf_config.model_config_from_hf` on the same folder.
@@ -272,4 +278,3 @@ def save_hf(
         transformers.GenerationConfig(**_token_ids(cfg, tokenizer)).save_pretrained(str(out_dir))
         tokenizer.save_pretrained(str(out_dir))
     return out_dir
-

@@ -54,11 +54,15 @@ def check_reward_folder(folder: str | Path) -> int | None:
             f"sequence-classification reward model folder (e.g. {hf.model_type.capitalize()}{CLASSIFIER_SUFFIX} with num_labels=1)"
         )
     if hf.num_labels != 1:
-        raise CheckpointError(f"{where}: num_labels is {hf.num_labels}; a reward model has one output (num_labels=1): give a reward model folder")
+        raise CheckpointError(
+            f"{where}: num_labels is {hf.num_labels}; a reward model has one output (num_labels=1): give a reward model folder"
+        )
     return hf.pad_token_id
 
 
-def load_reward_model(folder: str | Path, mesh: Mesh, rules: Rules, dtype: str = "float32", pad_id: int | None = None) -> RewardModel:
+def load_reward_model(
+    folder: str | Path, mesh: Mesh, rules: Rules, dtype: str = "float32", pad_id: int | None = None
+) -> RewardModel:
     """The folder's reward model on ``mesh``. ``pad_id``: used when config.json sets no ``pad_token_id``
     (the tokenizer's, as transformers' pipelines fill it in)."""
     config_pad = check_reward_folder(folder)
@@ -81,7 +85,9 @@ def last_scored_token(ids: list[int], pad_id: int | None) -> int:
     return kept[-1] if kept else 0
 
 
-def rewards(graphdef: nnx.GraphDef, params: nnx.State, head: jax.Array, tokens: jax.Array, valid: jax.Array, last: jax.Array) -> jax.Array:
+def rewards(
+    graphdef: nnx.GraphDef, params: nnx.State, head: jax.Array, tokens: jax.Array, valid: jax.Array, last: jax.Array
+) -> jax.Array:
     """Rewards ``[B]`` float32 for ``tokens/valid [B, T]`` (right-padded) read at positions ``last [B]``."""
     model = nnx.merge(graphdef, params)
     stream = model.features(tokens, positions_from_valid(valid), valid)  # [B, T, D]

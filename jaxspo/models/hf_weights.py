@@ -138,7 +138,10 @@ def _gpt2(cfg: ModelConfig, prefix: str) -> TensorMaps:
         _vector(layer + "mlp.c_proj.bias", (*mlp, "down_bias")),
     ]
     embeddings = [TensorMap(prefix + "wte.weight", (("embed",),)), TensorMap(prefix + "wpe.weight", (("pos_embed",),))]
-    final = [_vector(prefix + "ln_f.weight", ("final_norm", "weight")), _vector(prefix + "ln_f.bias", ("final_norm", "bias"))]
+    final = [
+        _vector(prefix + "ln_f.weight", ("final_norm", "weight")),
+        _vector(prefix + "ln_f.bias", ("final_norm", "bias")),
+    ]
     if not cfg.tie_embeddings:
         final.append(_linear("lm_head.weight", ("lm_head",)))
     return TensorMaps(embeddings, maps, final)

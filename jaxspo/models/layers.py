@@ -144,7 +144,13 @@ class Attention(nnx.Module):
         self.block = config.attention_block
 
     def _project(
-        self, x: jax.Array, proj: nnx.Param, bias: nnx.Param | None, norm: Norm | None, lora: Adapter | None, fused: jax.Array | None
+        self,
+        x: jax.Array,
+        proj: nnx.Param,
+        bias: nnx.Param | None,
+        norm: Norm | None,
+        lora: Adapter | None,
+        fused: jax.Array | None,
     ) -> jax.Array:
         """``x [B, T, D]`` -> heads ``[B, T, N, Hd]``: projection (+ its LoRA update, or its slice ``fused`` of the
         fused one), bias, then the optional per-head norm."""
@@ -178,7 +184,17 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice(kv[1], v, (0, index, 0, 0))
             kv = (k, v)
         implementation = "xla" if kv is not None else self.implementation
-        out = context_attention(q, k, v, spec, sliding, scale=self.scale, softcap=self.softcap, implementation=implementation, block=self.block)
+        out = context_attention(
+            q,
+            k,
+            v,
+            spec,
+            sliding,
+            scale=self.scale,
+            softcap=self.softcap,
+            implementation=implementation,
+            block=self.block,
+        )
         out = with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         y = add_delta(project("bthk,hkd->btd", out, self.o_proj[...], self.dtype), out, self.o_lora)
         return _add(y, self.o_bias), kv
@@ -204,11 +220,21 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         act = _ACTIVATIONS[self.activation]
-        hidden = _add(add_delta(project("btd,df->btf", x, self.up_proj[...], self.dtype), x, self.up_lora), self.up_bias)  # [B, T, F]
+        hidden = _add(
+            add_delta(project("btd,df->btf", x, self.up_proj[...], self.dtype), x, self.up_lora), self.up_bias
+        )  # [B, T, F]
         if self.gate_proj is None:
             hidden = act(hidden)
         else:
-            hidden = act(_add(add_delta(project("btd,df->btf", x, self.gate_proj[...], self.dtype), x, self.gate_lora), self.gate_bias)) * hidden
+            hidden = (
+                act(
+                    _add(
+                        add_delta(project("btd,df->btf", x, self.gate_proj[...], self.dtype), x, self.gate_lora),
+                        self.gate_bias,
+                    )
+                )
+                * hidden
+            )
         hidden = with_logical_constraint(hidden, ("batch", "length", "mlp"))
         out = add_delta(project("btf,fd->btd", hidden, self.down_proj[...], self.dtype), hidden, self.down_lora)
         return _add(out, self.down_bias)  # [B, T, D]

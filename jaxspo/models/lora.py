@@ -39,7 +39,9 @@ class LoRAConfig:
     rank: int = 0
     alpha: float = 16.0
     dropout: float = 0.0
-    targets: list[str] = dataclasses.field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    targets: list[str] = dataclasses.field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
     stages: str = "merged"  # a `stages` recipe: merge each stage's adapter into the next stage's base, or stack them
 
     @property
@@ -115,7 +117,9 @@ def chosen_projections(cfg: ModelConfig, lora: LoRAConfig) -> frozenset[tuple[st
     for target in lora.targets:
         hits = {key for key, name in modules.items() if name == target or name.endswith("." + target)}
         if not hits:
-            raise ValueError(f"lora.targets: '{target}' matches no projection of a {cfg.arch} model; available: {sorted(set(modules.values()))}")
+            raise ValueError(
+                f"lora.targets: '{target}' matches no projection of a {cfg.arch} model; available: {sorted(set(modules.values()))}"
+            )
         chosen |= hits
     return frozenset(chosen)
 
@@ -131,7 +135,9 @@ class LoRASpec:
     trainable: bool = True
 
     @classmethod
-    def build(cls, model_cfg: ModelConfig, lora: LoRAConfig, frozen: int = 0, trainable: bool = True) -> "LoRASpec | None":
+    def build(
+        cls, model_cfg: ModelConfig, lora: LoRAConfig, frozen: int = 0, trainable: bool = True
+    ) -> "LoRASpec | None":
         """None when nothing is adapted (LoRA off, or no frozen and no trainable adapter)."""
         if not lora.enabled or not (frozen or trainable):
             return None
@@ -168,9 +174,13 @@ class Adapter(nnx.Module):
             self.a = nnx.data(LoRAParam(a_init(rngs.params(), in_shape + (lora.rank,), dtype)))
             self.b = nnx.data(LoRAParam(b_init(rngs.params(), (lora.rank,) + out_shape, dtype)))
             if lora.dropout:
-                self.key = nnx.data(LoRADropoutKey(jnp.zeros((2,), jnp.uint32), out_sharding=(None,), eager_sharding=False))
+                self.key = nnx.data(
+                    LoRADropoutKey(jnp.zeros((2,), jnp.uint32), out_sharding=(None,), eager_sharding=False)
+                )
         if frozen:  # filled from the earlier stages' trained adapters (jaxspo.train.lora_stages)
-            frozen_param = lambda shape, names: FrozenLoRAParam(jnp.zeros(shape, dtype), out_sharding=names, eager_sharding=False)  # noqa: E731
+            frozen_param = lambda shape, names: FrozenLoRAParam(
+                jnp.zeros(shape, dtype), out_sharding=names, eager_sharding=False
+            )  # noqa: E731
             self.frozen_a = nnx.data(frozen_param((frozen,) + in_shape + (lora.rank,), (None,) + in_names + (None,)))
             self.frozen_b = nnx.data(frozen_param((frozen, lora.rank) + out_shape, (None, None) + out_names))
         self.n_in, self.scale, self.dropout = len(in_shape), lora.scale, lora.dropout
@@ -206,7 +216,17 @@ def adapter(
     """An :class:`Adapter` for projection ``key`` if ``spec`` chose it, else None."""
     if spec is None or key not in spec.projections:
         return None
-    return Adapter(in_shape, out_shape, in_names, out_names, spec.config, param_dtype, rngs=rngs, frozen=spec.frozen, trainable=spec.trainable)
+    return Adapter(
+        in_shape,
+        out_shape,
+        in_names,
+        out_names,
+        spec.config,
+        param_dtype,
+        rngs=rngs,
+        frozen=spec.frozen,
+        trainable=spec.trainable,
+    )
 
 
 def add_delta(y: jax.Array, x: jax.Array, lora: Adapter | None) -> jax.Array:

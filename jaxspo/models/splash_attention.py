@@ -74,24 +74,39 @@ def _block(length: int, block: int) -> int:
 
 
 @functools.lru_cache(maxsize=32)
-def _kernel(length: int, heads: int, window: int, softcap: float, block: int, interpret: bool, residuals: bool, q_shards: int):
+def _kernel(
+    length: int, heads: int, window: int, softcap: float, block: int, interpret: bool, residuals: bool, q_shards: int
+):
     """The splash kernel for ``heads`` query heads over rows of ``length`` (causal, or local with ``window``),
     its block tables split for ``q_shards`` query shards; with ``residuals`` it returns ``(out, (logsumexp,))``
     and is not differentiable (the cascade's parts)."""
     shape = (length, length)
     mask = splash.LocalMask(shape, (window - 1, 0), 0) if window else splash.CausalMask(shape)
     sizes = splash.BlockSizes(
-        block_q=block, block_kv=block, block_kv_compute=block,
-        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block,
+        block_q=block,
+        block_kv=block,
+        block_kv_compute=block,
+        block_q_dkv=block,
+        block_kv_dkv=block,
+        block_kv_dkv_compute=block,
+        block_q_dq=block,
+        block_kv_dq=block,
     )
     with jax.ensure_compile_time_eval():  # its block tables are constants, shared by later traces (the cache)
         return splash.make_splash_mha(
-            splash.MultiHeadMask([mask] * heads), block_sizes=sizes, head_shards=1, q_seq_shards=q_shards,
-            attn_logits_soft_cap=softcap or None, interpret=interpret, save_residuals=residuals,
+            splash.MultiHeadMask([mask] * heads),
+            block_sizes=sizes,
+            head_shards=1,
+            q_seq_shards=q_shards,
+            attn_logits_soft_cap=softcap or None,
+            interpret=interpret,
+            save_residuals=residuals,
         )
 
 
-def splash_kernels(length: int, heads: int, window: int, softcap: float, block: int, *, packed: bool, q_shards: int = 1) -> tuple:
+def splash_kernels(
+    length: int, heads: int, window: int, softcap: float, block: int, *, packed: bool, q_shards: int = 1
+) -> tuple:
     """``(causal kernel, local kernel or None)`` for rows of ``length`` slots (packed rows: the cascade's
     kernels, which return their log-sum-exps)."""
     interpret = target_platform() == "cpu"  # only reachable under pallas_interpret() (splash_refusal)
@@ -99,7 +114,9 @@ def splash_kernels(length: int, heads: int, window: int, softcap: float, block: 
     return make(0), make(window) if window else None
 
 
-def context_kernels(length: int, q_shards: int, heads: int, window: int, softcap: float, block: int, *, packed: bool) -> tuple | None:
+def context_kernels(
+    length: int, q_shards: int, heads: int, window: int, softcap: float, block: int, *, packed: bool
+) -> tuple | None:
     """:func:`splash_kernels` whose block tables split over ``q_shards`` query shards of ``length / q_shards``
     slots (context parallelism), or None when a shard is not a whole number of blocks (a multiple of 128
     slots): then the caller runs the chunked kernel."""
@@ -132,7 +149,15 @@ def splash_rows(kernels: tuple, q, k, v, query_slots, valid, segments, sliding, 
 
 
 def splash_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, spec: MaskSpec, sliding: bool | jax.Array, *, scale: float, softcap: float, block: int
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    spec: MaskSpec,
+    sliding: bool | jax.Array,
+    *,
+    scale: float,
+    softcap: float,
+    block: int,
 ) -> jax.Array:
     """Attention of q ``[B, T, H, Hd]`` over k/v ``[B, T, K, Hd]`` under ``spec`` -> ``[B, T, H, Hd]``: padded
     rows in one call, packed rows (``spec.segments``) through :mod:`jaxspo.models.splash_cascade`.
@@ -160,7 +185,17 @@ def splash_attention(
         if q_spec[2] != kv_spec[2]:  # heads split differently from key/value heads: keep both whole
             q_spec, kv_spec = (PartitionSpec(s[0], None, None, None) for s in (q_spec, kv_spec))
         body = jax.shard_map(
-            body, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, PartitionSpec(), *[PartitionSpec(q_spec[0], None)] * 2, PartitionSpec()),
-            out_specs=q_spec, check_vma=False,
+            body,
+            mesh=mesh,
+            in_specs=(
+                q_spec,
+                kv_spec,
+                kv_spec,
+                PartitionSpec(),
+                *[PartitionSpec(q_spec[0], None)] * 2,
+                PartitionSpec(),
+            ),
+            out_specs=q_spec,
+            check_vma=False,
         )
     return body(q, k, v, jnp.arange(length), valid, segments, sliding)[:, :t]

@@ -48,8 +48,12 @@ class Part(NamedTuple):
     """One splash call of the cascade over a row's queries (in their own order) and its S key slots."""
 
     ids: splash.SegmentIds  # q [Tq]; kv [S] in kernel key order
-    key_source: jax.Array | None = None  # [S] int32: the key slot at each kernel key position (-1: none); None: the same order
-    key_target: jax.Array | None = None  # [S] int32: the kernel key position of each key slot (-1: not in this part); None: the same
+    key_source: jax.Array | None = (
+        None  # [S] int32: the key slot at each kernel key position (-1: none); None: the same order
+    )
+    key_target: jax.Array | None = (
+        None  # [S] int32: the kernel key position of each key slot (-1: not in this part); None: the same
+    )
 
 
 def cascade_parts(valid: jax.Array, segments: jax.Array, query_slots: jax.Array, windowed: bool) -> tuple[Part, ...]:
@@ -103,8 +107,16 @@ def part_backward(kernel, q, k, v, ids, out, lse, dout) -> tuple[jax.Array, jax.
     kw = kernel.kwargs
     residuals = (q, k, v, ids, None, out, lse, _collapsed(kernel.dq_mask_info), _collapsed(kernel.dkv_mask_info))
     grads = splash_kernel._splash_attention_bwd(
-        kw["save_residuals"], kw["mask_value"], kw["is_mqa"], kw["block_sizes"], kw["residual_checkpoint_name"],
-        kw["mask_function"], kw["attn_logits_soft_cap"], kw["interpret"], residuals, dout,
+        kw["save_residuals"],
+        kw["mask_value"],
+        kw["is_mqa"],
+        kw["block_sizes"],
+        kw["residual_checkpoint_name"],
+        kw["mask_function"],
+        kw["attn_logits_soft_cap"],
+        kw["interpret"],
+        residuals,
+        dout,
     )
     return grads[3], grads[4], grads[5]
 
@@ -131,7 +143,9 @@ def _forward(kernels, q, k, v, parts, sliding):
 
 
 @jax.custom_vjp
-def cascade(kernels: tuple, q: jax.Array, k: jax.Array, v: jax.Array, parts: tuple[Part, ...], sliding: jax.Array) -> jax.Array:
+def cascade(
+    kernels: tuple, q: jax.Array, k: jax.Array, v: jax.Array, parts: tuple[Part, ...], sliding: jax.Array
+) -> jax.Array:
     """The packed-row attention ``out [H, T, Hd]`` of one row's ``parts`` (from :func:`cascade_parts`) over
     ``kernels`` (causal and local-or-None splash kernels built with ``save_residuals``), differentiable in
     q ``[H, T, Hd]``, k and v ``[K, S, Hd]``."""

@@ -39,12 +39,16 @@ class Evaluator:
         self.prompt_tokens, self.prompt_valid = prompt_tokens, prompt_valid
         self.scorer = PairScorer(graphdef, mesh, cfg.mesh.rules, cfg.trainer.batch_size)
         self._kl_fn = jax.jit(self._kl)
-        self.extra_metrics: list[Callable[[Any, Any], dict[str, float]]] = []  # (params, reference) -> more eval/... metrics
+        self.extra_metrics: list[
+            Callable[[Any, Any], dict[str, float]]
+        ] = []  # (params, reference) -> more eval/... metrics
 
     def _shard_rows(self, x: np.ndarray) -> jax.Array:
         return shard_rows(x, self.mesh, self.cfg.mesh.rules)
 
-    def _kl(self, params: Any, reference_params: Any, tokens: jax.Array, valid: jax.Array, response: jax.Array) -> jax.Array:
+    def _kl(
+        self, params: Any, reference_params: Any, tokens: jax.Array, valid: jax.Array, response: jax.Array
+    ) -> jax.Array:
         with activation_sharding(self.mesh, self.cfg.mesh.rules):
             return sequence_kl((self.graphdef, params), (self.graphdef, reference_params), tokens, valid, response)
 
@@ -71,9 +75,17 @@ class Evaluator:
         e = self.cfg.eval
         tokens, valid = self._shard_rows(self.prompt_tokens), self._shard_rows(self.prompt_valid)
         out = sample(
-            self.graphdef, params, tokens, valid, rng,
-            max_new_tokens=e.max_new_tokens, eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id,
-            temperature=e.temperature, top_k=e.top_k, top_p=e.top_p,
+            self.graphdef,
+            params,
+            tokens,
+            valid,
+            rng,
+            max_new_tokens=e.max_new_tokens,
+            eos_id=self.tokenizer.eos_token_id,
+            pad_id=self.tokenizer.pad_token_id,
+            temperature=e.temperature,
+            top_k=e.top_k,
+            top_p=e.top_p,
         )
         sampled, sampled_valid = to_host(out.tokens), to_host(out.valid)  # the same on every process
         return decode_responses(sampled, sampled_valid, self.tokenizer), sampled, sampled_valid, to_host(out.logprobs)
@@ -89,5 +101,7 @@ class Evaluator:
         metrics = {f"eval/gold/{d}": float(np.mean([s[d] for s in scores])) for d in self.dimensions if scores}
         metrics["eval/kl"] = float(np.mean(to_host(kl)))
         metrics["eval/response_tokens"] = float(sampled_valid.sum(1).mean())
-        metrics["eval/response_nll"] = float(-logprobs.sum(1).mean())  # −log πθ(y|x) of its own samples: an entropy estimate
+        metrics["eval/response_nll"] = float(
+            -logprobs.sum(1).mean()
+        )  # −log πθ(y|x) of its own samples: an entropy estimate
         return metrics

@@ -62,11 +62,20 @@ def with_kl_regulariser(objective, graphdef: Any, loss_cfg):
     beta = loss_cfg.kl.beta
     model = as_model(graphdef)
 
-    def regularised(params: nnx.State, reference_params: Any, batch: dict[str, jax.Array], rng: jax.Array | None = None, head_params: Any = None):
+    def regularised(
+        params: nnx.State,
+        reference_params: Any,
+        batch: dict[str, jax.Array],
+        rng: jax.Array | None = None,
+        head_params: Any = None,
+    ):
         data = {k: v for k, v in batch.items() if k not in KL_FIELDS}
         loss_sum, metrics = objective(params, reference_params, data, rng, head_params)
         with jax.named_scope("kl_regulariser"):
-            policy, reference = model.policy(params, reference_params, rng), model.reference(jax.lax.stop_gradient(reference_params))
+            policy, reference = (
+                model.policy(params, reference_params, rng),
+                model.reference(jax.lax.stop_gradient(reference_params)),
+            )
             kl = sequence_kl(policy, reference, batch["kl_tokens"], batch["kl_valid"], batch["kl_response"])  # [M]
         preference_sum, count = metrics["loss"]
         added = beta * kl.sum() * count / kl.shape[0]
@@ -82,13 +91,17 @@ def regularisation_prompts(source: str, splits: dict[str, list[dict[str, Any]]])
     """Distinct prompts of ``source``, in order: a split (``train``, ``sft``, ``eval``) or a ``.jsonl`` file of
     rows with ``prompt`` (text, or a message list for conversational data)."""
     if source not in splits and not Path(source).expanduser().is_file():
-        raise DataError(f"{source}: no such split or file (loss.kl.prompt_source); name a split (train, sft, eval) or a .jsonl file of prompts")
+        raise DataError(
+            f"{source}: no such split or file (loss.kl.prompt_source); name a split (train, sft, eval) or a .jsonl file of prompts"
+        )
     rows = splits[source] if source in splits else read_jsonl(Path(source).expanduser())
     prompts, seen = [], set()
     for i, row in enumerate(rows):
         prompt = row.get("prompt") if isinstance(row, dict) else None
         if not (isinstance(prompt, str) and prompt.strip()) and not is_conversation(prompt):
-            raise DataError(f"{source}, row {i}: field 'prompt' must be a non-empty str or a list of messages (loss.kl.prompt_source); fix the row")
+            raise DataError(
+                f"{source}, row {i}: field 'prompt' must be a non-empty str or a list of messages (loss.kl.prompt_source); fix the row"
+            )
         key = json.dumps(prompt, sort_keys=True)
         if key not in seen:
             seen.add(key)
@@ -99,10 +112,14 @@ def regularisation_prompts(source: str, splits: dict[str, list[dict[str, Any]]])
 class KLSampler:
     """``sampler(step, params) -> batch fields`` for step ``step`` (1-based): fresh samples every ``loss.kl.refresh`` steps."""
 
-    def __init__(self, cfg, mesh, graphdef: nnx.GraphDef, tokenizer, prompts: list[str], shardings: dict[str, NamedSharding]):
+    def __init__(
+        self, cfg, mesh, graphdef: nnx.GraphDef, tokenizer, prompts: list[str], shardings: dict[str, NamedSharding]
+    ):
         self.cfg, self.kl, self.mesh, self.graphdef = cfg, cfg.loss.kl, mesh, graphdef
         self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-        self.tokens, self.valid = encode_prompts(prompts, tokenizer, cfg.data.max_prompt_length, keep_end=True)  # [P_all, P]
+        self.tokens, self.valid = encode_prompts(
+            prompts, tokenizer, cfg.data.max_prompt_length, keep_end=True
+        )  # [P_all, P]
         self.key = jax.random.key(cfg.trainer.seed + 2)
         self._join = jax.jit(self._join_fn, out_shardings={k: shardings[k] for k in KL_FIELDS})
         self.fields: dict[str, jax.Array] | None = None
@@ -125,8 +142,15 @@ class KLSampler:
         sharding = named_sharding(("batch", None), (len(rows), self.tokens.shape[1]), self.mesh, self.cfg.mesh.rules)
         tokens, valid = to_global((self.tokens[rows], self.valid[rows]), (sharding, sharding))
         out = sample(
-            self.graphdef, params, tokens, valid, jax.random.fold_in(self.key, refresh),
-            max_new_tokens=kl.max_new_tokens, eos_id=self.eos, pad_id=self.pad, temperature=kl.temperature,
+            self.graphdef,
+            params,
+            tokens,
+            valid,
+            jax.random.fold_in(self.key, refresh),
+            max_new_tokens=kl.max_new_tokens,
+            eos_id=self.eos,
+            pad_id=self.pad,
+            temperature=kl.temperature,
         )
         return self._join(tokens, valid, out.tokens, out.valid)
 

@@ -58,7 +58,10 @@ def list_objective_fn(graphdef, loss_cfg):
         metrics["logps/best"] = (policy[:, 0].sum(), count)
         metrics["logps/rest"] = ((policy * rest).sum() / jnp.maximum(rest.sum(), 1) * count, count)
         metrics |= {name: (jax.lax.stop_gradient(v).sum(), count) for name, v in extras.items()}
-        metrics["tokens"] = ((batch["list_valid"] & logps.mask[..., None]).sum().astype(jnp.float32), jnp.float32(1.0))  # real responses
+        metrics["tokens"] = (
+            (batch["list_valid"] & logps.mask[..., None]).sum().astype(jnp.float32),
+            jnp.float32(1.0),
+        )  # real responses
         return per_list.sum(), metrics
 
     return objective

@@ -41,7 +41,9 @@ def target_logps(model: nnx.Module, features: jax.Array, targets: jax.Array) -> 
     if not chunk or chunk >= n:
         return one(features, targets)
     extra = (-n) % chunk
-    x = jnp.pad(features, ((0, 0), (0, extra), (0, 0))).reshape(b, -1, chunk, features.shape[-1]).swapaxes(0, 1)  # [n/c, B, c, D]
+    x = (
+        jnp.pad(features, ((0, 0), (0, extra), (0, 0))).reshape(b, -1, chunk, features.shape[-1]).swapaxes(0, 1)
+    )  # [n/c, B, c, D]
     t = jnp.pad(targets, ((0, 0), (0, extra))).reshape(b, -1, chunk).swapaxes(0, 1)  # [n/c, B, c]
     out = jax.lax.map(jax.checkpoint(lambda xt: one(*xt), prevent_cse=False), (x, t))  # [n/c, B, c]
     return out.swapaxes(0, 1).reshape(b, -1)[:, :n]
@@ -74,7 +76,11 @@ def full_vocab_kl(policy_logits: jax.Array, reference_logits: jax.Array) -> jax.
 
 
 def sequence_kl(
-    policy: tuple[nnx.GraphDef, nnx.State], reference: tuple[nnx.GraphDef, nnx.State], tokens: jax.Array, valid: jax.Array, response: jax.Array
+    policy: tuple[nnx.GraphDef, nnx.State],
+    reference: tuple[nnx.GraphDef, nnx.State],
+    tokens: jax.Array,
+    valid: jax.Array,
+    response: jax.Array,
 ) -> jax.Array:
     """Σ over response positions of the full-vocabulary KL(πθ ‖ π_ref) of the next-token distribution, ``[N]`` nats.
 

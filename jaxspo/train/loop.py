@@ -25,7 +25,9 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
     """
     enable_compilation_cache(cfg.trainer.compilation_cache_dir)
     run = open_run(cfg, config_name)
-    plan: PhasePlan = SequentialStages(run) if run.cfg.stages else OnePreferencePhase(run)  # all data is checked before any step
+    plan: PhasePlan = (
+        SequentialStages(run) if run.cfg.stages else OnePreferencePhase(run)
+    )  # all data is checked before any step
     phases = [warm_start(run, plan.phases[0].name), *plan.phases]
     with PreemptionGuard(run.cfg.checkpoint.preemption_grace_seconds) as guard:
         before, after = run_phases(run, plan, phases, guard)
@@ -34,7 +36,9 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
     return RunResult(run.run_dir, before, after, params, reference)
 
 
-def run_phases(run: Run, plan: PhasePlan, phases: list[PlannedPhase], guard: PreemptionGuard) -> tuple[EvalMetrics, EvalMetrics]:
+def run_phases(
+    run: Run, plan: PhasePlan, phases: list[PlannedPhase], guard: PreemptionGuard
+) -> tuple[EvalMetrics, EvalMetrics]:
     """Runs (or resumes) ``phases`` in order; returns the evaluations before the first preference phase and after the last.
 
     Evaluation rows (``"phase": "eval"``) count steps over all preference phases; each is logged once.
@@ -76,13 +80,26 @@ def _start_eval(run: Run, plan: PhasePlan) -> EvalMetrics:
     return before
 
 
-def run_phase(planned: PlannedPhase, setup: PhaseSetup, guard: PreemptionGuard, earlier: tuple[str, ...], offset: int) -> Any:
+def run_phase(
+    planned: PlannedPhase, setup: PhaseSetup, guard: PreemptionGuard, earlier: tuple[str, ...], offset: int
+) -> Any:
     """Takes one phase's steps (resuming from its checkpoints) after the phases ``earlier``; returns its params.
 
     An evaluated phase logs an evaluation every ``trainer.eval_every`` steps, at ``offset`` + its step.
     """
     run = setup.run
-    phase = Phase(run, planned.kind, planned.steps, planned.peak_lr, planned.batch_size, setup.arrays, setup.lora, planned.name, earlier, offset)
+    phase = Phase(
+        run,
+        planned.kind,
+        planned.steps,
+        planned.peak_lr,
+        planned.batch_size,
+        setup.arrays,
+        setup.lora,
+        planned.name,
+        earlier,
+        offset,
+    )
     every = run.cfg.trainer.eval_every if setup.evaluate is not None else 0
 
     def periodic_eval(step: int, params: Any) -> None:

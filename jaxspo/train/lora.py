@@ -74,7 +74,15 @@ class AdaptedModel:
     spec: LoRASpec
 
     @classmethod
-    def build(cls, model_cfg: ModelConfig, lora_cfg: LoRAConfig, reference_mode: str, mesh: Mesh, rules: Rules, frozen: int = 0) -> "AdaptedModel":
+    def build(
+        cls,
+        model_cfg: ModelConfig,
+        lora_cfg: LoRAConfig,
+        reference_mode: str,
+        mesh: Mesh,
+        rules: Rules,
+        frozen: int = 0,
+    ) -> "AdaptedModel":
         """``frozen`` > 0 (stacked sequential stages): the base also holds that many earlier stages' frozen
         adapters, and ``base_graphdef`` (the reference, π_{n−1}) applies them without the trained one."""
         spec = LoRASpec.build(model_cfg, lora_cfg, frozen)
@@ -83,11 +91,22 @@ class AdaptedModel:
         model.eval()  # deterministic adapters: no dropout
         eval_graphdef = _split(model)[0]
         reference_spec = LoRASpec.build(model_cfg, lora_cfg, frozen, trainable=False)
-        base_graphdef, _ = nnx.split(nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(0), lora=reference_spec)), nnx.Param)
+        base_graphdef, _ = nnx.split(
+            nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(0), lora=reference_spec)), nnx.Param
+        )
         return cls(
-            graphdef, eval_graphdef, base_graphdef, adapters, keys, base,
-            param_shardings(adapters, mesh, rules), param_shardings(base, mesh, rules),
-            reference_mode, model_cfg, lora_cfg, spec,
+            graphdef,
+            eval_graphdef,
+            base_graphdef,
+            adapters,
+            keys,
+            base,
+            param_shardings(adapters, mesh, rules),
+            param_shardings(base, mesh, rules),
+            reference_mode,
+            model_cfg,
+            lora_cfg,
+            spec,
         )
 
     def init_adapters(self, seed: int) -> nnx.State:
@@ -101,7 +120,9 @@ class AdaptedModel:
 
     # --- the train step's model interface (see jaxspo.train.step.FullModel) ---
 
-    def policy(self, params: nnx.State, frozen: dict[str, Any], rng: jax.Array | None) -> tuple[nnx.GraphDef, nnx.State]:
+    def policy(
+        self, params: nnx.State, frozen: dict[str, Any], rng: jax.Array | None
+    ) -> tuple[nnx.GraphDef, nnx.State]:
         return self.graphdef, nnx.merge_state(frozen["base"], params, dropout_keys(self.abstract_keys, rng))
 
     def reference(self, frozen: dict[str, Any]) -> tuple[nnx.GraphDef, nnx.State]:
@@ -168,14 +189,25 @@ def write_base_record(record: dict[str, Any], run_dir: Path) -> None:
 def read_base_record(run_dir: Path) -> dict[str, Any]:
     path = run_dir / BASE_FILE
     if not path.is_file():
-        raise CheckpointError(f"{path}: not found; RUN_DIR/params of a LoRA run holds adapters only, and this file names their base")
+        raise CheckpointError(
+            f"{path}: not found; RUN_DIR/params of a LoRA run holds adapters only, and this file names their base"
+        )
     return json.loads(path.read_text())
 
 
 class LoRATraining:
     """The LoRA preference phase's pieces for the training loop: model, initial adapters, frozen input, base record."""
 
-    def __init__(self, cfg, mesh: Mesh, base: nnx.State, reference: nnx.State, record: dict[str, Any], frozen: int = 0, seed: int | None = None):
+    def __init__(
+        self,
+        cfg,
+        mesh: Mesh,
+        base: nnx.State,
+        reference: nnx.State,
+        record: dict[str, Any],
+        frozen: int = 0,
+        seed: int | None = None,
+    ):
         """``frozen``, ``seed``: a stacked sequential stage's earlier adapters (held in ``base``) and its adapters' init
         seed (default ``trainer.seed``)."""
         self.model = AdaptedModel.build(cfg.model, cfg.lora, cfg.loss.reference, mesh, cfg.mesh.rules, frozen)

@@ -64,14 +64,18 @@ class LoRAStages:
         """The adapted model with ``frozen`` earlier adapters stacked into its base (0: plain LoRA)."""
         if frozen not in self._models:
             cfg = self.cfg
-            self._models[frozen] = AdaptedModel.build(cfg.model, cfg.lora, cfg.loss.reference, self.mesh, cfg.mesh.rules, frozen)
+            self._models[frozen] = AdaptedModel.build(
+                cfg.model, cfg.lora, cfg.loss.reference, self.mesh, cfg.mesh.rules, frozen
+            )
         return self._models[frozen]
 
     def frozen_base(self, number: int) -> nnx.State:
         """Stacked mode: π_number's arrays for :meth:`model` (``number``)'s base: π_0 + the first ``number`` adapters."""
         if not number:
             return self.base
-        return nnx.merge_state(self.base, stacked_frozen(self.model(number), self.adapters[:number], self.mesh, self.cfg.mesh.rules))
+        return nnx.merge_state(
+            self.base, stacked_frozen(self.model(number), self.adapters[:number], self.mesh, self.cfg.mesh.rules)
+        )
 
     def merged(self, number: int | None = None) -> nnx.State:
         """π_number (default: the last finished stage) as whole-model params: π_0 with the adapters of stages
@@ -98,7 +102,12 @@ class LoRAStages:
         base = self.frozen_base(index) if self.stacked else self._merged
         record = self.record
         if index:  # the base the stage's checkpoints belong to: π_0's record with the earlier adapters, new hash
-            record = {"kind": f"{self.cfg.lora.stages} stages", "stages": index, "from": self.record, "sha256": params_sha256(base)}
+            record = {
+                "kind": f"{self.cfg.lora.stages} stages",
+                "stages": index,
+                "from": self.record,
+                "sha256": params_sha256(base),
+            }
         return LoRATraining(stage_cfg, self.mesh, base, base, record, frozen=frozen, seed=self.cfg.trainer.seed + index)
 
     def finish(self, adapters: nnx.State) -> None:
@@ -110,7 +119,11 @@ class LoRAStages:
     def abstract_adapters(self) -> nnx.State:
         """One stage's adapters as a restore target (their shapes do not depend on the stage)."""
         model = self.model()
-        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), model.abstract_adapters, model.adapter_sharding)
+        return jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            model.abstract_adapters,
+            model.adapter_sharding,
+        )
 
     def saved(self) -> nnx.State:
         """All stages' adapters, as written to ``RUN_DIR/params``."""

@@ -13,8 +13,17 @@ from typing import Any
 from jaxspo.distributed import is_writer
 
 PLOTTED = (
-    "loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "eval/rewards/accuracies",
-    "eval/logps_accuracy", "eval/gold/correctness", "eval/kl", "perf/tokens_per_second", "perf/mfu",
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "eval/rewards/accuracies",
+    "eval/logps_accuracy",
+    "eval/gold/correctness",
+    "eval/kl",
+    "perf/tokens_per_second",
+    "perf/mfu",
 )
 
 
@@ -36,7 +45,9 @@ class MetricsLog:
     phases). In a multi-process run only process 0 writes; on the others every method but reading is a no-op.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool, wandb_project: str | None = None, config: dict[str, Any] | None = None):
+    def __init__(
+        self, run_dir: Path, tensorboard: bool, wandb_project: str | None = None, config: dict[str, Any] | None = None
+    ):
         self.path = run_dir / "metrics.jsonl"
         self.writer = is_writer()
         self._file = self.path.open("a") if self.writer else None
@@ -60,7 +71,9 @@ class MetricsLog:
                 if math.isfinite(float(value)):
                     self._tb.add_scalar(f"{phase}/{name}", float(value), step)
         if self._wandb is not None:
-            self._wandb.log({f"{phase}/{name}": float(value) for name, value in metrics.items()} | {f"{phase}/step": step})
+            self._wandb.log(
+                {f"{phase}/{name}": float(value) for name, value in metrics.items()} | {f"{phase}/step": step}
+            )
 
     def truncate(self, keep: Callable[[dict[str, Any]], bool]) -> None:
         """Rewrites metrics.jsonl with only the rows ``keep`` accepts (used when a run resumes).
@@ -91,7 +104,11 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def logged_eval(metrics_path: Path, step: int) -> dict[str, float] | None:
     """The evaluation logged at ``step`` by an earlier (interrupted) process of this run, if any."""
-    rows = [r for r in read_metrics(metrics_path) if r["phase"] == "eval" and r["step"] == step] if metrics_path.exists() else []
+    rows = (
+        [r for r in read_metrics(metrics_path) if r["phase"] == "eval" and r["step"] == step]
+        if metrics_path.exists()
+        else []
+    )
     return {k: v for k, v in rows[-1].items() if k not in ("phase", "step")} if rows else None
 
 
@@ -107,7 +124,9 @@ def plot_curves(metrics_path: Path, png_path: Path) -> bool:
     if not names:
         return False
     cols = min(3, len(names))
-    fig, axes = plt.subplots(math.ceil(len(names) / cols), cols, figsize=(4.5 * cols, 3.2 * math.ceil(len(names) / cols)), squeeze=False)
+    fig, axes = plt.subplots(
+        math.ceil(len(names) / cols), cols, figsize=(4.5 * cols, 3.2 * math.ceil(len(names) / cols)), squeeze=False
+    )
     for ax, name in zip(axes.flat, names):
         for phase in dict.fromkeys(r["phase"] for r in rows):
             points = [(r["step"], r[name]) for r in rows if r["phase"] == phase and name in r]
@@ -116,7 +135,7 @@ def plot_curves(metrics_path: Path, png_path: Path) -> bool:
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.legend(fontsize="small")
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)

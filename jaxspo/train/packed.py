@@ -26,7 +26,9 @@ def packed_pair_logps(graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str
     Token t's log-prob reads the output at slot ``packed_source[t]`` (its predecessor in its own sequence).
     """
     model = nnx.merge(graphdef, params)
-    features = model.features(batch["packed_tokens"], batch["packed_positions"], batch["packed_valid"], batch["packed_segments"])  # [B, W, D]
+    features = model.features(
+        batch["packed_tokens"], batch["packed_positions"], batch["packed_valid"], batch["packed_segments"]
+    )  # [B, W, D]
     predictors = jnp.take_along_axis(features, batch["packed_source"][..., None], axis=1)  # [B, W, D]
     predictors = with_logical_constraint(predictors, ("batch", "length", "embed"))
     logps = target_logps(model, predictors, batch["packed_tokens"])  # [B, W]

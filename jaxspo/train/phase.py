@@ -41,8 +41,17 @@ class Phase:
     """
 
     def __init__(
-        self, run: Run, phase: str, steps: int, peak_lr: float, batch_size: int, arrays: dict[str, np.ndarray],
-        lora: LoRATraining | None = None, name: str = "", earlier: tuple[str, ...] = ("sft",), eval_offset: int = 0,
+        self,
+        run: Run,
+        phase: str,
+        steps: int,
+        peak_lr: float,
+        batch_size: int,
+        arrays: dict[str, np.ndarray],
+        lora: LoRATraining | None = None,
+        name: str = "",
+        earlier: tuple[str, ...] = ("sft",),
+        eval_offset: int = 0,
     ):
         cfg = run.cfg
         self.run, self.phase, self.steps, self.name = run, phase, steps, name or phase
@@ -50,7 +59,8 @@ class Phase:
         self.base_record = lora.record if lora else None  # LoRA: checkpoints hold adapters, tied to this base
         self.frozen_base = lora is not None  # LoRA: the policy's own weights get no gradient (model FLOPs)
         model, abstract, sharding, params = (
-            (lora.model, lora.model.abstract_adapters, lora.model.adapter_sharding, lora.initial) if lora
+            (lora.model, lora.model.abstract_adapters, lora.model.adapter_sharding, lora.initial)
+            if lora
             else (run.graphdef, run.abstract_params, run.param_sharding, run.params)
         )
         schedule = learning_rate_schedule(cfg.optimizer, steps, peak_lr)
@@ -58,7 +68,9 @@ class Phase:
         shardings = state_shardings(tx, abstract, sharding, run.mesh)
         self.state = init_state(tx, params, cfg.trainer.seed, shardings)
         if phase == "preference":  # selfsup's classify head, if configured, trains alongside the policy
-            self.state, shardings = selfsup.attach_head(self.state, shardings, cfg.loss, cfg.model.hidden_size, schedule, run.mesh)
+            self.state, shardings = selfsup.attach_head(
+                self.state, shardings, cfg.loss, cfg.model.hidden_size, schedule, run.mesh
+            )
         self.step = make_train_step(cfg, run.mesh, model, tx, schedule, shardings, phase, batch_size)
         layout = cfg.data.layout if phase == "preference" else "padded"  # SFT rows are single sequences
         multiple = cfg.mesh.width_multiple()  # every width splits over mesh.context
@@ -68,12 +80,34 @@ class Phase:
         fields = {k: arrays[k] for k in batch_fields(phase, cfg.loss, layout, packing) if k != PAIR_FIELD}
         buckets, lengths = bucket_widths(fields, cfg.data.buckets, cfg.data.auto_buckets, batch_size, multiple)
         packer = self._pair_packer(fields, batch_size) if packing else None
-        self.batches = make_batches(fields, batch_size, cfg.trainer.seed, buckets, self.step.batch_sharding, cfg.data.workers, cfg.data.prefetch, lengths, packer)
+        self.batches = make_batches(
+            fields,
+            batch_size,
+            cfg.trainer.seed,
+            buckets,
+            self.step.batch_sharding,
+            cfg.data.workers,
+            cfg.data.prefetch,
+            lengths,
+            packer,
+        )
         if packing:
-            log.info("data.pack_pairs: %s batches of %d pairs in rows of %d slots, %s rows", self.name, batch_size, self.batches.packer.width, self.batches.packer.row_counts())
+            log.info(
+                "data.pack_pairs: %s batches of %d pairs in rows of %d slots, %s rows",
+                self.name,
+                batch_size,
+                self.batches.packer.width,
+                self.batches.packer.row_counts(),
+            )
         if cfg.data.auto_buckets:
-            log.info("data.auto_buckets=%d: %s batches at widths %s; %.1f%% of the slots they compute hold tokens (%.1f%% at one width)",
-                     cfg.data.auto_buckets, self.name, self.batches.widths, 100 * self.batches.token_fraction(), 100 * self.batches.token_fraction(one_width=True))
+            log.info(
+                "data.auto_buckets=%d: %s batches at widths %s; %.1f%% of the slots they compute hold tokens (%.1f%% at one width)",
+                cfg.data.auto_buckets,
+                self.name,
+                self.batches.widths,
+                100 * self.batches.token_fraction(),
+                100 * self.batches.token_fraction(one_width=True),
+            )
         self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / self.name, cfg.checkpoint)
         self.skipped = 0  # steps whose update was dropped as non-finite
         self.pacer = StepPacer()  # under trainer.host_heap=hold (docs/speed.md)
@@ -81,7 +115,9 @@ class Phase:
         if phase == "preference" and kl_active(cfg.loss):
             prompts = regularisation_prompts(cfg.loss.kl.prompt_source, run.splits.rows)
             sampling_graphdef = lora.model.eval_graphdef if lora else run.graphdef
-            self.kl_sampler = KLSampler(cfg, run.mesh, sampling_graphdef, run.tokenizer, prompts, self.step.batch_sharding)
+            self.kl_sampler = KLSampler(
+                cfg, run.mesh, sampling_graphdef, run.tokenizer, prompts, self.step.batch_sharding
+            )
         self.sampling_params = (lambda adapters: lora.eval_states(adapters)[0]) if lora else (lambda params: params)
 
     def _pair_packer(self, fields: dict[str, np.ndarray], batch_size: int) -> PairPacker:
@@ -90,7 +126,9 @@ class Phase:
         pair_sharding = self.step.batch_sharding["soft_label"]  # split like every per-pair field
         shards = batch_size // pair_sharding.shard_shape((batch_size,))[0]
         try:
-            return PairPacker.build(cfg.data, fields, batch_size, cfg.trainer.grad_accum_steps, shards, cfg.mesh.width_multiple())
+            return PairPacker.build(
+                cfg.data, fields, batch_size, cfg.trainer.grad_accum_steps, shards, cfg.mesh.width_multiple()
+            )
         except ValueError as err:  # a pair longer than data.pack_width, a batch that does not split into cells
             raise ConfigError(str(err)) from None
 
@@ -103,7 +141,11 @@ class Phase:
             return 0
         step, self.state, data = found
         if self.base_record is not None:
-            check_base(self.base_record, data.get("base", {"sha256": "(none)"}), f"checkpoint {self.checkpoints.directory / str(step)}")
+            check_base(
+                self.base_record,
+                data.get("base", {"sha256": "(none)"}),
+                f"checkpoint {self.checkpoints.directory / str(step)}",
+            )
         self.batches.restore(data["batches"])
         self.skipped = int(data["skipped"])
         log.info("resuming %s at step %d from %s", self.name, step, self.checkpoints.directory)
@@ -128,7 +170,11 @@ class Phase:
             if self.run.cfg.trainer.on_nonfinite == "stop":
                 self.checkpoints.wait()
                 last = self.checkpoints.latest_step()
-                kept = f"the last good checkpoint is step {last} in {self.checkpoints.directory}" if last else "no checkpoint was written yet"
+                kept = (
+                    f"the last good checkpoint is step {last} in {self.checkpoints.directory}"
+                    if last
+                    else "no checkpoint was written yet"
+                )
                 raise NonFiniteError(f"{where}; the update was not applied and {kept}")
             self.skipped += 1
             log.warning("%s; update skipped (trainer.on_nonfinite=skip)", where)
@@ -151,12 +197,21 @@ class Phase:
         shapes = self.batches.shapes()
         if not self.run.cfg.trainer.precompile or len(shapes) < 2:
             return
-        extra = kl_field_shapes(self.run.cfg.loss, self.run.cfg.data.max_prompt_length) if self.kl_sampler is not None else {}
+        extra = (
+            kl_field_shapes(self.run.cfg.loss, self.run.cfg.data.max_prompt_length)
+            if self.kl_sampler is not None
+            else {}
+        )
         seconds = precompile(self.step, self.state, reference, [layout | extra for layout in shapes])
         if self.batches.packer is None:
             log.info("compiled the %s step for batch widths %s in %.1f s", self.name, self.batches.widths, seconds)
         else:
-            log.info("compiled the %s step for batch row counts %s in %.1f s", self.name, self.batches.packer.row_counts(), seconds)
+            log.info(
+                "compiled the %s step for batch row counts %s in %.1f s",
+                self.name,
+                self.batches.packer.row_counts(),
+                seconds,
+            )
 
     def run_steps(self, reference: Any, guard: PreemptionGuard, on_step=None) -> Any:
         """Takes the phase's remaining steps (resuming if possible); returns the final params.
@@ -176,7 +231,13 @@ class Phase:
         self.run.log.truncate(lambda r: self._logged_before(r, start))
         if start < self.steps:  # a run resumed at its last step takes no step
             self.precompile(reference)
-        bar = tqdm(total=self.steps, initial=start, desc=self.name, disable=not (cfg.logging.progress_bar and is_writer()), dynamic_ncols=True)
+        bar = tqdm(
+            total=self.steps,
+            initial=start,
+            desc=self.name,
+            disable=not (cfg.logging.progress_bar and is_writer()),
+            dynamic_ncols=True,
+        )
         window_start, window_tokens, window_steps = time.perf_counter(), 0.0, 0
         window_computed = window_flops = 0.0  # counted on the host from each batch as it is dispatched
         pending: list[tuple[int, dict]] = []
@@ -197,7 +258,9 @@ class Phase:
             if log_now:
                 elapsed = time.perf_counter() - window_start
                 row = {k: float(v) for k, v in fetched[-1][1].items() if k not in ("tokens", "nonfinite")}
-                row |= throughput(window_tokens, window_computed, window_flops, elapsed, window_steps, self.run.peak_flops) | {"skipped_steps": float(self.skipped)}
+                row |= throughput(
+                    window_tokens, window_computed, window_flops, elapsed, window_steps, self.run.peak_flops
+                ) | {"skipped_steps": float(self.skipped)}
                 row |= self.kl_sampler.drain_metrics(window_steps) if self.kl_sampler is not None else {}
                 self.run.log.log(self.name, i, row)
                 mfu = {"mfu": f"{row['perf/mfu']:.1%}"} if "perf/mfu" in row else {}

@@ -96,7 +96,16 @@ def warm_start(run: Run, first: str) -> PlannedPhase:
             save_params(run.params, reference_dir)
 
     t = cfg.trainer
-    return PlannedPhase("sft", "sft", t.sft_steps, t.sft_learning_rate, t.sft_batch_size, lambda: PhaseSetup(run, arrays), after, finished)
+    return PlannedPhase(
+        "sft",
+        "sft",
+        t.sft_steps,
+        t.sft_learning_rate,
+        t.sft_batch_size,
+        lambda: PhaseSetup(run, arrays),
+        after,
+        finished,
+    )
 
 
 class OnePreferencePhase:
@@ -106,20 +115,36 @@ class OnePreferencePhase:
         self.run = run
         self.arrays = run.encoded("train")
         t = run.cfg.trainer
-        self.phases = [PlannedPhase("preference", "preference", t.steps, run.cfg.optimizer.learning_rate, t.batch_size, self.before, self.after)]
+        self.phases = [
+            PlannedPhase(
+                "preference",
+                "preference",
+                t.steps,
+                run.cfg.optimizer.learning_rate,
+                t.batch_size,
+                self.before,
+                self.after,
+            )
+        ]
         self.params: Any = None
 
     def start(self) -> None:
         """The reference (π_0 unless ``model.reference_path``), LoRA's pieces, the evaluator and selfsup's degraded pairs."""
         run, cfg = self.run, self.run.cfg
         self.reference = run.params if run.reference_params is None else run.reference_params
-        self.lora = LoRATraining(cfg, run.mesh, run.params, self.reference, base_record(cfg, run.run_dir, run.params)) if cfg.lora.enabled else None
+        self.lora = (
+            LoRATraining(cfg, run.mesh, run.params, self.reference, base_record(cfg, run.run_dir, run.params))
+            if cfg.lora.enabled
+            else None
+        )
         if self.lora is not None and is_writer():
             write_base_record(self.lora.record, run.run_dir)
         self.evaluator = run.evaluator(self.lora.model.eval_graphdef if self.lora else run.graphdef)
         if selfsup.active(cfg.loss):  # degraded copies of the train and eval pairs (docs/methods/selfsup.md)
             degree = DegreeData(cfg, run.tokenizer, run.graphdef, run.mesh, self.reference, self.arrays)
-            self.arrays = self.arrays | degree(self.arrays, with_reference=selfsup.REFERENCE_FIELD in batch_fields("preference", cfg.loss))
+            self.arrays = self.arrays | degree(
+                self.arrays, with_reference=selfsup.REFERENCE_FIELD in batch_fields("preference", cfg.loss)
+            )
             self.evaluator.extra_metrics.append(LevelRewardMetrics(degree, self.evaluator.pairs))
 
     def evaluate(self, params: Any) -> EvalMetrics:

@@ -27,7 +27,10 @@ def precompile(step: TrainStep, state: Any, frozen: Any, layouts: Sequence[Batch
     them); returns the seconds it took."""
     start = time.perf_counter()
     for layout in layouts:
-        batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=step.batch_sharding[name]) for name, (shape, dtype) in layout.items()}
+        batch = {
+            name: jax.ShapeDtypeStruct(shape, dtype, sharding=step.batch_sharding[name])
+            for name, (shape, dtype) in layout.items()
+        }
         step.fn.lower(state, frozen, batch).compile()
         release_freed_memory()  # the compiler's scratch, before the next program's
     return time.perf_counter() - start

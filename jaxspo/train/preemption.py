@@ -28,7 +28,11 @@ class PreemptionGuard:
         if self.signum is not None:  # second signal: leave now
             os._exit(128 + signum)
         self.signum = signum
-        print(f"\njaxspo: {signal.Signals(signum).name}: saving a checkpoint, then exiting (again to exit at once)", file=sys.stderr, flush=True)
+        print(
+            f"\njaxspo: {signal.Signals(signum).name}: saving a checkpoint, then exiting (again to exit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
         self._timer = threading.Timer(self.grace_seconds, os._exit, args=(GRACE_EXPIRED_EXIT_CODE,))
         self._timer.daemon = True
         self._timer.start()

@@ -91,11 +91,22 @@ class Run:
         for split in screen if screen is not None else ("eval",) if cfg.stages else ("train", "eval"):
             self.encoded(split, cfg.eval.num_pairs if split == "eval" else None)
         self.mesh = make_mesh(cfg.mesh.shape())
-        self.peak_flops, peak_source = run_peak(cfg.model.dtype, cfg.logging.peak_flops)  # all devices' FLOP/s, for perf/mfu
+        self.peak_flops, peak_source = run_peak(
+            cfg.model.dtype, cfg.logging.peak_flops
+        )  # all devices' FLOP/s, for perf/mfu
         if self.peak_flops is None:
-            log.warning("no peak FLOP/s known for %s devices: metrics rows carry no perf/mfu; set logging.peak_flops (docs/speed.md, MFU)", peak_source)
+            log.warning(
+                "no peak FLOP/s known for %s devices: metrics rows carry no perf/mfu; set logging.peak_flops (docs/speed.md, MFU)",
+                peak_source,
+            )
         else:
-            log.info("peak %.3g FLOP/s over %d devices (%s, %s): perf/mfu's denominator", self.peak_flops, jax.device_count(), peak_source, cfg.model.dtype)
+            log.info(
+                "peak %.3g FLOP/s over %d devices (%s, %s): perf/mfu's denominator",
+                self.peak_flops,
+                jax.device_count(),
+                peak_source,
+                cfg.model.dtype,
+            )
         self.graphdef, self.abstract_params = abstract_model(cfg.model)
         self.param_sharding = param_shardings(self.abstract_params, self.mesh, cfg.mesh.rules)
         if cfg.model.path:
@@ -105,9 +116,13 @@ class Run:
         self.reference_params = None  # None: the reference is the policy's starting point (after SFT)
         if cfg.model.reference_path and cfg.model.reference_path != cfg.model.path:
             check_same_architecture(cfg.model.reference_path, cfg.model)
-            self.reference_params = load_params(cfg.model.reference_path, cfg.model, self.abstract_params, self.param_sharding)
+            self.reference_params = load_params(
+                cfg.model.reference_path, cfg.model, self.abstract_params, self.param_sharding
+            )
         self.eval_key = jax.random.key(cfg.trainer.seed + 1)  # every evaluation's sampling key
-        self.log = MetricsLog(run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project if cfg.logging.wandb else None, to_dict(cfg))
+        self.log = MetricsLog(
+            run_dir, cfg.logging.tensorboard, cfg.logging.wandb_project if cfg.logging.wandb else None, to_dict(cfg)
+        )
 
     def encoded(self, split: str, limit: int | None = None) -> dict[str, np.ndarray]:
         """A split (its first ``limit`` rows) as static-shape arrays; bad rows handled by ``data.on_bad_row``.
@@ -119,12 +134,21 @@ class Run:
         length, prompt_length = self.cfg.data.max_length, self.cfg.data.max_prompt_length
         soft_losses = soft_label_losses(self.cfg.loss.terms)
         if split == "sft":
-            encode = functools.partial(encode_sft_rows, tokenizer=self.tokenizer, max_length=length, max_prompt_length=prompt_length)
-        elif split == "train" and uses_lists(self.cfg.loss):  # ranked lists; the built-in task's rankings come from its scores
+            encode = functools.partial(
+                encode_sft_rows, tokenizer=self.tokenizer, max_length=length, max_prompt_length=prompt_length
+            )
+        elif split == "train" and uses_lists(
+            self.cfg.loss
+        ):  # ranked lists; the built-in task's rankings come from its scores
 
             def encode(rows):
                 need_ranking = set(self.cfg.loss.terms) != {"soft_spo_best_of_n"}  # only best-of-n makes do with 'best'
-                return encode_list_rows(rank_by_scores(rows, self.cfg.data.synthetic, self.cfg.trainer.seed), self.tokenizer, length, need_ranking)
+                return encode_list_rows(
+                    rank_by_scores(rows, self.cfg.data.synthetic, self.cfg.trainer.seed),
+                    self.tokenizer,
+                    length,
+                    need_ranking,
+                )
         elif soft_losses:  # soft labels: p̂ < ½ swaps the pair; a missing p̂ is an error for the train split
 
             def encode(rows):
@@ -132,14 +156,27 @@ class Run:
                 return encode_preference_rows(orient_pairs(rows, required_by), self.tokenizer, length, prompt_length)
 
         else:  # hard labels: chosen/rejected as given
-            encode = functools.partial(encode_preference_rows, tokenizer=self.tokenizer, max_length=length, max_prompt_length=prompt_length)
-        arrays, report = encode_screened(self.splits.rows[split][:limit], encode, self.splits.names[split], self.cfg.data.on_bad_row, self.splits.reports.get(split))
+            encode = functools.partial(
+                encode_preference_rows, tokenizer=self.tokenizer, max_length=length, max_prompt_length=prompt_length
+            )
+        arrays, report = encode_screened(
+            self.splits.rows[split][:limit],
+            encode,
+            self.splits.names[split],
+            self.cfg.data.on_bad_row,
+            self.splits.reports.get(split),
+        )
         self.data_reports[split] = report
         if is_writer():
             write_reports(list(self.data_reports.values()), self.run_dir / "data_report.json")
         if report.skipped:
-            log.warning("%s: skipped %d of %d rows: %s", report.source, report.rows - report.kept, report.rows, report.skipped)
-        if self.cfg.data.spill_dir and split in ("sft", "train"):  # the pipeline's splits: read row by row from local disk
+            log.warning(
+                "%s: skipped %d of %d rows: %s", report.source, report.rows - report.kept, report.rows, report.skipped
+            )
+        if self.cfg.data.spill_dir and split in (
+            "sft",
+            "train",
+        ):  # the pipeline's splits: read row by row from local disk
             arrays = spill(arrays, self.cfg.data.spill_dir, split)
         self._encoded[split, limit] = arrays
         return arrays
@@ -160,7 +197,16 @@ class Run:
         pairs = self.encoded("eval", cfg.eval.num_pairs)
         prompts = prompts_of(splits.rows["eval"][: cfg.eval.num_prompts])
         tokens, valid = encode_prompts(prompts, self.tokenizer, cfg.data.max_prompt_length, keep_end=True)
-        return Evaluator(cfg, self.mesh, graphdef, self.tokenizer, pairs, (tokens, valid, prompts), splits.gold_rewards, splits.dimensions)
+        return Evaluator(
+            cfg,
+            self.mesh,
+            graphdef,
+            self.tokenizer,
+            pairs,
+            (tokens, valid, prompts),
+            splits.gold_rewards,
+            splits.dimensions,
+        )
 
 
 def open_run(cfg: Config, config_name: str) -> Run:
@@ -171,7 +217,9 @@ def open_run(cfg: Config, config_name: str) -> Run:
     run_dir = resolve_run_dir(cfg, config_name)
     checkpoint_root = run_dir / "checkpoints"
     if not cfg.checkpoint.resume and checkpoint_root.exists():
-        raise RunDirError(f"{checkpoint_root}: holds checkpoints of an earlier run; set checkpoint.resume=true to continue it or choose another run_dir")
+        raise RunDirError(
+            f"{checkpoint_root}: holds checkpoints of an earlier run; set checkpoint.resume=true to continue it or choose another run_dir"
+        )
     barrier("jaxspo: run directory checked")  # before any process creates checkpoints there
     run_dir.mkdir(parents=True, exist_ok=True)
     run = Run(cfg, run_dir)

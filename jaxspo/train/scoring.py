@@ -36,12 +36,20 @@ class PairScorer:
         return chosen, rejected
 
     def __call__(self, params: Any, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        chosen, rejected = score_in_chunks(self._fn, params, {k: arrays[k] for k in PREFERENCE_FIELDS}, self.chunk, self.mesh, self.rules, trim=True)
+        chosen, rejected = score_in_chunks(
+            self._fn, params, {k: arrays[k] for k in PREFERENCE_FIELDS}, self.chunk, self.mesh, self.rules, trim=True
+        )
         return chosen, rejected
 
 
 def score_in_chunks(
-    fn: Any, params: Any, arrays: dict[str, np.ndarray], chunk: int, mesh: Mesh, rules: Rules, trim: bool = False,
+    fn: Any,
+    params: Any,
+    arrays: dict[str, np.ndarray],
+    chunk: int,
+    mesh: Mesh,
+    rules: Rules,
+    trim: bool = False,
     progress: Callable[[int], Any] | None = None,
 ) -> tuple[np.ndarray, ...]:
     """``fn(params, batch) -> tuple of [chunk, ...] arrays`` over all rows of ``arrays`` in sharded chunks.
@@ -93,9 +101,13 @@ class SequenceScorer:
 
     def _chunk_tokens(self, params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array]:
         with activation_sharding(self.mesh, self.rules):
-            return (token_logps(forward_logits(self.graphdef, params, batch["tokens"], batch["valid"]), batch["tokens"]),)
+            return (
+                token_logps(forward_logits(self.graphdef, params, batch["tokens"], batch["valid"]), batch["tokens"]),
+            )
 
-    def sums(self, params: Any, tokens: np.ndarray, valid: np.ndarray, loss_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def sums(
+        self, params: Any, tokens: np.ndarray, valid: np.ndarray, loss_mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Summed response log-probs ``[N]`` and response lengths ``[N]`` (float32 numpy)."""
         arrays = {"tokens": tokens, "valid": valid, "loss_mask": loss_mask}
         logps, lengths = score_in_chunks(self._sums, params, arrays, self.chunk, self.mesh, self.rules, trim=True)
@@ -103,5 +115,7 @@ class SequenceScorer:
 
     def token_logps(self, params: Any, tokens: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """log p(tokens[:, t + 1] | tokens[:, ≤ t]) ``[N, T − 1]`` (float32 numpy)."""
-        (logps,) = score_in_chunks(self._tokens, params, {"tokens": tokens, "valid": valid}, self.chunk, self.mesh, self.rules)
+        (logps,) = score_in_chunks(
+            self._tokens, params, {"tokens": tokens, "valid": valid}, self.chunk, self.mesh, self.rules
+        )
         return logps

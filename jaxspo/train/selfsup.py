@@ -30,7 +30,13 @@ from jaxspo.train.model_view import as_model
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
 DATA_FIELDS = ("selfsup_tokens", "selfsup_valid", "selfsup_loss_mask", "selfsup_level_valid")
 REFERENCE_FIELD = "selfsup_reference_logps"
-FIELD_RANKS = {"selfsup_tokens": 4, "selfsup_valid": 4, "selfsup_loss_mask": 4, "selfsup_level_valid": 3, REFERENCE_FIELD: 3}
+FIELD_RANKS = {
+    "selfsup_tokens": 4,
+    "selfsup_valid": 4,
+    "selfsup_loss_mask": 4,
+    "selfsup_level_valid": 3,
+    REFERENCE_FIELD: 3,
+}
 
 
 def active(loss_cfg) -> bool:
@@ -48,7 +54,12 @@ def reward_kind(loss_cfg) -> str:
 
 def needs_reference(loss_cfg) -> bool:
     """Whether the degree term needs reference log-probs (ranking on β·log πθ/π_ref with a reference)."""
-    return active(loss_cfg) and loss_cfg.selfsup.mode == "ranking" and reward_kind(loss_cfg) == "log_ratio" and loss_cfg.reference != "none"
+    return (
+        active(loss_cfg)
+        and loss_cfg.selfsup.mode == "ranking"
+        and reward_kind(loss_cfg) == "log_ratio"
+        and loss_cfg.reference != "none"
+    )
 
 
 def sides(loss_cfg) -> tuple[str, ...]:
@@ -66,8 +77,13 @@ def batch_fields(loss_cfg) -> tuple[str, ...]:
 def field_shapes(loss_cfg, batch: int, length: int) -> dict[str, tuple[tuple[int, ...], Any]]:
     """Shape and dtype of each selfsup batch field for ``batch`` pairs of ``length`` tokens (for AOT compiles)."""
     dims = (batch, len(sides(loss_cfg)), loss_cfg.selfsup.levels)
-    kinds = {"selfsup_tokens": (dims + (length,), jnp.int32), "selfsup_valid": (dims + (length,), jnp.bool_),
-             "selfsup_loss_mask": (dims + (length,), jnp.bool_), "selfsup_level_valid": (dims, jnp.bool_), REFERENCE_FIELD: (dims, jnp.float32)}
+    kinds = {
+        "selfsup_tokens": (dims + (length,), jnp.int32),
+        "selfsup_valid": (dims + (length,), jnp.bool_),
+        "selfsup_loss_mask": (dims + (length,), jnp.bool_),
+        "selfsup_level_valid": (dims, jnp.bool_),
+        REFERENCE_FIELD: (dims, jnp.float32),
+    }
     return {name: kinds[name] for name in batch_fields(loss_cfg)}
 
 
@@ -78,12 +94,22 @@ def _flat(x: jax.Array) -> jax.Array:
 def _originals(logps: PairLogps, names: tuple[str, ...]) -> tuple[jax.Array, jax.Array | None, jax.Array]:
     """Policy, reference and length of the undegraded responses, ``[B, S]`` each."""
     policy = jnp.stack([getattr(logps, f"policy_{s}") for s in names], 1)
-    reference = None if logps.reference_chosen is None else jnp.stack([getattr(logps, f"reference_{s}") for s in names], 1)
+    reference = (
+        None if logps.reference_chosen is None else jnp.stack([getattr(logps, f"reference_{s}") for s in names], 1)
+    )
     lengths = jnp.stack([getattr(logps, f"{s}_length") for s in names], 1)
     return policy, reference, lengths
 
 
-def copy_rewards(model: Any, params: Any, reference_params: Any, batch: dict[str, jax.Array], logps: PairLogps, loss_cfg, rng: jax.Array | None = None) -> jax.Array:
+def copy_rewards(
+    model: Any,
+    params: Any,
+    reference_params: Any,
+    batch: dict[str, jax.Array],
+    logps: PairLogps,
+    loss_cfg,
+    rng: jax.Array | None = None,
+) -> jax.Array:
     """Implicit rewards of levels 0…K, ``[B, S, K + 1]`` (level 0 from the base objective's log-probs).
 
     ``model``: a graph definition or a model view (:mod:`jaxspo.train.model_view`, e.g. LoRA)."""
@@ -91,19 +117,31 @@ def copy_rewards(model: Any, params: Any, reference_params: Any, batch: dict[str
     kind, shape = reward_kind(loss_cfg), batch["selfsup_level_valid"].shape
     tokens, valid, mask = (_flat(batch[f"selfsup_{n}"]) for n in ("tokens", "valid", "loss_mask"))
     with jax.named_scope("selfsup_policy"):
-        policy, lengths = (x.reshape(shape) for x in sequence_logps(*model.policy(params, reference_params, rng), tokens, valid, mask))
+        policy, lengths = (
+            x.reshape(shape) for x in sequence_logps(*model.policy(params, reference_params, rng), tokens, valid, mask)
+        )
     reference = None
     if kind == "log_ratio" and REFERENCE_FIELD in batch:
         reference = batch[REFERENCE_FIELD]
     elif kind == "log_ratio" and needs_reference(loss_cfg):
         with jax.named_scope("selfsup_reference"):
-            reference = jax.lax.stop_gradient(sequence_logps(*model.reference(reference_params), tokens, valid, mask)[0].reshape(shape))
+            reference = jax.lax.stop_gradient(
+                sequence_logps(*model.reference(reference_params), tokens, valid, mask)[0].reshape(shape)
+            )
     copies = level_rewards(kind, loss_cfg.beta, policy, reference, lengths)
     original = level_rewards(kind, loss_cfg.beta, *_originals(logps, sides(loss_cfg)))
     return jnp.concatenate([original[..., None], copies], -1)
 
 
-def level_logits(model: Any, params: Any, reference_params: Any, head_params: Any, batch: dict[str, jax.Array], loss_cfg, rng: jax.Array | None = None) -> jax.Array:
+def level_logits(
+    model: Any,
+    params: Any,
+    reference_params: Any,
+    head_params: Any,
+    batch: dict[str, jax.Array],
+    loss_cfg,
+    rng: jax.Array | None = None,
+) -> jax.Array:
     """The head's level logits for levels 0…K of each degraded side, ``[B, S, K + 1, K + 1]``."""
     names = sides(loss_cfg)
 
@@ -124,7 +162,14 @@ def level_logits(model: Any, params: Any, reference_params: Any, head_params: An
 
 
 def degree_objective(
-    model: Any, params: Any, reference_params: Any, batch: dict[str, jax.Array], logps: PairLogps, loss_cfg, rng: jax.Array | None, head_params: Any
+    model: Any,
+    params: Any,
+    reference_params: Any,
+    batch: dict[str, jax.Array],
+    logps: PairLogps,
+    loss_cfg,
+    rng: jax.Array | None,
+    head_params: Any,
 ) -> tuple[jax.Array, Metrics]:
     """Per-pair degree loss ``[B]`` and metrics as (sum, count): ``selfsup/loss``, ``selfsup/accuracy``,
     and for ranking ``selfsup/reward_level_k`` (mean implicit reward of level k over valid copies)."""
@@ -138,7 +183,10 @@ def degree_objective(
         right, pairs = pairwise_accuracy(jax.lax.stop_gradient(rewards), valid)
         metrics["selfsup/accuracy"] = (right.sum(), pairs.sum())
         for k in range(rewards.shape[-1]):
-            metrics[f"selfsup/reward_level_{k}"] = (jnp.where(valid[..., k], jax.lax.stop_gradient(rewards[..., k]), 0.0).sum(), valid[..., k].sum().astype(jnp.float32))
+            metrics[f"selfsup/reward_level_{k}"] = (
+                jnp.where(valid[..., k], jax.lax.stop_gradient(rewards[..., k]), 0.0).sum(),
+                valid[..., k].sum().astype(jnp.float32),
+            )
     else:
         logits = level_logits(model, params, reference_params, head_params, batch, loss_cfg, rng)
         degree = classify_loss(logits, valid).mean(-1)
@@ -148,7 +196,9 @@ def degree_objective(
     return degree, metrics
 
 
-def add_degree_term(loss_sum: jax.Array, metrics: Metrics, degree: jax.Array, degree_metrics: Metrics, weight: float) -> tuple[jax.Array, Metrics]:
+def add_degree_term(
+    loss_sum: jax.Array, metrics: Metrics, degree: jax.Array, degree_metrics: Metrics, weight: float
+) -> tuple[jax.Array, Metrics]:
     """total = base + λ·Σ_pairs degree; the ``loss`` metric becomes the total, the rest are added."""
     extra = weight * degree.sum()
     total, count = metrics["loss"]
@@ -173,7 +223,9 @@ def init_head(loss_cfg, hidden_size: int, schedule: optax.Schedule) -> dict[str,
     return {"params": params, "opt_state": head_optimizer(schedule).init(params)}
 
 
-def attach_head(state: Any, shardings: Any, loss_cfg, hidden_size: int, schedule: optax.Schedule, mesh: Mesh) -> tuple[Any, Any]:
+def attach_head(
+    state: Any, shardings: Any, loss_cfg, hidden_size: int, schedule: optax.Schedule, mesh: Mesh
+) -> tuple[Any, Any]:
     """``(state, shardings)`` with the classify head added (replicated); unchanged for other configs."""
     abstract = jax.eval_shape(lambda: init_head(loss_cfg, hidden_size, schedule))
     if abstract is None:

@@ -30,7 +30,15 @@ def _flat(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
 class DegreeData:
     """Builds the selfsup batch fields for encoded pair arrays (see :mod:`jaxspo.train.selfsup`)."""
 
-    def __init__(self, cfg, tokenizer, graphdef: nnx.GraphDef, mesh: Mesh, reference_params: Any, train_arrays: dict[str, np.ndarray]):
+    def __init__(
+        self,
+        cfg,
+        tokenizer,
+        graphdef: nnx.GraphDef,
+        mesh: Mesh,
+        reference_params: Any,
+        train_arrays: dict[str, np.ndarray],
+    ):
         s = cfg.loss.selfsup
         self.cfg, self.reference_params = cfg, reference_params
         self.sides = selfsup.sides(cfg.loss)
@@ -38,7 +46,11 @@ class DegreeData:
         self.degrader = Degrader(tokenizer, s.unit, s.key_scoring, s.levels, s.fraction, s.seed)
         if s.key_scoring == "tfidf":
             eos = tokenizer.eos_token_id
-            corpus = [ids for side in self.sides for ids in response_ids(train_arrays[f"{side}_tokens"], train_arrays[f"{side}_loss_mask"], eos)]
+            corpus = [
+                ids
+                for side in self.sides
+                for ids in response_ids(train_arrays[f"{side}_tokens"], train_arrays[f"{side}_loss_mask"], eos)
+            ]
             self.degrader.fit(corpus)
 
     def __call__(self, arrays: dict[str, np.ndarray], with_reference: bool) -> dict[str, np.ndarray]:
@@ -51,10 +63,14 @@ class DegreeData:
             }
         out = degraded_arrays(self.degrader, arrays, self.sides, self.cfg.data.max_length, surprisal)
         if with_reference:
-            logps, _ = self.scorer.sums(self.reference_params, *(_flat(out, n) for n in ("tokens", "valid", "loss_mask")))
+            logps, _ = self.scorer.sums(
+                self.reference_params, *(_flat(out, n) for n in ("tokens", "valid", "loss_mask"))
+            )
             out[selfsup.REFERENCE_FIELD] = logps.reshape(out["selfsup_level_valid"].shape).astype(np.float32)
         valid = out["selfsup_level_valid"]
-        log.info("selfsup: %d rows × %d sides × %d levels, %.1f%% of the copies valid", *valid.shape, 100 * valid.mean())
+        log.info(
+            "selfsup: %d rows × %d sides × %d levels, %.1f%% of the copies valid", *valid.shape, 100 * valid.mean()
+        )
         return out
 
 
@@ -72,7 +88,10 @@ class LevelRewardMetrics:
         cfg, scorer = self.degree.cfg, self.degree.scorer
         shape = self.copies["selfsup_level_valid"].shape
         flat = [_flat(self.copies, n) for n in ("tokens", "valid", "loss_mask")]
-        originals = [np.stack([self.pairs[f"{side}_{n}"] for side in self.degree.sides], 1).reshape(-1, flat[0].shape[-1]) for n in ("tokens", "valid", "loss_mask")]
+        originals = [
+            np.stack([self.pairs[f"{side}_{n}"] for side in self.degree.sides], 1).reshape(-1, flat[0].shape[-1])
+            for n in ("tokens", "valid", "loss_mask")
+        ]
         rewards = []
         for tokens, valid, mask, n in ((*originals, shape[:2]), (*flat, shape)):
             policy, lengths = scorer.sums(params, tokens, valid, mask)
@@ -85,7 +104,11 @@ class LevelRewardMetrics:
     def __call__(self, params: Any, reference_params: Any) -> dict[str, float]:
         rewards = self._rewards(params, reference_params)
         valid = np.concatenate([np.ones(rewards.shape[:2] + (1,), bool), self.copies["selfsup_level_valid"]], -1)
-        out = {f"eval/selfsup/reward_level_{k}": float(rewards[..., k][valid[..., k]].mean()) for k in range(rewards.shape[-1]) if valid[..., k].any()}
+        out = {
+            f"eval/selfsup/reward_level_{k}": float(rewards[..., k][valid[..., k]].mean())
+            for k in range(rewards.shape[-1])
+            if valid[..., k].any()
+        }
         right, pairs = pairwise_accuracy(rewards, valid)
         out["eval/selfsup/ranking_accuracy"] = float(np.sum(right) / max(np.sum(pairs), 1.0))
         return out

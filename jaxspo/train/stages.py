@@ -91,22 +91,40 @@ class SequentialStages:
     def _planned(self, index: int) -> PlannedPhase:
         scfg = stage_config(self.run.cfg, index)
         number, t = index + 1, scfg.trainer
-        hooks = functools.partial(self.before, index), functools.partial(self.after, index), functools.partial(self.finished, index)
-        return PlannedPhase("preference", f"stage-{number}", t.steps, scfg.optimizer.learning_rate, t.batch_size, *hooks)
+        hooks = (
+            functools.partial(self.before, index),
+            functools.partial(self.after, index),
+            functools.partial(self.finished, index),
+        )
+        return PlannedPhase(
+            "preference", f"stage-{number}", t.steps, scfg.optimizer.learning_rate, t.batch_size, *hooks
+        )
 
     def _encode(self, split: str, index: int, limit: int | None = None) -> dict[str, np.ndarray]:
         cfg = self.run.cfg
         stage = cfg.stages[index]
         source = f"{cfg.data.task}:{split}:stage-{index + 1}:{stage.dimension}"
-        rows = dimension_pairs(self.run.splits.rows[split], stage.dimension, min_gap=stage.min_gap, pairs_per_prompt=stage.pairs_per_prompt, seed=cfg.trainer.seed)[:limit]
+        rows = dimension_pairs(
+            self.run.splits.rows[split],
+            stage.dimension,
+            min_gap=stage.min_gap,
+            pairs_per_prompt=stage.pairs_per_prompt,
+            seed=cfg.trainer.seed,
+        )[:limit]
         if not rows:
-            raise DataError(f"{source}: no pair of responses differs by at least min_gap={stage.min_gap} on '{stage.dimension}'")
+            raise DataError(
+                f"{source}: no pair of responses differs by at least min_gap={stage.min_gap} on '{stage.dimension}'"
+            )
         encode = functools.partial(encode_preference_rows, tokenizer=self.run.tokenizer, max_length=cfg.data.max_length)
         arrays, report = encode_screened(rows, encode, source, cfg.data.on_bad_row)
         self.run.data_reports[source] = report
         if is_writer():
             write_reports(list(self.run.data_reports.values()), self.run.run_dir / "data_report.json")
-        return spill(arrays, cfg.data.spill_dir, f"stage-{index + 1}") if cfg.data.spill_dir and split == "train" else arrays
+        return (
+            spill(arrays, cfg.data.spill_dir, f"stage-{index + 1}")
+            if cfg.data.spill_dir and split == "train"
+            else arrays
+        )
 
     def policy_dir(self, number: int) -> Path:
         """Where π_number is saved: π_0 is the SFT result (``checkpoints/reference``)."""
@@ -122,7 +140,9 @@ class SequentialStages:
         chosen, rejected = [], []
         for number in range(index + 1):
             graphdef, params = view(number)
-            logps, _ = cached_reference_logps(cfg.loss.reference_cache_dir, self.scorer(graphdef), params, arrays, self.run.tokenizer)
+            logps, _ = cached_reference_logps(
+                cfg.loss.reference_cache_dir, self.scorer(graphdef), params, arrays, self.run.tokenizer
+            )
             chosen.append(logps["reference_chosen_logps"].astype(np.float64))
             rejected.append(logps["reference_rejected_logps"].astype(np.float64))
         earlier = cfg.stages[:index]
@@ -134,7 +154,9 @@ class SequentialStages:
     def scorer(self, graphdef: nnx.GraphDef) -> PairScorer:
         """One pair scorer (one compile) per graph: the full model, or a stacked LoRA stage's π_i."""
         if graphdef not in self._scorers:
-            self._scorers[graphdef] = PairScorer(graphdef, self.run.mesh, self.run.cfg.mesh.rules, self.run.cfg.trainer.batch_size)
+            self._scorers[graphdef] = PairScorer(
+                graphdef, self.run.mesh, self.run.cfg.mesh.rules, self.run.cfg.trainer.batch_size
+            )
         return self._scorers[graphdef]
 
     def evaluator(self, graphdef: nnx.GraphDef) -> Evaluator:
@@ -147,7 +169,11 @@ class SequentialStages:
         """π_0 = ``run.params`` (the warm start's result); with LoRA the stages' adapters go on it."""
         run, cfg = self.run, self.run.cfg
         self.previous = self.reference = run.params
-        self.lora = LoRAStages(cfg, run.mesh, run.params, base_record(cfg, run.run_dir, run.params)) if cfg.lora.enabled else None
+        self.lora = (
+            LoRAStages(cfg, run.mesh, run.params, base_record(cfg, run.run_dir, run.params))
+            if cfg.lora.enabled
+            else None
+        )
         if self.lora is not None and is_writer():
             write_base_record(self.lora.record, run.run_dir)  # π_0: RUN_DIR/params holds every stage's adapters
 
@@ -184,24 +210,42 @@ class SequentialStages:
         run, previous = self.run, self.previous
 
         def full_view(n: int) -> tuple[nnx.GraphDef, Any]:  # one π_i in memory besides π_{n−1}
-            return run.graphdef, previous if n == index else restore_params(self.policy_dir(n), jax.tree.map(lambda x: x, previous))
+            return run.graphdef, previous if n == index else restore_params(
+                self.policy_dir(n), jax.tree.map(lambda x: x, previous)
+            )
 
-        arrays = self.train_arrays[index] | self.frozen_fields(index, self.lora.view if self.lora is not None else full_view)
+        arrays = self.train_arrays[index] | self.frozen_fields(
+            index, self.lora.view if self.lora is not None else full_view
+        )
         view = copy.copy(run)
         view.cfg, view.params = stage_config(run.cfg, index), previous
         if self.lora is None:
             return PhaseSetup(view, arrays, evaluate=lambda p: self.evaluate(index, run.graphdef, p, previous))
-        training = self.lora.training(view.cfg, index)  # policy = π_{n−1} + this stage's adapter; reference = the same with it off
+        training = self.lora.training(
+            view.cfg, index
+        )  # policy = π_{n−1} + this stage's adapter; reference = the same with it off
         self.reference = training.base
         graphdef = training.model.eval_graphdef
-        return PhaseSetup(view, arrays, training, training.frozen, lambda p: self.evaluate(index, graphdef, *training.eval_states(p)))
+        return PhaseSetup(
+            view, arrays, training, training.frozen, lambda p: self.evaluate(index, graphdef, *training.eval_states(p))
+        )
 
     def after(self, index: int, policy: Any, metrics: EvalMetrics | None) -> None:
         """Saves π_n to ``checkpoints/policy-n`` (LoRA: the stage's adapter only); it is the next stage's start."""
         stage, scfg = self.run.cfg.stages[index], stage_config(self.run.cfg, index)
         save_params(policy, self.policy_dir(index + 1))
-        gold = ", ".join(f"{k.removeprefix('eval/gold/')} {v:.3f}" for k, v in (metrics or {}).items() if k.startswith("eval/gold/"))
-        log.info("stage %d (%s, β=%g, λ=%s) done after %d steps: gold %s", index + 1, stage.dimension, scfg.loss.beta, stage.lambdas, scfg.trainer.steps, gold)
+        gold = ", ".join(
+            f"{k.removeprefix('eval/gold/')} {v:.3f}" for k, v in (metrics or {}).items() if k.startswith("eval/gold/")
+        )
+        log.info(
+            "stage %d (%s, β=%g, λ=%s) done after %d steps: gold %s",
+            index + 1,
+            stage.dimension,
+            scfg.loss.beta,
+            stage.lambdas,
+            scfg.trainer.steps,
+            gold,
+        )
         if self.lora is not None:
             self.lora.finish(policy)
         else:

@@ -40,9 +40,19 @@ Metrics = dict[str, tuple[jax.Array, jax.Array]]
 # rng: key data [2] uint32 (LoRA dropout); head_params: selfsup's classify head (or None)
 Objective = Callable[..., tuple[jax.Array, Metrics]]
 
-PREFERENCE_FIELDS = ("chosen_tokens", "chosen_valid", "chosen_loss_mask", "rejected_tokens", "rejected_valid", "rejected_loss_mask", "soft_label")
+PREFERENCE_FIELDS = (
+    "chosen_tokens",
+    "chosen_valid",
+    "chosen_loss_mask",
+    "rejected_tokens",
+    "rejected_valid",
+    "rejected_loss_mask",
+    "soft_label",
+)
 SFT_FIELDS = ("tokens", "valid", "loss_mask")
-TIME_FIELDS = frozenset(SFT_FIELDS + PREFERENCE_FIELDS[:-1] + ROW_FIELDS)  # [B, T] rows whose time axis is split over context
+TIME_FIELDS = frozenset(
+    SFT_FIELDS + PREFERENCE_FIELDS[:-1] + ROW_FIELDS
+)  # [B, T] rows whose time axis is split over context
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +66,9 @@ class TrainStep:
     donate_argnums: tuple[int, ...]
 
 
-def batch_shardings(fields: tuple[str, ...], ranks: dict[str, int], mesh: Mesh, rules, batch_size: int) -> dict[str, NamedSharding]:
+def batch_shardings(
+    fields: tuple[str, ...], ranks: dict[str, int], mesh: Mesh, rules, batch_size: int
+) -> dict[str, NamedSharding]:
     """Each batch array is split along its leading (pair) axis by the ``batch`` rule, and the token rows
     ``[B, T]`` of :data:`TIME_FIELDS` also along time by the ``length`` rule over ``context`` (every batch
     width divides by ``mesh.context``: config validation and :meth:`MeshConfig.width_multiple`)."""
@@ -119,7 +131,9 @@ def preference_objective_fn(graphdef: Any, loss_cfg) -> Objective:
     use_reference = needs_reference(loss_cfg)
     model = as_model(graphdef)
 
-    def objective(params: nnx.State, reference_params: Any, batch: Batch, rng: jax.Array | None = None, head_params: Any = None) -> tuple[jax.Array, Metrics]:
+    def objective(
+        params: nnx.State, reference_params: Any, batch: Batch, rng: jax.Array | None = None, head_params: Any = None
+    ) -> tuple[jax.Array, Metrics]:
         with jax.named_scope("policy"):
             chosen, rejected, chosen_len, rejected_len = pair_logps(*model.policy(params, reference_params, rng), batch)
         ref_chosen = ref_rejected = None
@@ -129,7 +143,16 @@ def preference_objective_fn(graphdef: Any, loss_cfg) -> Objective:
             with jax.named_scope("reference"):
                 ref = pair_logps(*model.reference(reference_params), batch)
             ref_chosen, ref_rejected = jax.lax.stop_gradient(ref[0]), jax.lax.stop_gradient(ref[1])
-        logps = PairLogps(chosen, rejected, ref_chosen, ref_rejected, chosen_len, rejected_len, batch["soft_label"], batch.get(OFFSET_FIELD))
+        logps = PairLogps(
+            chosen,
+            rejected,
+            ref_chosen,
+            ref_rejected,
+            chosen_len,
+            rejected_len,
+            batch["soft_label"],
+            batch.get(OFFSET_FIELD),
+        )
         loss_sum, metrics = preference_objective(logps, loss_cfg, jnp.ones_like(chosen))
         if selfsup.active(loss_cfg):  # + λ·degree loss on the degraded copies (docs/methods/selfsup.md)
             degree = selfsup.degree_objective(model, params, reference_params, batch, logps, loss_cfg, rng, head_params)
@@ -144,11 +167,18 @@ def sft_objective_fn(graphdef: Any) -> Objective:
     """Token-level NLL summed over completion tokens (divided by the global token count later)."""
     model = as_model(graphdef)
 
-    def objective(params: nnx.State, reference_params: Any, batch: Batch, rng: jax.Array | None = None, head_params: Any = None) -> tuple[jax.Array, Metrics]:
-        logps, lengths = sequence_logps(*model.policy(params, reference_params, rng), batch["tokens"], batch["valid"], batch["loss_mask"])
+    def objective(
+        params: nnx.State, reference_params: Any, batch: Batch, rng: jax.Array | None = None, head_params: Any = None
+    ) -> tuple[jax.Array, Metrics]:
+        logps, lengths = sequence_logps(
+            *model.policy(params, reference_params, rng), batch["tokens"], batch["valid"], batch["loss_mask"]
+        )
         loss_sum = -logps.sum()
         count = lengths.sum()
-        return loss_sum, {"loss": (loss_sum, count), "tokens": (batch["valid"].sum().astype(jnp.float32), jnp.float32(1.0))}
+        return loss_sum, {
+            "loss": (loss_sum, count),
+            "tokens": (batch["valid"].sum().astype(jnp.float32), jnp.float32(1.0)),
+        }
 
     return objective
 
@@ -157,7 +187,9 @@ def _global_count(phase: str, batch: Batch) -> jax.Array:
     """Denominator of the step's loss: pairs (lists) for preference, completion tokens for SFT."""
     if phase == "sft":
         return batch["loss_mask"][:, 1:].sum().astype(jnp.float32)
-    rows = next(name for name in ("list_tokens", "soft_label") if name in batch)  # one per pair (packed rows may hold several)
+    rows = next(
+        name for name in ("list_tokens", "soft_label") if name in batch
+    )  # one per pair (packed rows may hold several)
     return jnp.float32(batch[rows].shape[0])
 
 
@@ -182,10 +214,17 @@ def make_train_step(
     if phase not in ("sft", "preference"):
         raise ValueError(f"unknown phase '{phase}'")
     rules = cfg.mesh.rules
-    objective = sft_objective_fn(graphdef) if phase == "sft" else (list_objective_fn if uses_lists(cfg.loss) else preference_objective_fn)(graphdef, cfg.loss)
+    objective = (
+        sft_objective_fn(graphdef)
+        if phase == "sft"
+        else (list_objective_fn if uses_lists(cfg.loss) else preference_objective_fn)(graphdef, cfg.loss)
+    )
     fields = batch_fields(phase, cfg.loss, cfg.data.layout, cfg.data.pack_pairs)
     special_ranks = LIST_RANKS | selfsup.FIELD_RANKS | PACKED_RANKS
-    ranks = {name: special_ranks.get(name, 2 if name.endswith(("tokens", "valid", "mask", "response")) else 1) for name in fields + KL_FIELDS}
+    ranks = {
+        name: special_ranks.get(name, 2 if name.endswith(("tokens", "valid", "mask", "response")) else 1)
+        for name in fields + KL_FIELDS
+    }
     batch_sharding = batch_shardings(fields, ranks, mesh, rules, batch_size)
     regularised = phase == "preference" and kl_active(cfg.loss)  # samples arrive as extra batch fields
     if regularised:
@@ -202,7 +241,9 @@ def make_train_step(
             grad_fn = jax.value_and_grad(lambda p, h, r, b, k: objective(p, r, b, k, h), argnums=(0, 1), has_aux=True)
             next_key, step_key = jax.random.split(jax.random.wrap_key_data(state.rng))
             micro_key = lambda i: jax.random.key_data(jax.random.fold_in(step_key, i))  # noqa: E731
-            (_, metrics), grads = grad_fn(state.params, head_params, reference_params, jax.tree.map(lambda x: x[0], micro), micro_key(0))
+            (_, metrics), grads = grad_fn(
+                state.params, head_params, reference_params, jax.tree.map(lambda x: x[0], micro), micro_key(0)
+            )
 
             def accumulate(carry, xs):
                 micro_batch, i = xs
@@ -221,10 +262,16 @@ def make_train_step(
         out["grad_norm"] = optax.tree.norm(grads)
         # Numerical guard: a non-finite loss or gradient never reaches the parameters or moments.
         finite = jnp.isfinite(out["loss"]) & jnp.isfinite(out["grad_norm"])
-        params, opt_state, head = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state, head), (state.params, state.opt_state, state.head))
+        params, opt_state, head = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old),
+            (params, opt_state, head),
+            (state.params, state.opt_state, state.head),
+        )
         out["nonfinite"] = 1.0 - finite.astype(jnp.float32)
         out["learning_rate"] = schedule(state.step)
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=jax.random.key_data(next_key), head=head), out
+        return TrainState(
+            step=state.step + 1, params=params, opt_state=opt_state, rng=jax.random.key_data(next_key), head=head
+        ), out
 
     uses_reference = phase == "preference" and (in_step_reference(cfg.loss) or regularised)
     reference_sharding = as_model(graphdef).frozen_sharding(state_sharding.params, uses_reference)

@@ -33,7 +33,9 @@ def _rows_width(shape: tuple[int, ...]) -> tuple[int, int]:
     return int(np.prod(shape[:-1])), int(shape[-1])
 
 
-def step_forwards(cfg: Any, phase: str, arrays: Mapping[str, Any], batch_size: int, frozen_base: bool = False) -> list[Forward]:
+def step_forwards(
+    cfg: Any, phase: str, arrays: Mapping[str, Any], batch_size: int, frozen_base: bool = False
+) -> list[Forward]:
     """The passes one step of ``phase`` runs on the global batch of ``batch_size`` pairs (lists, SFT rows).
 
     ``arrays``: the step's batch arrays, of this process's rows or of all of them (numpy arrays, or any
@@ -42,12 +44,18 @@ def step_forwards(cfg: Any, phase: str, arrays: Mapping[str, Any], batch_size: i
     """
     model = cfg.model
     backward = "frozen" if frozen_base else "full"
-    local = next(arrays[name].shape[0] for name in ("list_tokens", "soft_label", "packed_tokens", "chosen_tokens", "tokens") if name in arrays)  # lists, pairs or SFT rows
+    local = next(
+        arrays[name].shape[0]
+        for name in ("list_tokens", "soft_label", "packed_tokens", "chosen_tokens", "tokens")
+        if name in arrays
+    )  # lists, pairs or SFT rows
     if phase == "sft":
         rows, width = _rows_width(arrays["tokens"].shape)
         return [padded_forward(model, rows, width, width - 1, backward).scaled(batch_size / local)]
     if "packed_tokens" in arrays:
-        policy = packed_forward(model, np.asarray(arrays["packed_positions"]), np.asarray(arrays["packed_valid"]), backward)
+        policy = packed_forward(
+            model, np.asarray(arrays["packed_positions"]), np.asarray(arrays["packed_valid"]), backward
+        )
     elif uses_lists(cfg.loss):
         rows, width = _rows_width(arrays["list_tokens"].shape)
         policy = padded_forward(model, rows, width, width - 1, backward)
@@ -72,11 +80,16 @@ def _selfsup_forwards(cfg: Any, arrays: Mapping[str, Any], backward: str) -> lis
     b, sides, levels, width = arrays["selfsup_tokens"].shape
     if cfg.loss.selfsup.mode == "ranking":
         copies = padded_forward(cfg.model, b * sides * levels, width, width - 1, backward)
-        reference = selfsup.needs_reference(cfg.loss) and cfg.loss.reference in ("resident", "adapter_off")  # else precomputed
+        reference = selfsup.needs_reference(cfg.loss) and cfg.loss.reference in (
+            "resident",
+            "adapter_off",
+        )  # else precomputed
         return [copies] + ([copies.forward_only()] if reference else [])
     return [padded_forward(cfg.model, b * sides * (levels + 1), width, 0, backward)]
 
 
-def step_model_flops(cfg: Any, phase: str, arrays: Mapping[str, Any], batch_size: int, frozen_base: bool = False) -> float:
+def step_model_flops(
+    cfg: Any, phase: str, arrays: Mapping[str, Any], batch_size: int, frozen_base: bool = False
+) -> float:
     """Model FLOPs of one step (:func:`step_forwards` counted by :func:`jaxspo.perf.model_flops`)."""
     return model_flops(cfg.model, step_forwards(cfg, phase, arrays, batch_size, frozen_base))

@@ -130,7 +130,11 @@ class PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
 
     def __init__(self, soft_label_temperature: float = 1.0, **kwargs: Any):
         """``soft_label_temperature`` τ > 0 of :attr:`SOFT_LABEL`; the other arguments are TFDS'."""
-        if not (isinstance(soft_label_temperature, (int, float)) and soft_label_temperature > 0 and math.isfinite(soft_label_temperature)):
+        if not (
+            isinstance(soft_label_temperature, (int, float))
+            and soft_label_temperature > 0
+            and math.isfinite(soft_label_temperature)
+        ):
             raise ValueError(f"soft_label_temperature must be a finite number > 0, got {soft_label_temperature!r}")
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
@@ -166,28 +170,45 @@ class PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
             return
         side = next((f for f in self.SIDE_FILES if f.columns and f.columns <= columns), None)
         if side is not None:
-            raise DataError(f"{path}: this is {side.what}, not {self.name} preference pairs; {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+            raise DataError(
+                f"{path}: this is {side.what}, not {self.name} preference pairs; {self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            )
         missing = ", ".join(sorted(self.PAIR_COLUMNS - columns))
-        raise DataError(f"{path}: lacks the column(s) {missing} of {self.name} preference pairs (it has {', '.join(sorted(columns))}); {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        raise DataError(
+            f"{path}: lacks the column(s) {missing} of {self.name} preference pairs (it has {', '.join(sorted(columns))}); {self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+        )
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
-            builder=self, description=self.__doc__, features=tfds.features.FeaturesDict(self.features()), homepage=self.HOMEPAGE
+            builder=self,
+            description=self.__doc__,
+            features=tfds.features.FeaturesDict(self.features()),
+            homepage=self.HOMEPAGE,
         )
 
     def find_layout(self, manual: Path) -> tuple[Layout, dict[str, list[Path]]]:
         """The first of :attr:`LAYOUTS` with files below ``manual`` and its files per split; a DataError
         naming the side files found (or the files expected) when there is none."""
         for layout in self.LAYOUTS:
-            files = {split: sorted({p for g in globs for p in find_files(manual, g)}) for split, globs in layout.splits.items()}
+            files = {
+                split: sorted({p for g in globs for p in find_files(manual, g)})
+                for split, globs in layout.splits.items()
+            }
             if any(files.values()):
                 return layout, {split: found for split, found in files.items() if found}
         for side in self.SIDE_FILES:
             found = sorted({p for g in side.globs for p in find_files(manual, g)})
             if found:
-                raise DataError(f"{found[0]}: this is {side.what}, not {self.name} preference pairs; {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-        wanted = "; ".join(f"{layout.name}: {', '.join(sorted({g for gs in layout.splits.values() for g in gs}))}" for layout in self.LAYOUTS)
-        raise DataError(f"{manual}: none of the expected files of {self.name} ({wanted}); {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+                raise DataError(
+                    f"{found[0]}: this is {side.what}, not {self.name} preference pairs; {self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+                )
+        wanted = "; ".join(
+            f"{layout.name}: {', '.join(sorted({g for gs in layout.splits.values() for g in gs}))}"
+            for layout in self.LAYOUTS
+        )
+        raise DataError(
+            f"{manual}: none of the expected files of {self.name} ({wanted}); {self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+        )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
         _, files = self.find_layout(Path(dl_manager.manual_dir))

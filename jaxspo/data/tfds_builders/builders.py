@@ -20,7 +20,14 @@ import tensorflow_datasets as tfds
 
 from jaxspo.data.formats import to_preference_row
 from jaxspo.data.tfds_builders.base import (
-    TEXT, Layout, PreferenceBuilder, Rejected, SideFile, check_responses, messages_feature, scores_feature,
+    TEXT,
+    Layout,
+    PreferenceBuilder,
+    Rejected,
+    SideFile,
+    check_responses,
+    messages_feature,
+    scores_feature,
 )
 
 
@@ -48,13 +55,21 @@ def hub_layouts(splits: dict[str, str], *configs: tuple[str, ...]) -> tuple[Layo
     a download of every config (which repeat each other's rows) is read once."""
     main = Layout("hub Parquet files", {s: (f"data/{h}-*.parquet",) for s, h in splits.items()})
     converted = (
-        Layout(f"hub Parquet conversion ({', '.join(group)})", {s: tuple(g for c in group for g in (f"{c}/{h}/*.parquet", f"{c}/{h}-*.parquet")) for s, h in splits.items()})
+        Layout(
+            f"hub Parquet conversion ({', '.join(group)})",
+            {
+                s: tuple(g for c in group for g in (f"{c}/{h}/*.parquet", f"{c}/{h}-*.parquet"))
+                for s, h in splits.items()
+            },
+        )
         for group in configs or (("default",),)
     )
     return (main, *converted)
 
 
-def transcript(text: str, turn: re.Pattern[str], roles: dict[str, str], first: str | None = None) -> list[dict[str, str]]:
+def transcript(
+    text: str, turn: re.Pattern[str], roles: dict[str, str], first: str | None = None
+) -> list[dict[str, str]]:
     """A transcript → messages, split at the dataset's turn markers (``turn`` captures the speaker, mapped
     by ``roles``); text before the first marker is a ``first`` turn (or must be blank if ``first`` is None)."""
     parts = turn.split(text)
@@ -123,7 +138,8 @@ class HhRlhf(PreferenceBuilder):
     SIDE_FILES = (
         SideFile(
             "HH-RLHF's red-team attempts (whole transcripts with harm ratings; the card: not for preference modeling)",
-            ("red-team-attempts/*", "red_team_attempts.jsonl*"), frozenset({"transcript"}),
+            ("red-team-attempts/*", "red_team_attempts.jsonl*"),
+            frozenset({"transcript"}),
         ),
     )
     PAIR_COLUMNS = frozenset({"chosen", "rejected"})
@@ -167,13 +183,26 @@ class UltrafeedbackBinarized(PreferenceBuilder):
         "https://huggingface.co/datasets/HuggingFaceH4/ultrafeedback_binarized into MANUAL_DIR/data/ (or the whole repository)."
     )
     LAYOUTS = (
-        Layout("raw files (<split>-*.parquet)", {"train_prefs": ("train_prefs-*.parquet",), "test_prefs": ("test_prefs-*.parquet",)}),
+        Layout(
+            "raw files (<split>-*.parquet)",
+            {"train_prefs": ("train_prefs-*.parquet",), "test_prefs": ("test_prefs-*.parquet",)},
+        ),
         *hub_layouts({"train_prefs": "train_prefs", "test_prefs": "test_prefs"}),
     )
     SIDE_FILES = (
-        SideFile("UltraFeedback binarized's SFT split (train_sft / test_sft: chosen responses for supervised fine-tuning)", ("*_sft-*.parquet", "*_sft/*.parquet")),
-        SideFile("UltraFeedback binarized's generation split (train_gen / test_gen: prompts for sampling)", ("*_gen-*.parquet", "*_gen/*.parquet")),
-        SideFile("the original openbmb/UltraFeedback (four rated completions per prompt, not binarized)", (), frozenset({"instruction", "completions"})),
+        SideFile(
+            "UltraFeedback binarized's SFT split (train_sft / test_sft: chosen responses for supervised fine-tuning)",
+            ("*_sft-*.parquet", "*_sft/*.parquet"),
+        ),
+        SideFile(
+            "UltraFeedback binarized's generation split (train_gen / test_gen: prompts for sampling)",
+            ("*_gen-*.parquet", "*_gen/*.parquet"),
+        ),
+        SideFile(
+            "the original openbmb/UltraFeedback (four rated completions per prompt, not binarized)",
+            (),
+            frozenset({"instruction", "completions"}),
+        ),
     )
     PAIR_COLUMNS = frozenset({"chosen", "rejected", "score_chosen", "score_rejected"})
     SOFT_LABEL = "σ((score_chosen − score_rejected) / τ)"
@@ -182,9 +211,13 @@ class UltrafeedbackBinarized(PreferenceBuilder):
 
     def features(self) -> dict[str, Any]:
         return {
-            "prompt": messages_feature(), "chosen": messages_feature(), "rejected": messages_feature(),
-            "chosen_scores": scores_feature(("rating",)), "rejected_scores": scores_feature(("rating",)),
-            "prompt_id": TEXT, "soft_label": np.float32,
+            "prompt": messages_feature(),
+            "chosen": messages_feature(),
+            "rejected": messages_feature(),
+            "chosen_scores": scores_feature(("rating",)),
+            "rejected_scores": scores_feature(("rating",)),
+            "prompt_id": TEXT,
+            "soft_label": np.float32,
         }
 
     def convert(self, row: Any, split: str) -> dict[str, Any]:
@@ -196,9 +229,13 @@ class UltrafeedbackBinarized(PreferenceBuilder):
         check_responses(row["chosen"][-1]["content"], row["rejected"][-1]["content"])
         pair = _canonical({"chosen": row["chosen"], "rejected": row["rejected"]})  # implicit prompt: the user turn
         return {
-            "prompt": pair["prompt"], "chosen": pair["chosen"], "rejected": pair["rejected"],
-            "chosen_scores": {"rating": score_chosen}, "rejected_scores": {"rating": score_rejected},
-            "prompt_id": row.get("prompt_id") or "", "soft_label": self.soft_label(score_chosen - score_rejected),
+            "prompt": pair["prompt"],
+            "chosen": pair["chosen"],
+            "rejected": pair["rejected"],
+            "chosen_scores": {"rating": score_chosen},
+            "rejected_scores": {"rating": score_rejected},
+            "prompt_id": row.get("prompt_id") or "",
+            "soft_label": self.soft_label(score_chosen - score_rejected),
         }
 
 
@@ -225,7 +262,10 @@ class PkuSafeRlhf(PreferenceBuilder):
         "(data/<model>/train.jsonl, round0/train.jsonl.xz, or the whole repository) into MANUAL_DIR, keeping folders."
     )
     LAYOUTS = (
-        Layout("raw files (data/<model>/<split>.jsonl, round0/<split>.jsonl.xz)", {"train": ("train.jsonl*",), "test": ("test.jsonl*",)}),
+        Layout(
+            "raw files (data/<model>/<split>.jsonl, round0/<split>.jsonl.xz)",
+            {"train": ("train.jsonl*",), "test": ("test.jsonl*",)},
+        ),
         *hub_layouts({"train": "train", "test": "test"}, ("default",), ("*",)),
     )
     PAIR_COLUMNS = frozenset({"prompt", "response_0", "response_1", "better_response_id", "safer_response_id"})
@@ -233,8 +273,11 @@ class PkuSafeRlhf(PreferenceBuilder):
 
     def features(self) -> dict[str, Any]:
         return {
-            "prompt": messages_feature(), "chosen": messages_feature(), "rejected": messages_feature(),
-            "chosen_scores": scores_feature(self.DIMENSIONS), "rejected_scores": scores_feature(self.DIMENSIONS),
+            "prompt": messages_feature(),
+            "chosen": messages_feature(),
+            "rejected": messages_feature(),
+            "chosen_scores": scores_feature(self.DIMENSIONS),
+            "rejected_scores": scores_feature(self.DIMENSIONS),
         }
 
     def convert(self, row: Any, split: str) -> dict[str, Any]:
@@ -247,9 +290,21 @@ class PkuSafeRlhf(PreferenceBuilder):
             raise Rejected("contradictory: safer_response_id names the unsafe response of a safe/unsafe pair")
         chosen_id = row[f"{self.builder_config.name}_response_id"]
         check_responses(row[f"response_{chosen_id}"], row[f"response_{1 - chosen_id}"])
-        scores = [{"better": float(row["better_response_id"] == k), "safer": float(safer == k), "safe": float(safe[k])} for k in (0, 1)]
-        pair = _canonical({"prompt": _user(row["prompt"]), "chosen": _assistant(row[f"response_{chosen_id}"]), "rejected": _assistant(row[f"response_{1 - chosen_id}"])})
-        return {k: pair[k] for k in ("prompt", "chosen", "rejected")} | {"chosen_scores": scores[chosen_id], "rejected_scores": scores[1 - chosen_id]}
+        scores = [
+            {"better": float(row["better_response_id"] == k), "safer": float(safer == k), "safe": float(safe[k])}
+            for k in (0, 1)
+        ]
+        pair = _canonical(
+            {
+                "prompt": _user(row["prompt"]),
+                "chosen": _assistant(row[f"response_{chosen_id}"]),
+                "rejected": _assistant(row[f"response_{1 - chosen_id}"]),
+            }
+        )
+        return {k: pair[k] for k in ("prompt", "chosen", "rejected")} | {
+            "chosen_scores": scores[chosen_id],
+            "rejected_scores": scores[1 - chosen_id],
+        }
 
 
 class TldrComparisons(PreferenceBuilder):
@@ -279,11 +334,22 @@ class TldrComparisons(PreferenceBuilder):
         "(or the hub's openai/summarize_from_feedback 'comparisons' Parquet files)"
     )
     LAYOUTS = (
-        Layout("raw files (comparisons/batch*.json)", {s: ("comparisons/*.json", "batch*.json") for s in ("train", "validation")}),
-        Layout("hub Parquet files (comparisons/<split>)", {
-            s: ("comparisons/train/*.parquet", "comparisons/validation/*.parquet", "comparisons/train-*.parquet", "comparisons/validation-*.parquet")
-            for s in ("train", "validation")
-        }),
+        Layout(
+            "raw files (comparisons/batch*.json)",
+            {s: ("comparisons/*.json", "batch*.json") for s in ("train", "validation")},
+        ),
+        Layout(
+            "hub Parquet files (comparisons/<split>)",
+            {
+                s: (
+                    "comparisons/train/*.parquet",
+                    "comparisons/validation/*.parquet",
+                    "comparisons/train-*.parquet",
+                    "comparisons/validation-*.parquet",
+                )
+                for s in ("train", "validation")
+            },
+        ),
     )
     SIDE_FILES = (
         SideFile(
@@ -291,7 +357,11 @@ class TldrComparisons(PreferenceBuilder):
             ("axis_evals/*.json", "axis/*/*.parquet", "axis/*-*.parquet"),
             frozenset({"summary", "info"}),
         ),
-        SideFile("the filtered TL;DR posts with reference summaries (tldr_3_filtered, for supervised fine-tuning)", ("tldr_3_filtered/*.jsonl",), frozenset({"post", "summary"})),
+        SideFile(
+            "the filtered TL;DR posts with reference summaries (tldr_3_filtered, for supervised fine-tuning)",
+            ("tldr_3_filtered/*.jsonl",),
+            frozenset({"post", "summary"}),
+        ),
     )
     PAIR_COLUMNS = frozenset({"info", "summaries", "choice", "split"})
     UPSTREAM = {"train": ("train",), "validation": ("valid1", "valid2")}
@@ -331,7 +401,10 @@ class TldrComparisons(PreferenceBuilder):
         check_responses(chosen, rejected)
         prompt = f"SUBREDDIT: r/{info.get('subreddit', '')}\n\nTITLE: {info.get('title', '')}\n\nPOST: {info['post']}\n\nTL;DR:"
         pair = _canonical({"prompt": prompt, "chosen": " " + chosen.strip(), "rejected": " " + rejected.strip()})
-        return {k: pair[k] for k in ("prompt", "chosen", "rejected")} | {"post_id": str(info.get("id", "")), "soft_label": soft_label}
+        return {k: pair[k] for k in ("prompt", "chosen", "rejected")} | {
+            "post_id": str(info.get("id", "")),
+            "soft_label": soft_label,
+        }
 
 
 class Helpsteer2Config(tfds.core.BuilderConfig):
@@ -378,16 +451,34 @@ class Helpsteer2(PreferenceBuilder):
     _CONFIGS = {
         "ratings": (
             (
-                Layout("raw files (<split>.jsonl.gz)", {"train": ("train.jsonl*",), "validation": ("validation.jsonl*",)}),
+                Layout(
+                    "raw files (<split>.jsonl.gz)", {"train": ("train.jsonl*",), "validation": ("validation.jsonl*",)}
+                ),
                 *hub_layouts({"train": "train", "validation": "validation"}),
             ),
-            (SideFile("HelpSteer2's pairwise preference file (use helpsteer2/preference for it)", ("preference/*",), _HS2_PREFERENCE), _DISAGREEMENTS),
+            (
+                SideFile(
+                    "HelpSteer2's pairwise preference file (use helpsteer2/preference for it)",
+                    ("preference/*",),
+                    _HS2_PREFERENCE,
+                ),
+                _DISAGREEMENTS,
+            ),
             _HS2_RATINGS,
         ),
         "preference": (
-            (Layout("raw file (preference/preference.jsonl.gz)", {"train": ("preference/preference.jsonl*",), "validation": ("preference/preference.jsonl*",)}),),
             (
-                SideFile("HelpSteer2's per-response ratings file (one rated response per row; use helpsteer2/ratings for it)", ("train.jsonl*", "validation.jsonl*"), _HS2_RATINGS),
+                Layout(
+                    "raw file (preference/preference.jsonl.gz)",
+                    {"train": ("preference/preference.jsonl*",), "validation": ("preference/preference.jsonl*",)},
+                ),
+            ),
+            (
+                SideFile(
+                    "HelpSteer2's per-response ratings file (one rated response per row; use helpsteer2/ratings for it)",
+                    ("train.jsonl*", "validation.jsonl*"),
+                    _HS2_RATINGS,
+                ),
                 _DISAGREEMENTS,
             ),
             _HS2_PREFERENCE | {"split"},
@@ -399,10 +490,18 @@ class Helpsteer2(PreferenceBuilder):
         self.LAYOUTS, self.SIDE_FILES, self.PAIR_COLUMNS = self._CONFIGS[self.builder_config.name]
 
     def features(self) -> dict[str, Any]:
-        conversation = {"prompt": messages_feature(), "chosen": messages_feature(), "rejected": messages_feature(), "soft_label": np.float32}
+        conversation = {
+            "prompt": messages_feature(),
+            "chosen": messages_feature(),
+            "rejected": messages_feature(),
+            "soft_label": np.float32,
+        }
         if self.builder_config.name == "preference":
             return conversation | {"preference_strength": np.float32}
-        return conversation | {"chosen_scores": scores_feature(self.DIMENSIONS), "rejected_scores": scores_feature(self.DIMENSIONS)}
+        return conversation | {
+            "chosen_scores": scores_feature(self.DIMENSIONS),
+            "rejected_scores": scores_feature(self.DIMENSIONS),
+        }
 
     def rows(self, files: list[Path], split: str) -> Iterator[tuple[str, Any]]:
         """``preference``: the rows of ``split``; ``ratings``: consecutive rows with the same prompt, as one
@@ -415,7 +514,12 @@ class Helpsteer2(PreferenceBuilder):
             if isinstance(row, Rejected):  # an unreadable line keeps its own reason
                 yield key, row
                 continue
-            if pending is not None and isinstance(row, dict) and isinstance(pending[1], dict) and row.get("prompt") == pending[1].get("prompt"):
+            if (
+                pending is not None
+                and isinstance(row, dict)
+                and isinstance(pending[1], dict)
+                and row.get("prompt") == pending[1].get("prompt")
+            ):
                 yield pending[0], [pending[1], row]
                 pending = None
                 continue
@@ -432,9 +536,14 @@ class Helpsteer2(PreferenceBuilder):
         if a["helpfulness"] == b["helpfulness"]:
             raise Rejected("tie: equal helpfulness")
         chosen, rejected = (a, b) if a["helpfulness"] > b["helpfulness"] else (b, a)
-        scores = {"chosen_scores": {d: float(chosen[d]) for d in self.DIMENSIONS}, "rejected_scores": {d: float(rejected[d]) for d in self.DIMENSIONS}}
+        scores = {
+            "chosen_scores": {d: float(chosen[d]) for d in self.DIMENSIONS},
+            "rejected_scores": {d: float(rejected[d]) for d in self.DIMENSIONS},
+        }
         soft_label = self.soft_label(float(chosen["helpfulness"]) - float(rejected["helpfulness"]))
-        return self._example(a["prompt"], chosen["response"], rejected["response"]) | scores | {"soft_label": soft_label}
+        return (
+            self._example(a["prompt"], chosen["response"], rejected["response"]) | scores | {"soft_label": soft_label}
+        )
 
     def _from_preference(self, row: dict[str, Any], split: str) -> dict[str, Any] | None:
         if row["split"] != split:
@@ -444,11 +553,16 @@ class Helpsteer2(PreferenceBuilder):
             raise Rejected("tie: preference_strength is 0")
         first, second = row["response_1"], row["response_2"]
         chosen, rejected = (second, first) if strength > 0 else (first, second)
-        return self._example(row["prompt"], chosen, rejected) | {"preference_strength": abs(strength), "soft_label": self.soft_label(abs(strength))}
+        return self._example(row["prompt"], chosen, rejected) | {
+            "preference_strength": abs(strength),
+            "soft_label": self.soft_label(abs(strength)),
+        }
 
     def _example(self, prompt: Any, chosen: Any, rejected: Any) -> dict[str, Any]:
         check_responses(chosen, rejected)
-        pair = _canonical({"prompt": helpsteer2_prompt(prompt), "chosen": _assistant(chosen), "rejected": _assistant(rejected)})
+        pair = _canonical(
+            {"prompt": helpsteer2_prompt(prompt), "chosen": _assistant(chosen), "rejected": _assistant(rejected)}
+        )
         return {k: pair[k] for k in ("prompt", "chosen", "rejected")}
 
 
