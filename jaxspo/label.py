@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from jaxspo.data import read_jsonl
@@ -24,7 +25,7 @@ from jaxspo.data.formats import to_preference_row
 from jaxspo.distributed import is_writer
 from jaxspo.errors import DataError, UsageError
 from jaxspo.models.hf_io import load_tokenizer
-from jaxspo.models.hf_reward import last_scored_token, load_reward_model, pad_right, rewards
+from jaxspo.models.hf_reward import RewardModel, last_scored_token, load_reward_model, pad_right, rewards
 from jaxspo.reward_model import reward_input_text
 from jaxspo.sharding import DEFAULT_RULES, activation_sharding, make_mesh
 from jaxspo.train.scoring import score_in_chunks
@@ -84,9 +85,28 @@ def label_file(
     mesh = make_mesh({"data": -1})
     model = load_reward_model(reward_model, mesh, DEFAULT_RULES, dtype, pad_id=tokenizer.pad_token_id)
     max_length = min(max_length, model.cfg.max_position_embeddings)
-    texts = [
-        reward_input_text(tokenizer, p["prompt"], p[side]) for side in ("chosen", "rejected") for p in pairs
-    ]  # chosen block, then rejected
+    full, ids = _token_ids(tokenizer, pairs, max_length, data)
+    scores = _rewards(model, tokenizer, ids, mesh, batch_size, progress_bar)
+    n = len(pairs)
+    chosen, rejected = scores[:n], scores[n:]
+    labels = soft_labels(chosen, rejected, temperature)
+    if is_writer():
+        _write(rows, {"chosen_reward": chosen, "rejected_reward": rejected, "soft_label": labels}, out, overwrite)
+    return {
+        "rows": n,
+        "truncated": sum(len(a) > len(b) for a, b in zip(full, ids)),
+        "max_length": max_length,
+        "mean_soft_label": float(labels.mean()),
+        "agree": float(np.mean(chosen > rejected)),
+    }
+
+
+def _token_ids(
+    tokenizer: Any, pairs: list[dict[str, Any]], max_length: int, data: str | Path
+) -> tuple[list[list[int]], list[list[int]]]:
+    """The reward model's input ids of every chosen response, then every rejected one: ``(full, cut to
+    max_length)``. A response whose text tokenises to nothing is a one-line DataError."""
+    texts = [reward_input_text(tokenizer, p["prompt"], p[side]) for side in ("chosen", "rejected") for p in pairs]
     full = tokenizer(texts, add_special_tokens=True)["input_ids"]
     ids = [seq[:max_length] for seq in full]
     empty = next((i for i, seq in enumerate(ids) if not seq), None)
@@ -94,6 +114,13 @@ def label_file(
         raise DataError(
             f"{data}: row {empty % len(pairs)}: its prompt and response tokenise to nothing; give the row text to score"
         )
+    return full, ids
+
+
+def _rewards(
+    model: RewardModel, tokenizer: Any, ids: list[list[int]], mesh: Mesh, batch_size: int, progress_bar: bool
+) -> np.ndarray:
+    """Rewards ``[len(ids)]`` float32 of the id sequences, in sharded chunks of ``batch_size``, with a progress bar."""
     tokens, valid = pad_right(ids, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     last = np.array([last_scored_token(seq, model.pad_id) for seq in ids], np.int32)
 
@@ -103,37 +130,20 @@ def label_file(
         with activation_sharding(mesh, DEFAULT_RULES):
             return (rewards(model.graphdef, params, head, batch["tokens"], batch["valid"], batch["last"]),)
 
-    with tqdm(
-        total=len(ids), desc="label", unit="response", disable=not (progress_bar and is_writer()), dynamic_ncols=True
-    ) as bar:
+    shown = progress_bar and is_writer()
+    with tqdm(total=len(ids), desc="label", unit="response", disable=not shown, dynamic_ncols=True) as bar:
+        arrays = {"tokens": tokens, "valid": valid, "last": last}
+        state = (model.params, model.head)
         (scores,) = score_in_chunks(
-            score,
-            (model.params, model.head),
-            {"tokens": tokens, "valid": valid, "last": last},
-            batch_size,
-            mesh,
-            DEFAULT_RULES,
-            trim=True,
-            progress=bar.update,
+            score, state, arrays, batch_size, mesh, DEFAULT_RULES, trim=True, progress=bar.update
         )
-    n = len(pairs)
-    chosen, rejected = scores[:n], scores[n:]
-    labels = soft_labels(chosen, rejected, temperature)
-    if is_writer():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w" if overwrite else "x", encoding="utf-8") as f:
-            for i, row in enumerate(rows):
-                added = {
-                    "chosen_reward": float(chosen[i]),
-                    "rejected_reward": float(rejected[i]),
-                    "soft_label": float(labels[i]),
-                }
-                f.write(json.dumps(row | added, ensure_ascii=False) + "\n")
-    truncated = sum(len(a) > len(b) for a, b in zip(full, ids))
-    return {
-        "rows": n,
-        "truncated": truncated,
-        "max_length": max_length,
-        "mean_soft_label": float(labels.mean()),
-        "agree": float(np.mean(chosen > rejected)),
-    }
+    return scores
+
+
+def _write(rows: list[Any], added: dict[str, np.ndarray], out: Path, overwrite: bool) -> None:
+    """Each row of ``rows`` with the ``added`` columns' values (``[N]`` each) as JSON lines to ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w" if overwrite else "x", encoding="utf-8") as f:
+        for i, row in enumerate(rows):
+            f.write(json.dumps(row | {name: float(values[i]) for name, values in added.items()}, ensure_ascii=False))
+            f.write("\n")

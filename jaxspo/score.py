@@ -17,11 +17,10 @@ import numpy as np
 from jaxspo.data import read_jsonl
 from jaxspo.data.encode import encode_preference_rows
 from jaxspo.data.screen import encode_screened
-from jaxspo.models import ModelConfig
-from jaxspo.models.hf_config import model_config_from_hf
-from jaxspo.models.hf_io import load_params, load_tokenizer
-from jaxspo.sharding import DEFAULT_RULES, activation_sharding, make_mesh, named_sharding
-from jaxspo.train.state import abstract_model, param_shardings
+from jaxspo.models.hf_io import load_tokenizer
+from jaxspo.inference_model import load_inference_model
+from jaxspo.sharding import DEFAULT_RULES, activation_sharding, make_mesh
+from jaxspo.train.scoring import score_in_chunks
 from jaxspo.train.step import PREFERENCE_FIELDS, pair_logps
 
 
@@ -40,32 +39,20 @@ def score_file(
     Returns summary numbers (rows, truncated, mean margin, the max_length used)."""
     rows = read_jsonl(data)
     tokenizer = load_tokenizer(model_dir)
-    cfg = model_config_from_hf(model_dir, ModelConfig(dtype=dtype, param_dtype=dtype))
-    max_length = min(max_length, cfg.max_position_embeddings)
+    mesh = make_mesh({"data": -1})
+    model = load_inference_model(model_dir, mesh, DEFAULT_RULES, dtype)
+    max_length = min(max_length, model.cfg.max_position_embeddings)
     encode = functools.partial(encode_preference_rows, tokenizer=tokenizer, max_length=max_length)
     encoded, _ = encode_screened(rows, encode, str(data), on_bad_row="error", hint="fix or delete the row")
     arrays = {k: v for k, v in encoded.items() if k in PREFERENCE_FIELDS}
-    mesh = make_mesh({"data": -1})
-    graphdef, abstract = abstract_model(cfg)
-    params = load_params(model_dir, cfg, abstract, param_shardings(abstract, mesh, DEFAULT_RULES))
 
     @jax.jit
     def score(params, batch):
         with activation_sharding(mesh, DEFAULT_RULES):
-            return pair_logps(graphdef, params, batch)
+            return pair_logps(model.graphdef, params, batch)
 
-    n = len(rows)
-    order = np.arange(-(-n // batch_size) * batch_size) % n  # the last batch repeats rows: one shape, one compile
-
-    def rows_sharding(x: np.ndarray):
-        return named_sharding(("batch",) + (None,) * (x.ndim - 1), x.shape, mesh, DEFAULT_RULES)
-
-    results = []
-    for start in range(0, len(order), batch_size):
-        host = {k: v[order[start : start + batch_size]] for k, v in arrays.items()}
-        batch = {k: jax.device_put(v, rows_sharding(v)) for k, v in host.items()}
-        results.append(np.stack([np.asarray(x) for x in score(params, batch)], axis=1))  # [b, 4]
-    chosen, rejected, chosen_len, rejected_len = np.concatenate(results)[:n].T
+    logps = score_in_chunks(score, model.params, arrays, batch_size, mesh, DEFAULT_RULES, trim=True)
+    chosen, rejected, chosen_len, rejected_len = logps  # [N] each
     truncated = _cut(arrays, "chosen", tokenizer.eos_token_id) | _cut(arrays, "rejected", tokenizer.eos_token_id)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +67,7 @@ def score_file(
             }
             f.write(json.dumps(row | scores, ensure_ascii=False) + "\n")
     return {
-        "rows": n,
+        "rows": len(rows),
         "truncated": int(truncated.sum()),
         "mean_margin": float(np.mean(chosen - rejected)),
         "max_length": max_length,

@@ -20,11 +20,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxspo.errors import CheckpointError
 from jaxspo.models.config import ModelConfig
-from jaxspo.models.hf_config import model_config_from_hf, read_hf_config
-from jaxspo.models.hf_io import SafetensorsFolder, load_params
+from jaxspo.models.hf_config import read_hf_config
+from jaxspo.models.hf_io import SafetensorsFolder
+from jaxspo.inference_model import load_inference_model
 from jaxspo.sharding import Rules
 from jaxspo.train.logprobs import positions_from_valid
-from jaxspo.train.state import abstract_model, param_shardings
 
 SCORE_HEAD = "score.weight"  # [num_labels, D] in every supported *ForSequenceClassification class
 CLASSIFIER_SUFFIX = "ForSequenceClassification"
@@ -66,14 +66,13 @@ def load_reward_model(
     """The folder's reward model on ``mesh``. ``pad_id``: used when config.json sets no ``pad_token_id``
     (the tokenizer's, as transformers' pipelines fill it in)."""
     config_pad = check_reward_folder(folder)
-    cfg = model_config_from_hf(folder, ModelConfig(dtype=dtype, param_dtype=dtype))
-    cfg = dataclasses.replace(cfg, tie_embeddings=True)  # no LM head: a classifier's folder holds none
-    graphdef, abstract = abstract_model(cfg)
-    params = load_params(folder, cfg, abstract, param_shardings(abstract, mesh, rules), heads=frozenset({SCORE_HEAD}))
+    # a classifier's folder holds no LM head
+    model = load_inference_model(folder, mesh, rules, dtype, heads=frozenset({SCORE_HEAD}), lm_head=False)
     with SafetensorsFolder(folder) as ckpt:
-        head = ckpt.read(SCORE_HEAD, (1, cfg.hidden_size))[0].astype(cfg.param_dtype)
+        head = ckpt.read(SCORE_HEAD, (1, model.cfg.hidden_size))[0].astype(model.cfg.param_dtype)
     head = jax.device_put(head, NamedSharding(mesh, PartitionSpec()))
-    return RewardModel(graphdef, params, head, config_pad if config_pad is not None else pad_id, cfg)
+    pad = config_pad if config_pad is not None else pad_id
+    return RewardModel(model.graphdef, model.params, head, pad, model.cfg)
 
 
 def last_scored_token(ids: list[int], pad_id: int | None) -> int:
