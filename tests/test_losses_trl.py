@@ -65,8 +65,8 @@ REWARD_METRICS = (
 PROMPT = 3  # prompt tokens before each completion in the stand-in batch
 
 
-def random_pairs(batch: int, seed: int, equal_lengths: bool = False) -> dict[str, np.ndarray]:
-    """Sequence log-probs ≈ −2 per token with policy–reference gaps of a few nats."""
+def random_pairs(batch: int, seed: int, equal_lengths: bool = False, gap: float = 3.0) -> dict[str, np.ndarray]:
+    """Sequence log-probs ≈ −2 per token with policy–reference gaps of ``gap`` nats (standard deviation)."""
     rng = np.random.default_rng(seed)
     lengths = {
         side: np.full(batch, 6) if equal_lengths else rng.integers(2, 12, size=batch) for side in ("chosen", "rejected")
@@ -74,13 +74,13 @@ def random_pairs(batch: int, seed: int, equal_lengths: bool = False) -> dict[str
     out = {}
     for side, length in lengths.items():
         out[f"policy_{side}"] = -2.0 * length + rng.normal(0.0, 3.0, size=batch)
-        out[f"reference_{side}"] = out[f"policy_{side}"] + rng.normal(0.0, 3.0, size=batch)
+        out[f"reference_{side}"] = out[f"policy_{side}"] + rng.normal(0.0, gap, size=batch)
         out[f"{side}_length"] = length.astype(np.float64)
     return out
 
 
-def ours(arrays: dict[str, np.ndarray]) -> PairLogps:
-    a = {k: jnp.asarray(v, jnp.float64) for k, v in arrays.items()}
+def ours(arrays: dict[str, np.ndarray], dtype=jnp.float64) -> PairLogps:
+    a = {k: jnp.asarray(v, dtype) for k, v in arrays.items()}
     return PairLogps(
         a["policy_chosen"],
         a["policy_rejected"],
@@ -122,7 +122,9 @@ class _Model:
         )
 
 
-def _trl_batch(arrays: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], torch.Tensor, np.ndarray]:
+def _trl_batch(
+    arrays: dict[str, np.ndarray], dtype: torch.dtype = torch.float64
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, np.ndarray]:
     """(inputs, per-token policy log-probs [2B, T-1] requiring grad, completion lengths [2B])."""
     lengths = np.concatenate([arrays["chosen_length"], arrays["rejected_length"]]).astype(int)
     totals = np.concatenate([arrays["policy_chosen"], arrays["policy_rejected"]])
@@ -138,17 +140,34 @@ def _trl_batch(arrays: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], 
         "input_ids": torch.ones(completion.shape, dtype=torch.long),
         "attention_mask": torch.from_numpy(attention),
         "completion_mask": torch.from_numpy(completion),
-        "ref_chosen_logps": torch.from_numpy(arrays["reference_chosen"]),
-        "ref_rejected_logps": torch.from_numpy(arrays["reference_rejected"]),
+        "ref_chosen_logps": torch.from_numpy(arrays["reference_chosen"]).to(dtype),
+        "ref_rejected_logps": torch.from_numpy(arrays["reference_rejected"]).to(dtype),
     }
-    return inputs, torch.tensor(per_token, dtype=torch.float64, requires_grad=True), lengths
+    return inputs, torch.tensor(per_token, dtype=dtype, requires_grad=True), lengths
 
 
 def trl_dpo(
-    loss_type: str, cfg: LossConfig, arrays: dict[str, np.ndarray]
+    loss_type: str,
+    cfg: LossConfig,
+    arrays: dict[str, np.ndarray],
+    divergence: str = "reverse_kl",
+    divergence_alpha: float = 0.5,
+    dtype: torch.dtype = torch.float64,
 ) -> tuple[float, dict[str, float], np.ndarray]:
-    """TRL's batch loss, its logged metrics and d loss / d sequence log-prob per row ``[2B]``."""
-    inputs, per_token, lengths = _trl_batch(arrays)
+    """TRL's batch loss, its logged metrics and d loss / d sequence log-prob per row ``[2B]`` (``divergence``: TRL's
+    ``f_divergence_type``, ``divergence_alpha`` its ``f_alpha_divergence_coef``)."""
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # TRL makes some constants (exo_pair's ε) with torch.tensor(float)
+    try:
+        return _run_trl_dpo(loss_type, cfg, arrays, divergence, divergence_alpha, dtype)
+    finally:
+        torch.set_default_dtype(default_dtype)
+
+
+def _run_trl_dpo(
+    loss_type: str, cfg: LossConfig, arrays: dict[str, np.ndarray], divergence: str, divergence_alpha: float, dtype
+) -> tuple[float, dict[str, float], np.ndarray]:
+    inputs, per_token, lengths = _trl_batch(arrays, dtype)
     model = _Model(per_token)
     trainer = types.SimpleNamespace(
         model=model,
@@ -157,7 +176,8 @@ def trl_dpo(
         aux_loss_enabled=False,
         ld_alpha=None,
         precompute_ref_logps=True,
-        f_divergence_type="reverse_kl",
+        f_divergence_type=divergence,
+        f_alpha_divergence_coef=divergence_alpha,
         loss_types=[loss_type],
         loss_weights=[1.0],
         beta=cfg.beta,
@@ -178,9 +198,11 @@ def trl_dpo(
     return loss.item(), metrics, grad_per_row
 
 
-def our_loss_and_grad(name: str, cfg: LossConfig, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def our_loss_and_grad(
+    name: str, cfg: LossConfig, arrays: dict[str, np.ndarray], dtype=jnp.float64
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-pair loss ``[B]`` and d mean-loss / d policy log-probs ``[2B]`` (chosen rows then rejected)."""
-    logps = ours(arrays)
+    logps = ours(arrays, dtype)
 
     def mean_loss(chosen, rejected):
         return (
