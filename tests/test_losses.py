@@ -41,7 +41,7 @@ def test_ipo_and_sft():
     cfg = LossConfig(beta=0.5)
     h = (logps.policy_chosen - logps.reference_chosen) - (logps.policy_rejected - logps.reference_rejected)
     np.testing.assert_allclose(get_loss("ipo").fn(logps, cfg), (np.asarray(h) - 1.0) ** 2, rtol=1e-5)
-    np.testing.assert_allclose(get_loss("sft").fn(logps, cfg), -np.asarray(logps.policy_chosen) / 5.0, rtol=1e-6)
+    np.testing.assert_allclose(get_loss("sft").apply(logps, cfg), -np.asarray(logps.policy_chosen) / 5.0, rtol=1e-6)
     assert not get_loss("sft").needs_reference and get_loss("dpo").needs_reference
 
 
@@ -50,7 +50,7 @@ def test_weighted_terms_and_trl_metric_names():
     cfg = LossConfig(terms={"dpo": 1.0, "sft": 0.2}, beta=0.1)
     weight = jnp.asarray([1, 1, 1, 1, 0, 0], jnp.float32)  # last two are padding
     loss_sum, metrics = preference_objective(logps, cfg, weight)
-    expected = get_loss("dpo").apply(logps, cfg) + 0.2 * get_loss("sft").fn(logps, cfg)
+    expected = get_loss("dpo").apply(logps, cfg) + 0.2 * get_loss("sft").apply(logps, cfg)
     np.testing.assert_allclose(loss_sum, expected[:4].sum(), rtol=1e-5)
     for name in (
         "loss",

@@ -28,7 +28,7 @@ from trl.trainer.dpo_trainer import DPOTrainer  # noqa: E402
 
 from jaxspo.config import LossConfig  # noqa: E402
 from jaxspo.losses import PairLogps, get_loss, preference_objective  # noqa: E402
-from jaxspo.losses.reference_free import CpoParams, OrpoParams, SimpoParams  # noqa: E402
+from jaxspo.losses.reference_free import CpoParams, OrpoParams, SftParams, SimpoParams  # noqa: E402
 
 TOL = 1e-12  # float64 on both sides
 ORPO_TOL = 1e-5  # TRL computes the odds ratio in float32
@@ -251,6 +251,20 @@ def test_batch_coupled_losses_match_trl_on_loss_and_gradients(name):
     assert abs(per_pair.mean() - trl_loss) <= TOL, (per_pair.mean(), trl_loss)
     np.testing.assert_allclose(grads, trl_grads, atol=TOL, rtol=0, err_msg=f"{name}: gradient")
     assert np.abs(grads).max() > 1e-3
+
+
+def test_sft_batch_token_mean_matches_trl_on_unequal_lengths_and_the_pair_mean_does_not():
+    arrays = random_pairs(8, seed=8)  # chosen lengths 2..11
+    assert len(set(arrays["chosen_length"])) > 1
+    batch = LossConfig(terms={"sft": 1.0}, beta=BETA, params={"sft": SftParams(token_mean="batch")})
+    with jax.enable_x64(True):
+        per_pair, grads = our_loss_and_grad("sft", batch, arrays)
+        pair_mean, _ = our_loss_and_grad("sft", LossConfig(terms={"sft": 1.0}, beta=BETA), arrays)
+        trl_loss, _, trl_grads = trl_dpo("sft", batch, arrays)
+    assert abs(per_pair.mean() - trl_loss) <= TOL, (per_pair.mean(), trl_loss)
+    np.testing.assert_allclose(grads, trl_grads, atol=TOL, rtol=0)
+    assert np.abs(grads[:8]).max() > 1e-3 and not grads[8:].any()  # only the chosen responses are trained
+    assert abs(pair_mean.mean() - trl_loss) > 1e-3  # the default per-pair mean is another loss here
 
 
 def test_aot_sorts_over_the_batch_so_its_value_depends_on_the_other_pairs():
