@@ -92,6 +92,9 @@ class LossConfig:
     params: dict[str, Any] = dataclasses.field(
         default_factory=dict
     )  # term name → its hyper-parameters (loss.params.simpo.gamma)
+    # LD-DPO's α in [0, 1] (TRL ld_alpha): response tokens past the pair's shorter length weigh α in the policy's and
+    # the reference's log-probs; 1 = off
+    ld_alpha: float = 1.0
     kl: KLConfig = dataclasses.field(
         default_factory=KLConfig
     )  # the global KL regulariser β_KL·KL(πθ ‖ π_ref); any loss may add it
@@ -460,6 +463,10 @@ def validate(cfg: Config) -> None:
             f"data.on_bad_row must be 'error' or 'skip', got '{cfg.data.on_bad_row}'",
         ),
         (cfg.data.workers >= 0, f"data.workers must be >= 0, got {cfg.data.workers}"),
+        (
+            cfg.loss.ld_alpha == 1.0 or cfg.data.layout == "padded",
+            "loss.ld_alpha < 1 needs data.layout: padded (packed rows do not split a pair's tokens at its shared length yet)",
+        ),
         (cfg.data.prefetch >= 0, f"data.prefetch must be >= 0, got {cfg.data.prefetch}"),
         (cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last must be at least 1"),
         (
@@ -667,6 +674,11 @@ def _validate_loss(loss: LossConfig) -> None:
             "exo_pair" not in loss.terms or eps > 0.0,
             "loss.label_smoothing must be > 0 for exo_pair (the EXO paper uses 1e-3)",
         ),
+        (0.0 <= loss.ld_alpha <= 1.0, f"loss.ld_alpha must be in [0, 1], got {loss.ld_alpha}"),
+        (
+            loss.ld_alpha == 1.0 or loss.reference != "precomputed",
+            "loss.ld_alpha < 1 weighs the reference's tokens in the step; use loss.reference: resident (or adapter_off), not precomputed",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -680,6 +692,8 @@ def _validate_loss(loss: LossConfig) -> None:
         loss.selfsup.validate()
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if loss.ld_alpha < 1.0 and "list" in layouts.values():
+        raise ConfigError("loss.ld_alpha weighs the tokens of pairs; it cannot be combined with list losses")
     if loss.selfsup.weight and "list" in layouts.values():
         raise ConfigError(
             "loss.selfsup.weight: the degree loss degrades pairs' responses; it cannot be combined with list losses (soft_spo_best_of_n, soft_spo_ranked)"

@@ -90,9 +90,13 @@ def _class_source(cls: type) -> tuple[ast.ClassDef, dict[int, str], set[int]]:
 
 
 def _field_docs(cls: type) -> dict[str, tuple[str, str]]:
-    """Field name → (annotation as written, its comments: the block right above, then the one beside it)."""
-    node, comments, comment_only = _class_source(cls)
+    """Field name → (annotation as written, its comments: the block right above, then the one beside it), with the
+    fields a dataclass inherits documented where its base class declares them."""
     docs = {}
+    for base in cls.__mro__[-2:0:-1]:  # the base classes, farthest first (not object, not cls)
+        if dataclasses.is_dataclass(base):
+            docs |= _field_docs(base)
+    node, comments, comment_only = _class_source(cls)
     for statement in node.body:
         if not (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)):
             continue

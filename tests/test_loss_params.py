@@ -72,8 +72,12 @@ def test_a_recipe_sets_a_user_loss_section_by_its_quoted_name_and_round_trips(tm
         ),
         (["loss.terms={discopop: 1.0}", "loss.params.discopop.tau=0"], "loss.params.discopop.tau must be > 0, got 0"),
         (
-            ["loss.params.dpo.beta=0.2"],
-            "loss.params.dpo: loss 'dpo' declares no hyper-parameters (the shared ones are loss.beta",
+            ["loss.params.dpo.divergence=kl"],
+            "loss.params.dpo.divergence must be one of reverse_kl, forward_kl, js_divergence, alpha_divergence, got 'kl'",
+        ),
+        (
+            ["loss.params.nca_pair.beta=0.2"],
+            "loss.params.nca_pair: loss 'nca_pair' declares no hyper-parameters (the shared ones are loss.beta",
         ),
         (["loss.params.simpoo.gamma=1"], "loss.params.simpoo: unknown loss 'simpoo'; did you mean 'simpo'?"),
         (["loss.params.simpo=3"], "loss.params.simpo: expected a section with gamma, got 3"),
@@ -88,7 +92,7 @@ def test_bad_loss_params_name_the_key_in_one_line(overrides, message):
 
 
 def test_terms_with_params_get_their_defaults_and_a_section_outside_the_terms_warns(caplog):
-    cfg = load_config(None, ["loss.terms={simpo: 1.0, cpo: 0.5, dpo: 1.0}"]).loss
+    cfg = load_config(None, ["loss.terms={simpo: 1.0, cpo: 0.5, nca_pair: 1.0}"]).loss
     assert {name: type(p).__name__ for name, p in cfg.params.items()} == {"simpo": "SimpoParams", "cpo": "CpoParams"}
     assert (cfg.params["simpo"].gamma, cfg.params["cpo"].nll_weight) == (0.5, 1.0)  # TRL's defaults
     with caplog.at_level(logging.WARNING, logger="jaxspo"):

@@ -23,7 +23,7 @@ def test_dpo_matches_formula_and_is_log2_at_reference():
     logps = make_logps()
     cfg = LossConfig(beta=0.3)
     h = (logps.policy_chosen - logps.reference_chosen) - (logps.policy_rejected - logps.reference_rejected)
-    np.testing.assert_allclose(get_loss("dpo").fn(logps, cfg), np.log1p(np.exp(-0.3 * np.asarray(h))), rtol=1e-5)
+    np.testing.assert_allclose(get_loss("dpo").apply(logps, cfg), np.log1p(np.exp(-0.3 * np.asarray(h))), rtol=1e-5)
     at_ref = PairLogps(
         logps.policy_chosen,
         logps.policy_rejected,
@@ -33,7 +33,7 @@ def test_dpo_matches_formula_and_is_log2_at_reference():
         logps.rejected_length,
         logps.soft_label,
     )
-    np.testing.assert_allclose(get_loss("dpo").fn(at_ref, cfg), np.log(2.0), rtol=1e-6)
+    np.testing.assert_allclose(get_loss("dpo").apply(at_ref, cfg), np.log(2.0), rtol=1e-6)
 
 
 def test_ipo_and_sft():
@@ -41,7 +41,7 @@ def test_ipo_and_sft():
     cfg = LossConfig(beta=0.5)
     h = (logps.policy_chosen - logps.reference_chosen) - (logps.policy_rejected - logps.reference_rejected)
     np.testing.assert_allclose(get_loss("ipo").fn(logps, cfg), (np.asarray(h) - 1.0) ** 2, rtol=1e-5)
-    np.testing.assert_allclose(get_loss("sft").fn(logps, cfg), -np.asarray(logps.policy_chosen) / 5.0, rtol=1e-6)
+    np.testing.assert_allclose(get_loss("sft").apply(logps, cfg), -np.asarray(logps.policy_chosen) / 5.0, rtol=1e-6)
     assert not get_loss("sft").needs_reference and get_loss("dpo").needs_reference
 
 
@@ -50,7 +50,7 @@ def test_weighted_terms_and_trl_metric_names():
     cfg = LossConfig(terms={"dpo": 1.0, "sft": 0.2}, beta=0.1)
     weight = jnp.asarray([1, 1, 1, 1, 0, 0], jnp.float32)  # last two are padding
     loss_sum, metrics = preference_objective(logps, cfg, weight)
-    expected = get_loss("dpo").fn(logps, cfg) + 0.2 * get_loss("sft").fn(logps, cfg)
+    expected = get_loss("dpo").apply(logps, cfg) + 0.2 * get_loss("sft").apply(logps, cfg)
     np.testing.assert_allclose(loss_sum, expected[:4].sum(), rtol=1e-5)
     for name in (
         "loss",
@@ -72,13 +72,13 @@ def test_weighted_terms_and_trl_metric_names():
 def test_user_registered_loss_is_usable_and_names_are_unique():
     @register_loss("test_scaled_dpo")
     def scaled(logps, cfg):
-        return 2.0 * get_loss("dpo").fn(logps, cfg)
+        return 2.0 * get_loss("dpo").apply(logps, cfg)
 
     assert "test_scaled_dpo" in loss_names()
     logps = make_logps()
     cfg = LossConfig(terms={"test_scaled_dpo": 1.0})
     loss_sum, _ = preference_objective(logps, cfg, jnp.ones(6))
-    np.testing.assert_allclose(loss_sum, 2.0 * get_loss("dpo").fn(logps, cfg).sum(), rtol=1e-6)
+    np.testing.assert_allclose(loss_sum, 2.0 * get_loss("dpo").apply(logps, cfg).sum(), rtol=1e-6)
     with pytest.raises(ValueError, match="already registered"):
         register_loss("dpo")(lambda logps, cfg: logps.policy_chosen)
 

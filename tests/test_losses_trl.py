@@ -28,9 +28,10 @@ from trl.trainer.dpo_trainer import DPOTrainer  # noqa: E402
 
 from jaxspo.config import LossConfig  # noqa: E402
 from jaxspo.losses import PairLogps, get_loss, preference_objective  # noqa: E402
-from jaxspo.losses.reference_free import CpoParams, OrpoParams, SimpoParams  # noqa: E402
+from jaxspo.losses.reference_free import CpoParams, OrpoParams, SftParams, SimpoParams  # noqa: E402
 
-TOL = 1e-5
+TOL = 1e-12  # float64 on both sides
+ORPO_TOL = 1e-5  # TRL computes the odds ratio in float32
 BETA = 0.5
 # our name → (TRL DPOTrainer loss_type, LossConfig overrides); label_smoothing is TRL's too.
 PER_PAIR = {
@@ -65,8 +66,8 @@ REWARD_METRICS = (
 PROMPT = 3  # prompt tokens before each completion in the stand-in batch
 
 
-def random_pairs(batch: int, seed: int, equal_lengths: bool = False) -> dict[str, np.ndarray]:
-    """Sequence log-probs ≈ −2 per token with policy–reference gaps of a few nats."""
+def random_pairs(batch: int, seed: int, equal_lengths: bool = False, gap: float = 3.0) -> dict[str, np.ndarray]:
+    """Sequence log-probs ≈ −2 per token with policy–reference gaps of ``gap`` nats (standard deviation)."""
     rng = np.random.default_rng(seed)
     lengths = {
         side: np.full(batch, 6) if equal_lengths else rng.integers(2, 12, size=batch) for side in ("chosen", "rejected")
@@ -74,13 +75,13 @@ def random_pairs(batch: int, seed: int, equal_lengths: bool = False) -> dict[str
     out = {}
     for side, length in lengths.items():
         out[f"policy_{side}"] = -2.0 * length + rng.normal(0.0, 3.0, size=batch)
-        out[f"reference_{side}"] = out[f"policy_{side}"] + rng.normal(0.0, 3.0, size=batch)
+        out[f"reference_{side}"] = out[f"policy_{side}"] + rng.normal(0.0, gap, size=batch)
         out[f"{side}_length"] = length.astype(np.float64)
     return out
 
 
-def ours(arrays: dict[str, np.ndarray]) -> PairLogps:
-    a = {k: jnp.asarray(v, jnp.float64) for k, v in arrays.items()}
+def ours(arrays: dict[str, np.ndarray], dtype=jnp.float64) -> PairLogps:
+    a = {k: jnp.asarray(v, dtype) for k, v in arrays.items()}
     return PairLogps(
         a["policy_chosen"],
         a["policy_rejected"],
@@ -122,7 +123,9 @@ class _Model:
         )
 
 
-def _trl_batch(arrays: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], torch.Tensor, np.ndarray]:
+def _trl_batch(
+    arrays: dict[str, np.ndarray], dtype: torch.dtype = torch.float64
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, np.ndarray]:
     """(inputs, per-token policy log-probs [2B, T-1] requiring grad, completion lengths [2B])."""
     lengths = np.concatenate([arrays["chosen_length"], arrays["rejected_length"]]).astype(int)
     totals = np.concatenate([arrays["policy_chosen"], arrays["policy_rejected"]])
@@ -138,17 +141,34 @@ def _trl_batch(arrays: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], 
         "input_ids": torch.ones(completion.shape, dtype=torch.long),
         "attention_mask": torch.from_numpy(attention),
         "completion_mask": torch.from_numpy(completion),
-        "ref_chosen_logps": torch.from_numpy(arrays["reference_chosen"]),
-        "ref_rejected_logps": torch.from_numpy(arrays["reference_rejected"]),
+        "ref_chosen_logps": torch.from_numpy(arrays["reference_chosen"]).to(dtype),
+        "ref_rejected_logps": torch.from_numpy(arrays["reference_rejected"]).to(dtype),
     }
-    return inputs, torch.tensor(per_token, dtype=torch.float64, requires_grad=True), lengths
+    return inputs, torch.tensor(per_token, dtype=dtype, requires_grad=True), lengths
 
 
 def trl_dpo(
-    loss_type: str, cfg: LossConfig, arrays: dict[str, np.ndarray]
+    loss_type: str,
+    cfg: LossConfig,
+    arrays: dict[str, np.ndarray],
+    divergence: str = "reverse_kl",
+    divergence_alpha: float = 0.5,
+    dtype: torch.dtype = torch.float64,
 ) -> tuple[float, dict[str, float], np.ndarray]:
-    """TRL's batch loss, its logged metrics and d loss / d sequence log-prob per row ``[2B]``."""
-    inputs, per_token, lengths = _trl_batch(arrays)
+    """TRL's batch loss, its logged metrics and d loss / d sequence log-prob per row ``[2B]`` (``divergence``: TRL's
+    ``f_divergence_type``, ``divergence_alpha`` its ``f_alpha_divergence_coef``)."""
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # TRL makes some constants (exo_pair's ε) with torch.tensor(float)
+    try:
+        return _run_trl_dpo(loss_type, cfg, arrays, divergence, divergence_alpha, dtype)
+    finally:
+        torch.set_default_dtype(default_dtype)
+
+
+def _run_trl_dpo(
+    loss_type: str, cfg: LossConfig, arrays: dict[str, np.ndarray], divergence: str, divergence_alpha: float, dtype
+) -> tuple[float, dict[str, float], np.ndarray]:
+    inputs, per_token, lengths = _trl_batch(arrays, dtype)
     model = _Model(per_token)
     trainer = types.SimpleNamespace(
         model=model,
@@ -157,7 +177,8 @@ def trl_dpo(
         aux_loss_enabled=False,
         ld_alpha=None,
         precompute_ref_logps=True,
-        f_divergence_type="reverse_kl",
+        f_divergence_type=divergence,
+        f_alpha_divergence_coef=divergence_alpha,
         loss_types=[loss_type],
         loss_weights=[1.0],
         beta=cfg.beta,
@@ -178,9 +199,11 @@ def trl_dpo(
     return loss.item(), metrics, grad_per_row
 
 
-def our_loss_and_grad(name: str, cfg: LossConfig, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def our_loss_and_grad(
+    name: str, cfg: LossConfig, arrays: dict[str, np.ndarray], dtype=jnp.float64
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-pair loss ``[B]`` and d mean-loss / d policy log-probs ``[2B]`` (chosen rows then rejected)."""
-    logps = ours(arrays)
+    logps = ours(arrays, dtype)
 
     def mean_loss(chosen, rejected):
         return (
@@ -228,6 +251,20 @@ def test_batch_coupled_losses_match_trl_on_loss_and_gradients(name):
     assert abs(per_pair.mean() - trl_loss) <= TOL, (per_pair.mean(), trl_loss)
     np.testing.assert_allclose(grads, trl_grads, atol=TOL, rtol=0, err_msg=f"{name}: gradient")
     assert np.abs(grads).max() > 1e-3
+
+
+def test_sft_batch_token_mean_matches_trl_on_unequal_lengths_and_the_pair_mean_does_not():
+    arrays = random_pairs(8, seed=8)  # chosen lengths 2..11
+    assert len(set(arrays["chosen_length"])) > 1
+    batch = LossConfig(terms={"sft": 1.0}, beta=BETA, params={"sft": SftParams(token_mean="batch")})
+    with jax.enable_x64(True):
+        per_pair, grads = our_loss_and_grad("sft", batch, arrays)
+        pair_mean, _ = our_loss_and_grad("sft", LossConfig(terms={"sft": 1.0}, beta=BETA), arrays)
+        trl_loss, _, trl_grads = trl_dpo("sft", batch, arrays)
+    assert abs(per_pair.mean() - trl_loss) <= TOL, (per_pair.mean(), trl_loss)
+    np.testing.assert_allclose(grads, trl_grads, atol=TOL, rtol=0)
+    assert np.abs(grads[:8]).max() > 1e-3 and not grads[8:].any()  # only the chosen responses are trained
+    assert abs(pair_mean.mean() - trl_loss) > 1e-3  # the default per-pair mean is another loss here
 
 
 def test_aot_sorts_over_the_batch_so_its_value_depends_on_the_other_pairs():
@@ -338,8 +375,8 @@ def test_orpo_odds_ratio_term_and_rewards_match_trl():
         chosen, rejected = rewards_of("orpo", logps, cfg)
     odds_term = per_pair - metrics["nll_loss"]
     # TRL casts to float32 inside odds_ratio_loss
-    np.testing.assert_allclose(odds_term, -losses.numpy(), atol=TOL, rtol=0)
-    assert abs(float(np.mean(metrics["log_odds_ratio"])) - float(trl_ratio)) <= TOL
-    assert abs(float(np.mean(metrics["log_odds_chosen"])) - float(trl_log_odds)) <= TOL
-    np.testing.assert_allclose(chosen, trl_chosen.numpy(), atol=TOL, rtol=0)
-    np.testing.assert_allclose(rejected, trl_rejected.numpy(), atol=TOL, rtol=0)
+    np.testing.assert_allclose(odds_term, -losses.numpy(), atol=ORPO_TOL, rtol=0)
+    assert abs(float(np.mean(metrics["log_odds_ratio"])) - float(trl_ratio)) <= ORPO_TOL
+    assert abs(float(np.mean(metrics["log_odds_chosen"])) - float(trl_log_odds)) <= ORPO_TOL
+    np.testing.assert_allclose(chosen, trl_chosen.numpy(), atol=ORPO_TOL, rtol=0)
+    np.testing.assert_allclose(rejected, trl_rejected.numpy(), atol=ORPO_TOL, rtol=0)

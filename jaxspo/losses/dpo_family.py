@@ -3,7 +3,10 @@
 Notation: β = ``cfg.beta``, ε = ``cfg.label_smoothing``, h = log πθ/π_ref(y_w) − log πθ/π_ref(y_l) on
 summed token log-probs, |y| the response length in tokens. TRL's ``loss_type`` names are kept where
 TRL has the loss (TRL's ``sigmoid`` is ``dpo`` here). The link functions at the top are shared with
-the soft-label losses in :mod:`jaxspo.losses.geometric`.
+the soft-label losses in :mod:`jaxspo.losses.geometric`. The losses TRL generalises to other f-divergences
+(``dpo``, ``sigmoid_norm``, ``hinge``, ``ipo_norm``, ``exo_pair``, ``robust``, ``discopop``) take
+``loss.params.<term>.divergence``: their h is then the score margin f'(u_w) − f'(u_l) of
+:mod:`jaxspo.losses.f_divergence`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from jaxspo.losses.f_divergence import DivergenceParams, divergence_margin, divergence_scores
 from jaxspo.losses.registry import PairLogps, hyperparameter, register_loss
 
 
@@ -36,9 +40,10 @@ def ropo_loss(z: jax.Array, alpha: float) -> jax.Array:
     return 4.0 * alpha / (1.0 + alpha) ** 2 * (logistic_loss(z) + alpha * jax.nn.sigmoid(-z))
 
 
-def normalised_margin(logps: PairLogps) -> jax.Array:
-    """Token-mean margin log πθ/π_ref(y_w)/|y_w| − log πθ/π_ref(y_l)/|y_l| (TRL's ipo and sigmoid_norm)."""
-    chosen, rejected = logps.per_token(*logps.log_ratios())
+def normalised_margin(logps: PairLogps, params: DivergenceParams) -> jax.Array:
+    """Token-mean score margin f'(u_w)/|y_w| − f'(u_l)/|y_l| (TRL's ipo and sigmoid_norm; under the reverse KL
+    log πθ/π_ref(y_w)/|y_w| − log πθ/π_ref(y_l)/|y_l|)."""
+    chosen, rejected = logps.per_token(*divergence_scores(logps, params))
     return chosen - rejected
 
 
@@ -47,10 +52,10 @@ def normalised_margin(logps: PairLogps) -> jax.Array:
 # --------------------------------------------------------------------------------------------
 
 
-@register_loss("dpo")
-def dpo(logps: PairLogps, cfg) -> jax.Array:
-    """−log σ(βh). DPO, Rafailov et al., arXiv 2305.18290 (TRL ``sigmoid``)."""
-    return logistic_loss(cfg.beta * logps.margin())
+@register_loss("dpo", params=DivergenceParams)
+def dpo(logps: PairLogps, cfg, params: DivergenceParams) -> jax.Array:
+    """−log σ(βh). DPO, Rafailov et al., arXiv 2305.18290 (TRL ``sigmoid``); f-DPO with another divergence."""
+    return logistic_loss(cfg.beta * divergence_margin(logps, params))
 
 
 @register_loss("cdpo")
@@ -62,20 +67,20 @@ def cdpo(logps: PairLogps, cfg) -> jax.Array:
     return smoothed_logistic_loss(cfg.beta * logps.margin(), 1.0 - cfg.label_smoothing)
 
 
-@register_loss("robust")
-def robust(logps: PairLogps, cfg) -> jax.Array:
+@register_loss("robust", params=DivergenceParams)
+def robust(logps: PairLogps, cfg, params: DivergenceParams) -> jax.Array:
     """[−(1−ε) log σ(βh) + ε log σ(−βh)] / (1−2ε), ε = flip rate < ½.
 
     Robust DPO, Chowdhury et al., arXiv 2403.00409 (TRL ``robust``; ``rdpo`` is R-DPO, not this).
     """
-    z, eps = cfg.beta * logps.margin(), cfg.label_smoothing
+    z, eps = cfg.beta * divergence_margin(logps, params), cfg.label_smoothing
     return (-(1.0 - eps) * jax.nn.log_sigmoid(z) + eps * jax.nn.log_sigmoid(-z)) / (1.0 - 2.0 * eps)
 
 
-@register_loss("hinge")
-def hinge(logps: PairLogps, cfg) -> jax.Array:
+@register_loss("hinge", params=DivergenceParams)
+def hinge(logps: PairLogps, cfg, params: DivergenceParams) -> jax.Array:
     """relu(1 − βh). SLiC-HF, Zhao et al., arXiv 2305.10425."""
-    return jax.nn.relu(1.0 - cfg.beta * logps.margin())
+    return jax.nn.relu(1.0 - cfg.beta * divergence_margin(logps, params))
 
 
 @register_loss("ipo")
@@ -87,39 +92,39 @@ def ipo(logps: PairLogps, cfg) -> jax.Array:
     return (logps.margin() - 1.0 / (2.0 * cfg.beta)) ** 2
 
 
-@register_loss("ipo_norm")
-def ipo_norm(logps: PairLogps, cfg) -> jax.Array:
+@register_loss("ipo_norm", params=DivergenceParams)
+def ipo_norm(logps: PairLogps, cfg, params: DivergenceParams) -> jax.Array:
     """(h̄ − 1/(2β))², h̄ the token-mean margin (:func:`normalised_margin`): TRL's ``ipo`` exactly.
 
     IPO, Azar et al., arXiv 2310.12036, in the length-normalised form TRL uses.
     """
-    return (normalised_margin(logps) - 1.0 / (2.0 * cfg.beta)) ** 2
+    return (normalised_margin(logps, params) - 1.0 / (2.0 * cfg.beta)) ** 2
 
 
-@register_loss("sigmoid_norm")
-def sigmoid_norm(logps: PairLogps, cfg) -> jax.Array:
+@register_loss("sigmoid_norm", params=DivergenceParams)
+def sigmoid_norm(logps: PairLogps, cfg, params: DivergenceParams) -> jax.Array:
     """−log σ(β h̄), h̄ the token-mean margin: length-normalised DPO (TRL ``sigmoid_norm``).
 
     As in Tülu 3, Lambert et al., arXiv 2411.15124.
     """
-    return logistic_loss(cfg.beta * normalised_margin(logps))
+    return logistic_loss(cfg.beta * normalised_margin(logps, params))
 
 
-@register_loss("exo_pair")
-def exo_pair(logps: PairLogps, cfg) -> jax.Array:
+@register_loss("exo_pair", params=DivergenceParams)
+def exo_pair(logps: PairLogps, cfg, params: DivergenceParams) -> jax.Array:
     """KL(q ‖ p_ε) with q = (σ(βh), σ(−βh)) and p_ε = (1−ε, ε), ε > 0 (paper: 1e-3).
 
     EXO, Ji et al., arXiv 2402.00856, Eq. 16 (TRL ``exo_pair``).
     """
-    z, eps = cfg.beta * logps.margin(), cfg.label_smoothing
+    z, eps = cfg.beta * divergence_margin(logps, params), cfg.label_smoothing
     win = jax.nn.sigmoid(z) * (jax.nn.log_sigmoid(z) - jnp.log1p(-eps))
     lose = jax.nn.sigmoid(-z) * (jax.nn.log_sigmoid(-z) - jnp.log(eps))
     return win + lose
 
 
 @dataclasses.dataclass(frozen=True)
-class DiscopopParams:
-    """``loss.params.discopop``."""
+class DiscopopParams(DivergenceParams):
+    """``loss.params.discopop``: τ and the divergence fields."""
 
     tau: float = hyperparameter(0.05, gt=0.0)  # modulation temperature τ (TRL and paper default)
 
@@ -130,7 +135,7 @@ def discopop(logps: PairLogps, cfg, params: DiscopopParams) -> jax.Array:
 
     DiscoPOP (log-ratio modulated loss), Chris Lu et al., arXiv 2406.08414, Eq. 5 (TRL ``discopop``).
     """
-    z = cfg.beta * logps.margin()
+    z = cfg.beta * divergence_margin(logps, params)
     mix = jax.nn.sigmoid(z / params.tau)
     return (1.0 - mix) * logistic_loss(z) + mix * jnp.exp(-z)
 

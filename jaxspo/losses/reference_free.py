@@ -42,9 +42,22 @@ def log1mexp(x: jax.Array) -> jax.Array:
     return jnp.where(far, jnp.log1p(-jnp.exp(jnp.where(far, x, -1.0))), jnp.log(-jnp.expm1(jnp.where(far, -0.5, x))))
 
 
-@register_loss("sft", needs_reference=False)
-def sft(logps: PairLogps, cfg) -> jax.Array:
-    """−log πθ(y_w)/|y_w|: token-mean NLL of the chosen response (TRL ``sft`` averages over the batch's tokens)."""
+@dataclasses.dataclass(frozen=True)
+class SftParams:
+    """``loss.params.sft``."""
+
+    # pair: each chosen response's own token mean (exact under gradient accumulation); batch: one mean over every
+    # chosen token of the micro-batch, as TRL's sft
+    token_mean: str = hyperparameter("pair", choices=("pair", "batch"))
+
+
+@register_loss("sft", needs_reference=False, params=SftParams)
+def sft(logps: PairLogps, cfg, params: SftParams) -> jax.Array:
+    """−log πθ(y_w)/|y_w|: token-mean NLL of the chosen response; with ``token_mean: batch``, −log πθ(y_w)·B/Σ|y_w|
+    over the micro-batch's B pairs, whose mean over pairs is TRL's ``sft`` (−Σ log πθ(y_w) / Σ |y_w|)."""
+    if params.token_mean == "batch":
+        lengths = logps.chosen_length
+        return -logps.policy_chosen * lengths.shape[0] / jnp.maximum(lengths.sum(), 1.0)
     return chosen_nll(logps)
 
 

@@ -80,12 +80,18 @@ _BOUNDS = {
 
 
 def hyperparameter(
-    default: Any, *, gt: float | None = None, ge: float | None = None, lt: float | None = None, le: float | None = None
+    default: Any,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    choices: tuple[str, ...] = (),
 ) -> Any:
-    """A params-dataclass field with a default and an allowed range (``gt``: > bound, ``ge``: ≥, ``lt``: <, ``le``: ≤),
-    checked by :func:`check_params` when the config is validated."""
+    """A params-dataclass field with a default and an allowed range (``gt``: > bound, ``ge``: ≥, ``lt``: <, ``le``: ≤)
+    or an allowed set of values (``choices``), checked by :func:`check_params` when the config is validated."""
     bounds = {name: bound for name, bound in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if bound is not None}
-    return dataclasses.field(default=default, metadata={"bounds": bounds})
+    return dataclasses.field(default=default, metadata={"bounds": bounds, "choices": choices})
 
 
 def params_key(name: str, field: str = "") -> str:
@@ -99,6 +105,9 @@ def check_params(name: str, params: Any) -> None:
     """Raises ValueError naming ``loss.params.<name>.<field>`` and its allowed range for the first value outside it."""
     for field in dataclasses.fields(params):
         value = getattr(params, field.name)
+        choices = field.metadata.get("choices", ())
+        if choices and value not in choices:
+            raise ValueError(f"{params_key(name, field.name)} must be one of {', '.join(choices)}, got '{value}'")
         for bound_name, bound in field.metadata.get("bounds", {}).items():
             symbol, holds = _BOUNDS[bound_name]
             if not holds(value, bound):

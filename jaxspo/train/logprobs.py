@@ -50,18 +50,25 @@ def target_logps(model: nnx.Module, features: jax.Array, targets: jax.Array) -> 
 
 
 def sequence_logps(
-    graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, valid: jax.Array, loss_mask: jax.Array
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    tokens: jax.Array,
+    valid: jax.Array,
+    loss_mask: jax.Array,
+    token_weight: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Sum of log-probs over the masked tokens and their count, each ``[B]`` float32.
 
-    ``loss_mask[:, t]`` marks token t as a response token (never t = 0).
+    ``loss_mask[:, t]`` marks token t as a response token (never t = 0). ``token_weight`` ``[B, T]`` (token t's
+    weight, 0 off the response) makes the sum a weighted one; the count stays the number of masked tokens.
     """
     model = nnx.merge(graphdef, params)
     features = model.features(tokens, positions_from_valid(valid), valid)  # [B, T, D]: slot t predicts token t + 1
     # the last slot predicts nothing (a masked dummy target), so the time axis keeps its width T and its split over context
     logps = target_logps(model, features, _shift_left(tokens))  # [B, T]
     mask = _shift_left(loss_mask).astype(jnp.float32)
-    return (logps * mask).sum(-1), mask.sum(-1)
+    weight = mask if token_weight is None else _shift_left(token_weight).astype(jnp.float32)
+    return (logps * weight).sum(-1), mask.sum(-1)
 
 
 def _shift_left(x: jax.Array) -> jax.Array:

@@ -26,6 +26,7 @@ from jaxspo.losses import PairLogps, get_loss, offset_losses, preference_objecti
 from jaxspo.sharding import activation_sharding, logical_to_spec
 from jaxspo.train import selfsup
 from jaxspo.train.kl_regularizer import KL_FIELDS, kl_active, kl_rows, with_kl_regulariser
+from jaxspo.train.length_desensitise import desensitising_weights
 from jaxspo.train.list_objective import LIST_FIELDS, LIST_RANKS, list_objective_fn, uses_lists
 from jaxspo.train.logprobs import sequence_logps
 from jaxspo.train.model_view import as_model
@@ -81,18 +82,21 @@ def batch_shardings(
     return out
 
 
-def pair_logps(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch) -> tuple[jax.Array, ...]:
+def pair_logps(
+    graphdef: nnx.GraphDef, params: nnx.State, batch: Batch, token_weight: jax.Array | None = None
+) -> tuple[jax.Array, ...]:
     """Chosen and rejected sequence log-probs from ONE forward over the 2B concatenated rows.
 
     Returns (chosen [B], rejected [B], chosen_length [B], rejected_length [B]). Packed rows
-    (``data.layout: packed``) take :func:`jaxspo.train.packed.packed_pair_logps` instead.
+    (``data.layout: packed``) take :func:`jaxspo.train.packed.packed_pair_logps` instead. ``token_weight``
+    ``[2B, T]``: weighted sums (LD-DPO's, :mod:`jaxspo.train.length_desensitise`).
     """
     if is_packed(batch):
         return packed_pair_logps(graphdef, params, batch)
     tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]])  # [2B, T]
     valid = jnp.concatenate([batch["chosen_valid"], batch["rejected_valid"]])
     mask = jnp.concatenate([batch["chosen_loss_mask"], batch["rejected_loss_mask"]])
-    logps, lengths = sequence_logps(graphdef, params, tokens, valid, mask)  # [2B]
+    logps, lengths = sequence_logps(graphdef, params, tokens, valid, mask, token_weight)  # [2B]
     half = batch["chosen_tokens"].shape[0]
     return logps[:half], logps[half:], lengths[:half], lengths[half:]
 
@@ -134,14 +138,19 @@ def preference_objective_fn(graphdef: Any, loss_cfg) -> Objective:
     def objective(
         params: nnx.State, reference_params: Any, batch: Batch, rng: jax.Array | None = None, head_params: Any = None
     ) -> tuple[jax.Array, Metrics]:
+        weight = None  # LD-DPO (loss.ld_alpha < 1): tokens past the pair's shared length weigh α
+        if loss_cfg.ld_alpha < 1.0:
+            weight = desensitising_weights(batch["chosen_loss_mask"], batch["rejected_loss_mask"], loss_cfg.ld_alpha)
         with jax.named_scope("policy"):
-            chosen, rejected, chosen_len, rejected_len = pair_logps(*model.policy(params, reference_params, rng), batch)
+            chosen, rejected, chosen_len, rejected_len = pair_logps(
+                *model.policy(params, reference_params, rng), batch, weight
+            )
         ref_chosen = ref_rejected = None
         if use_reference and loss_cfg.reference == "precomputed":
             ref_chosen, ref_rejected = batch["reference_chosen_logps"], batch["reference_rejected_logps"]
         elif use_reference:
             with jax.named_scope("reference"):
-                ref = pair_logps(*model.reference(reference_params), batch)
+                ref = pair_logps(*model.reference(reference_params), batch, weight)
             ref_chosen, ref_rejected = jax.lax.stop_gradient(ref[0]), jax.lax.stop_gradient(ref[1])
         logps = PairLogps(
             chosen,

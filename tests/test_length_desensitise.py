@@ -1,0 +1,174 @@
+"""LD-DPO (``loss.ld_alpha``): the token weights against TRL 1.16's ``ld_alpha``, and the step's objective using them.
+
+TRL's ``DPOTrainer._compute_loss`` (policy) and ``compute_ref_log_probs`` (reference) run on random per-token
+log-probs; ours weighs the same per-token values with :func:`desensitising_weights` and feeds the sums to the loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import types
+from collections import defaultdict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.test_losses_trl import PROMPT, _Accelerator, _Model, torch
+from tests.test_train_step import build, random_pairs, tiny_config
+
+from jaxspo.config import ConfigError, LossConfig, load_config
+from jaxspo.losses import PairLogps, get_loss
+from jaxspo.train.length_desensitise import desensitising_weights
+from jaxspo.train.logprobs import forward_logits, token_logps
+from jaxspo.train.step import preference_objective_fn
+
+TOL = 1e-12
+PAIRS = 6
+
+
+class _Trainer(_Accelerator):
+    @staticmethod
+    def autocast():
+        return contextlib.nullcontext()
+
+
+def per_token_batch(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(completion mask [2B, W] int, policy and reference per-token log-probs [2B, W−1]: slot t−1 predicts token t)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 10, size=2 * PAIRS)
+    width = PROMPT + lengths.max() + 1
+    completion = np.zeros((2 * PAIRS, width), np.int64)
+    for row, n in enumerate(lengths):
+        completion[row, PROMPT : PROMPT + n] = 1
+    shifted = completion[:, 1:].astype(bool)
+    policy = np.where(shifted, -rng.exponential(2.0, shifted.shape), 0.0)
+    reference = np.where(shifted, -rng.exponential(2.0, shifted.shape), 0.0)
+    return completion, policy, reference
+
+
+def trl_loss(loss_type: str, alpha: float, completion, policy, reference) -> tuple[float, np.ndarray, np.ndarray]:
+    """TRL's batch loss, d loss / d per-token policy log-probs, and its LD-weighted reference sums ``[2B]``."""
+    per_token = torch.tensor(policy, requires_grad=True)
+    model, ref_model = _Model(per_token), _Model(torch.tensor(reference))
+    model.is_gradient_checkpointing, model._modules = False, {}  # read by TRL's PEFT and checkpointing checks
+    trainer = types.SimpleNamespace(
+        model=model,
+        ref_model=None,
+        accelerator=_Trainer(),
+        aux_loss_enabled=False,
+        ld_alpha=alpha,
+        precompute_ref_logps=True,
+        f_divergence_type="reverse_kl",
+        loss_types=[loss_type],
+        loss_weights=[1.0],
+        beta=0.5,
+        label_smoothing=0.0,
+        use_weighting=False,
+        args=types.SimpleNamespace(discopop_tau=0.05, gradient_checkpointing_kwargs=None),
+        _metrics={"train": defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
+    inputs = {
+        "input_ids": torch.ones(completion.shape, dtype=torch.long),
+        "attention_mask": torch.ones(completion.shape, dtype=torch.long),
+        "completion_mask": torch.from_numpy(completion),
+    }
+    from trl.trainer.dpo_trainer import DPOTrainer
+
+    ref_chosen, ref_rejected = DPOTrainer.compute_ref_log_probs(trainer, ref_model, inputs)
+    inputs |= {"ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
+    loss = DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False)
+    loss.backward()
+    return loss.item(), per_token.grad.numpy(), torch.cat([ref_chosen, ref_rejected]).numpy()
+
+
+def our_loss(name: str, alpha: float, completion, policy, reference) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Our batch loss, its gradient w.r.t. the per-token policy log-probs, and our weighted reference sums ``[2B]``."""
+    weights = desensitising_weights(jnp.asarray(completion[:PAIRS]), jnp.asarray(completion[PAIRS:]), alpha)[:, 1:]
+    lengths = jnp.asarray(completion.sum(-1), jnp.float64)
+    reference_sums = (jnp.asarray(reference) * weights).sum(-1)
+    cfg = LossConfig(terms={name: 1.0}, beta=0.5)
+
+    def mean_loss(per_token):
+        sums = (per_token * weights).sum(-1)
+        logps = PairLogps(
+            sums[:PAIRS],
+            sums[PAIRS:],
+            reference_sums[:PAIRS],
+            reference_sums[PAIRS:],
+            lengths[:PAIRS],
+            lengths[PAIRS:],
+            jnp.ones(PAIRS, jnp.float64),
+        )
+        return get_loss(name).apply(logps, cfg).mean()
+
+    loss, grad = jax.value_and_grad(mean_loss)(jnp.asarray(policy))
+    return loss, grad, reference_sums
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("name,loss_type", [("dpo", "sigmoid"), ("sigmoid_norm", "sigmoid_norm"), ("ipo_norm", "ipo")])
+def test_ld_weights_match_trl_on_loss_gradient_and_reference_sums(name, loss_type, alpha):
+    for seed in (1, 2):
+        completion, policy, reference = per_token_batch(seed)
+        theirs, their_grad, their_reference = trl_loss(loss_type, alpha, completion, policy, reference)
+        with jax.enable_x64(True):
+            mine, my_grad, my_reference = (np.asarray(x) for x in our_loss(name, alpha, completion, policy, reference))
+        assert abs(mine - theirs) <= TOL, (mine, theirs)
+        # TRL's fused LM head gives padding slots log-prob 0 with no gradient; its LD masks count them, our weights do not
+        response = completion[:, 1:].astype(bool)
+        np.testing.assert_allclose(my_grad[response], their_grad[response], atol=TOL, rtol=0)
+        assert not my_grad[~response].any()
+        np.testing.assert_allclose(my_reference, their_reference, atol=TOL, rtol=0)
+        assert np.abs(my_grad).max() > 1e-3
+
+
+def test_weights_count_the_shared_length_fully_and_the_rest_by_alpha():
+    chosen = jnp.array([[0, 1, 1, 1, 1, 0], [0, 0, 1, 0, 0, 0]])  # lengths 4 and 1
+    rejected = jnp.array([[0, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 0]])  # lengths 2 and 3
+    weights = np.asarray(desensitising_weights(chosen, rejected, 0.25))
+    np.testing.assert_array_equal(weights[0], [0, 1, 1, 0.25, 0.25, 0])  # chosen: 2 shared tokens, 2 beyond
+    np.testing.assert_array_equal(weights[3], [0, 0, 1, 0.25, 0.25, 0])  # rejected of pair 2: 1 shared
+    np.testing.assert_array_equal(weights[1], [0, 0, 1, 0, 0, 0])  # the shorter response is all shared
+
+
+def test_the_step_objective_sums_weighted_token_logps_and_keeps_token_counts():
+    cfg = tiny_config()
+    alpha = 0.4
+    batch = {k: jnp.asarray(v) for k, v in random_pairs(8, seed=3).items()}
+    _, graphdef, _, state, reference, _ = build(cfg, {"data": 8}, 8)
+    policy = state.params
+    _, metrics = preference_objective_fn(graphdef, dataclasses.replace(cfg.loss, ld_alpha=alpha))(
+        policy, reference, batch
+    )
+    rows = {}
+    weights = desensitising_weights(batch["chosen_loss_mask"], batch["rejected_loss_mask"], alpha)
+    for name, params in (("policy", policy), ("reference", reference)):
+        tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]])
+        valid = jnp.concatenate([batch["chosen_valid"], batch["rejected_valid"]])
+        per_token = token_logps(forward_logits(graphdef, params, tokens, valid), tokens)  # [2B, T-1]
+        rows[name] = (per_token * weights[:, 1:]).sum(-1)
+    margin = (rows["policy"][:8] - rows["reference"][:8]) - (rows["policy"][8:] - rows["reference"][8:])
+    expected = -jax.nn.log_sigmoid(cfg.loss.beta * margin).sum()
+    np.testing.assert_allclose(metrics["loss"][0], expected, rtol=2e-5)
+    np.testing.assert_allclose(metrics["logps/chosen"][0], rows["policy"][:8].sum(), rtol=2e-5)
+    plain = preference_objective_fn(graphdef, cfg.loss)(policy, reference, batch)[1]
+    assert abs(float(plain["loss"][0]) - float(expected)) > 1e-3  # α < 1 changes the loss on unequal lengths
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["loss.ld_alpha=1.5"], "loss.ld_alpha must be in [0, 1], got 1.5"),
+        (["loss.ld_alpha=0.5", "loss.reference=precomputed"], "loss.ld_alpha < 1 weighs the reference's tokens"),
+        (["loss.ld_alpha=0.5", "data.layout=packed"], "loss.ld_alpha < 1 needs data.layout: padded"),
+    ],
+)
+def test_bad_ld_alpha_settings_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
