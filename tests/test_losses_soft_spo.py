@@ -13,7 +13,7 @@ import pytest
 from jaxspo.config import ConfigError, LossConfig, load_config
 from jaxspo.losses import PairLogps, get_loss
 from jaxspo.losses.reference_free import CpoParams
-from jaxspo.losses.soft_spo import ListLogps, SoftSpoParams, best_of_n_loss, mu_weights, plackett_luce_loss
+from jaxspo.losses.soft_spo import ListLogps, best_of_n_loss, mu_weights, plackett_luce_loss
 from jaxspo.train.logprobs import full_vocab_kl
 
 
@@ -28,7 +28,7 @@ SOFT_SPO_TERMS = ("soft_spo", "soft_spo_best_of_n", "soft_spo_ranked")
 
 def spo_cfg(alpha: float = 1.0, gamma: float = 0.0, **loss) -> LossConfig:
     """The same α, γ for the three soft_spo terms (``loss.params.<term>``)."""
-    return LossConfig(params={name: SoftSpoParams(alpha=alpha, gamma=gamma) for name in SOFT_SPO_TERMS}, **loss)
+    return LossConfig(params={name: get_loss(name).params(alpha=alpha, gamma=gamma) for name in SOFT_SPO_TERMS}, **loss)
 
 
 def random_pairs(n: int = 16, seed: int = 0) -> PairLogps:

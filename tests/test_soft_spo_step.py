@@ -28,6 +28,7 @@ def random_lists(batch: int, n: int = 3, length: int = 16, seed: int = 0) -> dic
     arrays["list_tokens"][:, :, :4] = arrays["list_tokens"][:, :1, :4]  # the same prompt in every slot
     arrays["list_mask"] = np.ones((batch, n), bool)
     arrays["list_mask"][0, -1] = False
+    arrays["list_scores"] = np.full((batch, n), np.nan, np.float32)  # no scores: hard winners, best first
     return arrays
 
 
