@@ -44,7 +44,7 @@ _FAR = -1e30  # score of a missing list entry: exp(_FAR − x) = 0, and finite g
 
 @dataclasses.dataclass(frozen=True)
 class SoftSpoParams:
-    """``loss.params.soft_spo`` (and the α, γ of the list terms)."""
+    """``loss.params.soft_spo``; the list terms' sections have these fields and ``score_temperature``."""
 
     alpha: float = hyperparameter(1.0, gt=0.0)  # α > 0: softness; the tabular optimum is softmax(r/α)
     gamma: float = 0.0  # γ of the μ weighting [I]; 0 = off
