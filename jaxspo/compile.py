@@ -166,9 +166,10 @@ def batch_shapes(cfg, batch: int) -> dict[str, tuple[tuple[int, ...], Any]]:
         shapes = {
             name: ((batch, n, length), jnp.int32 if name.endswith("tokens") else jnp.bool_)
             for name in fields
-            if name != "list_mask"
+            if name not in ("list_mask", "list_scores")
         }
         shapes["list_mask"] = ((batch, n), jnp.bool_)
+        shapes["list_scores"] = ((batch, n), jnp.float32)
     else:
         width = packed_width(cfg) if cfg.data.layout == "packed" else length
         rows = [name for name in fields if name.endswith(("tokens", "valid", "mask")) or name in ROW_FIELDS]

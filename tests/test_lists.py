@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from jaxspo.data.lists import encode_list_rows, rank_by_scores
@@ -37,6 +38,17 @@ def test_rows_are_encoded_best_first_and_padded_to_the_longest_list():
     assert TOKENIZER.decode(best["list_tokens"][0, 0][best["list_loss_mask"][0, 0]]) == "3 um <eos>"
 
 
+def test_response_scores_are_encoded_best_first_and_nan_on_a_row_without_scores():
+    rows = [
+        {"prompt": "reverse 1 2 3 :", "responses": ["3 2 1", "3 um", "1 2 3"], "ranking": [2, 0, 1]},
+        {"prompt": "reverse 4 5 :", "responses": ["5 4", "4"], "best": 1, "response_scores": [0.5, -1.0]},
+        {"prompt": "reverse 6 :", "responses": ["6", "6 6", "um"], "ranking": [1, 2, 0], "response_scores": [3, 2, 1]},
+    ]
+    scores = encode(rows, need_ranking=False)["list_scores"]
+    assert scores.dtype == np.float32 and np.isnan(scores[0]).all()
+    np.testing.assert_array_equal(scores[1:], [[-1.0, 0.5, 0.0], [2.0, 1.0, 3.0]])  # a missing slot scores 0
+
+
 def test_rankings_from_the_built_in_task_scores():
     task = build_synthetic_task(SyntheticTaskConfig(num_sft=0, num_train=64, num_eval=0, hard_label="argmax"))
     rows = task.splits["train"]
@@ -49,7 +61,11 @@ def test_rankings_from_the_built_in_task_scores():
     first = rank_by_scores(rows, sampled, seed=3)
     assert first == rank_by_scores(rows, sampled, seed=3) and first != rank_by_scores(rows, sampled, seed=4)
     assert "ranking" not in rows[0]  # the task's rows are not mutated
-    assert encode_list_rows(ranked, task.tokenizer, 32, True)["list_tokens"].shape == (64, 4, 32)
+    arrays = encode_list_rows(ranked, task.tokenizer, 32, True, task.config.label_weights)
+    assert arrays["list_tokens"].shape == (64, 4, 32)
+    for row, scores in zip(ranked, arrays["list_scores"]):  # each response's labelled reward, best first
+        rewards = [labelled_reward(s, task.config.label_weights) for s in row["response_scores"]]
+        np.testing.assert_allclose(scores, [rewards[j] for j in row["ranking"]], rtol=1e-6)
 
 
 def test_numeric_scores_of_external_rows_rank_best_first():
@@ -69,6 +85,13 @@ BAD_ROWS = [
     (GOOD | {"ranking": [0, 1]}, True, "field 'ranking' must be a permutation of 0..2"),
     (GOOD | {"ranking": [0, 1, 5]}, True, "field 'ranking' must be an index into 'responses' (0..2), got 5"),
     (GOOD | {"ranking": "0 1 2"}, True, "field 'ranking' must be a list of indices"),
+    (
+        GOOD | {"response_scores": [1.0, 2.0]},
+        True,
+        "field 'response_scores' must be a list of one score per response (3)",
+    ),
+    (GOOD | {"response_scores": [1.0, "2", 0.0]}, True, "field 'response_scores' must hold finite numbers"),
+    (GOOD | {"response_scores": [1.0, float("nan"), 0.0]}, True, "field 'response_scores' must hold finite numbers"),
     (
         {k: v for k, v in GOOD.items() if k != "ranking"} | {"best": 0},
         True,

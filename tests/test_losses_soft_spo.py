@@ -13,7 +13,7 @@ import pytest
 from jaxspo.config import ConfigError, LossConfig, load_config
 from jaxspo.losses import PairLogps, get_loss
 from jaxspo.losses.reference_free import CpoParams
-from jaxspo.losses.soft_spo import ListLogps, SoftSpoParams, best_of_n_loss, mu_weights, plackett_luce_loss
+from jaxspo.losses.soft_spo import ListLogps, best_of_n_loss, mu_weights, plackett_luce_loss
 from jaxspo.train.logprobs import full_vocab_kl
 
 
@@ -28,7 +28,7 @@ SOFT_SPO_TERMS = ("soft_spo", "soft_spo_best_of_n", "soft_spo_ranked")
 
 def spo_cfg(alpha: float = 1.0, gamma: float = 0.0, **loss) -> LossConfig:
     """The same α, γ for the three soft_spo terms (``loss.params.<term>``)."""
-    return LossConfig(params={name: SoftSpoParams(alpha=alpha, gamma=gamma) for name in SOFT_SPO_TERMS}, **loss)
+    return LossConfig(params={name: get_loss(name).params(alpha=alpha, gamma=gamma) for name in SOFT_SPO_TERMS}, **loss)
 
 
 def random_pairs(n: int = 16, seed: int = 0) -> PairLogps:
@@ -125,23 +125,41 @@ REWARDS = np.array([1.0, 0.3, -0.5, 0.0])  # Bradley–Terry / Plackett–Luce w
 K = len(REWARDS)
 
 
-def pair_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every ordered pair (w, l), uniform over unordered pairs, weighted by P(w ≻ l) = σ(r_w − r_l)."""
-    pairs = np.array([(i, j) for i, j in itertools.permutations(range(K), 2)])
-    weights = 1.0 / (1.0 + np.exp(-(REWARDS[pairs[:, 0]] - REWARDS[pairs[:, 1]])))
-    return pairs[:, 0], pairs[:, 1], weights
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
 
 
-def list_data(kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lists of 2, 3 and 4 responses (subsets, uniform per size), padded to 4, best first, with their probabilities.
+def pair_data(kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(w, l, p̂, weight) per pair. ``pairwise``: every ordered pair, hard label, weighted by P(w ≻ l) = σ(r_w − r_l).
 
-    best-of-n: P(b best | S) = softmax(r_S)[b]; ranked: the Plackett–Luce probability of the order.
+    ``pairwise_soft``: each unordered pair once (w < l), weight 1, soft label p̂ = σ(r_w − r_l) (below ½ for some);
+    ``pairwise_soft_as_hard``: the same pairs oriented so p̂ ≥ ½, then read as p̂ = 1 (the label ignored).
+    """
+    if kind == "pairwise":
+        pairs = np.array(list(itertools.permutations(range(K), 2)))
+        weights = sigmoid(REWARDS[pairs[:, 0]] - REWARDS[pairs[:, 1]])
+        return pairs[:, 0], pairs[:, 1], np.ones(len(pairs)), weights
+    pairs = np.array(list(itertools.combinations(range(K), 2)))
+    labels = sigmoid(REWARDS[pairs[:, 0]] - REWARDS[pairs[:, 1]])
+    if kind == "pairwise_soft_as_hard":
+        pairs, labels = np.where((labels < 0.5)[:, None], pairs[:, ::-1], pairs), np.ones(len(pairs))
+    return pairs[:, 0], pairs[:, 1], labels, np.ones(len(pairs))
+
+
+def list_data(kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Lists of 2, 3 and 4 responses (subsets, uniform per size), padded to 4, with their probabilities and scores.
+
+    best-of-n: best first, P(b best | S) = softmax(r_S)[b]; ranked: the Plackett–Luce probability of the order.
+    ``*_soft``: each subset once (weight 1, in index order, not best first), scored with r: soft winners only.
     """
     orders, weights = [], []
     for size in (2, 3, 4):
         for subset in itertools.combinations(range(K), size):
             e = np.exp(REWARDS[list(subset)])
-            if kind == "best_of_n":
+            if kind.endswith("_soft"):
+                orders.append(list(subset))
+                weights.append(1.0)
+            elif kind == "best_of_n":
                 for b, p in zip(subset, e / e.sum()):
                     orders.append([b] + [j for j in subset if j != b])
                     weights.append(p)
@@ -152,7 +170,7 @@ def list_data(kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                     orders.append(list(perm))
     index = np.array([o + [o[0]] * (K - len(o)) for o in orders])  # padding repeats the best
     mask = np.array([[j < len(o) for j in range(K)] for o in orders])
-    return index, mask, np.array(weights)
+    return index, mask, np.array(weights), REWARDS[index] if kind.endswith("_soft") else None
 
 
 @functools.cache
@@ -161,19 +179,19 @@ def tabular_problem(kind: str):
 
     The preference term calls the registered loss; the KL is the step's full-vocabulary formula.
     """
-    if kind == "pairwise":
-        w, l, weights = pair_data()
+    if kind.startswith("pairwise"):
+        w, l, labels, weights = pair_data(kind)
 
         def preference(logp, ref, cfg):
             n = len(w)
-            logps = PairLogps(logp[w], logp[l], ref[w], ref[l], jnp.ones(n), jnp.ones(n), jnp.ones(n))
+            logps = PairLogps(logp[w], logp[l], ref[w], ref[l], jnp.ones(n), jnp.ones(n), jnp.asarray(labels))
             return (weights * get_loss("soft_spo").apply(logps, cfg)[0]).sum()
     else:
-        index, mask, weights = list_data(kind)
-        name = "soft_spo_best_of_n" if kind == "best_of_n" else "soft_spo_ranked"
+        index, mask, weights, scores = list_data(kind)
+        name = "soft_spo_best_of_n" if kind.startswith("best_of_n") else "soft_spo_ranked"
 
         def preference(logp, ref, cfg):
-            logps = ListLogps(policy=logp[index], mask=jnp.asarray(mask), lengths=jnp.ones(index.shape))
+            logps = ListLogps(policy=logp[index], mask=jnp.asarray(mask), lengths=jnp.ones(index.shape), scores=scores)
             return (weights * get_loss(name).apply(logps, cfg)[0]).sum()
 
     def total(theta, alpha, reference_logits, kl_beta):
@@ -215,6 +233,32 @@ def test_tabular_minimiser_is_softmax_r_over_alpha_whatever_the_reference(kind, 
         reference = np.random.default_rng(seed).normal(size=K) * 2
         policy = minimise(kind, alpha, reference)
         np.testing.assert_allclose(policy, target, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["pairwise_soft", "best_of_n_soft", "ranked_soft"])
+@pytest.mark.parametrize("alpha", [0.5, 2.0])
+def test_soft_labelled_data_alone_has_the_tabular_minimiser_softmax_r_over_alpha(kind, alpha):
+    # pairs with p̂ = σ(r_w − r_l) (no order sampled), lists with scores r (soft winners at τ = 1, no ranking used)
+    target = np.exp(REWARDS / alpha) / np.exp(REWARDS / alpha).sum()
+    policy = minimise(kind, alpha, np.random.default_rng(0).normal(size=K) * 2)
+    np.testing.assert_allclose(policy, target, atol=1e-9, rtol=0)  # Newton stops at |∇| < 1e-12
+
+
+def test_the_same_pairs_read_as_hard_labels_do_not_recover_softmax_r_over_alpha():
+    alpha, reference = 0.5, jnp.zeros(K)
+    target_theta = jnp.asarray(REWARDS / alpha)  # log softmax(r/α) up to a constant
+    soft_grad = tabular_problem("pairwise_soft")[1](target_theta, alpha, reference, 0.0)
+    f, grad, _ = tabular_problem("pairwise_soft_as_hard")
+    assert (
+        float(jnp.abs(soft_grad).max()) < 1e-12
+        and float(jnp.abs(grad(target_theta, alpha, reference, 0.0)).max()) > 0.05
+    )
+    theta = target_theta
+    for _ in range(200):  # gradient descent from softmax(r/α): the hard-label loss keeps falling, away from it
+        theta = theta - 0.5 * grad(theta, alpha, reference, 0.0)
+    policy, target = np.asarray(jax.nn.softmax(theta)), np.asarray(jax.nn.softmax(target_theta))
+    assert float(f(theta, alpha, reference, 0.0)) < float(f(target_theta, alpha, reference, 0.0))
+    assert np.abs(policy - target).sum() / 2 > 0.1 and policy[0] > target[0]  # mass piles onto the top response
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -11,8 +11,13 @@ import numpy as np
 import pytest
 
 from jaxspo.config import load_config
+from jaxspo.data.encode import encode_preference_rows
+from jaxspo.data.lists import encode_list_rows
+from jaxspo.data.synthetic import SyntheticTaskConfig, build_synthetic_task, labelled_reward
+from jaxspo.data.tokenizer import build_task_tokenizer
 from jaxspo.losses.kl_config import KLConfig
 from jaxspo.train.list_objective import list_logps
+from jaxspo.train.step import pair_logps
 from jaxspo.train.logprobs import sequence_kl, sequence_logps
 from jaxspo.train.loop import train
 from tests.test_run import TINY_RUN
@@ -28,6 +33,7 @@ def random_lists(batch: int, n: int = 3, length: int = 16, seed: int = 0) -> dic
     arrays["list_tokens"][:, :, :4] = arrays["list_tokens"][:, :1, :4]  # the same prompt in every slot
     arrays["list_mask"] = np.ones((batch, n), bool)
     arrays["list_mask"][0, -1] = False
+    arrays["list_scores"] = np.full((batch, n), np.nan, np.float32)  # no scores: hard winners, best first
     return arrays
 
 
@@ -56,6 +62,56 @@ def test_one_forward_over_lists_equals_each_response_scored_alone():
         )
         np.testing.assert_allclose(logps.policy[:, j], alone, rtol=1e-5)
         np.testing.assert_array_equal(logps.lengths[:, j], lengths)
+
+
+def step_losses(terms: dict[str, float], batches: list[dict[str, np.ndarray]], logps_fn) -> list[tuple[float, object]]:
+    """(the step's logged loss, ``logps_fn(graphdef, params, batch)``) of one step from the same state on each batch."""
+    cfg = with_soft_spo(tiny_config(), terms)
+    mesh, graphdef, shardings, state, reference, step = build(cfg, {"data": 2, "fsdp": 2, "tensor": 2}, 8)
+    logps = jax.jit(logps_fn, static_argnums=0)
+    out = []
+    for host in batches:
+        fresh = jax.tree.map(jax.numpy.copy, state)  # the step donates its state
+        batch = {k: jax.device_put(v, step.batch_sharding[k]) for k, v in host.items()}
+        expected_inputs = jax.device_get(logps(graphdef, state.params, batch))
+        _, metrics = step.fn(fresh, reference, batch)
+        out.append((float(metrics["loss"]), expected_inputs))
+    return out
+
+
+def test_soft_labels_reach_the_pairwise_loss_from_the_data_rows():
+    task = build_synthetic_task(SyntheticTaskConfig(num_sft=0, num_train=8, num_eval=0))
+    labels = [0.5, 0.7, 0.3, 0.9, 1.0, 0.6, 0.2, 0.8]  # p̂ < ½ too: the loss is symmetric, no swap needed
+    soft = [dict(row, soft_label=p) for row, p in zip(task.splits["train"], labels)]
+    hard = [{k: v for k, v in row.items() if k != "soft_label"} for row in soft]  # no label: p̂ = 1
+    batches = [encode_preference_rows(rows, build_task_tokenizer(), 32) for rows in (soft, hard)]
+    np.testing.assert_array_equal(batches[0]["soft_label"], np.float32(labels))
+    (soft_loss, logps), (hard_loss, _) = step_losses({"soft_spo": 1.0}, batches, pair_logps)
+    d = np.float64(logps[0]) - np.float64(logps[1])  # log πθ(y_w) − log πθ(y_l), α = 1
+    p = np.float64(batches[0]["soft_label"])
+    expected = -(p * np.log(1 / (1 + np.exp(-d))) + (1 - p) * np.log(1 / (1 + np.exp(d)))).mean()
+    np.testing.assert_allclose(soft_loss, expected, rtol=1e-5)
+    np.testing.assert_allclose(hard_loss, -np.log(1 / (1 + np.exp(-d))).mean(), rtol=1e-5)
+    assert abs(soft_loss - hard_loss) > 0.05, (soft_loss, hard_loss)
+
+
+def test_response_scores_give_soft_winners_in_the_list_step():
+    task = build_synthetic_task(SyntheticTaskConfig(num_sft=0, num_train=8, num_eval=0))
+    rows = [dict(row, best=0) for row in task.splits["train"]]
+    scored, unscored = (
+        encode_list_rows(r, build_task_tokenizer(), 32, False, task.config.label_weights)
+        for r in (rows, [{k: v for k, v in row.items() if k != "response_scores"} for row in rows])
+    )
+    (soft_loss, logps), (hard_loss, _) = step_losses({"soft_spo_best_of_n": 1.0}, [scored, unscored], list_logps)
+    rewards = np.array(
+        [[labelled_reward(c, task.config.label_weights) for c in row["response_scores"]] for row in rows]
+    )
+    q = np.exp(rewards) / np.exp(rewards).sum(-1, keepdims=True)  # softmax(r/τ), τ = 1 (default)
+    s = np.float64(logps.policy)
+    log_choice = s - np.log(np.exp(s).sum(-1, keepdims=True))
+    np.testing.assert_allclose(soft_loss, -(q * log_choice).sum(-1).mean(), rtol=1e-5)
+    np.testing.assert_allclose(hard_loss, -log_choice[:, 0].mean(), rtol=1e-5)
+    assert abs(soft_loss - hard_loss) > 0.05, (soft_loss, hard_loss)
 
 
 @pytest.mark.slow

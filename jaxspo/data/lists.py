@@ -13,10 +13,13 @@ Encoding (:func:`encode_list_rows`) reorders each row best first and pads lists 
 ``n`` of the rows: ``list_tokens``, ``list_valid``, ``list_loss_mask`` ``[N, n, T]`` (each sequence laid
 out as in :mod:`jaxspo.data.encode`) and ``list_mask`` ``[N, n]`` (True where a response exists).
 A missing slot repeats the row's best response (so the forward stays finite) with ``list_mask`` False.
+``list_scores`` ``[N, n]`` float32 holds each response's score c (for soft winners softmax(c/τ) in the loss), in
+the same order, 0 in missing slots, NaN on a row without ``response_scores``.
 Bad rows raise ValueError naming the row and field.
 
-The built-in task's rows carry ``responses`` and ``response_scores``; :func:`rank_by_scores` derives
-their ``ranking`` from the labelled reward, like its pair labels.
+``response_scores`` is one number per response, or (the built-in task's rows) one mapping of
+per-dimension scores per response, whose score is the labelled reward r = Σ label_weights·scores.
+:func:`rank_by_scores` derives the ``ranking`` of such rows from their scores, like the task's pair labels.
 """
 
 from __future__ import annotations
@@ -33,7 +36,25 @@ from jaxspo.data.encode import _check_inputs, _pack, _sequence, _special_ids
 from jaxspo.data.formats import field as _field, text as _text
 from jaxspo.data.synthetic import SyntheticTaskConfig, labelled_reward
 
-LIST_FIELDS = ("list_tokens", "list_valid", "list_loss_mask", "list_mask")
+LIST_FIELDS = ("list_tokens", "list_valid", "list_loss_mask", "list_mask", "list_scores")
+
+
+def response_rewards(
+    row: Mapping[str, Any], index: int, label_weights: Mapping[str, float] | None
+) -> list[float] | None:
+    """The row's score per response from ``response_scores`` (None when absent): the numbers as given, or the labelled
+    reward of each mapping of per-dimension scores under ``label_weights``. ValueError names the row and field."""
+    scores, n = row.get("response_scores"), len(row["responses"])
+    if scores is None:
+        return None
+    where = f"row {index}: field 'response_scores'"
+    if not isinstance(scores, (list, tuple)) or len(scores) != n:
+        raise ValueError(f"{where} must be a list of one score per response ({n}), got {scores!r}")
+    if label_weights is not None and all(isinstance(c, Mapping) for c in scores):
+        return [labelled_reward(c, label_weights) for c in scores]
+    if not all(isinstance(c, numbers.Real) and not isinstance(c, bool) and np.isfinite(c) for c in scores):
+        raise ValueError(f"{where} must hold finite numbers (one per response), got {list(scores)}")
+    return [float(c) for c in scores]
 
 
 def _index(value: Any, n: int, where: str) -> int:
@@ -65,12 +86,18 @@ def _order(row: Mapping[str, Any], index: int, n: int, need_ranking: bool) -> li
 
 
 def encode_list_rows(
-    rows: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, max_length: int, need_ranking: bool
+    rows: Sequence[Mapping[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    need_ranking: bool,
+    label_weights: Mapping[str, float] | None = None,
 ) -> dict[str, np.ndarray]:
-    """List rows → ``list_tokens/list_valid/list_loss_mask [N, n, T]`` and ``list_mask [N, n]``, best first."""
+    """List rows → ``list_tokens/list_valid/list_loss_mask [N, n, T]``, ``list_mask [N, n]`` and ``list_scores [N, n]``,
+    best first (``label_weights``: the labelled reward of per-dimension ``response_scores``; None = numbers only)."""
     _check_inputs(rows, max_length, "max_length")
     _, eos, pad = _special_ids(tokenizer)
     ordered: list[list[str]] = []
+    scores: list[list[float] | None] = []
     for i, row in enumerate(rows):
         responses = _field(row, i, "responses")
         if not isinstance(responses, (list, tuple)) or len(responses) < 2:
@@ -78,7 +105,10 @@ def encode_list_rows(
         texts = [_text(r, f"row {i}: field 'responses[{j}]'") for j, r in enumerate(responses)]
         if len(set(texts)) < len(texts):
             raise ValueError(f"row {i}: field 'responses' has duplicate responses")
-        ordered.append([texts[j] for j in _order(row, i, len(texts), need_ranking)])
+        order = _order(row, i, len(texts), need_ranking)
+        rewards = response_rewards(row, i, label_weights)
+        ordered.append([texts[j] for j in order])
+        scores.append(None if rewards is None else [rewards[j] for j in order])
     contexts = prompt_ids(rows, tokenizer)  # [bos] + ids for text prompts, the chat template's for messages
     width = max(map(len, ordered))
     sequences = []
@@ -88,7 +118,16 @@ def encode_list_rows(
         sequences += row_sequences + [row_sequences[0]] * (width - len(row_sequences))
     tokens, loss_mask, valid = (a.reshape(len(rows), width, max_length) for a in _pack(sequences, max_length, pad))
     mask = np.array([[j < len(texts) for j in range(width)] for texts in ordered], dtype=bool)
-    return {"list_tokens": tokens, "list_valid": valid, "list_loss_mask": loss_mask, "list_mask": mask}
+    list_scores = np.array(
+        [[np.nan] * width if c is None else c + [0.0] * (width - len(c)) for c in scores], dtype=np.float32
+    ).reshape(len(rows), width)
+    return {
+        "list_tokens": tokens,
+        "list_valid": valid,
+        "list_loss_mask": loss_mask,
+        "list_mask": mask,
+        "list_scores": list_scores,
+    }
 
 
 def rank_by_scores(rows: Sequence[Mapping[str, Any]], task: SyntheticTaskConfig, seed: int) -> list[dict[str, Any]]:

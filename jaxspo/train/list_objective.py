@@ -12,7 +12,7 @@ from jaxspo.losses.soft_spo import ListLogps
 from jaxspo.train.logprobs import sequence_logps
 from jaxspo.train.model_view import as_model
 
-LIST_RANKS = {"list_tokens": 3, "list_valid": 3, "list_loss_mask": 3, "list_mask": 2}
+LIST_RANKS = {"list_tokens": 3, "list_valid": 3, "list_loss_mask": 3, "list_mask": 2, "list_scores": 2}
 
 
 def uses_lists(loss_cfg) -> bool:
@@ -25,7 +25,9 @@ def list_logps(graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, jax.A
     b, n, t = batch["list_tokens"].shape
     flat = [batch[k].reshape(b * n, t) for k in ("list_tokens", "list_valid", "list_loss_mask")]
     logps, lengths = sequence_logps(graphdef, params, *flat)  # [B·n]
-    return ListLogps(policy=logps.reshape(b, n), mask=batch["list_mask"], lengths=lengths.reshape(b, n))
+    return ListLogps(
+        policy=logps.reshape(b, n), mask=batch["list_mask"], lengths=lengths.reshape(b, n), scores=batch["list_scores"]
+    )
 
 
 def list_objective_fn(graphdef, loss_cfg):

@@ -148,6 +148,7 @@ class Run:
                     self.tokenizer,
                     length,
                     need_ranking,
+                    self.cfg.data.synthetic.label_weights,
                 )
         elif soft_losses:  # soft labels: p̂ < ½ swaps the pair; a missing p̂ is an error for the train split
 
