@@ -134,10 +134,7 @@ def sections(
     """Every section of ``cls`` (default: the whole run config), depth first, each key once; ``entries`` names the
     dataclasses of dict fields whose defaults do not show them."""
     instance = cls() if instance is None else instance
-    hints = typing.get_type_hints(cls)
-    docs = {
-        k: v for base in reversed(cls.__mro__) if dataclasses.is_dataclass(base) for k, v in _field_docs(base).items()
-    }
+    hints, docs = typing.get_type_hints(cls), _field_docs(cls)
     keys, nested = [], []
     for field in dataclasses.fields(cls):
         path, value, hint = prefix + field.name, getattr(instance, field.name), hints[field.name]
