@@ -28,17 +28,17 @@ from jaxspo.errors import (
     UsageError,
     UserError,
 )
-from jaxspo.host_memory import hold_freed_memory
 from jaxspo.platforms import choose_platforms
 
 
 def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    from jaxspo import distributed  # heavy imports only once the config is known good
+    choose_platforms()  # imports jax: only once the config is known good
+    from jaxspo import distributed, host_memory
     from jaxspo.train.loop import train
     from jaxspo.train.summary import summary_table
 
-    hold_freed_memory(cfg.trainer.host_heap)  # before XLA's CPU client starts its threads
+    host_memory.install(cfg.trainer.host_heap)  # before XLA's CPU client starts its threads
     distributed.initialize()  # joins the multi-process run the environment describes, before any device use
     result = train(cfg, config_name=Path(args.config).stem)
     if distributed.is_writer():
@@ -141,9 +141,10 @@ def _eval(args: argparse.Namespace) -> int:
 
     config, params, reference = resolve_target(args.target)
     cfg = load_config(config, args.overrides)
-    from jaxspo import distributed
+    choose_platforms()
+    from jaxspo import distributed, host_memory
 
-    hold_freed_memory(cfg.trainer.host_heap)
+    host_memory.install(cfg.trainer.host_heap)
     distributed.initialize()
     metrics = evaluate(cfg, args.params or params, args.reference or reference, args.reward_model, args.out)
     if distributed.is_writer():
@@ -345,8 +346,8 @@ def _as_user_error(err: Exception) -> UserError | None:
 
 def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command != "compile":  # compile's AOT compiler is libtpu's own
-        choose_platforms()
+    if args.command not in ("compile", "train", "eval"):  # compile's AOT compiler is libtpu's own; train and
+        choose_platforms()  # eval choose once their config is read (a config error then imports no jax)
     return args.handler(args)
 
 

@@ -65,7 +65,7 @@ def main() -> None:
     import jax
 
     from jaxspo.config import load_config
-    from jaxspo.host_memory import hold_freed_memory
+    from jaxspo import host_memory
     from jaxspo.train.phase import Phase
     from jaxspo.train.run import Run
 
@@ -73,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-jaxspo-") as tmp:
         work = Path(tmp)
         cfg = load_config(None, base_overrides(args, work) + list(args.overrides))
-        hold_freed_memory(cfg.trainer.host_heap)  # as ``jaxspo train`` does, before the first device use
+        host_memory.install(cfg.trainer.host_heap)  # as ``jaxspo train`` does, before the first device use
         (work / "run").mkdir()
         run = Run(cfg, work / "run")
         cfg = run.cfg

@@ -30,9 +30,8 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from jaxspo.data.encode import _pack, _sequence
+from jaxspo.losses.selfsup_config import KEY_SCORINGS, UNITS
 
-UNITS = ("token", "word", "sentence")
-KEY_SCORINGS = ("tfidf", "surprisal")
 _SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+|\n|$)")
 _WORD = re.compile(r"\S+")
 

@@ -26,7 +26,6 @@ from collections.abc import Mapping
 
 import numpy as np
 
-LAYOUTS = ("padded", "packed")
 ROLES = 3  # segments are 3·pair + role (0 prompt, 1 chosen, 2 rejected); one pair per row: 0, 1, 2
 PACKED_FIELDS = (
     "packed_tokens",

@@ -27,34 +27,8 @@ import numpy as np
 
 from jaxspo.data.files import SkipLine, read_json_lines
 from jaxspo.data.screen import DataReport
+from jaxspo.data.settings import SourceConfig
 from jaxspo.errors import DataError
-
-KINDS = ("synthetic", "jsonl", "parquet", "hf_disk", "tfds")
-
-
-@dataclasses.dataclass
-class SourceConfig:
-    """``data.source``: the reader and where its files are (see the module docstring)."""
-
-    kind: str = "synthetic"  # synthetic | jsonl | parquet | hf_disk | tfds
-    path: str = ""  # jsonl/parquet: file pattern with {split}; hf_disk: folder; tfds: data dir ("" = default)
-    name: str = ""  # tfds: the dataset name, e.g. hh_rlhf or hh_rlhf/helpful-base
-    train_split: str = "train"
-    eval_split: str = "test"
-    fields: dict[str, str] = dataclasses.field(default_factory=dict)  # canonical name -> column name
-
-    def validate(self) -> None:
-        """Raises ValueError naming the first bad key."""
-        if self.kind not in KINDS:
-            raise ValueError(f"data.source.kind must be one of {list(KINDS)}, got '{self.kind}'")
-        if self.kind in ("jsonl", "parquet", "hf_disk") and not self.path:
-            raise ValueError(f"data.source.path is required for data.source.kind={self.kind}")
-        if self.kind in ("jsonl", "parquet") and "{split}" not in self.path:
-            raise ValueError(
-                f"data.source.path must contain '{{split}}' (e.g. data/{{split}}.{self.kind}), got '{self.path}'"
-            )
-        if self.kind == "tfds" and not self.name:
-            raise ValueError("data.source.name is required for data.source.kind=tfds (e.g. hh_rlhf)")
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@ from typing import Any
 
 from jaxspo.compilation_cache import enable_compilation_cache
 from jaxspo.config import Config
-from jaxspo.host_memory import release_freed_memory
+from jaxspo.train.hooks import run_hooks
 from jaxspo.train.metrics_log import logged_eval
 from jaxspo.train.outputs import write_outputs
 from jaxspo.train.phase import Phase
@@ -105,6 +105,6 @@ def run_phase(
     def periodic_eval(step: int, params: Any) -> None:
         if every and step % every == 0 and step < planned.steps:
             run.log.log("eval", offset + step, setup.evaluate(params))
-            release_freed_memory()  # the evaluator's temporaries (kept mapped under trainer.host_heap)
+            run_hooks("after_eval")
 
     return phase.run_steps(setup.frozen, guard, periodic_eval)
