@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from jaxspo.data.chat import _ids as _token_ids, prompt_ids
-from jaxspo.data.encode import _check_inputs, _pack, _sequence, _special_ids
+from jaxspo.data.chat import prompt_ids, token_ids
+from jaxspo.data.encode import check_encode_inputs, pad_sequences, response_sequence, special_token_ids
 from jaxspo.data.formats import field as _field, text as _text
 from jaxspo.data.synthetic import SyntheticTaskConfig, labelled_reward
 
@@ -68,8 +68,8 @@ def encode_list_rows(
     rows: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, max_length: int, need_ranking: bool
 ) -> dict[str, np.ndarray]:
     """List rows → ``list_tokens/list_valid/list_loss_mask [N, n, T]`` and ``list_mask [N, n]``, best first."""
-    _check_inputs(rows, max_length, "max_length")
-    _, eos, pad = _special_ids(tokenizer)
+    check_encode_inputs(rows, max_length, "max_length")
+    _, eos, pad = special_token_ids(tokenizer)
     ordered: list[list[str]] = []
     for i, row in enumerate(rows):
         responses = _field(row, i, "responses")
@@ -83,10 +83,14 @@ def encode_list_rows(
     width = max(map(len, ordered))
     sequences = []
     for i, (context, texts) in enumerate(zip(contexts, ordered)):
-        ids = _token_ids(tokenizer, texts)
-        row_sequences = [_sequence(context, r, eos, max_length, i, f"responses[{j}]") for j, r in enumerate(ids)]
+        ids = token_ids(tokenizer, texts)
+        row_sequences = [
+            response_sequence(context, r, eos, max_length, i, f"responses[{j}]") for j, r in enumerate(ids)
+        ]
         sequences += row_sequences + [row_sequences[0]] * (width - len(row_sequences))
-    tokens, loss_mask, valid = (a.reshape(len(rows), width, max_length) for a in _pack(sequences, max_length, pad))
+    tokens, loss_mask, valid = (
+        a.reshape(len(rows), width, max_length) for a in pad_sequences(sequences, max_length, pad)
+    )
     mask = np.array([[j < len(texts) for j in range(width)] for texts in ordered], dtype=bool)
     return {"list_tokens": tokens, "list_valid": valid, "list_loss_mask": loss_mask, "list_mask": mask}
 
