@@ -19,7 +19,7 @@ from jaxspo import cli
 from jaxspo.data.files import compression, read_json_lines
 from jaxspo.data.sources import SourceConfig, read_split
 from jaxspo.errors import DataError
-from tests.test_cli_fuzz import TINY_MODEL, TINY_RUN, good_row, run_cli
+from tests.cli_fuzz_support import TINY_MODEL, TINY_RUN, good_row, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
