@@ -239,7 +239,7 @@ def selected(text: str, known: list[str], option: str) -> list[str]:
     return names
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="small,medium", help="comma list of small, medium (tiny: smoke only)")
     p.add_argument("--rounds", type=int, default=3, help="runs of every configuration, alternating")
@@ -273,7 +273,60 @@ def main() -> None:
     p.add_argument(
         "--out", type=Path, default=None, help="also write the JSON here (default: CACHE/vs_peers-<UTC time>.json)"
     )
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def prepare_fixtures(args: argparse.Namespace, shapes: list[str]) -> tuple[dict[str, dict], dict[str, Path]]:
+    """Per shape: the fixture's facts and the file of its batch order (both built once, cached)."""
+    infos, orders = {}, {}
+    for shape in shapes:
+        infos[shape] = build_fixture(args.cache / "fixtures", shape, batch_size=args.batch_size)
+        orders[shape] = args.cache / "fixtures" / shape / f"order-b{args.batch_size}-s{args.steps}.json"
+        write_order(orders[shape], infos[shape]["num_pairs"], args.batch_size, args.steps)
+        log(
+            f"fixture {shape}: {infos[shape]['parameters']['total']:,} parameters, "
+            f"{infos[shape]['mean_real_tokens_per_step']:.0f} real tokens per step"
+        )
+    return infos, orders
+
+
+def run_rounds(args, table, runs, heaps, shapes, orders, pythons) -> dict[str, dict[tuple[str, str], list]]:
+    """Every (configuration, heap) run of every shape, ``args.rounds`` times, the order rotated each round."""
+    results: dict[str, dict[tuple[str, str], list]] = {shape: {run: [] for run in runs} for shape in shapes}
+    for round_index in range(args.rounds):
+        rotated = runs[round_index % len(runs) :] + runs[: round_index % len(runs)]
+        for shape in shapes:
+            for name, heap in rotated:
+                spec = table[name]
+                fixture = args.cache / "fixtures" / shape
+                result = run_one(pythons[spec["system"]], name, spec, heap, heaps, fixture, orders[shape], args)
+                results[shape][(name, heap)].append(result)
+                brief = (
+                    result.get("error", "")[:300]
+                    or f"ttfs {result['time_to_first_step']:.1f}s, last step {result['steps'][-1]['seconds']:.3f}s"
+                )
+                log(f"round {round_index + 1}/{args.rounds} {shape} {run_name(name, heap)}: {brief}")
+    return results
+
+
+def log_headlines(out: dict) -> None:
+    for shape, figures in out["shapes"].items():
+        for kind in ("exact_fp32", "any_config"):
+            top = figures["headline"][kind]
+            names = [
+                run_name(top[side]["config"], top[side]["heap"]) if top[side] else "none"
+                for side in ("jaxspo_best", "fastest_peer")
+            ]
+            ratio = f"{top['ratio']:.2f}x" if top["ratio"] is not None else "n/a"
+            log(f"headline {shape} {kind}: {ratio} ({names[0]} over {names[1]}, real tokens/s)")
+
+
+def main() -> None:
+    args = parse_args()
     try:
         table = config_table.all_configs(dict(config_table.parse_jaxspo_flag(f) for f in args.jaxspo))
     except ValueError as e:
@@ -285,51 +338,13 @@ def main() -> None:
     if args.steady_from > args.steps:
         raise SystemExit(f"--steady-from {args.steady_from} is past --steps {args.steps}")
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
-    log = lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True)  # noqa: E731
-
-    infos, orders = {}, {}
-    for shape in shapes:
-        infos[shape] = build_fixture(args.cache / "fixtures", shape, batch_size=args.batch_size)
-        orders[shape] = args.cache / "fixtures" / shape / f"order-b{args.batch_size}-s{args.steps}.json"
-        write_order(orders[shape], infos[shape]["num_pairs"], args.batch_size, args.steps)
-        log(
-            f"fixture {shape}: {infos[shape]['parameters']['total']:,} parameters, {infos[shape]['mean_real_tokens_per_step']:.0f} real tokens per step"
-        )
+    infos, orders = prepare_fixtures(args, shapes)
     pythons = {system: ensure_venv(args.venvs, system) for system in sorted({table[n]["system"] for n in names})}
     peak = measure_peak(args.peak_size)
     log(f"matmul peak: {json.dumps(peak['best'])}")
-    results: dict[str, dict[tuple[str, str], list]] = {shape: {run: [] for run in runs} for shape in shapes}
-    for round_index in range(args.rounds):
-        rotated = runs[round_index % len(runs) :] + runs[: round_index % len(runs)]
-        for shape in shapes:
-            for name, heap in rotated:
-                spec = table[name]
-                result = run_one(
-                    pythons[spec["system"]],
-                    name,
-                    spec,
-                    heap,
-                    heaps,
-                    args.cache / "fixtures" / shape,
-                    orders[shape],
-                    args,
-                )
-                results[shape][(name, heap)].append(result)
-                brief = (
-                    result.get("error", "")[:300]
-                    or f"ttfs {result['time_to_first_step']:.1f}s, last step {result['steps'][-1]['seconds']:.3f}s"
-                )
-                log(f"round {round_index + 1}/{args.rounds} {shape} {run_name(name, heap)}: {brief}")
+    results = run_rounds(args, table, runs, heaps, shapes, orders, pythons)
     out = report(args, table, infos, results, peak, heaps)
-    for shape, figures in out["shapes"].items():
-        for kind in ("exact_fp32", "any_config"):
-            top = figures["headline"][kind]
-            names = [
-                run_name(top[side]["config"], top[side]["heap"]) if top[side] else "none"
-                for side in ("jaxspo_best", "fastest_peer")
-            ]
-            ratio = f"{top['ratio']:.2f}x" if top["ratio"] is not None else "n/a"
-            log(f"headline {shape} {kind}: {ratio} ({names[0]} over {names[1]}, real tokens/s)")
+    log_headlines(out)
     text = json.dumps(out, indent=1)
     print(text)
     path = args.out or args.cache / f"vs_peers-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
