@@ -66,7 +66,8 @@ class Cell:
         parts = key.split("/")
         if len(parts) != 4 or parts[0] not in RECIPES or not parts[1].isdigit() or parts[3] not in KERNELS:
             raise ValueError(
-                f"cell '{key}' is not MODEL/LENGTH/SLICE/KERNEL with MODEL in {list(RECIPES)} and KERNEL in {list(KERNELS)}"
+                f"cell '{key}' is not MODEL/LENGTH/SLICE/KERNEL with MODEL in {list(RECIPES)} and KERNEL "
+                f"in {list(KERNELS)}"
             )
         return cls(parts[0], int(parts[1]), parts[2], parts[3])
 
@@ -344,7 +345,8 @@ def render(records: dict[str, dict], cells: list[Cell] | None = None) -> str:
         key=lambda r: (int(r[0][:-1]), r[1], SLICES.index(r[2]) if r[2] in SLICES else 99, r[2]),
     )
     lines = [
-        "| model | tokens / seq | slice (devices) | HBM GiB | `xla` peak GiB | `xla` pairs / device | `splash` peak GiB | `splash` pairs / device"
+        "| model | tokens / seq | slice (devices) | HBM GiB | `xla` peak GiB | `xla` pairs / "
+        "device | `splash` peak GiB | `splash` pairs / device"
         " | context mesh d×f×t×c | splash+context peak GiB | splash+context pairs / device |",
         "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]

@@ -221,11 +221,13 @@ def report(
             "optimizer": "AdamW b1=0.9 b2=0.999 eps=1e-8 weight_decay=0, constant lr, no warm-up, no clipping",
             "env": BASE_ENV,
             "heaps": heaps,
-            "jaxspo_heap": "trainer.host_heap=hold under 'held' (no MALLOC_* variable), =system with the others' variables",
+            "jaxspo_heap": "trainer.host_heap=hold under 'held' (no MALLOC_* variable), =system with the others' "
+            "variables",
         },
         "machine": machine(),
         "matmul_peak_flops_per_second": peak,
-        "flop_count": "padded tokens x (6N + 12 L W d_attn), + (2N + 4 L W d_attn) with an in-step reference (benchmarks/peers/stats.py)",
+        "flop_count": "padded tokens x (6N + 12 L W d_attn), + (2N + 4 L W d_attn) with an in-step reference "
+        "(benchmarks/peers/stats.py)",
         "shapes": shapes,
     }
 

@@ -1,7 +1,9 @@
 """Command line: ``jaxspo train CONFIG [key=value ...]``, ``jaxspo export RUN_DIR --out DIR``,
-``jaxspo score MODEL_DIR DATA.jsonl --out OUT.jsonl``, ``jaxspo label DATA.jsonl --reward-model DIR --out OUT.jsonl``, ``jaxspo compile CONFIG --topology v5p-128``,
-``jaxspo launch (--local N | --tpu NAME | --queued-resource NAME | --slurm | --hosts H0,H1,...) CONFIG [key=value ...]``,
-``jaxspo data prepare NAME --manual-dir DIR``, ``jaxspo plot RUN_DIR``, ``jaxspo eval CONFIG [--params DIR]``.
+``jaxspo score MODEL_DIR DATA.jsonl --out OUT.jsonl``,
+``jaxspo label DATA.jsonl --reward-model DIR --out OUT.jsonl``, ``jaxspo compile CONFIG --topology v5p-128``,
+``jaxspo launch (--local N | --tpu NAME | --queued-resource NAME | --slurm | --hosts H0,H1,...) CONFIG
+[key=value ...]``, ``jaxspo data prepare NAME --manual-dir DIR``, ``jaxspo plot RUN_DIR``,
+``jaxspo eval CONFIG [--params DIR]``.
 
 Every command ends a user mistake with one line ``jaxspo: <kind>: <where>: <what>; <what to do>`` on stderr
 and the exit status of its :class:`jaxspo.errors.UserError` class (1 input, 2 config or usage); anything else
@@ -69,7 +71,8 @@ def _score(args: argparse.Namespace) -> int:
         else ""
     )
     print(
-        f"scored {summary['rows']} rows ({summary['truncated']} truncated at --max-length {summary['max_length']}{clamped}), "
+        f"scored {summary['rows']} rows ({summary['truncated']} truncated at --max-length "
+        f"{summary['max_length']}{clamped}), "
         f"mean chosen-rejected log-prob margin {summary['mean_margin']:.4f}: {args.out}"
     )
     return 0
@@ -89,8 +92,10 @@ def _label(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(
-        f"labelled {summary['rows']} pairs ({summary['truncated']} responses cut at --max-length {summary['max_length']}): "
-        f"the reward model prefers chosen in {summary['agree']:.1%}, mean soft_label {summary['mean_soft_label']:.4f}: {args.out}"
+        f"labelled {summary['rows']} pairs ({summary['truncated']} responses cut at --max-length "
+        f"{summary['max_length']}): "
+        f"the reward model prefers chosen in {summary['agree']:.1%}, mean soft_label "
+        f"{summary['mean_soft_label']:.4f}: {args.out}"
     )
     return 0
 
@@ -262,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         if mistake is None:
             traceback.print_exc()
             print(
-                f"jaxspo: internal error: the {type(err).__name__} above is a bug in jaxspo; please report it to the maintainers with the command and this traceback",
+                f"jaxspo: internal error: the {type(err).__name__} above is a bug in jaxspo; please "
+                "report it to the maintainers with the command and this traceback",
                 file=sys.stderr,
             )
             return INTERNAL_ERROR_EXIT_CODE

@@ -57,7 +57,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--peft",
         action="store_true",
-        help="LoRA run: write the adapters in PEFT's format (adapter_config.json + adapter_model.safetensors) instead of the merged model",
+        help="LoRA run: write the adapters in PEFT's format (adapter_config.json + "
+        "adapter_model.safetensors) instead of the merged model",
     )
 
 
@@ -134,7 +135,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
     prepare.add_argument(
         "name",
-        help="hh_rlhf, ultrafeedback_binarized, pku_safe_rlhf[/better|/safer], tldr_comparisons, helpsteer2[/ratings|/preference]",
+        help="hh_rlhf, ultrafeedback_binarized, pku_safe_rlhf[/better|/safer], tldr_comparisons, "
+        "helpsteer2[/ratings|/preference]",
     )
     prepare.add_argument("--manual-dir", required=True, help="folder holding the upstream files as downloaded")
     prepare.add_argument(
@@ -145,7 +147,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=1.0,
         metavar="T",
-        help="τ of the soft labels (ultrafeedback_binarized, tldr_comparisons, helpsteer2): p̂ = σ(margin / τ), see docs/datasets.md",
+        help="τ of the soft labels (ultrafeedback_binarized, tldr_comparisons, helpsteer2): p̂ = "
+        "σ(margin / τ), see docs/datasets.md",
     )
 
 
@@ -168,7 +171,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reward-model",
         default="",
-        help="Hugging Face sequence-classification folder: adds the win rate of the policy's samples over the reference's",
+        help="Hugging Face sequence-classification folder: adds the win rate of the policy's samples "
+        "over the reference's",
     )
     parser.add_argument("--out", default="", help="folder to write eval.json and data_report.json")
 

@@ -149,7 +149,8 @@ def _validate_context(cfg: Config) -> None:
         return
     if cfg.data.max_length % c:
         raise ConfigError(
-            f"data.max_length ({cfg.data.max_length}) must divide by mesh.context ({c}): each sequence splits over {c} devices"
+            f"data.max_length ({cfg.data.max_length}) must divide by mesh.context ({c}): each "
+            f"sequence splits over {c} devices"
         )
     uneven = [b for b in cfg.data.buckets if b % c]
     if uneven:
@@ -190,7 +191,8 @@ def _validate_pack_pairs(cfg: Config) -> None:
     data, multiple = cfg.data, cfg.mesh.width_multiple()
     if data.pack_width < 0 or data.pack_width % multiple:
         raise ConfigError(
-            f"data.pack_width must be 0 (= the longest pair) or a positive multiple of {multiple} (8 and mesh.context), got {data.pack_width}"
+            f"data.pack_width must be 0 (= the longest pair) or a positive multiple of {multiple} (8 "
+            f"and mesh.context), got {data.pack_width}"
         )
     if data.pack_row_buckets < 1:
         raise ConfigError(
@@ -199,7 +201,8 @@ def _validate_pack_pairs(cfg: Config) -> None:
     if not data.pack_pairs:
         if data.pack_width:
             raise ConfigError(
-                f"data.pack_width={data.pack_width} is read only with data.pack_pairs=true; set data.pack_pairs=true or data.pack_width=0"
+                f"data.pack_width={data.pack_width} is read only with data.pack_pairs=true; set "
+                "data.pack_pairs=true or data.pack_width=0"
             )
         return
     if data.layout != "packed":
@@ -208,7 +211,8 @@ def _validate_pack_pairs(cfg: Config) -> None:
         )
     if data.buckets or data.auto_buckets:
         raise ConfigError(
-            "data.pack_pairs=true fills rows of one width (data.pack_width), so it takes no length buckets; set data.buckets=[] and data.auto_buckets=0"
+            "data.pack_pairs=true fills rows of one width (data.pack_width), so it takes no length "
+            "buckets; set data.buckets=[] and data.auto_buckets=0"
         )
 
 
@@ -222,28 +226,33 @@ def _validate_stages(cfg: Config) -> None:
         return
     if set(cfg.loss.terms) != {"sequential"}:
         raise ConfigError(
-            f"loss.terms: a 'stages' recipe trains every stage with the sequential loss; set loss.terms={{sequential: 1.0}}, got {list(cfg.loss.terms)}"
+            "loss.terms: a 'stages' recipe trains every stage with the sequential loss; set "
+            f"loss.terms={{sequential: 1.0}}, got {list(cfg.loss.terms)}"
         )
     if cfg.model.reference_path:
         raise ConfigError(
-            "model.reference_path: a 'stages' recipe's references are its own policies (π_0 = the SFT result); leave it empty"
+            "model.reference_path: a 'stages' recipe's references are its own policies (π_0 = the "
+            "SFT result); leave it empty"
         )
     modes = (
         ("precomputed", "adapter_off") if cfg.lora.enabled else ("precomputed",)
     )  # adapter_off: π_(n-1) = stage n's adapter off
     if cfg.loss.reference not in modes:
         raise ConfigError(
-            f"loss.reference: a 'stages' recipe's reference is π_(n-1); set loss.reference to {' or '.join(modes)}, got '{cfg.loss.reference}'"
+            "loss.reference: a 'stages' recipe's reference is π_(n-1); set loss.reference to "
+            f"{' or '.join(modes)}, got '{cfg.loss.reference}'"
         )
     for index, stage in enumerate(cfg.stages):
         where = f"stages[{index}]"
         if stage.dimension not in GOLD_DIMENSIONS:
             raise ConfigError(
-                f"{where}.dimension: unknown dimension '{stage.dimension}'; the {cfg.data.task} task scores {', '.join(GOLD_DIMENSIONS)}"
+                f"{where}.dimension: unknown dimension '{stage.dimension}'; the {cfg.data.task} task "
+                f"scores {', '.join(GOLD_DIMENSIONS)}"
             )
         if len(stage.lambdas) != index:
             raise ConfigError(
-                f"{where}.lambdas: stage {index + 1} needs {index} λ values (one per earlier stage), got {len(stage.lambdas)}"
+                f"{where}.lambdas: stage {index + 1} needs {index} λ values (one per earlier stage), got "
+                f"{len(stage.lambdas)}"
             )
         for key in ("beta", "steps", "learning_rate", "min_gap", "pairs_per_prompt"):
             if getattr(stage, key) < 0:

@@ -17,7 +17,8 @@ log = logging.getLogger("jaxspo")
 
 
 def resolve_loss(name: str, where: str) -> Any:
-    """The registered loss ``name`` (importing a ``module:function`` name); ConfigError at ``where`` if there is none."""
+    """The registered loss ``name`` (importing a ``module:function`` name); ConfigError at ``where`` if there is
+    none."""
     from jaxspo.losses import get_loss, loss_names  # late import: the registry fills as losses import
 
     try:
@@ -44,7 +45,8 @@ def build_loss_params(spec: Any, section: Any) -> Any:
                 close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.5)
                 hint = f"did you mean '{close[0]}'? " if close else ""
                 raise ConfigError(
-                    f"unknown config key '{params_key(spec.name, key)}'; {hint}{spec.name}'s params: {', '.join(fields)}"
+                    f"unknown config key '{params_key(spec.name, key)}'; {hint}{spec.name}'s params: "
+                    f"{', '.join(fields)}"
                 )
         values = {key: coerce(value, hints[key], params_key(spec.name, key)) for key, value in section.items()}
         try:
@@ -69,7 +71,8 @@ def typed_loss_params(loss: LossConfig) -> dict[str, Any]:
         spec = resolve_loss(name, params_key(name))
         if spec.params is None:
             raise ConfigError(
-                f"{params_key(name)}: loss '{name}' declares no hyper-parameters (the shared ones are loss.beta, loss.label_smoothing); remove the section"
+                f"{params_key(name)}: loss '{name}' declares no hyper-parameters (the shared ones are "
+                "loss.beta, loss.label_smoothing); remove the section"
             )
         if name not in loss.terms:
             log.warning("%s is set but '%s' is not in loss.terms; its settings are unused", params_key(name), name)
@@ -115,5 +118,6 @@ def validate_loss(loss: LossConfig) -> None:
         raise ConfigError(str(err)) from None
     if loss.selfsup.weight and "list" in layouts.values():
         raise ConfigError(
-            "loss.selfsup.weight: the degree loss degrades pairs' responses; it cannot be combined with list losses (soft_spo_best_of_n, soft_spo_ranked)"
+            "loss.selfsup.weight: the degree loss degrades pairs' responses; it cannot be combined "
+            "with list losses (soft_spo_best_of_n, soft_spo_ranked)"
         )

@@ -58,7 +58,8 @@ def split_key(key: str, override: str) -> list[str]:
     """``loss.params."pkg.mod:fn".shift`` → ``["loss", "params", "pkg.mod:fn", "shift"]``."""
     if not re.fullmatch(rf"(?:{_KEY_PART})(?:\.(?:{_KEY_PART}))*", key):
         raise ConfigError(
-            f"override '{override}': malformed key '{key}' (dotted names; quote a name that holds dots: loss.params.\"pkg.mod:fn\".x=1)"
+            f"override '{override}': malformed key '{key}' (dotted names; quote a name that holds "
+            'dots: loss.params."pkg.mod:fn".x=1)'
         )
     return [part.strip('"') for part in re.findall(_KEY_PART, key)]
 

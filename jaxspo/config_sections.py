@@ -38,14 +38,16 @@ class DataConfig:
     workers: int = 1  # grain reader threads of the training batch pipeline (0 = read in the training thread)
     prefetch: int = 2  # batches grain reads ahead (0 = none)
     spill_dir: str = ""  # local dir: encoded train/SFT rows go to memory-mapped .npy files there; "" = host memory
-    layout: str = "padded"  # preference step rows: "padded" (chosen, rejected) or "packed" (prompt once per pair; jaxspo/data/layout.py)
+    # preference step rows: "padded" (chosen, rejected) or "packed" (prompt once per pair; jaxspo/data/layout.py)
+    layout: str = "padded"
     pack_pairs: bool = (
         False  # with layout: packed, several pairs per row (no padding per pair; jaxspo/data/pair_packing.py)
     )
     pack_width: int = (
         0  # pack_pairs: slots per row (a multiple of 8 and mesh.context, ≥ the longest pair); 0 = the longest pair
     )
-    pack_row_buckets: int = 4  # pack_pairs: row counts a batch may take (one compiled program each): one pair per row + K−1 fitted to the data
+    # pack_pairs: row counts a batch may take (one compiled program each): one pair per row + K−1 fitted to the data
+    pack_row_buckets: int = 4
 
 
 @dataclasses.dataclass
@@ -132,7 +134,8 @@ class TrainerConfig:
     compilation_cache_dir: str = (
         ""  # JAX's persistent compilation cache, e.g. ~/.cache/jaxspo/xla ("" = off; docs/speed.md)
     )
-    host_heap: str = "system"  # "hold": glibc keeps freed memory mapped between XLA:CPU steps (faster on CPU, more RSS; docs/speed.md)
+    # "hold": glibc keeps freed memory mapped between XLA:CPU steps (faster on CPU, more RSS; docs/speed.md)
+    host_heap: str = "system"
 
 
 @dataclasses.dataclass
@@ -181,7 +184,8 @@ class LoggingConfig:
 
 @dataclasses.dataclass
 class StageConfig:
-    """One stage n of a ``sequential`` recipe (docs/losses.md, Sequential; jaxspo/train/stages.py), in ``stages`` order."""
+    """One stage n of a ``sequential`` recipe (docs/losses.md, Sequential; jaxspo/train/stages.py), in ``stages``
+    order."""
 
     dimension: str = ""  # the scored dimension whose differences label this stage's pairs (e.g. correctness)
     beta: float = 0.0  # β_n; 0 = loss.beta

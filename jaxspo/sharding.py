@@ -38,7 +38,8 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
         known = math.prod(s for s in sizes if s != -1)
         if len(devices) % known:
             raise ConfigError(
-                f"mesh: {len(devices)} devices do not divide by {known} (the product of the mesh sizes other than the -1); choose sizes that divide {len(devices)}"
+                f"mesh: {len(devices)} devices do not divide by {known} (the product of the mesh sizes "
+                f"other than the -1); choose sizes that divide {len(devices)}"
             )
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) != len(devices):

@@ -27,7 +27,8 @@ def module_name(path: Path) -> str:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """module -> the jaxspo modules it imports (``from jaxspo.a import b`` counts ``jaxspo.a.b`` if that is a module)."""
+    """module -> the jaxspo modules it imports (``from jaxspo.a import b`` counts ``jaxspo.a.b`` if that is a
+    module)."""
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():

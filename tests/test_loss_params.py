@@ -31,7 +31,8 @@ def pairs(n: int = 6) -> PairLogps:
 
 
 def test_a_user_loss_reads_its_hyper_parameter_from_loss_params():
-    """Set by override at two values (and left at its default), the shift reaches the jitted objective: −log σ(βh − δ)."""
+    """Set by override at two values (and left at its default), the shift reaches the jitted objective: −log σ(βh −
+    δ)."""
     logps = pairs()
     h = np.asarray(logps.margin())
     values = {}
@@ -134,7 +135,8 @@ def test_cli_names_the_new_home_of_an_old_key_in_one_line():
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"jaxspo: config error: loss.simpo_gamma moved to loss.params.simpo.gamma (config {REPO / 'configs/selfsup_simpo.yaml'} with its overrides)"
+        "jaxspo: config error: loss.simpo_gamma moved to loss.params.simpo.gamma (config "
+        f"{REPO / 'configs/selfsup_simpo.yaml'} with its overrides)"
     ]
 
 

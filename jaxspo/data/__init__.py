@@ -3,7 +3,8 @@
 Row formats are documented in ``jaxspo.data.formats`` (TRL standard / conversational / ranked rows),
 ``jaxspo.data.synthetic`` (the task's fields) and ``jaxspo.data.encode`` (arrays); where rows come from in
 ``jaxspo.data.sources``; chat templates in ``jaxspo.data.chat``; length buckets in
-``jaxspo.data.bucketing``; the training batch pipeline (grain) in ``jaxspo.data.pipeline``; TFDS builders in ``jaxspo.data.tfds_builders``.
+``jaxspo.data.bucketing``; the training batch pipeline (grain) in ``jaxspo.data.pipeline``; TFDS builders in
+``jaxspo.data.tfds_builders``.
 """
 
 from __future__ import annotations

@@ -178,7 +178,8 @@ def encode_sft_rows(
 def encode_prompts(
     prompts: Sequence[str | list], tokenizer: PreTrainedTokenizerBase, max_prompt_length: int, keep_end: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Prompts (text or message lists) → LEFT-padded ``(tokens [N, P] int32, valid [N, P] bool)``, ``P = max_prompt_length``.
+    """Prompts (text or message lists) → LEFT-padded ``(tokens [N, P] int32, valid [N, P] bool)``, ``P =
+    max_prompt_length``.
 
     Each row is ``<pad>… <bos> prompt…`` (a conversation: its chat template with the generation prompt) so
     that generation continues right after the last column. A prompt longer than ``P`` tokens raises

@@ -51,12 +51,14 @@ def _order(row: Mapping[str, Any], index: int, n: int, need_ranking: bool) -> li
         order = [_index(v, n, f"row {index}: field 'ranking'") for v in ranking]
         if sorted(order) != list(range(n)):
             raise ValueError(
-                f"row {index}: field 'ranking' must be a permutation of 0..{n - 1} (one entry per response), got {list(ranking)}"
+                f"row {index}: field 'ranking' must be a permutation of 0..{n - 1} (one entry per "
+                f"response), got {list(ranking)}"
             )
         return order
     if need_ranking:
         raise ValueError(
-            f"row {index}: field 'ranking' is missing; the ranked loss needs every response ranked (a row with only 'best' serves best-of-n)"
+            f"row {index}: field 'ranking' is missing; the ranked loss needs every response ranked (a "
+            "row with only 'best' serves best-of-n)"
         )
     if row.get("best") is None:
         raise ValueError(f"row {index}: needs field 'ranking' or 'best'")

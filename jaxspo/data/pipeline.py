@@ -255,7 +255,8 @@ def sharded_positions(shardings: Mapping[str, Any], arrays: Mapping[str, np.ndar
     first = next(iter(positions.values()))
     if any(not np.array_equal(first, p) for p in positions.values()):
         raise ValueError(
-            f"the batch fields are split differently across processes: { {k: p.tolist() for k, p in positions.items()} }"
+            "the batch fields are split differently across processes: "
+            f"{ {k: p.tolist() for k, p in positions.items()} }"
         )
     return first
 

@@ -89,7 +89,8 @@ def _read_hf_disk(folder: Path, split: str) -> tuple[str, list[Any]]:
         splits = _json_file(folder / "dataset_dict.json") if (folder / "dataset_dict.json").is_file() else None
         available = splits.get("splits") if isinstance(splits, dict) else None
         raise DataError(
-            f"{split_dir}: not a saved datasets split (no state.json); splits: {available}; set data.source.train_split / eval_split to one of them"
+            f"{split_dir}: not a saved datasets split (no state.json); splits: {available}; set "
+            "data.source.train_split / eval_split to one of them"
         )
     state = _json_file(state_file)
     try:
@@ -142,7 +143,8 @@ def read_split(source: SourceConfig, split: str, skip: SkipLine | None = None) -
         if not path.is_file():
             what = "is a folder" if path.is_dir() else "does not exist"
             raise DataError(
-                f"{path}: {what} (data.source.path for split '{split}'); set data.source.path to a file pattern with {{split}} that names existing files"
+                f"{path}: {what} (data.source.path for split '{split}'); set data.source.path to a file "
+                f"pattern with {{split}} that names existing files"
             )
         if source.kind == "jsonl":
             rows = read_json_lines(

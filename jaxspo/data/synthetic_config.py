@@ -1,4 +1,5 @@
-"""The synthetic task's settings (``data.synthetic``) and gold dimensions; plain Python, so the config imports no jax."""
+"""The synthetic task's settings (``data.synthetic``) and gold dimensions; plain Python, so the config imports no
+jax."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""Soft Preference Optimization (Sharifnassab et al., arXiv 2405.00747): the preference terms (docs/methods/soft-spo.md).
+"""Soft Preference Optimization (Sharifnassab et al., arXiv 2405.00747): the preference terms
+(docs/methods/soft-spo.md).
 
-All terms are reference-free and read α = ``loss.params.<term>.alpha`` (:class:`SoftSpoParams`); s = α·log πθ(y) (sequence log-probs):
+All terms are reference-free and read α = ``loss.params.<term>.alpha`` (:class:`SoftSpoParams`); s = α·log πθ(y)
+(sequence log-probs):
 
 - ``soft_spo`` (pairs): −(1/α) log σ(α[log πθ(y_w) − log πθ(y_l)])
 - ``soft_spo_best_of_n`` (lists): −(1/α) log( πθ(y_best)^α / Σ_j πθ(y_j)^α )
@@ -37,7 +39,8 @@ _FAR = -1e30  # score of a missing list entry: exp(_FAR − x) = 0, and finite g
 
 @dataclasses.dataclass(frozen=True)
 class SoftSpoParams:
-    """``loss.params.<term>`` of ``soft_spo``, ``soft_spo_best_of_n`` and ``soft_spo_ranked`` (each term has its own section)."""
+    """``loss.params.<term>`` of ``soft_spo``, ``soft_spo_best_of_n`` and ``soft_spo_ranked`` (each term has its own
+    section)."""
 
     alpha: float = hyperparameter(1.0, gt=0.0)  # α > 0: softness; the tabular optimum is softmax(r/α)
     gamma: float = 0.0  # γ of the μ weighting [I]; 0 = off
@@ -45,7 +48,8 @@ class SoftSpoParams:
 
 @struct.dataclass
 class ListLogps:
-    """Per-list sequence log-probs, rows best first. ``policy``, ``lengths`` ``[B, n]`` float; ``mask`` ``[B, n]`` bool."""
+    """Per-list sequence log-probs, rows best first. ``policy``, ``lengths`` ``[B, n]`` float; ``mask`` ``[B, n]``
+    bool."""
 
     policy: jax.Array
     mask: jax.Array

@@ -1,4 +1,5 @@
-"""The driver: one loop over a run's plan of phases (:mod:`jaxspo.train.plan`), evaluating around the preference phases."""
+"""The driver: one loop over a run's plan of phases (:mod:`jaxspo.train.plan`), evaluating around the preference
+phases."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
 def run_phases(
     run: Run, plan: PhasePlan, phases: list[PlannedPhase], guard: PreemptionGuard
 ) -> tuple[EvalMetrics, EvalMetrics]:
-    """Runs (or resumes) ``phases`` in order; returns the evaluations before the first preference phase and after the last.
+    """Runs (or resumes) ``phases`` in order; returns the evaluations before the first preference phase and after the
+    last.
 
     Evaluation rows (``"phase": "eval"``) count steps over all preference phases; each is logged once.
     """

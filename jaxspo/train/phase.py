@@ -101,7 +101,8 @@ class Phase:
             )
         if cfg.data.auto_buckets:
             log.info(
-                "data.auto_buckets=%d: %s batches at widths %s; %.1f%% of the slots they compute hold tokens (%.1f%% at one width)",
+                "data.auto_buckets=%d: %s batches at widths %s; %.1f%% of the slots they compute hold "
+                "tokens (%.1f%% at one width)",
                 cfg.data.auto_buckets,
                 self.name,
                 self.batches.widths,

@@ -165,7 +165,8 @@ class UltrafeedbackBinarized(PreferenceBuilder):
     HOMEPAGE = "https://huggingface.co/datasets/HuggingFaceH4/ultrafeedback_binarized"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Download data/train_prefs-*.parquet and data/test_prefs-*.parquet from "
-        "https://huggingface.co/datasets/HuggingFaceH4/ultrafeedback_binarized into MANUAL_DIR/data/ (or the whole repository)."
+        "https://huggingface.co/datasets/HuggingFaceH4/ultrafeedback_binarized into "
+        "MANUAL_DIR/data/ (or the whole repository)."
     )
     LAYOUTS = (
         Layout(

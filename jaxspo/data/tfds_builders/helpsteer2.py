@@ -72,7 +72,8 @@ class Helpsteer2(PreferenceBuilder):
     BUILDER_CONFIGS = [Helpsteer2Config(name="ratings"), Helpsteer2Config(name="preference")]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Download train.jsonl.gz and validation.jsonl.gz (config ratings) or preference/preference.jsonl.gz "
-        "(config preference) from https://huggingface.co/datasets/nvidia/HelpSteer2 into MANUAL_DIR (or the whole repository)."
+        "(config preference) from https://huggingface.co/datasets/nvidia/HelpSteer2 into "
+        "MANUAL_DIR (or the whole repository)."
     )
     DIMENSIONS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
     SOFT_LABEL = "ratings: σ((helpfulness_chosen − helpfulness_rejected) / τ); preference: σ(|preference_strength| / τ)"
@@ -106,7 +107,8 @@ class Helpsteer2(PreferenceBuilder):
             ),
             (
                 SideFile(
-                    "HelpSteer2's per-response ratings file (one rated response per row; use helpsteer2/ratings for it)",
+                    "HelpSteer2's per-response ratings file (one rated response per row; use "
+                    "helpsteer2/ratings for it)",
                     ("train.jsonl*", "validation.jsonl*"),
                     _HS2_RATINGS,
                 ),

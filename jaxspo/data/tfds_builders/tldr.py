@@ -41,7 +41,8 @@ class TldrComparisons(PreferenceBuilder):
     HOMEPAGE = "https://github.com/openai/summarize-from-feedback"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Copy the comparison batches: azcopy copy "
-        "'https://openaipublic.blob.core.windows.net/summarize-from-feedback/dataset/comparisons/*' MANUAL_DIR/comparisons/ "
+        "'https://openaipublic.blob.core.windows.net/summarize-from-feedback/dataset/comparisons/*' "
+        "MANUAL_DIR/comparisons/ "
         "(or the hub's openai/summarize_from_feedback 'comparisons' Parquet files)"
     )
     LAYOUTS = (
@@ -110,7 +111,10 @@ class TldrComparisons(PreferenceBuilder):
         soft_label = self._confidence_label(row, choice)
         chosen, rejected = summaries[choice]["text"], summaries[1 - choice]["text"]
         check_responses(chosen, rejected)
-        prompt = f"SUBREDDIT: r/{info.get('subreddit', '')}\n\nTITLE: {info.get('title', '')}\n\nPOST: {info['post']}\n\nTL;DR:"
+        prompt = (
+            f"SUBREDDIT: r/{info.get('subreddit', '')}\n\nTITLE: {info.get('title', '')}\n\nPOST: "
+            f"{info['post']}\n\nTL;DR:"
+        )
         pair = canonical_pair({"prompt": prompt, "chosen": " " + chosen.strip(), "rejected": " " + rejected.strip()})
         return {k: pair[k] for k in ("prompt", "chosen", "rejected")} | {
             "post_id": str(info.get("id", "")),
