@@ -70,13 +70,8 @@ def label_file(
     """Writes each row of ``data`` to ``out`` with ``chosen_reward``, ``rejected_reward`` (float32 rewards) and
     ``soft_label`` (replacing any the row had). ``out`` must not exist unless ``overwrite``. ``max_length``
     above the model's positions is lowered to them. Returns summary numbers."""
-    if not temperature > 0 or not math.isfinite(temperature):
-        raise UsageError(
-            f"jaxspo label: --temperature must be a finite number > 0, got {temperature}; give e.g. --temperature 1"
-        )
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise UsageError(f"jaxspo label: {out}: already exists; give another --out, or --overwrite to replace it")
+    _check_arguments(temperature, out, overwrite)
     rows = read_jsonl(data)
     if not rows:
         raise DataError(f"{data}: holds no rows; give it preference rows (JSON lines with prompt, chosen, rejected)")
@@ -95,7 +90,36 @@ def label_file(
         raise DataError(
             f"{data}: row {empty % len(pairs)}: its prompt and response tokenise to nothing; give the row text to score"
         )
-    tokens, valid = pad_right(ids, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    scores = _score_responses(model, mesh, ids, tokenizer.pad_token_id, batch_size, progress_bar)
+    n = len(pairs)
+    chosen, rejected = scores[:n], scores[n:]
+    labels = soft_labels(chosen, rejected, temperature)
+    if is_writer():
+        _write_labelled(rows, out, overwrite, chosen, rejected, labels)
+    truncated = sum(len(a) > len(b) for a, b in zip(full, ids))
+    return {
+        "rows": n,
+        "truncated": truncated,
+        "max_length": max_length,
+        "mean_soft_label": float(labels.mean()),
+        "agree": float(np.mean(chosen > rejected)),
+    }
+
+
+def _check_arguments(temperature: float, out: Path, overwrite: bool) -> None:
+    if not temperature > 0 or not math.isfinite(temperature):
+        raise UsageError(
+            f"jaxspo label: --temperature must be a finite number > 0, got {temperature}; give e.g. --temperature 1"
+        )
+    if out.exists() and not overwrite:
+        raise UsageError(f"jaxspo label: {out}: already exists; give another --out, or --overwrite to replace it")
+
+
+def _score_responses(
+    model: Any, mesh: Any, ids: list[list[int]], pad_id: int | None, batch_size: int, progress_bar: bool
+) -> np.ndarray:
+    """The reward model's score ``[N]`` of each token sequence in ``ids``, ``batch_size`` at a time."""
+    tokens, valid = pad_right(ids, pad_id if pad_id is not None else 0)
     last = np.array([last_scored_token(seq, model.pad_id) for seq in ids], np.int32)
 
     @jax.jit
@@ -117,24 +141,19 @@ def label_file(
             trim=True,
             progress=bar.update,
         )
-    n = len(pairs)
-    chosen, rejected = scores[:n], scores[n:]
-    labels = soft_labels(chosen, rejected, temperature)
-    if is_writer():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w" if overwrite else "x", encoding="utf-8") as f:
-            for i, row in enumerate(rows):
-                added = {
-                    "chosen_reward": float(chosen[i]),
-                    "rejected_reward": float(rejected[i]),
-                    "soft_label": float(labels[i]),
-                }
-                f.write(json.dumps(row | added, ensure_ascii=False) + "\n")
-    truncated = sum(len(a) > len(b) for a, b in zip(full, ids))
-    return {
-        "rows": n,
-        "truncated": truncated,
-        "max_length": max_length,
-        "mean_soft_label": float(labels.mean()),
-        "agree": float(np.mean(chosen > rejected)),
-    }
+    return scores
+
+
+def _write_labelled(
+    rows: list[dict], out: Path, overwrite: bool, chosen: np.ndarray, rejected: np.ndarray, labels: np.ndarray
+) -> None:
+    """Each row plus its rewards and soft label, one JSON line each."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w" if overwrite else "x", encoding="utf-8") as f:
+        for i, row in enumerate(rows):
+            added = {
+                "chosen_reward": float(chosen[i]),
+                "rejected_reward": float(rejected[i]),
+                "soft_label": float(labels[i]),
+            }
+            f.write(json.dumps(row | added, ensure_ascii=False) + "\n")

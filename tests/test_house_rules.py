@@ -21,7 +21,6 @@ LONG_FUNCTION_EXCEPTIONS = {
     "benchmarks/selfsup_compare.py::main",
     "benchmarks/vs_peers.py::report",
     "jaxspo/data/pipeline.py::BatchPipeline.__init__",
-    "jaxspo/label.py::label_file",
     "jaxspo/models/context.py::context_attention",
     "jaxspo/train/phase.py::Phase.__init__",
     "tests/test_lora.py::test_merged_and_peft_exports_reproduce_the_adapted_model",
