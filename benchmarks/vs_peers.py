@@ -162,6 +162,54 @@ def machine() -> dict[str, Any]:
     }
 
 
+def shape_report(
+    args: argparse.Namespace,
+    table: dict[str, dict[str, Any]],
+    info: dict[str, Any],
+    by_run: dict[tuple[str, str], list[dict[str, Any]]],
+    peak: dict[str, Any],
+) -> dict[str, Any]:
+    """One shape's part of :func:`report`: its headline, each run's summary, losses and errors."""
+    model = model_info(info)
+    summaries, errors, losses, orders = {}, {}, {}, {}
+    for (config, heap), runs in by_run.items():
+        name, spec = run_name(config, heap), table[config]
+        good, failed = [r for r in runs if "error" not in r], [r["error"] for r in runs if "error" in r]
+        if failed:
+            errors[name] = failed
+        if not good:
+            continue
+        per_run = [stats.run_summary(r, model, args.steady_from) for r in good]
+        summaries[name] = stats.config_summary(per_run, peak["best"], spec["precision"])
+        summaries[name] |= {
+            "config": config,
+            "heap": heap,
+            "system": spec["system"],
+            "precision": spec["precision"],
+        }
+        summaries[name] |= {"overrides": spec["overrides"]} if "overrides" in spec else {}
+        summaries[name] |= {"allocator_env": good[0].get("allocator_env")}  # as the runner saw it
+        losses[name] = [s["loss"] for s in good[0]["steps"]]
+        orders[name] = good[0].get("same_order", True)
+    baseline = next(
+        (n for n in losses if summaries[n]["config"] == config_table.LOSS_BASELINE), config_table.LOSS_BASELINE
+    )
+    return {
+        "fixture": info,
+        "headline": shape_headline(list(summaries.values())),
+        "runs": summaries,
+        "loss_max_abs_diff_steps_1_5_vs_" + config_table.LOSS_BASELINE: stats.loss_agreement(
+            {n: v for n, v in losses.items() if orders[n]}, baseline
+        ),
+        "losses_steps_1_5": {n: v[:5] for n, v in losses.items()},
+        "runs_seconds_per_step": {
+            run_name(*key): [[s["seconds"] for s in r["steps"]] for r in runs if "error" not in r]
+            for key, runs in by_run.items()
+        },
+        "errors": errors,
+    }
+
+
 def report(
     args: argparse.Namespace,
     table: dict[str, dict[str, Any]],
@@ -172,46 +220,7 @@ def report(
 ) -> dict[str, Any]:
     """The one JSON object: settings, machine, peak, and per shape the headline and the runs' summaries
     (``results[shape][(config, heap)]``: the runners' results, or {"error": ...}, one per round)."""
-    shapes = {}
-    for shape, by_run in results.items():
-        model = model_info(infos[shape])
-        summaries, errors, losses, orders = {}, {}, {}, {}
-        for (config, heap), runs in by_run.items():
-            name, spec = run_name(config, heap), table[config]
-            good, failed = [r for r in runs if "error" not in r], [r["error"] for r in runs if "error" in r]
-            if failed:
-                errors[name] = failed
-            if not good:
-                continue
-            per_run = [stats.run_summary(r, model, args.steady_from) for r in good]
-            summaries[name] = stats.config_summary(per_run, peak["best"], spec["precision"])
-            summaries[name] |= {
-                "config": config,
-                "heap": heap,
-                "system": spec["system"],
-                "precision": spec["precision"],
-            }
-            summaries[name] |= {"overrides": spec["overrides"]} if "overrides" in spec else {}
-            summaries[name] |= {"allocator_env": good[0].get("allocator_env")}  # as the runner saw it
-            losses[name] = [s["loss"] for s in good[0]["steps"]]
-            orders[name] = good[0].get("same_order", True)
-        baseline = next(
-            (n for n in losses if summaries[n]["config"] == config_table.LOSS_BASELINE), config_table.LOSS_BASELINE
-        )
-        shapes[shape] = {
-            "fixture": infos[shape],
-            "headline": shape_headline(list(summaries.values())),
-            "runs": summaries,
-            "loss_max_abs_diff_steps_1_5_vs_" + config_table.LOSS_BASELINE: stats.loss_agreement(
-                {n: v for n, v in losses.items() if orders[n]}, baseline
-            ),
-            "losses_steps_1_5": {n: v[:5] for n, v in losses.items()},
-            "runs_seconds_per_step": {
-                run_name(*key): [[s["seconds"] for s in r["steps"]] for r in runs if "error" not in r]
-                for key, runs in by_run.items()
-            },
-            "errors": errors,
-        }
+    shapes = {shape: shape_report(args, table, infos[shape], by_run, peak) for shape, by_run in results.items()}
     return {
         "settings": {
             k: getattr(args, k)
