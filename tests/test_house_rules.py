@@ -18,7 +18,6 @@ LONG_FUNCTION_EXCEPTIONS = {
     # over 60 lines since `ruff format` spread their calls over 120 columns; still to split
     "benchmarks/peers/run_trl.py::main",
     "benchmarks/peers/run_tunix.py::main",
-    "jaxspo/data/pipeline.py::BatchPipeline.__init__",
     "jaxspo/models/context.py::context_attention",
     "jaxspo/train/phase.py::Phase.__init__",
     "tests/test_lora.py::test_merged_and_peft_exports_reproduce_the_adapted_model",
