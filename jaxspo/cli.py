@@ -41,9 +41,12 @@ def _train(args: argparse.Namespace) -> int:
     from jaxspo.train.loop import train
     from jaxspo.train.summary import summary_table
 
-    host_memory.install(cfg.trainer.host_heap)  # before XLA's CPU client starts its threads
+    uninstall_heap = host_memory.install(cfg.trainer.host_heap)  # before XLA's CPU client starts its threads
     distributed.initialize()  # joins the multi-process run the environment describes, before any device use
-    result = train(cfg, config_name=Path(args.config).stem)
+    try:
+        result = train(cfg, config_name=Path(args.config).stem)
+    finally:
+        uninstall_heap()  # its loop hooks; the heap's settings stay for the process
     if distributed.is_writer():
         table = summary_table(result.before, result.after, "+".join(cfg.loss.terms))
         (result.run_dir / "summary.md").write_text(table + "\n")
@@ -150,9 +153,12 @@ def _eval(args: argparse.Namespace) -> int:
     choose_platforms()
     from jaxspo import distributed, host_memory
 
-    host_memory.install(cfg.trainer.host_heap)
+    uninstall_heap = host_memory.install(cfg.trainer.host_heap)
     distributed.initialize()
-    metrics = evaluate(cfg, args.params or params, args.reference or reference, args.reward_model, args.out)
+    try:
+        metrics = evaluate(cfg, args.params or params, args.reference or reference, args.reward_model, args.out)
+    finally:
+        uninstall_heap()
     if distributed.is_writer():
         width = max(map(len, metrics))
         print("\n".join(f"{name:<{width}}  {value:.4f}" for name, value in metrics.items()))

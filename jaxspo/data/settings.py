@@ -14,7 +14,7 @@ KINDS = ("synthetic", "jsonl", "parquet", "hf_disk", "tfds")
 
 @dataclasses.dataclass
 class SourceConfig:
-    """``data.source``: the reader and where its files are (see the module docstring)."""
+    """``data.source``: the reader and where its files are (see the docstring of ``jaxspo/data/sources.py``)."""
 
     kind: str = "synthetic"  # synthetic | jsonl | parquet | hf_disk | tfds
     path: str = ""  # jsonl/parquet: file pattern with {split}; hf_disk: folder; tfds: data dir ("" = default)

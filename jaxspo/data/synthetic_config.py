@@ -13,7 +13,8 @@ HARD_LABEL_MODES = ("sampled", "argmax")
 
 @dataclasses.dataclass
 class SyntheticTaskConfig:
-    """Knobs of the synthetic task; defaults give the built-in task (see the module docstring)."""
+    """Knobs of the synthetic task; defaults give the built-in task (see the docstring of
+    ``jaxspo/data/synthetic.py``)."""
 
     seed: int = 0
     min_digits: int = 3
