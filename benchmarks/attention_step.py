@@ -1,6 +1,7 @@
 """Compile time and step time of the model's DPO log-prob forward + backward with each ``model.attention`` kernel.
 
-    python benchmarks/attention_step.py [--kernels xla,chunked] [--pairs 32] [--length 32] [--layout padded|packed] [--repeats 5] [key=value ...]
+    python benchmarks/attention_step.py [--kernels xla,chunked] [--pairs 32] [--length 32] [--layout padded|packed]
+        [--repeats 5] [key=value ...]
 
 The demo's model (``configs/demo.yaml``: hidden 128, 4 layers, 4 heads, 2 key/value heads) by default; dotted
 ``model.*`` overrides change it. Random pairs of ``--length`` tokens (shared prompts of a quarter of it).

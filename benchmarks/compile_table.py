@@ -34,6 +34,8 @@ from pathlib import Path
 from threading import Lock
 from typing import Callable, Iterator
 
+from result_records import append_record, last_json_record, read_results
+
 GiB = 1024**3
 RECIPES = {"8B": "configs/compile/llama3_8b_dpo.yaml", "70B": "configs/compile/llama3_70b_dpo.yaml"}
 MODEL_NAMES = {"8B": "Llama-3-8B", "70B": "Llama-3-70B"}
@@ -66,7 +68,8 @@ class Cell:
         parts = key.split("/")
         if len(parts) != 4 or parts[0] not in RECIPES or not parts[1].isdigit() or parts[3] not in KERNELS:
             raise ValueError(
-                f"cell '{key}' is not MODEL/LENGTH/SLICE/KERNEL with MODEL in {list(RECIPES)} and KERNEL in {list(KERNELS)}"
+                f"cell '{key}' is not MODEL/LENGTH/SLICE/KERNEL with MODEL in {list(RECIPES)} and KERNEL "
+                f"in {list(KERNELS)}"
             )
         return cls(parts[0], int(parts[1]), parts[2], parts[3])
 
@@ -197,20 +200,6 @@ def search_max_batch(
     return best, predicted
 
 
-def read_results(path: Path) -> dict[str, dict]:
-    """The latest record per cell key from a JSON-lines file (a missing file is empty; a cut line is skipped)."""
-    records: dict[str, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("status") != "skipped":
-                records[record["cell"]] = record
-    return records
-
-
 def run_cell_subprocess(
     cell: Cell, timeout: float, confirm: bool, command: list[str] | None = None, out: Path = Path(DEFAULT_OUT)
 ) -> dict:
@@ -223,26 +212,16 @@ def run_cell_subprocess(
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as err:
         output = err.stdout.decode() if isinstance(err.stdout, bytes) else err.stdout or ""
-        partial = _last_record(output)
+        partial = last_json_record(output)
         timed_out = {"status": "timeout", "detail": f"no result in {timeout:.0f} s"}
         return (partial | timed_out) if partial else {"cell": cell.key} | timed_out
-    record = _last_record(done.stdout)
+    record = last_json_record(done.stdout)
     if done.returncode == 0 and record:
         return record | {"wall_seconds": round(time.perf_counter() - start, 1)}
     errors = [line for line in done.stderr.splitlines() if re.search(r"Error|error:|exit", line)]
     tail = (errors or done.stderr.strip().splitlines() or ["(no output)"])[-1]
     failed = {"status": "error", "detail": f"exit {done.returncode}: {tail[-500:]}"}
     return (record | failed) if record else {"cell": cell.key} | failed  # a killed child keeps its compiles so far
-
-
-def _last_record(output: str) -> dict | None:
-    """The last JSON line a cell's child printed (a partial record after each compile, the final one last)."""
-    for line in reversed(output.strip().splitlines()):
-        try:
-            return json.loads(line)
-        except json.JSONDecodeError:
-            continue
-    return None
 
 
 @contextlib.contextmanager
@@ -272,13 +251,6 @@ def _alive(pid_file: Path) -> bool:
 def pending(cells: list[Cell], records: dict[str, dict], retry_failed: bool) -> list[Cell]:
     """Cells without a record (with ``retry_failed``, also those whose record is an error or timeout)."""
     return [c for c in cells if c.key not in records or (retry_failed and records[c.key]["status"] != "ok")]
-
-
-def append_record(path: Path, record: dict) -> None:
-    """Appends ``record`` as one JSON line, on a fresh line even if the file ends in a line cut short."""
-    cut = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-    with path.open("a") as f:
-        f.write(("\n" if cut else "") + json.dumps(record) + "\n")
 
 
 def run(cells: list[Cell], out: Path, jobs: int, timeout: float, confirm: bool, retry_failed: bool) -> None:
@@ -344,7 +316,8 @@ def render(records: dict[str, dict], cells: list[Cell] | None = None) -> str:
         key=lambda r: (int(r[0][:-1]), r[1], SLICES.index(r[2]) if r[2] in SLICES else 99, r[2]),
     )
     lines = [
-        "| model | tokens / seq | slice (devices) | HBM GiB | `xla` peak GiB | `xla` pairs / device | `splash` peak GiB | `splash` pairs / device"
+        "| model | tokens / seq | slice (devices) | HBM GiB | `xla` peak GiB | `xla` pairs / "
+        "device | `splash` peak GiB | `splash` pairs / device"
         " | context mesh d×f×t×c | splash+context peak GiB | splash+context pairs / device |",
         "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]

@@ -1,6 +1,7 @@
 """Attention under context parallelism: the explicit shard_map path against GSPMD alone, for the xla kernel.
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python benchmarks/context_attention.py [--length 1024] [--context 4] [--packed]
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python benchmarks/context_attention.py
+        [--length 1024] [--context 4] [--packed]
 
 Compiles the value-and-gradient of one grouped-query attention (B 2, H 8, K 4, Hd 64; causal mask over
 right-padded rows; ``--packed``: packed-pair segments and restarting positions as well) on a (data 8/c,

@@ -1,6 +1,7 @@
 """Host memory and throughput of the training data path (the grain pipeline) on a large synthetic source.
 
-    MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/data_pipeline.py [--rows 100000] [--length 512] [--out /tmp/jaxspo-pipeline]
+    MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/data_pipeline.py [--rows 100000] [--length 512]
+        [--out /tmp/jaxspo-pipeline]
 
 Builds ``--rows`` encoded preference pairs (chosen/rejected tokens int32, loss masks and valid bool,
 ``[rows, length]``; random lengths) as the encoder would, and prints JSON:

@@ -1,6 +1,7 @@
 """Sampler throughput (tokens/s) and the share of soft_spo step time spent sampling. Prints JSON.
 
-    .venv/bin/python benchmarks/sampler_throughput.py [--recipe configs/soft_spo.yaml] [--steps 40] [--model-path HF_DIR] [key=value ...]
+    .venv/bin/python benchmarks/sampler_throughput.py [--recipe configs/soft_spo.yaml] [--steps 40]
+        [--model-path HF_DIR] [key=value ...]
 
 1. The jitted KV-cache sampler alone, on the recipe's model, for the regulariser's batch
    (``loss.kl.prompts × samples_per_prompt`` prompts, ``loss.kl.max_new_tokens`` new tokens): generated tokens/s

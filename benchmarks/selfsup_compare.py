@@ -51,7 +51,7 @@ def run(recipe: str, overrides: list[str], name: str) -> dict[str, float]:
     return out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=150)
@@ -59,27 +59,50 @@ def main() -> None:
     parser.add_argument("--eval-pairs", type=int, default=256)
     parser.add_argument("--eval-prompts", type=int, default=128)
     parser.add_argument("--out", default="/tmp/selfsup_compare")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def sft_start(out: Path, seed: int, seeded: list[str]) -> Path:
+    """The seed's SFT policy as an HF folder (trained once, then reused): every method starts from it."""
+    sft_dir = out / f"sft-s{seed}"
+    if not (sft_dir / "config.json").is_file():
+        run(
+            "configs/selfsup_dpo.yaml",
+            seeded
+            + [
+                "trainer.steps=0",
+                "loss.selfsup.weight=0",
+                "eval.num_pairs=32",
+                "eval.num_prompts=16",
+                f"checkpoint.export_hf_dir={sft_dir}",
+                f"run_dir={out / f'sft-run-s{seed}'}",
+            ],
+            "sft",
+        )
+    return sft_dir
+
+
+def summarise(runs: dict[str, dict[int, dict]], seeds: list[int]) -> dict[str, dict]:
+    """Per method and final metric: the per-seed values, their mean and standard deviation."""
+    summary = {}
+    for name, by_seed in runs.items():
+        keys = [k for k in by_seed[seeds[0]]["after"] if k in METRICS or k.startswith("eval/selfsup/")]
+        summary[name] = {}
+        for key in keys:
+            values = [by_seed[s]["after"][key] for s in seeds if key in by_seed[s]["after"]]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            summary[name][key] = {"per_seed": values, "mean": statistics.fmean(values), "std": spread}
+    return summary
+
+
+def main() -> None:
+    args = parse_args()
     out = Path(args.out)
     evals = [f"eval.num_pairs={args.eval_pairs}", f"eval.num_prompts={args.eval_prompts}"]
     runs: dict[str, dict[int, dict]] = {name: {} for name in METHODS}
     for seed in args.seeds:
         seeded = [f"trainer.seed={seed}", f"data.synthetic.seed={seed}"]
-        sft_dir = out / f"sft-s{seed}"
-        if not (sft_dir / "config.json").is_file():
-            run(
-                "configs/selfsup_dpo.yaml",
-                seeded
-                + [
-                    "trainer.steps=0",
-                    "loss.selfsup.weight=0",
-                    "eval.num_pairs=32",
-                    "eval.num_prompts=16",
-                    f"checkpoint.export_hf_dir={sft_dir}",
-                    f"run_dir={out / f'sft-run-s{seed}'}",
-                ],
-                "sft",
-            )
+        sft_dir = sft_start(out, seed, seeded)
         for name, (recipe, weight) in METHODS.items():
             overrides = (
                 seeded
@@ -96,34 +119,16 @@ def main() -> None:
             if weight is not None:
                 overrides.append(f"loss.selfsup.weight={weight}")
             runs[name][seed] = run(recipe, overrides, name)
-            print(
-                json.dumps({"method": name, "seed": seed, "seconds": round(runs[name][seed]["seconds"], 1)}), flush=True
-            )
-    summary = {}
-    for name, by_seed in runs.items():
-        keys = [k for k in by_seed[args.seeds[0]]["after"] if k in METRICS or k.startswith("eval/selfsup/")]
-        summary[name] = {}
-        for key in keys:
-            values = [by_seed[s]["after"][key] for s in args.seeds if key in by_seed[s]["after"]]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            summary[name][key] = {"per_seed": values, "mean": statistics.fmean(values), "std": spread}
+            seconds = round(runs[name][seed]["seconds"], 1)
+            print(json.dumps({"method": name, "seed": seed, "seconds": seconds}), flush=True)
     reference = {
         key: [runs["dpo"][s]["before"][key] for s in args.seeds]
         for key in METRICS
         if key in runs["dpo"][args.seeds[0]]["before"]
     }
-    print(
-        json.dumps(
-            {
-                "steps": args.steps,
-                "batch_size": args.batch_size,
-                "seeds": args.seeds,
-                "sft_reference": reference,
-                "methods": summary,
-            },
-            indent=1,
-        )
-    )
+    summary = summarise(runs, args.seeds)
+    report = {"steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds, "sft_reference": reference}
+    print(json.dumps(report | {"methods": summary}, indent=1))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,10 @@ DIMENSIONS = ("correctness", "brevity")
 
 
 def stages_override(lam: float, stage2_lr: float) -> str:
-    return f"stages=[{{dimension: correctness, beta: 0.1, lambdas: []}}, {{dimension: brevity, beta: 0.1, lambdas: [{lam}], learning_rate: {stage2_lr}}}]"
+    return (
+        f"stages=[{{dimension: correctness, beta: 0.1, lambdas: []}}, {{dimension: brevity, beta: "
+        f"0.1, lambdas: [{lam}], learning_rate: {stage2_lr}}}]"
+    )
 
 
 def gold_by_stage(run_dir: Path) -> dict[str, dict[str, float]]:

@@ -1,6 +1,7 @@
 """soft_spo α sweep vs DPO on the built-in task, from one shared SFT reference. Prints JSON.
 
-    .venv/bin/python benchmarks/soft_spo_sweep.py [--out /tmp/soft_spo_sweep] [--steps 150] [--alphas 0.25 0.5 1 2] [key=value ...]
+    .venv/bin/python benchmarks/soft_spo_sweep.py [--out /tmp/soft_spo_sweep] [--steps 150] [--alphas 0.25 0.5 1 2]
+        [key=value ...]
 
 One SFT run (``configs/soft_spo.yaml`` with 0 preference steps) is exported as a Hugging Face folder;
 every method then starts from it (``model.path``, ``trainer.sft_steps=0``), so all share the same

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import time
+from typing import Any
 
 T0 = time.perf_counter()
 
@@ -80,19 +81,21 @@ def synthetic_pairs(n: int, max_length: int, vocab: int, seed: int) -> dict[str,
     return out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--pairs", type=int, default=512)
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    from jaxspo.config import load_config
-    from jaxspo.data.pipeline import make_batches
+
+def build_step(cfg: Any, steps: int, pairs: int) -> tuple[Any, Any, Any, Any, Any]:
+    """(train state, step, batch iterator, frozen reference or None, params) of a fresh model on synthetic pairs."""
+    from jaxspo.compilation_cache import enable_compilation_cache
     from jaxspo.data.layout import layout_arrays
-    from jaxspo.distributed import to_global
+    from jaxspo.data.pipeline import make_batches
     from jaxspo.sharding import make_mesh
     from jaxspo.train.state import (
         abstract_model,
@@ -105,27 +108,32 @@ def main() -> None:
     )
     from jaxspo.train.step import batch_fields, make_train_step
 
-    cfg = load_config(None, BASE + SHAPES[args.shape] + ["mesh.data=1"] + args.overrides)
-    from jaxspo.compilation_cache import enable_compilation_cache
-
     enable_compilation_cache(cfg.trainer.compilation_cache_dir)
     mesh = make_mesh(cfg.mesh.shape())
     graphdef, abstract = abstract_model(cfg.model)
     sharding = param_shardings(abstract, mesh, cfg.mesh.rules)
     params = init_params(cfg.model, 0, sharding)
     reference = init_params(cfg.model, 0, sharding)
-    schedule = learning_rate_schedule(cfg.optimizer, args.steps, cfg.optimizer.learning_rate)
+    schedule = learning_rate_schedule(cfg.optimizer, steps, cfg.optimizer.learning_rate)
     tx = make_optimizer(cfg.optimizer, schedule, abstract)
     shardings = state_shardings(tx, abstract, sharding, mesh)
     state = init_state(tx, params, 0, shardings)
     step = make_train_step(cfg, mesh, graphdef, tx, schedule, shardings, "preference", cfg.trainer.batch_size)
-    arrays = layout_arrays(synthetic_pairs(args.pairs, cfg.data.max_length, cfg.model.vocab_size, 0), cfg.data)
+    arrays = layout_arrays(synthetic_pairs(pairs, cfg.data.max_length, cfg.model.vocab_size, 0), cfg.data)
     fields = batch_fields("preference", cfg.loss, cfg.data.layout)
     batches = make_batches({k: arrays[k] for k in fields}, cfg.trainer.batch_size, 0, cfg.data.buckets)
     frozen = reference if step.reference_sharding is not None else None
+    return state, step, batches, frozen, params
+
+
+def time_steps(state: Any, step: Any, batches: Any, frozen: Any, steps: int, warmup: int) -> dict[str, Any]:
+    """Runs ``steps`` steps, each timed to its metrics; figures over the steps after ``warmup`` that compiled
+    nothing new (seconds per step, real and padded tokens per second, compile time, programs)."""
+    from jaxspo.distributed import to_global
+
     times, real, padded, widths, fresh = [], [], [], set(), []
     first = compile_seconds = None
-    for i in range(args.steps):
+    for i in range(steps):
         host = next(batches)
         width = max(v.shape[1] for v in host.values() if v.ndim == 2)
         fresh.append(width not in widths)  # this step compiled a new program (a new bucket width)
@@ -139,27 +147,31 @@ def main() -> None:
             first, compile_seconds = time.perf_counter() - T0, times[0]
         real.append(tokens)
         padded.append(sum(int(np.prod(v.shape)) for k, v in host.items() if k.endswith("tokens")))
-    keep = [i for i in range(args.warmup, args.steps) if not fresh[i]]
+    keep = [i for i in range(warmup, steps) if not fresh[i]]
     steady = np.array([times[i] for i in keep])
     median = float(np.median(steady))
-    print(
-        json.dumps(
-            {
-                "shape": args.shape,
-                "overrides": args.overrides,
-                "params": int(sum(x.size for x in jax.tree.leaves(params))),
-                "seconds_per_step": {"median": median, "min": float(steady.min()), "max": float(steady.max())},
-                "real_tokens_per_step": float(np.mean(real)),
-                "real_tokens_per_second": float(np.mean([real[i] for i in keep])) / median,
-                "padded_tokens_per_second": float(np.mean([padded[i] for i in keep])) / median,
-                "steps_timed": len(keep),
-                "load_average": os.getloadavg()[0],
-                "compile_seconds": compile_seconds,
-                "seconds_to_first_step": first,
-                "programs": len(widths),
-            }
-        )
-    )
+    return {
+        "seconds_per_step": {"median": median, "min": float(steady.min()), "max": float(steady.max())},
+        "real_tokens_per_step": float(np.mean(real)),
+        "real_tokens_per_second": float(np.mean([real[i] for i in keep])) / median,
+        "padded_tokens_per_second": float(np.mean([padded[i] for i in keep])) / median,
+        "steps_timed": len(keep),
+        "load_average": os.getloadavg()[0],
+        "compile_seconds": compile_seconds,
+        "seconds_to_first_step": first,
+        "programs": len(widths),
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    from jaxspo.config import load_config
+
+    cfg = load_config(None, BASE + SHAPES[args.shape] + ["mesh.data=1"] + args.overrides)
+    state, step, batches, frozen, params = build_step(cfg, args.steps, args.pairs)
+    figures = time_steps(state, step, batches, frozen, args.steps, args.warmup)
+    count = int(sum(x.size for x in jax.tree.leaves(params)))
+    print(json.dumps({"shape": args.shape, "overrides": args.overrides, "params": count} | figures))
 
 
 if __name__ == "__main__":

@@ -162,6 +162,54 @@ def machine() -> dict[str, Any]:
     }
 
 
+def shape_report(
+    args: argparse.Namespace,
+    table: dict[str, dict[str, Any]],
+    info: dict[str, Any],
+    by_run: dict[tuple[str, str], list[dict[str, Any]]],
+    peak: dict[str, Any],
+) -> dict[str, Any]:
+    """One shape's part of :func:`report`: its headline, each run's summary, losses and errors."""
+    model = model_info(info)
+    summaries, errors, losses, orders = {}, {}, {}, {}
+    for (config, heap), runs in by_run.items():
+        name, spec = run_name(config, heap), table[config]
+        good, failed = [r for r in runs if "error" not in r], [r["error"] for r in runs if "error" in r]
+        if failed:
+            errors[name] = failed
+        if not good:
+            continue
+        per_run = [stats.run_summary(r, model, args.steady_from) for r in good]
+        summaries[name] = stats.config_summary(per_run, peak["best"], spec["precision"])
+        summaries[name] |= {
+            "config": config,
+            "heap": heap,
+            "system": spec["system"],
+            "precision": spec["precision"],
+        }
+        summaries[name] |= {"overrides": spec["overrides"]} if "overrides" in spec else {}
+        summaries[name] |= {"allocator_env": good[0].get("allocator_env")}  # as the runner saw it
+        losses[name] = [s["loss"] for s in good[0]["steps"]]
+        orders[name] = good[0].get("same_order", True)
+    baseline = next(
+        (n for n in losses if summaries[n]["config"] == config_table.LOSS_BASELINE), config_table.LOSS_BASELINE
+    )
+    return {
+        "fixture": info,
+        "headline": shape_headline(list(summaries.values())),
+        "runs": summaries,
+        "loss_max_abs_diff_steps_1_5_vs_" + config_table.LOSS_BASELINE: stats.loss_agreement(
+            {n: v for n, v in losses.items() if orders[n]}, baseline
+        ),
+        "losses_steps_1_5": {n: v[:5] for n, v in losses.items()},
+        "runs_seconds_per_step": {
+            run_name(*key): [[s["seconds"] for s in r["steps"]] for r in runs if "error" not in r]
+            for key, runs in by_run.items()
+        },
+        "errors": errors,
+    }
+
+
 def report(
     args: argparse.Namespace,
     table: dict[str, dict[str, Any]],
@@ -172,46 +220,7 @@ def report(
 ) -> dict[str, Any]:
     """The one JSON object: settings, machine, peak, and per shape the headline and the runs' summaries
     (``results[shape][(config, heap)]``: the runners' results, or {"error": ...}, one per round)."""
-    shapes = {}
-    for shape, by_run in results.items():
-        model = model_info(infos[shape])
-        summaries, errors, losses, orders = {}, {}, {}, {}
-        for (config, heap), runs in by_run.items():
-            name, spec = run_name(config, heap), table[config]
-            good, failed = [r for r in runs if "error" not in r], [r["error"] for r in runs if "error" in r]
-            if failed:
-                errors[name] = failed
-            if not good:
-                continue
-            per_run = [stats.run_summary(r, model, args.steady_from) for r in good]
-            summaries[name] = stats.config_summary(per_run, peak["best"], spec["precision"])
-            summaries[name] |= {
-                "config": config,
-                "heap": heap,
-                "system": spec["system"],
-                "precision": spec["precision"],
-            }
-            summaries[name] |= {"overrides": spec["overrides"]} if "overrides" in spec else {}
-            summaries[name] |= {"allocator_env": good[0].get("allocator_env")}  # as the runner saw it
-            losses[name] = [s["loss"] for s in good[0]["steps"]]
-            orders[name] = good[0].get("same_order", True)
-        baseline = next(
-            (n for n in losses if summaries[n]["config"] == config_table.LOSS_BASELINE), config_table.LOSS_BASELINE
-        )
-        shapes[shape] = {
-            "fixture": infos[shape],
-            "headline": shape_headline(list(summaries.values())),
-            "runs": summaries,
-            "loss_max_abs_diff_steps_1_5_vs_" + config_table.LOSS_BASELINE: stats.loss_agreement(
-                {n: v for n, v in losses.items() if orders[n]}, baseline
-            ),
-            "losses_steps_1_5": {n: v[:5] for n, v in losses.items()},
-            "runs_seconds_per_step": {
-                run_name(*key): [[s["seconds"] for s in r["steps"]] for r in runs if "error" not in r]
-                for key, runs in by_run.items()
-            },
-            "errors": errors,
-        }
+    shapes = {shape: shape_report(args, table, infos[shape], by_run, peak) for shape, by_run in results.items()}
     return {
         "settings": {
             k: getattr(args, k)
@@ -221,11 +230,13 @@ def report(
             "optimizer": "AdamW b1=0.9 b2=0.999 eps=1e-8 weight_decay=0, constant lr, no warm-up, no clipping",
             "env": BASE_ENV,
             "heaps": heaps,
-            "jaxspo_heap": "trainer.host_heap=hold under 'held' (no MALLOC_* variable), =system with the others' variables",
+            "jaxspo_heap": "trainer.host_heap=hold under 'held' (no MALLOC_* variable), =system with the others' "
+            "variables",
         },
         "machine": machine(),
         "matmul_peak_flops_per_second": peak,
-        "flop_count": "padded tokens x (6N + 12 L W d_attn), + (2N + 4 L W d_attn) with an in-step reference (benchmarks/peers/stats.py)",
+        "flop_count": "padded tokens x (6N + 12 L W d_attn), + (2N + 4 L W d_attn) with an in-step reference "
+        "(benchmarks/peers/stats.py)",
         "shapes": shapes,
     }
 
@@ -239,7 +250,7 @@ def selected(text: str, known: list[str], option: str) -> list[str]:
     return names
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="small,medium", help="comma list of small, medium (tiny: smoke only)")
     p.add_argument("--rounds", type=int, default=3, help="runs of every configuration, alternating")
@@ -273,7 +284,60 @@ def main() -> None:
     p.add_argument(
         "--out", type=Path, default=None, help="also write the JSON here (default: CACHE/vs_peers-<UTC time>.json)"
     )
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def prepare_fixtures(args: argparse.Namespace, shapes: list[str]) -> tuple[dict[str, dict], dict[str, Path]]:
+    """Per shape: the fixture's facts and the file of its batch order (both built once, cached)."""
+    infos, orders = {}, {}
+    for shape in shapes:
+        infos[shape] = build_fixture(args.cache / "fixtures", shape, batch_size=args.batch_size)
+        orders[shape] = args.cache / "fixtures" / shape / f"order-b{args.batch_size}-s{args.steps}.json"
+        write_order(orders[shape], infos[shape]["num_pairs"], args.batch_size, args.steps)
+        log(
+            f"fixture {shape}: {infos[shape]['parameters']['total']:,} parameters, "
+            f"{infos[shape]['mean_real_tokens_per_step']:.0f} real tokens per step"
+        )
+    return infos, orders
+
+
+def run_rounds(args, table, runs, heaps, shapes, orders, pythons) -> dict[str, dict[tuple[str, str], list]]:
+    """Every (configuration, heap) run of every shape, ``args.rounds`` times, the order rotated each round."""
+    results: dict[str, dict[tuple[str, str], list]] = {shape: {run: [] for run in runs} for shape in shapes}
+    for round_index in range(args.rounds):
+        rotated = runs[round_index % len(runs) :] + runs[: round_index % len(runs)]
+        for shape in shapes:
+            for name, heap in rotated:
+                spec = table[name]
+                fixture = args.cache / "fixtures" / shape
+                result = run_one(pythons[spec["system"]], name, spec, heap, heaps, fixture, orders[shape], args)
+                results[shape][(name, heap)].append(result)
+                brief = (
+                    result.get("error", "")[:300]
+                    or f"ttfs {result['time_to_first_step']:.1f}s, last step {result['steps'][-1]['seconds']:.3f}s"
+                )
+                log(f"round {round_index + 1}/{args.rounds} {shape} {run_name(name, heap)}: {brief}")
+    return results
+
+
+def log_headlines(out: dict) -> None:
+    for shape, figures in out["shapes"].items():
+        for kind in ("exact_fp32", "any_config"):
+            top = figures["headline"][kind]
+            names = [
+                run_name(top[side]["config"], top[side]["heap"]) if top[side] else "none"
+                for side in ("jaxspo_best", "fastest_peer")
+            ]
+            ratio = f"{top['ratio']:.2f}x" if top["ratio"] is not None else "n/a"
+            log(f"headline {shape} {kind}: {ratio} ({names[0]} over {names[1]}, real tokens/s)")
+
+
+def main() -> None:
+    args = parse_args()
     try:
         table = config_table.all_configs(dict(config_table.parse_jaxspo_flag(f) for f in args.jaxspo))
     except ValueError as e:
@@ -285,51 +349,13 @@ def main() -> None:
     if args.steady_from > args.steps:
         raise SystemExit(f"--steady-from {args.steady_from} is past --steps {args.steps}")
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
-    log = lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True)  # noqa: E731
-
-    infos, orders = {}, {}
-    for shape in shapes:
-        infos[shape] = build_fixture(args.cache / "fixtures", shape, batch_size=args.batch_size)
-        orders[shape] = args.cache / "fixtures" / shape / f"order-b{args.batch_size}-s{args.steps}.json"
-        write_order(orders[shape], infos[shape]["num_pairs"], args.batch_size, args.steps)
-        log(
-            f"fixture {shape}: {infos[shape]['parameters']['total']:,} parameters, {infos[shape]['mean_real_tokens_per_step']:.0f} real tokens per step"
-        )
+    infos, orders = prepare_fixtures(args, shapes)
     pythons = {system: ensure_venv(args.venvs, system) for system in sorted({table[n]["system"] for n in names})}
     peak = measure_peak(args.peak_size)
     log(f"matmul peak: {json.dumps(peak['best'])}")
-    results: dict[str, dict[tuple[str, str], list]] = {shape: {run: [] for run in runs} for shape in shapes}
-    for round_index in range(args.rounds):
-        rotated = runs[round_index % len(runs) :] + runs[: round_index % len(runs)]
-        for shape in shapes:
-            for name, heap in rotated:
-                spec = table[name]
-                result = run_one(
-                    pythons[spec["system"]],
-                    name,
-                    spec,
-                    heap,
-                    heaps,
-                    args.cache / "fixtures" / shape,
-                    orders[shape],
-                    args,
-                )
-                results[shape][(name, heap)].append(result)
-                brief = (
-                    result.get("error", "")[:300]
-                    or f"ttfs {result['time_to_first_step']:.1f}s, last step {result['steps'][-1]['seconds']:.3f}s"
-                )
-                log(f"round {round_index + 1}/{args.rounds} {shape} {run_name(name, heap)}: {brief}")
+    results = run_rounds(args, table, runs, heaps, shapes, orders, pythons)
     out = report(args, table, infos, results, peak, heaps)
-    for shape, figures in out["shapes"].items():
-        for kind in ("exact_fp32", "any_config"):
-            top = figures["headline"][kind]
-            names = [
-                run_name(top[side]["config"], top[side]["heap"]) if top[side] else "none"
-                for side in ("jaxspo_best", "fastest_peer")
-            ]
-            ratio = f"{top['ratio']:.2f}x" if top["ratio"] is not None else "n/a"
-            log(f"headline {shape} {kind}: {ratio} ({names[0]} over {names[1]}, real tokens/s)")
+    log_headlines(out)
     text = json.dumps(out, indent=1)
     print(text)
     path = args.out or args.cache / f"vs_peers-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"

@@ -179,7 +179,8 @@ def _plain(value: Any) -> Any:
 
 
 def _cell(text: str) -> str:
-    """Markdown table cell text: RST ``code`` to Markdown, pipes escaped, and outside code spans ``*`` and HTML's ``<`` too."""
+    """Markdown table cell text: RST ``code`` to Markdown, pipes escaped, and outside code spans ``*`` and HTML's ``<``
+    too."""
     parts = text.replace("``", "`").replace("|", "\\|").split("`")  # odd-numbered parts are code spans
     parts[::2] = [part.replace("*", "\\*").replace("<", "&lt;") for part in parts[::2]]
     return "`".join(parts)

@@ -10,8 +10,11 @@ Two glibc behaviours cost a CPU run time or memory:
   step's temporaries at a time (:class:`StepPacer`); that is why holding is opt-in
   (``trainer.host_heap: hold``): on TPU/GPU it would only hold the host back.
 - XLA's compiler frees hundreds of MiB of scratch per program, which glibc keeps in its RSS.
-  :func:`release_freed_memory` (``malloc_trim(0)``) returns it; the loop calls it after each compile,
-  evaluation and checkpoint save.
+  :func:`release_freed_memory` (``malloc_trim(0)``) returns it after each compile, evaluation and
+  checkpoint save.
+
+The training loop knows none of this: :func:`install` (called by ``jaxspo train`` and ``eval`` before the
+first device use) sets the heap and registers these as the loop's hooks (:mod:`jaxspo.train.hooks`).
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ import ctypes.util
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax
+from jaxspo.train.hooks import add_hook
 
 log = logging.getLogger("jaxspo")
 
@@ -133,6 +136,10 @@ class StepPacer:
 
     def __init__(self, slack: int = 16 << 20, timeout: float = 0.2):
         self.slack, self.timeout = slack, timeout
+        self.reset()
+
+    def reset(self) -> None:
+        """Forgets the previous step (a new phase starts)."""
         self.idle_bytes: int | None = None  # bytes in use just before the previous dispatch
         self._largest = 0  # the most elements a batch had so far
 
@@ -141,6 +148,8 @@ class StepPacer:
         step's outputs (any pytree of arrays)."""
         if not _held:
             return
+        import jax  # here: reading a config (HOST_HEAP_MODES) imports no jax
+
         batch_elements = sum(int(v.size) for v in batch.values())
         jax.block_until_ready(previous)
         if self.idle_bytes is not None:
@@ -152,3 +161,25 @@ class StepPacer:
                 release_freed_memory()
             self._largest = batch_elements
         self.idle_bytes = heap_bytes_in_use()
+
+
+def install(mode: str) -> Callable[[], None]:
+    """Sets the host heap for ``trainer.host_heap`` = ``mode`` (:func:`hold_freed_memory`) and registers the
+    loop hooks that go with it: trim the heap after each compile, evaluation and checkpoint save, and under a
+    held heap pace the steps (:class:`StepPacer`, a fresh pace per phase). Call it before the first device
+    use. Returns a function that removes the hooks again."""
+    held = hold_freed_memory(mode)
+    removers = [add_hook(point, _trim) for point in ("after_compile", "after_eval", "after_save")]
+    if held:
+        pacer = StepPacer()
+        removers += [add_hook("phase_start", pacer.reset), add_hook("before_step", pacer.before_step)]
+
+    def uninstall() -> None:
+        for remove in removers:
+            remove()
+
+    return uninstall
+
+
+def _trim() -> None:
+    release_freed_memory()  # looked up at each call, so a test may replace it

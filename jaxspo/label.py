@@ -50,7 +50,8 @@ def _pairs(rows: list[Any], data: str | Path) -> list[dict[str, Any]]:
             if not isinstance(value, (str, list)):
                 got = "missing" if value is None else f"of type {type(value).__name__}"
                 raise DataError(
-                    f"{data}: row {index}: field {name!r} is {got}; a reward model scores text or messages, so give it one"
+                    f"{data}: row {index}: field {name!r} is {got}; "
+                    "a reward model scores text or messages, so give it one"
                 )
     return pairs
 

@@ -127,7 +127,8 @@ def _target(args: argparse.Namespace) -> str:
         if getattr(args, option) is not None and target not in targets:
             flag = "--" + option.replace("_", "-")
             raise DistributedError(
-                f"{flag} applies to {' / '.join('--' + t.replace('_', '-') for t in targets)}, not --{target.replace('_', '-')}"
+                f"{flag} applies to {' / '.join('--' + t.replace('_', '-') for t in targets)}, not "
+                f"--{target.replace('_', '-')}"
             )
     return target
 

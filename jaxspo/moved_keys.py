@@ -32,7 +32,8 @@ MOVED_KEYS = {
             "prompt_source",
         )
     },
-    "loss.soft_spo": "loss.params.<soft_spo term> (alpha, gamma) and loss.kl (the kl_* settings, without the kl_ prefix)",
+    "loss.soft_spo": "loss.params.<soft_spo term> (alpha, gamma) and loss.kl (the kl_* settings, without the "
+    "kl_ prefix)",
 }
 
 
@@ -45,7 +46,8 @@ def _has(tree: Any, dotted: str) -> bool:
 
 
 def reject_moved_keys(tree: dict[str, Any]) -> None:
-    """Raises ConfigError ``<old key> moved to <new key>`` for the first moved key set in ``tree`` (a nested mapping)."""
+    """Raises ConfigError ``<old key> moved to <new key>`` for the first moved key set in ``tree`` (a nested
+    mapping)."""
     for old, new in MOVED_KEYS.items():
         if _has(tree, old):
             raise ConfigError(f"{old} moved to {new}")

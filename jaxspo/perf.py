@@ -70,7 +70,8 @@ class Forward:
 
 
 def layer_matmul_flops(cfg: Any) -> int:
-    """Forward FLOPs per token of one layer's weight matmuls: q/o ``D·H·Hd`` each, k/v ``D·K·Hd`` each, MLP ``(3|2)·D·F``."""
+    """Forward FLOPs per token of one layer's weight matmuls: q/o ``D·H·Hd`` each, k/v ``D·K·Hd`` each, MLP
+    ``(3|2)·D·F``."""
     d, h, k, hd, f = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim, cfg.intermediate_size
     return 2 * (2 * d * h * hd + 2 * d * k * hd + (3 if cfg.gated_mlp else 2) * d * f)
 
@@ -125,7 +126,8 @@ def recomputed_flops(cfg: Any, forwards: Iterable[Forward]) -> float:
 
 
 def causal_pairs(width: int, window: int = 0) -> int:
-    """(query, key) pairs of the causal triangle over ``width`` slots, at most ``window`` keys per query (0: no limit)."""
+    """(query, key) pairs of the causal triangle over ``width`` slots, at most ``window`` keys per query (0: no
+    limit)."""
     if not window or window >= width:
         return width * (width + 1) // 2
     return window * (window + 1) // 2 + (width - window) * window

@@ -45,11 +45,13 @@ class RewardModel:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         except (OSError, ValueError) as err:
             raise CheckpointError(
-                f"{folder}: cannot load a sequence-classification reward model ({err}); --reward-model must be a Hugging Face *ForSequenceClassification folder"
+                f"{folder}: cannot load a sequence-classification reward model ({err}); --reward-model "
+                "must be a Hugging Face *ForSequenceClassification folder"
             ) from None
         if self.model.config.num_labels != 1:
             raise CheckpointError(
-                f"{folder}: a reward model has one output (num_labels=1), this one has {self.model.config.num_labels}; give a reward model folder"
+                f"{folder}: a reward model has one output (num_labels=1), this one has "
+                f"{self.model.config.num_labels}; give a reward model folder"
             )
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

@@ -18,24 +18,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxspo.errors import ConfigError
-
-MESH_AXES = ("data", "fsdp", "tensor", "context")
-
-MeshAxes = str | list[str] | tuple[str, ...] | None
-Rules = Mapping[str, MeshAxes]
-
-DEFAULT_RULES: dict[str, MeshAxes] = {
-    "batch": ["data", "fsdp"],
-    "length": "context",
-    "embed": "fsdp",
-    "vocab": "tensor",
-    "heads": "tensor",
-    "kv_heads": "tensor",
-    "head_dim": None,
-    "mlp": "tensor",
-    "layers": None,
-    "norm": None,
-}
+from jaxspo.sharding_rules import DEFAULT_RULES as DEFAULT_RULES  # re-exported: the default rules are read from here
+from jaxspo.sharding_rules import MESH_AXES, MeshAxes, Rules
 
 
 def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -54,7 +38,8 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
         known = math.prod(s for s in sizes if s != -1)
         if len(devices) % known:
             raise ConfigError(
-                f"mesh: {len(devices)} devices do not divide by {known} (the product of the mesh sizes other than the -1); choose sizes that divide {len(devices)}"
+                f"mesh: {len(devices)} devices do not divide by {known} (the product of the mesh sizes "
+                f"other than the -1); choose sizes that divide {len(devices)}"
             )
         sizes[sizes.index(-1)] = len(devices) // known
     if math.prod(sizes) != len(devices):

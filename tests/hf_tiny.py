@@ -79,7 +79,8 @@ def build_hf(name: str, seed: int = 0) -> transformers.PreTrainedModel:
 
 
 def redraw(model: transformers.PreTrainedModel) -> transformers.PreTrainedModel:
-    """``model`` with every weight redrawn N(0, 0.2), norm scales N(1, 0.2) (Gemma's, stored as scale − 1: N(0, 0.2))."""
+    """``model`` with every weight redrawn N(0, 0.2), norm scales N(1, 0.2) (Gemma's, stored as scale − 1: N(0,
+    0.2))."""
     gemma_norm = model.config.model_type in ("gemma", "gemma2")
     with torch.no_grad():
         for param_name, p in model.named_parameters():

@@ -63,7 +63,8 @@ CASES = {  # name: (T, heads, kv_heads, softcap, window, packed)
 
 
 def _inputs(rng, b: int, t: int, h: int, kh: int, hd: int, window: int, packed: bool, dtype=jnp.float32):
-    """Random q ``[B, T, H, Hd]``, k/v ``[B, T, K, Hd]`` in ``dtype``, a packed or padded MaskSpec, float32 weights like q."""
+    """Random q ``[B, T, H, Hd]``, k/v ``[B, T, K, Hd]`` in ``dtype``, a packed or padded MaskSpec, float32 weights like
+    q."""
     q = jnp.asarray(rng.normal(size=(b, t, h, hd)), dtype)
     k, v = (jnp.asarray(rng.normal(size=(b, t, kh, hd)), dtype) for _ in range(2))
     if packed:

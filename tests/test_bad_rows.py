@@ -126,7 +126,8 @@ def test_training_stops_on_a_bad_row_before_any_step(monkeypatch, tmp_path):
     cfg = load_config("configs/demo.yaml", TINY + [f"run_dir={tmp_path}"])
     with pytest.raises(
         DataError,
-        match=r"^synthetic:train, row 3: field 'soft_label' must be in \[0, 1\], got 1.5; fix or delete the row, or set data.on_bad_row=skip",
+        match=r"^synthetic:train, row 3: field 'soft_label' must be in \[0, 1\], got 1.5; fix or delete "
+        r"the row, or set data.on_bad_row=skip",
     ):
         loop.train(cfg, "bad")
     assert not (tmp_path / "checkpoints" / "preference").exists()

@@ -245,7 +245,8 @@ def test_headline_is_the_max_over_every_peer_configuration_and_heap():
         4840.0 / 4300.0
     )
     assert out["by_peer"]["tunix"]["any_config"] == pytest.approx(4840.0 / 4400.0)
-    # the fastest peer under the slowest heap only would have flattered jaxspo: dropping its other heaps changes the answer
+    # the fastest peer under the slowest heap only would have flattered jaxspo: dropping its other heaps changes the
+    # answer
     slow_heap_only = [r for r in runs if r["system"] == "jaxspo" or r["heap"] == "make"]
     assert headline.shape_headline(slow_heap_only)["exact_fp32"]["ratio"] == pytest.approx(4840.0 / 2000.0)
 
@@ -288,7 +289,8 @@ def test_the_make_heap_is_read_from_the_makefile(tmp_path):
 
 
 def _captured_runs(monkeypatch, tmp_path, system: str, heap: str) -> tuple[list[str], dict[str, str]]:
-    """The command and environment ``vs_peers.run_one`` starts a runner with, the harness under the Makefile's variables."""
+    """The command and environment ``vs_peers.run_one`` starts a runner with, the harness under the Makefile's
+    variables."""
     for key, value in MAKE_ENV.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1:glibc.rtld.optional_static_tls=512")

@@ -26,7 +26,8 @@ CONTEXT_MESHES = [{"data": 2, "fsdp": 1, "tensor": 1, "context": 4}, {"data": 1,
 def dpo_outputs(
     batch: dict[str, np.ndarray], mesh_shape: dict[str, int], devices: list, model: ModelConfig = GEMMA2_LIKE
 ) -> tuple:
-    """(mean log-probs and rewards, DPO loss sum, its gradient) of the policy (gemma2-like by default) against a resident reference."""
+    """(mean log-probs and rewards, DPO loss sum, its gradient) of the policy (gemma2-like by default) against a
+    resident reference."""
     mesh = make_mesh(mesh_shape, devices)
     graphdef, abstract = abstract_model(model)
     shardings = param_shardings(abstract, mesh, DEFAULT_RULES)

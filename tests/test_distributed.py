@@ -43,7 +43,8 @@ def test_explicit_variables_give_the_plan():
         ),
         (
             {"JAXSPO_PROCESS_ID": "1"},
-            "JAXSPO_COORDINATOR (or JAX_COORDINATOR_ADDRESS) and JAXSPO_NUM_PROCESSES (or JAX_NUM_PROCESSES) is missing",
+            "JAXSPO_COORDINATOR (or JAX_COORDINATOR_ADDRESS) and JAXSPO_NUM_PROCESSES (or "
+            "JAX_NUM_PROCESSES) is missing",
         ),
         (
             {"JAXSPO_COORDINATOR": "h0", "JAXSPO_NUM_PROCESSES": "2", "JAXSPO_PROCESS_ID": "0"},
@@ -201,12 +202,14 @@ TINY = [
     "mesh.fsdp=2",
     "mesh.tensor=2",
 ]
-# Identical numerics settings in every run; the cheaper LLVM back end and fusion emitters (tests/conftest.py) cut each process's compile time.
+# Identical numerics settings in every run; the cheaper LLVM back end and fusion emitters (tests/conftest.py) cut each
+# process's compile time.
 ENV = [
     "--env",
     "JAX_DEFAULT_MATMUL_PRECISION=highest",
     "--env",
-    "XLA_FLAGS=--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true --xla_cpu_use_fusion_emitters=false",
+    "XLA_FLAGS=--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+    "--xla_cpu_use_fusion_emitters=false",
 ]
 LAYOUTS = [(1, 8), (2, 4), (4, 2)]  # (processes, devices per process)
 

@@ -71,9 +71,9 @@ def test_the_built_reference_lists_every_config_key(site):
 
 
 def guide_rows() -> list[tuple[list[str], list[str]]]:
-    """(keys, defaults as written) of each row of docs/configuration.md's `| key | default | meaning |` tables: `a.b.x` / `y`
-    share the section `a.b`; one default may stand for all the row's keys; defaults are split at " / " (or ", " when that
-    gives one per key)."""
+    """(keys, defaults as written) of each row of docs/configuration.md's `| key | default | meaning |` tables: `a.b.x`
+    / `y` share the section `a.b`; one default may stand for all the row's keys; defaults are split at " / " (or ", "
+    when that gives one per key)."""
     rows, in_table = [], False
     for line in (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8").splitlines():
         in_table = line.startswith("| key | default |") or (in_table and line.startswith("|"))
@@ -101,7 +101,8 @@ def as_value(text: str):
 
 
 def test_the_configuration_guide_names_real_keys_and_their_code_defaults():
-    """The hand-written table in docs/configuration.md explains keys at length; its keys and defaults must be the code's."""
+    """The hand-written table in docs/configuration.md explains keys at length; its keys and defaults must be the
+    code's."""
     code = {key.path: key.default for section in config_reference.sections() for key in section.keys}
     rows = guide_rows()
     assert len(rows) > 100
@@ -190,8 +191,8 @@ def test_every_cli_command_and_option_is_documented(site):
 
 
 def test_code_cites_existing_docs_pages_not_an_outside_methods_file():
-    """Every `docs/….md` that the package, tests, configs, benchmarks or launch scripts cite exists, and nothing points at a
-    methods file outside the repository."""
+    """Every `docs/….md` that the package, tests, configs, benchmarks or launch scripts cite exists, and nothing points
+    at a methods file outside the repository."""
     bad = []
     for folder in ("jaxspo", "tests", "configs", "benchmarks", "launch", "docs"):
         for path in (ROOT / folder).rglob("*"):

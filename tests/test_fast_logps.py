@@ -1,5 +1,6 @@
-"""Speed paths are exact: chunked log-probs, packed pair rows and an unrolled layer scan equal the plain padded computation (fp32, ≤ 1e-5),
-values and gradients, through whole train steps (resident, precomputed, LoRA adapter_off)."""
+"""Speed paths are exact: chunked log-probs, packed pair rows and an unrolled layer scan equal the plain padded
+computation (fp32, ≤ 1e-5), values and gradients, through whole train steps (resident, precomputed, LoRA
+adapter_off)."""
 
 import dataclasses
 

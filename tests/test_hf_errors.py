@@ -103,7 +103,8 @@ def test_stale_rotary_buffers_are_ignored(copy):
 def test_shape_disagrees_with_config(copy):
     edit_config(copy, intermediate_size=48)
     with raises(
-        r"model\.safetensors: tensor 'model\.layers\.0\.mlp\.gate_proj\.weight' has shape \(64, 32\) but config\.json implies \(48, 32\)"
+        r"model\.safetensors: tensor 'model\.layers\.0\.mlp\.gate_proj\.weight' has shape \(64, "
+        r"32\) but config\.json implies \(48, 32\)"
     ):
         load(copy)
 

@@ -181,7 +181,10 @@ def test_training_and_loading_never_import_torch():
     import subprocess
     import sys
 
-    modules = "jaxspo.cli, jaxspo.train.loop, jaxspo.models.hf_io, jaxspo.models.hf_config, jaxspo.score, jaxspo.label, jaxspo.eval_run"
+    modules = (
+        "jaxspo.cli, jaxspo.train.loop, jaxspo.models.hf_io, jaxspo.models.hf_config, "
+        "jaxspo.score, jaxspo.label, jaxspo.eval_run"
+    )
     code = f"import sys, {modules}; print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}

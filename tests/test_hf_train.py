@@ -216,7 +216,8 @@ REAL_CONFIGS = {
 
 @pytest.mark.parametrize("name", REAL_CONFIGS)
 def test_real_size_config_has_the_hf_parameter_count_and_shards(name, tmp_path):
-    """Shapes only (nothing allocated): our abstract model of the real config.json vs transformers on the meta device."""
+    """Shapes only (nothing allocated): our abstract model of the real config.json vs transformers on the meta
+    device."""
     (tmp_path / "config.json").write_text(json.dumps(REAL_CONFIGS[name]))
     with torch.device("meta"):
         expected = transformers.AutoModelForCausalLM.from_config(

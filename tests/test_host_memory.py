@@ -96,3 +96,33 @@ def test_bad_mode_is_named():
         hold_freed_memory("keep")
     with pytest.raises(ConfigError, match="trainer.host_heap must be one of system, hold, got 'keep'"):
         load_config(None, ["trainer.host_heap=keep"])
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_install_registers_the_loop_hooks_the_heap_needs_and_removes_them(monkeypatch, held):
+    """The loop runs no heap code of its own: install() adds the trims (and, when held, the pacing) as its hooks."""
+    from jaxspo import host_memory
+    from jaxspo.train import hooks
+
+    calls = []
+    monkeypatch.setattr(host_memory, "hold_freed_memory", lambda mode: held)  # this process's heap stays as it is
+    monkeypatch.setattr(host_memory, "release_freed_memory", lambda: calls.append("trim"))
+    monkeypatch.setattr(StepPacer, "before_step", lambda self, previous, batch: calls.append("pace"))
+    uninstall = host_memory.install("hold" if held else "system")
+    for point in ("after_compile", "after_eval", "after_save"):
+        hooks.run_hooks(point)
+    hooks.run_hooks("phase_start")
+    hooks.run_hooks("before_step", None, {})
+    assert calls == ["trim"] * 3 + (["pace"] if held else [])
+    uninstall()
+    for point in ("after_compile", "after_eval", "after_save", "phase_start"):
+        hooks.run_hooks(point)
+    hooks.run_hooks("before_step", None, {})
+    assert len(calls) == 3 + held  # nothing ran after uninstall
+
+
+def test_an_unknown_hook_point_is_named():
+    from jaxspo.train.hooks import add_hook
+
+    with pytest.raises(ValueError, match="unknown loop hook point 'after_step'; one of phase_start, before_step"):
+        add_hook("after_step", print)

@@ -1,6 +1,9 @@
-"""The import graph of jaxspo/ (every absolute ``jaxspo.`` import, at module or function level) has no cycle."""
+"""The import graph of jaxspo/ (every absolute ``jaxspo.`` import, at module or function level) has no cycle;
+reading a config imports no jax; the training loop knows nothing of the host-heap tuning."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import jaxspo
@@ -24,7 +27,8 @@ def module_name(path: Path) -> str:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """module -> the jaxspo modules it imports (``from jaxspo.a import b`` counts ``jaxspo.a.b`` if that is a module)."""
+    """module -> the jaxspo modules it imports (``from jaxspo.a import b`` counts ``jaxspo.a.b`` if that is a
+    module)."""
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
@@ -78,3 +82,31 @@ def test_no_import_cycle_among_jaxspo_modules():
         assert imported in graph[importer], f"{importer} no longer imports {imported} ({reason}): drop it from KNOWN"
         graph[importer].discard(imported)
     assert cycle(graph) is None, " -> ".join(cycle(graph))
+
+
+def test_the_config_and_the_command_line_import_no_jax_flax_or_transformers():
+    """``jaxspo --help`` and a config error (a wrong type, a setting out of range) pay for none of them; the CLI's
+    commands import them lazily."""
+    probe = (
+        "import sys, jaxspo.config, jaxspo.cli\n"
+        "for bad in ('trainer.steps=abc', 'loss.beta=-1'):\n"
+        "    try:\n"
+        "        jaxspo.config.load_config('configs/demo.yaml', [bad])\n"
+        "    except jaxspo.config.ConfigError as err:\n"
+        "        assert str(err).startswith(bad.split('=')[0]), err\n"
+        "    else:\n"
+        "        raise AssertionError(bad)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'flax', 'transformers', 'tokenizers', 'numpy'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_the_training_loop_imports_nothing_from_the_host_heap_module():
+    """The heap tuning registers loop hooks when ``trainer.host_heap`` asks for it (jaxspo/train/hooks.py)."""
+    graph = import_graph()
+    importers = sorted(name for name, imported in graph.items() if "jaxspo.host_memory" in imported)
+    assert not [name for name in importers if name.startswith("jaxspo.train")], importers
+    assert "jaxspo.train.hooks" in graph["jaxspo.host_memory"]

@@ -104,7 +104,8 @@ def test_local(capsys, monkeypatch):
     )
     assert lines == [
         f"JAXSPO_COORDINATOR=127.0.0.1:12345 JAXSPO_NUM_PROCESSES=2 JAXSPO_PROCESS_ID={i} JAX_PLATFORMS=cpu "
-        "JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo XLA_FLAGS='--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=4' "
+        "JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo XLA_FLAGS='--xla_cpu_enable_fast_math=false "
+        "--xla_force_host_platform_device_count=4' "
         f"{shlex.quote(sys.executable)} -m jaxspo train configs/demo.yaml trainer.steps=5"
         for i in range(2)
     ]
@@ -178,7 +179,8 @@ def test_hosts_script_runs_from_this_checkout(tmp_path):
         env=os.environ | {"PATH": f"{bin_dir}:{os.environ['PATH']}"},
     )
     assert done.stdout.splitlines() == [
-        f"ssh -o BatchMode=yes gpu-{h} 'cd {REPO} && JAXSPO_COORDINATOR=gpu-a:8476 JAXSPO_NUM_PROCESSES=2 JAXSPO_PROCESS_ID={i} "
+        f"ssh -o BatchMode=yes gpu-{h} 'cd {REPO} && JAXSPO_COORDINATOR=gpu-a:8476 "
+        f"JAXSPO_NUM_PROCESSES=2 JAXSPO_PROCESS_ID={i} "
         ".venv/bin/jaxspo train configs/demo.yaml'"
         for i, h in enumerate("ab")
     ]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_losses_trl import PROMPT, _Accelerator, _Model, torch
+from tests.test_losses_trl import PROMPT, StandInAccelerator, FixedLogpsModel, torch
 from tests.test_train_step import build, random_pairs, tiny_config
 
 from jaxspo.config import ConfigError, LossConfig, load_config
@@ -29,7 +29,7 @@ TOL = 1e-12
 PAIRS = 6
 
 
-class _Trainer(_Accelerator):
+class _Trainer(StandInAccelerator):
     @staticmethod
     def autocast():
         return contextlib.nullcontext()
@@ -52,7 +52,7 @@ def per_token_batch(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def trl_loss(loss_type: str, alpha: float, completion, policy, reference) -> tuple[float, np.ndarray, np.ndarray]:
     """TRL's batch loss, d loss / d per-token policy log-probs, and its LD-weighted reference sums ``[2B]``."""
     per_token = torch.tensor(policy, requires_grad=True)
-    model, ref_model = _Model(per_token), _Model(torch.tensor(reference))
+    model, ref_model = FixedLogpsModel(per_token), FixedLogpsModel(torch.tensor(reference))
     model.is_gradient_checkpointing, model._modules = False, {}  # read by TRL's PEFT and checkpointing checks
     trainer = types.SimpleNamespace(
         model=model,
@@ -119,7 +119,8 @@ def test_ld_weights_match_trl_on_loss_gradient_and_reference_sums(name, loss_typ
         with jax.enable_x64(True):
             mine, my_grad, my_reference = (np.asarray(x) for x in our_loss(name, alpha, completion, policy, reference))
         assert abs(mine - theirs) <= TOL, (mine, theirs)
-        # TRL's fused LM head gives padding slots log-prob 0 with no gradient; its LD masks count them, our weights do not
+        # TRL's fused LM head gives padding slots log-prob 0 with no gradient; its LD masks count them, our weights
+        # do not
         response = completion[:, 1:].astype(bool)
         np.testing.assert_allclose(my_grad[response], their_grad[response], atol=TOL, rtol=0)
         assert not my_grad[~response].any()

@@ -124,7 +124,8 @@ def test_config_keys_and_the_recipe():
         load_config("configs/sequential_lora.yaml", ["lora.stages=stack"])
     with pytest.raises(
         ConfigError,
-        match=r"loss.reference: a 'stages' recipe's reference is π_\(n-1\); set loss.reference to precomputed or adapter_off, got 'resident'",
+        match=r"loss.reference: a 'stages' recipe's reference is π_\(n-1\); set loss.reference to "
+        r"precomputed or adapter_off, got 'resident'",
     ):
         load_config("configs/sequential_lora.yaml", ["loss.reference=resident"])
     with pytest.raises(ConfigError, match="set loss.reference to precomputed, got 'resident'"):

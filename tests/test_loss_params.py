@@ -31,7 +31,8 @@ def pairs(n: int = 6) -> PairLogps:
 
 
 def test_a_user_loss_reads_its_hyper_parameter_from_loss_params():
-    """Set by override at two values (and left at its default), the shift reaches the jitted objective: −log σ(βh − δ)."""
+    """Set by override at two values (and left at its default), the shift reaches the jitted objective: −log σ(βh −
+    δ)."""
     logps = pairs()
     h = np.asarray(logps.margin())
     values = {}
@@ -73,7 +74,8 @@ def test_a_recipe_sets_a_user_loss_section_by_its_quoted_name_and_round_trips(tm
         (["loss.terms={discopop: 1.0}", "loss.params.discopop.tau=0"], "loss.params.discopop.tau must be > 0, got 0"),
         (
             ["loss.params.dpo.divergence=kl"],
-            "loss.params.dpo.divergence must be one of reverse_kl, forward_kl, js_divergence, alpha_divergence, got 'kl'",
+            "loss.params.dpo.divergence must be one of reverse_kl, forward_kl, js_divergence, alpha_divergence, "
+            "got 'kl'",
         ),
         (
             ["loss.params.nca_pair.beta=0.2"],
@@ -138,7 +140,8 @@ def test_cli_names_the_new_home_of_an_old_key_in_one_line():
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"jaxspo: config error: loss.simpo_gamma moved to loss.params.simpo.gamma (config {REPO / 'configs/selfsup_simpo.yaml'} with its overrides)"
+        "jaxspo: config error: loss.simpo_gamma moved to loss.params.simpo.gamma (config "
+        f"{REPO / 'configs/selfsup_simpo.yaml'} with its overrides)"
     ]
 
 

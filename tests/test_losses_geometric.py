@@ -1,4 +1,5 @@
-"""Soft-label losses (docs/methods/gdpo.md), float64 tabular checks: GDPO's special cases, soft cDPO's optimum, the bandit."""
+"""Soft-label losses (docs/methods/gdpo.md), float64 tabular checks: GDPO's special cases, soft cDPO's optimum, the
+bandit."""
 
 from __future__ import annotations
 

@@ -202,7 +202,8 @@ def tabular_problem(kind: str):
 
 
 def minimise(kind: str, alpha: float, reference_logits: np.ndarray, kl_beta: float = 0.0) -> np.ndarray:
-    """The optimal tabular policy, by damped Newton in float64 (pseudo-inverse: the objective is shift-invariant in θ)."""
+    """The optimal tabular policy, by damped Newton in float64 (pseudo-inverse: the objective is shift-invariant in
+    θ)."""
     f, grad, hess = tabular_problem(kind)
     args = (jnp.float64(alpha), jnp.asarray(reference_logits, jnp.float64), jnp.float64(kl_beta))
     theta = jnp.zeros(K, jnp.float64)

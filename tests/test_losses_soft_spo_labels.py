@@ -34,7 +34,8 @@ def soft_spo_loss(logps: PairLogps, cfg: LossConfig) -> jax.Array:
 
 
 def hard_label_loss(logps: PairLogps, alpha: float, gamma: float) -> jax.Array:
-    """The loss before soft labels were read, restated: μ·(−(1/α)(s_w − logsumexp(s))), s = α·(log πθ(y_w), log πθ(y_l))."""
+    """The loss before soft labels were read, restated: μ·(−(1/α)(s_w − logsumexp(s))),
+    s = α·(log πθ(y_w), log πθ(y_l))."""
     scores = alpha * jnp.stack([logps.policy_chosen, logps.policy_rejected], axis=-1)
     loss = -(scores[:, 0] - jax.nn.logsumexp(scores, axis=-1)) / alpha
     if gamma == 0:
@@ -110,7 +111,8 @@ def list_loss(name: str, scores: jax.Array | None, cfg: LossConfig) -> jax.Array
 
 
 def by_hand(kind: str, alpha: float, temperature: float) -> np.ndarray:
-    """Σ over stages (best-of-n: stage 0 only) of −(1/α) Σ_{j≥k} q_j log softmax(α·logps over j ≥ k), q = softmax(c/τ)."""
+    """Σ over stages (best-of-n: stage 0 only) of −(1/α) Σ_{j≥k} q_j log softmax(α·logps over j ≥ k),
+    q = softmax(c/τ)."""
     out = []
     for logps, mask, scores in zip(LIST_LOGPS, LIST_MASK, SCORES):
         s, c = alpha * logps[mask], scores[mask] / temperature

@@ -98,7 +98,7 @@ def ours(arrays: dict[str, np.ndarray], dtype=jnp.float64) -> PairLogps:
 # ---------------------------------------------------------------------------------------------
 
 
-class _Accelerator:
+class StandInAccelerator:
     device = torch.device("cpu")
 
     @staticmethod
@@ -108,7 +108,7 @@ class _Accelerator:
     gather_for_metrics = gather
 
 
-class _Model:
+class FixedLogpsModel:
     """Returns fixed per-token log-probs (TRL's fused-LM-head output fields) whatever the input."""
 
     training = True
@@ -169,11 +169,11 @@ def _run_trl_dpo(
     loss_type: str, cfg: LossConfig, arrays: dict[str, np.ndarray], divergence: str, divergence_alpha: float, dtype
 ) -> tuple[float, dict[str, float], np.ndarray]:
     inputs, per_token, lengths = _trl_batch(arrays, dtype)
-    model = _Model(per_token)
+    model = FixedLogpsModel(per_token)
     trainer = types.SimpleNamespace(
         model=model,
         ref_model=None,
-        accelerator=_Accelerator(),
+        accelerator=StandInAccelerator(),
         aux_loss_enabled=False,
         ld_alpha=None,
         precompute_ref_logps=True,
@@ -294,7 +294,7 @@ def cpo_stand_in(loss_type: str, cfg: LossConfig) -> types.SimpleNamespace:
         beta=cfg.beta,
         simpo_gamma=gamma,
         label_smoothing=cfg.label_smoothing,
-        accelerator=_Accelerator(),
+        accelerator=StandInAccelerator(),
     )
 
 
@@ -367,7 +367,7 @@ def test_orpo_odds_ratio_term_and_rewards_match_trl():
     with jax.enable_x64(True):
         logps = ours(arrays)
         mean_chosen, mean_rejected = (np.asarray(x) for x in logps.mean_logps())
-        stand_in = types.SimpleNamespace(beta=odds_ratio_weight, accelerator=_Accelerator())
+        stand_in = types.SimpleNamespace(beta=odds_ratio_weight, accelerator=StandInAccelerator())
         losses, trl_chosen, trl_rejected, trl_ratio, trl_log_odds = ORPOTrainer.odds_ratio_loss(
             stand_in, _t(mean_chosen), _t(mean_rejected)
         )

@@ -127,7 +127,8 @@ def test_alpha_divergence_caps_its_exponent_where_trl_does(name):
 
 
 def largest_errors() -> dict[str, dict[str, float]]:
-    """{"<name> <divergence> <α> <dtype>": {"loss": …, "gradient": …}} over every case and seed (asserted as it goes)."""
+    """{"<name> <divergence> <α> <dtype>": {"loss": …, "gradient": …}} over every case and seed
+    (asserted as it goes)."""
     out = {}
     for name in sorted(DIVERGENCE_LOSSES):
         for divergence, alpha, dtype, _ in CASES:

@@ -215,7 +215,8 @@ def test_mask_keeps_pairs_and_responses_apart_and_blocks_skip_other_pairs(window
         lower = np.tril(np.ones((n, n), bool))
         skipped = lower & ~blocks
         print(
-            f"width {width} window {window} block {block}: {int(skipped.sum())} of {int(lower.sum())} causal blocks skipped"
+            f"width {width} window {window} block {block}: {int(skipped.sum())} of {int(lower.sum())} "
+            "causal blocks skipped"
         )
         if not window:  # on these rows the bounds skip every block no query sees (the window's bound is looser)
             np.testing.assert_array_equal(blocks[lower], truth[lower])
@@ -367,7 +368,8 @@ def test_jaxspo_train_with_pack_pairs_finishes_and_resumes(tmp_path):
 
 
 def test_jaxspo_compile_takes_the_pack_pairs_batch():
-    """The ahead-of-time compile builds the largest pack_pairs program (one pair per row of pack_width) and counts its FLOPs."""
+    """The ahead-of-time compile builds the largest pack_pairs program (one pair per row of pack_width) and counts its
+    FLOPs."""
     from jaxspo.compile import batch_shapes, compile_step, longest_packed_rows
     from jaxspo.train.step_flops import step_model_flops
 

@@ -67,14 +67,16 @@ def test_a_bucketed_phase_compiles_each_width_once_before_step_1(tmp_path, caplo
     run.log.close()
 
 
-def test_a_held_heap_is_trimmed_exactly_before_a_batch_larger_than_any_before(tmp_path, monkeypatch):
+def test_a_held_heap_is_trimmed_exactly_before_a_batch_larger_than_any_before(tmp_path, monkeypatch, request):
     """trainer.host_heap=hold keeps freed temporaries mapped; a larger program's would need a new region, so the
     heap is trimmed first (docs/speed.md) — and only then, not at every change of width."""
     trims, waited = [], []
+    monkeypatch.setattr(host_memory, "hold_freed_memory", lambda mode: True)  # leaves this process's heap alone
     monkeypatch.setattr(host_memory, "_held", True)
     monkeypatch.setattr(host_memory, "heap_bytes_in_use", lambda: 0)  # the wait is tested in test_host_memory.py
     monkeypatch.setattr(host_memory, "release_freed_memory", lambda: trims.append(phase.batches.step))
-    monkeypatch.setattr(host_memory.jax, "block_until_ready", lambda tree: waited.append(tree is phase.state))
+    monkeypatch.setattr(jax, "block_until_ready", lambda tree: waited.append(tree is phase.state))
+    request.addfinalizer(host_memory.install("hold"))  # the loop hooks jaxspo train registers; removed at the end
     cfg = load_config("configs/demo.yaml", TINY + [f"run_dir={tmp_path}"])
     (tmp_path / "run").mkdir()
     run = Run(cfg, tmp_path / "run")

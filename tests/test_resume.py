@@ -181,7 +181,8 @@ def test_nan_mid_run_stops_and_keeps_last_good_checkpoint(marked_task, tmp_path)
     )
     with pytest.raises(
         NonFiniteError,
-        match=r"non-finite loss or gradient at preference step \d+ \(batch \d+, data rows \[.*\b5\b.*\]\); the update was not applied and the last good checkpoint is step \d+",
+        match=r"non-finite loss or gradient at preference step \d+ \(batch \d+, data rows "
+        r"\[.*\b5\b.*\]\); the update was not applied and the last good checkpoint is step \d+",
     ):
         loop.train(cfg, "nan")
     found = PhaseCheckpoints(tmp_path / "checkpoints" / "preference", cfg.checkpoint)

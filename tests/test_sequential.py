@@ -1,4 +1,5 @@
-"""``sequential`` (docs/methods/sequential.md): tabular optimum per stage, λ = 0 is DPO, offsets, pairs, config errors."""
+"""``sequential`` (docs/methods/sequential.md): tabular optimum per stage, λ = 0 is DPO, offsets, pairs, config
+errors."""
 
 import dataclasses
 import functools

@@ -136,7 +136,8 @@ def test_splash_step_with_context_compiles_for_a_tpu_slice_here(tpu_env, monkeyp
     assert (False, 2) in built and not any(interpret for interpret, _ in built)
 
 
-@pytest.mark.slow  # two 8-device DPO steps of 256-token rows with splash interpreted on CPU: ~25-70 s each on 2 shared cores
+# two 8-device DPO steps of 256-token rows with splash interpreted on CPU: ~25-70 s each on 2 shared cores
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["padded", "packed"])
 def test_splash_dpo_step_under_context_equals_xla_on_one_device(layout, monkeypatch):
     """The tiny DPO step (policy + resident reference) with model.attention=splash on mesh (1, 2, 2, 2): rows of

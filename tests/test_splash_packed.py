@@ -165,8 +165,8 @@ def test_pinned_splash_backward_signature():
     ]
     source = inspect.getsource(splash_attention_kernel._splash_attention_bwd)
     assert (
-        "q,\n      k,\n      v,\n      segment_ids,\n      sinks,\n      o,\n      logsumexp,\n      dq_mask_info,\n      dkv_mask_info,\n  ) = res"
-        in source
+        "q,\n      k,\n      v,\n      segment_ids,\n      sinks,\n      o,\n      logsumexp,\n  "
+        "    dq_mask_info,\n      dkv_mask_info,\n  ) = res" in source
     )
     assert 'di = jnp.einsum("hsd,hsd->hs", o.astype(jnp.float32), do.astype(jnp.float32))' in source
 

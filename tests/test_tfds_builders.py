@@ -70,7 +70,8 @@ CASES = {
         {"train_prefs": 2, "test_prefs": 1},
         {
             "train_prefs": {
-                "invalid: field 'chosen' and field 'rejected' share no leading message, so there is no implicit prompt": 1
+                "invalid: field 'chosen' and field 'rejected' share no leading message, so there is no "
+                "implicit prompt": 1
             }
         },
         (

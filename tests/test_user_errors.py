@@ -19,7 +19,7 @@ from jaxspo import cli
 from jaxspo.data.files import compression, read_json_lines
 from jaxspo.data.sources import SourceConfig, read_split
 from jaxspo.errors import DataError
-from tests.test_cli_fuzz import TINY_MODEL, TINY_RUN, good_row, run_cli
+from tests.cli_fuzz_support import TINY_MODEL, TINY_RUN, good_row, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -149,7 +149,8 @@ def test_zstd_without_the_package_says_to_install_it(tmp_path):
         assert compression(path) == "zstd"
         with pytest.raises(
             DataError,
-            match=r"train\.jsonl\.zst: zstd-compressed, and the zstandard package is not installed; pip install zstandard",
+            match=r"train\.jsonl\.zst: zstd-compressed, and the zstandard package is not installed; pip "
+            r"install zstandard",
         ):
             read_json_lines(path)
     else:
@@ -179,7 +180,8 @@ def test_prepare_split_whose_rows_are_all_rejected(tmp_path):
         ["data", "prepare", "helpsteer2", "--manual-dir", str(manual), "--data-dir", str(tmp_path / "tfds")], 1
     )
     assert line.startswith(
-        f"jaxspo: data error: {manual / 'train.jsonl'}: no example for split 'train' of helpsteer2 (rejected: {{'tie: equal helpfulness': 1}})"
+        f"jaxspo: data error: {manual / 'train.jsonl'}: no example for split 'train' of "
+        f"helpsteer2 (rejected: {{'tie: equal helpfulness': 1}})"
     )
 
 
@@ -237,8 +239,8 @@ def test_a_bug_shows_its_traceback_and_asks_for_a_report(monkeypatch, tmp_path):
 def test_argument_errors_are_one_line_with_status_2():
     line = one_error_line(["score", "model", "data.jsonl", "--out", "o.jsonl", "--batch-size", "0"], 2)
     assert (
-        line
-        == "jaxspo: usage error: jaxspo score: argument --batch-size: expected a positive integer, got 0; see jaxspo score --help"
+        line == "jaxspo: usage error: jaxspo score: argument --batch-size: expected a positive integer, "
+        "got 0; see jaxspo score --help"
     )
 
 

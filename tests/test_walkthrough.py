@@ -1,4 +1,5 @@
-"""The HH-RLHF walkthrough of docs/datasets.md on a tiny model: downloaded files → data prepare → train → eval → export."""
+"""The HH-RLHF walkthrough of docs/datasets.md on a tiny model: downloaded files → data prepare → train → eval →
+export."""
 
 import gzip
 import json

@@ -2,9 +2,9 @@
 
 Each system gets its own venv under ``benchmarks/.venvs/<name>`` (gitignored) with exactly the pinned
 requirements below — jaxspo too: this checkout without its test extra, so torch (which ``transformers``
-imports whenever it is installed) is not loaded and does not count in jaxspo's peak RSS; a ``.bench-requirements`` stamp records what was installed, so a changed pin
-re-installs. torch is pinned exactly: this machine's local wheel index serves a CPU build of 2.13.0
-(an unpinned torch would pull the CUDA one).
+imports whenever it is installed) is not loaded and does not count in jaxspo's peak RSS; a ``.bench-requirements`` stamp
+records what was installed, so a changed pin re-installs. torch is pinned exactly: this machine's local wheel index
+serves a CPU build of 2.13.0 (an unpinned torch would pull the CUDA one).
 """
 
 from __future__ import annotations

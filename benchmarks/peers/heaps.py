@@ -54,7 +54,8 @@ def runner_environment(
     base: Mapping[str, str], heap: str, system: str, heaps: Mapping[str, Mapping[str, str]]
 ) -> dict[str, str]:
     """The environment of one runner process under ``heap``: ``base`` (the harness's) without allocator settings,
-    plus the heap's variables — for jaxspo under ``held`` none (its override sets the heap, see the module docstring)."""
+    plus the heap's variables — for jaxspo under ``held`` none (its override sets the heap, see the module
+    docstring)."""
     env = without_allocator_settings(base)
     if not (system == "jaxspo" and heap == "held"):
         env |= heaps[heap]

@@ -2,8 +2,8 @@
 
     python benchmarks/peers/run_jaxspo.py --fixture DIR --order ORDER.json --config resident [key=value ...]
 
-The run is built by the same code as ``jaxspo train`` (``jaxspo.train.run`` and ``jaxspo.train.phase``: the HF folder through
-jaxspo's loader, the JSONL pairs through jaxspo's data path and screening, the optimiser, state and
+The run is built by the same code as ``jaxspo train`` (``jaxspo.train.run`` and ``jaxspo.train.phase``: the HF folder
+through jaxspo's loader, the JSONL pairs through jaxspo's data path and screening, the optimiser, state and
 ``make_train_step``, the precomputed-reference pass when ``loss.reference=precomputed``, the compile of every
 bucket width before step 1, and each step through ``Phase.take_step``); only the loop is the runner's own, to
 time each step with ``block_until_ready``. The batches come from jaxspo's iterator;
@@ -65,7 +65,7 @@ def main() -> None:
     import jax
 
     from jaxspo.config import load_config
-    from jaxspo.host_memory import hold_freed_memory
+    from jaxspo import host_memory
     from jaxspo.train.phase import Phase
     from jaxspo.train.run import Run
 
@@ -73,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-jaxspo-") as tmp:
         work = Path(tmp)
         cfg = load_config(None, base_overrides(args, work) + list(args.overrides))
-        hold_freed_memory(cfg.trainer.host_heap)  # as ``jaxspo train`` does, before the first device use
+        host_memory.install(cfg.trainer.host_heap)  # as ``jaxspo train`` does, before the first device use
         (work / "run").mkdir()
         run = Run(cfg, work / "run")
         cfg = run.cfg

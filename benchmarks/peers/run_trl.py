@@ -1,6 +1,7 @@
 """TRL runner (its own venv): ``trl.DPOTrainer`` on the fixture's text pairs, on the CPU.
 
-    python benchmarks/peers/run_trl.py --fixture DIR --order ORDER.json --config trl_fp32|trl_fp32_precomputed|trl_defaults
+    python benchmarks/peers/run_trl.py --fixture DIR --order ORDER.json --config
+        trl_fp32|trl_fp32_precomputed|trl_defaults
 
 ``trl_fp32``: fp32, no gradient checkpointing, the reference forward in every step; ``trl_fp32_precomputed``:
 the same with ``precompute_ref_log_probs`` (one pass before training, counted in the time to first step);

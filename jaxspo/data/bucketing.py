@@ -1,8 +1,8 @@
 """Length bucketing: which bucket of similar lengths (and static width) each example belongs to.
 
 Rows are encoded at ``data.max_length``; each example (a pair: the longer of chosen and rejected) goes
-to the smallest bucket in ``data.buckets`` (plus ``max_length``, always the last) that holds all its tokens, and a batch holds examples of
-one bucket only, sliced to ``[batch, bucket]``. So the step sees at most ``len(buckets)`` shapes and
+to the smallest bucket in ``data.buckets`` (plus ``max_length``, always the last) that holds all its tokens, and a batch
+holds examples of one bucket only, sliced to ``[batch, bucket]``. So the step sees at most ``len(buckets)`` shapes and
 XLA compiles at most that many programs, while short examples stop paying for the longest one.
 
 ``data.auto_buckets: K`` picks the widths instead (:func:`choose_buckets`): the ≤ K multiples of 8 that

@@ -26,7 +26,8 @@ from jaxspo.data.formats import field, is_conversation, messages, text
 Completion = tuple[list[int], bool]
 
 
-def _ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+def token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Each text's token ids, without special tokens (BOS/EOS are the encoders' job)."""
     return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
 
@@ -38,7 +39,7 @@ def conversation_ids(
         raise ValueError(f"{where}: a conversational row needs a tokenizer with a chat_template (this one has none)")
     prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
-    prompt_ids, full_ids = _ids(tokenizer, [prompt_text, full_text])
+    prompt_ids, full_ids = token_ids(tokenizer, [prompt_text, full_text])
     if full_ids[: len(prompt_ids)] != prompt_ids:
         k = next(
             (i for i, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b), min(len(prompt_ids), len(full_ids))
@@ -63,10 +64,10 @@ def prompt_ids(rows: Sequence[Mapping[str, Any]], tokenizer: PreTrainedTokenizer
             rendered = tokenizer.apply_chat_template(
                 messages(prompt, f"row {i}: field 'prompt'"), tokenize=False, add_generation_prompt=True
             )
-            out[i] = _ids(tokenizer, [rendered])[0]
+            out[i] = token_ids(tokenizer, [rendered])[0]
         else:
             plain.append((i, text(prompt, f"row {i}: field 'prompt'")))
-    for (i, _), ids in zip(plain, _ids(tokenizer, [t for _, t in plain])):
+    for (i, _), ids in zip(plain, token_ids(tokenizer, [t for _, t in plain])):
         out[i] = bos + ids
     return out
 
@@ -90,6 +91,6 @@ def completion_ids(
             out[i] = (ids, tokenizer.eos_token_id not in ids)
         else:
             plain.append((i, text(value, where)))
-    for (i, _), ids in zip(plain, _ids(tokenizer, [t for _, t in plain])):
+    for (i, _), ids in zip(plain, token_ids(tokenizer, [t for _, t in plain])):
         out[i] = (ids, True)
     return out

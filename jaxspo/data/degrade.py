@@ -29,10 +29,9 @@ from collections.abc import Sequence
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from jaxspo.data.encode import _pack, _sequence
+from jaxspo.data.encode import pad_sequences, response_sequence
+from jaxspo.losses.selfsup_config import KEY_SCORINGS, UNITS
 
-UNITS = ("token", "word", "sentence")
-KEY_SCORINGS = ("tfidf", "surprisal")
 _SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+|\n|$)")
 _WORD = re.compile(r"\S+")
 
@@ -206,10 +205,11 @@ def degraded_arrays(
             rng = np.random.default_rng([degrader.seed, side_index, row])
             copies, ok = degrader.degrade(ids, rng, token_surprisal)
             sequences += [
-                _sequence(context, copy, eos, max_length, row, f"{side} level {k + 1}") for k, copy in enumerate(copies)
+                response_sequence(context, copy, eos, max_length, row, f"{side} level {k + 1}")
+                for k, copy in enumerate(copies)
             ]
             level_valid.append(ok)
-        packed = _pack(sequences, max_length, pad)
+        packed = pad_sequences(sequences, max_length, pad)
         per_side.append(
             [x.reshape(len(responses), degrader.levels, max_length) for x in packed] + [np.stack(level_valid)]
         )

@@ -36,7 +36,7 @@ from jaxspo.data.formats import to_preference_row
 Layout = tuple[list[int], int]  # (token ids, number of leading context tokens, which are not targets)
 
 
-def _special_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], int, int]:
+def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], int, int]:
     """(prefix, eos, pad): prefix is ``[bos]``, or ``[]`` if the tokenizer has no BOS token."""
     if tokenizer.eos_token_id is None:
         raise ValueError("tokenizer has no eos_token")
@@ -46,7 +46,7 @@ def _special_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], int, in
     return ([] if bos is None else [bos]), tokenizer.eos_token_id, tokenizer.pad_token_id
 
 
-def _soft_label(row: Mapping[str, Any], index: int) -> float:
+def soft_label_of(row: Mapping[str, Any], index: int) -> float:
     """The row's ``soft_label`` in [0, 1]; 1.0 when absent or None."""
     value = row.get("soft_label")
     if value is None:
@@ -67,7 +67,7 @@ def keep_prompt_end(context: list[int], max_prompt_length: int | None, bos: int 
     return head + context[len(context) - (max_prompt_length - len(head)) :]
 
 
-def _sequence(
+def response_sequence(
     context: list[int], response: list[int], eos: int | None, max_length: int, index: int, field: str
 ) -> Layout:
     """``context + response + [eos]`` (no eos if ``eos`` is None), the response cut from the right (and no
@@ -85,7 +85,7 @@ def _sequence(
     return context + body, len(context)
 
 
-def _pack(sequences: list[Layout], max_length: int, pad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pad_sequences(sequences: list[Layout], max_length: int, pad: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Right-pads sequences to ``[N, max_length]``: (tokens int32, loss_mask bool, valid bool)."""
     tokens = np.full((len(sequences), max_length), pad, dtype=np.int32)
     loss_mask = np.zeros((len(sequences), max_length), dtype=bool)
@@ -97,7 +97,8 @@ def _pack(sequences: list[Layout], max_length: int, pad: int) -> tuple[np.ndarra
     return tokens, loss_mask, valid
 
 
-def _check_inputs(items: Sequence[Any], length: int, length_name: str) -> None:
+def check_encode_inputs(items: Sequence[Any], length: int, length_name: str) -> None:
+    """ValueError unless there is something to encode and ``length`` (named ``length_name``) is a positive int."""
     if not items:
         raise ValueError("nothing to encode: the input list is empty")
     if isinstance(length, bool) or not isinstance(length, int) or length < 1:
@@ -112,14 +113,14 @@ def _encode_responses(
     max_prompt_length: int | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Encodes ``prompt`` + each response field of every row: field → (tokens, loss_mask, valid)."""
-    _check_inputs(rows, max_length, "max_length")
-    _, eos, pad = _special_ids(tokenizer)
+    check_encode_inputs(rows, max_length, "max_length")
+    _, eos, pad = special_token_ids(tokenizer)
     contexts = prompt_ids(rows, tokenizer)
     packed = {}
     for field in response_fields:
         completions = completion_ids(rows, tokenizer, field, contexts)
         sequences = [
-            _sequence(
+            response_sequence(
                 keep_prompt_end(context, max_prompt_length, tokenizer.bos_token_id),
                 ids,
                 eos if add_eos else None,
@@ -129,7 +130,7 @@ def _encode_responses(
             )
             for i, (context, (ids, add_eos)) in enumerate(zip(contexts, completions))
         ]
-        packed[field] = _pack(sequences, max_length, pad)
+        packed[field] = pad_sequences(sequences, max_length, pad)
     return packed
 
 
@@ -153,7 +154,7 @@ def encode_preference_rows(
     arrays = {}
     for field, (tokens, loss_mask, valid) in packed.items():
         arrays |= {f"{field}_tokens": tokens, f"{field}_loss_mask": loss_mask, f"{field}_valid": valid}
-    arrays["soft_label"] = np.array([_soft_label(row, i) for i, row in enumerate(rows)], dtype=np.float32)
+    arrays["soft_label"] = np.array([soft_label_of(row, i) for i, row in enumerate(rows)], dtype=np.float32)
     return arrays
 
 
@@ -177,14 +178,15 @@ def encode_sft_rows(
 def encode_prompts(
     prompts: Sequence[str | list], tokenizer: PreTrainedTokenizerBase, max_prompt_length: int, keep_end: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Prompts (text or message lists) → LEFT-padded ``(tokens [N, P] int32, valid [N, P] bool)``, ``P = max_prompt_length``.
+    """Prompts (text or message lists) → LEFT-padded ``(tokens [N, P] int32, valid [N, P] bool)``, ``P =
+    max_prompt_length``.
 
     Each row is ``<pad>… <bos> prompt…`` (a conversation: its chat template with the generation prompt) so
     that generation continues right after the last column. A prompt longer than ``P`` tokens raises
     ValueError naming its index, or with ``keep_end`` keeps its BOS and last tokens.
     """
-    _check_inputs(prompts, max_prompt_length, "max_prompt_length")
-    _, _, pad = _special_ids(tokenizer)
+    check_encode_inputs(prompts, max_prompt_length, "max_prompt_length")
+    _, _, pad = special_token_ids(tokenizer)
     try:
         contexts = prompt_ids([{"prompt": p} for p in prompts], tokenizer)
     except ValueError as err:

@@ -41,7 +41,8 @@ def _open_zstd(path: Path) -> IO[bytes]:
         import zstandard
     except ImportError:
         raise DataError(
-            f"{path}: zstd-compressed, and the zstandard package is not installed; pip install zstandard, or decompress it (zstd -d)"
+            f"{path}: zstd-compressed, and the zstandard package is not installed; pip install "
+            "zstandard, or decompress it (zstd -d)"
         ) from None
     return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
 
@@ -64,7 +65,8 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield number, line
         except (OSError, EOFError, lzma.LZMAError) as err:  # how gzip, bz2 and xz report a damaged or cut stream
             raise DataError(
-                f"{path}: the compressed data is damaged after line {number} ({err}); download or compress the file again"
+                f"{path}: the compressed data is damaged after line {number} ({err}); download or "
+                "compress the file again"
             ) from None
 
 
@@ -88,7 +90,8 @@ def json_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
                 number,
                 BadLine(
                     "not UTF-8 text",
-                    f"not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}; is the file compressed or binary?)",
+                    f"not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}; is the file "
+                    "compressed or binary?)",
                 ),
             )
         except json.JSONDecodeError as err:

@@ -12,8 +12,8 @@ A token attends to earlier valid tokens of its own segment and to the prompt (se
 and rejected halves never see each other and each sees exactly what it sees in its own padded row; its
 RoPE position restarts after the prompt. ``source[t]`` is the slot whose output predicts token ``t``:
 ``t - 1``, except for the first rejected token, which the prompt's last slot predicts. Rows are padded to
-the longest pair of the dataset (rounded up to a multiple of 8, and of ``mesh.context``); ``data.buckets`` then cut batches to
-shorter widths (see :mod:`jaxspo.data.bucketing`), counted in packed tokens.
+the longest pair of the dataset (rounded up to a multiple of 8, and of ``mesh.context``); ``data.buckets`` then cut
+batches to shorter widths (see :mod:`jaxspo.data.bucketing`), counted in packed tokens.
 
 The step computes the prompt once and no chosen/rejected padding; its log-probs equal the padded layout's.
 ``data.pack_pairs`` lays several such pairs side by side in a row (:mod:`jaxspo.data.pair_packing`); a segment
@@ -26,7 +26,6 @@ from collections.abc import Mapping
 
 import numpy as np
 
-LAYOUTS = ("padded", "packed")
 ROLES = 3  # segments are 3·pair + role (0 prompt, 1 chosen, 2 rejected); one pair per row: 0, 1, 2
 PACKED_FIELDS = (
     "packed_tokens",
@@ -67,7 +66,8 @@ def pack_pairs(arrays: Mapping[str, np.ndarray], multiple: int = 8) -> dict[str,
             tokens["chosen"][i, :p], tokens["rejected"][i, :p]
         ):
             raise ValueError(
-                f"row {i}: data.layout=packed needs chosen and rejected to share their prompt tokens; use data.layout=padded"
+                f"row {i}: data.layout=packed needs chosen and rejected to share their prompt tokens; use "
+                "data.layout=padded"
             )
         out["packed_tokens"][i, : p + c + r] = np.concatenate(
             [tokens["chosen"][i, : p + c], tokens["rejected"][i, p : p + r]]

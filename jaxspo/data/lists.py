@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from jaxspo.data.chat import _ids as _token_ids, prompt_ids
-from jaxspo.data.encode import _check_inputs, _pack, _sequence, _special_ids
+from jaxspo.data.chat import prompt_ids, token_ids
+from jaxspo.data.encode import check_encode_inputs, pad_sequences, response_sequence, special_token_ids
 from jaxspo.data.formats import field as _field, text as _text
 from jaxspo.data.synthetic import SyntheticTaskConfig, labelled_reward
 
@@ -72,12 +72,14 @@ def _order(row: Mapping[str, Any], index: int, n: int, need_ranking: bool) -> li
         order = [_index(v, n, f"row {index}: field 'ranking'") for v in ranking]
         if sorted(order) != list(range(n)):
             raise ValueError(
-                f"row {index}: field 'ranking' must be a permutation of 0..{n - 1} (one entry per response), got {list(ranking)}"
+                f"row {index}: field 'ranking' must be a permutation of 0..{n - 1} (one entry per "
+                f"response), got {list(ranking)}"
             )
         return order
     if need_ranking:
         raise ValueError(
-            f"row {index}: field 'ranking' is missing; the ranked loss needs every response ranked (a row with only 'best' serves best-of-n)"
+            f"row {index}: field 'ranking' is missing; the ranked loss needs every response ranked (a "
+            "row with only 'best' serves best-of-n)"
         )
     if row.get("best") is None:
         raise ValueError(f"row {index}: needs field 'ranking' or 'best'")
@@ -94,8 +96,8 @@ def encode_list_rows(
 ) -> dict[str, np.ndarray]:
     """List rows → ``list_tokens/list_valid/list_loss_mask [N, n, T]``, ``list_mask [N, n]`` and ``list_scores [N, n]``,
     best first (``label_weights``: the labelled reward of per-dimension ``response_scores``; None = numbers only)."""
-    _check_inputs(rows, max_length, "max_length")
-    _, eos, pad = _special_ids(tokenizer)
+    check_encode_inputs(rows, max_length, "max_length")
+    _, eos, pad = special_token_ids(tokenizer)
     ordered: list[list[str]] = []
     scores: list[list[float] | None] = []
     for i, row in enumerate(rows):
@@ -113,10 +115,14 @@ def encode_list_rows(
     width = max(map(len, ordered))
     sequences = []
     for i, (context, texts) in enumerate(zip(contexts, ordered)):
-        ids = _token_ids(tokenizer, texts)
-        row_sequences = [_sequence(context, r, eos, max_length, i, f"responses[{j}]") for j, r in enumerate(ids)]
+        ids = token_ids(tokenizer, texts)
+        row_sequences = [
+            response_sequence(context, r, eos, max_length, i, f"responses[{j}]") for j, r in enumerate(ids)
+        ]
         sequences += row_sequences + [row_sequences[0]] * (width - len(row_sequences))
-    tokens, loss_mask, valid = (a.reshape(len(rows), width, max_length) for a in _pack(sequences, max_length, pad))
+    tokens, loss_mask, valid = (
+        a.reshape(len(rows), width, max_length) for a in pad_sequences(sequences, max_length, pad)
+    )
     mask = np.array([[j < len(texts) for j in range(width)] for texts in ordered], dtype=bool)
     list_scores = np.array(
         [[np.nan] * width if c is None else c + [0.0] * (width - len(c)) for c in scores], dtype=np.float32

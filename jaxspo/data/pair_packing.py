@@ -46,7 +46,8 @@ def first_fit(lengths: np.ndarray, width: int) -> list[list[int]]:
     lengths = np.asarray(lengths, np.int64)
     if len(lengths) and lengths.max() > width:
         raise ValueError(
-            f"a pair of {int(lengths.max())} tokens does not fit data.pack_width={width}; raise data.pack_width (or 0 = the longest pair)"
+            f"a pair of {int(lengths.max())} tokens does not fit data.pack_width={width}; raise "
+            "data.pack_width (or 0 = the longest pair)"
         )
     rows: list[list[int]] = []
     free: list[int] = []
@@ -118,12 +119,14 @@ class PairPacker:
         width = data_cfg.pack_width or -(-longest // multiple) * multiple
         if longest > width:
             raise ValueError(
-                f"data.pack_width={width} is shorter than the longest pair ({longest} tokens); raise it or set 0 (= the longest pair)"
+                f"data.pack_width={width} is shorter than the longest pair ({longest} tokens); raise it "
+                "or set 0 (= the longest pair)"
             )
         cells = math.lcm(accum, batch_shards)
         if batch_size % cells:
             raise ValueError(
-                f"trainer.batch_size ({batch_size}) must divide by {cells} = lcm(trainer.grad_accum_steps, batch shards) with data.pack_pairs"
+                f"trainer.batch_size ({batch_size}) must divide by {cells} = "
+                "lcm(trainer.grad_accum_steps, batch shards) with data.pack_pairs"
             )
         return cls(width, data_cfg.pack_row_buckets, batch_size, accum, cells, lengths)
 
@@ -132,7 +135,8 @@ class PairPacker:
         return self.batch_size // self.cells
 
     def cell_rows(self, batch_rows: np.ndarray) -> list[list[list[int]]]:
-        """Each cell's rows (lists of the cell's pair offsets) for the global batch of stored rows ``batch_rows [N]``."""
+        """Each cell's rows (lists of the cell's pair offsets) for the global batch of stored rows ``batch_rows
+        [N]``."""
         per_cell = self.pairs_per_cell
         return [
             first_fit(self.lengths[batch_rows[c * per_cell : (c + 1) * per_cell]], self.width)
@@ -167,7 +171,8 @@ class PairPacker:
         mine = np.unique(np.asarray(positions) // per_cell)
         if not np.array_equal(np.sort(positions), (mine[:, None] * per_cell + np.arange(per_cell)).ravel()):
             raise ValueError(
-                f"data.pack_pairs: this process's batch positions {np.asarray(positions).tolist()} are not whole cells of {per_cell} pairs"
+                f"data.pack_pairs: this process's batch positions {np.asarray(positions).tolist()} are "
+                f"not whole cells of {per_cell} pairs"
             )
         out = {name: np.asarray(a[batch_rows[positions]]) for name, a in arrays.items() if name not in PACKED_FIELDS}
         cells = []

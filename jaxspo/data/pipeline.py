@@ -62,6 +62,19 @@ def _check_int(name: str, value: Any, low: int) -> None:
         raise ValueError(f"BatchPipeline: {name} must be an int ≥ {low}, got {value!r}")
 
 
+def _checked_inputs(arrays: Mapping[str, np.ndarray], **counts: int) -> dict[str, np.ndarray]:
+    """``arrays`` as a dict once they share a leading dimension; ValueError naming a bad argument otherwise
+    (``counts``: batch_size ≥ 1, seed, workers and prefetch ≥ 0)."""
+    if not arrays:
+        raise ValueError("BatchPipeline: arrays is empty")
+    shapes = {name: np.shape(a) for name, a in arrays.items()}
+    if len({shape[:1] for shape in shapes.values()}) != 1 or () in shapes.values():
+        raise ValueError(f"BatchPipeline: arrays need equal leading dimensions, got shapes {shapes}")
+    for name, value in counts.items():
+        _check_int(name, value, 1 if name == "batch_size" else 0)
+    return dict(arrays)
+
+
 class BatchPipeline:
     """Endless, deterministic, epoch-shuffled, length-bucketed batches: this process's rows of each
     global batch of ``batch_size`` (module docstring).
@@ -84,16 +97,7 @@ class BatchPipeline:
         lengths: np.ndarray | None = None,
         packer: PairPacker | None = None,
     ):
-        if not arrays:
-            raise ValueError("BatchPipeline: arrays is empty")
-        self._arrays = dict(arrays)
-        shapes = {name: np.shape(a) for name, a in self._arrays.items()}
-        if len({shape[:1] for shape in shapes.values()}) != 1 or () in shapes.values():
-            raise ValueError(f"BatchPipeline: arrays need equal leading dimensions, got shapes {shapes}")
-        _check_int("batch_size", batch_size, 1)
-        _check_int("seed", seed, 0)
-        _check_int("workers", workers, 0)
-        _check_int("prefetch", prefetch, 0)
+        self._arrays = _checked_inputs(arrays, batch_size=batch_size, seed=seed, workers=workers, prefetch=prefetch)
         self.num_examples = len(next(iter(self._arrays.values())))
         if self.num_examples < batch_size:
             raise ValueError(f"BatchPipeline: {self.num_examples} examples cannot fill one batch of {batch_size}")
@@ -255,7 +259,8 @@ def sharded_positions(shardings: Mapping[str, Any], arrays: Mapping[str, np.ndar
     first = next(iter(positions.values()))
     if any(not np.array_equal(first, p) for p in positions.values()):
         raise ValueError(
-            f"the batch fields are split differently across processes: { {k: p.tolist() for k, p in positions.items()} }"
+            "the batch fields are split differently across processes: "
+            f"{ {k: p.tolist() for k, p in positions.items()} }"
         )
     return first
 

@@ -40,15 +40,18 @@ def prepare(name: str, manual_dir: str, data_dir: str = "", soft_label_temperatu
     configs = [c.name for c in BUILDERS[builder_name].BUILDER_CONFIGS]
     if config and config not in configs:
         raise UsageError(
-            f"jaxspo data prepare {name}: {builder_name} has no config '{config}'; available: {', '.join(configs) or 'none'}"
+            f"jaxspo data prepare {name}: {builder_name} has no config '{config}'; available: "
+            f"{', '.join(configs) or 'none'}"
         )
     if not Path(manual_dir).is_dir() or not any(Path(manual_dir).iterdir()):
         raise DataError(
-            f"{manual_dir}: --manual-dir is not a folder with files; {BUILDERS[builder_name].MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            f"{manual_dir}: --manual-dir is not a folder with files; "
+            f"{BUILDERS[builder_name].MANUAL_DOWNLOAD_INSTRUCTIONS}"
         )
     if not soft_label_temperature > 0:
         raise UsageError(
-            f"jaxspo data prepare {name}: --soft-label-temperature must be > 0, got {soft_label_temperature}; give a positive number (1 = the default)"
+            f"jaxspo data prepare {name}: --soft-label-temperature must be > 0, got "
+            f"{soft_label_temperature}; give a positive number (1 = the default)"
         )
     builder = BUILDERS[builder_name](
         config=config or None, data_dir=data_dir or None, soft_label_temperature=soft_label_temperature
@@ -90,7 +93,8 @@ def _check_soft_label_record(builder: Any, name: str) -> dict[str, Any]:
         earlier = json.loads(record.read_text())
         if earlier != soft:
             raise UsageError(
-                f"jaxspo data prepare {name}: {builder.data_dir} holds soft labels {earlier['formula']} at τ = {earlier['temperature']}, "
+                f"jaxspo data prepare {name}: {builder.data_dir} holds soft labels {earlier['formula']} "
+                f"at τ = {earlier['temperature']}, "
                 f"not τ = {soft['temperature']}; give another --data-dir or delete that folder to prepare again"
             )
     return soft

@@ -86,7 +86,8 @@ def encode_screened(
         good.append(row)
     if not good:
         raise DataError(
-            f"{source}: all {read} rows are malformed, e.g. {report.examples[0]}; fix the data (data_report.json counts every reason)"
+            f"{source}: all {read} rows are malformed, e.g. {report.examples[0]}; fix the data "
+            "(data_report.json counts every reason)"
         )
     report.kept = len(good)
     return encode(good), report

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from jaxspo.data.encode import _soft_label as checked_soft_label  # the one range/NaN check, shared with encoding
+from jaxspo.data.encode import soft_label_of as checked_soft_label  # the one range/NaN check, shared with encoding
 
 SOFT_LABEL_FIELD = "soft_label"
 _CHOSEN, _REJECTED = "chosen", "rejected"

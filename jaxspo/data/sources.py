@@ -27,34 +27,8 @@ import numpy as np
 
 from jaxspo.data.files import SkipLine, read_json_lines
 from jaxspo.data.screen import DataReport
+from jaxspo.data.settings import SourceConfig
 from jaxspo.errors import DataError
-
-KINDS = ("synthetic", "jsonl", "parquet", "hf_disk", "tfds")
-
-
-@dataclasses.dataclass
-class SourceConfig:
-    """``data.source``: the reader and where its files are (see the module docstring)."""
-
-    kind: str = "synthetic"  # synthetic | jsonl | parquet | hf_disk | tfds
-    path: str = ""  # jsonl/parquet: file pattern with {split}; hf_disk: folder; tfds: data dir ("" = default)
-    name: str = ""  # tfds: the dataset name, e.g. hh_rlhf or hh_rlhf/helpful-base
-    train_split: str = "train"
-    eval_split: str = "test"
-    fields: dict[str, str] = dataclasses.field(default_factory=dict)  # canonical name -> column name
-
-    def validate(self) -> None:
-        """Raises ValueError naming the first bad key."""
-        if self.kind not in KINDS:
-            raise ValueError(f"data.source.kind must be one of {list(KINDS)}, got '{self.kind}'")
-        if self.kind in ("jsonl", "parquet", "hf_disk") and not self.path:
-            raise ValueError(f"data.source.path is required for data.source.kind={self.kind}")
-        if self.kind in ("jsonl", "parquet") and "{split}" not in self.path:
-            raise ValueError(
-                f"data.source.path must contain '{{split}}' (e.g. data/{{split}}.{self.kind}), got '{self.path}'"
-            )
-        if self.kind == "tfds" and not self.name:
-            raise ValueError("data.source.name is required for data.source.kind=tfds (e.g. hh_rlhf)")
 
 
 @dataclasses.dataclass
@@ -115,7 +89,8 @@ def _read_hf_disk(folder: Path, split: str) -> tuple[str, list[Any]]:
         splits = _json_file(folder / "dataset_dict.json") if (folder / "dataset_dict.json").is_file() else None
         available = splits.get("splits") if isinstance(splits, dict) else None
         raise DataError(
-            f"{split_dir}: not a saved datasets split (no state.json); splits: {available}; set data.source.train_split / eval_split to one of them"
+            f"{split_dir}: not a saved datasets split (no state.json); splits: {available}; set "
+            "data.source.train_split / eval_split to one of them"
         )
     state = _json_file(state_file)
     try:
@@ -168,7 +143,8 @@ def read_split(source: SourceConfig, split: str, skip: SkipLine | None = None) -
         if not path.is_file():
             what = "is a folder" if path.is_dir() else "does not exist"
             raise DataError(
-                f"{path}: {what} (data.source.path for split '{split}'); set data.source.path to a file pattern with {{split}} that names existing files"
+                f"{path}: {what} (data.source.path for split '{split}'); set data.source.path to a file "
+                f"pattern with {{split}} that names existing files"
             )
         if source.kind == "jsonl":
             rows = read_json_lines(

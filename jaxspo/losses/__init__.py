@@ -10,20 +10,12 @@ Built-in families: :mod:`~jaxspo.losses.dpo_family`, :mod:`~jaxspo.losses.anchor
 :mod:`~jaxspo.losses.sequential`.
 """
 
-from jaxspo.losses.registry import (
-    LossSpec,
-    PairLogps,
-    check_params,
-    get_loss,
-    hyperparameter,
-    loss_names,
-    offset_losses,
-    params_key,
-    register_loss,
-    soft_label_losses,
-)
-from jaxspo.losses.objective import preference_objective
-from jaxspo.losses import anchored, dpo_family, geometric, reference_free, sequential, soft_spo  # noqa: F401  (register the built-ins)
+import importlib
+from typing import Any
+
+# The registry and the built-in losses load on first use (they import jax); the config's own sections
+# (jaxspo.losses.kl_config, jaxspo.losses.selfsup_config) import without them.
+_BUILT_INS = ("anchored", "dpo_family", "geometric", "reference_free", "sequential", "soft_spo")
 
 __all__ = [
     "LossSpec",
@@ -38,3 +30,13 @@ __all__ = [
     "soft_label_losses",
     "preference_objective",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``jaxspo.losses.<name>`` of :data:`__all__`: loads the registry with every built-in registered."""
+    if name not in __all__:
+        raise AttributeError(f"module 'jaxspo.losses' has no attribute '{name}'")
+    for module in _BUILT_INS:
+        importlib.import_module(f"jaxspo.losses.{module}")
+    home = "objective" if name == "preference_objective" else "registry"
+    return getattr(importlib.import_module(f"jaxspo.losses.{home}"), name)

@@ -37,7 +37,8 @@ def gipo(logps: PairLogps, cfg) -> jax.Array:
 
 @register_loss("gropo", needs_soft_label=True, params=RopoParams)
 def gropo(logps: PairLogps, cfg, params: RopoParams) -> jax.Array:
-    """ROPO (arXiv 2404.04102) with βh → β(2p̂−1)h, α = ``params.alpha`` (``loss.params.gropo.alpha``); ``ropo`` at p̂ = 1 (arXiv 2409.06691)."""
+    """ROPO (arXiv 2404.04102) with βh → β(2p̂−1)h, α = ``params.alpha`` (``loss.params.gropo.alpha``); ``ropo`` at p̂ =
+    1 (arXiv 2409.06691)."""
     return ropo_loss(cfg.beta * geometric_margin(logps), params.alpha)
 
 

@@ -38,7 +38,8 @@ class KLConfig:
             ),
             (
                 self.beta == 0 or reference in ("resident", "adapter_off"),
-                f"{k}.beta > 0 needs the frozen reference inside the step (loss.reference: resident, or adapter_off with LoRA), got loss.reference: {reference}",
+                f"{k}.beta > 0 needs the frozen reference inside the step (loss.reference: resident, or "
+                f"adapter_off with LoRA), got loss.reference: {reference}",
             ),
             (
                 self.beta == 0 or (self.prompts * self.samples_per_prompt) % grad_accum_steps == 0,

@@ -11,7 +11,8 @@ Metrics = dict[str, tuple[jax.Array, jax.Array]]  # name → (sum over pairs, co
 
 
 def evaluate_term(name: str, logps: PairLogps, cfg) -> tuple[jax.Array, PairMetrics]:
-    """One registered loss with its params (``cfg.params[name]``): (per-pair loss ``[B]``, its extra per-pair metrics)."""
+    """One registered loss with its params (``cfg.params[name]``): (per-pair loss ``[B]``, its extra per-pair
+    metrics)."""
     result = get_loss(name).apply(logps, cfg)
     return result if isinstance(result, tuple) else (result, {})
 

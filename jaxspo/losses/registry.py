@@ -136,7 +136,8 @@ class LossSpec:
     )
 
     def params_of(self, loss_cfg: Any) -> Any:
-        """This loss's params from ``loss_cfg.params[name]`` (a params object or a mapping of fields; absent = defaults)."""
+        """This loss's params from ``loss_cfg.params[name]`` (a params object or a mapping of fields; absent =
+        defaults)."""
         section = loss_cfg.params.get(self.name, {})
         return section if isinstance(section, self.params) else self.params(**section)
 
@@ -188,7 +189,8 @@ def _check_params_class(name: str, params: type) -> None:
     ]
     if missing:
         raise ValueError(
-            f"loss '{name}': params field(s) {', '.join(missing)} need a default (a loss must run without a loss.params section)"
+            f"loss '{name}': params field(s) {', '.join(missing)} need a default (a loss must run "
+            "without a loss.params section)"
         )
 
 

@@ -1,14 +1,16 @@
-"""Soft Preference Optimization (Sharifnassab et al., arXiv 2405.00747): the preference terms (docs/methods/soft-spo.md).
+"""Soft Preference Optimization (Sharifnassab et al., arXiv 2405.00747): the preference terms
+(docs/methods/soft-spo.md).
 
-All terms are reference-free and read α = ``loss.params.<term>.alpha`` (:class:`SoftSpoParams`); s = α·log πθ(y) (sequence
-log-probs). Each term is a cross-entropy −(1/α) Σ_j q_j log softmax(s)_j between a winner distribution q and the
-model's choice among the items:
+All terms are reference-free and read α = ``loss.params.<term>.alpha`` (:class:`SoftSpoParams`); s = α·log πθ(y)
+(sequence log-probs). Each term is a cross-entropy −(1/α) Σ_j q_j log softmax(s)_j between a winner distribution q
+and the model's choice among the items:
 
 - ``soft_spo`` (pairs): q = (p̂, 1 − p̂) over (y_w, y_l), p̂ = the pair's ``soft_label`` (1 where the data has none):
   −(1/α)[p̂ log σ(α d) + (1 − p̂) log σ(−α d)], d = log πθ(y_w) − log πθ(y_l) — the Bradley–Terry expectation over
   both orders (the paper's population loss). p̂ = 1 is the hard-label loss −(1/α) log σ(α d), bit for bit.
 - ``soft_spo_best_of_n`` (lists): −(1/α) Σ_j q_j log( πθ(y_j)^α / Σ_i πθ(y_i)^α ), q = one-hot at the best response,
-  or, for a row with response scores c_j, the soft winners q = softmax(c/τ), τ = ``loss.params.<term>.score_temperature``.
+  or, for a row with response scores c_j, the soft winners q = softmax(c/τ),
+  τ = ``loss.params.<term>.score_temperature``.
 - ``soft_spo_ranked`` (lists ranked y_1 ≻ … ≻ y_n, Plackett–Luce): Σ over stages k of the same cross-entropy among
   the items j ≥ k: q⁽ᵏ⁾ = one-hot at y_k, or for a row with scores softmax(c_{j≥k}/τ) [I: soft winners per stage].
 
@@ -95,7 +97,8 @@ def best_of_n_loss(logps: jax.Array, mask: jax.Array, alpha: float, winner: jax.
 
 
 def plackett_luce_loss(logps: jax.Array, mask: jax.Array, alpha: float, winners: jax.Array | None = None) -> jax.Array:
-    """−(1/α) Σ_k Σ_{j≥k} q⁽ᵏ⁾_j [s_j − logsumexp_{i≥k} s_i] over valid k, s = α·logps, rows best first; ``[B, n]`` → ``[B]``.
+    """−(1/α) Σ_k Σ_{j≥k} q⁽ᵏ⁾_j [s_j − logsumexp_{i≥k} s_i] over valid k, s = α·logps, rows best first;
+    ``[B, n]`` → ``[B]``.
 
     ``winners`` ``[B, n, n]``: row k the distribution q⁽ᵏ⁾ over the entries j ≥ k; None = entry k at stage k.
     """
@@ -156,7 +159,8 @@ def _weighted_list_term(term, winners, logps: ListLogps, params: SoftSpoListPara
 
 
 def _winners(logps: ListLogps, params: SoftSpoListParams) -> jax.Array | None:
-    """:func:`soft_winners` of the lists' scores at τ = ``params.score_temperature``; None when the lists have no scores."""
+    """:func:`soft_winners` of the lists' scores at τ = ``params.score_temperature``; None when the lists have no
+    scores."""
     return None if logps.scores is None else soft_winners(logps.scores, logps.mask, params.score_temperature)
 
 

@@ -1,6 +1,15 @@
 """Model definitions: one decoder with switches for the supported HF architectures, and HF checkpoint I/O."""
 
-from jaxspo.models.config import ARCHITECTURES, ModelConfig, RopeScaling
-from jaxspo.models.decoder import Decoder, KVCache, param_logical_names
+import importlib
+from typing import Any
 
-__all__ = ["ARCHITECTURES", "Decoder", "KVCache", "ModelConfig", "RopeScaling", "param_logical_names"]
+from jaxspo.models.config import ARCHITECTURES, ModelConfig, RopeScaling
+
+_DECODER_NAMES = ("Decoder", "KVCache", "param_logical_names")  # load on first use: the decoder imports jax
+__all__ = ["ARCHITECTURES", "ModelConfig", "RopeScaling", *_DECODER_NAMES]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _DECODER_NAMES:
+        raise AttributeError(f"module 'jaxspo.models' has no attribute '{name}'")
+    return getattr(importlib.import_module("jaxspo.models.decoder"), name)

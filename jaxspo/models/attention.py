@@ -156,7 +156,8 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, sca
 
 
 IMPLEMENTATIONS = ("xla", "chunked", "splash", "cudnn")
-CPU_AUTO = "chunked"  # auto off TPU/GPU: dense up to one block, then 5-10x faster than xla on CPU (benchmarks/attention_memory.py)
+# auto off TPU/GPU: dense up to one block, then 5-10x faster than xla on CPU (benchmarks/attention_memory.py)
+CPU_AUTO = "chunked"
 DEFAULT_BLOCK = (
     128  # model.attention_block default: the fastest chunked block on CPU at T = 1K-4K (benchmarks/attention_memory.py)
 )
@@ -218,7 +219,8 @@ def resolve_attention(setting: str, platform: str, model_config: ModelConfig) ->
 
 
 def resolve_for_target(model_config: ModelConfig) -> str:
-    """:func:`resolve_attention` of ``model_config.attention`` on the platform the model is built for, logged once per change."""
+    """:func:`resolve_attention` of ``model_config.attention`` on the platform the model is built for, logged once per
+    change."""
     from jaxspo.errors import ConfigError  # the CLI prints it as one line
 
     try:

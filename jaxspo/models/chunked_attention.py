@@ -34,7 +34,8 @@ def _blocks(x: jax.Array, size: int, axis: int = 1) -> jax.Array:
 
 
 def _block_mask(spec: MaskSpec, sliding: jax.Array, q_index: jax.Array, k_index: jax.Array) -> jax.Array:
-    """Visibility ``[B, bq, bk]`` of padded key indices to padded query indices (padding sees and is seen by nothing)."""
+    """Visibility ``[B, bq, bk]`` of padded key indices to padded query indices (padding sees and is seen by
+    nothing)."""
     t, s = spec.query_slots.shape[0], spec.key_valid.shape[1]
     seen = spec.visible(jnp.minimum(q_index, t - 1), jnp.minimum(k_index, s - 1), sliding)
     return seen & (q_index < t)[None, :, None] & (k_index < s)[None, None, :]
@@ -60,7 +61,8 @@ def _attention(q, k, v, spec, sliding, table, bq: int, bk: int, scale: float, so
 
 
 def _forward(q, k, v, spec, sliding, table, bq, bk, scale, softcap):
-    """q ``[B, Tp, K, G, Hd]``, k/v ``[B, Sp, K, Hd]`` (padded) -> (out ``[B, Tp, K, G, Hd]``, lse ``[B, K, G, Tp]``)."""
+    """q ``[B, Tp, K, G, Hd]``, k/v ``[B, Sp, K, Hd]`` (padded) -> (out ``[B, Tp, K, G, Hd]``, lse ``[B, K, G,
+    Tp]``)."""
     b, tp, kh, g, hd = q.shape
     nq, nk = tp // bq, k.shape[1] // bk
 

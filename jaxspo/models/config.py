@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
-
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gpt2")
 NORMS = ("rmsnorm", "gemma_rmsnorm", "layernorm")
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh", "gelu_new", "gelu")  # HF names; the two tanh GELUs are one function
@@ -135,6 +133,8 @@ class ModelConfig:
             raise ValueError(f"model.attention_block must be a positive multiple of 8, got {self.attention_block}")
         if self.logprob_chunk < 0:
             raise ValueError(f"model.logprob_chunk must be >= 0 (0 = off), got {self.logprob_chunk}")
+        import jax.numpy as jnp  # here, not at the top: reading a config imports no jax
+
         for name in ("dtype", "param_dtype"):
             try:
                 floating = jnp.issubdtype(jnp.dtype(getattr(self, name)), jnp.floating)

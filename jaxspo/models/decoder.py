@@ -105,7 +105,8 @@ class Decoder(nnx.Module):
         return with_logical_constraint(logits, ("batch", "length", "vocab")) if logits.ndim == 3 else logits
 
     def hidden_states(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Like ``__call__``, plus the residual stream ``[L + 1, B, T, D]``: the scaled embeddings, then each layer's output."""
+        """Like ``__call__``, plus the residual stream ``[L + 1, B, T, D]``: the scaled embeddings, then each layer's
+        output."""
         x, _, hidden = self._forward(tokens, positions, jnp.arange(tokens.shape[1]), valid, None, 0, True)
         return self.logits(x), hidden
 
@@ -158,7 +159,8 @@ class Decoder(nnx.Module):
         collect: bool,
         segments: jax.Array | None = None,
     ) -> tuple[jax.Array, KV | None, jax.Array | None]:
-        """Shared body of the public methods: scans the stacked layers once; returns the final-normed stream ``[B, T, D]``.
+        """Shared body of the public methods: scans the stacked layers once; returns the final-normed stream ``[B, T,
+        D]``.
 
         ``collect`` also returns the residual stream after the embeddings and after every layer ``[L + 1, B, T, D]``.
         """

@@ -51,11 +51,13 @@ def check_reward_folder(folder: str | Path) -> int | None:
     if not any(str(name).endswith(CLASSIFIER_SUFFIX) for name in architectures):
         raise CheckpointError(
             f"{where}: architectures {architectures} has no *{CLASSIFIER_SUFFIX} class; --reward-model must be a "
-            f"sequence-classification reward model folder (e.g. {hf.model_type.capitalize()}{CLASSIFIER_SUFFIX} with num_labels=1)"
+            "sequence-classification reward model folder (e.g. "
+            f"{hf.model_type.capitalize()}{CLASSIFIER_SUFFIX} with num_labels=1)"
         )
     if hf.num_labels != 1:
         raise CheckpointError(
-            f"{where}: num_labels is {hf.num_labels}; a reward model has one output (num_labels=1): give a reward model folder"
+            f"{where}: num_labels is {hf.num_labels}; a reward model has one output (num_labels=1): "
+            "give a reward model folder"
         )
     return hf.pad_token_id
 

@@ -241,7 +241,8 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    """Pre-norm layer ``x + attn(norm(x))``, ``x + mlp(norm(x))``; with ``post_norms`` each branch output is normed too."""
+    """Pre-norm layer ``x + attn(norm(x))``, ``x + mlp(norm(x))``; with ``post_norms`` each branch output is normed
+    too."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, lora: LoRASpec | None = None):
         d = config.hidden_size
@@ -270,7 +271,8 @@ class Block(nnx.Module):
 
 
 def stacked_blocks(config: ModelConfig, rngs: nnx.Rngs, lora: LoRASpec | None = None) -> Block:
-    """``num_layers`` independently initialised blocks (with ``lora``'s adapters) stacked on a leading ``layers`` axis."""
+    """``num_layers`` independently initialised blocks (with ``lora``'s adapters) stacked on a leading ``layers``
+    axis."""
 
     @nnx.split_rngs(splits=config.num_layers)
     @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})

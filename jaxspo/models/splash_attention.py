@@ -22,7 +22,8 @@ Constraints: the kernel tiles blocks of a multiple of 128 keys (``model.attentio
 most the padded row); T is padded up to a whole number of blocks here (padding keys are invalid). libtpu
 compiles head dims below the 128 lanes too (16 and 128 checked by ``tests/test_compile.py`` and by hand), so
 no head dim is refused; off TPU (and outside :func:`pallas_interpret`) :func:`splash_refusal` refuses at
-start-up. Padding queries see only padding under splash (their outputs are never read). Inside a mesh (``jaxspo.sharding.activation_sharding``) the kernel runs under
+start-up. Padding queries see only padding under splash (their outputs are never read). Inside a mesh
+(``jaxspo.sharding.activation_sharding``) the kernel runs under
 ``jax.shard_map``: batch on the batch axes, heads on ``tensor`` (replicated when the key/value heads do not
 divide over it).
 """

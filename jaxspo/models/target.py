@@ -12,7 +12,8 @@ _TARGET: contextvars.ContextVar[str | None] = contextvars.ContextVar("jaxspo_tar
 
 
 def target_platform() -> str:
-    """``"tpu"``, ``"gpu"`` or ``"cpu"``: the :func:`compiling_for` platform if one is active, else ``jax.default_backend()``."""
+    """``"tpu"``, ``"gpu"`` or ``"cpu"``: the :func:`compiling_for` platform if one is active, else
+    ``jax.default_backend()``."""
     return _TARGET.get() or jax.default_backend()
 
 

@@ -64,7 +64,8 @@ def sequence_logps(
     """
     model = nnx.merge(graphdef, params)
     features = model.features(tokens, positions_from_valid(valid), valid)  # [B, T, D]: slot t predicts token t + 1
-    # the last slot predicts nothing (a masked dummy target), so the time axis keeps its width T and its split over context
+    # the last slot predicts nothing (a masked dummy target), so the time axis keeps its width T and its split over
+    # context
     logps = target_logps(model, features, _shift_left(tokens))  # [B, T]
     mask = _shift_left(loss_mask).astype(jnp.float32)
     weight = mask if token_weight is None else _shift_left(token_weight).astype(jnp.float32)

@@ -1,4 +1,5 @@
-"""The driver: one loop over a run's plan of phases (:mod:`jaxspo.train.plan`), evaluating around the preference phases."""
+"""The driver: one loop over a run's plan of phases (:mod:`jaxspo.train.plan`), evaluating around the preference
+phases."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 from jaxspo.compilation_cache import enable_compilation_cache
 from jaxspo.config import Config
-from jaxspo.host_memory import release_freed_memory
+from jaxspo.train.hooks import run_hooks
 from jaxspo.train.metrics_log import logged_eval
 from jaxspo.train.outputs import write_outputs
 from jaxspo.train.phase import Phase
@@ -39,7 +40,8 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
 def run_phases(
     run: Run, plan: PhasePlan, phases: list[PlannedPhase], guard: PreemptionGuard
 ) -> tuple[EvalMetrics, EvalMetrics]:
-    """Runs (or resumes) ``phases`` in order; returns the evaluations before the first preference phase and after the last.
+    """Runs (or resumes) ``phases`` in order; returns the evaluations before the first preference phase and after the
+    last.
 
     Evaluation rows (``"phase": "eval"``) count steps over all preference phases; each is logged once.
     """
@@ -105,6 +107,6 @@ def run_phase(
     def periodic_eval(step: int, params: Any) -> None:
         if every and step % every == 0 and step < planned.steps:
             run.log.log("eval", offset + step, setup.evaluate(params))
-            release_freed_memory()  # the evaluator's temporaries (kept mapped under trainer.host_heap)
+            run_hooks("after_eval")
 
     return phase.run_steps(setup.frozen, guard, periodic_eval)

@@ -1,4 +1,5 @@
-"""Run-directory metric sinks: metrics.jsonl (always), TensorBoard and Weights & Biases (optional), a PNG of the curves."""
+"""Run-directory metric sinks: metrics.jsonl (always), TensorBoard and Weights & Biases (optional), a PNG of the
+curves."""
 
 from __future__ import annotations
 

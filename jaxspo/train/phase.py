@@ -17,9 +17,9 @@ from jaxspo.data.pair_packing import PAIR_FIELD, PairPacker
 from jaxspo.data.pipeline import make_batches
 from jaxspo.distributed import from_process_rows, is_writer
 from jaxspo.errors import ConfigError, NonFiniteError, Preempted
-from jaxspo.host_memory import StepPacer, release_freed_memory
 from jaxspo.perf import model_flops, throughput
 from jaxspo.train import selfsup
+from jaxspo.train.hooks import run_hooks
 from jaxspo.train.kl_regularizer import KLSampler, kl_active, kl_field_shapes, regularisation_prompts
 from jaxspo.train.lora import LoRATraining, check_base
 from jaxspo.train.precompile import precompile
@@ -101,7 +101,8 @@ class Phase:
             )
         if cfg.data.auto_buckets:
             log.info(
-                "data.auto_buckets=%d: %s batches at widths %s; %.1f%% of the slots they compute hold tokens (%.1f%% at one width)",
+                "data.auto_buckets=%d: %s batches at widths %s; %.1f%% of the slots they compute hold "
+                "tokens (%.1f%% at one width)",
                 cfg.data.auto_buckets,
                 self.name,
                 self.batches.widths,
@@ -110,7 +111,7 @@ class Phase:
             )
         self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / self.name, cfg.checkpoint)
         self.skipped = 0  # steps whose update was dropped as non-finite
-        self.pacer = StepPacer()  # under trainer.host_heap=hold (docs/speed.md)
+        run_hooks("phase_start")
         self.kl_sampler = None  # soft_spo's global KL regulariser: on-policy samples drawn before each step
         if phase == "preference" and kl_active(cfg.loss):
             prompts = regularisation_prompts(cfg.loss.kl.prompt_source, run.splits.rows)
@@ -180,11 +181,11 @@ class Phase:
             log.warning("%s; update skipped (trainer.on_nonfinite=skip)", where)
 
     def take_step(self, i: int, reference: Any) -> tuple[dict[str, jax.Array], dict[str, np.ndarray]]:
-        """Step ``i`` (1-based) on the next batch, dispatched without waiting for it (under a held heap, after
-        waiting for the previous step: :class:`~jaxspo.host_memory.StepPacer`); returns its metrics (device
-        arrays) and this process's rows of the batch. ``reference``: as the step takes it (None unless resident)."""
+        """Step ``i`` (1-based) on the next batch, dispatched without waiting for it (after the ``before_step``
+        hooks, e.g. a held heap's :class:`~jaxspo.host_memory.StepPacer`); returns its metrics (device arrays)
+        and this process's rows of the batch. ``reference``: as the step takes it (None unless resident)."""
         local = next(self.batches)
-        self.pacer.before_step(self.state, local)  # held heap: one step's temporaries at a time
+        run_hooks("before_step", self.state, local)
         rows = self.batches.global_rows(local)
         batch = {k: from_process_rows(a, self.step.batch_sharding[k], rows[k]) for k, a in local.items()}
         if self.kl_sampler is not None:
@@ -273,7 +274,7 @@ class Phase:
             if save_now:
                 base = {"base": self.base_record} if self.base_record else {}
                 self.checkpoints.save(i, self.state, {"batches": self.batches.state(), "skipped": self.skipped} | base)
-                release_freed_memory()  # e.g. the previous save's host copies (kept mapped under trainer.host_heap)
+                run_hooks("after_save")
             if guard.requested:
                 self.checkpoints.wait()
                 bar.close()

@@ -129,7 +129,8 @@ class OnePreferencePhase:
         self.params: Any = None
 
     def start(self) -> None:
-        """The reference (π_0 unless ``model.reference_path``), LoRA's pieces, the evaluator and selfsup's degraded pairs."""
+        """The reference (π_0 unless ``model.reference_path``), LoRA's pieces, the evaluator and selfsup's degraded
+        pairs."""
         run, cfg = self.run, self.run.cfg
         self.reference = run.params if run.reference_params is None else run.reference_params
         self.lora = (

@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 
-from jaxspo.host_memory import release_freed_memory
+from jaxspo.train.hooks import run_hooks
 from jaxspo.train.step import TrainStep
 
 # field → (global shape, dtype) of one batch the step will see
@@ -32,5 +32,5 @@ def precompile(step: TrainStep, state: Any, frozen: Any, layouts: Sequence[Batch
             for name, (shape, dtype) in layout.items()
         }
         step.fn.lower(state, frozen, batch).compile()
-        release_freed_memory()  # the compiler's scratch, before the next program's
+        run_hooks("after_compile")  # e.g. return the compiler's scratch before the next program's
     return time.perf_counter() - start

@@ -82,7 +82,8 @@ class Run:
         model_cfg, self.tokenizer = model_and_tokenizer(cfg.model, self.task.tokenizer)
         if model_cfg.vocab_size < len(self.tokenizer):
             raise ConfigError(
-                f"model.vocab_size ({model_cfg.vocab_size}) is smaller than the tokenizer's {len(self.tokenizer)} tokens; set model.vocab_size=0 (the tokenizer's size)"
+                f"model.vocab_size ({model_cfg.vocab_size}) is smaller than the tokenizer's "
+                f"{len(self.tokenizer)} tokens; set model.vocab_size=0 (the tokenizer's size)"
             )
         self.cfg = cfg = dataclasses.replace(cfg, model=model_cfg)
         self.run_dir = run_dir
@@ -96,7 +97,8 @@ class Run:
         )  # all devices' FLOP/s, for perf/mfu
         if self.peak_flops is None:
             log.warning(
-                "no peak FLOP/s known for %s devices: metrics rows carry no perf/mfu; set logging.peak_flops (docs/speed.md, MFU)",
+                "no peak FLOP/s known for %s devices: metrics rows carry no perf/mfu; set "
+                "logging.peak_flops (docs/speed.md, MFU)",
                 peak_source,
             )
         else:
@@ -219,7 +221,8 @@ def open_run(cfg: Config, config_name: str) -> Run:
     checkpoint_root = run_dir / "checkpoints"
     if not cfg.checkpoint.resume and checkpoint_root.exists():
         raise RunDirError(
-            f"{checkpoint_root}: holds checkpoints of an earlier run; set checkpoint.resume=true to continue it or choose another run_dir"
+            f"{checkpoint_root}: holds checkpoints of an earlier run; set checkpoint.resume=true to "
+            "continue it or choose another run_dir"
         )
     barrier("jaxspo: run directory checked")  # before any process creates checkpoints there
     run_dir.mkdir(parents=True, exist_ok=True)

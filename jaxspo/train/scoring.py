@@ -1,4 +1,5 @@
-"""Sequence log-probs of many pairs (or single sequences) under one model, in sharded fixed-size chunks (one compile per chunk width)."""
+"""Sequence log-probs of many pairs (or single sequences) under one model, in sharded fixed-size chunks (one compile per
+chunk width)."""
 
 from __future__ import annotations
 

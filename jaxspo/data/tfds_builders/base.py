@@ -175,7 +175,8 @@ class PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
             )
         missing = ", ".join(sorted(self.PAIR_COLUMNS - columns))
         raise DataError(
-            f"{path}: lacks the column(s) {missing} of {self.name} preference pairs (it has {', '.join(sorted(columns))}); {self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            f"{path}: lacks the column(s) {missing} of {self.name} preference pairs (it has "
+            f"{', '.join(sorted(columns))}); {self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
         )
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -200,7 +201,8 @@ class PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
             found = sorted({p for g in side.globs for p in find_files(manual, g)})
             if found:
                 raise DataError(
-                    f"{found[0]}: this is {side.what}, not {self.name} preference pairs; {self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+                    f"{found[0]}: this is {side.what}, not {self.name} preference pairs; "
+                    f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
                 )
         wanted = "; ".join(
             f"{layout.name}: {', '.join(sorted({g for gs in layout.splits.values() for g in gs}))}"
@@ -233,5 +235,6 @@ class PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
             names = ", ".join(str(f) for f in files)
             why = f"rejected: {counts}" if counts else "none of their rows belongs to this split"
             raise DataError(
-                f"{names}: no example for split '{split}' of {self.name} ({why}); check these are {self.name}'s files as published. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+                f"{names}: no example for split '{split}' of {self.name} ({why}); check these are "
+                f"{self.name}'s files as published. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
             )

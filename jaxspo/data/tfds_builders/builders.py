@@ -1,4 +1,5 @@
-"""TFDS builders for five public preference datasets, from the files their authors publish.
+"""TFDS builders for public preference datasets (HH-RLHF, UltraFeedback, PKU-SafeRLHF here; TL;DR in
+:mod:`.tldr`, HelpSteer2 in :mod:`.helpsteer2`), from the files their authors publish.
 
 Each reads the upstream files from the TFDS manual dir (``--manual-dir``) in any of the layouts the
 dataset is published in, keeps the upstream split names, and writes canonical rows
@@ -11,8 +12,6 @@ dataset grades its preference, the builder also writes ``soft_label`` = σ(margi
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,15 +30,17 @@ from jaxspo.data.tfds_builders.base import (
 )
 
 
-def _user(text: str) -> list[dict[str, str]]:
+def user_turn(text: str) -> list[dict[str, str]]:
+    """``text`` as a one-message user turn."""
     return [{"role": "user", "content": text}]
 
 
-def _assistant(text: str) -> list[dict[str, str]]:
+def assistant_turn(text: str) -> list[dict[str, str]]:
+    """``text`` as a one-message assistant turn."""
     return [{"role": "assistant", "content": text}]
 
 
-def _canonical(row: dict[str, Any]) -> dict[str, Any]:
+def canonical_pair(row: dict[str, Any]) -> dict[str, Any]:
     """``to_preference_row`` with its error as an ``invalid:`` :class:`Rejected` reason (row and message
     numbers removed, so equal problems count together)."""
     try:
@@ -93,22 +94,6 @@ def hh_transcript(text: str) -> list[dict[str, str]]:
     return transcript(text, _HH_TURN, {"Human": "user", "Assistant": "assistant"})
 
 
-_HS2_TURN = re.compile(r"\n?<extra_id_1>(User|Assistant)\n?")
-
-
-def helpsteer2_prompt(text: str) -> list[dict[str, str]]:
-    """A HelpSteer2 prompt → messages: the first user turn has no marker, later turns start with
-    ``<extra_id_1>Assistant`` / ``<extra_id_1>User`` on their own line; it must end with a user turn."""
-    if not isinstance(text, str):
-        raise Rejected("invalid: the prompt is not text")
-    turns = transcript(text, _HS2_TURN, {"User": "user", "Assistant": "assistant"}, first="user")
-    if turns[-1]["role"] != "user":
-        raise Rejected("invalid: the prompt does not end with a User turn")
-    if any(not m["content"] for m in turns):
-        raise Rejected("invalid: an empty turn in the prompt")
-    return turns
-
-
 class HhRlhf(PreferenceBuilder):
     """Anthropic HH-RLHF (Bai et al. 2022): pairs of Human/Assistant transcripts that differ in the last
     assistant turn; the shared turns are the prompt.
@@ -157,7 +142,7 @@ class HhRlhf(PreferenceBuilder):
         prompt = chosen[:-1]
         if not prompt or prompt[-1]["role"] != "user":
             raise Rejected("invalid: the last Assistant turn does not answer a Human turn")
-        pair = _canonical({"prompt": prompt, "chosen": chosen[-1:], "rejected": rejected[-1:]})
+        pair = canonical_pair({"prompt": prompt, "chosen": chosen[-1:], "rejected": rejected[-1:]})
         return {k: pair[k] for k in ("prompt", "chosen", "rejected")}
 
 
@@ -180,7 +165,8 @@ class UltrafeedbackBinarized(PreferenceBuilder):
     HOMEPAGE = "https://huggingface.co/datasets/HuggingFaceH4/ultrafeedback_binarized"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Download data/train_prefs-*.parquet and data/test_prefs-*.parquet from "
-        "https://huggingface.co/datasets/HuggingFaceH4/ultrafeedback_binarized into MANUAL_DIR/data/ (or the whole repository)."
+        "https://huggingface.co/datasets/HuggingFaceH4/ultrafeedback_binarized into "
+        "MANUAL_DIR/data/ (or the whole repository)."
     )
     LAYOUTS = (
         Layout(
@@ -227,7 +213,7 @@ class UltrafeedbackBinarized(PreferenceBuilder):
         if score_chosen < score_rejected:
             raise Rejected("contradictory: score_chosen is below score_rejected")
         check_responses(row["chosen"][-1]["content"], row["rejected"][-1]["content"])
-        pair = _canonical({"chosen": row["chosen"], "rejected": row["rejected"]})  # implicit prompt: the user turn
+        pair = canonical_pair({"chosen": row["chosen"], "rejected": row["rejected"]})  # implicit prompt: the user turn
         return {
             "prompt": pair["prompt"],
             "chosen": pair["chosen"],
@@ -294,278 +280,14 @@ class PkuSafeRlhf(PreferenceBuilder):
             {"better": float(row["better_response_id"] == k), "safer": float(safer == k), "safe": float(safe[k])}
             for k in (0, 1)
         ]
-        pair = _canonical(
+        pair = canonical_pair(
             {
-                "prompt": _user(row["prompt"]),
-                "chosen": _assistant(row[f"response_{chosen_id}"]),
-                "rejected": _assistant(row[f"response_{1 - chosen_id}"]),
+                "prompt": user_turn(row["prompt"]),
+                "chosen": assistant_turn(row[f"response_{chosen_id}"]),
+                "rejected": assistant_turn(row[f"response_{1 - chosen_id}"]),
             }
         )
         return {k: pair[k] for k in ("prompt", "chosen", "rejected")} | {
             "chosen_scores": scores[chosen_id],
             "rejected_scores": scores[1 - chosen_id],
         }
-
-
-class TldrComparisons(PreferenceBuilder):
-    """OpenAI summarize-from-feedback comparisons (Stiennon et al. 2020), TL;DR Reddit posts: two
-    summaries, ``choice`` the labeller's pick. Standard text format: the prompt ends in ``TL;DR:`` and each
-    completion is ``" " + summary``.
-
-    Rules and their source (the authors' repository README):
-    - ``split`` is ``train``, ``valid1`` or ``valid2`` → ``train`` and ``validation`` (``valid1`` + ``valid2``);
-      ``choice`` picks one of the two ``summaries`` (anything else → ``invalid``).
-    - the comparisons also hold CNN/DM article comparisons (``info.article``, no ``post``): not TL;DR,
-      counted as ``invalid: a CNN/DM article comparison``.
-    - two identical summaries state no preference → ``tie``; a blank summary → ``invalid``.
-    - ``axis_evals/`` (Likert ratings of single summaries) and ``tldr_3_filtered/`` (posts with reference
-      summaries) are not comparisons → refused.
-
-    Soft label (:attr:`SOFT_LABEL`): ``extra.confidence`` read as the labeller's 9-point scale from 1
-    (``summaries[0]`` definitely better) through 5 (no preference) to 9 (``summaries[1]`` definitely better),
-    so its distance from 5 towards ``choice`` is the strength. 5 → ``tie``; leaning away from ``choice`` →
-    ``contradictory``; outside 1–9 → ``invalid``; no confidence (``extra`` absent or null) → p̂ = 1, the hard label.
-    """
-
-    HOMEPAGE = "https://github.com/openai/summarize-from-feedback"
-    MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Copy the comparison batches: azcopy copy "
-        "'https://openaipublic.blob.core.windows.net/summarize-from-feedback/dataset/comparisons/*' MANUAL_DIR/comparisons/ "
-        "(or the hub's openai/summarize_from_feedback 'comparisons' Parquet files)"
-    )
-    LAYOUTS = (
-        Layout(
-            "raw files (comparisons/batch*.json)",
-            {s: ("comparisons/*.json", "batch*.json") for s in ("train", "validation")},
-        ),
-        Layout(
-            "hub Parquet files (comparisons/<split>)",
-            {
-                s: (
-                    "comparisons/train/*.parquet",
-                    "comparisons/validation/*.parquet",
-                    "comparisons/train-*.parquet",
-                    "comparisons/validation-*.parquet",
-                )
-                for s in ("train", "validation")
-            },
-        ),
-    )
-    SIDE_FILES = (
-        SideFile(
-            "summarize-from-feedback's axis evaluations (Likert ratings of single summaries)",
-            ("axis_evals/*.json", "axis/*/*.parquet", "axis/*-*.parquet"),
-            frozenset({"summary", "info"}),
-        ),
-        SideFile(
-            "the filtered TL;DR posts with reference summaries (tldr_3_filtered, for supervised fine-tuning)",
-            ("tldr_3_filtered/*.jsonl",),
-            frozenset({"post", "summary"}),
-        ),
-    )
-    PAIR_COLUMNS = frozenset({"info", "summaries", "choice", "split"})
-    UPSTREAM = {"train": ("train",), "validation": ("valid1", "valid2")}
-    SOFT_LABEL = "σ(|confidence − 5| / τ)"
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.1.0": "soft_label from extra.confidence"}
-    NO_PREFERENCE = 5  # the midpoint of the 1–9 confidence scale
-
-    def features(self) -> dict[str, Any]:
-        return {"prompt": TEXT, "chosen": TEXT, "rejected": TEXT, "post_id": TEXT, "soft_label": np.float32}
-
-    def _confidence_label(self, row: dict[str, Any], choice: int) -> float:
-        """p̂ from ``extra.confidence`` (see the class docstring); 1.0 when the row has none."""
-        confidence = (row.get("extra") or {}).get("confidence")
-        if confidence is None:
-            return 1.0
-        if not isinstance(confidence, (int, float)) or not 1 <= confidence <= 9:
-            raise Rejected("invalid: extra.confidence is not a number from 1 to 9")
-        lean = confidence - self.NO_PREFERENCE  # > 0: towards summaries[1]
-        if lean == 0:
-            raise Rejected("tie: extra.confidence is 5 (no preference)")
-        if (lean > 0) != (choice == 1):
-            raise Rejected("contradictory: extra.confidence leans to the summary not chosen")
-        return self.soft_label(abs(lean))
-
-    def convert(self, row: Any, split: str) -> dict[str, Any] | None:
-        if row.get("split") not in self.UPSTREAM[split]:
-            return None
-        info = row["info"]
-        if not info.get("post"):
-            raise Rejected("invalid: a CNN/DM article comparison, not a TL;DR post")
-        choice, summaries = row["choice"], row["summaries"]
-        if choice not in (0, 1) or len(summaries) != 2:
-            raise Rejected("invalid: choice is not 0 or 1 between two summaries")
-        soft_label = self._confidence_label(row, choice)
-        chosen, rejected = summaries[choice]["text"], summaries[1 - choice]["text"]
-        check_responses(chosen, rejected)
-        prompt = f"SUBREDDIT: r/{info.get('subreddit', '')}\n\nTITLE: {info.get('title', '')}\n\nPOST: {info['post']}\n\nTL;DR:"
-        pair = _canonical({"prompt": prompt, "chosen": " " + chosen.strip(), "rejected": " " + rejected.strip()})
-        return {k: pair[k] for k in ("prompt", "chosen", "rejected")} | {
-            "post_id": str(info.get("id", "")),
-            "soft_label": soft_label,
-        }
-
-
-class Helpsteer2Config(tfds.core.BuilderConfig):
-    """``ratings``: pairs from the per-response ratings (higher helpfulness chosen); ``preference``: the
-    pairwise preference annotations (``preference/preference.jsonl.gz``)."""
-
-
-_HS2_RATINGS = frozenset({"prompt", "response", "helpfulness"})
-_HS2_PREFERENCE = frozenset({"prompt", "response_1", "response_2", "preference_strength"})
-
-
-class Helpsteer2(PreferenceBuilder):
-    """NVIDIA HelpSteer2 (Wang et al. 2024): two responses per prompt, each rated 0–4 on five attributes;
-    since Oct 2024 also a pairwise preference annotation per prompt (HelpSteer2-Preference, Wang et al. 2024b).
-
-    Rules and their source:
-    - card: multi-turn prompts hold the earlier turns, later ones marked ``<extra_id_1>Assistant`` /
-      ``<extra_id_1>User`` (the first user turn unmarked) → messages; the prompt must end with a user turn.
-    - ``ratings`` (card: Bradley-Terry "by taking difference in helpfulness"): the two consecutive rows of
-      a prompt; chosen = the higher ``helpfulness``; equal helpfulness → ``tie``; a prompt without a
-      second response → ``invalid``.
-    - ``preference`` (card, Preferences section): ``preference_strength`` from -3 (response 1 much better)
-      to 3 (response 2 much better) → its sign picks chosen, its size is kept as ``preference_strength``
-      (0–3); 0 → ``tie``; ``split`` says train / validation.
-    - both: identical responses → ``tie``; a blank response → ``invalid``.
-    - the other file where one is expected (per-response ratings vs pairwise preferences) and
-      ``disagreements/`` are refused.
-
-    Soft label (:attr:`SOFT_LABEL`): ``ratings``: the helpfulness difference (the attribute the card's
-    Bradley–Terry pairs use) per point / τ; ``preference``: the strength (1 slightly, 2 better, 3 much better) / τ.
-    """
-
-    HOMEPAGE = "https://huggingface.co/datasets/nvidia/HelpSteer2"
-    BUILDER_CONFIGS = [Helpsteer2Config(name="ratings"), Helpsteer2Config(name="preference")]
-    MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Download train.jsonl.gz and validation.jsonl.gz (config ratings) or preference/preference.jsonl.gz "
-        "(config preference) from https://huggingface.co/datasets/nvidia/HelpSteer2 into MANUAL_DIR (or the whole repository)."
-    )
-    DIMENSIONS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
-    SOFT_LABEL = "ratings: σ((helpfulness_chosen − helpfulness_rejected) / τ); preference: σ(|preference_strength| / τ)"
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.1.0": "soft_label from the helpfulness difference or the preference strength"}
-    _DISAGREEMENTS = SideFile("HelpSteer2's disagreements file (not one of its pair files)", ("disagreements/*",))
-    _CONFIGS = {
-        "ratings": (
-            (
-                Layout(
-                    "raw files (<split>.jsonl.gz)", {"train": ("train.jsonl*",), "validation": ("validation.jsonl*",)}
-                ),
-                *hub_layouts({"train": "train", "validation": "validation"}),
-            ),
-            (
-                SideFile(
-                    "HelpSteer2's pairwise preference file (use helpsteer2/preference for it)",
-                    ("preference/*",),
-                    _HS2_PREFERENCE,
-                ),
-                _DISAGREEMENTS,
-            ),
-            _HS2_RATINGS,
-        ),
-        "preference": (
-            (
-                Layout(
-                    "raw file (preference/preference.jsonl.gz)",
-                    {"train": ("preference/preference.jsonl*",), "validation": ("preference/preference.jsonl*",)},
-                ),
-            ),
-            (
-                SideFile(
-                    "HelpSteer2's per-response ratings file (one rated response per row; use helpsteer2/ratings for it)",
-                    ("train.jsonl*", "validation.jsonl*"),
-                    _HS2_RATINGS,
-                ),
-                _DISAGREEMENTS,
-            ),
-            _HS2_PREFERENCE | {"split"},
-        ),
-    }
-
-    def __init__(self, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.LAYOUTS, self.SIDE_FILES, self.PAIR_COLUMNS = self._CONFIGS[self.builder_config.name]
-
-    def features(self) -> dict[str, Any]:
-        conversation = {
-            "prompt": messages_feature(),
-            "chosen": messages_feature(),
-            "rejected": messages_feature(),
-            "soft_label": np.float32,
-        }
-        if self.builder_config.name == "preference":
-            return conversation | {"preference_strength": np.float32}
-        return conversation | {
-            "chosen_scores": scores_feature(self.DIMENSIONS),
-            "rejected_scores": scores_feature(self.DIMENSIONS),
-        }
-
-    def rows(self, files: list[Path], split: str) -> Iterator[tuple[str, Any]]:
-        """``preference``: the rows of ``split``; ``ratings``: consecutive rows with the same prompt, as one
-        (key, [row_a, row_b]) pair."""
-        if self.builder_config.name == "preference":
-            yield from super().rows(files, split)
-            return
-        pending: tuple[str, Any] | None = None
-        for key, row in super().rows(files, split):
-            if isinstance(row, Rejected):  # an unreadable line keeps its own reason
-                yield key, row
-                continue
-            if (
-                pending is not None
-                and isinstance(row, dict)
-                and isinstance(pending[1], dict)
-                and row.get("prompt") == pending[1].get("prompt")
-            ):
-                yield pending[0], [pending[1], row]
-                pending = None
-                continue
-            if pending is not None:
-                yield pending[0], Rejected("invalid: a response without a second response to the same prompt")
-            pending = (key, row)
-        if pending is not None:
-            yield pending[0], Rejected("invalid: a response without a second response to the same prompt")
-
-    def convert(self, row: Any, split: str) -> dict[str, Any] | None:
-        if self.builder_config.name == "preference":
-            return self._from_preference(row, split)
-        a, b = row
-        if a["helpfulness"] == b["helpfulness"]:
-            raise Rejected("tie: equal helpfulness")
-        chosen, rejected = (a, b) if a["helpfulness"] > b["helpfulness"] else (b, a)
-        scores = {
-            "chosen_scores": {d: float(chosen[d]) for d in self.DIMENSIONS},
-            "rejected_scores": {d: float(rejected[d]) for d in self.DIMENSIONS},
-        }
-        soft_label = self.soft_label(float(chosen["helpfulness"]) - float(rejected["helpfulness"]))
-        return (
-            self._example(a["prompt"], chosen["response"], rejected["response"]) | scores | {"soft_label": soft_label}
-        )
-
-    def _from_preference(self, row: dict[str, Any], split: str) -> dict[str, Any] | None:
-        if row["split"] != split:
-            return None
-        strength = float(row["preference_strength"])
-        if strength == 0:
-            raise Rejected("tie: preference_strength is 0")
-        first, second = row["response_1"], row["response_2"]
-        chosen, rejected = (second, first) if strength > 0 else (first, second)
-        return self._example(row["prompt"], chosen, rejected) | {
-            "preference_strength": abs(strength),
-            "soft_label": self.soft_label(abs(strength)),
-        }
-
-    def _example(self, prompt: Any, chosen: Any, rejected: Any) -> dict[str, Any]:
-        check_responses(chosen, rejected)
-        pair = _canonical(
-            {"prompt": helpsteer2_prompt(prompt), "chosen": _assistant(chosen), "rejected": _assistant(rejected)}
-        )
-        return {k: pair[k] for k in ("prompt", "chosen", "rejected")}
-
-
-BUILDERS: dict[str, type[PreferenceBuilder]] = {
-    cls.name: cls for cls in (HhRlhf, UltrafeedbackBinarized, PkuSafeRlhf, TldrComparisons, Helpsteer2)
-}
