@@ -14,6 +14,11 @@ tables split along the queries (``q_seq_shards`` = the time shards, passed in wi
 be a whole number of splash blocks (multiples of 128 slots); otherwise ``chunked`` runs
 (:func:`jaxspo.models.splash_attention.context_kernels`).
 
+``context="ring"`` (``model.context_attention``) gathers nothing: the key/value blocks travel around the time
+shards (:mod:`jaxspo.models.ring_attention`), each step a flash-style block loop whatever ``implementation``
+says, so no device holds the whole row's keys. It needs self-attention rows (T = S, query ``t`` at slot ``t``);
+other calls (the KV-cache decode path) gather.
+
 Shapes: B batch, T query length, S key length, H query heads, K key/value heads, Hd head dim.
 """
 
@@ -27,6 +32,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxspo.models.attention import DEFAULT_BLOCK, MaskSpec, attention
+from jaxspo.models.ring_attention import ring_attention
 from jaxspo.models.splash_attention import context_kernels, splash_rows
 from jaxspo.sharding import active_sharding, logical_to_spec
 
@@ -47,10 +53,12 @@ def context_attention(
     softcap: float,
     implementation: str = "xla",
     block: int = DEFAULT_BLOCK,
+    context: str = "gather",
 ) -> jax.Array:
     """:func:`jaxspo.models.attention.attention` (same arguments and result ``[B, T, H, Hd]``), split along
     time when the active rules put the time axis of both q ``[B, T, H, Hd]`` and k/v ``[B, S, K, Hd]`` on the
-    same mesh axes; otherwise (no active mesh, no time split, a length that does not divide) the plain call."""
+    same mesh axes; otherwise (no active mesh, no time split, a length that does not divide) the plain call.
+    ``context``: ``gather`` (all-gather the keys) or ``ring`` (pass them around; T = S only, else gather)."""
     active = active_sharding()
     plain = lambda: attention(
         q, k, v, spec, sliding, scale=scale, softcap=softcap, implementation=implementation, block=block
@@ -73,9 +81,12 @@ def context_attention(
         positions=None if spec.positions is None else rows,
     )
     traced = None if isinstance(sliding, bool) else sliding  # a per-layer flag under the layer scan
+    shards = math.prod(mesh.shape[axis] for axis in time)
+    ring = context == "ring" and t == s
     kernels = None
-    if implementation == "splash":  # block tables split along the queries like them, or chunked when it cannot
-        shards = math.prod(mesh.shape[axis] for axis in time)
+    if (
+        implementation == "splash" and not ring
+    ):  # block tables split along the queries like them, or chunked when it cannot
         kernels = context_kernels(t, shards, h, spec.window, softcap, block, packed=spec.segments is not None)
     kernel_specs = (
         None
@@ -90,11 +101,15 @@ def context_attention(
     def local(
         q: jax.Array, k: jax.Array, v: jax.Array, spec: MaskSpec, traced: jax.Array | None, kernels: tuple | None
     ) -> jax.Array:
+        flag = sliding if traced is None else traced
+        if ring:
+            return ring_attention(
+                q, k, v, spec, flag, axes=time, shards=shards, scale=scale, softcap=softcap, block=block
+            )
         gather = lambda x: None if x is None else jax.lax.all_gather(x, time, axis=1, tiled=True)  # noqa: E731
         spec = spec.replace(
             key_valid=gather(spec.key_valid), segments=gather(spec.segments), positions=gather(spec.positions)
         )
-        flag = sliding if traced is None else traced
         if kernels is not None:
             return splash_rows(
                 kernels,
