@@ -118,3 +118,34 @@ def test_ring_passes_blocks_and_never_gathers_them():
     }
     assert "ppermute" in programs["ring"] and "all_gather" not in programs["ring"]
     assert "all_gather" in programs["gather"] and "ppermute" not in programs["gather"]
+
+
+@pytest.mark.parametrize(
+    "mesh_name, layout",
+    [
+        pytest.param("2-1-1-4", "packed", id="2-1-1-4-packed"),
+        pytest.param("1-2-2-2", "padded", id="1-2-2-2-padded", marks=pytest.mark.slow),  # same paths; ~30 s CPU
+    ],
+)
+def test_ring_dpo_step_equals_one_device(mesh_name, layout):
+    """The tiny DPO step (policy + resident reference, the gemma2-like model: sliding and global layers, soft-caps)
+    with model.context_attention=ring: log-probs, rewards, loss and gradients of one device."""
+    from jaxspo.data.layout import pack_pairs
+    from tests.test_context_parallel import dpo_outputs
+    from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, pairs
+
+    padded = pairs(8)
+    batch = padded if layout == "padded" else pack_pairs(padded) | {"soft_label": padded["soft_label"]}
+    want = dpo_outputs(batch, {"data": 1}, jax.devices()[:1], dataclasses.replace(GEMMA2_LIKE, attention="xla"))
+    ring = dataclasses.replace(GEMMA2_LIKE, attention="chunked", attention_block=8, context_attention="ring")
+    got = dpo_outputs(batch, MESHES[mesh_name], jax.devices(), ring)
+    assert_trees_close(got, want)
+    assert abs(want[0]["logps/chosen"] - want[0]["logps/rejected"]) > 0.1 and abs(float(want[1])) > 0
+
+
+def test_context_attention_setting_is_checked():
+    from jaxspo.config import ConfigError, load_config
+
+    assert load_config(None, ["model.context_attention=ring"]).model.context_attention == "ring"
+    with pytest.raises(ConfigError, match="model.context_attention must be one of"):
+        load_config(None, ["model.context_attention=rings"])
