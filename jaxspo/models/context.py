@@ -84,18 +84,35 @@ def context_attention(
     shards = math.prod(mesh.shape[axis] for axis in time)
     ring = context == "ring" and t == s
     kernels = None
-    if (
-        implementation == "splash" and not ring
-    ):  # block tables split along the queries like them, or chunked when it cannot
+    # splash (gather only): block tables split along the queries like them, or chunked when it cannot
+    if implementation == "splash" and not ring:
         kernels = context_kernels(t, shards, h, spec.window, softcap, block, packed=spec.segments is not None)
-    kernel_specs = (
-        None
-        if kernels is None
-        else tuple(
-            None if kernel is None else kernel.manual_sharding_spec(NamedSharding(mesh, PartitionSpec(None, q_time)))
-            for kernel in kernels
-        )
+    by_queries = NamedSharding(mesh, PartitionSpec(None, q_time))
+    kernel_specs = kernels and tuple(None if kn is None else kn.manual_sharding_spec(by_queries) for kn in kernels)
+    local = _per_device(
+        sliding, time, shards, ring, scale=scale, softcap=softcap, implementation=implementation, block=block
     )
+    in_specs = (split, split, split, spec_split, None if traced is None else PartitionSpec(), kernel_specs)
+    # no varying-axes types: the block kernels' skip-conds return their carry unchanged on one branch (the gradients
+    # stay exact, tests/test_splash_context.py and tests/test_context_parallel.py)
+    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=split, check_vma=False)(
+        q, k, v, spec, traced, kernels
+    )
+
+
+def _per_device(
+    sliding: bool | jax.Array,
+    time: tuple[str, ...],
+    shards: int,
+    ring: bool,
+    *,
+    scale: float,
+    softcap: float,
+    implementation: str,
+    block: int,
+):
+    """The attention each device runs inside the ``shard_map`` over the ``time`` axes (``shards`` devices):
+    ``(q, k, v, spec, traced sliding flag or None, splash kernels or None) -> out``, all local blocks."""
     local_kernel = "chunked" if implementation == "splash" else implementation
 
     def local(
@@ -126,9 +143,4 @@ def context_attention(
             q, gather(k), gather(v), spec, flag, scale=scale, softcap=softcap, implementation=local_kernel, block=block
         )
 
-    in_specs = (split, split, split, spec_split, None if traced is None else PartitionSpec(), kernel_specs)
-    # no varying-axes types: the block kernels' skip-conds return their carry unchanged on one branch (the gradients
-    # stay exact, tests/test_splash_context.py and tests/test_context_parallel.py)
-    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=split, check_vma=False)(
-        q, k, v, spec, traced, kernels
-    )
+    return local
