@@ -1,6 +1,7 @@
-"""Per-device memory of attention under context parallelism: all-gathered keys against the ring.
+r"""Per-device memory of attention under context parallelism: all-gathered keys against the ring.
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python benchmarks/ring_attention.py [--lengths 4096 16384] [--context 8] [--packed]
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python benchmarks/ring_attention.py \
+        [--lengths 4096 16384] [--context 8] [--block 512] [--packed] [--paths gather:chunked ring:chunked]
 
 Compiles (ahead of time, nothing runs) the value-and-gradient of one grouped-query attention (B 2, H 8, K 4,
 Hd 64, float32; causal over right-padded rows, ``--packed``: packed-pair segments and restarting positions) on a
@@ -25,7 +26,7 @@ from jaxspo.models.attention import MaskSpec
 from jaxspo.models.context import context_attention
 from jaxspo.sharding import DEFAULT_RULES, activation_sharding, make_mesh
 
-PATHS = (("gather", "xla"), ("gather", "chunked"), ("ring", "chunked"))
+PATHS = ("gather:xla", "gather:chunked", "ring:chunked")  # context_attention:kernel
 
 
 def loss_fn(context: str, implementation: str, block: int):
@@ -76,11 +77,12 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=8)
     parser.add_argument("--block", type=int, default=512)
     parser.add_argument("--packed", action="store_true")
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
     args = parser.parse_args()
     mesh = make_mesh({"data": 8 // args.context, "context": args.context})
     for length in args.lengths:
         host = jax.eval_shape(lambda: inputs(length, args.packed))
-        for context, implementation in PATHS:
+        for context, implementation in (path.split(":") for path in args.paths):
             measured = compiled_memory(context, implementation, args.block, mesh, host)
             print(
                 json.dumps(
