@@ -127,10 +127,17 @@ def test_ring_passes_blocks_and_never_gathers_them():
         pytest.param("1-2-2-2", "padded", id="1-2-2-2-padded", marks=pytest.mark.slow),  # same paths; ~30 s CPU
     ],
 )
-def test_ring_dpo_step_equals_one_device(mesh_name, layout):
+def test_ring_dpo_step_equals_one_device(mesh_name, layout, monkeypatch):
     """The tiny DPO step (policy + resident reference, the gemma2-like model: sliding and global layers, soft-caps)
     with model.context_attention=ring: log-probs, rewards, loss and gradients of one device."""
     from jaxspo.data.layout import pack_pairs
+    from jaxspo.models import context
+
+    traced = []
+    ring_attention = context.ring_attention
+    monkeypatch.setattr(
+        context, "ring_attention", lambda *a, **kw: traced.append(kw["shards"]) or ring_attention(*a, **kw)
+    )
     from tests.test_context_parallel import dpo_outputs
     from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, pairs
 
@@ -139,6 +146,7 @@ def test_ring_dpo_step_equals_one_device(mesh_name, layout):
     want = dpo_outputs(batch, {"data": 1}, jax.devices()[:1], dataclasses.replace(GEMMA2_LIKE, attention="xla"))
     ring = dataclasses.replace(GEMMA2_LIKE, attention="chunked", attention_block=8, context_attention="ring")
     got = dpo_outputs(batch, MESHES[mesh_name], jax.devices(), ring)
+    assert traced and set(traced) == {MESHES[mesh_name]["context"]}  # the layers ran the ring over the context shards
     assert_trees_close(got, want)
     assert abs(want[0]["logps/chosen"] - want[0]["logps/rejected"]) > 0.1 and abs(float(want[1])) > 0
 
