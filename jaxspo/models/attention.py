@@ -36,6 +36,10 @@ class MaskSpec:
     - ``positions [B, S]`` int32 or None: with ``segments``, the window counts positions (they restart per
       pair and per response), not slots.
     - ``window`` (static): on sliding layers a query drops keys ``window`` or more behind it (as HF); 0 = none.
+    - ``query_valid``, ``query_segments``, ``query_positions`` ``[B, T]`` or None: the queries' own validity,
+      segments and positions when the keys are not the queries' row (a ring step's visiting key block, whose
+      slots then start at 0 and ``query_slots`` are shifted alike); None reads them from the key-side arrays
+      at ``query_slots``.
     """
 
     query_slots: jax.Array
@@ -43,6 +47,17 @@ class MaskSpec:
     segments: jax.Array | None = None
     positions: jax.Array | None = None
     window: int = struct.field(pytree_node=False, default=0)
+    query_valid: jax.Array | None = None
+    query_segments: jax.Array | None = None
+    query_positions: jax.Array | None = None
+
+    def query_side(self, name: str, query_index: jax.Array) -> jax.Array:
+        """The queries' ``valid``, ``segments`` or ``positions`` ``[B, t]`` at ``query_index [t]`` (indices into T)."""
+        own = getattr(self, f"query_{name}")
+        if own is not None:
+            return jnp.take(jnp.asarray(own), query_index, axis=1)
+        keys = self.key_valid if name == "valid" else getattr(self, name)
+        return jnp.take(jnp.asarray(keys), jnp.asarray(self.query_slots)[query_index], axis=1)
 
     def visible(self, query_index: jax.Array, key_index: jax.Array, sliding: bool | jax.Array = False) -> jax.Array:
         """Visibility ``[B, t, s]`` of keys ``key_index [s]`` to queries ``query_index [t]`` (indices into T and S).
@@ -53,16 +68,13 @@ class MaskSpec:
         key_valid = jnp.take(jnp.asarray(self.key_valid), key_index, axis=1)  # [B, s]
         seen = (query_slots[:, None] >= key_slots[None, :])[None] & key_valid[:, None, :]  # [B, t, s]
         if self.segments is not None:
-            segments, positions = jnp.asarray(self.segments), jnp.asarray(self.positions)
-            q_seg, k_seg = (
-                jnp.take(segments, query_slots, axis=1),
-                jnp.take(segments, key_index, axis=1),
-            )  # [B, t], [B, s]
+            q_seg = self.query_side("segments", query_index)  # [B, t]
+            k_seg = jnp.take(jnp.asarray(self.segments), key_index, axis=1)  # [B, s]
             own_prompt = q_seg - q_seg % 3  # [B, t]
             seen = seen & ((k_seg[:, None, :] == q_seg[:, :, None]) | (k_seg[:, None, :] == own_prompt[:, :, None]))
             behind = (
-                jnp.take(positions, query_slots, axis=1)[:, :, None]
-                - jnp.take(positions, key_index, axis=1)[:, None, :]
+                self.query_side("positions", query_index)[:, :, None]
+                - jnp.take(jnp.asarray(self.positions), key_index, axis=1)[:, None, :]
             )  # [B, t, s]
         else:
             behind = (query_slots[:, None] - key_slots[None, :])[None]  # [1, t, s]
@@ -102,11 +114,10 @@ class MaskSpec:
 
         query_real = blocks(jnp.ones_like(query_slots, bool), block_q, nq, False)[None]  # [1, nq, bq]
         if self.segments is not None:
-            q_seg = blocks(jnp.take(jnp.asarray(self.segments), query_slots, axis=1), block_q, nq, 0)  # [B, nq, bq]
+            every_query = jnp.arange(t)
+            q_seg = blocks(self.query_side("segments", every_query), block_q, nq, 0)  # [B, nq, bq]
             k_seg = blocks(jnp.asarray(self.segments), block_k, nk, 0)  # [B, nk, bk]
-            q_valid = blocks(
-                jnp.take(jnp.asarray(self.key_valid), query_slots, axis=1), block_q, nq, False
-            )  # [B, nq, bq]
+            q_valid = blocks(self.query_side("valid", every_query), block_q, nq, False)  # [B, nq, bq]
             k_segments, k_prompts = bounds(k_seg, key_valid), bounds(k_seg // 3, key_valid & (k_seg % 3 == 0))
             meets = jnp.zeros_like(seen)
             for group in (
@@ -116,7 +127,7 @@ class MaskSpec:
                 meets |= _ranges_meet(bounds(q_seg, group), k_segments)  # a key of the query's own segment
                 meets |= _ranges_meet(bounds(q_seg // 3, group), k_prompts)  # a key of its own pair's prompt
             seen = seen & meets
-            q_pos = blocks(jnp.take(jnp.asarray(self.positions), query_slots, axis=1), block_q, nq, 0)
+            q_pos = blocks(self.query_side("positions", every_query), block_q, nq, 0)
             k_pos = blocks(jnp.asarray(self.positions), block_k, nk, 0)
             earliest_query, latest_key = bounds(q_pos, query_real)[0], bounds(k_pos, key_valid)[1]  # [B, nq], [B, nk]
         else:

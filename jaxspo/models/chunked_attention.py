@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 _F32 = jnp.float32
 
 
-def _blocks(x: jax.Array, size: int, axis: int = 1) -> jax.Array:
+def pad_blocks(x: jax.Array, size: int, axis: int = 1) -> jax.Array:
     """``x`` zero-padded along ``axis`` to a multiple of ``size``."""
     pad = [(0, 0)] * x.ndim
     pad[axis] = (0, -x.shape[axis] % size)
@@ -57,12 +57,12 @@ def _slice(x: jax.Array, index: jax.Array, size: int, axis: int = 1) -> jax.Arra
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
 def _attention(q, k, v, spec, sliding, table, bq: int, bk: int, scale: float, softcap: float):
-    return _forward(q, k, v, spec, sliding, table, bq, bk, scale, softcap)[0]
+    return flash_forward(q, k, v, spec, sliding, table, bq, bk, scale, softcap)[0].astype(q.dtype)
 
 
-def _forward(q, k, v, spec, sliding, table, bq, bk, scale, softcap):
-    """q ``[B, Tp, K, G, Hd]``, k/v ``[B, Sp, K, Hd]`` (padded) -> (out ``[B, Tp, K, G, Hd]``, lse ``[B, K, G,
-    Tp]``)."""
+def flash_forward(q, k, v, spec, sliding, table, bq, bk, scale, softcap):
+    """q ``[B, Tp, K, G, Hd]``, k/v ``[B, Sp, K, Hd]`` (padded) -> (out ``[B, Tp, K, G, Hd]`` float32, lse
+    ``[B, K, G, Tp]``; a query that sees no key gets out 0 and lse -inf)."""
     b, tp, kh, g, hd = q.shape
     nq, nk = tp // bq, k.shape[1] // bk
 
@@ -91,25 +91,40 @@ def _forward(q, k, v, spec, sliding, table, bq, bk, scale, softcap):
         (m, l, acc), _ = jax.lax.scan(key_block, init, jnp.arange(nk))
         seen = l > 0
         out = jnp.where(seen[..., None], acc / jnp.where(seen, l, 1.0)[..., None], 0.0)
-        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), 0.0)
+        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), -jnp.inf)
         return None, (out, lse)
 
     _, (out, lse) = jax.lax.scan(query_block, None, jnp.arange(nq))  # [nq, B, K, G, bq, Hd], [nq, B, K, G, bq]
-    out = out.transpose(1, 0, 4, 2, 3, 5).reshape(b, tp, kh, g, hd).astype(q.dtype)
+    out = out.transpose(1, 0, 4, 2, 3, 5).reshape(b, tp, kh, g, hd)
     lse = lse.transpose(1, 2, 3, 0, 4).reshape(b, kh, g, tp)
     return out, lse
 
 
 def _attention_fwd(q, k, v, spec, sliding, table, bq, bk, scale, softcap):
-    out, lse = _forward(q, k, v, spec, sliding, table, bq, bk, scale, softcap)
+    out, lse = flash_forward(q, k, v, spec, sliding, table, bq, bk, scale, softcap)
+    out = out.astype(q.dtype)
     return out, (q, k, v, spec, sliding, table, out, lse)
 
 
 def _attention_bwd(bq, bk, scale, softcap, residuals, g_out):
     q, k, v, spec, sliding, table, out, lse = residuals
-    nq, nk = q.shape[1] // bq, k.shape[1] // bk
     g_out = g_out.astype(q.dtype)
-    delta = jnp.einsum("bqkgd,bqkgd->bkgq", g_out.astype(_F32), out.astype(_F32))  # rowsum(dO · O) [B, K, G, Tp]
+    delta = output_delta(g_out, out)
+    dq, dk, dv = flash_backward(q, k, v, spec, sliding, table, g_out, delta, lse, bq, bk, scale, softcap)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, None
+
+
+def output_delta(g_out: jax.Array, out: jax.Array) -> jax.Array:
+    """``rowsum(dO · O)`` ``[B, K, G, Tp]`` float32 of g_out and out ``[B, Tp, K, G, Hd]`` (the softmax backward's
+    shift)."""
+    return jnp.einsum("bqkgd,bqkgd->bkgq", g_out.astype(_F32), out.astype(_F32))
+
+
+def flash_backward(q, k, v, spec, sliding, table, g_out, delta, lse, bq, bk, scale, softcap):
+    """Gradients (dq ``[B, Tp, K, G, Hd]``, dk, dv ``[B, Sp, K, Hd]``, float32) of the keys ``k/v`` under ``spec``
+    given the softmax statistics of the whole row: ``lse`` and ``delta`` ``[B, K, G, Tp]`` (when k/v is one block of
+    the keys, its share of the gradients)."""
+    nq, nk = q.shape[1] // bq, k.shape[1] // bk
 
     def key_block(dq, j):
         kb, vb, k_index = _slice(k, j, bk), _slice(v, j, bk), j * bk + jnp.arange(bk)
@@ -140,7 +155,7 @@ def _attention_bwd(bq, bk, scale, softcap, residuals, g_out):
 
     dq, (dk, dv) = jax.lax.scan(key_block, jnp.zeros(q.shape, _F32), jnp.arange(nk))  # dk/dv [nk, B, bk, K, Hd]
     dk, dv = (x.transpose(1, 0, 2, 3, 4).reshape(k.shape) for x in (dk, dv))
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, None
+    return dq, dk, dv
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
@@ -164,6 +179,8 @@ def chunked_attention(
     bq, bk = (min(block, -(-n // 8) * 8) for n in (t, s))
     sliding = jnp.asarray(sliding)
     table = spec.block_visible(bq, bk, sliding)  # [nq, nk]
-    q5 = _blocks(q.reshape(b, t, kh, h // kh, hd), bq)
-    out = _attention(q5, _blocks(k, bk), _blocks(v, bk), spec, sliding, table, bq, bk, float(scale), float(softcap))
+    q5 = pad_blocks(q.reshape(b, t, kh, h // kh, hd), bq)
+    out = _attention(
+        q5, pad_blocks(k, bk), pad_blocks(v, bk), spec, sliding, table, bq, bk, float(scale), float(softcap)
+    )
     return out[:, :t].reshape(b, t, h, hd)

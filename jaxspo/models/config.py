@@ -16,6 +16,7 @@ POSITIONS = ("rope", "learned")
 ROPE_TYPES = ("default", "linear", "llama3")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 ATTENTION = ("auto", "xla", "chunked", "splash", "cudnn")  # model.attention: the kernels of jaxspo.models.attention
+CONTEXT_ATTENTION = ("gather", "ring")  # model.context_attention: how attention reaches keys on other time shards
 REMAT_POLICIES = ("full", "dots", "dots_no_batch")  # what a rematerialised layer saves (jaxspo.models.decoder)
 
 
@@ -77,6 +78,9 @@ class ModelConfig:
     attention_block: int = (
         128  # chunked/splash: queries and keys per block (smaller for shorter rows; splash: whole 128s)
     )
+    context_attention: str = (
+        "gather"  # with mesh.context > 1: gather = all-gather the keys, ring = pass key blocks around (docs/scale.md)
+    )
     logprob_chunk: int = 0  # log-probs from logits of this many tokens at a time (rematerialised); 0 = all at once
     init_std: float = 0.02
 
@@ -111,6 +115,7 @@ class ModelConfig:
             ("norm", NORMS),
             ("activation", ACTIVATIONS),
             ("attention", ATTENTION),
+            ("context_attention", CONTEXT_ATTENTION),
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"model.{name} must be one of {choices}, got {getattr(self, name)!r}")

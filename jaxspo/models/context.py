@@ -14,6 +14,11 @@ tables split along the queries (``q_seq_shards`` = the time shards, passed in wi
 be a whole number of splash blocks (multiples of 128 slots); otherwise ``chunked`` runs
 (:func:`jaxspo.models.splash_attention.context_kernels`).
 
+``context="ring"`` (``model.context_attention``) gathers nothing: the key/value blocks travel around the time
+shards (:mod:`jaxspo.models.ring_attention`), each step a flash-style block loop whatever ``implementation``
+says, so no device holds the whole row's keys. It needs self-attention rows (T = S, query ``t`` at slot ``t``);
+other calls (the KV-cache decode path) gather.
+
 Shapes: B batch, T query length, S key length, H query heads, K key/value heads, Hd head dim.
 """
 
@@ -27,6 +32,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxspo.models.attention import DEFAULT_BLOCK, MaskSpec, attention
+from jaxspo.models.ring_attention import ring_attention
 from jaxspo.models.splash_attention import context_kernels, splash_rows
 from jaxspo.sharding import active_sharding, logical_to_spec
 
@@ -47,10 +53,12 @@ def context_attention(
     softcap: float,
     implementation: str = "xla",
     block: int = DEFAULT_BLOCK,
+    context: str = "gather",
 ) -> jax.Array:
     """:func:`jaxspo.models.attention.attention` (same arguments and result ``[B, T, H, Hd]``), split along
     time when the active rules put the time axis of both q ``[B, T, H, Hd]`` and k/v ``[B, S, K, Hd]`` on the
-    same mesh axes; otherwise (no active mesh, no time split, a length that does not divide) the plain call."""
+    same mesh axes; otherwise (no active mesh, no time split, a length that does not divide) the plain call.
+    ``context``: ``gather`` (all-gather the keys) or ``ring`` (pass them around; T = S only, else gather)."""
     active = active_sharding()
     plain = lambda: attention(
         q, k, v, spec, sliding, scale=scale, softcap=softcap, implementation=implementation, block=block
@@ -73,28 +81,52 @@ def context_attention(
         positions=None if spec.positions is None else rows,
     )
     traced = None if isinstance(sliding, bool) else sliding  # a per-layer flag under the layer scan
+    shards = math.prod(mesh.shape[axis] for axis in time)
+    ring = context == "ring" and t == s
     kernels = None
-    if implementation == "splash":  # block tables split along the queries like them, or chunked when it cannot
-        shards = math.prod(mesh.shape[axis] for axis in time)
+    # splash (gather only): block tables split along the queries like them, or chunked when it cannot
+    if implementation == "splash" and not ring:
         kernels = context_kernels(t, shards, h, spec.window, softcap, block, packed=spec.segments is not None)
-    kernel_specs = (
-        None
-        if kernels is None
-        else tuple(
-            None if kernel is None else kernel.manual_sharding_spec(NamedSharding(mesh, PartitionSpec(None, q_time)))
-            for kernel in kernels
-        )
+    by_queries = NamedSharding(mesh, PartitionSpec(None, q_time))
+    kernel_specs = kernels and tuple(None if kn is None else kn.manual_sharding_spec(by_queries) for kn in kernels)
+    local = _per_device(
+        sliding, time, shards, ring, scale=scale, softcap=softcap, implementation=implementation, block=block
     )
+    in_specs = (split, split, split, spec_split, None if traced is None else PartitionSpec(), kernel_specs)
+    # no varying-axes types: the block kernels' skip-conds return their carry unchanged on one branch (the gradients
+    # stay exact, tests/test_splash_context.py and tests/test_context_parallel.py)
+    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=split, check_vma=False)(
+        q, k, v, spec, traced, kernels
+    )
+
+
+def _per_device(
+    sliding: bool | jax.Array,
+    time: tuple[str, ...],
+    shards: int,
+    ring: bool,
+    *,
+    scale: float,
+    softcap: float,
+    implementation: str,
+    block: int,
+):
+    """The attention each device runs inside the ``shard_map`` over the ``time`` axes (``shards`` devices):
+    ``(q, k, v, spec, traced sliding flag or None, splash kernels or None) -> out``, all local blocks."""
     local_kernel = "chunked" if implementation == "splash" else implementation
 
     def local(
         q: jax.Array, k: jax.Array, v: jax.Array, spec: MaskSpec, traced: jax.Array | None, kernels: tuple | None
     ) -> jax.Array:
+        flag = sliding if traced is None else traced
+        if ring:
+            return ring_attention(
+                q, k, v, spec, flag, axes=time, shards=shards, scale=scale, softcap=softcap, block=block
+            )
         gather = lambda x: None if x is None else jax.lax.all_gather(x, time, axis=1, tiled=True)  # noqa: E731
         spec = spec.replace(
             key_valid=gather(spec.key_valid), segments=gather(spec.segments), positions=gather(spec.positions)
         )
-        flag = sliding if traced is None else traced
         if kernels is not None:
             return splash_rows(
                 kernels,
@@ -111,9 +143,4 @@ def context_attention(
             q, gather(k), gather(v), spec, flag, scale=scale, softcap=softcap, implementation=local_kernel, block=block
         )
 
-    in_specs = (split, split, split, spec_split, None if traced is None else PartitionSpec(), kernel_specs)
-    # no varying-axes types: the block kernels' skip-conds return their carry unchanged on one branch (the gradients
-    # stay exact, tests/test_splash_context.py and tests/test_context_parallel.py)
-    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=split, check_vma=False)(
-        q, k, v, spec, traced, kernels
-    )
+    return local

@@ -29,6 +29,7 @@ NUMERIC_FIELDS = (
     "scan_unroll",
     "attention",
     "attention_block",
+    "context_attention",
     "logprob_chunk",
     "init_std",
 )

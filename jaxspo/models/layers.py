@@ -142,6 +142,7 @@ class Attention(nnx.Module):
         self.dtype = config.dtype
         self.implementation = config.attention  # resolved by the Decoder (never "auto")
         self.block = config.attention_block
+        self.context = config.context_attention
 
     def _project(
         self,
@@ -194,6 +195,7 @@ class Attention(nnx.Module):
             softcap=self.softcap,
             implementation=implementation,
             block=self.block,
+            context="gather" if kv is not None else self.context,
         )
         out = with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         y = add_delta(project("bthk,hkd->btd", out, self.o_proj[...], self.dtype), out, self.o_lora)
