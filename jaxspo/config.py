@@ -28,7 +28,7 @@ from jaxspo.host_memory import HOST_HEAP_MODES
 from jaxspo.losses.kl_config import KLConfig
 from jaxspo.losses.selfsup import SelfsupConfig
 from jaxspo.models.decoder import ModelConfig
-from jaxspo.models.lora import LoRAConfig, chosen_projections
+from jaxspo.lora.adapters import LoRAConfig, chosen_projections
 from jaxspo.moved_keys import reject_moved_keys
 from jaxspo.sharding import DEFAULT_RULES, MESH_AXES
 

@@ -95,7 +95,7 @@ def run_phase(
         planned.peak_lr,
         planned.batch_size,
         setup.arrays,
-        setup.lora,
+        setup.view,
         planned.name,
         earlier,
         offset,
@@ -107,4 +107,4 @@ def run_phase(
             run.log.log("eval", offset + step, setup.evaluate(params))
             release_freed_memory()  # the evaluator's temporaries (kept mapped under trainer.host_heap)
 
-    return phase.run_steps(setup.frozen, guard, periodic_eval)
+    return phase.run_steps(setup.view.frozen, guard, periodic_eval)

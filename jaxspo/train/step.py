@@ -5,7 +5,7 @@ compilation): it returns the jitted function together with its in/out shardings 
 Two objectives share it: ``"sft"`` (token-mean NLL on completions) and ``"preference"``
 (the configured loss terms on chosen/rejected pairs, both sides in one concatenated forward).
 
-The step's model is a :class:`jaxspo.train.model_view.FullModel` (a graph definition: the state's params are the whole model and
+The step's model is a :class:`jaxspo.lora.views.FullModel` (a graph definition: the state's params are the whole model and
 ``frozen`` is the resident reference's params, or None) or a LoRA model
 (:class:`jaxspo.train.lora.AdaptedModel`: the params are the adapters, ``frozen`` holds the base).
 """
@@ -28,7 +28,7 @@ from jaxspo.train import selfsup
 from jaxspo.train.kl_regularizer import KL_FIELDS, kl_active, kl_rows, with_kl_regulariser
 from jaxspo.train.list_objective import LIST_FIELDS, LIST_RANKS, list_objective_fn, uses_lists
 from jaxspo.train.logprobs import sequence_logps
-from jaxspo.train.model_view import as_model
+from jaxspo.lora.views import as_model
 from jaxspo.train.packed import PACKED_RANKS, is_packed, packed_pair_logps, real_tokens
 from jaxspo.data.layout import PACKED_FIELDS
 from jaxspo.data.pair_packing import ROW_FIELDS

@@ -19,8 +19,9 @@ from flax import nnx, traverse_util
 from safetensors.numpy import save_file
 
 from jaxspo.distributed import to_host
-from jaxspo.models.lora import hf_layer_prefix, hf_modules
-from jaxspo.train.lora import AdaptedModel, adapter_targets
+from jaxspo.lora.adapters import hf_layer_prefix, hf_modules
+from jaxspo.lora.merge import adapter_targets
+from jaxspo.lora.model import AdaptedModel
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 
