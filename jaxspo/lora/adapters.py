@@ -177,7 +177,7 @@ class Adapter(nnx.Module):
                 self.key = nnx.data(
                     LoRADropoutKey(jnp.zeros((2,), jnp.uint32), out_sharding=(None,), eager_sharding=False)
                 )
-        if frozen:  # filled from the earlier stages' trained adapters (jaxspo.train.lora_stages)
+        if frozen:  # filled from the earlier stages' trained adapters (jaxspo.lora.stages)
             frozen_param = lambda shape, names: FrozenLoRAParam(
                 jnp.zeros(shape, dtype), out_sharding=names, eager_sharding=False
             )  # noqa: E731

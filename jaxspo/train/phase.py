@@ -66,6 +66,20 @@ class Phase:
                 self.state, shardings, cfg.loss, cfg.model.hidden_size, schedule, run.mesh
             )
         self.step = make_train_step(cfg, run.mesh, view.model, tx, schedule, shardings, phase, batch_size)
+        self.batches = self._batches(arrays, batch_size)
+        self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / self.name, cfg.checkpoint)
+        self.skipped = 0  # steps whose update was dropped as non-finite
+        self.pacer = StepPacer()  # under trainer.host_heap=hold (docs/speed.md)
+        self.kl_sampler = None  # soft_spo's global KL regulariser: on-policy samples drawn before each step
+        if phase == "preference" and kl_active(cfg.loss):
+            prompts = regularisation_prompts(cfg.loss.kl.prompt_source, run.splits.rows)
+            self.kl_sampler = KLSampler(
+                cfg, run.mesh, view.eval_graphdef, run.tokenizer, prompts, self.step.batch_sharding
+            )
+
+    def _batches(self, arrays: dict[str, np.ndarray], batch_size: int) -> Any:
+        """The phase's batch iterator over ``arrays`` (this process's rows; packed, bucketed as configured)."""
+        cfg, phase = self.run.cfg, self.phase
         layout = cfg.data.layout if phase == "preference" else "padded"  # SFT rows are single sequences
         multiple = cfg.mesh.width_multiple()  # every width splits over mesh.context
         arrays = layout_arrays(arrays, cfg.data, multiple) if layout == "packed" else arrays
@@ -74,7 +88,7 @@ class Phase:
         fields = {k: arrays[k] for k in batch_fields(phase, cfg.loss, layout, packing) if k != PAIR_FIELD}
         buckets, lengths = bucket_widths(fields, cfg.data.buckets, cfg.data.auto_buckets, batch_size, multiple)
         packer = self._pair_packer(fields, batch_size) if packing else None
-        self.batches = make_batches(
+        batches = make_batches(
             fields,
             batch_size,
             cfg.trainer.seed,
@@ -90,27 +104,19 @@ class Phase:
                 "data.pack_pairs: %s batches of %d pairs in rows of %d slots, %s rows",
                 self.name,
                 batch_size,
-                self.batches.packer.width,
-                self.batches.packer.row_counts(),
+                batches.packer.width,
+                batches.packer.row_counts(),
             )
         if cfg.data.auto_buckets:
             log.info(
                 "data.auto_buckets=%d: %s batches at widths %s; %.1f%% of the slots they compute hold tokens (%.1f%% at one width)",
                 cfg.data.auto_buckets,
                 self.name,
-                self.batches.widths,
-                100 * self.batches.token_fraction(),
-                100 * self.batches.token_fraction(one_width=True),
+                batches.widths,
+                100 * batches.token_fraction(),
+                100 * batches.token_fraction(one_width=True),
             )
-        self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / self.name, cfg.checkpoint)
-        self.skipped = 0  # steps whose update was dropped as non-finite
-        self.pacer = StepPacer()  # under trainer.host_heap=hold (docs/speed.md)
-        self.kl_sampler = None  # soft_spo's global KL regulariser: on-policy samples drawn before each step
-        if phase == "preference" and kl_active(cfg.loss):
-            prompts = regularisation_prompts(cfg.loss.kl.prompt_source, run.splits.rows)
-            self.kl_sampler = KLSampler(
-                cfg, run.mesh, view.eval_graphdef, run.tokenizer, prompts, self.step.batch_sharding
-            )
+        return batches
 
     def _pair_packer(self, fields: dict[str, np.ndarray], batch_size: int) -> PairPacker:
         """``data.pack_pairs``: packs each batch's pairs so micro-batches and the batch's shards hold whole pairs."""

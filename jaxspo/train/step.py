@@ -7,7 +7,7 @@ Two objectives share it: ``"sft"`` (token-mean NLL on completions) and ``"prefer
 
 The step's model is a :class:`jaxspo.lora.views.FullModel` (a graph definition: the state's params are the whole model and
 ``frozen`` is the resident reference's params, or None) or a LoRA model
-(:class:`jaxspo.train.lora.AdaptedModel`: the params are the adapters, ``frozen`` holds the base).
+(:class:`jaxspo.lora.model.AdaptedModel`: the params are the adapters, ``frozen`` holds the base).
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def make_train_step(
     Gradients are accumulated exactly over ``cfg.trainer.grad_accum_steps`` micro-batches: each
     micro-batch contributes the gradient of its loss SUM, divided once by the global count.
     ``graphdef`` is the model's graph definition, or a model object such as a LoRA
-    :class:`jaxspo.train.lora.AdaptedModel` (then only the adapters are trained; ``frozen`` holds the base).
+    :class:`jaxspo.lora.model.AdaptedModel` (then only the adapters are trained; ``frozen`` holds the base).
     Micro-batch i's objective gets key data ``fold_in(step key, i)`` (LoRA dropout).
     """
     if phase not in ("sft", "preference"):
