@@ -32,7 +32,7 @@ from jaxspo.train.state import (
 from jaxspo.train import selfsup
 from jaxspo.train.kl_regularizer import kl_active, kl_field_shapes
 from jaxspo.train.list_objective import uses_lists
-from jaxspo.train.lora import AdaptedModel
+from jaxspo.lora.model import AdaptedModel
 from jaxspo.data.pair_packing import ROW_FIELDS
 from jaxspo.train.step import batch_fields, make_train_step, needs_reference
 from jaxspo.train.step_flops import step_forwards

@@ -142,7 +142,7 @@ def _validate_sections(cfg: Config) -> None:
         except ValueError as err:
             raise ConfigError(str(err)) from None
     if cfg.lora.enabled and not cfg.model.path:  # with model.path the architecture is known once config.json is read
-        from jaxspo.models.lora import chosen_projections  # imports jax: only for a LoRA recipe
+        from jaxspo.lora.adapters import chosen_projections  # imports jax: only for a LoRA recipe
 
         try:
             chosen_projections(cfg.model, cfg.lora)

@@ -15,7 +15,7 @@ from jaxspo.data.synthetic_config import SyntheticTaskConfig
 from jaxspo.losses.kl_config import KLConfig
 from jaxspo.losses.selfsup_config import SelfsupConfig
 from jaxspo.models.config import ModelConfig
-from jaxspo.models.lora_config import LoRAConfig
+from jaxspo.lora.config import LoRAConfig
 from jaxspo.sharding_rules import DEFAULT_RULES
 
 

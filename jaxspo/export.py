@@ -18,10 +18,8 @@ from jaxspo.config import load_config
 from jaxspo.models.hf_config import CheckpointError
 from jaxspo.models.hf_io import save_hf
 from jaxspo.sharding import make_mesh
-from jaxspo.peft_export import save_peft
-from jaxspo.train.lora import AdaptedModel, load_base, merged_params, read_base_record
-from jaxspo.train.lora_stages import STAGE_KEY, LoRAStages, restore_stage_adapters
 from jaxspo.checkpoint import restore_params
+from jaxspo.lora.export import lora_export
 from jaxspo.train.state import abstract_model, param_shardings
 
 
@@ -44,36 +42,14 @@ def export_run(
     mesh = make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
     _, abstract = abstract_model(cfg.model)
     shardings = param_shardings(abstract, mesh, cfg.mesh.rules)
-    target = lambda tree, shard: jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shard
-    )  # noqa: E731
     if cfg.lora.enabled:
-        record = read_base_record(run_dir)
-        if cfg.stages:
-            return _export_stages(cfg, run_dir, record, mesh, abstract, shardings, out_dir, dtype, max_shard_size, peft)
-        model = AdaptedModel.build(cfg.model, cfg.lora, cfg.loss.reference, mesh, cfg.mesh.rules)
-        adapters = restore_params(run_dir / "params", target(model.abstract_adapters, model.adapter_sharding))
-        if peft:
-            return save_peft(model, adapters, out_dir, record.get("path", "") if record["kind"] == "hf" else "", dtype)
-        params = merged_params(model, adapters, load_base(record, cfg.model, abstract, shardings))
+        params = lora_export(cfg, run_dir, mesh, abstract, shardings, out_dir, peft, dtype)
+        if params is None:  # written in PEFT's format
+            return Path(out_dir)
     else:
-        params = restore_params(run_dir / "params", target(abstract, shardings))
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+        params = restore_params(run_dir / "params", target)
     return _save_model(cfg, run_dir, params, out_dir, dtype, max_shard_size)
-
-
-def _export_stages(
-    cfg, run_dir: Path, record: dict, mesh, abstract, shardings, out_dir, dtype: str, max_shard_size: str, peft: bool
-) -> Path:
-    """A sequential LoRA run: the merged π_n, or one PEFT folder per stage (see the module docstring)."""
-    stages = LoRAStages(cfg, mesh, load_base(record, cfg.model, abstract, shardings), record)
-    for adapters in restore_stage_adapters(run_dir / "params", stages, len(cfg.stages)):
-        stages.finish(adapters)
-    if peft:
-        base_model = record.get("path", "") if record["kind"] == "hf" else ""
-        for n, adapters in enumerate(stages.adapters):
-            save_peft(stages.model(), adapters, Path(out_dir) / STAGE_KEY.format(n=n + 1), base_model, dtype)
-        return Path(out_dir)
-    return _save_model(cfg, run_dir, stages.merged(), out_dir, dtype, max_shard_size)
 
 
 def _save_model(cfg, run_dir: Path, params, out_dir, dtype: str, max_shard_size: str) -> Path:

@@ -12,7 +12,7 @@ import pytest
 from jaxspo.config import ConfigError, load_config
 from jaxspo.data.layout import PACKED_FIELDS, pack_pairs
 from jaxspo.models import ModelConfig
-from jaxspo.train.lora import LoRATraining
+from jaxspo.lora.adapted import AdaptedView
 from jaxspo.train.state import (
     abstract_model,
     init_params,
@@ -158,7 +158,7 @@ def full_step(overrides: list[str], host: dict, lora: bool = False, steps: int =
     policy, reference = init_params(cfg.model, 1, sharding), init_params(cfg.model, 2, sharding)
     schedule = learning_rate_schedule(cfg.optimizer, 10, 1e-2)
     if lora:
-        run = LoRATraining(cfg, mesh, policy, policy, {"sha256": "-"})
+        run = AdaptedView(cfg, mesh, policy, policy, {"sha256": "-"})
         model, abstract, sharding, params, frozen = (
             run.model,
             run.model.abstract_adapters,

@@ -22,16 +22,11 @@ from jaxspo.models.hf_config import model_config_from_hf
 from jaxspo.models.hf_io import load_params, load_tokenizer
 from jaxspo.sharding import make_mesh
 from jaxspo.train import loop
-from jaxspo.train.lora import AdaptedModel, LoRATraining, base_record, write_base_record
-from jaxspo.train.state import (
-    abstract_model,
-    init_params,
-    init_state,
-    learning_rate_schedule,
-    make_optimizer,
-    param_shardings,
-    state_shardings,
-)
+from jaxspo.lora.adapted import AdaptedView
+from jaxspo.lora.base import base_record, write_base_record
+from jaxspo.lora.model import AdaptedModel
+from jaxspo.train.state import abstract_model, init_params, init_state, param_shardings, state_shardings
+from jaxspo.train.state import learning_rate_schedule, make_optimizer
 from jaxspo.train.step import make_train_step, pair_logps
 from tests import hf_tiny
 from tests.test_train_step import TINY, random_pairs
@@ -48,7 +43,7 @@ def lora_config(*overrides: str):
 class Setup:
     graphdef: nnx.GraphDef
     base: nnx.State
-    lora: LoRATraining
+    lora: AdaptedView
     step: object
     batch: dict
     fresh_state: object  # () -> a new TrainState (the step donates its state)
@@ -65,7 +60,7 @@ def setup(cfg, batch_size: int = 8) -> Setup:
     mesh = make_mesh(cfg.mesh.shape())
     graphdef, abstract = abstract_model(cfg.model)
     base = init_params(cfg.model, 1, param_shardings(abstract, mesh, cfg.mesh.rules))
-    lora = LoRATraining(cfg, mesh, base, base, {"sha256": "-"})
+    lora = AdaptedView(cfg, mesh, base, base, {"sha256": "-"})
     schedule = learning_rate_schedule(cfg.optimizer, 10, 1e-2)
     tx = make_optimizer(cfg.optimizer, schedule, lora.model.abstract_adapters)
     shardings = state_shardings(tx, lora.model.abstract_adapters, lora.model.adapter_sharding, mesh)
@@ -168,7 +163,7 @@ def test_dropout_uses_the_step_key_and_is_off_in_evaluation():
     mesh = make_mesh(cfg.mesh.shape(), jax.devices()[:1])
     _, abstract = abstract_model(cfg.model)
     base = init_params(cfg.model, 1, param_shardings(abstract, mesh, cfg.mesh.rules))
-    lora = LoRATraining(cfg, mesh, base, base, {"sha256": "-"})
+    lora = AdaptedView(cfg, mesh, base, base, {"sha256": "-"})
     no_dropout = AdaptedModel.build(
         cfg.model, dataclasses.replace(cfg.lora, dropout=0.0), cfg.loss.reference, mesh, cfg.mesh.rules
     )
@@ -275,7 +270,7 @@ def test_merged_and_peft_exports_reproduce_the_adapted_model(arch, tmp_path):
     base = load_params(source, cfg.model, abstract, param_shardings(abstract, mesh, cfg.mesh.rules))
     run = tmp_path / "run"
     run.mkdir()
-    lora = LoRATraining(cfg, mesh, base, base, base_record(cfg, run, base))
+    lora = AdaptedView(cfg, mesh, base, base, base_record(cfg, run, base))
     adapters = randomized(lora.initial, scale=0.2)
     save_params(adapters, run / "params")
     write_base_record(lora.record, run)

@@ -23,8 +23,8 @@ from jaxspo.config import ConfigError, load_config
 from jaxspo.models.hf_io import save_hf
 from jaxspo.sharding import make_mesh
 from jaxspo.train import loop
-from jaxspo.train.lora import load_base, read_base_record
-from jaxspo.train.lora_stages import LoRAStages, restore_stage_adapters
+from jaxspo.lora.base import load_base, read_base_record
+from jaxspo.lora.stages import LoRAStages, restore_stage_adapters
 from jaxspo.train.stages import stage_config
 from jaxspo.train.state import (
     abstract_model,

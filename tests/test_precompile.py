@@ -8,6 +8,7 @@ import numpy as np
 from jaxspo import host_memory
 from jaxspo.config import load_config
 from jaxspo.data.pipeline import BatchPipeline
+from jaxspo.lora.views import FullView
 from jaxspo.train.phase import Phase
 from jaxspo.train.run import Run
 from tests.test_pipeline import columns
@@ -51,7 +52,9 @@ def test_a_bucketed_phase_compiles_each_width_once_before_step_1(tmp_path, caplo
     cfg = load_config("configs/demo.yaml", TINY + [f"run_dir={tmp_path}"])
     (tmp_path / "run").mkdir()
     run = Run(cfg, tmp_path / "run")
-    phase = Phase(run, "preference", cfg.trainer.steps, 1e-3, cfg.trainer.batch_size, run.encoded("train"))
+    phase = Phase(
+        run, "preference", cfg.trainer.steps, 1e-3, cfg.trainer.batch_size, run.encoded("train"), FullView.of(run)
+    )
     assert len(phase.batches.widths) >= 2, phase.batches.widths  # the test needs several programs
     compiled = lambda: [r for r in caplog.records if "compilation of jit(step)" in r.getMessage()]  # noqa: E731
     with jax.log_compiles(), caplog.at_level(logging.WARNING):
@@ -80,7 +83,9 @@ def test_a_held_heap_is_trimmed_exactly_before_a_batch_larger_than_any_before(tm
     cfg = load_config("configs/demo.yaml", TINY + [f"run_dir={tmp_path}"])
     (tmp_path / "run").mkdir()
     run = Run(cfg, tmp_path / "run")
-    phase = Phase(run, "preference", cfg.trainer.steps, 1e-3, cfg.trainer.batch_size, run.encoded("train"))
+    phase = Phase(
+        run, "preference", cfg.trainer.steps, 1e-3, cfg.trainer.batch_size, run.encoded("train"), FullView.of(run)
+    )
     sizes = []
     for i in range(1, phase.batches.batches_per_epoch + 1):
         _, local = phase.take_step(i, run.params)

@@ -18,7 +18,7 @@ from flax import nnx, struct
 from jaxspo.models.attention import MaskSpec, resolve_for_target
 from jaxspo.models.config import ModelConfig, RopeScaling
 from jaxspo.models.layers import KV, Norm, param, stacked_blocks
-from jaxspo.models.lora import LoRASpec
+from jaxspo.lora.adapters import LoRASpec
 from jaxspo.models.rope import inverse_frequencies, rope_tables
 from jaxspo.sharding import with_logical_constraint
 
@@ -47,7 +47,7 @@ class Decoder(nnx.Module):
 
     All state is ``nnx.Param``, so ``nnx.split(model, nnx.Param)`` captures the whole model. With ``lora``, the
     chosen projections also get adapters (``LoRAParam``, and ``LoRADropoutKey`` with dropout; see
-    :mod:`jaxspo.models.lora`).
+    :mod:`jaxspo.lora.adapters`).
     """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, lora: LoRASpec | None = None):

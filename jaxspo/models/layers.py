@@ -17,7 +17,7 @@ from flax import nnx
 from jaxspo.models.attention import MaskSpec
 from jaxspo.models.context import context_attention
 from jaxspo.models.config import ModelConfig
-from jaxspo.models.lora import Adapter, LoRASpec, adapter, add_delta
+from jaxspo.lora.adapters import Adapter, LoRASpec, adapter, add_delta
 from jaxspo.models.rope import apply_rope
 from jaxspo.sharding import with_logical_constraint
 

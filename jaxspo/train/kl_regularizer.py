@@ -35,7 +35,7 @@ from jaxspo.errors import DataError
 from jaxspo.sampling import sample
 from jaxspo.sharding import named_sharding
 from jaxspo.train.logprobs import sequence_kl
-from jaxspo.train.model_view import as_model
+from jaxspo.lora.views import as_model
 
 KL_FIELDS = ("kl_tokens", "kl_valid", "kl_response")
 

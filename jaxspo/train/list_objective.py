@@ -10,7 +10,7 @@ from jaxspo.data.lists import LIST_FIELDS
 from jaxspo.losses import get_loss
 from jaxspo.losses.soft_spo import ListLogps
 from jaxspo.train.logprobs import sequence_logps
-from jaxspo.train.model_view import as_model
+from jaxspo.lora.views import as_model
 
 LIST_RANKS = {"list_tokens": 3, "list_valid": 3, "list_loss_mask": 3, "list_mask": 2, "list_scores": 2}
 
@@ -32,7 +32,7 @@ def list_logps(graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, jax.A
 
 def list_objective_fn(graphdef, loss_cfg):
     """``objective(params, frozen, batch, rng, head_params) -> (loss sum over lists, metrics as (sum, count))``
-    (``graphdef``: a graph definition or a model object, see :mod:`jaxspo.train.model_view`;
+    (``graphdef``: a graph definition or a model object, see :mod:`jaxspo.lora.views`;
     ``head_params`` is unused: no auxiliary head reads lists).
 
     Metrics: ``loss``, ``loss/<term>`` (several terms), ``logps/best`` (best response), ``logps/rest``

@@ -97,7 +97,7 @@ def run_phase(
         planned.peak_lr,
         planned.batch_size,
         setup.arrays,
-        setup.lora,
+        setup.view,
         planned.name,
         earlier,
         offset,
@@ -109,4 +109,4 @@ def run_phase(
             run.log.log("eval", offset + step, setup.evaluate(params))
             run_hooks("after_eval")
 
-    return phase.run_steps(setup.frozen, guard, periodic_eval)
+    return phase.run_steps(setup.view.frozen, guard, periodic_eval)

@@ -12,19 +12,19 @@ from jaxspo.train.metrics_log import plot_curves
 from jaxspo.train.run import Run
 
 
-def write_outputs(run: Run, params: Any, full_params: Callable[[], Any] | None = None) -> None:
+def write_outputs(run: Run, params: Any, full_params: Callable[[], Any]) -> None:
     """Closes the metrics log; writes the final params, the optional HF export and the curves.
 
-    ``full_params`` builds the whole model's params for the HF export (LoRA: base + merged adapters);
-    None = ``params`` are the whole model.
+    ``full_params`` builds the whole model's params for the HF export (from the model view: ``params`` themselves,
+    or with LoRA the base with the adapters merged in).
     """
     cfg = run.cfg
     run.log.close()
     if cfg.checkpoint.save_final:
-        save_params(params, run.run_dir / "params")  # LoRA: the adapters; RUN_DIR/base.json names their base
+        save_params(params, run.run_dir / "params")  # the trained params (LoRA: RUN_DIR/base.json names their base)
     if cfg.checkpoint.export_hf_dir:
         save_hf(
-            full_params() if full_params else params,
+            full_params(),
             cfg.model,
             run.tokenizer,
             cfg.checkpoint.export_hf_dir,

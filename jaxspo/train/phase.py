@@ -21,7 +21,7 @@ from jaxspo.perf import model_flops, throughput
 from jaxspo.train import selfsup
 from jaxspo.train.hooks import run_hooks
 from jaxspo.train.kl_regularizer import KLSampler, kl_active, kl_field_shapes, regularisation_prompts
-from jaxspo.train.lora import LoRATraining, check_base
+from jaxspo.lora.views import ModelView
 from jaxspo.train.precompile import precompile
 from jaxspo.train.preemption import PreemptionGuard
 from jaxspo.train.run import Run
@@ -48,30 +48,38 @@ class Phase:
         peak_lr: float,
         batch_size: int,
         arrays: dict[str, np.ndarray],
-        lora: LoRATraining | None = None,
+        view: ModelView,
         name: str = "",
         earlier: tuple[str, ...] = ("sft",),
         eval_offset: int = 0,
     ):
         cfg = run.cfg
         self.run, self.phase, self.steps, self.name = run, phase, steps, name or phase
-        self.earlier, self.eval_offset = earlier, eval_offset
-        self.base_record = lora.record if lora else None  # LoRA: checkpoints hold adapters, tied to this base
-        self.frozen_base = lora is not None  # LoRA: the policy's own weights get no gradient (model FLOPs)
-        model, abstract, sharding, params = (
-            (lora.model, lora.model.abstract_adapters, lora.model.adapter_sharding, lora.initial)
-            if lora
-            else (run.graphdef, run.abstract_params, run.param_sharding, run.params)
-        )
+        self.earlier, self.eval_offset, self.view = earlier, eval_offset, view
+        abstract = view.abstract
         schedule = learning_rate_schedule(cfg.optimizer, steps, peak_lr)
         tx = make_optimizer(cfg.optimizer, schedule, abstract)
-        shardings = state_shardings(tx, abstract, sharding, run.mesh)
-        self.state = init_state(tx, params, cfg.trainer.seed, shardings)
+        shardings = state_shardings(tx, abstract, view.sharding, run.mesh)
+        self.state = init_state(tx, view.initial, cfg.trainer.seed, shardings)
         if phase == "preference":  # selfsup's classify head, if configured, trains alongside the policy
             self.state, shardings = selfsup.attach_head(
                 self.state, shardings, cfg.loss, cfg.model.hidden_size, schedule, run.mesh
             )
-        self.step = make_train_step(cfg, run.mesh, model, tx, schedule, shardings, phase, batch_size)
+        self.step = make_train_step(cfg, run.mesh, view.model, tx, schedule, shardings, phase, batch_size)
+        self.batches = self._batches(arrays, batch_size)
+        self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / self.name, cfg.checkpoint)
+        self.skipped = 0  # steps whose update was dropped as non-finite
+        run_hooks("phase_start")
+        self.kl_sampler = None  # soft_spo's global KL regulariser: on-policy samples drawn before each step
+        if phase == "preference" and kl_active(cfg.loss):
+            prompts = regularisation_prompts(cfg.loss.kl.prompt_source, run.splits.rows)
+            self.kl_sampler = KLSampler(
+                cfg, run.mesh, view.eval_graphdef, run.tokenizer, prompts, self.step.batch_sharding
+            )
+
+    def _batches(self, arrays: dict[str, np.ndarray], batch_size: int) -> Any:
+        """The phase's batch iterator over ``arrays`` (this process's rows; packed, bucketed as configured)."""
+        cfg, phase = self.run.cfg, self.phase
         layout = cfg.data.layout if phase == "preference" else "padded"  # SFT rows are single sequences
         multiple = cfg.mesh.width_multiple()  # every width splits over mesh.context
         arrays = layout_arrays(arrays, cfg.data, multiple) if layout == "packed" else arrays
@@ -80,7 +88,7 @@ class Phase:
         fields = {k: arrays[k] for k in batch_fields(phase, cfg.loss, layout, packing) if k != PAIR_FIELD}
         buckets, lengths = bucket_widths(fields, cfg.data.buckets, cfg.data.auto_buckets, batch_size, multiple)
         packer = self._pair_packer(fields, batch_size) if packing else None
-        self.batches = make_batches(
+        batches = make_batches(
             fields,
             batch_size,
             cfg.trainer.seed,
@@ -96,8 +104,8 @@ class Phase:
                 "data.pack_pairs: %s batches of %d pairs in rows of %d slots, %s rows",
                 self.name,
                 batch_size,
-                self.batches.packer.width,
-                self.batches.packer.row_counts(),
+                batches.packer.width,
+                batches.packer.row_counts(),
             )
         if cfg.data.auto_buckets:
             log.info(
@@ -105,21 +113,11 @@ class Phase:
                 "tokens (%.1f%% at one width)",
                 cfg.data.auto_buckets,
                 self.name,
-                self.batches.widths,
-                100 * self.batches.token_fraction(),
-                100 * self.batches.token_fraction(one_width=True),
+                batches.widths,
+                100 * batches.token_fraction(),
+                100 * batches.token_fraction(one_width=True),
             )
-        self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / self.name, cfg.checkpoint)
-        self.skipped = 0  # steps whose update was dropped as non-finite
-        run_hooks("phase_start")
-        self.kl_sampler = None  # soft_spo's global KL regulariser: on-policy samples drawn before each step
-        if phase == "preference" and kl_active(cfg.loss):
-            prompts = regularisation_prompts(cfg.loss.kl.prompt_source, run.splits.rows)
-            sampling_graphdef = lora.model.eval_graphdef if lora else run.graphdef
-            self.kl_sampler = KLSampler(
-                cfg, run.mesh, sampling_graphdef, run.tokenizer, prompts, self.step.batch_sharding
-            )
-        self.sampling_params = (lambda adapters: lora.eval_states(adapters)[0]) if lora else (lambda params: params)
+        return batches
 
     def _pair_packer(self, fields: dict[str, np.ndarray], batch_size: int) -> PairPacker:
         """``data.pack_pairs``: packs each batch's pairs so micro-batches and the batch's shards hold whole pairs."""
@@ -141,12 +139,7 @@ class Phase:
         if found is None:
             return 0
         step, self.state, data = found
-        if self.base_record is not None:
-            check_base(
-                self.base_record,
-                data.get("base", {"sha256": "(none)"}),
-                f"checkpoint {self.checkpoints.directory / str(step)}",
-            )
+        self.view.check_checkpoint(data, f"checkpoint {self.checkpoints.directory / str(step)}")
         self.batches.restore(data["batches"])
         self.skipped = int(data["skipped"])
         log.info("resuming %s at step %d from %s", self.name, step, self.checkpoints.directory)
@@ -189,7 +182,7 @@ class Phase:
         rows = self.batches.global_rows(local)
         batch = {k: from_process_rows(a, self.step.batch_sharding[k], rows[k]) for k, a in local.items()}
         if self.kl_sampler is not None:
-            batch |= self.kl_sampler(i, self.sampling_params(self.state.params))
+            batch |= self.kl_sampler(i, self.view.eval_states(self.state.params)[0])
         self.state, metrics = self.step.fn(self.state, reference, batch)
         return metrics, local
 
@@ -244,7 +237,7 @@ class Phase:
         pending: list[tuple[int, dict]] = []
         for i in range(start + 1, self.steps + 1):
             metrics, local = self.take_step(i, reference)
-            forwards = step_forwards(cfg, self.phase, local, self.batches.batch_size, self.frozen_base)
+            forwards = step_forwards(cfg, self.phase, local, self.batches.batch_size, self.view.frozen_base)
             window_computed += forwards[0].slots  # the policy's pass over the batch's rows
             window_flops += model_flops(cfg.model, forwards)
             pending.append((i, metrics))
@@ -272,8 +265,8 @@ class Phase:
             if on_step is not None:
                 on_step(i, self.state.params)
             if save_now:
-                base = {"base": self.base_record} if self.base_record else {}
-                self.checkpoints.save(i, self.state, {"batches": self.batches.state(), "skipped": self.skipped} | base)
+                extras = {"batches": self.batches.state(), "skipped": self.skipped} | self.view.checkpoint_extras()
+                self.checkpoints.save(i, self.state, extras)
                 run_hooks("after_save")
             if guard.requested:
                 self.checkpoints.wait()

@@ -1,7 +1,7 @@
 """A run's plan of phases: the SFT warm start, then one preference phase or the sequential stages.
 
 The driver (:func:`jaxspo.train.loop.train`) runs ``[sft, preference]`` or ``[sft, stage-1, …, stage-n]`` in
-order. Each phase comes with hooks: before it, its preparation (data, LoRA pieces, reference, evaluation:
+order. Each phase comes with hooks: before it, its preparation (data, model view, evaluation:
 :class:`PhaseSetup`); after it, what keeps its result (π_0 saved, a stage's policy); and on resume, whether it
 finished before an interruption (then its result is restored and it is skipped).
 """
@@ -15,9 +15,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from jaxspo.checkpoint import restore_params, save_params
-from jaxspo.distributed import is_writer
 from jaxspo.train import selfsup
-from jaxspo.train.lora import LoRATraining, base_record, merged_params, write_base_record
+from jaxspo.lora.choose import base_rebuilt, preference_view
+from jaxspo.lora.views import FullView, ModelView
 from jaxspo.train.run import Run
 from jaxspo.train.selfsup_data import DegreeData, LevelRewardMetrics
 from jaxspo.train.step import batch_fields
@@ -27,13 +27,12 @@ EvalMetrics = dict[str, float]  # an evaluation: metric name -> value
 
 @dataclasses.dataclass
 class PhaseSetup:
-    """What a before-phase hook prepares: the phase's view of the run (its config and starting params), its rows,
-    LoRA pieces, the step's frozen argument (resident reference or LoRA base; None: none) and its evaluation."""
+    """What a before-phase hook prepares: the phase's view of the run (its config), its rows, the model view (what
+    it trains, from which params, with which frozen input of the step) and its evaluation."""
 
     run: Run
     arrays: dict[str, np.ndarray]
-    lora: LoRATraining | None = None
-    frozen: Any = None
+    view: ModelView
     evaluate: Callable[[Any], EvalMetrics] | None = None  # trained params -> held-out metrics (None: not evaluated)
 
 
@@ -62,26 +61,26 @@ class PhasePlan(Protocol):
     phases: list[PlannedPhase]
 
     def start(self) -> None:
-        """After the warm start (π_0 = ``run.params``): builds what the phases share (LoRA, evaluators)."""
+        """After the warm start (π_0 = ``run.params``): builds what the phases share (model views, evaluators)."""
 
     def start_eval(self) -> EvalMetrics:
         """The held-out evaluation of the starting policy (logged at step 0)."""
 
-    def result(self) -> tuple[Any, Callable[[], Any] | None, Any]:
-        """(final params, a builder of the whole model's params for the HF export or None, the last reference)."""
+    def result(self) -> tuple[Any, Callable[[], Any], Any]:
+        """(final params, a builder of the whole model's params for the HF export, the last reference)."""
 
 
 def warm_start(run: Run, first: str) -> PlannedPhase:
     """The SFT warm start (``trainer.sft_steps``; 0: none) giving π_0, saved to ``checkpoints/reference``.
 
     Finished when the first preference phase ``first`` has checkpoints to resume from (π_0 is restored). π_0
-    is neither saved nor restored when it is rebuilt anyway: LoRA without SFT (the base is ``model.path`` or
-    the seeded init). Its rows are encoded here, after the recipe's, so bad data stops the run before any step.
+    is neither saved nor restored when it is rebuilt anyway (:func:`~jaxspo.lora.choose.base_rebuilt`). Its
+    rows are encoded here, after the recipe's, so bad data stops the run before any step.
     """
     cfg = run.cfg
     root = run.run_dir / "checkpoints"
     reference_dir = (root / "reference").resolve()
-    base_reloads = cfg.lora.enabled and not cfg.trainer.sft_steps
+    base_reloads = base_rebuilt(cfg)
     resuming = cfg.checkpoint.resume and (root / first).is_dir() and (reference_dir.is_dir() or base_reloads)
     arrays = run.encoded("sft") if cfg.trainer.sft_steps and not resuming else {}
 
@@ -102,7 +101,7 @@ def warm_start(run: Run, first: str) -> PlannedPhase:
         t.sft_steps,
         t.sft_learning_rate,
         t.sft_batch_size,
-        lambda: PhaseSetup(run, arrays),
+        lambda: PhaseSetup(run, arrays, FullView.of(run)),
         after,
         finished,
     )
@@ -129,18 +128,12 @@ class OnePreferencePhase:
         self.params: Any = None
 
     def start(self) -> None:
-        """The reference (π_0 unless ``model.reference_path``), LoRA's pieces, the evaluator and selfsup's degraded
-        pairs."""
+        """The reference (π_0 unless ``model.reference_path``), the model view, the evaluator and selfsup's
+        degraded pairs."""
         run, cfg = self.run, self.run.cfg
         self.reference = run.params if run.reference_params is None else run.reference_params
-        self.lora = (
-            LoRATraining(cfg, run.mesh, run.params, self.reference, base_record(cfg, run.run_dir, run.params))
-            if cfg.lora.enabled
-            else None
-        )
-        if self.lora is not None and is_writer():
-            write_base_record(self.lora.record, run.run_dir)
-        self.evaluator = run.evaluator(self.lora.model.eval_graphdef if self.lora else run.graphdef)
+        self.view = preference_view(run, self.reference)
+        self.evaluator = run.evaluator(self.view.eval_graphdef)
         if selfsup.active(cfg.loss):  # degraded copies of the train and eval pairs (docs/methods/selfsup.md)
             degree = DegreeData(cfg, run.tokenizer, run.graphdef, run.mesh, self.reference, self.arrays)
             self.arrays = self.arrays | degree(
@@ -149,21 +142,20 @@ class OnePreferencePhase:
             self.evaluator.extra_metrics.append(LevelRewardMetrics(degree, self.evaluator.pairs))
 
     def evaluate(self, params: Any) -> EvalMetrics:
-        """Held-out metrics of the policy ``params`` (LoRA: adapters) against the reference."""
-        policy, reference = self.lora.eval_states(params) if self.lora else (params, self.reference)
-        return self.evaluator(policy, reference, self.run.eval_key)
+        """Held-out metrics of the policy's trained ``params`` (LoRA: adapters) against the reference."""
+        return self.evaluator(*self.view.eval_states(params), self.run.eval_key)
 
     def start_eval(self) -> EvalMetrics:
-        return self.evaluate(self.lora.initial if self.lora else self.reference)
+        return self.evaluate(self.view.initial)
 
     def before(self) -> PhaseSetup:
         """The train rows (with the reference's log-probs under ``loss.reference: precomputed``)."""
         arrays = self.run.with_precomputed_reference(self.arrays, self.reference)
-        return PhaseSetup(self.run, arrays, self.lora, self.lora.frozen if self.lora else self.reference, self.evaluate)
+        return PhaseSetup(self.run, arrays, self.view, self.evaluate)
 
     def after(self, params: Any, _: EvalMetrics | None) -> None:
         self.params = params
 
-    def result(self) -> tuple[Any, Callable[[], Any] | None, Any]:
-        lora, params = self.lora, self.params
-        return params, (lambda: merged_params(lora.model, params, lora.base)) if lora else None, self.reference
+    def result(self) -> tuple[Any, Callable[[], Any], Any]:
+        view, params = self.view, self.params
+        return params, lambda: view.full_params(params), self.reference

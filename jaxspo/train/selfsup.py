@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxspo.losses import PairLogps, get_loss
 from jaxspo.losses.selfsup import DEGRADE_SIDES, classify_loss, level_rewards, pairwise_accuracy, ranking_degree_loss
 from jaxspo.train.logprobs import positions_from_valid, sequence_logps
-from jaxspo.train.model_view import as_model
+from jaxspo.lora.views import as_model
 
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
 DATA_FIELDS = ("selfsup_tokens", "selfsup_valid", "selfsup_loss_mask", "selfsup_level_valid")
@@ -112,7 +112,7 @@ def copy_rewards(
 ) -> jax.Array:
     """Implicit rewards of levels 0…K, ``[B, S, K + 1]`` (level 0 from the base objective's log-probs).
 
-    ``model``: a graph definition or a model view (:mod:`jaxspo.train.model_view`, e.g. LoRA)."""
+    ``model``: a graph definition or a model view (:mod:`jaxspo.lora.views`, e.g. LoRA)."""
     model = as_model(model)
     kind, shape = reward_kind(loss_cfg), batch["selfsup_level_valid"].shape
     tokens, valid, mask = (_flat(batch[f"selfsup_{n}"]) for n in ("tokens", "valid", "loss_mask"))

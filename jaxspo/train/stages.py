@@ -22,7 +22,7 @@ steps 1–2 are a stage's before-phase hook, saving π_n its after-phase hook. R
 valid checkpoint.
 
 With LoRA (``lora.rank`` > 0) each stage trains one adapter on π_{n−1} (merged into the next stage's base
-or stacked, ``lora.stages``) and ``policy-n`` holds that adapter: :mod:`jaxspo.train.lora_stages`.
+or stacked, ``lora.stages``) and ``policy-n`` holds that adapter: :mod:`jaxspo.lora.stages`.
 """
 
 from __future__ import annotations
@@ -35,11 +35,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 from flax import nnx
 
-from jaxspo.checkpoint import restore_params, save_params
+from jaxspo.checkpoint import save_params
 from jaxspo.config import Config
 from jaxspo.data.dimensions import dimension_pairs
 from jaxspo.data.encode import encode_preference_rows
@@ -49,8 +48,8 @@ from jaxspo.distributed import is_writer
 from jaxspo.errors import DataError
 from jaxspo.losses.sequential import stage_offset
 from jaxspo.train.evaluate import Evaluator
-from jaxspo.train.lora import base_record, write_base_record
-from jaxspo.train.lora_stages import LoRAStages
+from jaxspo.lora.choose import stage_views
+from jaxspo.lora.stages import StageViews
 from jaxspo.train.plan import EvalMetrics, PhaseSetup, PlannedPhase
 from jaxspo.train.reference_cache import cached_reference_logps
 from jaxspo.train.run import Run
@@ -84,9 +83,7 @@ class SequentialStages:
         self._scorers: dict[nnx.GraphDef, PairScorer] = {}
         self._evaluators: dict[nnx.GraphDef, Evaluator] = {}
         self.phases = [self._planned(k) for k in range(len(run.cfg.stages))]
-        self.lora: LoRAStages | None = None  # with lora.rank > 0: π_0 and the finished stages' adapters
-        self.previous: Any = None  # full fine-tuning: π_{n−1} as the stages go
-        self.reference: Any = None  # the last stage's reference
+        self.views: StageViews | None = None  # π_0 and the finished stages (full models, or LoRA adapters)
 
     def _planned(self, index: int) -> PlannedPhase:
         scfg = stage_config(self.run.cfg, index)
@@ -167,15 +164,7 @@ class SequentialStages:
 
     def start(self) -> None:
         """π_0 = ``run.params`` (the warm start's result); with LoRA the stages' adapters go on it."""
-        run, cfg = self.run, self.run.cfg
-        self.previous = self.reference = run.params
-        self.lora = (
-            LoRAStages(cfg, run.mesh, run.params, base_record(cfg, run.run_dir, run.params))
-            if cfg.lora.enabled
-            else None
-        )
-        if self.lora is not None and is_writer():
-            write_base_record(self.lora.record, run.run_dir)  # π_0: RUN_DIR/params holds every stage's adapters
+        self.views = stage_views(self.run, self.policy_dir)
 
     def evaluate(self, index: int, graphdef: nnx.GraphDef, params: Any, reference: Any) -> EvalMetrics:
         """Held-out metrics of stage ``index``'s policy against its reference (its dimension's pairs, its β)."""
@@ -184,51 +173,26 @@ class SequentialStages:
         return evaluator(params, reference, self.run.eval_key) | {"eval/stage": float(index + 1)}
 
     def start_eval(self) -> EvalMetrics:
-        """π_0 against itself, on stage 1's pairs."""
-        if self.lora is None:
-            before = self.evaluate(0, self.run.graphdef, self.previous, self.previous)
-        else:  # π_0 as stage 1's adapted graph at b = 0 (exactly π_0) sees it: one evaluator compile less
-            first = self.lora.training(stage_config(self.run.cfg, 0), 0)
-            before = self.evaluate(0, first.model.eval_graphdef, *first.eval_states(first.initial))
-        return before | {"eval/stage": 0.0}
+        """π_0 against itself, on stage 1's pairs (with LoRA: stage 1's adapted graph at b = 0, exactly π_0)."""
+        first = self.views.training(stage_config(self.run.cfg, 0), 0)
+        return self.evaluate(0, first.eval_graphdef, *first.eval_states(first.initial)) | {"eval/stage": 0.0}
 
     def finished(self, index: int) -> bool:
         """Whether stage ``index`` finished (and was evaluated) before an interruption; if so restores π_n."""
         path = self.policy_dir(index + 1)
-        self.reference = self.previous
         if not path.is_dir():
             return False
-        if self.lora is not None:
-            self.lora.finish(restore_params(path, self.lora.abstract_adapters()))
-        else:
-            self.previous = restore_params(path, jax.tree.map(lambda x: x, self.previous))
+        self.views.restore(path)
         return True
 
     def before(self, index: int) -> PhaseSetup:
         """Stage ``index``'s preparation: its pairs with π_{n−1}'s log-probs and the offset; the run as the stage
-        sees it (its config, starting from π_{n−1}); with LoRA a fresh adapter on π_{n−1}, also its reference."""
-        run, previous = self.run, self.previous
-
-        def full_view(n: int) -> tuple[nnx.GraphDef, Any]:  # one π_i in memory besides π_{n−1}
-            return run.graphdef, previous if n == index else restore_params(
-                self.policy_dir(n), jax.tree.map(lambda x: x, previous)
-            )
-
-        arrays = self.train_arrays[index] | self.frozen_fields(
-            index, self.lora.view if self.lora is not None else full_view
-        )
-        view = copy.copy(run)
-        view.cfg, view.params = stage_config(run.cfg, index), previous
-        if self.lora is None:
-            return PhaseSetup(view, arrays, evaluate=lambda p: self.evaluate(index, run.graphdef, p, previous))
-        training = self.lora.training(
-            view.cfg, index
-        )  # policy = π_{n−1} + this stage's adapter; reference = the same with it off
-        self.reference = training.base
-        graphdef = training.model.eval_graphdef
-        return PhaseSetup(
-            view, arrays, training, training.frozen, lambda p: self.evaluate(index, graphdef, *training.eval_states(p))
-        )
+        sees it (its config) and its model view (from π_{n−1}, also its reference; LoRA: a fresh adapter on it)."""
+        arrays = self.train_arrays[index] | self.frozen_fields(index, self.views.view)
+        run = copy.copy(self.run)
+        run.cfg = stage_config(self.run.cfg, index)
+        view = self.views.training(run.cfg, index)
+        return PhaseSetup(run, arrays, view, lambda p: self.evaluate(index, view.eval_graphdef, *view.eval_states(p)))
 
     def after(self, index: int, policy: Any, metrics: EvalMetrics | None) -> None:
         """Saves π_n to ``checkpoints/policy-n`` (LoRA: the stage's adapter only); it is the next stage's start."""
@@ -246,12 +210,7 @@ class SequentialStages:
             scfg.trainer.steps,
             gold,
         )
-        if self.lora is not None:
-            self.lora.finish(policy)
-        else:
-            self.previous = policy
+        self.views.finish(policy)
 
-    def result(self) -> tuple[Any, Callable[[], Any] | None, Any]:
-        if self.lora is not None:
-            return self.lora.saved(), self.lora.merged, self.reference
-        return self.previous, None, self.reference
+    def result(self) -> tuple[Any, Callable[[], Any], Any]:
+        return *self.views.result(), self.views.reference

@@ -5,9 +5,9 @@ compilation): it returns the jitted function together with its in/out shardings 
 Two objectives share it: ``"sft"`` (token-mean NLL on completions) and ``"preference"``
 (the configured loss terms on chosen/rejected pairs, both sides in one concatenated forward).
 
-The step's model is a :class:`jaxspo.train.model_view.FullModel` (a graph definition: the state's params are the whole model and
+The step's model is a :class:`jaxspo.lora.views.FullModel` (a graph definition: the state's params are the whole model and
 ``frozen`` is the resident reference's params, or None) or a LoRA model
-(:class:`jaxspo.train.lora.AdaptedModel`: the params are the adapters, ``frozen`` holds the base).
+(:class:`jaxspo.lora.model.AdaptedModel`: the params are the adapters, ``frozen`` holds the base).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from jaxspo.train.kl_regularizer import KL_FIELDS, kl_active, kl_rows, with_kl_r
 from jaxspo.train.length_desensitise import desensitising_weights
 from jaxspo.train.list_objective import LIST_FIELDS, LIST_RANKS, list_objective_fn, uses_lists
 from jaxspo.train.logprobs import sequence_logps
-from jaxspo.train.model_view import as_model
+from jaxspo.lora.views import as_model
 from jaxspo.train.packed import PACKED_RANKS, is_packed, packed_pair_logps, real_tokens
 from jaxspo.data.layout import PACKED_FIELDS
 from jaxspo.data.pair_packing import ROW_FIELDS
@@ -217,7 +217,7 @@ def make_train_step(
     Gradients are accumulated exactly over ``cfg.trainer.grad_accum_steps`` micro-batches: each
     micro-batch contributes the gradient of its loss SUM, divided once by the global count.
     ``graphdef`` is the model's graph definition, or a model object such as a LoRA
-    :class:`jaxspo.train.lora.AdaptedModel` (then only the adapters are trained; ``frozen`` holds the base).
+    :class:`jaxspo.lora.model.AdaptedModel` (then only the adapters are trained; ``frozen`` holds the base).
     Micro-batch i's objective gets key data ``fold_in(step key, i)`` (LoRA dropout).
     """
     if phase not in ("sft", "preference"):

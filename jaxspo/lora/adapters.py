@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxspo.models.config import ModelConfig
-from jaxspo.models.lora_config import LoRAConfig
+from jaxspo.lora.config import LoRAConfig
 
 AxisNames = tuple[str | None, ...]
 
@@ -83,7 +83,8 @@ def chosen_projections(cfg: ModelConfig, lora: LoRAConfig) -> frozenset[tuple[st
         hits = {key for key, name in modules.items() if name == target or name.endswith("." + target)}
         if not hits:
             raise ValueError(
-                f"lora.targets: '{target}' matches no projection of a {cfg.arch} model; available: {sorted(set(modules.values()))}"
+                f"lora.targets: '{target}' matches no projection of a {cfg.arch} model; "
+                f"available: {sorted(set(modules.values()))}"
             )
         chosen |= hits
     return frozenset(chosen)
@@ -142,7 +143,7 @@ class Adapter(nnx.Module):
                 self.key = nnx.data(
                     LoRADropoutKey(jnp.zeros((2,), jnp.uint32), out_sharding=(None,), eager_sharding=False)
                 )
-        if frozen:  # filled from the earlier stages' trained adapters (jaxspo.train.lora_stages)
+        if frozen:  # filled from the earlier stages' trained adapters (jaxspo.lora.stages)
             frozen_param = lambda shape, names: FrozenLoRAParam(
                 jnp.zeros(shape, dtype), out_sharding=names, eager_sharding=False
             )  # noqa: E731

@@ -19,8 +19,9 @@ from flax import nnx, traverse_util
 from safetensors.numpy import save_file
 
 from jaxspo.distributed import to_host
-from jaxspo.models.lora import hf_layer_prefix, hf_modules
-from jaxspo.train.lora import AdaptedModel, adapter_targets
+from jaxspo.lora.adapters import hf_layer_prefix, hf_modules
+from jaxspo.lora.merge import adapter_targets
+from jaxspo.lora.model import AdaptedModel
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 
@@ -31,7 +32,8 @@ def _module_key(module: tuple[str, ...]) -> tuple[str, str]:
 
 
 def peft_tensors(model: AdaptedModel, adapters: nnx.State, dtype: str = "") -> dict[str, np.ndarray]:
-    """PEFT state dict of ``adapters``: per layer and adapted module, ``lora_A.weight [r, in]``, ``lora_B.weight [out, r]``."""
+    """PEFT state dict of ``adapters``: per layer and adapted module, ``lora_A.weight [r, in]``,
+    ``lora_B.weight [out, r]``."""
     flat = traverse_util.flatten_dict(nnx.to_pure_dict(adapters))
     names = hf_modules(model.model_cfg)
     prefix = "base_model.model." + hf_layer_prefix(model.model_cfg)
