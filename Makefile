@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # glibc allocator settings that keep large host buffers from fragmenting (faster on CPU).
 RUN_ENV := MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=131072 TOKENIZERS_PARALLELISM=false
 
-.PHONY: venv demo test lint docs bench clean
+.PHONY: venv demo test test-profile lint docs bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ TEST_WORKERS ?= 2
 
 test: venv
 	$(RUN_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+
+# `make test` that also rewrites tests/cpu_profile.jsonl (each test's CPU seconds): the file order and slow marks of
+# tests/conftest.py follow it. Refresh it after adding or renaming costly tests.
+test-profile: venv
+	rm -f tests/cpu_profile.jsonl.new
+	JAXSPO_TEST_CPU_LOG=$(CURDIR)/tests/cpu_profile.jsonl.new $(MAKE) test
+	LC_ALL=C sort tests/cpu_profile.jsonl.new > tests/cpu_profile.jsonl && rm tests/cpu_profile.jsonl.new
 
 # ruff format --check (120 columns) and ruff check: pyflakes, syntax errors and line length (pyproject.toml
 # [tool.ruff]); tests/test_lint.py runs the same checks. `ruff format .` fixes the formatting.

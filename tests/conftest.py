@@ -1,5 +1,6 @@
 """Test set-up: 8 virtual CPU devices (set before jax is imported) and float32 matmuls."""
 
+import collections
 import json
 import os
 import resource
@@ -30,32 +31,34 @@ import jax  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
-# The test files that take longest (a fresh-clone `make test`, 2-core machine, 2026-12-07), longest first. `make test`
-# hands files to its workers in collection order (--dist loadfile --no-loadscope-reorder): starting these first keeps a
-# long file from starting last while the other worker has nothing left to do.
-LONGEST_FIRST = (
-    "test_distributed.py",
-    "test_context_parallel.py",
-    "test_attention.py",
-    "test_pack_pairs.py",
-    "test_splash_packed.py",
-    "test_lora.py",
-    "test_lora_stages.py",
-    "test_splash_context.py",
-    "test_resume.py",
-    "test_fast_logps.py",
-    "test_soft_spo_step.py",
-    "test_sequential_run.py",
-    "test_selfsup_step.py",
-    "test_train_step.py",
-    "test_bucketing.py",
-)
+# Each test's CPU seconds in a whole `make test` run (JSON lines written by JAXSPO_TEST_CPU_LOG, below; `make test-profile`
+# refreshes it). `make test` hands files to its workers in collection order (--dist loadfile --no-loadscope-reorder), so
+# the files run longest first: a long file then never starts last while the other worker has nothing left to do. A test
+# that cost more than SLOW_CPU_S is marked slow: `pytest -m "not slow"` is the quick inner loop (make test runs them all).
+CPU_PROFILE = Path(__file__).with_name("cpu_profile.jsonl")
+SLOW_CPU_S = 5.0
 
 
+def measured_cpu_seconds() -> dict[str, float]:
+    """Test node id → CPU seconds, from :data:`CPU_PROFILE` (empty if it is missing)."""
+    if not CPU_PROFILE.exists():
+        return {}
+    rows = map(json.loads, CPU_PROFILE.read_text().splitlines())
+    return {row["test"]: row["cpu_s"] for row in rows}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(items: list) -> None:
-    """Runs the files of :data:`LONGEST_FIRST` first, in that order; the others keep their order after them."""
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    """Marks the tests measured above :data:`SLOW_CPU_S` slow; orders the files by measured CPU seconds, longest first
+    (a file's tests keep their order; unmeasured files keep theirs, after the measured ones)."""
+    cpu = measured_cpu_seconds()
+    per_file = collections.Counter()
+    for test, seconds in cpu.items():
+        per_file[test.split("::")[0]] += seconds
+    for item in items:
+        if cpu.get(item.nodeid, 0.0) > SLOW_CPU_S:
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: -per_file[item.nodeid.split("::")[0]])
 
 
 # JAXSPO_TEST_CPU_LOG=PATH: each test appends {"test", "cpu_s", "wall_s"} to PATH (JSON lines). CPU seconds count this

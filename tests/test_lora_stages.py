@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -274,7 +275,24 @@ def command(mode: str, run_dir) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", MODES)
+def test_merged_resume_mid_stage_2_is_bit_identical(runs, tmp_path):
+    """The merged run as if stopped after stage 2's first checkpoint (its later files removed), resumed in this
+    process: the uninterrupted run, bit for bit. The stacked run is killed for real below."""
+    uninterrupted = runs["merged"]
+    run_dir = tmp_path / "merged"
+    shutil.copytree(uninterrupted, run_dir)
+    checkpoints = run_dir / "checkpoints"
+    *_, latest = sorted(int(p.name) for p in (checkpoints / "stage-2").iterdir() if p.name.isdigit())
+    for path in (checkpoints / "stage-2" / str(latest), checkpoints / "policy-2", run_dir / "params"):
+        shutil.rmtree(path)
+    loop.train(load_config("configs/sequential.yaml", overrides("merged", run_dir, uninterrupted.parent / "cache")))
+    assert metrics(run_dir) == metrics(uninterrupted)
+    for a, b in zip(final_params(run_dir), final_params(uninterrupted), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["stacked"])
 def test_sigkill_mid_stage_2_then_resume_is_bit_identical(runs, tmp_path, mode):
     env = os.environ | {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}  # as tests/conftest.py sets for the in-process run
     proc = subprocess.Popen(

@@ -324,8 +324,7 @@ def command(run_dir: Path, *extra: str) -> list[str]:
         "data.synthetic.num_sft=64",
         "data.synthetic.num_train=64",
         "data.synthetic.num_eval=16",
-        "trainer.sft_steps=2",
-        "trainer.sft_batch_size=8",
+        "trainer.sft_steps=0",  # SFT rows are padded whatever data.layout: pairs are packed in the preference phase only
         "trainer.steps=6",
         "trainer.batch_size=8",
         "trainer.eval_every=0",

@@ -83,14 +83,27 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_steps_then_resume_is_bit_identical(uninterrupted, tmp_path):
+def test_sigkill_and_sigterm_at_random_steps_then_resume_is_bit_identical(uninterrupted, tmp_path):
+    """Killed in SFT and early in the preference phase, preempted (SIGTERM) late in it: the resumed run is the
+    uninterrupted one, bit for bit."""
     rng = random.Random(1234)
-    kills = [("sft", rng.randint(2, 7)), ("preference", rng.randint(1, 5)), ("preference", rng.randint(6, 11))]
-    for phase, step in kills:
-        proc = subprocess.Popen(command(tmp_path), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stops = [
+        ("sft", rng.randint(2, 7), signal.SIGKILL),
+        ("preference", rng.randint(1, 5), signal.SIGKILL),
+        ("preference", rng.randint(6, 11), signal.SIGTERM),
+    ]
+    for phase, step, stop in stops:
+        proc = subprocess.Popen(
+            command(tmp_path), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         wait_for_step(proc, tmp_path, phase, step)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.send_signal(stop)
+        _, stderr = proc.communicate(timeout=120)
+    # the SIGTERM: a checkpoint of the step it arrived at, then the preemption exit status
+    assert proc.returncode == PREEMPTED_EXIT_CODE, stderr
+    assert "SIGTERM received: saved preference step" in stderr
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints" / "preference").iterdir() if p.name.isdigit())
+    assert saved and saved[-1] >= stops[-1][1]
     subprocess.run(command(tmp_path), cwd=REPO, check=True, capture_output=True, timeout=600)
     assert metrics(tmp_path) == metrics(uninterrupted)
     for a, b in zip(final_params(tmp_path), final_params(uninterrupted)):
@@ -98,26 +111,26 @@ def test_sigkill_at_random_steps_then_resume_is_bit_identical(uninterrupted, tmp
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_exits_then_resumes_on_another_mesh(uninterrupted, tmp_path):
-    proc = subprocess.Popen(command(tmp_path), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_for_step(proc, tmp_path, "preference", 5)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == PREEMPTED_EXIT_CODE, stderr
-    assert "SIGTERM received: saved preference step" in stderr
-    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints" / "preference").iterdir() if p.name.isdigit())
-    assert saved and saved[-1] >= 5
+def test_resume_on_another_mesh_reshards_the_checkpoint(uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(uninterrupted, run_dir)
+    checkpoints = run_dir / "checkpoints" / "preference"
+    *_, before, latest = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    shutil.rmtree(checkpoints / str(latest))  # as if stopped after the checkpoint before it
+    shutil.rmtree(run_dir / "params")
     # resume with a different mesh shape: Orbax reshards onto the new layout
-    subprocess.run(
-        command(tmp_path, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"),
+    done = subprocess.run(
+        command(run_dir, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"),
         cwd=REPO,
         check=True,
         capture_output=True,
+        text=True,
         timeout=600,
     )
-    for a, b in zip(final_params(tmp_path), final_params(uninterrupted)):
+    assert f"resuming preference at step {before}" in done.stdout + done.stderr
+    for a, b in zip(final_params(run_dir), final_params(uninterrupted)):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
-    ours, theirs = metrics(tmp_path), metrics(uninterrupted)
+    ours, theirs = metrics(run_dir), metrics(uninterrupted)
     assert [(r["phase"], r["step"]) for r in ours] == [(r["phase"], r["step"]) for r in theirs]
 
 
