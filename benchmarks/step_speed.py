@@ -103,7 +103,8 @@ def main() -> None:
         param_shardings,
         state_shardings,
     )
-    from jaxspo.train.step import batch_fields, make_train_step
+    from jaxspo.objectives import build_objective
+    from jaxspo.train.step import make_train_step
 
     cfg = load_config(None, BASE + SHAPES[args.shape] + ["mesh.data=1"] + args.overrides)
     from jaxspo.compilation_cache import enable_compilation_cache
@@ -118,9 +119,9 @@ def main() -> None:
     tx = make_optimizer(cfg.optimizer, schedule, abstract)
     shardings = state_shardings(tx, abstract, sharding, mesh)
     state = init_state(tx, params, 0, shardings)
-    step = make_train_step(cfg, mesh, graphdef, tx, schedule, shardings, "preference", cfg.trainer.batch_size)
+    step = make_train_step(cfg, mesh, graphdef, tx, schedule, shardings, build_objective(cfg), cfg.trainer.batch_size)
     arrays = layout_arrays(synthetic_pairs(args.pairs, cfg.data.max_length, cfg.model.vocab_size, 0), cfg.data)
-    fields = batch_fields("preference", cfg.loss, cfg.data.layout)
+    fields = step.objective.host_fields
     batches = make_batches({k: arrays[k] for k in fields}, cfg.trainer.batch_size, 0, cfg.data.buckets)
     frozen = reference if step.reference_sharding is not None else None
     times, real, padded, widths, fresh = [], [], [], set(), []
@@ -130,7 +131,7 @@ def main() -> None:
         width = max(v.shape[1] for v in host.values() if v.ndim == 2)
         fresh.append(width not in widths)  # this step compiled a new program (a new bucket width)
         widths.add(width)
-        batch = to_global(host, {k: step.batch_sharding[k] for k in host})
+        batch = step.objective.batch(to_global(host, {k: step.batch_sharding.fields()[k] for k in host}))
         start = time.perf_counter()
         state, metrics = step.fn(state, frozen, batch)
         tokens = float(metrics["tokens"])  # blocks until the step ran

@@ -1,7 +1,7 @@
 """``jaxspo score MODEL_DIR DATA.jsonl --out OUT.jsonl``: sequence log-probs of chosen and rejected.
 
 The rows are encoded by :func:`jaxspo.data.encode.encode_preference_rows` and scored by
-:func:`jaxspo.train.step.pair_logps`, exactly as the train step scores them, under the HF model loaded
+:func:`jaxspo.objectives.pairs.padded_pair_logps`, exactly as the train step scores them, under the HF model loaded
 onto all local devices (rows split over the ``data`` axis).
 """
 
@@ -22,7 +22,8 @@ from jaxspo.models.hf_config import model_config_from_hf
 from jaxspo.models.hf_io import load_params, load_tokenizer
 from jaxspo.sharding import DEFAULT_RULES, activation_sharding, make_mesh, named_sharding
 from jaxspo.train.state import abstract_model, param_shardings
-from jaxspo.train.step import PREFERENCE_FIELDS, pair_logps
+from jaxspo.objectives.batches import PAIR_FIELDS, PairBatch
+from jaxspo.objectives.pairs import padded_pair_logps
 
 
 def score_file(
@@ -44,7 +45,7 @@ def score_file(
     max_length = min(max_length, cfg.max_position_embeddings)
     encode = functools.partial(encode_preference_rows, tokenizer=tokenizer, max_length=max_length)
     encoded, _ = encode_screened(rows, encode, str(data), on_bad_row="error", hint="fix or delete the row")
-    arrays = {k: v for k, v in encoded.items() if k in PREFERENCE_FIELDS}
+    arrays = {k: v for k, v in encoded.items() if k in PAIR_FIELDS}
     mesh = make_mesh({"data": -1})
     graphdef, abstract = abstract_model(cfg)
     params = load_params(model_dir, cfg, abstract, param_shardings(abstract, mesh, DEFAULT_RULES))
@@ -52,7 +53,7 @@ def score_file(
     @jax.jit
     def score(params, batch):
         with activation_sharding(mesh, DEFAULT_RULES):
-            return pair_logps(graphdef, params, batch)
+            return padded_pair_logps(graphdef, params, PairBatch.from_fields(batch))
 
     n = len(rows)
     order = np.arange(-(-n // batch_size) * batch_size) % n  # the last batch repeats rows: one shape, one compile

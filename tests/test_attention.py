@@ -22,7 +22,8 @@ from jaxspo.models.hf_io import load_params
 from jaxspo.models.splash_attention import pallas_interpret
 from jaxspo.sharding import DEFAULT_RULES, activation_sharding, make_mesh
 from jaxspo.train.state import abstract_model, param_shardings
-from jaxspo.train.step import pair_logps
+from jaxspo.objectives.batches import PairBatch
+from jaxspo.objectives.pairs import padded_pair_logps
 from tests import hf_tiny
 
 ATOL = 1e-5
@@ -256,7 +257,7 @@ def _dpo(folder, mesh, implementation: str, batch: dict) -> tuple:
     reference_margin = jnp.linspace(-1.0, 1.0, 8)  # the batch's 8 pairs
 
     def loss(p):
-        chosen, rejected, _, _ = pair_logps(graphdef, p, batch)
+        chosen, rejected, _, _ = padded_pair_logps(graphdef, p, PairBatch.from_fields(batch))
         return logistic_loss(0.5 * (chosen - rejected - reference_margin)).mean(), (chosen, rejected)
 
     with activation_sharding(mesh, DEFAULT_RULES):  # as in the train step: activations pinned, splash under shard_map

@@ -27,7 +27,8 @@ from jaxspo.train.state import (
     param_shardings,
     state_shardings,
 )
-from jaxspo.train.step import batch_fields, make_train_step
+from jaxspo.objectives import build_objective
+from jaxspo.train.step import make_train_step
 from jaxspo.sharding import make_mesh
 from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, logps_and_grads
 from tests.test_train_step import TINY
@@ -237,17 +238,14 @@ def full_steps(overrides: list[str], host: dict, packed_pairs: bool, steps: int 
     shardings = state_shardings(tx, abstract, sharding, mesh)
     state = init_state(tx, policy, 0, shardings)
     batch_size = len(host["soft_label"])
-    step = make_train_step(cfg, mesh, graphdef, tx, schedule, shardings, "preference", batch_size)
+    step = make_train_step(cfg, mesh, graphdef, tx, schedule, shardings, build_objective(cfg), batch_size)
     if packed_pairs:
         stored = stored_rows(host)
         packer = PairPacker.build(cfg.data, stored, batch_size, 2, 4, 8).fitted([np.arange(batch_size)])
         arrays = packer.pack(stored, np.arange(batch_size), np.arange(batch_size))
     else:
         arrays = host
-    batch = {
-        k: jax.device_put(arrays[k], step.batch_sharding[k])
-        for k in batch_fields("preference", cfg.loss, cfg.data.layout, cfg.data.pack_pairs)
-    }
+    batch = step.place(arrays)
     history = []
     frozen = reference if step.reference_sharding is not None else None
     for _ in range(steps):
@@ -368,7 +366,7 @@ def test_jaxspo_train_with_pack_pairs_finishes_and_resumes(tmp_path):
 
 def test_jaxspo_compile_takes_the_pack_pairs_batch():
     """The ahead-of-time compile builds the largest pack_pairs program (one pair per row of pack_width) and counts its FLOPs."""
-    from jaxspo.compile import batch_shapes, compile_step, longest_packed_rows
+    from jaxspo.compile import batch_dims, compile_step, longest_packed_rows
     from jaxspo.train.step_flops import step_model_flops
 
     overrides = [
@@ -386,11 +384,11 @@ def test_jaxspo_compile_takes_the_pack_pairs_batch():
         "data.pack_width=48",
     ]
     cfg = load_config("configs/demo.yaml", overrides)
-    shapes = batch_shapes(cfg, 8)
+    shapes = build_objective(cfg).abstract_batch(batch_dims(cfg, 8)).fields()
     assert (
-        shapes[PAIR_FIELD] == ((8, 48), jnp.int32)
-        and shapes["packed_tokens"][0] == (8, 48)
-        and shapes["soft_label"][0] == (8,)
+        (shapes[PAIR_FIELD].shape, shapes[PAIR_FIELD].dtype) == ((8, 48), jnp.int32)
+        and shapes["packed_tokens"].shape == (8, 48)
+        and shapes["soft_label"].shape == (8,)
     )
     report = compile_step(cfg, jax.devices())
     examples = longest_packed_rows(cfg, 8) | {"soft_label": np.zeros(8), "packed_tokens": np.zeros((8, 48))}

@@ -12,7 +12,8 @@ import pytest
 
 from jaxspo.config import load_config
 from jaxspo.losses.kl_config import KLConfig
-from jaxspo.train.list_objective import list_logps
+from jaxspo.objectives.batches import ListBatch
+from jaxspo.objectives.lists import list_logps
 from jaxspo.train.logprobs import sequence_kl, sequence_logps
 from jaxspo.train.loop import train
 from tests.test_run import TINY_RUN
@@ -48,7 +49,7 @@ def test_one_forward_over_lists_equals_each_response_scored_alone():
     cfg = with_soft_spo(tiny_config(), {"soft_spo_ranked": 1.0})
     mesh, graphdef, shardings, state, reference, step = build(cfg, {"data": 2, "fsdp": 2, "tensor": 2}, 4)
     host = random_lists(4)
-    logps = jax.jit(list_logps, static_argnums=0)(graphdef, state.params, host)
+    logps = jax.jit(list_logps, static_argnums=0)(graphdef, state.params, ListBatch.from_fields(host))
     score = jax.jit(sequence_logps, static_argnums=0)
     for j in range(3):
         alone, lengths = score(
@@ -67,10 +68,10 @@ def test_kl_regulariser_adds_beta_times_the_sampled_kl_and_accumulates_exactly(t
     for accum in (1, 2):
         cfg = with_soft_spo(tiny_config(grad_accum_steps=accum), terms, beta=kl_beta, prompts=8)
         mesh, graphdef, shardings, state, reference, step = build(cfg, {"data": 2, "fsdp": 2, "tensor": 2}, 8)
-        assert set(step.batch_sharding) == set(host) and step.reference_sharding is not None
+        assert set(step.batch_sharding.fields()) == set(host) and step.reference_sharding is not None
         kl_fn = jax.jit(lambda p, r, *samples: sequence_kl((graphdef, p), (graphdef, r), *samples))
         kl = np.asarray(kl_fn(state.params, reference, host["kl_tokens"], host["kl_valid"], host["kl_response"]))
-        batch = {k: jax.device_put(v, step.batch_sharding[k]) for k, v in host.items()}
+        batch = step.place(host)
         new_state, metrics = step.fn(state, reference, batch)
         metrics = jax.device_get(metrics)
         outs.append((metrics, jax.device_get(new_state.params)))

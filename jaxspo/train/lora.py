@@ -31,7 +31,7 @@ from jaxspo.models.lora import LoRAConfig, LoRADropoutKey, LoRAParam, LoRASpec
 from jaxspo.sharding import Rules
 from jaxspo.train.reference_cache import hash_params
 from jaxspo.train.state import init_params, param_shardings
-from jaxspo.train.step import in_step_reference
+from jaxspo.objectives import in_step_reference
 
 
 def _split(model: Decoder) -> tuple[nnx.GraphDef, nnx.State, nnx.State, nnx.State]:

@@ -15,18 +15,17 @@ from jaxspo.data.bucketing import bucket_widths
 from jaxspo.data.layout import layout_arrays
 from jaxspo.data.pair_packing import PAIR_FIELD, PairPacker
 from jaxspo.data.pipeline import make_batches
+from jaxspo.objectives.batches import PackedPairBatch
 from jaxspo.distributed import from_process_rows, is_writer
 from jaxspo.errors import ConfigError, NonFiniteError, Preempted
 from jaxspo.host_memory import StepPacer, release_freed_memory
 from jaxspo.perf import model_flops, throughput
-from jaxspo.train import selfsup
-from jaxspo.train.kl_regularizer import KLSampler, kl_active, kl_field_shapes, regularisation_prompts
+from jaxspo.objectives import Objective, build_objective
 from jaxspo.train.lora import LoRATraining, check_base
 from jaxspo.train.precompile import precompile
 from jaxspo.train.preemption import PreemptionGuard
 from jaxspo.train.run import Run
-from jaxspo.train.state import init_state, learning_rate_schedule, make_optimizer, state_shardings
-from jaxspo.train.step import batch_fields, make_train_step
+from jaxspo.train.initialise import initialise
 from jaxspo.train.step_flops import step_forwards
 
 log = logging.getLogger("jaxspo")
@@ -58,34 +57,49 @@ class Phase:
         self.earlier, self.eval_offset = earlier, eval_offset
         self.base_record = lora.record if lora else None  # LoRA: checkpoints hold adapters, tied to this base
         self.frozen_base = lora is not None  # LoRA: the policy's own weights get no gradient (model FLOPs)
+        objective = build_objective(cfg, phase)
+        self._build_step(objective, lora, peak_lr, batch_size)
+        self._build_batches(objective, arrays, batch_size)
+        self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / self.name, cfg.checkpoint)
+        self.skipped = 0  # steps whose update was dropped as non-finite
+        self.pacer = StepPacer()  # under trainer.host_heap=hold (docs/speed.md)
+        self.augment = None  # the objective's per-step additions (the KL regulariser's policy samples)
+        if objective.augmenter is not None:
+            sampling_graphdef = lora.model.eval_graphdef if lora else run.graphdef
+            shardings = self.step.batch_sharding.fields()
+            self.augment = objective.augmenter(run.mesh, sampling_graphdef, run.tokenizer, run.splits.rows, shardings)
+        self.sampling_params = (lambda adapters: lora.eval_states(adapters)[0]) if lora else (lambda params: params)
+
+    def _build_step(self, objective: Objective, lora: LoRATraining | None, peak_lr: float, batch_size: int) -> None:
+        """The fresh train state (with the objective's auxiliary state) and the jitted step."""
+        run, cfg = self.run, self.run.cfg
         model, abstract, sharding, params = (
             (lora.model, lora.model.abstract_adapters, lora.model.adapter_sharding, lora.initial)
             if lora
             else (run.graphdef, run.abstract_params, run.param_sharding, run.params)
         )
-        schedule = learning_rate_schedule(cfg.optimizer, steps, peak_lr)
-        tx = make_optimizer(cfg.optimizer, schedule, abstract)
-        shardings = state_shardings(tx, abstract, sharding, run.mesh)
-        self.state = init_state(tx, params, cfg.trainer.seed, shardings)
-        if phase == "preference":  # selfsup's classify head, if configured, trains alongside the policy
-            self.state, shardings = selfsup.attach_head(
-                self.state, shardings, cfg.loss, cfg.model.hidden_size, schedule, run.mesh
-            )
-        self.step = make_train_step(cfg, run.mesh, model, tx, schedule, shardings, phase, batch_size)
-        layout = cfg.data.layout if phase == "preference" else "padded"  # SFT rows are single sequences
+        self.state, self.step = initialise(
+            cfg, run.mesh, model, abstract, sharding, params, objective, self.steps, peak_lr, batch_size
+        )
+
+    def _build_batches(self, objective: Objective, arrays: dict[str, np.ndarray], batch_size: int) -> None:
+        """The batch pipeline of this process's rows of the objective's host fields (packed or bucketed)."""
+        cfg = self.run.cfg
         multiple = cfg.mesh.width_multiple()  # every width splits over mesh.context
-        arrays = layout_arrays(arrays, cfg.data, multiple) if layout == "packed" else arrays
-        packing = layout == "packed" and cfg.data.pack_pairs
+        packed = objective.batch_type is PackedPairBatch
+        arrays = layout_arrays(arrays, cfg.data, multiple) if packed else arrays
+        packing = PAIR_FIELD in objective.fields
         # this process reads only its devices' rows of each batch; the pair packer makes packed_pair per batch
-        fields = {k: arrays[k] for k in batch_fields(phase, cfg.loss, layout, packing) if k != PAIR_FIELD}
+        fields = {k: arrays[k] for k in objective.host_fields if k != PAIR_FIELD}
         buckets, lengths = bucket_widths(fields, cfg.data.buckets, cfg.data.auto_buckets, batch_size, multiple)
         packer = self._pair_packer(fields, batch_size) if packing else None
+        shardings = self.step.batch_sharding.fields()
         self.batches = make_batches(
             fields,
             batch_size,
             cfg.trainer.seed,
             buckets,
-            self.step.batch_sharding,
+            shardings,
             cfg.data.workers,
             cfg.data.prefetch,
             lengths,
@@ -108,22 +122,11 @@ class Phase:
                 100 * self.batches.token_fraction(),
                 100 * self.batches.token_fraction(one_width=True),
             )
-        self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / self.name, cfg.checkpoint)
-        self.skipped = 0  # steps whose update was dropped as non-finite
-        self.pacer = StepPacer()  # under trainer.host_heap=hold (docs/speed.md)
-        self.kl_sampler = None  # soft_spo's global KL regulariser: on-policy samples drawn before each step
-        if phase == "preference" and kl_active(cfg.loss):
-            prompts = regularisation_prompts(cfg.loss.kl.prompt_source, run.splits.rows)
-            sampling_graphdef = lora.model.eval_graphdef if lora else run.graphdef
-            self.kl_sampler = KLSampler(
-                cfg, run.mesh, sampling_graphdef, run.tokenizer, prompts, self.step.batch_sharding
-            )
-        self.sampling_params = (lambda adapters: lora.eval_states(adapters)[0]) if lora else (lambda params: params)
 
     def _pair_packer(self, fields: dict[str, np.ndarray], batch_size: int) -> PairPacker:
         """``data.pack_pairs``: packs each batch's pairs so micro-batches and the batch's shards hold whole pairs."""
         cfg = self.run.cfg
-        pair_sharding = self.step.batch_sharding["soft_label"]  # split like every per-pair field
+        pair_sharding = self.step.batch_sharding.soft_label  # split like every per-pair field
         shards = batch_size // pair_sharding.shard_shape((batch_size,))[0]
         try:
             return PairPacker.build(
@@ -186,10 +189,11 @@ class Phase:
         local = next(self.batches)
         self.pacer.before_step(self.state, local)  # held heap: one step's temporaries at a time
         rows = self.batches.global_rows(local)
-        batch = {k: from_process_rows(a, self.step.batch_sharding[k], rows[k]) for k, a in local.items()}
-        if self.kl_sampler is not None:
-            batch |= self.kl_sampler(i, self.sampling_params(self.state.params))
-        self.state, metrics = self.step.fn(self.state, reference, batch)
+        shardings = self.step.batch_sharding.fields()
+        batch = {k: from_process_rows(a, shardings[k], rows[k]) for k, a in local.items()}
+        if self.augment is not None:
+            batch |= self.augment(i, self.sampling_params(self.state.params))
+        self.state, metrics = self.step.fn(self.state, reference, self.step.objective.batch(batch))
         return metrics, local
 
     def precompile(self, reference: Any) -> None:
@@ -197,12 +201,7 @@ class Phase:
         shapes = self.batches.shapes()
         if not self.run.cfg.trainer.precompile or len(shapes) < 2:
             return
-        extra = (
-            kl_field_shapes(self.run.cfg.loss, self.run.cfg.data.max_prompt_length)
-            if self.kl_sampler is not None
-            else {}
-        )
-        seconds = precompile(self.step, self.state, reference, [layout | extra for layout in shapes])
+        seconds = precompile(self.step, self.state, reference, shapes)
         if self.batches.packer is None:
             log.info("compiled the %s step for batch widths %s in %.1f s", self.name, self.batches.widths, seconds)
         else:
@@ -261,7 +260,7 @@ class Phase:
                 row |= throughput(
                     window_tokens, window_computed, window_flops, elapsed, window_steps, self.run.peak_flops
                 ) | {"skipped_steps": float(self.skipped)}
-                row |= self.kl_sampler.drain_metrics(window_steps) if self.kl_sampler is not None else {}
+                row |= self.augment.drain_metrics(window_steps) if self.augment is not None else {}
                 self.run.log.log(self.name, i, row)
                 mfu = {"mfu": f"{row['perf/mfu']:.1%}"} if "perf/mfu" in row else {}
                 bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['perf/tokens_per_second']:.0f}", **mfu)

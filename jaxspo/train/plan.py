@@ -16,11 +16,11 @@ import numpy as np
 
 from jaxspo.checkpoint import restore_params, save_params
 from jaxspo.distributed import is_writer
-from jaxspo.train import selfsup
 from jaxspo.train.lora import LoRATraining, base_record, merged_params, write_base_record
 from jaxspo.train.run import Run
 from jaxspo.train.selfsup_data import DegreeData, LevelRewardMetrics
-from jaxspo.train.step import batch_fields
+from jaxspo.objectives import build_objective
+from jaxspo.objectives.batches import SELFSUP_FIELDS, SELFSUP_REFERENCE_FIELD
 
 EvalMetrics = dict[str, float]  # an evaluation: metric name -> value
 
@@ -140,11 +140,10 @@ class OnePreferencePhase:
         if self.lora is not None and is_writer():
             write_base_record(self.lora.record, run.run_dir)
         self.evaluator = run.evaluator(self.lora.model.eval_graphdef if self.lora else run.graphdef)
-        if selfsup.active(cfg.loss):  # degraded copies of the train and eval pairs (docs/methods/selfsup.md)
+        fields = build_objective(cfg).fields
+        if SELFSUP_FIELDS[0] in fields:  # degraded copies of the train and eval pairs (docs/methods/selfsup.md)
             degree = DegreeData(cfg, run.tokenizer, run.graphdef, run.mesh, self.reference, self.arrays)
-            self.arrays = self.arrays | degree(
-                self.arrays, with_reference=selfsup.REFERENCE_FIELD in batch_fields("preference", cfg.loss)
-            )
+            self.arrays = self.arrays | degree(self.arrays, with_reference=SELFSUP_REFERENCE_FIELD in fields)
             self.evaluator.extra_metrics.append(LevelRewardMetrics(degree, self.evaluator.pairs))
 
     def evaluate(self, params: Any) -> EvalMetrics:

@@ -31,12 +31,12 @@ from jaxspo.models.hf_io import load_params, load_tokenizer
 from jaxspo.perf import run_peak
 from jaxspo.sharding import make_mesh
 from jaxspo.train.evaluate import Evaluator
-from jaxspo.train.list_objective import uses_lists
+from jaxspo.objectives.lists import uses_lists
 from jaxspo.train.metrics_log import MetricsLog
 from jaxspo.train.reference_cache import cached_reference_logps
 from jaxspo.train.scoring import PairScorer
 from jaxspo.train.state import abstract_model, init_params, param_shardings
-from jaxspo.train.step import needs_reference
+from jaxspo.objectives import precomputed_reference
 
 log = logging.getLogger("jaxspo")
 
@@ -185,7 +185,7 @@ class Run:
         """``arrays`` plus the reference's log-probs of every pair when ``loss.reference: precomputed``
         (scored once, or read from ``loss.reference_cache_dir``); otherwise ``arrays`` unchanged."""
         cfg = self.cfg
-        if not (needs_reference(cfg.loss) and cfg.loss.reference == "precomputed"):
+        if not precomputed_reference(cfg.loss):
             return arrays
         scorer = PairScorer(self.graphdef, self.mesh, cfg.mesh.rules, cfg.trainer.batch_size)
         cached, _ = cached_reference_logps(cfg.loss.reference_cache_dir, scorer, reference, arrays, self.tokenizer)

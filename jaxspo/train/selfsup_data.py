@@ -16,7 +16,8 @@ from jax.sharding import Mesh
 
 from jaxspo.data.degrade import Degrader, degraded_arrays, response_ids
 from jaxspo.losses.selfsup import level_rewards, pairwise_accuracy
-from jaxspo.train import selfsup
+from jaxspo.objectives import selfsup
+from jaxspo.objectives.batches import SELFSUP_REFERENCE_FIELD
 from jaxspo.train.scoring import SequenceScorer
 
 log = logging.getLogger("jaxspo")
@@ -28,7 +29,7 @@ def _flat(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
 
 
 class DegreeData:
-    """Builds the selfsup batch fields for encoded pair arrays (see :mod:`jaxspo.train.selfsup`)."""
+    """Builds the selfsup batch fields for encoded pair arrays (see :mod:`jaxspo.objectives.selfsup`)."""
 
     def __init__(
         self,
@@ -66,7 +67,7 @@ class DegreeData:
             logps, _ = self.scorer.sums(
                 self.reference_params, *(_flat(out, n) for n in ("tokens", "valid", "loss_mask"))
             )
-            out[selfsup.REFERENCE_FIELD] = logps.reshape(out["selfsup_level_valid"].shape).astype(np.float32)
+            out[SELFSUP_REFERENCE_FIELD] = logps.reshape(out["selfsup_level_valid"].shape).astype(np.float32)
         valid = out["selfsup_level_valid"]
         log.info(
             "selfsup: %d rows × %d sides × %d levels, %.1f%% of the copies valid", *valid.shape, 100 * valid.mean()

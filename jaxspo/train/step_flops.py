@@ -22,10 +22,8 @@ from typing import Any
 import numpy as np
 
 from jaxspo.perf import Forward, model_flops, packed_forward, padded_forward
-from jaxspo.train import selfsup
-from jaxspo.train.kl_regularizer import kl_active, kl_field_shapes
-from jaxspo.train.list_objective import uses_lists
-from jaxspo.train.step import in_step_reference
+from jaxspo.objectives import in_step_reference, kl, selfsup
+from jaxspo.objectives.lists import uses_lists
 
 
 def _rows_width(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -68,9 +66,10 @@ def step_forwards(
     if selfsup.active(cfg.loss):
         passes += _selfsup_forwards(cfg, arrays, backward)
     passes = [f.scaled(batch_size / local) for f in passes]
-    if kl_active(cfg.loss):  # sampled on the device for the whole batch: shapes from the config
-        shape = kl_field_shapes(cfg.loss, cfg.data.max_prompt_length)["kl_tokens"][0]
-        sampled = padded_forward(model, shape[0], shape[1], shape[1], backward)
+    if kl.kl_active(cfg.loss):  # sampled on the device for the whole batch: shapes from the config
+        dims = kl.dims(cfg.loss, cfg.data.max_prompt_length)
+        rows, width = dims["samples"], dims["sample_length"]
+        sampled = padded_forward(model, rows, width, width, backward)
         passes += [sampled, sampled.forward_only()]
     return passes
 
