@@ -32,8 +32,7 @@ from jaxspo.train.state import (
     param_shardings,
     state_shardings,
 )
-from jaxspo.objectives import build_objective
-from jaxspo.objectives.pairs import padded_pair_logps
+from jaxspo.objectives import PairBatch, build_objective, padded_pair_logps
 from jaxspo.train.step import make_train_step
 from tests import hf_tiny
 from tests.test_train_step import TINY, random_pairs
@@ -174,7 +173,7 @@ def test_dropout_uses_the_step_key_and_is_off_in_evaluation():
     no_dropout = AdaptedModel.build(
         cfg.model, dataclasses.replace(cfg.lora, dropout=0.0), cfg.loss.reference, mesh, cfg.mesh.rules
     )
-    batch = random_pairs(8)
+    batch = PairBatch.from_fields(random_pairs(8))
     adapters = randomized(lora.initial)
     policy_fn = lambda model: jax.jit(lambda p, k: padded_pair_logps(*model.policy(p, lora.frozen, k), batch)[0])  # noqa: E731
     key = lambda seed: jax.random.key_data(jax.random.key(seed))  # noqa: E731

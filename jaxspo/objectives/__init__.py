@@ -8,6 +8,20 @@
 """
 
 from jaxspo.objectives.base import Objective
+from jaxspo.objectives.batches import ListBatch, PackedPairBatch, PairBatch, SFTBatch
 from jaxspo.objectives.build import build_objective, in_step_reference, needs_reference, precomputed_reference
+from jaxspo.objectives.pairs import packed_pair_logps, padded_pair_logps
 
-__all__ = ["Objective", "build_objective", "in_step_reference", "needs_reference", "precomputed_reference"]
+__all__ = [
+    "ListBatch",
+    "Objective",
+    "PackedPairBatch",
+    "PairBatch",
+    "SFTBatch",
+    "build_objective",
+    "in_step_reference",
+    "needs_reference",
+    "packed_pair_logps",
+    "padded_pair_logps",
+    "precomputed_reference",
+]
