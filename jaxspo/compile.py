@@ -228,7 +228,7 @@ def _compile_step(cfg, devices: list, per_device_batch: int | None) -> dict[str,
     abstract_batch = objective.abstract_batch(batch_dims(cfg, batch), step.batch_sharding)
     examples = abstract_batch.fields()
     examples |= longest_packed_rows(cfg, batch) if "packed_tokens" in examples else {}
-    forwards = step_forwards(cfg, "preference", examples, batch, frozen_base=cfg.lora.enabled)
+    forwards = step_forwards(cfg, objective, examples, batch, frozen_base=cfg.lora.enabled)
     model_shards = mesh.shape["fsdp"] * mesh.shape["tensor"]
     compiled, memory, seconds = _compiled(step, state, frozen, abstract_batch, analytic, model_shards)
     cost = compiled.cost_analysis() if compiled is not None else None

@@ -392,4 +392,4 @@ def test_jaxspo_compile_takes_the_pack_pairs_batch():
     )
     report = compile_step(cfg, jax.devices())
     examples = longest_packed_rows(cfg, 8) | {"soft_label": np.zeros(8), "packed_tokens": np.zeros((8, 48))}
-    assert report["model_flops_per_step"] == step_model_flops(cfg, "preference", examples, 8) > 0
+    assert report["model_flops_per_step"] == step_model_flops(cfg, build_objective(cfg), examples, 8) > 0

@@ -242,7 +242,7 @@ class Phase:
         pending: list[tuple[int, dict]] = []
         for i in range(start + 1, self.steps + 1):
             metrics, local = self.take_step(i, reference)
-            forwards = step_forwards(cfg, self.phase, local, self.batches.batch_size, self.frozen_base)
+            forwards = step_forwards(cfg, self.step.objective, local, self.batches.batch_size, self.frozen_base)
             window_computed += forwards[0].slots  # the policy's pass over the batch's rows
             window_flops += model_flops(cfg.model, forwards)
             pending.append((i, metrics))
