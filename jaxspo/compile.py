@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxspo.models.target import compiling_for
 from jaxspo.perf import TOPOLOGY_DEVICE_KINDS, device_peak, model_flops, recomputed_flops
-from jaxspo.objectives import Objective, build_objective
+from jaxspo.objectives import Objective, PackedPairBatch, build_objective
 from jaxspo.sharding import make_mesh
 from jaxspo.train.initialise import initialise
 from jaxspo.train.lora import AdaptedModel
@@ -227,7 +227,7 @@ def _compile_step(cfg, devices: list, per_device_batch: int | None) -> dict[str,
     objective, step, state, frozen, analytic = abstract_step(cfg, mesh)
     abstract_batch = objective.abstract_batch(batch_dims(cfg, batch), step.batch_sharding)
     examples = abstract_batch.fields()
-    examples |= longest_packed_rows(cfg, batch) if "packed_tokens" in examples else {}
+    examples |= longest_packed_rows(cfg, batch) if objective.batch_type is PackedPairBatch else {}
     forwards = step_forwards(cfg, objective, examples, batch, frozen_base=cfg.lora.enabled)
     model_shards = mesh.shape["fsdp"] * mesh.shape["tensor"]
     compiled, memory, seconds = _compiled(step, state, frozen, abstract_batch, analytic, model_shards)

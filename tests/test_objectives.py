@@ -87,3 +87,12 @@ def test_jaxspo_compile_builds_the_classify_head_like_the_loop():
     assert jax.tree.structure(state) == jax.tree.structure(step.state_sharding)
     report = compile_step(cfg, jax.devices()[:4])
     assert report["peak_bytes_per_device"] > 0 and not report["refused_by_compiler"]
+
+
+def test_the_batch_types_name_the_arrays_the_host_data_encodes():
+    from jaxspo.data.layout import PACKED_FIELDS
+    from jaxspo.data.lists import LIST_FIELDS
+    from jaxspo.data.pair_packing import ROW_FIELDS
+
+    assert PackedPairBatch.required() == PACKED_FIELDS + ("soft_label",)
+    assert set(ROW_FIELDS) <= set(PackedPairBatch.specs()) and ListBatch.required() == LIST_FIELDS

@@ -31,12 +31,11 @@ from jaxspo.models.hf_io import load_params, load_tokenizer
 from jaxspo.perf import run_peak
 from jaxspo.sharding import make_mesh
 from jaxspo.train.evaluate import Evaluator
-from jaxspo.objectives.lists import uses_lists
+from jaxspo.objectives import ListBatch, build_objective, precomputed_reference
 from jaxspo.train.metrics_log import MetricsLog
 from jaxspo.train.reference_cache import cached_reference_logps
 from jaxspo.train.scoring import PairScorer
 from jaxspo.train.state import abstract_model, init_params, param_shardings
-from jaxspo.objectives import precomputed_reference
 
 log = logging.getLogger("jaxspo")
 
@@ -137,9 +136,8 @@ class Run:
             encode = functools.partial(
                 encode_sft_rows, tokenizer=self.tokenizer, max_length=length, max_prompt_length=prompt_length
             )
-        elif split == "train" and uses_lists(
-            self.cfg.loss
-        ):  # ranked lists; the built-in task's rankings come from its scores
+        elif split == "train" and build_objective(self.cfg).batch_type is ListBatch:
+            # ranked lists; the built-in task's rankings come from its scores
 
             def encode(rows):
                 need_ranking = set(self.cfg.loss.terms) != {"soft_spo_best_of_n"}  # only best-of-n makes do with 'best'
