@@ -86,8 +86,9 @@ def test_batch_rows_split_along_time_over_context():
     mesh = make_mesh(CONTEXT_MESHES[0])
     leading = {"batch": 8, "rows": 8, "samples": 8}
     specs = {}
-    for batch_type, fields in [(PairBatch, ("chosen_tokens", "soft_label")), (PackedPairBatch, ("packed_segments",))]:
-        specs |= {k: s.spec for k, s in batch_type.shardings(fields, mesh, DEFAULT_RULES, leading).fields().items()}
+    for batch_type in (PairBatch, PackedPairBatch):
+        shardings = batch_type.shardings(batch_type.required(), mesh, DEFAULT_RULES, leading)
+        specs |= {k: s.spec for k, s in shardings.fields().items()}
     specs |= {k: s.spec for k, s in KLSamples.shardings(("kl_tokens",), mesh, DEFAULT_RULES, leading).fields().items()}
     assert specs["chosen_tokens"] == specs["packed_segments"] == PartitionSpec("data", "context")
     assert specs["soft_label"] == PartitionSpec("data") and specs["kl_tokens"] == PartitionSpec("data", None)

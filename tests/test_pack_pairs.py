@@ -27,7 +27,7 @@ from jaxspo.train.state import (
     param_shardings,
     state_shardings,
 )
-from jaxspo.objectives import build_objective
+from jaxspo.objectives import PackedPairBatch, PairBatch, build_objective
 from jaxspo.train.step import make_train_step
 from jaxspo.sharding import make_mesh
 from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, logps_and_grads
@@ -283,8 +283,8 @@ def test_pack_pairs_log_probs_and_gradients_equal_the_padded_ones(attention):
     stored = stored_rows(host)
     batch = packer_for(stored, 12, width=24).fitted([np.arange(12)]).pack(stored, np.arange(12), np.arange(12))
     assert batch["packed_tokens"].shape[0] < 12
-    padded, padded_grads = logps_and_grads(model_cfg, {k: jnp.asarray(v) for k, v in host.items()})
-    packed, packed_grads = logps_and_grads(model_cfg, {k: jnp.asarray(v) for k, v in batch.items()})
+    padded, padded_grads = logps_and_grads(model_cfg, PairBatch.from_fields(jax.tree.map(jnp.asarray, host)))
+    packed, packed_grads = logps_and_grads(model_cfg, PackedPairBatch.from_fields(jax.tree.map(jnp.asarray, batch)))
     assert_trees_close(packed, padded)
     assert_trees_close(packed_grads, padded_grads)
 
