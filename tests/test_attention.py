@@ -255,10 +255,9 @@ def _dpo(folder, mesh, implementation: str, batch: PairBatch | PackedPairBatch) 
     graphdef, abstract = abstract_model(cfg)
     params = load_params(folder, cfg, abstract, param_shardings(abstract, mesh, DEFAULT_RULES))
     reference_margin = jnp.linspace(-1.0, 1.0, 8)  # the batch's 8 pairs
-    layout = PACKED if isinstance(batch, PackedPairBatch) else PADDED  # the batch type chooses the layout
 
-    def loss(p):
-        chosen, rejected, _, _ = layout.logps(graphdef, p, batch)
+    def loss(p):  # the batch type chooses the layout
+        chosen, rejected, _, _ = (PACKED if isinstance(batch, PackedPairBatch) else PADDED).logps(graphdef, p, batch)
         return logistic_loss(0.5 * (chosen - rejected - reference_margin)).mean(), (chosen, rejected)
 
     with activation_sharding(mesh, DEFAULT_RULES):  # as in the train step: activations pinned, splash under shard_map
@@ -280,8 +279,7 @@ MODEL_CASES = [  # the others compile the 8-device DPO step three times per case
 def test_model_log_probs_loss_and_grads_equal_xla(hf_folder, mesh, arch, layout):
     """chunked and splash against one xla computation of the same batch."""
     padded = _pairs() | {"soft_label": np.ones(8, np.float32)}  # every pair batch has one (unread here)
-    packed = pack_pairs(padded) | {"soft_label": padded["soft_label"]}
-    batch = PairBatch.from_fields(padded) if layout == "padded" else PackedPairBatch.from_fields(packed)
+    batch = (PackedPairBatch if layout == "packed" else PairBatch).from_fields(padded | pack_pairs(padded))
     expected, expected_grads = _dpo(hf_folder(arch), mesh, "xla", batch)
     assert float(np.abs(expected[0] - expected[1]).max()) > 1.0  # chosen ≠ rejected: the masks matter
     for kernel in ("chunked", "splash"):
