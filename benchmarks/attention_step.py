@@ -25,7 +25,8 @@ from jaxspo.data.layout import pack_pairs
 from jaxspo.losses.dpo_family import logistic_loss
 from jaxspo.sharding import DEFAULT_RULES, make_mesh
 from jaxspo.train.state import abstract_model, init_params, param_shardings
-from jaxspo.train.step import pair_logps
+from jaxspo.objectives.batches import PairBatch
+from jaxspo.objectives.pairs import padded_pair_logps
 
 
 def random_pairs(pairs: int, length: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -53,7 +54,7 @@ def measure(model_cfg, batch: dict, repeats: int) -> dict:
     )
 
     def loss(p):
-        chosen, rejected, _, _ = pair_logps(graphdef, p, batch)
+        chosen, rejected, _, _ = padded_pair_logps(graphdef, p, PairBatch.from_fields(batch))
         return logistic_loss(0.1 * (chosen - rejected)).mean()
 
     start = time.perf_counter()

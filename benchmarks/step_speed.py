@@ -106,7 +106,8 @@ def build_step(cfg: Any, steps: int, pairs: int) -> tuple[Any, Any, Any, Any, An
         param_shardings,
         state_shardings,
     )
-    from jaxspo.train.step import batch_fields, make_train_step
+    from jaxspo.objectives import build_objective
+    from jaxspo.train.step import make_train_step
 
     enable_compilation_cache(cfg.trainer.compilation_cache_dir)
     mesh = make_mesh(cfg.mesh.shape())
@@ -118,9 +119,9 @@ def build_step(cfg: Any, steps: int, pairs: int) -> tuple[Any, Any, Any, Any, An
     tx = make_optimizer(cfg.optimizer, schedule, abstract)
     shardings = state_shardings(tx, abstract, sharding, mesh)
     state = init_state(tx, params, 0, shardings)
-    step = make_train_step(cfg, mesh, graphdef, tx, schedule, shardings, "preference", cfg.trainer.batch_size)
+    step = make_train_step(cfg, mesh, graphdef, tx, schedule, shardings, build_objective(cfg), cfg.trainer.batch_size)
     arrays = layout_arrays(synthetic_pairs(pairs, cfg.data.max_length, cfg.model.vocab_size, 0), cfg.data)
-    fields = batch_fields("preference", cfg.loss, cfg.data.layout)
+    fields = step.objective.host_fields
     batches = make_batches({k: arrays[k] for k in fields}, cfg.trainer.batch_size, 0, cfg.data.buckets)
     frozen = reference if step.reference_sharding is not None else None
     return state, step, batches, frozen, params
@@ -138,7 +139,7 @@ def time_steps(state: Any, step: Any, batches: Any, frozen: Any, steps: int, war
         width = max(v.shape[1] for v in host.values() if v.ndim == 2)
         fresh.append(width not in widths)  # this step compiled a new program (a new bucket width)
         widths.add(width)
-        batch = to_global(host, {k: step.batch_sharding[k] for k in host})
+        batch = step.objective.batch(to_global(host, {k: step.batch_sharding.fields()[k] for k in host}))
         start = time.perf_counter()
         state, metrics = step.fn(state, frozen, batch)
         tokens = float(metrics["tokens"])  # blocks until the step ran

@@ -1,8 +1,9 @@
 """Ahead-of-time compilation of the real train step for a TPU topology, on any machine (libtpu's compiler).
 
-``jaxspo compile CONFIG --topology v5p-128`` builds the same step the training loop runs
-(:func:`jaxspo.train.step.make_train_step`, same shardings and donation) from abstract shapes, compiles it
-for the named slice and reports per-device memory, capacity, fit, FLOPs per step and compile time.
+``jaxspo compile CONFIG --topology v5p-128`` builds the same state and step the training loop builds
+(:func:`jaxspo.train.initialise.initialise`: same objective, auxiliary state, shardings and donation) from
+abstract shapes, compiles it for the named slice and reports per-device memory, capacity, fit, FLOPs per step and
+compile time.
 """
 
 from __future__ import annotations
@@ -20,21 +21,12 @@ import numpy as np
 
 from jaxspo.models.target import compiling_for
 from jaxspo.perf import TOPOLOGY_DEVICE_KINDS, device_peak, model_flops, recomputed_flops
+from jaxspo.objectives import Objective, PackedPairBatch, build_objective
 from jaxspo.sharding import make_mesh
-from jaxspo.train.state import (
-    TrainState,
-    abstract_model,
-    learning_rate_schedule,
-    make_optimizer,
-    param_shardings,
-    state_shardings,
-)
-from jaxspo.train import selfsup
-from jaxspo.train.kl_regularizer import kl_active, kl_field_shapes
-from jaxspo.train.list_objective import uses_lists
+from jaxspo.train.initialise import initialise
 from jaxspo.lora.model import AdaptedModel
-from jaxspo.data.pair_packing import ROW_FIELDS
-from jaxspo.train.step import batch_fields, make_train_step, needs_reference
+from jaxspo.train.state import abstract_model, param_shardings
+from jaxspo.train.step import TrainStep
 from jaxspo.train.step_flops import step_forwards
 
 GiB = 1024**3
@@ -111,7 +103,8 @@ def resolve_model(cfg):
         return dataclasses.replace(cfg, model=model_config_from_hf(cfg.model.path, cfg.model))
     if cfg.model.vocab_size <= 0:
         raise ValueError(
-            f"model.path '{cfg.model.path}' is not a folder here, so the recipe must give the architecture (model.vocab_size is 0)"
+            f"model.path '{cfg.model.path}' is not a folder here, so the recipe must give the architecture "
+            "(model.vocab_size is 0)"
         )
     return cfg
 
@@ -126,7 +119,7 @@ class _Refused:
     alias_size_in_bytes: int = 0
 
 
-def analytic_bytes(cfg, abstract_params: Any, abstract_trained: Any = None) -> dict[str, float]:
+def analytic_bytes(cfg, objective: Objective, abstract_params: Any, abstract_trained: Any = None) -> dict[str, float]:
     """Bytes of params, gradients, Adam moments and the resident reference over the whole model.
 
     With LoRA, ``abstract_trained`` are the adapters: gradients and Adam moments are theirs, and params
@@ -135,9 +128,7 @@ def analytic_bytes(cfg, abstract_params: Any, abstract_trained: Any = None) -> d
     n = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
     trained = n if abstract_trained is None else sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_trained))
     width = jnp.dtype(cfg.model.param_dtype).itemsize
-    resident = cfg.loss.reference == "resident" and (
-        needs_reference(cfg.loss) or kl_active(cfg.loss)
-    )  # the KL regulariser's too
+    resident = cfg.loss.reference == "resident" and objective.reads_frozen  # the KL regulariser's too
     reference = n * width if resident else 0
     params = (n + (0 if abstract_trained is None else trained)) * width
     return {
@@ -150,35 +141,20 @@ def analytic_bytes(cfg, abstract_params: Any, abstract_trained: Any = None) -> d
     }
 
 
-def batch_shapes(cfg, batch: int) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """Shape and dtype of every array a preference step reads, for ``batch`` pairs (or lists) of
-    ``data.max_length`` tokens (``data.layout: packed``: rows of ``2·max_length``, the longest a pair can pack to;
-    with ``data.pack_pairs``, the largest program: ``batch`` rows of ``data.pack_width`` (0: ``2·max_length``)).
-
-    Lists (``soft_spo_best_of_n``, ``soft_spo_ranked``) are ``[B, n, T]`` with n = the built-in task's
-    ``data.synthetic.responses_per_prompt`` (for other data, set it to the longest list); the KL
-    regulariser's samples are ``[M, max_prompt_length + loss.kl.max_new_tokens]``, M = prompts × samples.
-    """
-    length = cfg.data.max_length
-    fields = batch_fields("preference", cfg.loss, cfg.data.layout, cfg.data.pack_pairs)
-    if uses_lists(cfg.loss):
-        n = cfg.data.synthetic.responses_per_prompt
-        shapes = {
-            name: ((batch, n, length), jnp.int32 if name.endswith("tokens") else jnp.bool_)
-            for name in fields
-            if name not in ("list_mask", "list_scores")
-        }
-        shapes["list_mask"] = ((batch, n), jnp.bool_)
-        shapes["list_scores"] = ((batch, n), jnp.float32)
-    else:
-        width = packed_width(cfg) if cfg.data.layout == "packed" else length
-        rows = [name for name in fields if name.endswith(("tokens", "valid", "mask")) or name in ROW_FIELDS]
-        shapes = {name: ((batch, width), jnp.bool_ if name.endswith(("valid", "mask")) else jnp.int32) for name in rows}
-        shapes |= {name: ((batch,), jnp.float32) for name in fields if name not in rows}
-        shapes |= selfsup.field_shapes(cfg.loss, batch, length)  # [B, S, K, T] degraded copies (ranking mode)
-    if kl_active(cfg.loss):
-        shapes |= kl_field_shapes(cfg.loss, cfg.data.max_prompt_length)
-    return shapes
+def batch_dims(cfg, batch: int) -> dict[str, int]:
+    """The data's batch dimensions for a compile from shapes alone: ``batch`` pairs (or lists) of
+    ``data.max_length`` tokens (``data.layout: packed``: ``batch`` rows of :func:`packed_width`, the longest a
+    pair can pack to, which with ``data.pack_pairs`` is the largest program). Lists (``soft_spo_best_of_n``,
+    ``soft_spo_ranked``) hold n = the built-in task's ``data.synthetic.responses_per_prompt`` responses (for
+    other data, set it to the longest list). The objective adds the config's own (selfsup's copies, the KL
+    regulariser's samples ``[M, max_prompt_length + loss.kl.max_new_tokens]``)."""
+    return {
+        "batch": batch,
+        "length": cfg.data.max_length,
+        "rows": batch,
+        "width": packed_width(cfg),
+        "responses": cfg.data.synthetic.responses_per_prompt,
+    }
 
 
 def packed_width(cfg) -> int:
@@ -208,6 +184,39 @@ def compile_step(cfg, devices: list, per_device_batch: int | None = None) -> dic
         return _compile_step(cfg, devices, per_device_batch)
 
 
+def abstract_step(cfg, mesh) -> tuple[Objective, TrainStep, Any, Any, Any]:
+    """(objective, step, abstract state, abstract frozen input, analytic bytes) of the preference phase, built
+    through the loop's own initialisation (:func:`jaxspo.train.initialise.initialise`) from shapes alone."""
+    objective = build_objective(cfg, "preference")
+    graphdef, abstract_params = abstract_model(cfg.model)
+    model, trained, p_sharding = graphdef, abstract_params, param_shardings(abstract_params, mesh, cfg.mesh.rules)
+    if cfg.lora.enabled:  # the adapters are trained; the base is a frozen input
+        model = AdaptedModel.build(cfg.model, cfg.lora, cfg.loss.reference, mesh, cfg.mesh.rules)
+        trained, p_sharding = model.abstract_adapters, model.adapter_sharding
+    steps, lr, batch = max(cfg.trainer.steps, 1), cfg.optimizer.learning_rate, cfg.trainer.batch_size
+    state, step = initialise(cfg, mesh, model, trained, p_sharding, None, objective, steps, lr, batch)
+    if cfg.lora.enabled:
+        frozen = {k: None if s is None else _abstract(abstract_params, s) for k, s in step.reference_sharding.items()}
+    else:
+        frozen = None if step.reference_sharding is None else _abstract(abstract_params, step.reference_sharding)
+    analytic = analytic_bytes(cfg, objective, abstract_params, trained if cfg.lora.enabled else None)
+    return objective, step, _abstract(state, step.state_sharding), frozen, analytic
+
+
+def _compiled(step: TrainStep, state: Any, frozen: Any, batch: Any, analytic: dict, model_shards: int):
+    """(compiled program or None, memory figures, seconds): None when the TPU compiler refuses it as too large."""
+    start = time.perf_counter()
+    try:
+        compiled = step.fn.lower(state, frozen, batch).compile()
+    except jax.errors.JaxRuntimeError as err:  # the TPU compiler refuses programs that exceed HBM
+        needed = re.search(r"HLO temporaries \(([\d.]+)G\)", str(err))
+        if "RESOURCE_EXHAUSTED" not in str(err) or not needed:
+            raise
+        arguments = (analytic["params"] + analytic["optimizer"] + analytic["reference"]) / model_shards
+        return None, _Refused(int(arguments), int(float(needed.group(1)) * GiB)), time.perf_counter() - start
+    return compiled, compiled.memory_analysis(), time.perf_counter() - start
+
+
 def _compile_step(cfg, devices: list, per_device_batch: int | None) -> dict[str, Any]:
     mesh = make_mesh(cfg.mesh.shape(), devices)
     batch_axes = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -217,73 +226,30 @@ def _compile_step(cfg, devices: list, per_device_batch: int | None) -> dict[str,
     batch = cfg.trainer.batch_size
     if batch % batch_axes:
         raise ValueError(f"trainer.batch_size ({batch}) must divide by the mesh's batch axes data×fsdp = {batch_axes}")
-    graphdef, abstract_params = abstract_model(cfg.model)
-    model, trained, p_sharding = graphdef, abstract_params, param_shardings(abstract_params, mesh, cfg.mesh.rules)
-    if cfg.lora.enabled:  # the adapters are trained; the base is a frozen input
-        model = AdaptedModel.build(cfg.model, cfg.lora, cfg.loss.reference, mesh, cfg.mesh.rules)
-        trained, p_sharding = model.abstract_adapters, model.adapter_sharding
-    schedule = learning_rate_schedule(cfg.optimizer, max(cfg.trainer.steps, 1), cfg.optimizer.learning_rate)
-    tx = make_optimizer(cfg.optimizer, schedule, trained)
-    s_sharding = state_shardings(tx, trained, p_sharding, mesh)
-    step = make_train_step(cfg, mesh, model, tx, schedule, s_sharding, "preference", batch)
-    state = jax.eval_shape(
-        lambda p: TrainState(
-            step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p), rng=jnp.zeros((2,), jnp.uint32)
-        ),
-        trained,
-    )
-    length = cfg.data.max_length
-    shapes = batch_shapes(cfg, batch)
-    abstract_batch = {
-        k: jax.ShapeDtypeStruct(shape, dtype, sharding=step.batch_sharding[k]) for k, (shape, dtype) in shapes.items()
-    }
-    if cfg.lora.enabled:
-        reference = {
-            k: None if s is None else _abstract(abstract_params, s) for k, s in step.reference_sharding.items()
-        }
-    else:
-        reference = _abstract(abstract_params, step.reference_sharding) if step.reference_sharding is not None else None
-    analytic = analytic_bytes(cfg, abstract_params, trained if cfg.lora.enabled else None)
-    examples = abstract_batch | (
-        longest_packed_rows(cfg, batch) if cfg.data.layout == "packed" and "packed_tokens" in abstract_batch else {}
-    )
-    forwards = step_forwards(cfg, "preference", examples, batch, frozen_base=cfg.lora.enabled)
+    objective, step, state, frozen, analytic = abstract_step(cfg, mesh)
+    abstract_batch = objective.abstract_batch(batch_dims(cfg, batch), step.batch_sharding)
+    examples = abstract_batch.fields()
+    examples |= longest_packed_rows(cfg, batch) if objective.batch_type is PackedPairBatch else {}
+    forwards = step_forwards(cfg, objective, examples, batch, frozen_base=cfg.lora.enabled)
     model_shards = mesh.shape["fsdp"] * mesh.shape["tensor"]
-    start = time.perf_counter()
-    try:
-        compiled = step.fn.lower(_abstract(state, s_sharding), reference, abstract_batch).compile()
-    except jax.errors.JaxRuntimeError as err:  # the TPU compiler refuses programs that exceed HBM
-        needed = re.search(r"HLO temporaries \(([\d.]+)G\)", str(err))
-        if "RESOURCE_EXHAUSTED" not in str(err) or not needed:
-            raise
-        arguments = (analytic["params"] + analytic["optimizer"] + analytic["reference"]) / model_shards
-        memory = _Refused(int(arguments), int(float(needed.group(1)) * GiB))
-        compiled = None
-    seconds = time.perf_counter() - start
-    memory = compiled.memory_analysis() if compiled is not None else memory
+    compiled, memory, seconds = _compiled(step, state, frozen, abstract_batch, analytic, model_shards)
     cost = compiled.cost_analysis() if compiled is not None else None
     cost = cost[0] if isinstance(cost, list) else cost
-    peak = (
-        memory.argument_size_in_bytes
-        + memory.output_size_in_bytes
-        - memory.alias_size_in_bytes
-        + memory.temp_size_in_bytes
-    )
+    peak = memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+    peak += memory.temp_size_in_bytes
+    state_bytes = analytic["params"] + analytic["grads"] + analytic["optimizer"] + analytic["reference"]
     return {
         "devices": len(devices),
         "mesh": dict(mesh.shape),
         "global_batch": batch,
         "per_device_batch": batch / batch_axes,
-        "sequence_length": length,
+        "sequence_length": cfg.data.max_length,
         "parameters": int(analytic["parameters"]),
         "trained_parameters": int(analytic["trained_parameters"]),
         "peak_bytes_per_device": int(peak),
         "argument_bytes_per_device": int(memory.argument_size_in_bytes),
         "temp_bytes_per_device": int(memory.temp_size_in_bytes),
-        "analytic_state_bytes_per_device": (
-            analytic["params"] + analytic["grads"] + analytic["optimizer"] + analytic["reference"]
-        )
-        / model_shards,
+        "analytic_state_bytes_per_device": state_bytes / model_shards,
         # XLA's cost analysis counts a scanned loop's body once, so it undercounts the layers; model FLOPs are
         # counted from the architecture and the batch (jaxspo.perf; packed: rows of the longest pair), and
         # hardware FLOPs add remat's recomputed forward.
@@ -360,15 +326,21 @@ def format_report(report: dict[str, Any]) -> str:
     """Human-readable lines for the terminal."""
     gib = lambda b: f"{b / GiB:.2f} GiB"  # noqa: E731
     lines = [
-        f"topology        {report['topology']} ({report['devices']} devices, {report['chip_grid']}), mesh {report['mesh']}",
-        f"model           {report['parameters'] / 1e9:.2f} B parameters ({report['trained_parameters'] / 1e6:.1f} M trained); "
+        f"topology        {report['topology']} ({report['devices']} devices, {report['chip_grid']}), mesh "
+        f"{report['mesh']}",
+        f"model           {report['parameters'] / 1e9:.2f} B parameters ({report['trained_parameters'] / 1e6:.1f} M "
+        "trained); "
         f"global batch {report['global_batch']} × {report['sequence_length']} tokens",
-        f"peak memory     {'≥ ' if report['refused_by_compiler'] else ''}{gib(report['peak_bytes_per_device'])} per device "
+        f"peak memory     {'≥ ' if report['refused_by_compiler'] else ''}{gib(report['peak_bytes_per_device'])} per "
+        "device "
         f"of {gib(report['capacity_bytes_per_device'])} → fits: {'yes' if report['fits'] else 'NO'}",
-        f"analytic state  {gib(report['analytic_state_bytes_per_device'])} per device (params + grads + Adam + reference)",
-        f"flops           {report['model_flops_per_step']:.3e} model FLOPs per step ({report['hardware_flops_per_step']:.3e} with remat's recompute); "
+        f"analytic state  {gib(report['analytic_state_bytes_per_device'])} per device (params + grads + Adam + "
+        "reference)",
+        f"flops           {report['model_flops_per_step']:.3e} model FLOPs per step "
+        f"({report['hardware_flops_per_step']:.3e} with remat's recompute); "
         f"XLA cost analysis {report['xla_flops_per_step_per_device']:.3e} per device (scan body counted once)",
-        f"mfu             peak {report['peak_flops_per_device'] / 1e12:.0f} TFLOP/s per {report['device_kind']} device ({report['compute_dtype']}); "
+        f"mfu             peak {report['peak_flops_per_device'] / 1e12:.0f} TFLOP/s per {report['device_kind']} "
+        f"device ({report['compute_dtype']}); "
         f"{report['seconds_per_step_at_peak']:.3g} s per step at 100 % MFU"
         + (
             f"; {report['implied_mfu']:.1%} MFU at {report['step_seconds']:g} s per step"

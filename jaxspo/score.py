@@ -1,7 +1,7 @@
 """``jaxspo score MODEL_DIR DATA.jsonl --out OUT.jsonl``: sequence log-probs of chosen and rejected.
 
 The rows are encoded by :func:`jaxspo.data.encode.encode_preference_rows` and scored by
-:func:`jaxspo.train.step.pair_logps`, exactly as the train step scores them, under the HF model loaded
+:func:`jaxspo.objectives.pairs.padded_pair_logps`, exactly as the train step scores them, under the HF model loaded
 onto all local devices (rows split over the ``data`` axis).
 """
 
@@ -19,9 +19,10 @@ from jaxspo.data.encode import encode_preference_rows
 from jaxspo.data.screen import encode_screened
 from jaxspo.models.hf_io import load_tokenizer
 from jaxspo.inference_model import load_inference_model
+from jaxspo.objectives.batches import PAIR_FIELDS, PairBatch
+from jaxspo.objectives.pairs import padded_pair_logps
 from jaxspo.sharding import DEFAULT_RULES, activation_sharding, make_mesh
 from jaxspo.train.scoring import score_in_chunks
-from jaxspo.train.step import PREFERENCE_FIELDS, pair_logps
 
 
 def score_file(
@@ -44,12 +45,12 @@ def score_file(
     max_length = min(max_length, model.cfg.max_position_embeddings)
     encode = functools.partial(encode_preference_rows, tokenizer=tokenizer, max_length=max_length)
     encoded, _ = encode_screened(rows, encode, str(data), on_bad_row="error", hint="fix or delete the row")
-    arrays = {k: v for k, v in encoded.items() if k in PREFERENCE_FIELDS}
+    arrays = {k: v for k, v in encoded.items() if k in PAIR_FIELDS}
 
     @jax.jit
     def score(params, batch):
         with activation_sharding(mesh, DEFAULT_RULES):
-            return pair_logps(model.graphdef, params, batch)
+            return padded_pair_logps(model.graphdef, params, PairBatch.from_fields(batch))
 
     logps = score_in_chunks(score, model.params, arrays, batch_size, mesh, DEFAULT_RULES, trim=True)
     chosen, rejected, chosen_len, rejected_len = logps  # [N] each

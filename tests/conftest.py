@@ -31,10 +31,12 @@ import jax  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
-# Each test's CPU seconds in a whole `make test` run (JSON lines written by JAXSPO_TEST_CPU_LOG, below; `make test-profile`
+# Each test's CPU seconds in a whole `make test` run (JSON lines written by JAXSPO_TEST_CPU_LOG, below; `make
+# test-profile`
 # refreshes it). `make test` hands files to its workers in collection order (--dist loadfile --no-loadscope-reorder), so
 # the files run longest first: a long file then never starts last while the other worker has nothing left to do. A test
-# that cost more than SLOW_CPU_S is marked slow: `pytest -m "not slow"` is the quick inner loop (make test runs them all).
+# that cost more than SLOW_CPU_S is marked slow: `pytest -m "not slow"` is the quick inner loop (make test runs them
+# all).
 CPU_PROFILE = Path(__file__).with_name("cpu_profile.jsonl")
 SLOW_CPU_S = 5.0
 

@@ -8,11 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from jaxspo.data.layout import pack_pairs
 from jaxspo.losses.dpo_family import logistic_loss
-from flax import nnx
-
 from jaxspo.config import ConfigError
 from jaxspo.models import Decoder, ModelConfig
 from jaxspo.models.attention import MaskSpec, attention, resolve_attention
@@ -22,7 +21,8 @@ from jaxspo.models.hf_io import load_params
 from jaxspo.models.splash_attention import pallas_interpret
 from jaxspo.sharding import DEFAULT_RULES, activation_sharding, make_mesh
 from jaxspo.train.state import abstract_model, param_shardings
-from jaxspo.train.step import pair_logps
+from jaxspo.objectives.batches import PackedPairBatch, PairBatch
+from jaxspo.objectives.pairs import PACKED, PADDED
 from tests import hf_tiny
 
 ATOL = 1e-5
@@ -247,7 +247,7 @@ def hf_folder(tmp_path_factory):
     return folder
 
 
-def _dpo(folder, mesh, implementation: str, batch: dict) -> tuple:
+def _dpo(folder, mesh, implementation: str, batch: PairBatch | PackedPairBatch) -> tuple:
     """(chosen, rejected log-probs, DPO loss) and the loss's parameter gradients, with ``implementation``.
 
     ``mesh`` (2, 2, 2) puts the 16 rows on 4 batch shards and the heads on 2 tensor shards."""
@@ -256,8 +256,8 @@ def _dpo(folder, mesh, implementation: str, batch: dict) -> tuple:
     params = load_params(folder, cfg, abstract, param_shardings(abstract, mesh, DEFAULT_RULES))
     reference_margin = jnp.linspace(-1.0, 1.0, 8)  # the batch's 8 pairs
 
-    def loss(p):
-        chosen, rejected, _, _ = pair_logps(graphdef, p, batch)
+    def loss(p):  # the batch type chooses the layout
+        chosen, rejected, _, _ = (PACKED if isinstance(batch, PackedPairBatch) else PADDED).logps(graphdef, p, batch)
         return logistic_loss(0.5 * (chosen - rejected - reference_margin)).mean(), (chosen, rejected)
 
     with activation_sharding(mesh, DEFAULT_RULES):  # as in the train step: activations pinned, splash under shard_map
@@ -278,8 +278,8 @@ MODEL_CASES = [  # the others compile the 8-device DPO step three times per case
 @pytest.mark.parametrize("arch, layout", MODEL_CASES)
 def test_model_log_probs_loss_and_grads_equal_xla(hf_folder, mesh, arch, layout):
     """chunked and splash against one xla computation of the same batch."""
-    padded = _pairs()
-    batch = padded if layout == "padded" else pack_pairs(padded)
+    padded = _pairs() | {"soft_label": np.ones(8, np.float32)}  # every pair batch has one (unread here)
+    batch = (PackedPairBatch if layout == "packed" else PairBatch).from_fields(padded | pack_pairs(padded))
     expected, expected_grads = _dpo(hf_folder(arch), mesh, "xla", batch)
     assert float(np.abs(expected[0] - expected[1]).max()) > 1.0  # chosen ≠ rejected: the masks matter
     for kernel in ("chunked", "splash"):

@@ -9,6 +9,7 @@ import pytest
 from jaxspo.cli import main
 from jaxspo.compile import compile_step, fit_report, longest_packed_rows, parse_topology
 from jaxspo.config import load_config
+from jaxspo.objectives import build_objective
 from jaxspo.train.step_flops import step_model_flops
 
 TINY = [
@@ -85,7 +86,7 @@ def test_tiny_step_compiles_for_a_tpu_slice_here(tpu_env, tmp_path, capsys):
     assert report["xla_flops_per_step_per_device"] > 0
     cfg = load_config("configs/demo.yaml", TINY)
     assert report["model_flops_per_step"] == step_model_flops(
-        cfg, "preference", {"chosen_tokens": np.zeros((8, 32))}, 8
+        cfg, build_objective(cfg), {"chosen_tokens": np.zeros((8, 32))}, 8
     )
     assert (
         report["device_kind"] == "TPU v5"
@@ -114,9 +115,8 @@ def test_packed_layout_step_compiles_for_a_tpu_slice_here(tpu_env):
     rows = longest_packed_rows(cfg, 8)
     prompt = cfg.data.max_prompt_length
     assert rows["packed_valid"].sum(1).tolist() == [2 * 32 - prompt] * 8
-    padded = step_model_flops(
-        load_config("configs/demo.yaml", TINY), "preference", {"chosen_tokens": np.zeros((8, 32))}, 8
-    )
+    demo = load_config("configs/demo.yaml", TINY)
+    padded = step_model_flops(demo, build_objective(demo), {"chosen_tokens": np.zeros((8, 32))}, 8)
     assert 0 < report["model_flops_per_step"] < padded  # the prompt once, no padding between the halves
 
 

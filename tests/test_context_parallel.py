@@ -16,7 +16,9 @@ from jaxspo.data.layout import pack_pairs
 from jaxspo.models import ModelConfig
 from jaxspo.sharding import DEFAULT_RULES, activation_sharding, make_mesh
 from jaxspo.train.state import abstract_model, init_params, param_shardings
-from jaxspo.train.step import TIME_FIELDS, batch_shardings, preference_objective_fn
+from jaxspo.objectives import build_objective
+from jaxspo.objectives.batches import KLSamples, PackedPairBatch, PairBatch
+from jaxspo.lora.views import as_model
 from tests.test_compile import TINY as COMPILE_TINY, tpu_env  # noqa: F401  (a fixture)
 from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, full_step, pairs
 
@@ -32,17 +34,16 @@ def dpo_outputs(
     graphdef, abstract = abstract_model(model)
     shardings = param_shardings(abstract, mesh, DEFAULT_RULES)
     policy, reference = init_params(model, 1, shardings), init_params(model, 2, shardings)
-    objective = preference_objective_fn(graphdef, load_config(None, ["loss.beta=0.5"]).loss)
-    ranks = {name: 2 if name in TIME_FIELDS else 1 for name in batch}
-    placed = {
-        k: jax.device_put(v, s)
-        for (k, v), s in zip(batch.items(), batch_shardings(tuple(batch), ranks, mesh, DEFAULT_RULES, 8).values())
-    }
+    layout = "packed" if "packed_tokens" in batch else "padded"  # the test's two fixtures
+    objective = build_objective(load_config(None, ["loss.beta=0.5", f"data.layout={layout}"]))
+    shardings = objective.batch_shardings(mesh, DEFAULT_RULES, 8)
+    placed = objective.batch({k: jax.device_put(batch[k], s) for k, s in shardings.fields().items()})
+    loss_fn = lambda p, r, b: objective.loss(as_model(graphdef), p, r, b)  # noqa: E731
 
     @jax.jit
     def run(p, r, b):
         with activation_sharding(mesh, DEFAULT_RULES):
-            (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(p, r, b)
+            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, r, b)
             return {name: metrics[name][0] / metrics[name][1] for name in MEANS}, loss, grads
 
     return jax.device_get(run(policy, reference, placed))
@@ -84,9 +85,12 @@ def test_context_split_log_probs_loss_and_gradients_equal_one_device(batches, on
 
 def test_batch_rows_split_along_time_over_context():
     mesh = make_mesh(CONTEXT_MESHES[0])
-    fields = ("chosen_tokens", "packed_segments", "soft_label", "kl_tokens")
-    ranks = {name: 1 if name == "soft_label" else 2 for name in fields}
-    specs = {k: s.spec for k, s in batch_shardings(fields, ranks, mesh, DEFAULT_RULES, 8).items()}
+    leading = {"batch": 8, "rows": 8, "samples": 8}
+    specs = {}
+    for batch_type in (PairBatch, PackedPairBatch):
+        shardings = batch_type.shardings(batch_type.required(), mesh, DEFAULT_RULES, leading)
+        specs |= {k: s.spec for k, s in shardings.fields().items()}
+    specs |= {k: s.spec for k, s in KLSamples.shardings(("kl_tokens",), mesh, DEFAULT_RULES, leading).fields().items()}
     assert specs["chosen_tokens"] == specs["packed_segments"] == PartitionSpec("data", "context")
     assert specs["soft_label"] == PartitionSpec("data") and specs["kl_tokens"] == PartitionSpec("data", None)
 

@@ -22,7 +22,10 @@ from jaxspo.train.state import (
     param_shardings,
     state_shardings,
 )
-from jaxspo.train.step import batch_fields, make_train_step, pair_logps
+from jaxspo.objectives import build_objective
+from jaxspo.objectives.batches import PackedPairBatch, PairBatch
+from jaxspo.objectives.pairs import PACKED, PADDED
+from jaxspo.train.step import make_train_step
 from jaxspo.sharding import DEFAULT_RULES, make_mesh
 from tests.test_train_step import TINY, random_pairs
 
@@ -61,11 +64,12 @@ def model_params(model_cfg: ModelConfig, seed: int = 1):
     return graphdef, init_params(model_cfg, seed, param_shardings(abstract, mesh, DEFAULT_RULES))
 
 
-def logps_and_grads(model_cfg: ModelConfig, batch: dict) -> tuple:
+def logps_and_grads(model_cfg: ModelConfig, batch: PairBatch | PackedPairBatch) -> tuple:
     graphdef, params = model_params(model_cfg)
+    layout = PACKED if isinstance(batch, PackedPairBatch) else PADDED  # the batch type chooses the layout
 
     def f(p):
-        chosen, rejected, chosen_len, rejected_len = pair_logps(graphdef, p, batch)
+        chosen, rejected, chosen_len, rejected_len = layout.logps(graphdef, p, batch)
         return (chosen - 0.7 * rejected).sum(), (chosen, rejected, chosen_len, rejected_len)
 
     (_, out), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(params)
@@ -119,10 +123,13 @@ def test_pack_pairs_refuses_rows_without_a_shared_prompt():
 )
 def test_packed_and_chunked_log_probs_and_gradients_equal_the_padded_ones(model_cfg):
     padded = pairs()
-    reference, reference_grads = logps_and_grads(model_cfg, padded)
-    packed_batch = pack_pairs(padded) | {"soft_label": padded["soft_label"]}
+    reference, reference_grads = logps_and_grads(model_cfg, PairBatch.from_fields(padded))
+    packed_batch = PackedPairBatch.from_fields(pack_pairs(padded) | {"soft_label": padded["soft_label"]})
     for cfg, batch in [
-        (dataclasses.replace(model_cfg, logprob_chunk=4), padded),  # 15 targets: 4 chunks, the last padded
+        (
+            dataclasses.replace(model_cfg, logprob_chunk=4),
+            PairBatch.from_fields(padded),
+        ),  # 15 targets: 4 chunks, the last padded
         (model_cfg, packed_batch),
         (dataclasses.replace(model_cfg, logprob_chunk=5), packed_batch),
     ]:
@@ -135,14 +142,14 @@ def test_packed_and_chunked_log_probs_and_gradients_equal_the_padded_ones(model_
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["dots", "dots_no_batch"])
 def test_remat_policies_keep_gradients(policy):
-    padded = pairs(4)
+    padded = PairBatch.from_fields(pairs(4))
     plain = logps_and_grads(TINY, padded)
     remat = logps_and_grads(dataclasses.replace(TINY, remat=True, remat_policy=policy), padded)
     assert_trees_close(remat, plain)
 
 
 def test_an_unrolled_layer_scan_equals_the_rolled_one():
-    padded = pairs(4)
+    padded = PairBatch.from_fields(pairs(4))
     rolled = logps_and_grads(GEMMA2_LIKE, padded)  # sliding/full layers: per-layer inputs of the scan
     for unroll in (2, 5):  # both unroll all 2 layers (5 is clamped to num_layers)
         assert_trees_close(logps_and_grads(dataclasses.replace(GEMMA2_LIKE, scan_unroll=unroll), padded), rolled)
@@ -177,12 +184,9 @@ def full_step(overrides: list[str], host: dict, lora: bool = False, steps: int =
     tx = make_optimizer(cfg.optimizer, schedule, abstract)
     shardings = state_shardings(tx, abstract, sharding, mesh)
     state = init_state(tx, params, 0, shardings)
-    step = make_train_step(cfg, mesh, model, tx, schedule, shardings, "preference", 8)
+    step = make_train_step(cfg, mesh, model, tx, schedule, shardings, build_objective(cfg), 8)
     arrays = host | (pack_pairs(host) if cfg.data.layout == "packed" else {})
-    batch = {
-        k: jax.device_put(arrays[k], step.batch_sharding[k])
-        for k in batch_fields("preference", cfg.loss, cfg.data.layout)
-    }
+    batch = step.place(arrays)
     frozen = frozen if step.reference_sharding is not None else None
     history = []
     for _ in range(steps):

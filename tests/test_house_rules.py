@@ -12,9 +12,6 @@ MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 60
 
 LONG_FUNCTION_EXCEPTIONS = {
-    # being rewritten on other branches (issue 21's objective seam); removed from here when those merge
-    "jaxspo/compile.py::_compile_step",
-    "jaxspo/train/step.py::make_train_step",
     # over 60 lines since `ruff format` spread their calls over 120 columns; still to split
     "benchmarks/peers/run_trl.py::main",
     "benchmarks/peers/run_tunix.py::main",

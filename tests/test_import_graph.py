@@ -71,7 +71,9 @@ def cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_graph_sees_function_level_imports():
     graph = import_graph()
     assert "jaxspo.train.loop" in graph["jaxspo.cli"]  # imported inside cli._train
-    assert "jaxspo.train.selfsup" in graph["jaxspo.train.step"]  # ``from jaxspo.train import selfsup``
+    assert (
+        "jaxspo.objectives.selfsup" in graph["jaxspo.objectives.build"]
+    )  # ``from jaxspo.objectives import kl, selfsup``
     assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert cycle({"a": {"b"}, "b": set()}) is None
 
@@ -110,3 +112,9 @@ def test_the_training_loop_imports_nothing_from_the_host_heap_module():
     importers = sorted(name for name, imported in graph.items() if "jaxspo.host_memory" in imported)
     assert not [name for name in importers if name.startswith("jaxspo.train")], importers
     assert "jaxspo.train.hooks" in graph["jaxspo.host_memory"]
+
+
+def test_the_step_imports_no_objective():
+    """The step takes an Objective: of the objectives package it names only the seam's type (for annotations)."""
+    imported = {m for m in import_graph()["jaxspo.train.step"] if m.startswith("jaxspo.objectives")}
+    assert imported <= {"jaxspo.objectives.base"}, imported

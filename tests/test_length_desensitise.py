@@ -23,7 +23,8 @@ from jaxspo.config import ConfigError, LossConfig, load_config
 from jaxspo.losses import PairLogps, get_loss
 from jaxspo.train.length_desensitise import desensitising_weights
 from jaxspo.train.logprobs import forward_logits, token_logps
-from jaxspo.train.step import preference_objective_fn
+from jaxspo.lora.views import as_model
+from jaxspo.objectives import PairBatch, build_objective
 
 TOL = 1e-12
 PAIRS = 6
@@ -140,24 +141,23 @@ def test_weights_count_the_shared_length_fully_and_the_rest_by_alpha():
 def test_the_step_objective_sums_weighted_token_logps_and_keeps_token_counts():
     cfg = tiny_config()
     alpha = 0.4
-    batch = {k: jnp.asarray(v) for k, v in random_pairs(8, seed=3).items()}
+    batch = PairBatch.from_fields({k: jnp.asarray(v) for k, v in random_pairs(8, seed=3).items()})
     _, graphdef, _, state, reference, _ = build(cfg, {"data": 8}, 8)
     policy = state.params
-    _, metrics = preference_objective_fn(graphdef, dataclasses.replace(cfg.loss, ld_alpha=alpha))(
-        policy, reference, batch
-    )
+    weighted = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, ld_alpha=alpha))
+    _, metrics = build_objective(weighted).loss(as_model(graphdef), policy, reference, batch)
     rows = {}
-    weights = desensitising_weights(batch["chosen_loss_mask"], batch["rejected_loss_mask"], alpha)
+    weights = desensitising_weights(batch.chosen_loss_mask, batch.rejected_loss_mask, alpha)
     for name, params in (("policy", policy), ("reference", reference)):
-        tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]])
-        valid = jnp.concatenate([batch["chosen_valid"], batch["rejected_valid"]])
+        tokens = jnp.concatenate([batch.chosen_tokens, batch.rejected_tokens])
+        valid = jnp.concatenate([batch.chosen_valid, batch.rejected_valid])
         per_token = token_logps(forward_logits(graphdef, params, tokens, valid), tokens)  # [2B, T-1]
         rows[name] = (per_token * weights[:, 1:]).sum(-1)
     margin = (rows["policy"][:8] - rows["reference"][:8]) - (rows["policy"][8:] - rows["reference"][8:])
     expected = -jax.nn.log_sigmoid(cfg.loss.beta * margin).sum()
     np.testing.assert_allclose(metrics["loss"][0], expected, rtol=2e-5)
     np.testing.assert_allclose(metrics["logps/chosen"][0], rows["policy"][:8].sum(), rtol=2e-5)
-    plain = preference_objective_fn(graphdef, cfg.loss)(policy, reference, batch)[1]
+    plain = build_objective(cfg).loss(as_model(graphdef), policy, reference, batch)[1]
     assert abs(float(plain["loss"][0]) - float(expected)) > 1e-3  # α < 1 changes the loss on unequal lengths
 
 

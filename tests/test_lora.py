@@ -27,7 +27,8 @@ from jaxspo.lora.base import base_record, write_base_record
 from jaxspo.lora.model import AdaptedModel
 from jaxspo.train.state import abstract_model, init_params, init_state, param_shardings, state_shardings
 from jaxspo.train.state import learning_rate_schedule, make_optimizer
-from jaxspo.train.step import make_train_step, pair_logps
+from jaxspo.objectives import PairBatch, build_objective, padded_pair_logps
+from jaxspo.train.step import make_train_step
 from tests import hf_tiny
 from tests.test_train_step import TINY, random_pairs
 
@@ -64,8 +65,8 @@ def setup(cfg, batch_size: int = 8) -> Setup:
     schedule = learning_rate_schedule(cfg.optimizer, 10, 1e-2)
     tx = make_optimizer(cfg.optimizer, schedule, lora.model.abstract_adapters)
     shardings = state_shardings(tx, lora.model.abstract_adapters, lora.model.adapter_sharding, mesh)
-    step = make_train_step(cfg, mesh, lora.model, tx, schedule, shardings, "preference", batch_size)
-    batch = {k: jax.device_put(v, step.batch_sharding[k]) for k, v in random_pairs(batch_size).items()}
+    step = make_train_step(cfg, mesh, lora.model, tx, schedule, shardings, build_objective(cfg), batch_size)
+    batch = step.place(random_pairs(batch_size))
     return Setup(graphdef, base, lora, step, batch, lambda: init_state(tx, lora.initial, 0, shardings))
 
 
@@ -88,8 +89,8 @@ def test_adapters_start_at_the_base_exactly_and_dpo_starts_at_log2(tiny):
         tiny.fresh_state(),
     )
     policy, _ = lora.eval_states(lora.initial)
-    adapted = jax.jit(lambda p: pair_logps(lora.model.eval_graphdef, p, batch))(policy)
-    plain = jax.jit(lambda p: pair_logps(graphdef, p, batch))(base)
+    adapted = jax.jit(lambda p: padded_pair_logps(lora.model.eval_graphdef, p, batch))(policy)
+    plain = jax.jit(lambda p: padded_pair_logps(graphdef, p, batch))(base)
     for a, b in zip(adapted, plain):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # exactly: b = 0 adds exact zeros
     a_leaves = [
@@ -148,10 +149,10 @@ def test_adapter_off_reference_equals_a_resident_copy_of_the_base(tiny):
     )
     state, _ = step.fn(state, lora.frozen, batch)  # adapters ≠ 0 now
     state, _ = step.fn(state, lora.frozen, batch)
-    adapted = jax.jit(lambda p, f: pair_logps(*lora.model.policy(p, f, None), batch))(state.params, lora.frozen)
-    reference = jax.jit(lambda f: pair_logps(*lora.model.reference(f), batch))(lora.frozen)
+    adapted = jax.jit(lambda p, f: padded_pair_logps(*lora.model.policy(p, f, None), batch))(state.params, lora.frozen)
+    reference = jax.jit(lambda f: padded_pair_logps(*lora.model.reference(f), batch))(lora.frozen)
     resident_copy = jax.tree.map(jnp.copy, base)
-    resident = jax.jit(lambda p: pair_logps(graphdef, p, batch))(resident_copy)
+    resident = jax.jit(lambda p: padded_pair_logps(graphdef, p, batch))(resident_copy)
     np.testing.assert_allclose(np.asarray(reference[0]), np.asarray(resident[0]), atol=1e-6, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(reference[1]), np.asarray(resident[1]), atol=1e-6, rtol=1e-6)
     assert float(jnp.abs(adapted[0] - reference[0]).max()) > 1e-4  # the policy did move away from it
@@ -167,16 +168,16 @@ def test_dropout_uses_the_step_key_and_is_off_in_evaluation():
     no_dropout = AdaptedModel.build(
         cfg.model, dataclasses.replace(cfg.lora, dropout=0.0), cfg.loss.reference, mesh, cfg.mesh.rules
     )
-    batch = random_pairs(8)
+    batch = PairBatch.from_fields(random_pairs(8))
     adapters = randomized(lora.initial)
-    policy_fn = lambda model: jax.jit(lambda p, k: pair_logps(*model.policy(p, lora.frozen, k), batch)[0])  # noqa: E731
+    policy_fn = lambda model: jax.jit(lambda p, k: padded_pair_logps(*model.policy(p, lora.frozen, k), batch)[0])  # noqa: E731
     key = lambda seed: jax.random.key_data(jax.random.key(seed))  # noqa: E731
     fn = policy_fn(lora.model)
     one, two, again = fn(adapters, key(1)), fn(adapters, key(2)), fn(adapters, key(1))
     assert float(jnp.abs(one - two).max()) > 1e-4  # a new key, a new mask
     np.testing.assert_array_equal(np.asarray(one), np.asarray(again))
     policy, _ = lora.eval_states(adapters)
-    evaluated = jax.jit(lambda p: pair_logps(lora.model.eval_graphdef, p, batch)[0])(policy)
+    evaluated = jax.jit(lambda p: padded_pair_logps(lora.model.eval_graphdef, p, batch)[0])(policy)
     np.testing.assert_allclose(
         np.asarray(evaluated), np.asarray(policy_fn(no_dropout)(adapters, None)), atol=1e-5
     )  # no dropout in eval

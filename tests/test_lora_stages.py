@@ -35,6 +35,7 @@ from jaxspo.train.state import (
     param_shardings,
     state_shardings,
 )
+from jaxspo.objectives import build_objective
 from jaxspo.train.step import make_train_step
 from tests import hf_tiny
 from tests.test_resume import REPO, final_params, metrics, wait_for_step
@@ -208,12 +209,11 @@ def test_a_stacked_stage_trains_only_its_own_adapter(runs):
     schedule = learning_rate_schedule(scfg.optimizer, 4, 1e-2)
     tx = make_optimizer(scfg.optimizer, schedule, model.abstract_adapters)
     shardings = state_shardings(tx, model.abstract_adapters, model.adapter_sharding, stages.mesh)
-    step = make_train_step(scfg, stages.mesh, model, tx, schedule, shardings, "preference", 8)
+    step = make_train_step(scfg, stages.mesh, model, tx, schedule, shardings, build_objective(scfg), 8)
     pairs = random_pairs(8) | {"offset": np.linspace(-1, 1, 8).astype(np.float32)}
-    pairs = {k: pairs[k] for k in step.batch_sharding}
     pairs["chosen_tokens"] %= cfg.model.vocab_size
     pairs["rejected_tokens"] %= cfg.model.vocab_size
-    batch = {k: jax.device_put(v, step.batch_sharding[k]) for k, v in pairs.items()}
+    batch = step.place(pairs)
     state = init_state(tx, training.initial, 0, shardings)
     adapter_shapes = sorted(x.shape for x in jax.tree.leaves(training.initial))
     assert sorted(x.shape for x in jax.tree.leaves(state.opt_state) if x.ndim) == sorted(

@@ -70,13 +70,13 @@ def test_user_loss_trains_shards_accumulates_and_logs(user_module):
     outs = []
     for accum in (1, 4):
         _, _, _, state, reference, step = build(config_with(terms, accum), {"data": 2, "fsdp": 2, "tensor": 2}, 8)
-        batch = {k: jax.device_put(v, step.batch_sharding[k]) for k, v in host.items()}
+        batch = step.place(host)
         new_state, metrics = step.fn(state, reference, batch)
         outs.append((jax.device_get(metrics), jax.device_get(new_state.params)))
         if accum == 1:  # a few more steps: it keeps training
             before = jax.device_get(new_state.params)
             for seed in (5, 6):
-                more = {k: jax.device_put(v, step.batch_sharding[k]) for k, v in soft_pairs(seed).items()}
+                more = step.place(soft_pairs(seed))
                 new_state, later = step.fn(new_state, reference, more)
             assert np.isfinite(float(later["loss"])) and int(new_state.step) == 3
             assert any(

@@ -27,7 +27,8 @@ from jaxspo.train.state import (
     param_shardings,
     state_shardings,
 )
-from jaxspo.train.step import batch_fields, make_train_step
+from jaxspo.objectives import PackedPairBatch, PairBatch, build_objective
+from jaxspo.train.step import make_train_step
 from jaxspo.sharding import make_mesh
 from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, logps_and_grads
 from tests.test_train_step import TINY
@@ -238,17 +239,14 @@ def full_steps(overrides: list[str], host: dict, packed_pairs: bool, steps: int 
     shardings = state_shardings(tx, abstract, sharding, mesh)
     state = init_state(tx, policy, 0, shardings)
     batch_size = len(host["soft_label"])
-    step = make_train_step(cfg, mesh, graphdef, tx, schedule, shardings, "preference", batch_size)
+    step = make_train_step(cfg, mesh, graphdef, tx, schedule, shardings, build_objective(cfg), batch_size)
     if packed_pairs:
         stored = stored_rows(host)
         packer = PairPacker.build(cfg.data, stored, batch_size, 2, 4, 8).fitted([np.arange(batch_size)])
         arrays = packer.pack(stored, np.arange(batch_size), np.arange(batch_size))
     else:
         arrays = host
-    batch = {
-        k: jax.device_put(arrays[k], step.batch_sharding[k])
-        for k in batch_fields("preference", cfg.loss, cfg.data.layout, cfg.data.pack_pairs)
-    }
+    batch = step.place(arrays)
     history = []
     frozen = reference if step.reference_sharding is not None else None
     for _ in range(steps):
@@ -286,8 +284,8 @@ def test_pack_pairs_log_probs_and_gradients_equal_the_padded_ones(attention):
     stored = stored_rows(host)
     batch = packer_for(stored, 12, width=24).fitted([np.arange(12)]).pack(stored, np.arange(12), np.arange(12))
     assert batch["packed_tokens"].shape[0] < 12
-    padded, padded_grads = logps_and_grads(model_cfg, {k: jnp.asarray(v) for k, v in host.items()})
-    packed, packed_grads = logps_and_grads(model_cfg, {k: jnp.asarray(v) for k, v in batch.items()})
+    padded, padded_grads = logps_and_grads(model_cfg, PairBatch.from_fields(jax.tree.map(jnp.asarray, host)))
+    packed, packed_grads = logps_and_grads(model_cfg, PackedPairBatch.from_fields(jax.tree.map(jnp.asarray, batch)))
     assert_trees_close(packed, padded)
     assert_trees_close(packed_grads, padded_grads)
 
@@ -324,7 +322,8 @@ def command(run_dir: Path, *extra: str) -> list[str]:
         "data.synthetic.num_sft=64",
         "data.synthetic.num_train=64",
         "data.synthetic.num_eval=16",
-        "trainer.sft_steps=0",  # SFT rows are padded whatever data.layout: pairs are packed in the preference phase only
+        # SFT rows are padded whatever data.layout: pairs are packed in the preference phase only
+        "trainer.sft_steps=0",
         "trainer.steps=6",
         "trainer.batch_size=8",
         "trainer.eval_every=0",
@@ -369,7 +368,7 @@ def test_jaxspo_train_with_pack_pairs_finishes_and_resumes(tmp_path):
 def test_jaxspo_compile_takes_the_pack_pairs_batch():
     """The ahead-of-time compile builds the largest pack_pairs program (one pair per row of pack_width) and counts its
     FLOPs."""
-    from jaxspo.compile import batch_shapes, compile_step, longest_packed_rows
+    from jaxspo.compile import batch_dims, compile_step, longest_packed_rows
     from jaxspo.train.step_flops import step_model_flops
 
     overrides = [
@@ -387,12 +386,12 @@ def test_jaxspo_compile_takes_the_pack_pairs_batch():
         "data.pack_width=48",
     ]
     cfg = load_config("configs/demo.yaml", overrides)
-    shapes = batch_shapes(cfg, 8)
+    shapes = build_objective(cfg).abstract_batch(batch_dims(cfg, 8)).fields()
     assert (
-        shapes[PAIR_FIELD] == ((8, 48), jnp.int32)
-        and shapes["packed_tokens"][0] == (8, 48)
-        and shapes["soft_label"][0] == (8,)
+        (shapes[PAIR_FIELD].shape, shapes[PAIR_FIELD].dtype) == ((8, 48), jnp.int32)
+        and shapes["packed_tokens"].shape == (8, 48)
+        and shapes["soft_label"].shape == (8,)
     )
     report = compile_step(cfg, jax.devices())
     examples = longest_packed_rows(cfg, 8) | {"soft_label": np.zeros(8), "packed_tokens": np.zeros((8, 48))}
-    assert report["model_flops_per_step"] == step_model_flops(cfg, "preference", examples, 8) > 0
+    assert report["model_flops_per_step"] == step_model_flops(cfg, build_objective(cfg), examples, 8) > 0

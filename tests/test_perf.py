@@ -14,6 +14,7 @@ from jaxspo.config import load_config
 from jaxspo.data.layout import pack_pairs
 from jaxspo.models import Decoder, ModelConfig
 from jaxspo.models.attention import MaskSpec
+from jaxspo.objectives import build_objective
 from jaxspo.perf import (
     Forward,
     causal_pairs,
@@ -140,7 +141,7 @@ def test_compiled_preference_step_matches_its_count():
     )
     report = compile_step(cfg, jax.devices()[:1])
     length, rows = 32, 2 * 4
-    causal = step_forwards(cfg, "preference", {"chosen_tokens": np.zeros((4, length))}, 4)
+    causal = step_forwards(cfg, build_objective(cfg), {"chosen_tokens": np.zeros((4, length))}, 4)
     assert [f.backward for f in causal] == ["full", "none"]  # policy, resident reference
     dense = [dataclasses.replace(f, pairs=rows * length * length) for f in causal]
     assert report["model_flops_per_step"] == model_flops(cfg.model, causal)
@@ -152,11 +153,11 @@ def test_compiled_preference_step_matches_its_count():
 def test_step_forwards_by_layout_and_reference():
     cfg = load_config("configs/demo.yaml", ["model.vocab_size=64", "loss.reference=precomputed"])
     batch = {"chosen_tokens": np.zeros((2, 16))}  # this process's 2 rows of a global batch of 8
-    (policy,) = step_forwards(cfg, "preference", batch, 8)
+    (policy,) = step_forwards(cfg, build_objective(cfg), batch, 8)
     assert policy.slots == 2 * 8 * 16 and policy.head_slots == 2 * 8 * 15
-    (lora,) = step_forwards(cfg, "preference", batch, 8, frozen_base=True)
+    (lora,) = step_forwards(cfg, build_objective(cfg), batch, 8, frozen_base=True)
     assert lora.backward == "frozen"
-    (sft,) = step_forwards(cfg, "sft", {"tokens": np.zeros((4, 16))}, 4)
+    (sft,) = step_forwards(cfg, build_objective(cfg, "sft"), {"tokens": np.zeros((4, 16))}, 4)
     assert sft.slots == 4 * 16
 
 

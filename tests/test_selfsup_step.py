@@ -11,9 +11,10 @@ from jaxspo.checkpoint import PhaseCheckpoints
 from jaxspo.config import CheckpointConfig
 from jaxspo.data.degrade import Degrader, degraded_arrays, response_ids
 from jaxspo.losses.selfsup import SelfsupConfig
-from jaxspo.train import selfsup
-from jaxspo.train.state import abstract_model, learning_rate_schedule, make_optimizer, state_shardings
-from jaxspo.train.step import batch_fields, make_train_step, preference_objective_fn
+from jaxspo.objectives import build_objective, selfsup
+from jaxspo.train.initialise import initialise
+from jaxspo.lora.views import as_model
+from jaxspo.train.state import abstract_model
 from tests.test_train_step import build, random_pairs, tiny_config
 
 MESH = {"data": 2, "fsdp": 2, "tensor": 2}
@@ -44,10 +45,9 @@ def model():
 
 def loss_and_grads(model, cfg, host):
     graphdef, params, reference = model
-    objective = preference_objective_fn(graphdef, cfg.loss)
-    fields = {k: host[k] for k in batch_fields("preference", cfg.loss)}
-    fn = jax.jit(jax.value_and_grad(lambda p, r, b: objective(p, r, b), has_aux=True))
-    (loss_sum, metrics), grads = fn(params, reference, fields)
+    objective = build_objective(cfg)
+    fn = jax.jit(jax.value_and_grad(lambda p, r, b: objective.loss(as_model(graphdef), p, r, b), has_aux=True))
+    (loss_sum, metrics), grads = fn(params, reference, objective.batch(host))
     return jax.device_get((loss_sum, metrics, grads))
 
 
@@ -58,7 +58,7 @@ def test_weight_zero_is_the_base_loss_exactly_and_weight_positive_adds_the_degre
     host["soft_label"] = np.linspace(0.6, 1.0, 8).astype(np.float32)
     base = loss_and_grads(model, config(terms, 0.0), host)
     off = config(terms, 0.0, mode="classify", levels=2, degrade="both")  # every other selfsup setting changed
-    assert not any(f.startswith("selfsup") for f in batch_fields("preference", off.loss))  # no extra data or forward
+    assert not any(f.startswith("selfsup") for f in build_objective(off).fields)  # no extra data or forward
     zero = loss_and_grads(model, off, host)
     assert float(zero[0]) == float(base[0])
     for a, b in zip(jax.tree.leaves(zero[2]), jax.tree.leaves(base[2])):
@@ -83,14 +83,11 @@ def test_classify_head_trains_in_the_state_is_checkpointed_and_kept_out_of_the_p
     cfg = config({"dpo": 1.0}, 1.0, mode="classify", degrade="both")
     host = pairs_with_copies(8, sides=("chosen", "rejected"))
     mesh, graphdef, shardings, state, reference, _ = build(cfg, MESH, 8)
-
-    schedule = learning_rate_schedule(cfg.optimizer, 10, 1e-2)
-    tx = make_optimizer(cfg.optimizer, schedule, state.params)
-    st_sharding = state_shardings(tx, state.params, shardings, mesh)
-    state, st_sharding = selfsup.attach_head(state, st_sharding, cfg.loss, cfg.model.hidden_size, schedule, mesh)
+    abstract = abstract_model(cfg.model)[1]
+    # the loop's own initialisation: the objective's auxiliary state (the head) joins the train state
+    state, step = initialise(cfg, mesh, graphdef, abstract, shardings, state.params, build_objective(cfg), 10, 1e-2, 8)
     assert state.head["params"]["kernel"].shape == (cfg.model.hidden_size, 4)
-    step = make_train_step(cfg, mesh, graphdef, tx, schedule, st_sharding, "preference", 8)
-    batch = {k: jax.device_put(host[k], step.batch_sharding[k]) for k in batch_fields("preference", cfg.loss)}
+    batch = step.place(host)
     before = jax.device_get(state.head["params"])
     for _ in range(2):  # the warm-up learning rate is 0 at step 0
         state, metrics = step.fn(state, reference, batch)

@@ -16,8 +16,9 @@ from jaxspo.data.lists import encode_list_rows
 from jaxspo.data.synthetic import SyntheticTaskConfig, build_synthetic_task, labelled_reward
 from jaxspo.data.tokenizer import build_task_tokenizer
 from jaxspo.losses.kl_config import KLConfig
-from jaxspo.train.list_objective import list_logps
-from jaxspo.train.step import pair_logps
+from jaxspo.objectives import padded_pair_logps
+from jaxspo.objectives.batches import ListBatch
+from jaxspo.objectives.lists import list_logps
 from jaxspo.train.logprobs import sequence_kl, sequence_logps
 from jaxspo.train.loop import train
 from tests.test_run import TINY_RUN
@@ -54,7 +55,7 @@ def test_one_forward_over_lists_equals_each_response_scored_alone():
     cfg = with_soft_spo(tiny_config(), {"soft_spo_ranked": 1.0})
     mesh, graphdef, shardings, state, reference, step = build(cfg, {"data": 2, "fsdp": 2, "tensor": 2}, 4)
     host = random_lists(4)
-    logps = jax.jit(list_logps, static_argnums=0)(graphdef, state.params, host)
+    logps = jax.jit(list_logps, static_argnums=0)(graphdef, state.params, ListBatch.from_fields(host))
     score = jax.jit(sequence_logps, static_argnums=0)
     for j in range(3):
         alone, lengths = score(
@@ -72,7 +73,7 @@ def step_losses(terms: dict[str, float], batches: list[dict[str, np.ndarray]], l
     out = []
     for host in batches:
         fresh = jax.tree.map(jax.numpy.copy, state)  # the step donates its state
-        batch = {k: jax.device_put(v, step.batch_sharding[k]) for k, v in host.items()}
+        batch = step.place(host)
         expected_inputs = jax.device_get(logps(graphdef, state.params, batch))
         _, metrics = step.fn(fresh, reference, batch)
         out.append((float(metrics["loss"]), expected_inputs))
@@ -86,7 +87,7 @@ def test_soft_labels_reach_the_pairwise_loss_from_the_data_rows():
     hard = [{k: v for k, v in row.items() if k != "soft_label"} for row in soft]  # no label: p̂ = 1
     batches = [encode_preference_rows(rows, build_task_tokenizer(), 32) for rows in (soft, hard)]
     np.testing.assert_array_equal(batches[0]["soft_label"], np.float32(labels))
-    (soft_loss, logps), (hard_loss, _) = step_losses({"soft_spo": 1.0}, batches, pair_logps)
+    (soft_loss, logps), (hard_loss, _) = step_losses({"soft_spo": 1.0}, batches, padded_pair_logps)
     d = np.float64(logps[0]) - np.float64(logps[1])  # log πθ(y_w) − log πθ(y_l), α = 1
     p = np.float64(batches[0]["soft_label"])
     expected = -(p * np.log(1 / (1 + np.exp(-d))) + (1 - p) * np.log(1 / (1 + np.exp(d)))).mean()
@@ -123,10 +124,10 @@ def test_kl_regulariser_adds_beta_times_the_sampled_kl_and_accumulates_exactly(t
     for accum in (1, 2):
         cfg = with_soft_spo(tiny_config(grad_accum_steps=accum), terms, beta=kl_beta, prompts=8)
         mesh, graphdef, shardings, state, reference, step = build(cfg, {"data": 2, "fsdp": 2, "tensor": 2}, 8)
-        assert set(step.batch_sharding) == set(host) and step.reference_sharding is not None
+        assert set(step.batch_sharding.fields()) == set(host) and step.reference_sharding is not None
         kl_fn = jax.jit(lambda p, r, *samples: sequence_kl((graphdef, p), (graphdef, r), *samples))
         kl = np.asarray(kl_fn(state.params, reference, host["kl_tokens"], host["kl_valid"], host["kl_response"]))
-        batch = {k: jax.device_put(v, step.batch_sharding[k]) for k, v in host.items()}
+        batch = step.place(host)
         new_state, metrics = step.fn(state, reference, batch)
         metrics = jax.device_get(metrics)
         outs.append((metrics, jax.device_get(new_state.params)))

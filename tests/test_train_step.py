@@ -17,7 +17,9 @@ from jaxspo.train.state import (
     param_shardings,
     state_shardings,
 )
-from jaxspo.train.step import make_train_step, preference_objective_fn
+from jaxspo.objectives import build_objective
+from jaxspo.lora.views import as_model
+from jaxspo.train.step import make_train_step
 
 TINY = ModelConfig(vocab_size=24, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
 
@@ -57,7 +59,7 @@ def build(cfg: Config, mesh_shape: dict[str, int], batch_size: int):
     tx = make_optimizer(cfg.optimizer, schedule, abstract)
     st_sharding = state_shardings(tx, abstract, shardings, mesh)
     state = init_state(tx, policy, 0, st_sharding)
-    step = make_train_step(cfg, mesh, graphdef, tx, schedule, st_sharding, "preference", batch_size)
+    step = make_train_step(cfg, mesh, graphdef, tx, schedule, st_sharding, build_objective(cfg), batch_size)
     return mesh, graphdef, shardings, state, reference, step
 
 
@@ -72,10 +74,10 @@ def test_dpo_loss_and_gradients_identical_across_meshes():
         mesh, graphdef, shardings, state, reference, step = build(
             cfg, {"data": data, "fsdp": fsdp, "tensor": tensor}, 8
         )
-        batch = {k: jax.device_put(v, step.batch_sharding[k]) for k, v in host.items()}
-        objective = preference_objective_fn(graphdef, cfg.loss)
+        batch = step.place(host)
+        objective = step.objective
         grad_fn = jax.jit(
-            jax.grad(lambda p, r, b: objective(p, r, b)[0]),
+            jax.grad(lambda p, r, b: objective.loss(as_model(graphdef), p, r, b)[0]),
             in_shardings=(shardings, shardings, step.batch_sharding),
             out_shardings=shardings,
         )
@@ -101,7 +103,7 @@ def test_policy_changes_and_reference_stays_frozen():
     reference_before = jax.device_get(reference)
     policy_before = jax.device_get(state.params)
     for seed in range(3):
-        batch = {k: jax.device_put(v, step.batch_sharding[k]) for k, v in random_pairs(8, seed=seed).items()}
+        batch = step.place(random_pairs(8, seed=seed))
         state, _ = step.fn(state, reference, batch)
     for a, b in zip(jax.tree.leaves(jax.device_get(reference)), jax.tree.leaves(reference_before)):
         np.testing.assert_array_equal(a, b)
@@ -119,7 +121,7 @@ def test_gradient_accumulation_is_exact():
     for accum in (1, 4):
         cfg = tiny_config(grad_accum_steps=accum)
         _, _, _, state, reference, step = build(cfg, {"data": 2, "fsdp": 2, "tensor": 2}, 8)
-        batch = {k: jax.device_put(v, step.batch_sharding[k]) for k, v in host.items()}
+        batch = step.place(host)
         state, metrics = step.fn(state, reference, batch)
         outs.append((jax.device_get(metrics), jax.device_get(state.params)))
     for name in ("loss", "grad_norm", "rewards/accuracies", "tokens"):

@@ -13,7 +13,7 @@ Key scores [I] (higher = removed first):
   tf·idf, tf = the term's count in the response / the response's term count, idf = log((1 + N)/(1 + df)) + 1
   over the N training responses (:class:`Idf`, fitted once and reused for held-out data);
 - ``surprisal``: the unit's sum of its tokens' −log π_ref(token | prefix), given per token by the caller
-  (a sharded pass of the reference model, :mod:`jaxspo.train.selfsup`).
+  (a sharded pass of the reference model, :mod:`jaxspo.objectives.selfsup`).
 
 Ties are broken by a random key from ``numpy.random.default_rng([seed, side, row])``: the same seed gives
 the same copies, another seed may order tied units differently.

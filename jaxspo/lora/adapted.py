@@ -18,7 +18,7 @@ from jaxspo.distributed import is_writer
 from jaxspo.lora.base import base_record, check_base, write_base_record
 from jaxspo.lora.merge import merged_params
 from jaxspo.lora.model import AdaptedModel
-from jaxspo.train.step import in_step_reference
+from jaxspo.objectives import in_step_reference
 
 
 class AdaptedView:

@@ -1,6 +1,6 @@
 """``loss.kl``: settings of the global KL regulariser β_KL·KL(πθ ‖ π_ref) on policy samples (docs/methods/soft-spo.md).
 
-Any loss may add it (β_KL > 0); the sampler and the in-step term are :mod:`jaxspo.train.kl_regularizer`.
+Any loss may add it (β_KL > 0); the sampler and the in-step term are :mod:`jaxspo.objectives.kl`.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ lists the model itself finds unlikely; its exact form is our design [I]:
 log μ = (γ/α)·logsumexp_j α log πθ(y_j), i.e. μ ∝ (Σ_j πθ(y_j)^α)^(γ/α), minus its mean over the
 (micro-)batch, under stop-gradient. Under gradient accumulation the mean is per micro-batch.
 
-The global KL regulariser (β_KL, ``loss.kl``) needs on-policy samples; it lives in :mod:`jaxspo.train.kl_regularizer`.
+The global KL regulariser (β_KL, ``loss.kl``) needs on-policy samples; it lives in :mod:`jaxspo.objectives.kl`.
 
 List layout (:class:`ListLogps`): ``policy [B, n]`` sequence log-probs with each row ordered best
 first, ``mask [B, n]`` (True where a response exists; lists of different sizes are padded, the

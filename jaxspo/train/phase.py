@@ -15,18 +15,17 @@ from jaxspo.data.bucketing import bucket_widths
 from jaxspo.data.layout import layout_arrays
 from jaxspo.data.pair_packing import PAIR_FIELD, PairPacker
 from jaxspo.data.pipeline import make_batches
+from jaxspo.objectives.batches import PackedPairBatch
 from jaxspo.distributed import from_process_rows, is_writer
 from jaxspo.errors import ConfigError, NonFiniteError, Preempted
 from jaxspo.perf import model_flops, throughput
-from jaxspo.train import selfsup
-from jaxspo.train.hooks import run_hooks
-from jaxspo.train.kl_regularizer import KLSampler, kl_active, kl_field_shapes, regularisation_prompts
 from jaxspo.lora.views import ModelView
+from jaxspo.objectives import Objective, build_objective
+from jaxspo.train.hooks import run_hooks
 from jaxspo.train.precompile import precompile
 from jaxspo.train.preemption import PreemptionGuard
 from jaxspo.train.run import Run
-from jaxspo.train.state import init_state, learning_rate_schedule, make_optimizer, state_shardings
-from jaxspo.train.step import batch_fields, make_train_step
+from jaxspo.train.initialise import initialise
 from jaxspo.train.step_flops import step_forwards
 
 log = logging.getLogger("jaxspo")
@@ -56,44 +55,37 @@ class Phase:
         cfg = run.cfg
         self.run, self.phase, self.steps, self.name = run, phase, steps, name or phase
         self.earlier, self.eval_offset, self.view = earlier, eval_offset, view
-        abstract = view.abstract
-        schedule = learning_rate_schedule(cfg.optimizer, steps, peak_lr)
-        tx = make_optimizer(cfg.optimizer, schedule, abstract)
-        shardings = state_shardings(tx, abstract, view.sharding, run.mesh)
-        self.state = init_state(tx, view.initial, cfg.trainer.seed, shardings)
-        if phase == "preference":  # selfsup's classify head, if configured, trains alongside the policy
-            self.state, shardings = selfsup.attach_head(
-                self.state, shardings, cfg.loss, cfg.model.hidden_size, schedule, run.mesh
-            )
-        self.step = make_train_step(cfg, run.mesh, view.model, tx, schedule, shardings, phase, batch_size)
-        self.batches = self._batches(arrays, batch_size)
+        objective = build_objective(cfg, phase)
+        self.state, self.step = initialise(
+            cfg, run.mesh, view.model, view.abstract, view.sharding, view.initial, objective, steps, peak_lr, batch_size
+        )
+        self._build_batches(objective, arrays, batch_size)
         self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / self.name, cfg.checkpoint)
         self.skipped = 0  # steps whose update was dropped as non-finite
         run_hooks("phase_start")
-        self.kl_sampler = None  # soft_spo's global KL regulariser: on-policy samples drawn before each step
-        if phase == "preference" and kl_active(cfg.loss):
-            prompts = regularisation_prompts(cfg.loss.kl.prompt_source, run.splits.rows)
-            self.kl_sampler = KLSampler(
-                cfg, run.mesh, view.eval_graphdef, run.tokenizer, prompts, self.step.batch_sharding
-            )
+        self.augment = None  # the objective's per-step additions (the KL regulariser's policy samples)
+        if objective.augmenter is not None:
+            shardings = self.step.batch_sharding.fields()
+            self.augment = objective.augmenter(run.mesh, view.eval_graphdef, run.tokenizer, run.splits.rows, shardings)
 
-    def _batches(self, arrays: dict[str, np.ndarray], batch_size: int) -> Any:
-        """The phase's batch iterator over ``arrays`` (this process's rows; packed, bucketed as configured)."""
-        cfg, phase = self.run.cfg, self.phase
-        layout = cfg.data.layout if phase == "preference" else "padded"  # SFT rows are single sequences
+    def _build_batches(self, objective: Objective, arrays: dict[str, np.ndarray], batch_size: int) -> None:
+        """The batch pipeline of this process's rows of the objective's host fields (packed or bucketed)."""
+        cfg = self.run.cfg
         multiple = cfg.mesh.width_multiple()  # every width splits over mesh.context
-        arrays = layout_arrays(arrays, cfg.data, multiple) if layout == "packed" else arrays
-        packing = layout == "packed" and cfg.data.pack_pairs
+        packed = objective.batch_type is PackedPairBatch
+        arrays = layout_arrays(arrays, cfg.data, multiple) if packed else arrays
+        packing = PAIR_FIELD in objective.fields
         # this process reads only its devices' rows of each batch; the pair packer makes packed_pair per batch
-        fields = {k: arrays[k] for k in batch_fields(phase, cfg.loss, layout, packing) if k != PAIR_FIELD}
+        fields = {k: arrays[k] for k in objective.host_fields if k != PAIR_FIELD}
         buckets, lengths = bucket_widths(fields, cfg.data.buckets, cfg.data.auto_buckets, batch_size, multiple)
         packer = self._pair_packer(fields, batch_size) if packing else None
-        batches = make_batches(
+        shardings = self.step.batch_sharding.fields()
+        self.batches = make_batches(
             fields,
             batch_size,
             cfg.trainer.seed,
             buckets,
-            self.step.batch_sharding,
+            shardings,
             cfg.data.workers,
             cfg.data.prefetch,
             lengths,
@@ -104,8 +96,8 @@ class Phase:
                 "data.pack_pairs: %s batches of %d pairs in rows of %d slots, %s rows",
                 self.name,
                 batch_size,
-                batches.packer.width,
-                batches.packer.row_counts(),
+                self.batches.packer.width,
+                self.batches.packer.row_counts(),
             )
         if cfg.data.auto_buckets:
             log.info(
@@ -113,16 +105,15 @@ class Phase:
                 "tokens (%.1f%% at one width)",
                 cfg.data.auto_buckets,
                 self.name,
-                batches.widths,
-                100 * batches.token_fraction(),
-                100 * batches.token_fraction(one_width=True),
+                self.batches.widths,
+                100 * self.batches.token_fraction(),
+                100 * self.batches.token_fraction(one_width=True),
             )
-        return batches
 
     def _pair_packer(self, fields: dict[str, np.ndarray], batch_size: int) -> PairPacker:
         """``data.pack_pairs``: packs each batch's pairs so micro-batches and the batch's shards hold whole pairs."""
         cfg = self.run.cfg
-        pair_sharding = self.step.batch_sharding["soft_label"]  # split like every per-pair field
+        pair_sharding = self.step.batch_sharding.soft_label  # split like every per-pair field
         shards = batch_size // pair_sharding.shard_shape((batch_size,))[0]
         try:
             return PairPacker.build(
@@ -180,10 +171,11 @@ class Phase:
         local = next(self.batches)
         run_hooks("before_step", self.state, local)
         rows = self.batches.global_rows(local)
-        batch = {k: from_process_rows(a, self.step.batch_sharding[k], rows[k]) for k, a in local.items()}
-        if self.kl_sampler is not None:
-            batch |= self.kl_sampler(i, self.view.eval_states(self.state.params)[0])
-        self.state, metrics = self.step.fn(self.state, reference, batch)
+        shardings = self.step.batch_sharding.fields()
+        batch = {k: from_process_rows(a, shardings[k], rows[k]) for k, a in local.items()}
+        if self.augment is not None:
+            batch |= self.augment(i, self.view.eval_states(self.state.params)[0])
+        self.state, metrics = self.step.fn(self.state, reference, self.step.objective.batch(batch))
         return metrics, local
 
     def precompile(self, reference: Any) -> None:
@@ -191,12 +183,7 @@ class Phase:
         shapes = self.batches.shapes()
         if not self.run.cfg.trainer.precompile or len(shapes) < 2:
             return
-        extra = (
-            kl_field_shapes(self.run.cfg.loss, self.run.cfg.data.max_prompt_length)
-            if self.kl_sampler is not None
-            else {}
-        )
-        seconds = precompile(self.step, self.state, reference, [layout | extra for layout in shapes])
+        seconds = precompile(self.step, self.state, reference, shapes)
         if self.batches.packer is None:
             log.info("compiled the %s step for batch widths %s in %.1f s", self.name, self.batches.widths, seconds)
         else:
@@ -237,7 +224,7 @@ class Phase:
         pending: list[tuple[int, dict]] = []
         for i in range(start + 1, self.steps + 1):
             metrics, local = self.take_step(i, reference)
-            forwards = step_forwards(cfg, self.phase, local, self.batches.batch_size, self.view.frozen_base)
+            forwards = step_forwards(cfg, self.step.objective, local, self.batches.batch_size, self.view.frozen_base)
             window_computed += forwards[0].slots  # the policy's pass over the batch's rows
             window_flops += model_flops(cfg.model, forwards)
             pending.append((i, metrics))
@@ -255,7 +242,7 @@ class Phase:
                 row |= throughput(
                     window_tokens, window_computed, window_flops, elapsed, window_steps, self.run.peak_flops
                 ) | {"skipped_steps": float(self.skipped)}
-                row |= self.kl_sampler.drain_metrics(window_steps) if self.kl_sampler is not None else {}
+                row |= self.augment.drain_metrics(window_steps) if self.augment is not None else {}
                 self.run.log.log(self.name, i, row)
                 mfu = {"mfu": f"{row['perf/mfu']:.1%}"} if "perf/mfu" in row else {}
                 bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['perf/tokens_per_second']:.0f}", **mfu)

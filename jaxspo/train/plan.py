@@ -15,12 +15,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from jaxspo.checkpoint import restore_params, save_params
-from jaxspo.train import selfsup
 from jaxspo.lora.choose import base_rebuilt, preference_view
 from jaxspo.lora.views import FullView, ModelView
 from jaxspo.train.run import Run
 from jaxspo.train.selfsup_data import DegreeData, LevelRewardMetrics
-from jaxspo.train.step import batch_fields
+from jaxspo.objectives import build_objective
+from jaxspo.objectives.batches import SELFSUP_FIELDS, SELFSUP_REFERENCE_FIELD
 
 EvalMetrics = dict[str, float]  # an evaluation: metric name -> value
 
@@ -134,11 +134,10 @@ class OnePreferencePhase:
         self.reference = run.params if run.reference_params is None else run.reference_params
         self.view = preference_view(run, self.reference)
         self.evaluator = run.evaluator(self.view.eval_graphdef)
-        if selfsup.active(cfg.loss):  # degraded copies of the train and eval pairs (docs/methods/selfsup.md)
+        fields = build_objective(cfg).fields
+        if SELFSUP_FIELDS[0] in fields:  # degraded copies of the train and eval pairs (docs/methods/selfsup.md)
             degree = DegreeData(cfg, run.tokenizer, run.graphdef, run.mesh, self.reference, self.arrays)
-            self.arrays = self.arrays | degree(
-                self.arrays, with_reference=selfsup.REFERENCE_FIELD in batch_fields("preference", cfg.loss)
-            )
+            self.arrays = self.arrays | degree(self.arrays, with_reference=SELFSUP_REFERENCE_FIELD in fields)
             self.evaluator.extra_metrics.append(LevelRewardMetrics(degree, self.evaluator.pairs))
 
     def evaluate(self, params: Any) -> EvalMetrics:

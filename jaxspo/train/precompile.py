@@ -13,24 +13,21 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
-
 from jaxspo.train.hooks import run_hooks
 from jaxspo.train.step import TrainStep
 
-# field → (global shape, dtype) of one batch the step will see
+# field → (global shape, dtype) of the host fields of one batch the step will see
 BatchLayout = Mapping[str, tuple[tuple[int, ...], Any]]
 
 
 def precompile(step: TrainStep, state: Any, frozen: Any, layouts: Sequence[BatchLayout]) -> float:
     """Lowers and compiles ``step`` for each batch layout (state and ``frozen`` as the loop passes
-    them); returns the seconds it took."""
+    them); the abstract batch comes from the objective's batch type at the layout's dimensions (the fields
+    an augmenter adds take the config's). Returns the seconds it took."""
     start = time.perf_counter()
+    objective = step.objective
     for layout in layouts:
-        batch = {
-            name: jax.ShapeDtypeStruct(shape, dtype, sharding=step.batch_sharding[name])
-            for name, (shape, dtype) in layout.items()
-        }
-        step.fn.lower(state, frozen, batch).compile()
+        dims = objective.batch_type.dims_of({name: shape for name, (shape, _) in layout.items()})
+        step.fn.lower(state, frozen, objective.abstract_batch(dims, step.batch_sharding)).compile()
         run_hooks("after_compile")  # e.g. return the compiler's scratch before the next program's
     return time.perf_counter() - start

@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxspo.distributed import is_writer, to_host
 from jaxspo.train.scoring import PairScorer
-from jaxspo.train.step import PREFERENCE_FIELDS
+from jaxspo.objectives.batches import PAIR_FIELDS
 
 log = logging.getLogger("jaxspo")
 
@@ -38,7 +38,7 @@ def hash_params(digest: "hashlib._Hash", params: Any) -> None:
 def fingerprint(arrays: dict[str, np.ndarray], params: Any, tokenizer) -> str:
     """sha256 of the pair arrays, the parameters (read one leaf at a time) and the tokenizer."""
     digest = hashlib.sha256()
-    for name in PREFERENCE_FIELDS:
+    for name in PAIR_FIELDS:
         _hash_array(digest, name, arrays[name])
     hash_params(digest, params)
     backend = getattr(tokenizer, "backend_tokenizer", None)

@@ -31,12 +31,11 @@ from jaxspo.models.hf_io import load_params, load_tokenizer
 from jaxspo.perf import run_peak
 from jaxspo.sharding import make_mesh
 from jaxspo.train.evaluate import Evaluator
-from jaxspo.train.list_objective import uses_lists
+from jaxspo.objectives import ListBatch, build_objective, precomputed_reference
 from jaxspo.train.metrics_log import MetricsLog
 from jaxspo.train.reference_cache import cached_reference_logps
 from jaxspo.train.scoring import PairScorer
 from jaxspo.train.state import abstract_model, init_params, param_shardings
-from jaxspo.train.step import needs_reference
 
 log = logging.getLogger("jaxspo")
 
@@ -139,9 +138,8 @@ class Run:
             encode = functools.partial(
                 encode_sft_rows, tokenizer=self.tokenizer, max_length=length, max_prompt_length=prompt_length
             )
-        elif split == "train" and uses_lists(
-            self.cfg.loss
-        ):  # ranked lists; the built-in task's rankings come from its scores
+        elif split == "train" and build_objective(self.cfg).batch_type is ListBatch:
+            # ranked lists; the built-in task's rankings come from its scores
 
             def encode(rows):
                 need_ranking = set(self.cfg.loss.terms) != {"soft_spo_best_of_n"}  # only best-of-n makes do with 'best'
@@ -188,7 +186,7 @@ class Run:
         """``arrays`` plus the reference's log-probs of every pair when ``loss.reference: precomputed``
         (scored once, or read from ``loss.reference_cache_dir``); otherwise ``arrays`` unchanged."""
         cfg = self.cfg
-        if not (needs_reference(cfg.loss) and cfg.loss.reference == "precomputed"):
+        if not precomputed_reference(cfg.loss):
             return arrays
         scorer = PairScorer(self.graphdef, self.mesh, cfg.mesh.rules, cfg.trainer.batch_size)
         cached, _ = cached_reference_logps(cfg.loss.reference_cache_dir, scorer, reference, arrays, self.tokenizer)

@@ -15,7 +15,8 @@ from jaxspo.data.bucketing import example_lengths
 from jaxspo.distributed import to_global, to_host
 from jaxspo.sharding import Rules, activation_sharding, named_sharding
 from jaxspo.train.logprobs import forward_logits, sequence_logps, token_logps
-from jaxspo.train.step import PREFERENCE_FIELDS, pair_logps
+from jaxspo.objectives.batches import PAIR_FIELDS, PairBatch
+from jaxspo.objectives.pairs import padded_pair_logps
 
 
 def shard_rows(x: np.ndarray, mesh: Mesh, rules: Rules) -> jax.Array:
@@ -33,12 +34,12 @@ class PairScorer:
 
     def _chunk_logps(self, params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         with activation_sharding(self.mesh, self.rules):
-            chosen, rejected, _, _ = pair_logps(self.graphdef, params, batch)
+            chosen, rejected, _, _ = padded_pair_logps(self.graphdef, params, PairBatch.from_fields(batch))
         return chosen, rejected
 
     def __call__(self, params: Any, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         chosen, rejected = score_in_chunks(
-            self._fn, params, {k: arrays[k] for k in PREFERENCE_FIELDS}, self.chunk, self.mesh, self.rules, trim=True
+            self._fn, params, {k: arrays[k] for k in PAIR_FIELDS}, self.chunk, self.mesh, self.rules, trim=True
         )
         return chosen, rejected
 

@@ -16,7 +16,8 @@ from jax.sharding import Mesh
 
 from jaxspo.data.degrade import Degrader, degraded_arrays, response_ids
 from jaxspo.losses.selfsup import level_rewards, pairwise_accuracy
-from jaxspo.train import selfsup
+from jaxspo.objectives import selfsup
+from jaxspo.objectives.batches import SELFSUP_REFERENCE_FIELD
 from jaxspo.train.scoring import SequenceScorer
 
 log = logging.getLogger("jaxspo")
@@ -28,7 +29,7 @@ def _flat(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
 
 
 class DegreeData:
-    """Builds the selfsup batch fields for encoded pair arrays (see :mod:`jaxspo.train.selfsup`)."""
+    """Builds the selfsup batch fields for encoded pair arrays (see :mod:`jaxspo.objectives.selfsup`)."""
 
     def __init__(
         self,
@@ -54,7 +55,8 @@ class DegreeData:
             self.degrader.fit(corpus)
 
     def __call__(self, arrays: dict[str, np.ndarray], with_reference: bool) -> dict[str, np.ndarray]:
-        """The ``selfsup_*`` arrays for ``arrays``; ``with_reference`` adds ``selfsup_reference_logps`` ``[N, S, K]``."""
+        """The ``selfsup_*`` arrays for ``arrays``; ``with_reference`` adds ``selfsup_reference_logps`` ``[N, S,
+        K]``."""
         surprisal = None
         if self.cfg.loss.selfsup.key_scoring == "surprisal":
             surprisal = {
@@ -66,7 +68,7 @@ class DegreeData:
             logps, _ = self.scorer.sums(
                 self.reference_params, *(_flat(out, n) for n in ("tokens", "valid", "loss_mask"))
             )
-            out[selfsup.REFERENCE_FIELD] = logps.reshape(out["selfsup_level_valid"].shape).astype(np.float32)
+            out[SELFSUP_REFERENCE_FIELD] = logps.reshape(out["selfsup_level_valid"].shape).astype(np.float32)
         valid = out["selfsup_level_valid"]
         log.info(
             "selfsup: %d rows × %d sides × %d levels, %.1f%% of the copies valid", *valid.shape, 100 * valid.mean()
@@ -76,7 +78,8 @@ class DegreeData:
 
 class LevelRewardMetrics:
     """``eval/selfsup/reward_level_k``: mean implicit reward of level k (0 = the original) over held-out rows
-    whose copy k is valid, for every k, and ``eval/selfsup/ranking_accuracy`` (valid level pairs i < j with r_i > r_j)."""
+    whose copy k is valid, for every k, and ``eval/selfsup/ranking_accuracy`` (valid level pairs i < j with r_i >
+    r_j)."""
 
     def __init__(self, degree: DegreeData, pairs: dict[str, np.ndarray]):
         self.degree, self.pairs = degree, pairs

@@ -54,7 +54,7 @@ from jaxspo.train.plan import EvalMetrics, PhaseSetup, PlannedPhase
 from jaxspo.train.reference_cache import cached_reference_logps
 from jaxspo.train.run import Run
 from jaxspo.train.scoring import PairScorer
-from jaxspo.train.step import OFFSET_FIELD, PRECOMPUTED_FIELDS
+from jaxspo.objectives.batches import OFFSET_FIELD, PRECOMPUTED_FIELDS
 
 log = logging.getLogger("jaxspo")
 

@@ -83,9 +83,15 @@ def make_optimizer(opt, schedule: optax.Schedule, abstract_params: nnx.State) ->
 
 
 def state_shardings(
-    tx: optax.GradientTransformation, abstract_params: nnx.State, params_sharding: Any, mesh: Mesh
+    tx: optax.GradientTransformation,
+    abstract_params: nnx.State,
+    params_sharding: Any,
+    mesh: Mesh,
+    aux: Any = None,
+    schedule: optax.Schedule | None = None,
 ) -> TrainState:
-    """Shardings of the whole TrainState: optimizer moments follow their parameters."""
+    """Shardings of the whole TrainState: optimizer moments follow their parameters; the objective's auxiliary
+    state (``aux``, :class:`jaxspo.objectives.base.AuxState`, initialised at ``schedule``) is replicated."""
     replicated = NamedSharding(mesh, PartitionSpec())
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     opt_sharding = optax.tree_map_params(
@@ -95,11 +101,20 @@ def state_shardings(
         params_sharding,
         transform_non_params=lambda _: replicated,
     )
-    return TrainState(step=replicated, params=params_sharding, opt_state=opt_sharding, rng=replicated)
+    head = None if aux is None else jax.tree.map(lambda _: replicated, jax.eval_shape(lambda: aux.init(schedule)))
+    return TrainState(step=replicated, params=params_sharding, opt_state=opt_sharding, rng=replicated, head=head)
 
 
-def init_state(tx: optax.GradientTransformation, params: nnx.State, seed: int, shardings: TrainState) -> TrainState:
-    """Fresh optimizer state for ``params`` (placed by ``shardings``)."""
+def init_state(
+    tx: optax.GradientTransformation,
+    params: nnx.State,
+    seed: int,
+    shardings: TrainState,
+    aux: Any = None,
+    schedule: optax.Schedule | None = None,
+) -> TrainState:
+    """Fresh optimizer state for ``params`` and the objective's auxiliary state ``aux`` (placed by ``shardings``,
+    :func:`state_shardings`); the loop and ``jaxspo compile`` (under ``jax.eval_shape``) both build it here."""
 
     @functools.partial(jax.jit, out_shardings=shardings)
     def init(p: nnx.State) -> TrainState:
@@ -108,6 +123,7 @@ def init_state(tx: optax.GradientTransformation, params: nnx.State, seed: int, s
             params=jax.tree.map(jnp.copy, p),  # own buffers: the step donates them, the caller keeps p
             opt_state=tx.init(p),
             rng=jax.random.key_data(jax.random.key(seed)),
+            head=None if aux is None else aux.init(schedule),
         )
 
     return init(params)

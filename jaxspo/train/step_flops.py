@@ -1,7 +1,8 @@
 """Which decoder passes a configured train step runs, over which rows: the input of :func:`jaxspo.perf.model_flops`.
 
-:func:`step_forwards` reads the batch arrays a step of ``phase`` takes (this process's rows, numpy, or
-just their shapes) and returns the passes of the whole global batch:
+:func:`step_forwards` reads the batch arrays a step of an objective takes (this process's rows, numpy, or
+just their shapes; the objective's batch type says which rows they are) and returns the passes of the whole
+global batch:
 
 - the policy over every sequence row (padded: chosen and rejected rows, ``[2B, T]``; packed: ``[B, W]``;
   lists: ``[B·n, T]``; SFT: ``[B, T]``), with a backward ("frozen" for LoRA's base);
@@ -21,11 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from jaxspo.objectives import Objective, in_step_reference, selfsup
+from jaxspo.objectives.batches import KL_FIELDS, SELFSUP_FIELDS, ListBatch, PackedPairBatch, SFTBatch
 from jaxspo.perf import Forward, model_flops, packed_forward, padded_forward
-from jaxspo.train import selfsup
-from jaxspo.train.kl_regularizer import kl_active, kl_field_shapes
-from jaxspo.train.list_objective import uses_lists
-from jaxspo.train.step import in_step_reference
 
 
 def _rows_width(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -33,63 +32,62 @@ def _rows_width(shape: tuple[int, ...]) -> tuple[int, int]:
     return int(np.prod(shape[:-1])), int(shape[-1])
 
 
+def _policy_forward(model: Any, objective: Objective, arrays: Mapping[str, Any], backward: str) -> Forward:
+    """The policy's pass over the batch's sequence rows (the batch type says which)."""
+    if objective.batch_type is SFTBatch:
+        rows, width = _rows_width(arrays["tokens"].shape)
+        return padded_forward(model, rows, width, width - 1, backward)
+    if objective.batch_type is PackedPairBatch:
+        positions, valid = np.asarray(arrays["packed_positions"]), np.asarray(arrays["packed_valid"])
+        return packed_forward(model, positions, valid, backward)
+    if objective.batch_type is ListBatch:
+        rows, width = _rows_width(arrays["list_tokens"].shape)
+        return padded_forward(model, rows, width, width - 1, backward)
+    rows, width = _rows_width(arrays["chosen_tokens"].shape)
+    return padded_forward(model, 2 * rows, width, width - 1, backward)
+
+
 def step_forwards(
-    cfg: Any, phase: str, arrays: Mapping[str, Any], batch_size: int, frozen_base: bool = False
+    cfg: Any, objective: Objective, arrays: Mapping[str, Any], batch_size: int, frozen_base: bool = False
 ) -> list[Forward]:
-    """The passes one step of ``phase`` runs on the global batch of ``batch_size`` pairs (lists, SFT rows).
+    """The passes one step of ``objective`` runs on the global batch of ``batch_size`` pairs (lists, SFT rows).
 
     ``arrays``: the step's batch arrays, of this process's rows or of all of them (numpy arrays, or any
     object with ``.shape`` for padded rows; packed rows need ``packed_positions`` and ``packed_valid``
     values); counts are scaled to ``batch_size`` rows. ``frozen_base``: LoRA (the policy's weights are frozen).
     """
-    model = cfg.model
     backward = "frozen" if frozen_base else "full"
-    local = next(
-        arrays[name].shape[0]
-        for name in ("list_tokens", "soft_label", "packed_tokens", "chosen_tokens", "tokens")
-        if name in arrays
-    )  # lists, pairs or SFT rows
-    if phase == "sft":
-        rows, width = _rows_width(arrays["tokens"].shape)
-        return [padded_forward(model, rows, width, width - 1, backward).scaled(batch_size / local)]
-    if "packed_tokens" in arrays:
-        policy = packed_forward(
-            model, np.asarray(arrays["packed_positions"]), np.asarray(arrays["packed_valid"]), backward
-        )
-    elif uses_lists(cfg.loss):
-        rows, width = _rows_width(arrays["list_tokens"].shape)
-        policy = padded_forward(model, rows, width, width - 1, backward)
-    else:
-        rows, width = _rows_width(arrays["chosen_tokens"].shape)
-        policy = padded_forward(model, 2 * rows, width, width - 1, backward)
-    passes = [policy]
-    if in_step_reference(cfg.loss) and not uses_lists(cfg.loss):  # the list objective reads no reference
-        passes.append(policy.forward_only())
-    if selfsup.active(cfg.loss):
-        passes += _selfsup_forwards(cfg, arrays, backward)
-    passes = [f.scaled(batch_size / local) for f in passes]
-    if kl_active(cfg.loss):  # sampled on the device for the whole batch: shapes from the config
-        shape = kl_field_shapes(cfg.loss, cfg.data.max_prompt_length)["kl_tokens"][0]
-        sampled = padded_forward(model, shape[0], shape[1], shape[1], backward)
+    leading = {SFTBatch: "tokens", ListBatch: "list_tokens", PackedPairBatch: "soft_label"}  # a row per list, pair…
+    scale = batch_size / arrays[leading.get(objective.batch_type, "chosen_tokens")].shape[0]
+    passes = [_policy_forward(cfg.model, objective, arrays, backward)]
+    if objective.batch_type is SFTBatch:
+        return [passes[0].scaled(scale)]
+    if in_step_reference(cfg.loss) and objective.batch_type is not ListBatch:  # the list objective reads none
+        passes.append(passes[0].forward_only())
+    if SELFSUP_FIELDS[0] in objective.fields:
+        passes += _selfsup_forwards(cfg, objective, arrays, backward)
+    passes = [f.scaled(scale) for f in passes]
+    if KL_FIELDS[0] in objective.fields:  # sampled on the device for the whole batch: shapes from the config
+        rows, width = objective.dims["samples"], objective.dims["sample_length"]
+        sampled = padded_forward(cfg.model, rows, width, width, backward)
         passes += [sampled, sampled.forward_only()]
     return passes
 
 
-def _selfsup_forwards(cfg: Any, arrays: Mapping[str, Any], backward: str) -> list[Forward]:
-    """Passes over the degraded copies ``[B, S, K, T]`` (classify mode: with the S originals, no LM head)."""
+def _selfsup_forwards(cfg: Any, objective: Objective, arrays: Mapping[str, Any], backward: str) -> list[Forward]:
+    """Passes over the degraded copies ``[B, S, K, T]`` (classify mode, which trains a head: with the S
+    originals, no LM head)."""
     b, sides, levels, width = arrays["selfsup_tokens"].shape
-    if cfg.loss.selfsup.mode == "ranking":
+    if objective.aux is None:  # ranking
         copies = padded_forward(cfg.model, b * sides * levels, width, width - 1, backward)
-        reference = selfsup.needs_reference(cfg.loss) and cfg.loss.reference in (
-            "resident",
-            "adapter_off",
-        )  # else precomputed
+        # the reference's pass over the copies, unless their reference log-probs were precomputed
+        reference = selfsup.needs_reference(cfg.loss) and cfg.loss.reference in ("resident", "adapter_off")
         return [copies] + ([copies.forward_only()] if reference else [])
     return [padded_forward(cfg.model, b * sides * (levels + 1), width, 0, backward)]
 
 
 def step_model_flops(
-    cfg: Any, phase: str, arrays: Mapping[str, Any], batch_size: int, frozen_base: bool = False
+    cfg: Any, objective: Objective, arrays: Mapping[str, Any], batch_size: int, frozen_base: bool = False
 ) -> float:
     """Model FLOPs of one step (:func:`step_forwards` counted by :func:`jaxspo.perf.model_flops`)."""
-    return model_flops(cfg.model, step_forwards(cfg, phase, arrays, batch_size, frozen_base))
+    return model_flops(cfg.model, step_forwards(cfg, objective, arrays, batch_size, frozen_base))

@@ -1,10 +1,12 @@
-"""Global KL regulariser of Soft Preference Optimization (docs/methods/soft-spo.md): β_KL·KL(πθ ‖ π_ref) on policy samples.
+"""Global KL regulariser (docs/methods/soft-spo.md), an add-on term of any objective: β_KL·KL(πθ ‖ π_ref) on policy
+samples.
 
 Outside the jitted train step, :class:`KLSampler` draws y ~ πθ(·|x) with the jitted KV-cache sampler
 (:func:`jaxspo.sampling.sample`) for ``loss.kl.prompts`` prompts of the regularisation prompt set,
 ``samples_per_prompt`` each, every ``refresh`` steps, sharded over the step's mesh; they enter the
-step as batch fields ``kl_tokens``, ``kl_valid``, ``kl_response`` ``[M, P + N]`` (prompt then response).
-Inside the step, :func:`with_kl_regulariser` adds β_KL times the mean over the M samples of
+step as batch fields ``kl_tokens``, ``kl_valid``, ``kl_response`` ``[M, P + N]`` (prompt then response;
+:class:`~jaxspo.objectives.batches.KLSamples`). Inside the step, :func:`with_kl_regulariser` adds β_KL times
+the mean over the M samples of
 Σ_t Σ_v πθ(v|·)(log πθ(v|·) − log π_ref(v|·)) over the sampled positions [D/I]: the samples are fixed
 data and the gradient flows through πθ's full next-token distributions (π_ref is the frozen resident
 reference). A refresh interval above 1 reuses samples drawn from an earlier policy; a resumed run
@@ -34,10 +36,9 @@ from jaxspo.distributed import to_global
 from jaxspo.errors import DataError
 from jaxspo.sampling import sample
 from jaxspo.sharding import named_sharding
+from jaxspo.objectives.base import Objective
+from jaxspo.objectives.batches import KL_FIELDS
 from jaxspo.train.logprobs import sequence_kl
-from jaxspo.lora.views import as_model
-
-KL_FIELDS = ("kl_tokens", "kl_valid", "kl_response")
 
 
 def kl_active(loss_cfg) -> bool:
@@ -50,33 +51,23 @@ def kl_rows(loss_cfg) -> int:
     return loss_cfg.kl.prompts * loss_cfg.kl.samples_per_prompt
 
 
-def kl_field_shapes(loss_cfg, max_prompt_length: int) -> dict[str, tuple[tuple[int, int], Any]]:
-    """Shape and dtype of each sampled batch field: ``[M, max_prompt_length + loss.kl.max_new_tokens]``."""
-    shape = (kl_rows(loss_cfg), max_prompt_length + loss_cfg.kl.max_new_tokens)
-    return {name: (shape, jnp.int32 if name == "kl_tokens" else jnp.bool_) for name in KL_FIELDS}
+def dims(loss_cfg, max_prompt_length: int) -> dict[str, int]:
+    """The samples' dimensions: ``[M, max_prompt_length + loss.kl.max_new_tokens]``."""
+    return {"samples": kl_rows(loss_cfg), "sample_length": max_prompt_length + loss_cfg.kl.max_new_tokens}
 
 
-def with_kl_regulariser(objective, graphdef: Any, loss_cfg):
+def with_kl_regulariser(objective: Objective, cfg) -> Objective:
     """``objective`` plus β_KL·(count/M)·Σ_samples KL, so that after the step divides by the global
-    count (pairs or lists) the loss is preference mean + β_KL·mean KL per sampled response."""
-    beta = loss_cfg.kl.beta
-    model = as_model(graphdef)
+    count (pairs or lists) the loss is the objective's mean + β_KL·mean KL per sampled response; its batch
+    gains the samples (drawn by :class:`KLSampler`, the objective's augmenter) and the step passes it the
+    frozen reference."""
+    beta, base = cfg.loss.kl.beta, objective.loss
 
-    def regularised(
-        params: nnx.State,
-        reference_params: Any,
-        batch: dict[str, jax.Array],
-        rng: jax.Array | None = None,
-        head_params: Any = None,
-    ):
-        data = {k: v for k, v in batch.items() if k not in KL_FIELDS}
-        loss_sum, metrics = objective(params, reference_params, data, rng, head_params)
+    def regularised(view, params: nnx.State, frozen: Any, batch: Any, rng: jax.Array | None = None, aux: Any = None):
+        loss_sum, metrics = base(view, params, frozen, batch, rng, aux)
         with jax.named_scope("kl_regulariser"):
-            policy, reference = (
-                model.policy(params, reference_params, rng),
-                model.reference(jax.lax.stop_gradient(reference_params)),
-            )
-            kl = sequence_kl(policy, reference, batch["kl_tokens"], batch["kl_valid"], batch["kl_response"])  # [M]
+            policy, reference = view.policy(params, frozen, rng), view.reference(jax.lax.stop_gradient(frozen))
+            kl = sequence_kl(policy, reference, batch.kl_tokens, batch.kl_valid, batch.kl_response)  # [M]
         preference_sum, count = metrics["loss"]
         added = beta * kl.sum() * count / kl.shape[0]
         metrics["loss/preference"] = (jax.lax.stop_gradient(preference_sum), count)
@@ -84,7 +75,18 @@ def with_kl_regulariser(objective, graphdef: Any, loss_cfg):
         metrics["kl/value"] = (jax.lax.stop_gradient(kl.sum()), jnp.float32(kl.shape[0]))
         return loss_sum + added, metrics
 
-    return regularised
+    def augmenter(mesh, graphdef: nnx.GraphDef, tokenizer, splits: dict[str, list], shardings: dict[str, Any]):
+        prompts = regularisation_prompts(cfg.loss.kl.prompt_source, splits)
+        return KLSampler(cfg, mesh, graphdef, tokenizer, prompts, shardings)
+
+    return objective.replace(
+        fields=objective.fields + KL_FIELDS,
+        loss=regularised,
+        dims=dict(objective.dims) | dims(cfg.loss, cfg.data.max_prompt_length),
+        reads_frozen=True,
+        augmenter=augmenter,
+        augmented_fields=KL_FIELDS,
+    )
 
 
 def regularisation_prompts(source: str, splits: dict[str, list[dict[str, Any]]]) -> list[Any]:
@@ -92,7 +94,8 @@ def regularisation_prompts(source: str, splits: dict[str, list[dict[str, Any]]])
     rows with ``prompt`` (text, or a message list for conversational data)."""
     if source not in splits and not Path(source).expanduser().is_file():
         raise DataError(
-            f"{source}: no such split or file (loss.kl.prompt_source); name a split (train, sft, eval) or a .jsonl file of prompts"
+            f"{source}: no such split or file (loss.kl.prompt_source); name a split (train, sft, eval) or a .jsonl "
+            "file of prompts"
         )
     rows = splits[source] if source in splits else read_jsonl(Path(source).expanduser())
     prompts, seen = [], set()
@@ -100,7 +103,8 @@ def regularisation_prompts(source: str, splits: dict[str, list[dict[str, Any]]])
         prompt = row.get("prompt") if isinstance(row, dict) else None
         if not (isinstance(prompt, str) and prompt.strip()) and not is_conversation(prompt):
             raise DataError(
-                f"{source}, row {i}: field 'prompt' must be a non-empty str or a list of messages (loss.kl.prompt_source); fix the row"
+                f"{source}, row {i}: field 'prompt' must be a non-empty str or a list of messages "
+                "(loss.kl.prompt_source); fix the row"
             )
         key = json.dumps(prompt, sort_keys=True)
         if key not in seen:
@@ -110,7 +114,8 @@ def regularisation_prompts(source: str, splits: dict[str, list[dict[str, Any]]])
 
 
 class KLSampler:
-    """``sampler(step, params) -> batch fields`` for step ``step`` (1-based): fresh samples every ``loss.kl.refresh`` steps."""
+    """``sampler(step, params) -> batch fields`` for step ``step`` (1-based): fresh samples every ``loss.kl.refresh``
+    steps."""
 
     def __init__(
         self, cfg, mesh, graphdef: nnx.GraphDef, tokenizer, prompts: list[str], shardings: dict[str, NamedSharding]
@@ -134,7 +139,8 @@ class KLSampler:
         }
 
     def draw(self, refresh: int, params: nnx.State) -> dict[str, jax.Array]:
-        """Samples for refresh number ``refresh``: prompts drawn without replacement (when possible) by seed and refresh."""
+        """Samples for refresh number ``refresh``: prompts drawn without replacement (when possible) by seed and
+        refresh."""
         kl = self.kl
         rng = np.random.default_rng([self.cfg.trainer.seed, refresh])
         rows = rng.choice(len(self.tokens), kl.prompts, replace=len(self.tokens) < kl.prompts)

@@ -1,42 +1,33 @@
-"""selfsup inside the train step: forwards of the degraded copies, the degree loss, the classify head.
+"""selfsup as an add-on term of the pair objective: forwards of the degraded copies, the degree loss, the classify head.
 
-The step calls :func:`degree_objective` after the base objective when ``loss.selfsup.weight`` > 0
-(weight 0 adds no batch field, no forward and no head: the step is the base step exactly). Batch fields
+With ``loss.selfsup.weight`` > 0 the pair objective adds :func:`degree_term` after its loss terms (weight 0
+adds no batch field, no forward and no head: the objective is the base objective exactly). Batch fields
 (built before training by :mod:`jaxspo.train.selfsup_data`): ``selfsup_tokens``, ``selfsup_valid``,
 ``selfsup_loss_mask`` ``[B, S, K, T]``, ``selfsup_level_valid`` ``[B, S, K]`` and, with a precomputed
 reference, ``selfsup_reference_logps`` ``[B, S, K]``; S = 1 or 2 degraded sides, K levels.
 
-The ``classify`` head (a linear map of the mean-pooled last-layer hidden state to K + 1 level logits) lives
-in ``TrainState.head`` = ``{"params": {"kernel" [D, K+1], "bias" [K+1]}, "opt_state": Adam state}``: it is
-trained with its own Adam at the policy's learning-rate schedule (no clipping, no weight decay) [I],
-checkpointed with the state, and never exported (it is not part of the policy's parameters).
+The ``classify`` head (a linear map of the mean-pooled last-layer hidden state to K + 1 level logits) is the
+objective's auxiliary state (:class:`ClassifyHead`), kept in ``TrainState.head`` =
+``{"params": {"kernel" [D, K+1], "bias" [K+1]}, "opt_state": Adam state}``: it is trained with its own Adam
+at the policy's learning-rate schedule (no clipping, no weight decay) [I], checkpointed with the state, and never
+exported (it is not part of the policy's parameters).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxspo.losses import PairLogps, get_loss
 from jaxspo.losses.selfsup import DEGRADE_SIDES, classify_loss, level_rewards, pairwise_accuracy, ranking_degree_loss
+from jaxspo.objectives.base import Metrics
+from jaxspo.objectives.batches import SELFSUP_FIELDS, SELFSUP_REFERENCE_FIELD, PairBatch
 from jaxspo.train.logprobs import positions_from_valid, sequence_logps
-from jaxspo.lora.views import as_model
-
-Metrics = dict[str, tuple[jax.Array, jax.Array]]
-DATA_FIELDS = ("selfsup_tokens", "selfsup_valid", "selfsup_loss_mask", "selfsup_level_valid")
-REFERENCE_FIELD = "selfsup_reference_logps"
-FIELD_RANKS = {
-    "selfsup_tokens": 4,
-    "selfsup_valid": 4,
-    "selfsup_loss_mask": 4,
-    "selfsup_level_valid": 3,
-    REFERENCE_FIELD: 3,
-}
 
 
 def active(loss_cfg) -> bool:
@@ -45,7 +36,8 @@ def active(loss_cfg) -> bool:
 
 
 def reward_kind(loss_cfg) -> str:
-    """The ranking reward: ``loss.selfsup.reward``, or for ``auto`` log_ratio if the first term reads π_ref, else mean_logp."""
+    """The ranking reward: ``loss.selfsup.reward``, or for ``auto`` log_ratio if the first term reads π_ref, else
+    mean_logp."""
     kind = loss_cfg.selfsup.reward
     if kind != "auto":
         return kind
@@ -67,24 +59,16 @@ def sides(loss_cfg) -> tuple[str, ...]:
 
 
 def batch_fields(loss_cfg) -> tuple[str, ...]:
-    """The selfsup arrays a preference step reads (none when off)."""
+    """The selfsup arrays a pair batch holds (none when off)."""
     if not active(loss_cfg):
         return ()
     precomputed = needs_reference(loss_cfg) and loss_cfg.reference == "precomputed"
-    return DATA_FIELDS + ((REFERENCE_FIELD,) if precomputed else ())
+    return SELFSUP_FIELDS + ((SELFSUP_REFERENCE_FIELD,) if precomputed else ())
 
 
-def field_shapes(loss_cfg, batch: int, length: int) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """Shape and dtype of each selfsup batch field for ``batch`` pairs of ``length`` tokens (for AOT compiles)."""
-    dims = (batch, len(sides(loss_cfg)), loss_cfg.selfsup.levels)
-    kinds = {
-        "selfsup_tokens": (dims + (length,), jnp.int32),
-        "selfsup_valid": (dims + (length,), jnp.bool_),
-        "selfsup_loss_mask": (dims + (length,), jnp.bool_),
-        "selfsup_level_valid": (dims, jnp.bool_),
-        REFERENCE_FIELD: (dims, jnp.float32),
-    }
-    return {name: kinds[name] for name in batch_fields(loss_cfg)}
+def dims(loss_cfg) -> dict[str, int]:
+    """The batch dimensions the config fixes: S degraded sides and K levels."""
+    return {"sides": len(sides(loss_cfg)), "levels": loss_cfg.selfsup.levels} if active(loss_cfg) else {}
 
 
 def _flat(x: jax.Array) -> jax.Array:
@@ -105,24 +89,23 @@ def copy_rewards(
     model: Any,
     params: Any,
     reference_params: Any,
-    batch: dict[str, jax.Array],
+    batch: PairBatch,
     logps: PairLogps,
     loss_cfg,
     rng: jax.Array | None = None,
 ) -> jax.Array:
     """Implicit rewards of levels 0…K, ``[B, S, K + 1]`` (level 0 from the base objective's log-probs).
 
-    ``model``: a graph definition or a model view (:mod:`jaxspo.lora.views`, e.g. LoRA)."""
-    model = as_model(model)
-    kind, shape = reward_kind(loss_cfg), batch["selfsup_level_valid"].shape
-    tokens, valid, mask = (_flat(batch[f"selfsup_{n}"]) for n in ("tokens", "valid", "loss_mask"))
+    ``model``: a model view (:mod:`jaxspo.lora.views`, e.g. LoRA)."""
+    kind, shape = reward_kind(loss_cfg), batch.selfsup_level_valid.shape
+    tokens, valid, mask = (_flat(x) for x in (batch.selfsup_tokens, batch.selfsup_valid, batch.selfsup_loss_mask))
     with jax.named_scope("selfsup_policy"):
         policy, lengths = (
             x.reshape(shape) for x in sequence_logps(*model.policy(params, reference_params, rng), tokens, valid, mask)
         )
     reference = None
-    if kind == "log_ratio" and REFERENCE_FIELD in batch:
-        reference = batch[REFERENCE_FIELD]
+    if kind == "log_ratio" and batch.selfsup_reference_logps is not None:
+        reference = batch.selfsup_reference_logps
     elif kind == "log_ratio" and needs_reference(loss_cfg):
         with jax.named_scope("selfsup_reference"):
             reference = jax.lax.stop_gradient(
@@ -138,7 +121,7 @@ def level_logits(
     params: Any,
     reference_params: Any,
     head_params: Any,
-    batch: dict[str, jax.Array],
+    batch: PairBatch,
     loss_cfg,
     rng: jax.Array | None = None,
 ) -> jax.Array:
@@ -146,13 +129,13 @@ def level_logits(
     names = sides(loss_cfg)
 
     def with_original(field: str) -> jax.Array:  # [B, S, K + 1, T]
-        original = jnp.stack([batch[f"{s}_{field}"] for s in names], 1)[:, :, None]
-        return jnp.concatenate([original, batch[f"selfsup_{field}"]], 2)
+        original = jnp.stack([getattr(batch, f"{s}_{field}") for s in names], 1)[:, :, None]
+        return jnp.concatenate([original, getattr(batch, f"selfsup_{field}")], 2)
 
     tokens, valid, mask = (with_original(f) for f in ("tokens", "valid", "loss_mask"))
     shape = tokens.shape[:3]
     with jax.named_scope("selfsup_policy"):
-        decoder = nnx.merge(*as_model(model).policy(params, reference_params, rng))
+        decoder = nnx.merge(*model.policy(params, reference_params, rng))
         flat_valid = _flat(valid)
         _, hidden = decoder.hidden_states(_flat(tokens), positions_from_valid(flat_valid), flat_valid)  # [L+1, N, T, D]
     weights = _flat(mask).astype(jnp.float32)[..., None]  # pool over response positions
@@ -165,7 +148,7 @@ def degree_objective(
     model: Any,
     params: Any,
     reference_params: Any,
-    batch: dict[str, jax.Array],
+    batch: PairBatch,
     logps: PairLogps,
     loss_cfg,
     rng: jax.Array | None,
@@ -174,7 +157,7 @@ def degree_objective(
     """Per-pair degree loss ``[B]`` and metrics as (sum, count): ``selfsup/loss``, ``selfsup/accuracy``,
     and for ranking ``selfsup/reward_level_k`` (mean implicit reward of level k over valid copies)."""
     cfg = loss_cfg.selfsup
-    level_valid = batch["selfsup_level_valid"]
+    level_valid = batch.selfsup_level_valid
     valid = jnp.concatenate([jnp.ones(level_valid.shape[:2] + (1,), bool), level_valid], -1)  # [B, S, K + 1]
     metrics: Metrics = {}
     if cfg.mode == "ranking":
@@ -196,46 +179,47 @@ def degree_objective(
     return degree, metrics
 
 
-def add_degree_term(
-    loss_sum: jax.Array, metrics: Metrics, degree: jax.Array, degree_metrics: Metrics, weight: float
-) -> tuple[jax.Array, Metrics]:
-    """total = base + λ·Σ_pairs degree; the ``loss`` metric becomes the total, the rest are added."""
-    extra = weight * degree.sum()
-    total, count = metrics["loss"]
-    return loss_sum + extra, metrics | degree_metrics | {"loss": (total + jax.lax.stop_gradient(extra), count)}
+def degree_term(loss_cfg):
+    """The pair objective's add-on term: total = base + λ·Σ_pairs degree; the ``loss`` metric becomes the total,
+    the degree metrics are added (``aux``: the classify head's params, or None)."""
+    weight = loss_cfg.selfsup.weight
+
+    def term(view, params, frozen, batch, logps, rng, aux, loss_sum, metrics) -> tuple[jax.Array, Metrics]:
+        degree, degree_metrics = degree_objective(view, params, frozen, batch, logps, loss_cfg, rng, aux)
+        extra = weight * degree.sum()
+        total, count = metrics["loss"]
+        return loss_sum + extra, metrics | degree_metrics | {"loss": (total + jax.lax.stop_gradient(extra), count)}
+
+    return term
 
 
 # ---------------------------------------------------------------------------------------------
-# The classify head: its own parameters and optimizer state inside TrainState.head
+# The classify head: the objective's auxiliary state, its own parameters and Adam state in TrainState.head
 # ---------------------------------------------------------------------------------------------
 
 
-def head_optimizer(schedule: optax.Schedule) -> optax.GradientTransformation:
-    return optax.adam(schedule)
+@dataclasses.dataclass(frozen=True)
+class ClassifyHead:
+    """Zero-initialised ``kernel [D, K+1]`` and ``bias [K+1]`` with their own Adam at the policy's schedule."""
+
+    hidden_size: int
+    classes: int
+
+    def init(self, schedule: optax.Schedule) -> dict[str, Any]:
+        params = {
+            "kernel": jnp.zeros((self.hidden_size, self.classes), jnp.float32),
+            "bias": jnp.zeros((self.classes,), jnp.float32),
+        }
+        return {"params": params, "opt_state": optax.adam(schedule).init(params)}
+
+    def update(self, head: dict[str, Any], grads: Any, schedule: optax.Schedule) -> dict[str, Any]:
+        """One Adam step of the head with ``grads`` (already divided by the global pair count)."""
+        updates, opt_state = optax.adam(schedule).update(grads, head["opt_state"], head["params"])
+        return {"params": optax.apply_updates(head["params"], updates), "opt_state": opt_state}
 
 
-def init_head(loss_cfg, hidden_size: int, schedule: optax.Schedule) -> dict[str, Any] | None:
-    """Zero-initialised head and its Adam state for ``classify`` (None otherwise)."""
+def classify_head(loss_cfg, hidden_size: int) -> ClassifyHead | None:
+    """The head ``classify`` trains (None otherwise)."""
     if not (active(loss_cfg) and loss_cfg.selfsup.mode == "classify"):
         return None
-    classes = loss_cfg.selfsup.levels + 1
-    params = {"kernel": jnp.zeros((hidden_size, classes), jnp.float32), "bias": jnp.zeros((classes,), jnp.float32)}
-    return {"params": params, "opt_state": head_optimizer(schedule).init(params)}
-
-
-def attach_head(
-    state: Any, shardings: Any, loss_cfg, hidden_size: int, schedule: optax.Schedule, mesh: Mesh
-) -> tuple[Any, Any]:
-    """``(state, shardings)`` with the classify head added (replicated); unchanged for other configs."""
-    abstract = jax.eval_shape(lambda: init_head(loss_cfg, hidden_size, schedule))
-    if abstract is None:
-        return state, shardings
-    head_sharding = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), abstract)
-    head = jax.jit(lambda: init_head(loss_cfg, hidden_size, schedule), out_shardings=head_sharding)()
-    return state.replace(head=head), shardings.replace(head=head_sharding)
-
-
-def update_head(head: dict[str, Any], grads: Any, schedule: optax.Schedule) -> dict[str, Any]:
-    """One Adam step of the head with ``grads`` (already divided by the global pair count)."""
-    updates, opt_state = head_optimizer(schedule).update(grads, head["opt_state"], head["params"])
-    return {"params": optax.apply_updates(head["params"], updates), "opt_state": opt_state}
+    return ClassifyHead(hidden_size, loss_cfg.selfsup.levels + 1)

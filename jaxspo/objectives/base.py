@@ -1,0 +1,79 @@
+"""The Objective seam: what a train step optimises, and everything the step, the loop and the compiler ask of it.
+
+An :class:`Objective` owns its batch type (:mod:`jaxspo.objectives.batches`) and the fields it reads, its pure
+loss ``(view, params, frozen, batch, rng, aux) -> (loss sum, metrics as (sum, count))``, the step's denominator
+(``count``), any auxiliary trainable state (``aux``: selfsup's classify head) and any per-step augmentation of
+the batch (``augmenter``: the KL regulariser's policy samples). :func:`jaxspo.objectives.build_objective` makes
+one from a config; the step (:func:`jaxspo.train.step.make_train_step`) takes it and imports none.
+
+``view`` is a model view (:mod:`jaxspo.lora.views`): ``view.policy(params, frozen, rng)`` and
+``view.reference(frozen)`` give (graph, params) pairs; ``frozen`` is the resident reference's params, LoRA's
+frozen base, or None; ``rng`` is key data ``[2]`` uint32 (LoRA dropout); ``aux`` is the auxiliary state's
+trainable params (or None).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import jax
+from jax.sharding import Mesh
+
+from jaxspo.objectives.batches import TypedBatch
+from jaxspo.sharding import Rules
+
+Metrics = dict[str, tuple[jax.Array, jax.Array]]
+Loss = Callable[..., tuple[jax.Array, Metrics]]
+
+
+class AuxState(Protocol):
+    """Trainable state beside the policy with its own optimiser, ``{"params": …, "opt_state": …}``."""
+
+    def init(self, schedule: Any) -> dict[str, Any]: ...
+
+    def update(self, state: dict[str, Any], grads: Any, schedule: Any) -> dict[str, Any]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """A configured objective (see the module docstring).
+
+    ``fields``: the batch fields the loss reads; ``dims``: the batch dimensions the config fixes (selfsup's
+    sides and levels, the KL samples); ``reads_frozen``: whether the step passes the frozen params to the loss
+    (a reference forward in the step); ``augmenter(mesh, graphdef, tokenizer, splits, shardings)`` makes a
+    callable ``(step, params) -> fields`` whose arrays join each batch before the step.
+    """
+
+    name: str
+    batch_type: type[TypedBatch]
+    fields: tuple[str, ...]
+    loss: Loss
+    count: Callable[[Any], jax.Array]
+    dims: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    reads_frozen: bool = False
+    aux: AuxState | None = None
+    augmenter: Callable[..., Any] | None = None
+    augmented_fields: tuple[str, ...] = ()
+
+    @property
+    def host_fields(self) -> tuple[str, ...]:
+        """The fields the host pipeline provides (the augmenter adds the others on the device)."""
+        return tuple(name for name in self.fields if name not in self.augmented_fields)
+
+    def batch_shardings(self, mesh: Mesh, rules: Rules, batch_size: int) -> Any:
+        """The typed batch of shardings the step takes (``batch_size`` pairs, lists or rows)."""
+        leading = {"batch": batch_size, "rows": batch_size} | dict(self.dims)
+        return self.batch_type.shardings(self.fields, mesh, rules, leading)
+
+    def abstract_batch(self, dims: Mapping[str, int], shardings: Any = None) -> Any:
+        """The typed batch of ``jax.ShapeDtypeStruct`` for the data's ``dims`` (batch, length, …) and the config's."""
+        return self.batch_type.abstract(self.fields, dict(dims) | dict(self.dims), shardings)
+
+    def batch(self, arrays: Mapping[str, Any]) -> Any:
+        """The typed batch of the fields ``arrays`` holds (the host pipeline's flat mapping)."""
+        return self.batch_type.from_fields({name: arrays[name] for name in self.fields if name in arrays})
+
+    def replace(self, **changes: Any) -> Objective:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,34 @@
+"""The SFT objective: token-level NLL summed over completion tokens (the step divides by the global token count)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxspo.objectives.base import Metrics, Objective
+from jaxspo.objectives.batches import SFTBatch
+from jaxspo.train.logprobs import sequence_logps
+
+
+def sft_loss(
+    view, params: nnx.State, frozen: Any, batch: SFTBatch, rng: jax.Array | None = None, aux: Any = None
+) -> tuple[jax.Array, Metrics]:
+    """−Σ log-probs of the completion tokens, with the metric ``loss`` per token and ``tokens`` (non-pad)."""
+    logps, lengths = sequence_logps(*view.policy(params, frozen, rng), batch.tokens, batch.valid, batch.loss_mask)
+    loss_sum = -logps.sum()
+    return loss_sum, {
+        "loss": (loss_sum, lengths.sum()),
+        "tokens": (batch.valid.sum().astype(jnp.float32), jnp.float32(1.0)),
+    }
+
+
+def sft_count(batch: SFTBatch) -> jax.Array:
+    """The step's denominator: completion tokens of the whole batch."""
+    return batch.loss_mask[:, 1:].sum().astype(jnp.float32)
+
+
+def sft_objective() -> Objective:
+    return Objective("sft", SFTBatch, SFTBatch.required(), sft_loss, sft_count)
