@@ -1,4 +1,4 @@
-"""soft_spo with soft labels (docs/methods/soft-spo.md): p̂ = 1 is the hard-label loss bit for bit, the pairwise loss is
+"""soft_spo with soft labels (docs/methods/soft-spo.md): p̂ = 1 is the hard-label loss to rounding, the pairwise loss is
 the Bradley–Terry expectation over both orders, and list rows with scores have soft winners softmax(score/τ)."""
 
 from __future__ import annotations
@@ -46,26 +46,24 @@ def hard_label_loss(logps: PairLogps, alpha: float, gamma: float) -> jax.Array:
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 @pytest.mark.parametrize(("alpha", "gamma"), [(1.0, 0.0), (0.3, 0.0), (0.5, 0.8)])
-def test_hard_label_is_the_old_loss_bit_for_bit(dtype, alpha, gamma):
-    # Op by op (eager) values and gradients are bit-identical. Compiled, the gradients still are; the values may differ
-    # in the last bits of the log-probs, as XLA compiles the two graphs differently (as it does the old loss jitted
-    # vs eager).
+def test_hard_label_is_the_old_loss_to_rounding(dtype, alpha, gamma):
+    # p̂ = 1 computes −(1/α)[log σ(αd) + 0·log σ(−αd)], the old loss −(1/α)(s_w − logsumexp(s)): the same function by
+    # different operations, so eager or compiled they agree to the last bits of the log-probs, not bit for bit (which
+    # bits differ depends on the CPU and on how XLA fuses each graph).
+    eps = float(jnp.finfo(dtype).eps)
     with jax.enable_x64(dtype == jnp.float64):
         logps = pairs(np.ones(16), dtype)
         args = (logps.policy_chosen, logps.policy_rejected)
+        scale = float(jnp.abs(jnp.stack(args)).max())  # s_w − logsumexp(s) cancels: ulps of the log-probs
         for wrap in (lambda f: f, jax.jit):
             new = wrap(
                 lambda c, r: soft_spo_loss(logps.replace(policy_chosen=c, policy_rejected=r), pair_cfg(alpha, gamma))
             )
             old = wrap(lambda c, r: hard_label_loss(logps.replace(policy_chosen=c, policy_rejected=r), alpha, gamma))
-            if wrap is jax.jit:
-                scale = float(jnp.abs(jnp.stack(args)).max())  # s_w − logsumexp(s) cancels: ulps of the log-probs
-                np.testing.assert_allclose(new(*args), old(*args), rtol=0, atol=2 * jnp.finfo(dtype).eps * scale)
-            else:
-                np.testing.assert_array_equal(new(*args), old(*args))
+            np.testing.assert_allclose(new(*args), old(*args), rtol=0, atol=2 * eps * scale)
             grads = [jax.grad(lambda c, r, f=f: f(c, r).sum(), argnums=(0, 1))(*args) for f in (new, old)]
-            for a, b in zip(*grads):
-                np.testing.assert_array_equal(a, b)
+            for a, b in zip(*grads):  # each |gradient| ≤ μ ≤ a few units
+                np.testing.assert_allclose(a, b, rtol=4 * eps, atol=4 * eps)
 
 
 def test_soft_pair_loss_is_the_expectation_over_both_orders_and_symmetric():
@@ -136,9 +134,11 @@ def test_list_rows_with_scores_have_soft_winners_and_rows_without_keep_the_hard_
             loss = list_loss(name, SCORES, cfg)
             np.testing.assert_allclose(loss, by_hand(kind, alpha, temperature), rtol=1e-12)
             old = hard(jnp.asarray(LIST_LOGPS), jnp.asarray(LIST_MASK), alpha)
-            assert loss[1] == old[1] and abs(float(loss[0] - old[0])) > 1e-3  # unscored: bit for bit; scored: soft
-            np.testing.assert_array_equal(list_loss(name, None, cfg), old)  # no scores at all
-            np.testing.assert_array_equal(list_loss(name, np.full_like(SCORES, np.nan), cfg), old)
+            # unscored: the hard loss to float64 rounding (another sum order); scored: soft
+            np.testing.assert_allclose(loss[1], old[1], rtol=1e-13)
+            assert abs(float(loss[0] - old[0])) > 1e-3
+            np.testing.assert_allclose(list_loss(name, None, cfg), old, rtol=1e-13)  # no scores at all
+            np.testing.assert_allclose(list_loss(name, np.full_like(SCORES, np.nan), cfg), old, rtol=1e-13)
 
 
 @pytest.mark.parametrize(
