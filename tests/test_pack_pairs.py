@@ -266,7 +266,7 @@ def test_a_pack_pairs_step_equals_the_padded_step(attention, reference):
     packed, packed_params, batch = full_steps(
         kernel + ["data.layout=packed", "data.pack_pairs=true", "data.pack_width=32"], host, True
     )
-    assert batch["packed_tokens"].shape[0] < 16  # fewer rows than pairs
+    assert batch.packed_tokens.shape[0] < 16  # fewer rows than pairs
     for a, b in zip(padded, packed):
         assert a.keys() == b.keys()
         for name in a:

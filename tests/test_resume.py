@@ -165,7 +165,7 @@ MARK = 0.7777
 def nan_on_marked_pair(logps, cfg):
     """DPO, but NaN for the pair whose soft label is the marker."""
     marked = jnp.abs(logps.soft_label - MARK) < 1e-4
-    return get_loss("dpo").fn(logps, cfg) + jnp.where(marked, jnp.nan, 0.0)
+    return get_loss("dpo").apply(logps, cfg) + jnp.where(marked, jnp.nan, 0.0)
 
 
 @pytest.fixture
