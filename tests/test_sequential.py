@@ -128,7 +128,7 @@ def test_lambda_zero_is_dpo_against_previous_policy_exactly():
 
     def total(name, policy, off):
         logps = PairLogps(policy[0], policy[1], frozen_c[1], frozen_r[1], ones, ones, ones, off)
-        out = get_loss(name).fn(logps, cfg)
+        out = get_loss(name).apply(logps, cfg)
         return (out[0] if isinstance(out, tuple) else out).sum()
 
     policy = (logs[4], logs[5])
