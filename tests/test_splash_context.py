@@ -15,16 +15,12 @@ from jaxspo.data.layout import pack_pairs
 from jaxspo.models.attention import MaskSpec, xla_attention
 from jaxspo.models.context import context_attention
 from jaxspo.models.splash_attention import pallas_interpret
-from jaxspo.sharding import DEFAULT_RULES, activation_sharding, make_mesh
+from jaxspo.sharding import make_mesh
 from tests.test_compile import TINY as COMPILE_TINY, tpu_env  # noqa: F401  (a fixture)
+from tests.context_checks import MESHES, assert_matches, on_mesh
 from tests.test_splash_packed import packed_rows, reference_mask
 
-ATOL = 1e-5
 SCALE, SOFTCAP = 0.4, 1.5
-MESHES = {
-    "2-1-1-4": {"data": 2, "fsdp": 1, "tensor": 1, "context": 4},
-    "1-2-2-2": {"data": 1, "fsdp": 2, "tensor": 2, "context": 2},
-}
 
 
 LENGTHS = {  # row width: (prompt, chosen, rejected) per pair per row
@@ -67,14 +63,7 @@ def _steps(spec: MaskSpec, mesh):
         out = xla_attention(q, k, v, mask, SCALE, SOFTCAP)
         return jnp.sum(out * weights), out
 
-    def on_mesh(loss):
-        def run(*args):
-            with activation_sharding(mesh, DEFAULT_RULES):
-                return jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(*args)
-
-        return jax.jit(run)
-
-    return on_mesh(splash_loss), on_mesh(xla_loss)
+    return on_mesh(splash_loss, mesh), on_mesh(xla_loss, mesh)
 
 
 @pytest.mark.parametrize(
@@ -102,14 +91,7 @@ def test_splash_under_context_parallelism_equals_xla(mesh_name, layout, kv_heads
             w = weights * seen[:, :, None, None]
             (_, out), grads = splash(q, k, v, jnp.asarray(sliding), w)
             (_, expected), expected_grads = reference(q, k, v, jnp.asarray(masks[sliding]), w)
-            np.testing.assert_allclose(
-                np.asarray(out)[seen], np.asarray(expected)[seen], atol=ATOL, rtol=0, err_msg=f"sliding={sliding}"
-            )
-            for g, e, name in zip(grads, expected_grads, "qkv"):
-                assert np.abs(np.asarray(e)).max() > 0.1, name
-                np.testing.assert_allclose(
-                    np.asarray(g), np.asarray(e), atol=ATOL, rtol=0, err_msg=f"d{name}, sliding={sliding}"
-                )
+            assert_matches(out, grads, expected, expected_grads, seen, sliding)
     if window:
         assert not np.array_equal(masks[True], masks[False])
 
