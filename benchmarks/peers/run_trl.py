@@ -29,24 +29,44 @@ CONFIGS = {
 }
 
 
-def main() -> None:
-    args = parser(__doc__).parse_args()
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import DPOConfig, DPOTrainer
+def dpo_config(args, output_dir: str):
+    """TRL's ``DPOConfig`` for ``args.config`` (one of :data:`CONFIGS`): the shared optimiser, schedule and loss."""
+    from trl import DPOConfig
 
-    rows = read_jsonl(args.fixture / "train.jsonl")
-    order = read_order(args.order, args.steps, args.batch_size)
-    dataset = Dataset.from_list([rows[r] for batch in order for r in batch])
-    model_dir = str(args.fixture / "model")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    log = StepLog()
+    return DPOConfig(
+        output_dir=output_dir,
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        adam_beta1=args.b1,
+        adam_beta2=args.b2,
+        adam_epsilon=args.eps,
+        weight_decay=args.weight_decay,
+        optim="adamw_torch",
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_grad_norm=0.0,
+        beta=args.beta,
+        loss_type=["sigmoid"],
+        max_length=args.max_length,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        train_sampling_strategy="sequential",
+        dataloader_num_workers=0,
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        **CONFIGS[args.config],
+    )
+
+
+def step_timer(log: StepLog, tokens: list[tuple[int, int, int]]):
+    """A ``TrainerCallback`` that ends a step in ``log`` when its loss is logged, with the step's wall seconds
+    (between consecutive ``on_step_end`` calls) and its ``(real, padded, width)`` tokens popped from ``tokens``."""
+    from transformers import TrainerCallback
 
     class StepTimes(TrainerCallback):
-        """Wall time, tokens and loss of each optimizer step."""
-
         def __init__(self) -> None:
             self.last = time.perf_counter()
             self.seconds: float | None = None  # of the step that ended and awaits its logged loss
@@ -63,7 +83,12 @@ def main() -> None:
                 log.end_step(self.seconds, *tokens.pop(0), float(logs["loss"]))
                 self.seconds = None
 
-    tokens: list[tuple[int, int, int]] = []  # (real, padded, width) per collated batch, in order
+    return StepTimes()
+
+
+def counting_trainer(tokens: list[tuple[int, int, int]]):
+    """A ``DPOTrainer`` subclass that appends each training batch's (real, padded, width) tokens to ``tokens``."""
+    from trl import DPOTrainer
 
     class CountingTrainer(DPOTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -72,36 +97,31 @@ def main() -> None:
                 tokens.append((int(mask.sum()), int(mask.numel()), int(mask.shape[1])))
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
+    return CountingTrainer
+
+
+def main() -> None:
+    args = parser(__doc__).parse_args()
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rows = read_jsonl(args.fixture / "train.jsonl")
+    order = read_order(args.order, args.steps, args.batch_size)
+    dataset = Dataset.from_list([rows[r] for batch in order for r in batch])
+    model_dir = str(args.fixture / "model")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    log = StepLog()
+    tokens: list[tuple[int, int, int]] = []  # (real, padded, width) per collated batch, in order
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as tmp:
-        config = DPOConfig(
-            output_dir=tmp,
-            per_device_train_batch_size=args.batch_size,
-            max_steps=args.steps,
-            learning_rate=args.lr,
-            adam_beta1=args.b1,
-            adam_beta2=args.b2,
-            adam_epsilon=args.eps,
-            weight_decay=args.weight_decay,
-            optim="adamw_torch",
-            lr_scheduler_type="constant",
-            warmup_steps=0,
-            max_grad_norm=0.0,
-            beta=args.beta,
-            loss_type=["sigmoid"],
-            max_length=args.max_length,
-            logging_steps=1,
-            report_to="none",
-            save_strategy="no",
-            train_sampling_strategy="sequential",
-            dataloader_num_workers=0,
-            use_cpu=True,
-            seed=0,
-            disable_tqdm=True,
-            **CONFIGS[args.config],
-        )
-        timer = StepTimes()
-        trainer = CountingTrainer(
-            model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[timer]
+        config = dpo_config(args, tmp)
+        trainer = counting_trainer(tokens)(
+            model=model,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[step_timer(log, tokens)],
         )
         trainer.train()
     emit(

@@ -35,17 +35,11 @@ def padded(rows: list[list[int]], width: int, pad: int, left: bool):
     return ids, mask
 
 
-def main() -> None:
-    args = parser(__doc__).parse_args()
-    import jax
-    import jax.numpy as jnp
-    import optax
+def model_config(hf: dict):
+    """Tunix's Llama 3 ``ModelConfig`` from the HF folder's ``config.json`` fields."""
     from tunix.models.llama3 import model as llama
-    from tunix.models.llama3 import params as llama_params
-    from tunix.sft.dpo import dpo_trainer
 
-    hf = json.loads((args.fixture / "model" / "config.json").read_text())
-    cfg = llama.ModelConfig(
+    return llama.ModelConfig(
         num_layers=hf["num_hidden_layers"],
         vocab_size=hf["vocab_size"],
         embed_dim=hf["hidden_size"],
@@ -57,38 +51,39 @@ def main() -> None:
         norm_eps=hf["rms_norm_eps"],
         weight_tying=hf.get("tie_word_embeddings", False),
     )
-    dtype = jnp.bfloat16 if args.config.endswith("bf16") else jnp.float32
-    mesh = jax.make_mesh((1, 1), ("fsdp", "tp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    with mesh:
-        policy = llama_params.create_model_from_safe_tensors(str(args.fixture / "model"), cfg, mesh, dtype=dtype)
-        reference = llama_params.create_model_from_safe_tensors(str(args.fixture / "model"), cfg, mesh, dtype=dtype)
-    tokens = read_jsonl(args.fixture / "tokens.jsonl")
-    pad, half = hf["pad_token_id"], args.max_length // 2
+
+
+def training_inputs(args, pad: int) -> list[tuple[object, int]]:
+    """Each step's ``TrainingInput`` (prompts left-padded, responses right-padded to ``max_length // 2``) and
+    its real token count (the prompt counted once per response)."""
+    from tunix.sft.dpo import dpo_trainer
+
+    tokens, half = read_jsonl(args.fixture / "tokens.jsonl"), args.max_length // 2
     batches = []
     for rows in read_order(args.order, args.steps, args.batch_size):
         prompt, prompt_mask = padded([tokens[r]["prompt_ids"] for r in rows], half, pad, left=True)
         chosen, chosen_mask = padded([tokens[r]["chosen_ids"] for r in rows], half, pad, left=False)
         rejected, rejected_mask = padded([tokens[r]["rejected_ids"] for r in rows], half, pad, left=False)
         real = int(prompt_mask.sum() * 2 + chosen_mask.sum() + rejected_mask.sum())
-        batches.append(
-            (
-                dpo_trainer.TrainingInput(
-                    prompt_ids=prompt,
-                    prompt_mask=prompt_mask,
-                    chosen_ids=chosen,
-                    chosen_mask=chosen_mask,
-                    rejected_ids=rejected,
-                    rejected_mask=rejected_mask,
-                ),
-                real,
-            )
+        batch = dpo_trainer.TrainingInput(
+            prompt_ids=prompt,
+            prompt_mask=prompt_mask,
+            chosen_ids=chosen,
+            chosen_mask=chosen_mask,
+            rejected_ids=rejected,
+            rejected_mask=rejected_mask,
         )
-    log = StepLog()
-    reals = iter([real for _, real in batches])
+        batches.append((batch, real))
+    return batches
+
+
+def timed_trainer(args, log: StepLog, reals):
+    """A Tunix ``DPOTrainer`` subclass that blocks on each step's loss and ends the step in ``log`` with its wall
+    seconds (from the previous step's end), the next of ``reals`` and the padded token count."""
+    import jax
+    from tunix.sft.dpo import dpo_trainer
 
     class TimedDPOTrainer(dpo_trainer.DPOTrainer):
-        """Blocks on each step's loss and records its wall time (from the previous step's end)."""
-
         last = 0.0  # perf_counter at the end of the previous step (set just before train())
 
         def _post_process_train_step(self, aux):
@@ -96,17 +91,37 @@ def main() -> None:
             loss = jax.block_until_ready(self._buffered_train_metrics.losses[-1])
             jax.block_until_ready(aux)
             now = time.perf_counter()
-            log.end_step(
-                now - self.last, next(reals), 2 * args.batch_size * args.max_length, args.max_length, float(loss)
-            )
+            padded_tokens = 2 * args.batch_size * args.max_length
+            log.end_step(now - self.last, next(reals), padded_tokens, args.max_length, float(loss))
             self.last = now
 
+    return TimedDPOTrainer
+
+
+def main() -> None:
+    args = parser(__doc__).parse_args()
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from tunix.models.llama3 import params as llama_params
+    from tunix.sft.dpo import dpo_trainer
+
+    hf = json.loads((args.fixture / "model" / "config.json").read_text())
+    cfg = model_config(hf)
+    dtype = jnp.bfloat16 if args.config.endswith("bf16") else jnp.float32
+    mesh = jax.make_mesh((1, 1), ("fsdp", "tp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    with mesh:
+        policy = llama_params.create_model_from_safe_tensors(str(args.fixture / "model"), cfg, mesh, dtype=dtype)
+        reference = llama_params.create_model_from_safe_tensors(str(args.fixture / "model"), cfg, mesh, dtype=dtype)
+    batches = training_inputs(args, hf["pad_token_id"])
+    log = StepLog()
+    trainer_class = timed_trainer(args, log, iter([real for _, real in batches]))
     optimizer = optax.adamw(args.lr, b1=args.b1, b2=args.b2, eps=args.eps, weight_decay=args.weight_decay)
     config = dpo_trainer.DPOTrainingConfig(
         eval_every_n_steps=10**9, max_steps=args.steps, beta=args.beta, pbar_description=None
     )
     with mesh:
-        trainer = TimedDPOTrainer(policy, reference, optimizer, config)
+        trainer = trainer_class(policy, reference, optimizer, config)
         trainer.last = time.perf_counter()
         trainer.train([b for b, _ in batches])
     emit("tunix", args.config, log, True, {"jax": jax.__version__, "param_dtype": jnp.dtype(dtype).name})
