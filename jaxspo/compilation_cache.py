@@ -7,14 +7,27 @@ from pathlib import Path
 
 import jax
 
+AUTO = "auto"
+DEFAULT_DIRECTORY = "~/.cache/jaxspo/xla"
+CACHED_BACKENDS = ("tpu", "gpu")  # where ``auto`` turns the cache on (docs/speed.md says why not on CPU)
 
-def enable_compilation_cache(directory: str) -> Path | None:
-    """Points JAX's persistent cache at ``directory`` (``~`` expanded; ``""`` = off) and caches every program.
+
+def cache_directory(setting: str, backend: str) -> str:
+    """The directory ``trainer.compilation_cache_dir`` means on ``backend`` (``jax.default_backend()``):
+    ``auto`` → :data:`DEFAULT_DIRECTORY` on TPU and GPU, ``""`` (off) elsewhere; any other value as given."""
+    if setting == AUTO:
+        return DEFAULT_DIRECTORY if backend in CACHED_BACKENDS else ""
+    return setting
+
+
+def enable_compilation_cache(setting: str) -> Path | None:
+    """Points JAX's persistent cache at the directory ``setting`` names (see :func:`cache_directory`; ``~``
+    expanded; ``""`` = off) and caches every program.
 
     The environment variable ``JAX_COMPILATION_CACHE_DIR``, if set, wins (JAX reads it itself).
     Returns the directory in use, or None.
     """
-    chosen = os.environ.get("JAX_COMPILATION_CACHE_DIR") or directory
+    chosen = os.environ.get("JAX_COMPILATION_CACHE_DIR") or cache_directory(setting, jax.default_backend())
     if not chosen:
         return None
     path = Path(chosen).expanduser()

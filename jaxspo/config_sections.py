@@ -134,9 +134,8 @@ class TrainerConfig:
     eval_every: int = 100  # 0: only before and after
     on_nonfinite: str = "stop"  # non-finite loss/gradient: "stop" the run or "skip" the update
     precompile: bool = True  # compile the step for every bucket width before step 1 (docs/speed.md)
-    compilation_cache_dir: str = (
-        ""  # JAX's persistent compilation cache, e.g. ~/.cache/jaxspo/xla ("" = off; docs/speed.md)
-    )
+    # JAX's persistent compilation cache: "auto" = ~/.cache/jaxspo/xla on TPU/GPU, off on CPU; a path; "" = off
+    compilation_cache_dir: str = "auto"
     # "hold": glibc keeps freed memory mapped between XLA:CPU steps (faster on CPU, more RSS; docs/speed.md)
     host_heap: str = "system"
 
