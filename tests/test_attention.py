@@ -269,10 +269,10 @@ FAST_MODEL_CASES = {("gemma2", "padded"), ("gemma2", "packed")}  # GQA, soft-cap
 
 
 def _model_cases() -> list:
-    """Each architecture × layout once, against xla, with one kernel: the architectures alternate which layout
-    runs chunked and which splash, so every architecture meets both kernels, every layout meets both kernels
-    with four architectures each, and every architecture meets both layouts (all pairs, not the full product:
-    a case compiles the 8-device DPO step twice, ~10-20 s each on 2 busy cores)."""
+    """Each architecture × layout once, with one kernel: the architectures alternate which layout runs chunked
+    and which splash, so every architecture meets both kernels, every layout meets both kernels with four
+    architectures each, and every architecture meets both layouts (all pairs, not the full product: each
+    8-device DPO step compile costs ~10-20 s on 2 busy cores)."""
     cases = []
     for index, arch in enumerate(hf_tiny.ARCHS):
         kernels = ("chunked", "splash") if index % 2 == 0 else ("splash", "chunked")
@@ -282,15 +282,33 @@ def _model_cases() -> list:
     return cases
 
 
-@pytest.mark.parametrize("arch, layout, kernel", _model_cases())
-def test_model_log_probs_loss_and_grads_equal_xla(hf_folder, mesh, arch, layout, kernel):
-    """``kernel`` against an xla computation of the same batch (the pairing: :func:`_model_cases`)."""
+def _model_batch(layout: str) -> PairBatch | PackedPairBatch:
+    """The 8 pairs of :func:`_pairs` as padded rows or packed rows (the same pairs either way)."""
     padded = _pairs() | {"soft_label": np.ones(8, np.float32)}  # every pair batch has one (unread here)
-    batch = (PackedPairBatch if layout == "packed" else PairBatch).from_fields(padded | pack_pairs(padded))
-    expected, expected_grads = _dpo(hf_folder(arch), mesh, "xla", batch)
+    return (PackedPairBatch if layout == "packed" else PairBatch).from_fields(padded | pack_pairs(padded))
+
+
+@pytest.fixture(scope="module")
+def xla_padded(hf_folder, mesh):
+    """arch -> the xla kernel's (log-probs, loss) and gradients over the padded rows, computed once per arch."""
+    computed = {}
+
+    def reference(arch: str) -> tuple:
+        if arch not in computed:
+            computed[arch] = _dpo(hf_folder(arch), mesh, "xla", _model_batch("padded"))
+        return computed[arch]
+
+    return reference
+
+
+@pytest.mark.parametrize("arch, layout, kernel", _model_cases())
+def test_model_log_probs_loss_and_grads_equal_xla(hf_folder, mesh, xla_padded, arch, layout, kernel):
+    """``kernel`` on padded or packed rows against one xla computation of the same pairs in padded rows (the
+    packed rows' log-probs, loss and gradients are the padded ones: tests/test_fast_logps.py)."""
+    expected, expected_grads = xla_padded(arch)
     assert float(np.abs(expected[0] - expected[1]).max()) > 1.0  # chosen ≠ rejected: the masks matter
     with pallas_interpret():
-        got, grads = _dpo(hf_folder(arch), mesh, kernel, batch)
+        got, grads = _dpo(hf_folder(arch), mesh, kernel, _model_batch(layout))
     for a, b in zip(got, expected):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=ATOL, rtol=0, err_msg=kernel)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads), strict=True):
