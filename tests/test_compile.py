@@ -117,17 +117,39 @@ def test_step_seconds_must_be_positive(capsys):
     )
 
 
+# a sliding and a global layer with a soft-cap: what the splash cascade does on packed rows beyond plain attention
+SLIDING_SOFTCAPPED = [
+    "model.attn_softcap=20.0",
+    "model.sliding_window=8",
+    "model.layer_types=[sliding_attention, full_attention]",
+]
+
+
 @pytest.mark.slow  # a TPU compile
-def test_packed_layout_step_compiles_for_a_tpu_slice_here(tpu_env):
-    """data.layout=packed: the TPU compiler takes the packed rows (2·max_length wide, segment mask); model
-    FLOPs count the longest pair a row holds (prompt once, two responses)."""
-    cfg = load_config("configs/demo_fast.yaml", TINY + ["mesh.data=1", "mesh.fsdp=-1"])
+def test_packed_layout_step_compiles_for_a_tpu_slice_here(tpu_env, monkeypatch):
+    """data.layout=packed (configs/demo_fast.yaml) with model.attention=splash, a sliding and a global layer
+    and a soft-cap: the TPU compiler takes the packed rows (2·max_length wide, segment mask), the splash
+    cascade's kernels and splash's private backward lower and compile for the TPU (not interpreted); model
+    FLOPs count the longest pair a row holds (prompt once, two responses), below the padded rows' count."""
+    from jaxspo.models import splash_attention
+
+    built = []
+    make = splash_attention.splash.make_splash_mha
+    monkeypatch.setattr(
+        splash_attention.splash,
+        "make_splash_mha",
+        lambda *a, **kw: built.append((kw["interpret"], kw["save_residuals"])) or make(*a, **kw),
+    )
+    splash_attention._kernel.cache_clear()
+    model = TINY + SLIDING_SOFTCAPPED
+    cfg = load_config("configs/demo_fast.yaml", model + ["mesh.data=1", "mesh.fsdp=-1", "model.attention=splash"])
     report = fit_report(cfg, "v5p-8")
     assert report["fits"] and report["xla_flops_per_step_per_device"] > 0
+    assert (False, True) in built and not any(interpret for interpret, _ in built)
     rows = longest_packed_rows(cfg, 8)
     prompt = cfg.data.max_prompt_length
     assert rows["packed_valid"].sum(1).tolist() == [2 * 32 - prompt] * 8
-    demo = load_config("configs/demo.yaml", TINY)
+    demo = load_config("configs/demo.yaml", model)
     padded = step_model_flops(demo, build_objective(demo), {"chosen_tokens": np.zeros((8, 32))}, 8)
     assert 0 < report["model_flops_per_step"] < padded  # the prompt once, no padding between the halves
 
