@@ -42,25 +42,20 @@ def _generate(split_model, prompts, seed: int = 0, **kwargs):
     return sample(*split_model, *prompts, jax.random.key(seed), **settings)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _greedy_step(graphdef, params, tokens: jax.Array, valid: jax.Array, slot: jax.Array) -> tuple:
-    """``tokens``, ``valid`` ``[B, T]`` with slot ``slot`` set to the full forward's argmax after slot − 1."""
-    next_token = _full_logits(graphdef, params, tokens, valid)[:, slot - 1].argmax(-1)
-    return tokens.at[:, slot].set(next_token), valid.at[:, slot].set(True)
-
-
 def _naive_greedy(split_model, prompts, steps: int) -> np.ndarray:
     """Greedy tokens ``[B, steps]``, re-running the full forward for every step.
 
-    The sequence lives in a fixed ``[B, P + steps]`` buffer and the slot is traced (one compilation);
-    not-yet-generated slots are invalid and, being later in the row, cannot influence earlier logits.
+    The sequence lives in a fixed ``[B, P + steps]`` buffer (one compilation); not-yet-generated
+    slots are invalid and, being later in the row, cannot influence earlier logits.
     """
     prompt_tokens, prompt_valid = prompts
     tokens = jnp.concatenate([prompt_tokens, jnp.full((len(PROMPTS), steps), PAD, jnp.int32)], axis=1)
     valid = jnp.concatenate([prompt_valid, jnp.zeros((len(PROMPTS), steps), bool)], axis=1)
     width = prompt_tokens.shape[1]
     for step in range(steps):
-        tokens, valid = _greedy_step(*split_model, tokens, valid, jnp.int32(width + step))
+        next_token = _full_logits(*split_model, tokens, valid)[:, width + step - 1].argmax(-1)
+        tokens = tokens.at[:, width + step].set(next_token)
+        valid = valid.at[:, width + step].set(True)
     return np.asarray(tokens[:, width:])
 
 
