@@ -1,6 +1,7 @@
 """Attention kernels (``model.attention``) equal the ``xla`` reference: outputs and q/k/v gradients of single
-calls across GQA, soft-cap, traced sliding windows, packed rows, fully masked rows and ragged blocks; then the
-tiny HF architectures' sequence log-probs, DPO loss and parameter gradients, padded and packed, on 8 CPU devices."""
+calls across GQA, soft-cap, traced sliding windows, packed rows, fully masked rows and ragged blocks (the tiny HF
+architectures' log-probs, loss and gradients under each kernel: tests/test_attention_models.py); block skipping,
+cuDNN's call and kernel resolution."""
 
 import dataclasses
 
@@ -10,20 +11,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxspo.data.layout import pack_pairs
-from jaxspo.losses.dpo_family import logistic_loss
 from jaxspo.config import ConfigError
 from jaxspo.models import Decoder, ModelConfig
 from jaxspo.models.attention import MaskSpec, attention, resolve_attention
 from jaxspo.models.cudnn_attention import cudnn_attention
-from jaxspo.models.hf_config import model_config_from_hf
-from jaxspo.models.hf_io import load_params
 from jaxspo.models.splash_attention import pallas_interpret
-from jaxspo.sharding import DEFAULT_RULES, activation_sharding, make_mesh
-from jaxspo.train.state import abstract_model, param_shardings
-from jaxspo.objectives.batches import PackedPairBatch, PairBatch
-from jaxspo.objectives.pairs import PACKED, PADDED
-from tests import hf_tiny
 
 ATOL = 1e-5
 BLOCK = 8  # small blocks, so every case spans several blocks and skips some
@@ -205,90 +197,6 @@ def test_causal_and_packed_blocks_are_skipped():
         )(q)
     )
     assert "cond[" not in one_block and "while[" not in one_block  # a row that fits one block runs the dense kernel
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Model level: every tiny HF architecture, padded and packed pair rows, on a (2, 2, 2) mesh of CPU devices
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _pairs(batch: int = 8, width: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
-    """Padded pair arrays with shared prompts of 2–6 tokens and responses of 1–8 tokens."""
-    rng = np.random.default_rng(seed)
-    out = {
-        f"{s}_{k}": np.zeros((batch, width), d)
-        for s in ("chosen", "rejected")
-        for k, d in (("tokens", np.int32), ("valid", bool), ("loss_mask", bool))
-    }
-    for i in range(batch):
-        prompt = rng.integers(3, hf_tiny.VOCAB, int(rng.integers(2, 7)))
-        for side in ("chosen", "rejected"):
-            row = np.concatenate([prompt, rng.integers(3, hf_tiny.VOCAB, int(rng.integers(1, 9)))])
-            out[f"{side}_tokens"][i, : len(row)], out[f"{side}_valid"][i, : len(row)] = row, True
-            out[f"{side}_loss_mask"][i, len(prompt) : len(row)] = True
-    return out
-
-
-@pytest.fixture(scope="module")
-def mesh():
-    return make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-
-
-@pytest.fixture(scope="module")
-def hf_folder(tmp_path_factory):
-    """name -> the tiny HF model's float32 folder (each saved once per module)."""
-    folders = {}
-
-    def folder(name: str):
-        if name not in folders:
-            folders[name] = hf_tiny.save(hf_tiny.build_hf(name), tmp_path_factory.mktemp(name))
-        return folders[name]
-
-    return folder
-
-
-def _dpo(folder, mesh, implementation: str, batch: PairBatch | PackedPairBatch) -> tuple:
-    """(chosen, rejected log-probs, DPO loss) and the loss's parameter gradients, with ``implementation``.
-
-    ``mesh`` (2, 2, 2) puts the 16 rows on 4 batch shards and the heads on 2 tensor shards."""
-    cfg = model_config_from_hf(folder, ModelConfig(attention=implementation, attention_block=BLOCK))
-    graphdef, abstract = abstract_model(cfg)
-    params = load_params(folder, cfg, abstract, param_shardings(abstract, mesh, DEFAULT_RULES))
-    reference_margin = jnp.linspace(-1.0, 1.0, 8)  # the batch's 8 pairs
-
-    def loss(p):  # the batch type chooses the layout
-        chosen, rejected, _, _ = (PACKED if isinstance(batch, PackedPairBatch) else PADDED).logps(graphdef, p, batch)
-        return logistic_loss(0.5 * (chosen - rejected - reference_margin)).mean(), (chosen, rejected)
-
-    with activation_sharding(mesh, DEFAULT_RULES):  # as in the train step: activations pinned, splash under shard_map
-        (value, logps), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
-    return (*logps, value), grads
-
-
-FAST_MODEL_CASES = {("gemma2", "padded"), ("gemma2", "packed")}  # GQA, soft-cap, alternating windows
-MODEL_CASES = [  # the others compile the 8-device DPO step three times per case (~40-120 s each on 2 busy cores)
-    pytest.param(
-        arch, layout, id=f"{arch}-{layout}", marks=() if (arch, layout) in FAST_MODEL_CASES else pytest.mark.slow
-    )
-    for arch in hf_tiny.ARCHS
-    for layout in ("padded", "packed")
-]
-
-
-@pytest.mark.parametrize("arch, layout", MODEL_CASES)
-def test_model_log_probs_loss_and_grads_equal_xla(hf_folder, mesh, arch, layout):
-    """chunked and splash against one xla computation of the same batch."""
-    padded = _pairs() | {"soft_label": np.ones(8, np.float32)}  # every pair batch has one (unread here)
-    batch = (PackedPairBatch if layout == "packed" else PairBatch).from_fields(padded | pack_pairs(padded))
-    expected, expected_grads = _dpo(hf_folder(arch), mesh, "xla", batch)
-    assert float(np.abs(expected[0] - expected[1]).max()) > 1.0  # chosen ≠ rejected: the masks matter
-    for kernel in ("chunked", "splash"):
-        with pallas_interpret():
-            got, grads = _dpo(hf_folder(arch), mesh, kernel, batch)
-        for a, b in zip(got, expected):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=ATOL, rtol=0, err_msg=kernel)
-        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads), strict=True):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=ATOL, rtol=0, err_msg=kernel)
 
 
 def test_attention_block_must_be_a_multiple_of_8():

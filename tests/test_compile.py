@@ -58,8 +58,18 @@ def tpu_env(monkeypatch):
 
 
 @pytest.mark.slow  # a TPU compile
-def test_tiny_step_compiles_for_a_tpu_slice_here(tpu_env, tmp_path, capsys):
-    """`jaxspo compile --json --step-seconds`: memory and fit, model FLOPs and the MFU a step time implies."""
+def test_tiny_step_compiles_for_a_tpu_slice_here(tpu_env, tmp_path, capsys, monkeypatch):
+    """`jaxspo compile --json --step-seconds`: memory and fit, model FLOPs and the MFU a step time implies; with
+    model.attention=splash (refused for this CPU host, resolved for the TPU target) the step builds the real TPU
+    kernel, not the interpreted one."""
+    from jaxspo.models import splash_attention
+
+    built = []
+    make = splash_attention.splash.make_splash_mha
+    monkeypatch.setattr(
+        splash_attention.splash, "make_splash_mha", lambda *a, **kw: built.append(kw["interpret"]) or make(*a, **kw)
+    )
+    splash_attention._kernel.cache_clear()
     assert (
         main(
             [
@@ -68,6 +78,7 @@ def test_tiny_step_compiles_for_a_tpu_slice_here(tpu_env, tmp_path, capsys):
                 *TINY,
                 "mesh.data=1",
                 "mesh.fsdp=-1",
+                "model.attention=splash",
                 "--topology",
                 "v5p-8",
                 "--json",
@@ -95,6 +106,7 @@ def test_tiny_step_compiles_for_a_tpu_slice_here(tpu_env, tmp_path, capsys):
     )
     assert report["implied_mfu"] == pytest.approx(report["model_flops_per_step"] / 0.002 / (4 * 459e12))
     assert "MFU at 0.002 s per step" in capsys.readouterr().out
+    assert built and not any(built)  # compiled as a TPU kernel, not interpreted
 
 
 def test_step_seconds_must_be_positive(capsys):
@@ -105,17 +117,39 @@ def test_step_seconds_must_be_positive(capsys):
     )
 
 
+# a sliding and a global layer with a soft-cap: what the splash cascade does on packed rows beyond plain attention
+SLIDING_SOFTCAPPED = [
+    "model.attn_softcap=20.0",
+    "model.sliding_window=8",
+    "model.layer_types=[sliding_attention, full_attention]",
+]
+
+
 @pytest.mark.slow  # a TPU compile
-def test_packed_layout_step_compiles_for_a_tpu_slice_here(tpu_env):
-    """data.layout=packed: the TPU compiler takes the packed rows (2·max_length wide, segment mask); model
-    FLOPs count the longest pair a row holds (prompt once, two responses)."""
-    cfg = load_config("configs/demo_fast.yaml", TINY + ["mesh.data=1", "mesh.fsdp=-1"])
+def test_packed_layout_step_compiles_for_a_tpu_slice_here(tpu_env, monkeypatch):
+    """data.layout=packed (configs/demo_fast.yaml) with model.attention=splash, a sliding and a global layer
+    and a soft-cap: the TPU compiler takes the packed rows (2·max_length wide, segment mask), the splash
+    cascade's kernels and splash's private backward lower and compile for the TPU (not interpreted); model
+    FLOPs count the longest pair a row holds (prompt once, two responses), below the padded rows' count."""
+    from jaxspo.models import splash_attention
+
+    built = []
+    make = splash_attention.splash.make_splash_mha
+    monkeypatch.setattr(
+        splash_attention.splash,
+        "make_splash_mha",
+        lambda *a, **kw: built.append((kw["interpret"], kw["save_residuals"])) or make(*a, **kw),
+    )
+    splash_attention._kernel.cache_clear()
+    model = TINY + SLIDING_SOFTCAPPED
+    cfg = load_config("configs/demo_fast.yaml", model + ["mesh.data=1", "mesh.fsdp=-1", "model.attention=splash"])
     report = fit_report(cfg, "v5p-8")
     assert report["fits"] and report["xla_flops_per_step_per_device"] > 0
+    assert (False, True) in built and not any(interpret for interpret, _ in built)
     rows = longest_packed_rows(cfg, 8)
     prompt = cfg.data.max_prompt_length
     assert rows["packed_valid"].sum(1).tolist() == [2 * 32 - prompt] * 8
-    demo = load_config("configs/demo.yaml", TINY)
+    demo = load_config("configs/demo.yaml", model)
     padded = step_model_flops(demo, build_objective(demo), {"chosen_tokens": np.zeros((8, 32))}, 8)
     assert 0 < report["model_flops_per_step"] < padded  # the prompt once, no padding between the halves
 
@@ -156,34 +190,21 @@ def test_batch_that_does_not_split_over_the_mesh_is_an_error():
         compile_step(cfg, jax.devices()[:4])
 
 
-@pytest.mark.slow  # two step compiles
+@pytest.fixture(scope="module")
+def plain_soft_spo() -> dict:
+    """The compile report of the soft_spo step without the regulariser (compiled once for both cases below)."""
+    cfg = load_config("configs/demo.yaml", TINY + ["loss.terms={soft_spo: 1.0}", "mesh.data=1", "mesh.fsdp=4"])
+    return compile_step(cfg, jax.devices()[:4])
+
+
+@pytest.mark.slow  # a step compile each
 @pytest.mark.parametrize("terms", ["{soft_spo: 1.0}", "{soft_spo_ranked: 1.0}"])
-def test_soft_spo_steps_with_lists_and_the_kl_regulariser_compile(terms):
+def test_soft_spo_steps_with_lists_and_the_kl_regulariser_compile(plain_soft_spo, terms):
     """The fit check builds list-shaped batches and the regulariser's sample fields; the reference is resident."""
     soft_spo = [f"loss.terms={terms}", "loss.kl.beta=0.1", "loss.kl.prompts=8", "mesh.data=1", "mesh.fsdp=4"]
-    plain = compile_step(
-        load_config("configs/demo.yaml", TINY + ["loss.terms={soft_spo: 1.0}", "mesh.data=1", "mesh.fsdp=4"]),
-        jax.devices()[:4],
-    )
+    plain = plain_soft_spo
     report = compile_step(load_config("configs/demo.yaml", TINY + soft_spo), jax.devices()[:4])
     assert report["peak_bytes_per_device"] > 0
     # the regulariser's frozen reference is an argument (one more sharded copy of the params than without it)
     params_per_device = report["parameters"] * 4 / 4  # fp32 bytes, split over fsdp = 4
     assert report["argument_bytes_per_device"] - plain["argument_bytes_per_device"] >= 0.9 * params_per_device
-
-
-@pytest.mark.slow  # a TPU compile
-def test_splash_attention_step_compiles_for_a_tpu_slice_here(tpu_env, monkeypatch):
-    """model.attention=splash resolves for the TPU target (not this CPU host) and builds the real TPU kernel."""
-    from jaxspo.models import splash_attention
-
-    built = []
-    make = splash_attention.splash.make_splash_mha
-    monkeypatch.setattr(
-        splash_attention.splash, "make_splash_mha", lambda *a, **kw: built.append(kw["interpret"]) or make(*a, **kw)
-    )
-    splash_attention._kernel.cache_clear()
-    cfg = load_config("configs/demo.yaml", TINY + ["mesh.data=1", "mesh.fsdp=-1", "model.attention=splash"])
-    report = fit_report(cfg, "v5p-8")
-    assert report["fits"] and report["xla_flops_per_step_per_device"] > 0
-    assert built and not any(built)  # compiled as a TPU kernel, not interpreted

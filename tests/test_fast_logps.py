@@ -118,12 +118,27 @@ def test_pack_pairs_refuses_rows_without_a_shared_prompt():
         pack_pairs(arrays)
 
 
-@pytest.mark.parametrize(
-    "model_cfg", [TINY, pytest.param(GEMMA2_LIKE, marks=pytest.mark.slow)], ids=["llama", "gemma2_like"]
-)
-def test_packed_and_chunked_log_probs_and_gradients_equal_the_padded_ones(model_cfg):
-    padded = pairs()
-    reference, reference_grads = logps_and_grads(model_cfg, PairBatch.from_fields(padded))
+MODELS = {"llama": TINY, "gemma2_like": GEMMA2_LIKE}
+
+
+@pytest.fixture(scope="module")
+def padded_reference():
+    """name of :data:`MODELS` → (log-probs, gradients) of the padded ``pairs()`` batch, computed once per module
+    and shared by the tests below that compare a speed path against it."""
+    computed = {}
+
+    def reference(name: str) -> tuple:
+        if name not in computed:
+            computed[name] = logps_and_grads(MODELS[name], PairBatch.from_fields(pairs()))
+        return computed[name]
+
+    return reference
+
+
+@pytest.mark.parametrize("name", ["llama", pytest.param("gemma2_like", marks=pytest.mark.slow)])
+def test_packed_and_chunked_log_probs_and_gradients_equal_the_padded_ones(padded_reference, name):
+    model_cfg, padded = MODELS[name], pairs()
+    reference, reference_grads = padded_reference(name)
     packed_batch = PackedPairBatch.from_fields(pack_pairs(padded) | {"soft_label": padded["soft_label"]})
     for cfg, batch in [
         (
@@ -141,18 +156,16 @@ def test_packed_and_chunked_log_probs_and_gradients_equal_the_padded_ones(model_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["dots", "dots_no_batch"])
-def test_remat_policies_keep_gradients(policy):
-    padded = PairBatch.from_fields(pairs(4))
-    plain = logps_and_grads(TINY, padded)
-    remat = logps_and_grads(dataclasses.replace(TINY, remat=True, remat_policy=policy), padded)
-    assert_trees_close(remat, plain)
+def test_remat_policies_keep_gradients(padded_reference, policy):
+    remat = logps_and_grads(dataclasses.replace(TINY, remat=True, remat_policy=policy), PairBatch.from_fields(pairs()))
+    assert_trees_close(remat, padded_reference("llama"))
 
 
-def test_an_unrolled_layer_scan_equals_the_rolled_one():
-    padded = PairBatch.from_fields(pairs(4))
-    rolled = logps_and_grads(GEMMA2_LIKE, padded)  # sliding/full layers: per-layer inputs of the scan
+def test_an_unrolled_layer_scan_equals_the_rolled_one(padded_reference):
+    rolled = padded_reference("gemma2_like")  # sliding/full layers: per-layer inputs of the scan
     for unroll in (2, 5):  # both unroll all 2 layers (5 is clamped to num_layers)
-        assert_trees_close(logps_and_grads(dataclasses.replace(GEMMA2_LIKE, scan_unroll=unroll), padded), rolled)
+        unrolled = logps_and_grads(dataclasses.replace(GEMMA2_LIKE, scan_unroll=unroll), PairBatch.from_fields(pairs()))
+        assert_trees_close(unrolled, rolled)
 
 
 def full_step(overrides: list[str], host: dict, lora: bool = False, steps: int = 3):

@@ -118,16 +118,33 @@ def test_splash_step_with_context_compiles_for_a_tpu_slice_here(tpu_env, monkeyp
     assert (False, 2) in built and not any(interpret for interpret, _ in built)
 
 
+def _wide_pairs() -> dict[str, np.ndarray]:
+    """The 8 pairs of tests/test_fast_logps.py's ``pairs`` in padded rows of 256 slots."""
+    from tests.test_fast_logps import pairs
+
+    return {k: np.pad(x, [(0, 0), (0, 256 - x.shape[1])]) if x.ndim == 2 else x for k, x in pairs(8).items()}
+
+
+@pytest.fixture(scope="module")
+def xla_one_device() -> tuple:
+    """The tiny DPO step's outputs with xla attention on one device over the padded 256-slot rows (the packed
+    rows of the same pairs give the same outputs: tests/test_fast_logps.py), computed once for both layouts."""
+    from tests.test_context_parallel import dpo_outputs
+    from tests.test_fast_logps import GEMMA2_LIKE
+
+    return dpo_outputs(_wide_pairs(), {"data": 1}, jax.devices()[:1], dataclasses.replace(GEMMA2_LIKE, attention="xla"))
+
+
 # two 8-device DPO steps of 256-token rows with splash interpreted on CPU: ~25-70 s each on 2 shared cores
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["padded", "packed"])
-def test_splash_dpo_step_under_context_equals_xla_on_one_device(layout, monkeypatch):
+def test_splash_dpo_step_under_context_equals_xla_on_one_device(layout, xla_one_device, monkeypatch):
     """The tiny DPO step (policy + resident reference) with model.attention=splash on mesh (1, 2, 2, 2): rows of
     256 slots, so each of the 2 time shards holds one 128-slot splash block; the gemma2-like model (sliding +
     global layers, soft-caps)."""
     from jaxspo.models import splash_attention
     from tests.test_context_parallel import dpo_outputs
-    from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, pairs
+    from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close
 
     shards = []
     make = splash_attention.splash.make_splash_mha
@@ -136,14 +153,15 @@ def test_splash_dpo_step_under_context_equals_xla_on_one_device(layout, monkeypa
     )
     splash_attention._kernel.cache_clear()
 
-    narrow = pairs(8)
-    wide = {k: np.pad(x, [(0, 0), (0, 256 - x.shape[1])]) if x.ndim == 2 else x for k, x in narrow.items()}
+    wide = _wide_pairs()
     batch = wide if layout == "padded" else pack_pairs(wide, multiple=256) | {"soft_label": wide["soft_label"]}
-    model = GEMMA2_LIKE
-    want = dpo_outputs(batch, {"data": 1}, jax.devices()[:1], dataclasses.replace(model, attention="xla"))
+    want = xla_one_device
     with pallas_interpret():
         got = dpo_outputs(
-            batch, MESHES["1-2-2-2"], jax.devices(), dataclasses.replace(model, attention="splash", attention_block=128)
+            batch,
+            MESHES["1-2-2-2"],
+            jax.devices(),
+            dataclasses.replace(GEMMA2_LIKE, attention="splash", attention_block=128),
         )
     assert_trees_close(got, want)
     assert abs(want[0]["logps/chosen"] - want[0]["logps/rejected"]) > 0.1
