@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from jaxspo.config import ConfigError, load_config
 from jaxspo.data import build_synthetic_task
 from jaxspo.data.degrade import Degrader, split_units
 from jaxspo.data.keyphrases import keyphrases, word_scores
@@ -90,7 +91,8 @@ def test_sentence_unit_removes_the_sentence_with_most_keyphrase_content(task):
 
 
 def test_rake_with_token_units_is_refused():
-    with pytest.raises(ValueError, match="loss.selfsup.unit to word or sentence"):
-        SelfsupConfig(key_scoring="rake", unit="token").validate()
+    with pytest.raises(ConfigError, match="loss.selfsup.unit to word or sentence"):
+        load_config(None, ["loss.selfsup.key_scoring=rake", "loss.selfsup.unit=token"])
+    SelfsupConfig(key_scoring="rake", unit="sentence").validate()
     with pytest.raises(ValueError, match="rake"):
         Degrader(None, "token", "rake", levels=1, fraction=0.5, seed=0)
