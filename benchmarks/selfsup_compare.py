@@ -1,33 +1,36 @@
-"""selfsup vs its base loss on the built-in task: {dpo, selfsup+dpo, simpo, selfsup+simpo} × seeds. Prints JSON.
+"""selfsup vs its base loss on the built-in task: base losses × {without, with selfsup per key scoring} × seeds.
 
-    PYTHONPATH=. python benchmarks/selfsup_compare.py [--seeds 0 1 2] [--steps 150] [--out /tmp/selfsup_compare]
+    PYTHONPATH=. python benchmarks/selfsup_compare.py [--seeds 0 1 2] [--steps 150] [--bases dpo simpo]
+        [--key-scorings tfidf surprisal rake] [--out /tmp/selfsup_compare]
+
+Methods: each base (``dpo``: configs/selfsup_dpo.yaml, ``simpo``: configs/selfsup_simpo.yaml) without selfsup
+and with it for each key scoring (``selfsup+dpo`` is TF-IDF, the recipes' own; ``selfsup+dpo-rake`` etc.).
 
 Per seed S (``trainer.seed=S data.synthetic.seed=S``) one SFT run (the recipes' 300 steps) is exported as a
-Hugging Face folder; the four preference runs start from it (``model.path``, no SFT of their own), so the
-four methods share the reference. The baselines are the selfsup recipes with ``loss.selfsup.weight=0``.
+Hugging Face folder; every preference run starts from it (``model.path``, no SFT of their own), so all
+methods share the reference. The baselines are the selfsup recipes with ``loss.selfsup.weight=0``.
 Held-out metrics are those of the final evaluation (``RUN_DIR/metrics.jsonl``); the JSON gives every
-seed's value and the mean and sample standard deviation over seeds. Finished runs are reused (each writes
-``RUN_DIR/result.json``), so seeds can run in parallel processes (``--seeds 1``) and a last call with all
-seeds only summarises.
+seed's value, the mean, the sample standard deviation and the 95% Student-t interval of the mean over
+seeds. Finished runs are reused (each writes ``RUN_DIR/result.json``), so seeds can run in parallel
+processes (``--seeds 1``) and a last call with all seeds only summarises.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
 
+from scipy import stats
+
 from jaxspo.config import load_config
+from jaxspo.losses.selfsup_config import KEY_SCORINGS
 from jaxspo.train.loop import train
 
-METHODS = {  # name → (recipe, selfsup weight)
-    "dpo": ("configs/selfsup_dpo.yaml", 0.0),
-    "selfsup+dpo": ("configs/selfsup_dpo.yaml", None),
-    "simpo": ("configs/selfsup_simpo.yaml", 0.0),
-    "selfsup+simpo": ("configs/selfsup_simpo.yaml", None),
-}
+RECIPES = {"dpo": "configs/selfsup_dpo.yaml", "simpo": "configs/selfsup_simpo.yaml"}
 QUIET = [
     "logging.progress_bar=false",
     "logging.plot=false",
@@ -54,6 +57,8 @@ def run(recipe: str, overrides: list[str], name: str) -> dict[str, float]:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--bases", nargs="+", choices=tuple(RECIPES), default=list(RECIPES))
+    parser.add_argument("--key-scorings", nargs="+", choices=KEY_SCORINGS, default=["tfidf"])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--eval-pairs", type=int, default=256)
@@ -82,8 +87,26 @@ def sft_start(out: Path, seed: int, seeded: list[str]) -> Path:
     return sft_dir
 
 
+def methods(bases: list[str], key_scorings: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """Method name → (recipe, overrides): each base without selfsup, then with it for each key scoring."""
+    out = {}
+    for base in bases:
+        out[base] = (RECIPES[base], ["loss.selfsup.weight=0"])
+        for scoring in key_scorings:
+            name = f"selfsup+{base}" + ("" if scoring == "tfidf" else f"-{scoring}")
+            out[name] = (RECIPES[base], [f"loss.selfsup.key_scoring={scoring}"])
+    return out
+
+
+def interval95(values: list[float]) -> float:
+    """Half-width of the 95% Student-t interval of the mean (0 for a single value)."""
+    if len(values) < 2:
+        return 0.0
+    return float(stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
+
+
 def summarise(runs: dict[str, dict[int, dict]], seeds: list[int]) -> dict[str, dict]:
-    """Per method and final metric: the per-seed values, their mean and standard deviation."""
+    """Per method and final metric: the per-seed values, their mean, standard deviation and 95% half-width."""
     summary = {}
     for name, by_seed in runs.items():
         keys = [k for k in by_seed[seeds[0]]["after"] if k in METRICS or k.startswith("eval/selfsup/")]
@@ -91,7 +114,12 @@ def summarise(runs: dict[str, dict[int, dict]], seeds: list[int]) -> dict[str, d
         for key in keys:
             values = [by_seed[s]["after"][key] for s in seeds if key in by_seed[s]["after"]]
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            summary[name][key] = {"per_seed": values, "mean": statistics.fmean(values), "std": spread}
+            summary[name][key] = {
+                "per_seed": values,
+                "mean": statistics.fmean(values),
+                "std": spread,
+                "ci95": interval95(values),
+            }
     return summary
 
 
@@ -99,11 +127,12 @@ def main() -> None:
     args = parse_args()
     out = Path(args.out)
     evals = [f"eval.num_pairs={args.eval_pairs}", f"eval.num_prompts={args.eval_prompts}"]
-    runs: dict[str, dict[int, dict]] = {name: {} for name in METHODS}
+    chosen = methods(args.bases, args.key_scorings)
+    runs: dict[str, dict[int, dict]] = {name: {} for name in chosen}
     for seed in args.seeds:
         seeded = [f"trainer.seed={seed}", f"data.synthetic.seed={seed}"]
         sft_dir = sft_start(out, seed, seeded)
-        for name, (recipe, weight) in METHODS.items():
+        for name, (recipe, method_overrides) in chosen.items():
             overrides = (
                 seeded
                 + evals
@@ -115,16 +144,14 @@ def main() -> None:
                     "trainer.eval_every=0",
                     f"run_dir={out / f'{name}-s{seed}'}",
                 ]
+                + method_overrides
             )
-            if weight is not None:
-                overrides.append(f"loss.selfsup.weight={weight}")
             runs[name][seed] = run(recipe, overrides, name)
             seconds = round(runs[name][seed]["seconds"], 1)
             print(json.dumps({"method": name, "seed": seed, "seconds": seconds}), flush=True)
+    first = runs[args.bases[0]]
     reference = {
-        key: [runs["dpo"][s]["before"][key] for s in args.seeds]
-        for key in METRICS
-        if key in runs["dpo"][args.seeds[0]]["before"]
+        key: [first[s]["before"][key] for s in args.seeds] for key in METRICS if key in first[args.seeds[0]]["before"]
     }
     summary = summarise(runs, args.seeds)
     report = {"steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds, "sft_reference": reference}

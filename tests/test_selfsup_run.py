@@ -15,6 +15,7 @@ from tests.test_run import TINY_RUN
     [
         ("configs/selfsup_dpo.yaml", ["loss.reference=precomputed"]),
         ("configs/selfsup_simpo.yaml", ["loss.selfsup.mode=classify"]),
+        ("configs/selfsup_dpo.yaml", ["loss.selfsup.key_scoring=rake", "loss.selfsup.stopwords=[reverse]"]),
     ],
 )
 def test_selfsup_recipe_runs_and_logs_levels(tmp_path, recipe, extra):

@@ -13,7 +13,10 @@ Key scores [I] (higher = removed first):
   tf·idf, tf = the term's count in the response / the response's term count, idf = log((1 + N)/(1 + df)) + 1
   over the N training responses (:class:`Idf`, fitted once and reused for held-out data);
 - ``surprisal``: the unit's sum of its tokens' −log π_ref(token | prefix), given per token by the caller
-  (a sharded pass of the reference model, :mod:`jaxspo.objectives.selfsup`).
+  (a sharded pass of the reference model, :mod:`jaxspo.objectives.selfsup`);
+- ``rake``: keyphrases of the response alone (:mod:`jaxspo.data.keyphrases`, an English stoplist plus
+  ``stopwords``): a word scores its phrase's RAKE score (stop words 0, so they go last), a sentence the
+  sum of its phrases' scores (a phrase split across sentences counts in proportion). Words and sentences only.
 
 Ties are broken by a random key from ``numpy.random.default_rng([seed, side, row])``: the same seed gives
 the same copies, another seed may order tied units differently.
@@ -30,6 +33,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from jaxspo.data.encode import pad_sequences, response_sequence
+from jaxspo.data.keyphrases import ENGLISH_STOPWORDS, keyphrases
 from jaxspo.losses.selfsup_config import KEY_SCORINGS, UNITS
 
 _SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+|\n|$)")
@@ -82,17 +86,28 @@ class Degrader:
     """Makes K degraded copies of responses given as token ids (see the module docstring).
 
     ``levels`` K ≥ 1, ``fraction`` in (0, 1]: each level removes about ``fraction`` more of the units.
+    ``stopwords``: words added to the English stoplist of ``rake``.
     """
 
     def __init__(
-        self, tokenizer: PreTrainedTokenizerBase, unit: str, key_scoring: str, levels: int, fraction: float, seed: int
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        unit: str,
+        key_scoring: str,
+        levels: int,
+        fraction: float,
+        seed: int,
+        stopwords: Sequence[str] = (),
     ):
         if unit not in UNITS:
             raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
         if key_scoring not in KEY_SCORINGS:
             raise ValueError(f"key_scoring must be one of {KEY_SCORINGS}, got {key_scoring!r}")
+        if key_scoring == "rake" and unit == "token":
+            raise ValueError("key_scoring 'rake' scores words and phrases: use the word or sentence unit")
         self.tokenizer, self.unit, self.key_scoring = tokenizer, unit, key_scoring
         self.levels, self.fraction, self.seed = levels, fraction, seed
+        self.stopwords = ENGLISH_STOPWORDS | {w.lower() for w in stopwords}
         self.idf: Idf | None = None
 
     def text(self, ids: Sequence[int]) -> str:
@@ -128,9 +143,24 @@ class Degrader:
                 members[index].append(position)
         return units, members
 
+    def _rake_scores(self, ids: list[int]) -> np.ndarray:
+        """RAKE key scores of the response's words or sentences (see the module docstring)."""
+        text = self.text(ids)
+        words = split_units(text, "word")
+        units = words if self.unit == "word" else split_units(text, self.unit)
+        scores = np.zeros(len(units))
+        for phrase, score in keyphrases(text, words, self.stopwords):
+            for i in phrase:
+                start = words[i][0]
+                unit = next(u for u, (a, b) in enumerate(units) if a <= start < b)
+                scores[unit] += score if self.unit == "word" else score / len(phrase)
+        return scores
+
     def _scores(
         self, ids: list[int], units: list[object], members: list[list[int]], surprisal: np.ndarray | None
     ) -> np.ndarray:
+        if self.key_scoring == "rake":
+            return self._rake_scores(ids)
         if self.key_scoring == "surprisal":
             if surprisal is None:
                 raise ValueError("key_scoring 'surprisal' needs per-token surprisal")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 UNITS = ("token", "word", "sentence")  # what a degradation level removes
-KEY_SCORINGS = ("tfidf", "surprisal")  # how the key units are chosen
+KEY_SCORINGS = ("tfidf", "surprisal", "rake")  # how the key units are chosen
 MODES = ("ranking", "classify")
 RANKINGS = ("plackett_luce", "pairwise")
 REWARDS = ("auto", "log_ratio", "mean_logp", "logp")
@@ -25,7 +25,8 @@ class SelfsupConfig:
     levels: int = 3  # K degraded copies per response
     fraction: float = 0.2  # share of the units removed per level (level k removes ceil(k·fraction·n))
     unit: str = "word"  # token | word | sentence
-    key_scoring: str = "tfidf"  # tfidf (over the training responses) | surprisal (reference model)
+    key_scoring: str = "tfidf"  # tfidf (over the training responses) | surprisal (reference model) | rake (keyphrases)
+    stopwords: list[str] = dataclasses.field(default_factory=list)  # rake: words added to its English stoplist
     degrade: str = "chosen"  # chosen | rejected | both
     seed: int = 0  # tie-breaking among equally key units
 
@@ -42,6 +43,10 @@ class SelfsupConfig:
             (
                 self.key_scoring in KEY_SCORINGS,
                 f"loss.selfsup.key_scoring must be one of {KEY_SCORINGS}, got '{self.key_scoring}'",
+            ),
+            (
+                self.key_scoring != "rake" or self.unit != "token",
+                "loss.selfsup.key_scoring 'rake' scores words and phrases: set loss.selfsup.unit to word or sentence",
             ),
             (
                 self.degrade in DEGRADE_SIDES,

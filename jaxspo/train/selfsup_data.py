@@ -44,7 +44,7 @@ class DegreeData:
         self.cfg, self.reference_params = cfg, reference_params
         self.sides = selfsup.sides(cfg.loss)
         self.scorer = SequenceScorer(graphdef, mesh, cfg.mesh.rules, cfg.trainer.batch_size)
-        self.degrader = Degrader(tokenizer, s.unit, s.key_scoring, s.levels, s.fraction, s.seed)
+        self.degrader = Degrader(tokenizer, s.unit, s.key_scoring, s.levels, s.fraction, s.seed, s.stopwords)
         if s.key_scoring == "tfidf":
             eos = tokenizer.eos_token_id
             corpus = [
