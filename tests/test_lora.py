@@ -32,6 +32,7 @@ from jaxspo.objectives import PairBatch, build_objective, padded_pair_logps
 from jaxspo.train.step import make_train_step
 from tests import hf_tiny
 from tests.test_train_step import TINY, random_pairs
+from tests.run_overrides import QUIET
 
 LORA = ["lora.rank=4", "lora.alpha=8.0", "loss.reference=adapter_off", "loss.beta=0.5"]
 
@@ -322,9 +323,7 @@ RUN = [
     "eval.num_prompts=8",
     "eval.max_new_tokens=4",
     "checkpoint.every_steps=2",
-    "logging.progress_bar=false",
-    "logging.tensorboard=false",
-    "logging.plot=false",
+    *QUIET,
 ]
 
 

@@ -40,6 +40,7 @@ from jaxspo.train.step import make_train_step
 from tests import hf_tiny
 from tests.test_resume import REPO, final_params, metrics, wait_for_step
 from tests.test_train_step import random_pairs
+from tests.run_overrides import QUIET
 
 TINY = [
     "model.hidden_size=32",
@@ -57,9 +58,7 @@ TINY = [
     "eval.num_prompts=8",
     "eval.max_new_tokens=4",
     "logging.log_every=1",
-    "logging.progress_bar=false",
-    "logging.tensorboard=false",
-    "logging.plot=false",
+    *QUIET,
     "checkpoint.every_steps=2",
     "checkpoint.keep_last=2",
     "stages=[{dimension: correctness, beta: 0.5}, {dimension: brevity, beta: 0.2, lambdas: [2.0]}]",

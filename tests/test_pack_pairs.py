@@ -31,6 +31,7 @@ from jaxspo.sharding import make_mesh
 from tests.cli_fuzz_support import run_cli
 from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, logps_and_grads
 from tests.test_train_step import TINY
+from tests.run_overrides import QUIET
 
 
 def pairs(n: int, width: int = 24, seed: int = 0, tail: bool = False) -> dict[str, np.ndarray]:
@@ -328,9 +329,7 @@ def command(run_dir: Path, *extra: str) -> list[str]:
         "eval.num_prompts=4",
         "eval.max_new_tokens=4",
         "logging.log_every=1",
-        "logging.progress_bar=false",
-        "logging.tensorboard=false",
-        "logging.plot=false",
+        *QUIET,
         "checkpoint.every_steps=2",
         "checkpoint.keep_last=2",
         "data.layout=packed",

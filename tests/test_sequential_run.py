@@ -18,6 +18,7 @@ from jaxspo.train.run import Run
 from jaxspo.train.scoring import PairScorer
 from jaxspo.train.stages import SequentialStages
 from tests.test_resume import REPO, final_params, metrics, wait_for_step
+from tests.run_overrides import QUIET
 
 TINY = [
     "model.hidden_size=32",
@@ -35,9 +36,7 @@ TINY = [
     "eval.num_prompts=8",
     "eval.max_new_tokens=6",
     "logging.log_every=1",
-    "logging.progress_bar=false",
-    "logging.tensorboard=false",
-    "logging.plot=false",
+    *QUIET,
     "checkpoint.every_steps=2",
     "checkpoint.keep_last=2",
 ]
