@@ -143,21 +143,26 @@ def test_the_step_objective_sums_weighted_token_logps_and_keeps_token_counts():
     alpha = 0.4
     batch = PairBatch.from_fields({k: jnp.asarray(v) for k, v in random_pairs(8, seed=3).items()})
     _, graphdef, _, state, reference, _ = build(cfg, {"data": 8}, 8)
-    policy = state.params
     weighted = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, ld_alpha=alpha))
-    _, metrics = build_objective(weighted).loss(as_model(graphdef), policy, reference, batch)
-    rows = {}
-    weights = desensitising_weights(batch.chosen_loss_mask, batch.rejected_loss_mask, alpha)
-    for name, params in (("policy", policy), ("reference", reference)):
+
+    @jax.jit  # one program (as in a step), not op by op
+    def objective_and_by_hand(policy, reference, batch):
+        metrics = build_objective(weighted).loss(as_model(graphdef), policy, reference, batch)[1]
+        plain = build_objective(cfg).loss(as_model(graphdef), policy, reference, batch)[1]
+        weights = desensitising_weights(batch.chosen_loss_mask, batch.rejected_loss_mask, alpha)
         tokens = jnp.concatenate([batch.chosen_tokens, batch.rejected_tokens])
         valid = jnp.concatenate([batch.chosen_valid, batch.rejected_valid])
-        per_token = token_logps(forward_logits(graphdef, params, tokens, valid), tokens)  # [2B, T-1]
-        rows[name] = (per_token * weights[:, 1:]).sum(-1)
-    margin = (rows["policy"][:8] - rows["reference"][:8]) - (rows["policy"][8:] - rows["reference"][8:])
+        rows = [  # [2B]: Σ_t w_t log π(token t) under each model
+            (token_logps(forward_logits(graphdef, params, tokens, valid), tokens) * weights[:, 1:]).sum(-1)
+            for params in (policy, reference)
+        ]
+        return metrics, plain, *rows
+
+    metrics, plain, policy_rows, reference_rows = objective_and_by_hand(state.params, reference, batch)
+    margin = (policy_rows[:8] - reference_rows[:8]) - (policy_rows[8:] - reference_rows[8:])
     expected = -jax.nn.log_sigmoid(cfg.loss.beta * margin).sum()
     np.testing.assert_allclose(metrics["loss"][0], expected, rtol=2e-5)
-    np.testing.assert_allclose(metrics["logps/chosen"][0], rows["policy"][:8].sum(), rtol=2e-5)
-    plain = build_objective(cfg).loss(as_model(graphdef), policy, reference, batch)[1]
+    np.testing.assert_allclose(metrics["logps/chosen"][0], policy_rows[:8].sum(), rtol=2e-5)
     assert abs(float(plain["loss"][0]) - float(expected)) > 1e-3  # α < 1 changes the loss on unequal lengths
 
 

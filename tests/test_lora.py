@@ -3,6 +3,7 @@ training and checkpoints tied to the base's hash, merged and PEFT exports that P
 
 import dataclasses
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,7 @@ from jaxspo.objectives import PairBatch, build_objective, padded_pair_logps
 from jaxspo.train.step import make_train_step
 from tests import hf_tiny
 from tests.test_train_step import TINY, random_pairs
+from tests.run_overrides import QUIET
 
 LORA = ["lora.rank=4", "lora.alpha=8.0", "loss.reference=adapter_off", "loss.beta=0.5"]
 
@@ -321,18 +323,24 @@ RUN = [
     "eval.num_prompts=8",
     "eval.max_new_tokens=4",
     "checkpoint.every_steps=2",
-    "logging.progress_bar=false",
-    "logging.tensorboard=false",
-    "logging.plot=false",
+    *QUIET,
 ]
 
 
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    """One LoRA run that the tests below read: soft_spo_ranked (the list forward) with its KL regulariser (the
+    sampler on the adapted policy, the in-step KL against the base with adapters off), checkpoints every 2 steps."""
+    run_dir = tmp_path_factory.mktemp("lora_run")
+    overrides = RUN + ["loss.terms={soft_spo_ranked: 1.0}", "loss.kl.beta=0.5", "loss.kl.prompts=8"]
+    return overrides, run_dir, loop.train(load_config("configs/lora_dpo.yaml", overrides + [f"run_dir={run_dir}"]))
+
+
 @pytest.mark.slow
-def test_lora_run_checkpoints_adapters_only_and_resume_refuses_a_changed_base(tmp_path):
-    cfg = load_config("configs/lora_dpo.yaml", RUN + [f"run_dir={tmp_path}"])
-    result = loop.train(cfg)
+def test_lora_run_checkpoints_adapters_only_and_resume_refuses_a_changed_base(lora_run, tmp_path):
+    overrides, run_dir, result = lora_run
     assert result.before["eval/kl"] == 0.0 and result.before["eval/rewards/margins"] == 0.0  # adapted = base at step 0
-    saved = json.loads((tmp_path / "checkpoints" / "preference" / "4" / "state" / "_METADATA").read_text())[
+    saved = json.loads((run_dir / "checkpoints" / "preference" / "4" / "state" / "_METADATA").read_text())[
         "tree_metadata"
     ]
     weights = [key for key in saved if key.endswith("'value')")]  # params and Adam's mu / nu
@@ -343,11 +351,12 @@ def test_lora_run_checkpoints_adapters_only_and_resume_refuses_a_changed_base(tm
         sum(x.size for x in jax.tree.leaves(result.params))
         < sum(x.size for x in jax.tree.leaves(result.reference_params)) / 3
     )
-    assert not (tmp_path / "checkpoints" / "reference").exists()  # the base is the seeded init: a pointer suffices
-    assert json.loads((tmp_path / "base.json").read_text())["kind"] == "init"
-    changed = load_config("configs/lora_dpo.yaml", RUN + [f"run_dir={tmp_path}", "trainer.steps=6", "trainer.seed=1"])
+    assert not (run_dir / "checkpoints" / "reference").exists()  # the base is the seeded init: a pointer suffices
+    assert json.loads((run_dir / "base.json").read_text())["kind"] == "init"
+    shutil.copytree(run_dir, tmp_path / "run")  # the run the other test reads stays as it ended
+    changed = [f"run_dir={tmp_path / 'run'}", "trainer.steps=6", "trainer.seed=1"]
     with pytest.raises(BaseChangedError, match=r"checkpoint .*preference/4 was made on a base model with sha256"):
-        loop.train(changed)
+        loop.train(load_config("configs/lora_dpo.yaml", overrides + changed))
 
 
 @pytest.mark.slow
@@ -377,15 +386,11 @@ def test_tiny_lora_step_compiles_for_a_tpu_slice_with_less_memory(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("terms", ["{soft_spo: 1.0}", "{soft_spo_ranked: 1.0}"])
-def test_soft_spo_with_its_kl_regulariser_trains_adapters_against_the_adapter_off_reference(tmp_path, terms):
-    """The list forward, the sampler (adapted policy) and the in-step KL (base with adapters off) all see LoRA."""
-    cfg = load_config(
-        "configs/lora_dpo.yaml",
-        RUN + [f"run_dir={tmp_path}", f"loss.terms={terms}", "loss.kl.beta=0.5", "loss.kl.prompts=8"],
-    )
-    result = loop.train(cfg)
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+def test_soft_spo_with_its_kl_regulariser_trains_adapters_against_the_adapter_off_reference(lora_run):
+    """The list forward, the sampler (adapted policy) and the in-step KL (base with adapters off) all see LoRA (the
+    pairwise forward with LoRA: the DPO step tests above and tests/test_lora_stages.py's runs)."""
+    _, run_dir, result = lora_run
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     trained = [r for r in rows if r["phase"] == "preference"]
     assert trained and all(np.isfinite(r["kl/value"]) and r["kl/samples_per_second"] > 0 for r in trained)
     assert trained[-1]["kl/value"] > 0.0  # the adapters moved the policy away from the base

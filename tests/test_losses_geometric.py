@@ -12,6 +12,7 @@ import pytest
 from jaxspo.config import LossConfig
 from jaxspo.losses import PairLogps, get_loss
 from jaxspo.losses.dpo_family import RopoParams
+from tests.long_loops import compile_optimised
 
 SOFT = ("gdpo", "gipo", "gropo", "cdpo_soft", "cipo")
 PARENT = {"gdpo": "dpo", "gipo": "ipo", "gropo": "ropo", "cdpo_soft": "dpo", "cipo": "ipo"}
@@ -154,7 +155,8 @@ def bandit_policies(names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.n
             updates, state = tx.update(jax.grad(loss)(theta), state)
             return optax.apply_updates(theta, updates), state
 
-        theta = jax.jit(lambda t: jax.lax.fori_loop(0, 5000, step, (t, tx.init(t)))[0])(ref_logits)
+        descend = compile_optimised(lambda t: jax.lax.fori_loop(0, 5000, step, (t, tx.init(t)))[0], ref_logits)
+        theta = descend(ref_logits)
         out[name] = np.asarray(jax.nn.softmax(theta))
     closed_form = np.asarray(jax.nn.softmax(ref_logits + reward / (beta * temperature)))
     return out, closed_form

@@ -44,26 +44,35 @@ def hard_label_loss(logps: PairLogps, alpha: float, gamma: float) -> jax.Array:
     return jax.lax.stop_gradient(jnp.exp(log_mu - log_mu.mean())) * loss
 
 
+def hard_label_losses_and_gradients(alpha: float, gamma: float):
+    """One compiled program: (new loss, old loss, new gradients, old gradients) at p̂ = 1 for (chosen, rejected)."""
+
+    def losses(logps: PairLogps) -> tuple[jax.Array, jax.Array]:
+        return soft_spo_loss(logps, pair_cfg(alpha, gamma)), hard_label_loss(logps, alpha, gamma)
+
+    def both(logps: PairLogps, c: jax.Array, r: jax.Array):
+        new, old = (lambda c, r, i=i: losses(logps.replace(policy_chosen=c, policy_rejected=r))[i] for i in (0, 1))
+        grads = [jax.grad(lambda c, r, f=f: f(c, r).sum(), argnums=(0, 1))(c, r) for f in (new, old)]
+        return new(c, r), old(c, r), *grads
+
+    return jax.jit(both)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 @pytest.mark.parametrize(("alpha", "gamma"), [(1.0, 0.0), (0.3, 0.0), (0.5, 0.8)])
 def test_hard_label_is_the_old_loss_to_rounding(dtype, alpha, gamma):
     # p̂ = 1 computes −(1/α)[log σ(αd) + 0·log σ(−αd)], the old loss −(1/α)(s_w − logsumexp(s)): the same function by
-    # different operations, so eager or compiled they agree to the last bits of the log-probs, not bit for bit (which
-    # bits differ depends on the CPU and on how XLA fuses each graph).
+    # different operations, so they agree to the last bits of the log-probs, not bit for bit (which bits differ
+    # depends on the CPU and on how XLA fuses each graph). Compiled, as a training step runs it.
     eps = float(jnp.finfo(dtype).eps)
     with jax.enable_x64(dtype == jnp.float64):
         logps = pairs(np.ones(16), dtype)
         args = (logps.policy_chosen, logps.policy_rejected)
         scale = float(jnp.abs(jnp.stack(args)).max())  # s_w − logsumexp(s) cancels: ulps of the log-probs
-        for wrap in (lambda f: f, jax.jit):
-            new = wrap(
-                lambda c, r: soft_spo_loss(logps.replace(policy_chosen=c, policy_rejected=r), pair_cfg(alpha, gamma))
-            )
-            old = wrap(lambda c, r: hard_label_loss(logps.replace(policy_chosen=c, policy_rejected=r), alpha, gamma))
-            np.testing.assert_allclose(new(*args), old(*args), rtol=0, atol=2 * eps * scale)
-            grads = [jax.grad(lambda c, r, f=f: f(c, r).sum(), argnums=(0, 1))(*args) for f in (new, old)]
-            for a, b in zip(*grads):  # each |gradient| ≤ μ ≤ a few units
-                np.testing.assert_allclose(a, b, rtol=4 * eps, atol=4 * eps)
+        new, old, new_grads, old_grads = hard_label_losses_and_gradients(alpha, gamma)(logps, *args)
+        np.testing.assert_allclose(new, old, rtol=0, atol=2 * eps * scale)
+        for a, b in zip(new_grads, old_grads):  # each |gradient| ≤ μ ≤ a few units
+            np.testing.assert_allclose(a, b, rtol=4 * eps, atol=4 * eps)
 
 
 def test_soft_pair_loss_is_the_expectation_over_both_orders_and_symmetric():

@@ -4,8 +4,6 @@ apart, a packed step equals the padded one, long-tailed lengths compute far fewe
 import dataclasses
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -30,10 +28,10 @@ from jaxspo.train.state import (
 from jaxspo.objectives import PackedPairBatch, PairBatch, build_objective
 from jaxspo.train.step import make_train_step
 from jaxspo.sharding import make_mesh
+from tests.cli_fuzz_support import run_cli
 from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, logps_and_grads
 from tests.test_train_step import TINY
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.run_overrides import QUIET
 
 
 def pairs(n: int, width: int = 24, seed: int = 0, tail: bool = False) -> dict[str, np.ndarray]:
@@ -331,16 +329,14 @@ def command(run_dir: Path, *extra: str) -> list[str]:
         "eval.num_prompts=4",
         "eval.max_new_tokens=4",
         "logging.log_every=1",
-        "logging.progress_bar=false",
-        "logging.tensorboard=false",
-        "logging.plot=false",
+        *QUIET,
         "checkpoint.every_steps=2",
         "checkpoint.keep_last=2",
         "data.layout=packed",
         "data.pack_pairs=true",
         "data.pack_row_buckets=2",
     ]
-    return [sys.executable, "-m", "jaxspo", "train", "configs/demo.yaml", *tiny, f"run_dir={run_dir}", *extra]
+    return ["train", "configs/demo.yaml", *tiny, f"run_dir={run_dir}", *extra]
 
 
 def preference_rows(run_dir: Path) -> list[dict]:
@@ -348,20 +344,22 @@ def preference_rows(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows if r["phase"] == "preference"]
 
 
-@pytest.mark.slow  # two short training runs in subprocesses (~1 min on 2 cores)
+@pytest.mark.slow  # two short training runs
 def test_jaxspo_train_with_pack_pairs_finishes_and_resumes(tmp_path):
+    """``jaxspo train`` (its entry point, in this process) runs pack_pairs to the end, then a copy of the run cut
+    back to its step-4 checkpoint resumes there and logs the same steps."""
     first = tmp_path / "first"
-    done = subprocess.run(command(first), cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "data.pack_pairs" in done.stderr
+    status, stderr = run_cli(command(first))
+    assert status == 0, stderr[-3000:]
+    assert "data.pack_pairs" in stderr
     rows = preference_rows(first)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and all(np.isfinite(r["loss"]) for r in rows)
     second = tmp_path / "second"
     shutil.copytree(first, second)
     shutil.rmtree(second / "checkpoints" / "preference" / "6")  # the run resumes from step 4
-    done = subprocess.run(command(second), cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "resuming preference at step 4" in done.stderr
+    status, stderr = run_cli(command(second))
+    assert status == 0, stderr[-3000:]
+    assert "resuming preference at step 4" in stderr
     assert preference_rows(second) == rows
 
 

@@ -12,6 +12,7 @@ from jaxspo import distributed
 from jaxspo.data.bucketing import assign_buckets
 from jaxspo.data.pipeline import BatchPipeline, make_batches, process_shard
 from jaxspo.data.row_store import spill
+from tests.run_overrides import QUIET
 
 
 def columns(n: int, width: int = 16, lengths=None) -> dict[str, np.ndarray]:
@@ -203,9 +204,7 @@ def test_a_run_on_spilled_rows_with_reader_threads_logs_the_same_metrics(tmp_pat
         "eval.num_prompts=4",
         "eval.max_new_tokens=4",
         "logging.log_every=1",
-        "logging.progress_bar=false",
-        "logging.tensorboard=false",
-        "logging.plot=false",
+        *QUIET,
         "checkpoint.every_steps=0",
         "checkpoint.save_final=false",
         "loss.reference=precomputed",

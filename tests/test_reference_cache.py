@@ -14,6 +14,7 @@ from jaxspo.train.reference_cache import cached_reference_logps
 from jaxspo.train.scoring import PairScorer
 from jaxspo.train.state import abstract_model, init_params, param_shardings
 from tests.test_train_step import TINY, random_pairs
+from tests.run_overrides import QUIET
 
 RUN = [
     "model.hidden_size=32",
@@ -31,9 +32,7 @@ RUN = [
     "eval.num_prompts=8",
     "eval.max_new_tokens=4",
     "logging.log_every=1",
-    "logging.progress_bar=false",
-    "logging.tensorboard=false",
-    "logging.plot=false",
+    *QUIET,
     "mesh.data=2",
     "mesh.fsdp=2",
     "mesh.tensor=2",

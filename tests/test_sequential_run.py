@@ -1,6 +1,7 @@
 """The ``sequential`` recipe end to end: cached frozen log-probs and offsets, stage checkpoints, exact resume."""
 
 import dataclasses
+import os
 import random
 import signal
 import subprocess
@@ -12,10 +13,12 @@ import pytest
 
 from jaxspo.checkpoint import save_params
 from jaxspo.config import load_config
+from jaxspo.train.loop import train
 from jaxspo.train.run import Run
 from jaxspo.train.scoring import PairScorer
 from jaxspo.train.stages import SequentialStages
 from tests.test_resume import REPO, final_params, metrics, wait_for_step
+from tests.run_overrides import QUIET
 
 TINY = [
     "model.hidden_size=32",
@@ -33,9 +36,7 @@ TINY = [
     "eval.num_prompts=8",
     "eval.max_new_tokens=6",
     "logging.log_every=1",
-    "logging.progress_bar=false",
-    "logging.tensorboard=false",
-    "logging.plot=false",
+    *QUIET,
     "checkpoint.every_steps=2",
     "checkpoint.keep_last=2",
 ]
@@ -83,24 +84,23 @@ def test_offsets_come_from_frozen_logps_cached_by_data_and_weights(tmp_path):
     assert len(set(cache.glob("*.npz")) - cached) == 2  # π_0's pass hit, the new π_1's did not
 
 
-def command(run_dir, cache) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "jaxspo",
-        "train",
-        "configs/sequential.yaml",
-        *TINY,
-        STAGES,
-        f"run_dir={run_dir}",
-        f"loss.reference_cache_dir={cache}",
-    ]
+def run_overrides(run_dir) -> list[str]:
+    return [*TINY, STAGES, f"run_dir={run_dir}", f"loss.reference_cache_dir={run_dir / 'cache'}"]
+
+
+def command(run_dir) -> list[str]:
+    return [sys.executable, "-m", "jaxspo", "train", "configs/sequential.yaml", *run_overrides(run_dir)]
+
+
+def train_here(run_dir) -> None:
+    """``jaxspo train`` of the recipe in this process (the runs started below are the same code and settings)."""
+    train(load_config("configs/sequential.yaml", run_overrides(run_dir)))
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("uninterrupted")
-    subprocess.run(command(run_dir, run_dir / "cache"), cwd=REPO, check=True, capture_output=True, timeout=900)
+    train_here(run_dir)
     return run_dir
 
 
@@ -120,17 +120,20 @@ def test_stages_checkpoint_evaluate_and_log_per_stage(uninterrupted):
 
 @pytest.mark.slow
 def test_sigkill_mid_stages_then_resume_is_bit_identical(uninterrupted, tmp_path):
+    """Killed for real (SIGKILL) in stage 1, resumed and killed again in stage 2, then resumed to the end (in this
+    process, as the uninterrupted run was made): the uninterrupted run's metrics and weights, bit for bit."""
     rng = random.Random(7)
     kills = [("stage-1", rng.randint(2, 5)), ("stage-2", rng.randint(1, 5))]
+    env = os.environ | {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}  # as tests/conftest.py sets for this process
     for phase, step in kills:
         proc = subprocess.Popen(
-            command(tmp_path, tmp_path / "cache"), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            command(tmp_path), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         wait_for_step(proc, tmp_path, phase, step, timeout=600)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert not (tmp_path / "checkpoints" / "policy-2").exists()
-    subprocess.run(command(tmp_path, tmp_path / "cache"), cwd=REPO, check=True, capture_output=True, timeout=900)
+    train_here(tmp_path)
     assert metrics(tmp_path) == metrics(uninterrupted)
-    for a, b in zip(final_params(tmp_path), final_params(uninterrupted)):
+    for a, b in zip(final_params(tmp_path), final_params(uninterrupted), strict=True):
         np.testing.assert_array_equal(a, b)

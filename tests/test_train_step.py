@@ -63,7 +63,9 @@ def build(cfg: Config, mesh_shape: dict[str, int], batch_size: int):
     return mesh, graphdef, shardings, state, reference, step
 
 
-MESHES = [(1, 8, 1), (2, 4, 1), (8, 1, 1), (2, 2, 2)]
+# (data, fsdp, tensor): parameters split 8 ways by fsdp alone, not split at all (the batch split 8 ways), and split
+# over all three axes at once (data with fsdp, and tensor, each of 2)
+MESHES = [(1, 8, 1), (8, 1, 1), (2, 2, 2)]
 
 
 def test_dpo_loss_and_gradients_identical_across_meshes():

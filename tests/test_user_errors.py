@@ -245,9 +245,11 @@ def test_argument_errors_are_one_line_with_status_2():
 
 
 def test_no_tpu_probing_noise_without_jax_platforms(tmp_path):
+    """libtpu probes when JAX's backends start, at a run's first device use (its initial parameters): a run of no
+    steps starts them as a longer one does and still evaluates on the devices, without compiling a train step."""
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     env["PYTHONPATH"] = str(REPO)
-    overrides = TINY_RUN + TINY_MODEL + ["trainer.steps=1", "checkpoint.every_steps=0", f"run_dir={tmp_path / 'run'}"]
+    overrides = TINY_RUN + TINY_MODEL + ["trainer.steps=0", "checkpoint.every_steps=0", f"run_dir={tmp_path / 'run'}"]
     done = subprocess.run(
         [sys.executable, "-m", "jaxspo", "train", "configs/demo.yaml", *overrides],
         cwd=REPO,
@@ -257,6 +259,7 @@ def test_no_tpu_probing_noise_without_jax_platforms(tmp_path):
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "run" / "summary.md").is_file()  # the run reached its evaluations on the devices
     for noise in ("Failed to find host bounds", "could not determine TPU", "unexpected worker hostname", "libtpu"):
         assert noise not in done.stderr, done.stderr[-3000:]
 
