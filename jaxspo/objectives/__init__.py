@@ -7,16 +7,18 @@
 - :func:`build_objective`: the one reader of the objective switches of a config.
 """
 
-from jaxspo.objectives.base import Objective
+from jaxspo.objectives.base import HostContext, Objective, Prepared
 from jaxspo.objectives.batches import ListBatch, PackedPairBatch, PairBatch, SFTBatch
 from jaxspo.objectives.build import build_objective, in_step_reference, needs_reference, precomputed_reference
 from jaxspo.objectives.pairs import packed_pair_logps, padded_pair_logps
 
 __all__ = [
+    "HostContext",
     "ListBatch",
     "Objective",
     "PackedPairBatch",
     "PairBatch",
+    "Prepared",
     "SFTBatch",
     "build_objective",
     "in_step_reference",

@@ -14,8 +14,10 @@ from jaxspo.losses import get_loss, offset_losses
 from jaxspo.objectives import kl, selfsup
 from jaxspo.objectives.base import Objective
 from jaxspo.objectives.batches import OFFSET_FIELD, PRECOMPUTED_FIELDS, ListBatch
-from jaxspo.objectives.lists import list_count, list_loss, uses_lists
+from jaxspo.objectives.lists import list_count, list_encoder, list_loss, uses_lists
+from jaxspo.objectives.pair_rows import pair_encoder, precomputed_reference_logps
 from jaxspo.objectives.pairs import PACKED, PADDED, pair_count, pair_loss
+from jaxspo.objectives.selfsup_data import degraded_copies
 from jaxspo.objectives.sft import sft_objective
 
 PHASES = ("sft", "preference")
@@ -47,6 +49,9 @@ def _pair_objective(cfg: Any) -> Objective:
     fields += (OFFSET_FIELD,) if offset_losses(loss_cfg.terms) else ()
     fields += selfsup.batch_fields(loss_cfg)
     term = selfsup.degree_term(loss_cfg) if selfsup.active(loss_cfg) else None
+    preparations = ((degraded_copies,) if selfsup.active(loss_cfg) else ()) + (
+        (precomputed_reference_logps,) if reference == "precomputed" else ()
+    )
     return Objective(
         "pairs",
         layout.batch_type,
@@ -56,13 +61,16 @@ def _pair_objective(cfg: Any) -> Objective:
         dims=selfsup.dims(loss_cfg),
         reads_frozen=in_step_reference(loss_cfg),
         aux=selfsup.classify_head(loss_cfg, cfg.model.hidden_size),
+        encoder=pair_encoder(cfg),
+        preparations=preparations,
     )
 
 
 def _list_objective(cfg: Any) -> Objective:
     fields = ListBatch.required()
     reads = in_step_reference(cfg.loss)
-    return Objective("lists", ListBatch, fields, list_loss(cfg.loss), list_count, reads_frozen=reads)
+    encoder = list_encoder(cfg, pair_encoder(cfg))
+    return Objective("lists", ListBatch, fields, list_loss(cfg.loss), list_count, reads_frozen=reads, encoder=encoder)
 
 
 def build_objective(cfg: Any, phase: str = "preference") -> Objective:
@@ -71,6 +79,6 @@ def build_objective(cfg: Any, phase: str = "preference") -> Objective:
     if phase not in PHASES:
         raise ValueError(f"unknown phase '{phase}'; one of {PHASES}")
     if phase == "sft":
-        return sft_objective()
+        return sft_objective(cfg)
     objective = _list_objective(cfg) if uses_lists(cfg.loss) else _pair_objective(cfg)
     return kl.with_kl_regulariser(objective, cfg) if kl.kl_active(cfg.loss) else objective

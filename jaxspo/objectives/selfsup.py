@@ -2,9 +2,10 @@
 
 With ``loss.selfsup.weight`` > 0 the pair objective adds :func:`degree_term` after its loss terms (weight 0
 adds no batch field, no forward and no head: the objective is the base objective exactly). Batch fields
-(built before training by :mod:`jaxspo.train.selfsup_data`): ``selfsup_tokens``, ``selfsup_valid``,
-``selfsup_loss_mask`` ``[B, S, K, T]``, ``selfsup_level_valid`` ``[B, S, K]`` and, with a precomputed
-reference, ``selfsup_reference_logps`` ``[B, S, K]``; S = 1 or 2 degraded sides, K levels.
+(built before training by the objective's preparation, :mod:`jaxspo.objectives.selfsup_data`):
+``selfsup_tokens``, ``selfsup_valid``, ``selfsup_loss_mask`` ``[B, S, K, T]``, ``selfsup_level_valid``
+``[B, S, K]`` and, with a precomputed reference, ``selfsup_reference_logps`` ``[B, S, K]``; S = 1 or 2 degraded
+sides, K levels.
 
 The ``classify`` head (a linear map of the mean-pooled last-layer hidden state to K + 1 level logits) is the
 objective's auxiliary state (:class:`ClassifyHead`), kept in ``TrainState.head`` =
@@ -58,12 +59,16 @@ def sides(loss_cfg) -> tuple[str, ...]:
     return DEGRADE_SIDES[loss_cfg.selfsup.degrade]
 
 
+def precomputed(loss_cfg) -> bool:
+    """Whether the copies carry reference log-probs scored before training (``loss.reference: precomputed``)."""
+    return needs_reference(loss_cfg) and loss_cfg.reference == "precomputed"
+
+
 def batch_fields(loss_cfg) -> tuple[str, ...]:
     """The selfsup arrays a pair batch holds (none when off)."""
     if not active(loss_cfg):
         return ()
-    precomputed = needs_reference(loss_cfg) and loss_cfg.reference == "precomputed"
-    return SELFSUP_FIELDS + ((SELFSUP_REFERENCE_FIELD,) if precomputed else ())
+    return SELFSUP_FIELDS + ((SELFSUP_REFERENCE_FIELD,) if precomputed(loss_cfg) else ())
 
 
 def dims(loss_cfg) -> dict[str, int]:
