@@ -16,11 +16,6 @@ from jaxspo.objectives.batches import ListBatch
 from jaxspo.train.logprobs import sequence_logps
 
 
-def uses_lists(loss_cfg) -> bool:
-    """Whether the configured terms read ranked lists (config validation keeps them all one layout)."""
-    return any(get_loss(name).layout == "list" for name in loss_cfg.terms)
-
-
 def list_encoder(cfg: Any, pairs: Encoder) -> Encoder:
     """The train split → ranked lists ``[N, n, data.max_length]``, best first (the built-in task's rankings come
     from its scores; only ``soft_spo_best_of_n`` makes do with a row's 'best'); other splits by ``pairs``

@@ -28,12 +28,8 @@ from jaxspo.losses import PairLogps, get_loss
 from jaxspo.losses.selfsup import DEGRADE_SIDES, classify_loss, level_rewards, pairwise_accuracy, ranking_degree_loss
 from jaxspo.objectives.base import Metrics
 from jaxspo.objectives.batches import SELFSUP_FIELDS, SELFSUP_REFERENCE_FIELD, PairBatch
+from jaxspo.objectives.switches import selfsup_active
 from jaxspo.train.logprobs import positions_from_valid, sequence_logps
-
-
-def active(loss_cfg) -> bool:
-    """Whether the degree term is on (λ > 0)."""
-    return loss_cfg.selfsup.weight > 0
 
 
 def reward_kind(loss_cfg) -> str:
@@ -48,7 +44,7 @@ def reward_kind(loss_cfg) -> str:
 def needs_reference(loss_cfg) -> bool:
     """Whether the degree term needs reference log-probs (ranking on β·log πθ/π_ref with a reference)."""
     return (
-        active(loss_cfg)
+        selfsup_active(loss_cfg)
         and loss_cfg.selfsup.mode == "ranking"
         and reward_kind(loss_cfg) == "log_ratio"
         and loss_cfg.reference != "none"
@@ -66,14 +62,14 @@ def precomputed(loss_cfg) -> bool:
 
 def batch_fields(loss_cfg) -> tuple[str, ...]:
     """The selfsup arrays a pair batch holds (none when off)."""
-    if not active(loss_cfg):
+    if not selfsup_active(loss_cfg):
         return ()
     return SELFSUP_FIELDS + ((SELFSUP_REFERENCE_FIELD,) if precomputed(loss_cfg) else ())
 
 
 def dims(loss_cfg) -> dict[str, int]:
     """The batch dimensions the config fixes: S degraded sides and K levels."""
-    return {"sides": len(sides(loss_cfg)), "levels": loss_cfg.selfsup.levels} if active(loss_cfg) else {}
+    return {"sides": len(sides(loss_cfg)), "levels": loss_cfg.selfsup.levels} if selfsup_active(loss_cfg) else {}
 
 
 def _flat(x: jax.Array) -> jax.Array:
@@ -225,6 +221,6 @@ class ClassifyHead:
 
 def classify_head(loss_cfg, hidden_size: int) -> ClassifyHead | None:
     """The head ``classify`` trains (None otherwise)."""
-    if not (active(loss_cfg) and loss_cfg.selfsup.mode == "classify"):
+    if not (selfsup_active(loss_cfg) and loss_cfg.selfsup.mode == "classify"):
         return None
     return ClassifyHead(hidden_size, loss_cfg.selfsup.levels + 1)

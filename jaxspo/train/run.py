@@ -27,7 +27,7 @@ from jaxspo.models.hf_io import load_params, load_tokenizer
 from jaxspo.perf import run_peak
 from jaxspo.sharding import make_mesh
 from jaxspo.train.evaluate import Evaluator
-from jaxspo.objectives import HostContext, build_objective
+from jaxspo.objectives import HostContext, build_objective, switches
 from jaxspo.train.metrics_log import MetricsLog
 from jaxspo.train.state import abstract_model, init_params, param_shardings
 
@@ -82,7 +82,7 @@ class Run:
         self.run_dir = run_dir
         self.data_reports: dict[str, DataReport] = {}
         self._encoded: dict[tuple[str, int | None], dict[str, np.ndarray]] = {}
-        for split in screen if screen is not None else ("eval",) if cfg.stages else ("train", "eval"):
+        for split in screen if screen is not None else ("eval",) if switches.staged(cfg) else ("train", "eval"):
             self.encoded(split, cfg.eval.num_pairs if split == "eval" else None)
         self.mesh = make_mesh(cfg.mesh.shape())
         self.peak_flops, peak_source = run_peak(
