@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from jaxspo.objectives.base import HostContext, Objective, Prepared
     from jaxspo.objectives.batches import ListBatch, PackedPairBatch, PairBatch, SFTBatch
-    from jaxspo.objectives.build import build_objective, in_step_reference, needs_reference, precomputed_reference
+    from jaxspo.objectives.build import build_objective
     from jaxspo.objectives.pairs import packed_pair_logps, padded_pair_logps
 
 __all__ = [
@@ -29,11 +29,8 @@ __all__ = [
     "Prepared",
     "SFTBatch",
     "build_objective",
-    "in_step_reference",
-    "needs_reference",
     "packed_pair_logps",
     "padded_pair_logps",
-    "precomputed_reference",
 ]
 _MODULES = ("base", "batches", "build", "pairs")  # where the names of __all__ live
 

@@ -79,7 +79,9 @@ class Objective:
 
     ``fields``: the batch fields the loss reads; ``dims``: the batch dimensions the config fixes (selfsup's
     sides and levels, the KL samples); ``reads_frozen``: whether the step passes the frozen params to the loss
-    (a reference forward in the step); ``augmenter(mesh, graphdef, tokenizer, splits, shardings)`` makes a
+    (a reference forward in the step); ``reference_passes``: the rows the step runs the frozen reference over,
+    of ``"rows"`` (the batch's sequences), ``"selfsup"`` (the degraded copies), ``"kl"`` (the KL samples);
+    ``augmenter(mesh, graphdef, tokenizer, splits, shardings)`` makes a
     callable ``(step, params) -> fields`` whose arrays join each batch before the step; ``encoder`` and
     ``preparations``: the host-side preparation of its rows (see the module docstring).
     """
@@ -91,6 +93,7 @@ class Objective:
     count: Callable[[Any], jax.Array]
     dims: Mapping[str, int] = dataclasses.field(default_factory=dict)
     reads_frozen: bool = False
+    reference_passes: tuple[str, ...] = ()
     aux: AuxState | None = None
     augmenter: Callable[..., Any] | None = None
     augmented_fields: tuple[str, ...] = ()

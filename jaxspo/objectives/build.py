@@ -60,6 +60,7 @@ def _pair_objective(cfg: Any) -> Objective:
         pair_count,
         dims=selfsup.dims(loss_cfg),
         reads_frozen=in_step_reference(loss_cfg),
+        reference_passes=(("rows",) if reference == "step" else ()) + selfsup.reference_passes(loss_cfg),
         aux=selfsup.classify_head(loss_cfg, cfg.model.hidden_size),
         encoder=pair_encoder(cfg),
         preparations=preparations,

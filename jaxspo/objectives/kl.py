@@ -79,6 +79,7 @@ def with_kl_regulariser(objective: Objective, cfg) -> Objective:
         loss=regularised,
         dims=dict(objective.dims) | dims(cfg.loss, cfg.data.max_prompt_length),
         reads_frozen=True,
+        reference_passes=objective.reference_passes + ("kl",),
         augmenter=augmenter,
         augmented_fields=KL_FIELDS,
     )

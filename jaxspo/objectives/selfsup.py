@@ -51,6 +51,11 @@ def needs_reference(loss_cfg) -> bool:
     )
 
 
+def reference_passes(loss_cfg) -> tuple[str, ...]:
+    """``("selfsup",)`` when the step runs the reference over the copies (their reference log-probs not precomputed)."""
+    return ("selfsup",) if needs_reference(loss_cfg) and not precomputed(loss_cfg) else ()
+
+
 def sides(loss_cfg) -> tuple[str, ...]:
     return DEGRADE_SIDES[loss_cfg.selfsup.degrade]
 
