@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxspo.models.target import compiling_for
 from jaxspo.perf import TOPOLOGY_DEVICE_KINDS, device_peak, model_flops, recomputed_flops
-from jaxspo.objectives import Objective, PackedPairBatch, build_objective
+from jaxspo.objectives import Objective, PackedPairBatch, build_objective, switches
 from jaxspo.sharding import make_mesh
 from jaxspo.train.initialise import initialise
 from jaxspo.lora.model import AdaptedModel
@@ -159,7 +159,7 @@ def batch_dims(cfg, batch: int) -> dict[str, int]:
 
 def packed_width(cfg) -> int:
     """Slots of a packed row: ``2·max_length`` (the prompt and both responses), or ``data.pack_width`` if set."""
-    return (cfg.data.pack_width if cfg.data.pack_pairs else 0) or 2 * cfg.data.max_length
+    return (cfg.data.pack_width if switches.packs_pairs(cfg.data) else 0) or 2 * cfg.data.max_length
 
 
 def longest_packed_rows(cfg, batch: int) -> dict[str, np.ndarray]:

@@ -7,10 +7,10 @@ import dataclasses
 from jaxspo.config_loss_checks import validate_loss
 from jaxspo.config_parsing import did_you_mean
 from jaxspo.config_sections import Config
-from jaxspo.data.settings import LAYOUTS
-from jaxspo.data.synthetic_config import GOLD_DIMENSIONS
 from jaxspo.errors import ConfigError
 from jaxspo.host_memory import HOST_HEAP_MODES
+from jaxspo.objectives import switches
+from jaxspo.objectives.checks import validate_objective
 from jaxspo.sharding_rules import DEFAULT_RULES, MESH_AXES
 
 REFERENCE_MODES = ("resident", "precomputed", "none", "adapter_off")
@@ -22,15 +22,10 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(message)
     validate_loss(cfg.loss)
-    try:
-        cfg.loss.kl.validate(cfg.loss.reference, cfg.trainer.grad_accum_steps)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    _validate_stages(cfg)
     _validate_mesh_rules(cfg)
     _validate_buckets(cfg)
     _validate_context(cfg)  # first: the layout's width checks divide by mesh.context
-    _validate_layout(cfg)
+    validate_objective(cfg)  # lists, selfsup, the KL regulariser, the packed layout, stages
     _validate_sections(cfg)
 
 
@@ -92,16 +87,6 @@ def _combination_checks(cfg: Config) -> list[tuple[bool, str]]:
             cfg.loss.reference != "adapter_off" or cfg.lora.enabled,
             "loss.reference 'adapter_off' needs LoRA adapters (set lora.rank > 0)",
         ),
-        (
-            not (cfg.lora.enabled and cfg.loss.selfsup.weight),
-            "loss.selfsup.weight: selfsup is not supported with LoRA adapters yet (its held-out per-level metric "
-            "scores full parameters); set lora.rank=0",
-        ),
-        (
-            cfg.loss.ld_alpha == 1.0 or cfg.data.layout == "padded",
-            "loss.ld_alpha < 1 needs data.layout: padded "
-            "(packed rows do not split a pair's tokens at its shared length yet)",
-        ),
     ]
 
 
@@ -119,9 +104,10 @@ def _validate_mesh_rules(cfg: Config) -> None:
 
 def _validate_buckets(cfg: Config) -> None:
     """``data.buckets`` (given widths) and ``data.auto_buckets`` (widths picked from the data), not both."""
-    buckets, longest = cfg.data.buckets, cfg.data.max_length * (2 if cfg.data.layout == "packed" else 1)
+    packed = switches.packed(cfg.data)
+    buckets, longest = cfg.data.buckets, cfg.data.max_length * (2 if packed else 1)
     if any(b < 2 for b in buckets) or buckets != sorted(set(buckets)) or (buckets and buckets[-1] > longest):
-        what = "2·data.max_length" if cfg.data.layout == "packed" else "data.max_length"
+        what = "2·data.max_length" if packed else "data.max_length"
         raise ConfigError(f"data.buckets must be ascending distinct lengths in [2, {what}={longest}], got {buckets}")
     auto = cfg.data.auto_buckets
     if auto < 0:
@@ -172,99 +158,3 @@ def _validate_context(cfg: Config) -> None:
         raise ConfigError(
             f"mesh.context={c} but no mesh.rules entry maps onto 'context'; set mesh.rules.length=context"
         )
-
-
-def _validate_layout(cfg: Config) -> None:
-    """``data.layout: packed`` serves the pair losses' own log-probs; the paths that read padded rows refuse it."""
-    if cfg.data.layout not in LAYOUTS:
-        raise ConfigError(f"data.layout must be one of {', '.join(LAYOUTS)}, got '{cfg.data.layout}'")
-    _validate_pack_pairs(cfg)
-    if cfg.data.layout == "padded":
-        return
-    from jaxspo.losses import get_loss  # late import, as in validate_loss
-
-    refused = [
-        (
-            "list" in {get_loss(name).layout for name in cfg.loss.terms},
-            "loss.terms: list losses (soft_spo_best_of_n, soft_spo_ranked) read ranked lists",
-        ),
-        (cfg.loss.selfsup.weight > 0, "loss.selfsup.weight: the degree loss scores padded degraded copies"),
-        (cfg.loss.kl.beta > 0, "loss.kl.beta: the KL regulariser's step is built for padded rows"),
-        (bool(cfg.stages), "stages: sequential recipes"),
-    ]
-    for bad, what in refused:
-        if bad:
-            raise ConfigError(f"data.layout: 'packed' is not supported here ({what}); set data.layout=padded")
-
-
-def _validate_pack_pairs(cfg: Config) -> None:
-    """``data.pack_pairs`` and its knobs: packed rows, a fixed width (no length buckets), whole pairs per row."""
-    data, multiple = cfg.data, cfg.mesh.width_multiple()
-    if data.pack_width < 0 or data.pack_width % multiple:
-        raise ConfigError(
-            f"data.pack_width must be 0 (= the longest pair) or a positive multiple of {multiple} (8 "
-            f"and mesh.context), got {data.pack_width}"
-        )
-    if data.pack_row_buckets < 1:
-        raise ConfigError(
-            f"data.pack_row_buckets must be ≥ 1 (row counts compiled per run), got {data.pack_row_buckets}"
-        )
-    if not data.pack_pairs:
-        if data.pack_width:
-            raise ConfigError(
-                f"data.pack_width={data.pack_width} is read only with data.pack_pairs=true; set "
-                "data.pack_pairs=true or data.pack_width=0"
-            )
-        return
-    if data.layout != "packed":
-        raise ConfigError(
-            f"data.pack_pairs=true packs pair rows of data.layout=packed (got '{data.layout}'); set data.layout=packed"
-        )
-    if data.buckets or data.auto_buckets:
-        raise ConfigError(
-            "data.pack_pairs=true fills rows of one width (data.pack_width), so it takes no length "
-            "buckets; set data.buckets=[] and data.auto_buckets=0"
-        )
-
-
-def _validate_stages(cfg: Config) -> None:
-    """A ``stages`` recipe: one λ per earlier stage, known dimensions, the ``sequential`` loss, cached logps."""
-    if not cfg.stages:
-        if "sequential" in cfg.loss.terms:
-            raise ConfigError(
-                "loss.terms: 'sequential' needs a 'stages' list (its offsets come from the earlier stages' policies)"
-            )
-        return
-    if set(cfg.loss.terms) != {"sequential"}:
-        raise ConfigError(
-            "loss.terms: a 'stages' recipe trains every stage with the sequential loss; set "
-            f"loss.terms={{sequential: 1.0}}, got {list(cfg.loss.terms)}"
-        )
-    if cfg.model.reference_path:
-        raise ConfigError(
-            "model.reference_path: a 'stages' recipe's references are its own policies (π_0 = the "
-            "SFT result); leave it empty"
-        )
-    modes = (
-        ("precomputed", "adapter_off") if cfg.lora.enabled else ("precomputed",)
-    )  # adapter_off: π_(n-1) = stage n's adapter off
-    if cfg.loss.reference not in modes:
-        raise ConfigError(
-            "loss.reference: a 'stages' recipe's reference is π_(n-1); set loss.reference to "
-            f"{' or '.join(modes)}, got '{cfg.loss.reference}'"
-        )
-    for index, stage in enumerate(cfg.stages):
-        where = f"stages[{index}]"
-        if stage.dimension not in GOLD_DIMENSIONS:
-            raise ConfigError(
-                f"{where}.dimension: unknown dimension '{stage.dimension}'; the {cfg.data.task} task "
-                f"scores {', '.join(GOLD_DIMENSIONS)}"
-            )
-        if len(stage.lambdas) != index:
-            raise ConfigError(
-                f"{where}.lambdas: stage {index + 1} needs {index} λ values (one per earlier stage), got "
-                f"{len(stage.lambdas)}"
-            )
-        for key in ("beta", "steps", "learning_rate", "min_gap", "pairs_per_prompt"):
-            if getattr(stage, key) < 0:
-                raise ConfigError(f"{where}.{key} must be >= 0, got {getattr(stage, key)}")

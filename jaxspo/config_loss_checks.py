@@ -86,9 +86,8 @@ def typed_loss_params(loss: LossConfig) -> dict[str, Any]:
 
 def validate_loss(loss: LossConfig) -> None:
     """Every term resolves to a loss (importing ``module:function`` names), its shared settings fit it, and
-    ``loss.params`` becomes typed params objects (:func:`typed_loss_params`)."""
-    from jaxspo.losses import get_loss
-
+    ``loss.params`` becomes typed params objects (:func:`typed_loss_params`). How the terms combine with the
+    objective's other switches is checked by :func:`jaxspo.objectives.checks.validate_objective`."""
     for name in loss.terms:
         resolve_loss(name, "loss.terms")
     loss.params = typed_loss_params(loss)
@@ -113,19 +112,3 @@ def validate_loss(loss: LossConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    layouts = {name: get_loss(name).layout for name in loss.terms}
-    if len(set(layouts.values())) > 1:
-        raise ConfigError(
-            f"loss.terms: list losses and pair losses cannot be combined (they read different data): {layouts}"
-        )
-    try:
-        loss.selfsup.validate()
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    if loss.ld_alpha < 1.0 and "list" in layouts.values():
-        raise ConfigError("loss.ld_alpha weighs the tokens of pairs; it cannot be combined with list losses")
-    if loss.selfsup.weight and "list" in layouts.values():
-        raise ConfigError(
-            "loss.selfsup.weight: the degree loss degrades pairs' responses; it cannot be combined "
-            "with list losses (soft_spo_best_of_n, soft_spo_ranked)"
-        )

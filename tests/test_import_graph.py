@@ -10,16 +10,6 @@ import jaxspo
 
 PACKAGE = Path(jaxspo.__file__).resolve().parent
 
-# Known cycles, each an import that closes one; the test fails once one is gone (then drop it from here).
-KNOWN = {
-    # MaskSpec lives in attention.py, which calls the kernels whose signatures name it (type-only imports)
-    ("jaxspo.models.chunked_attention", "jaxspo.models.attention"): "MaskSpec (TYPE_CHECKING)",
-    ("jaxspo.models.cudnn_attention", "jaxspo.models.attention"): "MaskSpec (TYPE_CHECKING)",
-    ("jaxspo.models.splash_attention", "jaxspo.models.attention"): "MaskSpec (TYPE_CHECKING)",
-    # the reference attention uses layers.project, and layers builds on attention (function-level import)
-    ("jaxspo.models.attention", "jaxspo.models.layers"): "project (function level)",
-}
-
 
 def module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
@@ -80,9 +70,6 @@ def test_the_graph_sees_function_level_imports():
 
 def test_no_import_cycle_among_jaxspo_modules():
     graph = import_graph()
-    for (importer, imported), reason in KNOWN.items():
-        assert imported in graph[importer], f"{importer} no longer imports {imported} ({reason}): drop it from KNOWN"
-        graph[importer].discard(imported)
     assert cycle(graph) is None, " -> ".join(cycle(graph))
 
 

@@ -96,3 +96,18 @@ def test_the_batch_types_name_the_arrays_the_host_data_encodes():
 
     assert PackedPairBatch.required() == PACKED_FIELDS + ("soft_label",)
     assert set(ROW_FIELDS) <= set(PackedPairBatch.specs()) and ListBatch.required() == LIST_FIELDS
+
+
+@pytest.mark.parametrize(
+    "overrides, passes",
+    [
+        ([], ("rows",)),
+        (["loss.reference=precomputed"], ()),
+        (["loss.selfsup.weight=0.5"], ("rows", "selfsup")),
+        (["loss.selfsup.weight=0.5", "loss.reference=precomputed"], ()),
+        (["loss.terms={soft_spo_ranked: 1.0}", "loss.kl.beta=0.1"], ("kl",)),
+    ],
+)
+def test_the_objective_names_the_rows_its_step_runs_the_reference_over(overrides, passes):
+    """What the FLOP count and LoRA's frozen input ask instead of re-deriving the reference switches."""
+    assert build_objective(load_config("configs/demo.yaml", overrides)).reference_passes == passes

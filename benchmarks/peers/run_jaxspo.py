@@ -67,6 +67,7 @@ def main() -> None:
     from jaxspo.config import load_config
     from jaxspo import host_memory
     from jaxspo.train.phase import Phase
+    from jaxspo.objectives import build_objective
     from jaxspo.train.run import Run
 
     order = read_order(args.order, args.steps, args.batch_size)
@@ -78,7 +79,8 @@ def main() -> None:
         run = Run(cfg, work / "run")
         cfg = run.cfg
         reference = run.params
-        arrays = run.with_precomputed_reference(run.encoded("train"), reference)
+        train = run.encoded("train")  # prepared as the loop does (e.g. the reference's log-probs, precomputed)
+        arrays = train | build_objective(cfg).prepare(run.host_context(reference), train).fields
         phase = Phase(run, "preference", cfg.trainer.steps, cfg.optimizer.learning_rate, cfg.trainer.batch_size, arrays)
         frozen = reference if phase.step.reference_sharding is not None else None
         phase.precompile(frozen)  # as the loop does before step 1 (trainer.precompile)

@@ -18,7 +18,7 @@ from jaxspo.distributed import is_writer
 from jaxspo.lora.base import base_record, check_base, write_base_record
 from jaxspo.lora.merge import merged_params
 from jaxspo.lora.model import AdaptedModel
-from jaxspo.objectives import in_step_reference
+from jaxspo.objectives import build_objective
 
 
 class AdaptedView:
@@ -42,7 +42,7 @@ class AdaptedView:
         self.model = AdaptedModel.build(cfg.model, cfg.lora, cfg.loss.reference, mesh, cfg.mesh.rules, frozen)
         self.initial = self.model.init_adapters(cfg.trainer.seed if seed is None else seed)
         self.base, self.reference, self.record = base, reference, record
-        resident = cfg.loss.reference == "resident" and in_step_reference(cfg.loss)
+        resident = cfg.loss.reference == "resident" and build_objective(cfg).reads_frozen  # the KL regulariser's too
         self.frozen = {"base": base, "reference": reference if resident else None}  # the step's second argument
 
     @classmethod

@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 from jaxspo.checkpoint import restore_params
 from jaxspo.lora.base import load_base, read_base_record
 from jaxspo.lora.merge import merged_params
+from jaxspo.objectives import switches
 from jaxspo.lora.model import AdaptedModel
 from jaxspo.lora.peft import save_peft
 from jaxspo.lora.stages import STAGE_KEY, LoRAStages, restore_stage_adapters
@@ -29,7 +30,7 @@ def lora_export(
     adapters of ``RUN_DIR/params`` merged in); with ``peft``, None after writing the adapters to ``out_dir``."""
     record = read_base_record(run_dir)
     base_model = record.get("path", "") if record["kind"] == "hf" else ""
-    if cfg.stages:
+    if switches.staged(cfg):
         base = load_base(record, cfg.model, abstract, shardings)
         return _export_stages(cfg, run_dir, mesh, base, record, out_dir, peft, base_model, dtype)
     model = AdaptedModel.build(cfg.model, cfg.lora, cfg.loss.reference, mesh, cfg.mesh.rules)

@@ -15,13 +15,11 @@ packed rows, outside every window) is skipped by a ``lax.cond`` on a scalar. A q
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 
-if TYPE_CHECKING:
-    from jaxspo.models.attention import MaskSpec
+from jaxspo.models.mask_spec import MaskSpec
 
 _F32 = jnp.float32
 

@@ -12,13 +12,10 @@ cuDNN refuses soft-capping (Gemma 2), float32 inputs and head dims that are not 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import jax
 import jax.numpy as jnp
 
-if TYPE_CHECKING:
-    from jaxspo.models.attention import MaskSpec
+from jaxspo.models.mask_spec import MaskSpec
 
 
 def cudnn_refusal(platform: str, softcap: float, dtype: str, head_dim: int) -> str | None:

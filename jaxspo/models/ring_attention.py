@@ -19,15 +19,12 @@ Shapes: B batch, Tc slots per shard, K key/value heads, G query heads per key/va
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 
 from jaxspo.models.chunked_attention import flash_backward, flash_forward, output_delta, pad_blocks
-
-if TYPE_CHECKING:
-    from jaxspo.models.attention import MaskSpec
+from jaxspo.models.mask_spec import MaskSpec
 
 _F32 = jnp.float32
 KeyRows = tuple  # (valid [B, Tc] bool, segments [B, Tc] int32 | None, positions [B, Tc] int32 | None)

@@ -34,19 +34,16 @@ import contextlib
 import contextvars
 import functools
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec
 
+from jaxspo.models.mask_spec import MaskSpec
 from jaxspo.models.splash_cascade import cascade, cascade_parts, pick_kernel
 from jaxspo.models.target import target_platform
 from jaxspo.sharding import active_sharding, logical_to_spec
-
-if TYPE_CHECKING:
-    from jaxspo.models.attention import MaskSpec
 
 LANES = 128  # key blocks are multiples of this (the TPU's vector lanes)
 _INTERPRET: contextvars.ContextVar[bool] = contextvars.ContextVar("jaxspo_pallas_interpret", default=False)

@@ -1,27 +1,46 @@
-"""Objectives: what a train step optimises (see :mod:`jaxspo.objectives.base` and docs/methods/custom-loss.md).
+"""Objectives: what a train step optimises (see :mod:`jaxspo.objectives.base` and docs/methods/objectives.md).
 
 - :mod:`~jaxspo.objectives.batches`: the typed batches (SFT, padded pairs, packed pairs, ranked lists, add-ons);
 - :mod:`~jaxspo.objectives.sft`, :mod:`~jaxspo.objectives.pairs`, :mod:`~jaxspo.objectives.lists`: the objectives;
 - :mod:`~jaxspo.objectives.selfsup`, :mod:`~jaxspo.objectives.kl`: add-on terms (selfsup's degree loss with its
   classify head; the KL regulariser with its sampler);
-- :func:`build_objective`: the one reader of the objective switches of a config.
+- :mod:`~jaxspo.objectives.switches`: the one reader of the objective switches of a config, and
+  :mod:`~jaxspo.objectives.checks` how they combine (both import no jax: config validation uses them);
+- :func:`build_objective`: the objective a config asks for.
+
+The names below load on first use (they import jax), so the jax-free modules import without them.
 """
 
-from jaxspo.objectives.base import Objective
-from jaxspo.objectives.batches import ListBatch, PackedPairBatch, PairBatch, SFTBatch
-from jaxspo.objectives.build import build_objective, in_step_reference, needs_reference, precomputed_reference
-from jaxspo.objectives.pairs import packed_pair_logps, padded_pair_logps
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jaxspo.objectives.base import HostContext, Objective, Prepared
+    from jaxspo.objectives.batches import ListBatch, PackedPairBatch, PairBatch, SFTBatch
+    from jaxspo.objectives.build import build_objective
+    from jaxspo.objectives.pairs import packed_pair_logps, padded_pair_logps
 
 __all__ = [
+    "HostContext",
     "ListBatch",
     "Objective",
     "PackedPairBatch",
     "PairBatch",
+    "Prepared",
     "SFTBatch",
     "build_objective",
-    "in_step_reference",
-    "needs_reference",
     "packed_pair_logps",
     "padded_pair_logps",
-    "precomputed_reference",
 ]
+_MODULES = ("base", "batches", "build", "pairs")  # where the names of __all__ live
+
+
+def __getattr__(name: str) -> Any:
+    """``jaxspo.objectives.<name>`` of :data:`__all__`, imported from its module on first use."""
+    if name not in __all__:
+        raise AttributeError(f"module 'jaxspo.objectives' has no attribute '{name}'")
+    for module in _MODULES:
+        home = importlib.import_module(f"jaxspo.objectives.{module}")
+        if hasattr(home, name):
+            return getattr(home, name)
+    raise AttributeError(f"jaxspo.objectives.{name} is in none of {_MODULES}")

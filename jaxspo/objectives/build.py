@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxspo.losses import get_loss, offset_losses
-from jaxspo.objectives import kl, selfsup
+from jaxspo.losses import get_loss
+from jaxspo.objectives import kl, selfsup, switches
 from jaxspo.objectives.base import Objective
 from jaxspo.objectives.batches import OFFSET_FIELD, PRECOMPUTED_FIELDS, ListBatch
-from jaxspo.objectives.lists import list_count, list_loss, uses_lists
+from jaxspo.objectives.lists import list_count, list_encoder, list_loss
+from jaxspo.objectives.pair_rows import pair_encoder, precomputed_reference_logps
 from jaxspo.objectives.pairs import PACKED, PADDED, pair_count, pair_loss
+from jaxspo.objectives.selfsup_data import degraded_copies
 from jaxspo.objectives.sft import sft_objective
 
 PHASES = ("sft", "preference")
@@ -39,14 +41,17 @@ def precomputed_reference(loss_cfg: Any) -> bool:
 
 
 def _pair_objective(cfg: Any) -> Objective:
-    loss_cfg, packed = cfg.loss, cfg.data.layout == "packed"
-    layout = PACKED if packed else PADDED
-    fields = layout.batch_type.required() + (("packed_pair",) if packed and cfg.data.pack_pairs else ())
+    loss_cfg = cfg.loss
+    layout = PACKED if switches.packed(cfg.data) else PADDED
+    fields = layout.batch_type.required() + (("packed_pair",) if switches.packs_pairs(cfg.data) else ())
     reference = "precomputed" if precomputed_reference(loss_cfg) else "step" if needs_reference(loss_cfg) else "none"
     fields += PRECOMPUTED_FIELDS if reference == "precomputed" else ()
-    fields += (OFFSET_FIELD,) if offset_losses(loss_cfg.terms) else ()
+    fields += (OFFSET_FIELD,) if switches.offset_terms(loss_cfg) else ()
     fields += selfsup.batch_fields(loss_cfg)
-    term = selfsup.degree_term(loss_cfg) if selfsup.active(loss_cfg) else None
+    term = selfsup.degree_term(loss_cfg) if switches.selfsup_active(loss_cfg) else None
+    preparations = ((degraded_copies,) if switches.selfsup_active(loss_cfg) else ()) + (
+        (precomputed_reference_logps,) if reference == "precomputed" else ()
+    )
     return Objective(
         "pairs",
         layout.batch_type,
@@ -55,14 +60,18 @@ def _pair_objective(cfg: Any) -> Objective:
         pair_count,
         dims=selfsup.dims(loss_cfg),
         reads_frozen=in_step_reference(loss_cfg),
+        reference_passes=(("rows",) if reference == "step" else ()) + selfsup.reference_passes(loss_cfg),
         aux=selfsup.classify_head(loss_cfg, cfg.model.hidden_size),
+        encoder=pair_encoder(cfg),
+        preparations=preparations,
     )
 
 
 def _list_objective(cfg: Any) -> Objective:
     fields = ListBatch.required()
     reads = in_step_reference(cfg.loss)
-    return Objective("lists", ListBatch, fields, list_loss(cfg.loss), list_count, reads_frozen=reads)
+    encoder = list_encoder(cfg, pair_encoder(cfg))
+    return Objective("lists", ListBatch, fields, list_loss(cfg.loss), list_count, reads_frozen=reads, encoder=encoder)
 
 
 def build_objective(cfg: Any, phase: str = "preference") -> Objective:
@@ -71,6 +80,6 @@ def build_objective(cfg: Any, phase: str = "preference") -> Objective:
     if phase not in PHASES:
         raise ValueError(f"unknown phase '{phase}'; one of {PHASES}")
     if phase == "sft":
-        return sft_objective()
-    objective = _list_objective(cfg) if uses_lists(cfg.loss) else _pair_objective(cfg)
-    return kl.with_kl_regulariser(objective, cfg) if kl.kl_active(cfg.loss) else objective
+        return sft_objective(cfg)
+    objective = _list_objective(cfg) if switches.uses_lists(cfg.loss) else _pair_objective(cfg)
+    return kl.with_kl_regulariser(objective, cfg) if switches.kl_active(cfg.loss) else objective

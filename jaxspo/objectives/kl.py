@@ -41,11 +41,6 @@ from jaxspo.objectives.batches import KL_FIELDS
 from jaxspo.train.logprobs import sequence_kl
 
 
-def kl_active(loss_cfg) -> bool:
-    """Whether the global KL regulariser is on (``loss.kl.beta`` > 0; any loss may use it)."""
-    return loss_cfg.kl.beta > 0
-
-
 def kl_rows(loss_cfg) -> int:
     """M: sampled responses per step."""
     return loss_cfg.kl.prompts * loss_cfg.kl.samples_per_prompt
@@ -84,6 +79,7 @@ def with_kl_regulariser(objective: Objective, cfg) -> Objective:
         loss=regularised,
         dims=dict(objective.dims) | dims(cfg.loss, cfg.data.max_prompt_length),
         reads_frozen=True,
+        reference_passes=objective.reference_passes + ("kl",),
         augmenter=augmenter,
         augmented_fields=KL_FIELDS,
     )

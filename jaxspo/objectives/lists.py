@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxspo.data.lists import encode_list_rows, rank_by_scores
 from jaxspo.losses import get_loss
 from jaxspo.losses.soft_spo import ListLogps
+from jaxspo.objectives.base import Arrays, Encode, Encoder
 from jaxspo.objectives.batches import ListBatch
 from jaxspo.train.logprobs import sequence_logps
 
 
-def uses_lists(loss_cfg) -> bool:
-    """Whether the configured terms read ranked lists (config validation keeps them all one layout)."""
-    return any(get_loss(name).layout == "list" for name in loss_cfg.terms)
+def list_encoder(cfg: Any, pairs: Encoder) -> Encoder:
+    """The train split → ranked lists ``[N, n, data.max_length]``, best first (the built-in task's rankings come
+    from its scores; only ``soft_spo_best_of_n`` makes do with a row's 'best'); other splits by ``pairs``
+    (held-out pairs)."""
+    need_ranking = set(cfg.loss.terms) != {"soft_spo_best_of_n"}
+    task = cfg.data.synthetic
+
+    def encoder(tokenizer: Any, split: str) -> Encode:
+        if split != "train":
+            return pairs(tokenizer, split)
+
+        def encode(rows) -> Arrays:
+            ranked = rank_by_scores(rows, task, cfg.trainer.seed)
+            return encode_list_rows(ranked, tokenizer, cfg.data.max_length, need_ranking, task.label_weights)
+
+        return encode
+
+    return encoder
 
 
 def list_logps(graphdef: nnx.GraphDef, params: nnx.State, batch: ListBatch) -> ListLogps:

@@ -2,9 +2,10 @@
 
 With ``loss.selfsup.weight`` > 0 the pair objective adds :func:`degree_term` after its loss terms (weight 0
 adds no batch field, no forward and no head: the objective is the base objective exactly). Batch fields
-(built before training by :mod:`jaxspo.train.selfsup_data`): ``selfsup_tokens``, ``selfsup_valid``,
-``selfsup_loss_mask`` ``[B, S, K, T]``, ``selfsup_level_valid`` ``[B, S, K]`` and, with a precomputed
-reference, ``selfsup_reference_logps`` ``[B, S, K]``; S = 1 or 2 degraded sides, K levels.
+(built before training by the objective's preparation, :mod:`jaxspo.objectives.selfsup_data`):
+``selfsup_tokens``, ``selfsup_valid``, ``selfsup_loss_mask`` ``[B, S, K, T]``, ``selfsup_level_valid``
+``[B, S, K]`` and, with a precomputed reference, ``selfsup_reference_logps`` ``[B, S, K]``; S = 1 or 2 degraded
+sides, K levels.
 
 The ``classify`` head (a linear map of the mean-pooled last-layer hidden state to K + 1 level logits) is the
 objective's auxiliary state (:class:`ClassifyHead`), kept in ``TrainState.head`` =
@@ -27,12 +28,8 @@ from jaxspo.losses import PairLogps, get_loss
 from jaxspo.losses.selfsup import DEGRADE_SIDES, classify_loss, level_rewards, pairwise_accuracy, ranking_degree_loss
 from jaxspo.objectives.base import Metrics
 from jaxspo.objectives.batches import SELFSUP_FIELDS, SELFSUP_REFERENCE_FIELD, PairBatch
+from jaxspo.objectives.switches import selfsup_active
 from jaxspo.train.logprobs import positions_from_valid, sequence_logps
-
-
-def active(loss_cfg) -> bool:
-    """Whether the degree term is on (λ > 0)."""
-    return loss_cfg.selfsup.weight > 0
 
 
 def reward_kind(loss_cfg) -> str:
@@ -47,28 +44,37 @@ def reward_kind(loss_cfg) -> str:
 def needs_reference(loss_cfg) -> bool:
     """Whether the degree term needs reference log-probs (ranking on β·log πθ/π_ref with a reference)."""
     return (
-        active(loss_cfg)
+        selfsup_active(loss_cfg)
         and loss_cfg.selfsup.mode == "ranking"
         and reward_kind(loss_cfg) == "log_ratio"
         and loss_cfg.reference != "none"
     )
 
 
+def reference_passes(loss_cfg) -> tuple[str, ...]:
+    """``("selfsup",)`` when the step runs the reference over the copies (their reference log-probs not precomputed)."""
+    return ("selfsup",) if needs_reference(loss_cfg) and not precomputed(loss_cfg) else ()
+
+
 def sides(loss_cfg) -> tuple[str, ...]:
     return DEGRADE_SIDES[loss_cfg.selfsup.degrade]
 
 
+def precomputed(loss_cfg) -> bool:
+    """Whether the copies carry reference log-probs scored before training (``loss.reference: precomputed``)."""
+    return needs_reference(loss_cfg) and loss_cfg.reference == "precomputed"
+
+
 def batch_fields(loss_cfg) -> tuple[str, ...]:
     """The selfsup arrays a pair batch holds (none when off)."""
-    if not active(loss_cfg):
+    if not selfsup_active(loss_cfg):
         return ()
-    precomputed = needs_reference(loss_cfg) and loss_cfg.reference == "precomputed"
-    return SELFSUP_FIELDS + ((SELFSUP_REFERENCE_FIELD,) if precomputed else ())
+    return SELFSUP_FIELDS + ((SELFSUP_REFERENCE_FIELD,) if precomputed(loss_cfg) else ())
 
 
 def dims(loss_cfg) -> dict[str, int]:
     """The batch dimensions the config fixes: S degraded sides and K levels."""
-    return {"sides": len(sides(loss_cfg)), "levels": loss_cfg.selfsup.levels} if active(loss_cfg) else {}
+    return {"sides": len(sides(loss_cfg)), "levels": loss_cfg.selfsup.levels} if selfsup_active(loss_cfg) else {}
 
 
 def _flat(x: jax.Array) -> jax.Array:
@@ -220,6 +226,6 @@ class ClassifyHead:
 
 def classify_head(loss_cfg, hidden_size: int) -> ClassifyHead | None:
     """The head ``classify`` trains (None otherwise)."""
-    if not (active(loss_cfg) and loss_cfg.selfsup.mode == "classify"):
+    if not (selfsup_active(loss_cfg) and loss_cfg.selfsup.mode == "classify"):
         return None
     return ClassifyHead(hidden_size, loss_cfg.selfsup.levels + 1)

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxspo.objectives.base import Metrics, Objective
+from jaxspo.data.encode import encode_sft_rows
+from jaxspo.objectives.base import Encode, Encoder, Metrics, Objective
 from jaxspo.objectives.batches import SFTBatch
 from jaxspo.train.logprobs import sequence_logps
 
@@ -30,5 +31,17 @@ def sft_count(batch: SFTBatch) -> jax.Array:
     return batch.loss_mask[:, 1:].sum().astype(jnp.float32)
 
 
-def sft_objective() -> Objective:
-    return Objective("sft", SFTBatch, SFTBatch.required(), sft_loss, sft_count)
+def sft_encoder(cfg: Any) -> Encoder:
+    """Rows → single sequences ``[N, data.max_length]`` (prompt then completion; the loss reads the completion)."""
+    length, prompt_length = cfg.data.max_length, cfg.data.max_prompt_length
+
+    def encoder(tokenizer: Any, split: str) -> Encode:
+        return lambda rows: encode_sft_rows(
+            rows, tokenizer=tokenizer, max_length=length, max_prompt_length=prompt_length
+        )
+
+    return encoder
+
+
+def sft_objective(cfg: Any) -> Objective:
+    return Objective("sft", SFTBatch, SFTBatch.required(), sft_loss, sft_count, encoder=sft_encoder(cfg))

@@ -7,6 +7,7 @@ from typing import Any
 
 from jaxspo.compilation_cache import enable_compilation_cache
 from jaxspo.config import Config
+from jaxspo.objectives import switches
 from jaxspo.train.hooks import run_hooks
 from jaxspo.train.metrics_log import logged_eval
 from jaxspo.train.outputs import write_outputs
@@ -27,7 +28,7 @@ def train(cfg: Config, config_name: str = "run") -> RunResult:
     enable_compilation_cache(cfg.trainer.compilation_cache_dir)
     run = open_run(cfg, config_name)
     plan: PhasePlan = (
-        SequentialStages(run) if run.cfg.stages else OnePreferencePhase(run)
+        SequentialStages(run) if switches.staged(run.cfg) else OnePreferencePhase(run)
     )  # all data is checked before any step
     phases = [warm_start(run, plan.phases[0].name), *plan.phases]
     with PreemptionGuard(run.cfg.checkpoint.preemption_grace_seconds) as guard:

@@ -18,9 +18,7 @@ from jaxspo.checkpoint import restore_params, save_params
 from jaxspo.lora.choose import base_rebuilt, preference_view
 from jaxspo.lora.views import FullView, ModelView
 from jaxspo.train.run import Run
-from jaxspo.train.selfsup_data import DegreeData, LevelRewardMetrics
 from jaxspo.objectives import build_objective
-from jaxspo.objectives.batches import SELFSUP_FIELDS, SELFSUP_REFERENCE_FIELD
 
 EvalMetrics = dict[str, float]  # an evaluation: metric name -> value
 
@@ -128,17 +126,16 @@ class OnePreferencePhase:
         self.params: Any = None
 
     def start(self) -> None:
-        """The reference (π_0 unless ``model.reference_path``), the model view, the evaluator and selfsup's
-        degraded pairs."""
-        run, cfg = self.run, self.run.cfg
+        """The reference (π_0 unless ``model.reference_path``), the model view, the evaluator and the objective's
+        host-side preparation of the train rows (e.g. precomputed reference log-probs, selfsup's degraded copies;
+        with the eval metrics it adds)."""
+        run = self.run
         self.reference = run.params if run.reference_params is None else run.reference_params
         self.view = preference_view(run, self.reference)
         self.evaluator = run.evaluator(self.view.eval_graphdef)
-        fields = build_objective(cfg).fields
-        if SELFSUP_FIELDS[0] in fields:  # degraded copies of the train and eval pairs (docs/methods/selfsup.md)
-            degree = DegreeData(cfg, run.tokenizer, run.graphdef, run.mesh, self.reference, self.arrays)
-            self.arrays = self.arrays | degree(self.arrays, with_reference=SELFSUP_REFERENCE_FIELD in fields)
-            self.evaluator.extra_metrics.append(LevelRewardMetrics(degree, self.evaluator.pairs))
+        prepared = build_objective(run.cfg).prepare(run.host_context(self.reference), self.arrays)
+        self.arrays = self.arrays | prepared.fields
+        self.evaluator.extra_metrics += prepared.eval_metrics
 
     def evaluate(self, params: Any) -> EvalMetrics:
         """Held-out metrics of the policy's trained ``params`` (LoRA: adapters) against the reference."""
@@ -148,9 +145,8 @@ class OnePreferencePhase:
         return self.evaluate(self.view.initial)
 
     def before(self) -> PhaseSetup:
-        """The train rows (with the reference's log-probs under ``loss.reference: precomputed``)."""
-        arrays = self.run.with_precomputed_reference(self.arrays, self.reference)
-        return PhaseSetup(self.run, arrays, self.view, self.evaluate)
+        """The train rows as the objective prepared them."""
+        return PhaseSetup(self.run, self.arrays, self.view, self.evaluate)
 
     def after(self, params: Any, _: EvalMetrics | None) -> None:
         self.params = params

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,27 +13,22 @@ import numpy as np
 from flax import nnx
 
 from jaxspo.config import Config, dump_yaml, to_dict
-from jaxspo.data.encode import encode_preference_rows, encode_prompts, encode_sft_rows
+from jaxspo.data.encode import encode_prompts
 from jaxspo.data.formats import prompts_of
-from jaxspo.data.lists import encode_list_rows, rank_by_scores
 from jaxspo.data.row_store import spill
 from jaxspo.data.screen import DataReport, encode_screened, write_reports
-from jaxspo.data.soft_labels import orient_pairs
 from jaxspo.data.sources import load_splits
 from jaxspo.data.synthetic import build_synthetic_task
 from jaxspo.distributed import barrier, broadcast_text, is_writer
 from jaxspo.errors import ConfigError, RunDirError
-from jaxspo.losses import soft_label_losses
 from jaxspo.models import ModelConfig
 from jaxspo.models.hf_config import check_same_architecture, model_config_from_hf
 from jaxspo.models.hf_io import load_params, load_tokenizer
 from jaxspo.perf import run_peak
 from jaxspo.sharding import make_mesh
 from jaxspo.train.evaluate import Evaluator
-from jaxspo.objectives import ListBatch, build_objective, precomputed_reference
+from jaxspo.objectives import HostContext, build_objective, switches
 from jaxspo.train.metrics_log import MetricsLog
-from jaxspo.train.reference_cache import cached_reference_logps
-from jaxspo.train.scoring import PairScorer
 from jaxspo.train.state import abstract_model, init_params, param_shardings
 
 log = logging.getLogger("jaxspo")
@@ -88,7 +82,7 @@ class Run:
         self.run_dir = run_dir
         self.data_reports: dict[str, DataReport] = {}
         self._encoded: dict[tuple[str, int | None], dict[str, np.ndarray]] = {}
-        for split in screen if screen is not None else ("eval",) if cfg.stages else ("train", "eval"):
+        for split in screen if screen is not None else ("eval",) if switches.staged(cfg) else ("train", "eval"):
             self.encoded(split, cfg.eval.num_pairs if split == "eval" else None)
         self.mesh = make_mesh(cfg.mesh.shape())
         self.peak_flops, peak_source = run_peak(
@@ -128,38 +122,13 @@ class Run:
     def encoded(self, split: str, limit: int | None = None) -> dict[str, np.ndarray]:
         """A split (its first ``limit`` rows) as static-shape arrays; bad rows handled by ``data.on_bad_row``.
 
+        The objective encodes them (``sft``: the warm start's; else the preference objective's: pairs or lists).
         What was kept and skipped, by reason, goes to RUN_DIR/data_report.json. Encoded once per (split, limit).
         """
         if (split, limit) in self._encoded:
             return self._encoded[split, limit]
-        length, prompt_length = self.cfg.data.max_length, self.cfg.data.max_prompt_length
-        soft_losses = soft_label_losses(self.cfg.loss.terms)
-        if split == "sft":
-            encode = functools.partial(
-                encode_sft_rows, tokenizer=self.tokenizer, max_length=length, max_prompt_length=prompt_length
-            )
-        elif split == "train" and build_objective(self.cfg).batch_type is ListBatch:
-            # ranked lists; the built-in task's rankings come from its scores
-
-            def encode(rows):
-                need_ranking = set(self.cfg.loss.terms) != {"soft_spo_best_of_n"}  # only best-of-n makes do with 'best'
-                return encode_list_rows(
-                    rank_by_scores(rows, self.cfg.data.synthetic, self.cfg.trainer.seed),
-                    self.tokenizer,
-                    length,
-                    need_ranking,
-                    self.cfg.data.synthetic.label_weights,
-                )
-        elif soft_losses:  # soft labels: p̂ < ½ swaps the pair; a missing p̂ is an error for the train split
-
-            def encode(rows):
-                required_by = soft_losses if split == "train" else []
-                return encode_preference_rows(orient_pairs(rows, required_by), self.tokenizer, length, prompt_length)
-
-        else:  # hard labels: chosen/rejected as given
-            encode = functools.partial(
-                encode_preference_rows, tokenizer=self.tokenizer, max_length=length, max_prompt_length=prompt_length
-            )
+        objective = build_objective(self.cfg, "sft" if split == "sft" else "preference")
+        encode = objective.encode(self.tokenizer, split)
         arrays, report = encode_screened(
             self.splits.rows[split][:limit],
             encode,
@@ -182,15 +151,10 @@ class Run:
         self._encoded[split, limit] = arrays
         return arrays
 
-    def with_precomputed_reference(self, arrays: dict[str, np.ndarray], reference: Any) -> dict[str, np.ndarray]:
-        """``arrays`` plus the reference's log-probs of every pair when ``loss.reference: precomputed``
-        (scored once, or read from ``loss.reference_cache_dir``); otherwise ``arrays`` unchanged."""
-        cfg = self.cfg
-        if not precomputed_reference(cfg.loss):
-            return arrays
-        scorer = PairScorer(self.graphdef, self.mesh, cfg.mesh.rules, cfg.trainer.batch_size)
-        cached, _ = cached_reference_logps(cfg.loss.reference_cache_dir, scorer, reference, arrays, self.tokenizer)
-        return arrays | cached
+    def host_context(self, reference: Any) -> HostContext:
+        """What the objective's host-side preparations read, with the frozen ``reference`` params."""
+        pairs = self.encoded("eval", self.cfg.eval.num_pairs)
+        return HostContext(self.cfg, self.tokenizer, self.graphdef, self.mesh, reference, pairs)
 
     def evaluator(self, graphdef: nnx.GraphDef) -> Evaluator:
         """The held-out evaluator for models of ``graphdef`` (LoRA: the adapted graph, dropout off)."""

@@ -6,7 +6,8 @@ global batch:
 
 - the policy over every sequence row (padded: chosen and rejected rows, ``[2B, T]``; packed: ``[B, W]``;
   lists: ``[B·n, T]``; SFT: ``[B, T]``), with a backward ("frozen" for LoRA's base);
-- the resident reference over the same rows, forward only, when the step computes it (``in_step_reference``);
+- the resident reference over the same rows, forward only, when the step computes it (the objective's
+  ``reference_passes``);
 - ``selfsup``'s degraded copies (ranking: the policy, and the reference if its reward reads it; classify:
   the policy over the copies and the originals, no LM head);
 - the KL regulariser's sampled rows: the policy with a backward and the reference forward.
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxspo.objectives import Objective, in_step_reference, selfsup
+from jaxspo.objectives import Objective
 from jaxspo.objectives.batches import KL_FIELDS, SELFSUP_FIELDS, ListBatch, PackedPairBatch, SFTBatch
 from jaxspo.perf import Forward, model_flops, packed_forward, padded_forward
 
@@ -62,7 +63,7 @@ def step_forwards(
     passes = [_policy_forward(cfg.model, objective, arrays, backward)]
     if objective.batch_type is SFTBatch:
         return [passes[0].scaled(scale)]
-    if in_step_reference(cfg.loss) and objective.batch_type is not ListBatch:  # the list objective reads none
+    if "rows" in objective.reference_passes:
         passes.append(passes[0].forward_only())
     if SELFSUP_FIELDS[0] in objective.fields:
         passes += _selfsup_forwards(cfg, objective, arrays, backward)
@@ -70,7 +71,7 @@ def step_forwards(
     if KL_FIELDS[0] in objective.fields:  # sampled on the device for the whole batch: shapes from the config
         rows, width = objective.dims["samples"], objective.dims["sample_length"]
         sampled = padded_forward(cfg.model, rows, width, width, backward)
-        passes += [sampled, sampled.forward_only()]
+        passes += [sampled] + ([sampled.forward_only()] if "kl" in objective.reference_passes else [])
     return passes
 
 
@@ -81,8 +82,7 @@ def _selfsup_forwards(cfg: Any, objective: Objective, arrays: Mapping[str, Any],
     if objective.aux is None:  # ranking
         copies = padded_forward(cfg.model, b * sides * levels, width, width - 1, backward)
         # the reference's pass over the copies, unless their reference log-probs were precomputed
-        reference = selfsup.needs_reference(cfg.loss) and cfg.loss.reference in ("resident", "adapter_off")
-        return [copies] + ([copies.forward_only()] if reference else [])
+        return [copies] + ([copies.forward_only()] if "selfsup" in objective.reference_passes else [])
     return [padded_forward(cfg.model, b * sides * (levels + 1), width, 0, backward)]
 
 

@@ -1,4 +1,4 @@
-"""selfsup before training: degraded copies of the train and eval pairs, and the per-level eval metric.
+"""selfsup's host-side preparation: degraded copies of the train and eval pairs, and the per-level eval metric.
 
 Runs once, after the reference exists (the ``surprisal`` key scoring reads the reference's token
 log-probs in a sharded pass; a precomputed reference also scores the copies once here). The TF-IDF is
@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 from jaxspo.data.degrade import Degrader, degraded_arrays, response_ids
 from jaxspo.losses.selfsup import level_rewards, pairwise_accuracy
 from jaxspo.objectives import selfsup
+from jaxspo.objectives.base import Arrays, HostContext, Prepared
 from jaxspo.objectives.batches import SELFSUP_REFERENCE_FIELD
 from jaxspo.train.scoring import SequenceScorer
 
@@ -115,3 +116,11 @@ class LevelRewardMetrics:
         right, pairs = pairwise_accuracy(rewards, valid)
         out["eval/selfsup/ranking_accuracy"] = float(np.sum(right) / max(np.sum(pairs), 1.0))
         return out
+
+
+def degraded_copies(context: HostContext, arrays: Arrays) -> Prepared:
+    """The objective's preparation: the ``selfsup_*`` fields of the train pairs (with the copies' reference
+    log-probs under a precomputed reference) and ``eval/selfsup/*`` on the held-out pairs."""
+    degree = DegreeData(context.cfg, context.tokenizer, context.graphdef, context.mesh, context.reference, arrays)
+    fields = degree(arrays, with_reference=selfsup.precomputed(context.cfg.loss))
+    return Prepared(fields, [LevelRewardMetrics(degree, context.eval_pairs)])
