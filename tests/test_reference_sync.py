@@ -86,7 +86,7 @@ def test_step_moves_the_reference_to_the_closed_form_of_the_policy_at_the_sync_s
     np.testing.assert_allclose(losses[2], float(total) / 8, rtol=1e-5)
 
 
-@pytest.mark.slow  # two tiny runs of 8 SFT and 12 preference steps (~40 CPU s)
+@pytest.mark.slow  # two tiny runs of 8 SFT and 12 preference steps (~90 CPU s)
 def test_resume_restores_the_moving_reference_bit_identically(tmp_path):
     """Stopped after the step-10 checkpoint (syncs at 3, 6, 9 behind it), the resumed run is the uninterrupted
     one, bit for bit: steps 11-12 read the restored reference."""

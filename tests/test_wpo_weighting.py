@@ -10,6 +10,7 @@ from its full logits, in the padded and packed layouts and with the LM head in c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 from collections import defaultdict
 
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_length_desensitise import PAIRS, _Trainer, per_token_batch
+from tests.test_length_desensitise import PAIRS, AutocastAccelerator, per_token_batch
 from tests.test_losses_trl import FixedLogpsModel, torch
 from tests.test_train_step import TINY, build, random_pairs, tiny_config
 
@@ -71,7 +72,7 @@ def trl_weighted(loss_type: str, cfg: LossConfig, completion, policy, square, re
     trainer = types.SimpleNamespace(
         model=model,
         ref_model=None,
-        accelerator=_Trainer(),
+        accelerator=AutocastAccelerator(),
         aux_loss_enabled=False,
         ld_alpha=ld_alpha,
         precompute_ref_logps=True,
@@ -178,7 +179,8 @@ def test_weights_use_the_unweighted_token_mean_with_ld_alpha():
     _compare("sigmoid", "dpo", LossConfig(terms={"dpo": 1.0}, beta=0.5), per_token_batch(3), ld_alpha=0.4)
 
 
-def _hand_weights(graphdef, params, batch: PairBatch) -> np.ndarray:
+@functools.partial(jax.jit, static_argnums=0)
+def _hand_weights(graphdef, params, batch: PairBatch) -> jax.Array:
     """exp(mean_t log p(y_t) − log Σ_v p(v)²) of chosen × rejected, from the full logits ``[2B, T, V]``."""
     tokens = jnp.concatenate([batch.chosen_tokens, batch.rejected_tokens])
     valid = jnp.concatenate([batch.chosen_valid, batch.rejected_valid])
@@ -188,7 +190,7 @@ def _hand_weights(graphdef, params, batch: PairBatch) -> np.ndarray:
     per_token = token_logps(logits, tokens)
     means = ((per_token - square) * mask).sum(-1) / mask.sum(-1)
     half = batch.chosen_tokens.shape[0]
-    return np.exp(np.asarray(means[:half] + means[half:]))
+    return jnp.exp(means[:half] + means[half:])
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +211,7 @@ def test_step_objective_weighs_each_pair_by_its_policy_probabilities(tiny, layou
     cfg, graphdef, params, reference = tiny
     host = random_pairs(8, seed=4)
     padded = PairBatch.from_fields({k: jnp.asarray(v) for k, v in host.items()})
-    expected_weights = _hand_weights(graphdef, params, padded)
+    expected_weights = np.asarray(_hand_weights(graphdef, params, padded))
     weighted = dataclasses.replace(
         cfg,
         loss=dataclasses.replace(cfg.loss, wpo_weighting=True),
@@ -250,3 +252,19 @@ def test_bad_wpo_settings_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, ["loss.wpo_weighting=true", *overrides])
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+if __name__ == "__main__":  # PYTHONPATH=. python -m tests.test_wpo_weighting: the figures in the docs
+    import json
+
+    loss_errors, gradient_errors = [], []
+    for term, (trl_type, settings) in sorted(TERMS.items()):
+        cfg = LossConfig(terms={term: 1.0}, beta=0.5, **settings)
+        for seed in (1, 2):
+            rows = per_token_batch(seed)
+            cases = [_single_pair(rows, i) for i in range(PAIRS)] if term == "sft" else [rows]
+            for case in cases:
+                loss_error, gradient_error = _compare(trl_type, term, cfg, case)
+                loss_errors.append(loss_error)
+                gradient_errors += [] if gradient_error is None else [gradient_error]
+    print(json.dumps({"cases": len(loss_errors), "loss": max(loss_errors), "gradient": max(gradient_errors)}))
