@@ -103,6 +103,11 @@ def _combination_checks(cfg: Config) -> list[tuple[bool, str]]:
             "reference the base or a full copy); set lora.rank=0 or loss.reference_sync.every_steps=0",
         ),
         (
+            not (cfg.stages and cfg.loss.reference_sync.every_steps),
+            "loss.reference_sync is not supported with stages (each stage's reference log-probs are precomputed); "
+            "set loss.reference_sync.every_steps=0",
+        ),
+        (
             cfg.loss.ld_alpha == 1.0 or cfg.data.layout == "padded",
             "loss.ld_alpha < 1 needs data.layout: padded "
             "(packed rows do not split a pair's tokens at its shared length yet)",

@@ -119,3 +119,8 @@ def test_bad_reference_sync_settings_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, ["loss.reference_sync.every_steps=4", *overrides])
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_reference_sync_is_refused_with_sequential_stages():
+    with pytest.raises(ConfigError, match="loss.reference_sync is not supported with stages"):
+        load_config("configs/sequential.yaml", ["loss.reference_sync.every_steps=4"])
