@@ -237,7 +237,8 @@ def test_weighted_gradient_is_the_plain_gradient_scaled_per_pair(tiny):
     (_, _), plain = _objective_value_and_grad(cfg, graphdef, params, reference, batch)
     np.testing.assert_allclose(metrics["wpo/weight"][0], weight, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(plain), strict=True):
-        np.testing.assert_allclose(np.asarray(a), weight * np.asarray(b), rtol=1e-4, atol=1e-9)
+        scale = weight * np.abs(np.asarray(b)).max()  # float32 rounding near zero entries: relative to the leaf
+        np.testing.assert_allclose(np.asarray(a), weight * np.asarray(b), rtol=1e-4, atol=1e-5 * scale)
 
 
 @pytest.mark.parametrize(
