@@ -87,6 +87,16 @@ def _combination_checks(cfg: Config) -> list[tuple[bool, str]]:
             cfg.loss.reference != "adapter_off" or cfg.lora.enabled,
             "loss.reference 'adapter_off' needs LoRA adapters (set lora.rank > 0)",
         ),
+        (
+            not (cfg.lora.enabled and cfg.loss.reference_sync.every_steps),
+            "loss.reference_sync is not supported with LoRA adapters (the policy is the base plus adapters, the "
+            "reference the base or a full copy); set lora.rank=0 or loss.reference_sync.every_steps=0",
+        ),
+        (
+            not (switches.staged(cfg) and cfg.loss.reference_sync.every_steps),
+            "loss.reference_sync is not supported with stages (each stage's reference log-probs are precomputed); "
+            "set loss.reference_sync.every_steps=0",
+        ),
     ]
 
 

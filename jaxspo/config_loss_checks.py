@@ -11,6 +11,7 @@ from typing import Any
 
 from jaxspo.config_parsing import coerce, did_you_mean
 from jaxspo.config_sections import LossConfig
+from jaxspo.objectives import switches
 from jaxspo.errors import ConfigError
 
 log = logging.getLogger("jaxspo")
@@ -107,6 +108,46 @@ def validate_loss(loss: LossConfig) -> None:
             loss.ld_alpha == 1.0 or loss.reference != "precomputed",
             "loss.ld_alpha < 1 weighs the reference's tokens in the step; "
             "use loss.reference: resident (or adapter_off), not precomputed",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    _validate_trl_options(loss)
+
+
+def _validate_trl_options(loss: LossConfig) -> None:
+    """WPO's weighting (``loss.wpo_weighting``) and TR-DPO's reference update (``loss.reference_sync``) fit the
+    terms and the reference."""
+    from jaxspo.losses import get_loss
+
+    sync, sft = loss.reference_sync, loss.params.get("sft")
+    sorting = sorted(set(loss.terms) & {"aot", "aot_unpaired"})
+    reads_reference = any(get_loss(name).needs_reference for name in loss.terms) or switches.kl_active(loss)
+    checks = [
+        (
+            not (loss.wpo_weighting and switches.uses_lists(loss)),
+            "loss.wpo_weighting weighs pairs; it cannot be combined with list losses",
+        ),
+        (
+            not (loss.wpo_weighting and sorting),
+            f"loss.wpo_weighting cannot weigh {sorting[0] if sorting else ''}: it sorts the batch's margins, so "
+            "per-pair weights would not line up (TRL refuses it too)",
+        ),
+        (
+            not (loss.wpo_weighting and sft is not None and sft.token_mean == "batch"),
+            "loss.wpo_weighting weighs each pair's own loss; set loss.params.sft.token_mean: pair",
+        ),
+        (sync.every_steps >= 0, f"loss.reference_sync.every_steps must be >= 0 (0 = off), got {sync.every_steps}"),
+        (0.0 < sync.alpha <= 1.0, f"loss.reference_sync.alpha must be in (0, 1], got {sync.alpha}"),
+        (
+            not sync.every_steps or loss.reference == "resident",
+            "loss.reference_sync updates the resident reference; it needs loss.reference: resident, "
+            f"got {loss.reference}",
+        ),
+        (
+            not sync.every_steps or reads_reference,
+            "loss.reference_sync: no term of loss.terms reads the reference (nor loss.kl); set every_steps: 0",
         ),
     ]
     for ok, message in checks:

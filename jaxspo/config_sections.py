@@ -51,6 +51,15 @@ class DataConfig:
 
 
 @dataclasses.dataclass
+class ReferenceSyncConfig:
+    """TR-DPO's reference update (Gorbatovski et al., arXiv 2404.09656; TRL's ``sync_ref_model``): after every
+    ``every_steps``-th step, π_ref ← α·πθ + (1 − α)·π_ref, on the resident reference inside the step."""
+
+    every_steps: int = 0  # τ (TRL ref_model_sync_steps); 0 = off, a fixed reference
+    alpha: float = 0.6  # α in (0, 1] (TRL ref_model_mixup_alpha, same default); 1 = the hard update π_ref ← πθ
+
+
+@dataclasses.dataclass
 class LossConfig:
     """Preference objective: a weighted sum of registered losses (``terms``: name → weight).
 
@@ -78,6 +87,12 @@ class LossConfig:
     # LD-DPO's α in [0, 1] (TRL ld_alpha): response tokens past the pair's shorter length weigh α in the policy's and
     # the reference's log-probs; 1 = off
     ld_alpha: float = 1.0
+    # WPO (TRL use_weighting): each pair's loss × exp(mean_t log p(y_t) − log Σ_v p(v)²) of both responses under the
+    # policy, without gradient
+    wpo_weighting: bool = False
+    reference_sync: ReferenceSyncConfig = dataclasses.field(
+        default_factory=ReferenceSyncConfig
+    )  # TR-DPO: the reference moves toward the policy every τ steps
     kl: KLConfig = dataclasses.field(
         default_factory=KLConfig
     )  # the global KL regulariser β_KL·KL(πθ ‖ π_ref); any loss may add it

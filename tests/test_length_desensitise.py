@@ -30,7 +30,9 @@ TOL = 1e-12
 PAIRS = 6
 
 
-class _Trainer(StandInAccelerator):
+class AutocastAccelerator(StandInAccelerator):
+    """The accelerator stand-in with the ``autocast`` context TRL's reference pass enters."""
+
     @staticmethod
     def autocast():
         return contextlib.nullcontext()
@@ -58,7 +60,7 @@ def trl_loss(loss_type: str, alpha: float, completion, policy, reference) -> tup
     trainer = types.SimpleNamespace(
         model=model,
         ref_model=None,
-        accelerator=_Trainer(),
+        accelerator=AutocastAccelerator(),
         aux_loss_enabled=False,
         ld_alpha=alpha,
         precompute_ref_logps=True,

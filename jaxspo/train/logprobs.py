@@ -26,16 +26,29 @@ def token_logps(logits: jax.Array, tokens: jax.Array) -> jax.Array:
 
 
 def target_logps(model: nnx.Module, features: jax.Array, targets: jax.Array) -> jax.Array:
-    """log softmax(model.logits(features))[targets]: features ``[B, N, D]``, targets ``[B, N]`` → ``[B, N]`` float32.
+    """log softmax(model.logits(features))[targets]: features ``[B, N, D]``, targets ``[B, N]`` → ``[B, N]`` float32
+    (:func:`head_outputs`)."""
+    return head_outputs(model, features, targets)[0]
+
+
+def head_outputs(
+    model: nnx.Module, features: jax.Array, targets: jax.Array, square_mass: bool = False
+) -> tuple[jax.Array, ...]:
+    """(log p(targets) ``[B, N]``,) from the LM head on features ``[B, N, D]``, and with ``square_mass`` also
+    log Σ_v p(v)² ``[B, N]`` (no gradient; WPO's weights) from the same logits. All float32.
 
     With ``model.logprob_chunk = c > 0`` the N positions go through the LM head ``c`` at a time
     (``lax.map`` over chunks, each rematerialised), so at most ``[B, c, V]`` float32 logits exist at once,
     in the forward and in the backward pass; the result equals the all-at-once computation.
     """
 
-    def one(x: jax.Array, t: jax.Array) -> jax.Array:
+    def one(x: jax.Array, t: jax.Array) -> tuple[jax.Array, ...]:
         logits = model.logits(x)  # [B, n, V] float32
-        return jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
+        log_z = jax.nn.logsumexp(logits, axis=-1)
+        picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0] - log_z
+        if not square_mass:
+            return (picked,)
+        return picked, jax.lax.stop_gradient(jax.nn.logsumexp(2.0 * logits, axis=-1) - 2.0 * log_z)
 
     chunk, (b, n) = model.logprob_chunk, targets.shape
     if not chunk or chunk >= n:
@@ -45,8 +58,15 @@ def target_logps(model: nnx.Module, features: jax.Array, targets: jax.Array) -> 
         jnp.pad(features, ((0, 0), (0, extra), (0, 0))).reshape(b, -1, chunk, features.shape[-1]).swapaxes(0, 1)
     )  # [n/c, B, c, D]
     t = jnp.pad(targets, ((0, 0), (0, extra))).reshape(b, -1, chunk).swapaxes(0, 1)  # [n/c, B, c]
-    out = jax.lax.map(jax.checkpoint(lambda xt: one(*xt), prevent_cse=False), (x, t))  # [n/c, B, c]
-    return out.swapaxes(0, 1).reshape(b, -1)[:, :n]
+    outs = jax.lax.map(jax.checkpoint(lambda xt: one(*xt), prevent_cse=False), (x, t))  # each [n/c, B, c]
+    return tuple(out.swapaxes(0, 1).reshape(b, -1)[:, :n] for out in outs)
+
+
+def aligned_mean(logps: jax.Array, square_mass: jax.Array, mask: jax.Array) -> jax.Array:
+    """WPO's mean over a row's masked tokens of log p(y_t) − log Σ_v p(v)², ``[B]`` from ``[B, N]`` each (no
+    gradient; 0 for a row without tokens). exp of a pair's two means is its weight (Zhou et al., arXiv 2406.11827)."""
+    total = ((logps - square_mass) * mask).sum(-1)
+    return jax.lax.stop_gradient(total / jnp.maximum(mask.sum(-1), 1.0))
 
 
 def sequence_logps(
@@ -56,20 +76,23 @@ def sequence_logps(
     valid: jax.Array,
     loss_mask: jax.Array,
     token_weight: jax.Array | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """Sum of log-probs over the masked tokens and their count, each ``[B]`` float32.
+    aligned: bool = False,
+) -> tuple[jax.Array, ...]:
+    """Sum of log-probs over the masked tokens and their count, each ``[B]`` float32; with ``aligned`` also the
+    rows' :func:`aligned_mean` ``[B]`` (WPO).
 
     ``loss_mask[:, t]`` marks token t as a response token (never t = 0). ``token_weight`` ``[B, T]`` (token t's
-    weight, 0 off the response) makes the sum a weighted one; the count stays the number of masked tokens.
+    weight, 0 off the response) makes the sum a weighted one; the count and the aligned mean stay unweighted.
     """
     model = nnx.merge(graphdef, params)
     features = model.features(tokens, positions_from_valid(valid), valid)  # [B, T, D]: slot t predicts token t + 1
     # the last slot predicts nothing (a masked dummy target), so the time axis keeps its width T and its split over
     # context
-    logps = target_logps(model, features, _shift_left(tokens))  # [B, T]
+    outs = head_outputs(model, features, _shift_left(tokens), aligned)  # [B, T] each
     mask = _shift_left(loss_mask).astype(jnp.float32)
     weight = mask if token_weight is None else _shift_left(token_weight).astype(jnp.float32)
-    return (logps * weight).sum(-1), mask.sum(-1)
+    sums = ((outs[0] * weight).sum(-1), mask.sum(-1))
+    return sums + ((aligned_mean(outs[0], outs[1], mask),) if aligned else ())
 
 
 def _shift_left(x: jax.Array) -> jax.Array:

@@ -57,7 +57,17 @@ class Phase:
         self.earlier, self.eval_offset, self.view = earlier, eval_offset, view
         objective = build_objective(cfg, phase)
         self.state, self.step = initialise(
-            cfg, run.mesh, view.model, view.abstract, view.sharding, view.initial, objective, steps, peak_lr, batch_size
+            cfg,
+            run.mesh,
+            view.model,
+            view.abstract,
+            view.sharding,
+            view.initial,
+            objective,
+            steps,
+            peak_lr,
+            batch_size,
+            view.frozen,
         )
         self._build_batches(objective, arrays, batch_size)
         self.checkpoints = PhaseCheckpoints(run.run_dir / "checkpoints" / self.name, cfg.checkpoint)

@@ -25,6 +25,7 @@ class TrainState:
     opt_state: optax.OptState
     rng: jax.Array  # key for stochastic parts of the step, split visibly each step
     head: Any = None  # auxiliary trainable head with its own optimizer state (selfsup classify); never exported
+    reference: Any = None  # the moving reference of loss.reference_sync (jaxspo.train.reference_sync), or None
 
 
 def abstract_model(model_cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
@@ -89,9 +90,11 @@ def state_shardings(
     mesh: Mesh,
     aux: Any = None,
     schedule: optax.Schedule | None = None,
+    reference: bool = False,
 ) -> TrainState:
     """Shardings of the whole TrainState: optimizer moments follow their parameters; the objective's auxiliary
-    state (``aux``, :class:`jaxspo.objectives.base.AuxState`, initialised at ``schedule``) is replicated."""
+    state (``aux``, :class:`jaxspo.objectives.base.AuxState`, initialised at ``schedule``) is replicated; a moving
+    ``reference`` is sharded as the params."""
     replicated = NamedSharding(mesh, PartitionSpec())
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     opt_sharding = optax.tree_map_params(
@@ -102,7 +105,14 @@ def state_shardings(
         transform_non_params=lambda _: replicated,
     )
     head = None if aux is None else jax.tree.map(lambda _: replicated, jax.eval_shape(lambda: aux.init(schedule)))
-    return TrainState(step=replicated, params=params_sharding, opt_state=opt_sharding, rng=replicated, head=head)
+    return TrainState(
+        step=replicated,
+        params=params_sharding,
+        opt_state=opt_sharding,
+        rng=replicated,
+        head=head,
+        reference=params_sharding if reference else None,
+    )
 
 
 def init_state(
@@ -112,18 +122,21 @@ def init_state(
     shardings: TrainState,
     aux: Any = None,
     schedule: optax.Schedule | None = None,
+    reference: nnx.State | None = None,
 ) -> TrainState:
-    """Fresh optimizer state for ``params`` and the objective's auxiliary state ``aux`` (placed by ``shardings``,
-    :func:`state_shardings`); the loop and ``jaxspo compile`` (under ``jax.eval_shape``) both build it here."""
+    """Fresh optimizer state for ``params``, the objective's auxiliary state ``aux`` and a copy of a moving
+    ``reference`` (placed by ``shardings``, :func:`state_shardings`); the loop and ``jaxspo compile`` (under
+    ``jax.eval_shape``) both build it here."""
 
     @functools.partial(jax.jit, out_shardings=shardings)
-    def init(p: nnx.State) -> TrainState:
+    def init(p: nnx.State, r: nnx.State | None) -> TrainState:
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=jax.tree.map(jnp.copy, p),  # own buffers: the step donates them, the caller keeps p
             opt_state=tx.init(p),
             rng=jax.random.key_data(jax.random.key(seed)),
             head=None if aux is None else aux.init(schedule),
+            reference=jax.tree.map(jnp.copy, r),  # own buffers: the step donates them
         )
 
-    return init(params)
+    return init(params, reference)

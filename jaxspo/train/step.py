@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxspo.sharding import activation_sharding
 from jaxspo.lora.views import as_model
+from jaxspo.train.reference_sync import synced
 from jaxspo.train.state import TrainState
 
 if TYPE_CHECKING:
@@ -107,6 +108,7 @@ def make_train_step(
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def step(state: TrainState, frozen: Any, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+        frozen = frozen if state.reference is None else state.reference  # loss.reference_sync: the moving one
         with activation_sharding(mesh, rules):
             count = objective.count(batch)
             metrics, grads, next_rng = _gradients(objective, view, state, frozen, batch, accum)
@@ -117,12 +119,15 @@ def make_train_step(
         out = {"tokens": metrics.pop("tokens")[0]}  # real (non-pad) tokens in the step: a total
         out.update({name: total / jnp.maximum(n, 1.0) for name, (total, n) in metrics.items()})
         out["grad_norm"] = optax.tree.norm(grads)
-        new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=next_rng, head=head)
+        new = TrainState(state.step + 1, params, opt_state, next_rng, head, state.reference)
         new = _guarded(state, new, out)
+        if state.reference is not None:
+            new = new.replace(reference=synced(state.reference, new.params, new.step, cfg.loss.reference_sync))
         out["learning_rate"] = schedule(state.step)
         return new, out
 
-    reference_sharding = view.frozen_sharding(state_sharding.params, objective.reads_frozen)
+    carried = state_sharding.reference is not None  # the state holds the reference: the frozen input is None
+    reference_sharding = view.frozen_sharding(state_sharding.params, objective.reads_frozen and not carried)
     fn = jax.jit(
         step,
         in_shardings=(state_sharding, reference_sharding, batch_sharding),
