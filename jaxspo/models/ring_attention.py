@@ -232,3 +232,27 @@ def ring_attention(
     )
     out = out.reshape(b, pieces, -1, kh, h // kh, hd)[:, :, : t // pieces]
     return out.reshape(b, t, h, hd)
+
+
+def ring_block_counts(spec: MaskSpec, sliding: bool, *, shards: int, block: int, zigzag: bool = False) -> list[int]:
+    """Blocks of ``block × block`` slots each device computes (visible in its block tables) over all ring steps,
+    for a whole-row ``spec`` (T = S, in zig-zag order when ``zigzag``): the per-device work of the ring."""
+    t, pieces = spec.key_valid.shape[1], 2 if zigzag else 1
+    tc = t // shards
+    layout = (shards, pieces, tc // pieces, zigzag, min(block, -(-(tc // pieces) // 8) * 8))
+    rows = lambda x, i: None if x is None else x[:, i * tc : (i + 1) * tc]  # noqa: E731
+    keys = lambda i: (rows(spec.key_valid, i), rows(spec.segments, i), rows(spec.positions, i))  # noqa: E731
+    counts = []
+    for device in range(shards):
+        local = spec.replace(
+            query_slots=spec.query_slots[device * tc : (device + 1) * tc],
+            key_valid=rows(spec.key_valid, device),
+            segments=rows(spec.segments, device),
+            positions=rows(spec.positions, device),
+        )
+        tables = [
+            step_tables(local, keys(source), sliding, source, layout).values()
+            for source in ((device - r) % shards for r in range(shards))
+        ]
+        counts.append(sum(int(table.sum()) for step in tables for _, table in step))
+    return counts
