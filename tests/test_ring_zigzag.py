@@ -16,7 +16,7 @@ from jaxspo.models.ring_attention import ring_block_counts
 from jaxspo.models.zigzag import zigzag_slots
 from jaxspo.sharding import make_mesh
 from tests.context_checks import MESHES, assert_matches, on_mesh
-from tests.test_ring_attention import SCALE, _case, _xla_loss
+from tests.test_ring_attention import SCALE, ring_case, xla_loss
 
 
 def _zigzag_loss(spec: MaskSpec, order: np.ndarray, softcap: float):
@@ -55,12 +55,12 @@ def _zigzag_loss(spec: MaskSpec, order: np.ndarray, softcap: float):
     ],
 )
 def test_zigzag_ring_equals_xla(mesh_name, layout, kv_heads, window, softcap):
-    q, k, v, spec, masks, weights = _case(mesh_name, layout, kv_heads, window)
+    q, k, v, spec, masks, weights = ring_case(mesh_name, layout, kv_heads, window)
     shards = MESHES[mesh_name]["context"]
     order = zigzag_slots(q.shape[1], shards)
     mesh = make_mesh(MESHES[mesh_name])
     ring = on_mesh(_zigzag_loss(spec, order, softcap), mesh)
-    reference = on_mesh(_xla_loss(softcap), mesh)
+    reference = on_mesh(xla_loss(softcap), mesh)
     for sliding in (False, True) if window else (False,):
         seen = masks[sliding].any(-1)
         w = weights * seen[:, :, None, None]
@@ -85,6 +85,7 @@ def test_zigzag_slots_give_each_device_an_early_and_a_late_chunk():
     assert zigzag_slots(16, 2).tolist() == [0, 1, 2, 3, 12, 13, 14, 15, 4, 5, 6, 7, 8, 9, 10, 11]
 
 
+@pytest.mark.slow  # ~105 s CPU: two DPO steps on 8 devices; the attention-level tests above cover the kernel fast
 def test_zigzag_dpo_step_equals_one_device(monkeypatch):
     """The tiny DPO step (gemma2-like: sliding and global layers, soft-caps, resident reference) with
     model.context_attention=ring_zigzag on (2,1,1,4), packed rows of width 64 (16 slots per device, two chunks of

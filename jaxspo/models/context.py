@@ -86,8 +86,6 @@ def context_attention(
     traced = None if isinstance(sliding, bool) else sliding  # a per-layer flag under the layer scan
     shards = math.prod(mesh.shape[axis] for axis in time)
     ring = context in ("ring", "ring_zigzag") and t == s
-    if spec.zigzag and not ring:
-        raise ValueError("rows in zig-zag order need model.context_attention=ring_zigzag over self-attention rows")
     kernels = None
     # splash (gather only): block tables split along the queries like them, or chunked when it cannot
     if implementation == "splash" and not ring:
