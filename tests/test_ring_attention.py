@@ -24,7 +24,7 @@ PAIRS = {  # row width: (prompt, chosen, rejected) per pair per row; pairs strad
 }
 
 
-def _case(mesh_name: str, layout: str, kv_heads: int, window: int):
+def ring_case(mesh_name: str, layout: str, kv_heads: int, window: int):
     """q/k/v, the MaskSpec and the dense masks (sliding off/on) of 2 rows of 16 slots per time shard."""
     t = 16 * MESHES[mesh_name]["context"]
     rng = np.random.default_rng(t + kv_heads + window)
@@ -52,7 +52,7 @@ def _context_loss(spec: MaskSpec, softcap: float, context: str):
     return loss
 
 
-def _xla_loss(softcap: float):
+def xla_loss(softcap: float):
     def loss(q, k, v, mask, weights):
         out = xla_attention(q, k, v, mask, SCALE, softcap)
         return jnp.sum(out * weights), out
@@ -72,11 +72,11 @@ def _xla_loss(softcap: float):
 def test_ring_equals_xla_and_the_gather_path(mesh_name, layout, kv_heads, window, softcap):
     """Shards of 16 slots in blocks of 8: steps above the diagonal, blocks of other pairs and out of the window
     are skipped, the rest merge through their log-sum-exps."""
-    q, k, v, spec, masks, weights = _case(mesh_name, layout, kv_heads, window)
+    q, k, v, spec, masks, weights = ring_case(mesh_name, layout, kv_heads, window)
     mesh = make_mesh(MESHES[mesh_name])
     ring = on_mesh(_context_loss(spec, softcap, "ring"), mesh)
     gather = on_mesh(_context_loss(spec, softcap, "gather"), mesh)
-    reference = on_mesh(_xla_loss(softcap), mesh)
+    reference = on_mesh(xla_loss(softcap), mesh)
     for sliding in (False, True) if window else (False,):
         seen = masks[sliding].any(-1)  # xla averages v where a query sees nothing: leave those out
         w = weights * seen[:, :, None, None]
@@ -91,7 +91,7 @@ def test_ring_equals_xla_and_the_gather_path(mesh_name, layout, kv_heads, window
 
 
 def test_ring_passes_blocks_and_never_gathers_them():
-    q, k, v, spec, _, weights = _case("2-1-1-4", "packed", 2, 0)
+    q, k, v, spec, _, weights = ring_case("2-1-1-4", "packed", 2, 0)
     mesh = make_mesh(MESHES["2-1-1-4"])
     programs = {
         context: str(jax.make_jaxpr(on_mesh(_context_loss(spec, 0.0, context), mesh))(q, k, v, False, weights))
@@ -142,11 +142,11 @@ def test_context_attention_setting_is_checked():
 
 def test_ring_in_bfloat16_is_as_accurate_as_the_gather_path():
     """bf16 q/k/v: the steps merge in float32, so the ring's errors against fp32 xla match the gather path's."""
-    q, k, v, spec, masks, weights = _case("2-1-1-4", "packed", 2, 0)
+    q, k, v, spec, masks, weights = ring_case("2-1-1-4", "packed", 2, 0)
     mesh = make_mesh(MESHES["2-1-1-4"])
     seen = masks[False].any(-1)
     weights = weights * seen[:, :, None, None]
-    (_, want), want_grads = on_mesh(_xla_loss(0.0), mesh)(q, k, v, jnp.asarray(masks[False]), weights)
+    (_, want), want_grads = on_mesh(xla_loss(0.0), mesh)(q, k, v, jnp.asarray(masks[False]), weights)
     bf16 = [x.astype(jnp.bfloat16) for x in (q, k, v, weights)]
     errors = {}
     for context in ("ring", "gather"):

@@ -39,6 +39,17 @@ def _block_mask(spec: MaskSpec, sliding: jax.Array, q_index: jax.Array, k_index:
     return seen & (q_index < t)[None, :, None] & (k_index < s)[None, None, :]
 
 
+def tie_to_queries(q: jax.Array, spec: MaskSpec, table: jax.Array) -> tuple[MaskSpec, jax.Array]:
+    """``spec`` and the block table ``[nq, nk]`` made to depend on ``q`` (an optimisation barrier, no computation).
+
+    Under ``jax.grad`` of a loop (the decoder's layer scan), partial evaluation computes up front, outside the
+    loop, every value that depends only on the loop's constants, and the mask fields are such constants: the
+    block loops' masks would be built for all blocks at once and kept as a stacked residual ``[nq, nk, B, K, G,
+    bq, bk]`` (the size of the whole score matrix, float32). Tied to the queries, they stay inside the loops."""
+    _, spec, table = jax.lax.optimization_barrier((q, spec, table))
+    return spec, table
+
+
 def _scores(qb: jax.Array, kb: jax.Array, scale: float, softcap: float) -> tuple[jax.Array, jax.Array | None]:
     """Scores ``[B, K, G, bq, bk]`` float32 of ``qb [B, bq, K, G, Hd]`` against ``kb [B, bk, K, Hd]``, and with a
     soft-cap the ``tanh`` the backward needs (``d cap(x)/dx = 1 - tanh²``)."""
@@ -63,6 +74,7 @@ def flash_forward(q, k, v, spec, sliding, table, bq, bk, scale, softcap):
     ``[B, K, G, Tp]``; a query that sees no key gets out 0 and lse -inf)."""
     b, tp, kh, g, hd = q.shape
     nq, nk = tp // bq, k.shape[1] // bk
+    spec, table = tie_to_queries(q, spec, table)
 
     def query_block(_, i):
         qb, q_index = _slice(q, i, bq), i * bq + jnp.arange(bq)

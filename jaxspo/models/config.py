@@ -16,7 +16,11 @@ POSITIONS = ("rope", "learned")
 ROPE_TYPES = ("default", "linear", "llama3")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 ATTENTION = ("auto", "xla", "chunked", "splash", "cudnn")  # model.attention: the kernels of jaxspo.models.attention
-CONTEXT_ATTENTION = ("gather", "ring")  # model.context_attention: how attention reaches keys on other time shards
+CONTEXT_ATTENTION = (
+    "gather",
+    "ring",
+    "ring_zigzag",
+)  # model.context_attention: how attention reaches keys on other time shards
 REMAT_POLICIES = ("full", "dots", "dots_no_batch")  # what a rematerialised layer saves (jaxspo.models.decoder)
 
 

@@ -58,7 +58,8 @@ def context_attention(
     """:func:`jaxspo.models.attention.attention` (same arguments and result ``[B, T, H, Hd]``), split along
     time when the active rules put the time axis of both q ``[B, T, H, Hd]`` and k/v ``[B, S, K, Hd]`` on the
     same mesh axes; otherwise (no active mesh, no time split, a length that does not divide) the plain call.
-    ``context``: ``gather`` (all-gather the keys) or ``ring`` (pass them around; T = S only, else gather)."""
+    ``context``: ``gather`` (all-gather the keys) or ``ring`` / ``ring_zigzag`` (pass them around; T = S only,
+    else gather; rows the decoder put in zig-zag order, ``spec.zigzag``, run the zig-zag ring)."""
     active = active_sharding()
     plain = lambda: attention(
         q, k, v, spec, sliding, scale=scale, softcap=softcap, implementation=implementation, block=block
@@ -71,6 +72,8 @@ def context_attention(
     k_batch, k_time, k_heads = logical_to_spec(("batch", "length", "kv_heads"), (b, s, kv_heads), mesh, rules)
     time = _axes(q_time)
     if not time or _axes(k_time) != time or q_batch != k_batch:
+        if spec.zigzag:
+            raise ValueError("rows in zig-zag order need queries and keys split alike along time (mesh.context)")
         return plain()
     heads = q_heads if q_heads == k_heads else None  # query head h reads kv head h // G: split both alike or neither
     rows, split = PartitionSpec(q_batch, q_time), PartitionSpec(q_batch, q_time, heads, None)
@@ -82,7 +85,7 @@ def context_attention(
     )
     traced = None if isinstance(sliding, bool) else sliding  # a per-layer flag under the layer scan
     shards = math.prod(mesh.shape[axis] for axis in time)
-    ring = context == "ring" and t == s
+    ring = context in ("ring", "ring_zigzag") and t == s
     kernels = None
     # splash (gather only): block tables split along the queries like them, or chunked when it cannot
     if implementation == "splash" and not ring:
@@ -121,7 +124,17 @@ def _per_device(
         flag = sliding if traced is None else traced
         if ring:
             return ring_attention(
-                q, k, v, spec, flag, axes=time, shards=shards, scale=scale, softcap=softcap, block=block
+                q,
+                k,
+                v,
+                spec,
+                flag,
+                axes=time,
+                shards=shards,
+                scale=scale,
+                softcap=softcap,
+                block=block,
+                zigzag=spec.zigzag,
             )
         gather = lambda x: None if x is None else jax.lax.all_gather(x, time, axis=1, tiled=True)  # noqa: E731
         spec = spec.replace(

@@ -20,6 +20,7 @@ from jaxspo.models.config import ModelConfig, RopeScaling
 from jaxspo.models.layers import KV, Norm, param, stacked_blocks
 from jaxspo.lora.adapters import LoRASpec
 from jaxspo.models.rope import inverse_frequencies, rope_tables
+from jaxspo.models.zigzag import from_zigzag, to_zigzag, zigzag_order
 from jaxspo.sharding import with_logical_constraint
 
 __all__ = ["Decoder", "KVCache", "ModelConfig", "RopeScaling", "param_logical_names"]
@@ -75,6 +76,7 @@ class Decoder(nnx.Module):
         self.sliding_layers = config.sliding_layers if any(config.sliding_layers) else None
         self.remat = config.remat
         self.remat_policy = config.remat_policy
+        self.zigzag = config.context_attention == "ring_zigzag"  # rows in zig-zag order under a time split
         self.scan_unroll = min(config.scan_unroll, config.num_layers)
         self.logprob_chunk = config.logprob_chunk
 
@@ -93,8 +95,13 @@ class Decoder(nnx.Module):
         ``segments [B, T]`` int32 (optional): packed rows, a token sees earlier valid tokens of its own
         segment or of segment 0 (see :class:`jaxspo.models.attention.MaskSpec`).
         """
-        x, _, _ = self._forward(tokens, positions, jnp.arange(tokens.shape[1]), valid, None, 0, False, segments)
-        return x
+        order = zigzag_order(*tokens.shape) if self.zigzag else None
+        if order is None:
+            x, _, _ = self._forward(tokens, positions, jnp.arange(tokens.shape[1]), valid, None, 0, False, segments)
+            return x
+        tokens, positions, valid, segments = to_zigzag(order, tokens, positions, valid, segments)
+        x, _, _ = self._forward(tokens, positions, jnp.asarray(order), valid, None, 0, False, segments, zigzag=True)
+        return from_zigzag(order, x)
 
     def logits(self, x: jax.Array) -> jax.Array:
         """LM head: ``x [..., D]`` → float32 logits ``[..., V]`` (soft-capped if configured)."""
@@ -158,6 +165,7 @@ class Decoder(nnx.Module):
         index: jax.Array | int,
         collect: bool,
         segments: jax.Array | None = None,
+        zigzag: bool = False,
     ) -> tuple[jax.Array, KV | None, jax.Array | None]:
         """Shared body of the public methods: scans the stacked layers once; returns the final-normed stream ``[B, T,
         D]``.
@@ -167,7 +175,9 @@ class Decoder(nnx.Module):
         x = self._embed(tokens, positions)
         rope = None if self.inv_freq is None else rope_tables(positions, self.inv_freq)
         window = self.sliding_window if self.sliding_layers else 0
-        spec = MaskSpec(query_slots, key_valid, segments, None if segments is None else positions, window)
+        spec = MaskSpec(
+            query_slots, key_valid, segments, None if segments is None else positions, window, zigzag=zigzag
+        )
         graphdef, layer_state = nnx.split(self.layers)
 
         def layer(x, per_layer):  # one scan step over the leading `layers` axis

@@ -26,6 +26,8 @@ class MaskSpec:
       segments and positions when the keys are not the queries' row (a ring step's visiting key block, whose
       slots then start at 0 and ``query_slots`` are shifted alike); None reads them from the key-side arrays
       at ``query_slots``.
+    - ``zigzag`` (static): the row is in the zig-zag order of :mod:`jaxspo.models.zigzag` (``query_slots`` give
+      each position's slot; only the ring reads such rows, :func:`jaxspo.models.context.context_attention`).
     """
 
     query_slots: jax.Array
@@ -36,6 +38,7 @@ class MaskSpec:
     query_valid: jax.Array | None = None
     query_segments: jax.Array | None = None
     query_positions: jax.Array | None = None
+    zigzag: bool = struct.field(pytree_node=False, default=False)
 
     def query_side(self, name: str, query_index: jax.Array) -> jax.Array:
         """The queries' ``valid``, ``segments`` or ``positions`` ``[B, t]`` at ``query_index [t]`` (indices into T)."""
