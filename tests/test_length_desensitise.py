@@ -38,6 +38,30 @@ class AutocastAccelerator(StandInAccelerator):
         return contextlib.nullcontext()
 
 
+def trl_trainer(model, loss_type: str, *, beta: float, label_smoothing=0.0, ld_alpha=None, use_weighting=False):
+    """A stand-in for TRL's ``DPOTrainer`` (the ``self`` of ``_compute_loss`` and ``compute_ref_log_probs``): the
+    fields they read, a precomputed reference, reverse KL, one loss type of weight 1."""
+    model.is_gradient_checkpointing, model._modules = False, {}  # read by TRL's PEFT and checkpointing checks
+    return types.SimpleNamespace(
+        model=model,
+        ref_model=None,
+        accelerator=AutocastAccelerator(),
+        aux_loss_enabled=False,
+        ld_alpha=ld_alpha,
+        precompute_ref_logps=True,
+        f_divergence_type="reverse_kl",
+        loss_types=[loss_type],
+        loss_weights=[1.0],
+        beta=beta,
+        label_smoothing=label_smoothing,
+        use_weighting=use_weighting,
+        args=types.SimpleNamespace(discopop_tau=0.05, gradient_checkpointing_kwargs=None),
+        _metrics={"train": defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
+
+
 def per_token_batch(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(completion mask [2B, W] int, policy and reference per-token log-probs [2B, W−1]: slot t−1 predicts token t)."""
     rng = np.random.default_rng(seed)
@@ -56,25 +80,7 @@ def trl_loss(loss_type: str, alpha: float, completion, policy, reference) -> tup
     """TRL's batch loss, d loss / d per-token policy log-probs, and its LD-weighted reference sums ``[2B]``."""
     per_token = torch.tensor(policy, requires_grad=True)
     model, ref_model = FixedLogpsModel(per_token), FixedLogpsModel(torch.tensor(reference))
-    model.is_gradient_checkpointing, model._modules = False, {}  # read by TRL's PEFT and checkpointing checks
-    trainer = types.SimpleNamespace(
-        model=model,
-        ref_model=None,
-        accelerator=AutocastAccelerator(),
-        aux_loss_enabled=False,
-        ld_alpha=alpha,
-        precompute_ref_logps=True,
-        f_divergence_type="reverse_kl",
-        loss_types=[loss_type],
-        loss_weights=[1.0],
-        beta=0.5,
-        label_smoothing=0.0,
-        use_weighting=False,
-        args=types.SimpleNamespace(discopop_tau=0.05, gradient_checkpointing_kwargs=None),
-        _metrics={"train": defaultdict(list)},
-        _total_train_tokens=0,
-        _tp_size=1,
-    )
+    trainer = trl_trainer(model, loss_type, beta=0.5, ld_alpha=alpha)
     inputs = {
         "input_ids": torch.ones(completion.shape, dtype=torch.long),
         "attention_mask": torch.ones(completion.shape, dtype=torch.long),

@@ -18,6 +18,14 @@ from tests.context_checks import MESHES, assert_matches, on_mesh
 from tests.test_splash_packed import packed_rows, reference_mask
 
 SCALE = 0.4
+
+# (mesh, layout, kv heads, window, soft-cap): every mesh meets both layouts; GQA and MQA, windows and soft-cap spread
+RING_CASES = [
+    pytest.param("2-1-1-4", "padded", 2, 5, 0.0, id="2-1-1-4-padded-gqa-sliding"),
+    pytest.param("2-1-1-4", "packed", 2, 0, 1.5, id="2-1-1-4-packed-gqa-softcap"),
+    pytest.param("1-2-2-2", "packed", 1, 5, 1.5, id="1-2-2-2-packed-mqa-sliding-softcap"),
+    pytest.param("1-2-2-2", "padded", 2, 0, 0.0, id="1-2-2-2-padded-gqa"),
+]
 PAIRS = {  # row width: (prompt, chosen, rejected) per pair per row; pairs straddle the time shards
     64: [[(7, 9, 11), (5, 6, 8), (4, 3, 2)], [(20, 13, 17)]],
     32: [[(3, 5, 6), (2, 4, 3), (1, 2, 3)], [(9, 6, 10)]],
@@ -60,15 +68,7 @@ def xla_loss(softcap: float):
     return loss
 
 
-@pytest.mark.parametrize(
-    "mesh_name, layout, kv_heads, window, softcap",
-    [
-        pytest.param("2-1-1-4", "padded", 2, 5, 0.0, id="2-1-1-4-padded-gqa-sliding"),
-        pytest.param("2-1-1-4", "packed", 2, 0, 1.5, id="2-1-1-4-packed-gqa-softcap"),
-        pytest.param("1-2-2-2", "packed", 1, 5, 1.5, id="1-2-2-2-packed-mqa-sliding-softcap"),
-        pytest.param("1-2-2-2", "padded", 2, 0, 0.0, id="1-2-2-2-padded-gqa"),
-    ],
-)
+@pytest.mark.parametrize("mesh_name, layout, kv_heads, window, softcap", RING_CASES)
 def test_ring_equals_xla_and_the_gather_path(mesh_name, layout, kv_heads, window, softcap):
     """Shards of 16 slots in blocks of 8: steps above the diagonal, blocks of other pairs and out of the window
     are skipped, the rest merge through their log-sum-exps."""

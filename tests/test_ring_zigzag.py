@@ -16,7 +16,7 @@ from jaxspo.models.ring_attention import ring_block_counts
 from jaxspo.models.zigzag import zigzag_slots
 from jaxspo.sharding import make_mesh
 from tests.context_checks import MESHES, assert_matches, on_mesh
-from tests.test_ring_attention import SCALE, ring_case, xla_loss
+from tests.test_ring_attention import RING_CASES, SCALE, ring_case, xla_loss
 
 
 def _zigzag_loss(spec: MaskSpec, order: np.ndarray, softcap: float):
@@ -45,15 +45,7 @@ def _zigzag_loss(spec: MaskSpec, order: np.ndarray, softcap: float):
     return loss
 
 
-@pytest.mark.parametrize(
-    "mesh_name, layout, kv_heads, window, softcap",
-    [
-        pytest.param("2-1-1-4", "padded", 2, 5, 0.0, id="2-1-1-4-padded-gqa-sliding"),
-        pytest.param("2-1-1-4", "packed", 2, 0, 1.5, id="2-1-1-4-packed-gqa-softcap"),
-        pytest.param("1-2-2-2", "packed", 1, 5, 1.5, id="1-2-2-2-packed-mqa-sliding-softcap"),
-        pytest.param("1-2-2-2", "padded", 2, 0, 0.0, id="1-2-2-2-padded-gqa"),
-    ],
-)
+@pytest.mark.parametrize("mesh_name, layout, kv_heads, window, softcap", RING_CASES)
 def test_zigzag_ring_equals_xla(mesh_name, layout, kv_heads, window, softcap):
     q, k, v, spec, masks, weights = ring_case(mesh_name, layout, kv_heads, window)
     shards = MESHES[mesh_name]["context"]

@@ -12,14 +12,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import types
-from collections import defaultdict
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_length_desensitise import PAIRS, AutocastAccelerator, per_token_batch
+from tests.test_length_desensitise import PAIRS, per_token_batch, trl_trainer
 from tests.test_losses_trl import FixedLogpsModel, torch
 from tests.test_train_step import TINY, build, random_pairs, tiny_config
 
@@ -68,24 +67,8 @@ def trl_weighted(loss_type: str, cfg: LossConfig, completion, policy, square, re
     """TRL's batch loss with ``use_weighting`` and d loss / d per-token policy log-probs."""
     per_token = torch.tensor(policy, requires_grad=True)
     model = SquareMassModel(per_token, torch.tensor(square))
-    model.is_gradient_checkpointing, model._modules = False, {}
-    trainer = types.SimpleNamespace(
-        model=model,
-        ref_model=None,
-        accelerator=AutocastAccelerator(),
-        aux_loss_enabled=False,
-        ld_alpha=ld_alpha,
-        precompute_ref_logps=True,
-        f_divergence_type="reverse_kl",
-        loss_types=[loss_type],
-        loss_weights=[1.0],
-        beta=cfg.beta,
-        label_smoothing=cfg.label_smoothing,
-        use_weighting=True,
-        args=types.SimpleNamespace(discopop_tau=0.05, gradient_checkpointing_kwargs=None),
-        _metrics={"train": defaultdict(list)},
-        _total_train_tokens=0,
-        _tp_size=1,
+    trainer = trl_trainer(
+        model, loss_type, beta=cfg.beta, label_smoothing=cfg.label_smoothing, ld_alpha=ld_alpha, use_weighting=True
     )
     sums = torch.tensor(reference.sum(-1))
     inputs = {
