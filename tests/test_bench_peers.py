@@ -1,6 +1,7 @@
 """The side-by-side benchmark's pure parts: FLOP count, statistics, report assembly, fixture determinism.
 
-The peers themselves are never run here (they need their own venvs and minutes of CPU).
+The peers themselves are never run here (they need their own venvs and minutes of CPU); jaxspo's own runner is,
+once, on a tiny fixture (it drives the library's Phase directly, so a change there can break it silently).
 """
 
 from __future__ import annotations
@@ -207,6 +208,25 @@ def test_jaxspo_reads_the_fixture_like_trl(tmp_path):
             ids = arrays[f"{side}_tokens"][i][arrays[f"{side}_valid"][i]].tolist()
             assert ids == t["prompt_ids"] + t[f"{side}_ids"]
             assert arrays[f"{side}_loss_mask"][i].sum() == len(t[f"{side}_ids"])
+
+
+@pytest.mark.slow  # a child process trains 3 steps of the tiny fixture model (~30 CPU-s)
+def test_the_jaxspo_runner_trains_the_fixture_in_the_given_order(tmp_path):
+    fixtures.build_fixture(tmp_path, "tiny", fixtures.DataSpec(num_pairs=16, lexicon_size=40))
+    order = tmp_path / "order.json"
+    vs_peers.write_order(order, 16, batch_size=2, steps=3)
+    runner = Path(vs_peers.__file__).parent / "peers" / "run_jaxspo.py"
+    command = [sys.executable, str(runner), "--fixture", str(tmp_path / "tiny"), "--order", str(order)]
+    command += ["--steps", "3", "--batch-size", "2", "--max-length", "64", "--config", "jaxspo_precomputed"]
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]  # one CPU device, as bench
+    env = os.environ | {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": " ".join(flags)}
+    done = subprocess.run(command + ["loss.reference=precomputed"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = vs_peers.last_json_line(done.stdout)
+    assert result["system"] == "jaxspo" and result["same_order"] and not result["reference_in_step"]
+    losses = [step["loss"] for step in result["steps"]]
+    assert len(losses) == 3 and abs(losses[0] - np.log(2)) < 1e-6  # the policy starts at the reference
+    assert all(step["real_tokens"] <= step["padded_tokens"] for step in result["steps"])
 
 
 def _run(system: str, config: str, heap: str, speed: float, precision: str = "float32") -> dict:

@@ -66,8 +66,9 @@ def main() -> None:
 
     from jaxspo.config import load_config
     from jaxspo import host_memory
-    from jaxspo.train.phase import Phase
+    from jaxspo.lora.choose import preference_view
     from jaxspo.objectives import build_objective
+    from jaxspo.train.phase import Phase
     from jaxspo.train.run import Run
 
     order = read_order(args.order, args.steps, args.batch_size)
@@ -81,8 +82,11 @@ def main() -> None:
         reference = run.params
         train = run.encoded("train")  # prepared as the loop does (e.g. the reference's log-probs, precomputed)
         arrays = train | build_objective(cfg).prepare(run.host_context(reference), train).fields
-        phase = Phase(run, "preference", cfg.trainer.steps, cfg.optimizer.learning_rate, cfg.trainer.batch_size, arrays)
-        frozen = reference if phase.step.reference_sharding is not None else None
+        view = preference_view(run, reference)  # the model view the loop trains (full, or LoRA adapters)
+        phase = Phase(
+            run, "preference", cfg.trainer.steps, cfg.optimizer.learning_rate, cfg.trainer.batch_size, arrays, view
+        )
+        frozen = view.frozen if phase.step.reference_sharding is not None else None
         phase.precompile(frozen)  # as the loop does before step 1 (trainer.precompile)
         log, trained_rows = StepLog(), []
         for i in range(1, len(order) + 1):
