@@ -6,17 +6,14 @@ log-probs; ours weighs the same per-token values with :func:`desensitising_weigh
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import types
-from collections import defaultdict
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_losses_trl import PROMPT, StandInAccelerator, FixedLogpsModel, torch
+from tests.test_losses_trl import PROMPT, FixedLogpsModel, torch, trl_trainer
 from tests.test_train_step import build, random_pairs, tiny_config
 
 from jaxspo.config import ConfigError, LossConfig, load_config
@@ -28,38 +25,6 @@ from jaxspo.objectives import PairBatch, build_objective
 
 TOL = 1e-12
 PAIRS = 6
-
-
-class AutocastAccelerator(StandInAccelerator):
-    """The accelerator stand-in with the ``autocast`` context TRL's reference pass enters."""
-
-    @staticmethod
-    def autocast():
-        return contextlib.nullcontext()
-
-
-def trl_trainer(model, loss_type: str, *, beta: float, label_smoothing=0.0, ld_alpha=None, use_weighting=False):
-    """A stand-in for TRL's ``DPOTrainer`` (the ``self`` of ``_compute_loss`` and ``compute_ref_log_probs``): the
-    fields they read, a precomputed reference, reverse KL, one loss type of weight 1."""
-    model.is_gradient_checkpointing, model._modules = False, {}  # read by TRL's PEFT and checkpointing checks
-    return types.SimpleNamespace(
-        model=model,
-        ref_model=None,
-        accelerator=AutocastAccelerator(),
-        aux_loss_enabled=False,
-        ld_alpha=ld_alpha,
-        precompute_ref_logps=True,
-        f_divergence_type="reverse_kl",
-        loss_types=[loss_type],
-        loss_weights=[1.0],
-        beta=beta,
-        label_smoothing=label_smoothing,
-        use_weighting=use_weighting,
-        args=types.SimpleNamespace(discopop_tau=0.05, gradient_checkpointing_kwargs=None),
-        _metrics={"train": defaultdict(list)},
-        _total_train_tokens=0,
-        _tp_size=1,
-    )
 
 
 def per_token_batch(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,7 +45,7 @@ def trl_loss(loss_type: str, alpha: float, completion, policy, reference) -> tup
     """TRL's batch loss, d loss / d per-token policy log-probs, and its LD-weighted reference sums ``[2B]``."""
     per_token = torch.tensor(policy, requires_grad=True)
     model, ref_model = FixedLogpsModel(per_token), FixedLogpsModel(torch.tensor(reference))
-    trainer = trl_trainer(model, loss_type, beta=0.5, ld_alpha=alpha)
+    trainer = trl_trainer(model, loss_type, LossConfig(beta=0.5), ld_alpha=alpha)
     inputs = {
         "input_ids": torch.ones(completion.shape, dtype=torch.long),
         "attention_mask": torch.ones(completion.shape, dtype=torch.long),

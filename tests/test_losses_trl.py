@@ -10,6 +10,7 @@ float64 so the comparison measures the maths, not rounding.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import types
@@ -107,6 +108,10 @@ class StandInAccelerator:
 
     gather_for_metrics = gather
 
+    @staticmethod
+    def autocast():  # entered by TRL's reference pass (``compute_ref_log_probs``)
+        return contextlib.nullcontext()
+
 
 class FixedLogpsModel:
     """Returns fixed per-token log-probs (TRL's fused-LM-head output fields) whatever the input."""
@@ -121,6 +126,43 @@ class FixedLogpsModel:
         return types.SimpleNamespace(
             log_probs=self.per_token_logps, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool(), aux_loss=None
         )
+
+
+def trl_trainer(
+    model,
+    loss_type: str,
+    cfg: LossConfig,
+    *,
+    ld_alpha: float | None = None,
+    use_weighting: bool = False,
+    divergence: str = "reverse_kl",
+    divergence_alpha: float = 0.5,
+) -> types.SimpleNamespace:
+    """A stand-in for TRL's ``DPOTrainer`` (the ``self`` of ``_compute_loss`` and ``compute_ref_log_probs``): the
+    fields they read, a precomputed reference, one loss type of weight 1 with ``cfg``'s β, label smoothing and
+    DiscoPOP τ (``divergence``: TRL's ``f_divergence_type``, ``divergence_alpha`` its ``f_alpha_divergence_coef``)."""
+    model.is_gradient_checkpointing, model._modules = False, {}  # read by TRL's PEFT and checkpointing checks
+    return types.SimpleNamespace(
+        model=model,
+        ref_model=None,
+        accelerator=StandInAccelerator(),
+        aux_loss_enabled=False,
+        ld_alpha=ld_alpha,
+        precompute_ref_logps=True,
+        f_divergence_type=divergence,
+        f_alpha_divergence_coef=divergence_alpha,
+        loss_types=[loss_type],
+        loss_weights=[1.0],
+        beta=cfg.beta,
+        label_smoothing=cfg.label_smoothing,
+        use_weighting=use_weighting,
+        args=types.SimpleNamespace(
+            discopop_tau=get_loss("discopop").params_of(cfg).tau, gradient_checkpointing_kwargs=None
+        ),
+        _metrics={"train": defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
 
 
 def _trl_batch(
@@ -170,27 +212,7 @@ def _run_trl_dpo(
 ) -> tuple[float, dict[str, float], np.ndarray]:
     inputs, per_token, lengths = _trl_batch(arrays, dtype)
     model = FixedLogpsModel(per_token)
-    trainer = types.SimpleNamespace(
-        model=model,
-        ref_model=None,
-        accelerator=StandInAccelerator(),
-        aux_loss_enabled=False,
-        ld_alpha=None,
-        precompute_ref_logps=True,
-        f_divergence_type=divergence,
-        f_alpha_divergence_coef=divergence_alpha,
-        loss_types=[loss_type],
-        loss_weights=[1.0],
-        beta=cfg.beta,
-        label_smoothing=cfg.label_smoothing,
-        use_weighting=False,
-        args=types.SimpleNamespace(
-            discopop_tau=get_loss("discopop").params_of(cfg).tau, gradient_checkpointing_kwargs=None
-        ),
-        _metrics={"train": defaultdict(list)},
-        _total_train_tokens=0,
-        _tp_size=1,
-    )
+    trainer = trl_trainer(model, loss_type, cfg, divergence=divergence, divergence_alpha=divergence_alpha)
     loss = DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False)
     loss.backward()
     loss = loss.detach()

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_length_desensitise import PAIRS, per_token_batch, trl_trainer
-from tests.test_losses_trl import FixedLogpsModel, torch
+from tests.test_length_desensitise import PAIRS, per_token_batch
+from tests.test_losses_trl import FixedLogpsModel, torch, trl_trainer
 from tests.test_train_step import TINY, build, random_pairs, tiny_config
 
 from jaxspo.config import ConfigError, LossConfig, load_config
@@ -67,9 +67,7 @@ def trl_weighted(loss_type: str, cfg: LossConfig, completion, policy, square, re
     """TRL's batch loss with ``use_weighting`` and d loss / d per-token policy log-probs."""
     per_token = torch.tensor(policy, requires_grad=True)
     model = SquareMassModel(per_token, torch.tensor(square))
-    trainer = trl_trainer(
-        model, loss_type, beta=cfg.beta, label_smoothing=cfg.label_smoothing, ld_alpha=ld_alpha, use_weighting=True
-    )
+    trainer = trl_trainer(model, loss_type, cfg, ld_alpha=ld_alpha, use_weighting=True)
     sums = torch.tensor(reference.sum(-1))
     inputs = {
         "input_ids": torch.ones(completion.shape, dtype=torch.long),
