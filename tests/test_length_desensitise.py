@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_losses_trl import PROMPT, FixedLogpsModel, torch, trl_trainer
+from tests.test_losses_trl import PROMPT
+from tests.trl_stand_ins import FixedLogpsModel, torch, trl_trainer
 from tests.test_train_step import build, random_pairs, tiny_config
 
 from jaxspo.config import ConfigError, LossConfig, load_config

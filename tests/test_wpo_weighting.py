@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tests.test_length_desensitise import PAIRS, per_token_batch
-from tests.test_losses_trl import FixedLogpsModel, torch, trl_trainer
+from tests.trl_stand_ins import FixedLogpsModel, torch, trl_trainer
 from tests.test_train_step import TINY, build, random_pairs, tiny_config
 
 from jaxspo.config import ConfigError, LossConfig, load_config
