@@ -57,19 +57,29 @@ def tpu_env(monkeypatch):
     monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
+@pytest.fixture
+def splash_kernel_calls(monkeypatch) -> list[dict]:
+    """The keyword arguments of every splash kernel the test builds, in order (the kernel cache emptied first, so
+    each kernel the test needs is built while it records)."""
+    from jaxspo.models import splash_attention
+
+    calls = []
+    make = splash_attention.splash.make_splash_mha
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return make(*args, **kwargs)
+
+    monkeypatch.setattr(splash_attention.splash, "make_splash_mha", recording)
+    splash_attention._kernel.cache_clear()
+    return calls
+
+
 @pytest.mark.slow  # a TPU compile
-def test_tiny_step_compiles_for_a_tpu_slice_here(tpu_env, tmp_path, capsys, monkeypatch):
+def test_tiny_step_compiles_for_a_tpu_slice_here(tpu_env, tmp_path, capsys, splash_kernel_calls):
     """`jaxspo compile --json --step-seconds`: memory and fit, model FLOPs and the MFU a step time implies; with
     model.attention=splash (refused for this CPU host, resolved for the TPU target) the step builds the real TPU
     kernel, not the interpreted one."""
-    from jaxspo.models import splash_attention
-
-    built = []
-    make = splash_attention.splash.make_splash_mha
-    monkeypatch.setattr(
-        splash_attention.splash, "make_splash_mha", lambda *a, **kw: built.append(kw["interpret"]) or make(*a, **kw)
-    )
-    splash_attention._kernel.cache_clear()
     assert (
         main(
             [
@@ -106,7 +116,7 @@ def test_tiny_step_compiles_for_a_tpu_slice_here(tpu_env, tmp_path, capsys, monk
     )
     assert report["implied_mfu"] == pytest.approx(report["model_flops_per_step"] / 0.002 / (4 * 459e12))
     assert "MFU at 0.002 s per step" in capsys.readouterr().out
-    assert built and not any(built)  # compiled as a TPU kernel, not interpreted
+    assert splash_kernel_calls and not any(call["interpret"] for call in splash_kernel_calls)  # a TPU kernel
 
 
 def test_step_seconds_must_be_positive(capsys):
@@ -126,25 +136,16 @@ SLIDING_SOFTCAPPED = [
 
 
 @pytest.mark.slow  # a TPU compile
-def test_packed_layout_step_compiles_for_a_tpu_slice_here(tpu_env, monkeypatch):
+def test_packed_layout_step_compiles_for_a_tpu_slice_here(tpu_env, splash_kernel_calls):
     """data.layout=packed (configs/demo_fast.yaml) with model.attention=splash, a sliding and a global layer
     and a soft-cap: the TPU compiler takes the packed rows (2·max_length wide, segment mask), the splash
     cascade's kernels and splash's private backward lower and compile for the TPU (not interpreted); model
     FLOPs count the longest pair a row holds (prompt once, two responses), below the padded rows' count."""
-    from jaxspo.models import splash_attention
-
-    built = []
-    make = splash_attention.splash.make_splash_mha
-    monkeypatch.setattr(
-        splash_attention.splash,
-        "make_splash_mha",
-        lambda *a, **kw: built.append((kw["interpret"], kw["save_residuals"])) or make(*a, **kw),
-    )
-    splash_attention._kernel.cache_clear()
     model = TINY + SLIDING_SOFTCAPPED
     cfg = load_config("configs/demo_fast.yaml", model + ["mesh.data=1", "mesh.fsdp=-1", "model.attention=splash"])
     report = fit_report(cfg, "v5p-8")
     assert report["fits"] and report["xla_flops_per_step_per_device"] > 0
+    built = [(call["interpret"], call["save_residuals"]) for call in splash_kernel_calls]
     assert (False, True) in built and not any(interpret for interpret, _ in built)
     rows = longest_packed_rows(cfg, 8)
     prompt = cfg.data.max_prompt_length

@@ -16,7 +16,7 @@ from jaxspo.models.attention import MaskSpec, xla_attention
 from jaxspo.models.context import context_attention
 from jaxspo.models.splash_attention import pallas_interpret
 from jaxspo.sharding import make_mesh
-from tests.test_compile import TINY as COMPILE_TINY, tpu_env  # noqa: F401  (a fixture)
+from tests.test_compile import TINY as COMPILE_TINY, splash_kernel_calls, tpu_env  # noqa: F401  (fixtures)
 from tests.context_checks import MESHES, assert_matches, on_mesh
 from tests.test_splash_packed import packed_rows, reference_mask
 
@@ -96,25 +96,17 @@ def test_splash_under_context_parallelism_equals_xla(mesh_name, layout, kv_heads
         assert not np.array_equal(masks[True], masks[False])
 
 
-def test_splash_step_with_context_compiles_for_a_tpu_slice_here(tpu_env, monkeypatch):  # noqa: F811
+def test_splash_step_with_context_compiles_for_a_tpu_slice_here(tpu_env, splash_kernel_calls):  # noqa: F811
     """`jaxspo compile` of the tiny DPO step with model.attention=splash and mesh.context=2 on v5p-8: the real
     TPU kernel (not interpreted), its block tables split over the 2 time shards (256 slots, 128 per shard)."""
     from jaxspo.compile import fit_report
     from jaxspo.config import load_config
-    from jaxspo.models import splash_attention
 
-    built = []
-    make = splash_attention.splash.make_splash_mha
-    monkeypatch.setattr(
-        splash_attention.splash,
-        "make_splash_mha",
-        lambda *a, **kw: built.append((kw["interpret"], kw["q_seq_shards"])) or make(*a, **kw),
-    )
-    splash_attention._kernel.cache_clear()
     overrides = ["mesh.data=1", "mesh.fsdp=2", "mesh.context=2", "model.attention=splash", "data.max_length=256"]
     report = fit_report(load_config("configs/demo.yaml", COMPILE_TINY + overrides), "v5p-8")
     assert report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1, "context": 2}
     assert report["fits"] and report["xla_flops_per_step_per_device"] > 0
+    built = [(call["interpret"], call["q_seq_shards"]) for call in splash_kernel_calls]
     assert (False, 2) in built and not any(interpret for interpret, _ in built)
 
 
@@ -138,20 +130,12 @@ def xla_one_device() -> tuple:
 # two 8-device DPO steps of 256-token rows with splash interpreted on CPU: ~25-70 s each on 2 shared cores
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["padded", "packed"])
-def test_splash_dpo_step_under_context_equals_xla_on_one_device(layout, xla_one_device, monkeypatch):
+def test_splash_dpo_step_under_context_equals_xla_on_one_device(layout, xla_one_device, splash_kernel_calls):  # noqa: F811
     """The tiny DPO step (policy + resident reference) with model.attention=splash on mesh (1, 2, 2, 2): rows of
     256 slots, so each of the 2 time shards holds one 128-slot splash block; the gemma2-like model (sliding +
     global layers, soft-caps)."""
-    from jaxspo.models import splash_attention
     from tests.test_context_parallel import dpo_outputs
     from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close
-
-    shards = []
-    make = splash_attention.splash.make_splash_mha
-    monkeypatch.setattr(
-        splash_attention.splash, "make_splash_mha", lambda *a, **kw: shards.append(kw["q_seq_shards"]) or make(*a, **kw)
-    )
-    splash_attention._kernel.cache_clear()
 
     wide = _wide_pairs()
     batch = wide if layout == "padded" else pack_pairs(wide, multiple=256) | {"soft_label": wide["soft_label"]}
@@ -165,4 +149,5 @@ def test_splash_dpo_step_under_context_equals_xla_on_one_device(layout, xla_one_
         )
     assert_trees_close(got, want)
     assert abs(want[0]["logps/chosen"] - want[0]["logps/rejected"]) > 0.1
-    assert shards and set(shards) == {2}  # splash ran split over the 2 time shards (not the chunked fallback)
+    shards = {call["q_seq_shards"] for call in splash_kernel_calls}
+    assert shards == {2}  # splash ran split over the 2 time shards (not the chunked fallback)
