@@ -9,6 +9,7 @@ places every array on the shardings of the target state, so a different mesh sha
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -17,16 +18,35 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+from orbax.checkpoint._src.metadata import array_metadata_store
 
 from jaxspo.errors import CheckpointError
 
 log = logging.getLogger("jaxspo")
 
 
+@functools.cache
+def save_shards_whole_on_one_process() -> None:
+    """On a single process, Orbax writes each replicated shard whole instead of a slice per replica.
+
+    Replica-parallel saving lets several hosts share the writes of a replicated array; on one process it writes
+    the same bytes but compiles a single-device slicing program per array shape and device on the first save
+    (64 programs in a tiny run). Multi-process runs keep Orbax's default. Orbax's own default handler is
+    replaced by the same handler with that one option changed (its array-metadata store kept).
+    """
+    if jax.process_count() > 1:
+        return
+    handler = ocp.type_handlers.ArrayHandler(
+        use_replica_parallel=False, array_metadata_store=array_metadata_store.Store()
+    )
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+
+
 class PhaseCheckpoints:
     """Save / restore policy for one training phase (``sft`` or ``preference``)."""
 
     def __init__(self, directory: Path, cfg):
+        save_shards_whole_on_one_process()
         self.cfg = cfg
         self.directory = directory.resolve()
         options = ocp.CheckpointManagerOptions(
@@ -100,5 +120,6 @@ def restore_params(path: Path, target: Any) -> Any:
 
 def save_params(params: Any, path: Path) -> None:
     """Writes the policy parameters with Orbax (a plain nested dict of arrays)."""
+    save_shards_whole_on_one_process()
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(path.resolve(), nnx.to_pure_dict(params), force=True)

@@ -4,6 +4,8 @@ import collections
 import json
 import os
 import resource
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,18 +19,29 @@ os.environ.setdefault(
     "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false",
 )
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# one persistent compilation cache for the test processes and the runs they start: a program compiled by one
-# test (the same model, mesh and step) is read from disk by the next; .pytest_cache/ is not in git
-os.environ.setdefault(
-    "JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "xla")
-)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# one persistent compilation cache per pytest run, shared by its xdist workers and the `jaxspo` runs they start
+# (environment variables, which child processes inherit): a program compiled by one test (the same model, mesh
+# and step) is read from disk by the next. The run's first process makes it empty and removes it at the end
+# (pytest_unconfigure), so every run starts cold and no run reads another's programs; every program is cached.
+# JAX_COMPILATION_CACHE_DIR set by the caller wins ("" = no cache).
+OWN_COMPILATION_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    OWN_COMPILATION_CACHE = tempfile.mkdtemp(prefix="jaxspo-test-xla-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = OWN_COMPILATION_CACHE
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_unconfigure(config) -> None:
+    """Removes the compilation cache this process made (the xdist workers inherit it and end first)."""
+    if OWN_COMPILATION_CACHE:
+        shutil.rmtree(OWN_COMPILATION_CACHE, ignore_errors=True)
 
 
 # Each test's CPU seconds in a whole `make test` run (JSON lines written by JAXSPO_TEST_CPU_LOG, below; `make
