@@ -1,0 +1,59 @@
+"""The figure of benchmarks/soft_label_study.py: gold correctness, KL and the soft-label edge against T.
+
+PYTHONPATH=. python benchmarks/soft_label_plot.py SUMMARY.json FIGURE.png
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PANELS = (
+    ("methods", "eval/gold/correctness", "gold correctness of samples"),
+    ("methods", "eval/kl", "KL(πθ ‖ π_ref), nats"),
+    ("edge", "eval/gold/correctness", "gold correctness: soft − hard (paired)"),
+)
+
+
+def series(report: dict, part: str, key: str) -> dict[str, tuple[list[float], list[float], list[float]]]:
+    """Method → (T values, means, 95% half-widths) of ``report["by_temperature"][T][part][method][key]``."""
+    out: dict[str, tuple[list[float], list[float], list[float]]] = {}
+    for temperature, cell in report["by_temperature"].items():
+        for method, metrics in cell[part].items():
+            if metrics[key]["mean"] is None:
+                continue
+            ts, means, halves = out.setdefault(method, ([], [], []))
+            ts.append(float(temperature))
+            means.append(metrics[key]["mean"])
+            halves.append(metrics[key]["ci95"])
+    return out
+
+
+def plot_study(report: dict, path: Path) -> None:
+    """Three panels against the label temperature (log axis), mean ± 95% interval over seeds."""
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(15, 4.2))
+    for ax, (part, key, title) in zip(axes, PANELS):
+        for offset, (method, (ts, means, halves)) in enumerate(series(report, part, key).items()):
+            shifted = [t * (1.0 + 0.04 * (offset - 1)) for t in ts]  # keep overlapping error bars apart
+            ax.errorbar(shifted, means, yerr=halves, marker="o", capsize=3, label=method)
+        if part == "edge":
+            ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("label temperature T (higher = softer labels)")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    seeds = len(report["seeds"])
+    fig.suptitle(f"Soft labels on the built-in task: mean ± 95% interval over {seeds} seeds, {report['steps']} steps")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    plot_study(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))
