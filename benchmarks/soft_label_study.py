@@ -11,7 +11,9 @@ higher reward (``data.synthetic.hard_label=argmax``, the soft-label recipes' set
 The soft-label losses (``cdpo_soft``, ``gdpo``, ``cipo``, ``gipo``, ``gropo``) run once per seed and T.
 
 Per seed S (``trainer.seed=S data.synthetic.seed=S``) one SFT run of the recipes' SFT steps is exported as a
-Hugging Face folder and every preference run starts from it, so all methods of a seed share the reference.
+Hugging Face folder and every preference run starts from it, so all methods of a seed share the reference; with
+``--reference-seed R`` every seed starts from seed R's SFT instead (one SFT run; the seeds then vary the
+preference data, the batching, the evaluation prompts and the sampling, not the reference).
 Each run writes ``RUN_DIR/result.json`` when it finishes and is reused from it, so an interrupted grid resumes;
 ``--summarise-only`` summarises the finished runs without training. Runs are ordered seed by seed, so a partial
 grid holds whole seeds. The summary gives, per T and method, each final metric's per-seed values, mean and 95%
@@ -61,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-pairs", type=int, default=256)
     parser.add_argument("--eval-prompts", type=int, default=128)
     parser.add_argument("--out", default="/tmp/soft_label_study")
+    parser.add_argument("--reference-seed", type=int, default=None, help="every seed starts from this seed's SFT")
     parser.add_argument("--cache-dir", default="", help="compiled programs shared by the runs (default OUT/xla)")
     parser.add_argument("--plot", default="", help="PNG file for the figure (none if empty)")
     parser.add_argument("--summarise-only", action="store_true", help="summarise finished runs; train nothing")
@@ -72,14 +75,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def seed_overrides(seed: int, shared: list[str]) -> list[str]:
+    """Seed S sets the model/batching seed and the synthetic data set; ``shared`` follows."""
+    return [f"trainer.seed={seed}", f"data.synthetic.seed={seed}"] + shared
+
+
 def run_grid(args: argparse.Namespace, out: Path) -> None:
     """Trains every missing run, seed by seed, printing one JSON line per run."""
     cache = args.cache_dir or out / "xla"
     evals = [f"eval.num_pairs={args.eval_pairs}", f"eval.num_prompts={args.eval_prompts}"]
+    shared = [f"trainer.compilation_cache_dir={cache}"] + args.overrides
     for seed in args.seeds:
-        seeded = [f"trainer.seed={seed}", f"data.synthetic.seed={seed}", f"trainer.compilation_cache_dir={cache}"]
-        seeded += args.overrides
-        sft_dir = sft_start(out, seed, seeded, recipe("gdpo"), ())
+        seeded = seed_overrides(seed, shared)
+        sft_seed = seed if args.reference_seed is None else args.reference_seed
+        sft_dir = sft_start(out, sft_seed, seed_overrides(sft_seed, shared), recipe("gdpo"), ())
         for method, temperature in cells(args.methods, args.temperatures):
             name = run_name(method, temperature, seed)
             labels = [] if temperature is None else [f"data.synthetic.label_temperature={temperature}"]
@@ -155,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         "steps": args.steps,
         "batch_size": args.batch_size,
         "seeds": args.seeds,
+        "reference_seed": args.reference_seed,
         "temperatures": args.temperatures,
         "overrides": args.overrides,
     }
