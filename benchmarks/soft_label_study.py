@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     report |= summarise(args, out)
     (out / "summary.json").write_text(json.dumps(report, indent=1))
     if args.plot:
-        from soft_label_plot import plot_study
+        from soft_label_report import plot_study
 
         plot_study(report, Path(args.plot))
     print(json.dumps(report, indent=1))

@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import soft_label_study as study  # noqa: E402
+from soft_label_report import markdown_tables  # noqa: E402
 
 from jaxspo.data import build_synthetic_task  # noqa: E402
 from jaxspo.data.synthetic_config import SyntheticTaskConfig  # noqa: E402
@@ -71,6 +72,10 @@ def test_summary_pairs_each_seed_with_its_baseline(tmp_path):
     growth = report["edge_growth"]["gdpo"]
     assert growth["per_seed"] == pytest.approx([-0.12, -0.12, -0.10])
     assert growth["ci95"] > 0.0
+    table = markdown_tables(report)
+    assert "| 0.1 | `gdpo` | 0.470 ± " in table
+    assert f"| 0.020 ± {edge['ci95']:.3f} (3) | {edge['p_value']:.2f} |" in table
+    assert "| `gdpo` | -0.113 ± " in table
 
 
 def test_summary_of_a_partial_grid_counts_only_finished_runs(tmp_path):

@@ -55,5 +55,34 @@ def plot_study(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _cell(stat: dict, digits: int = 3) -> str:
+    """``mean ± 95% half-width (n)``, or a dash without values."""
+    if stat["mean"] is None:
+        return "—"
+    return f"{stat['mean']:.{digits}f} ± {stat['ci95']:.{digits}f} ({stat['n']})"
+
+
+def markdown_tables(report: dict) -> str:
+    """Per T and method: gold correctness and KL; per soft method: the paired edge in correctness, its p-value."""
+    lines = [
+        "| T | method | gold correctness ↑ | KL(πθ ‖ π_ref), nats | soft − hard, correctness | p |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for temperature, cell in report["by_temperature"].items():
+        for method, metrics in cell["methods"].items():
+            edge = cell["edge"].get(method)
+            diff = _cell(edge["eval/gold/correctness"]) if edge else ""
+            p = edge["eval/gold/correctness"]["p_value"] if edge else None
+            row = [temperature, f"`{method}`", _cell(metrics["eval/gold/correctness"]), _cell(metrics["eval/kl"], 2)]
+            lines.append("| " + " | ".join(row + [diff, "" if p is None else f"{p:.2f}"]) + " |")
+    lines += ["", "| method | edge at highest T − edge at lowest T (paired) | p |", "|---|---:|---:|"]
+    for method, growth in report["edge_growth"].items():
+        p = "" if growth["p_value"] is None else f"{growth['p_value']:.2f}"
+        lines.append(f"| `{method}` | {_cell(growth)} | {p} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    plot_study(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))
+    summary = json.loads(Path(sys.argv[1]).read_text())
+    plot_study(summary, Path(sys.argv[2]))
+    print(markdown_tables(summary))
