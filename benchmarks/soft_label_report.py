@@ -67,6 +67,7 @@ def markdown_tables(report: dict) -> str:
     lines = [
         "| T | method | gold correctness ↑ | KL(πθ ‖ π_ref), nats | soft − hard, correctness | p |",
         "|---:|---|---:|---:|---:|---:|",
+        f"| — | SFT reference | {_cell(report['reference']['eval/gold/correctness'])} | 0 | | |",
     ]
     for temperature, cell in report["by_temperature"].items():
         for method, metrics in cell["methods"].items():

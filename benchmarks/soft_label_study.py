@@ -99,13 +99,15 @@ def run_grid(args: argparse.Namespace, out: Path) -> None:
             print(json.dumps({"run": name, "seconds": round(result["seconds"], 1)}), flush=True)
 
 
-def finished(out: Path, method: str, temperature: float | None, seeds: list[int]) -> dict[int, dict]:
-    """Seed → final metrics of the finished runs of one cell."""
+def finished(
+    out: Path, method: str, temperature: float | None, seeds: list[int], when: str = "after"
+) -> dict[int, dict]:
+    """Seed → the metrics of the finished runs of one cell, evaluated ``when`` ("before" or "after") training."""
     found = {}
     for seed in seeds:
         saved = out / run_name(method, temperature, seed) / "result.json"
         if saved.is_file():
-            found[seed] = json.loads(saved.read_text())["after"]
+            found[seed] = json.loads(saved.read_text())[when]
     return found
 
 
@@ -127,7 +129,7 @@ def paired(soft: dict[int, dict], hard: dict[int, dict], key: str) -> dict:
 def summarise(args: argparse.Namespace, out: Path) -> dict:
     """Per T: each method's metrics and each soft method's paired edge over its family's hard-label loss."""
     by_t: dict[str, dict] = {}
-    for temperature in args.temperatures:
+    for temperature in sorted(args.temperatures):
         cell = {"methods": {}, "edge": {}}
         for method in args.methods:
             runs = finished(out, method, None if method in HARD else temperature, args.seeds)
@@ -136,7 +138,14 @@ def summarise(args: argparse.Namespace, out: Path) -> dict:
                 hard = finished(out, FAMILY[method], None, args.seeds)
                 cell["edge"][method] = {k: paired(runs, hard, k) for k in METRICS}
         by_t[f"{temperature:g}"] = cell
-    return {"by_temperature": by_t, "edge_growth": edge_growth(args, out)}
+    return {"reference": reference(args, out), "by_temperature": by_t, "edge_growth": edge_growth(args, out)}
+
+
+def reference(args: argparse.Namespace, out: Path) -> dict:
+    """The SFT reference's metrics (the evaluation before the first hard-label loss's steps), seed by seed."""
+    hard = next(m for m in args.methods if m in HARD)
+    runs = finished(out, hard, None, args.seeds, "before")
+    return {k: describe([runs[s][k] for s in sorted(runs)]) for k in ("eval/gold/correctness", "eval/logps_accuracy")}
 
 
 def edge_growth(args: argparse.Namespace, out: Path) -> dict:

@@ -50,7 +50,8 @@ def test_a_soft_label_loss_without_its_baseline_is_refused(capsys):
 def _write(out: Path, name: str, correctness: float) -> None:
     (out / name).mkdir(parents=True)
     after = {key: 0.0 for key in study.METRICS} | {"eval/gold/correctness": correctness}
-    (out / name / "result.json").write_text(json.dumps({"before": {}, "after": after, "seconds": 1.0}))
+    before = {"eval/gold/correctness": 0.25, "eval/logps_accuracy": 0.5}
+    (out / name / "result.json").write_text(json.dumps({"before": before, "after": after, "seconds": 1.0}))
 
 
 def test_summary_pairs_each_seed_with_its_baseline(tmp_path):
@@ -72,6 +73,7 @@ def test_summary_pairs_each_seed_with_its_baseline(tmp_path):
     growth = report["edge_growth"]["gdpo"]
     assert growth["per_seed"] == pytest.approx([-0.12, -0.12, -0.10])
     assert growth["ci95"] > 0.0
+    assert report["reference"]["eval/gold/correctness"]["per_seed"] == [0.25, 0.25, 0.25]
     table = markdown_tables(report)
     assert "| 0.1 | `gdpo` | 0.470 ± " in table
     assert f"| 0.020 ± {edge['ci95']:.3f} (3) | {edge['p_value']:.2f} |" in table
