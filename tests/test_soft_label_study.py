@@ -76,7 +76,7 @@ def test_summary_pairs_each_seed_with_its_baseline(tmp_path):
     assert report["reference"]["eval/gold/correctness"]["per_seed"] == [0.25, 0.25, 0.25]
     table = markdown_tables(report)
     assert "| 0.1 | `gdpo` | 0.470 ± " in table
-    assert f"| 0.020 ± {edge['ci95']:.3f} (3) | {edge['p_value']:.2f} |" in table
+    assert f"| 0.020 ± {edge['ci95']:.3f} (3) | {edge['p_value']:.2f} | 0.00 ± 0.00 (3) |" in table
     assert "| `gdpo` | -0.113 ± " in table
 
 
