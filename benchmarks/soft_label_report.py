@@ -28,7 +28,7 @@ def series(report: dict, part: str, key: str) -> dict[str, tuple[list[float], li
     out: dict[str, tuple[list[float], list[float], list[float]]] = {}
     for temperature, cell in report["by_temperature"].items():
         for method, metrics in cell[part].items():
-            if metrics[key]["mean"] is None:
+            if key not in metrics or metrics[key]["mean"] is None:
                 continue
             ts, means, halves = out.setdefault(method, ([], [], []))
             ts.append(float(temperature))

@@ -134,6 +134,7 @@ def summarise(args: argparse.Namespace, out: Path) -> dict:
         for method in args.methods:
             runs = finished(out, method, None if method in HARD else temperature, args.seeds)
             cell["methods"][method] = {k: describe([runs[s][k] for s in sorted(runs)]) for k in METRICS}
+            cell["methods"][method]["seeds"] = sorted(runs)
             if method in FAMILY:
                 hard = finished(out, FAMILY[method], None, args.seeds)
                 cell["edge"][method] = {k: paired(runs, hard, k) for k in METRICS}
