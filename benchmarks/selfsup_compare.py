@@ -67,16 +67,23 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def sft_start(out: Path, seed: int, seeded: list[str]) -> Path:
-    """The seed's SFT policy as an HF folder (trained once, then reused): every method starts from it."""
+def sft_start(
+    out: Path,
+    seed: int,
+    seeded: list[str],
+    recipe: str = "configs/selfsup_dpo.yaml",
+    extra: tuple[str, ...] = ("loss.selfsup.weight=0",),
+) -> Path:
+    """The seed's SFT policy (``recipe``'s SFT steps, ``extra`` overrides) as an HF folder, trained once, then
+    reused: every method starts from it."""
     sft_dir = out / f"sft-s{seed}"
     if not (sft_dir / "config.json").is_file():
         run(
-            "configs/selfsup_dpo.yaml",
+            recipe,
             seeded
+            + list(extra)
             + [
                 "trainer.steps=0",
-                "loss.selfsup.weight=0",
                 "eval.num_pairs=32",
                 "eval.num_prompts=16",
                 f"checkpoint.export_hf_dir={sft_dir}",
