@@ -77,6 +77,10 @@ def _field_checks(cfg: Config) -> list[tuple[bool, str]]:
             cfg.checkpoint.every_steps >= 0 and cfg.checkpoint.every_seconds >= 0,
             "checkpoint.every_steps and every_seconds must be >= 0",
         ),
+        *(
+            (getattr(cfg.eval, key) >= 1, f"eval.{key} must be at least 1, got {getattr(cfg.eval, key)}")
+            for key in ("num_pairs", "num_prompts", "max_new_tokens")
+        ),
     ]
 
 

@@ -46,6 +46,8 @@ def test_resolved_config_round_trips(tmp_path):
         ("model.num_kv_heads=3", "model.num_kv_heads (3) must divide num_heads (4)"),
         ("logging.peak_flops=-1", "logging.peak_flops must be >= 0 (FLOP/s per device; 0 = the device table), got -1"),
         ("trainer", "override 'trainer' is not of the form key=value"),
+        ("eval.num_prompts=0", "eval.num_prompts must be at least 1, got 0"),
+        ("eval.num_pairs=-2", "eval.num_pairs must be at least 1, got -2"),
     ],
 )
 def test_bad_values_name_the_key(override, expected):
