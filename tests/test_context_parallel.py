@@ -85,7 +85,7 @@ def test_context_split_log_probs_loss_and_gradients_equal_one_device(batches, on
     )  # real log-probs, a real loss
 
 
-@pytest.mark.slow  # two more DPO programs (one device and the mesh): ~100 CPU-s on 2 shared cores
+@pytest.mark.slow  # two more DPO programs: 6 CPU-s in a run of this file, ~100 alone (imports, warm-up)
 def test_qk_norm_model_split_along_time_equals_one_device(batches):
     """Qwen3's q/k norm (with GQA, a sliding window and soft-caps) on packed rows over (1, 2, 2, 2)."""
     model = dataclasses.replace(GEMMA2_LIKE, qk_norm=True)
