@@ -10,7 +10,8 @@ Hd 64, float32; causal over right-padded rows, ``--packed``: packed-pair segment
 :func:`jaxspo.models.context.context_attention` with ``context=gather`` (the ``xla`` and ``chunked`` kernels on
 the gathered keys) and ``context=ring`` (blocks passed around, the chunked block loop per step). Prints one JSON
 object per (length, path): the compiler's per-device temporary, argument and output bytes, their sum, the
-collectives of the optimised HLO.
+collectives of the optimised HLO; with ``--topology`` also libtpu's simulated peak of HBM (``peak_bytes``,
+arguments and outputs included; its ``temp_bytes`` is not the HBM working set, see docs/scale.md).
 
 ``--layers L``: the attention runs L times in a ``lax.scan`` over per-layer output weights (as the decoder's
 layer scan), so the gradient goes through a loop as in the train step — the case where partial evaluation
@@ -74,10 +75,13 @@ def compiled_memory(context: str, implementation: str, block: int, mesh, args, l
     counts = {op: hlo.count(f" {op}(") + hlo.count(f" {op}-start(") for op in COLLECTIVES}
     fields = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes")
     sizes = {name.replace("_size_in", ""): getattr(memory, name) for name in fields}
-    return sizes | {
+    measured = sizes | {
         "total_bytes_per_device": sum(sizes.values()),
         "collectives": {op: n for op, n in counts.items() if n},
     }
+    if mesh.devices.flat[0].platform == "tpu":  # libtpu simulates the peak of HBM (XLA:CPU gives args + outputs)
+        measured["peak_bytes"] = memory.peak_memory_in_bytes
+    return measured
 
 
 def main() -> None:

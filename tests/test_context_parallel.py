@@ -85,6 +85,17 @@ def test_context_split_log_probs_loss_and_gradients_equal_one_device(batches, on
     )  # real log-probs, a real loss
 
 
+@pytest.mark.slow  # two more DPO programs: 6 CPU-s in a run of this file, ~100 alone (imports, warm-up)
+def test_qk_norm_model_split_along_time_equals_one_device(batches):
+    """Qwen3's q/k norm (with GQA, a sliding window and soft-caps) on packed rows over (1, 2, 2, 2)."""
+    model = dataclasses.replace(GEMMA2_LIKE, qk_norm=True)
+    want = dpo_outputs(batches["padded"], {"data": 1}, jax.devices()[:1], model)
+    got = dpo_outputs(batches["packed"], CONTEXT_MESHES[1], jax.devices(), model)
+    assert_trees_close(got, want)
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(want[2])]
+    assert any("q_norm" in p for p in paths) and any("k_norm" in p for p in paths)  # their gradients compared too
+
+
 def test_batch_rows_split_along_time_over_context():
     mesh = make_mesh(CONTEXT_MESHES[0])
     leading = {"batch": 8, "rows": 8, "samples": 8}
