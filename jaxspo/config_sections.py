@@ -135,6 +135,9 @@ class MeshConfig:
         return math.lcm(8, self.context)
 
 
+HOST_HEAP_MODES = ("system", "hold")  # trainer.host_heap
+
+
 @dataclasses.dataclass
 class TrainerConfig:
     """Phases and step counts. Batch sizes are global (pairs per optimizer step)."""
@@ -152,7 +155,7 @@ class TrainerConfig:
     # JAX's persistent compilation cache: "auto" = ~/.cache/jaxspo/xla on TPU/GPU, off on CPU; a path; "" = off
     compilation_cache_dir: str = "auto"
     # "hold": glibc keeps freed memory mapped between XLA:CPU steps (faster on CPU, more RSS; docs/speed.md)
-    host_heap: str = "system"
+    host_heap: str = "system"  # one of HOST_HEAP_MODES (jaxspo/host_memory.py sets the heap up)
 
 
 @dataclasses.dataclass
