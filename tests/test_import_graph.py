@@ -127,6 +127,20 @@ def test_the_training_loop_imports_nothing_from_the_host_heap_module():
     assert "jaxspo.train.hooks" in graph["jaxspo.host_memory"]
 
 
+def test_the_losses_import_nothing_from_data_models_or_train():
+    """A loss is a pure function of log-probs: jaxspo/losses/ reads no rows, builds no model, runs no loop."""
+    graph = import_graph()
+    imported = {
+        target
+        for name, targets in graph.items()
+        if name.startswith("jaxspo.losses")
+        for target in targets
+        if target.split(".")[1] in ("data", "models", "train")
+    }
+    assert not imported, sorted(imported)
+    assert "jaxspo.losses.registry" in graph["jaxspo.losses.soft_spo"]  # the graph sees the package's own imports
+
+
 def test_the_step_imports_no_objective():
     """The step takes an Objective: of the objectives package it names only the seam's type (for annotations)."""
     imported = {m for m in import_graph()["jaxspo.train.step"] if m.startswith("jaxspo.objectives")}
