@@ -155,7 +155,7 @@ class TrainerConfig:
     # JAX's persistent compilation cache: "auto" = ~/.cache/jaxspo/xla on TPU/GPU, off on CPU; a path; "" = off
     compilation_cache_dir: str = "auto"
     # "hold": glibc keeps freed memory mapped between XLA:CPU steps (faster on CPU, more RSS; docs/speed.md)
-    host_heap: str = "system"  # one of HOST_HEAP_MODES (jaxspo/host_memory.py sets the heap up)
+    host_heap: str = "system"
 
 
 @dataclasses.dataclass
