@@ -16,12 +16,10 @@ import argparse
 import logging
 import re
 import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from jaxspo import cli_arguments, launch
-from jaxspo.config import load_config
+from jaxspo import cli_arguments
 from jaxspo.errors import (
     INTERNAL_ERROR_EXIT_CODE,
     PREEMPTED_EXIT_CODE,
@@ -31,11 +29,17 @@ from jaxspo.errors import (
     UsageError,
     UserError,
 )
-from jaxspo.platforms import choose_platforms
+
+# Only the parser's modules load before the arguments are parsed (``jaxspo --help`` and a usage error pay for no
+# more); each command imports what it runs, and train, compile and eval read their config before importing jax.
 
 
 def _train(args: argparse.Namespace) -> int:
+    from jaxspo.config import load_config
+
     cfg = load_config(args.config, args.overrides)
+    from jaxspo.platforms import choose_platforms
+
     choose_platforms()  # imports jax: only once the config is known good
     from jaxspo import distributed, host_memory
     from jaxspo.train.loop import train
@@ -110,6 +114,8 @@ def _compile(args: argparse.Namespace) -> int:
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", args.topology)  # quiets libtpu's host probing on non-TPU machines
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # several compiles may run side by side
+    from jaxspo.config import load_config
+
     cfg = load_config(args.config, args.overrides)
     from jaxspo.compile import fit_report, format_report, resolve_model
 
@@ -146,10 +152,13 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from jaxspo.config import load_config
     from jaxspo.eval_run import evaluate, resolve_target
 
     config, params, reference = resolve_target(args.target)
     cfg = load_config(config, args.overrides)
+    from jaxspo.platforms import choose_platforms
+
     choose_platforms()
     from jaxspo import distributed, host_memory
 
@@ -163,6 +172,12 @@ def _eval(args: argparse.Namespace) -> int:
         width = max(map(len, metrics))
         print("\n".join(f"{name:<{width}}  {value:.4f}" for name, value in metrics.items()))
     return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    from jaxspo.launch import launch
+
+    return launch(args)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -221,8 +236,8 @@ def _commands() -> list[tuple[str, str, Callable[[argparse.ArgumentParser], None
         (
             "launch",
             "run jaxspo train as every process of a multi-host job (TPU pod slice, SLURM, hosts, or --local N)",
-            launch.add_arguments,
-            launch.launch,
+            cli_arguments.add_launch_arguments,
+            _launch,
         ),
     ]
 
@@ -250,8 +265,12 @@ def _as_user_error(err: Exception) -> UserError | None:
 
 def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command not in ("compile", "train", "eval"):  # compile's AOT compiler is libtpu's own; train and
-        choose_platforms()  # eval choose once their config is read (a config error then imports no jax)
+    # compile's AOT compiler is libtpu's own; train and eval choose once their config is read (a config error then
+    # imports no jax)
+    if args.command not in ("compile", "train", "eval"):
+        from jaxspo.platforms import choose_platforms
+
+        choose_platforms()
     return args.handler(args)
 
 
@@ -271,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # the one boundary: a user mistake becomes one line, anything else is a bug
         mistake = _as_user_error(err)
         if mistake is None:
+            import traceback
+
             traceback.print_exc()
             print(
                 f"jaxspo: internal error: the {type(err).__name__} above is a bug in jaxspo; please "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+DEFAULT_PORT = 8476  # jaxspo launch --hosts: the coordinator port (any free port that every host can reach)
+
 
 def positive_float(text: str, what: str = "a number") -> float:
     """argparse type: a finite number > 0 (``what`` names it in the complaint)."""
@@ -181,3 +183,56 @@ def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
     """``jaxspo plot``'s arguments."""
     parser.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
     parser.add_argument("--out", default="", help="PNG to write (default: RUN_DIR/curves.png)")
+
+
+def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
+    """``jaxspo launch``'s arguments (:mod:`jaxspo.launch` runs the command)."""
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--local", type=int, metavar="N", help="N processes on this machine (CPU devices, gloo collectives)"
+    )
+    target.add_argument(
+        "--tpu", metavar="NAME", help="every worker of this TPU VM pod slice (gcloud compute tpus tpu-vm ssh)"
+    )
+    target.add_argument(
+        "--queued-resource", metavar="NAME", help="every worker of every node of this TPU queued resource"
+    )
+    target.add_argument(
+        "--slurm", action="store_true", default=None, help="one srun step inside the current SLURM allocation"
+    )
+    target.add_argument(
+        "--hosts", metavar="H0,H1,...", help="one process per host over ssh; the first host is the coordinator"
+    )
+    target.add_argument("--hostfile", metavar="FILE", help="as --hosts, one host per line (# comments)")
+    parser.add_argument(
+        "--devices-per-process", type=int, metavar="K", help="--local: virtual CPU devices per process (default 1)"
+    )
+    parser.add_argument("--zone", help="--tpu/--queued-resource: the slice's zone, e.g. us-central2-b")
+    parser.add_argument("--project", help="--tpu/--queued-resource: Google Cloud project (default: gcloud's)")
+    parser.add_argument("--nodes", type=int, help="--slurm: srun --nodes (default: the allocation's)")
+    parser.add_argument(
+        "--ntasks-per-node",
+        type=int,
+        help="--slurm: srun --ntasks-per-node, e.g. GPUs per node (default: the allocation's)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        help=f"coordinator port (--local: a free one; --hosts: {DEFAULT_PORT}; --slurm: JAX's, from the job id)",
+    )
+    parser.add_argument(
+        "--workdir", help="remote targets: directory to run in (a checkout of this repository on every host)"
+    )
+    parser.add_argument(
+        "--jaxspo", help="remote targets: the jaxspo program on the hosts (default 'jaxspo'), e.g. '.venv/bin/jaxspo'"
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment variable for every process (repeatable)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the exact commands instead of running them")
+    parser.add_argument("config", help="YAML recipe, e.g. configs/demo.yaml (a path valid on every host)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, passed to jaxspo train")

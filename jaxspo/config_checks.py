@@ -6,9 +6,8 @@ import dataclasses
 
 from jaxspo.config_loss_checks import validate_loss
 from jaxspo.config_parsing import did_you_mean
-from jaxspo.config_sections import Config
+from jaxspo.config_sections import HOST_HEAP_MODES, Config
 from jaxspo.errors import ConfigError
-from jaxspo.host_memory import HOST_HEAP_MODES
 from jaxspo.objectives import switches
 from jaxspo.objectives.checks import validate_objective
 from jaxspo.sharding_rules import DEFAULT_RULES, MESH_AXES

@@ -135,6 +135,9 @@ class MeshConfig:
         return math.lcm(8, self.context)
 
 
+HOST_HEAP_MODES = ("system", "hold")  # trainer.host_heap
+
+
 @dataclasses.dataclass
 class TrainerConfig:
     """Phases and step counts. Batch sizes are global (pairs per optimizer step)."""

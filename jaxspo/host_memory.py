@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from jaxspo.config_sections import HOST_HEAP_MODES
 from jaxspo.train.hooks import add_hook
 
 log = logging.getLogger("jaxspo")
@@ -42,7 +43,6 @@ HELD_SETTINGS = (
     (M_MMAP_MAX, "MALLOC_MMAP_MAX_", 0),
     (M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", INT_MAX),
 )
-HOST_HEAP_MODES = ("system", "hold")
 _held = False  # whether hold_freed_memory set the heap up
 
 

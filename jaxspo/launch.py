@@ -37,9 +37,9 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from jaxspo.cli_arguments import DEFAULT_PORT
 from jaxspo.errors import DistributedError
 
-DEFAULT_PORT = 8476  # coordinator port for --hosts (any free port that every host can reach)
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 TARGETS = ("local", "tpu", "queued_resource", "slurm", "hosts", "hostfile")
 # Options that only mean something for some targets: option dest -> those targets.
@@ -66,59 +66,6 @@ class Command:
     def shell(self) -> str:
         """The command as one POSIX shell line: ``KEY=value ... argv``."""
         return " ".join([f"{k}={shlex.quote(v)}" for k, v in self.env.items()] + [shlex.join(self.argv)])
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``jaxspo launch`` options (on the CLI's ``launch`` subparser)."""
-    target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument(
-        "--local", type=int, metavar="N", help="N processes on this machine (CPU devices, gloo collectives)"
-    )
-    target.add_argument(
-        "--tpu", metavar="NAME", help="every worker of this TPU VM pod slice (gcloud compute tpus tpu-vm ssh)"
-    )
-    target.add_argument(
-        "--queued-resource", metavar="NAME", help="every worker of every node of this TPU queued resource"
-    )
-    target.add_argument(
-        "--slurm", action="store_true", default=None, help="one srun step inside the current SLURM allocation"
-    )
-    target.add_argument(
-        "--hosts", metavar="H0,H1,...", help="one process per host over ssh; the first host is the coordinator"
-    )
-    target.add_argument("--hostfile", metavar="FILE", help="as --hosts, one host per line (# comments)")
-    parser.add_argument(
-        "--devices-per-process", type=int, metavar="K", help="--local: virtual CPU devices per process (default 1)"
-    )
-    parser.add_argument("--zone", help="--tpu/--queued-resource: the slice's zone, e.g. us-central2-b")
-    parser.add_argument("--project", help="--tpu/--queued-resource: Google Cloud project (default: gcloud's)")
-    parser.add_argument("--nodes", type=int, help="--slurm: srun --nodes (default: the allocation's)")
-    parser.add_argument(
-        "--ntasks-per-node",
-        type=int,
-        help="--slurm: srun --ntasks-per-node, e.g. GPUs per node (default: the allocation's)",
-    )
-    parser.add_argument(
-        "--port",
-        type=int,
-        help=f"coordinator port (--local: a free one; --hosts: {DEFAULT_PORT}; --slurm: JAX's, from the job id)",
-    )
-    parser.add_argument(
-        "--workdir", help="remote targets: directory to run in (a checkout of this repository on every host)"
-    )
-    parser.add_argument(
-        "--jaxspo", help="remote targets: the jaxspo program on the hosts (default 'jaxspo'), e.g. '.venv/bin/jaxspo'"
-    )
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra environment variable for every process (repeatable)",
-    )
-    parser.add_argument("--dry-run", action="store_true", help="print the exact commands instead of running them")
-    parser.add_argument("config", help="YAML recipe, e.g. configs/demo.yaml (a path valid on every host)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, passed to jaxspo train")
 
 
 def _target(args: argparse.Namespace) -> str:

@@ -93,12 +93,52 @@ def test_the_config_and_the_command_line_import_no_jax_flax_or_transformers():
     assert done.stdout.strip() == "[]", done.stdout
 
 
+def jaxspo_modules_after(argv: list[str]) -> set[str]:
+    """The jaxspo modules loaded by ``jaxspo <argv>`` (run in a fresh interpreter) by the time it ends."""
+    probe = (
+        "import sys\n"
+        "from jaxspo.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(' '.join(m for m in sys.modules if m.split('.')[0] == 'jaxspo'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *argv], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120
+    )
+    return set(done.stdout.split("\n")[-2].split())
+
+
+def test_the_help_loads_only_the_parser_and_a_config_error_only_the_config():
+    """Every module loaded before the first line costs ``jaxspo --help`` and a config error CPU time: the help needs
+    the parser alone; a config error the config's modules, not the launcher, the platform probe or the heap tuning."""
+    assert jaxspo_modules_after(["--help"]) == {"jaxspo", "jaxspo.cli", "jaxspo.cli_arguments", "jaxspo.errors"}
+    config_error = jaxspo_modules_after(["train", "configs/demo.yaml", "trainer.steps=abc"])
+    assert "jaxspo.config" in config_error
+    assert not config_error & {"jaxspo.launch", "jaxspo.platforms", "jaxspo.host_memory"}, config_error
+
+
 def test_the_training_loop_imports_nothing_from_the_host_heap_module():
     """The heap tuning registers loop hooks when ``trainer.host_heap`` asks for it (jaxspo/train/hooks.py)."""
     graph = import_graph()
     importers = sorted(name for name, imported in graph.items() if "jaxspo.host_memory" in imported)
     assert not [name for name in importers if name.startswith("jaxspo.train")], importers
     assert "jaxspo.train.hooks" in graph["jaxspo.host_memory"]
+
+
+def test_the_losses_import_nothing_from_data_models_or_train():
+    """A loss is a pure function of log-probs: jaxspo/losses/ reads no rows, builds no model, runs no loop."""
+    graph = import_graph()
+    imported = {
+        target
+        for name, targets in graph.items()
+        if name.startswith("jaxspo.losses")
+        for target in targets
+        if target.split(".")[1] in ("data", "models", "train")
+    }
+    assert not imported, sorted(imported)
+    assert "jaxspo.losses.registry" in graph["jaxspo.losses.soft_spo"]  # the graph sees the package's own imports
 
 
 def test_the_step_imports_no_objective():

@@ -239,34 +239,18 @@ def test_config_errors_name_the_key():
         load_config(None, ["lora.rank=4", "lora.targets=[c_attn]"])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", ["llama3", "gpt2"])
-def test_merged_and_peft_exports_reproduce_the_adapted_model(arch, tmp_path):
-    """A run directory with trained-like adapters: the merged HF export (transformers) and the PEFT export
-    (peft on the HF base) give jaxspo's adapted logits; a changed base is refused."""
+def adapted_run_dir(arch, tmp_path):
+    """A run directory ``tmp_path/run`` holding trained-like adapters on a tiny HF ``arch`` base (saved in
+    ``tmp_path/base``): (base folder, run directory, the adapted view, its adapters, base graph and params)."""
     source = hf_tiny.save(hf_tiny.build_hf(arch), tmp_path / "base")
     targets = (
         "[c_attn, attn.c_proj, c_fc, mlp.c_proj]"
         if arch == "gpt2"
         else "[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"
     )
-    tree = to_dict(
-        load_config(
-            None,
-            [
-                f"model.path={source}",
-                "lora.rank=4",
-                "lora.alpha=12.0",
-                f"lora.targets={targets}",
-                "loss.reference=adapter_off",
-                "trainer.sft_steps=0",
-                "mesh.data=1",
-                "mesh.fsdp=4",
-                "mesh.tensor=2",
-            ],
-        )
-    )
-    cfg = config_from_dict(tree)
+    shape = "lora.rank=4 lora.alpha=12.0 loss.reference=adapter_off trainer.sft_steps=0 mesh.data=1 mesh.fsdp=4"
+    overrides = [f"model.path={source}", f"lora.targets={targets}", *shape.split(), "mesh.tensor=2"]
+    cfg = config_from_dict(to_dict(load_config(None, overrides)))
     cfg = dataclasses.replace(cfg, model=model_config_from_hf(source, cfg.model))
     mesh = make_mesh(cfg.mesh.shape())
     graphdef, abstract = abstract_model(cfg.model)
@@ -279,7 +263,15 @@ def test_merged_and_peft_exports_reproduce_the_adapted_model(arch, tmp_path):
     write_base_record(lora.record, run)
     dump_yaml(cfg, run / "config.yaml")
     load_tokenizer(source).save_pretrained(str(run / "tokenizer"))
+    return source, run, lora, adapters, graphdef, base
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["llama3", "gpt2"])
+def test_merged_and_peft_exports_reproduce_the_adapted_model(arch, tmp_path):
+    """A run directory with trained-like adapters: the merged HF export (transformers) and the PEFT export
+    (peft on the HF base) give jaxspo's adapted logits; a changed base is refused."""
+    source, run, lora, adapters, graphdef, base = adapted_run_dir(arch, tmp_path)
     tokens, valid, positions = hf_tiny.batch()
     policy, _ = lora.eval_states(adapters)
     ours = np.asarray(jax.jit(lambda p: nnx.merge(lora.model.eval_graphdef, p)(tokens, positions, valid))(policy))

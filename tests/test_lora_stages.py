@@ -26,7 +26,7 @@ from jaxspo.sharding import make_mesh
 from jaxspo.train import loop
 from jaxspo.lora.base import load_base, read_base_record
 from jaxspo.lora.stages import LoRAStages, restore_stage_adapters
-from jaxspo.train.stages import stage_config
+from jaxspo.objectives.stage_rows import stage_config
 from jaxspo.train.state import (
     abstract_model,
     init_state,

@@ -1,16 +1,20 @@
 """The objective's host side: it encodes its rows and prepares them (fields, eval metrics) once the reference exists;
 the run and the plan reach a new objective's host preparation without a branch of their own."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxspo.config import load_config
 from jaxspo.data.tokenizer import build_task_tokenizer
+from jaxspo.losses import register_loss
 from jaxspo.objectives import Prepared, build_objective
 from jaxspo.train import plan as plan_module
 from jaxspo.train import run as run_module
+from jaxspo.train import stages as stages_module
 from jaxspo.train.plan import OnePreferencePhase
 from jaxspo.train.run import Run
+from jaxspo.train.stages import SequentialStages
 from tests.cli_fuzz_support import TINY_MODEL, TINY_RUN
 
 TOKENIZER = build_task_tokenizer()
@@ -57,6 +61,33 @@ def test_the_list_objective_encodes_lists_for_training_and_pairs_for_evaluation(
     assert "chosen_tokens" in objective.encode(TOKENIZER, "eval")([ROW])
 
 
+@pytest.mark.parametrize("needs_ranking", [False, True])
+def test_a_list_loss_registration_says_whether_its_rows_need_a_full_ranking(needs_ranking):
+    name = f"test_list_loss_needs_ranking_{needs_ranking}"
+    register_loss(name, needs_reference=False, layout="list", needs_ranking=needs_ranking)(
+        lambda logps, cfg: jnp.zeros(logps.policy.shape[:1])
+    )
+    objective = build_objective(
+        load_config("configs/demo.yaml", [f"loss.terms={{{name}: 1.0}}", "loss.reference=none"])
+    )
+    best_only = {"prompt": "reverse 1 2 3 :", "responses": ["3 2 1", "3 1 2", "1 2 3"], "best": 0}
+    if needs_ranking:
+        with pytest.raises(ValueError, match="field 'ranking' is missing"):
+            objective.encode(TOKENIZER, "train")([best_only])
+    else:
+        assert objective.encode(TOKENIZER, "train")([best_only])["list_tokens"].shape[:2] == (1, 3)
+
+
+def with_marker(objective):
+    """``objective`` whose encoder adds ``row_marker`` (ones, one per row) to what it encodes."""
+    encode_pairs = objective.encoder
+
+    def encoder(tokenizer, split):
+        return lambda rows: encode_pairs(tokenizer, split)(rows) | {"row_marker": np.ones(len(rows), np.int32)}
+
+    return objective.replace(encoder=encoder)
+
+
 def added_field(name):
     """An objective's preparation adding ``name`` (one value per train row) and an eval metric."""
 
@@ -73,14 +104,7 @@ def test_a_new_objectives_host_preparation_is_reached_through_the_run_and_the_pl
 
     def new_objective(cfg, phase="preference"):
         objective = build_objective(cfg, phase)
-        if phase == "sft":
-            return objective
-        encode_pairs = objective.encoder
-
-        def encoder(tokenizer, split):
-            return lambda rows: encode_pairs(tokenizer, split)(rows) | {"row_marker": np.ones(len(rows), np.int32)}
-
-        return objective.replace(encoder=encoder, preparations=(added_field("new_field"),))
+        return objective if phase == "sft" else with_marker(objective).replace(preparations=(added_field("new"),))
 
     monkeypatch.setattr(run_module, "build_objective", new_objective)
     monkeypatch.setattr(plan_module, "build_objective", new_objective)
@@ -92,7 +116,33 @@ def test_a_new_objectives_host_preparation_is_reached_through_the_run_and_the_pl
     plan = OnePreferencePhase(run)
     plan.start()
     setup = plan.phases[0].before()
-    np.testing.assert_array_equal(
-        setup.arrays["new_field"], np.full(len(train["chosen_tokens"]), cfg.loss.beta, np.float32)
-    )
+    np.testing.assert_array_equal(setup.arrays["new"], np.full(len(train["chosen_tokens"]), cfg.loss.beta, np.float32))
     assert plan.evaluator.extra_metrics[-1](None, None) == {"eval/new": 1.0}
+
+
+def test_a_sequential_stage_encodes_and_prepares_its_pairs_through_the_objective(tmp_path, monkeypatch):
+    """The stages' hooks hold no encoding or preparation of their own: a stage's pairs go through the objective's
+    encoder, and its preparation sees the stage (index, frozen π_i, π_{n−1} as the reference) and the recipe's
+    config."""
+    seen = []
+
+    def stage_field(context, arrays):
+        seen.append((context.stage.index, context.stage.policy(context.stage.index)[1] is context.reference))
+        return added_field("new")(context, arrays)
+
+    def new_objective(cfg, phase="preference"):
+        objective = build_objective(cfg, phase)
+        return objective if phase == "sft" else with_marker(objective).replace(preparations=(stage_field,))
+
+    monkeypatch.setattr(run_module, "build_objective", new_objective)
+    monkeypatch.setattr(stages_module, "build_objective", new_objective)
+    stages_list = "stages=[{dimension: correctness, beta: 0.5}, {dimension: brevity, beta: 0.2, lambdas: [2.0]}]"
+    cfg = load_config("configs/sequential.yaml", TINY_RUN + TINY_MODEL + [stages_list])
+    run = Run(cfg, tmp_path)
+    stages = SequentialStages(run)
+    assert all(arrays["row_marker"].sum() == len(arrays["chosen_tokens"]) for arrays in stages.train_arrays)
+    prepared = stages.prepared(1, lambda i: (run.graphdef, run.params))
+    assert seen == [(1, True)]
+    np.testing.assert_array_equal(
+        prepared.fields["new"], np.full(len(stages.train_arrays[1]["chosen_tokens"]), cfg.loss.beta, np.float32)
+    )

@@ -62,7 +62,7 @@ def test_offsets_come_from_frozen_logps_cached_by_data_and_weights(tmp_path):
     c1, r1 = scorer(pi1, arrays)
 
     views = lambda pi_1: lambda n: (run.graphdef, pi_1 if n == 1 else pi0)  # noqa: E731
-    fields = stages.frozen_fields(1, views(pi1))
+    fields = stages.prepared(1, views(pi1)).fields
     np.testing.assert_allclose(fields["reference_chosen_logps"], c1, atol=1e-5)
     np.testing.assert_allclose(fields["reference_rejected_logps"], r1, atol=1e-5)
     expected = 2.0 * 0.5 * ((c1 - r1) - (c0 - r0))  # λ_{2,1}·[R_1(y_w) − R_1(y_l)], R_1 = β_1 log π_1/π_0
@@ -73,14 +73,14 @@ def test_offsets_come_from_frozen_logps_cached_by_data_and_weights(tmp_path):
 
     # λ is not part of the key: a new λ reuses both passes and only changes the offset
     run.cfg = dataclasses.replace(cfg, stages=[cfg.stages[0], dataclasses.replace(cfg.stages[1], lambdas=[0.0])])
-    again = stages.frozen_fields(1, views(pi1))
+    again = stages.prepared(1, views(pi1)).fields
     assert set(cache.glob("*.npz")) == cached
     np.testing.assert_array_equal(again["offset"], 0.0)
     np.testing.assert_array_equal(again["reference_chosen_logps"], fields["reference_chosen_logps"])
     # other data (stage 1's correctness pairs) or other weights (π_1 changed): new keys
-    stages.frozen_fields(0, views(pi0))
+    stages.prepared(0, views(pi0))
     assert len(set(cache.glob("*.npz")) - cached) == 1
-    stages.frozen_fields(1, views(jax.tree.map(lambda x: x * 1.2, pi0)))
+    stages.prepared(1, views(jax.tree.map(lambda x: x * 1.2, pi0)))
     assert len(set(cache.glob("*.npz")) - cached) == 2  # π_0's pass hit, the new π_1's did not
 
 

@@ -46,57 +46,50 @@ def reward_model(folder):
     hf_tiny.tokenizer().save_pretrained(folder)
 
 
-@pytest.mark.slow
-def test_hh_rlhf_from_download_to_exported_model(tmp_path, capsys):
+# the tiny run of configs/hh_rlhf_dpo.yaml: float32, two steps, short rows, a small evaluation
+TRAIN_OVERRIDES = [
+    "model.dtype=float32",
+    "model.remat=false",
+    "data.max_length=48",
+    "data.max_prompt_length=24",
+    "data.buckets=[24]",
+    "trainer.steps=2",
+    "trainer.batch_size=8",
+    "eval.num_pairs=8",
+    "eval.num_prompts=8",
+    "eval.max_new_tokens=4",
+    "logging.progress_bar=false",
+    "logging.tensorboard=false",
+]
+
+
+def prepare_hh(tmp_path, capsys):
+    """``jaxspo data prepare hh_rlhf`` of 16 downloaded conversations per split: the TFDS folder."""
     from jaxspo.cli import main
 
     hh_download(tmp_path / "hh-rlhf", 16)
-    model = hf_tiny.save(hf_tiny.build_hf("llama2"), tmp_path / "model")  # its tokenizer has a chat template
-    assert (
-        main(
-            [
-                "data",
-                "prepare",
-                "hh_rlhf",
-                "--manual-dir",
-                str(tmp_path / "hh-rlhf"),
-                "--data-dir",
-                str(tmp_path / "tfds"),
-            ]
-        )
-        == 0
-    )
+    tfds = tmp_path / "tfds"
+    assert main(["data", "prepare", "hh_rlhf", "--manual-dir", str(tmp_path / "hh-rlhf"), "--data-dir", str(tfds)]) == 0
     assert "| train | 16 |" in capsys.readouterr().out
-    run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "configs/hh_rlhf_dpo.yaml",
-                f"model.path={model}",
-                f"data.source.path={tmp_path / 'tfds'}",
-                f"run_dir={run}",
-                "model.dtype=float32",
-                "model.remat=false",
-                "data.max_length=48",
-                "data.max_prompt_length=24",
-                "data.buckets=[24]",
-                "trainer.steps=2",
-                "trainer.batch_size=8",
-                "eval.num_pairs=8",
-                "eval.num_prompts=8",
-                "eval.max_new_tokens=4",
-                "logging.progress_bar=false",
-                "logging.tensorboard=false",
-            ]
-        )
-        == 0
-    )
+    return tfds
+
+
+def train_hh(model, tfds, run):
+    """``jaxspo train configs/hh_rlhf_dpo.yaml`` of ``model`` on the prepared rows into ``run``; checks its data
+    report and curves."""
+    from jaxspo.cli import main
+
+    sources = [f"model.path={model}", f"data.source.path={tfds}", f"run_dir={run}"]
+    assert main(["train", "configs/hh_rlhf_dpo.yaml", *sources, *TRAIN_OVERRIDES]) == 0
     report = json.loads((run / "data_report.json").read_text())
     assert [r["source"] for r in report] == ["hh_rlhf:train", "hh_rlhf:test"] and report[0]["kept"] == 16
     assert (run / "curves.png").is_file()
 
-    # jaxspo eval RUN_DIR reproduces the run's final evaluation; a reward model adds the win rate
+
+def check_eval_reproduces_the_run(run, tmp_path, capsys):
+    """``jaxspo eval RUN_DIR`` reproduces the run's final evaluation; a reward model adds the win rate."""
+    from jaxspo.cli import main
+
     logged = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["phase"] == "eval"][-1]
     reward_model(tmp_path / "rm")
     capsys.readouterr()
@@ -110,12 +103,23 @@ def test_hh_rlhf_from_download_to_exported_model(tmp_path, capsys):
     assert 0.0 <= metrics["eval/rm/win_rate"] <= 1.0
     assert metrics["eval/rm/policy_reward"] != metrics["eval/rm/reference_reward"]  # two different sets of samples
     assert main(["eval", str(tmp_path / "rm")]) == 1  # a folder that is not a run directory
-    assert main(["export", str(run), "--out", str(tmp_path / "exported")]) == 0
+
+
+def check_export(run, out):
+    """``jaxspo export`` writes a Llama folder that transformers loads, with the model's chat template."""
     import transformers
 
-    exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported")
-    assert exported.config.model_type == "llama"
-    assert (
-        transformers.AutoTokenizer.from_pretrained(tmp_path / "exported").chat_template
-        == hf_tiny.tokenizer().chat_template
-    )
+    from jaxspo.cli import main
+
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    assert transformers.AutoModelForCausalLM.from_pretrained(out).config.model_type == "llama"
+    assert transformers.AutoTokenizer.from_pretrained(out).chat_template == hf_tiny.tokenizer().chat_template
+
+
+@pytest.mark.slow
+def test_hh_rlhf_from_download_to_exported_model(tmp_path, capsys):
+    tfds = prepare_hh(tmp_path, capsys)
+    model = hf_tiny.save(hf_tiny.build_hf("llama2"), tmp_path / "model")  # its tokenizer has a chat template
+    train_hh(model, tfds, tmp_path / "run")
+    check_eval_reproduces_the_run(tmp_path / "run", tmp_path, capsys)
+    check_export(tmp_path / "run", tmp_path / "exported")

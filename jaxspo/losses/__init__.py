@@ -26,6 +26,7 @@ __all__ = [
     "loss_names",
     "offset_losses",
     "params_key",
+    "ranking_losses",
     "register_loss",
     "soft_label_losses",
     "preference_objective",

@@ -121,7 +121,9 @@ class LossSpec:
     ``needs_reference``: uses π_ref log-probs (with ``loss.reference: none`` they are taken as 0, i.e. a
     uniform reference). ``needs_soft_label``: reads ``PairLogps.soft_label``, so every training row must
     carry one (see :mod:`jaxspo.data.soft_labels`). ``needs_offset``: reads ``PairLogps.offset``, so the
-    batch carries an ``offset`` field (e.g. ``sequential``'s, computed by :mod:`jaxspo.train.stages`).
+    batch carries an ``offset`` field (e.g. ``sequential``'s, computed by :mod:`jaxspo.objectives.stage_rows`).
+    ``needs_ranking`` (list losses): reads every listed response's rank, so each train row needs a full
+    ``ranking``; False: only which response is best, so a row's ``best`` serves (``soft_spo_best_of_n``).
     ``params``: the loss's hyper-parameter dataclass; call the loss through :meth:`apply`, which passes them.
     """
 
@@ -131,6 +133,7 @@ class LossSpec:
     needs_soft_label: bool
     layout: str = "pair"  # "pair": fn reads PairLogps; "list": fn reads jaxspo.losses.soft_spo.ListLogps (ranked lists)
     needs_offset: bool = False
+    needs_ranking: bool = True
     params: type | None = (
         None  # frozen dataclass of the loss's hyper-parameters (section loss.params.<name>); None = none
     )
@@ -158,12 +161,14 @@ def register_loss(
     needs_soft_label: bool = False,
     layout: str = "pair",
     needs_offset: bool = False,
+    needs_ranking: bool = True,
     params: type | None = None,
 ) -> Callable[[LossFn], LossFn]:
     """Decorator registering ``fn(logps: PairLogps, cfg: LossConfig) -> loss [B] | (loss [B], metrics)``.
 
     ``layout="list"``: ``fn`` reads ranked lists (:class:`jaxspo.losses.soft_spo.ListLogps`) instead of pairs.
     ``needs_offset``: ``fn`` reads ``PairLogps.offset`` (every batch then carries an ``offset`` field).
+    ``needs_ranking=False`` (a list loss): ``fn`` reads only which response is best (rows may give ``best``).
     ``params``: a frozen dataclass whose fields all have defaults; ``fn`` is then called ``fn(logps, cfg, params)``.
     """
     if params is not None:
@@ -172,7 +177,9 @@ def register_loss(
     def decorate(fn: LossFn) -> LossFn:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"loss '{name}' is already registered by {_REGISTRY[name].fn.__module__}")
-        _REGISTRY[name] = LossSpec(name, fn, needs_reference, needs_soft_label, layout, needs_offset, params)
+        _REGISTRY[name] = LossSpec(
+            name, fn, needs_reference, needs_soft_label, layout, needs_offset, needs_ranking, params
+        )
         return fn
 
     return decorate
@@ -215,6 +222,7 @@ def _import_loss(name: str) -> LossSpec:
             "needs_soft_label": decorated.needs_soft_label,
             "layout": decorated.layout,
             "needs_offset": decorated.needs_offset,
+            "needs_ranking": decorated.needs_ranking,
             "params": decorated.params,
         }
     )
@@ -238,6 +246,11 @@ def loss_names() -> list[str]:
 def offset_losses(terms: Mapping[str, float]) -> list[str]:
     """The configured loss names that read the per-pair ``offset`` field."""
     return [name for name in terms if get_loss(name).needs_offset]
+
+
+def ranking_losses(terms: Mapping[str, float]) -> list[str]:
+    """The configured list-loss names that read a full ranking of each list (not only its best response)."""
+    return [name for name in terms if get_loss(name).needs_ranking]
 
 
 def soft_label_losses(terms: Mapping[str, float]) -> list[str]:

@@ -164,7 +164,9 @@ def _winners(logps: ListLogps, params: SoftSpoListParams) -> jax.Array | None:
     return None if logps.scores is None else soft_winners(logps.scores, logps.mask, params.score_temperature)
 
 
-@register_loss("soft_spo_best_of_n", needs_reference=False, layout="list", params=SoftSpoListParams)
+@register_loss(
+    "soft_spo_best_of_n", needs_reference=False, layout="list", needs_ranking=False, params=SoftSpoListParams
+)
 def soft_spo_best_of_n(logps: ListLogps, cfg, params: SoftSpoListParams) -> tuple[jax.Array, PairMetrics]:
     """−(1/α) Σ_j q_j log(πθ(y_j)^α / Σ_i πθ(y_i)^α) · μ on lists, q = the best one or softmax(score/τ);
     SPO, Sharifnassab et al., arXiv 2405.00747."""

@@ -2,6 +2,8 @@
 
 - :mod:`~jaxspo.objectives.batches`: the typed batches (SFT, padded pairs, packed pairs, ranked lists, add-ons);
 - :mod:`~jaxspo.objectives.sft`, :mod:`~jaxspo.objectives.pairs`, :mod:`~jaxspo.objectives.lists`: the objectives;
+- :mod:`~jaxspo.objectives.pair_rows`, :mod:`~jaxspo.objectives.stage_rows`, :mod:`~jaxspo.objectives.selfsup_data`:
+  host-side preparation of rows (pairs, a sequential stage's pairs, selfsup's degraded copies);
 - :mod:`~jaxspo.objectives.selfsup`, :mod:`~jaxspo.objectives.kl`: add-on terms (selfsup's degree loss with its
   classify head; the KL regulariser with its sampler);
 - :mod:`~jaxspo.objectives.switches`: the one reader of the objective switches of a config, and
@@ -15,7 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from jaxspo.objectives.base import HostContext, Objective, Prepared
+    from jaxspo.objectives.base import HostContext, Objective, Prepared, StageContext
     from jaxspo.objectives.batches import ListBatch, PackedPairBatch, PairBatch, SFTBatch
     from jaxspo.objectives.build import build_objective
     from jaxspo.objectives.pairs import packed_pair_logps, padded_pair_logps
@@ -28,6 +30,7 @@ __all__ = [
     "PairBatch",
     "Prepared",
     "SFTBatch",
+    "StageContext",
     "build_objective",
     "packed_pair_logps",
     "padded_pair_logps",

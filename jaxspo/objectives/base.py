@@ -40,10 +40,24 @@ Encoder = Callable[[Any, str], Encode]  # (tokenizer, split) -> the split's enco
 EvalMetric = Callable[[Any, Any], dict[str, float]]  # (params, reference params) -> more eval/... metrics
 
 
+Frozen = tuple[nnx.GraphDef, Any]  # a frozen model as (graph, params)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageContext:
+    """The sequential stage being prepared: its 0-based ``index`` n−1 and ``policy(i)``, the frozen π_i as
+    (graph, params) for i = 0 … n−1 (asked for one at a time)."""
+
+    index: int
+    policy: Callable[[int], Frozen]
+
+
 @dataclasses.dataclass(frozen=True)
 class HostContext:
-    """What a host-side preparation reads: the run's config, tokenizer, model graph and mesh, the frozen
-    reference's params (π_0, or ``model.reference_path``'s) and the held-out pairs (for its eval metrics)."""
+    """What a host-side preparation reads: the run's config (a stage's: the recipe's, all stages), tokenizer,
+    the frozen reference's model graph and params (π_0, ``model.reference_path``'s, or a stage's π_{n−1}), the
+    mesh, the held-out pairs (for its eval metrics), ``scorer(graph)``: the run's pair scorer of that graph
+    (:class:`~jaxspo.train.scoring.PairScorer`, one compile per graph) and, in a sequential stage, ``stage``."""
 
     cfg: Any
     tokenizer: Any
@@ -51,6 +65,8 @@ class HostContext:
     mesh: Mesh
     reference: Any
     eval_pairs: Arrays
+    scorer: Callable[[nnx.GraphDef], Any]
+    stage: StageContext | None = None
 
 
 @dataclasses.dataclass

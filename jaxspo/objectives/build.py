@@ -1,9 +1,10 @@
 """``build_objective(cfg)``: the one place that reads the objective switches of a config.
 
 Lists (a loss of ``layout="list"``), the pair layout (``data.layout``, ``data.pack_pairs``), the reference
-(``loss.reference`` and which terms read it), the per-pair offset (losses registered with ``needs_offset``),
-selfsup (``loss.selfsup.weight``) and the KL regulariser (``loss.kl.beta``) are decided here; the step, the
-loop and the compiler ask the returned :class:`~jaxspo.objectives.Objective`.
+(``loss.reference`` and which terms read it), the per-pair offset (losses registered with ``needs_offset``), the
+sequential stages' preparation of their pairs (``stages``), selfsup (``loss.selfsup.weight``) and the KL regulariser
+(``loss.kl.beta``) are decided here; the step, the loop and the compiler ask the returned
+:class:`~jaxspo.objectives.Objective`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from jaxspo.objectives.pair_rows import pair_encoder, precomputed_reference_logp
 from jaxspo.objectives.pairs import PACKED, PADDED, pair_count, pair_loss
 from jaxspo.objectives.selfsup_data import degraded_copies
 from jaxspo.objectives.sft import sft_objective
+from jaxspo.objectives.stage_rows import stage_reference_and_offset
 
 PHASES = ("sft", "preference")
 
@@ -49,9 +51,11 @@ def _pair_objective(cfg: Any) -> Objective:
     fields += (OFFSET_FIELD,) if switches.offset_terms(loss_cfg) else ()
     fields += selfsup.batch_fields(loss_cfg)
     term = selfsup.degree_term(loss_cfg) if switches.selfsup_active(loss_cfg) else None
-    preparations = ((degraded_copies,) if switches.selfsup_active(loss_cfg) else ()) + (
-        (precomputed_reference_logps,) if reference == "precomputed" else ()
-    )
+    preparations = (degraded_copies,) if switches.selfsup_active(loss_cfg) else ()
+    if switches.staged(cfg):  # π_{n−1}'s log-probs (whatever the reference mode: the offset needs them) and offset
+        preparations += (stage_reference_and_offset,)
+    elif reference == "precomputed":
+        preparations += (precomputed_reference_logps,)
     return Objective(
         "pairs",
         layout.batch_type,

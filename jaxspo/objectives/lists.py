@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxspo.data.lists import encode_list_rows, rank_by_scores
-from jaxspo.losses import get_loss
+from jaxspo.losses import get_loss, ranking_losses
 from jaxspo.losses.soft_spo import ListLogps
 from jaxspo.objectives.base import Arrays, Encode, Encoder
 from jaxspo.objectives.batches import ListBatch
@@ -18,9 +18,9 @@ from jaxspo.train.logprobs import sequence_logps
 
 def list_encoder(cfg: Any, pairs: Encoder) -> Encoder:
     """The train split → ranked lists ``[N, n, data.max_length]``, best first (the built-in task's rankings come
-    from its scores; only ``soft_spo_best_of_n`` makes do with a row's 'best'); other splits by ``pairs``
-    (held-out pairs)."""
-    need_ranking = set(cfg.loss.terms) != {"soft_spo_best_of_n"}
+    from its scores; a row's 'best' serves when no term reads the full ranking: losses registered with
+    ``needs_ranking=False``, e.g. ``soft_spo_best_of_n``); other splits by ``pairs`` (held-out pairs)."""
+    need_ranking = bool(ranking_losses(cfg.loss.terms))
     task = cfg.data.synthetic
 
     def encoder(tokenizer: Any, split: str) -> Encode:

@@ -10,7 +10,6 @@ from jaxspo.data.soft_labels import orient_pairs
 from jaxspo.losses import soft_label_losses
 from jaxspo.objectives.base import Arrays, Encode, Encoder, HostContext, Prepared
 from jaxspo.train.reference_cache import cached_reference_logps
-from jaxspo.train.scoring import PairScorer
 
 
 def pair_encoder(cfg: Any) -> Encoder:
@@ -34,9 +33,8 @@ def pair_encoder(cfg: Any) -> Encoder:
 def precomputed_reference_logps(context: HostContext, arrays: Arrays) -> Prepared:
     """``reference_chosen_logps`` and ``reference_rejected_logps`` ``[N]`` of every pair under the frozen
     reference: one sharded pass, or read from ``loss.reference_cache_dir``."""
-    cfg = context.cfg
-    scorer = PairScorer(context.graphdef, context.mesh, cfg.mesh.rules, cfg.trainer.batch_size)
+    scorer = context.scorer(context.graphdef)
     cached, _ = cached_reference_logps(
-        cfg.loss.reference_cache_dir, scorer, context.reference, arrays, context.tokenizer
+        context.cfg.loss.reference_cache_dir, scorer, context.reference, arrays, context.tokenizer
     )
     return Prepared(cached)

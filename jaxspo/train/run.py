@@ -29,6 +29,7 @@ from jaxspo.sharding import make_mesh
 from jaxspo.train.evaluate import Evaluator
 from jaxspo.objectives import HostContext, build_objective, switches
 from jaxspo.train.metrics_log import MetricsLog
+from jaxspo.train.scoring import PairScorer
 from jaxspo.train.state import abstract_model, init_params, param_shardings
 
 log = logging.getLogger("jaxspo")
@@ -82,6 +83,7 @@ class Run:
         self.run_dir = run_dir
         self.data_reports: dict[str, DataReport] = {}
         self._encoded: dict[tuple[str, int | None], dict[str, np.ndarray]] = {}
+        self._scorers: dict[nnx.GraphDef, PairScorer] = {}
         for split in screen if screen is not None else ("eval",) if switches.staged(cfg) else ("train", "eval"):
             self.encoded(split, cfg.eval.num_pairs if split == "eval" else None)
         self.mesh = make_mesh(cfg.mesh.shape())
@@ -120,41 +122,45 @@ class Run:
         )
 
     def encoded(self, split: str, limit: int | None = None) -> dict[str, np.ndarray]:
-        """A split (its first ``limit`` rows) as static-shape arrays; bad rows handled by ``data.on_bad_row``.
-
-        The objective encodes them (``sft``: the warm start's; else the preference objective's: pairs or lists).
-        What was kept and skipped, by reason, goes to RUN_DIR/data_report.json. Encoded once per (split, limit).
-        """
+        """A split (its first ``limit`` rows) as static-shape arrays (:meth:`encode_rows`). Encoded once per
+        (split, limit); the pipeline's splits (``sft``, ``train``) are read row by row from ``data.spill_dir``."""
         if (split, limit) in self._encoded:
             return self._encoded[split, limit]
+        rows, source = self.splits.rows[split][:limit], self.splits.names[split]
+        arrays = self.encode_rows(split, rows, source, split, self.splits.reports.get(split))
+        if self.cfg.data.spill_dir and split in ("sft", "train"):
+            arrays = spill(arrays, self.cfg.data.spill_dir, split)
+        self._encoded[split, limit] = arrays
+        return arrays
+
+    def encode_rows(
+        self, split: str, rows: list[Any], source: str, key: str, report: DataReport | None = None
+    ) -> dict[str, np.ndarray]:
+        """``rows`` of ``split`` as the objective encodes them (``sft``: the warm start's; else the preference
+        objective's: pairs or lists); bad rows handled by ``data.on_bad_row``. What was kept and skipped, by reason,
+        is reported (``source``; ``report``: its reader's so far) under ``key`` in RUN_DIR/data_report.json."""
         objective = build_objective(self.cfg, "sft" if split == "sft" else "preference")
         encode = objective.encode(self.tokenizer, split)
-        arrays, report = encode_screened(
-            self.splits.rows[split][:limit],
-            encode,
-            self.splits.names[split],
-            self.cfg.data.on_bad_row,
-            self.splits.reports.get(split),
-        )
-        self.data_reports[split] = report
+        arrays, report = encode_screened(rows, encode, source, self.cfg.data.on_bad_row, report)
+        self.data_reports[key] = report
         if is_writer():
             write_reports(list(self.data_reports.values()), self.run_dir / "data_report.json")
         if report.skipped:
             log.warning(
                 "%s: skipped %d of %d rows: %s", report.source, report.rows - report.kept, report.rows, report.skipped
             )
-        if self.cfg.data.spill_dir and split in (
-            "sft",
-            "train",
-        ):  # the pipeline's splits: read row by row from local disk
-            arrays = spill(arrays, self.cfg.data.spill_dir, split)
-        self._encoded[split, limit] = arrays
         return arrays
+
+    def pair_scorer(self, graphdef: nnx.GraphDef) -> PairScorer:
+        """One pair scorer (one compile per chunk width) per model graph: the full model, or a LoRA view's."""
+        if graphdef not in self._scorers:
+            self._scorers[graphdef] = PairScorer(graphdef, self.mesh, self.cfg.mesh.rules, self.cfg.trainer.batch_size)
+        return self._scorers[graphdef]
 
     def host_context(self, reference: Any) -> HostContext:
         """What the objective's host-side preparations read, with the frozen ``reference`` params."""
         pairs = self.encoded("eval", self.cfg.eval.num_pairs)
-        return HostContext(self.cfg, self.tokenizer, self.graphdef, self.mesh, reference, pairs)
+        return HostContext(self.cfg, self.tokenizer, self.graphdef, self.mesh, reference, pairs, self.pair_scorer)
 
     def evaluator(self, graphdef: nnx.GraphDef) -> Evaluator:
         """The held-out evaluator for models of ``graphdef`` (LoRA: the adapted graph, dropout off)."""

@@ -3,13 +3,14 @@
 For stage n (1-based) of ``cfg.stages``:
 
 1. **Pairs**: the task's train split turned into pairs labelled by the stage's dimension alone
-   (:func:`~jaxspo.data.dimensions.dimension_pairs`), checked before any step of any stage runs.
-2. **Frozen log-probs**: one sharded pass (:class:`~jaxspo.train.scoring.PairScorer`) over the stage's
-   pairs under each frozen π_0 … π_{n−1}, cached on disk under ``loss.reference_cache_dir`` keyed by the
-   hashes of the pairs, the weights and the tokenizer (:mod:`jaxspo.train.reference_cache`); π_{n−1}'s
-   are the stage's precomputed reference, and the per-pair offset Σ_{i<n} λ_{n,i}[R_i(y_w) − R_i(y_l)]
-   is computed from all of them (:func:`~jaxspo.losses.sequential.stage_offset`, float64). A stage
-   holds one trainable model (plus π_{n−1} for evaluation) and these arrays.
+   (:func:`~jaxspo.data.dimensions.dimension_pairs`), encoded by the objective (:meth:`Run.encode_rows
+   <jaxspo.train.run.Run.encode_rows>`) and checked before any step of any stage runs.
+2. **Frozen log-probs**: the objective's preparation of the stage's pairs
+   (:func:`~jaxspo.objectives.stage_rows.stage_reference_and_offset`): one sharded pass over them under each
+   frozen π_0 … π_{n−1}, cached on disk under ``loss.reference_cache_dir`` keyed by the hashes of the pairs,
+   the weights and the tokenizer (:mod:`jaxspo.train.reference_cache`); π_{n−1}'s are the stage's precomputed
+   reference, and the per-pair offset Σ_{i<n} λ_{n,i}[R_i(y_w) − R_i(y_l)] is computed from all of them. A
+   stage holds one trainable model (plus π_{n−1} for evaluation) and these arrays.
 3. **Training**: the ``sequential`` loss with β_n from π_{n−1}, as a preference phase named
    ``stage-n`` (metric rows ``"phase": "stage-n"``, checkpoints ``checkpoints/stage-n/<step>``).
 4. **Evaluation** against π_{n−1} (gold reward of sampled responses on every dimension; pair metrics
@@ -39,35 +40,19 @@ import numpy as np
 from flax import nnx
 
 from jaxspo.checkpoint import save_params
-from jaxspo.config import Config
 from jaxspo.data.dimensions import dimension_pairs
-from jaxspo.data.encode import encode_preference_rows
 from jaxspo.data.row_store import spill
-from jaxspo.data.screen import encode_screened, write_reports
-from jaxspo.distributed import is_writer
 from jaxspo.errors import DataError
-from jaxspo.losses.sequential import stage_offset
-from jaxspo.train.evaluate import Evaluator
 from jaxspo.lora.choose import stage_views
 from jaxspo.lora.stages import StageViews
+from jaxspo.objectives import StageContext, build_objective
+from jaxspo.objectives.base import EvalMetric, Frozen, Prepared
+from jaxspo.objectives.stage_rows import stage_config
+from jaxspo.train.evaluate import Evaluator
 from jaxspo.train.plan import EvalMetrics, PhaseSetup, PlannedPhase
-from jaxspo.train.reference_cache import cached_reference_logps
 from jaxspo.train.run import Run
-from jaxspo.train.scoring import PairScorer
-from jaxspo.objectives.batches import OFFSET_FIELD, PRECOMPUTED_FIELDS
 
 log = logging.getLogger("jaxspo")
-
-
-def stage_config(cfg: Config, index: int) -> Config:
-    """The config stage ``index`` (0-based) trains with: its β_n, peak learning rate and steps."""
-    stage = cfg.stages[index]
-    return dataclasses.replace(
-        cfg,
-        loss=dataclasses.replace(cfg.loss, beta=stage.beta or cfg.loss.beta),
-        optimizer=dataclasses.replace(cfg.optimizer, learning_rate=stage.learning_rate or cfg.optimizer.learning_rate),
-        trainer=dataclasses.replace(cfg.trainer, steps=stage.steps or cfg.trainer.steps),
-    )
 
 
 class SequentialStages:
@@ -80,10 +65,10 @@ class SequentialStages:
         self.run = run
         self.train_arrays = [self._encode("train", k) for k in range(len(run.cfg.stages))]
         self.eval_arrays = [self._encode("eval", k, run.cfg.eval.num_pairs) for k in range(len(run.cfg.stages))]
-        self._scorers: dict[nnx.GraphDef, PairScorer] = {}
         self._evaluators: dict[nnx.GraphDef, Evaluator] = {}
         self.phases = [self._planned(k) for k in range(len(run.cfg.stages))]
         self.views: StageViews | None = None  # π_0 and the finished stages (full models, or LoRA adapters)
+        self.eval_metrics: dict[int, list[EvalMetric]] = {}  # a stage's metrics its preparations add
 
     def _planned(self, index: int) -> PlannedPhase:
         scfg = stage_config(self.run.cfg, index)
@@ -112,11 +97,7 @@ class SequentialStages:
             raise DataError(
                 f"{source}: no pair of responses differs by at least min_gap={stage.min_gap} on '{stage.dimension}'"
             )
-        encode = functools.partial(encode_preference_rows, tokenizer=self.run.tokenizer, max_length=cfg.data.max_length)
-        arrays, report = encode_screened(rows, encode, source, cfg.data.on_bad_row)
-        self.run.data_reports[source] = report
-        if is_writer():
-            write_reports(list(self.run.data_reports.values()), self.run.run_dir / "data_report.json")
+        arrays = self.run.encode_rows(split, rows, source, source)
         return (
             spill(arrays, cfg.data.spill_dir, f"stage-{index + 1}")
             if cfg.data.spill_dir and split == "train"
@@ -128,33 +109,20 @@ class SequentialStages:
         root = self.run.run_dir / "checkpoints"
         return (root / ("reference" if number == 0 else f"policy-{number}")).resolve()
 
-    def frozen_fields(self, index: int, view: Callable[[int], tuple[nnx.GraphDef, Any]]) -> dict[str, np.ndarray]:
-        """Reference log-probs (π_{n−1}) and the offset ``[N]`` float32 of stage ``index``'s train pairs.
+    def prepared(self, index: int, policy: Callable[[int], Frozen]) -> Prepared:
+        """Stage ``index``'s train pairs as the objective prepares them once π_{n−1} exists (its log-probs and the
+        offset: :func:`~jaxspo.objectives.stage_rows.stage_reference_and_offset`).
 
-        ``view(i)`` is the frozen π_i as (graph, params), i = 0 … n−1, asked for one at a time.
+        ``policy(i)`` is the frozen π_i as (graph, params), i = 0 … n−1, asked for one at a time.
         """
-        cfg, arrays = self.run.cfg, self.train_arrays[index]
-        chosen, rejected = [], []
-        for number in range(index + 1):
-            graphdef, params = view(number)
-            logps, _ = cached_reference_logps(
-                cfg.loss.reference_cache_dir, self.scorer(graphdef), params, arrays, self.run.tokenizer
-            )
-            chosen.append(logps["reference_chosen_logps"].astype(np.float64))
-            rejected.append(logps["reference_rejected_logps"].astype(np.float64))
-        earlier = cfg.stages[:index]
-        betas = [stage_config(cfg, k).loss.beta for k in range(index)]
-        offset = stage_offset(chosen, rejected, betas, [s.lambdas for s in earlier], cfg.stages[index].lambdas)
-        fields = dict(zip(PRECOMPUTED_FIELDS, (chosen[-1].astype(np.float32), rejected[-1].astype(np.float32))))
-        return fields | {OFFSET_FIELD: np.asarray(offset, dtype=np.float32)}
-
-    def scorer(self, graphdef: nnx.GraphDef) -> PairScorer:
-        """One pair scorer (one compile) per graph: the full model, or a stacked LoRA stage's π_i."""
-        if graphdef not in self._scorers:
-            self._scorers[graphdef] = PairScorer(
-                graphdef, self.run.mesh, self.run.cfg.mesh.rules, self.run.cfg.trainer.batch_size
-            )
-        return self._scorers[graphdef]
+        graphdef, reference = policy(index)
+        context = dataclasses.replace(
+            self.run.host_context(reference),
+            graphdef=graphdef,
+            eval_pairs=self.eval_arrays[index],
+            stage=StageContext(index, policy),
+        )
+        return build_objective(self.run.cfg).prepare(context, self.train_arrays[index])
 
     def evaluator(self, graphdef: nnx.GraphDef) -> Evaluator:
         """One evaluator (sampler and scorer compiles) per graph; pairs and β are set per stage."""
@@ -170,6 +138,7 @@ class SequentialStages:
         """Held-out metrics of stage ``index``'s policy against its reference (its dimension's pairs, its β)."""
         evaluator = self.evaluator(graphdef)
         evaluator.cfg, evaluator.pairs = stage_config(self.run.cfg, index), self.eval_arrays[index]
+        evaluator.extra_metrics = self.eval_metrics.get(index, [])
         return evaluator(params, reference, self.run.eval_key) | {"eval/stage": float(index + 1)}
 
     def start_eval(self) -> EvalMetrics:
@@ -186,9 +155,12 @@ class SequentialStages:
         return True
 
     def before(self, index: int) -> PhaseSetup:
-        """Stage ``index``'s preparation: its pairs with π_{n−1}'s log-probs and the offset; the run as the stage
-        sees it (its config) and its model view (from π_{n−1}, also its reference; LoRA: a fresh adapter on it)."""
-        arrays = self.train_arrays[index] | self.frozen_fields(index, self.views.view)
+        """Stage ``index``'s preparation: its pairs as the objective prepares them (π_{n−1}'s log-probs, the offset);
+        the run as the stage sees it (its config) and its model view (from π_{n−1}, also its reference; LoRA: a
+        fresh adapter on it)."""
+        prepared = self.prepared(index, self.views.view)
+        arrays = self.train_arrays[index] | prepared.fields
+        self.eval_metrics[index] = prepared.eval_metrics
         run = copy.copy(self.run)
         run.cfg = stage_config(self.run.cfg, index)
         view = self.views.training(run.cfg, index)
