@@ -19,6 +19,7 @@ import re
 import resource
 import sys
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault(
     "XLA_FLAGS",
@@ -29,13 +30,11 @@ os.environ["JAX_COMPILATION_CACHE_DIR"] = ""  # every program compiled, none rea
 
 import jax  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' tiny-run settings
+from tests.run_overrides import TINY_MODEL_AND_DATA  # noqa: E402
+
 TINY = [
-    "model.hidden_size=32",
-    "model.intermediate_size=64",
-    "model.num_layers=2",
-    "data.synthetic.num_sft=256",
-    "data.synthetic.num_train=128",
-    "data.synthetic.num_eval=32",
+    *TINY_MODEL_AND_DATA,
     "trainer.sft_steps=6",
     "trainer.sft_batch_size=8",
     "trainer.steps=6",

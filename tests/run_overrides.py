@@ -2,3 +2,14 @@
 
 # a run that writes no progress bar, TensorBoard events or curves.png (tests that check those leave them on)
 QUIET = ["logging.progress_bar=false", "logging.tensorboard=false", "logging.plot=false"]
+
+# the tiny model (2 layers, width 32) and synthetic data sizes of the whole-run tests (runs, resumes, stages,
+# processes) and of benchmarks/run_programs.py
+TINY_MODEL_AND_DATA = [
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.num_layers=2",
+    "data.synthetic.num_sft=256",
+    "data.synthetic.num_train=128",
+    "data.synthetic.num_eval=32",
+]

@@ -21,6 +21,7 @@ from jaxspo import distributed, launch
 from jaxspo.distributed import Plan, plan_from_env
 from jaxspo.errors import DistributedError
 from jaxspo.sharding import make_mesh
+from tests.run_overrides import TINY_MODEL_AND_DATA
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -184,12 +185,7 @@ def test_global_batches_and_gathers_across_two_processes(capsys):
 # No SFT phase: it runs the same multi-process machinery (global batches, gathers, checkpoints) as the preference
 # phase, which is under test here; leaving it out saves ~10% of each process's CPU time.
 TINY = [
-    "model.hidden_size=32",
-    "model.intermediate_size=64",
-    "model.num_layers=2",
-    "data.synthetic.num_sft=256",
-    "data.synthetic.num_train=128",
-    "data.synthetic.num_eval=32",
+    *TINY_MODEL_AND_DATA,
     "trainer.sft_steps=0",
     "trainer.steps=4",
     "trainer.batch_size=8",

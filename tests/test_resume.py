@@ -21,15 +21,11 @@ from jaxspo.errors import PREEMPTED_EXIT_CODE, NonFiniteError
 from jaxspo.losses import get_loss, register_loss
 from jaxspo.train import loop
 from jaxspo.train import run as run_module
+from tests.run_overrides import TINY_MODEL_AND_DATA
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
-    "model.hidden_size=32",
-    "model.intermediate_size=64",
-    "model.num_layers=2",
-    "data.synthetic.num_sft=256",
-    "data.synthetic.num_train=128",
-    "data.synthetic.num_eval=32",
+    *TINY_MODEL_AND_DATA,
     "trainer.sft_steps=8",
     "trainer.sft_batch_size=8",
     "trainer.steps=12",

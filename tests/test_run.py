@@ -12,14 +12,10 @@ from transformers import AutoTokenizer
 from jaxspo.config import load_config
 from jaxspo.train.loop import train
 from jaxspo.train.summary import summary_table
+from tests.run_overrides import TINY_MODEL_AND_DATA
 
 TINY_RUN = [
-    "model.hidden_size=32",
-    "model.intermediate_size=64",
-    "model.num_layers=2",
-    "data.synthetic.num_sft=256",
-    "data.synthetic.num_train=128",
-    "data.synthetic.num_eval=32",
+    *TINY_MODEL_AND_DATA,
     "trainer.sft_steps=6",
     "trainer.sft_batch_size=8",
     "trainer.steps=6",

@@ -18,15 +18,10 @@ from jaxspo.train.run import Run
 from jaxspo.train.scoring import PairScorer
 from jaxspo.train.stages import SequentialStages
 from tests.test_resume import REPO, final_params, metrics, wait_for_step
-from tests.run_overrides import QUIET
+from tests.run_overrides import QUIET, TINY_MODEL_AND_DATA
 
 TINY = [
-    "model.hidden_size=32",
-    "model.intermediate_size=64",
-    "model.num_layers=2",
-    "data.synthetic.num_sft=256",
-    "data.synthetic.num_train=128",
-    "data.synthetic.num_eval=32",
+    *TINY_MODEL_AND_DATA,
     "trainer.sft_steps=8",
     "trainer.sft_batch_size=8",
     "trainer.steps=6",
