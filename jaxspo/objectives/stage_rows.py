@@ -28,14 +28,16 @@ def stage_config(cfg: Any, index: int) -> Any:
 def stage_reference_and_offset(context: HostContext, arrays: Arrays) -> Prepared:
     """Stage n's reference log-probs (π_{n−1}'s) and offset ``[N]`` float32 of its train pairs.
 
-    One sharded pass per frozen π_0 … π_{n−1} (``context.stage.policy``), each cached on disk under
-    ``loss.reference_cache_dir``; the offset Σ_{i<n} λ_{n,i}[R_i(y_w) − R_i(y_l)] is computed from all of them in
-    float64 (:func:`~jaxspo.losses.sequential.stage_offset`) with the earlier stages' β and stage n's λ.
+    One sharded pass per frozen π_0 … π_{n−1} (``context.stage.policy``; π_{n−1} is the context's reference and
+    graph, already built), each cached on disk under ``loss.reference_cache_dir``; the offset
+    Σ_{i<n} λ_{n,i}[R_i(y_w) − R_i(y_l)] is computed from all of them in float64
+    (:func:`~jaxspo.losses.sequential.stage_offset`) with the earlier stages' β and stage n's λ.
     """
     cfg, index = context.cfg, context.stage.index
     chosen, rejected = [], []
     for number in range(index + 1):
-        graphdef, params = context.stage.policy(number)
+        latest = number == index
+        graphdef, params = (context.graphdef, context.reference) if latest else context.stage.policy(number)
         logps, _ = cached_reference_logps(
             cfg.loss.reference_cache_dir, context.scorer(graphdef), params, arrays, context.tokenizer
         )
