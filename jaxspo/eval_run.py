@@ -4,7 +4,8 @@ Runs the training loop's :class:`~jaxspo.train.evaluate.Evaluator` on the config
 preference accuracy, implicit-reward accuracy and margins, DPO loss, and over responses sampled for the
 held-out prompts: the gold rewards (built-in task), KL to the reference and length — with the same
 sampling key as training's evaluations, so evaluating a finished run's ``params`` reproduces its last
-logged evaluation. With ``--reward-model`` it also samples the reference's responses and reports the
+logged evaluation (a LoRA run's adapters are merged into their base first: :func:`jaxspo.lora.choose.run_policy`).
+With ``--reward-model`` it also samples the reference's responses and reports the
 policy's win rate and both mean rewards under that model (:mod:`jaxspo.reward_model`).
 """
 

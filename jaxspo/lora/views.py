@@ -5,7 +5,8 @@ full fine-tuning (params are the whole model; ``frozen`` is the resident referen
 :class:`jaxspo.lora.adapted.AdaptedModel` for LoRA (params are the adapters; ``frozen`` holds the base).
 Around the step a phase asks a :class:`ModelView` (:class:`FullView` or
 :class:`jaxspo.lora.adapted.AdaptedView`) for its trained params, frozen input, evaluation and export params
-and checkpoint extras; :func:`preference_view` is the one place that picks between them.
+and checkpoint extras; :func:`jaxspo.lora.choose.preference_view` is the one place that picks between them.
+``jaxspo compile`` builds the same phase from shapes alone as an :class:`AbstractView`.
 """
 
 from __future__ import annotations
