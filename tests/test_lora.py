@@ -14,7 +14,7 @@ from flax import nnx
 
 from jaxspo import cli
 from jaxspo.checkpoint import save_params
-from jaxspo.compile import compile_step, fit_report
+from jaxspo.compile import abstract_step, compile_step, fit_report
 from jaxspo.config import ConfigError, config_from_dict, dump_yaml, load_config, to_dict
 from jaxspo.errors import BaseChangedError
 from jaxspo.export import export_run
@@ -326,8 +326,6 @@ def test_tiny_lora_step_compiles_for_a_tpu_slice_with_less_memory(monkeypatch):
 def test_jaxspo_compile_takes_the_trained_tree_and_frozen_input_from_the_chosen_view(lora):
     """`jaxspo compile`'s abstract step: full fine-tuning trains the whole model with the resident reference as its
     frozen input; LoRA trains the adapters, and the base (adapter_off: no second copy) is the frozen input."""
-    from jaxspo.compile import abstract_step
-
     cfg = load_config("configs/demo.yaml", ["mesh.data=1", "mesh.fsdp=4", *(LORA if lora else [])])
     cfg = dataclasses.replace(cfg, model=TINY)
     _, step, state, frozen, view = abstract_step(cfg, make_mesh(cfg.mesh.shape(), jax.devices()[:4]))
