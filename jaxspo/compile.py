@@ -24,8 +24,8 @@ from jaxspo.perf import TOPOLOGY_DEVICE_KINDS, device_peak, model_flops, recompu
 from jaxspo.objectives import Objective, PackedPairBatch, build_objective, switches
 from jaxspo.sharding import make_mesh
 from jaxspo.train.initialise import initialise
-from jaxspo.lora.model import AdaptedModel
-from jaxspo.train.state import abstract_model, param_shardings
+from jaxspo.lora.choose import abstract_view
+from jaxspo.lora.views import AbstractView, abstract_on
 from jaxspo.train.step import TrainStep
 from jaxspo.train.step_flops import step_forwards
 
@@ -91,10 +91,6 @@ def topology_devices(topology: Topology) -> list:
     return list(topologies.get_topology_desc(topology_name=topology.chip_grid, platform="tpu", **kwargs).devices)
 
 
-def _abstract(tree: Any, shardings: Any) -> Any:
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
 def resolve_model(cfg):
     """The config with its model architecture read from ``model.path``'s config.json when that folder exists."""
     if cfg.model.path and Path(cfg.model.path).is_dir():
@@ -119,18 +115,18 @@ class _Refused:
     alias_size_in_bytes: int = 0
 
 
-def analytic_bytes(cfg, objective: Objective, abstract_params: Any, abstract_trained: Any = None) -> dict[str, float]:
+def analytic_bytes(cfg, objective: Objective, view: AbstractView) -> dict[str, float]:
     """Bytes of params, gradients, Adam moments and the resident reference over the whole model.
 
-    With LoRA, ``abstract_trained`` are the adapters: gradients and Adam moments are theirs, and params
-    count the frozen base plus the adapters.
+    With a frozen base (LoRA) the trained params are the adapters: gradients and Adam moments are theirs, and
+    params count the frozen base plus the adapters.
     """
-    n = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
-    trained = n if abstract_trained is None else sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_trained))
+    n = sum(math.prod(x.shape) for x in jax.tree.leaves(view.params))
+    trained = sum(math.prod(x.shape) for x in jax.tree.leaves(view.abstract))
     width = jnp.dtype(cfg.model.param_dtype).itemsize
     resident = cfg.loss.reference == "resident" and objective.reads_frozen  # the KL regulariser's too
     reference = n * width if resident else 0
-    params = (n + (0 if abstract_trained is None else trained)) * width
+    params = (n + (trained if view.frozen_base else 0)) * width
     return {
         "parameters": float(n),
         "trained_parameters": float(trained),
@@ -184,23 +180,17 @@ def compile_step(cfg, devices: list, per_device_batch: int | None = None) -> dic
         return _compile_step(cfg, devices, per_device_batch)
 
 
-def abstract_step(cfg, mesh) -> tuple[Objective, TrainStep, Any, Any, Any]:
-    """(objective, step, abstract state, abstract frozen input, analytic bytes) of the preference phase, built
-    through the loop's own initialisation (:func:`jaxspo.train.initialise.initialise`) from shapes alone."""
+def abstract_step(cfg, mesh) -> tuple[Objective, TrainStep, Any, Any, AbstractView]:
+    """(objective, step, abstract state, abstract frozen input, model view) of the preference phase, built
+    through the loop's own initialisation (:func:`jaxspo.train.initialise.initialise`) from shapes alone, on the
+    model view the config chooses (:func:`jaxspo.lora.choose.abstract_view`: the whole model, or LoRA's adapters
+    on a frozen base)."""
     objective = build_objective(cfg, "preference")
-    graphdef, abstract_params = abstract_model(cfg.model)
-    model, trained, p_sharding = graphdef, abstract_params, param_shardings(abstract_params, mesh, cfg.mesh.rules)
-    if cfg.lora.enabled:  # the adapters are trained; the base is a frozen input
-        model = AdaptedModel.build(cfg.model, cfg.lora, cfg.loss.reference, mesh, cfg.mesh.rules)
-        trained, p_sharding = model.abstract_adapters, model.adapter_sharding
+    view = abstract_view(cfg, mesh)
     steps, lr, batch = max(cfg.trainer.steps, 1), cfg.optimizer.learning_rate, cfg.trainer.batch_size
-    state, step = initialise(cfg, mesh, model, trained, p_sharding, None, objective, steps, lr, batch)
-    if cfg.lora.enabled:
-        frozen = {k: None if s is None else _abstract(abstract_params, s) for k, s in step.reference_sharding.items()}
-    else:
-        frozen = None if step.reference_sharding is None else _abstract(abstract_params, step.reference_sharding)
-    analytic = analytic_bytes(cfg, objective, abstract_params, trained if cfg.lora.enabled else None)
-    return objective, step, _abstract(state, step.state_sharding), frozen, analytic
+    state, step = initialise(cfg, mesh, view.model, view.abstract, view.sharding, None, objective, steps, lr, batch)
+    frozen = view.frozen(step.reference_sharding)
+    return objective, step, abstract_on(state, step.state_sharding), frozen, view
 
 
 def _compiled(step: TrainStep, state: Any, frozen: Any, batch: Any, analytic: dict, model_shards: int):
@@ -217,6 +207,12 @@ def _compiled(step: TrainStep, state: Any, frozen: Any, batch: Any, analytic: di
     return compiled, compiled.memory_analysis(), time.perf_counter() - start
 
 
+def compiler_peak(compiled: Any, memory: Any, platform: str) -> int | None:
+    """The TPU compiler's own peak of HBM per device (libtpu simulates the program's buffer liveness), or None
+    where the platform gives none (XLA:CPU reports arguments + outputs) or the compiler refused the program."""
+    return int(memory.peak_memory_in_bytes) if compiled is not None and platform == "tpu" else None
+
+
 def _compile_step(cfg, devices: list, per_device_batch: int | None) -> dict[str, Any]:
     mesh = make_mesh(cfg.mesh.shape(), devices)
     batch_axes = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -226,11 +222,12 @@ def _compile_step(cfg, devices: list, per_device_batch: int | None) -> dict[str,
     batch = cfg.trainer.batch_size
     if batch % batch_axes:
         raise ValueError(f"trainer.batch_size ({batch}) must divide by the mesh's batch axes data×fsdp = {batch_axes}")
-    objective, step, state, frozen, analytic = abstract_step(cfg, mesh)
+    objective, step, state, frozen, view = abstract_step(cfg, mesh)
+    analytic = analytic_bytes(cfg, objective, view)
     abstract_batch = objective.abstract_batch(batch_dims(cfg, batch), step.batch_sharding)
     examples = abstract_batch.fields()
     examples |= longest_packed_rows(cfg, batch) if objective.batch_type is PackedPairBatch else {}
-    forwards = step_forwards(cfg, objective, examples, batch, frozen_base=cfg.lora.enabled)
+    forwards = step_forwards(cfg, objective, examples, batch, frozen_base=view.frozen_base)
     model_shards = mesh.shape["fsdp"] * mesh.shape["tensor"]
     compiled, memory, seconds = _compiled(step, state, frozen, abstract_batch, analytic, model_shards)
     cost = compiled.cost_analysis() if compiled is not None else None
@@ -247,6 +244,7 @@ def _compile_step(cfg, devices: list, per_device_batch: int | None) -> dict[str,
         "parameters": int(analytic["parameters"]),
         "trained_parameters": int(analytic["trained_parameters"]),
         "peak_bytes_per_device": int(peak),
+        "compiler_peak_bytes_per_device": compiler_peak(compiled, memory, devices[0].platform),
         "argument_bytes_per_device": int(memory.argument_size_in_bytes),
         "temp_bytes_per_device": int(memory.temp_size_in_bytes),
         "analytic_state_bytes_per_device": state_bytes / model_shards,
@@ -332,7 +330,7 @@ def format_report(report: dict[str, Any]) -> str:
         "trained); "
         f"global batch {report['global_batch']} × {report['sequence_length']} tokens",
         f"peak memory     {'≥ ' if report['refused_by_compiler'] else ''}{gib(report['peak_bytes_per_device'])} per "
-        "device "
+        "device (arguments + outputs − donated + temporaries) "
         f"of {gib(report['capacity_bytes_per_device'])} → fits: {'yes' if report['fits'] else 'NO'}",
         f"analytic state  {gib(report['analytic_state_bytes_per_device'])} per device (params + grads + Adam + "
         "reference)",
@@ -349,6 +347,12 @@ def format_report(report: dict[str, Any]) -> str:
         ),
         f"compile         {report['compile_seconds']:.1f} s",
     ]
+    if report.get("compiler_peak_bytes_per_device") is not None:
+        lines.insert(
+            3,
+            f"compiler peak   {gib(report['compiler_peak_bytes_per_device'])} per device (the TPU compiler's "
+            "simulated HBM peak: buffers live at once)",
+        )
     if "max_per_device_batch" in report:
         lines.append(f"max batch       {report['max_per_device_batch']} pairs per device (each two sequences)")
     return "\n".join(lines)

@@ -4,7 +4,8 @@ Runs the training loop's :class:`~jaxspo.train.evaluate.Evaluator` on the config
 preference accuracy, implicit-reward accuracy and margins, DPO loss, and over responses sampled for the
 held-out prompts: the gold rewards (built-in task), KL to the reference and length — with the same
 sampling key as training's evaluations, so evaluating a finished run's ``params`` reproduces its last
-logged evaluation. With ``--reward-model`` it also samples the reference's responses and reports the
+logged evaluation (a LoRA run's adapters are merged into their base first: :func:`jaxspo.lora.choose.run_policy`).
+With ``--reward-model`` it also samples the reference's responses and reports the
 policy's win rate and both mean rewards under that model (:mod:`jaxspo.reward_model`).
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 import jax
 
 from jaxspo.config import Config
-from jaxspo.errors import ConfigError, RunDirError
+from jaxspo.errors import RunDirError
 
 
 def _copy(params: Any) -> Any:
@@ -33,21 +34,19 @@ def evaluate(
     ``reference_dir`` (default: the starting point, or ``model.reference_path``); writes ``eval.json`` and
     ``data_report.json`` to ``out_dir`` when given."""
     from jaxspo.checkpoint import restore_params
+    from jaxspo.lora.choose import run_policy
     from jaxspo.train.run import Run
 
     cfg = dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, tensorboard=False, wandb=False))
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(out_dir or scratch)
         out.mkdir(parents=True, exist_ok=True)
-        if cfg.lora.enabled:
-            raise ConfigError(
-                "lora.rank: jaxspo eval reads full parameters; for a LoRA run, export the merged model first "
-                "(jaxspo export RUN_DIR --out DIR) and evaluate a config with model.path=DIR"
-            )
         run = Run(cfg, out, screen=("eval",))
         start = run.params if run.reference_params is None else run.reference_params
         reference = restore_params(Path(reference_dir).resolve(), _copy(run.params)) if reference_dir else start
-        policy = restore_params(Path(params_dir).resolve(), _copy(run.params)) if params_dir else run.params
+        policy = run.params
+        if params_dir:  # a LoRA run's adapters are merged into the base named by base.json beside them
+            policy = run_policy(cfg, Path(params_dir).resolve(), run.mesh, run.abstract_params, run.param_sharding)
         evaluator = run.evaluator(run.graphdef)
         key = jax.random.key(run.cfg.trainer.seed + 1)  # the key of training's evaluations
         metrics = evaluator(policy, reference, key)

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jax
 import transformers
 
 from jaxspo.config import load_config
 from jaxspo.models.hf_config import CheckpointError
 from jaxspo.models.hf_io import save_hf
 from jaxspo.sharding import make_mesh
-from jaxspo.checkpoint import restore_params
-from jaxspo.lora.export import lora_export
+from jaxspo.lora.choose import run_policy, write_peft
 from jaxspo.train.state import abstract_model, param_shardings
 
 
@@ -37,18 +35,13 @@ def export_run(
         if not (run_dir / needed).exists():
             raise CheckpointError(f"{run_dir / needed}: not found; is {run_dir} the directory of a finished run?")
     cfg = load_config(run_dir / "config.yaml")
-    if peft and not cfg.lora.enabled:
-        raise CheckpointError(f"{run_dir}: --peft needs a LoRA run (its lora.rank is 0)")
     mesh = make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
     _, abstract = abstract_model(cfg.model)
     shardings = param_shardings(abstract, mesh, cfg.mesh.rules)
-    if cfg.lora.enabled:
-        params = lora_export(cfg, run_dir, mesh, abstract, shardings, out_dir, peft, dtype)
-        if params is None:  # written in PEFT's format
-            return Path(out_dir)
-    else:
-        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-        params = restore_params(run_dir / "params", target)
+    if peft:
+        write_peft(cfg, run_dir / "params", mesh, abstract, shardings, out_dir, dtype)
+        return Path(out_dir)
+    params = run_policy(cfg, run_dir / "params", mesh, abstract, shardings)
     return _save_model(cfg, run_dir, params, out_dir, dtype, max_shard_size)
 
 

@@ -104,6 +104,9 @@ def test_tiny_step_compiles_for_a_tpu_slice_here(tpu_env, tmp_path, capsys, spla
     assert report["fits"] and 0 < report["peak_bytes_per_device"] < report["capacity_bytes_per_device"]
     # the arguments hold at least the sharded state the analytic count predicts
     assert report["argument_bytes_per_device"] >= 0.9 * report["analytic_state_bytes_per_device"] - 4 * 1024
+    # libtpu's simulated HBM peak counts the buffers live at once: positive, and at most the sum of them all
+    assert 0 < report["compiler_peak_bytes_per_device"] <= report["peak_bytes_per_device"]
+    assert report["compiler_peak_bytes_per_device"] >= report["argument_bytes_per_device"]
     assert report["xla_flops_per_step_per_device"] > 0
     cfg = load_config("configs/demo.yaml", TINY)
     assert report["model_flops_per_step"] == step_model_flops(
@@ -115,7 +118,8 @@ def test_tiny_step_compiles_for_a_tpu_slice_here(tpu_env, tmp_path, capsys, spla
         and report["compute_dtype"] == "float32"
     )
     assert report["implied_mfu"] == pytest.approx(report["model_flops_per_step"] / 0.002 / (4 * 459e12))
-    assert "MFU at 0.002 s per step" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "MFU at 0.002 s per step" in out and "compiler peak" in out
     assert splash_kernel_calls and not any(call["interpret"] for call in splash_kernel_calls)  # a TPU kernel
 
 
@@ -181,7 +185,7 @@ def test_a_step_too_large_for_hbm_is_reported_as_not_fitting(tpu_env):
     big = ["model.vocab_size=65536", "data.max_length=4096", "data.max_prompt_length=64", "trainer.batch_size=64"]
     cfg = load_config("configs/demo.yaml", TINY + big + ["mesh.data=-1", "mesh.fsdp=1"])
     report = fit_report(cfg, "v5e-4")
-    assert report["refused_by_compiler"] and not report["fits"]
+    assert report["refused_by_compiler"] and not report["fits"] and report["compiler_peak_bytes_per_device"] is None
     assert report["peak_bytes_per_device"] > report["capacity_bytes_per_device"]
 
 
@@ -206,6 +210,7 @@ def test_soft_spo_steps_with_lists_and_the_kl_regulariser_compile(plain_soft_spo
     plain = plain_soft_spo
     report = compile_step(load_config("configs/demo.yaml", TINY + soft_spo), jax.devices()[:4])
     assert report["peak_bytes_per_device"] > 0
+    assert report["compiler_peak_bytes_per_device"] is None  # XLA:CPU simulates no peak
     # the regulariser's frozen reference is an argument (one more sharded copy of the params than without it)
     params_per_device = report["parameters"] * 4 / 4  # fp32 bytes, split over fsdp = 4
     assert report["argument_bytes_per_device"] - plain["argument_bytes_per_device"] >= 0.9 * params_per_device

@@ -145,3 +145,18 @@ def test_the_step_imports_no_objective():
     """The step takes an Objective: of the objectives package it names only the seam's type (for annotations)."""
     imported = {m for m in import_graph()["jaxspo.train.step"] if m.startswith("jaxspo.objectives")}
     assert imported <= {"jaxspo.objectives.base"}, imported
+
+
+def test_the_lora_switch_is_read_in_one_place():
+    """``lora.enabled`` (``lora.rank`` > 0) is read by jaxspo/lora/choose.py, which picks the full or the adapted
+    view for training, ``jaxspo compile``, export and eval, and by the config checks; nowhere else."""
+    readers = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            owner = getattr(node, "value", None)
+            if isinstance(node, ast.Attribute) and node.attr == "enabled":
+                if (isinstance(owner, ast.Attribute) and owner.attr == "lora") or (
+                    isinstance(owner, ast.Name) and owner.id == "lora"
+                ):
+                    readers.add(module_name(path))
+    assert readers == {"jaxspo.lora.choose", "jaxspo.config_checks", "jaxspo.objectives.checks"}, sorted(readers)

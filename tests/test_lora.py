@@ -3,7 +3,6 @@ training and checkpoints tied to the base's hash, merged and PEFT exports that P
 
 import dataclasses
 import json
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -15,14 +14,13 @@ from flax import nnx
 
 from jaxspo import cli
 from jaxspo.checkpoint import save_params
-from jaxspo.compile import compile_step, fit_report
+from jaxspo.compile import abstract_step, compile_step, fit_report
 from jaxspo.config import ConfigError, config_from_dict, dump_yaml, load_config, to_dict
 from jaxspo.errors import BaseChangedError
 from jaxspo.export import export_run
 from jaxspo.models.hf_config import model_config_from_hf
 from jaxspo.models.hf_io import load_params, load_tokenizer
 from jaxspo.sharding import make_mesh
-from jaxspo.train import loop
 from jaxspo.lora.adapted import AdaptedView
 from jaxspo.lora.base import base_record, write_base_record
 from jaxspo.lora.model import AdaptedModel
@@ -32,7 +30,6 @@ from jaxspo.objectives import PairBatch, build_objective, padded_pair_logps
 from jaxspo.train.step import make_train_step
 from tests import hf_tiny
 from tests.test_train_step import TINY, random_pairs
-from tests.run_overrides import QUIET
 
 LORA = ["lora.rank=4", "lora.alpha=8.0", "loss.reference=adapter_off", "loss.beta=0.5"]
 
@@ -299,58 +296,6 @@ def test_merged_and_peft_exports_reproduce_the_adapted_model(arch, tmp_path):
         export_run(run, tmp_path / "again")
 
 
-RUN = [
-    "model.hidden_size=32",
-    "model.intermediate_size=64",
-    "model.num_layers=2",
-    "data.synthetic.num_sft=64",
-    "data.synthetic.num_train=64",
-    "data.synthetic.num_eval=16",
-    "lora.rank=2",
-    "trainer.sft_steps=0",
-    "trainer.steps=4",
-    "trainer.batch_size=8",
-    "trainer.eval_every=0",
-    "eval.num_pairs=16",
-    "eval.num_prompts=8",
-    "eval.max_new_tokens=4",
-    "checkpoint.every_steps=2",
-    *QUIET,
-]
-
-
-@pytest.fixture(scope="module")
-def lora_run(tmp_path_factory):
-    """One LoRA run that the tests below read: soft_spo_ranked (the list forward) with its KL regulariser (the
-    sampler on the adapted policy, the in-step KL against the base with adapters off), checkpoints every 2 steps."""
-    run_dir = tmp_path_factory.mktemp("lora_run")
-    overrides = RUN + ["loss.terms={soft_spo_ranked: 1.0}", "loss.kl.beta=0.5", "loss.kl.prompts=8"]
-    return overrides, run_dir, loop.train(load_config("configs/lora_dpo.yaml", overrides + [f"run_dir={run_dir}"]))
-
-
-@pytest.mark.slow
-def test_lora_run_checkpoints_adapters_only_and_resume_refuses_a_changed_base(lora_run, tmp_path):
-    overrides, run_dir, result = lora_run
-    assert result.before["eval/kl"] == 0.0 and result.before["eval/rewards/margins"] == 0.0  # adapted = base at step 0
-    saved = json.loads((run_dir / "checkpoints" / "preference" / "4" / "state" / "_METADATA").read_text())[
-        "tree_metadata"
-    ]
-    weights = [key for key in saved if key.endswith("'value')")]  # params and Adam's mu / nu
-    assert len(weights) == 3 * 14 and all("_lora'" in key for key in weights), (
-        weights
-    )  # 7 adapters × (a, b); no base weight
-    assert (
-        sum(x.size for x in jax.tree.leaves(result.params))
-        < sum(x.size for x in jax.tree.leaves(result.reference_params)) / 3
-    )
-    assert not (run_dir / "checkpoints" / "reference").exists()  # the base is the seeded init: a pointer suffices
-    assert json.loads((run_dir / "base.json").read_text())["kind"] == "init"
-    shutil.copytree(run_dir, tmp_path / "run")  # the run the other test reads stays as it ended
-    changed = [f"run_dir={tmp_path / 'run'}", "trainer.steps=6", "trainer.seed=1"]
-    with pytest.raises(BaseChangedError, match=r"checkpoint .*preference/4 was made on a base model with sha256"):
-        loop.train(load_config("configs/lora_dpo.yaml", overrides + changed))
-
-
 @pytest.mark.slow
 def test_tiny_lora_step_compiles_for_a_tpu_slice_with_less_memory(monkeypatch):
     """`jaxspo compile`'s path with libtpu's compiler: LoRA's arguments are smaller than full fine-tuning's."""
@@ -377,16 +322,19 @@ def test_tiny_lora_step_compiles_for_a_tpu_slice_with_less_memory(monkeypatch):
     assert lora["argument_bytes_per_device"] < 0.6 * full["argument_bytes_per_device"]
 
 
-@pytest.mark.slow
-def test_soft_spo_with_its_kl_regulariser_trains_adapters_against_the_adapter_off_reference(lora_run):
-    """The list forward, the sampler (adapted policy) and the in-step KL (base with adapters off) all see LoRA (the
-    pairwise forward with LoRA: the DPO step tests above and tests/test_lora_stages.py's runs)."""
-    _, run_dir, result = lora_run
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    trained = [r for r in rows if r["phase"] == "preference"]
-    assert trained and all(np.isfinite(r["kl/value"]) and r["kl/samples_per_second"] > 0 for r in trained)
-    assert trained[-1]["kl/value"] > 0.0  # the adapters moved the policy away from the base
-    np.testing.assert_allclose(
-        trained[-1]["loss"], trained[-1]["loss/preference"] + 0.5 * trained[-1]["kl/value"], rtol=1e-5
-    )
-    assert result.after["eval/kl"] > 0.0 and result.before["eval/kl"] == 0.0
+@pytest.mark.parametrize("lora", [False, True])
+def test_jaxspo_compile_takes_the_trained_tree_and_frozen_input_from_the_chosen_view(lora):
+    """`jaxspo compile`'s abstract step: full fine-tuning trains the whole model with the resident reference as its
+    frozen input; LoRA trains the adapters, and the base (adapter_off: no second copy) is the frozen input."""
+    cfg = load_config("configs/demo.yaml", ["mesh.data=1", "mesh.fsdp=4", *(LORA if lora else [])])
+    cfg = dataclasses.replace(cfg, model=TINY)
+    _, step, state, frozen, view = abstract_step(cfg, make_mesh(cfg.mesh.shape(), jax.devices()[:4]))
+    _, whole = abstract_model(cfg.model)
+    assert view.frozen_base == lora
+    assert jax.tree.structure(state.params) == jax.tree.structure(view.abstract)
+    base = frozen["base"] if lora else frozen
+    assert jax.tree.map(lambda x: x.shape, base) == jax.tree.map(lambda x: x.shape, whole)
+    assert jax.tree.leaves(jax.tree.map(lambda x: x.sharding, frozen)) == jax.tree.leaves(step.reference_sharding)
+    if lora:
+        assert frozen["reference"] is None  # adapter_off: the reference is the base with adapters off
+        assert sum(x.size for x in jax.tree.leaves(state.params)) < sum(x.size for x in jax.tree.leaves(whole)) / 3

@@ -79,6 +79,36 @@ def test_offsets_come_from_frozen_logps_cached_by_data_and_weights(tmp_path):
     assert len(set(cache.glob("*.npz")) - cached) == 2  # π_0's pass hit, the new π_1's did not
 
 
+@pytest.mark.slow
+def test_a_stage_evaluates_the_metrics_its_preparations_add_on_its_own_pairs_and_beta(tmp_path):
+    """selfsup's preparation in stage 2 adds ``eval/selfsup/*`` (the level rewards of stage 2's held-out brevity
+    pairs): level 0, the originals, is β_2·(log π_2 − log π_1) of their chosen responses, with stage 2's β."""
+    selfsup = [
+        "loss.selfsup.weight=0.5",
+        "loss.selfsup.levels=2",
+        "loss.selfsup.fraction=0.3",
+        "loss.selfsup.degrade=chosen",
+    ]
+    cfg = load_config("configs/sequential.yaml", TINY + [STAGES, *selfsup, f"loss.reference_cache_dir={tmp_path}"])
+    (tmp_path / "run").mkdir()
+    run = Run(cfg, tmp_path / "run")
+    stages = SequentialStages(run)
+    pi0 = run.params
+    pi1, pi2 = (jax.tree.map(lambda x, s=s: x * s, pi0) for s in (1.1, 1.2))
+    prepared = stages.prepared(1, lambda n: (run.graphdef, pi1 if n == 1 else pi0))
+    assert prepared.eval_metrics  # selfsup's level rewards on the stage's held-out pairs
+    stages.eval_metrics[1] = prepared.eval_metrics  # as the stage's preparation hook keeps them
+    metrics = stages.evaluate(1, run.graphdef, pi2, pi1)
+
+    scorer = PairScorer(run.graphdef, run.mesh, cfg.mesh.rules, cfg.trainer.batch_size)
+    chosen = scorer(pi2, stages.eval_arrays[1])[0] - scorer(pi1, stages.eval_arrays[1])[0]
+    assert cfg.stages[1].beta == 0.2 != cfg.loss.beta
+    assert metrics["eval/selfsup/reward_level_0"] == pytest.approx(0.2 * chosen.mean(), rel=1e-4, abs=1e-5)
+    assert abs(metrics["eval/selfsup/reward_level_0"]) > 1e-3  # π_2 ≠ π_1: the check can fail
+    assert {"eval/selfsup/reward_level_1", "eval/selfsup/ranking_accuracy"} <= set(metrics)
+    assert 0.0 <= metrics["eval/selfsup/ranking_accuracy"] <= 1.0
+
+
 def run_overrides(run_dir) -> list[str]:
     return [*TINY, STAGES, f"run_dir={run_dir}", f"loss.reference_cache_dir={run_dir / 'cache'}"]
 

@@ -8,6 +8,7 @@
 - :mod:`~jaxspo.lora.base`: the base record (pointer + sha256) a run's adapters belong to.
 - :mod:`~jaxspo.lora.merge`: adapters merged into their base.
 - :mod:`~jaxspo.lora.stages`: the sequential stages' views (whole model, or one adapter per stage).
-- :mod:`~jaxspo.lora.peft`, :mod:`~jaxspo.lora.export`: a LoRA run's merged or PEFT export.
-- :mod:`~jaxspo.lora.choose`: the one place that picks the full or the adapted view from the config.
+- :mod:`~jaxspo.lora.peft`, :mod:`~jaxspo.lora.export`: a LoRA run's merged policy (export, eval) or PEFT export.
+- :mod:`~jaxspo.lora.choose`: the one place that picks the full or the adapted view from the config (training,
+  ``jaxspo compile``, export and eval).
 """

@@ -104,8 +104,8 @@ class LoRASpec:
     def build(
         cls, model_cfg: ModelConfig, lora: LoRAConfig, frozen: int = 0, trainable: bool = True
     ) -> "LoRASpec | None":
-        """None when nothing is adapted (LoRA off, or no frozen and no trainable adapter)."""
-        if not lora.enabled or not (frozen or trainable):
+        """None when nothing is adapted (no frozen and no trainable adapter)."""
+        if not (frozen or trainable):
             return None
         return cls(lora, chosen_projections(model_cfg, lora), frozen, trainable)
 

@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 
 from jaxspo.models import Decoder, ModelConfig
 from jaxspo.lora.adapters import LoRAConfig, LoRADropoutKey, LoRAParam, LoRASpec
+from jaxspo.lora.views import abstract_on
 from jaxspo.sharding import Rules
 from jaxspo.train.state import param_shardings
 
@@ -123,3 +124,8 @@ class AdaptedModel:
     def frozen_sharding(self, params_sharding: Any, uses_reference: bool) -> dict[str, Any]:
         resident = uses_reference and self.reference_mode == "resident"
         return {"base": self.base_sharding, "reference": self.base_sharding if resident else None}
+
+    def abstract_frozen(self, params: nnx.State, frozen_sharding: dict[str, Any]) -> dict[str, Any]:
+        """The step's frozen input from shapes: the base ``params`` under each key of ``frozen_sharding`` that
+        holds a sharding (None stays None)."""
+        return {key: abstract_on(params, sharding) for key, sharding in frozen_sharding.items()}

@@ -5,7 +5,8 @@ full fine-tuning (params are the whole model; ``frozen`` is the resident referen
 :class:`jaxspo.lora.adapted.AdaptedModel` for LoRA (params are the adapters; ``frozen`` holds the base).
 Around the step a phase asks a :class:`ModelView` (:class:`FullView` or
 :class:`jaxspo.lora.adapted.AdaptedView`) for its trained params, frozen input, evaluation and export params
-and checkpoint extras; :func:`preference_view` is the one place that picks between them.
+and checkpoint extras; :func:`jaxspo.lora.choose.preference_view` is the one place that picks between them.
+``jaxspo compile`` builds the same phase from shapes alone as an :class:`AbstractView`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,17 @@ class FullModel:
 
     def frozen_sharding(self, params_sharding: Any, uses_reference: bool) -> Any:
         return params_sharding if uses_reference else None
+
+    def abstract_frozen(self, params: nnx.State, frozen_sharding: Any) -> Any:
+        """The step's frozen input from shapes: the whole model's ``params`` on ``frozen_sharding`` (or None)."""
+        return abstract_on(params, frozen_sharding)
+
+
+def abstract_on(params: nnx.State, sharding: Any) -> Any:
+    """``params``' shapes as ``jax.ShapeDtypeStruct`` on ``sharding``; None when ``sharding`` is None (no input)."""
+    if sharding is None:
+        return None
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, sharding)
 
 
 def as_model(model: Any) -> Any:
@@ -60,6 +72,22 @@ class ModelView(Protocol):
 
     def check_checkpoint(self, extras: dict[str, Any], where: str) -> None:
         """Raises if a checkpoint ``where`` with ``extras`` does not fit this view."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AbstractView:
+    """A phase's model from shapes alone (``jaxspo compile``): the step's model, the whole model's and the trained
+    params' shapes, the trained params' shardings, and whether the policy's base is frozen (LoRA)."""
+
+    model: Any  # the step's model (policy / reference / frozen_sharding / abstract_frozen)
+    params: nnx.State  # the whole model's parameter shapes
+    abstract: nnx.State  # the trained params' shapes (the whole model, or the adapters)
+    sharding: Any  # the trained params' shardings
+    frozen_base: bool  # the policy's own weights get no gradient
+
+    def frozen(self, frozen_sharding: Any) -> Any:
+        """The step's frozen input from shapes, on the step's ``reference_sharding``."""
+        return self.model.abstract_frozen(self.params, frozen_sharding)
 
 
 @dataclasses.dataclass(frozen=True)

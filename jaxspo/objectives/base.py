@@ -45,16 +45,18 @@ Frozen = tuple[nnx.GraphDef, Any]  # a frozen model as (graph, params)
 
 @dataclasses.dataclass(frozen=True)
 class StageContext:
-    """The sequential stage being prepared: its 0-based ``index`` n−1 and ``policy(i)``, the frozen π_i as
-    (graph, params) for i = 0 … n−1 (asked for one at a time)."""
+    """The sequential stage being prepared: its 0-based ``index`` n−1, ``policy(i)``, the frozen π_i as
+    (graph, params) for i = 0 … n−1 (asked for one at a time), and the ``recipe``'s config (all stages; the
+    context's own config is the stage's, with its β_n)."""
 
     index: int
     policy: Callable[[int], Frozen]
+    recipe: Any
 
 
 @dataclasses.dataclass(frozen=True)
 class HostContext:
-    """What a host-side preparation reads: the run's config (a stage's: the recipe's, all stages), tokenizer,
+    """What a host-side preparation reads: the run's config (a stage's own, with its β_n), tokenizer,
     the frozen reference's model graph and params (π_0, ``model.reference_path``'s, or a stage's π_{n−1}), the
     mesh, the held-out pairs (for its eval metrics), ``scorer(graph)``: the run's pair scorer of that graph
     (:class:`~jaxspo.train.scoring.PairScorer`, one compile per graph) and, in a sequential stage, ``stage``."""

@@ -33,7 +33,7 @@ def stage_reference_and_offset(context: HostContext, arrays: Arrays) -> Prepared
     Σ_{i<n} λ_{n,i}[R_i(y_w) − R_i(y_l)] is computed from all of them in float64
     (:func:`~jaxspo.losses.sequential.stage_offset`) with the earlier stages' β and stage n's λ.
     """
-    cfg, index = context.cfg, context.stage.index
+    cfg, index = context.stage.recipe, context.stage.index
     chosen, rejected = [], []
     for number in range(index + 1):
         latest = number == index

@@ -116,13 +116,15 @@ class SequentialStages:
         ``policy(i)`` is the frozen π_i as (graph, params), i = 0 … n−1, asked for one at a time.
         """
         graphdef, reference = policy(index)
+        recipe = self.run.cfg
         context = dataclasses.replace(
             self.run.host_context(reference),
+            cfg=stage_config(recipe, index),  # the stage's β_n: its eval metrics rank on the rewards it trains on
             graphdef=graphdef,
             eval_pairs=self.eval_arrays[index],
-            stage=StageContext(index, policy),
+            stage=StageContext(index, policy, recipe),
         )
-        return build_objective(self.run.cfg).prepare(context, self.train_arrays[index])
+        return build_objective(context.cfg).prepare(context, self.train_arrays[index])
 
     def evaluator(self, graphdef: nnx.GraphDef) -> Evaluator:
         """One evaluator (sampler and scorer compiles) per graph; pairs and β are set per stage."""
