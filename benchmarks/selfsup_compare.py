@@ -18,7 +18,7 @@ reused from it, so seeds can run in parallel processes (``--seeds 1``), an inter
 partial grid holds whole seeds. The JSON (printed, and written to ``OUT/summary.json``) gives per method and
 final metric every seed's value, the mean, the sample standard deviation and the 95% Student-t interval of
 the mean, and per selfsup method the paired difference to its base (same seed, same reference) with its
-interval and two-sided paired t-test p-value.
+interval and two-sided paired t-test p-value (and, for a key scoring other than TF-IDF, the same to TF-IDF's).
 """
 
 from __future__ import annotations
@@ -173,10 +173,12 @@ def paired(treated: dict[int, dict], base: dict[int, dict], key: str) -> dict:
 
 def summarise(args: argparse.Namespace, out: Path) -> dict:
     """Per method: each final metric (and selfsup's level rewards) described over the finished seeds; per
-    selfsup method its paired difference to its base; the SFT reference's metrics (the base's "before")."""
-    summary: dict[str, dict] = {"methods": {}, "vs_base": {}}
+    selfsup method its paired difference to its base, and per other key scoring to TF-IDF's run (if run);
+    the SFT reference's metrics (the base's "before")."""
+    summary: dict[str, dict] = {"methods": {}, "vs_base": {}, "vs_tfidf": {}}
     for base in args.bases:
         base_runs = finished(out, base, args.seeds)
+        tfidf_runs = finished(out, method_name(base, "tfidf"), args.seeds) if "tfidf" in args.key_scorings else {}
         for name in [base] + [method_name(base, scoring) for scoring in args.key_scorings]:
             runs = finished(out, name, args.seeds)
             keys = sorted({k for r in runs.values() for k in r if k in METRICS or k.startswith("eval/selfsup/")})
@@ -184,6 +186,8 @@ def summarise(args: argparse.Namespace, out: Path) -> dict:
             summary["methods"][name]["seeds"] = sorted(runs)
             if name != base:
                 summary["vs_base"][name] = {"base": base} | {k: paired(runs, base_runs, k) for k in METRICS}
+            if name not in (base, method_name(base, "tfidf")) and tfidf_runs:
+                summary["vs_tfidf"][name] = {k: paired(runs, tfidf_runs, k) for k in METRICS}
     before = finished(out, args.bases[0], args.seeds, "before")
     summary["sft_reference"] = {k: describe([before[s][k] for s in sorted(before) if k in before[s]]) for k in METRICS}
     return summary

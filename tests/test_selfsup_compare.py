@@ -74,6 +74,9 @@ def test_summary_pairs_each_selfsup_run_with_its_base_on_the_same_seed(tmp_path)
     assert 0.0 < tfidf["p_value"] < 0.1 and tfidf["ci95"] > 0.0
     rake = report["vs_base"]["selfsup+dpo-rake"]["eval/gold/correctness"]
     assert rake["mean"] == pytest.approx(0.0, abs=1e-12) and rake["p_value"] > 0.9
+    rake_vs_tfidf = report["vs_tfidf"]["selfsup+dpo-rake"]["eval/gold/correctness"]
+    assert rake_vs_tfidf["per_seed"] == pytest.approx([-0.02, -0.05, 0.01])
+    assert list(report["vs_tfidf"]) == ["selfsup+dpo-rake"]
     row = report["methods"]["selfsup+dpo"]["eval/gold/correctness"]
     assert row["per_seed"] == [0.42, 0.53, 0.46, 0.9] and report["methods"]["selfsup+dpo"]["seeds"] == [0, 1, 2, 3]
     assert report["sft_reference"]["eval/kl"]["per_seed"] == [0.25, 0.25, 0.25]
