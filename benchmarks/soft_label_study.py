@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
-from scipy import stats
-from selfsup_compare import interval95, run, sft_start
+from selfsup_compare import describe, paired, run, seed_overrides, sft_start
 
 FAMILY = {"cdpo_soft": "dpo", "gdpo": "dpo", "cipo": "ipo", "gipo": "ipo", "gropo": "ropo"}
 HARD = ("dpo", "ipo", "ropo")
@@ -75,11 +73,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def seed_overrides(seed: int, shared: list[str]) -> list[str]:
-    """Seed S sets the model/batching seed and the synthetic data set; ``shared`` follows."""
-    return [f"trainer.seed={seed}", f"data.synthetic.seed={seed}"] + shared
-
-
 def run_grid(args: argparse.Namespace, out: Path) -> None:
     """Trains every missing run, seed by seed, printing one JSON line per run."""
     cache = args.cache_dir or out / "xla"
@@ -109,21 +102,6 @@ def finished(
         if saved.is_file():
             found[seed] = json.loads(saved.read_text())[when]
     return found
-
-
-def describe(values: list[float]) -> dict:
-    """Per-seed values, mean and 95% half-width (the mean is None without values)."""
-    mean = statistics.fmean(values) if values else None
-    return {"per_seed": values, "n": len(values), "mean": mean, "ci95": interval95(values)}
-
-
-def paired(soft: dict[int, dict], hard: dict[int, dict], key: str) -> dict:
-    """soft − hard per common seed, summarised, with the two-sided paired t-test p-value."""
-    seeds = sorted(set(soft) & set(hard))
-    diffs = [soft[s][key] - hard[s][key] for s in seeds]
-    out = describe(diffs) | {"seeds": seeds}
-    out["p_value"] = float(stats.ttest_1samp(diffs, 0.0).pvalue) if len(diffs) > 1 else None
-    return out
 
 
 def summarise(args: argparse.Namespace, out: Path) -> dict:
