@@ -75,6 +75,9 @@ def measure(kernel: str, length: int, block: int, args, repeats: int) -> dict:
 
 
 def main() -> None:
+    from jaxspo.platforms import choose_platforms
+
+    choose_platforms()  # the CPU up front on a machine without a TPU: libtpu never probes
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", default="128,1024,2048,4096,8192")
     parser.add_argument("--blocks", default="512")

@@ -74,6 +74,9 @@ def measure(model_cfg, batch: dict, repeats: int) -> dict:
 
 
 def main() -> None:
+    from jaxspo.platforms import choose_platforms
+
+    choose_platforms()  # the CPU up front on a machine without a TPU: libtpu never probes
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kernels", default="xla,chunked")
     parser.add_argument("--pairs", type=int, default=32)

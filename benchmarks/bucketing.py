@@ -88,6 +88,9 @@ def run(folder: Path, buckets: list[int], steps: int) -> dict:
 
 
 def main() -> None:
+    from jaxspo.platforms import choose_platforms
+
+    choose_platforms()  # the CPU up front on a machine without a TPU: libtpu never probes
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--out", default="/tmp/jaxspo-bucketing")

@@ -103,6 +103,9 @@ def share_in_training(recipe: str, overrides: list[str], steps: int) -> dict[str
 
 
 def main() -> None:
+    from jaxspo.platforms import choose_platforms
+
+    choose_platforms()  # the CPU up front on a machine without a TPU: libtpu never probes
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="configs/soft_spo.yaml")
     parser.add_argument("--steps", type=int, default=40)

@@ -53,6 +53,9 @@ def copy_outcomes(seed: int, rows: int, key_scoring: str) -> dict[str, float]:
 
 
 def main() -> None:
+    from jaxspo.platforms import choose_platforms
+
+    choose_platforms()  # the CPU up front on a machine without a TPU: libtpu never probes
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--rows", type=int, default=2000)

@@ -144,6 +144,9 @@ def edge_growth(args: argparse.Namespace, out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from jaxspo.platforms import choose_platforms
+
+    choose_platforms()  # the CPU up front on a machine without a TPU: libtpu never probes
     args = parse_args(argv)
     out = Path(args.out)
     if not args.summarise_only:

@@ -46,6 +46,9 @@ def _summary(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def main() -> None:
+    from jaxspo.platforms import choose_platforms
+
+    choose_platforms()  # the CPU up front on a machine without a TPU: libtpu never probes
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/tmp/soft_spo_sweep")
     parser.add_argument("--steps", type=int, default=150)

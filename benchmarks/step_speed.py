@@ -165,6 +165,9 @@ def time_steps(state: Any, step: Any, batches: Any, frozen: Any, steps: int, war
 
 
 def main() -> None:
+    from jaxspo.platforms import choose_platforms
+
+    choose_platforms()  # the CPU up front on a machine without a TPU: libtpu never probes
     args = parse_args()
     from jaxspo.config import load_config
 
