@@ -171,7 +171,8 @@ def test_an_unrolled_layer_scan_equals_the_rolled_one(padded_reference):
 def full_step(overrides: list[str], host: dict, lora: bool = False, steps: int = 3):
     """Metrics and final trainable params of ``steps`` preference steps on a (2, 2, 2) mesh."""
     cfg = load_config(None, ["loss.beta=0.5", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", *overrides])
-    cfg = dataclasses.replace(cfg, model=TINY)
+    # the tiny model, with the log-prob chunk the overrides chose
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(TINY, logprob_chunk=cfg.model.logprob_chunk))
     mesh = make_mesh(cfg.mesh.shape())
     graphdef, abstract = abstract_model(cfg.model)
     sharding = param_shardings(abstract, mesh, cfg.mesh.rules)

@@ -227,7 +227,9 @@ def full_steps(overrides: list[str], host: dict, packed_pairs: bool, steps: int 
     cfg = load_config(
         None, ["loss.beta=0.5", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "trainer.grad_accum_steps=2", *overrides]
     )
-    cfg = dataclasses.replace(cfg, model=TINY)
+    # the tiny model, with the attention kernel the overrides chose
+    kernel = {"attention": cfg.model.attention, "attention_block": cfg.model.attention_block}
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(TINY, **kernel))
     mesh = make_mesh(cfg.mesh.shape())
     graphdef, abstract = abstract_model(cfg.model)
     sharding = param_shardings(abstract, mesh, cfg.mesh.rules)

@@ -15,7 +15,7 @@ from jaxspo.objectives import build_objective, selfsup
 from jaxspo.train.initialise import initialise
 from jaxspo.lora.views import as_model
 from jaxspo.train.state import abstract_model
-from tests.test_train_step import build, random_pairs, tiny_config
+from tests.test_train_step import random_pairs, tiny_config, tiny_model
 
 MESH = {"data": 2, "fsdp": 2, "tensor": 2}
 TOKENS = types.SimpleNamespace(eos_token_id=2, pad_token_id=0)  # random_pairs' responses carry no EOS
@@ -39,15 +39,15 @@ def config(terms: dict, weight: float, **selfsup_fields):
 
 @pytest.fixture(scope="module")
 def model():
-    _, graphdef, _, state, reference, _ = build(tiny_config(), MESH, 8)
-    return graphdef, state.params, reference
+    """The tiny policy and reference on :data:`MESH`, shared by the tests below."""
+    return tiny_model(tiny_config(), MESH)
 
 
 def loss_and_grads(model, cfg, host):
-    graphdef, params, reference = model
     objective = build_objective(cfg)
-    fn = jax.jit(jax.value_and_grad(lambda p, r, b: objective.loss(as_model(graphdef), p, r, b), has_aux=True))
-    (loss_sum, metrics), grads = fn(params, reference, objective.batch(host))
+    view = as_model(model.graphdef)
+    fn = jax.jit(jax.value_and_grad(lambda p, r, b: objective.loss(view, p, r, b), has_aux=True))
+    (loss_sum, metrics), grads = fn(model.state.params, model.reference, objective.batch(host))
     return jax.device_get((loss_sum, metrics, grads))
 
 
@@ -79,13 +79,15 @@ def test_reward_auto_follows_the_first_term():
 
 
 @pytest.mark.slow
-def test_classify_head_trains_in_the_state_is_checkpointed_and_kept_out_of_the_policy(tmp_path):
+def test_classify_head_trains_in_the_state_is_checkpointed_and_kept_out_of_the_policy(model, tmp_path):
     cfg = config({"dpo": 1.0}, 1.0, mode="classify", degrade="both")
     host = pairs_with_copies(8, sides=("chosen", "rejected"))
-    mesh, graphdef, shardings, state, reference, _ = build(cfg, MESH, 8)
+    graphdef, reference = model.graphdef, model.reference
+    policy = jax.tree.map(jax.numpy.copy, model.state.params)  # the steps below donate the state built on it
     abstract = abstract_model(cfg.model)[1]
     # the loop's own initialisation: the objective's auxiliary state (the head) joins the train state
-    state, step = initialise(cfg, mesh, graphdef, abstract, shardings, state.params, build_objective(cfg), 10, 1e-2, 8)
+    objective = build_objective(cfg)
+    state, step = initialise(cfg, model.mesh, graphdef, abstract, model.shardings, policy, objective, 10, 1e-2, 8)
     assert state.head["params"]["kernel"].shape == (cfg.model.hidden_size, 4)
     batch = step.place(host)
     before = jax.device_get(state.head["params"])

@@ -92,6 +92,8 @@ def test_summary_of_a_partial_grid_counts_only_finished_runs(tmp_path):
 @pytest.mark.slow  # trains an SFT and two 2-step preference runs of a tiny model, and draws the figure (~40 CPU-s)
 def test_smallest_grid_runs_end_to_end(tmp_path):
     tiny = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1", "trainer.sft_steps=2"]
+    # a small synthetic task (the default builds and encodes 4,096 + 4,096 rows in each of the three runs)
+    tiny += ["data.synthetic.num_sft=256", "data.synthetic.num_train=128", "data.synthetic.num_eval=32"]
     argv = ["--seeds", "0", "--temperatures", "0.5", "--methods", "dpo", "gdpo", "--steps", "2"]
     argv += ["--batch-size", "4", "--eval-pairs", "8", "--eval-prompts", "4", "--out", str(tmp_path)]
     argv += ["--plot", str(tmp_path / "study.png"), *tiny]

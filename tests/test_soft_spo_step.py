@@ -22,7 +22,9 @@ from jaxspo.objectives.lists import list_logps
 from jaxspo.train.logprobs import sequence_kl, sequence_logps
 from jaxspo.train.loop import train
 from tests.test_run import TINY_RUN
-from tests.test_train_step import build, random_pairs, tiny_config
+from tests.test_train_step import fresh_state, random_pairs, tiny_config, tiny_model, train_step
+
+MESH = {"data": 2, "fsdp": 2, "tensor": 2}
 
 
 def random_lists(batch: int, n: int = 3, length: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
@@ -51,43 +53,52 @@ def with_soft_spo(cfg, terms: dict[str, float], **kl):
     return dataclasses.replace(cfg, loss=loss)
 
 
-def test_one_forward_over_lists_equals_each_response_scored_alone():
-    cfg = with_soft_spo(tiny_config(), {"soft_spo_ranked": 1.0})
-    mesh, graphdef, shardings, state, reference, step = build(cfg, {"data": 2, "fsdp": 2, "tensor": 2}, 4)
+@pytest.fixture(scope="module")
+def model():
+    """The tiny policy and reference on the (2, 2, 2) mesh, built once: every test below makes its own step on it
+    (the steps differ in loss and trainer settings, never in model or optimizer)."""
+    return tiny_model(tiny_config(), MESH)
+
+
+def test_one_forward_over_lists_equals_each_response_scored_alone(model):
     host = random_lists(4)
-    logps = jax.jit(list_logps, static_argnums=0)(graphdef, state.params, ListBatch.from_fields(host))
+    logps = jax.jit(list_logps, static_argnums=0)(model.graphdef, model.state.params, ListBatch.from_fields(host))
     score = jax.jit(sequence_logps, static_argnums=0)
     for j in range(3):
         alone, lengths = score(
-            graphdef, state.params, host["list_tokens"][:, j], host["list_valid"][:, j], host["list_loss_mask"][:, j]
+            model.graphdef,
+            model.state.params,
+            host["list_tokens"][:, j],
+            host["list_valid"][:, j],
+            host["list_loss_mask"][:, j],
         )
         np.testing.assert_allclose(logps.policy[:, j], alone, rtol=1e-5)
         np.testing.assert_array_equal(logps.lengths[:, j], lengths)
 
 
-def step_losses(terms: dict[str, float], batches: list[dict[str, np.ndarray]], logps_fn) -> list[tuple[float, object]]:
+def step_losses(
+    model, terms: dict[str, float], batches: list[dict[str, np.ndarray]], logps_fn
+) -> list[tuple[float, object]]:
     """(the step's logged loss, ``logps_fn(graphdef, params, batch)``) of one step from the same state on each batch."""
-    cfg = with_soft_spo(tiny_config(), terms)
-    mesh, graphdef, shardings, state, reference, step = build(cfg, {"data": 2, "fsdp": 2, "tensor": 2}, 8)
+    step = train_step(model, with_soft_spo(tiny_config(), terms), 8)
     logps = jax.jit(logps_fn, static_argnums=0)
     out = []
     for host in batches:
-        fresh = jax.tree.map(jax.numpy.copy, state)  # the step donates its state
         batch = step.place(host)
-        expected_inputs = jax.device_get(logps(graphdef, state.params, batch))
-        _, metrics = step.fn(fresh, reference, batch)
+        expected_inputs = jax.device_get(logps(model.graphdef, model.state.params, batch))
+        _, metrics = step.fn(fresh_state(model), model.reference, batch)
         out.append((float(metrics["loss"]), expected_inputs))
     return out
 
 
-def test_soft_labels_reach_the_pairwise_loss_from_the_data_rows():
+def test_soft_labels_reach_the_pairwise_loss_from_the_data_rows(model):
     task = build_synthetic_task(SyntheticTaskConfig(num_sft=0, num_train=8, num_eval=0))
     labels = [0.5, 0.7, 0.3, 0.9, 1.0, 0.6, 0.2, 0.8]  # p̂ < ½ too: the loss is symmetric, no swap needed
     soft = [dict(row, soft_label=p) for row, p in zip(task.splits["train"], labels)]
     hard = [{k: v for k, v in row.items() if k != "soft_label"} for row in soft]  # no label: p̂ = 1
     batches = [encode_preference_rows(rows, build_task_tokenizer(), 32) for rows in (soft, hard)]
     np.testing.assert_array_equal(batches[0]["soft_label"], np.float32(labels))
-    (soft_loss, logps), (hard_loss, _) = step_losses({"soft_spo": 1.0}, batches, padded_pair_logps)
+    (soft_loss, logps), (hard_loss, _) = step_losses(model, {"soft_spo": 1.0}, batches, padded_pair_logps)
     d = np.float64(logps[0]) - np.float64(logps[1])  # log πθ(y_w) − log πθ(y_l), α = 1
     p = np.float64(batches[0]["soft_label"])
     expected = -(p * np.log(1 / (1 + np.exp(-d))) + (1 - p) * np.log(1 / (1 + np.exp(d)))).mean()
@@ -96,14 +107,14 @@ def test_soft_labels_reach_the_pairwise_loss_from_the_data_rows():
     assert abs(soft_loss - hard_loss) > 0.05, (soft_loss, hard_loss)
 
 
-def test_response_scores_give_soft_winners_in_the_list_step():
+def test_response_scores_give_soft_winners_in_the_list_step(model):
     task = build_synthetic_task(SyntheticTaskConfig(num_sft=0, num_train=8, num_eval=0))
     rows = [dict(row, best=0) for row in task.splits["train"]]
     scored, unscored = (
         encode_list_rows(r, build_task_tokenizer(), 32, False, task.config.label_weights)
         for r in (rows, [{k: v for k, v in row.items() if k != "response_scores"} for row in rows])
     )
-    (soft_loss, logps), (hard_loss, _) = step_losses({"soft_spo_best_of_n": 1.0}, [scored, unscored], list_logps)
+    (soft_loss, logps), (hard_loss, _) = step_losses(model, {"soft_spo_best_of_n": 1.0}, [scored, unscored], list_logps)
     rewards = np.array(
         [[labelled_reward(c, task.config.label_weights) for c in row["response_scores"]] for row in rows]
     )
@@ -117,21 +128,21 @@ def test_response_scores_give_soft_winners_in_the_list_step():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("terms", [{"soft_spo": 1.0}, {"soft_spo_ranked": 1.0}])
-def test_kl_regulariser_adds_beta_times_the_sampled_kl_and_accumulates_exactly(terms):
+def test_kl_regulariser_adds_beta_times_the_sampled_kl_and_accumulates_exactly(model, terms):
     kl_beta = 0.5
     host = (random_lists(8) if "soft_spo_ranked" in terms else random_pairs(8)) | kl_samples(8)
+    # the sampled KL of the policy every step below starts from: computed once
+    samples = (host["kl_tokens"], host["kl_valid"], host["kl_response"])
+    kl_fn = jax.jit(lambda p, r, *s: sequence_kl((model.graphdef, p), (model.graphdef, r), *s))
+    kl = np.asarray(kl_fn(model.state.params, model.reference, *samples))
+    assert kl.mean() > 1e-3  # policy ≠ reference
     outs = []
     for accum in (1, 2):
-        cfg = with_soft_spo(tiny_config(grad_accum_steps=accum), terms, beta=kl_beta, prompts=8)
-        mesh, graphdef, shardings, state, reference, step = build(cfg, {"data": 2, "fsdp": 2, "tensor": 2}, 8)
+        step = train_step(model, with_soft_spo(tiny_config(grad_accum_steps=accum), terms, beta=kl_beta, prompts=8), 8)
         assert set(step.batch_sharding.fields()) == set(host) and step.reference_sharding is not None
-        kl_fn = jax.jit(lambda p, r, *samples: sequence_kl((graphdef, p), (graphdef, r), *samples))
-        kl = np.asarray(kl_fn(state.params, reference, host["kl_tokens"], host["kl_valid"], host["kl_response"]))
-        batch = step.place(host)
-        new_state, metrics = step.fn(state, reference, batch)
+        new_state, metrics = step.fn(fresh_state(model), model.reference, step.place(host))
         metrics = jax.device_get(metrics)
         outs.append((metrics, jax.device_get(new_state.params)))
-        assert kl.mean() > 1e-3  # policy ≠ reference
         np.testing.assert_allclose(metrics["kl/value"], kl.mean(), rtol=1e-5)
         np.testing.assert_allclose(metrics["loss"], metrics["loss/preference"] + kl_beta * kl.mean(), rtol=1e-5)
     for name in ("loss", "kl/value", "grad_norm"):
@@ -140,9 +151,8 @@ def test_kl_regulariser_adds_beta_times_the_sampled_kl_and_accumulates_exactly(t
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_kl_gradient_is_zero_when_the_policy_is_the_reference_and_pulls_back_otherwise():
-    cfg = with_soft_spo(tiny_config(), {"soft_spo": 1.0}, beta=1.0, prompts=8)
-    mesh, graphdef, shardings, state, reference, step = build(cfg, {"data": 2, "fsdp": 2, "tensor": 2}, 8)
+def test_kl_gradient_is_zero_when_the_policy_is_the_reference_and_pulls_back_otherwise(model):
+    graphdef, reference = model.graphdef, model.reference
     samples = kl_samples(8)
 
     def kl_of(params):
@@ -153,8 +163,8 @@ def test_kl_gradient_is_zero_when_the_policy_is_the_reference_and_pulls_back_oth
     kl_and_grad = jax.jit(jax.value_and_grad(kl_of))  # one program for the three points below
     _, at_reference = kl_and_grad(reference)
     assert max(float(np.abs(g).max()) for g in jax.tree.leaves(at_reference)) < 1e-6
-    value, grad = kl_and_grad(state.params)
-    moved = jax.tree.map(lambda p, g: p - 1e-2 * g, state.params, grad)
+    value, grad = kl_and_grad(model.state.params)
+    moved = jax.tree.map(lambda p, g: p - 1e-2 * g, model.state.params, grad)
     assert float(kl_and_grad(moved)[0]) < float(value)  # a gradient step on the KL moves the policy toward π_ref
 
 

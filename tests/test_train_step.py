@@ -1,6 +1,7 @@
 """The sharded train step: mesh invariance, frozen reference, exact gradient accumulation."""
 
 import dataclasses
+from typing import Any
 
 import jax
 import numpy as np
@@ -16,10 +17,11 @@ from jaxspo.train.state import (
     make_optimizer,
     param_shardings,
     state_shardings,
+    TrainState,
 )
 from jaxspo.objectives import build_objective
 from jaxspo.lora.views import as_model
-from jaxspo.train.step import make_train_step
+from jaxspo.train.step import TrainStep, make_train_step
 
 TINY = ModelConfig(vocab_size=24, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
 
@@ -49,7 +51,23 @@ def random_pairs(batch: int, length: int = 16, seed: int = 0) -> dict[str, np.nd
     return out
 
 
-def build(cfg: Config, mesh_shape: dict[str, int], batch_size: int):
+@dataclasses.dataclass(frozen=True)
+class TinyModel:
+    """The tiny model on a mesh: graph, parameter shardings, the policy's train state, the frozen reference, and
+    the optimizer (with its schedule and state shardings) that every step built on it shares."""
+
+    mesh: Any
+    graphdef: Any
+    shardings: Any
+    state: TrainState
+    reference: Any
+    tx: Any
+    schedule: Any
+    state_sharding: Any
+
+
+def tiny_model(cfg: Config, mesh_shape: dict[str, int]) -> TinyModel:
+    """``cfg.model`` (policy seed 1, reference seed 2) and ``cfg.optimizer`` on a mesh of ``mesh_shape``."""
     mesh = make_mesh(mesh_shape)
     graphdef, abstract = abstract_model(cfg.model)
     shardings = param_shardings(abstract, mesh, cfg.mesh.rules)
@@ -59,8 +77,27 @@ def build(cfg: Config, mesh_shape: dict[str, int], batch_size: int):
     tx = make_optimizer(cfg.optimizer, schedule, abstract)
     st_sharding = state_shardings(tx, abstract, shardings, mesh)
     state = init_state(tx, policy, 0, st_sharding)
-    step = make_train_step(cfg, mesh, graphdef, tx, schedule, st_sharding, build_objective(cfg), batch_size)
-    return mesh, graphdef, shardings, state, reference, step
+    return TinyModel(mesh, graphdef, shardings, state, reference, tx, schedule, st_sharding)
+
+
+def train_step(model: TinyModel, cfg: Config, batch_size: int) -> TrainStep:
+    """The jitted step of ``cfg`` (its loss, trainer and mesh rules; its model and optimizer are ``model``'s) for
+    batches of ``batch_size``. The step donates its state: pass it a copy of ``model.state``."""
+    objective = build_objective(cfg)
+    return make_train_step(
+        cfg, model.mesh, model.graphdef, model.tx, model.schedule, model.state_sharding, objective, batch_size
+    )
+
+
+def fresh_state(model: TinyModel) -> TrainState:
+    """A copy of ``model.state`` for a step to donate."""
+    return jax.tree.map(jax.numpy.copy, model.state)
+
+
+def build(cfg: Config, mesh_shape: dict[str, int], batch_size: int):
+    model = tiny_model(cfg, mesh_shape)
+    step = train_step(model, cfg, batch_size)
+    return model.mesh, model.graphdef, model.shardings, model.state, model.reference, step
 
 
 # (data, fsdp, tensor): parameters split 8 ways by fsdp alone, not split at all (the batch split 8 ways), and split
@@ -119,12 +156,11 @@ def test_policy_changes_and_reference_stays_frozen():
 
 def test_gradient_accumulation_is_exact():
     host = random_pairs(8, seed=3)
+    model = tiny_model(tiny_config(), {"data": 2, "fsdp": 2, "tensor": 2})  # one policy, a step per accumulation
     outs = []
     for accum in (1, 4):
-        cfg = tiny_config(grad_accum_steps=accum)
-        _, _, _, state, reference, step = build(cfg, {"data": 2, "fsdp": 2, "tensor": 2}, 8)
-        batch = step.place(host)
-        state, metrics = step.fn(state, reference, batch)
+        step = train_step(model, tiny_config(grad_accum_steps=accum), 8)
+        state, metrics = step.fn(fresh_state(model), model.reference, step.place(host))
         outs.append((jax.device_get(metrics), jax.device_get(state.params)))
     for name in ("loss", "grad_norm", "rewards/accuracies", "tokens"):
         np.testing.assert_allclose(outs[0][0][name], outs[1][0][name], rtol=1e-5, err_msg=name)
