@@ -61,16 +61,18 @@ def tpu_env(monkeypatch):
 def splash_kernel_calls(monkeypatch) -> list[dict]:
     """The keyword arguments of every splash kernel the test builds, in order (the kernel cache emptied first, so
     each kernel the test needs is built while it records)."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
     from jaxspo.models import splash_attention
 
     calls = []
-    make = splash_attention.splash.make_splash_mha
+    make = splash.make_splash_mha
 
     def recording(*args, **kwargs):
         calls.append(kwargs)
         return make(*args, **kwargs)
 
-    monkeypatch.setattr(splash_attention.splash, "make_splash_mha", recording)
+    monkeypatch.setattr(splash, "make_splash_mha", recording)
     splash_attention._kernel.cache_clear()
     return calls
 

@@ -11,14 +11,15 @@ from jaxspo.config import ConfigError, load_config
 from jaxspo.host_memory import StepPacer, held_heap_environment, hold_freed_memory
 
 # In a fresh process (the heap setting is process-wide and must precede JAX's CPU client): a jitted
-# function whose 64 MiB product is a temporary, run three times; page faults of the last run.
+# function whose 64 MiB product is a temporary, run three times; page faults of the last run. The product
+# x @ x.T contracts only 64 columns: the buffer is what the test is about, not the FLOPs.
 PROBE = """
 import json, resource, sys
 from jaxspo.host_memory import hold_freed_memory
 held = hold_freed_memory(sys.argv[1])
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x: (x @ x.T).sum(axis=0))
-x = jnp.ones((4096, 512), jnp.float32)
+x = jnp.ones((4096, 64), jnp.float32)
 for _ in range(2):
     f(x).block_until_ready()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -52,7 +53,8 @@ def test_held_heap_stops_refaulting_the_temporary_buffer():
 
 
 # A training-like step (a two-layer MLP's value and gradient, state donated) whose activations are ≈ 100 MiB
-# of temporaries, dispatched back to back as the loop does, paced by StepPacer under a held heap. Per step:
+# of temporaries (the [4096, 2048] hidden layer and its gradient; a narrow second layer keeps the FLOPs low),
+# dispatched back to back as the loop does, paced by StepPacer under a held heap. Per step:
 # the heap's bytes in use when the pacer let it go, and the level the pacer measured before the previous one.
 PACED = """
 import json, sys
@@ -64,7 +66,7 @@ def step(state, x):
     value, grads = jax.value_and_grad(loss, argnums=(0, 1))(*state)
     return tuple(w - 1e-3 * g for w, g in zip(state, grads)), value
 f = jax.jit(step, donate_argnums=0)
-x, state = jnp.ones((4096, 256)), (jnp.full((256, 2048), 0.01), jnp.full((2048, 2048), 0.01))
+x, state = jnp.ones((4096, 256)), (jnp.full((256, 2048), 0.01), jnp.full((2048, 256), 0.01))
 pacer, rows = StepPacer(), []
 for _ in range(6):
     idle = pacer.idle_bytes

@@ -38,7 +38,7 @@ from jaxspo.train.state import (
 from jaxspo.objectives import build_objective
 from jaxspo.train.step import make_train_step
 from tests import hf_tiny
-from tests.test_resume import REPO, final_params, metrics, wait_for_step
+from tests.test_resume import REPO, copy_as_it_stood, final_params, metrics, wait_for_step
 from tests.test_train_step import random_pairs
 from tests.run_overrides import QUIET
 
@@ -290,23 +290,32 @@ def test_merged_resume_mid_stage_2_is_bit_identical(runs, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def as_stage_1_left_it(finished, run_dir) -> None:
+    """A copy of the ``finished`` run's directory as it stood once stage 1 had ended (π_1 saved, its evaluation
+    logged): without stage 2's checkpoints, π_2, the final params and the metric rows after that evaluation."""
+    ended = next(i for i, row in enumerate(metrics(finished)) if row.get("eval/stage") == 1.0)
+    copy_as_it_stood(finished, run_dir, ("checkpoints/stage-2", "checkpoints/policy-2", "params"), ended + 1)
+
+
 @pytest.mark.slow
 def test_sigkill_mid_stage_2_then_resume_is_bit_identical(runs, tmp_path):
-    """The stacked run killed for real (SIGKILL) in stage 2 after its checkpoint 2 or 3, then resumed: in this
-    process, as the uninterrupted run was made (the same code and settings; a second process would only start
-    JAX again)."""
+    """The stacked run restarted from its directory as stage 1 left it (SFT and stage 1 are the uninterrupted
+    run's), killed for real (SIGKILL) in stage 2 after its checkpoint 2 or 3, then resumed: in this process, as the
+    uninterrupted run was made (the same code and settings; a second process would only start JAX again)."""
     mode = "stacked"
+    run_dir = tmp_path / "run"
+    as_stage_1_left_it(runs[mode], run_dir)
     env = os.environ | {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}  # as tests/conftest.py sets for the in-process run
     proc = subprocess.Popen(
-        command(mode, tmp_path), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command(mode, run_dir), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     wait_for_step(
-        proc, tmp_path, "stage-2", random.Random(mode).randint(2, 3), timeout=600
+        proc, run_dir, "stage-2", random.Random(mode).randint(2, 3), timeout=600
     )  # stage 2's checkpoint 2 exists
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (tmp_path / "checkpoints" / "policy-1").is_dir() and not (tmp_path / "checkpoints" / "policy-2").exists()
-    loop.train(load_config("configs/sequential.yaml", overrides(mode, tmp_path, tmp_path / "cache")))
-    assert metrics(tmp_path) == metrics(runs[mode])
-    for a, b in zip(final_params(tmp_path), final_params(runs[mode]), strict=True):
+    assert (run_dir / "checkpoints" / "stage-2").is_dir() and not (run_dir / "checkpoints" / "policy-2").exists()
+    loop.train(load_config("configs/sequential.yaml", overrides(mode, run_dir, run_dir / "cache")))
+    assert metrics(run_dir) == metrics(runs[mode])
+    for a, b in zip(final_params(run_dir), final_params(runs[mode]), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -1,6 +1,7 @@
 """Checkpoints: exact resume after SIGKILL, SIGTERM save-and-exit, corrupt checkpoints, non-finite steps."""
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -47,6 +48,16 @@ def command(run_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "jaxspo", "train", "configs/demo.yaml", *TINY, f"run_dir={run_dir}", *extra]
 
 
+# the `jaxspo train` processes below run with this process's numerics (tests/conftest.py sets the precision here)
+ENV = os.environ | {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}
+
+
+def train_here(run_dir: Path, *extra: str) -> None:
+    """``jaxspo train`` of :data:`TINY` in this process (the same code and settings as :func:`command`; a process
+    of its own would only import and start JAX again)."""
+    loop.train(load_config("configs/demo.yaml", [*TINY, f"run_dir={run_dir}", *extra]))
+
+
 def metrics(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]  # perf/*: wall-time figures
@@ -71,17 +82,28 @@ def wait_for_step(proc: subprocess.Popen, run_dir: Path, phase: str, step: int, 
     raise TimeoutError(f"{phase} step {step} not reached")
 
 
+def copy_as_it_stood(finished: Path, run_dir: Path, removed: tuple[str, ...], rows: int) -> None:
+    """``finished``'s run directory as the run left it earlier: a copy without the paths ``removed`` (relative to
+    it) and with only the first ``rows`` rows of metrics.jsonl (a run restarted from it redoes what they held)."""
+    shutil.copytree(finished, run_dir)
+    for path in removed:
+        shutil.rmtree(run_dir / path)
+    lines = (finished / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run_dir / "metrics.jsonl").write_text("".join(lines[:rows]))
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("uninterrupted")
-    subprocess.run(command(run_dir), cwd=REPO, check=True, capture_output=True, timeout=600)
+    train_here(run_dir)
     return run_dir
 
 
 @pytest.mark.slow
 def test_sigkill_and_sigterm_at_random_steps_then_resume_is_bit_identical(uninterrupted, tmp_path):
-    """Killed in SFT and early in the preference phase, preempted (SIGTERM) late in it: the resumed run is the
-    uninterrupted one, bit for bit."""
+    """Killed in SFT and early in the preference phase, preempted (SIGTERM) late in it, each a `jaxspo train`
+    process of its own, then resumed to the end (in this process, as the uninterrupted run was made): the
+    uninterrupted run, bit for bit."""
     rng = random.Random(1234)
     stops = [
         ("sft", rng.randint(2, 7), signal.SIGKILL),
@@ -90,7 +112,7 @@ def test_sigkill_and_sigterm_at_random_steps_then_resume_is_bit_identical(uninte
     ]
     for phase, step, stop in stops:
         proc = subprocess.Popen(
-            command(tmp_path), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            command(tmp_path), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
         wait_for_step(proc, tmp_path, phase, step)
         proc.send_signal(stop)
@@ -100,14 +122,14 @@ def test_sigkill_and_sigterm_at_random_steps_then_resume_is_bit_identical(uninte
     assert "SIGTERM received: saved preference step" in stderr
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints" / "preference").iterdir() if p.name.isdigit())
     assert saved and saved[-1] >= stops[-1][1]
-    subprocess.run(command(tmp_path), cwd=REPO, check=True, capture_output=True, timeout=600)
+    train_here(tmp_path)
     assert metrics(tmp_path) == metrics(uninterrupted)
     for a, b in zip(final_params(tmp_path), final_params(uninterrupted)):
         np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow
-def test_resume_on_another_mesh_reshards_the_checkpoint(uninterrupted, tmp_path):
+def test_resume_on_another_mesh_reshards_the_checkpoint(uninterrupted, tmp_path, caplog):
     run_dir = tmp_path / "run"
     shutil.copytree(uninterrupted, run_dir)
     checkpoints = run_dir / "checkpoints" / "preference"
@@ -115,15 +137,9 @@ def test_resume_on_another_mesh_reshards_the_checkpoint(uninterrupted, tmp_path)
     shutil.rmtree(checkpoints / str(latest))  # as if stopped after the checkpoint before it
     shutil.rmtree(run_dir / "params")
     # resume with a different mesh shape: Orbax reshards onto the new layout
-    done = subprocess.run(
-        command(run_dir, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"),
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert f"resuming preference at step {before}" in done.stdout + done.stderr
+    with caplog.at_level("INFO", logger="jaxspo"):
+        train_here(run_dir, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
+    assert f"resuming preference at step {before}" in caplog.text
     for a, b in zip(final_params(run_dir), final_params(uninterrupted)):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
     ours, theirs = metrics(run_dir), metrics(uninterrupted)

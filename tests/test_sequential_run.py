@@ -17,7 +17,7 @@ from jaxspo.train.loop import train
 from jaxspo.train.run import Run
 from jaxspo.train.scoring import PairScorer
 from jaxspo.train.stages import SequentialStages
-from tests.test_resume import REPO, final_params, metrics, wait_for_step
+from tests.test_resume import REPO, copy_as_it_stood, final_params, metrics, wait_for_step
 from tests.run_overrides import QUIET, TINY_MODEL_AND_DATA
 
 TINY = [
@@ -145,20 +145,26 @@ def test_stages_checkpoint_evaluate_and_log_per_stage(uninterrupted):
 
 @pytest.mark.slow
 def test_sigkill_mid_stages_then_resume_is_bit_identical(uninterrupted, tmp_path):
-    """Killed for real (SIGKILL) in stage 1, resumed and killed again in stage 2, then resumed to the end (in this
-    process, as the uninterrupted run was made): the uninterrupted run's metrics and weights, bit for bit."""
+    """Restarted from the run directory as the SFT warm start left it (its last checkpoint written: a copy of the
+    uninterrupted run's), killed for real (SIGKILL) in stage 1, resumed and killed again in stage 2, then resumed to
+    the end (in this process, as the uninterrupted run was made): the uninterrupted run's metrics and weights, bit
+    for bit."""
+    run_dir = tmp_path / "run"
+    sft_rows = sum(row["phase"] == "sft" for row in metrics(uninterrupted))
+    later = ("reference", "stage-1", "stage-2", "policy-1", "policy-2")
+    copy_as_it_stood(uninterrupted, run_dir, ("params", "cache", *(f"checkpoints/{p}" for p in later)), sft_rows)
     rng = random.Random(7)
     kills = [("stage-1", rng.randint(2, 5)), ("stage-2", rng.randint(1, 5))]
     env = os.environ | {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}  # as tests/conftest.py sets for this process
     for phase, step in kills:
         proc = subprocess.Popen(
-            command(tmp_path), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            command(run_dir), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        wait_for_step(proc, tmp_path, phase, step, timeout=600)
+        wait_for_step(proc, run_dir, phase, step, timeout=600)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert not (tmp_path / "checkpoints" / "policy-2").exists()
-    train_here(tmp_path)
-    assert metrics(tmp_path) == metrics(uninterrupted)
-    for a, b in zip(final_params(tmp_path), final_params(uninterrupted), strict=True):
+    assert not (run_dir / "checkpoints" / "policy-2").exists()
+    train_here(run_dir)
+    assert metrics(run_dir) == metrics(uninterrupted)
+    for a, b in zip(final_params(run_dir), final_params(uninterrupted), strict=True):
         np.testing.assert_array_equal(a, b)
