@@ -13,56 +13,20 @@ from jaxspo.checkpoint import restore_params, save_params
 from jaxspo.config import ConfigError, load_config
 from jaxspo.data.bucketing import bucket_widths
 from jaxspo.data.layout import pack_pairs
-from jaxspo.models import ModelConfig
-from jaxspo.sharding import DEFAULT_RULES, activation_sharding, make_mesh
+from jaxspo.sharding import DEFAULT_RULES, make_mesh
 from jaxspo.train.state import abstract_model, init_params, param_shardings
-from jaxspo.objectives import build_objective
 from jaxspo.objectives.batches import KLSamples, PackedPairBatch, PairBatch
-from jaxspo.lora.views import as_model
+from tests.context_checks import dpo_outputs, one_device_outputs
 from tests.test_compile import TINY as COMPILE_TINY, tpu_env  # noqa: F401  (a fixture)
 from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, full_step, pairs
 
 CONTEXT_MESHES = [{"data": 2, "fsdp": 1, "tensor": 1, "context": 4}, {"data": 1, "fsdp": 2, "tensor": 2, "context": 2}]
 
 
-def dpo_outputs(
-    batch: dict[str, np.ndarray], mesh_shape: dict[str, int], devices: list, model: ModelConfig = GEMMA2_LIKE
-) -> tuple:
-    """(mean log-probs and rewards, DPO loss sum, its gradient) of the policy (gemma2-like by default) against a
-    resident reference."""
-    mesh = make_mesh(mesh_shape, devices)
-    graphdef, abstract = abstract_model(model)
-    shardings = param_shardings(abstract, mesh, DEFAULT_RULES)
-    policy, reference = init_params(model, 1, shardings), init_params(model, 2, shardings)
-    layout = "packed" if "packed_tokens" in batch else "padded"  # the test's two fixtures
-    objective = build_objective(load_config(None, ["loss.beta=0.5", f"data.layout={layout}"]))
-    shardings = objective.batch_shardings(mesh, DEFAULT_RULES, 8)
-    placed = objective.batch({k: jax.device_put(batch[k], s) for k, s in shardings.fields().items()})
-    loss_fn = lambda p, r, b: objective.loss(as_model(graphdef), p, r, b)  # noqa: E731
-
-    @jax.jit
-    def run(p, r, b):
-        with activation_sharding(mesh, DEFAULT_RULES):
-            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, r, b)
-            return {name: metrics[name][0] / metrics[name][1] for name in MEANS}, loss, grads
-
-    return jax.device_get(run(policy, reference, placed))
-
-
-MEANS = ("logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected")
-
-
 @pytest.fixture(scope="module")
 def batches() -> dict[str, dict[str, np.ndarray]]:
     padded = pairs(8)
     return {"padded": padded, "packed": pack_pairs(padded) | {"soft_label": padded["soft_label"]}}
-
-
-@pytest.fixture(scope="module")
-def one_device(batches) -> tuple:
-    """The single-device outputs over the padded rows: the packed rows of the same pairs give the same
-    log-probs, loss and gradients (tests/test_fast_logps.py), so both layouts are held to this one computation."""
-    return dpo_outputs(batches["padded"], {"data": 1}, jax.devices()[:1])
 
 
 SAME_PATHS_ON_THE_OTHER_MESH = pytest.mark.slow  # the two fast cases cover both meshes and both layouts; ~30 s CPU each
@@ -77,8 +41,10 @@ SAME_PATHS_ON_THE_OTHER_MESH = pytest.mark.slow  # the two fast cases cover both
         pytest.param(CONTEXT_MESHES[1], "padded", id="1-2-2-2-padded", marks=SAME_PATHS_ON_THE_OTHER_MESH),
     ],
 )
-def test_context_split_log_probs_loss_and_gradients_equal_one_device(batches, one_device, mesh_shape, layout):
-    got, want = dpo_outputs(batches[layout], mesh_shape, jax.devices()), one_device
+def test_context_split_log_probs_loss_and_gradients_equal_one_device(batches, mesh_shape, layout):
+    """The gemma2-like model's step (chunked attention) against dense attention on one device over the padded rows
+    (:func:`one_device_outputs`: the packed rows of the same pairs give the same log-probs, loss and gradients)."""
+    got, want = dpo_outputs(batches[layout], mesh_shape, jax.devices()), one_device_outputs()
     assert_trees_close(got, want)
     assert (
         abs(want[0]["logps/chosen"] - want[0]["logps/rejected"]) > 0.1 and abs(float(want[1])) > 0
@@ -89,7 +55,7 @@ def test_context_split_log_probs_loss_and_gradients_equal_one_device(batches, on
 def test_qk_norm_model_split_along_time_equals_one_device(batches):
     """Qwen3's q/k norm (with GQA, a sliding window and soft-caps) on packed rows over (1, 2, 2, 2)."""
     model = dataclasses.replace(GEMMA2_LIKE, qk_norm=True)
-    want = dpo_outputs(batches["padded"], {"data": 1}, jax.devices()[:1], model)
+    want = one_device_outputs(dataclasses.replace(model, attention="xla"))
     got = dpo_outputs(batches["packed"], CONTEXT_MESHES[1], jax.devices(), model)
     assert_trees_close(got, want)
     paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(want[2])]
