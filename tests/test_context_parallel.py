@@ -33,33 +33,28 @@ SAME_PATHS_ON_THE_OTHER_MESH = pytest.mark.slow  # the two fast cases cover both
 
 
 @pytest.mark.parametrize(
-    "mesh_shape, layout",
+    "mesh_shape, layout, qk_norm",
     [
-        pytest.param(CONTEXT_MESHES[0], "padded", id="2-1-1-4-padded"),
-        pytest.param(CONTEXT_MESHES[1], "packed", id="1-2-2-2-packed"),
-        pytest.param(CONTEXT_MESHES[0], "packed", id="2-1-1-4-packed", marks=SAME_PATHS_ON_THE_OTHER_MESH),
-        pytest.param(CONTEXT_MESHES[1], "padded", id="1-2-2-2-padded", marks=SAME_PATHS_ON_THE_OTHER_MESH),
+        pytest.param(CONTEXT_MESHES[0], "padded", False, id="2-1-1-4-padded"),
+        pytest.param(CONTEXT_MESHES[1], "packed", True, id="1-2-2-2-packed-qk-norm"),
+        pytest.param(CONTEXT_MESHES[0], "packed", False, id="2-1-1-4-packed", marks=SAME_PATHS_ON_THE_OTHER_MESH),
+        pytest.param(CONTEXT_MESHES[1], "padded", False, id="1-2-2-2-padded", marks=SAME_PATHS_ON_THE_OTHER_MESH),
     ],
 )
-def test_context_split_log_probs_loss_and_gradients_equal_one_device(batches, mesh_shape, layout):
-    """The gemma2-like model's step (chunked attention) against dense attention on one device over the padded rows
-    (:func:`one_device_outputs`: the packed rows of the same pairs give the same log-probs, loss and gradients)."""
-    got, want = dpo_outputs(batches[layout], mesh_shape, jax.devices()), one_device_outputs()
+def test_context_split_log_probs_loss_and_gradients_equal_one_device(batches, mesh_shape, layout, qk_norm):
+    """The gemma2-like model's step (chunked attention; with ``qk_norm`` Qwen3's q/k norm too) against dense
+    attention on one device over the padded rows (:func:`one_device_outputs`: the packed rows of the same pairs give
+    the same log-probs, loss and gradients). The q/k norm acts on each token before attention, so the packed
+    (1, 2, 2, 2) case with it runs every path the same case without it runs."""
+    model = dataclasses.replace(GEMMA2_LIKE, qk_norm=qk_norm)
+    got = dpo_outputs(batches[layout], mesh_shape, jax.devices(), model)
+    want = one_device_outputs(dataclasses.replace(model, attention="xla"))
     assert_trees_close(got, want)
     assert (
         abs(want[0]["logps/chosen"] - want[0]["logps/rejected"]) > 0.1 and abs(float(want[1])) > 0
     )  # real log-probs, a real loss
-
-
-@pytest.mark.slow  # two more DPO programs: 6 CPU-s in a run of this file, ~100 alone (imports, warm-up)
-def test_qk_norm_model_split_along_time_equals_one_device(batches):
-    """Qwen3's q/k norm (with GQA, a sliding window and soft-caps) on packed rows over (1, 2, 2, 2)."""
-    model = dataclasses.replace(GEMMA2_LIKE, qk_norm=True)
-    want = one_device_outputs(dataclasses.replace(model, attention="xla"))
-    got = dpo_outputs(batches["packed"], CONTEXT_MESHES[1], jax.devices(), model)
-    assert_trees_close(got, want)
     paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(want[2])]
-    assert any("q_norm" in p for p in paths) and any("k_norm" in p for p in paths)  # their gradients compared too
+    assert qk_norm == any("q_norm" in p for p in paths) == any("k_norm" in p for p in paths)  # gradients compared too
 
 
 def test_batch_rows_split_along_time_over_context():
