@@ -71,9 +71,9 @@ def _steps(spec: MaskSpec, mesh):
     [
         pytest.param("2-1-1-4", "padded", 2, 5, 128, id="2-1-1-4-padded-sliding"),
         pytest.param("2-1-1-4", "packed", 2, 0, 128, id="2-1-1-4-packed"),
-        pytest.param("1-2-2-2", "packed", 1, 0, 128, id="1-2-2-2-packed-mqa"),  # heads whole on each tensor device
+        # MQA: the one kv head whole on each tensor device
+        pytest.param("1-2-2-2", "packed", 1, 5, 128, id="1-2-2-2-packed-mqa-sliding"),
         pytest.param("1-2-2-2", "padded", 2, 5, 128, id="1-2-2-2-padded-sliding"),
-        pytest.param("1-2-2-2", "packed", 2, 5, 128, id="1-2-2-2-packed-sliding"),
         pytest.param("1-2-2-2", "packed", 2, 5, 64, id="1-2-2-2-packed-sliding-half-block-runs-chunked"),
     ],
 )
