@@ -1,6 +1,6 @@
-"""The attention kernels inside every tiny HF architecture: sequence log-probs, DPO loss and parameter gradients
-of chunked and splash (Pallas interpret mode), on padded and packed pair rows, equal xla's on a (2, 2, 2) mesh of
-CPU devices."""
+"""The attention kernels inside the tiny HF architectures (each attention variant: GQA and plain heads, sliding
+windows, soft-caps, q/k norm): sequence log-probs, DPO loss and parameter gradients of chunked and splash (Pallas
+interpret mode), on padded and packed pair rows, equal xla's on a (2, 2, 2) mesh of CPU devices."""
 
 import jax
 import jax.numpy as jnp
@@ -77,15 +77,21 @@ def _dpo(folder, mesh, implementation: str, batch: PairBatch | PackedPairBatch) 
 
 
 FAST_MODEL_CASES = {("gemma2", "padded"), ("gemma2", "packed")}  # GQA, soft-cap, alternating windows
+# The architectures whose attention the kernels see differently: sliding windows on every layer (mistral), on some
+# layers (qwen2, with biases), q/k norm and a head dim apart from hidden / heads (qwen3), soft-caps, a query scale
+# and alternating windows (gemma2), heads without grouping (gpt2). llama2, llama3 and gemma hand the kernels plain
+# GQA heads as qwen2's full layers and qwen3 do (their other parts match PyTorch: tests/test_hf_parity.py).
+ATTENTION_ARCHS = ("mistral", "qwen2", "qwen3", "gemma2", "gpt2")
 
 
 def _model_cases() -> list:
-    """Each architecture × layout once, with one kernel: the architectures alternate which layout runs chunked
-    and which splash, so every architecture meets both kernels, every layout meets both kernels with four
-    architectures each, and every architecture meets both layouts (all pairs, not the full product: each
-    8-device DPO step compile costs ~10-20 s on 2 busy cores)."""
+    """Each architecture of :data:`ATTENTION_ARCHS` × layout once, with one kernel: the architectures alternate
+    which layout runs chunked and which splash, so every architecture meets both kernels and both layouts and every
+    layout meets both kernels (all pairs, not the full product: each 8-device DPO step compile costs ~10-20 s on 2
+    busy cores)."""
     cases = []
-    for index, arch in enumerate(hf_tiny.ARCHS):
+    for arch in ATTENTION_ARCHS:
+        index = hf_tiny.ARCHS.index(arch)
         kernels = ("chunked", "splash") if index % 2 == 0 else ("splash", "chunked")
         for layout, kernel in zip(("padded", "packed"), kernels):
             slow = () if (arch, layout) in FAST_MODEL_CASES else pytest.mark.slow

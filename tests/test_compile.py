@@ -163,9 +163,10 @@ def test_packed_layout_step_compiles_for_a_tpu_slice_here(tpu_env, splash_kernel
 
 @pytest.mark.slow  # compiles the step on several meshes
 def test_state_bytes_per_device_fall_as_one_over_fsdp():
-    """Compiled memory analysis on the CPU mesh: params + optimizer + reference + batch arguments ∝ 1/N."""
+    """Compiled memory analysis on the CPU mesh: params + optimizer + reference + batch arguments ∝ 1/N, over
+    N = 1, 2 and 8 (a ratio of 2 and of 8: a per-device cost that does not shrink shows at either)."""
     sizes = {}
-    for n in (1, 2, 4, 8):
+    for n in (1, 2, 8):
         cfg = load_config(
             "configs/demo.yaml",
             TINY
@@ -178,7 +179,7 @@ def test_state_bytes_per_device_fall_as_one_over_fsdp():
             ],
         )
         sizes[n] = compile_step(cfg, jax.devices()[:n])["argument_bytes_per_device"]
-    for n in (2, 4, 8):
+    for n in (2, 8):
         assert sizes[1] / sizes[n] == pytest.approx(n, rel=0.1), sizes
 
 

@@ -13,43 +13,14 @@ from jaxspo.checkpoint import restore_params, save_params
 from jaxspo.config import ConfigError, load_config
 from jaxspo.data.bucketing import bucket_widths
 from jaxspo.data.layout import pack_pairs
-from jaxspo.models import ModelConfig
-from jaxspo.sharding import DEFAULT_RULES, activation_sharding, make_mesh
+from jaxspo.sharding import DEFAULT_RULES, make_mesh
 from jaxspo.train.state import abstract_model, init_params, param_shardings
-from jaxspo.objectives import build_objective
 from jaxspo.objectives.batches import KLSamples, PackedPairBatch, PairBatch
-from jaxspo.lora.views import as_model
+from tests.context_checks import dpo_outputs, one_device_outputs
 from tests.test_compile import TINY as COMPILE_TINY, tpu_env  # noqa: F401  (a fixture)
 from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, full_step, pairs
 
 CONTEXT_MESHES = [{"data": 2, "fsdp": 1, "tensor": 1, "context": 4}, {"data": 1, "fsdp": 2, "tensor": 2, "context": 2}]
-
-
-def dpo_outputs(
-    batch: dict[str, np.ndarray], mesh_shape: dict[str, int], devices: list, model: ModelConfig = GEMMA2_LIKE
-) -> tuple:
-    """(mean log-probs and rewards, DPO loss sum, its gradient) of the policy (gemma2-like by default) against a
-    resident reference."""
-    mesh = make_mesh(mesh_shape, devices)
-    graphdef, abstract = abstract_model(model)
-    shardings = param_shardings(abstract, mesh, DEFAULT_RULES)
-    policy, reference = init_params(model, 1, shardings), init_params(model, 2, shardings)
-    layout = "packed" if "packed_tokens" in batch else "padded"  # the test's two fixtures
-    objective = build_objective(load_config(None, ["loss.beta=0.5", f"data.layout={layout}"]))
-    shardings = objective.batch_shardings(mesh, DEFAULT_RULES, 8)
-    placed = objective.batch({k: jax.device_put(batch[k], s) for k, s in shardings.fields().items()})
-    loss_fn = lambda p, r, b: objective.loss(as_model(graphdef), p, r, b)  # noqa: E731
-
-    @jax.jit
-    def run(p, r, b):
-        with activation_sharding(mesh, DEFAULT_RULES):
-            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, r, b)
-            return {name: metrics[name][0] / metrics[name][1] for name in MEANS}, loss, grads
-
-    return jax.device_get(run(policy, reference, placed))
-
-
-MEANS = ("logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected")
 
 
 @pytest.fixture(scope="module")
@@ -58,42 +29,32 @@ def batches() -> dict[str, dict[str, np.ndarray]]:
     return {"padded": padded, "packed": pack_pairs(padded) | {"soft_label": padded["soft_label"]}}
 
 
-@pytest.fixture(scope="module")
-def one_device(batches) -> tuple:
-    """The single-device outputs over the padded rows: the packed rows of the same pairs give the same
-    log-probs, loss and gradients (tests/test_fast_logps.py), so both layouts are held to this one computation."""
-    return dpo_outputs(batches["padded"], {"data": 1}, jax.devices()[:1])
-
-
 SAME_PATHS_ON_THE_OTHER_MESH = pytest.mark.slow  # the two fast cases cover both meshes and both layouts; ~30 s CPU each
 
 
 @pytest.mark.parametrize(
-    "mesh_shape, layout",
+    "mesh_shape, layout, qk_norm",
     [
-        pytest.param(CONTEXT_MESHES[0], "padded", id="2-1-1-4-padded"),
-        pytest.param(CONTEXT_MESHES[1], "packed", id="1-2-2-2-packed"),
-        pytest.param(CONTEXT_MESHES[0], "packed", id="2-1-1-4-packed", marks=SAME_PATHS_ON_THE_OTHER_MESH),
-        pytest.param(CONTEXT_MESHES[1], "padded", id="1-2-2-2-padded", marks=SAME_PATHS_ON_THE_OTHER_MESH),
+        pytest.param(CONTEXT_MESHES[0], "padded", False, id="2-1-1-4-padded"),
+        pytest.param(CONTEXT_MESHES[1], "packed", True, id="1-2-2-2-packed-qk-norm"),
+        pytest.param(CONTEXT_MESHES[0], "packed", False, id="2-1-1-4-packed", marks=SAME_PATHS_ON_THE_OTHER_MESH),
+        pytest.param(CONTEXT_MESHES[1], "padded", False, id="1-2-2-2-padded", marks=SAME_PATHS_ON_THE_OTHER_MESH),
     ],
 )
-def test_context_split_log_probs_loss_and_gradients_equal_one_device(batches, one_device, mesh_shape, layout):
-    got, want = dpo_outputs(batches[layout], mesh_shape, jax.devices()), one_device
+def test_context_split_log_probs_loss_and_gradients_equal_one_device(batches, mesh_shape, layout, qk_norm):
+    """The gemma2-like model's step (chunked attention; with ``qk_norm`` Qwen3's q/k norm too) against dense
+    attention on one device over the padded rows (:func:`one_device_outputs`: the packed rows of the same pairs give
+    the same log-probs, loss and gradients). The q/k norm acts on each token before attention, so the packed
+    (1, 2, 2, 2) case with it runs every path the same case without it runs."""
+    model = dataclasses.replace(GEMMA2_LIKE, qk_norm=qk_norm)
+    got = dpo_outputs(batches[layout], mesh_shape, jax.devices(), model)
+    want = one_device_outputs(dataclasses.replace(model, attention="xla"))
     assert_trees_close(got, want)
     assert (
         abs(want[0]["logps/chosen"] - want[0]["logps/rejected"]) > 0.1 and abs(float(want[1])) > 0
     )  # real log-probs, a real loss
-
-
-@pytest.mark.slow  # two more DPO programs: 6 CPU-s in a run of this file, ~100 alone (imports, warm-up)
-def test_qk_norm_model_split_along_time_equals_one_device(batches):
-    """Qwen3's q/k norm (with GQA, a sliding window and soft-caps) on packed rows over (1, 2, 2, 2)."""
-    model = dataclasses.replace(GEMMA2_LIKE, qk_norm=True)
-    want = dpo_outputs(batches["padded"], {"data": 1}, jax.devices()[:1], model)
-    got = dpo_outputs(batches["packed"], CONTEXT_MESHES[1], jax.devices(), model)
-    assert_trees_close(got, want)
     paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(want[2])]
-    assert any("q_norm" in p for p in paths) and any("k_norm" in p for p in paths)  # their gradients compared too
+    assert qk_norm == any("q_norm" in p for p in paths) == any("k_norm" in p for p in paths)  # gradients compared too
 
 
 def test_batch_rows_split_along_time_over_context():

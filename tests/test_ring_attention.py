@@ -14,7 +14,7 @@ import pytest
 from jaxspo.models.attention import MaskSpec, xla_attention
 from jaxspo.models.context import context_attention
 from jaxspo.sharding import make_mesh
-from tests.context_checks import MESHES, assert_matches, on_mesh
+from tests.context_checks import MESHES, assert_matches, dpo_outputs, on_mesh, one_device_outputs
 from tests.test_splash_packed import packed_rows, reference_mask
 
 SCALE = 0.4
@@ -119,12 +119,11 @@ def test_ring_dpo_step_equals_one_device(mesh_name, layout, monkeypatch):
     monkeypatch.setattr(
         context, "ring_attention", lambda *a, **kw: traced.append(kw["shards"]) or ring_attention(*a, **kw)
     )
-    from tests.test_context_parallel import dpo_outputs
     from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, pairs
 
     padded = pairs(8)
     batch = padded if layout == "padded" else pack_pairs(padded) | {"soft_label": padded["soft_label"]}
-    want = dpo_outputs(batch, {"data": 1}, jax.devices()[:1], dataclasses.replace(GEMMA2_LIKE, attention="xla"))
+    want = one_device_outputs()  # dense attention on one device over the padded rows of the same pairs
     ring = dataclasses.replace(GEMMA2_LIKE, attention="chunked", attention_block=8, context_attention="ring")
     got = dpo_outputs(batch, MESHES[mesh_name], jax.devices(), ring)
     assert traced and set(traced) == {MESHES[mesh_name]["context"]}  # the layers ran the ring over the context shards

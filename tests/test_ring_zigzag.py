@@ -15,7 +15,7 @@ from jaxspo.models.context import context_attention
 from jaxspo.models.ring_attention import ring_block_counts
 from jaxspo.models.zigzag import zigzag_slots
 from jaxspo.sharding import make_mesh
-from tests.context_checks import MESHES, assert_matches, on_mesh
+from tests.context_checks import MESHES, assert_matches, dpo_outputs, on_mesh, one_device_outputs
 from tests.test_ring_attention import RING_CASES, SCALE, ring_case, xla_loss
 
 
@@ -84,13 +84,12 @@ def test_zigzag_dpo_step_equals_one_device(monkeypatch):
     8): the decoder reorders the rows, the ring runs zig-zag, log-probs, loss and gradients are one device's."""
     from jaxspo.data.layout import pack_pairs
     from jaxspo.models import context
-    from tests.test_context_parallel import dpo_outputs
     from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, pairs
 
     padded = pairs(8)
     packed = pack_pairs(padded) | {"soft_label": padded["soft_label"]}
     packed = {k: np.pad(v, [(0, 0), (0, 64 - v.shape[1])]) if v.ndim == 2 else v for k, v in packed.items()}
-    want = dpo_outputs(packed, {"data": 1}, jax.devices()[:1], dataclasses.replace(GEMMA2_LIKE, attention="xla"))
+    want = one_device_outputs()  # dense attention on one device over the padded rows of the same pairs
     zigzag = dataclasses.replace(GEMMA2_LIKE, attention="chunked", attention_block=8, context_attention="ring_zigzag")
     traced, ring_attention = [], context.ring_attention
     monkeypatch.setattr(

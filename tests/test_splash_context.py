@@ -17,7 +17,7 @@ from jaxspo.models.context import context_attention
 from jaxspo.models.splash_attention import pallas_interpret
 from jaxspo.sharding import make_mesh
 from tests.test_compile import TINY as COMPILE_TINY, splash_kernel_calls, tpu_env  # noqa: F401  (fixtures)
-from tests.context_checks import MESHES, assert_matches, on_mesh
+from tests.context_checks import MESHES, assert_matches, dpo_outputs, on_mesh, one_device_outputs
 from tests.test_splash_packed import packed_rows, reference_mask
 
 SCALE, SOFTCAP = 0.4, 1.5
@@ -71,9 +71,9 @@ def _steps(spec: MaskSpec, mesh):
     [
         pytest.param("2-1-1-4", "padded", 2, 5, 128, id="2-1-1-4-padded-sliding"),
         pytest.param("2-1-1-4", "packed", 2, 0, 128, id="2-1-1-4-packed"),
-        pytest.param("1-2-2-2", "packed", 1, 0, 128, id="1-2-2-2-packed-mqa"),  # heads whole on each tensor device
+        # MQA: the one kv head whole on each tensor device
+        pytest.param("1-2-2-2", "packed", 1, 5, 128, id="1-2-2-2-packed-mqa-sliding"),
         pytest.param("1-2-2-2", "padded", 2, 5, 128, id="1-2-2-2-padded-sliding"),
-        pytest.param("1-2-2-2", "packed", 2, 5, 128, id="1-2-2-2-packed-sliding"),
         pytest.param("1-2-2-2", "packed", 2, 5, 64, id="1-2-2-2-packed-sliding-half-block-runs-chunked"),
     ],
 )
@@ -117,29 +117,18 @@ def _wide_pairs() -> dict[str, np.ndarray]:
     return {k: np.pad(x, [(0, 0), (0, 256 - x.shape[1])]) if x.ndim == 2 else x for k, x in pairs(8).items()}
 
 
-@pytest.fixture(scope="module")
-def xla_one_device() -> tuple:
-    """The tiny DPO step's outputs with xla attention on one device over the padded 256-slot rows (the packed
-    rows of the same pairs give the same outputs: tests/test_fast_logps.py), computed once for both layouts."""
-    from tests.test_context_parallel import dpo_outputs
-    from tests.test_fast_logps import GEMMA2_LIKE
-
-    return dpo_outputs(_wide_pairs(), {"data": 1}, jax.devices()[:1], dataclasses.replace(GEMMA2_LIKE, attention="xla"))
-
-
 # two 8-device DPO steps of 256-token rows with splash interpreted on CPU: ~25-70 s each on 2 shared cores
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["padded", "packed"])
-def test_splash_dpo_step_under_context_equals_xla_on_one_device(layout, xla_one_device, splash_kernel_calls):  # noqa: F811
+def test_splash_dpo_step_under_context_equals_xla_on_one_device(layout, splash_kernel_calls):  # noqa: F811
     """The tiny DPO step (policy + resident reference) with model.attention=splash on mesh (1, 2, 2, 2): rows of
     256 slots, so each of the 2 time shards holds one 128-slot splash block; the gemma2-like model (sliding +
     global layers, soft-caps)."""
-    from tests.test_context_parallel import dpo_outputs
     from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close
 
     wide = _wide_pairs()
     batch = wide if layout == "padded" else pack_pairs(wide, multiple=256) | {"soft_label": wide["soft_label"]}
-    want = xla_one_device
+    want = one_device_outputs()  # dense attention on one device over the same pairs in 16-slot padded rows
     with pallas_interpret():
         got = dpo_outputs(
             batch,
