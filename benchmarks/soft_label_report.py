@@ -1,6 +1,6 @@
 """The figure of benchmarks/soft_label_study.py: gold correctness, KL and the soft-label edge against T.
 
-PYTHONPATH=. python benchmarks/soft_label_plot.py SUMMARY.json FIGURE.png
+PYTHONPATH=. python benchmarks/soft_label_report.py SUMMARY.json FIGURE.png   (prints the tables in Markdown)
 """
 
 from __future__ import annotations
@@ -75,6 +75,18 @@ def _edge(edge: dict | None, key: str, digits: int) -> list[str]:
     return [_cell(edge[key], digits), "" if p is None else f"{p:.2f}"]
 
 
+def share_table(report: dict) -> str:
+    """Per T: mean p̂ and the shares of ties and of labels below each bound, over the study's training pairs."""
+    shares = report["label_shares"]
+    bounds = [key for key in next(iter(shares.values())) if key.startswith("below_")]
+    below = "".join(f" p̂ < {b.removeprefix('below_')} |" for b in bounds)
+    lines = ["| T | mean p̂ | p̂ = ½ (equal rewards) |" + below, "|---:|---:|---:|" + "---:|" * len(bounds)]
+    for temperature, share in shares.items():
+        cells = [f"{share['mean']:.3f}"] + [f"{100 * share[k]:.1f} %" for k in ["tie", *bounds]]
+        lines.append(f"| {temperature} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown_tables(report: dict) -> str:
     """Per T and method: gold correctness and KL, and per soft method the paired edge in each with its p-value;
     then each soft method's change of edge from the lowest to the highest T."""
@@ -99,4 +111,6 @@ def markdown_tables(report: dict) -> str:
 if __name__ == "__main__":
     summary = json.loads(Path(sys.argv[1]).read_text())
     plot_study(summary, Path(sys.argv[2]))
+    if "label_shares" in summary:
+        print(share_table(summary), end="\n\n")
     print(markdown_tables(summary))

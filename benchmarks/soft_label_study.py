@@ -19,7 +19,8 @@ Each run writes ``RUN_DIR/result.json`` when it finishes and is reused from it, 
 grid holds whole seeds. The summary gives, per T and method, each final metric's per-seed values, mean and 95%
 Student-t interval, and per soft method the paired difference to its family's hard-label loss (same seed, same
 reference) with its interval and two-sided t-test p-value, and how that difference changes from the lowest to
-the highest T.
+the highest T; and per T the distribution of p̂ over the seeds' training pairs (its mean and the shares of ties
+and of labels below 0.6 and 0.75).
 """
 
 from __future__ import annotations
@@ -28,11 +29,15 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 from selfsup_compare import describe, paired, run, seed_overrides, sft_start
+
+from jaxspo.config import load_config
 
 FAMILY = {"cdpo_soft": "dpo", "gdpo": "dpo", "cipo": "ipo", "gipo": "ipo", "gropo": "ropo"}
 HARD = ("dpo", "ipo", "ropo")
 METRICS = ("eval/gold/correctness", "eval/kl", "eval/rewards/accuracies", "eval/logps_accuracy")
+SHARE_BELOW = (0.6, 0.75)  # p̂ thresholds of the label-share table
 
 
 def recipe(method: str) -> str:
@@ -143,6 +148,21 @@ def edge_growth(args: argparse.Namespace, out: Path) -> dict:
     return growth
 
 
+def label_shares(temperature: float, seeds: list[int], overrides: list[str]) -> dict[str, float]:
+    """p̂ over the training pairs of ``seeds`` at ``temperature``: its mean, the share of ties (p̂ = ½, equal rewards)
+    and the share below each of SHARE_BELOW (shares in [0, 1])."""
+    from jaxspo.data import build_synthetic_task
+
+    labels: list[float] = []
+    for seed in seeds:
+        temperature_override = f"data.synthetic.label_temperature={temperature}"
+        cfg = load_config(recipe("gdpo"), seed_overrides(seed, overrides) + [temperature_override])
+        labels += [row["soft_label"] for row in build_synthetic_task(cfg.data.synthetic).splits["train"]]
+    p = np.asarray(labels)
+    shares = {"pairs": len(p), "mean": float(p.mean()), "tie": float(np.isclose(p, 0.5).mean())}
+    return shares | {f"below_{bound:g}": float((p < bound).mean()) for bound in SHARE_BELOW}
+
+
 def main(argv: list[str] | None = None) -> None:
     from jaxspo.platforms import choose_platforms
 
@@ -160,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         "overrides": args.overrides,
     }
     report |= summarise(args, out)
+    report["label_shares"] = {f"{t:g}": label_shares(t, args.seeds, args.overrides) for t in sorted(args.temperatures)}
     (out / "summary.json").write_text(json.dumps(report, indent=1))
     if args.plot:
         from soft_label_report import plot_study

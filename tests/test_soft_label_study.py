@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import soft_label_study as study  # noqa: E402
-from soft_label_report import markdown_tables  # noqa: E402
+from soft_label_report import markdown_tables, share_table  # noqa: E402
 
 from jaxspo.data import build_synthetic_task  # noqa: E402
 from jaxspo.data.synthetic_config import SyntheticTaskConfig  # noqa: E402
@@ -45,6 +45,21 @@ def test_a_soft_label_loss_without_its_baseline_is_refused(capsys):
     with pytest.raises(SystemExit):
         study.parse_args(["--methods", "gdpo", "gipo", "dpo"])
     assert "['ipo']" in capsys.readouterr().err
+
+
+def test_label_shares_move_towards_ties_as_the_temperature_grows():
+    """Ties (equal rewards) stay p̂ = ½ at every T; every other label falls towards ½, and at T = 1 no label reaches
+    σ(1) ≈ 0.73 because rewards lie in [0, 1]."""
+    small = ["data.synthetic.num_train=64", "data.synthetic.num_sft=0", "data.synthetic.num_eval=16"]
+    cold, warm = (study.label_shares(temperature, [0, 1], small) for temperature in (0.1, 1.0))
+    assert cold["pairs"] == warm["pairs"] == 128
+    assert 0.0 < cold["tie"] == warm["tie"] < 1.0
+    assert 0.5 < warm["mean"] < cold["mean"] < 1.0
+    assert cold["below_0.6"] <= warm["below_0.6"] <= warm["below_0.75"] == 1.0
+    table = share_table({"label_shares": {"0.1": cold, "1": warm}})
+    assert (
+        f"| 1 | {warm['mean']:.3f} | {100 * warm['tie']:.1f} % | {100 * warm['below_0.6']:.1f} % | 100.0 % |" in table
+    )
 
 
 def _write(out: Path, name: str, correctness: float) -> None:
@@ -104,3 +119,4 @@ def test_smallest_grid_runs_end_to_end(tmp_path):
     assert 0.0 <= cell["methods"]["gdpo"]["eval/gold/correctness"]["mean"] <= 1.0
     assert cell["edge"]["gdpo"]["eval/gold/correctness"]["n"] == 1
     assert (tmp_path / "study.png").stat().st_size > 0
+    assert report["label_shares"]["0.5"]["pairs"] == 4096
