@@ -39,7 +39,13 @@ def save_shards_whole_on_one_process() -> None:
     handler = ocp.type_handlers.ArrayHandler(
         use_replica_parallel=False, array_metadata_store=array_metadata_store.Store()
     )
-    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    orbax_log = logging.getLogger("absl")  # Orbax warns of every override; this one is deliberate
+    level = orbax_log.level
+    orbax_log.setLevel(logging.ERROR)
+    try:
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    finally:
+        orbax_log.setLevel(level)
 
 
 class PhaseCheckpoints:

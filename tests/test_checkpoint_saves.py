@@ -8,7 +8,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxspo.checkpoint import restore_params, save_params
+from jaxspo.checkpoint import restore_params, save_params, save_shards_whole_on_one_process
 
 
 def test_saving_replicated_params_compiles_nothing_and_restores_them(tmp_path, caplog):
@@ -28,3 +28,12 @@ def test_saving_replicated_params_compiles_nothing_and_restores_them(tmp_path, c
     for name, expected in values.items():
         np.testing.assert_array_equal(np.asarray(restored[name]), expected)
         assert restored[name].sharding == params[name].sharding
+
+
+def test_replacing_orbaxs_array_handler_prints_no_warning(caplog):
+    """Orbax logs a warning on every handler override; ours is deliberate, so a run does not open with it."""
+    level = logging.getLogger("absl").level
+    with caplog.at_level(logging.INFO):
+        save_shards_whole_on_one_process.__wrapped__()
+    assert [r.getMessage() for r in caplog.records if "overriding" in r.getMessage()] == []
+    assert logging.getLogger("absl").level == level
