@@ -11,6 +11,7 @@ from jaxspo.data.encode import encode_preference_rows
 from jaxspo.data.screen import encode_screened
 from jaxspo.data.tokenizer import build_task_tokenizer
 from jaxspo.errors import DataError
+from tests.run_overrides import TINY_MODEL_SMALL_DATA
 
 TOKENIZER = build_task_tokenizer()
 MAX_LENGTH = 16
@@ -101,12 +102,7 @@ def _with_bad_train_row(monkeypatch):
 
 
 TINY = [
-    "model.hidden_size=32",
-    "model.intermediate_size=64",
-    "model.num_layers=2",
-    "data.synthetic.num_sft=64",
-    "data.synthetic.num_train=64",
-    "data.synthetic.num_eval=16",
+    *TINY_MODEL_SMALL_DATA,
     "trainer.sft_steps=0",
     "trainer.steps=2",
     "trainer.batch_size=8",

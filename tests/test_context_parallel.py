@@ -19,6 +19,7 @@ from jaxspo.objectives.batches import KLSamples, PackedPairBatch, PairBatch
 from tests.context_checks import dpo_outputs, one_device_outputs
 from tests.test_compile import TINY as COMPILE_TINY, tpu_env  # noqa: F401  (a fixture)
 from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, full_step, pairs
+from tests.run_overrides import TINY_MODEL_SMALL_DATA
 
 CONTEXT_MESHES = [{"data": 2, "fsdp": 1, "tensor": 1, "context": 4}, {"data": 1, "fsdp": 2, "tensor": 2, "context": 2}]
 
@@ -153,12 +154,7 @@ def test_step_with_context_compiles_for_a_tpu_slice_here(tpu_env):  # noqa: F811
 # --- a whole run -------------------------------------------------------------------------------------------
 
 RUN = [
-    "model.hidden_size=32",
-    "model.intermediate_size=64",
-    "model.num_layers=2",
-    "data.synthetic.num_sft=64",
-    "data.synthetic.num_train=64",
-    "data.synthetic.num_eval=16",
+    *TINY_MODEL_SMALL_DATA,
     "trainer.sft_steps=2",
     "trainer.sft_batch_size=8",
     "trainer.steps=3",

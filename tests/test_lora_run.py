@@ -12,15 +12,10 @@ from jaxspo import cli
 from jaxspo.config import load_config
 from jaxspo.errors import BaseChangedError
 from jaxspo.train import loop
-from tests.run_overrides import QUIET
+from tests.run_overrides import QUIET, TINY_MODEL_SMALL_DATA
 
 RUN = [
-    "model.hidden_size=32",
-    "model.intermediate_size=64",
-    "model.num_layers=2",
-    "data.synthetic.num_sft=64",
-    "data.synthetic.num_train=64",
-    "data.synthetic.num_eval=16",
+    *TINY_MODEL_SMALL_DATA,
     "lora.rank=2",
     "trainer.sft_steps=0",
     "trainer.steps=4",

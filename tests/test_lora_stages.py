@@ -40,12 +40,10 @@ from jaxspo.train.step import make_train_step
 from tests import hf_tiny
 from tests.test_resume import REPO, copy_as_it_stood, final_params, metrics, wait_for_step
 from tests.test_train_step import random_pairs
-from tests.run_overrides import QUIET
+from tests.run_overrides import QUIET, TINY_MODEL
 
 TINY = [
-    "model.hidden_size=32",
-    "model.intermediate_size=64",
-    "model.num_layers=2",
+    *TINY_MODEL,
     "data.synthetic.num_sft=128",
     "data.synthetic.num_train=64",
     "data.synthetic.num_eval=16",

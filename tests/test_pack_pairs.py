@@ -31,7 +31,7 @@ from jaxspo.sharding import make_mesh
 from tests.cli_fuzz_support import run_cli
 from tests.test_fast_logps import GEMMA2_LIKE, assert_trees_close, logps_and_grads
 from tests.test_train_step import TINY
-from tests.run_overrides import QUIET
+from tests.run_overrides import QUIET, TINY_MODEL_SMALL_DATA
 
 
 def pairs(n: int, width: int = 24, seed: int = 0, tail: bool = False) -> dict[str, np.ndarray]:
@@ -316,12 +316,7 @@ def test_long_tailed_lengths_compute_far_fewer_slots():
 
 def command(run_dir: Path, *extra: str) -> list[str]:
     tiny = [
-        "model.hidden_size=32",
-        "model.intermediate_size=64",
-        "model.num_layers=2",
-        "data.synthetic.num_sft=64",
-        "data.synthetic.num_train=64",
-        "data.synthetic.num_eval=16",
+        *TINY_MODEL_SMALL_DATA,
         # SFT rows are padded whatever data.layout: pairs are packed in the preference phase only
         "trainer.sft_steps=0",
         "trainer.steps=6",

@@ -12,7 +12,7 @@ from jaxspo import distributed
 from jaxspo.data.bucketing import assign_buckets
 from jaxspo.data.pipeline import BatchPipeline, make_batches, process_shard
 from jaxspo.data.row_store import spill
-from tests.run_overrides import QUIET
+from tests.run_overrides import QUIET, TINY_MODEL_SMALL_DATA
 
 
 def columns(n: int, width: int = 16, lengths=None) -> dict[str, np.ndarray]:
@@ -188,12 +188,7 @@ def test_a_run_on_spilled_rows_with_reader_threads_logs_the_same_metrics(tmp_pat
     from jaxspo.train.metrics_log import read_metrics
 
     tiny = [
-        "model.hidden_size=32",
-        "model.intermediate_size=64",
-        "model.num_layers=2",
-        "data.synthetic.num_sft=64",
-        "data.synthetic.num_train=64",
-        "data.synthetic.num_eval=16",
+        *TINY_MODEL_SMALL_DATA,
         "data.buckets=[16]",
         "trainer.sft_steps=4",
         "trainer.sft_batch_size=8",
