@@ -122,12 +122,13 @@ def test_a_new_objectives_host_preparation_is_reached_through_the_run_and_the_pl
 
 def test_a_sequential_stage_encodes_and_prepares_its_pairs_through_the_objective(tmp_path, monkeypatch):
     """The stages' hooks hold no encoding or preparation of their own: a stage's pairs go through the objective's
-    encoder, and its preparation sees the stage (index, frozen π_i, π_{n−1} as the reference) and the recipe's
-    config."""
+    encoder, and its preparation sees the stage (index, frozen π_i, π_{n−1} as the reference, the recipe's config)
+    and, as its own config, the stage's (β_n)."""
     seen = []
 
     def stage_field(context, arrays):
-        seen.append((context.stage.index, context.stage.policy(context.stage.index)[1] is context.reference))
+        reference = context.stage.policy(context.stage.index)[1] is context.reference
+        seen.append((context.stage.index, reference, context.stage.recipe is run.cfg))
         return added_field("new")(context, arrays)
 
     def new_objective(cfg, phase="preference"):
@@ -142,7 +143,8 @@ def test_a_sequential_stage_encodes_and_prepares_its_pairs_through_the_objective
     stages = SequentialStages(run)
     assert all(arrays["row_marker"].sum() == len(arrays["chosen_tokens"]) for arrays in stages.train_arrays)
     prepared = stages.prepared(1, lambda i: (run.graphdef, run.params))
-    assert seen == [(1, True)]
+    assert seen == [(1, True, True)]
+    assert cfg.stages[1].beta != cfg.loss.beta  # the field below is stage 2's β, not the recipe's loss.beta
     np.testing.assert_array_equal(
-        prepared.fields["new"], np.full(len(stages.train_arrays[1]["chosen_tokens"]), cfg.loss.beta, np.float32)
+        prepared.fields["new"], np.full(len(stages.train_arrays[1]["chosen_tokens"]), cfg.stages[1].beta, np.float32)
     )

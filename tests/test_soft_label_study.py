@@ -119,4 +119,4 @@ def test_smallest_grid_runs_end_to_end(tmp_path):
     assert 0.0 <= cell["methods"]["gdpo"]["eval/gold/correctness"]["mean"] <= 1.0
     assert cell["edge"]["gdpo"]["eval/gold/correctness"]["n"] == 1
     assert (tmp_path / "study.png").stat().st_size > 0
-    assert report["label_shares"]["0.5"]["pairs"] == 4096
+    assert report["label_shares"]["0.5"]["pairs"] == 128  # data.synthetic.num_train above
