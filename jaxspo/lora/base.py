@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jax
 from flax import nnx
 
 from jaxspo.checkpoint import restore_params
 from jaxspo.errors import BaseChangedError
+from jaxspo.lora.views import abstract_on
 from jaxspo.models import ModelConfig
 from jaxspo.models.hf_config import CheckpointError
 from jaxspo.models.hf_io import load_params
@@ -59,8 +59,7 @@ def load_base(record: dict[str, Any], model_cfg: ModelConfig, abstract: nnx.Stat
     if record["kind"] == "hf":
         base = load_params(record["path"], model_cfg, abstract, sharding)
     elif record["kind"] == "orbax":
-        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sharding)
-        base = restore_params(Path(record["path"]), target)
+        base = restore_params(Path(record["path"]), abstract_on(abstract, sharding))
     else:
         base = init_params(model_cfg, record["seed"], sharding)
     check_base({"sha256": params_sha256(base)}, record, "these adapters")

@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import jax
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -24,6 +23,7 @@ from jaxspo.objectives import switches
 from jaxspo.lora.model import AdaptedModel
 from jaxspo.lora.peft import save_peft
 from jaxspo.lora.stages import STAGE_KEY, LoRAStages, restore_stage_adapters
+from jaxspo.lora.views import abstract_on
 
 
 def merged_policy(cfg, params_dir: Path, mesh: Mesh, abstract: nnx.State, shardings: Any) -> nnx.State:
@@ -54,10 +54,7 @@ def peft_export(
 
 
 def _adapters(model: AdaptedModel, params_dir: Path) -> nnx.State:
-    target = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), model.abstract_adapters, model.adapter_sharding
-    )
-    return restore_params(params_dir, target)
+    return restore_params(params_dir, abstract_on(model.abstract_adapters, model.adapter_sharding))
 
 
 def _finished_stages(cfg, params_dir: Path, mesh: Mesh, base: nnx.State, record: dict) -> LoRAStages:

@@ -35,7 +35,7 @@ from jaxspo.lora.adapters import FrozenLoRAParam
 from jaxspo.lora.base import base_record, params_sha256, write_base_record
 from jaxspo.lora.merge import merged_params
 from jaxspo.lora.model import AdaptedModel
-from jaxspo.lora.views import FullView, ModelView
+from jaxspo.lora.views import FullView, ModelView, abstract_on
 from jaxspo.train.state import param_shardings
 
 STAGE_KEY = "stage-{n}"  # RUN_DIR/params of a sequential LoRA run: {"stage-1": adapters, …}
@@ -192,11 +192,7 @@ class LoRAStages:
     def abstract_adapters(self) -> nnx.State:
         """One stage's adapters as a restore target (their shapes do not depend on the stage)."""
         model = self.model()
-        return jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            model.abstract_adapters,
-            model.adapter_sharding,
-        )
+        return abstract_on(model.abstract_adapters, model.adapter_sharding)
 
     def saved(self) -> nnx.State:
         """All stages' adapters, as written to ``RUN_DIR/params``."""
